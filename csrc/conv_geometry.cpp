@@ -1,0 +1,109 @@
+#include "fusedops/conv_geometry.h"
+
+#include <algorithm>
+
+namespace fusedops {
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
+}
+
+// First output index o with o * stride - pad >= 0, and one past the last with
+// o * stride - pad + (kernel - 1) * dilation <= size - 1.
+int64_t interior_begin(int64_t stride, int64_t pad) {
+  return std::max<int64_t>(0, ceil_div(pad, stride));
+}
+
+int64_t interior_end(int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  const int64_t last_start = size - 1 - (kernel - 1) * dilation + pad;  // o * stride <= last_start
+  if (last_start < 0) return 0;
+  return std::min<int64_t>(out, last_start / stride + 1);
+}
+
+void check_pair(at::IntArrayRef values, const char* name) {
+  TORCH_CHECK(values.size() == 2, "fusedops: ", name, " must have 2 elements (height, width), got ", values.size());
+}
+
+}  // namespace
+
+int64_t ConvGeometry::interior_ow_begin() const {
+  return std::min(out_w, interior_begin(stride_w, pad_w));
+}
+int64_t ConvGeometry::interior_ow_end() const {
+  return std::max(interior_ow_begin(), interior_end(in_w, out_w, kernel_w, stride_w, pad_w, dilation_w));
+}
+int64_t ConvGeometry::interior_oh_begin() const {
+  return std::min(out_h, interior_begin(stride_h, pad_h));
+}
+int64_t ConvGeometry::interior_oh_end() const {
+  return std::max(interior_oh_begin(), interior_end(in_h, out_h, kernel_h, stride_h, pad_h, dilation_h));
+}
+
+void check_same_device(const at::Tensor& t, const at::Tensor& reference, const char* what, const char* reference_name) {
+  TORCH_CHECK(t.device() == reference.device(), "fusedops: ", what, " is on ", t.device(), " but ", reference_name,
+              " is on ", reference.device(), "; both must be on the same device");
+}
+
+ConvGeometry depthwise_geometry(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  TORCH_CHECK(input.dim() == 4, "fusedops: input must be a 4-D (N, C, H, W) tensor, got ", input.dim(), "-D");
+  TORCH_CHECK(weight.dim() == 4, "fusedops: weight must be a 4-D (C*multiplier, 1, kH, kW) tensor, got ",
+              weight.dim(), "-D");
+  TORCH_CHECK(input.is_floating_point(), "fusedops: input must be a floating-point tensor, got ", input.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: weight dtype ", weight.scalar_type(),
+              " does not match input dtype ", input.scalar_type());
+  check_same_device(weight, input, "weight", "input");
+  check_pair(stride, "stride");
+  check_pair(padding, "padding");
+  check_pair(dilation, "dilation");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "fusedops: stride must be positive, got ", stride);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "fusedops: padding must be non-negative, got ", padding);
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "fusedops: dilation must be positive, got ", dilation);
+
+  ConvGeometry g;
+  g.batch = input.size(0);
+  g.channels = input.size(1);
+  g.in_h = input.size(2);
+  g.in_w = input.size(3);
+  g.out_channels = weight.size(0);
+  g.kernel_h = weight.size(2);
+  g.kernel_w = weight.size(3);
+  TORCH_CHECK(g.channels > 0, "fusedops: input must have at least one channel, got shape ", input.sizes());
+  TORCH_CHECK(weight.size(1) == 1, "fusedops: weight must have shape (C*multiplier, 1, kH, kW) for a depthwise "
+              "convolution, got ", weight.sizes());
+  TORCH_CHECK(g.out_channels > 0 && g.out_channels % g.channels == 0, "fusedops: weight has ", g.out_channels,
+              " output channels, which is not a positive multiple of the input's ", g.channels, " channels");
+  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, "fusedops: weight kernel size must be positive, got ",
+              weight.sizes());
+  g.multiplier = g.out_channels / g.channels;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels, "fusedops: bias must have shape (",
+                g.out_channels, ",), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "fusedops: bias dtype ", bias->scalar_type(),
+                " does not match input dtype ", input.scalar_type());
+    check_same_device(*bias, input, "bias", "input");
+  }
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.pad_h = padding[0];
+  g.pad_w = padding[1];
+  g.dilation_h = dilation[0];
+  g.dilation_w = dilation[1];
+  const int64_t extent_h = g.dilation_h * (g.kernel_h - 1) + 1;
+  const int64_t extent_w = g.dilation_w * (g.kernel_w - 1) + 1;
+  TORCH_CHECK(g.in_h + 2 * g.pad_h >= extent_h && g.in_w + 2 * g.pad_w >= extent_w,
+              "fusedops: padded input (", g.in_h + 2 * g.pad_h, " x ", g.in_w + 2 * g.pad_w,
+              ") is smaller than the dilated kernel (", extent_h, " x ", extent_w, ")");
+  g.out_h = (g.in_h + 2 * g.pad_h - extent_h) / g.stride_h + 1;
+  g.out_w = (g.in_w + 2 * g.pad_w - extent_w) / g.stride_w + 1;
+  return g;
+}
+
+}  // namespace fusedops

@@ -1,0 +1,605 @@
+// CPU kernels of fusedops::depthwise_conv2d and fusedops::_depthwise_conv2d_backward.
+//
+// Layouts are handled natively: channels-last tensors run the NHWC kernels (vectorised over channels,
+// see cpu/depthwise_nhwc.h), NCHW tensors run plane kernels (vectorised along W over a padded,
+// stride-phase-split copy of each plane, see cpu/phase_plane.h). Depth multipliers > 1 run a
+// stride-generic scalar kernel. All accumulate in float (double for double inputs).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "fusedops/conv_geometry.h"
+#include "fusedops/cpu/depthwise_nhwc.h"
+#include "fusedops/cpu/phase_plane.h"
+#include "fusedops/cpu/scratch.h"
+#include "fusedops/cpu/vec_io.h"
+
+#include <functional>
+#include <vector>
+
+namespace fusedops {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// Below this many multiply-adds a call runs on one thread: waking the pool costs more (~5-10 us).
+constexpr int64_t kMinParallelMacs = 1 << 16;
+
+int64_t grain_for(int64_t items, int64_t macs_per_item) {
+  return std::max<int64_t>(1, kMinParallelMacs / std::max<int64_t>(1, macs_per_item));
+}
+
+int64_t taps(const ConvGeometry& g) {
+  return g.kernel_h * g.kernel_w;
+}
+
+bool is_channels_last(const Tensor& t) {
+  return t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+// Weights (OC, 1, kH, kW) -> acc-type [kH*kW][OC], optionally rotated by 180 degrees (for the transposed
+// convolution of the input gradient). Lives in the calling thread's scratch; read by all workers.
+template <typename scalar_t>
+const acc_t<scalar_t>* taps_by_channel(const Tensor& weight, const ConvGeometry& g, bool rotate) {
+  using acc = acc_t<scalar_t>;
+  const int64_t T = taps(g), OC = g.out_channels;
+  acc* w = thread_scratch<acc>(T * OC + at::vec::Vectorized<acc>::size(), ScratchSlot::kWeights);
+  const Tensor wc = weight.contiguous();
+  const scalar_t* src = wc.const_data_ptr<scalar_t>();
+  for (int64_t oc = 0; oc < OC; ++oc)
+    for (int64_t t = 0; t < T; ++t) w[(rotate ? T - 1 - t : t) * OC + oc] = static_cast<acc>(src[oc * T + t]);
+  return w;
+}
+
+template <typename scalar_t>
+std::vector<acc_t<scalar_t>> bias_as_acc(const c10::optional<Tensor>& bias, int64_t oc) {
+  std::vector<acc_t<scalar_t>> b;
+  if (bias.has_value() && bias->defined()) {
+    const Tensor bc = bias->contiguous();
+    const scalar_t* p = bc.const_data_ptr<scalar_t>();
+    b.resize(oc + at::vec::Vectorized<acc_t<scalar_t>>::size());
+    for (int64_t i = 0; i < oc; ++i) b[i] = static_cast<acc_t<scalar_t>>(p[i]);
+  }
+  return b;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Forward
+
+template <typename scalar_t>
+void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, Tensor& out,
+                  const ConvGeometry& g) {
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const int64_t C = g.channels;
+  // Work items are (n, oh, channel chunk); chunks of 64 channels keep both threads busy on the
+  // small 7x7 / 14x14 maps of late layers.
+  constexpr int64_t kChunk = 64;
+  const int64_t chunks = (C + kChunk - 1) / kChunk;
+  const int64_t items = g.batch * g.out_h * chunks;
+  const int64_t macs = g.out_w * std::min(C, kChunk) * taps(g);
+  at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t chunk = i % chunks, row = i / chunks;
+      const int64_t n = row / g.out_h, oh = row % g.out_h;
+      DwNhwcRow<scalar_t, scalar_t> t;
+      t.image = in + n * g.in_h * g.in_w * C;
+      t.in_row_stride = g.in_w * C;
+      t.in_pix_stride = C;
+      t.weight = w;
+      t.weight_ld = g.out_channels;
+      t.bias = bias;
+      t.out = o + (n * g.out_h + oh) * g.out_w * C;
+      t.out_pix_stride = C;
+      t.oh = oh;
+      t.c_begin = chunk * kChunk;
+      t.c_end = std::min(C, t.c_begin + kChunk);
+      depthwise_nhwc_row(t, g);
+    }
+  });
+}
+
+// Output rows [oh_begin, oh_end) of one output plane from a phase plane: kVecs vectors of columns at once.
+template <typename scalar_t, int kVecs, bool kPartial>
+inline void plane_forward_block(const PhasePlane<acc_t<scalar_t>>& p, const ConvGeometry& g, const acc_t<scalar_t>* w,
+                                acc_t<scalar_t> bias, scalar_t* out_row, int64_t oh, int64_t ow, int64_t count) {
+  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
+  constexpr int64_t V = Vec::size();
+  Vec sum[kVecs];
+  for (int v = 0; v < kVecs; ++v) sum[v] = Vec(bias);
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      const Vec wv(w[kh * g.kernel_w + kw]);
+      const acc_t<scalar_t>* src = p.tap(g, oh, kh, kw) + ow;
+#pragma GCC unroll 4
+      for (int v = 0; v < kVecs; ++v) sum[v] = at::vec::fmadd(Vec::loadu(src + v * V), wv, sum[v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < kVecs; ++v) {
+    const bool last = v == kVecs - 1;
+    if (kPartial && last) store_acc(out_row + ow + v * V, sum[v], count);
+    else store_acc(out_row + ow + v * V, sum[v]);
+  }
+}
+
+// One output plane (n, oc) of the NCHW forward from the phase plane of its input channel.
+template <typename scalar_t>
+void plane_forward(const PhasePlane<acc_t<scalar_t>>& p, const ConvGeometry& g, const acc_t<scalar_t>* w,
+                   acc_t<scalar_t> bias, scalar_t* out) {
+  constexpr int64_t V = at::vec::Vectorized<acc_t<scalar_t>>::size();
+  constexpr int kVecs = 4;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    scalar_t* out_row = out + oh * g.out_w;
+    int64_t ow = 0;
+    for (; ow + kVecs * V <= g.out_w; ow += kVecs * V)
+      plane_forward_block<scalar_t, kVecs, false>(p, g, w, bias, out_row, oh, ow, V);
+    for (; ow + V <= g.out_w; ow += V) plane_forward_block<scalar_t, 1, false>(p, g, w, bias, out_row, oh, ow, V);
+    if (ow < g.out_w) plane_forward_block<scalar_t, 1, true>(p, g, w, bias, out_row, oh, ow, g.out_w - ow);
+  }
+}
+
+template <typename scalar_t>
+void forward_nchw(const Tensor& input, const Tensor& weight, const acc_t<scalar_t>* bias, Tensor& out,
+                  const ConvGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  constexpr int64_t V = at::vec::Vectorized<acc>::size();
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const Tensor wc = weight.contiguous();
+  const scalar_t* wsrc = wc.const_data_ptr<scalar_t>();
+  const int64_t T = taps(g), m = g.multiplier;
+  const int64_t items = g.batch * g.channels;
+  const int64_t macs = g.out_h * g.out_w * T * m;
+  at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
+    PhasePlane<acc> p = phase_plane_shape<acc>(g, V);
+    p.data = thread_scratch<acc>(p.rows * p.pitch, ScratchSlot::kPlane);
+    acc* w = thread_scratch<acc>(T, ScratchSlot::kPlaneAux);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / g.channels, c = i % g.channels;
+      fill_phase_plane(p, g, in + i * g.in_h * g.in_w, g.in_w);
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t oc = c * m + j;
+        for (int64_t t = 0; t < T; ++t) w[t] = static_cast<acc>(wsrc[oc * T + t]);
+        plane_forward<scalar_t>(p, g, w, bias ? bias[oc] : acc(0), o + (n * g.out_channels + oc) * g.out_h * g.out_w);
+      }
+    }
+  });
+}
+
+// Any layout, any multiplier: direct loops over strided tensors. Used for channels-last with multiplier > 1.
+template <typename scalar_t>
+void forward_generic(const Tensor& input, const Tensor& weight, const acc_t<scalar_t>* bias, Tensor& out,
+                     const ConvGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const Tensor wc = weight.contiguous();
+  const scalar_t* wsrc = wc.const_data_ptr<scalar_t>();
+  const auto is = input.strides();
+  const auto os = out.strides();
+  const int64_t T = taps(g);
+  const int64_t items = g.batch * g.out_channels;
+  at::parallel_for(0, items, grain_for(items, g.out_h * g.out_w * T), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / g.out_channels, oc = i % g.out_channels, c = oc / g.multiplier;
+      const scalar_t* ip = in + n * is[0] + c * is[1];
+      const scalar_t* wp = wsrc + oc * T;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          acc sum = bias ? bias[oc] : acc(0);
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dilation_w;
+              if (iw < 0 || iw >= g.in_w) continue;
+              sum += static_cast<acc>(ip[ih * is[2] + iw * is[3]]) * static_cast<acc>(wp[kh * g.kernel_w + kw]);
+            }
+          }
+          o[n * os[0] + oc * os[1] + oh * os[2] + ow * os[3]] = static_cast<scalar_t>(sum);
+        }
+      }
+    }
+  });
+}
+
+Tensor depthwise_conv2d_cpu(const Tensor& input_, const Tensor& weight, const c10::optional<Tensor>& bias,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const ConvGeometry g = depthwise_geometry(input_, weight, bias, stride, padding, dilation);
+  TORCH_CHECK(input_.device().is_cpu(), "fusedops: depthwise_conv2d CPU kernel got input on ", input_.device());
+  const at::MemoryFormat fmt = output_memory_format(input_);
+  const Tensor input = input_.contiguous(fmt);
+  Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_cpu", [&] {
+    const auto b = bias_as_acc<scalar_t>(bias, g.out_channels);
+    const acc_t<scalar_t>* bp = b.empty() ? nullptr : b.data();
+    if (fmt == at::MemoryFormat::ChannelsLast && g.multiplier == 1) {
+      forward_nhwc<scalar_t>(input, taps_by_channel<scalar_t>(weight, g, false), bp, out, g);
+    } else if (fmt == at::MemoryFormat::Contiguous) {
+      forward_nchw<scalar_t>(input, weight, bp, out, g);
+    } else {
+      forward_generic<scalar_t>(input, weight, bp, out, g);
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Backward
+
+// Geometry of the stride-1 input gradient written as a forward convolution of grad_output with the
+// rotated kernel: valid when stride is 1 and padding <= dilation * (kernel - 1).
+bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* t) {
+  if (g.stride_h != 1 || g.stride_w != 1 || g.multiplier != 1) return false;
+  const int64_t ph = g.dilation_h * (g.kernel_h - 1) - g.pad_h, pw = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
+  if (ph < 0 || pw < 0) return false;
+  *t = g;
+  t->in_h = g.out_h;
+  t->in_w = g.out_w;
+  t->out_h = g.in_h;
+  t->out_w = g.in_w;
+  t->pad_h = ph;
+  t->pad_w = pw;
+  return true;
+}
+
+// Input gradient by gathering, for any stride: one input pixel, one channel vector, at a time.
+template <typename scalar_t>
+void grad_input_nhwc_gather(const Tensor& grad_out, const acc_t<scalar_t>* w, Tensor& grad_in, const ConvGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t C = g.channels, T = taps(g);
+  const int64_t items = g.batch * g.in_h;
+  at::parallel_for(0, items, grain_for(items, g.in_w * C * T), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.in_h, ih = row % g.in_h;
+      for (int64_t iw = 0; iw < g.in_w; ++iw) {
+        scalar_t* dst = gi + ((n * g.in_h + ih) * g.in_w + iw) * C;
+        for (int64_t c = 0; c < C; c += V) {
+          const int64_t count = std::min(V, C - c);
+          Vec sum(acc(0));
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+            const int64_t y = ih + g.pad_h - kh * g.dilation_h;
+            if (y < 0 || y % g.stride_h) continue;
+            const int64_t oh = y / g.stride_h;
+            if (oh >= g.out_h) continue;
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const int64_t x = iw + g.pad_w - kw * g.dilation_w;
+              if (x < 0 || x % g.stride_w) continue;
+              const int64_t ow = x / g.stride_w;
+              if (ow >= g.out_w) continue;
+              const scalar_t* src = go + ((n * g.out_h + oh) * g.out_w + ow) * C + c;
+              const acc* wp = w + (kh * g.kernel_w + kw) * C + c;
+              if (count == V) sum = at::vec::fmadd(load_acc(src), Vec::loadu(wp), sum);
+              else sum = at::vec::fmadd(load_acc(src, count), Vec::loadu(wp, count), sum);
+            }
+          }
+          if (count == V) store_acc(dst + c, sum);
+          else store_acc(dst + c, sum, count);
+        }
+      }
+    }
+  });
+}
+
+// Weight (and bias) gradient, channels-last: rows are split across threads, each accumulating into its
+// own [taps + 1][C] buffer (the last row is the bias), then the buffers are summed.
+template <typename scalar_t>
+void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_weight, Tensor* grad_bias,
+                      const ConvGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const int64_t C = g.channels, T = taps(g);
+  const int64_t rows = g.batch * g.out_h;
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t ld = (C + V - 1) / V * V;  // padded so full-vector accumulation never overruns
+  std::vector<acc> partial(workers * (T + 1) * ld, acc(0));
+  at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
+    for (int64_t worker = wbegin; worker < wend; ++worker) {
+      acc* part = partial.data() + worker * (T + 1) * ld;
+      const int64_t r0 = rows * worker / workers, r1 = rows * (worker + 1) / workers;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / g.out_h, oh = r % g.out_h;
+        const scalar_t* gorow = go + r * g.out_w * C;
+        for (int64_t c = 0; c < C; c += V) {
+          const int64_t count = std::min(V, C - c);
+          const bool full = count == V;
+          auto load = [&](const scalar_t* p) { return full ? load_acc(p) : load_acc(p, count); };
+          Vec bsum(acc(0));
+          for (int64_t ow = 0; ow < g.out_w; ++ow) bsum += load(gorow + ow * C + c);
+          (Vec::loadu(part + T * ld + c) + bsum).store(part + T * ld + c);
+          if (!grad_weight) continue;
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            const scalar_t* irow = in + (n * g.in_h + ih) * g.in_w * C + c;
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              // Output columns whose tap kw lands inside the input row.
+              const int64_t off = kw * g.dilation_w - g.pad_w;
+              int64_t ow0 = off >= 0 ? 0 : (-off + g.stride_w - 1) / g.stride_w;
+              int64_t ow1 = g.in_w - 1 - off < 0 ? 0 : std::min(g.out_w, (g.in_w - 1 - off) / g.stride_w + 1);
+              Vec s0(acc(0)), s1(acc(0));
+              int64_t ow = ow0;
+              for (; ow + 1 < ow1; ow += 2) {
+                s0 = at::vec::fmadd(load(gorow + ow * C + c), load(irow + (ow * g.stride_w + off) * C), s0);
+                s1 = at::vec::fmadd(load(gorow + (ow + 1) * C + c), load(irow + ((ow + 1) * g.stride_w + off) * C), s1);
+              }
+              if (ow < ow1) s0 = at::vec::fmadd(load(gorow + ow * C + c), load(irow + (ow * g.stride_w + off) * C), s0);
+              acc* dst = part + (kh * g.kernel_w + kw) * ld + c;
+              (Vec::loadu(dst) + s0 + s1).store(dst);
+            }
+          }
+        }
+      }
+    }
+  });
+  for (int64_t worker = 1; worker < workers; ++worker)
+    for (int64_t i = 0; i < (T + 1) * ld; ++i) partial[i] += partial[worker * (T + 1) * ld + i];
+  if (grad_weight) {
+    scalar_t* gw = grad_weight->mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < T; ++t) gw[c * T + t] = static_cast<scalar_t>(partial[t * ld + c]);
+  }
+  if (grad_bias) {
+    scalar_t* gb = grad_bias->mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) gb[c] = static_cast<scalar_t>(partial[T * ld + c]);
+  }
+}
+
+// NCHW input gradient for any stride/dilation: grad_output rows are scattered into a phase plane of
+// the padded input gradient (contiguous vector adds), which is then cropped into grad_input.
+template <typename scalar_t>
+void grad_input_nchw_scatter(const Tensor& grad_out, const Tensor& weight, Tensor& grad_in, const ConvGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+  const Tensor wc = weight.contiguous();
+  const scalar_t* wsrc = wc.const_data_ptr<scalar_t>();
+  const int64_t T = taps(g), m = g.multiplier;
+  const int64_t items = g.batch * g.channels;
+  at::parallel_for(0, items, grain_for(items, g.out_h * g.out_w * T * m), [&](int64_t begin, int64_t end) {
+    PhasePlane<acc> p = phase_plane_shape<acc>(g, V);
+    p.data = thread_scratch<acc>(p.rows * p.pitch, ScratchSlot::kPlane);
+    acc* gorow = thread_scratch<acc>((g.out_w + V - 1) / V * V, ScratchSlot::kPlaneAux);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / g.channels, c = i % g.channels;
+      std::memset(p.data, 0, sizeof(acc) * p.rows * p.pitch);
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t oc = c * m + j;
+        const scalar_t* plane = go + (n * g.out_channels + oc) * g.out_h * g.out_w;
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          // Stage the row zero-padded to whole vectors, so the scatter adds zeros past out_w.
+          int64_t ow = 0;
+          for (; ow + V <= g.out_w; ow += V) load_acc(plane + oh * g.out_w + ow).store(gorow + ow);
+          if (ow < g.out_w) load_acc(plane + oh * g.out_w + ow, g.out_w - ow).store(gorow + ow);
+          const int64_t vecs = (g.out_w + V - 1) / V;
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const Vec wv(static_cast<acc>(wsrc[oc * T + kh * g.kernel_w + kw]));
+              acc* dst = p.tap(g, oh, kh, kw);
+              for (int64_t v = 0; v < vecs; ++v)
+                at::vec::fmadd(Vec::loadu(gorow + v * V), wv, Vec::loadu(dst + v * V)).store(dst + v * V);
+            }
+          }
+        }
+      }
+      scalar_t* dst = gi + i * g.in_h * g.in_w;
+      for (int64_t ih = 0; ih < g.in_h; ++ih) {
+        const int64_t y = ih + g.pad_h;
+        for (int64_t iw = 0; iw < g.in_w; ++iw)
+          dst[ih * g.in_w + iw] = y < p.rows ? static_cast<scalar_t>(p.at(y, iw + g.pad_w)) : scalar_t(0);
+      }
+    }
+  });
+}
+
+// NCHW weight (and bias) gradient: output channels are split across threads, so no reduction is needed;
+// each (n, oc) plane pair contributes taps dot products over a phase plane of the input.
+template <typename scalar_t>
+void grad_weight_nchw(const Tensor& grad_out, const Tensor& input, Tensor* grad_weight, Tensor* grad_bias,
+                      const ConvGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const int64_t T = taps(g);
+  scalar_t* gw = grad_weight ? grad_weight->mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gb = grad_bias ? grad_bias->mutable_data_ptr<scalar_t>() : nullptr;
+  const int64_t out_w_vec = (g.out_w + V - 1) / V * V;
+  at::parallel_for(0, g.out_channels, grain_for(g.out_channels, g.batch * g.out_h * g.out_w * T),
+                   [&](int64_t begin, int64_t end) {
+    PhasePlane<acc> p = phase_plane_shape<acc>(g, V);
+    p.data = thread_scratch<acc>(p.rows * p.pitch, ScratchSlot::kPlane);
+    acc* goplane = thread_scratch<acc>(g.out_h * out_w_vec, ScratchSlot::kPlaneAux);
+    std::vector<acc> wsum(T);
+    for (int64_t oc = begin; oc < end; ++oc) {
+      const int64_t c = oc / g.multiplier;
+      std::fill(wsum.begin(), wsum.end(), acc(0));
+      Vec bsum(acc(0));
+      for (int64_t n = 0; n < g.batch; ++n) {
+        // grad_output plane, rows zero-padded to whole vectors so masked lanes contribute nothing.
+        const scalar_t* gp = go + (n * g.out_channels + oc) * g.out_h * g.out_w;
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          acc* d = goplane + oh * out_w_vec;
+          int64_t ow = 0;
+          for (; ow + V <= g.out_w; ow += V) load_acc(gp + oh * g.out_w + ow).store(d + ow);
+          if (ow < g.out_w) load_acc(gp + oh * g.out_w + ow, g.out_w - ow).store(d + ow);
+          for (int64_t v = 0; v < out_w_vec; v += V) bsum += Vec::loadu(d + v);
+        }
+        if (!gw) continue;
+        fill_phase_plane(p, g, in + (n * g.channels + c) * g.in_h * g.in_w, g.in_w);
+        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+            Vec s0(acc(0)), s1(acc(0));
+            for (int64_t oh = 0; oh < g.out_h; ++oh) {
+              const acc* src = p.tap(g, oh, kh, kw);
+              const acc* d = goplane + oh * out_w_vec;
+              int64_t v = 0;
+              for (; v + 2 * V <= out_w_vec; v += 2 * V) {
+                s0 = at::vec::fmadd(Vec::loadu(d + v), Vec::loadu(src + v), s0);
+                s1 = at::vec::fmadd(Vec::loadu(d + v + V), Vec::loadu(src + v + V), s1);
+              }
+              if (v < out_w_vec) s0 = at::vec::fmadd(Vec::loadu(d + v), Vec::loadu(src + v), s0);
+            }
+            wsum[kh * g.kernel_w + kw] += at::vec::vec_reduce_all<acc>(std::plus<Vec>(), s0 + s1);
+          }
+        }
+      }
+      if (gw)
+        for (int64_t t = 0; t < T; ++t) gw[oc * T + t] = static_cast<scalar_t>(wsum[t]);
+      if (gb) gb[oc] = static_cast<scalar_t>(at::vec::vec_reduce_all<acc>(std::plus<Vec>(), bsum));
+    }
+  });
+}
+
+// Any layout, any multiplier.
+template <typename scalar_t>
+void grad_input_generic(const Tensor& grad_out, const Tensor& weight, Tensor& grad_in, const ConvGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+  const Tensor wc = weight.contiguous();
+  const scalar_t* wsrc = wc.const_data_ptr<scalar_t>();
+  const auto gs = grad_out.strides();
+  const auto is = grad_in.strides();
+  const int64_t T = taps(g), m = g.multiplier;
+  const int64_t items = g.batch * g.channels;
+  at::parallel_for(0, items, grain_for(items, g.in_h * g.in_w * T * m), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / g.channels, c = i % g.channels;
+      for (int64_t ih = 0; ih < g.in_h; ++ih) {
+        for (int64_t iw = 0; iw < g.in_w; ++iw) {
+          acc sum(0);
+          for (int64_t j = 0; j < m; ++j) {
+            const int64_t oc = c * m + j;
+            for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+              const int64_t y = ih + g.pad_h - kh * g.dilation_h;
+              if (y < 0 || y % g.stride_h || y / g.stride_h >= g.out_h) continue;
+              for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+                const int64_t x = iw + g.pad_w - kw * g.dilation_w;
+                if (x < 0 || x % g.stride_w || x / g.stride_w >= g.out_w) continue;
+                sum += static_cast<acc>(go[n * gs[0] + oc * gs[1] + (y / g.stride_h) * gs[2] + (x / g.stride_w) * gs[3]]) *
+                       static_cast<acc>(wsrc[oc * T + kh * g.kernel_w + kw]);
+              }
+            }
+          }
+          gi[n * is[0] + c * is[1] + ih * is[2] + iw * is[3]] = static_cast<scalar_t>(sum);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void grad_weight_generic(const Tensor& grad_out, const Tensor& input, Tensor* grad_weight, Tensor* grad_bias,
+                         const ConvGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const auto gs = grad_out.strides();
+  const auto is = input.strides();
+  const int64_t T = taps(g);
+  scalar_t* gw = grad_weight ? grad_weight->mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gb = grad_bias ? grad_bias->mutable_data_ptr<scalar_t>() : nullptr;
+  at::parallel_for(0, g.out_channels, grain_for(g.out_channels, g.batch * g.out_h * g.out_w * T),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t oc = begin; oc < end; ++oc) {
+      const int64_t c = oc / g.multiplier;
+      acc bsum(0);
+      std::vector<acc> wsum(T, acc(0));
+      for (int64_t n = 0; n < g.batch; ++n) {
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          for (int64_t ow = 0; ow < g.out_w; ++ow) {
+            const acc d = static_cast<acc>(go[n * gs[0] + oc * gs[1] + oh * gs[2] + ow * gs[3]]);
+            bsum += d;
+            for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+              const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+              if (ih < 0 || ih >= g.in_h) continue;
+              for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+                const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dilation_w;
+                if (iw < 0 || iw >= g.in_w) continue;
+                wsum[kh * g.kernel_w + kw] += d * static_cast<acc>(in[n * is[0] + c * is[1] + ih * is[2] + iw * is[3]]);
+              }
+            }
+          }
+        }
+      }
+      if (gw)
+        for (int64_t t = 0; t < T; ++t) gw[oc * T + t] = static_cast<scalar_t>(wsum[t]);
+      if (gb) gb[oc] = static_cast<scalar_t>(bsum);
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
+    const Tensor& grad_output_, const Tensor& input_, const Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+  const ConvGeometry g = depthwise_geometry(input_, weight, c10::nullopt, stride, padding, dilation);
+  TORCH_CHECK(input_.device().is_cpu(), "fusedops: depthwise_conv2d CPU backward got input on ", input_.device());
+  check_same_device(grad_output_, input_, "grad_output", "input");
+  TORCH_CHECK(grad_output_.scalar_type() == input_.scalar_type(), "fusedops: grad_output dtype ",
+              grad_output_.scalar_type(), " does not match input dtype ", input_.scalar_type());
+  TORCH_CHECK(grad_output_.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
+              "fusedops: grad_output has shape ", grad_output_.sizes(), " but the convolution's output has shape (",
+              g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w, ")");
+  const at::MemoryFormat fmt = output_memory_format(input_);
+  const Tensor input = input_.contiguous(fmt);
+  const Tensor grad_output = grad_output_.contiguous(fmt);
+  Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(fmt)) : Tensor();
+  Tensor grad_weight = output_mask[1] ? at::empty(weight.sizes(), weight.options()) : Tensor();
+  Tensor grad_bias = output_mask[2] ? at::empty({g.out_channels}, weight.options()) : Tensor();
+  if (grad_output.numel() == 0) {
+    if (grad_input.defined()) grad_input.zero_();
+    if (grad_weight.defined()) grad_weight.zero_();
+    if (grad_bias.defined()) grad_bias.zero_();
+  } else {
+    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_backward_cpu",
+                                    [&] {
+      if (grad_input.defined()) {
+        ConvGeometry t;
+        if (cl && transposed_as_forward(g, &t)) {
+          forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grad_input, t);
+        } else if (cl && g.multiplier == 1) {
+          grad_input_nhwc_gather<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grad_input, g);
+        } else if (!cl) {
+          grad_input_nchw_scatter<scalar_t>(grad_output, weight, grad_input, g);
+        } else {
+          grad_input_generic<scalar_t>(grad_output, weight, grad_input, g);
+        }
+      }
+      if (grad_weight.defined() || grad_bias.defined()) {
+        Tensor* gw = grad_weight.defined() ? &grad_weight : nullptr;
+        Tensor* gb = grad_bias.defined() ? &grad_bias : nullptr;
+        if (cl && g.multiplier == 1) grad_weight_nhwc<scalar_t>(grad_output, input, gw, gb, g);
+        else if (!cl) grad_weight_nchw<scalar_t>(grad_output, input, gw, gb, g);
+        else grad_weight_generic<scalar_t>(grad_output, input, gw, gb, g);
+      }
+    });
+  }
+  // Unrequested gradients are returned as empty tensors (custom ops cannot return None).
+  auto or_empty = [&](Tensor t) { return t.defined() ? t : at::empty({0}, input.options()); };
+  return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fusedops
+
+TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
+  m.impl("depthwise_conv2d", &fusedops::cpu::depthwise_conv2d_cpu);
+  m.impl("_depthwise_conv2d_backward", &fusedops::cpu::depthwise_conv2d_backward_cpu);
+}

@@ -1,0 +1,54 @@
+// Geometry and argument checks shared by every convolution-like op and every backend.
+//
+// An op's schema file (csrc/<op>.cpp) validates its arguments once through these helpers, and each
+// backend (csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu) receives a ready ConvGeometry, so all backends report
+// the same errors and agree on output sizes.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+
+namespace fusedops {
+
+// Sizes of a 2-D depthwise (groups == in_channels) convolution with depth multiplier `multiplier`:
+// output channel oc reads input channel oc / multiplier.
+struct ConvGeometry {
+  int64_t batch = 0;
+  int64_t channels = 0;      // input channels
+  int64_t multiplier = 1;    // output channels per input channel
+  int64_t out_channels = 0;  // channels * multiplier
+  int64_t in_h = 0, in_w = 0;
+  int64_t out_h = 0, out_w = 0;
+  int64_t kernel_h = 0, kernel_w = 0;
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dilation_h = 1, dilation_w = 1;
+
+  // Output column range [ow_begin, ow_end) whose taps all fall inside the input along W
+  // (the interior, where kernels run without bounds checks). Empty when the map is smaller than the kernel.
+  int64_t interior_ow_begin() const;
+  int64_t interior_ow_end() const;
+  int64_t interior_oh_begin() const;
+  int64_t interior_oh_end() const;
+};
+
+// Validates a depthwise convolution call and returns its geometry. Errors name the offending argument.
+ConvGeometry depthwise_geometry(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation);
+
+// The memory format an op's output takes: the input's, as for PyTorch convolutions.
+inline at::MemoryFormat output_memory_format(const at::Tensor& input) {
+  return input.suggest_memory_format();
+}
+
+// Checks that `t` lives on the same device as `reference`; `what` names the argument in the error.
+void check_same_device(const at::Tensor& t, const at::Tensor& reference, const char* what, const char* reference_name);
+
+}  // namespace fusedops

@@ -1,0 +1,160 @@
+// The channels-last depthwise micro-kernel: one output row for a range of channels.
+//
+// This is the tile unit the fused kernels build on: a caller picks an output row and a channel range,
+// and says where the results go (the real output, or a cache-resident tile that a pointwise GEMM
+// consumes next) and which epilogue (bias is applied here; activation through `epilogue`) runs before
+// the store.
+//
+// Vectorised over channels. Interior output columns (all taps inside the input) run a register-blocked
+// kernel: kBlock outputs at once, a kernel row's weights held in registers, and for stride 1/2 each
+// input pixel loaded once per kernel row and reused by every output that reads it. Border columns run
+// a bounds-checked per-pixel loop; rows never need checks because invalid kernel rows are skipped.
+#pragma once
+
+#include "fusedops/conv_geometry.h"
+#include "fusedops/cpu/vec_io.h"
+
+#include <algorithm>
+
+namespace fusedops {
+namespace cpu {
+
+// Outputs computed at once by the interior kernel: 8 on AVX-512 (8 accumulators + 7 weights + temps
+// fit its 32 registers), 4 on AVX2 (16 registers).
+template <typename acc_type>
+constexpr int kDwBlock = at::vec::Vectorized<acc_type>::size() >= 16 ? 8 : 4;
+
+struct IdentityEpilogue {
+  template <typename V>
+  V operator()(const V& v) const {
+    return v;
+  }
+};
+
+template <typename in_t, typename out_t>
+struct DwNhwcRow {
+  const in_t* image;       // input image of this batch element: pixel (ih, iw), channel c at
+                           // image + ih * in_row_stride + iw * in_pix_stride + c
+  int64_t in_row_stride;
+  int64_t in_pix_stride;
+  const acc_t<in_t>* weight;  // taps [kH][kW] x channels: tap t, channel c at weight + t * weight_ld + c
+  int64_t weight_ld;
+  const acc_t<in_t>* bias;    // per channel, or nullptr
+  out_t* out;              // output row: pixel ow, channel c at out + ow * out_pix_stride + c
+  int64_t out_pix_stride;
+  int64_t oh;
+  int64_t c_begin, c_end;
+};
+
+namespace detail {
+
+template <typename in_t, typename out_t, int KW, int SW, int B, bool kPartial, typename Epilogue>
+inline void dw_nhwc_interior_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
+                                   int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
+  using acc = acc_t<in_t>;
+  using Vec = at::vec::Vectorized<acc>;
+  Vec sum[B];
+  const Vec bias = t.bias ? load_buf<kPartial>(t.bias + c, count) : Vec(acc(0));
+#pragma GCC unroll 8
+  for (int b = 0; b < B; ++b) sum[b] = bias;
+  const int64_t iw0 = ow * SW - g.pad_w;
+  for (int kh = kh_begin; kh < kh_end; ++kh) {
+    const int64_t ih = t.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+    const in_t* row = t.image + ih * t.in_row_stride + iw0 * t.in_pix_stride + c;
+    const acc* wrow = t.weight + kh * KW * t.weight_ld + c;
+    Vec w[KW];
+#pragma GCC unroll 8
+    for (int kw = 0; kw < KW; ++kw) w[kw] = load_buf<kPartial>(wrow + kw * t.weight_ld, count);
+    constexpr int kCols = (B - 1) * SW + KW;
+#pragma GCC unroll 32
+    for (int col = 0; col < kCols; ++col) {
+      const Vec v = load_n<kPartial>(row + col * t.in_pix_stride, count);
+#pragma GCC unroll 8
+      for (int kw = 0; kw < KW; ++kw) {
+        const int d = col - kw;
+        if (d >= 0 && d % SW == 0 && d / SW < B) sum[d / SW] = at::vec::fmadd(v, w[kw], sum[d / SW]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int b = 0; b < B; ++b) store_n<kPartial>(t.out + (ow + b) * t.out_pix_stride + c, epilogue(sum[b]), count);
+}
+
+// One output pixel for one channel vector, any kernel/stride/dilation, with bounds checks along W.
+template <typename in_t, typename out_t, bool kPartial, typename Epilogue>
+inline void dw_nhwc_pixel(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end, int64_t ow,
+                          int64_t c, int64_t count, const Epilogue& epilogue) {
+  using acc = acc_t<in_t>;
+  using Vec = at::vec::Vectorized<acc>;
+  Vec sum = t.bias ? load_buf<kPartial>(t.bias + c, count) : Vec(acc(0));
+  const int64_t iw0 = ow * g.stride_w - g.pad_w;
+  for (int kh = kh_begin; kh < kh_end; ++kh) {
+    const int64_t ih = t.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+    const in_t* row = t.image + ih * t.in_row_stride + c;
+    const acc* wrow = t.weight + kh * g.kernel_w * t.weight_ld + c;
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      const int64_t iw = iw0 + kw * g.dilation_w;
+      if (iw < 0 || iw >= g.in_w) continue;
+      sum = at::vec::fmadd(load_n<kPartial>(row + iw * t.in_pix_stride, count),
+                           load_buf<kPartial>(wrow + kw * t.weight_ld, count), sum);
+    }
+  }
+  store_n<kPartial>(t.out + ow * t.out_pix_stride + c, epilogue(sum), count);
+}
+
+template <typename in_t, typename out_t, int KW, int SW, bool kPartial, typename Epilogue>
+inline void dw_nhwc_row_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
+                                 int64_t c, int64_t count, const Epilogue& epilogue) {
+  constexpr int B = kDwBlock<acc_t<in_t>>;
+  const int64_t ib = g.interior_ow_begin(), ie = g.interior_ow_end();
+  for (int64_t ow = 0; ow < ib; ++ow) dw_nhwc_pixel<in_t, out_t, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
+  int64_t ow = ib;
+  if constexpr (KW > 0) {
+    for (; ow + B <= ie; ow += B)
+      dw_nhwc_interior_block<in_t, out_t, KW, SW, B, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
+    for (; ow < ie; ++ow)
+      dw_nhwc_interior_block<in_t, out_t, KW, SW, 1, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
+  }
+  for (; ow < g.out_w; ++ow) dw_nhwc_pixel<in_t, out_t, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
+}
+
+template <typename in_t, typename out_t, int KW, int SW, typename Epilogue>
+inline void dw_nhwc_row_impl(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, const Epilogue& epilogue) {
+  constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
+  // Kernel rows that fall inside the input for this output row.
+  const int64_t ih0 = t.oh * g.stride_h - g.pad_h;
+  int kh_begin = 0, kh_end = static_cast<int>(g.kernel_h);
+  while (kh_begin < kh_end && ih0 + kh_begin * g.dilation_h < 0) ++kh_begin;
+  while (kh_end > kh_begin && ih0 + (kh_end - 1) * g.dilation_h >= g.in_h) --kh_end;
+  int64_t c = t.c_begin;
+  for (; c + V <= t.c_end; c += V)
+    dw_nhwc_row_channels<in_t, out_t, KW, SW, false>(t, g, kh_begin, kh_end, c, V, epilogue);
+  if (c < t.c_end)
+    dw_nhwc_row_channels<in_t, out_t, KW, SW, true>(t, g, kh_begin, kh_end, c, t.c_end - c, epilogue);
+}
+
+}  // namespace detail
+
+// Computes output row t.oh, channels [t.c_begin, t.c_end), of a depthwise convolution with multiplier 1.
+template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
+inline void depthwise_nhwc_row(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+                               const Epilogue& epilogue = Epilogue()) {
+  // Register-blocked interior kernels for the shapes mobile CNNs use; anything else runs the
+  // per-pixel loop (still vectorised over channels).
+  if (g.dilation_w == 1) {
+    const int64_t kw = g.kernel_w, sw = g.stride_w;
+#define FUSEDOPS_DW_CASE(KW, SW) \
+  if (kw == KW && sw == SW) return detail::dw_nhwc_row_impl<in_t, out_t, KW, SW>(t, g, epilogue);
+    FUSEDOPS_DW_CASE(3, 1)
+    FUSEDOPS_DW_CASE(3, 2)
+    FUSEDOPS_DW_CASE(5, 1)
+    FUSEDOPS_DW_CASE(5, 2)
+    FUSEDOPS_DW_CASE(7, 1)
+    FUSEDOPS_DW_CASE(7, 2)
+#undef FUSEDOPS_DW_CASE
+  }
+  detail::dw_nhwc_row_impl<in_t, out_t, 0, 1>(t, g, epilogue);
+}
+
+}  // namespace cpu
+}  // namespace fusedops

@@ -1,0 +1,88 @@
+// A zero-padded, stride-phase-split copy of one (H, W) plane, for NCHW kernels.
+//
+// Along W the padded columns are split by `stride_w` phase: padded column x lives in phase x % sw at
+// index x / sw. Output column ow, kernel column kw then reads phase (kw*dw) % sw at index ow + (kw*dw)/sw,
+// so every stride and dilation becomes contiguous vector loads over ow, and the zero padding removes
+// all bounds checks from the inner loops. The plane is built once per (n, c) in per-thread scratch
+// that stays in L1/L2 while the kernel sweeps it.
+#pragma once
+
+#include "fusedops/conv_geometry.h"
+#include "fusedops/cpu/vec_io.h"
+
+#include <cstring>
+
+namespace fusedops {
+namespace cpu {
+
+template <typename T>
+struct PhasePlane {
+  T* data = nullptr;
+  int64_t rows = 0;       // padded rows held
+  int64_t phase_len = 0;  // elements per phase in a row
+  int64_t pitch = 0;      // elements per row (stride_w * phase_len)
+  int64_t stride_w = 1;
+
+  // Start of the contiguous run read by kernel tap (kh, kw) for output row oh, output column 0.
+  const T* tap(const ConvGeometry& g, int64_t oh, int64_t kh, int64_t kw) const {
+    const int64_t x = kw * g.dilation_w;
+    return data + (oh * g.stride_h + kh * g.dilation_h) * pitch + (x % stride_w) * phase_len + x / stride_w;
+  }
+  T* tap(const ConvGeometry& g, int64_t oh, int64_t kh, int64_t kw) {
+    return const_cast<T*>(static_cast<const PhasePlane*>(this)->tap(g, oh, kh, kw));
+  }
+  // Element at padded coordinates (y, x).
+  T& at(int64_t y, int64_t x) { return data[y * pitch + (x % stride_w) * phase_len + x / stride_w]; }
+};
+
+// Shape of the plane for geometry g; vector loads may run up to `vec` elements past the last output.
+template <typename T>
+PhasePlane<T> phase_plane_shape(const ConvGeometry& g, int64_t vec) {
+  PhasePlane<T> p;
+  p.stride_w = g.stride_w;
+  p.rows = (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  const int64_t out_w_padded = (g.out_w + vec - 1) / vec * vec;
+  const int64_t from_taps = out_w_padded + ((g.kernel_w - 1) * g.dilation_w) / g.stride_w + 1;
+  const int64_t from_input = (g.in_w + 2 * g.pad_w + g.stride_w - 1) / g.stride_w;
+  p.phase_len = std::max(from_taps, from_input);
+  p.pitch = p.phase_len * g.stride_w;
+  return p;
+}
+
+// Fills `p` (whose data points at rows * pitch elements) with the zero-padded plane `src`
+// (element (ih, iw) at src[ih * row_stride + iw]).
+template <typename in_t, typename T>
+void fill_phase_plane(PhasePlane<T>& p, const ConvGeometry& g, const in_t* src, int64_t row_stride) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  std::memset(p.data, 0, sizeof(T) * p.rows * p.pitch);
+  const int64_t ih_end = std::min(g.in_h, p.rows - g.pad_h);
+  for (int64_t ih = 0; ih < ih_end; ++ih) {
+    const in_t* s = src + ih * row_stride;
+    const int64_t y = ih + g.pad_h;
+    if (p.stride_w == 1) {
+      T* d = p.data + y * p.pitch + g.pad_w;
+      int64_t iw = 0;
+      for (; iw + V <= g.in_w; iw += V) load_acc(s + iw).store(d + iw);
+      for (; iw < g.in_w; ++iw) d[iw] = static_cast<T>(s[iw]);
+    } else if (p.stride_w == 2 && kSameAsAcc<in_t>) {
+      if constexpr (kSameAsAcc<in_t>) {
+        // Split even/odd padded columns with vector permutes.
+        T* phase_of_first = p.data + y * p.pitch + (g.pad_w % 2) * p.phase_len + g.pad_w / 2;
+        T* phase_of_second = p.data + y * p.pitch + ((g.pad_w + 1) % 2) * p.phase_len + (g.pad_w + 1) / 2;
+        int64_t iw = 0, j = 0;
+        for (; iw + 2 * V <= g.in_w; iw += 2 * V, j += V) {
+          auto [even, odd] = at::vec::deinterleave2(Vec::loadu(s + iw), Vec::loadu(s + iw + V));
+          even.store(phase_of_first + j);
+          odd.store(phase_of_second + j);
+        }
+        for (; iw < g.in_w; ++iw) p.at(y, iw + g.pad_w) = static_cast<T>(s[iw]);
+      }
+    } else {
+      for (int64_t iw = 0; iw < g.in_w; ++iw) p.at(y, iw + g.pad_w) = static_cast<T>(s[iw]);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusedops

@@ -1,0 +1,41 @@
+// Per-thread scratch memory that grows but is never freed while the thread lives, so kernels run
+// without allocating once warmed up (intra-op worker threads persist between calls).
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+
+namespace fusedops {
+namespace cpu {
+
+// Independent buffers a kernel may hold at once on one thread.
+enum class ScratchSlot : int { kPlane = 0, kPlaneAux = 1, kWeights = 2, kReduce = 3, kCount = 4 };
+
+inline void* thread_scratch_bytes(size_t bytes, ScratchSlot slot) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t capacity = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[static_cast<int>(ScratchSlot::kCount)];
+  Buffer& b = buffers[static_cast<int>(slot)];
+  if (b.capacity < bytes) {
+    std::free(b.data);
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    b.data = std::aligned_alloc(64, rounded);
+    TORCH_CHECK(b.data != nullptr, "fusedops: out of memory allocating ", rounded, " bytes of scratch");
+    b.capacity = rounded;
+  }
+  return b.data;
+}
+
+template <typename T>
+inline T* thread_scratch(size_t count, ScratchSlot slot) {
+  return static_cast<T*>(thread_scratch_bytes(count * sizeof(T), slot));
+}
+
+}  // namespace cpu
+}  // namespace fusedops

@@ -1,0 +1,90 @@
+// Vector loads and stores that widen storage types (bfloat16, half) to their accumulation type
+// (float), so one kernel template serves float, double, bfloat16 and half.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <type_traits>
+
+namespace fusedops {
+namespace cpu {
+
+template <typename scalar_t>
+using acc_t = at::opmath_type<scalar_t>;
+
+template <typename scalar_t>
+using AccVec = at::vec::Vectorized<acc_t<scalar_t>>;
+
+template <typename scalar_t>
+constexpr bool kSameAsAcc = std::is_same_v<scalar_t, acc_t<scalar_t>>;
+
+// Loads AccVec::size() elements.
+template <typename scalar_t>
+inline AccVec<scalar_t> load_acc(const scalar_t* p) {
+  if constexpr (kSameAsAcc<scalar_t>) {
+    return AccVec<scalar_t>::loadu(p);
+  } else {
+    at::vec::Vectorized<float> v;
+    at::vec::load_to_float(p, v);
+    return v;
+  }
+}
+
+// Loads the first `count` (< size) elements; the rest of the vector is zero. Never reads past p + count.
+template <typename scalar_t>
+inline AccVec<scalar_t> load_acc(const scalar_t* p, int64_t count) {
+  if constexpr (kSameAsAcc<scalar_t>) {
+    return AccVec<scalar_t>::loadu(p, count);
+  } else {
+    alignas(64) float tmp[AccVec<scalar_t>::size()] = {};
+    for (int64_t i = 0; i < count; ++i) tmp[i] = static_cast<float>(p[i]);
+    return AccVec<scalar_t>::loadu(tmp);
+  }
+}
+
+template <typename scalar_t>
+inline void store_acc(scalar_t* p, const AccVec<scalar_t>& v) {
+  if constexpr (kSameAsAcc<scalar_t>) {
+    v.store(p);
+  } else {
+    alignas(64) float tmp[AccVec<scalar_t>::size()];
+    v.store(tmp);
+    for (int64_t i = 0; i < AccVec<scalar_t>::size(); ++i) p[i] = static_cast<scalar_t>(tmp[i]);
+  }
+}
+
+template <typename scalar_t>
+inline void store_acc(scalar_t* p, const AccVec<scalar_t>& v, int64_t count) {
+  if constexpr (kSameAsAcc<scalar_t>) {
+    v.store(p, count);
+  } else {
+    alignas(64) float tmp[AccVec<scalar_t>::size()];
+    v.store(tmp);
+    for (int64_t i = 0; i < count; ++i) p[i] = static_cast<scalar_t>(tmp[i]);
+  }
+}
+
+// Full or partial load/store chosen at compile time, so the common full-vector path carries no mask.
+template <bool kPartial, typename scalar_t>
+inline AccVec<scalar_t> load_n(const scalar_t* p, int64_t count) {
+  if constexpr (kPartial) return load_acc(p, count);
+  else return load_acc(p);
+}
+
+template <bool kPartial, typename scalar_t>
+inline void store_n(scalar_t* p, const AccVec<scalar_t>& v, int64_t count) {
+  if constexpr (kPartial) store_acc(p, v, count);
+  else store_acc(p, v);
+}
+
+// For accumulation-type buffers (float/double), whose tails may be read in full.
+template <bool kPartial, typename T>
+inline at::vec::Vectorized<T> load_buf(const T* p, int64_t count) {
+  if constexpr (kPartial) return at::vec::Vectorized<T>::loadu(p, count);
+  else return at::vec::Vectorized<T>::loadu(p);
+}
+
+}  // namespace cpu
+}  // namespace fusedops

@@ -1,0 +1,81 @@
+"""Registration shared by every op.
+
+Each op's schema is written once, in C++ (``csrc/<op>.cpp``), in the ``fusedops`` namespace, whose CPU
+and CUDA kernels are the native ones. The Triton kernels are bound to a mirror namespace,
+``fusedops_triton``, with the same schemas (copied from the C++ ones), so that both are real
+``torch.library`` ops. Fake kernels and autograd are registered on both through this module, once per
+op, from the op's own Python module (``fusedops/ops/<op>.py``).
+"""
+
+import importlib
+
+import torch
+
+from .. import _backend, _extension
+
+NATIVE_NAMESPACE = "fusedops"
+TRITON_NAMESPACE = "fusedops_triton"
+
+_triton_library = None
+
+
+def namespaces():
+    """Namespaces whose ops exist in this process."""
+    if not _extension.has_ops():
+        return []
+    return [NATIVE_NAMESPACE] + ([TRITON_NAMESPACE] if _extension.has_triton() else [])
+
+
+def ops_for(impl: str):
+    """The torch.ops namespace object that runs the resolved implementation NATIVE or TRITON."""
+    return getattr(torch.ops, TRITON_NAMESPACE if impl == _backend.TRITON else NATIVE_NAMESPACE)
+
+
+def define_triton_mirror(name: str, module: str, launcher: str) -> None:
+    """Defines ``fusedops_triton::<name>`` with the schema of ``fusedops::<name>``, implemented by
+    ``fusedops.ops._triton.<module>.<launcher>`` (imported on first call, so TRITON_INTERPRET and the
+    CUDA context are settled by then)."""
+    global _triton_library
+    if TRITON_NAMESPACE not in namespaces():
+        return
+    if _triton_library is None:
+        _triton_library = torch.library.Library(TRITON_NAMESPACE, "DEF")
+    schema = str(getattr(torch.ops.fusedops, name).default._schema)
+    _triton_library.define(schema.split("::", 1)[1])
+    resolved = []
+
+    def kernel(*args):
+        if not resolved:
+            resolved.append(getattr(importlib.import_module(f"fusedops.ops._triton.{module}"), launcher))
+        return resolved[0](*args)
+
+    # CPU: the Triton interpreter runs the same kernels on CPU tensors (testing only; the Python wrapper
+    # refuses CPU tensors unless TRITON_INTERPRET=1).
+    for key in ("CUDA", "CPU"):
+        _triton_library.impl(name, kernel, key)
+
+
+def register_fake(name: str, fn) -> None:
+    for ns in namespaces():
+        torch.library.register_fake(f"{ns}::{name}")(fn)
+
+
+def register_autograd(name: str, make_backward, setup_context) -> None:
+    """`make_backward(ops)` returns the backward function that calls the backward op in namespace `ops`."""
+    for ns in namespaces():
+        torch.library.register_autograd(
+            f"{ns}::{name}", make_backward(getattr(torch.ops, ns)), setup_context=setup_context
+        )
+
+
+def register_no_double_backward(name: str, forward_name: str) -> None:
+    """Differentiating the backward op `name` raises a clear error instead of returning wrong gradients."""
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fusedops: double backward (higher-order gradients) of {forward_name} is not supported; "
+            "use the 'reference' backend (fusedops.use_backend('reference')) for higher-order gradients"
+        )
+
+    for ns in namespaces():
+        torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=lambda ctx, inputs, output: None)
