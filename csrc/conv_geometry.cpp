@@ -6,40 +6,11 @@ namespace fusedops {
 
 namespace {
 
-int64_t ceil_div(int64_t a, int64_t b) {
-  return a >= 0 ? (a + b - 1) / b : -((-a) / b);
-}
-
-// First output index o with o * stride - pad >= 0, and one past the last with
-// o * stride - pad + (kernel - 1) * dilation <= size - 1.
-int64_t interior_begin(int64_t stride, int64_t pad) {
-  return std::max<int64_t>(0, ceil_div(pad, stride));
-}
-
-int64_t interior_end(int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
-  const int64_t last_start = size - 1 - (kernel - 1) * dilation + pad;  // o * stride <= last_start
-  if (last_start < 0) return 0;
-  return std::min<int64_t>(out, last_start / stride + 1);
-}
-
 void check_pair(at::IntArrayRef values, const char* name) {
   TORCH_CHECK(values.size() == 2, "fusedops: ", name, " must have 2 elements (height, width), got ", values.size());
 }
 
 }  // namespace
-
-int64_t ConvGeometry::interior_ow_begin() const {
-  return std::min(out_w, interior_begin(stride_w, pad_w));
-}
-int64_t ConvGeometry::interior_ow_end() const {
-  return std::max(interior_ow_begin(), interior_end(in_w, out_w, kernel_w, stride_w, pad_w, dilation_w));
-}
-int64_t ConvGeometry::interior_oh_begin() const {
-  return std::min(out_h, interior_begin(stride_h, pad_h));
-}
-int64_t ConvGeometry::interior_oh_end() const {
-  return std::max(interior_oh_begin(), interior_end(in_h, out_h, kernel_h, stride_h, pad_h, dilation_h));
-}
 
 void check_same_device(const at::Tensor& t, const at::Tensor& reference, const char* what, const char* reference_name) {
   TORCH_CHECK(t.device() == reference.device(), "fusedops: ", what, " is on ", t.device(), " but ", reference_name,

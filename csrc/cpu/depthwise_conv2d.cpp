@@ -101,46 +101,101 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
   });
 }
 
-// Output rows [oh_begin, oh_end) of one output plane from a phase plane: kVecs vectors of columns at once.
-template <typename scalar_t, int kVecs, bool kPartial>
-inline void plane_forward_block(const PhasePlane<acc_t<scalar_t>>& p, const ConvGeometry& g, const acc_t<scalar_t>* w,
-                                acc_t<scalar_t> bias, scalar_t* out_row, int64_t oh, int64_t ow, int64_t count) {
-  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
+// kVecs vectors of outputs read from a phase plane starting at `src`: all taps accumulate in registers;
+// tap offsets are precomputed so the loop holds no index arithmetic.
+template <typename acc, typename out_t, int kVecs, bool kPartial>
+inline void plane_run(const acc* src, const int64_t* offsets, int64_t taps, const acc* w, acc bias, out_t* out,
+                      int64_t count) {
+  using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
   Vec sum[kVecs];
+#pragma GCC unroll 8
   for (int v = 0; v < kVecs; ++v) sum[v] = Vec(bias);
-  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-      const Vec wv(w[kh * g.kernel_w + kw]);
-      const acc_t<scalar_t>* src = p.tap(g, oh, kh, kw) + ow;
-#pragma GCC unroll 4
-      for (int v = 0; v < kVecs; ++v) sum[v] = at::vec::fmadd(Vec::loadu(src + v * V), wv, sum[v]);
+  for (int64_t t = 0; t < taps; ++t) {
+    const Vec wv(w[t]);
+    const acc* tap = src + offsets[t];
+#pragma GCC unroll 8
+    for (int v = 0; v < kVecs; ++v) sum[v] = at::vec::fmadd(Vec::loadu(tap + v * V), wv, sum[v]);
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < kVecs; ++v) {
+    if (kPartial && v == kVecs - 1) store_acc(out + v * V, sum[v], count);
+    else store_acc(out + v * V, sum[v]);
+  }
+}
+
+// Up to kMaxRunVecs vectors; `count` is the number of valid lanes of the last one when `partial`.
+constexpr int64_t kMaxRunVecs = 8;  // 8 accumulators + weight + load fit even AVX2's 16 registers
+
+template <typename acc, typename out_t>
+inline void plane_run_vectors(int64_t vecs, bool partial, const acc* src, const int64_t* offsets, int64_t taps,
+                              const acc* w, acc bias, out_t* out, int64_t count) {
+#define FUSEDOPS_RUN_CASE(N)                                                                    \
+  case N:                                                                                       \
+    if (partial) return plane_run<acc, out_t, N, true>(src, offsets, taps, w, bias, out, count); \
+    return plane_run<acc, out_t, N, false>(src, offsets, taps, w, bias, out, count);
+  switch (vecs) {
+    FUSEDOPS_RUN_CASE(1)
+    FUSEDOPS_RUN_CASE(2)
+    FUSEDOPS_RUN_CASE(3)
+    FUSEDOPS_RUN_CASE(4)
+    FUSEDOPS_RUN_CASE(5)
+    FUSEDOPS_RUN_CASE(6)
+    FUSEDOPS_RUN_CASE(7)
+    FUSEDOPS_RUN_CASE(8)
+    default:
+      TORCH_INTERNAL_ASSERT(false, "plane_run_vectors: ", vecs, " vectors");
+  }
+#undef FUSEDOPS_RUN_CASE
+}
+
+// One output plane from a phase plane, row by row (any stride).
+template <typename scalar_t>
+void plane_forward_rows(const PhasePlane<acc_t<scalar_t>>& p, const ConvGeometry& g, const int64_t* offsets,
+                        const acc_t<scalar_t>* w, acc_t<scalar_t> bias, scalar_t* out) {
+  constexpr int64_t V = at::vec::Vectorized<acc_t<scalar_t>>::size();
+  const int64_t row_vecs = (g.out_w + V - 1) / V;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    const acc_t<scalar_t>* row = p.data + oh * g.stride_h * p.pitch;
+    scalar_t* out_row = out + oh * g.out_w;
+    for (int64_t v0 = 0; v0 < row_vecs; v0 += kMaxRunVecs) {
+      const int64_t vecs = std::min(kMaxRunVecs, row_vecs - v0);
+      const int64_t last = g.out_w - (v0 + vecs - 1) * V;  // valid lanes of the run's last vector
+      plane_run_vectors<acc_t<scalar_t>, scalar_t>(vecs, last < V, row + v0 * V, offsets, taps(g), w, bias,
+                                                   out_row + v0 * V, last);
     }
   }
-#pragma GCC unroll 4
-  for (int v = 0; v < kVecs; ++v) {
-    const bool last = v == kVecs - 1;
-    if (kPartial && last) store_acc(out_row + ow + v * V, sum[v], count);
-    else store_acc(out_row + ow + v * V, sum[v]);
-  }
 }
 
-// One output plane (n, oc) of the NCHW forward from the phase plane of its input channel.
+// Copies the out_w valid columns of each row of a flat run (row pitch `pitch`) into a dense plane.
 template <typename scalar_t>
-void plane_forward(const PhasePlane<acc_t<scalar_t>>& p, const ConvGeometry& g, const acc_t<scalar_t>* w,
-                   acc_t<scalar_t> bias, scalar_t* out) {
-  constexpr int64_t V = at::vec::Vectorized<acc_t<scalar_t>>::size();
-  constexpr int kVecs = 4;
+void compact_flat_run(const acc_t<scalar_t>* run, int64_t pitch, const ConvGeometry& g, scalar_t* out) {
+  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
+  constexpr int64_t V = Vec::size();
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
-    scalar_t* out_row = out + oh * g.out_w;
+    const acc_t<scalar_t>* src = run + oh * pitch;
+    scalar_t* dst = out + oh * g.out_w;
     int64_t ow = 0;
-    for (; ow + kVecs * V <= g.out_w; ow += kVecs * V)
-      plane_forward_block<scalar_t, kVecs, false>(p, g, w, bias, out_row, oh, ow, V);
-    for (; ow + V <= g.out_w; ow += V) plane_forward_block<scalar_t, 1, false>(p, g, w, bias, out_row, oh, ow, V);
-    if (ow < g.out_w) plane_forward_block<scalar_t, 1, true>(p, g, w, bias, out_row, oh, ow, g.out_w - ow);
+    for (; ow + V <= g.out_w; ow += V) store_acc(dst + ow, Vec::loadu(src + ow));
+    if (ow < g.out_w) store_acc(dst + ow, Vec::loadu(src + ow, g.out_w - ow), g.out_w - ow);
   }
 }
 
+// One output plane from a flat plane (stride 1): a single run over the whole plane, then compaction.
+template <typename scalar_t>
+void plane_forward_flat(const PhasePlane<acc_t<scalar_t>>& p, const ConvGeometry& g, const int64_t* offsets,
+                        const acc_t<scalar_t>* w, acc_t<scalar_t> bias, acc_t<scalar_t>* run, scalar_t* out) {
+  constexpr int64_t V = at::vec::Vectorized<acc_t<scalar_t>>::size();
+  const int64_t vecs = (flat_run_length(g, p.pitch) + V - 1) / V;
+  for (int64_t v0 = 0; v0 < vecs; v0 += kMaxRunVecs) {
+    plane_run_vectors<acc_t<scalar_t>, acc_t<scalar_t>>(std::min(kMaxRunVecs, vecs - v0), false, p.data + v0 * V,
+                                                        offsets, taps(g), w, bias, run + v0 * V, V);
+  }
+  compact_flat_run<scalar_t>(run, p.pitch, g, out);
+}
+
+// NCHW forward: per (n, c) a padded plane of the input channel, then each of its `multiplier` output planes.
+// Also computes stride-1 input gradients (geometry from transposed_as_forward, rotated weights).
 template <typename scalar_t>
 void forward_nchw(const Tensor& input, const Tensor& weight, const acc_t<scalar_t>* bias, Tensor& out,
                   const ConvGeometry& g) {
@@ -151,19 +206,25 @@ void forward_nchw(const Tensor& input, const Tensor& weight, const acc_t<scalar_
   const Tensor wc = weight.contiguous();
   const scalar_t* wsrc = wc.const_data_ptr<scalar_t>();
   const int64_t T = taps(g), m = g.multiplier;
+  const bool flat = flat_plane_applies(g);
   const int64_t items = g.batch * g.channels;
   const int64_t macs = g.out_h * g.out_w * T * m;
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
-    PhasePlane<acc> p = phase_plane_shape<acc>(g, V);
-    p.data = thread_scratch<acc>(p.rows * p.pitch, ScratchSlot::kPlane);
-    acc* w = thread_scratch<acc>(T, ScratchSlot::kPlaneAux);
+    PhasePlane<acc> p = phase_plane_shape<acc>(g, V, flat);
+    p.data = thread_scratch<acc>(p.size, ScratchSlot::kPlane);
+    acc* run = flat ? thread_scratch<acc>((flat_run_length(g, p.pitch) + V - 1) / V * V, ScratchSlot::kRun) : nullptr;
+    acc* w = thread_scratch<acc>(T, ScratchSlot::kTapWeights);
+    int64_t* offsets = thread_scratch<int64_t>(T, ScratchSlot::kOffsets);
+    phase_plane_tap_offsets(p, g, offsets);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / g.channels, c = i % g.channels;
       fill_phase_plane(p, g, in + i * g.in_h * g.in_w, g.in_w);
       for (int64_t j = 0; j < m; ++j) {
         const int64_t oc = c * m + j;
         for (int64_t t = 0; t < T; ++t) w[t] = static_cast<acc>(wsrc[oc * T + t]);
-        plane_forward<scalar_t>(p, g, w, bias ? bias[oc] : acc(0), o + (n * g.out_channels + oc) * g.out_h * g.out_w);
+        scalar_t* dst = o + (n * g.out_channels + oc) * g.out_h * g.out_w;
+        if (flat) plane_forward_flat<scalar_t>(p, g, offsets, w, bias ? bias[oc] : acc(0), run, dst);
+        else plane_forward_rows<scalar_t>(p, g, offsets, w, bias ? bias[oc] : acc(0), dst);
       }
     }
   });
@@ -289,6 +350,77 @@ void grad_input_nhwc_gather(const Tensor& grad_out, const acc_t<scalar_t>* w, Te
   });
 }
 
+// Weight-gradient contributions of kernel row kh for one output row and one channel vector:
+// sum[kw] += sum over ow of grad_out[ow] * input[ih, ow*stride - pad + kw*dilation]. Interior columns
+// slide a window of input vectors (SW new loads per output instead of KW); borders are bounds-checked.
+template <typename scalar_t, int KW, int SW, bool kPartial>
+inline void gw_nhwc_kernel_row(const scalar_t* gorow, const scalar_t* irow, int64_t pix, const ConvGeometry& g,
+                               int64_t ib, int64_t ie, int64_t count, AccVec<scalar_t>* sum) {
+  using Vec = AccVec<scalar_t>;
+  Vec acc_kw[KW];  // local accumulators, so they live in registers
+#pragma GCC unroll 8
+  for (int kw = 0; kw < KW; ++kw) acc_kw[kw] = Vec(0);
+  auto border = [&](int64_t ow) {
+    const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
+#pragma GCC unroll 8
+    for (int kw = 0; kw < KW; ++kw) {
+      const int64_t iw = ow * SW - g.pad_w + kw;
+      if (iw >= 0 && iw < g.in_w) acc_kw[kw] = at::vec::fmadd(gv, load_n<kPartial>(irow + iw * pix, count), acc_kw[kw]);
+    }
+  };
+  for (int64_t ow = 0; ow < std::min(ib, g.out_w); ++ow) border(ow);
+  if (ib < ie) {
+    Vec win[KW];
+    const scalar_t* base = irow + (ib * SW - g.pad_w) * pix;
+#pragma GCC unroll 8
+    for (int j = 0; j < KW; ++j) win[j] = load_n<kPartial>(base + j * pix, count);
+    for (int64_t ow = ib;; ++ow) {
+      const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
+#pragma GCC unroll 8
+      for (int kw = 0; kw < KW; ++kw) acc_kw[kw] = at::vec::fmadd(gv, win[kw], acc_kw[kw]);
+      if (ow + 1 >= ie) break;
+      base += SW * pix;
+#pragma GCC unroll 8
+      for (int j = 0; j < KW; ++j) win[j] = j + SW < KW ? win[j + SW] : load_n<kPartial>(base + j * pix, count);
+    }
+  }
+  for (int64_t ow = std::max(ie, ib); ow < g.out_w; ++ow) border(ow);
+#pragma GCC unroll 8
+  for (int kw = 0; kw < KW; ++kw) sum[kw] += acc_kw[kw];
+}
+
+// Same contributions for any kernel width, stride and dilation.
+template <typename scalar_t, bool kPartial>
+inline void gw_nhwc_kernel_row_generic(const scalar_t* gorow, const scalar_t* irow, int64_t pix,
+                                       const ConvGeometry& g, int64_t count, AccVec<scalar_t>* sum) {
+  for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+    const int64_t off = kw * g.dilation_w - g.pad_w;
+    const int64_t ow0 = off >= 0 ? 0 : (-off + g.stride_w - 1) / g.stride_w;
+    const int64_t ow1 = g.in_w - 1 - off < 0 ? 0 : std::min(g.out_w, (g.in_w - 1 - off) / g.stride_w + 1);
+    for (int64_t ow = ow0; ow < ow1; ++ow)
+      sum[kw] = at::vec::fmadd(load_n<kPartial>(gorow + ow * pix, count),
+                               load_n<kPartial>(irow + (ow * g.stride_w + off) * pix, count), sum[kw]);
+  }
+}
+
+template <typename scalar_t, bool kPartial>
+inline void gw_nhwc_row(const scalar_t* gorow, const scalar_t* irow, int64_t pix, const ConvGeometry& g, int64_t ib,
+                        int64_t ie, int64_t count, AccVec<scalar_t>* sum) {
+  if (g.dilation_w == 1) {
+#define FUSEDOPS_GW_CASE(KW, SW)                                                                        \
+  if (g.kernel_w == KW && g.stride_w == SW)                                                             \
+    return gw_nhwc_kernel_row<scalar_t, KW, SW, kPartial>(gorow, irow, pix, g, ib, ie, count, sum);
+    FUSEDOPS_GW_CASE(3, 1)
+    FUSEDOPS_GW_CASE(3, 2)
+    FUSEDOPS_GW_CASE(5, 1)
+    FUSEDOPS_GW_CASE(5, 2)
+    FUSEDOPS_GW_CASE(7, 1)
+    FUSEDOPS_GW_CASE(7, 2)
+#undef FUSEDOPS_GW_CASE
+  }
+  gw_nhwc_kernel_row_generic<scalar_t, kPartial>(gorow, irow, pix, g, count, sum);
+}
+
 // Weight (and bias) gradient, channels-last: rows are split across threads, each accumulating into its
 // own [taps + 1][C] buffer (the last row is the bias), then the buffers are summed.
 template <typename scalar_t>
@@ -297,12 +429,15 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
   using acc = acc_t<scalar_t>;
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
+  constexpr int kMaxKW = 64;
+  TORCH_CHECK(g.kernel_w <= kMaxKW, "fusedops: depthwise_conv2d CPU backward supports kernel widths up to ", kMaxKW);
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const int64_t C = g.channels, T = taps(g);
   const int64_t rows = g.batch * g.out_h;
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   const int64_t ld = (C + V - 1) / V * V;  // padded so full-vector accumulation never overruns
+  const int64_t ib = g.interior_ow_begin(), ie = g.interior_ow_end();
   std::vector<acc> partial(workers * (T + 1) * ld, acc(0));
   at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
@@ -314,29 +449,22 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
         for (int64_t c = 0; c < C; c += V) {
           const int64_t count = std::min(V, C - c);
           const bool full = count == V;
-          auto load = [&](const scalar_t* p) { return full ? load_acc(p) : load_acc(p, count); };
           Vec bsum(acc(0));
-          for (int64_t ow = 0; ow < g.out_w; ++ow) bsum += load(gorow + ow * C + c);
+          for (int64_t ow = 0; ow < g.out_w; ++ow)
+            bsum += full ? load_acc(gorow + ow * C + c) : load_acc(gorow + ow * C + c, count);
           (Vec::loadu(part + T * ld + c) + bsum).store(part + T * ld + c);
           if (!grad_weight) continue;
           for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
             const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
             if (ih < 0 || ih >= g.in_h) continue;
             const scalar_t* irow = in + (n * g.in_h + ih) * g.in_w * C + c;
+            Vec sum[kMaxKW];
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) sum[kw] = Vec(acc(0));
+            if (full) gw_nhwc_row<scalar_t, false>(gorow + c, irow, C, g, ib, ie, count, sum);
+            else gw_nhwc_row<scalar_t, true>(gorow + c, irow, C, g, ib, ie, count, sum);
             for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-              // Output columns whose tap kw lands inside the input row.
-              const int64_t off = kw * g.dilation_w - g.pad_w;
-              int64_t ow0 = off >= 0 ? 0 : (-off + g.stride_w - 1) / g.stride_w;
-              int64_t ow1 = g.in_w - 1 - off < 0 ? 0 : std::min(g.out_w, (g.in_w - 1 - off) / g.stride_w + 1);
-              Vec s0(acc(0)), s1(acc(0));
-              int64_t ow = ow0;
-              for (; ow + 1 < ow1; ow += 2) {
-                s0 = at::vec::fmadd(load(gorow + ow * C + c), load(irow + (ow * g.stride_w + off) * C), s0);
-                s1 = at::vec::fmadd(load(gorow + (ow + 1) * C + c), load(irow + ((ow + 1) * g.stride_w + off) * C), s1);
-              }
-              if (ow < ow1) s0 = at::vec::fmadd(load(gorow + ow * C + c), load(irow + (ow * g.stride_w + off) * C), s0);
               acc* dst = part + (kh * g.kernel_w + kw) * ld + c;
-              (Vec::loadu(dst) + s0 + s1).store(dst);
+              (Vec::loadu(dst) + sum[kw]).store(dst);
             }
           }
         }
@@ -358,6 +486,7 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
 
 // NCHW input gradient for any stride/dilation: grad_output rows are scattered into a phase plane of
 // the padded input gradient (contiguous vector adds), which is then cropped into grad_input.
+// (Stride-1 input gradients take the faster gather form: forward_nchw with the rotated kernel.)
 template <typename scalar_t>
 void grad_input_nchw_scatter(const Tensor& grad_out, const Tensor& weight, Tensor& grad_in, const ConvGeometry& g) {
   using acc = acc_t<scalar_t>;
@@ -370,12 +499,15 @@ void grad_input_nchw_scatter(const Tensor& grad_out, const Tensor& weight, Tenso
   const int64_t T = taps(g), m = g.multiplier;
   const int64_t items = g.batch * g.channels;
   at::parallel_for(0, items, grain_for(items, g.out_h * g.out_w * T * m), [&](int64_t begin, int64_t end) {
-    PhasePlane<acc> p = phase_plane_shape<acc>(g, V);
-    p.data = thread_scratch<acc>(p.rows * p.pitch, ScratchSlot::kPlane);
-    acc* gorow = thread_scratch<acc>((g.out_w + V - 1) / V * V, ScratchSlot::kPlaneAux);
+    PhasePlane<acc> p = phase_plane_shape<acc>(g, V, false);
+    p.data = thread_scratch<acc>(p.size, ScratchSlot::kPlane);
+    acc* gorow = thread_scratch<acc>((g.out_w + V - 1) / V * V, ScratchSlot::kRun);
+    int64_t* offsets = thread_scratch<int64_t>(T, ScratchSlot::kOffsets);
+    phase_plane_tap_offsets(p, g, offsets);
+    const int64_t vecs = (g.out_w + V - 1) / V;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / g.channels, c = i % g.channels;
-      std::memset(p.data, 0, sizeof(acc) * p.rows * p.pitch);
+      std::memset(p.data, 0, sizeof(acc) * p.size);
       for (int64_t j = 0; j < m; ++j) {
         const int64_t oc = c * m + j;
         const scalar_t* plane = go + (n * g.out_channels + oc) * g.out_h * g.out_w;
@@ -384,29 +516,71 @@ void grad_input_nchw_scatter(const Tensor& grad_out, const Tensor& weight, Tenso
           int64_t ow = 0;
           for (; ow + V <= g.out_w; ow += V) load_acc(plane + oh * g.out_w + ow).store(gorow + ow);
           if (ow < g.out_w) load_acc(plane + oh * g.out_w + ow, g.out_w - ow).store(gorow + ow);
-          const int64_t vecs = (g.out_w + V - 1) / V;
-          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-              const Vec wv(static_cast<acc>(wsrc[oc * T + kh * g.kernel_w + kw]));
-              acc* dst = p.tap(g, oh, kh, kw);
-              for (int64_t v = 0; v < vecs; ++v)
-                at::vec::fmadd(Vec::loadu(gorow + v * V), wv, Vec::loadu(dst + v * V)).store(dst + v * V);
-            }
+          acc* row = p.data + oh * g.stride_h * p.pitch;
+          for (int64_t t = 0; t < T; ++t) {
+            const Vec wv(static_cast<acc>(wsrc[oc * T + t]));
+            acc* dst = row + offsets[t];
+            for (int64_t v = 0; v < vecs; ++v)
+              at::vec::fmadd(Vec::loadu(gorow + v * V), wv, Vec::loadu(dst + v * V)).store(dst + v * V);
           }
         }
       }
+      // Crop: input column iw sits at padded column iw + pad_w, i.e. phase (iw + pad_w) % sw.
       scalar_t* dst = gi + i * g.in_h * g.in_w;
       for (int64_t ih = 0; ih < g.in_h; ++ih) {
         const int64_t y = ih + g.pad_h;
-        for (int64_t iw = 0; iw < g.in_w; ++iw)
-          dst[ih * g.in_w + iw] = y < p.rows ? static_cast<scalar_t>(p.at(y, iw + g.pad_w)) : scalar_t(0);
+        scalar_t* drow = dst + ih * g.in_w;
+        if (y >= p.rows) {
+          std::fill(drow, drow + g.in_w, scalar_t(0));
+          continue;
+        }
+        const acc* prow = p.data + y * p.pitch;
+        int64_t phase = g.pad_w % p.stride_w, idx = g.pad_w / p.stride_w;
+        for (int64_t iw = 0; iw < g.in_w; ++iw) {
+          drow[iw] = static_cast<scalar_t>(prow[phase * p.phase_len + idx]);
+          if (++phase == p.stride_w) {
+            phase = 0;
+            ++idx;
+          }
+        }
       }
     }
   });
 }
 
-// NCHW weight (and bias) gradient: output channels are split across threads, so no reduction is needed;
-// each (n, oc) plane pair contributes taps dot products over a phase plane of the input.
+// Weight-gradient dot products of kTaps taps over a flat run: sum[t] = <grad_run, plane + offsets[t]>.
+// The grad vector is loaded once for all kTaps taps held in registers.
+template <typename acc, int kTaps>
+inline void flat_tap_dots(const acc* grad_run, int64_t vecs, const acc* plane, const int64_t* offsets, acc* sums) {
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  Vec sum[kTaps];
+#pragma GCC unroll 12
+  for (int t = 0; t < kTaps; ++t) sum[t] = Vec(acc(0));
+  for (int64_t v = 0; v < vecs; ++v) {
+    const Vec gv = Vec::loadu(grad_run + v * V);
+#pragma GCC unroll 12
+    for (int t = 0; t < kTaps; ++t) sum[t] = at::vec::fmadd(gv, Vec::loadu(plane + offsets[t] + v * V), sum[t]);
+  }
+#pragma GCC unroll 12
+  for (int t = 0; t < kTaps; ++t) sums[t] += at::vec::vec_reduce_all<acc>(std::plus<Vec>(), sum[t]);
+}
+
+// All taps, in register groups: 12 accumulators + the grad vector + a load fit AVX2's 16 registers.
+template <typename acc>
+inline void flat_all_tap_dots(const acc* grad_run, int64_t vecs, const acc* plane, const int64_t* offsets,
+                              int64_t taps, acc* sums) {
+  int64_t t = 0;
+  for (; t + 12 <= taps; t += 12) flat_tap_dots<acc, 12>(grad_run, vecs, plane, offsets + t, sums + t);
+  for (; t + 9 <= taps; t += 9) flat_tap_dots<acc, 9>(grad_run, vecs, plane, offsets + t, sums + t);
+  for (; t + 4 <= taps; t += 4) flat_tap_dots<acc, 4>(grad_run, vecs, plane, offsets + t, sums + t);
+  for (; t < taps; ++t) flat_tap_dots<acc, 1>(grad_run, vecs, plane, offsets + t, sums + t);
+}
+
+// NCHW weight (and bias) gradient: output channels are split across threads, so no reduction is needed.
+// Per (n, oc): a padded plane of the input channel and the grad_output plane staged with the same row
+// pitch (zeros in the junk columns); stride 1 then needs one flat dot product per tap over the whole
+// plane, other strides one per tap and output row.
 template <typename scalar_t>
 void grad_weight_nchw(const Tensor& grad_out, const Tensor& input, Tensor* grad_weight, Tensor* grad_bias,
                       const ConvGeometry& g) {
@@ -418,44 +592,48 @@ void grad_weight_nchw(const Tensor& grad_out, const Tensor& input, Tensor* grad_
   const int64_t T = taps(g);
   scalar_t* gw = grad_weight ? grad_weight->mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* gb = grad_bias ? grad_bias->mutable_data_ptr<scalar_t>() : nullptr;
-  const int64_t out_w_vec = (g.out_w + V - 1) / V * V;
+  const bool flat = flat_plane_applies(g);
   at::parallel_for(0, g.out_channels, grain_for(g.out_channels, g.batch * g.out_h * g.out_w * T),
                    [&](int64_t begin, int64_t end) {
-    PhasePlane<acc> p = phase_plane_shape<acc>(g, V);
-    p.data = thread_scratch<acc>(p.rows * p.pitch, ScratchSlot::kPlane);
-    acc* goplane = thread_scratch<acc>(g.out_h * out_w_vec, ScratchSlot::kPlaneAux);
+    PhasePlane<acc> p = phase_plane_shape<acc>(g, V, flat);
+    p.data = thread_scratch<acc>(p.size, ScratchSlot::kPlane);
+    // Staged grad_output: flat → rows of the plane's pitch; otherwise rows padded to whole vectors.
+    const int64_t grad_pitch = flat ? p.pitch : (g.out_w + V - 1) / V * V;
+    const int64_t grad_vecs = flat ? (flat_run_length(g, p.pitch) + V - 1) / V : grad_pitch / V;
+    const int64_t grad_size = flat ? grad_vecs * V : g.out_h * grad_pitch;
+    acc* staged = thread_scratch<acc>(grad_size, ScratchSlot::kRun);
+    int64_t* offsets = thread_scratch<int64_t>(T, ScratchSlot::kOffsets);
+    phase_plane_tap_offsets(p, g, offsets);
     std::vector<acc> wsum(T);
     for (int64_t oc = begin; oc < end; ++oc) {
       const int64_t c = oc / g.multiplier;
       std::fill(wsum.begin(), wsum.end(), acc(0));
       Vec bsum(acc(0));
       for (int64_t n = 0; n < g.batch; ++n) {
-        // grad_output plane, rows zero-padded to whole vectors so masked lanes contribute nothing.
         const scalar_t* gp = go + (n * g.out_channels + oc) * g.out_h * g.out_w;
+        std::memset(staged, 0, sizeof(acc) * grad_size);
         for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          acc* d = goplane + oh * out_w_vec;
+          acc* d = staged + oh * grad_pitch;
           int64_t ow = 0;
-          for (; ow + V <= g.out_w; ow += V) load_acc(gp + oh * g.out_w + ow).store(d + ow);
-          if (ow < g.out_w) load_acc(gp + oh * g.out_w + ow, g.out_w - ow).store(d + ow);
-          for (int64_t v = 0; v < out_w_vec; v += V) bsum += Vec::loadu(d + v);
+          for (; ow + V <= g.out_w; ow += V) {
+            const Vec v = load_acc(gp + oh * g.out_w + ow);
+            v.store(d + ow);
+            bsum += v;
+          }
+          if (ow < g.out_w) {
+            const Vec v = load_acc(gp + oh * g.out_w + ow, g.out_w - ow);
+            v.store(d + ow, g.out_w - ow);
+            bsum += v;
+          }
         }
         if (!gw) continue;
         fill_phase_plane(p, g, in + (n * g.channels + c) * g.in_h * g.in_w, g.in_w);
-        for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-          for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-            Vec s0(acc(0)), s1(acc(0));
-            for (int64_t oh = 0; oh < g.out_h; ++oh) {
-              const acc* src = p.tap(g, oh, kh, kw);
-              const acc* d = goplane + oh * out_w_vec;
-              int64_t v = 0;
-              for (; v + 2 * V <= out_w_vec; v += 2 * V) {
-                s0 = at::vec::fmadd(Vec::loadu(d + v), Vec::loadu(src + v), s0);
-                s1 = at::vec::fmadd(Vec::loadu(d + v + V), Vec::loadu(src + v + V), s1);
-              }
-              if (v < out_w_vec) s0 = at::vec::fmadd(Vec::loadu(d + v), Vec::loadu(src + v), s0);
-            }
-            wsum[kh * g.kernel_w + kw] += at::vec::vec_reduce_all<acc>(std::plus<Vec>(), s0 + s1);
-          }
+        if (flat) {
+          flat_all_tap_dots<acc>(staged, grad_vecs, p.data, offsets, T, wsum.data());
+        } else {
+          for (int64_t oh = 0; oh < g.out_h; ++oh)
+            flat_all_tap_dots<acc>(staged + oh * grad_pitch, grad_vecs, p.data + oh * g.stride_h * p.pitch, offsets,
+                                   T, wsum.data());
         }
       }
       if (gw)
@@ -573,6 +751,8 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
         ConvGeometry t;
         if (cl && transposed_as_forward(g, &t)) {
           forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grad_input, t);
+        } else if (!cl && transposed_as_forward(g, &t)) {
+          forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grad_input, t);
         } else if (cl && g.multiplier == 1) {
           grad_input_nhwc_gather<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grad_input, g);
         } else if (!cl) {

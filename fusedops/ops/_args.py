@@ -12,6 +12,10 @@ from torch._prims_common import suggest_memory_format
 
 def pair(value, name: str):
     """An int or a 2-sequence of ints -> tuple of 2 ints."""
+    if type(value) is int:  # the common case first: this runs on every call
+        return (value, value)
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return value
     if isinstance(value, bool):
         raise TypeError(f"fusedops: {name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, numbers.Integral):
@@ -27,9 +31,8 @@ def pair(value, name: str):
 def check_tensor(t, name: str, *, rank=None) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"fusedops: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if rank is not None:
-        torch._check(t.dim() == rank, lambda: f"fusedops: {name} must be a {rank}-D tensor, got {t.dim()}-D "
-                     f"with shape {tuple(t.shape)}")
+    if rank is not None and t.dim() != rank:
+        raise RuntimeError(f"fusedops: {name} must be a {rank}-D tensor, got {t.dim()}-D with shape {tuple(t.shape)}")
 
 
 def check_same(t, ref, name: str, ref_name: str) -> None:

@@ -35,13 +35,18 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
     """
     input, weight, bias, stride, padding, dilation = _normalize(input, weight, bias, stride, padding, dilation)
     impl = _backend.resolve(input.device, NAME)
+    if impl == _backend.NATIVE:
+        # The C++ op validates its arguments itself (same messages), so eager calls skip the Python checks:
+        # they would cost more than the kernel on small maps. Traced calls still check in the fake kernel.
+        return _library.ops_for(impl).depthwise_conv2d(input, weight, bias, stride, padding, dilation)
+    _check(input, weight, bias, stride, padding, dilation)
     if impl == _backend.REFERENCE:
         return _reference.depthwise_conv2d(input, weight, bias, stride, padding, dilation)
     return _library.ops_for(impl).depthwise_conv2d(input, weight, bias, stride, padding, dilation)
 
 
 def _normalize(input, weight, bias, stride, padding, dilation):
-    """Checks the arguments and resolves padding="same"/"valid" to explicit symmetric padding."""
+    """Checks the argument types and resolves padding="same"/"valid" to explicit symmetric padding."""
     _args.check_tensor(input, "input", rank=4)
     _args.check_tensor(weight, "weight", rank=4)
     if bias is not None:
@@ -65,7 +70,6 @@ def _normalize(input, weight, bias, stride, padding, dilation):
                 input = F.pad(input, (0, extra_w, 0, extra_h))
     else:
         padding = _args.pair(padding, "padding")
-    _check(input, weight, bias, stride, padding, dilation)
     return input, weight, bias, stride, padding, dilation
 
 

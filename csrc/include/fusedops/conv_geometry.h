@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -28,10 +29,26 @@ struct ConvGeometry {
 
   // Output column range [ow_begin, ow_end) whose taps all fall inside the input along W
   // (the interior, where kernels run without bounds checks). Empty when the map is smaller than the kernel.
-  int64_t interior_ow_begin() const;
-  int64_t interior_ow_end() const;
-  int64_t interior_oh_begin() const;
-  int64_t interior_oh_end() const;
+  int64_t interior_ow_begin() const { return interior_begin(out_w, stride_w, pad_w); }
+  int64_t interior_ow_end() const {
+    return std::max(interior_ow_begin(), interior_end(in_w, out_w, kernel_w, stride_w, pad_w, dilation_w));
+  }
+  int64_t interior_oh_begin() const { return interior_begin(out_h, stride_h, pad_h); }
+  int64_t interior_oh_end() const {
+    return std::max(interior_oh_begin(), interior_end(in_h, out_h, kernel_h, stride_h, pad_h, dilation_h));
+  }
+
+ private:
+  // First output index o with o * stride - pad >= 0.
+  static int64_t interior_begin(int64_t out, int64_t stride, int64_t pad) {
+    return std::min(out, (pad + stride - 1) / stride);
+  }
+  // One past the last o with o * stride - pad + (kernel - 1) * dilation <= size - 1.
+  static int64_t interior_end(int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_t pad,
+                              int64_t dilation) {
+    const int64_t last_start = size - 1 - (kernel - 1) * dilation + pad;
+    return last_start < 0 ? 0 : std::min(out, last_start / stride + 1);
+  }
 };
 
 // Validates a depthwise convolution call and returns its geometry. Errors name the offending argument.

@@ -5,10 +5,11 @@
 // consumes next) and which epilogue (bias is applied here; activation through `epilogue`) runs before
 // the store.
 //
-// Vectorised over channels. Interior output columns (all taps inside the input) run a register-blocked
-// kernel: kBlock outputs at once, a kernel row's weights held in registers, and for stride 1/2 each
-// input pixel loaded once per kernel row and reused by every output that reads it. Border columns run
-// a bounds-checked per-pixel loop; rows never need checks because invalid kernel rows are skipped.
+// Vectorised over channels, register-blocked over output columns: blocks of kDwBlock outputs (then
+// halves for the row's remainder), a kernel row's weights held in registers, each input column loaded
+// once per kernel row and reused by every output of the block that reads it. Interior blocks run without
+// bounds checks; border blocks read out-of-range columns as zero. Rows never need checks: kernel rows
+// outside the input are skipped. Other kernel sizes / dilations run a per-pixel loop.
 #pragma once
 
 #include "fusedops/conv_geometry.h"
@@ -48,15 +49,17 @@ struct DwNhwcRow {
 
 namespace detail {
 
-template <typename in_t, typename out_t, int KW, int SW, int B, bool kPartial, typename Epilogue>
-inline void dw_nhwc_interior_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
-                                   int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
+// kB outputs (ow .. ow + kB - 1) of one channel vector. kChecked: some taps fall outside the input
+// along W and read as zero (border blocks); otherwise no checks at all.
+template <typename in_t, typename out_t, int KW, int SW, int kB, bool kPartial, bool kChecked, typename Epilogue>
+inline void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
+                          int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
-  Vec sum[B];
+  Vec sum[kB];
   const Vec bias = t.bias ? load_buf<kPartial>(t.bias + c, count) : Vec(acc(0));
 #pragma GCC unroll 8
-  for (int b = 0; b < B; ++b) sum[b] = bias;
+  for (int b = 0; b < kB; ++b) sum[b] = bias;
   const int64_t iw0 = ow * SW - g.pad_w;
   for (int kh = kh_begin; kh < kh_end; ++kh) {
     const int64_t ih = t.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
@@ -65,19 +68,26 @@ inline void dw_nhwc_interior_block(const DwNhwcRow<in_t, out_t>& t, const ConvGe
     Vec w[KW];
 #pragma GCC unroll 8
     for (int kw = 0; kw < KW; ++kw) w[kw] = load_buf<kPartial>(wrow + kw * t.weight_ld, count);
-    constexpr int kCols = (B - 1) * SW + KW;
+    // Each input column is loaded once and feeds every output of the block that reads it.
+    constexpr int kCols = (kB - 1) * SW + KW;
 #pragma GCC unroll 32
     for (int col = 0; col < kCols; ++col) {
-      const Vec v = load_n<kPartial>(row + col * t.in_pix_stride, count);
+      Vec v;
+      if constexpr (kChecked) {
+        const int64_t iw = iw0 + col;
+        v = (iw >= 0 && iw < g.in_w) ? load_n<kPartial>(row + col * t.in_pix_stride, count) : Vec(acc(0));
+      } else {
+        v = load_n<kPartial>(row + col * t.in_pix_stride, count);
+      }
 #pragma GCC unroll 8
       for (int kw = 0; kw < KW; ++kw) {
         const int d = col - kw;
-        if (d >= 0 && d % SW == 0 && d / SW < B) sum[d / SW] = at::vec::fmadd(v, w[kw], sum[d / SW]);
+        if (d >= 0 && d % SW == 0 && d / SW < kB) sum[d / SW] = at::vec::fmadd(v, w[kw], sum[d / SW]);
       }
     }
   }
 #pragma GCC unroll 8
-  for (int b = 0; b < B; ++b) store_n<kPartial>(t.out + (ow + b) * t.out_pix_stride + c, epilogue(sum[b]), count);
+  for (int b = 0; b < kB; ++b) store_n<kPartial>(t.out + (ow + b) * t.out_pix_stride + c, epilogue(sum[b]), count);
 }
 
 // One output pixel for one channel vector, any kernel/stride/dilation, with bounds checks along W.
@@ -102,20 +112,35 @@ inline void dw_nhwc_pixel(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g
   store_n<kPartial>(t.out + ow * t.out_pix_stride + c, epilogue(sum), count);
 }
 
+// Blocks of kB outputs, halving kB for the row's remainder; border blocks take the checked variant.
+template <typename in_t, typename out_t, int KW, int SW, int kB, bool kPartial, typename Epilogue>
+inline int64_t dw_nhwc_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
+                              int64_t ow, int64_t interior_begin, int64_t interior_end, int64_t c, int64_t count,
+                              const Epilogue& epilogue) {
+  for (; ow + kB <= g.out_w; ow += kB) {
+    if (ow >= interior_begin && ow + kB <= interior_end)
+      dw_nhwc_block<in_t, out_t, KW, SW, kB, kPartial, false>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
+    else
+      dw_nhwc_block<in_t, out_t, KW, SW, kB, kPartial, true>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
+  }
+  if constexpr (kB > 1) {
+    return dw_nhwc_blocks<in_t, out_t, KW, SW, kB / 2, kPartial>(t, g, kh_begin, kh_end, ow, interior_begin,
+                                                                interior_end, c, count, epilogue);
+  }
+  return ow;
+}
+
 template <typename in_t, typename out_t, int KW, int SW, bool kPartial, typename Epilogue>
 inline void dw_nhwc_row_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
-                                 int64_t c, int64_t count, const Epilogue& epilogue) {
-  constexpr int B = kDwBlock<acc_t<in_t>>;
-  const int64_t ib = g.interior_ow_begin(), ie = g.interior_ow_end();
-  for (int64_t ow = 0; ow < ib; ++ow) dw_nhwc_pixel<in_t, out_t, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
-  int64_t ow = ib;
+                                 int64_t interior_begin, int64_t interior_end, int64_t c, int64_t count,
+                                 const Epilogue& epilogue) {
   if constexpr (KW > 0) {
-    for (; ow + B <= ie; ow += B)
-      dw_nhwc_interior_block<in_t, out_t, KW, SW, B, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
-    for (; ow < ie; ++ow)
-      dw_nhwc_interior_block<in_t, out_t, KW, SW, 1, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
+    dw_nhwc_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>>, kPartial>(t, g, kh_begin, kh_end, 0, interior_begin,
+                                                                        interior_end, c, count, epilogue);
+  } else {
+    for (int64_t ow = 0; ow < g.out_w; ++ow)
+      dw_nhwc_pixel<in_t, out_t, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
   }
-  for (; ow < g.out_w; ++ow) dw_nhwc_pixel<in_t, out_t, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
 }
 
 template <typename in_t, typename out_t, int KW, int SW, typename Epilogue>
@@ -126,11 +151,12 @@ inline void dw_nhwc_row_impl(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry
   int kh_begin = 0, kh_end = static_cast<int>(g.kernel_h);
   while (kh_begin < kh_end && ih0 + kh_begin * g.dilation_h < 0) ++kh_begin;
   while (kh_end > kh_begin && ih0 + (kh_end - 1) * g.dilation_h >= g.in_h) --kh_end;
+  const int64_t ib = g.interior_ow_begin(), ie = g.interior_ow_end();
   int64_t c = t.c_begin;
   for (; c + V <= t.c_end; c += V)
-    dw_nhwc_row_channels<in_t, out_t, KW, SW, false>(t, g, kh_begin, kh_end, c, V, epilogue);
+    dw_nhwc_row_channels<in_t, out_t, KW, SW, false>(t, g, kh_begin, kh_end, ib, ie, c, V, epilogue);
   if (c < t.c_end)
-    dw_nhwc_row_channels<in_t, out_t, KW, SW, true>(t, g, kh_begin, kh_end, c, t.c_end - c, epilogue);
+    dw_nhwc_row_channels<in_t, out_t, KW, SW, true>(t, g, kh_begin, kh_end, ib, ie, c, t.c_end - c, epilogue);
 }
 
 }  // namespace detail

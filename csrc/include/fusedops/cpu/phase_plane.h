@@ -5,6 +5,11 @@
 // so every stride and dilation becomes contiguous vector loads over ow, and the zero padding removes
 // all bounds checks from the inner loops. The plane is built once per (n, c) in per-thread scratch
 // that stays in L1/L2 while the kernel sweeps it.
+//
+// Stride-1 convolutions use the "flat" shape: rows of exactly W + 2*pad_w elements. Then output pixel
+// (oh, ow), computed at flat index oh * pitch + ow, reads tap t at flat index + offsets[t] for every row,
+// so a kernel sweeps the whole plane as one contiguous run (no per-row overhead, full vectors even on
+// 7x7 maps); the pitch - out_w junk columns per row are dropped when results are compacted.
 #pragma once
 
 #include "fusedops/conv_geometry.h"
@@ -22,6 +27,7 @@ struct PhasePlane {
   int64_t phase_len = 0;  // elements per phase in a row
   int64_t pitch = 0;      // elements per row (stride_w * phase_len)
   int64_t stride_w = 1;
+  int64_t size = 0;       // elements to allocate: rows * pitch plus slack for vector over-reads
 
   // Start of the contiguous run read by kernel tap (kh, kw) for output row oh, output column 0.
   const T* tap(const ConvGeometry& g, int64_t oh, int64_t kh, int64_t kw) const {
@@ -35,18 +41,48 @@ struct PhasePlane {
   T& at(int64_t y, int64_t x) { return data[y * pitch + (x % stride_w) * phase_len + x / stride_w]; }
 };
 
-// Shape of the plane for geometry g; vector loads may run up to `vec` elements past the last output.
+// Offset of each kernel tap's contiguous run from the start of the plane row read by tap (0, 0):
+// output row oh, tap t, columns ow.. start at data + oh * stride_h * pitch + offsets[t] + ow.
 template <typename T>
-PhasePlane<T> phase_plane_shape(const ConvGeometry& g, int64_t vec) {
+void phase_plane_tap_offsets(const PhasePlane<T>& p, const ConvGeometry& g, int64_t* offsets) {
+  for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+    for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+      const int64_t x = kw * g.dilation_w;
+      offsets[kh * g.kernel_w + kw] = kh * g.dilation_h * p.pitch + (x % p.stride_w) * p.phase_len + x / p.stride_w;
+    }
+  }
+}
+
+// Whether geometry g can use the flat shape (stride 1 in both dimensions).
+inline bool flat_plane_applies(const ConvGeometry& g) {
+  return g.stride_h == 1 && g.stride_w == 1;
+}
+
+// Shape of the plane for geometry g; vector loads may run up to `overread` elements past the last
+// output (row-wise for the phase-split shape, past the flat run for the flat shape).
+template <typename T>
+PhasePlane<T> phase_plane_shape(const ConvGeometry& g, int64_t overread, bool flat) {
   PhasePlane<T> p;
   p.stride_w = g.stride_w;
   p.rows = (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
-  const int64_t out_w_padded = (g.out_w + vec - 1) / vec * vec;
+  if (flat) {
+    TORCH_INTERNAL_ASSERT(flat_plane_applies(g));
+    p.phase_len = p.pitch = g.in_w + 2 * g.pad_w;
+    p.size = p.rows * p.pitch + overread;
+    return p;
+  }
+  const int64_t out_w_padded = (g.out_w + overread - 1) / overread * overread;
   const int64_t from_taps = out_w_padded + ((g.kernel_w - 1) * g.dilation_w) / g.stride_w + 1;
   const int64_t from_input = (g.in_w + 2 * g.pad_w + g.stride_w - 1) / g.stride_w;
   p.phase_len = std::max(from_taps, from_input);
   p.pitch = p.phase_len * g.stride_w;
+  p.size = p.rows * p.pitch;
   return p;
+}
+
+// Length of the flat run covering every output pixel of a flat plane.
+inline int64_t flat_run_length(const ConvGeometry& g, int64_t pitch) {
+  return (g.out_h - 1) * pitch + g.out_w;
 }
 
 // Fills `p` (whose data points at rows * pitch elements) with the zero-padded plane `src`
@@ -55,7 +91,7 @@ template <typename in_t, typename T>
 void fill_phase_plane(PhasePlane<T>& p, const ConvGeometry& g, const in_t* src, int64_t row_stride) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  std::memset(p.data, 0, sizeof(T) * p.rows * p.pitch);
+  std::memset(p.data, 0, sizeof(T) * p.size);
   const int64_t ih_end = std::min(g.in_h, p.rows - g.pad_h);
   for (int64_t ih = 0; ih < ih_end; ++ih) {
     const in_t* s = src + ih * row_stride;

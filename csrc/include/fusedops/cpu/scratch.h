@@ -12,7 +12,14 @@ namespace fusedops {
 namespace cpu {
 
 // Independent buffers a kernel may hold at once on one thread.
-enum class ScratchSlot : int { kPlane = 0, kPlaneAux = 1, kWeights = 2, kReduce = 3, kCount = 4 };
+enum class ScratchSlot : int {
+  kPlane = 0,       // a padded input plane
+  kRun = 1,         // a flat output run / staged gradient plane
+  kWeights = 2,     // weights re-laid out by the calling thread, shared with the workers
+  kOffsets = 3,     // per-tap offsets
+  kTapWeights = 4,  // one channel's taps in the accumulation type
+  kCount = 5
+};
 
 inline void* thread_scratch_bytes(size_t bytes, ScratchSlot slot) {
   struct Buffer {

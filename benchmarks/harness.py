@@ -1,0 +1,207 @@
+"""Benchmark harness shared by every op and model benchmark.
+
+Providers (callables) of one case are timed interleaved round-robin in one process: each round takes
+one sample of every provider, a sample runs enough calls to last ~`sample_ms`, and the reported figure
+is the median per-call time over rounds. Speed-ups are medians of the per-round paired ratios, so
+slow drifts of a noisy host cancel out. Results print as a table and are appended to a CSV file with
+the machine, thread count, allocator setting, torch version and git commit.
+"""
+
+import csv
+import dataclasses
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+RESULTS_CSV = os.path.join(DATA_DIR, "results.csv")
+
+# The allocator setting under which numbers are comparable: without it glibc returns large activations
+# to the OS after each call and page-faults them back on the next (up to 5x slower at batch 8).
+FAULT_FREE_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+
+CSV_COLUMNS = [
+    "timestamp", "git_sha", "machine", "threads", "allocator", "torch_version", "benchmark", "case", "mode",
+    "provider", "median_us", "min_us", "rounds", "speedup_of", "speedup", "extra",
+]
+
+
+@dataclasses.dataclass
+class Case:
+    """One shape/config: `providers` maps a provider name to a zero-argument callable to time."""
+
+    benchmark: str
+    name: str
+    mode: str
+    providers: Dict[str, Callable[[], object]]
+    baselines: List[str] = dataclasses.field(default_factory=list)  # providers the first one is compared to
+    extra: str = ""  # free-form (e.g. bytes moved, copy time)
+
+
+@dataclasses.dataclass
+class Result:
+    case: Case
+    median_us: Dict[str, float]
+    min_us: Dict[str, float]
+    # baseline -> median paired ratio baseline_time / first_provider_time (the CSV column "speedup" of the
+    # baseline's row, with "speedup_of" naming the first provider)
+    speedup: Dict[str, float]
+    rounds: int
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cpus)"
+
+
+def allocator_setting() -> str:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return "fault-free" if "mmap_max=0" in tunables else "default-glibc"
+
+
+def git_sha() -> str:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def _calibrate(fn, sample_ms: float) -> int:
+    fn()
+    start = time.perf_counter()
+    calls = 0
+    while time.perf_counter() - start < 0.02:
+        fn()
+        calls += 1
+    per_call = (time.perf_counter() - start) / calls
+    return max(1, int(sample_ms / 1000 / per_call))
+
+
+def time_case(case: Case, rounds: int = 15, warmup: int = 3, sample_ms: float = 25.0) -> Result:
+    names = list(case.providers)
+    for name in names:
+        for _ in range(warmup):
+            case.providers[name]()
+    iters = {name: _calibrate(case.providers[name], sample_ms) for name in names}
+    samples = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            fn, n = case.providers[name], iters[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - start) / n * 1e6)
+    first = names[0]
+    speedup = {
+        b: statistics.median(sb / sf for sb, sf in zip(samples[b], samples[first])) for b in case.baselines
+    }
+    return Result(
+        case=case,
+        median_us={n: statistics.median(s) for n, s in samples.items()},
+        min_us={n: min(s) for n, s in samples.items()},
+        speedup=speedup,
+        rounds=rounds,
+    )
+
+
+def geomean(values):
+    values = [v for v in values if v > 0]
+    if not values:
+        return float("nan")
+    prod = 1.0
+    for v in values:
+        prod *= v
+    return prod ** (1.0 / len(values))
+
+
+def format_table(results: List[Result], title: str = "") -> str:
+    """Markdown table: per case, each provider's median time and the first provider's speed-ups."""
+    if not results:
+        return ""
+    providers = []
+    for r in results:
+        for p in r.case.providers:
+            if p not in providers:
+                providers.append(p)
+    baselines = []
+    for r in results:
+        for b in r.case.baselines:
+            if b not in baselines:
+                baselines.append(b)
+    first = list(results[0].case.providers)[0]
+    head = ["case", "mode"] + [f"{p} us" for p in providers] + [f"{first} vs {b}" for b in baselines] + ["extra"]
+    lines = []
+    if title:
+        lines.append(f"### {title}")
+        lines.append("")
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for r in results:
+        row = [r.case.name, r.case.mode]
+        row += [f"{r.median_us[p]:.1f}" if p in r.median_us else "-" for p in providers]
+        row += [f"{r.speedup[b]:.2f}x" if b in r.speedup else "-" for b in baselines]
+        row.append(r.case.extra)
+        lines.append("| " + " | ".join(row) + " |")
+    by_mode = {}
+    for r in results:
+        by_mode.setdefault(r.case.mode, []).append(r)
+    for mode, rs in by_mode.items():
+        parts = []
+        for b in baselines:
+            vals = [r.speedup[b] for r in rs if b in r.speedup]
+            if vals:
+                parts.append(f"vs {b}: geomean {geomean(vals):.2f}x (min {min(vals):.2f}x)")
+        if parts:
+            lines.append("")
+            lines.append(f"{mode}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def append_csv(results: List[Result], path: Optional[str] = None) -> str:
+    path = path or RESULTS_CSV
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    new = not os.path.exists(path)
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    common = {
+        "timestamp": stamp,
+        "git_sha": git_sha(),
+        "machine": machine_description(),
+        "threads": torch.get_num_threads(),
+        "allocator": allocator_setting(),
+        "torch_version": torch.__version__,
+    }
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        if new:
+            writer.writeheader()
+        for r in results:
+            first = list(r.case.providers)[0]
+            for p in r.case.providers:
+                row = dict(common, benchmark=r.case.benchmark, case=r.case.name, mode=r.case.mode, provider=p,
+                           median_us=f"{r.median_us[p]:.3f}", min_us=f"{r.min_us[p]:.3f}", rounds=r.rounds,
+                           speedup_of="", speedup="", extra=r.case.extra)
+                if p != first and p in r.speedup:
+                    row["speedup_of"], row["speedup"] = first, f"{r.speedup[p]:.4f}"
+                writer.writerow(row)
+    return path
+
+
+def header() -> str:
+    return (f"machine: {machine_description()}; threads: {torch.get_num_threads()}; allocator: {allocator_setting()}; "
+            f"torch {torch.__version__}; commit {git_sha()}")

@@ -1,0 +1,22 @@
+"""Layer shapes of the reference networks, shared by the op benchmarks."""
+
+# MobileNetV2's depthwise layers (C, H, stride, kernel) plus the 5x5 / 7x7 layers of MobileNetV3 /
+# MnasNet-style nets at C=240, 14x14; each at batch 1 and 8.
+DEPTHWISE_MOBILENET = [
+    dict(C=32, H=112, stride=1, k=3),
+    dict(C=96, H=112, stride=2, k=3),
+    dict(C=144, H=56, stride=1, k=3),
+    dict(C=192, H=28, stride=1, k=3),
+    dict(C=384, H=14, stride=1, k=3),
+    dict(C=576, H=14, stride=1, k=3),
+    dict(C=960, H=7, stride=1, k=3),
+    dict(C=240, H=14, stride=1, k=5),
+    dict(C=240, H=14, stride=1, k=7),
+]
+BATCHES = [1, 8]
+
+# ShuffleNetV2 unit tensors: (2C total channels, H) at widths 1.0x and 0.5x.
+SHUFFLENET_V2 = [
+    dict(C=116, H=28), dict(C=232, H=14), dict(C=464, H=7),
+    dict(C=48, H=28), dict(C=96, H=14), dict(C=192, H=7),
+]
