@@ -290,6 +290,14 @@ def _tile(channels_last, rows, cols, channels):
     return block_h, block_w, block_c
 
 
+def _num_warps(block_h, block_w, block_c):
+    """Warps of the forward and grad_input kernels: 4 elements per thread for full 1024-element tiles.
+    Their unrolled taps keep several loads per element in flight, so 8 warps lose no parallelism and
+    need far fewer registers per thread than 4 warps with 8 elements each (ptxas for sm_90, 3x3 fp32:
+    forward about 65-85 instead of 105-150, grad_input about 115-145 instead of 170-250)."""
+    return 8 if block_h * block_w * block_c >= 1024 else 4
+
+
 def _acc_dtype(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -408,6 +416,7 @@ def depthwise_conv2d_forward(input, weight, bias, stride, padding, dilation):
             KH=kh, KW=kw, UNROLL_KH=kh * kw <= _MAX_UNROLLED_TAPS, HAS_BIAS=has_bias,
             BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
             INT64=_needs_int64(input, out), ACC=_acc_dtype(input.dtype),
+            num_warps=_num_warps(block_h, block_w, block_c),
         )
     return out
 
@@ -452,6 +461,7 @@ def depthwise_conv2d_backward(grad_output, input, weight, stride, padding, dilat
                     KH=kh, KW=kw, UNROLL_KH=unroll_kh,
                     BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
                     INT64=_needs_int64(grad_output, grad_input), ACC=acc,
+                    num_warps=_num_warps(block_h, block_w, block_c),
                 )
 
     grad_weight = grad_bias = empty
@@ -488,6 +498,7 @@ def depthwise_conv2d_backward(grad_output, input, weight, stride, padding, dilat
                     KW=kw, TAPS=taps, COMPUTE_GW=want_weight, COMPUTE_GB=want_bias,
                     BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
                     INT64=_needs_int64(grad_output, input), ACC=acc,
+                    num_warps=4,
                 )
         if want_weight:
             grad_weight = partial_w.sum(0).to(input.dtype).view(oc, 1, kh, kw)
