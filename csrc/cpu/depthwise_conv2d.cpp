@@ -308,7 +308,28 @@ bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* t) {
   return true;
 }
 
-// Input gradient by gathering, for any stride: one input pixel, one channel vector, at a time.
+// For each input index i along one dimension, the (kernel index, output index) pairs that read it:
+// o * stride - pad + k * dilation == i with 0 <= o < out. Stored CSR-style: pairs of i in
+// [start[i], start[i + 1]).
+struct TapLists {
+  std::vector<int64_t> start, kernel, output;
+
+  TapLists(int64_t in, int64_t out, int64_t kernel_size, int64_t stride, int64_t pad, int64_t dilation) {
+    start.assign(in + 1, 0);
+    for (int64_t i = 0; i < in; ++i) {
+      for (int64_t k = 0; k < kernel_size; ++k) {
+        const int64_t y = i + pad - k * dilation;
+        if (y < 0 || y % stride || y / stride >= out) continue;
+        kernel.push_back(k);
+        output.push_back(y / stride);
+      }
+      start[i + 1] = static_cast<int64_t>(kernel.size());
+    }
+  }
+};
+
+// Input gradient by gathering, for any stride (the stride-1 case runs as a forward convolution):
+// per input pixel and channel vector, the taps that read it, from precomputed per-row/column lists.
 template <typename scalar_t>
 void grad_input_nhwc_gather(const Tensor& grad_out, const acc_t<scalar_t>* w, Tensor& grad_in, const ConvGeometry& g) {
   using acc = acc_t<scalar_t>;
@@ -317,27 +338,24 @@ void grad_input_nhwc_gather(const Tensor& grad_out, const acc_t<scalar_t>* w, Te
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels, T = taps(g);
+  const TapLists rows(g.in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+  const TapLists cols(g.in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
   const int64_t items = g.batch * g.in_h;
   at::parallel_for(0, items, grain_for(items, g.in_w * C * T), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.in_h, ih = row % g.in_h;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.in_h, ih = item % g.in_h;
+      const scalar_t* go_n = go + n * g.out_h * g.out_w * C;
       for (int64_t iw = 0; iw < g.in_w; ++iw) {
         scalar_t* dst = gi + ((n * g.in_h + ih) * g.in_w + iw) * C;
         for (int64_t c = 0; c < C; c += V) {
           const int64_t count = std::min(V, C - c);
           Vec sum(acc(0));
-          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-            const int64_t y = ih + g.pad_h - kh * g.dilation_h;
-            if (y < 0 || y % g.stride_h) continue;
-            const int64_t oh = y / g.stride_h;
-            if (oh >= g.out_h) continue;
-            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-              const int64_t x = iw + g.pad_w - kw * g.dilation_w;
-              if (x < 0 || x % g.stride_w) continue;
-              const int64_t ow = x / g.stride_w;
-              if (ow >= g.out_w) continue;
-              const scalar_t* src = go + ((n * g.out_h + oh) * g.out_w + ow) * C + c;
-              const acc* wp = w + (kh * g.kernel_w + kw) * C + c;
+          for (int64_t r = rows.start[ih]; r < rows.start[ih + 1]; ++r) {
+            const scalar_t* go_row = go_n + rows.output[r] * g.out_w * C + c;
+            const acc* w_row = w + rows.kernel[r] * g.kernel_w * C + c;
+            for (int64_t q = cols.start[iw]; q < cols.start[iw + 1]; ++q) {
+              const scalar_t* src = go_row + cols.output[q] * C;
+              const acc* wp = w_row + cols.kernel[q] * C;
               if (count == V) sum = at::vec::fmadd(load_acc(src), Vec::loadu(wp), sum);
               else sum = at::vec::fmadd(load_acc(src, count), Vec::loadu(wp, count), sum);
             }
@@ -350,12 +368,18 @@ void grad_input_nhwc_gather(const Tensor& grad_out, const acc_t<scalar_t>* w, Te
   });
 }
 
+// Adds `v` to the accumulation-type vector at p (buffers padded to whole vectors).
+template <typename acc>
+inline void add_into(acc* p, const at::vec::Vectorized<acc>& v) {
+  (at::vec::Vectorized<acc>::loadu(p) + v).store(p);
+}
+
 // Weight-gradient contributions of kernel row kh for one output row and one channel vector:
-// sum[kw] += sum over ow of grad_out[ow] * input[ih, ow*stride - pad + kw*dilation]. Interior columns
-// slide a window of input vectors (SW new loads per output instead of KW); borders are bounds-checked.
+// dst[kw * ld] += sum over ow of grad_out[ow] * input[ih, ow*stride - pad + kw*dilation]. Interior
+// columns slide a window of input vectors (SW new loads per output instead of KW); borders are checked.
 template <typename scalar_t, int KW, int SW, bool kPartial>
 inline void gw_nhwc_kernel_row(const scalar_t* gorow, const scalar_t* irow, int64_t pix, const ConvGeometry& g,
-                               int64_t ib, int64_t ie, int64_t count, AccVec<scalar_t>* sum) {
+                               int64_t ib, int64_t ie, int64_t count, acc_t<scalar_t>* dst, int64_t ld) {
   using Vec = AccVec<scalar_t>;
   Vec acc_kw[KW];  // local accumulators, so they live in registers
 #pragma GCC unroll 8
@@ -386,30 +410,32 @@ inline void gw_nhwc_kernel_row(const scalar_t* gorow, const scalar_t* irow, int6
   }
   for (int64_t ow = std::max(ie, ib); ow < g.out_w; ++ow) border(ow);
 #pragma GCC unroll 8
-  for (int kw = 0; kw < KW; ++kw) sum[kw] += acc_kw[kw];
+  for (int kw = 0; kw < KW; ++kw) add_into(dst + kw * ld, acc_kw[kw]);
 }
 
 // Same contributions for any kernel width, stride and dilation.
 template <typename scalar_t, bool kPartial>
 inline void gw_nhwc_kernel_row_generic(const scalar_t* gorow, const scalar_t* irow, int64_t pix,
-                                       const ConvGeometry& g, int64_t count, AccVec<scalar_t>* sum) {
+                                       const ConvGeometry& g, int64_t count, acc_t<scalar_t>* dst, int64_t ld) {
   for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+    AccVec<scalar_t> sum(0);
     const int64_t off = kw * g.dilation_w - g.pad_w;
     const int64_t ow0 = off >= 0 ? 0 : (-off + g.stride_w - 1) / g.stride_w;
     const int64_t ow1 = g.in_w - 1 - off < 0 ? 0 : std::min(g.out_w, (g.in_w - 1 - off) / g.stride_w + 1);
     for (int64_t ow = ow0; ow < ow1; ++ow)
-      sum[kw] = at::vec::fmadd(load_n<kPartial>(gorow + ow * pix, count),
-                               load_n<kPartial>(irow + (ow * g.stride_w + off) * pix, count), sum[kw]);
+      sum = at::vec::fmadd(load_n<kPartial>(gorow + ow * pix, count),
+                           load_n<kPartial>(irow + (ow * g.stride_w + off) * pix, count), sum);
+    add_into(dst + kw * ld, sum);
   }
 }
 
 template <typename scalar_t, bool kPartial>
 inline void gw_nhwc_row(const scalar_t* gorow, const scalar_t* irow, int64_t pix, const ConvGeometry& g, int64_t ib,
-                        int64_t ie, int64_t count, AccVec<scalar_t>* sum) {
+                        int64_t ie, int64_t count, acc_t<scalar_t>* dst, int64_t ld) {
   if (g.dilation_w == 1) {
 #define FUSEDOPS_GW_CASE(KW, SW)                                                                        \
   if (g.kernel_w == KW && g.stride_w == SW)                                                             \
-    return gw_nhwc_kernel_row<scalar_t, KW, SW, kPartial>(gorow, irow, pix, g, ib, ie, count, sum);
+    return gw_nhwc_kernel_row<scalar_t, KW, SW, kPartial>(gorow, irow, pix, g, ib, ie, count, dst, ld);
     FUSEDOPS_GW_CASE(3, 1)
     FUSEDOPS_GW_CASE(3, 2)
     FUSEDOPS_GW_CASE(5, 1)
@@ -418,7 +444,7 @@ inline void gw_nhwc_row(const scalar_t* gorow, const scalar_t* irow, int64_t pix
     FUSEDOPS_GW_CASE(7, 2)
 #undef FUSEDOPS_GW_CASE
   }
-  gw_nhwc_kernel_row_generic<scalar_t, kPartial>(gorow, irow, pix, g, count, sum);
+  gw_nhwc_kernel_row_generic<scalar_t, kPartial>(gorow, irow, pix, g, count, dst, ld);
 }
 
 // Weight (and bias) gradient, channels-last: rows are split across threads, each accumulating into its
@@ -429,8 +455,6 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
   using acc = acc_t<scalar_t>;
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
-  constexpr int kMaxKW = 64;
-  TORCH_CHECK(g.kernel_w <= kMaxKW, "fusedops: depthwise_conv2d CPU backward supports kernel widths up to ", kMaxKW);
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const int64_t C = g.channels, T = taps(g);
@@ -452,20 +476,15 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
           Vec bsum(acc(0));
           for (int64_t ow = 0; ow < g.out_w; ++ow)
             bsum += full ? load_acc(gorow + ow * C + c) : load_acc(gorow + ow * C + c, count);
-          (Vec::loadu(part + T * ld + c) + bsum).store(part + T * ld + c);
+          add_into(part + T * ld + c, bsum);
           if (!grad_weight) continue;
           for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
             const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
             if (ih < 0 || ih >= g.in_h) continue;
             const scalar_t* irow = in + (n * g.in_h + ih) * g.in_w * C + c;
-            Vec sum[kMaxKW];
-            for (int64_t kw = 0; kw < g.kernel_w; ++kw) sum[kw] = Vec(acc(0));
-            if (full) gw_nhwc_row<scalar_t, false>(gorow + c, irow, C, g, ib, ie, count, sum);
-            else gw_nhwc_row<scalar_t, true>(gorow + c, irow, C, g, ib, ie, count, sum);
-            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-              acc* dst = part + (kh * g.kernel_w + kw) * ld + c;
-              (Vec::loadu(dst) + sum[kw]).store(dst);
-            }
+            acc* dst = part + kh * g.kernel_w * ld + c;
+            if (full) gw_nhwc_row<scalar_t, false>(gorow + c, irow, C, g, ib, ie, count, dst, ld);
+            else gw_nhwc_row<scalar_t, true>(gorow + c, irow, C, g, ib, ie, count, dst, ld);
           }
         }
       }
@@ -534,33 +553,31 @@ void grad_input_nchw_scatter(const Tensor& grad_out, const Tensor& weight, Tenso
           std::fill(drow, drow + g.in_w, scalar_t(0));
           continue;
         }
-        const acc* prow = p.data + y * p.pitch;
-        int64_t phase = g.pad_w % p.stride_w, idx = g.pad_w / p.stride_w;
-        for (int64_t iw = 0; iw < g.in_w; ++iw) {
-          drow[iw] = static_cast<scalar_t>(prow[phase * p.phase_len + idx]);
-          if (++phase == p.stride_w) {
-            phase = 0;
-            ++idx;
-          }
-        }
+        read_phase_plane_row(p, g, y, drow);
       }
     }
   });
 }
 
-// Weight-gradient dot products of kTaps taps over a flat run: sum[t] = <grad_run, plane + offsets[t]>.
-// The grad vector is loaded once for all kTaps taps held in registers.
+// Weight-gradient dot products of kTaps taps: sums[t] += sum over runs r of
+// <grad + r * grad_pitch, plane + r * plane_pitch + offsets[t]>, each run `vecs` vectors long. The grad
+// vector is loaded once for all kTaps taps held in registers; one horizontal reduction per tap at the end.
 template <typename acc, int kTaps>
-inline void flat_tap_dots(const acc* grad_run, int64_t vecs, const acc* plane, const int64_t* offsets, acc* sums) {
+inline void tap_dots(const acc* grad, int64_t grad_pitch, const acc* plane, int64_t plane_pitch, int64_t runs,
+                     int64_t vecs, const int64_t* offsets, acc* sums) {
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
   Vec sum[kTaps];
 #pragma GCC unroll 12
   for (int t = 0; t < kTaps; ++t) sum[t] = Vec(acc(0));
-  for (int64_t v = 0; v < vecs; ++v) {
-    const Vec gv = Vec::loadu(grad_run + v * V);
+  for (int64_t r = 0; r < runs; ++r) {
+    const acc* gr = grad + r * grad_pitch;
+    const acc* pr = plane + r * plane_pitch;
+    for (int64_t v = 0; v < vecs; ++v) {
+      const Vec gv = Vec::loadu(gr + v * V);
 #pragma GCC unroll 12
-    for (int t = 0; t < kTaps; ++t) sum[t] = at::vec::fmadd(gv, Vec::loadu(plane + offsets[t] + v * V), sum[t]);
+      for (int t = 0; t < kTaps; ++t) sum[t] = at::vec::fmadd(gv, Vec::loadu(pr + offsets[t] + v * V), sum[t]);
+    }
   }
 #pragma GCC unroll 12
   for (int t = 0; t < kTaps; ++t) sums[t] += at::vec::vec_reduce_all<acc>(std::plus<Vec>(), sum[t]);
@@ -568,13 +585,13 @@ inline void flat_tap_dots(const acc* grad_run, int64_t vecs, const acc* plane, c
 
 // All taps, in register groups: 12 accumulators + the grad vector + a load fit AVX2's 16 registers.
 template <typename acc>
-inline void flat_all_tap_dots(const acc* grad_run, int64_t vecs, const acc* plane, const int64_t* offsets,
-                              int64_t taps, acc* sums) {
+inline void all_tap_dots(const acc* grad, int64_t grad_pitch, const acc* plane, int64_t plane_pitch, int64_t runs,
+                         int64_t vecs, const int64_t* offsets, int64_t taps, acc* sums) {
   int64_t t = 0;
-  for (; t + 12 <= taps; t += 12) flat_tap_dots<acc, 12>(grad_run, vecs, plane, offsets + t, sums + t);
-  for (; t + 9 <= taps; t += 9) flat_tap_dots<acc, 9>(grad_run, vecs, plane, offsets + t, sums + t);
-  for (; t + 4 <= taps; t += 4) flat_tap_dots<acc, 4>(grad_run, vecs, plane, offsets + t, sums + t);
-  for (; t < taps; ++t) flat_tap_dots<acc, 1>(grad_run, vecs, plane, offsets + t, sums + t);
+  for (; t + 12 <= taps; t += 12) tap_dots<acc, 12>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
+  for (; t + 9 <= taps; t += 9) tap_dots<acc, 9>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
+  for (; t + 4 <= taps; t += 4) tap_dots<acc, 4>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
+  for (; t < taps; ++t) tap_dots<acc, 1>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
 }
 
 // NCHW weight (and bias) gradient: output channels are split across threads, so no reduction is needed.
@@ -628,13 +645,9 @@ void grad_weight_nchw(const Tensor& grad_out, const Tensor& input, Tensor* grad_
         }
         if (!gw) continue;
         fill_phase_plane(p, g, in + (n * g.channels + c) * g.in_h * g.in_w, g.in_w);
-        if (flat) {
-          flat_all_tap_dots<acc>(staged, grad_vecs, p.data, offsets, T, wsum.data());
-        } else {
-          for (int64_t oh = 0; oh < g.out_h; ++oh)
-            flat_all_tap_dots<acc>(staged + oh * grad_pitch, grad_vecs, p.data + oh * g.stride_h * p.pitch, offsets,
-                                   T, wsum.data());
-        }
+        // Flat: one run over the whole plane; otherwise one run per output row.
+        all_tap_dots<acc>(staged, grad_pitch, p.data, g.stride_h * p.pitch, flat ? 1 : g.out_h, grad_vecs, offsets, T,
+                          wsum.data());
       }
       if (gw)
         for (int64_t t = 0; t < T; ++t) gw[oc * T + t] = static_cast<scalar_t>(wsum[t]);

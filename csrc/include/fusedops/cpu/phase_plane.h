@@ -85,6 +85,36 @@ inline int64_t flat_run_length(const ConvGeometry& g, int64_t pitch) {
   return (g.out_h - 1) * pitch + g.out_w;
 }
 
+// Copies padded row y of a phase plane back into a dense row of `in_w` elements (the inverse of the
+// fill below), e.g. to crop a gradient accumulated in phase-plane form.
+template <typename T, typename out_t>
+void read_phase_plane_row(const PhasePlane<T>& p, const ConvGeometry& g, int64_t y, out_t* dst) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  const T* row = p.data + y * p.pitch;
+  int64_t iw = 0;
+  if (p.stride_w == 1) {
+    for (; iw + V <= g.in_w; iw += V) store_acc(dst + iw, Vec::loadu(row + g.pad_w + iw));
+  } else if (p.stride_w == 2) {
+    const T* first = row + (g.pad_w % 2) * p.phase_len + g.pad_w / 2;
+    const T* second = row + ((g.pad_w + 1) % 2) * p.phase_len + (g.pad_w + 1) / 2;
+    for (int64_t j = 0; iw + 2 * V <= g.in_w; iw += 2 * V, j += V) {
+      auto [lo, hi] = at::vec::interleave2(Vec::loadu(first + j), Vec::loadu(second + j));
+      store_acc(dst + iw, lo);
+      store_acc(dst + iw + V, hi);
+    }
+  }
+  const int64_t x = iw + g.pad_w;
+  int64_t phase = x % p.stride_w, idx = x / p.stride_w;
+  for (; iw < g.in_w; ++iw) {
+    dst[iw] = static_cast<out_t>(row[phase * p.phase_len + idx]);
+    if (++phase == p.stride_w) {
+      phase = 0;
+      ++idx;
+    }
+  }
+}
+
 // Fills `p` (whose data points at rows * pitch elements) with the zero-padded plane `src`
 // (element (ih, iw) at src[ih * row_stride + iw]).
 template <typename in_t, typename T>
@@ -112,10 +142,18 @@ void fill_phase_plane(PhasePlane<T>& p, const ConvGeometry& g, const in_t* src, 
           even.store(phase_of_first + j);
           odd.store(phase_of_second + j);
         }
-        for (; iw < g.in_w; ++iw) p.at(y, iw + g.pad_w) = static_cast<T>(s[iw]);
+        for (; iw < g.in_w; ++iw) p.at(y, iw + g.pad_w) = static_cast<T>(s[iw]);  // < 2V tail elements
       }
     } else {
-      for (int64_t iw = 0; iw < g.in_w; ++iw) p.at(y, iw + g.pad_w) = static_cast<T>(s[iw]);
+      T* row = p.data + y * p.pitch;
+      int64_t phase = g.pad_w % p.stride_w, idx = g.pad_w / p.stride_w;
+      for (int64_t iw = 0; iw < g.in_w; ++iw) {
+        row[phase * p.phase_len + idx] = static_cast<T>(s[iw]);
+        if (++phase == p.stride_w) {
+          phase = 0;
+          ++idx;
+        }
+      }
     }
   }
 }
