@@ -108,7 +108,9 @@ def _assert_close(actual, expected, tol, what):
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     expected = expected.detach().cpu().double()
     scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    torch.testing.assert_close(actual.detach().cpu().double(), expected, atol=tol * scale, rtol=tol, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual.detach().cpu().double(), expected, atol=tol * scale, rtol=tol, msg=lambda m: f"{what}: {m}"
+    )
 
 
 def _check_against_references(x, w, b, stride, padding, dilation, tol=1e-5, check_cpu=True):

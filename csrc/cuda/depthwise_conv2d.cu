@@ -393,7 +393,8 @@ void forward_nchw(const Tensor& input, const Tensor& wt, const Tensor& bias, Ten
 // Weights (OC, 1, kH, kW) -> opmath [kH*kW][OC], optionally flipped 180 degrees (the input gradient's
 // transposed convolution). A few KiB: the copy costs one tiny kernel.
 Tensor taps_by_channel(const Tensor& weight, bool flip) {
-  Tensor w = weight.reshape({weight.size(0), weight.size(2) * weight.size(3)}).to(at::toOpMathType(weight.scalar_type()));
+  Tensor w = weight.reshape({weight.size(0), weight.size(2) * weight.size(3)})
+                 .to(at::toOpMathType(weight.scalar_type()));
   if (flip) w = w.flip({1});
   return w.t().contiguous();
 }
