@@ -1,0 +1,212 @@
+"""fusedops.depthwise_conv2d on CPU: native C++ kernels and the reference backend.
+
+Parity is against ``F.conv2d(groups=C)`` computed in float64 from the same (float32-representable) values,
+so the tolerances measure only the kernels' own rounding (see conftest.assert_close_scaled).
+"""
+
+import itertools
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusedops
+from fusedops import _backend, _extension
+
+from conftest import (
+    LAYOUTS,
+    TRITON_INTERPRET,
+    assert_close_grads,
+    assert_close_scaled,
+    make_input,
+    reference_with_magnitudes,
+    tolerance,
+    to_layout,
+)
+
+pytestmark = pytest.mark.skipif(not _extension.has_ops(), reason="the fusedops._C extension is not built")
+
+GRAD_NAMES = ("grad_input", "grad_weight", "grad_bias")
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def reference_conv(x, w, b, stride, padding, dilation):
+    return F.conv2d(x, w, b, stride, padding, dilation, groups=x.shape[1])
+
+
+def fused_conv(x, w, b, stride, padding, dilation):
+    return fusedops.depthwise_conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation)
+
+
+def check_parity(shape, kernel, *, stride=1, padding=0, dilation=1, multiplier=1, bias=True, layout="nchw",
+                 dtype=torch.float32, backend="native", backward=True):
+    """Forward and all gradients of fusedops.depthwise_conv2d on `backend` vs float64 F.conv2d."""
+    n, c, h, w_ = shape
+    kh, kw = _pair(kernel)
+    x = make_input(shape, layout, dtype=dtype, requires_grad=backward)
+    weight = (torch.randn(c * multiplier, 1, kh, kw, dtype=torch.float64) / (kh * kw) ** 0.5).to(dtype)
+    weight.requires_grad_(backward)
+    b = torch.randn(c * multiplier, dtype=torch.float64).to(dtype).requires_grad_(backward) if bias else None
+    with fusedops.use_backend(backend):
+        out = fused_conv(x, weight, b, stride, padding, dilation)
+    expected_fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert out.dtype == dtype
+    go = torch.randn(out.shape, dtype=torch.float64).to(dtype)
+    ref, ref_grads, mag, mag_grads = reference_with_magnitudes(
+        lambda *a: reference_conv(*a, stride, padding, dilation), (x, weight, b), go)
+    tol = tolerance(dtype)
+    assert_close_scaled(out, ref, mag, **tol, name="output")
+    assert out.is_contiguous(memory_format=expected_fmt), f"output strides {out.stride()} for {layout} input"
+    if backward:
+        grads = torch.autograd.grad(out, [t for t in (x, weight, b) if t is not None], go)
+        if b is None:
+            grads = (*grads, None)
+        assert_close_grads(grads, ref_grads, mag_grads, **tol, names=GRAD_NAMES)
+        assert grads[0].shape == x.shape and grads[1].shape == weight.shape
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Parity grids
+
+KERNELS = (1, 2, 3, 5, 7, (3, 5), (1, 3))
+STRIDES = (1, 2, 3, (1, 2))
+PADDINGS = ("zero", "half", "same", "valid")
+DILATIONS = (1, 2)
+MULTIPLIERS = (1, 2)
+CHANNELS = (16, 20, 35, 71)
+BATCHES = (1, 3)
+SPATIAL = (13, 15)  # odd; >= the largest dilated kernel extent (7 with dilation 2 is 13)
+
+
+def _padding(kind, kernel):
+    kh, kw = _pair(kernel)
+    return {"zero": 0, "half": (kh // 2, kw // 2), "same": "same", "valid": "valid"}[kind]
+
+
+def _id(v):
+    return "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+GEOMETRIES = [
+    g for g in itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS)
+    if not (g[2] == "same" and g[1] != 1)  # "same" is only defined for stride 1, as in F.conv2d
+]
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation", GEOMETRIES,
+    ids=[f"k{_id(k)}-s{_id(s)}-p{p}-d{d}" for k, s, p, d in GEOMETRIES],
+)
+def test_parity_geometry_grid(kernel, stride, padding, dilation):
+    """Every kernel/stride/padding/dilation combination, on the NHWC and NCHW fast paths (multiplier 1), and
+    one variant cycling through multiplier 2, no bias, batch 1 and the non-contiguous layout."""
+    pad = _padding(padding, kernel)
+    i = GEOMETRIES.index((kernel, stride, padding, dilation))
+    for layout in ("nchw", "channels_last"):
+        check_parity((3, 20, *SPATIAL), kernel, stride=stride, padding=pad, dilation=dilation, layout=layout)
+    variant = dict(multiplier=2, bias=i % 2 == 0, layout=LAYOUTS[i % 3])
+    check_parity((1 + 2 * (i % 2), 35 if i % 2 else 16, SPATIAL[1], SPATIAL[0]), kernel, stride=stride, padding=pad,
+                 dilation=dilation, **variant)
+
+
+CHANNEL_GRID = list(itertools.product(CHANNELS, MULTIPLIERS, (True, False), BATCHES, LAYOUTS))
+
+
+@pytest.mark.parametrize(
+    "channels,multiplier,bias,batch,layout", CHANNEL_GRID,
+    ids=[f"c{c}-m{m}-{'bias' if b else 'nobias'}-n{n}-{l}" for c, m, b, n, l in CHANNEL_GRID],
+)
+def test_parity_channel_grid(channels, multiplier, bias, batch, layout):
+    """Channel counts on and off the vector width (channel tails), multipliers, bias, batch and layouts,
+    on a stride-1 and a stride-2 geometry."""
+    shape = (batch, channels, 9, 11)
+    check_parity(shape, 3, stride=1, padding=1, multiplier=multiplier, bias=bias, layout=layout)
+    check_parity(shape, 5, stride=2, padding=2, multiplier=multiplier, bias=bias, layout=layout)
+
+
+def _sampled_configs(count, seed=20240607):
+    full = [
+        cfg for cfg in itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS, MULTIPLIERS, (True, False), BATCHES,
+                                         LAYOUTS, CHANNELS, ((9, 13), (13, 9), (11, 11)))
+        if not (cfg[2] == "same" and cfg[1] != 1)
+        # the kernel must fit the unpadded input for padding 0 / "valid"
+        and (cfg[2] in ("half", "same") or all(
+            d_ * (k_ - 1) + 1 <= s_ for d_, k_, s_ in zip((cfg[3],) * 2, _pair(cfg[0]), cfg[9])))
+    ]
+    return random.Random(seed).sample(full, count)
+
+
+SAMPLED = _sampled_configs(120)
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,padding,dilation,multiplier,bias,batch,layout,channels,spatial", SAMPLED,
+    ids=[f"k{_id(k)}-s{_id(s)}-p{p}-d{d}-m{m}-{'b' if b else 'nb'}-n{n}-{l}-c{c}-{h}x{w}"
+         for k, s, p, d, m, b, n, l, c, (h, w) in SAMPLED],
+)
+def test_parity_sampled(kernel, stride, padding, dilation, multiplier, bias, batch, layout, channels, spatial):
+    """A fixed random sample of the full cartesian product of all the grid dimensions."""
+    check_parity((batch, channels, *spatial), kernel, stride=stride, padding=_padding(padding, kernel),
+                 dilation=dilation, multiplier=multiplier, bias=bias, layout=layout)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (7, 2, 3), (3, 3, 0), (2, 1, 0)])
+def test_parity_wide_rows(layout, kernel, stride, padding):
+    """Rows wide enough for the NCHW kernel's 4-vector column blocks plus a partial vector, and for
+    several NHWC register blocks per row."""
+    check_parity((1, 3, 5, 157), kernel, stride=stride, padding=padding, layout=layout)
+    check_parity((2, 5, 6, 70), kernel, stride=stride, padding=padding, multiplier=2, layout=layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_parity_tiny_maps(layout):
+    """Maps smaller than the kernel (all border, no interior), 1x1 maps and single channels."""
+    check_parity((2, 20, 2, 3), 5, padding=2, layout=layout)
+    check_parity((2, 20, 1, 1), 3, padding=1, layout=layout)
+    check_parity((2, 20, 1, 1), 1, layout=layout)
+    check_parity((3, 1, 7, 6), 3, padding=1, layout=layout)
+    check_parity((3, 1, 7, 6), 3, padding=1, multiplier=3, layout=layout)
+    check_parity((1, 17, 4, 4), 3, stride=2, padding=3, dilation=3, layout=layout)  # padding > kernel reach
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_parity_unrequested_grads(layout):
+    """Only some inputs requiring grad: the requested gradients are still right."""
+    x = make_input((2, 20, 9, 9), layout)
+    w = torch.randn(20, 1, 3, 3)
+    b = torch.randn(20)
+    go = torch.randn(2, 20, 9, 9)
+    _, ref_grads, _, mags = reference_with_magnitudes(lambda *a: reference_conv(*a, 1, 1, 1), (x, w, b), go)
+    tol = tolerance(torch.float32)
+    for wanted in itertools.product((False, True), repeat=3):
+        if not any(wanted):
+            continue
+        leaves = [t.detach().clone().requires_grad_(r) for t, r in zip((x, w, b), wanted)]
+        with fusedops.use_backend("native"):
+            out = fusedops.depthwise_conv2d(*leaves, padding=1)
+        out.backward(go)
+        for leaf, r, ref, mag, name in zip(leaves, wanted, ref_grads, mags, GRAD_NAMES):
+            if r:
+                assert_close_scaled(leaf.grad, ref, mag, **tol, name=name)
+            else:
+                assert leaf.grad is None
+
+
+def test_parity_grad_output_layouts():
+    """A grad_output whose layout differs from the input's is handled (the kernels normalise it)."""
+    x = make_input((2, 20, 9, 11), "channels_last", requires_grad=True)
+    w = torch.randn(20, 1, 3, 3, requires_grad=True)
+    with fusedops.use_backend("native"):
+        out = fusedops.depthwise_conv2d(x, w, padding=1)
+    for go_layout in LAYOUTS:
+        go = to_layout(torch.randn(out.shape), go_layout)
+        grads = torch.autograd.grad(out, (x, w), go, retain_graph=True)
+        ref = torch.autograd.grad(reference_conv(x, w, None, 1, 1, 1), (x, w), go)
+        for a, e in zip(grads, ref):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
