@@ -210,3 +210,161 @@ def test_parity_grad_output_layouts():
         ref = torch.autograd.grad(reference_conv(x, w, None, 1, 1, 1), (x, w), go)
         for a, e in zip(grads, ref):
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_checker_rejects_small_errors():
+    """The parity checker itself is tight: an error of 1e-4 relative to the result is caught."""
+    x = torch.randn(2, 8, 9, 9)
+    w = torch.randn(8, 1, 3, 3)
+    go = torch.randn(2, 8, 9, 9)
+    ref, _, mag, _ = reference_with_magnitudes(lambda *a: reference_conv(*a, 1, 1, 1), (x, w, None), go)
+    assert_close_scaled(ref.float(), ref, mag, **tolerance(torch.float32))
+    with pytest.raises(AssertionError, match="out of tolerance"):
+        assert_close_scaled((ref * (1 + 1e-4)).float(), ref, mag, **tolerance(torch.float32))
+    shifted = ref.clone()
+    shifted[1, 3, 4, 5] += 1e-3 * mag[1, 3, 4, 5]
+    with pytest.raises(AssertionError, match=r"worst at \(1, 3, 4, 5\)"):
+        assert_close_scaled(shifted.float(), ref, mag, **tolerance(torch.float32))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Memory format of the output and of grad_input
+
+FORMAT_CASES = [
+    dict(kernel=3, stride=1, padding=1),                  # NHWC: grad_input as a forward convolution
+    dict(kernel=3, stride=2, padding=1),                  # NHWC: grad_input by gathering
+    dict(kernel=3, stride=1, padding=1, multiplier=2),    # generic (channels_last) / plane (NCHW) paths
+    dict(kernel=2, stride=1, padding="same"),             # "same" with an even kernel pads the input first
+    dict(kernel=(3, 5), stride=1, padding="same", dilation=2),
+]
+
+
+@pytest.mark.parametrize("case", FORMAT_CASES, ids=lambda c: "-".join(f"{k}{_id(v)}" for k, v in c.items()))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("backend", ("native", "reference"))
+def test_memory_format_follows_input(case, layout, backend):
+    case = dict(case)
+    multiplier = case.pop("multiplier", 1)
+    kernel = case.pop("kernel")
+    kh, kw = _pair(kernel)
+    x = make_input((2, 20, 9, 10), layout, requires_grad=True)
+    w = torch.randn(20 * multiplier, 1, kh, kw, requires_grad=True)
+    with fusedops.use_backend(backend):
+        out = fusedops.depthwise_conv2d(x, w, **case)
+    grad_input, grad_weight = torch.autograd.grad(out, (x, w), torch.randn(out.shape))
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last), out.stride()
+        assert grad_input.is_contiguous(memory_format=torch.channels_last), grad_input.stride()
+    else:
+        assert out.is_contiguous(), out.stride()
+        assert grad_input.is_contiguous(), grad_input.stride()
+    assert grad_input.shape == x.shape and grad_weight.shape == w.shape
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. float64 gradcheck; double backward is refused with a clear error
+
+GRADCHECK_CASES = [
+    dict(shape=(2, 3, 6, 7), kernel=3, stride=1, padding=1, dilation=1, multiplier=1, bias=True),
+    dict(shape=(2, 3, 7, 6), kernel=3, stride=2, padding=1, dilation=1, multiplier=1, bias=True),
+    dict(shape=(1, 4, 7, 7), kernel=3, stride=1, padding=2, dilation=2, multiplier=1, bias=False),
+    dict(shape=(2, 2, 6, 5), kernel=(3, 2), stride=(2, 1), padding=(1, 0), dilation=1, multiplier=2, bias=True),
+    dict(shape=(1, 3, 8, 8), kernel=5, stride=3, padding=2, dilation=(1, 2), multiplier=1, bias=True),
+]
+
+
+def _gradcheck_inputs(case, layout):
+    c = dict(case)
+    kh, kw = _pair(c["kernel"])
+    x = make_input(c["shape"], layout, dtype=torch.float64, requires_grad=True)
+    channels = c["shape"][1]
+    w = torch.randn(channels * c["multiplier"], 1, kh, kw, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(channels * c["multiplier"], dtype=torch.float64, requires_grad=True) if c["bias"] else None
+    fn = lambda x, w, b: fusedops.depthwise_conv2d(x, w, b, c["stride"], c["padding"], c["dilation"])  # noqa: E731
+    return fn, (x, w, b)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=[f"case{i}" for i in range(len(GRADCHECK_CASES))])
+def test_gradcheck_float64(case, layout):
+    fn, inputs = _gradcheck_inputs(case, layout)
+    with fusedops.use_backend("native"):
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_double_backward_raises(layout):
+    fn, inputs = _gradcheck_inputs(GRADCHECK_CASES[1], layout)
+    with fusedops.use_backend("native"):
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.gradgradcheck(fn, inputs)
+        x, w, b = inputs
+        out = fn(x, w, b)
+        (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward.*reference"):
+            gx.sum().backward()
+
+
+def test_double_backward_on_reference_backend():
+    """The error message points at the reference backend, which does support higher-order gradients."""
+    fn, inputs = _gradcheck_inputs(GRADCHECK_CASES[3], "nchw")
+    with fusedops.use_backend("reference"):
+        assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Reduced precision (bfloat16, float16) vs a float64 reference of the same values
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=("bf16", "fp16"))
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("kernel,stride,padding,multiplier", [
+    (3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (3, 1, 0, 2), ((1, 3), (1, 2), (0, 1), 1)])
+def test_reduced_precision(dtype, layout, kernel, stride, padding, multiplier):
+    out = check_parity((2, 35, 11, 13), kernel, stride=stride, padding=padding, multiplier=multiplier,
+                       layout=layout, dtype=dtype)
+    assert out.dtype == dtype
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. torch.library.opcheck
+
+def _opcheck_samples():
+    samples = []
+    for layout, requires_grad, with_bias, stride, padding, dilation, mult in [
+        ("nchw", False, False, [1, 1], [1, 1], [1, 1], 1),
+        ("nchw", True, True, [2, 2], [1, 1], [1, 1], 1),
+        ("channels_last", True, False, [1, 1], [2, 2], [2, 2], 1),
+        ("channels_last", False, True, [2, 1], [0, 1], [1, 1], 2),
+        ("noncontig", True, True, [1, 2], [1, 0], [1, 1], 2),
+    ]:
+        x = make_input((2, 5, 8, 9), layout, requires_grad=requires_grad)
+        w = torch.randn(5 * mult, 1, 3, 3, requires_grad=requires_grad)
+        b = torch.randn(5 * mult, requires_grad=requires_grad) if with_bias else None
+        samples.append((x, w, b, stride, padding, dilation))
+    return samples
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_opcheck_forward(index):
+    args = _opcheck_samples()[index]
+    torch.library.opcheck(torch.ops.fusedops.depthwise_conv2d.default, args)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("mask", ([True, True, True], [True, False, False], [False, True, True], [False, False, True]))
+def test_opcheck_backward(layout, mask):
+    x = make_input((2, 5, 8, 9), layout)
+    w = torch.randn(10, 1, 3, 3)
+    go = to_layout(torch.randn(2, 10, 4, 5), layout)
+    torch.library.opcheck(torch.ops.fusedops._depthwise_conv2d_backward.default,
+                          (go, x, w, [2, 2], [1, 1], [1, 1], mask))
+
+
+def test_backward_op_returns_empty_for_unrequested():
+    x = torch.randn(2, 5, 8, 9)
+    w = torch.randn(5, 1, 3, 3)
+    go = torch.randn(2, 5, 8, 9)
+    gi, gw, gb = torch.ops.fusedops._depthwise_conv2d_backward(go, x, w, [1, 1], [1, 1], [1, 1], [False, True, False])
+    assert gi.numel() == 0 and gb.numel() == 0
+    ref = torch.autograd.grad(reference_conv(x, w.requires_grad_(), None, 1, 1, 1), w, go)[0]
+    torch.testing.assert_close(gw, ref, rtol=1e-5, atol=1e-5)
