@@ -65,7 +65,10 @@ def _normalize(input, weight, bias, stride, padding, dilation):
                 input = F.pad(input, (0, extra_w, 0, extra_h))
     else:
         padding = _args.pair(padding, "padding")
-    _check(input, weight, bias, stride, padding, dilation)
+    if not torch.compiler.is_dynamo_compiling():
+        # Dynamo refuses torch._check messages that close over tensors or symbolic sizes. While it traces,
+        # the fake kernel (_fake) runs these same checks on the traced tensors, with the same messages.
+        _check(input, weight, bias, stride, padding, dilation)
     return input, weight, bias, stride, padding, dilation
 
 
