@@ -368,3 +368,207 @@ def test_backward_op_returns_empty_for_unrequested():
     assert gi.numel() == 0 and gb.numel() == 0
     ref = torch.autograd.grad(reference_conv(x, w.requires_grad_(), None, 1, 1, 1), w, go)[0]
     torch.testing.assert_close(gw, ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. torch.compile and torch.export
+
+class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the names of the ATen/custom ops that reach the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _compile_inputs(layout, batch=2, size=(10, 11)):
+    x = make_input((batch, 24, *size), layout, requires_grad=True)
+    w = torch.randn(24, 1, 3, 3, requires_grad=True)
+    b = torch.randn(24, requires_grad=True)
+    return x, w, b
+
+
+def _grads_of(fn, x, w, b, go_seed=1):
+    out = fn(x, w, b)
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(go_seed))
+    return (out, *torch.autograd.grad(out, (x, w, b), go))
+
+
+def _fn(x, w, b):
+    # Only fusedops ops (no pointwise work for Inductor to generate C++ for), so compiling stays cheap.
+    y = fusedops.depthwise_conv2d(x, w, b, stride=(2, 1), padding=1)
+    return fusedops.depthwise_conv2d(y, w[:, :, :2, :], None, padding="same", dilation=2)
+
+
+@pytest.mark.parametrize("dynamic", (False, True), ids=("static", "dynamic"))
+def test_compile_function_matches_eager(dynamic):
+    torch._dynamo.reset()
+    compiled = torch.compile(_fn, fullgraph=True, dynamic=dynamic)
+    with fusedops.use_backend("native"):
+        for layout, batch, size in (("nchw", 2, (10, 11)), ("channels_last", 3, (9, 12))):
+            x, w, b = _compile_inputs(layout, batch, size)
+            for a, e in zip(_grads_of(compiled, x, w, b), _grads_of(_fn, x, w, b)):
+                torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_graph_contains_the_op():
+    """The compiled graph calls the fused op (no graph break, no silent decomposition)."""
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
+    torch._dynamo.reset()
+    backend = EagerAndRecordGraphs()
+    compiled = torch.compile(_fn, backend=backend, fullgraph=True)
+    x, w, b = _compile_inputs("nchw")
+    with fusedops.use_backend("native"):
+        torch.testing.assert_close(compiled(x, w, b), _fn(x, w, b))
+    assert len(backend.graphs) == 1
+    assert "fusedops.depthwise_conv2d" in backend.graphs[0].code
+
+
+@pytest.mark.parametrize("dynamic", (False, True), ids=("static", "dynamic"))
+def test_compile_reports_argument_errors(dynamic):
+    """Inside torch.compile the argument checks still run (in the fake kernel), with the same messages."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, w, b: fusedops.depthwise_conv2d(x, w, b, padding=1), fullgraph=True,
+                             dynamic=dynamic, backend="eager")
+    x = torch.randn(2, 4, 6, 6)
+    # With dynamic shapes the sizes in the messages are symbols.
+    with pytest.raises(Exception, match="output channels, which is not a positive multiple of the input's"):
+        compiled(x, torch.randn(6, 1, 3, 3), None)
+    with pytest.raises(Exception, match=r"bias must have shape \((8|s\d+),\)"):
+        compiled(x, torch.randn(8, 1, 3, 3), torch.randn(7))
+    with pytest.raises(Exception, match="weight dtype torch.float64 does not match input dtype torch.float32"):
+        compiled(x, torch.randn(4, 1, 3, 3, dtype=torch.float64), None)
+    with pytest.raises(Exception, match="smaller than the dilated kernel"):
+        compiled(x, torch.randn(4, 1, 9, 9), None)
+
+
+def test_compile_module_matches_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        fusedops.nn.DepthwiseConv2d(12, 24, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        fusedops.nn.DepthwiseConv2d(24, 24, 5, padding="same", bias=False),
+    )
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    with fusedops.use_backend("native"):
+        for layout, batch in (("nchw", 2), ("channels_last", 3)):
+            x = make_input((batch, 12, 11, 9), layout, requires_grad=True)
+            go = torch.randn(batch, 24, 6, 5)
+            out_c = compiled(x)
+            grads_c = torch.autograd.grad(out_c, (x, *model.parameters()), go)
+            out_e = model(x)
+            grads_e = torch.autograd.grad(out_e, (x, *model.parameters()), go)
+            torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+            for a, e in zip(grads_c, grads_e):
+                torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_export_dynamic_batch():
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dw = fusedops.nn.DepthwiseConv2d(8, 16, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(16)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.dw(x)))
+
+    model = Block().eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with fusedops.use_backend("native"):
+        program = torch.export.export(model, (torch.randn(3, 8, 10, 10),), dynamic_shapes={"x": {0: batch}})
+    assert "fusedops.depthwise_conv2d" in str(program.graph)
+    exported = program.module()
+    for n in (1, 5):
+        x = torch.randn(n, 8, 10, 10)
+        with fusedops.use_backend("native"):
+            torch.testing.assert_close(exported(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception):  # the spatial size was not marked dynamic
+        exported(torch.randn(2, 8, 12, 10))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. Backends and build info
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("multiplier", (1, 2))
+def test_reference_backend_matches_native(layout, multiplier):
+    x = make_input((2, 20, 11, 9), layout, requires_grad=True)
+    w = torch.randn(20 * multiplier, 1, 3, 3, requires_grad=True)
+    b = torch.randn(20 * multiplier, requires_grad=True)
+    results = {}
+    for backend in ("native", "reference"):
+        with fusedops.use_backend(backend):
+            results[backend] = _grads_of(lambda x, w, b: fusedops.depthwise_conv2d(x, w, b, 2, 1), x, w, b)
+    for a, e in zip(results["native"], results["reference"]):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_backend_dispatch(monkeypatch):
+    """'auto' and 'native' run the C++ op on CPU; 'reference' runs the pure-PyTorch implementation."""
+    from fusedops.ops import _reference
+
+    assert _backend.resolve(torch.device("cpu"), "depthwise_conv2d") == "native"
+    calls = []
+    original = _reference.depthwise_conv2d
+    monkeypatch.setattr(_reference, "depthwise_conv2d", lambda *a: calls.append(1) or original(*a))
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    for backend, expect_native in (("auto", True), ("native", True), ("reference", False)):
+        calls.clear()
+        with fusedops.use_backend(backend), _OpRecorder() as rec:
+            out = fusedops.depthwise_conv2d(x, w, padding=1)
+        ran_native = "fusedops.depthwise_conv2d.default" in rec.ops
+        assert ran_native == expect_native, (backend, rec.ops)
+        assert bool(calls) != expect_native, backend
+        torch.testing.assert_close(out, reference_conv(x, w, None, 1, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_use_backend_validates_and_restores():
+    before = fusedops.get_backend()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with fusedops.use_backend("cuda"):
+            pass
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fusedops.set_backend("fast")
+    assert fusedops.get_backend() == before
+    with fusedops.use_backend("reference"):
+        assert fusedops.get_backend() == "reference"
+        with pytest.raises(KeyError):
+            with fusedops.use_backend("native"):
+                assert fusedops.get_backend() == "native"
+                raise KeyError("inner")
+        assert fusedops.get_backend() == "reference"
+    assert fusedops.get_backend() == before
+    fusedops.set_backend("reference")
+    try:
+        assert fusedops.get_backend() == "reference"
+    finally:
+        fusedops.set_backend(before)
+
+
+@pytest.mark.skipif(TRITON_INTERPRET, reason="TRITON_INTERPRET=1 makes the Triton backend usable on CPU")
+def test_triton_backend_on_cpu_without_interpreter():
+    x, w = torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3)
+    with fusedops.use_backend("triton"):
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1|Triton is not installed"):
+            fusedops.depthwise_conv2d(x, w)
+
+
+def test_build_info():
+    info = fusedops.build_info()
+    for key in ("version", "torch", "cpu", "cuda", "cuda_arch_list", "triton", "cpu_capability"):
+        assert key in info, key
+    assert info["version"] == fusedops.__version__
+    assert info["torch"] == torch.__version__
+    assert info["cpu"] is True
+    assert isinstance(info["cuda"], bool)
+    assert isinstance(info["cuda_arch_list"], list)
+    assert (info["cuda_arch_list"] != []) == info["cuda"]
+    assert isinstance(info["triton"], bool)
+    assert info["cpu_capability"] in ("avx512", "avx2", "default")
