@@ -116,6 +116,10 @@ def _fake(input, weight, bias, stride, padding, dilation):
 
 
 def _fake_backward(grad_output, input, weight, stride, padding, dilation, output_mask):
+    # The same checks as the C++ backward: tensors on different devices dispatch here (Meta wins), so
+    # without them a meta grad_output with CPU input and weight would pass silently.
+    _check(input, weight, None, stride, padding, dilation)
+    _args.check_same(grad_output, input, "grad_output", "input")
     torch._check(tuple(grad_output.shape) == output_shape(input, weight, stride, padding, dilation),
                  lambda: f"fusedops: grad_output has shape {tuple(grad_output.shape)}, not the convolution's output "
                  "shape")
