@@ -572,3 +572,183 @@ def test_build_info():
     assert (info["cuda_arch_list"] != []) == info["cuda"]
     assert isinstance(info["triton"], bool)
     assert info["cpu_capability"] in ("avx512", "avx2", "default")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 8. Bad arguments: clear errors naming the argument, from the wrapper and from the C++ op
+
+def _bad_cases():
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.randn(4, 1, 3, 3)
+    return [
+        # (id, args, kwargs, exception, pattern)
+        ("input-rank3", (x[0], w), {}, RuntimeError, r"input must be a 4-D"),
+        ("input-rank5", (x[None], w), {}, RuntimeError, r"input must be a 4-D"),
+        ("weight-rank3", (x, w[:, 0]), {}, RuntimeError, r"weight must be a 4-D"),
+        ("weight-dim1", (x, torch.randn(8, 2, 3, 3)), {}, RuntimeError, r"weight must have shape \(C\*multiplier, 1"),
+        ("channels", (x, torch.randn(6, 1, 3, 3)), {}, RuntimeError,
+         r"weight has 6 output channels, which is not a positive multiple of the input's 4 channels"),
+        ("bias-shape", (x, w, torch.randn(5)), {}, RuntimeError, r"bias must have shape \(4,\)"),
+        ("bias-rank", (x, w, torch.randn(4, 1)), {}, RuntimeError, r"bias must be a 1-D"),
+        ("stride-0", (x, w), dict(stride=0), RuntimeError, r"stride must be positive"),
+        ("stride-neg", (x, w), dict(stride=(1, -1)), RuntimeError, r"stride must be positive"),
+        ("padding-neg", (x, w), dict(padding=(-1, 0)), RuntimeError, r"padding must be non-negative"),
+        ("dilation-0", (x, w), dict(dilation=(1, 0)), RuntimeError, r"dilation must be positive"),
+        ("padding-str", (x, w), dict(padding="full"), ValueError, r"padding must be .*'full'"),
+        ("same-stride2", (x, w), dict(padding="same", stride=2), ValueError, r"padding='same'.*stride"),
+        ("stride-len3", (x, w), dict(stride=(1, 1, 1)), TypeError, r"stride must be an int or a pair"),
+        ("dilation-float", (x, w), dict(dilation=1.5), TypeError, r"dilation must be an int or a pair"),
+        ("padding-bool", (x, w), dict(padding=True), TypeError, r"padding must be an int or a pair"),
+        ("weight-dtype", (x, w.double()), {}, RuntimeError, r"weight dtype torch.float64 does not match input"),
+        ("bias-dtype", (x, w, torch.randn(4, dtype=torch.float16)), {}, RuntimeError, r"bias dtype torch.float16"),
+        ("input-int", (x.long(), w.long()), {}, RuntimeError, r"input must be a floating-point tensor"),
+        ("kernel-too-big", (x, torch.randn(4, 1, 7, 3)), {}, RuntimeError,
+         r"padded input height \(6\) is smaller than the dilated kernel height \(7\)"),
+        ("dilated-too-big", (x, w), dict(dilation=(1, 4), padding=(0, 1)), RuntimeError,
+         r"padded input width \(8\) is smaller than the dilated kernel width \(9\)"),
+        ("weight-meta", (x, w.to("meta")), {}, RuntimeError, r"weight is on meta but input is on cpu"),
+        ("bias-meta", (x, w, torch.randn(4, device="meta")), {}, RuntimeError, r"bias is on meta but input is on cpu"),
+        ("input-meta", (x.to("meta"), w), {}, RuntimeError, r"weight is on cpu but input is on meta"),
+        ("not-a-tensor", (x.numpy(), w), {}, TypeError, r"input must be a torch.Tensor"),
+        ("zero-channels", (torch.randn(2, 0, 6, 6), torch.randn(0, 1, 3, 3)), {}, RuntimeError,
+         r"input must have at least one channel"),
+    ]
+
+
+BAD_CASES = _bad_cases()
+
+
+@pytest.mark.parametrize("backend", ("native", "reference", "auto"))
+@pytest.mark.parametrize("index", range(len(BAD_CASES)), ids=[c[0] for c in BAD_CASES])
+def test_wrapper_rejects_bad_arguments(index, backend):
+    _, args, kwargs, exc, pattern = _bad_cases()[index]
+    with fusedops.use_backend(backend):
+        with pytest.raises(exc, match=pattern):
+            fusedops.depthwise_conv2d(*args, **kwargs)
+
+
+def _op_bad_cases():
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.randn(4, 1, 3, 3)
+    one, zero = [1, 1], [0, 0]
+    return [
+        ("input-rank3", (x[0], w, None, one, zero, one), r"input must be a 4-D \(N, C, H, W\) tensor, got 3-D"),
+        ("weight-rank3", (x, w[:, 0], None, one, zero, one), r"weight must be a 4-D .* got 3-D"),
+        ("weight-dim1", (x, torch.randn(8, 2, 3, 3), None, one, zero, one), r"weight must have shape"),
+        ("channels", (x, torch.randn(6, 1, 3, 3), None, one, zero, one),
+         r"weight has 6 output channels, which is not a positive multiple of the input's 4 channels"),
+        ("bias-shape", (x, w, torch.randn(5), one, zero, one), r"bias must have shape \(4,\)"),
+        ("bias-rank", (x, w, torch.randn(4, 1), one, zero, one), r"bias must have shape \(4,\)"),
+        ("stride-0", (x, w, None, [1, 0], zero, one), r"stride must be positive"),
+        ("padding-neg", (x, w, None, one, [0, -2], one), r"padding must be non-negative"),
+        ("dilation-0", (x, w, None, one, zero, [0, 1]), r"dilation must be positive"),
+        ("stride-len3", (x, w, None, [1, 1, 1], zero, one), r"stride"),
+        ("weight-dtype", (x, w.double(), None, one, zero, one), r"weight dtype Double does not match input dtype Float"),
+        ("bias-dtype", (x, w, torch.randn(4).half(), one, zero, one), r"bias dtype Half does not match input"),
+        ("input-int", (x.int(), w.int(), None, one, zero, one), r"input must be a floating-point tensor"),
+        ("kernel-too-big", (x, torch.randn(4, 1, 3, 9), None, one, zero, one),
+         r"padded input \(6 x 6\) is smaller than the dilated kernel \(3 x 9\)"),
+        ("weight-meta", (x, w.to("meta"), None, one, zero, one), r"weight is on meta but input is on cpu"),
+        ("bias-meta", (x, w, torch.randn(4, device="meta"), one, zero, one), r"bias is on meta but input is on cpu"),
+    ]
+
+
+OP_BAD_CASES = _op_bad_cases()
+
+
+@pytest.mark.parametrize("index", range(len(OP_BAD_CASES)), ids=[c[0] for c in OP_BAD_CASES])
+def test_op_rejects_bad_arguments(index):
+    """The C++ op checks its arguments itself (TORCH_CHECK), for callers that bypass the wrapper."""
+    _, args, pattern = _op_bad_cases()[index]
+    with pytest.raises(RuntimeError, match=pattern):
+        torch.ops.fusedops.depthwise_conv2d(*args)
+    x, w = args[0], args[1]
+    if x.dim() == 4 and w.dim() == 4 and x.is_floating_point() and x.device == w.device and x.dtype == w.dtype \
+            and args[2] is None:
+        # the same geometry checks guard the backward op
+        go = torch.randn(2, 4, 4, 4)
+        with pytest.raises(RuntimeError, match=pattern):
+            torch.ops.fusedops._depthwise_conv2d_backward(go, x, w, *args[3:], [True, True, False])
+
+
+def test_backward_rejects_bad_grad_output():
+    x = make_input((2, 4, 6, 6), "nchw", requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, requires_grad=True)
+    backward = torch.ops.fusedops._depthwise_conv2d_backward
+    args = (x.detach(), w.detach(), [1, 1], [0, 0], [1, 1], [True, True, True])
+    with pytest.raises(RuntimeError, match=r"grad_output has shape \[2, 4, 6, 6\] but the convolution's output has "
+                                           r"shape \(2, 4, 4, 4\)"):
+        backward(torch.randn(2, 4, 6, 6), *args)
+    with pytest.raises(RuntimeError, match=r"grad_output has shape"):
+        backward(torch.randn(2, 4, 4), *args)
+    with pytest.raises(RuntimeError, match=r"grad_output dtype Double does not match input dtype Float"):
+        backward(torch.randn(2, 4, 4, 4, dtype=torch.float64), *args)
+    with pytest.raises(RuntimeError, match=r"grad_output is on meta but input is on cpu"):
+        backward(torch.randn(2, 4, 4, 4, device="meta"), *args)
+    # on meta tensors the fake kernel checks the shape too
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(RuntimeError, match=r"grad_output has shape \(2, 4, 6, 6\), not the convolution's output"):
+        backward(torch.randn(2, 4, 6, 6, device="meta"), *meta)
+    # through autograd, a wrong-shaped gradient is refused before reaching the kernel
+    with fusedops.use_backend("native"):
+        out = fusedops.depthwise_conv2d(x, w)
+    with pytest.raises(RuntimeError, match="shape"):
+        out.backward(torch.randn(2, 4, 6, 6))
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("multiplier", (1, 2))
+@pytest.mark.parametrize("backend", ("native", "reference"))
+def test_empty_batch(layout, multiplier, backend):
+    x = make_input((0, 6, 7, 8), layout, requires_grad=True)
+    w = torch.randn(6 * multiplier, 1, 3, 3, requires_grad=True)
+    b = torch.randn(6 * multiplier, requires_grad=True)
+    with fusedops.use_backend(backend):
+        out = fusedops.depthwise_conv2d(x, w, b, stride=2, padding=1)
+    assert out.shape == (0, 6 * multiplier, 4, 4)
+    gx, gw, gb = torch.autograd.grad(out, (x, w, b), torch.randn(out.shape))
+    assert gx.shape == x.shape
+    assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("backend", ("auto", "native"))
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_meta_tensors(backend, layout):
+    """On meta tensors the fake kernel gives the shapes and memory formats the CPU kernels produce."""
+    x_cpu = make_input((3, 8, 11, 9), layout, requires_grad=True)
+    w_cpu = torch.randn(16, 1, 3, 5, requires_grad=True)
+    x = torch.empty_like(x_cpu, device="meta").requires_grad_()
+    w = torch.empty_like(w_cpu, device="meta").requires_grad_()
+    args = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    with fusedops.use_backend(backend):
+        out = fusedops.depthwise_conv2d(x, w, None, **args)
+        out_cpu = fusedops.depthwise_conv2d(x_cpu, w_cpu, None, **args)
+    assert out.device.type == "meta"
+    assert out.shape == out_cpu.shape and out.stride() == out_cpu.stride()
+    gx, gw = torch.autograd.grad(out, (x, w), torch.empty_like(out))
+    gx_cpu, gw_cpu = torch.autograd.grad(out_cpu, (x_cpu, w_cpu), torch.randn_like(out_cpu))
+    assert gx.shape == gx_cpu.shape and gx.stride() == gx_cpu.stride()
+    assert gw.shape == gw_cpu.shape
+
+
+# ---------------------------------------------------------------------------------------------------
+# 9. MobileNet-like shapes: register-blocked interiors, many channel vectors and channel tails
+
+MOBILENET = [
+    dict(shape=(2, 32, 56, 56), kernel=3, stride=1, padding=1, bias=False),
+    dict(shape=(2, 144, 28, 28), kernel=3, stride=2, padding=1, bias=False),
+    dict(shape=(2, 960, 7, 7), kernel=3, stride=1, padding=1, bias=True),
+    dict(shape=(2, 240, 14, 14), kernel=5, stride=1, padding=2, bias=False),
+    dict(shape=(2, 240, 14, 14), kernel=7, stride=1, padding=3, bias=True),
+    dict(shape=(2, 72, 28, 28), kernel=5, stride=2, padding=2, bias=False),
+]
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("case", MOBILENET,
+                         ids=[f"c{c['shape'][1]}-{c['shape'][2]}-k{c['kernel']}-s{c['stride']}" for c in MOBILENET])
+def test_mobilenet_shapes(case, layout):
+    case = dict(case)
+    shape = case.pop("shape")
+    kernel = case.pop("kernel")
+    check_parity(shape, kernel, layout=layout, **case)
