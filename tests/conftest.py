@@ -9,8 +9,13 @@ import importlib.util
 import os
 import random
 
-import pytest
-import torch
+# Idle OpenMP workers sleep instead of spinning. The kernels still run multi-threaded, but on a small,
+# shared CI machine spinning workers starve each other at every parallel region (a 5-10x slowdown of
+# this suite). libgomp reads this when torch loads it, so it must be set before the import below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # rtol / atol per dtype of the computation under test, for comparisons against a float64 reference.
 # atol is relative to the magnitude of the terms summed (see assert_close_scaled).
