@@ -7,6 +7,9 @@ The choice is ``FUSEDOPS_BACKEND`` (read at import) or :func:`use_backend`, one 
 ``native``     the C++ / CUDA kernels; an error if they are not built for the tensor's device.
 ``triton``     the Triton kernels; on CPU tensors only through the Triton interpreter (TRITON_INTERPRET=1).
 ``reference``  the pure-PyTorch reference implementations.
+
+Meta tensors (shape-only) run the ops' fake kernels under ``auto`` and ``native`` when the extension is
+loaded, so they get exactly the shapes and memory formats the kernels produce.
 """
 
 import contextlib
@@ -60,7 +63,7 @@ def resolve(device, op_name: str) -> str:
         return REFERENCE
     if requested == "native":
         _extension.assert_has_ops(f"backend 'native' ({op_name})")
-        if kind == "cpu":
+        if kind in ("cpu", "meta"):
             return NATIVE
         if kind == "cuda":
             if not _extension.has_cuda_kernels():
@@ -86,6 +89,8 @@ def resolve(device, op_name: str) -> str:
             return TRITON
         _extension.warn_reference_fallback("neither the CUDA kernels nor Triton are available")
         return REFERENCE
+    if kind == "meta" and _extension.has_ops():
+        return NATIVE
     return REFERENCE
 
 

@@ -1,7 +1,9 @@
 """Argument normalisation and checks shared by the public op wrappers and the fake kernels.
 
 Checks use ``torch._check`` so that the same code validates eager calls and traced (fake/symbolic)
-calls; every message names the offending argument.
+calls; every message names the offending argument. The checks here look only at metadata that is never
+symbolic (type, rank, dtype, device) and raise directly: Dynamo cannot trace a ``torch._check`` whose
+message closes over a tensor, and these run in the public wrappers, which Dynamo traces.
 """
 
 import numbers
@@ -37,14 +39,16 @@ def check_tensor(t, name: str, *, rank=None) -> None:
 
 def check_same(t, ref, name: str, ref_name: str) -> None:
     """Same dtype and device as the reference tensor."""
-    torch._check(t.dtype == ref.dtype, lambda: f"fusedops: {name} dtype {t.dtype} does not match {ref_name} "
-                 f"dtype {ref.dtype}")
-    torch._check(t.device == ref.device, lambda: f"fusedops: {name} is on {t.device} but {ref_name} is on "
-                 f"{ref.device}; both must be on the same device")
+    if t.dtype != ref.dtype:
+        raise RuntimeError(f"fusedops: {name} dtype {t.dtype} does not match {ref_name} dtype {ref.dtype}")
+    if t.device != ref.device:
+        raise RuntimeError(f"fusedops: {name} is on {t.device} but {ref_name} is on {ref.device}; both must be on "
+                           "the same device")
 
 
 def check_floating(t, name: str) -> None:
-    torch._check(t.is_floating_point(), lambda: f"fusedops: {name} must be a floating-point tensor, got {t.dtype}")
+    if not t.is_floating_point():
+        raise RuntimeError(f"fusedops: {name} must be a floating-point tensor, got {t.dtype}")
 
 
 def empty_like_format(t, shape):

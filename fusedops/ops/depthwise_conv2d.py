@@ -39,7 +39,10 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
         # The C++ op validates its arguments itself (same messages), so eager calls skip the Python checks:
         # they would cost more than the kernel on small maps. Traced calls still check in the fake kernel.
         return _library.ops_for(impl).depthwise_conv2d(input, weight, bias, stride, padding, dilation)
-    _check(input, weight, bias, stride, padding, dilation)
+    if not torch.compiler.is_dynamo_compiling():
+        # Dynamo refuses torch._check messages that close over tensors or symbolic sizes. While it traces,
+        # the fake kernel (_fake) runs these same checks on the traced tensors, with the same messages.
+        _check(input, weight, bias, stride, padding, dilation)
     if impl == _backend.REFERENCE:
         return _reference.depthwise_conv2d(input, weight, bias, stride, padding, dilation)
     return _library.ops_for(impl).depthwise_conv2d(input, weight, bias, stride, padding, dilation)
@@ -117,6 +120,10 @@ def _fake(input, weight, bias, stride, padding, dilation):
 
 
 def _fake_backward(grad_output, input, weight, stride, padding, dilation, output_mask):
+    # The same checks as the C++ backward: tensors on different devices dispatch here (Meta wins), so
+    # without them a meta grad_output with CPU input and weight would pass silently.
+    _check(input, weight, None, stride, padding, dilation)
+    _args.check_same(grad_output, input, "grad_output", "input")
     torch._check(tuple(grad_output.shape) == output_shape(input, weight, stride, padding, dilation),
                  lambda: f"fusedops: grad_output has shape {tuple(grad_output.shape)}, not the convolution's output "
                  "shape")
