@@ -39,9 +39,13 @@ def channel_shuffle(input, groups):
         >>> x = torch.randn(8, 240, 28, 28)
         >>> y = fusedops.channel_shuffle(x, 3)
     """
-    if not torch.compiler.is_compiling():  # traced calls are checked by the fake kernel
-        _check_channel_shuffle(input, groups, eager=True)
+    _args.check_tensor(input, "input")
+    _check_groups_type(groups)
     impl = _backend.resolve(input.device, NAME)
+    # The native kernels check their arguments (same messages) and traced calls are checked by the fake
+    # kernel, so the Python checks run only where neither does: this op is often cheaper than the checks.
+    if impl != _backend.NATIVE and not torch.compiler.is_compiling():
+        _check_channel_shuffle(input, groups)
     if impl == _backend.REFERENCE:
         return _reference.channel_shuffle(input, groups)
     return _library.ops_for(impl).channel_shuffle(input, groups)
@@ -63,9 +67,12 @@ def concat_shuffle(a, b, groups=2):
     Returns:
         ``Tensor[N, Ca + Cb, H, W]``, channels_last when ``a`` and ``b`` both are, else NCHW (as ``torch.cat``).
     """
-    if not torch.compiler.is_compiling():
-        _check_concat_shuffle(a, b, groups, eager=True)
+    _args.check_tensor(a, "a")
+    _args.check_tensor(b, "b")
+    _check_groups_type(groups)
     impl = _backend.resolve(a.device, CONCAT_NAME)
+    if impl != _backend.NATIVE and not torch.compiler.is_compiling():
+        _check_concat_shuffle(a, b, groups)
     if impl == _backend.REFERENCE:
         return _reference.concat_shuffle(a, b, groups)
     return _library.ops_for(impl).concat_shuffle(a, b, groups)
@@ -88,19 +95,12 @@ def _check_rank4_floating(t, name):
     _args.check_floating(t, name)
 
 
-def _check_channel_shuffle(input, groups, eager=False):
-    if eager:
-        _args.check_tensor(input, "input")
-        _check_groups_type(groups)
+def _check_channel_shuffle(input, groups):
     _check_rank4_floating(input, "input")
     _check_groups(groups, input.shape[1], "input")
 
 
-def _check_concat_shuffle(a, b, groups, eager=False):
-    if eager:
-        _args.check_tensor(a, "a")
-        _args.check_tensor(b, "b")
-        _check_groups_type(groups)
+def _check_concat_shuffle(a, b, groups):
     _check_rank4_floating(a, "a")
     _check_rank4_floating(b, "b")
     _args.check_same(b, a, "b", "a")
