@@ -12,9 +12,10 @@
 // Sources are read in place when their planes (NCHW) or pixels (channels-last) are dense; others are
 // first made dense in the output's format.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #include <torch/library.h>
 
 #include "fusedops/shuffle_geometry.h"
@@ -120,9 +121,12 @@ void launch(const std::vector<Tensor>& srcs, const std::vector<Tensor>& dsts, co
   const bool cl = g.format == at::MemoryFormat::ChannelsLast;
   const int64_t plane = cl ? 1 : g.height * g.width * es / word;
   const int64_t total = cl ? g.batch * g.channels * g.height * g.width : g.batch * g.channels * plane;
-  const int64_t max_blocks = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 32;
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t max_blocks = int64_t(std::max(sms, 1)) * 32;
   const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, max_blocks));
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (cl) {
     shuffle_nhwc_kernel<U><<<blocks, kThreads, 0, stream>>>(src, dst, total, g.channels, g.height, g.width,
                                                             g.groups, g.channels_per_group());
