@@ -3,12 +3,26 @@
     >>> import fusedops
     >>> y = fusedops.depthwise_conv2d(x, w, padding=1)
     >>> layer = fusedops.nn.DepthwiseConv2d(32, 32, 3, padding=1)
+    >>> y = fusedops.channel_shuffle(x, 3)
+    >>> model = fusedops.models.shufflenet_v2_x1_0()
 """
 
 from ._version import __version__
 from ._extension import build_info
 from ._backend import get_backend, set_backend, use_backend
-from .ops import depthwise_conv2d
+from .ops import channel_shuffle, concat_shuffle, depthwise_conv2d
 from . import nn
 
-__all__ = ["__version__", "build_info", "get_backend", "set_backend", "use_backend", "depthwise_conv2d", "nn"]
+__all__ = [
+    "__version__", "build_info", "get_backend", "set_backend", "use_backend",
+    "channel_shuffle", "concat_shuffle", "depthwise_conv2d", "nn", "models",
+]
+
+
+def __getattr__(name):
+    # fusedops.models is imported on first use, so that `import fusedops` stays light.
+    if name == "models":
+        import importlib
+
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

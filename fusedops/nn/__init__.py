@@ -1,5 +1,6 @@
 """Drop-in ``torch.nn`` modules backed by fusedops kernels."""
 
 from .depthwise import DepthwiseConv2d
+from .shuffle import ChannelShuffle
 
-__all__ = ["DepthwiseConv2d"]
+__all__ = ["ChannelShuffle", "DepthwiseConv2d"]

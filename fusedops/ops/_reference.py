@@ -11,3 +11,16 @@ import torch.nn.functional as F
 
 def depthwise_conv2d(input, weight, bias, stride, padding, dilation):
     return F.conv2d(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups=input.shape[1])
+
+
+def channel_shuffle(input, groups):
+    # The view/transpose idiom (torchvision's ShuffleNetV2), laid out like F.channel_shuffle's output.
+    from torch._prims_common import suggest_memory_format
+
+    n, c, h, w = input.shape
+    out = input.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    return out.contiguous(memory_format=suggest_memory_format(input))
+
+
+def concat_shuffle(a, b, groups):
+    return channel_shuffle(torch.cat([a, b], 1), groups)

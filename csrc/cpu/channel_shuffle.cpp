@@ -1,0 +1,276 @@
+// CPU kernels of fusedops::channel_shuffle, fusedops::concat_shuffle and fusedops::_concat_shuffle_backward.
+//
+// All three are one shuffled copy (see fusedops/shuffle_geometry.h) between one or two source tensors and
+// one or two destination tensors, concatenated along channels. Elements are moved as raw 2/4/8-byte words,
+// so every dtype is copied bit-exactly by one kernel per element size:
+//
+// * NCHW: each destination channel plane is one memcpy of the source channel's plane;
+// * channels-last: per pixel, a gather of the C channels. Two groups is an interleave of two contiguous
+//   halves and its inverse (C / 2 groups) a de-interleave, both vectorised; other groups run a small
+//   in-cache transpose, and copies between two tensors split elsewhere a table-driven gather.
+//
+// Sources are read in place when their planes (NCHW) or pixels (channels-last) are dense, which covers
+// the channel slices of x.chunk(2, 1); other layouts are first made dense in the output's format.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include "fusedops/shuffle_geometry.h"
+
+#include <bit>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace fusedops {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// Elements below which a call runs on one thread: waking the pool costs more than copying them.
+constexpr int64_t kMinParallelElements = 1 << 15;
+
+// One or two tensors of a shuffled copy, concatenated along channels. Strides are in elements.
+template <typename P>
+struct Side {
+  P base[2] = {nullptr, nullptr};
+  int64_t split = 0;  // channels of the first tensor
+  int64_t stride[2][4] = {};
+
+  void add(int k, P ptr, const Tensor& t) {
+    base[k] = ptr;
+    for (int i = 0; i < 4; ++i) stride[k][i] = t.stride(i);
+  }
+  // Pointer to channel c (concatenated numbering) of image n; the plane or pixel run starts there.
+  P channel(int64_t n, int64_t c) const {
+    const int k = c >= split ? 1 : 0;
+    return base[k] + n * stride[k][0] + (c - k * split) * stride[k][1];
+  }
+  P pixel(int k, int64_t n, int64_t h, int64_t w) const {
+    return base[k] + n * stride[k][0] + h * stride[k][2] + w * stride[k][3];
+  }
+};
+
+bool plane_dense(const Tensor& t) {
+  const int64_t h = t.size(2), w = t.size(3);
+  return (w == 1 || t.stride(3) == 1) && (h == 1 || t.stride(2) == w);
+}
+
+bool pixel_dense(const Tensor& t) {
+  return t.size(1) == 1 || t.stride(1) == 1;
+}
+
+// A source readable in place by the kernel for `format`, or a dense copy of it in that format.
+Tensor readable(const Tensor& t, at::MemoryFormat format) {
+  const bool ok = format == at::MemoryFormat::ChannelsLast ? pixel_dense(t) : plane_dense(t);
+  return ok ? t : t.contiguous(format);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// NCHW: one plane memcpy per (image, destination channel).
+
+template <typename E>
+void shuffle_nchw(const Side<const E*>& src, const Side<E*>& dst, const ShuffleGeometry& g) {
+  const int64_t C = g.channels, plane = g.height * g.width;
+  const int64_t grain = std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, plane));
+  at::parallel_for(0, g.batch * C, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / C, d = i % C;
+      std::memcpy(dst.channel(n, d), src.channel(n, g.source_channel(d)), plane * sizeof(E));
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Channels-last per-pixel gathers.
+
+template <typename E>
+using VecOf = at::vec::Vectorized<std::conditional_t<sizeof(E) == 4, float, double>>;
+
+// out[2j] = r0[j], out[2j + 1] = r1[j] for j < n.
+template <typename E>
+inline void interleave(E* out, const E* r0, const E* r1, int64_t n) {
+  int64_t j = 0;
+  if constexpr (sizeof(E) == 4 || sizeof(E) == 8) {
+    using V = VecOf<E>;
+    using F = typename V::value_type;
+    constexpr int64_t S = V::size();
+    for (; j + S <= n; j += S) {
+      const auto [lo, hi] = at::vec::interleave2(V::loadu(r0 + j), V::loadu(r1 + j));
+      lo.store(reinterpret_cast<F*>(out + 2 * j));
+      hi.store(reinterpret_cast<F*>(out + 2 * j + S));
+    }
+  } else if constexpr (sizeof(E) == 2 && std::endian::native == std::endian::little) {
+    // A pair of 16-bit words is one 32-bit word (first in the low half); compilers vectorise this loop.
+    uint32_t* o = reinterpret_cast<uint32_t*>(out);
+    for (; j < n; ++j) o[j] = uint32_t(r0[j]) | (uint32_t(r1[j]) << 16);
+  }
+  for (; j < n; ++j) {
+    out[2 * j] = r0[j];
+    out[2 * j + 1] = r1[j];
+  }
+}
+
+// d0[j] = in[2j], d1[j] = in[2j + 1] for j < n.
+template <typename E>
+inline void deinterleave(E* d0, E* d1, const E* in, int64_t n) {
+  int64_t j = 0;
+  if constexpr (sizeof(E) == 4 || sizeof(E) == 8) {
+    using V = VecOf<E>;
+    using F = typename V::value_type;
+    constexpr int64_t S = V::size();
+    for (; j + S <= n; j += S) {
+      const auto [even, odd] = at::vec::deinterleave2(V::loadu(in + 2 * j), V::loadu(in + 2 * j + S));
+      even.store(reinterpret_cast<F*>(d0 + j));
+      odd.store(reinterpret_cast<F*>(d1 + j));
+    }
+  } else if constexpr (sizeof(E) == 2 && std::endian::native == std::endian::little) {
+    const uint32_t* p = reinterpret_cast<const uint32_t*>(in);
+    for (; j < n; ++j) {
+      d0[j] = static_cast<E>(p[j] & 0xffffu);
+      d1[j] = static_cast<E>(p[j] >> 16);
+    }
+  }
+  for (; j < n; ++j) {
+    d0[j] = in[2 * j];
+    d1[j] = in[2 * j + 1];
+  }
+}
+
+// out[j * groups + i] = in[i * cpg + j]: a (groups x cpg) -> (cpg x groups) transpose within one pixel.
+template <typename E>
+inline void transpose_pixel(E* out, const E* in, int64_t groups, int64_t cpg) {
+  for (int64_t i = 0; i < groups; ++i) {
+    const E* row = in + i * cpg;
+    E* col = out + i;
+    for (int64_t j = 0; j < cpg; ++j) col[j * groups] = row[j];
+  }
+}
+
+// Runs fn(n, h, w) over all pixels, in parallel over (image, row).
+template <typename Fn>
+void for_each_pixel(const ShuffleGeometry& g, Fn fn) {
+  const int64_t row = g.width * g.channels;
+  const int64_t grain = std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, row));
+  at::parallel_for(0, g.batch * g.height, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.height, h = r % g.height;
+      for (int64_t w = 0; w < g.width; ++w) fn(n, h, w);
+    }
+  });
+}
+
+template <typename E>
+void shuffle_nhwc(const Side<const E*>& src, int nsrc, const Side<E*>& dst, int ndst, const ShuffleGeometry& g) {
+  const int64_t C = g.channels, groups = g.groups, cpg = g.channels_per_group();
+  // Two groups: interleave the two halves, each of which lies in one source tensor.
+  if (groups == 2 && ndst == 1 && (nsrc == 1 || src.split == cpg)) {
+    for_each_pixel(g, [&](int64_t n, int64_t h, int64_t w) {
+      const E* r0 = src.pixel(0, n, h, w);
+      const E* r1 = nsrc == 1 ? r0 + cpg : src.pixel(1, n, h, w);
+      interleave(dst.pixel(0, n, h, w), r0, r1, cpg);
+    });
+    return;
+  }
+  // Two channels per group (the inverse of two groups): de-interleave into the two halves.
+  if (cpg == 2 && nsrc == 1 && (ndst == 1 || dst.split == groups)) {
+    for_each_pixel(g, [&](int64_t n, int64_t h, int64_t w) {
+      E* d0 = dst.pixel(0, n, h, w);
+      E* d1 = ndst == 1 ? d0 + groups : dst.pixel(1, n, h, w);
+      deinterleave(d0, d1, src.pixel(0, n, h, w), groups);
+    });
+    return;
+  }
+  if (nsrc == 1 && ndst == 1) {
+    for_each_pixel(g, [&](int64_t n, int64_t h, int64_t w) {
+      transpose_pixel(dst.pixel(0, n, h, w), src.pixel(0, n, h, w), groups, cpg);
+    });
+    return;
+  }
+  // Two tensors on a side, split elsewhere than at a group boundary: gather through channel tables.
+  std::vector<int64_t> src_channel(C), dst_channel(C);
+  std::vector<uint8_t> src_tensor(C), dst_tensor(C);
+  for (int64_t d = 0; d < C; ++d) {
+    const int64_t s = g.source_channel(d);
+    src_tensor[d] = s >= src.split;
+    src_channel[d] = s - src_tensor[d] * src.split;
+    dst_tensor[d] = d >= dst.split;
+    dst_channel[d] = d - dst_tensor[d] * dst.split;
+  }
+  for_each_pixel(g, [&](int64_t n, int64_t h, int64_t w) {
+    const E* sp[2] = {src.pixel(0, n, h, w), nsrc == 2 ? src.pixel(1, n, h, w) : nullptr};
+    E* dp[2] = {dst.pixel(0, n, h, w), ndst == 2 ? dst.pixel(1, n, h, w) : nullptr};
+    for (int64_t d = 0; d < C; ++d) dp[dst_tensor[d]][dst_channel[d]] = sp[src_tensor[d]][src_channel[d]];
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+template <typename E>
+void run_typed(const std::vector<Tensor>& srcs, const std::vector<Tensor>& dsts, const ShuffleGeometry& g) {
+  Side<const E*> src;
+  Side<E*> dst;
+  for (size_t k = 0; k < srcs.size(); ++k) src.add(k, static_cast<const E*>(srcs[k].const_data_ptr()), srcs[k]);
+  for (size_t k = 0; k < dsts.size(); ++k) dst.add(k, static_cast<E*>(dsts[k].mutable_data_ptr()), dsts[k]);
+  src.split = srcs[0].size(1);
+  dst.split = dsts[0].size(1);
+  if (g.format == at::MemoryFormat::ChannelsLast) {
+    shuffle_nhwc<E>(src, static_cast<int>(srcs.size()), dst, static_cast<int>(dsts.size()), g);
+  } else {
+    shuffle_nchw<E>(src, dst, g);
+  }
+}
+
+// The shuffled copy from `srcs` (1 or 2) into freshly allocated `dsts` (1 or 2) in g.format.
+void shuffled_copy(std::vector<Tensor> srcs, const std::vector<Tensor>& dsts, const ShuffleGeometry& g) {
+  if (g.batch * g.channels * g.height * g.width == 0) return;
+  for (Tensor& s : srcs) s = readable(s, g.format);
+  switch (srcs[0].element_size()) {
+    case 2: run_typed<uint16_t>(srcs, dsts, g); break;
+    case 4: run_typed<uint32_t>(srcs, dsts, g); break;
+    case 8: run_typed<uint64_t>(srcs, dsts, g); break;
+    default: TORCH_CHECK(false, "fusedops: channel shuffle does not support dtype ", srcs[0].scalar_type());
+  }
+}
+
+void check_cpu(const Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "fusedops: ", op, " CPU kernel got ", name, " on ", t.device());
+}
+
+Tensor channel_shuffle_cpu(const Tensor& input, int64_t groups) {
+  const ShuffleGeometry g = channel_shuffle_geometry(input, groups);
+  check_cpu(input, "channel_shuffle", "input");
+  Tensor out = at::empty(input.sizes(), input.options().memory_format(g.format));
+  shuffled_copy({input}, {out}, g);
+  return out;
+}
+
+Tensor concat_shuffle_cpu(const Tensor& a, const Tensor& b, int64_t groups) {
+  const ShuffleGeometry g = concat_shuffle_geometry(a, b, groups);
+  check_cpu(a, "concat_shuffle", "a");
+  Tensor out = at::empty({g.batch, g.channels, g.height, g.width}, a.options().memory_format(g.format));
+  shuffled_copy({a, b}, {out}, g);
+  return out;
+}
+
+std::tuple<Tensor, Tensor> concat_shuffle_backward_cpu(const Tensor& grad, int64_t channels_a, int64_t groups) {
+  const ShuffleGeometry g = concat_shuffle_backward_geometry(grad, channels_a, groups);
+  check_cpu(grad, "_concat_shuffle_backward", "grad");
+  const auto options = grad.options().memory_format(g.format);
+  Tensor grad_a = at::empty({g.batch, channels_a, g.height, g.width}, options);
+  Tensor grad_b = at::empty({g.batch, g.channels - channels_a, g.height, g.width}, options);
+  shuffled_copy({grad}, {grad_a, grad_b}, g);
+  return {grad_a, grad_b};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fusedops
+
+TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
+  m.impl("channel_shuffle", &fusedops::cpu::channel_shuffle_cpu);
+  m.impl("concat_shuffle", &fusedops::cpu::concat_shuffle_cpu);
+  m.impl("_concat_shuffle_backward", &fusedops::cpu::concat_shuffle_backward_cpu);
+}

@@ -1,0 +1,195 @@
+"""fusedops.channel_shuffle and fusedops.concat_shuffle: public wrappers, fake kernels and autograd.
+
+Kernels: csrc/cpu/channel_shuffle.cpp, csrc/cuda/channel_shuffle.cu, fusedops/ops/_triton/channel_shuffle.py;
+reference: fusedops/ops/_reference.py; schemas: csrc/channel_shuffle.cpp.
+
+Both ops are pure data movement, so their gradients are shuffles too: the gradient of
+``channel_shuffle(x, g)`` is ``channel_shuffle(grad, C // g)``, and that of ``concat_shuffle(a, b, g)`` is
+``_concat_shuffle_backward(grad, a.shape[1], g)``, whose own gradient is ``concat_shuffle`` again, so
+gradients of every order are supported.
+"""
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from .. import _backend
+from . import _args, _library, _reference
+
+NAME = "channel_shuffle"
+CONCAT_NAME = "concat_shuffle"
+CONCAT_BACKWARD_NAME = "_concat_shuffle_backward"
+
+
+def channel_shuffle(input, groups):
+    r"""Channel shuffle: exactly ``torch.nn.functional.channel_shuffle(input, groups)``.
+
+    Output channel ``j * groups + i`` is input channel ``i * (C // groups) + j``, i.e. the channels viewed as
+    a ``(groups, C // groups)`` matrix are transposed (ShuffleNet's shuffle).
+
+    Args:
+        input: ``Tensor[N, C, H, W]``, NCHW-contiguous, channels_last or a strided view (read in place when
+            each channel plane, resp. each pixel's channels, is dense, e.g. a ``chunk`` along channels).
+        groups: positive int dividing ``C``.
+
+    Returns:
+        ``Tensor[N, C, H, W]`` in the input's memory format.
+
+    Examples::
+
+        >>> x = torch.randn(8, 240, 28, 28)
+        >>> y = fusedops.channel_shuffle(x, 3)
+    """
+    _args.check_tensor(input, "input")
+    _check_groups_type(groups)
+    impl = _backend.resolve(input.device, NAME)
+    # The native kernels check their arguments (same messages) and traced calls are checked by the fake
+    # kernel, so the Python checks run only where neither does: this op is often cheaper than the checks.
+    if impl != _backend.NATIVE and not torch.compiler.is_compiling():
+        _check_channel_shuffle(input, groups)
+    if impl == _backend.REFERENCE:
+        return _reference.channel_shuffle(input, groups)
+    return _library.ops_for(impl).channel_shuffle(input, groups)
+
+
+def concat_shuffle(a, b, groups=2):
+    r"""``channel_shuffle(torch.cat([a, b], 1), groups)`` without building the concatenation.
+
+    Each input is written straight to its shuffled place in the output; the backward splits the incoming
+    gradient into ``(grad_a, grad_b)`` the same way. This is ShuffleNetV2's data movement: stride 1,
+    ``x1, x2 = x.chunk(2, 1); concat_shuffle(x1, branch2(x2))`` (``x1`` is read in place); stride 2,
+    ``concat_shuffle(branch1(x), branch2(x))``.
+
+    Args:
+        a: ``Tensor[N, Ca, H, W]``.
+        b: ``Tensor[N, Cb, H, W]``, same dtype and device as ``a``.
+        groups: positive int dividing ``Ca + Cb``.
+
+    Returns:
+        ``Tensor[N, Ca + Cb, H, W]``, channels_last when ``a`` and ``b`` both are, else NCHW (as ``torch.cat``).
+    """
+    _args.check_tensor(a, "a")
+    _args.check_tensor(b, "b")
+    _check_groups_type(groups)
+    impl = _backend.resolve(a.device, CONCAT_NAME)
+    if impl != _backend.NATIVE and not torch.compiler.is_compiling():
+        _check_concat_shuffle(a, b, groups)
+    if impl == _backend.REFERENCE:
+        return _reference.concat_shuffle(a, b, groups)
+    return _library.ops_for(impl).concat_shuffle(a, b, groups)
+
+
+def _check_groups(groups, channels, channels_of):
+    torch._check(groups > 0, lambda: f"fusedops: groups must be positive, got {groups}")
+    torch._check(channels % groups == 0, lambda: f"fusedops: the number of channels of {channels_of} ({channels}) "
+                 f"must be divisible by groups ({groups})")
+
+
+def _check_groups_type(groups):
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"fusedops: groups must be an int, got {groups!r}")
+
+
+def _check_rank4_floating(t, name):
+    torch._check(t.dim() == 4, lambda: f"fusedops: {name} must be a 4-D (N, C, H, W) tensor, got {t.dim()}-D "
+                 f"with shape {tuple(t.shape)}")
+    _args.check_floating(t, name)
+
+
+def _check_channel_shuffle(input, groups):
+    _check_rank4_floating(input, "input")
+    _check_groups(groups, input.shape[1], "input")
+
+
+def _check_concat_shuffle(a, b, groups):
+    _check_rank4_floating(a, "a")
+    _check_rank4_floating(b, "b")
+    _args.check_same(b, a, "b", "a")
+    torch._check(a.shape[0] == b.shape[0] and a.shape[2:] == b.shape[2:],
+                 lambda: "fusedops: a and b must have the same batch size, height and width (they are concatenated "
+                 f"along channels), got a of shape {tuple(a.shape)} and b of shape {tuple(b.shape)}")
+    _check_groups(groups, a.shape[1] + b.shape[1], "a and b together")
+
+
+def concat_memory_format(a, b):
+    """torch.cat's output format: the inputs' common suggested format, else NCHW."""
+    fa, fb = suggest_memory_format(a), suggest_memory_format(b)
+    return fa if fa == fb else torch.contiguous_format
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fake kernels
+
+
+def _fake(input, groups):
+    _check_channel_shuffle(input, groups)
+    return _args.empty_like_format(input, input.shape)
+
+
+def _fake_concat(a, b, groups):
+    _check_concat_shuffle(a, b, groups)
+    n, _, h, w = a.shape
+    return torch.empty((n, a.shape[1] + b.shape[1], h, w), dtype=a.dtype, device=a.device,
+                       memory_format=concat_memory_format(a, b))
+
+
+def _fake_concat_backward(grad, channels_a, groups):
+    torch._check(grad.dim() == 4, lambda: f"fusedops: grad must be a 4-D tensor, got {grad.dim()}-D")
+    _check_groups(groups, grad.shape[1], "grad")
+    torch._check(0 <= channels_a <= grad.shape[1], lambda: f"fusedops: channels_a must be in [0, {grad.shape[1]}] "
+                 f"(the channels of grad), got {channels_a}")
+    n, c, h, w = grad.shape
+    return (_args.empty_like_format(grad, (n, channels_a, h, w)),
+            _args.empty_like_format(grad, (n, c - channels_a, h, w)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Autograd: every gradient is another shuffle.
+
+
+def _setup_shuffle(ctx, inputs, output):
+    input, groups = inputs
+    ctx.inverse_groups = input.shape[1] // groups if input.shape[1] else 1
+
+
+def _make_shuffle_backward(ops):
+    def backward(ctx, grad):
+        return ops.channel_shuffle(grad, ctx.inverse_groups), None
+
+    return backward
+
+
+def _setup_concat(ctx, inputs, output):
+    a, b, groups = inputs
+    ctx.channels_a = a.shape[1]
+    ctx.groups = groups
+
+
+def _make_concat_backward(ops):
+    def backward(ctx, grad):
+        grad_a, grad_b = ops._concat_shuffle_backward(grad, ctx.channels_a, ctx.groups)
+        return grad_a, grad_b, None
+
+    return backward
+
+
+def _setup_concat_backward(ctx, inputs, output):
+    _, _, groups = inputs
+    ctx.groups = groups
+
+
+def _make_concat_double_backward(ops):
+    def backward(ctx, grad_grad_a, grad_grad_b):
+        return ops.concat_shuffle(grad_grad_a, grad_grad_b, ctx.groups), None, None
+
+    return backward
+
+
+_library.define_triton_mirror(NAME, "channel_shuffle", "channel_shuffle")
+_library.define_triton_mirror(CONCAT_NAME, "channel_shuffle", "concat_shuffle")
+_library.define_triton_mirror(CONCAT_BACKWARD_NAME, "channel_shuffle", "concat_shuffle_backward")
+_library.register_fake(NAME, _fake)
+_library.register_fake(CONCAT_NAME, _fake_concat)
+_library.register_fake(CONCAT_BACKWARD_NAME, _fake_concat_backward)
+_library.register_autograd(NAME, _make_shuffle_backward, _setup_shuffle)
+_library.register_autograd(CONCAT_NAME, _make_concat_backward, _setup_concat)
+_library.register_autograd(CONCAT_BACKWARD_NAME, _make_concat_double_backward, _setup_concat_backward)
