@@ -27,9 +27,9 @@ ConvGeometry depthwise_geometry(
   TORCH_CHECK(input.dim() == 4, "fusedops: input must be a 4-D (N, C, H, W) tensor, got ", input.dim(), "-D");
   TORCH_CHECK(weight.dim() == 4, "fusedops: weight must be a 4-D (C*multiplier, 1, kH, kW) tensor, got ",
               weight.dim(), "-D");
-  TORCH_CHECK(input.is_floating_point(), "fusedops: input must be a floating-point tensor, got ", input.scalar_type());
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: weight dtype ", weight.scalar_type(),
-              " does not match input dtype ", input.scalar_type());
+  TORCH_CHECK(input.is_floating_point(), "fusedops: input must be a floating-point tensor, got ", dtype_name(input.scalar_type()));
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: weight dtype ", dtype_name(weight.scalar_type()),
+              " does not match input dtype ", dtype_name(input.scalar_type()));
   check_same_device(weight, input, "weight", "input");
   check_pair(stride, "stride");
   check_pair(padding, "padding");
@@ -57,8 +57,8 @@ ConvGeometry depthwise_geometry(
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels, "fusedops: bias must have shape (",
                 g.out_channels, ",), got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "fusedops: bias dtype ", bias->scalar_type(),
-                " does not match input dtype ", input.scalar_type());
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "fusedops: bias dtype ", dtype_name(bias->scalar_type()),
+                " does not match input dtype ", dtype_name(input.scalar_type()));
     check_same_device(*bias, input, "bias", "input");
   }
   g.stride_h = stride[0];

@@ -643,8 +643,8 @@ def _op_bad_cases():
         ("padding-neg", (x, w, None, one, [0, -2], one), r"padding must be non-negative"),
         ("dilation-0", (x, w, None, one, zero, [0, 1]), r"dilation must be positive"),
         ("stride-len3", (x, w, None, [1, 1, 1], zero, one), r"stride"),
-        ("weight-dtype", (x, w.double(), None, one, zero, one), r"weight dtype Double does not match input dtype Float"),
-        ("bias-dtype", (x, w, torch.randn(4).half(), one, zero, one), r"bias dtype Half does not match input"),
+        ("weight-dtype", (x, w.double(), None, one, zero, one), r"weight dtype torch.float64 does not match input dtype torch.float32"),
+        ("bias-dtype", (x, w, torch.randn(4).half(), one, zero, one), r"bias dtype torch.float16 does not match input"),
         ("input-int", (x.int(), w.int(), None, one, zero, one), r"input must be a floating-point tensor"),
         ("kernel-too-big", (x, torch.randn(4, 1, 3, 9), None, one, zero, one),
          r"padded input \(6 x 6\) is smaller than the dilated kernel \(3 x 9\)"),
@@ -681,7 +681,7 @@ def test_backward_rejects_bad_grad_output():
         backward(torch.randn(2, 4, 6, 6), *args)
     with pytest.raises(RuntimeError, match=r"grad_output has shape"):
         backward(torch.randn(2, 4, 4), *args)
-    with pytest.raises(RuntimeError, match=r"grad_output dtype Double does not match input dtype Float"):
+    with pytest.raises(RuntimeError, match=r"grad_output dtype torch.float64 does not match input dtype torch.float32"):
         backward(torch.randn(2, 4, 4, 4, dtype=torch.float64), *args)
     with pytest.raises(RuntimeError, match=r"grad_output is on meta but input is on cpu"):
         backward(torch.randn(2, 4, 4, 4, device="meta"), *args)

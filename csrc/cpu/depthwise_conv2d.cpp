@@ -328,13 +328,45 @@ struct TapLists {
   }
 };
 
+// kVecs channel vectors (from c) of one input pixel's gradient: the taps that read the pixel come from
+// the row list [r0, r1) and column list [q0, q1); accumulators stay in registers across taps.
+template <typename scalar_t, int kVecs, bool kPartial>
+inline void gi_nhwc_pixel(const scalar_t* go_n, const acc_t<scalar_t>* w, const TapLists& rows, int64_t r0,
+                          int64_t r1, const TapLists& cols, int64_t q0, int64_t q1, const ConvGeometry& g, int64_t c,
+                          int64_t count, scalar_t* dst) {
+  using Vec = AccVec<scalar_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t C = g.channels;
+  Vec sum[kVecs];
+#pragma GCC unroll 8
+  for (int v = 0; v < kVecs; ++v) sum[v] = Vec(0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const scalar_t* go_row = go_n + rows.output[r] * g.out_w * C + c;
+    const acc_t<scalar_t>* w_row = w + rows.kernel[r] * g.kernel_w * C + c;
+    for (int64_t q = q0; q < q1; ++q) {
+      const scalar_t* src = go_row + cols.output[q] * C;
+      const acc_t<scalar_t>* wp = w_row + cols.kernel[q] * C;
+#pragma GCC unroll 8
+      for (int v = 0; v < kVecs; ++v) {
+        const bool part = kPartial && v == kVecs - 1;
+        sum[v] = at::vec::fmadd(part ? load_acc(src + v * V, count) : load_acc(src + v * V),
+                                part ? Vec::loadu(wp + v * V, count) : Vec::loadu(wp + v * V), sum[v]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < kVecs; ++v) {
+    if (kPartial && v == kVecs - 1) store_acc(dst + c + v * V, sum[v], count);
+    else store_acc(dst + c + v * V, sum[v]);
+  }
+}
+
 // Input gradient by gathering, for any stride (the stride-1 case runs as a forward convolution):
-// per input pixel and channel vector, the taps that read it, from precomputed per-row/column lists.
+// per input pixel, the taps that read it (precomputed per row and column), channel vectors innermost.
 template <typename scalar_t>
 void grad_input_nhwc_gather(const Tensor& grad_out, const acc_t<scalar_t>* w, Tensor& grad_in, const ConvGeometry& g) {
-  using acc = acc_t<scalar_t>;
-  using Vec = at::vec::Vectorized<acc>;
-  constexpr int64_t V = Vec::size();
+  constexpr int64_t V = AccVec<scalar_t>::size();
+  constexpr int64_t kMaxVecs = 8;
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels, T = taps(g);
@@ -345,23 +377,29 @@ void grad_input_nhwc_gather(const Tensor& grad_out, const acc_t<scalar_t>* w, Te
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.in_h, ih = item % g.in_h;
       const scalar_t* go_n = go + n * g.out_h * g.out_w * C;
+      const int64_t r0 = rows.start[ih], r1 = rows.start[ih + 1];
       for (int64_t iw = 0; iw < g.in_w; ++iw) {
         scalar_t* dst = gi + ((n * g.in_h + ih) * g.in_w + iw) * C;
-        for (int64_t c = 0; c < C; c += V) {
-          const int64_t count = std::min(V, C - c);
-          Vec sum(acc(0));
-          for (int64_t r = rows.start[ih]; r < rows.start[ih + 1]; ++r) {
-            const scalar_t* go_row = go_n + rows.output[r] * g.out_w * C + c;
-            const acc* w_row = w + rows.kernel[r] * g.kernel_w * C + c;
-            for (int64_t q = cols.start[iw]; q < cols.start[iw + 1]; ++q) {
-              const scalar_t* src = go_row + cols.output[q] * C;
-              const acc* wp = w_row + cols.kernel[q] * C;
-              if (count == V) sum = at::vec::fmadd(load_acc(src), Vec::loadu(wp), sum);
-              else sum = at::vec::fmadd(load_acc(src, count), Vec::loadu(wp, count), sum);
-            }
+        const int64_t q0 = cols.start[iw], q1 = cols.start[iw + 1];
+        for (int64_t c = 0; c < C; c += kMaxVecs * V) {
+          const int64_t vecs = std::min(kMaxVecs, (C - c + V - 1) / V);
+          const int64_t last = C - c - (vecs - 1) * V;
+#define FUSEDOPS_GI_CASE(N)                                                                                   \
+  case N:                                                                                                     \
+    if (last < V) gi_nhwc_pixel<scalar_t, N, true>(go_n, w, rows, r0, r1, cols, q0, q1, g, c, last, dst);     \
+    else gi_nhwc_pixel<scalar_t, N, false>(go_n, w, rows, r0, r1, cols, q0, q1, g, c, last, dst);             \
+    break;
+          switch (vecs) {
+            FUSEDOPS_GI_CASE(1)
+            FUSEDOPS_GI_CASE(2)
+            FUSEDOPS_GI_CASE(3)
+            FUSEDOPS_GI_CASE(4)
+            FUSEDOPS_GI_CASE(5)
+            FUSEDOPS_GI_CASE(6)
+            FUSEDOPS_GI_CASE(7)
+            FUSEDOPS_GI_CASE(8)
           }
-          if (count == V) store_acc(dst + c, sum);
-          else store_acc(dst + c, sum, count);
+#undef FUSEDOPS_GI_CASE
         }
       }
     }
@@ -742,7 +780,7 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: depthwise_conv2d CPU backward got input on ", input_.device());
   check_same_device(grad_output_, input_, "grad_output", "input");
   TORCH_CHECK(grad_output_.scalar_type() == input_.scalar_type(), "fusedops: grad_output dtype ",
-              grad_output_.scalar_type(), " does not match input dtype ", input_.scalar_type());
+              dtype_name(grad_output_.scalar_type()), " does not match input dtype ", dtype_name(input_.scalar_type()));
   TORCH_CHECK(grad_output_.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
               "fusedops: grad_output has shape ", grad_output_.sizes(), " but the convolution's output has shape (",
               g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w, ")");

@@ -732,7 +732,7 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cuda(
   check_cuda(input_, "depthwise_conv2d backward");
   check_same_device(grad_output_, input_, "grad_output", "input");
   TORCH_CHECK(grad_output_.scalar_type() == input_.scalar_type(), "fusedops: grad_output dtype ",
-              grad_output_.scalar_type(), " does not match input dtype ", input_.scalar_type());
+              dtype_name(grad_output_.scalar_type()), " does not match input dtype ", dtype_name(input_.scalar_type()));
   TORCH_CHECK(grad_output_.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
               "fusedops: grad_output has shape ", grad_output_.sizes(), " but the convolution's output has shape (",
               g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w, ")");

@@ -31,6 +31,22 @@ def ops_for(impl: str):
     return getattr(torch.ops, TRITON_NAMESPACE if impl == _backend.TRITON else NATIVE_NAMESPACE)
 
 
+def call(impl: str, name: str, grad_inputs, *args):
+    """Calls op `name` of the resolved implementation (NATIVE or TRITON) on `args`.
+
+    When autograd has nothing to record (grad mode off, or no tensor of `grad_inputs` requires grad: inference,
+    frozen layers), the call enters below the autograd layer: the Python autograd registration costs ~4 us a
+    call, more than the kernel itself on small maps. Traced calls always take the regular path.
+    """
+    op = getattr(ops_for(impl), name)
+    if torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in grad_inputs)
+    ):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def define_triton_mirror(name: str, module: str, launcher: str) -> None:
     """Defines ``fusedops_triton::<name>`` with the schema of ``fusedops::<name>``, implemented by
     ``fusedops.ops._triton.<module>.<launcher>`` (imported on first call, so TRITON_INTERPRET and the

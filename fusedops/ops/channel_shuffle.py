@@ -48,7 +48,7 @@ def channel_shuffle(input, groups):
         _check_channel_shuffle(input, groups)
     if impl == _backend.REFERENCE:
         return _reference.channel_shuffle(input, groups)
-    return _library.ops_for(impl).channel_shuffle(input, groups)
+    return _library.call(impl, NAME, (input,), input, groups)
 
 
 def concat_shuffle(a, b, groups=2):
@@ -75,7 +75,7 @@ def concat_shuffle(a, b, groups=2):
         _check_concat_shuffle(a, b, groups)
     if impl == _backend.REFERENCE:
         return _reference.concat_shuffle(a, b, groups)
-    return _library.ops_for(impl).concat_shuffle(a, b, groups)
+    return _library.call(impl, CONCAT_NAME, (a, b), a, b, groups)
 
 
 def _check_groups(groups, channels, channels_of):

@@ -38,14 +38,14 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
     if impl == _backend.NATIVE:
         # The C++ op validates its arguments itself (same messages), so eager calls skip the Python checks:
         # they would cost more than the kernel on small maps. Traced calls still check in the fake kernel.
-        return _library.ops_for(impl).depthwise_conv2d(input, weight, bias, stride, padding, dilation)
+        return _library.call(impl, NAME, (input, weight, bias), input, weight, bias, stride, padding, dilation)
     if not torch.compiler.is_dynamo_compiling():
         # Dynamo refuses torch._check messages that close over tensors or symbolic sizes. While it traces,
         # the fake kernel (_fake) runs these same checks on the traced tensors, with the same messages.
         _check(input, weight, bias, stride, padding, dilation)
     if impl == _backend.REFERENCE:
         return _reference.depthwise_conv2d(input, weight, bias, stride, padding, dilation)
-    return _library.ops_for(impl).depthwise_conv2d(input, weight, bias, stride, padding, dilation)
+    return _library.call(impl, NAME, (input, weight, bias), input, weight, bias, stride, padding, dilation)
 
 
 def _normalize(input, weight, bias, stride, padding, dilation):

@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include "fusedops/checks.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <string>

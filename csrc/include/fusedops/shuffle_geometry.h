@@ -11,6 +11,8 @@
 // (the inverse of a shuffle with groups g is the shuffle with groups C / g).
 #pragma once
 
+#include "fusedops/checks.h"
+
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -35,7 +37,7 @@ inline void check_input(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 4, "fusedops: ", name, " must be a 4-D (N, C, H, W) tensor, got ", t.dim(), "-D with shape ",
               t.sizes());
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fusedops: ", name, " must be a floating-point tensor, got ",
-              t.scalar_type());
+              dtype_name(t.scalar_type()));
 }
 
 inline void check_groups(int64_t groups, int64_t channels, const char* channels_of) {
@@ -73,8 +75,8 @@ inline ShuffleGeometry channel_shuffle_geometry(const at::Tensor& input, int64_t
 inline ShuffleGeometry concat_shuffle_geometry(const at::Tensor& a, const at::Tensor& b, int64_t groups) {
   shuffle_detail::check_input(a, "a");
   shuffle_detail::check_input(b, "b");
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fusedops: b dtype ", b.scalar_type(), " does not match a dtype ",
-              a.scalar_type());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "fusedops: b dtype ", dtype_name(b.scalar_type()),
+              " does not match a dtype ", dtype_name(a.scalar_type()));
   TORCH_CHECK(a.device() == b.device(), "fusedops: b is on ", b.device(), " but a is on ", a.device(),
               "; both must be on the same device");
   TORCH_CHECK(a.size(0) == b.size(0) && a.size(2) == b.size(2) && a.size(3) == b.size(3),
