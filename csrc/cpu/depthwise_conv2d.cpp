@@ -292,22 +292,6 @@ Tensor depthwise_conv2d_cpu(const Tensor& input_, const Tensor& weight, const c1
 // ---------------------------------------------------------------------------------------------------
 // Backward
 
-// Geometry of the stride-1 input gradient written as a forward convolution of grad_output with the
-// rotated kernel: valid when stride is 1 and padding <= dilation * (kernel - 1).
-bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* t) {
-  if (g.stride_h != 1 || g.stride_w != 1 || g.multiplier != 1) return false;
-  const int64_t ph = g.dilation_h * (g.kernel_h - 1) - g.pad_h, pw = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
-  if (ph < 0 || pw < 0) return false;
-  *t = g;
-  t->in_h = g.out_h;
-  t->in_w = g.out_w;
-  t->out_h = g.in_h;
-  t->out_w = g.in_w;
-  t->pad_h = ph;
-  t->pad_w = pw;
-  return true;
-}
-
 // For each input index i along one dimension, the (kernel index, output index) pairs that read it:
 // o * stride - pad + k * dilation == i with 0 <= o < out. Stored CSR-style: pairs of i in
 // [start[i], start[i + 1]).
@@ -776,54 +760,41 @@ void grad_weight_generic(const Tensor& grad_out, const Tensor& input, Tensor* gr
 std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
     const Tensor& grad_output_, const Tensor& input_, const Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
-  const ConvGeometry g = depthwise_geometry(input_, weight, c10::nullopt, stride, padding, dilation);
+  const ConvGeometry g = depthwise_backward_geometry(grad_output_, input_, weight, stride, padding, dilation);
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: depthwise_conv2d CPU backward got input on ", input_.device());
-  check_same_device(grad_output_, input_, "grad_output", "input");
-  TORCH_CHECK(grad_output_.scalar_type() == input_.scalar_type(), "fusedops: grad_output dtype ",
-              dtype_name(grad_output_.scalar_type()), " does not match input dtype ", dtype_name(input_.scalar_type()));
-  TORCH_CHECK(grad_output_.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
-              "fusedops: grad_output has shape ", grad_output_.sizes(), " but the convolution's output has shape (",
-              g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w, ")");
   const at::MemoryFormat fmt = output_memory_format(input_);
   const Tensor input = input_.contiguous(fmt);
   const Tensor grad_output = grad_output_.contiguous(fmt);
-  Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(fmt)) : Tensor();
-  Tensor grad_weight = output_mask[1] ? at::empty(weight.sizes(), weight.options()) : Tensor();
-  Tensor grad_bias = output_mask[2] ? at::empty({g.out_channels}, weight.options()) : Tensor();
+  DepthwiseGrads grads(input, weight, g, fmt, output_mask);
   if (grad_output.numel() == 0) {
-    if (grad_input.defined()) grad_input.zero_();
-    if (grad_weight.defined()) grad_weight.zero_();
-    if (grad_bias.defined()) grad_bias.zero_();
-  } else {
-    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_backward_cpu",
-                                    [&] {
-      if (grad_input.defined()) {
-        ConvGeometry t;
-        if (cl && transposed_as_forward(g, &t)) {
-          forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grad_input, t);
-        } else if (!cl && transposed_as_forward(g, &t)) {
-          forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grad_input, t);
-        } else if (cl && g.multiplier == 1) {
-          grad_input_nhwc_gather<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grad_input, g);
-        } else if (!cl) {
-          grad_input_nchw_scatter<scalar_t>(grad_output, weight, grad_input, g);
-        } else {
-          grad_input_generic<scalar_t>(grad_output, weight, grad_input, g);
-        }
-      }
-      if (grad_weight.defined() || grad_bias.defined()) {
-        Tensor* gw = grad_weight.defined() ? &grad_weight : nullptr;
-        Tensor* gb = grad_bias.defined() ? &grad_bias : nullptr;
-        if (cl && g.multiplier == 1) grad_weight_nhwc<scalar_t>(grad_output, input, gw, gb, g);
-        else if (!cl) grad_weight_nchw<scalar_t>(grad_output, input, gw, gb, g);
-        else grad_weight_generic<scalar_t>(grad_output, input, gw, gb, g);
-      }
-    });
+    grads.zero();
+    return grads.result(input.options());
   }
-  // Unrequested gradients are returned as empty tensors (custom ops cannot return None).
-  auto or_empty = [&](Tensor t) { return t.defined() ? t : at::empty({0}, input.options()); };
-  return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_backward_cpu", [&] {
+    if (grads.input.defined()) {
+      ConvGeometry t;
+      if (cl && transposed_as_forward(g, &t)) {
+        forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input, t);
+      } else if (!cl && transposed_as_forward(g, &t)) {
+        forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grads.input, t);
+      } else if (cl && g.multiplier == 1) {
+        grad_input_nhwc_gather<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grads.input, g);
+      } else if (!cl) {
+        grad_input_nchw_scatter<scalar_t>(grad_output, weight, grads.input, g);
+      } else {
+        grad_input_generic<scalar_t>(grad_output, weight, grads.input, g);
+      }
+    }
+    if (grads.weight.defined() || grads.bias.defined()) {
+      Tensor* gw = grads.weight.defined() ? &grads.weight : nullptr;
+      Tensor* gb = grads.bias.defined() ? &grads.bias : nullptr;
+      if (cl && g.multiplier == 1) grad_weight_nhwc<scalar_t>(grad_output, input, gw, gb, g);
+      else if (!cl) grad_weight_nchw<scalar_t>(grad_output, input, gw, gb, g);
+      else grad_weight_generic<scalar_t>(grad_output, input, gw, gb, g);
+    }
+  });
+  return grads.result(input.options());
 }
 
 }  // namespace
