@@ -4,8 +4,6 @@
         python -m benchmarks.bench_channel_shuffle [--no-compile] [--quick]
 """
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
@@ -85,21 +83,7 @@ def run(use_compile, quick, rounds):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--csv", default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(harness.header(), flush=True)
-    results = run(not args.no_compile, args.quick, args.rounds)
-    print()
-    print(harness.format_table(results, "channel_shuffle / concat_shuffle (us per call, median)"))
-    print("\nappended to", harness.append_csv(results, args.csv))
-    return results
+    return harness.bench_main(__doc__, lambda args: run(not args.no_compile, args.quick, args.rounds), argv=argv)
 
 
 if __name__ == "__main__":

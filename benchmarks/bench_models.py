@@ -5,7 +5,6 @@ torch.compile (freezing) and ONNX Runtime, same weights, same input.
         python -m benchmarks.bench_models [--models shufflenet_v2_x1_0] [--batches 1 8] [--no-compile] [--no-ort]
 """
 
-import argparse
 import io
 
 import torch
@@ -86,24 +85,19 @@ def run(models, batches, use_compile, use_ort, rounds, resolution=224):
     return results
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _arguments(parser):
     parser.add_argument("--models", nargs="+", default=["shufflenet_v2_x1_0"], choices=sorted(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--no-ort", action="store_true")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--csv", default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(harness.header(), flush=True)
-    results = run(args.models, args.batches, not args.no_compile, not args.no_ort, args.rounds)
-    print()
-    print(harness.format_table(results, "model inference latency (us per batch, median)"))
-    print("\nappended to", harness.append_csv(results, args.csv))
-    return results
+    parser.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime baseline")
+
+
+def main(argv=None):
+    return harness.bench_main(
+        __doc__,
+        lambda args: run(args.models, args.batches, not args.no_compile, not args.no_ort, args.rounds),
+        _arguments,
+        argv,
+    )
 
 
 if __name__ == "__main__":
