@@ -121,8 +121,27 @@ template <typename in_t, typename T>
 void fill_phase_plane(PhasePlane<T>& p, const ConvGeometry& g, const in_t* src, int64_t row_stride) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
-  std::memset(p.data, 0, sizeof(T) * p.size);
   const int64_t ih_end = std::min(g.in_h, p.rows - g.pad_h);
+  // Zero only what the copy below does not overwrite: padding rows, each phase's padding columns, and
+  // the over-read slack after the last row.
+  const int64_t data_rows_begin = std::min(g.pad_h, p.rows), data_rows_end = std::max(data_rows_begin, g.pad_h + ih_end);
+  std::memset(p.data, 0, sizeof(T) * data_rows_begin * p.pitch);
+  std::memset(p.data + data_rows_end * p.pitch, 0, sizeof(T) * (p.size - data_rows_end * p.pitch));
+  const int64_t x_first = g.pad_w, x_last = g.pad_w + g.in_w - 1;  // padded columns holding data
+  for (int64_t y = data_rows_begin; y < data_rows_end; ++y) {
+    T* row = p.data + y * p.pitch;
+    for (int64_t q = 0; q < p.stride_w; ++q) {
+      T* phase = row + q * p.phase_len;
+      const int64_t x0 = x_first + ((q - x_first) % p.stride_w + p.stride_w) % p.stride_w;
+      const int64_t x1 = x_last - ((x_last - q) % p.stride_w + p.stride_w) % p.stride_w;
+      if (g.in_w == 0 || x0 > x_last) {
+        std::fill(phase, phase + p.phase_len, T(0));
+        continue;
+      }
+      std::fill(phase, phase + x0 / p.stride_w, T(0));
+      std::fill(phase + x1 / p.stride_w + 1, phase + p.phase_len, T(0));
+    }
+  }
   for (int64_t ih = 0; ih < ih_end; ++ih) {
     const in_t* s = src + ih * row_stride;
     const int64_t y = ih + g.pad_h;
@@ -142,7 +161,8 @@ void fill_phase_plane(PhasePlane<T>& p, const ConvGeometry& g, const in_t* src, 
           even.store(phase_of_first + j);
           odd.store(phase_of_second + j);
         }
-        for (; iw < g.in_w; ++iw) p.at(y, iw + g.pad_w) = static_cast<T>(s[iw]);  // < 2V tail elements
+        // Tail (< 2V elements): even/odd input columns alternate between the two phases.
+        for (; iw < g.in_w; ++iw, j += (iw % 2 == 0)) (iw % 2 == 0 ? phase_of_first : phase_of_second)[j] = s[iw];
       }
     } else {
       T* row = p.data + y * p.pitch;
