@@ -33,7 +33,7 @@ def setup_channel_shuffle(N, C, H, layout, groups, use_compile):
     }
     baselines = ["eager"]
     if use_compile:
-        compiled = torch.compile(lambda t: F.channel_shuffle(t, groups), fullgraph=True)
+        compiled = harness.compile_fresh(lambda t: F.channel_shuffle(t, groups), fullgraph=True)
         providers["compile"] = _inference(compiled, x)
         baselines.append("compile")
     providers["copy"] = lambda: dst.copy_(x)
@@ -53,7 +53,7 @@ def setup_concat_shuffle(N, C, H, layout, use_compile):
     }
     baselines = ["eager"]
     if use_compile:
-        providers["compile"] = _inference(torch.compile(_cat_shuffle, fullgraph=True), a, b)
+        providers["compile"] = _inference(harness.compile_fresh(_cat_shuffle, fullgraph=True), a, b)
         baselines.append("compile")
     dst = torch.empty_like(x)
     src = torch.empty_like(x)

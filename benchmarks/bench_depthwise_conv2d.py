@@ -67,7 +67,7 @@ def setup_depthwise(N, C, H, stride, k, layout, mode, use_compile):
             _forward_fn(eager, xn, wn)
         baselines.append("eager_nchw")
     if use_compile:
-        compiled = torch.compile(_EagerDepthwise(stride, pad), fullgraph=True)
+        compiled = harness.compile_fresh(_EagerDepthwise(stride, pad), fullgraph=True)
         providers[f"compile_{layout}"] = make(compiled, x, w)
         baselines.append(f"compile_{layout}")
     # In-cache bandwidth yardstick: a copy of the input-sized tensor in the same layout.

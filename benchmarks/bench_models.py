@@ -64,7 +64,7 @@ def setup_model(name, batch, resolution, use_compile, use_ort):
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
-        providers["compile_freezing"] = _inference(torch.compile(reference), x)
+        providers["compile_freezing"] = _inference(harness.compile_fresh(reference), x)
     if use_ort:
         session = _ort_session(reference, x, torch.get_num_threads())
         if session is not None:

@@ -55,6 +55,13 @@ class Result:
     rounds: int
 
 
+def compile_fresh(fn, **options):
+    """torch.compile for one benchmark case. Dynamo's caches are reset first: cases compile the same code
+    for many shapes, which would otherwise run into its recompilation limit."""
+    torch._dynamo.reset()
+    return torch.compile(fn, **options)
+
+
 def machine_description() -> str:
     cpu = platform.processor() or platform.machine()
     try:
