@@ -2,7 +2,8 @@
 
 Providers (callables) of one case are timed interleaved round-robin in one process: each round takes
 one sample of every provider, a sample runs enough calls to last ~`sample_ms`, and the reported figure
-is the median per-call time over rounds. Speed-ups are medians of the per-round paired ratios, so
+is the median per-call time over rounds. Rounds during which other processes used the CPU are dropped
+(and retried), so a busy host does not leak into the figures. Speed-ups are medians of the per-round paired ratios, so
 slow drifts of a noisy host cancel out. Results print as a table and are appended to a CSV file with
 the machine, thread count, allocator setting, torch version and git commit.
 """
@@ -53,6 +54,7 @@ class Result:
     # baseline's row, with "speedup_of" naming the first provider)
     speedup: Dict[str, float]
     rounds: int
+    noisy: bool = False  # fewer quiet rounds than wanted: other processes ran during the measurement
 
 
 def compile_fresh(fn, **options):
@@ -100,20 +102,57 @@ def _calibrate(fn, sample_ms: float) -> int:
     return max(1, int(sample_ms / 1000 / per_call))
 
 
-def time_case(case: Case, rounds: int = 15, warmup: int = 3, sample_ms: float = 25.0) -> Result:
+def _busy_jiffies_all():
+    """CPU time (jiffies) all processes spent busy, from /proc/stat; None where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+        return sum(values) - values[3] - values[4]  # minus idle and iowait
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_jiffies():
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# A round is dropped when other processes used more than this many jiffies (10 ms each) of CPU while it
+# ran: on this 2-core machine a concurrent compile stalls OpenMP barriers and inflates times up to 100x.
+MAX_FOREIGN_JIFFIES_PER_ROUND = 2
+
+
+def time_case(case: Case, rounds: int = 15, warmup: int = 3, sample_ms: float = 25.0, max_rounds=None) -> Result:
     names = list(case.providers)
     for name in names:
         for _ in range(warmup):
             case.providers[name]()
     iters = {name: _calibrate(case.providers[name], sample_ms) for name in names}
     samples = {name: [] for name in names}
-    for _ in range(rounds):
+    noisy = {name: [] for name in names}
+    max_rounds = max_rounds or 3 * rounds
+    taken = 0
+    while len(samples[names[0]]) < rounds and taken < max_rounds:
+        taken += 1
+        all0, own0 = _busy_jiffies_all(), _own_jiffies()
+        round_times = {}
         for name in names:
             fn, n = case.providers[name], iters[name]
             start = time.perf_counter()
             for _ in range(n):
                 fn()
-            samples[name].append((time.perf_counter() - start) / n * 1e6)
+            round_times[name] = (time.perf_counter() - start) / n * 1e6
+        all1, own1 = _busy_jiffies_all(), _own_jiffies()
+        clean = None in (all0, own0, all1, own1) or (all1 - all0) - (own1 - own0) <= MAX_FOREIGN_JIFFIES_PER_ROUND
+        for name, t in round_times.items():
+            (samples if clean else noisy)[name].append(t)
+    is_noisy = len(samples[names[0]]) < max(3, rounds // 3)
+    if is_noisy:  # too few quiet rounds: report them all, flagged (†) in the table and the CSV
+        samples = {n: samples[n] + noisy[n] for n in names}
     first = names[0]
     speedup = {
         b: statistics.median(sb / sf for sb, sf in zip(samples[b], samples[first])) for b in case.baselines
@@ -123,7 +162,8 @@ def time_case(case: Case, rounds: int = 15, warmup: int = 3, sample_ms: float = 
         median_us={n: statistics.median(s) for n, s in samples.items()},
         min_us={n: min(s) for n, s in samples.items()},
         speedup=speedup,
-        rounds=rounds,
+        rounds=len(samples[first]),
+        noisy=is_noisy,
     )
 
 
@@ -160,7 +200,7 @@ def format_table(results: List[Result], title: str = "") -> str:
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in results:
-        row = [r.case.name, r.case.mode]
+        row = [r.case.name + (" †" if r.noisy else ""), r.case.mode]
         row += [f"{r.median_us[p]:.1f}" if p in r.median_us else "-" for p in providers]
         row += [f"{r.speedup[b]:.2f}x" if b in r.speedup else "-" for b in baselines]
         row.append(r.case.extra)
@@ -177,6 +217,9 @@ def format_table(results: List[Result], title: str = "") -> str:
         if parts:
             lines.append("")
             lines.append(f"{mode}: " + "; ".join(parts))
+    if any(r.noisy for r in results):
+        lines.append("")
+        lines.append("† other processes used the CPU during most rounds of this case: treat its figures with care.")
     return "\n".join(lines)
 
 
@@ -202,7 +245,7 @@ def append_csv(results: List[Result], path: Optional[str] = None) -> str:
             for p in r.case.providers:
                 row = dict(common, benchmark=r.case.benchmark, case=r.case.name, mode=r.case.mode, provider=p,
                            median_us=f"{r.median_us[p]:.3f}", min_us=f"{r.min_us[p]:.3f}", rounds=r.rounds,
-                           speedup_of="", speedup="", extra=r.case.extra)
+                           speedup_of="", speedup="", extra=r.case.extra + (" [noisy host]" if r.noisy else ""))
                 if p != first and p in r.speedup:
                     row["speedup_of"], row["speedup"] = first, f"{r.speedup[p]:.4f}"
                 writer.writerow(row)
