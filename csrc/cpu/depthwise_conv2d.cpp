@@ -74,15 +74,16 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels;
-  // Work items are (n, oh, channel chunk); chunks of 64 channels keep both threads busy on the
-  // small 7x7 / 14x14 maps of late layers.
-  constexpr int64_t kChunk = 64;
-  const int64_t chunks = (C + kChunk - 1) / kChunk;
-  const int64_t items = g.batch * g.out_h * chunks;
-  const int64_t macs = g.out_w * std::min(C, kChunk) * taps(g);
+  // Work items are (n, oh, channel chunk). Whole rows stream through memory best; with fewer than
+  // 4 rows per thread (the 7x7 maps of late layers at batch 1), chunks of 64 channels balance the threads.
+  const int64_t rows = g.batch * g.out_h;
+  const int64_t chunk = rows >= 4 * at::get_num_threads() ? C : std::min<int64_t>(C, 64);
+  const int64_t chunks = (C + chunk - 1) / chunk;
+  const int64_t items = rows * chunks;
+  const int64_t macs = g.out_w * chunk * taps(g);
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t chunk = i % chunks, row = i / chunks;
+      const int64_t row = i / chunks;
       const int64_t n = row / g.out_h, oh = row % g.out_h;
       DwNhwcRow<scalar_t, scalar_t> t;
       t.image = in + n * g.in_h * g.in_w * C;
@@ -94,8 +95,8 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
       t.out = o + (n * g.out_h + oh) * g.out_w * C;
       t.out_pix_stride = C;
       t.oh = oh;
-      t.c_begin = chunk * kChunk;
-      t.c_end = std::min(C, t.c_begin + kChunk);
+      t.c_begin = (i % chunks) * chunk;
+      t.c_end = std::min(C, t.c_begin + chunk);
       depthwise_nhwc_row(t, g);
     }
   });

@@ -112,35 +112,31 @@ inline void dw_nhwc_pixel(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g
   store_n<kPartial>(t.out + ow * t.out_pix_stride + c, epilogue(sum), count);
 }
 
-// Blocks of kB outputs, halving kB for the row's remainder; border blocks take the checked variant.
-template <typename in_t, typename out_t, int KW, int SW, int kB, bool kPartial, typename Epilogue>
-inline int64_t dw_nhwc_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
-                              int64_t ow, int64_t interior_begin, int64_t interior_end, int64_t c, int64_t count,
-                              const Epilogue& epilogue) {
-  for (; ow + kB <= g.out_w; ow += kB) {
-    if (ow >= interior_begin && ow + kB <= interior_end)
-      dw_nhwc_block<in_t, out_t, KW, SW, kB, kPartial, false>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
-    else
-      dw_nhwc_block<in_t, out_t, KW, SW, kB, kPartial, true>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
-  }
-  if constexpr (kB > 1) {
-    return dw_nhwc_blocks<in_t, out_t, KW, SW, kB / 2, kPartial>(t, g, kh_begin, kh_end, ow, interior_begin,
-                                                                interior_end, c, count, epilogue);
-  }
-  return ow;
+// All channel vectors of one block of kB outputs, channels innermost so that the block's input pixels
+// are read as contiguous runs (streams the prefetchers follow) rather than one vector per pixel at a time.
+template <typename in_t, typename out_t, int KW, int SW, int kB, bool kChecked, typename Epilogue>
+inline void dw_nhwc_block_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
+                                   int64_t ow, const Epilogue& epilogue) {
+  constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
+  int64_t c = t.c_begin;
+  for (; c + V <= t.c_end; c += V)
+    dw_nhwc_block<in_t, out_t, KW, SW, kB, false, kChecked>(t, g, kh_begin, kh_end, ow, c, V, epilogue);
+  if (c < t.c_end)
+    dw_nhwc_block<in_t, out_t, KW, SW, kB, true, kChecked>(t, g, kh_begin, kh_end, ow, c, t.c_end - c, epilogue);
 }
 
-template <typename in_t, typename out_t, int KW, int SW, bool kPartial, typename Epilogue>
-inline void dw_nhwc_row_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
-                                 int64_t interior_begin, int64_t interior_end, int64_t c, int64_t count,
-                                 const Epilogue& epilogue) {
-  if constexpr (KW > 0) {
-    dw_nhwc_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>>, kPartial>(t, g, kh_begin, kh_end, 0, interior_begin,
-                                                                        interior_end, c, count, epilogue);
-  } else {
-    for (int64_t ow = 0; ow < g.out_w; ++ow)
-      dw_nhwc_pixel<in_t, out_t, kPartial>(t, g, kh_begin, kh_end, ow, c, count, epilogue);
+// Blocks of kB outputs, halving kB for the row's remainder; border blocks take the checked variant.
+template <typename in_t, typename out_t, int KW, int SW, int kB, typename Epilogue>
+inline void dw_nhwc_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
+                           int64_t ow, int64_t interior_begin, int64_t interior_end, const Epilogue& epilogue) {
+  for (; ow + kB <= g.out_w; ow += kB) {
+    if (ow >= interior_begin && ow + kB <= interior_end)
+      dw_nhwc_block_channels<in_t, out_t, KW, SW, kB, false>(t, g, kh_begin, kh_end, ow, epilogue);
+    else
+      dw_nhwc_block_channels<in_t, out_t, KW, SW, kB, true>(t, g, kh_begin, kh_end, ow, epilogue);
   }
+  if constexpr (kB > 1)
+    dw_nhwc_blocks<in_t, out_t, KW, SW, kB / 2>(t, g, kh_begin, kh_end, ow, interior_begin, interior_end, epilogue);
 }
 
 template <typename in_t, typename out_t, int KW, int SW, typename Epilogue>
@@ -151,12 +147,16 @@ inline void dw_nhwc_row_impl(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry
   int kh_begin = 0, kh_end = static_cast<int>(g.kernel_h);
   while (kh_begin < kh_end && ih0 + kh_begin * g.dilation_h < 0) ++kh_begin;
   while (kh_end > kh_begin && ih0 + (kh_end - 1) * g.dilation_h >= g.in_h) --kh_end;
-  const int64_t ib = g.interior_ow_begin(), ie = g.interior_ow_end();
-  int64_t c = t.c_begin;
-  for (; c + V <= t.c_end; c += V)
-    dw_nhwc_row_channels<in_t, out_t, KW, SW, false>(t, g, kh_begin, kh_end, ib, ie, c, V, epilogue);
-  if (c < t.c_end)
-    dw_nhwc_row_channels<in_t, out_t, KW, SW, true>(t, g, kh_begin, kh_end, ib, ie, c, t.c_end - c, epilogue);
+  if constexpr (KW > 0) {
+    dw_nhwc_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>>>(t, g, kh_begin, kh_end, 0, g.interior_ow_begin(),
+                                                              g.interior_ow_end(), epilogue);
+  } else {
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      int64_t c = t.c_begin;
+      for (; c + V <= t.c_end; c += V) dw_nhwc_pixel<in_t, out_t, false>(t, g, kh_begin, kh_end, ow, c, V, epilogue);
+      if (c < t.c_end) dw_nhwc_pixel<in_t, out_t, true>(t, g, kh_begin, kh_end, ow, c, t.c_end - c, epilogue);
+    }
+  }
 }
 
 }  // namespace detail

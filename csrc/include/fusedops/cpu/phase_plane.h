@@ -122,13 +122,19 @@ void fill_phase_plane(PhasePlane<T>& p, const ConvGeometry& g, const in_t* src, 
   using Vec = at::vec::Vectorized<T>;
   constexpr int64_t V = Vec::size();
   const int64_t ih_end = std::min(g.in_h, p.rows - g.pad_h);
-  // Zero only what the copy below does not overwrite: padding rows, each phase's padding columns, and
-  // the over-read slack after the last row.
+  // Zero what the copy below does not overwrite: small planes (the 7x7-28x28 maps) in one memset, which
+  // costs less than the per-row calls; large ones only their padding rows, each phase's padding columns
+  // and the over-read slack after the last row.
+  constexpr int64_t kSmallPlaneBytes = 32 * 1024;
+  const bool small = static_cast<int64_t>(sizeof(T)) * p.size <= kSmallPlaneBytes;
+  if (small) std::memset(p.data, 0, sizeof(T) * p.size);
   const int64_t data_rows_begin = std::min(g.pad_h, p.rows), data_rows_end = std::max(data_rows_begin, g.pad_h + ih_end);
-  std::memset(p.data, 0, sizeof(T) * data_rows_begin * p.pitch);
-  std::memset(p.data + data_rows_end * p.pitch, 0, sizeof(T) * (p.size - data_rows_end * p.pitch));
+  if (!small) {
+    std::memset(p.data, 0, sizeof(T) * data_rows_begin * p.pitch);
+    std::memset(p.data + data_rows_end * p.pitch, 0, sizeof(T) * (p.size - data_rows_end * p.pitch));
+  }
   const int64_t x_first = g.pad_w, x_last = g.pad_w + g.in_w - 1;  // padded columns holding data
-  for (int64_t y = data_rows_begin; y < data_rows_end; ++y) {
+  for (int64_t y = small ? data_rows_end : data_rows_begin; y < data_rows_end; ++y) {
     T* row = p.data + y * p.pitch;
     for (int64_t q = 0; q < p.stride_w; ++q) {
       T* phase = row + q * p.phase_len;
