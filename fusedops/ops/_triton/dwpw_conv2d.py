@@ -186,7 +186,7 @@ def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_b
     dwb = None if dw_bias is None else dw_bias.to(op)
     pww = pw_weight.reshape(oc, k).to(op)
     pwb = None if pw_bias is None else pw_bias.to(op)
-    gx = torch.zeros(input.shape, dtype=op, device=input.device, memory_format=fmt) if output_mask[0] else None
+    gx = torch.empty(input.shape, dtype=op, device=input.device, memory_format=fmt).zero_() if output_mask[0] else None
     gdww = torch.zeros_like(dww) if output_mask[1] else None
     gdwb = torch.zeros(k, dtype=op, device=input.device) if output_mask[2] else None
     gpww = torch.zeros_like(pww) if output_mask[3] else None
