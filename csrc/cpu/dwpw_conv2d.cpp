@@ -99,9 +99,15 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
   }
   const Tensor pwc = pw_weight.contiguous();
   const Tensor pbc = (pw_bias.has_value() && pw_bias->defined()) ? pw_bias->contiguous() : Tensor();
-  const P pw = pack_pointwise<acc, scalar_t>(pwc.const_data_ptr<scalar_t>(), K,
-                                             pbc.defined() ? pbc.const_data_ptr<scalar_t>() : nullptr, K, OC,
-                                             pw_packed);
+  const P pw = packed_pointwise_layout<acc>(K, OC, pw_packed);
+  {
+    const scalar_t* wsrc = pwc.const_data_ptr<scalar_t>();
+    const scalar_t* bsrc = pbc.defined() ? pbc.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t panels = pw.num_panels();
+    // Packing 1x1 weights (up to a few MiB) is worth both threads.
+    at::parallel_for(0, panels, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, K * P::kNr)),
+                     [&](int64_t begin, int64_t end) { pack_pointwise_panels(pw, wsrc, K, bsrc, begin, end); });
+  }
 
   // Band height: the tile fits kTileBytes, and there are enough items for the threads.
   const int64_t threads = at::get_num_threads();

@@ -3,7 +3,7 @@
 // A is a cache-resident tile (pixels x channels, row-major, any leading dimension), typically written
 // just before by a depthwise epilogue; B (the 1x1 weights) is packed once per call into panels of
 // kNr = 2 vectors of columns, [panel][K][kNr], zero-padded, so the micro-kernel streams it with unit
-// stride. The micro-kernel holds an kMr x kNr block of C in registers (6 x 2 vectors: 12 accumulators,
+// stride. The micro-kernel holds a kMr x kNr block of C in registers (6 x 2 vectors: 12 accumulators,
 // 2 B vectors and one broadcast fit AVX2's 16 registers as well as AVX-512's 32), loops over K with
 // one broadcast of A and kNr/V loads of B per step, then adds the bias, applies the activation and
 // stores straight into the destination (any storage type; the last panel's columns beyond N are
@@ -35,74 +35,106 @@ struct PackedPointwise {
   static int64_t packed_elements(int64_t k, int64_t n) { return ((n + kNr - 1) / kNr) * (k * kNr + kNr); }
 };
 
-// Packs weight (N, K) (any storage type, rows contiguous with leading dimension `ld`) and an optional
-// bias (N) into `dst` (PackedPointwise::packed_elements(K, N) elements of acc).
-template <typename acc, typename scalar_t>
-PackedPointwise<acc> pack_pointwise(const scalar_t* weight, int64_t ld, const scalar_t* bias, int64_t k, int64_t n,
-                                    acc* dst) {
-  using P = PackedPointwise<acc>;
-  P p;
+// Describes the packed layout in `dst` (PackedPointwise::packed_elements(K, N) elements of acc); the
+// panels are filled by pack_pointwise_panels.
+template <typename acc>
+PackedPointwise<acc> packed_pointwise_layout(int64_t k, int64_t n, acc* dst) {
+  PackedPointwise<acc> p;
   p.k = k;
   p.n = n;
-  const int64_t panels = p.num_panels();
-  acc* w = dst;
-  acc* b = dst + panels * k * P::kNr;
-  for (int64_t j = 0; j < panels; ++j) {
-    acc* panel = w + j * k * P::kNr;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      for (int64_t c = 0; c < P::kNr; ++c) {
-        const int64_t col = j * P::kNr + c;
-        panel[kk * P::kNr + c] = col < n ? static_cast<acc>(weight[col * ld + kk]) : acc(0);
+  p.panels = dst;
+  p.bias = dst + p.num_panels() * k * PackedPointwise<acc>::kNr;
+  return p;
+}
+
+// Packs panels [panel_begin, panel_end) of weight (N, K) (any storage type, row `col` at weight + col * ld)
+// and of the optional bias (N). Reads the weight rows contiguously; independent panels can be packed
+// by different threads.
+template <typename acc, typename scalar_t>
+void pack_pointwise_panels(const PackedPointwise<acc>& p, const scalar_t* weight, int64_t ld, const scalar_t* bias,
+                           int64_t panel_begin, int64_t panel_end) {
+  using P = PackedPointwise<acc>;
+  acc* w = const_cast<acc*>(p.panels);
+  acc* b = const_cast<acc*>(p.bias);
+  for (int64_t j = panel_begin; j < panel_end; ++j) {
+    acc* panel = w + j * p.k * P::kNr;
+    for (int64_t c = 0; c < P::kNr; ++c) {
+      const int64_t col = j * P::kNr + c;
+      if (col < p.n) {
+        const scalar_t* row = weight + col * ld;
+        for (int64_t kk = 0; kk < p.k; ++kk) panel[kk * P::kNr + c] = static_cast<acc>(row[kk]);
+      } else {
+        for (int64_t kk = 0; kk < p.k; ++kk) panel[kk * P::kNr + c] = acc(0);
       }
+      b[col] = (bias != nullptr && col < p.n) ? static_cast<acc>(bias[col]) : acc(0);
     }
   }
-  for (int64_t col = 0; col < panels * P::kNr; ++col)
-    b[col] = (bias != nullptr && col < n) ? static_cast<acc>(bias[col]) : acc(0);
-  p.panels = w;
-  p.bias = b;
-  return p;
 }
 
 namespace detail {
 
-template <int kRows, typename acc, typename out_t>
-inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, const acc* panel, const acc* bias, out_t* c,
-                            int64_t ldc, int64_t cols, Activation act) {
+template <typename acc, typename out_t>
+inline void store_row(out_t* c, at::vec::Vectorized<acc> v0, at::vec::Vectorized<acc> v1, int64_t cols,
+                      Activation act) {
+  constexpr int64_t V = at::vec::Vectorized<acc>::size();
+  v0 = apply_activation(act, v0);
+  v1 = apply_activation(act, v1);
+  if (cols >= 2 * V) {
+    store_acc(c, v0);
+    store_acc(c + V, v1);
+  } else if (cols >= V) {
+    store_acc(c, v0);
+    if (cols > V) store_acc(c + V, v1, cols - V);
+  } else {
+    store_acc(c, v0, cols);
+  }
+}
+
+// kMr (6) rows x 2 vectors of C. The 12 accumulators are named variables, not an array: GCC does not
+// scalarise arrays of this size and would spill every accumulator to the stack on every K step. Blocks
+// of fewer rows (the last of a tile) point the missing rows at row 0 and discard them.
+template <typename acc, typename out_t>
+inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, const acc* panel, const acc* bias,
+                            out_t* c, int64_t ldc, int64_t cols, Activation act) {
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
   constexpr int64_t NR = 2 * V;
-  Vec c0[kRows], c1[kRows];
+  const acc* a0 = a;
+  const acc* a1 = rows > 1 ? a + lda : a;
+  const acc* a2 = rows > 2 ? a + 2 * lda : a;
+  const acc* a3 = rows > 3 ? a + 3 * lda : a;
+  const acc* a4 = rows > 4 ? a + 4 * lda : a;
+  const acc* a5 = rows > 5 ? a + 5 * lda : a;
   const Vec bias0 = Vec::loadu(bias), bias1 = Vec::loadu(bias + V);
-#pragma GCC unroll 6
-  for (int r = 0; r < kRows; ++r) {
-    c0[r] = bias0;
-    c1[r] = bias1;
-  }
+  Vec c00 = bias0, c01 = bias1, c10 = bias0, c11 = bias1, c20 = bias0, c21 = bias1;
+  Vec c30 = bias0, c31 = bias1, c40 = bias0, c41 = bias1, c50 = bias0, c51 = bias1;
   for (int64_t kk = 0; kk < k; ++kk) {
     const Vec b0 = Vec::loadu(panel + kk * NR), b1 = Vec::loadu(panel + kk * NR + V);
-#pragma GCC unroll 6
-    for (int r = 0; r < kRows; ++r) {
-      const Vec ar(a[r * lda + kk]);
-      c0[r] = at::vec::fmadd(ar, b0, c0[r]);
-      c1[r] = at::vec::fmadd(ar, b1, c1[r]);
-    }
+    Vec x(a0[kk]);
+    c00 = at::vec::fmadd(x, b0, c00);
+    c01 = at::vec::fmadd(x, b1, c01);
+    x = Vec(a1[kk]);
+    c10 = at::vec::fmadd(x, b0, c10);
+    c11 = at::vec::fmadd(x, b1, c11);
+    x = Vec(a2[kk]);
+    c20 = at::vec::fmadd(x, b0, c20);
+    c21 = at::vec::fmadd(x, b1, c21);
+    x = Vec(a3[kk]);
+    c30 = at::vec::fmadd(x, b0, c30);
+    c31 = at::vec::fmadd(x, b1, c31);
+    x = Vec(a4[kk]);
+    c40 = at::vec::fmadd(x, b0, c40);
+    c41 = at::vec::fmadd(x, b1, c41);
+    x = Vec(a5[kk]);
+    c50 = at::vec::fmadd(x, b0, c50);
+    c51 = at::vec::fmadd(x, b1, c51);
   }
-  if (cols >= NR) {
-#pragma GCC unroll 6
-    for (int r = 0; r < kRows; ++r) {
-      store_acc(c + r * ldc, apply_activation(act, c0[r]));
-      store_acc(c + r * ldc + V, apply_activation(act, c1[r]));
-    }
-  } else {
-    for (int r = 0; r < kRows; ++r) {
-      if (cols >= V) {
-        store_acc(c + r * ldc, apply_activation(act, c0[r]));
-        if (cols > V) store_acc(c + r * ldc + V, apply_activation(act, c1[r]), cols - V);
-      } else {
-        store_acc(c + r * ldc, apply_activation(act, c0[r]), cols);
-      }
-    }
-  }
+  store_row(c, c00, c01, cols, act);
+  if (rows > 1) store_row(c + ldc, c10, c11, cols, act);
+  if (rows > 2) store_row(c + 2 * ldc, c20, c21, cols, act);
+  if (rows > 3) store_row(c + 3 * ldc, c30, c31, cols, act);
+  if (rows > 4) store_row(c + 4 * ldc, c40, c41, cols, act);
+  if (rows > 5) store_row(c + 5 * ldc, c50, c51, cols, act);
 }
 
 }  // namespace detail
@@ -118,19 +150,9 @@ void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t 
     const acc* bias = p.bias + j * P::kNr;
     const int64_t col = j * P::kNr;
     const int64_t cols = std::min(P::kNr, p.n - col);
-    int64_t r = 0;
-    for (; r + P::kMr <= rows; r += P::kMr)
-      detail::pointwise_micro<P::kMr>(p.k, a + r * lda, lda, panel, bias, c + r * ldc + col, ldc, cols, act);
-    const acc* ar = a + r * lda;
-    out_t* cr = c + r * ldc + col;
-    switch (rows - r) {
-      case 5: detail::pointwise_micro<5>(p.k, ar, lda, panel, bias, cr, ldc, cols, act); break;
-      case 4: detail::pointwise_micro<4>(p.k, ar, lda, panel, bias, cr, ldc, cols, act); break;
-      case 3: detail::pointwise_micro<3>(p.k, ar, lda, panel, bias, cr, ldc, cols, act); break;
-      case 2: detail::pointwise_micro<2>(p.k, ar, lda, panel, bias, cr, ldc, cols, act); break;
-      case 1: detail::pointwise_micro<1>(p.k, ar, lda, panel, bias, cr, ldc, cols, act); break;
-      default: break;
-    }
+    for (int64_t r = 0; r < rows; r += P::kMr)
+      detail::pointwise_micro<acc, out_t>(p.k, a + r * lda, lda, std::min(P::kMr, rows - r), panel, bias,
+                                          c + r * ldc + col, ldc, cols, act);
   }
 }
 
