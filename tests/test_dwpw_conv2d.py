@@ -139,6 +139,15 @@ def test_parity_dtypes(dtype, layout):
     check_parity((2, 16, 9, 10), 24, layout=layout, dtype=dtype, mid="hardswish", out=None)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+@pytest.mark.parametrize("multiplier", (1, 2))
+def test_parity_transposed_gemm(dtype, layout, multiplier):
+    """Few pixels and wide channels: the kernel packs the tile instead of the weights."""
+    check_parity((1, 48, 5, 6), 130, multiplier=multiplier, layout=layout, dtype=dtype, mid="hardswish",
+                 out="relu6")
+
+
 def test_unrequested_grads():
     x = make_input((2, 8, 9, 9), "channels_last", requires_grad=False)
     dw_w, dw_b, pw_w, pw_b = make_weights(8, 12, 3)

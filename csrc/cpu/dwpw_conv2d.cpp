@@ -82,9 +82,17 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
   const int64_t T = g.kernel_h * g.kernel_w;
   constexpr int64_t V = at::vec::Vectorized<acc>::size();
 
-  // Shared read-only weights, prepared by the calling thread: depthwise taps [T][K] + bias, packed 1x1.
-  const int64_t packed = P::packed_elements(K, OC);
-  acc* shared = thread_scratch<acc>(T * K + 2 * (K + V) + packed, ScratchSlot::kPacked);
+  // Small problems (late layers, batch 1) use the transposed GEMM orientation, which reads the 1x1 weights
+  // in place and packs the tiles instead: packing weights costs K*OC per call, packing tiles
+  // N*OH*OW*K (plus a transposed store of the output).
+  const int64_t pixels_total = g.batch * g.out_h * g.out_w;
+  const bool transposed = pixels_total * (K + OC) < K * OC;
+
+  // Shared read-only weights, prepared by the calling thread: depthwise taps [T][K] + bias, and the 1x1
+  // weights packed into panels (usual orientation) or as acc-type rows (transposed; float uses them as is).
+  const bool pw_in_place = transposed && kSameAsAcc<scalar_t>;
+  const int64_t pw_elems = transposed ? (pw_in_place ? 0 : K * OC) + OC + V : P::packed_elements(K, OC);
+  acc* shared = thread_scratch<acc>(T * K + 2 * (K + V) + pw_elems, ScratchSlot::kPacked);
   acc* dw_taps = shared;
   acc* dw_b = shared + T * K;
   acc* pw_packed = dw_b + K + V;
@@ -95,17 +103,30 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
       for (int64_t t = 0; t < T; ++t) dw_taps[t * K + k] = static_cast<acc>(src[k * T + t]);
     const bool has_b = dw_bias.has_value() && dw_bias->defined();
     const Tensor bc = has_b ? dw_bias->contiguous() : Tensor();
-    for (int64_t k = 0; k < K + V; ++k) dw_b[k] = (has_b && k < K) ? static_cast<acc>(bc.const_data_ptr<scalar_t>()[k]) : acc(0);
+    for (int64_t k = 0; k < K + V; ++k)
+      dw_b[k] = (has_b && k < K) ? static_cast<acc>(bc.const_data_ptr<scalar_t>()[k]) : acc(0);
   }
   const Tensor pwc = pw_weight.contiguous();
   const Tensor pbc = (pw_bias.has_value() && pw_bias->defined()) ? pw_bias->contiguous() : Tensor();
-  const P pw = packed_pointwise_layout<acc>(K, OC, pw_packed);
-  {
-    const scalar_t* wsrc = pwc.const_data_ptr<scalar_t>();
-    const scalar_t* bsrc = pbc.defined() ? pbc.const_data_ptr<scalar_t>() : nullptr;
-    const int64_t panels = pw.num_panels();
+  const scalar_t* wsrc = pwc.const_data_ptr<scalar_t>();
+  const scalar_t* bsrc = pbc.defined() ? pbc.const_data_ptr<scalar_t>() : nullptr;
+  P pw;
+  const acc* pw_rows = nullptr;  // transposed: (OC, K) in acc
+  acc* pw_row_bias = nullptr;    // transposed: OC
+  if (transposed) {
+    pw_row_bias = pw_packed;
+    for (int64_t c = 0; c < OC + V; ++c) pw_row_bias[c] = (bsrc != nullptr && c < OC) ? static_cast<acc>(bsrc[c]) : acc(0);
+    if constexpr (kSameAsAcc<scalar_t>) {
+      pw_rows = wsrc;
+    } else {
+      acc* rows = pw_packed + OC + V;
+      for (int64_t i = 0; i < K * OC; ++i) rows[i] = static_cast<acc>(wsrc[i]);
+      pw_rows = rows;
+    }
+  } else {
+    pw = packed_pointwise_layout<acc>(K, OC, pw_packed);
     // Packing 1x1 weights (up to a few MiB) is worth both threads.
-    at::parallel_for(0, panels, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, K * P::kNr)),
+    at::parallel_for(0, pw.num_panels(), std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, K * P::kNr)),
                      [&](int64_t begin, int64_t end) { pack_pointwise_panels(pw, wsrc, K, bsrc, begin, end); });
   }
 
@@ -117,14 +138,16 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
   if (threads > 1) rows = std::min(rows, std::max<int64_t>(1, (total_rows + 2 * threads - 1) / (2 * threads)));
   const int64_t bands_per_image = (g.out_h + rows - 1) / rows;
   const int64_t bands = g.batch * bands_per_image;
-  // Split output channels too when bands alone cannot keep the threads busy.
-  const int64_t panels = pw.num_panels();
+  // Split output channels too when bands alone cannot keep the threads busy: by panels of kNr columns,
+  // or (transposed) by blocks of kMr rows.
+  const int64_t panels = transposed ? (OC + P::kMr - 1) / P::kMr : pw.num_panels();
+  const int64_t panel_width = transposed ? P::kMr : P::kNr;
   int64_t splits = 1;
   if (threads > 1 && bands < 2 * threads) splits = std::min(panels, (2 * threads + bands - 1) / bands);
   const int64_t panels_per_split = (panels + splits - 1) / splits;
   splits = (panels + panels_per_split - 1) / panels_per_split;
   const int64_t items = bands * splits;
-  const int64_t item_macs = rows * g.out_w * K * (T + panels_per_split * P::kNr);
+  const int64_t item_macs = rows * g.out_w * K * (T + panels_per_split * panel_width);
   const int64_t grain = std::max<int64_t>(1, kMinItemMacs / std::max<int64_t>(1, item_macs));
 
   const scalar_t* in = input.const_data_ptr<scalar_t>();
@@ -159,7 +182,25 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
         }
       }
       const int64_t p0 = split * panels_per_split, p1 = std::min(panels, p0 + panels_per_split);
-      if (out_channels_last) {
+      if (transposed) {
+        const int64_t oc0 = p0 * P::kMr, oc1 = std::min(OC, p1 * P::kMr);
+        acc* tile_panels = thread_scratch<acc>(((pix + P::kNr - 1) / P::kNr) * P::kNr * K, ScratchSlot::kTilePacked);
+        pack_tile_panels<acc>(tile, K, pix, K, tile_panels);
+        if (!out_channels_last) {
+          // Rows of C^T are output channels, columns pixels: straight into the NCHW planes.
+          scalar_t* plane = o + n * OC * g.out_h * g.out_w + r0 * g.out_w;
+          pointwise_gemm_transposed<acc, scalar_t>(pw_rows, K, pw_row_bias, oc0, oc1, tile_panels, K, pix, plane,
+                                                   g.out_h * g.out_w, geo.out);
+        } else {
+          const int64_t ldc = pix + V;
+          acc* staged = thread_scratch<acc>((oc1 - oc0) * ldc + V, ScratchSlot::kTileOut);
+          pointwise_gemm_transposed<acc, acc>(pw_rows, K, pw_row_bias, oc0, oc1, tile_panels, K, pix,
+                                              staged - oc0 * ldc, ldc, geo.out);
+          scalar_t* dst = o + (n * g.out_h + r0) * g.out_w * OC;
+          for (int64_t p = 0; p < pix; ++p)
+            for (int64_t c = oc0; c < oc1; ++c) dst[p * OC + c] = static_cast<scalar_t>(staged[(c - oc0) * ldc + p]);
+        }
+      } else if (out_channels_last) {
         scalar_t* dst = o + (n * g.out_h + r0) * g.out_w * OC;
         pointwise_gemm<acc, scalar_t>(pw, p0, p1, tile, K, pix, dst, OC, geo.out);
       } else {

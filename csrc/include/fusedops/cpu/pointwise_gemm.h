@@ -95,7 +95,7 @@ inline void store_row(out_t* c, at::vec::Vectorized<acc> v0, at::vec::Vectorized
 // of fewer rows (the last of a tile) point the missing rows at row 0 and discard them.
 template <typename acc, typename out_t>
 inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, const acc* panel, const acc* bias,
-                            out_t* c, int64_t ldc, int64_t cols, Activation act) {
+                            out_t* c, int64_t ldc, int64_t cols, Activation act, const acc* row_bias = nullptr) {
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
   constexpr int64_t NR = 2 * V;
@@ -105,9 +105,16 @@ inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, 
   const acc* a3 = rows > 3 ? a + 3 * lda : a;
   const acc* a4 = rows > 4 ? a + 4 * lda : a;
   const acc* a5 = rows > 5 ? a + 5 * lda : a;
-  const Vec bias0 = Vec::loadu(bias), bias1 = Vec::loadu(bias + V);
+  // Column bias (per output channel of the usual orientation) or row bias (the transposed one).
+  const Vec bias0 = bias ? Vec::loadu(bias) : Vec(acc(0)), bias1 = bias ? Vec::loadu(bias + V) : Vec(acc(0));
   Vec c00 = bias0, c01 = bias1, c10 = bias0, c11 = bias1, c20 = bias0, c21 = bias1;
   Vec c30 = bias0, c31 = bias1, c40 = bias0, c41 = bias1, c50 = bias0, c51 = bias1;
+  if (row_bias != nullptr) {
+    const Vec r0(row_bias[0]), r1(row_bias[rows > 1 ? 1 : 0]), r2(row_bias[rows > 2 ? 2 : 0]);
+    const Vec r3(row_bias[rows > 3 ? 3 : 0]), r4(row_bias[rows > 4 ? 4 : 0]), r5(row_bias[rows > 5 ? 5 : 0]);
+    c00 = c00 + r0; c01 = c01 + r0; c10 = c10 + r1; c11 = c11 + r1; c20 = c20 + r2; c21 = c21 + r2;
+    c30 = c30 + r3; c31 = c31 + r3; c40 = c40 + r4; c41 = c41 + r4; c50 = c50 + r5; c51 = c51 + r5;
+  }
   for (int64_t kk = 0; kk < k; ++kk) {
     const Vec b0 = Vec::loadu(panel + kk * NR), b1 = Vec::loadu(panel + kk * NR + V);
     Vec x(a0[kk]);
@@ -153,6 +160,43 @@ void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t 
     for (int64_t r = 0; r < rows; r += P::kMr)
       detail::pointwise_micro<acc, out_t>(p.k, a + r * lda, lda, std::min(P::kMr, rows - r), panel, bias,
                                           c + r * ldc + col, ldc, cols, act);
+  }
+}
+
+// The transposed orientation, for small tiles whose weights would cost more to pack than the tile itself:
+// C^T[N x P] = act(W[N x K] @ A^T + bias), with W the 1x1 weights used in place (rows of K, leading
+// dimension ldw) and A^T the tile packed by pack_tile_panels into pixel panels [P / kNr][K][kNr]. Row r
+// of C^T (output channel) gets bias[r]; its pixels are columns, stored with leading dimension ldc.
+template <typename acc>
+void pack_tile_panels(const acc* tile, int64_t ld, int64_t pixels, int64_t k, acc* dst) {
+  using P = PackedPointwise<acc>;
+  const int64_t panels = (pixels + P::kNr - 1) / P::kNr;
+  for (int64_t q = 0; q < panels; ++q) {
+    acc* panel = dst + q * k * P::kNr;
+    for (int64_t j = 0; j < P::kNr; ++j) {
+      const int64_t pix = q * P::kNr + j;
+      if (pix < pixels) {
+        const acc* row = tile + pix * ld;
+        for (int64_t kk = 0; kk < k; ++kk) panel[kk * P::kNr + j] = row[kk];
+      } else {
+        for (int64_t kk = 0; kk < k; ++kk) panel[kk * P::kNr + j] = acc(0);
+      }
+    }
+  }
+}
+
+template <typename acc, typename out_t>
+void pointwise_gemm_transposed(const acc* w, int64_t ldw, const acc* bias, int64_t row_begin, int64_t row_end,
+                               const acc* tile_panels, int64_t k, int64_t pixels, out_t* c, int64_t ldc,
+                               Activation act) {
+  using P = PackedPointwise<acc>;
+  const int64_t panels = (pixels + P::kNr - 1) / P::kNr;
+  for (int64_t q = 0; q < panels; ++q) {
+    const int64_t col = q * P::kNr, cols = std::min(P::kNr, pixels - col);
+    for (int64_t r = row_begin; r < row_end; r += P::kMr)
+      detail::pointwise_micro<acc, out_t>(k, w + r * ldw, ldw, std::min(P::kMr, row_end - r),
+                                          tile_panels + q * k * P::kNr, nullptr, c + r * ldc + col, ldc, cols, act,
+                                          bias ? bias + r : nullptr);
   }
 }
 

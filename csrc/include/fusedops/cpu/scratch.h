@@ -21,7 +21,8 @@ enum class ScratchSlot : int {
   kTile = 5,        // a fused kernel's intermediate tile (e.g. depthwise rows feeding a pointwise GEMM)
   kTileOut = 6,     // a fused kernel's output tile, staged before a layout change
   kPacked = 7,      // weights packed for a GEMM micro-kernel by the calling thread, shared with the workers
-  kCount = 8
+  kTilePacked = 8,  // a fused kernel's tile re-packed as GEMM panels
+  kCount = 9
 };
 
 inline void* thread_scratch_bytes(size_t bytes, ScratchSlot slot) {
