@@ -130,20 +130,34 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
                      [&](int64_t begin, int64_t end) { pack_pointwise_panels(pw, wsrc, K, bsrc, begin, end); });
   }
 
-  // Band height: the tile fits kTileBytes, and there are enough items for the threads.
+  // Work items are (image, band of `rows` output rows, range of output-channel panels). The band height
+  // is the one, among those whose tile fits kTileBytes, that best balances the items over the threads;
+  // bands under ~48 pixels are penalised (short GEMMs), ties go to taller bands. When there are fewer
+  // bands than 2 items per thread, output channels are split too: by panels of kNr columns, or
+  // (transposed) by blocks of kMr rows.
   const int64_t threads = at::get_num_threads();
   const int64_t row_elems = g.out_w * K;
-  int64_t rows = std::clamp<int64_t>(kTileBytes / static_cast<int64_t>(sizeof(acc)) / row_elems, 1, g.out_h);
-  const int64_t total_rows = g.batch * g.out_h;
-  if (threads > 1) rows = std::min(rows, std::max<int64_t>(1, (total_rows + 2 * threads - 1) / (2 * threads)));
-  const int64_t bands_per_image = (g.out_h + rows - 1) / rows;
-  const int64_t bands = g.batch * bands_per_image;
-  // Split output channels too when bands alone cannot keep the threads busy: by panels of kNr columns,
-  // or (transposed) by blocks of kMr rows.
+  const int64_t max_rows = std::clamp<int64_t>(kTileBytes / static_cast<int64_t>(sizeof(acc)) / row_elems, 1, g.out_h);
   const int64_t panels = transposed ? (OC + P::kMr - 1) / P::kMr : pw.num_panels();
   const int64_t panel_width = transposed ? P::kMr : P::kNr;
-  int64_t splits = 1;
-  if (threads > 1 && bands < 2 * threads) splits = std::min(panels, (2 * threads + bands - 1) / bands);
+  auto splits_for = [&](int64_t bands) {
+    return (threads > 1 && bands < 2 * threads) ? std::min(panels, (2 * threads + bands - 1) / bands) : int64_t(1);
+  };
+  int64_t rows = max_rows;
+  double best = -1.0;
+  for (int64_t r = 1; r <= max_rows; ++r) {
+    const int64_t b = g.batch * ((g.out_h + r - 1) / r);
+    const int64_t it = b * splits_for(b);
+    const double balance = static_cast<double>(it) / static_cast<double>(((it + threads - 1) / threads) * threads);
+    const double score = balance * std::min(1.0, static_cast<double>(r * g.out_w) / 48.0);
+    if (score >= best - 1e-9) {
+      best = score;
+      rows = r;
+    }
+  }
+  const int64_t bands_per_image = (g.out_h + rows - 1) / rows;
+  const int64_t bands = g.batch * bands_per_image;
+  int64_t splits = splits_for(bands);
   const int64_t panels_per_split = (panels + splits - 1) / splits;
   splits = (panels + panels_per_split - 1) / panels_per_split;
   const int64_t items = bands * splits;
