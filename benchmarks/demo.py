@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import fusedops
 from fusedops import _backend
-from . import bench_depthwise_conv2d, harness
+from . import bench_channel_shuffle, bench_depthwise_conv2d, bench_models, harness
 
 
 def _available_backends(device):
@@ -29,6 +29,20 @@ def _available_backends(device):
 
 def _max_rel_err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def _parity_table(title, rows, tolerance):
+    print(f"### {title}")
+    print()
+    print("| backend | cases | worst relative error | verdict |")
+    print("|---|---|---|---|")
+    ok = True
+    for backend, count, worst in rows:
+        passed = worst <= tolerance
+        ok &= passed
+        print(f"| {backend} | {count} | {worst:.1e} | {'PASS' if passed else 'FAIL'} |")
+    print()
+    return ok
 
 
 def parity_depthwise(device="cpu"):
@@ -62,33 +76,70 @@ def parity_depthwise(device="cpu"):
             worst = max(worst, *errs)
             count += 1
         rows.append((backend, count, worst))
-    print("### depthwise_conv2d parity vs F.conv2d(groups=C) (float32 vs float64 reference; output and all grads)")
-    print()
-    print("| backend | configs x layouts | worst relative error | verdict |")
-    print("|---|---|---|---|")
-    ok = True
-    for backend, count, worst in rows:
-        passed = worst < 1e-5
-        ok &= passed
-        print(f"| {backend} | {count} | {worst:.1e} | {'PASS' if passed else 'FAIL'} |")
-    print()
-    return ok
+    return _parity_table("depthwise_conv2d vs F.conv2d(groups=C): output and all gradients, fp32 vs fp64 reference",
+                         rows, 1e-5)
+
+
+def parity_shuffle(device="cpu"):
+    """channel_shuffle and concat_shuffle vs F.channel_shuffle(torch.cat(...)): bit-exact, forward and backward."""
+    rows = []
+    for backend in _available_backends(device):
+        worst, count = 0.0, 0
+        for (N, C, H, groups), layout in itertools.product(
+            [(2, 12, 7, 2), (1, 24, 5, 3), (3, 16, 4, 4), (2, 58, 6, 2)], ("nchw", "channels_last")
+        ):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            x = torch.randn(N, C, H, H, device=device).to(memory_format=fmt).requires_grad_()
+            a, b = (t.detach().requires_grad_() for t in torch.randn(N, C, H, H, device=device).to(
+                memory_format=fmt).chunk(2, 1))
+            with fusedops.use_backend(backend):
+                y = fusedops.channel_shuffle(x, groups)
+                z = fusedops.concat_shuffle(a, b, 2)
+            ry = F.channel_shuffle(x.detach(), groups)
+            rz = F.channel_shuffle(torch.cat([a.detach(), b.detach()], 1), 2)
+            gy, gz = torch.randn_like(ry), torch.randn_like(rz)
+            (gx,) = torch.autograd.grad(y, x, gy)
+            ga, gb = torch.autograd.grad(z, (a, b), gz)
+            ref_gx = F.channel_shuffle(gy, C // groups)
+            ref_ga, ref_gb = F.channel_shuffle(gz, C // 2).chunk(2, 1)
+            for out, ref in ((y, ry), (z, rz), (gx, ref_gx), (ga, ref_ga), (gb, ref_gb)):
+                worst = max(worst, 0.0 if torch.equal(out, ref) else float("inf"))
+            count += 1
+        rows.append((backend, count, worst))
+    return _parity_table("channel_shuffle / concat_shuffle vs F.channel_shuffle(torch.cat(...)): bit-exact "
+                         "(error must be 0), forward and backward", rows, 0.0)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and rounds")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    parser.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime baseline")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     print("fusedops build:", fusedops.build_info())
     print(harness.header())
     print()
-    ok = parity_depthwise()
-    results = bench_depthwise_conv2d.run(["forward", "full"], not args.no_compile, args.quick, 5 if args.quick else 11)
-    print()
-    print(harness.format_table(results, "depthwise_conv2d, fp32 (us per call, median of paired rounds)"))
-    print("\nappended to", harness.append_csv(results))
+    ok = parity_depthwise() & parity_shuffle()
+    rounds = 5 if args.quick else 9
+    use_compile = not args.no_compile
+    sections = [
+        ("depthwise_conv2d, fp32 (us per call, median of interleaved rounds)",
+         lambda: bench_depthwise_conv2d.run(["forward", "full"], use_compile, args.quick, rounds)),
+        ("channel_shuffle / concat_shuffle, fp32 (us per call)",
+         lambda: bench_channel_shuffle.run(use_compile, args.quick, rounds)),
+        ("ShuffleNetV2 1.0x inference, 224x224, fp32 (us per batch)",
+         lambda: bench_models.run(["shufflenet_v2_x1_0"], [1, 8], use_compile, not args.no_ort, rounds)),
+    ]
+    tables = []
+    for title, run in sections:
+        print(f"\n## {title}", flush=True)
+        results = run()
+        harness.append_csv(results)
+        tables.append(harness.format_table(results, title))
+    print("\n\n# Summary\n")
+    print("\n\n".join(tables))
+    print("\nrows appended to", harness.RESULTS_CSV)
     if not ok:
         raise SystemExit("parity check failed")
 

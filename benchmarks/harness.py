@@ -205,3 +205,27 @@ def append_csv(results: List[Result], path: Optional[str] = None) -> str:
 def header() -> str:
     return (f"machine: {machine_description()}; threads: {torch.get_num_threads()}; allocator: {allocator_setting()}; "
             f"torch {torch.__version__}; commit {git_sha()}")
+
+
+def bench_main(doc, run, add_arguments=None, argv=None):
+    """The command line every benchmark script shares: --rounds, --threads, --csv, --no-compile, --quick
+    plus the script's own options; runs `run(args)` (a list of Results), prints and appends the table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--csv", default=None, help=f"CSV to append to (default {RESULTS_CSV})")
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(header(), flush=True)
+    results = run(args)
+    print()
+    print(format_table(results, doc.strip().splitlines()[0]))
+    print("\nappended to", append_csv(results, args.csv))
+    return results

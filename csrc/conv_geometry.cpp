@@ -71,12 +71,61 @@ ConvGeometry depthwise_geometry(
   g.dilation_w = dilation[1];
   const int64_t extent_h = g.dilation_h * (g.kernel_h - 1) + 1;
   const int64_t extent_w = g.dilation_w * (g.kernel_w - 1) + 1;
-  TORCH_CHECK(g.in_h + 2 * g.pad_h >= extent_h && g.in_w + 2 * g.pad_w >= extent_w,
-              "fusedops: padded input (", g.in_h + 2 * g.pad_h, " x ", g.in_w + 2 * g.pad_w,
-              ") is smaller than the dilated kernel (", extent_h, " x ", extent_w, ")");
+  TORCH_CHECK(g.in_h + 2 * g.pad_h >= extent_h, "fusedops: padded input height (", g.in_h + 2 * g.pad_h,
+              ") is smaller than the dilated kernel height (", extent_h, ")");
+  TORCH_CHECK(g.in_w + 2 * g.pad_w >= extent_w, "fusedops: padded input width (", g.in_w + 2 * g.pad_w,
+              ") is smaller than the dilated kernel width (", extent_w, ")");
   g.out_h = (g.in_h + 2 * g.pad_h - extent_h) / g.stride_h + 1;
   g.out_w = (g.in_w + 2 * g.pad_w - extent_w) / g.stride_w + 1;
   return g;
+}
+
+ConvGeometry depthwise_backward_geometry(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  const ConvGeometry g = depthwise_geometry(input, weight, c10::nullopt, stride, padding, dilation);
+  check_same_device(grad_output, input, "grad_output", "input");
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "fusedops: grad_output dtype ",
+              dtype_name(grad_output.scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
+              "fusedops: grad_output has shape ", grad_output.sizes(), " but the convolution's output has shape (",
+              g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w, ")");
+  return g;
+}
+
+bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* t) {
+  if (g.stride_h != 1 || g.stride_w != 1 || g.multiplier != 1) return false;
+  const int64_t ph = g.dilation_h * (g.kernel_h - 1) - g.pad_h, pw = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
+  if (ph < 0 || pw < 0) return false;
+  *t = g;
+  t->in_h = g.out_h;
+  t->in_w = g.out_w;
+  t->out_h = g.in_h;
+  t->out_w = g.in_w;
+  t->pad_h = ph;
+  t->pad_w = pw;
+  return true;
+}
+
+DepthwiseGrads::DepthwiseGrads(const at::Tensor& input_, const at::Tensor& weight_, const ConvGeometry& g,
+                               at::MemoryFormat fmt, std::array<bool, 3> output_mask) {
+  if (output_mask[0]) input = at::empty(input_.sizes(), input_.options().memory_format(fmt));
+  if (output_mask[1]) weight = at::empty(weight_.sizes(), weight_.options());
+  if (output_mask[2]) bias = at::empty({g.out_channels}, weight_.options());
+}
+
+void DepthwiseGrads::zero() {
+  for (at::Tensor* t : {&input, &weight, &bias})
+    if (t->defined()) t->zero_();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> DepthwiseGrads::result(const at::TensorOptions& options) const {
+  auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, options); };
+  return {or_empty(input), or_empty(weight), or_empty(bias)};
 }
 
 }  // namespace fusedops

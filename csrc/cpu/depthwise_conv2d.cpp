@@ -292,22 +292,6 @@ Tensor depthwise_conv2d_cpu(const Tensor& input_, const Tensor& weight, const c1
 // ---------------------------------------------------------------------------------------------------
 // Backward
 
-// Geometry of the stride-1 input gradient written as a forward convolution of grad_output with the
-// rotated kernel: valid when stride is 1 and padding <= dilation * (kernel - 1).
-bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* t) {
-  if (g.stride_h != 1 || g.stride_w != 1 || g.multiplier != 1) return false;
-  const int64_t ph = g.dilation_h * (g.kernel_h - 1) - g.pad_h, pw = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
-  if (ph < 0 || pw < 0) return false;
-  *t = g;
-  t->in_h = g.out_h;
-  t->in_w = g.out_w;
-  t->out_h = g.in_h;
-  t->out_w = g.in_w;
-  t->pad_h = ph;
-  t->pad_w = pw;
-  return true;
-}
-
 // For each input index i along one dimension, the (kernel index, output index) pairs that read it:
 // o * stride - pad + k * dilation == i with 0 <= o < out. Stored CSR-style: pairs of i in
 // [start[i], start[i + 1]).
@@ -412,46 +396,77 @@ inline void add_into(acc* p, const at::vec::Vectorized<acc>& v) {
   (at::vec::Vectorized<acc>::loadu(p) + v).store(p);
 }
 
-// Weight-gradient contributions of kernel row kh for one output row and one channel vector:
-// dst[kw * ld] += sum over ow of grad_out[ow] * input[ih, ow*stride - pad + kw*dilation]. Interior
-// columns slide a window of input vectors (SW new loads per output instead of KW); borders are checked.
-template <typename scalar_t, int KW, int SW, bool kPartial>
-inline void gw_nhwc_kernel_row(const scalar_t* gorow, const scalar_t* irow, int64_t pix, const ConvGeometry& g,
-                               int64_t ib, int64_t ie, int64_t count, acc_t<scalar_t>* dst, int64_t ld) {
+// Weight-gradient contributions of G consecutive kernel rows for one output row and one channel vector:
+// dst[(r * KW + kw) * ld] += sum over ow of grad_out[ow] * irows[r][ow*stride - pad + kw]. One grad load
+// feeds G*KW independent accumulators (enough to hide FMA latency); interior columns slide a window of
+// input vectors per kernel row (SW new loads per output instead of KW); borders are bounds-checked.
+template <typename scalar_t, int KW, int SW, int G, bool kPartial>
+inline void gw_nhwc_kernel_rows(const scalar_t* gorow, const scalar_t* const* irows, int64_t pix,
+                                const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count, acc_t<scalar_t>* dst,
+                                int64_t ld) {
   using Vec = AccVec<scalar_t>;
-  Vec acc_kw[KW];  // local accumulators, so they live in registers
+  Vec acc[G][KW];  // local accumulators, so they live in registers
 #pragma GCC unroll 8
-  for (int kw = 0; kw < KW; ++kw) acc_kw[kw] = Vec(0);
+  for (int r = 0; r < G; ++r)
+#pragma GCC unroll 8
+    for (int kw = 0; kw < KW; ++kw) acc[r][kw] = Vec(0);
   auto border = [&](int64_t ow) {
     const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
 #pragma GCC unroll 8
     for (int kw = 0; kw < KW; ++kw) {
       const int64_t iw = ow * SW - g.pad_w + kw;
-      if (iw >= 0 && iw < g.in_w) acc_kw[kw] = at::vec::fmadd(gv, load_n<kPartial>(irow + iw * pix, count), acc_kw[kw]);
+      if (iw < 0 || iw >= g.in_w) continue;
+#pragma GCC unroll 8
+      for (int r = 0; r < G; ++r)
+        acc[r][kw] = at::vec::fmadd(gv, load_n<kPartial>(irows[r] + iw * pix, count), acc[r][kw]);
     }
   };
   for (int64_t ow = 0; ow < std::min(ib, g.out_w); ++ow) border(ow);
   if (ib < ie) {
-    Vec win[KW];
-    const scalar_t* base = irow + (ib * SW - g.pad_w) * pix;
+    Vec win[G][KW];
+    const int64_t start = (ib * SW - g.pad_w) * pix;
 #pragma GCC unroll 8
-    for (int j = 0; j < KW; ++j) win[j] = load_n<kPartial>(base + j * pix, count);
-    for (int64_t ow = ib;; ++ow) {
+    for (int r = 0; r < G; ++r)
+#pragma GCC unroll 8
+      for (int j = 0; j < KW; ++j) win[r][j] = load_n<kPartial>(irows[r] + start + j * pix, count);
+    for (int64_t ow = ib, offset = start;; ++ow) {
       const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
 #pragma GCC unroll 8
-      for (int kw = 0; kw < KW; ++kw) acc_kw[kw] = at::vec::fmadd(gv, win[kw], acc_kw[kw]);
-      if (ow + 1 >= ie) break;
-      base += SW * pix;
+      for (int r = 0; r < G; ++r)
 #pragma GCC unroll 8
-      for (int j = 0; j < KW; ++j) win[j] = j + SW < KW ? win[j + SW] : load_n<kPartial>(base + j * pix, count);
+        for (int kw = 0; kw < KW; ++kw) acc[r][kw] = at::vec::fmadd(gv, win[r][kw], acc[r][kw]);
+      if (ow + 1 >= ie) break;
+      offset += SW * pix;
+#pragma GCC unroll 8
+      for (int r = 0; r < G; ++r)
+#pragma GCC unroll 8
+        for (int j = 0; j < KW; ++j)
+          win[r][j] = j + SW < KW ? win[r][j + SW] : load_n<kPartial>(irows[r] + offset + j * pix, count);
     }
   }
   for (int64_t ow = std::max(ie, ib); ow < g.out_w; ++ow) border(ow);
 #pragma GCC unroll 8
-  for (int kw = 0; kw < KW; ++kw) add_into(dst + kw * ld, acc_kw[kw]);
+  for (int r = 0; r < G; ++r)
+#pragma GCC unroll 8
+    for (int kw = 0; kw < KW; ++kw) add_into(dst + (r * KW + kw) * ld, acc[r][kw]);
 }
 
-// Same contributions for any kernel width, stride and dilation.
+// Kernel rows [0, rows) in register groups: G * KW accumulators plus G * KW window vectors must fit the
+// register file, so 3 rows at a time for 3-wide kernels, 2 for 5-wide, 1 for 7-wide.
+template <typename scalar_t, int KW, int SW, bool kPartial>
+inline void gw_nhwc_kernel_row_groups(const scalar_t* gorow, const scalar_t* const* irows, int64_t rows, int64_t pix,
+                                      const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count,
+                                      acc_t<scalar_t>* dst, int64_t ld) {
+  constexpr int kMaxG = KW <= 3 ? 3 : (KW <= 5 ? 2 : 1);
+  int64_t r = 0;
+  for (; r + kMaxG <= rows; r += kMaxG)
+    gw_nhwc_kernel_rows<scalar_t, KW, SW, kMaxG, kPartial>(gorow, irows + r, pix, g, ib, ie, count,
+                                                           dst + r * KW * ld, ld);
+  for (; r < rows; ++r)
+    gw_nhwc_kernel_rows<scalar_t, KW, SW, 1, kPartial>(gorow, irows + r, pix, g, ib, ie, count, dst + r * KW * ld, ld);
+}
+
+// Same contributions for any kernel width, stride and dilation, one kernel row at a time.
 template <typename scalar_t, bool kPartial>
 inline void gw_nhwc_kernel_row_generic(const scalar_t* gorow, const scalar_t* irow, int64_t pix,
                                        const ConvGeometry& g, int64_t count, acc_t<scalar_t>* dst, int64_t ld) {
@@ -467,13 +482,17 @@ inline void gw_nhwc_kernel_row_generic(const scalar_t* gorow, const scalar_t* ir
   }
 }
 
+// Contributions of the kernel rows whose input rows are irows[0 .. rows) (consecutive kernel rows;
+// dst points at the first one's taps).
 template <typename scalar_t, bool kPartial>
-inline void gw_nhwc_row(const scalar_t* gorow, const scalar_t* irow, int64_t pix, const ConvGeometry& g, int64_t ib,
-                        int64_t ie, int64_t count, acc_t<scalar_t>* dst, int64_t ld) {
+inline void gw_nhwc_rows(const scalar_t* gorow, const scalar_t* const* irows, int64_t rows, int64_t pix,
+                         const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count, acc_t<scalar_t>* dst,
+                         int64_t ld) {
   if (g.dilation_w == 1) {
-#define FUSEDOPS_GW_CASE(KW, SW)                                                                        \
-  if (g.kernel_w == KW && g.stride_w == SW)                                                             \
-    return gw_nhwc_kernel_row<scalar_t, KW, SW, kPartial>(gorow, irow, pix, g, ib, ie, count, dst, ld);
+#define FUSEDOPS_GW_CASE(KW, SW)                                                                             \
+  if (g.kernel_w == KW && g.stride_w == SW)                                                                  \
+    return gw_nhwc_kernel_row_groups<scalar_t, KW, SW, kPartial>(gorow, irows, rows, pix, g, ib, ie, count, dst, \
+                                                                 ld);
     FUSEDOPS_GW_CASE(3, 1)
     FUSEDOPS_GW_CASE(3, 2)
     FUSEDOPS_GW_CASE(5, 1)
@@ -482,7 +501,8 @@ inline void gw_nhwc_row(const scalar_t* gorow, const scalar_t* irow, int64_t pix
     FUSEDOPS_GW_CASE(7, 2)
 #undef FUSEDOPS_GW_CASE
   }
-  gw_nhwc_kernel_row_generic<scalar_t, kPartial>(gorow, irow, pix, g, count, dst, ld);
+  for (int64_t r = 0; r < rows; ++r)
+    gw_nhwc_kernel_row_generic<scalar_t, kPartial>(gorow, irows[r], pix, g, count, dst + r * g.kernel_w * ld, ld);
 }
 
 // Weight (and bias) gradient, channels-last: rows are split across threads, each accumulating into its
@@ -504,6 +524,7 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
   at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
       acc* part = partial.data() + worker * (T + 1) * ld;
+      std::vector<const scalar_t*> irows(g.kernel_h);
       const int64_t r0 = rows * worker / workers, r1 = rows * (worker + 1) / workers;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / g.out_h, oh = r % g.out_h;
@@ -511,19 +532,34 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
         for (int64_t c = 0; c < C; c += V) {
           const int64_t count = std::min(V, C - c);
           const bool full = count == V;
-          Vec bsum(acc(0));
-          for (int64_t ow = 0; ow < g.out_w; ++ow)
-            bsum += full ? load_acc(gorow + ow * C + c) : load_acc(gorow + ow * C + c, count);
-          add_into(part + T * ld + c, bsum);
-          if (!grad_weight) continue;
-          for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-            const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-            if (ih < 0 || ih >= g.in_h) continue;
-            const scalar_t* irow = in + (n * g.in_h + ih) * g.in_w * C + c;
-            acc* dst = part + kh * g.kernel_w * ld + c;
-            if (full) gw_nhwc_row<scalar_t, false>(gorow + c, irow, C, g, ib, ie, count, dst, ld);
-            else gw_nhwc_row<scalar_t, true>(gorow + c, irow, C, g, ib, ie, count, dst, ld);
+          if (grad_bias) {
+            // Four partial sums, so the adds do not wait on each other.
+            Vec b0(acc(0)), b1(acc(0)), b2(acc(0)), b3(acc(0));
+            int64_t ow = 0;
+            auto load = [&](int64_t x) {
+              return full ? load_acc(gorow + x * C + c) : load_acc(gorow + x * C + c, count);
+            };
+            for (; ow + 4 <= g.out_w; ow += 4) {
+              b0 += load(ow);
+              b1 += load(ow + 1);
+              b2 += load(ow + 2);
+              b3 += load(ow + 3);
+            }
+            for (; ow < g.out_w; ++ow) b0 += load(ow);
+            add_into(part + T * ld + c, (b0 + b1) + (b2 + b3));
           }
+          if (!grad_weight) continue;
+          // Kernel rows whose input row exists for this output row: a contiguous range [kh_begin, kh_end).
+          const int64_t ih0 = oh * g.stride_h - g.pad_h;
+          int64_t kh_begin = 0, kh_end = g.kernel_h;
+          while (kh_begin < kh_end && ih0 + kh_begin * g.dilation_h < 0) ++kh_begin;
+          while (kh_end > kh_begin && ih0 + (kh_end - 1) * g.dilation_h >= g.in_h) --kh_end;
+          for (int64_t kh = kh_begin; kh < kh_end; ++kh)
+            irows[kh - kh_begin] = in + (n * g.in_h + ih0 + kh * g.dilation_h) * g.in_w * C + c;
+          acc* dst = part + kh_begin * g.kernel_w * ld + c;
+          const int64_t nrows = kh_end - kh_begin;
+          if (full) gw_nhwc_rows<scalar_t, false>(gorow + c, irows.data(), nrows, C, g, ib, ie, count, dst, ld);
+          else gw_nhwc_rows<scalar_t, true>(gorow + c, irows.data(), nrows, C, g, ib, ie, count, dst, ld);
         }
       }
     }
@@ -776,54 +812,41 @@ void grad_weight_generic(const Tensor& grad_out, const Tensor& input, Tensor* gr
 std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
     const Tensor& grad_output_, const Tensor& input_, const Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
-  const ConvGeometry g = depthwise_geometry(input_, weight, c10::nullopt, stride, padding, dilation);
+  const ConvGeometry g = depthwise_backward_geometry(grad_output_, input_, weight, stride, padding, dilation);
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: depthwise_conv2d CPU backward got input on ", input_.device());
-  check_same_device(grad_output_, input_, "grad_output", "input");
-  TORCH_CHECK(grad_output_.scalar_type() == input_.scalar_type(), "fusedops: grad_output dtype ",
-              dtype_name(grad_output_.scalar_type()), " does not match input dtype ", dtype_name(input_.scalar_type()));
-  TORCH_CHECK(grad_output_.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
-              "fusedops: grad_output has shape ", grad_output_.sizes(), " but the convolution's output has shape (",
-              g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w, ")");
   const at::MemoryFormat fmt = output_memory_format(input_);
   const Tensor input = input_.contiguous(fmt);
   const Tensor grad_output = grad_output_.contiguous(fmt);
-  Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(fmt)) : Tensor();
-  Tensor grad_weight = output_mask[1] ? at::empty(weight.sizes(), weight.options()) : Tensor();
-  Tensor grad_bias = output_mask[2] ? at::empty({g.out_channels}, weight.options()) : Tensor();
+  DepthwiseGrads grads(input, weight, g, fmt, output_mask);
   if (grad_output.numel() == 0) {
-    if (grad_input.defined()) grad_input.zero_();
-    if (grad_weight.defined()) grad_weight.zero_();
-    if (grad_bias.defined()) grad_bias.zero_();
-  } else {
-    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_backward_cpu",
-                                    [&] {
-      if (grad_input.defined()) {
-        ConvGeometry t;
-        if (cl && transposed_as_forward(g, &t)) {
-          forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grad_input, t);
-        } else if (!cl && transposed_as_forward(g, &t)) {
-          forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grad_input, t);
-        } else if (cl && g.multiplier == 1) {
-          grad_input_nhwc_gather<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grad_input, g);
-        } else if (!cl) {
-          grad_input_nchw_scatter<scalar_t>(grad_output, weight, grad_input, g);
-        } else {
-          grad_input_generic<scalar_t>(grad_output, weight, grad_input, g);
-        }
-      }
-      if (grad_weight.defined() || grad_bias.defined()) {
-        Tensor* gw = grad_weight.defined() ? &grad_weight : nullptr;
-        Tensor* gb = grad_bias.defined() ? &grad_bias : nullptr;
-        if (cl && g.multiplier == 1) grad_weight_nhwc<scalar_t>(grad_output, input, gw, gb, g);
-        else if (!cl) grad_weight_nchw<scalar_t>(grad_output, input, gw, gb, g);
-        else grad_weight_generic<scalar_t>(grad_output, input, gw, gb, g);
-      }
-    });
+    grads.zero();
+    return grads.result(input.options());
   }
-  // Unrequested gradients are returned as empty tensors (custom ops cannot return None).
-  auto or_empty = [&](Tensor t) { return t.defined() ? t : at::empty({0}, input.options()); };
-  return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_backward_cpu", [&] {
+    if (grads.input.defined()) {
+      ConvGeometry t;
+      if (cl && transposed_as_forward(g, &t)) {
+        forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input, t);
+      } else if (!cl && transposed_as_forward(g, &t)) {
+        forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grads.input, t);
+      } else if (cl && g.multiplier == 1) {
+        grad_input_nhwc_gather<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grads.input, g);
+      } else if (!cl) {
+        grad_input_nchw_scatter<scalar_t>(grad_output, weight, grads.input, g);
+      } else {
+        grad_input_generic<scalar_t>(grad_output, weight, grads.input, g);
+      }
+    }
+    if (grads.weight.defined() || grads.bias.defined()) {
+      Tensor* gw = grads.weight.defined() ? &grads.weight : nullptr;
+      Tensor* gb = grads.bias.defined() ? &grads.bias : nullptr;
+      if (cl && g.multiplier == 1) grad_weight_nhwc<scalar_t>(grad_output, input, gw, gb, g);
+      else if (!cl) grad_weight_nchw<scalar_t>(grad_output, input, gw, gb, g);
+      else grad_weight_generic<scalar_t>(grad_output, input, gw, gb, g);
+    }
+  });
+  return grads.result(input.options());
 }
 
 }  // namespace

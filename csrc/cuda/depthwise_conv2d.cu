@@ -432,22 +432,6 @@ Tensor depthwise_conv2d_cuda(const Tensor& input_, const Tensor& weight, const c
 // ---------------------------------------------------------------------------------------------------
 // Input gradient
 
-// Geometry of the stride-1 input gradient as a forward convolution of grad_output with the flipped
-// kernel: valid when stride is 1, multiplier 1 and padding <= dilation * (kernel - 1).
-bool transposed_as_forward(const DwParams& p, DwParams* t) {
-  if (p.stride_h != 1 || p.stride_w != 1 || p.multiplier != 1) return false;
-  const int ph = p.dilation_h * (p.kernel_h - 1) - p.pad_h, pw = p.dilation_w * (p.kernel_w - 1) - p.pad_w;
-  if (ph < 0 || pw < 0) return false;
-  *t = p;
-  t->in_h = p.out_h;
-  t->in_w = p.out_w;
-  t->out_h = p.in_h;
-  t->out_w = p.in_w;
-  t->pad_h = ph;
-  t->pad_w = pw;
-  return true;
-}
-
 // One thread per input-gradient element: gathers the outputs its taps reached (any stride/dilation/
 // multiplier). Threads are laid out like the tensor (channels fastest for NHWC, W fastest for NCHW), so
 // writes are coalesced and grad_output reads are coalesced along the same dimension.
@@ -504,13 +488,15 @@ __global__ void __launch_bounds__(kNhwcThreads)
 }
 
 template <typename scalar_t>
-void compute_grad_input(const Tensor& grad_output, const Tensor& weight, Tensor& grad_in, const DwParams& p, bool cl) {
+void compute_grad_input(const Tensor& grad_output, const Tensor& weight, Tensor& grad_in, const ConvGeometry& g,
+                        bool cl) {
   using acc_t = at::opmath_type<scalar_t>;
-  DwParams t;
-  if (transposed_as_forward(p, &t)) {
-    forward<scalar_t>(grad_output, taps_by_channel(weight, true), Tensor(), grad_in, t, cl);
+  ConvGeometry t;
+  if (transposed_as_forward(g, &t)) {
+    forward<scalar_t>(grad_output, taps_by_channel(weight, true), Tensor(), grad_in, make_params(t), cl);
     return;
   }
+  const DwParams p = make_params(g);
   const Tensor wt = taps_by_channel(weight, false);
   const int64_t items = grad_in.numel();
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -728,39 +714,25 @@ void compute_grad_weight_bias(const Tensor& grad_output, const Tensor& input, Te
 std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cuda(
     const Tensor& grad_output_, const Tensor& input_, const Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
-  const ConvGeometry g = depthwise_geometry(input_, weight, c10::nullopt, stride, padding, dilation);
+  const ConvGeometry g = depthwise_backward_geometry(grad_output_, input_, weight, stride, padding, dilation);
   check_cuda(input_, "depthwise_conv2d backward");
-  check_same_device(grad_output_, input_, "grad_output", "input");
-  TORCH_CHECK(grad_output_.scalar_type() == input_.scalar_type(), "fusedops: grad_output dtype ",
-              dtype_name(grad_output_.scalar_type()), " does not match input dtype ", dtype_name(input_.scalar_type()));
-  TORCH_CHECK(grad_output_.sizes() == at::IntArrayRef({g.batch, g.out_channels, g.out_h, g.out_w}),
-              "fusedops: grad_output has shape ", grad_output_.sizes(), " but the convolution's output has shape (",
-              g.batch, ", ", g.out_channels, ", ", g.out_h, ", ", g.out_w, ")");
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::MemoryFormat fmt = output_memory_format(input_);
   const Tensor input = input_.contiguous(fmt);
   const Tensor grad_output = grad_output_.contiguous(fmt);
-  Tensor grad_input = output_mask[0] ? at::empty(input.sizes(), input.options().memory_format(fmt)) : Tensor();
-  Tensor grad_weight = output_mask[1] ? at::empty(weight.sizes(), weight.options()) : Tensor();
-  Tensor grad_bias = output_mask[2] ? at::empty({g.out_channels}, weight.options()) : Tensor();
+  DepthwiseGrads grads(input, weight, g, fmt, output_mask);
   if (grad_output.numel() == 0) {
-    if (grad_input.defined()) grad_input.zero_();
-    if (grad_weight.defined()) grad_weight.zero_();
-    if (grad_bias.defined()) grad_bias.zero_();
-  } else {
-    const DwParams p = make_params(g);
-    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cuda",
-                                    [&] {
-      if (grad_input.defined()) compute_grad_input<scalar_t>(grad_output, weight, grad_input, p, cl);
-      if (grad_weight.defined() || grad_bias.defined())
-        compute_grad_weight_bias<scalar_t>(grad_output, input, grad_weight.defined() ? &grad_weight : nullptr,
-                                   grad_bias.defined() ? &grad_bias : nullptr, p, cl);
-    });
+    grads.zero();
+    return grads.result(input.options());
   }
-  // Unrequested gradients are returned as empty tensors (custom ops cannot return None).
-  auto or_empty = [&](Tensor t) { return t.defined() ? t : at::empty({0}, input.options()); };
-  return {or_empty(grad_input), or_empty(grad_weight), or_empty(grad_bias)};
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_backward_cuda", [&] {
+    if (grads.input.defined()) compute_grad_input<scalar_t>(grad_output, weight, grads.input, g, cl);
+    if (grads.weight.defined() || grads.bias.defined())
+      compute_grad_weight_bias<scalar_t>(grad_output, input, grads.weight.defined() ? &grads.weight : nullptr,
+                                         grads.bias.defined() ? &grads.bias : nullptr, make_params(g), cl);
+  });
+  return grads.result(input.options());
 }
 
 }  // namespace

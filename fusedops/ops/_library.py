@@ -38,13 +38,19 @@ def call(impl: str, name: str, grad_inputs, *args):
     frozen layers), the call enters below the autograd layer: the Python autograd registration costs ~4 us a
     call, more than the kernel itself on small maps. Traced calls always take the regular path.
     """
-    op = getattr(ops_for(impl), name)
-    if torch.compiler.is_compiling() or (
-        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in grad_inputs)
-    ):
+    if torch.compiler.is_compiling():
+        return getattr(ops_for(impl), name)(*args)
+    op = _overloads.get((impl, name))
+    if op is None:
+        op = _overloads[(impl, name)] = getattr(ops_for(impl), name).default
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in grad_inputs):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
+
+
+# (implementation, op name) -> OpOverload, so eager calls skip the torch.ops attribute lookups.
+_overloads = {}
 
 
 def define_triton_mirror(name: str, module: str, launcher: str) -> None:

@@ -10,7 +10,9 @@
 #include "fusedops/checks.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <tuple>
 #include <string>
 
 namespace fusedops {
@@ -64,6 +66,34 @@ ConvGeometry depthwise_geometry(
     at::IntArrayRef dilation,
     const char* weight_name = "weight",
     const char* bias_name = "bias");
+
+// Validates a depthwise backward call (the forward's checks plus grad_output's device, dtype and shape)
+// and returns the forward geometry.
+ConvGeometry depthwise_backward_geometry(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation);
+
+// The stride-1 input gradient of g written as a forward convolution of grad_output with the kernel
+// rotated by 180 degrees, returning that convolution's geometry in *t. Valid (returns true) when g has
+// stride 1, multiplier 1 and padding <= dilation * (kernel - 1).
+bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* t);
+
+// The gradients a depthwise backward returns, allocated as output_mask asks (undefined otherwise):
+// grad_input in `fmt`, grad_weight like weight, grad_bias (out_channels,).
+struct DepthwiseGrads {
+  at::Tensor input, weight, bias;
+
+  DepthwiseGrads(const at::Tensor& input_, const at::Tensor& weight_, const ConvGeometry& g, at::MemoryFormat fmt,
+                 std::array<bool, 3> output_mask);
+  // Zero-fills the requested gradients (nothing to accumulate, e.g. an empty batch).
+  void zero();
+  // The op's return value: unrequested gradients become empty tensors (custom ops cannot return None).
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result(const at::TensorOptions& options) const;
+};
 
 // The memory format an op's output takes: the input's, as for PyTorch convolutions.
 inline at::MemoryFormat output_memory_format(const at::Tensor& input) {

@@ -330,53 +330,18 @@ def _check_pair(values, name):
 
 
 def _geometry(input, weight, bias, stride, padding, dilation):
-    """Re-validates a direct call of the op (the C++ checks in csrc/conv_geometry.cpp are the model) and
-    returns (N, C, H, W, OC, multiplier, kH, kW, OH, OW)."""
-    if input.dim() != 4:
-        raise RuntimeError(f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
-    if weight.dim() != 4:
-        raise RuntimeError(f"fusedops: weight must be a 4-D (C*multiplier, 1, kH, kW) tensor, got {weight.dim()}-D")
-    if not input.is_floating_point():
-        raise RuntimeError(f"fusedops: input must be a floating-point tensor, got {input.dtype}")
-    if weight.dtype != input.dtype:
-        raise RuntimeError(f"fusedops: weight dtype {weight.dtype} does not match input dtype {input.dtype}")
-    if weight.device != input.device:
-        raise RuntimeError(f"fusedops: weight is on {weight.device} but input is on {input.device}; "
-                           "both must be on the same device")
+    """Re-validates a direct call of the op with the public wrapper's checks (so every backend reports the
+    same errors) and returns (N, C, H, W, OC, multiplier, kH, kW, OH, OW)."""
+    from ..depthwise_conv2d import _check
+
     _check_pair(stride, "stride")
     _check_pair(padding, "padding")
     _check_pair(dilation, "dilation")
-    if not all(s > 0 for s in stride):
-        raise RuntimeError(f"fusedops: stride must be positive, got {list(stride)}")
-    if not all(p >= 0 for p in padding):
-        raise RuntimeError(f"fusedops: padding must be non-negative, got {list(padding)}")
-    if not all(d > 0 for d in dilation):
-        raise RuntimeError(f"fusedops: dilation must be positive, got {list(dilation)}")
+    _check(input, weight, bias, stride, padding, dilation)
     n, c, h, w = input.shape
     oc, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
-    if c <= 0:
-        raise RuntimeError(f"fusedops: input must have at least one channel, got shape {tuple(input.shape)}")
-    if weight.shape[1] != 1:
-        raise RuntimeError("fusedops: weight must have shape (C*multiplier, 1, kH, kW) for a depthwise "
-                           f"convolution, got {tuple(weight.shape)}")
-    if oc <= 0 or oc % c != 0:
-        raise RuntimeError(f"fusedops: weight has {oc} output channels, which is not a positive multiple of "
-                           f"the input's {c} channels")
-    if kh <= 0 or kw <= 0:
-        raise RuntimeError(f"fusedops: weight kernel size must be positive, got {tuple(weight.shape)}")
-    if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != oc:
-            raise RuntimeError(f"fusedops: bias must have shape ({oc},), got {tuple(bias.shape)}")
-        if bias.dtype != input.dtype:
-            raise RuntimeError(f"fusedops: bias dtype {bias.dtype} does not match input dtype {input.dtype}")
-        if bias.device != input.device:
-            raise RuntimeError(f"fusedops: bias is on {bias.device} but input is on {input.device}; "
-                               "both must be on the same device")
     extent_h = dilation[0] * (kh - 1) + 1
     extent_w = dilation[1] * (kw - 1) + 1
-    if h + 2 * padding[0] < extent_h or w + 2 * padding[1] < extent_w:
-        raise RuntimeError(f"fusedops: padded input ({h + 2 * padding[0]} x {w + 2 * padding[1]}) is smaller "
-                           f"than the dilated kernel ({extent_h} x {extent_w})")
     if input.device.type == "cpu":
         from ..._extension import triton_interpreter_enabled
 

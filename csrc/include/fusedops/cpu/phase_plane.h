@@ -130,7 +130,7 @@ void fill_phase_plane(PhasePlane<T>& p, const ConvGeometry& g, const in_t* src, 
       T* d = p.data + y * p.pitch + g.pad_w;
       int64_t iw = 0;
       for (; iw + V <= g.in_w; iw += V) load_acc(s + iw).store(d + iw);
-      for (; iw < g.in_w; ++iw) d[iw] = static_cast<T>(s[iw]);
+      if (iw < g.in_w) load_acc(s + iw, g.in_w - iw).store(d + iw, g.in_w - iw);
     } else if (p.stride_w == 2 && kSameAsAcc<in_t>) {
       if constexpr (kSameAsAcc<in_t>) {
         // Split even/odd padded columns with vector permutes.

@@ -1,0 +1,56 @@
+"""The benchmark harness and scripts run (tiny shapes, few rounds): tables, CSV rows and plots."""
+
+import csv
+import importlib.util
+
+import pytest
+import torch
+
+from benchmarks import bench_channel_shuffle, bench_depthwise_conv2d, harness, plot
+
+
+def test_harness_times_tables_and_csv(tmp_path):
+    x = torch.randn(64)
+    case = harness.Case("unit", "tiny", "forward", {"fast": lambda: x.add(1), "slow": lambda: x.add(1).mul(2)},
+                        baselines=["slow"], extra="note")
+    result = harness.time_case(case, rounds=3, warmup=1, sample_ms=1)
+    assert set(result.median_us) == {"fast", "slow"} and all(v > 0 for v in result.median_us.values())
+    assert result.speedup["slow"] > 0
+    table = harness.format_table([result], "title")
+    assert "| tiny | forward |" in table and "fast vs slow" in table and "geomean" in table
+    path = harness.append_csv([result], str(tmp_path / "r.csv"))
+    rows = list(csv.DictReader(open(path)))
+    assert [r["provider"] for r in rows] == ["fast", "slow"]
+    assert rows[1]["speedup_of"] == "fast" and float(rows[1]["speedup"]) > 0
+    assert rows[0]["threads"] == str(torch.get_num_threads()) and rows[0]["torch_version"] == torch.__version__
+
+
+@pytest.mark.parametrize("layout", ["cl", "nchw"])
+@pytest.mark.parametrize("mode", ["forward", "full"])
+def test_depthwise_providers_agree(layout, mode):
+    providers, baselines = bench_depthwise_conv2d.setup_depthwise(1, 16, 9, 2, 3, layout, mode, use_compile=False)
+    assert f"fusedops_{layout}" in providers and f"eager_{layout}" in baselines
+    for fn in providers.values():
+        fn()
+    if mode == "forward":
+        ours = providers[f"fusedops_{layout}"]()
+        eager = providers[f"eager_{layout}"]()
+        torch.testing.assert_close(ours, eager)
+
+
+@pytest.mark.parametrize("layout", ["cl", "nchw"])
+def test_shuffle_providers_agree(layout):
+    for providers, _ in (bench_channel_shuffle.setup_channel_shuffle(1, 12, 5, layout, 2, use_compile=False),
+                         bench_channel_shuffle.setup_concat_shuffle(1, 12, 5, layout, use_compile=False)):
+        assert torch.equal(providers["fusedops"](), providers["eager"]())
+        providers["copy"]()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
+def test_plot_draws_png(tmp_path):
+    x = torch.randn(16)
+    case = harness.Case("unit", "tiny", "forward", {"a": lambda: x.add(1), "b": lambda: x.mul(2)}, baselines=["b"])
+    path = harness.append_csv([harness.time_case(case, rounds=2, warmup=1, sample_ms=1)], str(tmp_path / "r.csv"))
+    out = tmp_path / "plot.png"
+    plot.main(["--csv", path, "--benchmark", "unit", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
