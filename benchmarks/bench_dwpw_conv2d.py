@@ -10,8 +10,6 @@ weights (no BN) against the same sequence without BN (peak memory is not measure
         python -m benchmarks.bench_dwpw_conv2d [--modes forward full] [--no-compile] [--quick]
 """
 
-import argparse
-
 import torch
 from torch import nn
 
@@ -120,22 +118,12 @@ def run(modes, use_compile, quick, rounds):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=["forward"], choices=["forward", "full"])
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    parser.add_argument("--quick", action="store_true", help="first three shapes only")
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--csv", default=None, help=f"CSV to append to (default {harness.RESULTS_CSV})")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(harness.header(), flush=True)
-    results = run(args.modes, not args.no_compile, args.quick, args.rounds)
-    print()
-    print(harness.format_table(results, "dwpw_conv2d (us per call, median)"))
-    print("\nappended to", harness.append_csv(results, args.csv))
-    return results
+    return harness.bench_main(
+        __doc__,
+        lambda args: run(args.modes, not args.no_compile, args.quick, args.rounds),
+        lambda parser: parser.add_argument("--modes", nargs="+", default=["forward"], choices=["forward", "full"]),
+        argv,
+    )
 
 
 if __name__ == "__main__":
