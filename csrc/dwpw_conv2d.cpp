@@ -4,6 +4,7 @@
 #include "fusedops/dwpw.h"
 
 #include <ATen/OpMathType.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -92,18 +93,36 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
   const Tensor pww = pw_weight.reshape({OC, K}).to(op);  // (OC, K)
   const Tensor pwb = (pw_bias.has_value() && pw_bias->defined()) ? pw_bias->to(op) : Tensor();
 
-  Tensor grad_input = output_mask[0] ? at::zeros(input_.sizes(), opt.memory_format(fmt)) : Tensor();
+  // Bands: whole images when several fit the budget, else bands of output rows of one image.
+  const int64_t per_row = std::max<int64_t>(1, (K + OC) * g.out_w);
+  const int64_t rows = std::clamp<int64_t>(band_elements / per_row, 1, g.out_h);
+  const int64_t images = rows < g.out_h ? 1 : std::clamp<int64_t>(band_elements / (per_row * g.out_h), 1, g.batch);
+  const int64_t ext_h = g.dilation_h * (g.kernel_h - 1) + 1;
+  // Whole-image bands read the input in place (the convolution pads) and write disjoint input gradients;
+  // row bands read a zero-padded copy of their rows and add overlapping input gradients.
+  const bool whole = rows == g.out_h;
+
+  Tensor grad_input;
+  if (output_mask[0]) {
+    grad_input = whole ? at::empty(input_.sizes(), opt.memory_format(fmt)) : at::zeros(input_.sizes(), opt.memory_format(fmt));
+  }
   Tensor grad_dww = output_mask[1] ? at::zeros(dw_weight.sizes(), opt) : Tensor();
   Tensor grad_dwb = output_mask[2] ? at::zeros({K}, opt) : Tensor();
   Tensor grad_pww = output_mask[3] ? at::zeros({OC, K}, opt) : Tensor();
   Tensor grad_pwb = output_mask[4] ? at::zeros({OC}, opt) : Tensor();
   const bool need_dw = output_mask[0] || output_mask[1] || output_mask[2];
 
-  // Bands: whole images when several fit the budget, else bands of output rows of one image.
-  const int64_t per_row = std::max<int64_t>(1, (K + OC) * g.out_w);
-  const int64_t rows = std::clamp<int64_t>(band_elements / per_row, 1, g.out_h);
-  const int64_t images = rows < g.out_h ? 1 : std::clamp<int64_t>(band_elements / (per_row * g.out_h), 1, g.batch);
-  const int64_t ext_h = g.dilation_h * (g.kernel_h - 1) + 1;
+  // The depthwise stage runs fusedops' own depthwise kernels (through the dispatcher: CPU or CUDA).
+  static auto dw_forward = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fusedops::depthwise_conv2d", "")
+                               .typed<Tensor(const Tensor&, const Tensor&, const c10::optional<Tensor>&,
+                                             at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+  static auto dw_backward = c10::Dispatcher::singleton()
+                                .findSchemaOrThrow("fusedops::_depthwise_conv2d_backward", "")
+                                .typed<std::tuple<Tensor, Tensor, Tensor>(
+                                    const Tensor&, const Tensor&, const Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                    at::IntArrayRef, std::array<bool, 3>)>();
+  const c10::optional<Tensor> dwb_opt = dwb.defined() ? c10::optional<Tensor>(dwb) : c10::nullopt;
 
   for (int64_t n0 = 0; n0 < g.batch; n0 += images) {
     const int64_t n1 = std::min(g.batch, n0 + images), nb = n1 - n0;
@@ -113,14 +132,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
       const int64_t lo = r0 * g.stride_h - g.pad_h, hi = (r1 - 1) * g.stride_h - g.pad_h + ext_h;
       const int64_t in_lo = std::max<int64_t>(lo, 0), in_hi = std::min(hi, g.in_h);
       Tensor x;
-      if (in_hi > in_lo) {
+      std::array<int64_t, 2> band_pad{0, g.pad_w};
+      if (whole) {
+        x = input_.slice(0, n0, n1).to(op);
+        band_pad[0] = g.pad_h;
+      } else if (in_hi > in_lo) {
         x = input_.slice(0, n0, n1).slice(2, in_lo, in_hi).to(op);
         if (in_lo - lo > 0 || hi - in_hi > 0) x = at::constant_pad_nd(x, {0, 0, in_lo - lo, hi - in_hi}, 0);
       } else {
         x = at::zeros({nb, g.channels, hi - lo, g.in_w}, opt);
       }
-      const std::array<int64_t, 2> band_pad{0, g.pad_w};
-      const Tensor z = at::convolution(x, dww, dwb, stride, band_pad, dilation, false, {0, 0}, g.channels);
+      const Tensor z = dw_forward.call(x, dww, dwb_opt, stride, band_pad, dilation);
       const Tensor a = activation_forward(z, geo.mid);
       const Tensor a_mat = a.permute({0, 2, 3, 1}).reshape({-1, K});  // (P, K)
       Tensor go = grad_output_.slice(0, n0, n1).slice(2, r0, r1).to(op).permute({0, 2, 3, 1}).reshape({-1, OC});
@@ -133,13 +155,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
       if (!need_dw) continue;
       const Tensor grad_a = at::mm(go, pww).reshape({nb, R, g.out_w, K}).permute({0, 3, 1, 2});
       const Tensor grad_z = activation_backward(grad_a, z, geo.mid);
-      auto [gx, gw, gb] = at::convolution_backward(grad_z, x, dww, std::vector<int64_t>{K}, stride, band_pad,
-                                                   dilation, false, {0, 0}, g.channels,
-                                                   {output_mask[0], output_mask[1], output_mask[2]});
+      auto [gx, gw, gb] = dw_backward.call(grad_z, x, dww, stride, band_pad, dilation,
+                                           {output_mask[0], output_mask[1], output_mask[2]});
       if (grad_dww.defined()) grad_dww.add_(gw);
       if (grad_dwb.defined()) grad_dwb.add_(gb);
-      if (grad_input.defined() && in_hi > in_lo)
+      if (grad_input.defined() && whole) {
+        grad_input.slice(0, n0, n1).copy_(gx);
+      } else if (grad_input.defined() && in_hi > in_lo) {
         grad_input.slice(0, n0, n1).slice(2, in_lo, in_hi).add_(gx.slice(2, in_lo - lo, in_lo - lo + in_hi - in_lo));
+      }
     }
   }
   auto finish = [&](const Tensor& t, const Tensor& like, c10::optional<at::MemoryFormat> f) {

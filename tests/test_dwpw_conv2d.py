@@ -122,6 +122,14 @@ def test_parity_bands_and_channel_splits(layout, shape, cout):
     check_parity(shape, cout, layout=layout, backward=shape[1] * shape[2] * shape[3] < 50000)
 
 
+@pytest.mark.parametrize("layout, channels, cout, stride, kernel, padding", (
+    ("channels_last", 24, 24, 1, 3, 1), ("nchw", 8, 120, 2, 5, 2), ("channels_last", 8, 120, (2, 1), 3, (0, 1))))
+def test_parity_backward_row_bands(layout, channels, cout, stride, kernel, padding):
+    """Maps large enough for the backward to recompute the depthwise output in several row bands."""
+    check_parity((1, channels, 220, 220), cout, kernel, stride=stride, padding=padding, layout=layout,
+                 mid="hardswish")
+
+
 @pytest.mark.parametrize("threads", (1, 3))
 def test_parity_thread_counts(threads):
     old = torch.get_num_threads()
