@@ -132,24 +132,36 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
 
   // Work items are (image, band of `rows` output rows, range of output-channel panels). The band height
   // is the one, among those whose tile fits kTileBytes, that best balances the items over the threads;
-  // bands under ~48 pixels are penalised (short GEMMs), ties go to taller bands. When there are fewer
-  // bands than 2 items per thread, output channels are split too: by panels of kNr columns, or
-  // (transposed) by blocks of kMr rows.
+  // bands under ~48 pixels (short GEMMs) and pixels lost to GEMM blocking are penalised, ties go to
+  // taller bands. When there are fewer
+  // bands than threads, output channels are split too: by panels of kNr columns, or (transposed) by
+  // blocks of kMr rows.
   const int64_t threads = at::get_num_threads();
   const int64_t row_elems = g.out_w * K;
   const int64_t max_rows = std::clamp<int64_t>(kTileBytes / static_cast<int64_t>(sizeof(acc)) / row_elems, 1, g.out_h);
   const int64_t panels = transposed ? (OC + P::kMr - 1) / P::kMr : pw.num_panels();
   const int64_t panel_width = transposed ? P::kMr : P::kNr;
+  // Splitting output channels recomputes the band's depthwise tile once per split: only worth it when
+  // there are fewer bands than threads.
   auto splits_for = [&](int64_t bands) {
-    return (threads > 1 && bands < 2 * threads) ? std::min(panels, (2 * threads + bands - 1) / bands) : int64_t(1);
+    return (threads > 1 && bands < threads) ? std::min(panels, (threads + bands - 1) / bands) : int64_t(1);
+  };
+  // Band heights are equalised (ceil(OH / bands)), so the bands of an image differ by at most one row.
+  auto equalised = [&](int64_t r) {
+    const int64_t per_image = (g.out_h + r - 1) / r;
+    return (g.out_h + per_image - 1) / per_image;
   };
   int64_t rows = max_rows;
   double best = -1.0;
-  for (int64_t r = 1; r <= max_rows; ++r) {
+  for (int64_t r0 = 1; r0 <= max_rows; ++r0) {
+    const int64_t r = equalised(r0);
     const int64_t b = g.batch * ((g.out_h + r - 1) / r);
     const int64_t it = b * splits_for(b);
     const double balance = static_cast<double>(it) / static_cast<double>(((it + threads - 1) / threads) * threads);
-    const double score = balance * std::min(1.0, static_cast<double>(r * g.out_w) / 48.0);
+    // GEMM blocking pads a band's pixels to whole panels (transposed: kNr pixels) or row blocks (kMr).
+    const int64_t pix = r * g.out_w, unit = transposed ? P::kNr : P::kMr;
+    const double padding = static_cast<double>(pix) / static_cast<double>((pix + unit - 1) / unit * unit);
+    const double score = balance * padding * std::min(1.0, static_cast<double>(pix) / 48.0);
     if (score >= best - 1e-9) {
       best = score;
       rows = r;

@@ -191,12 +191,15 @@ void pointwise_gemm_transposed(const acc* w, int64_t ldw, const acc* bias, int64
                                Activation act) {
   using P = PackedPointwise<acc>;
   const int64_t panels = (pixels + P::kNr - 1) / P::kNr;
-  for (int64_t q = 0; q < panels; ++q) {
-    const int64_t col = q * P::kNr, cols = std::min(P::kNr, pixels - col);
-    for (int64_t r = row_begin; r < row_end; r += P::kMr)
+  // Row blocks outer: a block's weight rows (kMr x K) stay in L1 while the tile's panels (one tile, in L2)
+  // stream past them; the weights are read from memory once.
+  for (int64_t r = row_begin; r < row_end; r += P::kMr) {
+    for (int64_t q = 0; q < panels; ++q) {
+      const int64_t col = q * P::kNr, cols = std::min(P::kNr, pixels - col);
       detail::pointwise_micro<acc, out_t>(k, w + r * ldw, ldw, std::min(P::kMr, row_end - r),
                                           tile_panels + q * k * P::kNr, nullptr, c + r * ldc + col, ldc, cols, act,
                                           bias ? bias + r : nullptr);
+    }
   }
 }
 
