@@ -3,9 +3,9 @@
 // A is a cache-resident tile (pixels x channels, row-major, any leading dimension), typically written
 // just before by a depthwise epilogue; B (the 1x1 weights) is packed once per call into panels of
 // kNr = 2 vectors of columns, [panel][K][kNr], zero-padded, so the micro-kernel streams it with unit
-// stride. The micro-kernel holds a kMr x kNr block of C in registers (6 x 2 vectors: 12 accumulators,
-// 2 B vectors and one broadcast fit AVX2's 16 registers as well as AVX-512's 32), loops over K with
-// one broadcast of A and kNr/V loads of B per step, then adds the bias, applies the activation and
+// stride. The micro-kernel holds a kMr x kNr block of C in registers (AVX-512: 8 x 2 vectors, 16
+// accumulators; AVX2: 6 x 2, whose 12 accumulators, 2 B vectors and one broadcast fit its 16
+// registers), loops over K with one broadcast of A and kNr/V loads of B per step, then adds the bias, applies the activation and
 // stores straight into the destination (any storage type; the last panel's columns beyond N are
 // never stored).
 #pragma once
@@ -24,7 +24,9 @@ template <typename acc>
 struct PackedPointwise {
   static constexpr int64_t kVec = at::vec::Vectorized<acc>::size();
   static constexpr int64_t kNr = 2 * kVec;  // columns per panel
-  static constexpr int64_t kMr = 6;         // rows per micro-kernel call
+  // Rows per micro-kernel call: 8 x 2 vectors = 16 accumulators with AVX-512's 32 registers, 6 x 2 = 12
+  // with AVX2's 16.
+  static constexpr int64_t kMr = kVec >= 16 ? 8 : 6;
 
   const acc* panels = nullptr;  // [panels][K][kNr]
   const acc* bias = nullptr;    // [panels * kNr], zero-padded
@@ -90,7 +92,7 @@ inline void store_row(out_t* c, at::vec::Vectorized<acc> v0, at::vec::Vectorized
   }
 }
 
-// kMr (6) rows x 2 vectors of C. The 12 accumulators are named variables, not an array: GCC does not
+// kMr (8 or 6) rows x 2 vectors of C. The accumulators are named variables, not an array: GCC does not
 // scalarise arrays of this size and would spill every accumulator to the stack on every K step. Blocks
 // of fewer rows (the last of a tile) point the missing rows at row 0 and discard them.
 template <typename acc, typename out_t>
@@ -105,15 +107,21 @@ inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, 
   const acc* a3 = rows > 3 ? a + 3 * lda : a;
   const acc* a4 = rows > 4 ? a + 4 * lda : a;
   const acc* a5 = rows > 5 ? a + 5 * lda : a;
+  constexpr bool kEight = PackedPointwise<acc>::kMr == 8;
+  const acc* a6 = kEight && rows > 6 ? a + 6 * lda : a;
+  const acc* a7 = kEight && rows > 7 ? a + 7 * lda : a;
   // Column bias (per output channel of the usual orientation) or row bias (the transposed one).
   const Vec bias0 = bias ? Vec::loadu(bias) : Vec(acc(0)), bias1 = bias ? Vec::loadu(bias + V) : Vec(acc(0));
   Vec c00 = bias0, c01 = bias1, c10 = bias0, c11 = bias1, c20 = bias0, c21 = bias1;
   Vec c30 = bias0, c31 = bias1, c40 = bias0, c41 = bias1, c50 = bias0, c51 = bias1;
+  Vec c60 = bias0, c61 = bias1, c70 = bias0, c71 = bias1;
   if (row_bias != nullptr) {
     const Vec r0(row_bias[0]), r1(row_bias[rows > 1 ? 1 : 0]), r2(row_bias[rows > 2 ? 2 : 0]);
     const Vec r3(row_bias[rows > 3 ? 3 : 0]), r4(row_bias[rows > 4 ? 4 : 0]), r5(row_bias[rows > 5 ? 5 : 0]);
+    const Vec r6(row_bias[rows > 6 ? 6 : 0]), r7(row_bias[rows > 7 ? 7 : 0]);
     c00 = c00 + r0; c01 = c01 + r0; c10 = c10 + r1; c11 = c11 + r1; c20 = c20 + r2; c21 = c21 + r2;
     c30 = c30 + r3; c31 = c31 + r3; c40 = c40 + r4; c41 = c41 + r4; c50 = c50 + r5; c51 = c51 + r5;
+    c60 = c60 + r6; c61 = c61 + r6; c70 = c70 + r7; c71 = c71 + r7;
   }
   for (int64_t kk = 0; kk < k; ++kk) {
     const Vec b0 = Vec::loadu(panel + kk * NR), b1 = Vec::loadu(panel + kk * NR + V);
@@ -135,6 +143,14 @@ inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, 
     x = Vec(a5[kk]);
     c50 = at::vec::fmadd(x, b0, c50);
     c51 = at::vec::fmadd(x, b1, c51);
+    if constexpr (kEight) {
+      x = Vec(a6[kk]);
+      c60 = at::vec::fmadd(x, b0, c60);
+      c61 = at::vec::fmadd(x, b1, c61);
+      x = Vec(a7[kk]);
+      c70 = at::vec::fmadd(x, b0, c70);
+      c71 = at::vec::fmadd(x, b1, c71);
+    }
   }
   store_row(c, c00, c01, cols, act);
   if (rows > 1) store_row(c + ldc, c10, c11, cols, act);
@@ -142,6 +158,10 @@ inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, 
   if (rows > 3) store_row(c + 3 * ldc, c30, c31, cols, act);
   if (rows > 4) store_row(c + 4 * ldc, c40, c41, cols, act);
   if (rows > 5) store_row(c + 5 * ldc, c50, c51, cols, act);
+  if constexpr (kEight) {
+    if (rows > 6) store_row(c + 6 * ldc, c60, c61, cols, act);
+    if (rows > 7) store_row(c + 7 * ldc, c70, c71, cols, act);
+  }
 }
 
 }  // namespace detail
