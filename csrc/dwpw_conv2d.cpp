@@ -104,7 +104,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
 
   Tensor grad_input;
   if (output_mask[0]) {
-    grad_input = whole ? at::empty(input_.sizes(), opt.memory_format(fmt)) : at::zeros(input_.sizes(), opt.memory_format(fmt));
+    const auto grad_opt = opt.memory_format(fmt);
+    grad_input = whole ? at::empty(input_.sizes(), grad_opt) : at::zeros(input_.sizes(), grad_opt);
   }
   Tensor grad_dww = output_mask[1] ? at::zeros(dw_weight.sizes(), opt) : Tensor();
   Tensor grad_dwb = output_mask[2] ? at::zeros({K}, opt) : Tensor();

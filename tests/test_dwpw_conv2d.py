@@ -88,8 +88,8 @@ def test_parity_channels(layout, channels, cout, batch):
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", (
-    (3, 2, 1, 1), (5, 1, 2, 1), (5, 2, 2, 1), (3, 1, 2, 2), (3, (2, 1), (0, 1), 1), (7, 1, 3, 1), ((3, 5), 1, (1, 2), 1),
-    (3, 1, 0, 1),
+    (3, 2, 1, 1), (5, 1, 2, 1), (5, 2, 2, 1), (3, 1, 2, 2), (3, (2, 1), (0, 1), 1), (7, 1, 3, 1),
+    ((3, 5), 1, (1, 2), 1), (3, 1, 0, 1),
 ))
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
 def test_parity_geometry(kernel, stride, padding, dilation, layout):

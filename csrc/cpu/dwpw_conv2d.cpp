@@ -115,7 +115,8 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
   acc* pw_row_bias = nullptr;    // transposed: OC
   if (transposed) {
     pw_row_bias = pw_packed;
-    for (int64_t c = 0; c < OC + V; ++c) pw_row_bias[c] = (bsrc != nullptr && c < OC) ? static_cast<acc>(bsrc[c]) : acc(0);
+    for (int64_t c = 0; c < OC + V; ++c)
+      pw_row_bias[c] = (bsrc != nullptr && c < OC) ? static_cast<acc>(bsrc[c]) : acc(0);
     if constexpr (kSameAsAcc<scalar_t>) {
       pw_rows = wsrc;
     } else {

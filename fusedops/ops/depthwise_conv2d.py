@@ -78,7 +78,8 @@ def _normalize(input, weight, bias, stride, padding, dilation):
 
 def _check(input, weight, bias, stride, padding, dilation, weight_name="weight", bias_name="bias"):
     torch._check(input.dim() == 4, lambda: f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
-    torch._check(weight.dim() == 4, lambda: f"fusedops: {weight_name} must be a 4-D (C*multiplier, 1, kH, kW) tensor, "
+    torch._check(weight.dim() == 4, lambda: f"fusedops: {weight_name} must be a 4-D (C*multiplier, 1, kH, kW) "
+                 "tensor, "
                  f"got {weight.dim()}-D")
     _args.check_floating(input, "input")
     _args.check_same(weight, input, weight_name, "input")
@@ -89,11 +90,11 @@ def _check(input, weight, bias, stride, padding, dilation, weight_name="weight",
     torch._check(all(d > 0 for d in dilation), lambda: f"fusedops: dilation must be positive, got {dilation}")
     channels, out_channels = input.shape[1], weight.shape[0]
     torch._check(channels > 0, lambda: f"fusedops: input must have at least one channel, got shape {tuple(input.shape)}")
-    torch._check(weight.shape[1] == 1, lambda: f"fusedops: {weight_name} must have shape (C*multiplier, 1, kH, kW) for a "
-                 f"depthwise convolution, got {tuple(weight.shape)}")
+    torch._check(weight.shape[1] == 1, lambda: f"fusedops: {weight_name} must have shape (C*multiplier, 1, kH, kW) "
+                 f"for a depthwise convolution, got {tuple(weight.shape)}")
     torch._check(out_channels > 0 and out_channels % channels == 0,
-                 lambda: f"fusedops: {weight_name} has {out_channels} output channels, which is not a positive multiple "
-                 f"of the input's {channels} channels")
+                 lambda: f"fusedops: {weight_name} has {out_channels} output channels, which is not a positive "
+                 f"multiple of the input's {channels} channels")
     torch._check(weight.shape[2] > 0 and weight.shape[3] > 0,
                  lambda: f"fusedops: {weight_name} kernel size must be positive, got {tuple(weight.shape)}")
     if bias is not None:

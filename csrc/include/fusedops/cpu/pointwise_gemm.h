@@ -5,9 +5,9 @@
 // kNr = 2 vectors of columns, [panel][K][kNr], zero-padded, so the micro-kernel streams it with unit
 // stride. The micro-kernel holds a kMr x kNr block of C in registers (AVX-512: 8 x 2 vectors, 16
 // accumulators; AVX2: 6 x 2, whose 12 accumulators, 2 B vectors and one broadcast fit its 16
-// registers), loops over K with one broadcast of A and kNr/V loads of B per step, then adds the bias, applies the activation and
-// stores straight into the destination (any storage type; the last panel's columns beyond N are
-// never stored).
+// registers), loops over K with one broadcast of A and kNr/V loads of B per step, then adds the bias,
+// applies the activation and stores straight into the destination (any storage type; the last panel's
+// columns beyond N are never stored).
 #pragma once
 
 #include "fusedops/activation.h"
