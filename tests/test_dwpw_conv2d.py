@@ -460,3 +460,14 @@ def test_module_state_dict_round_trip():
     with torch.no_grad():
         torch.testing.assert_close(m(x), m2(x))
     assert "mid_activation='relu6'" in repr(m)
+
+
+def test_module_traces_fullgraph():
+    """torch.compile(fullgraph=True) traces the eval-mode module, folding included (no graph break)."""
+    torch._dynamo.reset()
+    m = fusedops.nn.DepthwiseSeparableConv2d(8, 16).eval()
+    _randomize_bn(m)
+    x = torch.randn(2, 8, 9, 9)
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x))
