@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import fusedops
 from fusedops import _backend
-from . import bench_channel_shuffle, bench_depthwise_conv2d, bench_models, harness
+from . import bench_channel_shuffle, bench_depthwise_conv2d, bench_dwpw_conv2d, bench_models, harness
 
 
 def _available_backends(device):
@@ -80,6 +80,42 @@ def parity_depthwise(device="cpu"):
                          rows, 1e-5)
 
 
+def parity_dwpw(device="cpu"):
+    """dwpw_conv2d forward and all gradients vs the unfused float64 sequence, per backend and layout."""
+    from fusedops.ops import _reference
+
+    configs = [
+        # N, C, C_out, H, k, stride, multiplier, mid, out
+        (2, 32, 64, 15, 3, 1, 1, "relu6", "relu6"),
+        (1, 24, 16, 16, 3, 2, 1, "hardswish", None),
+        (3, 20, 40, 11, 5, 1, 1, "relu", "hardswish"),
+        (2, 8, 30, 12, 3, 2, 2, None, "relu"),
+    ]
+    rows = []
+    for backend in _available_backends(device):
+        worst, count = 0.0, 0
+        for (N, C, Co, H, k, s, m, mid, out), layout in itertools.product(configs, ("nchw", "channels_last")):
+            x = torch.randn(N, C, H, H, device=device)
+            if layout == "channels_last":
+                x = x.to(memory_format=torch.channels_last)
+            tensors = [x, torch.randn(C * m, 1, k, k, device=device) / k, torch.randn(C * m, device=device),
+                       torch.randn(Co, C * m, 1, 1, device=device) / (C * m) ** 0.5, torch.randn(Co, device=device)]
+            args = [t.detach().clone().requires_grad_() for t in tensors]
+            ref_args = [t.detach().double().requires_grad_() for t in args]
+            with fusedops.use_backend(backend):
+                y = fusedops.dwpw_conv2d(*args, stride=s, padding=k // 2, mid_activation=mid, out_activation=out)
+            r = _reference.dwpw_conv2d(*ref_args, (s, s), (k // 2, k // 2), (1, 1), mid, out)
+            g = torch.randn_like(r)
+            grads = torch.autograd.grad(y, args, g.to(y.dtype))
+            ref_grads = torch.autograd.grad(r, ref_args, g)
+            errs = [_max_rel_err(y, r)] + [_max_rel_err(a, b_) for a, b_ in zip(grads, ref_grads)]
+            worst = max(worst, *errs)
+            count += 1
+        rows.append((backend, count, worst))
+    return _parity_table("dwpw_conv2d vs depthwise conv -> act -> 1x1 conv -> act: output and all gradients, fp32 vs "
+                         "fp64 reference", rows, 1e-5)
+
+
 def parity_shuffle(device="cpu"):
     """channel_shuffle and concat_shuffle vs F.channel_shuffle(torch.cat(...)): bit-exact, forward and backward."""
     rows = []
@@ -120,12 +156,14 @@ def main(argv=None):
     print("fusedops build:", fusedops.build_info())
     print(harness.header())
     print()
-    ok = parity_depthwise() & parity_shuffle()
+    ok = parity_depthwise() & parity_dwpw() & parity_shuffle()
     rounds = 5 if args.quick else 9
     use_compile = not args.no_compile
     sections = [
         ("depthwise_conv2d, fp32 (us per call, median of interleaved rounds)",
          lambda: bench_depthwise_conv2d.run(["forward", "full"], use_compile, args.quick, rounds)),
+        ("dwpw_conv2d (fused depthwise-separable block, BN folded), fp32 channels_last (us per call)",
+         lambda: bench_dwpw_conv2d.run(["forward"], use_compile, args.quick, rounds)),
         ("channel_shuffle / concat_shuffle, fp32 (us per call)",
          lambda: bench_channel_shuffle.run(use_compile, args.quick, rounds)),
         ("ShuffleNetV2 1.0x inference, 224x224, fp32 (us per batch)",

@@ -20,3 +20,15 @@ SHUFFLENET_V2 = [
     dict(C=116, H=28), dict(C=232, H=14), dict(C=464, H=7),
     dict(C=48, H=28), dict(C=96, H=14), dict(C=192, H=7),
 ]
+
+# Depthwise-separable blocks (C -> C_out, input H, depthwise 3x3 stride): MobileNetV1 / V2 layers.
+DWPW = [
+    dict(C=32, Cout=64, H=112, stride=1),
+    dict(C=64, Cout=128, H=56, stride=2),
+    dict(C=128, Cout=128, H=56, stride=1),
+    dict(C=144, Cout=24, H=56, stride=1),
+    dict(C=384, Cout=64, H=14, stride=1),
+    dict(C=512, Cout=512, H=14, stride=1),
+    dict(C=960, Cout=160, H=7, stride=1),
+    dict(C=1024, Cout=1024, H=7, stride=1),
+]

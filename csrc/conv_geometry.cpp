@@ -23,14 +23,16 @@ ConvGeometry depthwise_geometry(
     const c10::optional<at::Tensor>& bias,
     at::IntArrayRef stride,
     at::IntArrayRef padding,
-    at::IntArrayRef dilation) {
+    at::IntArrayRef dilation,
+    const char* weight_name,
+    const char* bias_name) {
   TORCH_CHECK(input.dim() == 4, "fusedops: input must be a 4-D (N, C, H, W) tensor, got ", input.dim(), "-D");
-  TORCH_CHECK(weight.dim() == 4, "fusedops: weight must be a 4-D (C*multiplier, 1, kH, kW) tensor, got ",
+  TORCH_CHECK(weight.dim() == 4, "fusedops: ", weight_name, " must be a 4-D (C*multiplier, 1, kH, kW) tensor, got ",
               weight.dim(), "-D");
   TORCH_CHECK(input.is_floating_point(), "fusedops: input must be a floating-point tensor, got ", dtype_name(input.scalar_type()));
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: weight dtype ", dtype_name(weight.scalar_type()),
-              " does not match input dtype ", dtype_name(input.scalar_type()));
-  check_same_device(weight, input, "weight", "input");
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: ", weight_name, " dtype ",
+              dtype_name(weight.scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
+  check_same_device(weight, input, weight_name, "input");
   check_pair(stride, "stride");
   check_pair(padding, "padding");
   check_pair(dilation, "dilation");
@@ -47,19 +49,21 @@ ConvGeometry depthwise_geometry(
   g.kernel_h = weight.size(2);
   g.kernel_w = weight.size(3);
   TORCH_CHECK(g.channels > 0, "fusedops: input must have at least one channel, got shape ", input.sizes());
-  TORCH_CHECK(weight.size(1) == 1, "fusedops: weight must have shape (C*multiplier, 1, kH, kW) for a depthwise "
-              "convolution, got ", weight.sizes());
-  TORCH_CHECK(g.out_channels > 0 && g.out_channels % g.channels == 0, "fusedops: weight has ", g.out_channels,
-              " output channels, which is not a positive multiple of the input's ", g.channels, " channels");
-  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, "fusedops: weight kernel size must be positive, got ",
+  TORCH_CHECK(weight.size(1) == 1, "fusedops: ", weight_name,
+              " must have shape (C*multiplier, 1, kH, kW) for a depthwise convolution, got ", weight.sizes());
+  TORCH_CHECK(g.out_channels > 0 && g.out_channels % g.channels == 0, "fusedops: ", weight_name, " has ",
+              g.out_channels, " output channels, which is not a positive multiple of the input's ", g.channels,
+              " channels");
+  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0, "fusedops: ", weight_name, " kernel size must be positive, got ",
               weight.sizes());
   g.multiplier = g.out_channels / g.channels;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels, "fusedops: bias must have shape (",
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels, "fusedops: ", bias_name, " must have shape (",
                 g.out_channels, ",), got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "fusedops: bias dtype ", dtype_name(bias->scalar_type()),
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "fusedops: ", bias_name, " dtype ",
+                dtype_name(bias->scalar_type()),
                 " does not match input dtype ", dtype_name(input.scalar_type()));
-    check_same_device(*bias, input, "bias", "input");
+    check_same_device(*bias, input, bias_name, "input");
   }
   g.stride_h = stride[0];
   g.stride_w = stride[1];

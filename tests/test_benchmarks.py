@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from benchmarks import bench_channel_shuffle, bench_depthwise_conv2d, harness, plot
+from benchmarks import bench_channel_shuffle, bench_depthwise_conv2d, bench_dwpw_conv2d, harness, plot
 
 
 def test_harness_times_tables_and_csv(tmp_path):
@@ -36,6 +36,16 @@ def test_depthwise_providers_agree(layout, mode):
         ours = providers[f"fusedops_{layout}"]()
         eager = providers[f"eager_{layout}"]()
         torch.testing.assert_close(ours, eager)
+
+
+@pytest.mark.parametrize("mode", ["forward", "full"])
+def test_dwpw_providers_agree(mode):
+    providers, baselines = bench_dwpw_conv2d.setup(1, 16, 24, 9, 2, mode, use_compile=False)
+    assert baselines == ["eager"]
+    for fn in providers.values():
+        fn()
+    if mode == "forward":
+        torch.testing.assert_close(providers["fusedops"](), providers["eager"](), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("layout", ["cl", "nchw"])

@@ -1,6 +1,8 @@
 """Drop-in ``torch.nn`` modules backed by fusedops kernels."""
 
 from .depthwise import DepthwiseConv2d
+from .fuse import fuse_bn
+from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
 
-__all__ = ["ChannelShuffle", "DepthwiseConv2d"]
+__all__ = ["ChannelShuffle", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "fuse_bn"]

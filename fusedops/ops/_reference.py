@@ -24,3 +24,22 @@ def channel_shuffle(input, groups):
 
 def concat_shuffle(a, b, groups):
     return channel_shuffle(torch.cat([a, b], 1), groups)
+
+
+def activation(x, kind):
+    """The activation of a fused op by name (None, "relu", "relu6", "hardswish")."""
+    if kind is None or kind == "none":
+        return x
+    if kind == "relu":
+        return F.relu(x)
+    if kind == "relu6":
+        return F.relu6(x)
+    if kind == "hardswish":
+        return F.hardswish(x)
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,
+                out_activation):
+    mid = activation(depthwise_conv2d(input, dw_weight, dw_bias, stride, padding, dilation), mid_activation)
+    return activation(F.conv2d(mid, pw_weight, pw_bias), out_activation)

@@ -76,29 +76,30 @@ def _normalize(input, weight, bias, stride, padding, dilation):
     return input, weight, bias, stride, padding, dilation
 
 
-def _check(input, weight, bias, stride, padding, dilation):
+def _check(input, weight, bias, stride, padding, dilation, weight_name="weight", bias_name="bias"):
     torch._check(input.dim() == 4, lambda: f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
-    torch._check(weight.dim() == 4, lambda: "fusedops: weight must be a 4-D (C*multiplier, 1, kH, kW) tensor, "
+    torch._check(weight.dim() == 4, lambda: f"fusedops: {weight_name} must be a 4-D (C*multiplier, 1, kH, kW) "
+                 "tensor, "
                  f"got {weight.dim()}-D")
     _args.check_floating(input, "input")
-    _args.check_same(weight, input, "weight", "input")
+    _args.check_same(weight, input, weight_name, "input")
     if bias is not None:
-        _args.check_same(bias, input, "bias", "input")
+        _args.check_same(bias, input, bias_name, "input")
     torch._check(all(s > 0 for s in stride), lambda: f"fusedops: stride must be positive, got {stride}")
     torch._check(all(p >= 0 for p in padding), lambda: f"fusedops: padding must be non-negative, got {padding}")
     torch._check(all(d > 0 for d in dilation), lambda: f"fusedops: dilation must be positive, got {dilation}")
     channels, out_channels = input.shape[1], weight.shape[0]
     torch._check(channels > 0, lambda: f"fusedops: input must have at least one channel, got shape {tuple(input.shape)}")
-    torch._check(weight.shape[1] == 1, lambda: "fusedops: weight must have shape (C*multiplier, 1, kH, kW) for a "
-                 f"depthwise convolution, got {tuple(weight.shape)}")
+    torch._check(weight.shape[1] == 1, lambda: f"fusedops: {weight_name} must have shape (C*multiplier, 1, kH, kW) "
+                 f"for a depthwise convolution, got {tuple(weight.shape)}")
     torch._check(out_channels > 0 and out_channels % channels == 0,
-                 lambda: f"fusedops: weight has {out_channels} output channels, which is not a positive multiple "
-                 f"of the input's {channels} channels")
+                 lambda: f"fusedops: {weight_name} has {out_channels} output channels, which is not a positive "
+                 f"multiple of the input's {channels} channels")
     torch._check(weight.shape[2] > 0 and weight.shape[3] > 0,
-                 lambda: f"fusedops: weight kernel size must be positive, got {tuple(weight.shape)}")
+                 lambda: f"fusedops: {weight_name} kernel size must be positive, got {tuple(weight.shape)}")
     if bias is not None:
         torch._check(bias.dim() == 1 and bias.shape[0] == out_channels,
-                     lambda: f"fusedops: bias must have shape ({out_channels},), got {tuple(bias.shape)}")
+                     lambda: f"fusedops: {bias_name} must have shape ({out_channels},), got {tuple(bias.shape)}")
     for i, side in ((0, "height"), (1, "width")):
         extent = dilation[i] * (weight.shape[2 + i] - 1) + 1
         padded = input.shape[2 + i] + 2 * padding[i]

@@ -55,14 +55,17 @@ struct ConvGeometry {
   }
 };
 
-// Validates a depthwise convolution call and returns its geometry. Errors name the offending argument.
+// Validates a depthwise convolution call and returns its geometry. Errors name the offending argument
+// (`weight_name` / `bias_name` let fused ops name theirs, e.g. "dw_weight").
 ConvGeometry depthwise_geometry(
     const at::Tensor& input,
     const at::Tensor& weight,
     const c10::optional<at::Tensor>& bias,
     at::IntArrayRef stride,
     at::IntArrayRef padding,
-    at::IntArrayRef dilation);
+    at::IntArrayRef dilation,
+    const char* weight_name = "weight",
+    const char* bias_name = "bias");
 
 // Validates a depthwise backward call (the forward's checks plus grad_output's device, dtype and shape)
 // and returns the forward geometry.

@@ -18,7 +18,11 @@ enum class ScratchSlot : int {
   kWeights = 2,     // weights re-laid out by the calling thread, shared with the workers
   kOffsets = 3,     // per-tap offsets
   kTapWeights = 4,  // one channel's taps in the accumulation type
-  kCount = 5
+  kTile = 5,        // a fused kernel's intermediate tile (e.g. depthwise rows feeding a pointwise GEMM)
+  kTileOut = 6,     // a fused kernel's output tile, staged before a layout change
+  kPacked = 7,      // weights packed for a GEMM micro-kernel by the calling thread, shared with the workers
+  kTilePacked = 8,  // a fused kernel's tile re-packed as GEMM panels
+  kCount = 9
 };
 
 inline void* thread_scratch_bytes(size_t bytes, ScratchSlot slot) {

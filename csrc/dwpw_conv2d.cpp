@@ -1,0 +1,196 @@
+// Schemas of fusedops::dwpw_conv2d and its backward, their argument checks, and the band-wise backward
+// shared by the CPU and CUDA registrations. Forward kernels: csrc/cpu/dwpw_conv2d.cpp,
+// csrc/cuda/dwpw_conv2d.cu; fake kernels and autograd: fusedops/ops/dwpw_conv2d.py.
+#include "fusedops/dwpw.h"
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+
+namespace fusedops {
+
+DwpwGeometry dwpw_geometry(const at::Tensor& input, const at::Tensor& dw_weight,
+                           const c10::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight,
+                           const c10::optional<at::Tensor>& pw_bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, std::string_view mid_activation, std::string_view out_activation) {
+  DwpwGeometry g;
+  g.dw = depthwise_geometry(input, dw_weight, dw_bias, stride, padding, dilation, "dw_weight", "dw_bias");
+  const int64_t k = g.dw.out_channels;
+  TORCH_CHECK(pw_weight.dim() == 4 && pw_weight.size(1) == k && pw_weight.size(2) == 1 && pw_weight.size(3) == 1 &&
+                  pw_weight.size(0) > 0,
+              "fusedops: pw_weight must have shape (out_channels, ", k, ", 1, 1) (", k,
+              " = the depthwise output channels), got ", pw_weight.sizes());
+  TORCH_CHECK(pw_weight.scalar_type() == input.scalar_type(), "fusedops: pw_weight dtype ",
+              dtype_name(pw_weight.scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
+  check_same_device(pw_weight, input, "pw_weight", "input");
+  g.out_channels = pw_weight.size(0);
+  if (pw_bias.has_value() && pw_bias->defined()) {
+    TORCH_CHECK(pw_bias->dim() == 1 && pw_bias->size(0) == g.out_channels, "fusedops: pw_bias must have shape (",
+                g.out_channels, ",), got ", pw_bias->sizes());
+    TORCH_CHECK(pw_bias->scalar_type() == input.scalar_type(), "fusedops: pw_bias dtype ",
+                dtype_name(pw_bias->scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
+    check_same_device(*pw_bias, input, "pw_bias", "input");
+  }
+  g.mid = parse_activation(mid_activation, "mid_activation");
+  g.out = parse_activation(out_activation, "out_activation");
+  return g;
+}
+
+namespace {
+
+using at::Tensor;
+
+Tensor activation_forward(const Tensor& z, Activation a) {
+  switch (a) {
+    case Activation::kNone: return z;
+    case Activation::kRelu: return at::relu(z);
+    case Activation::kRelu6: return at::hardtanh(z, 0, 6);
+    case Activation::kHardswish: return at::hardswish(z);
+  }
+  return z;
+}
+
+// Gradient through the activation at pre-activation z, with PyTorch's conventions at the kinks.
+Tensor activation_backward(const Tensor& grad, const Tensor& z, Activation a) {
+  switch (a) {
+    case Activation::kNone: return grad;
+    case Activation::kRelu: return at::threshold_backward(grad, z, 0);
+    case Activation::kRelu6: return at::hardtanh_backward(grad, z, 0, 6);
+    case Activation::kHardswish: return at::hardswish_backward(grad, z);
+  }
+  return grad;
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
+    const Tensor& grad_output_, const Tensor& input_, const Tensor& dw_weight, const c10::optional<Tensor>& dw_bias,
+    const Tensor& pw_weight, const c10::optional<Tensor>& pw_bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, std::string_view mid_activation, std::string_view out_activation,
+    std::array<bool, 5> output_mask, int64_t band_elements) {
+  const DwpwGeometry geo = dwpw_geometry(input_, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+                                         mid_activation, out_activation);
+  const ConvGeometry& g = geo.dw;
+  check_same_device(grad_output_, input_, "grad_output", "input");
+  TORCH_CHECK(grad_output_.scalar_type() == input_.scalar_type(), "fusedops: grad_output dtype ",
+              dtype_name(grad_output_.scalar_type()), " does not match input dtype ",
+              dtype_name(input_.scalar_type()));
+  TORCH_CHECK(grad_output_.sizes() == at::IntArrayRef({g.batch, geo.out_channels, g.out_h, g.out_w}),
+              "fusedops: grad_output has shape ", grad_output_.sizes(), " but the output has shape (", g.batch, ", ",
+              geo.out_channels, ", ", g.out_h, ", ", g.out_w, ")");
+  const at::MemoryFormat fmt = output_memory_format(input_);
+  const at::ScalarType dtype = input_.scalar_type();
+  const at::ScalarType op = at::toOpMathType(dtype);
+  const auto opt = input_.options().dtype(op);
+  const int64_t K = g.out_channels, OC = geo.out_channels;
+
+  // Everything is computed in the accumulation type (float for half/bfloat16).
+  const Tensor dww = dw_weight.to(op);
+  const Tensor dwb = (dw_bias.has_value() && dw_bias->defined()) ? dw_bias->to(op) : Tensor();
+  const Tensor pww = pw_weight.reshape({OC, K}).to(op);  // (OC, K)
+  const Tensor pwb = (pw_bias.has_value() && pw_bias->defined()) ? pw_bias->to(op) : Tensor();
+
+  // Bands: whole images when several fit the budget, else bands of output rows of one image.
+  const int64_t per_row = std::max<int64_t>(1, (K + OC) * g.out_w);
+  const int64_t rows = std::clamp<int64_t>(band_elements / per_row, 1, g.out_h);
+  const int64_t images = rows < g.out_h ? 1 : std::clamp<int64_t>(band_elements / (per_row * g.out_h), 1, g.batch);
+  const int64_t ext_h = g.dilation_h * (g.kernel_h - 1) + 1;
+  // Whole-image bands read the input in place (the convolution pads) and write disjoint input gradients;
+  // row bands read a zero-padded copy of their rows and add overlapping input gradients.
+  const bool whole = rows == g.out_h;
+
+  Tensor grad_input;
+  if (output_mask[0]) {
+    const auto grad_opt = opt.memory_format(fmt);
+    grad_input = whole ? at::empty(input_.sizes(), grad_opt) : at::zeros(input_.sizes(), grad_opt);
+  }
+  Tensor grad_dww = output_mask[1] ? at::zeros(dw_weight.sizes(), opt) : Tensor();
+  Tensor grad_dwb = output_mask[2] ? at::zeros({K}, opt) : Tensor();
+  Tensor grad_pww = output_mask[3] ? at::zeros({OC, K}, opt) : Tensor();
+  Tensor grad_pwb = output_mask[4] ? at::zeros({OC}, opt) : Tensor();
+  const bool need_dw = output_mask[0] || output_mask[1] || output_mask[2];
+
+  // The depthwise stage runs fusedops' own depthwise kernels (through the dispatcher: CPU or CUDA).
+  static auto dw_forward = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fusedops::depthwise_conv2d", "")
+                               .typed<Tensor(const Tensor&, const Tensor&, const c10::optional<Tensor>&,
+                                             at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+  static auto dw_backward = c10::Dispatcher::singleton()
+                                .findSchemaOrThrow("fusedops::_depthwise_conv2d_backward", "")
+                                .typed<std::tuple<Tensor, Tensor, Tensor>(
+                                    const Tensor&, const Tensor&, const Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                    at::IntArrayRef, std::array<bool, 3>)>();
+  const c10::optional<Tensor> dwb_opt = dwb.defined() ? c10::optional<Tensor>(dwb) : c10::nullopt;
+
+  for (int64_t n0 = 0; n0 < g.batch; n0 += images) {
+    const int64_t n1 = std::min(g.batch, n0 + images), nb = n1 - n0;
+    for (int64_t r0 = 0; r0 < g.out_h; r0 += rows) {
+      const int64_t r1 = std::min(g.out_h, r0 + rows), R = r1 - r0;
+      // Input rows [lo, hi) feed output rows [r0, r1); rows outside the image are zero padding.
+      const int64_t lo = r0 * g.stride_h - g.pad_h, hi = (r1 - 1) * g.stride_h - g.pad_h + ext_h;
+      const int64_t in_lo = std::max<int64_t>(lo, 0), in_hi = std::min(hi, g.in_h);
+      Tensor x;
+      std::array<int64_t, 2> band_pad{0, g.pad_w};
+      if (whole) {
+        x = input_.slice(0, n0, n1).to(op);
+        band_pad[0] = g.pad_h;
+      } else if (in_hi > in_lo) {
+        x = input_.slice(0, n0, n1).slice(2, in_lo, in_hi).to(op);
+        if (in_lo - lo > 0 || hi - in_hi > 0) x = at::constant_pad_nd(x, {0, 0, in_lo - lo, hi - in_hi}, 0);
+      } else {
+        x = at::zeros({nb, g.channels, hi - lo, g.in_w}, opt);
+      }
+      const Tensor z = dw_forward.call(x, dww, dwb_opt, stride, band_pad, dilation);
+      const Tensor a = activation_forward(z, geo.mid);
+      const Tensor a_mat = a.permute({0, 2, 3, 1}).reshape({-1, K});  // (P, K)
+      Tensor go = grad_output_.slice(0, n0, n1).slice(2, r0, r1).to(op).permute({0, 2, 3, 1}).reshape({-1, OC});
+      if (geo.out != Activation::kNone) {
+        const Tensor u = pwb.defined() ? at::addmm(pwb, a_mat, pww.t()) : at::mm(a_mat, pww.t());
+        go = activation_backward(go, u, geo.out);
+      }
+      if (grad_pww.defined()) grad_pww.addmm_(go.t(), a_mat);
+      if (grad_pwb.defined()) grad_pwb.add_(go.sum(0));
+      if (!need_dw) continue;
+      const Tensor grad_a = at::mm(go, pww).reshape({nb, R, g.out_w, K}).permute({0, 3, 1, 2});
+      const Tensor grad_z = activation_backward(grad_a, z, geo.mid);
+      auto [gx, gw, gb] = dw_backward.call(grad_z, x, dww, stride, band_pad, dilation,
+                                           {output_mask[0], output_mask[1], output_mask[2]});
+      if (grad_dww.defined()) grad_dww.add_(gw);
+      if (grad_dwb.defined()) grad_dwb.add_(gb);
+      if (grad_input.defined() && whole) {
+        grad_input.slice(0, n0, n1).copy_(gx);
+      } else if (grad_input.defined() && in_hi > in_lo) {
+        grad_input.slice(0, n0, n1).slice(2, in_lo, in_hi).add_(gx.slice(2, in_lo - lo, in_lo - lo + in_hi - in_lo));
+      }
+    }
+  }
+  auto finish = [&](const Tensor& t, const Tensor& like, c10::optional<at::MemoryFormat> f) {
+    if (!t.defined()) return at::empty({0}, input_.options());
+    return t.to(dtype).reshape(like.sizes()).contiguous(f.value_or(at::MemoryFormat::Contiguous));
+  };
+  return {finish(grad_input, input_, fmt), finish(grad_dww, dw_weight, c10::nullopt),
+          grad_dwb.defined() ? grad_dwb.to(dtype) : at::empty({0}, input_.options()),
+          finish(grad_pww, pw_weight, c10::nullopt),
+          grad_pwb.defined() ? grad_pwb.to(dtype) : at::empty({0}, input_.options())};
+}
+
+}  // namespace fusedops
+
+TORCH_LIBRARY_FRAGMENT(fusedops, m) {
+  // act_out(F.conv2d(act_mid(depthwise_conv2d(input, dw_weight, dw_bias, stride, padding, dilation)),
+  //                  pw_weight, pw_bias)) with dw_weight (C*multiplier, 1, kH, kW), pw_weight
+  // (out_channels, C*multiplier, 1, 1); activations "none", "relu", "relu6" or "hardswish". The depthwise
+  // output is never written to memory. The output takes the input's memory format.
+  m.def(
+      "dwpw_conv2d(Tensor input, Tensor dw_weight, Tensor? dw_bias, Tensor pw_weight, Tensor? pw_bias, "
+      "int[2] stride, int[2] padding, int[2] dilation, str mid_activation, str out_activation) -> Tensor");
+  // Gradients (input, dw_weight, dw_bias, pw_weight, pw_bias) of dwpw_conv2d; output_mask says which are
+  // wanted, unwanted ones come back empty. Recomputes the depthwise output band by band.
+  m.def(
+      "_dwpw_conv2d_backward(Tensor grad_output, Tensor input, Tensor dw_weight, Tensor? dw_bias, "
+      "Tensor pw_weight, Tensor? pw_bias, int[2] stride, int[2] padding, int[2] dilation, str mid_activation, "
+      "str out_activation, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,227 @@
+// The pointwise (1x1 convolution) GEMM of the fused kernels: C[P x N] = act(A[P x K] @ B[K x N] + bias).
+//
+// A is a cache-resident tile (pixels x channels, row-major, any leading dimension), typically written
+// just before by a depthwise epilogue; B (the 1x1 weights) is packed once per call into panels of
+// kNr = 2 vectors of columns, [panel][K][kNr], zero-padded, so the micro-kernel streams it with unit
+// stride. The micro-kernel holds a kMr x kNr block of C in registers (AVX-512: 8 x 2 vectors, 16
+// accumulators; AVX2: 6 x 2, whose 12 accumulators, 2 B vectors and one broadcast fit its 16
+// registers), loops over K with one broadcast of A and kNr/V loads of B per step, then adds the bias,
+// applies the activation and stores straight into the destination (any storage type; the last panel's
+// columns beyond N are never stored).
+#pragma once
+
+#include "fusedops/activation.h"
+#include "fusedops/cpu/activation.h"
+#include "fusedops/cpu/vec_io.h"
+
+#include <algorithm>
+#include <cstdint>
+
+namespace fusedops {
+namespace cpu {
+
+template <typename acc>
+struct PackedPointwise {
+  static constexpr int64_t kVec = at::vec::Vectorized<acc>::size();
+  static constexpr int64_t kNr = 2 * kVec;  // columns per panel
+  // Rows per micro-kernel call: 8 x 2 vectors = 16 accumulators with AVX-512's 32 registers, 6 x 2 = 12
+  // with AVX2's 16.
+  static constexpr int64_t kMr = kVec >= 16 ? 8 : 6;
+
+  const acc* panels = nullptr;  // [panels][K][kNr]
+  const acc* bias = nullptr;    // [panels * kNr], zero-padded
+  int64_t k = 0, n = 0;
+
+  int64_t num_panels() const { return (n + kNr - 1) / kNr; }
+  static int64_t panel_elements(int64_t k) { return k * kNr; }
+  static int64_t packed_elements(int64_t k, int64_t n) { return ((n + kNr - 1) / kNr) * (k * kNr + kNr); }
+};
+
+// Describes the packed layout in `dst` (PackedPointwise::packed_elements(K, N) elements of acc); the
+// panels are filled by pack_pointwise_panels.
+template <typename acc>
+PackedPointwise<acc> packed_pointwise_layout(int64_t k, int64_t n, acc* dst) {
+  PackedPointwise<acc> p;
+  p.k = k;
+  p.n = n;
+  p.panels = dst;
+  p.bias = dst + p.num_panels() * k * PackedPointwise<acc>::kNr;
+  return p;
+}
+
+// Packs panels [panel_begin, panel_end) of weight (N, K) (any storage type, row `col` at weight + col * ld)
+// and of the optional bias (N). Reads the weight rows contiguously; independent panels can be packed
+// by different threads.
+template <typename acc, typename scalar_t>
+void pack_pointwise_panels(const PackedPointwise<acc>& p, const scalar_t* weight, int64_t ld, const scalar_t* bias,
+                           int64_t panel_begin, int64_t panel_end) {
+  using P = PackedPointwise<acc>;
+  acc* w = const_cast<acc*>(p.panels);
+  acc* b = const_cast<acc*>(p.bias);
+  for (int64_t j = panel_begin; j < panel_end; ++j) {
+    acc* panel = w + j * p.k * P::kNr;
+    for (int64_t c = 0; c < P::kNr; ++c) {
+      const int64_t col = j * P::kNr + c;
+      if (col < p.n) {
+        const scalar_t* row = weight + col * ld;
+        for (int64_t kk = 0; kk < p.k; ++kk) panel[kk * P::kNr + c] = static_cast<acc>(row[kk]);
+      } else {
+        for (int64_t kk = 0; kk < p.k; ++kk) panel[kk * P::kNr + c] = acc(0);
+      }
+      b[col] = (bias != nullptr && col < p.n) ? static_cast<acc>(bias[col]) : acc(0);
+    }
+  }
+}
+
+namespace detail {
+
+template <typename acc, typename out_t>
+inline void store_row(out_t* c, at::vec::Vectorized<acc> v0, at::vec::Vectorized<acc> v1, int64_t cols,
+                      Activation act) {
+  constexpr int64_t V = at::vec::Vectorized<acc>::size();
+  v0 = apply_activation(act, v0);
+  v1 = apply_activation(act, v1);
+  if (cols >= 2 * V) {
+    store_acc(c, v0);
+    store_acc(c + V, v1);
+  } else if (cols >= V) {
+    store_acc(c, v0);
+    if (cols > V) store_acc(c + V, v1, cols - V);
+  } else {
+    store_acc(c, v0, cols);
+  }
+}
+
+// kMr (8 or 6) rows x 2 vectors of C. The accumulators are named variables, not an array: GCC does not
+// scalarise arrays of this size and would spill every accumulator to the stack on every K step. Blocks
+// of fewer rows (the last of a tile) point the missing rows at row 0 and discard them.
+template <typename acc, typename out_t>
+inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, const acc* panel, const acc* bias,
+                            out_t* c, int64_t ldc, int64_t cols, Activation act, const acc* row_bias = nullptr) {
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  constexpr int64_t NR = 2 * V;
+  const acc* a0 = a;
+  const acc* a1 = rows > 1 ? a + lda : a;
+  const acc* a2 = rows > 2 ? a + 2 * lda : a;
+  const acc* a3 = rows > 3 ? a + 3 * lda : a;
+  const acc* a4 = rows > 4 ? a + 4 * lda : a;
+  const acc* a5 = rows > 5 ? a + 5 * lda : a;
+  constexpr bool kEight = PackedPointwise<acc>::kMr == 8;
+  const acc* a6 = kEight && rows > 6 ? a + 6 * lda : a;
+  const acc* a7 = kEight && rows > 7 ? a + 7 * lda : a;
+  // Column bias (per output channel of the usual orientation) or row bias (the transposed one).
+  const Vec bias0 = bias ? Vec::loadu(bias) : Vec(acc(0)), bias1 = bias ? Vec::loadu(bias + V) : Vec(acc(0));
+  Vec c00 = bias0, c01 = bias1, c10 = bias0, c11 = bias1, c20 = bias0, c21 = bias1;
+  Vec c30 = bias0, c31 = bias1, c40 = bias0, c41 = bias1, c50 = bias0, c51 = bias1;
+  Vec c60 = bias0, c61 = bias1, c70 = bias0, c71 = bias1;
+  if (row_bias != nullptr) {
+    const Vec r0(row_bias[0]), r1(row_bias[rows > 1 ? 1 : 0]), r2(row_bias[rows > 2 ? 2 : 0]);
+    const Vec r3(row_bias[rows > 3 ? 3 : 0]), r4(row_bias[rows > 4 ? 4 : 0]), r5(row_bias[rows > 5 ? 5 : 0]);
+    const Vec r6(row_bias[rows > 6 ? 6 : 0]), r7(row_bias[rows > 7 ? 7 : 0]);
+    c00 = c00 + r0; c01 = c01 + r0; c10 = c10 + r1; c11 = c11 + r1; c20 = c20 + r2; c21 = c21 + r2;
+    c30 = c30 + r3; c31 = c31 + r3; c40 = c40 + r4; c41 = c41 + r4; c50 = c50 + r5; c51 = c51 + r5;
+    c60 = c60 + r6; c61 = c61 + r6; c70 = c70 + r7; c71 = c71 + r7;
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const Vec b0 = Vec::loadu(panel + kk * NR), b1 = Vec::loadu(panel + kk * NR + V);
+    Vec x(a0[kk]);
+    c00 = at::vec::fmadd(x, b0, c00);
+    c01 = at::vec::fmadd(x, b1, c01);
+    x = Vec(a1[kk]);
+    c10 = at::vec::fmadd(x, b0, c10);
+    c11 = at::vec::fmadd(x, b1, c11);
+    x = Vec(a2[kk]);
+    c20 = at::vec::fmadd(x, b0, c20);
+    c21 = at::vec::fmadd(x, b1, c21);
+    x = Vec(a3[kk]);
+    c30 = at::vec::fmadd(x, b0, c30);
+    c31 = at::vec::fmadd(x, b1, c31);
+    x = Vec(a4[kk]);
+    c40 = at::vec::fmadd(x, b0, c40);
+    c41 = at::vec::fmadd(x, b1, c41);
+    x = Vec(a5[kk]);
+    c50 = at::vec::fmadd(x, b0, c50);
+    c51 = at::vec::fmadd(x, b1, c51);
+    if constexpr (kEight) {
+      x = Vec(a6[kk]);
+      c60 = at::vec::fmadd(x, b0, c60);
+      c61 = at::vec::fmadd(x, b1, c61);
+      x = Vec(a7[kk]);
+      c70 = at::vec::fmadd(x, b0, c70);
+      c71 = at::vec::fmadd(x, b1, c71);
+    }
+  }
+  store_row(c, c00, c01, cols, act);
+  if (rows > 1) store_row(c + ldc, c10, c11, cols, act);
+  if (rows > 2) store_row(c + 2 * ldc, c20, c21, cols, act);
+  if (rows > 3) store_row(c + 3 * ldc, c30, c31, cols, act);
+  if (rows > 4) store_row(c + 4 * ldc, c40, c41, cols, act);
+  if (rows > 5) store_row(c + 5 * ldc, c50, c51, cols, act);
+  if constexpr (kEight) {
+    if (rows > 6) store_row(c + 6 * ldc, c60, c61, cols, act);
+    if (rows > 7) store_row(c + 7 * ldc, c70, c71, cols, act);
+  }
+}
+
+}  // namespace detail
+
+// Columns of panels [panel_begin, panel_end) of C = act(A @ B + bias). A is rows x K (leading dimension
+// lda); c points at column 0 of C (leading dimension ldc); only columns below p.n are written.
+template <typename acc, typename out_t>
+void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t panel_end, const acc* a, int64_t lda,
+                    int64_t rows, out_t* c, int64_t ldc, Activation act) {
+  using P = PackedPointwise<acc>;
+  for (int64_t j = panel_begin; j < panel_end; ++j) {
+    const acc* panel = p.panels + j * p.k * P::kNr;
+    const acc* bias = p.bias + j * P::kNr;
+    const int64_t col = j * P::kNr;
+    const int64_t cols = std::min(P::kNr, p.n - col);
+    for (int64_t r = 0; r < rows; r += P::kMr)
+      detail::pointwise_micro<acc, out_t>(p.k, a + r * lda, lda, std::min(P::kMr, rows - r), panel, bias,
+                                          c + r * ldc + col, ldc, cols, act);
+  }
+}
+
+// The transposed orientation, for small tiles whose weights would cost more to pack than the tile itself:
+// C^T[N x P] = act(W[N x K] @ A^T + bias), with W the 1x1 weights used in place (rows of K, leading
+// dimension ldw) and A^T the tile packed by pack_tile_panels into pixel panels [P / kNr][K][kNr]. Row r
+// of C^T (output channel) gets bias[r]; its pixels are columns, stored with leading dimension ldc.
+template <typename acc>
+void pack_tile_panels(const acc* tile, int64_t ld, int64_t pixels, int64_t k, acc* dst) {
+  using P = PackedPointwise<acc>;
+  const int64_t panels = (pixels + P::kNr - 1) / P::kNr;
+  for (int64_t q = 0; q < panels; ++q) {
+    acc* panel = dst + q * k * P::kNr;
+    for (int64_t j = 0; j < P::kNr; ++j) {
+      const int64_t pix = q * P::kNr + j;
+      if (pix < pixels) {
+        const acc* row = tile + pix * ld;
+        for (int64_t kk = 0; kk < k; ++kk) panel[kk * P::kNr + j] = row[kk];
+      } else {
+        for (int64_t kk = 0; kk < k; ++kk) panel[kk * P::kNr + j] = acc(0);
+      }
+    }
+  }
+}
+
+template <typename acc, typename out_t>
+void pointwise_gemm_transposed(const acc* w, int64_t ldw, const acc* bias, int64_t row_begin, int64_t row_end,
+                               const acc* tile_panels, int64_t k, int64_t pixels, out_t* c, int64_t ldc,
+                               Activation act) {
+  using P = PackedPointwise<acc>;
+  const int64_t panels = (pixels + P::kNr - 1) / P::kNr;
+  // Row blocks outer: a block's weight rows (kMr x K) stay in L1 while the tile's panels (one tile, in L2)
+  // stream past them; the weights are read from memory once.
+  for (int64_t r = row_begin; r < row_end; r += P::kMr) {
+    for (int64_t q = 0; q < panels; ++q) {
+      const int64_t col = q * P::kNr, cols = std::min(P::kNr, pixels - col);
+      detail::pointwise_micro<acc, out_t>(k, w + r * ldw, ldw, std::min(P::kMr, row_end - r),
+                                          tile_panels + q * k * P::kNr, nullptr, c + r * ldc + col, ldc, cols, act,
+                                          bias ? bias + r : nullptr);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace fusedops

@@ -1,0 +1,132 @@
+import torch
+from torch import nn
+
+from ..ops import _reference
+from ..ops.dwpw_conv2d import activation_name, dwpw_conv2d
+from .depthwise import DepthwiseConv2d
+from .fuse import fold_bn
+
+
+class DepthwiseSeparableConv2d(nn.Module):
+    r"""Depthwise-separable convolution block (MobileNetV1):
+    depthwise kxk -> BN -> act_mid -> 1x1 conv -> BN -> act_out, running the fused
+    :func:`fusedops.dwpw_conv2d` kernel.
+
+    Submodules (state-dict keys are theirs):
+
+    * ``dw``: :class:`fusedops.nn.DepthwiseConv2d` ``(in_channels, in_channels * depth_multiplier, kernel_size)``,
+      without bias when ``norm``;
+    * ``bn_dw``: ``nn.BatchNorm2d(in_channels * depth_multiplier)`` (``None`` without ``norm``);
+    * ``pw``: ``nn.Conv2d(in_channels * depth_multiplier, out_channels, 1)``, without bias when ``norm``;
+    * ``bn_pw``: ``nn.BatchNorm2d(out_channels)`` (``None`` without ``norm``).
+
+    Eval mode (and ``norm=False`` in either mode) runs one fused kernel with the batch norms folded into
+    the weights (:func:`fusedops.fuse_bn`). The folded weights are cached and recomputed whenever a
+    parameter or buffer changes (in place or replaced, e.g. by ``load_state_dict``, ``.to()`` or an optimizer
+    step); while gradients are being recorded for the parameters they are folded afresh on every call, so
+    gradients reach the unfolded parameters. Train mode with ``norm`` runs
+    ``dw -> bn_dw -> act -> pw -> bn_pw -> act`` exactly as the unfused modules (batch statistics, running-stat
+    updates).
+
+    Args:
+        padding: default ``dilation * (kernel_size - 1) // 2`` ("same" for odd kernels at stride 1).
+        mid_activation, out_activation: ``None``, ``"relu"``, ``"relu6"`` or ``"hardswish"``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None, dilation=1,
+                 depth_multiplier: int = 1, mid_activation="relu6", out_activation="relu6", norm: bool = True,
+                 device=None, dtype=None):
+        super().__init__()
+        if depth_multiplier < 1:
+            raise ValueError(f"fusedops: depth_multiplier must be a positive int, got {depth_multiplier}")
+        self.mid_activation = activation_name(mid_activation, "mid_activation")
+        self.out_activation = activation_name(out_activation, "out_activation")
+        k = nn.modules.utils._pair(kernel_size)
+        d = nn.modules.utils._pair(dilation)
+        if padding is None:
+            padding = (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
+        mid = in_channels * depth_multiplier
+        factory = dict(device=device, dtype=dtype)
+        self.norm = norm
+        self.dw = DepthwiseConv2d(in_channels, mid, k, stride, padding, d, bias=not norm, **factory)
+        self.bn_dw = nn.BatchNorm2d(mid, **factory) if norm else None
+        self.pw = nn.Conv2d(mid, out_channels, 1, bias=not norm, **factory)
+        self.bn_pw = nn.BatchNorm2d(out_channels, **factory) if norm else None
+        self._folded = None
+        self._folded_key = None
+
+    def _sources(self):
+        """Every tensor the folded weights depend on. Reads the submodules' dicts directly: nn.Module
+        attribute lookups cost ~0.5 us each, which adds up on small layers."""
+        mods = self._modules
+        ts = []
+        for name in ("dw", "pw"):
+            params = mods[name]._parameters
+            ts += [params["weight"], params.get("bias")]
+        for name in ("bn_dw", "bn_pw"):
+            bn = mods[name]
+            if bn is not None:
+                params, buffers = bn._parameters, bn._buffers
+                ts += [params.get("weight"), params.get("bias"), buffers.get("running_mean"),
+                       buffers.get("running_var")]
+        return ts
+
+    def _state_key(self):
+        # Identity, storage and version counter of each source: in-place updates (optimizer steps,
+        # load_state_dict, running statistics) bump the version, replacements and .to() change the others.
+        return tuple((id(t), t.data_ptr(), t._version) for t in self._sources() if t is not None)
+
+    def _fold(self):
+        if not self.norm:
+            return self.dw.weight, self.dw.bias, self.pw.weight, self.pw.bias
+        dw_w, dw_b = fold_bn(self.dw.weight, self.dw.bias, self.bn_dw.running_mean, self.bn_dw.running_var,
+                             self.bn_dw.eps, self.bn_dw.weight, self.bn_dw.bias)
+        pw_w, pw_b = fold_bn(self.pw.weight, self.pw.bias, self.bn_pw.running_mean, self.bn_pw.running_var,
+                             self.bn_pw.eps, self.bn_pw.weight, self.bn_pw.bias)
+        return dw_w, dw_b, pw_w, pw_b
+
+    def folded_weights(self):
+        """(dw_weight, dw_bias, pw_weight, pw_bias) of the fused kernel (batch norms folded in eval mode)."""
+        if not self.norm:
+            return self._fold()
+        if torch.compiler.is_compiling() or (
+                torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in self._sources())):
+            return self._fold()
+        key = self._state_key()
+        if self._folded is None or self._folded_key != key:
+            with torch.no_grad():
+                self._folded = self._fold()
+            self._folded_key = key
+        return self._folded
+
+    def _batch_stats(self):
+        if not self.norm:
+            return False
+        mods = self._modules
+        bn_dw, bn_pw = mods["bn_dw"], mods["bn_pw"]
+        return (bn_dw.training or bn_pw.training or bn_dw._buffers.get("running_mean") is None
+                or bn_pw._buffers.get("running_mean") is None)
+
+    def forward(self, input):
+        dw = self._modules["dw"]
+        if dw.padding_mode != "zeros" or self._batch_stats():
+            x = dw(input)
+            if self.norm:
+                x = self.bn_dw(x)
+            x = _reference.activation(x, self.mid_activation)
+            x = self.pw(x)
+            if self.norm:
+                x = self.bn_pw(x)
+            return _reference.activation(x, self.out_activation)
+        dw_w, dw_b, pw_w, pw_b = self.folded_weights()
+        return dwpw_conv2d(input, dw_w, dw_b, pw_w, pw_b, dw.stride, dw.padding, dw.dilation, self.mid_activation,
+                           self.out_activation)
+
+    def extra_repr(self) -> str:
+        return f"mid_activation={self.mid_activation!r}, out_activation={self.out_activation!r}, norm={self.norm}"
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_folded"] = None
+        state["_folded_key"] = None
+        return state

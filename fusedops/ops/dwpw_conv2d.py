@@ -1,0 +1,155 @@
+"""fusedops.dwpw_conv2d: the fused depthwise-separable convolution. Public wrapper, fake kernels, autograd.
+
+Kernels: csrc/cpu/dwpw_conv2d.cpp, csrc/cuda/dwpw_conv2d.cu, fusedops/ops/_triton/dwpw_conv2d.py;
+backward (every native backend): dwpw_conv2d_backward_banded in csrc/dwpw_conv2d.cpp;
+reference: fusedops/ops/_reference.py; schema: csrc/dwpw_conv2d.cpp.
+"""
+
+import torch
+
+from .. import _backend
+from . import _args, _library, _reference
+from .depthwise_conv2d import _check as _check_depthwise
+from .depthwise_conv2d import output_shape as _depthwise_output_shape
+
+NAME = "dwpw_conv2d"
+BACKWARD_NAME = "_dwpw_conv2d_backward"
+
+ACTIVATIONS = ("none", "relu", "relu6", "hardswish")
+
+
+def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, padding=1, dilation=1,
+                mid_activation="relu6", out_activation="relu6"):
+    r"""Fused depthwise-separable convolution:
+
+    ``act_out(F.conv2d(act_mid(depthwise_conv2d(input, dw_weight, dw_bias, stride, padding, dilation)),
+    pw_weight, pw_bias))``
+
+    with eval-mode batch norms folded into the weights and biases (see :func:`fusedops.fuse_bn`). The
+    depthwise output is never written to memory: the kernels compute it tile by tile and feed each tile
+    to the 1x1 convolution; the backward recomputes it, so training keeps only the input alive.
+
+    Args:
+        input: ``Tensor[N, C, H, W]``, any layout (channels_last is the fast one on CPU).
+        dw_weight: ``Tensor[C * m, 1, kH, kW]`` (depth multiplier ``m``).
+        dw_bias: optional ``Tensor[C * m]``.
+        pw_weight: ``Tensor[C_out, C * m, 1, 1]``.
+        pw_bias: optional ``Tensor[C_out]``.
+        stride, padding, dilation: of the depthwise stage, int or (int, int).
+        mid_activation, out_activation: ``None``, ``"relu"``, ``"relu6"`` or ``"hardswish"``.
+
+    Returns:
+        ``Tensor[N, C_out, H_out, W_out]`` in the input's memory format.
+    """
+    input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out = _normalize(
+        input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation, out_activation)
+    args = (input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
+    grad_inputs = (input, dw_weight, dw_bias, pw_weight, pw_bias)
+    impl = _backend.resolve(input.device, NAME)
+    if impl == _backend.NATIVE:
+        return _library.call(impl, NAME, grad_inputs, *args)
+    if not torch.compiler.is_dynamo_compiling():
+        _check(*args)
+    if impl == _backend.REFERENCE:
+        return _reference.dwpw_conv2d(*args)
+    return _library.call(impl, NAME, grad_inputs, *args)
+
+
+def activation_name(value, name: str) -> str:
+    """None or one of ACTIVATIONS -> the schema's string."""
+    if value is None:
+        return "none"
+    if isinstance(value, str) and value in ACTIVATIONS:
+        return value
+    raise ValueError(f"fusedops: {name} must be one of None, 'relu', 'relu6', 'hardswish'; got {value!r}")
+
+
+def _normalize(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,
+               out_activation):
+    _args.check_tensor(input, "input", rank=4)
+    _args.check_tensor(dw_weight, "dw_weight", rank=4)
+    _args.check_tensor(pw_weight, "pw_weight", rank=4)
+    if dw_bias is not None:
+        _args.check_tensor(dw_bias, "dw_bias", rank=1)
+    if pw_bias is not None:
+        _args.check_tensor(pw_bias, "pw_bias", rank=1)
+    stride = _args.pair(stride, "stride")
+    padding = _args.pair(padding, "padding")
+    dilation = _args.pair(dilation, "dilation")
+    mid = activation_name(mid_activation, "mid_activation")
+    out = activation_name(out_activation, "out_activation")
+    return input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out
+
+
+def _check(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
+    torch._check(mid in ACTIVATIONS, lambda: f"fusedops: mid_activation must be one of None, 'relu', 'relu6', "
+                 f"'hardswish'; got '{mid}'")
+    torch._check(out in ACTIVATIONS, lambda: f"fusedops: out_activation must be one of None, 'relu', 'relu6', "
+                 f"'hardswish'; got '{out}'")
+    _check_depthwise(input, dw_weight, dw_bias, stride, padding, dilation, weight_name="dw_weight",
+                     bias_name="dw_bias")
+    k = dw_weight.shape[0]
+    torch._check(pw_weight.dim() == 4 and pw_weight.shape[1] == k and pw_weight.shape[2] == 1
+                 and pw_weight.shape[3] == 1 and pw_weight.shape[0] > 0,
+                 lambda: f"fusedops: pw_weight must have shape (out_channels, {k}, 1, 1) ({k} = the depthwise "
+                 f"output channels), got {tuple(pw_weight.shape)}")
+    _args.check_same(pw_weight, input, "pw_weight", "input")
+    if pw_bias is not None:
+        torch._check(pw_bias.dim() == 1 and pw_bias.shape[0] == pw_weight.shape[0],
+                     lambda: f"fusedops: pw_bias must have shape ({pw_weight.shape[0]},), got {tuple(pw_bias.shape)}")
+        _args.check_same(pw_bias, input, "pw_bias", "input")
+
+
+def output_shape(input, dw_weight, pw_weight, stride, padding, dilation):
+    n, _, oh, ow = _depthwise_output_shape(input, dw_weight, stride, padding, dilation)
+    return (n, pw_weight.shape[0], oh, ow)
+
+
+def _fake(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
+    _check(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
+    return _args.empty_like_format(input, output_shape(input, dw_weight, pw_weight, stride, padding, dilation))
+
+
+def _fake_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out,
+                   output_mask):
+    _check(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
+    _args.check_same(grad_output, input, "grad_output", "input")
+    torch._check(tuple(grad_output.shape) == output_shape(input, dw_weight, pw_weight, stride, padding, dilation),
+                 lambda: f"fusedops: grad_output has shape {tuple(grad_output.shape)}, not the output shape")
+
+    def like(t, wanted):
+        if not wanted:
+            return input.new_empty(0)
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    grad_input = _args.empty_like_format(input, input.shape) if output_mask[0] else input.new_empty(0)
+    grad_dw_bias = dw_weight.new_empty(dw_weight.shape[0]) if output_mask[2] else input.new_empty(0)
+    grad_pw_bias = pw_weight.new_empty(pw_weight.shape[0]) if output_mask[4] else input.new_empty(0)
+    return grad_input, like(dw_weight, output_mask[1]), grad_dw_bias, like(pw_weight, output_mask[3]), grad_pw_bias
+
+
+def _setup_context(ctx, inputs, output):
+    input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out = inputs
+    # Only the inputs and weights are kept: the backward recomputes the depthwise output band by band.
+    ctx.save_for_backward(input, dw_weight, dw_bias, pw_weight, pw_bias)
+    ctx.conv_args = (stride, padding, dilation, mid, out)
+
+
+def _make_backward(ops):
+    def backward(ctx, grad_output):
+        input, dw_weight, dw_bias, pw_weight, pw_bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [needs[0], needs[1], dw_bias is not None and needs[2], needs[3], pw_bias is not None and needs[4]]
+        grads = ops._dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias,
+                                          *ctx.conv_args, mask)
+        return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 5
+
+    return backward
+
+
+_library.define_triton_mirror(NAME, "dwpw_conv2d", "dwpw_conv2d_forward")
+_library.define_triton_mirror(BACKWARD_NAME, "dwpw_conv2d", "dwpw_conv2d_backward")
+_library.register_fake(NAME, _fake)
+_library.register_fake(BACKWARD_NAME, _fake_backward)
+_library.register_autograd(NAME, _make_backward, _setup_context)
+_library.register_no_double_backward(BACKWARD_NAME, NAME)
