@@ -1,5 +1,5 @@
-"""Whole-model inference latency: fusedops models vs torchvision eager (NCHW, channels_last),
-torch.compile (freezing) and ONNX Runtime, same weights, same input.
+"""Whole-model inference latency: fusedops models vs the same model in plain PyTorch (torchvision's where
+it has one) eager (NCHW, channels_last), torch.compile (freezing) and ONNX Runtime; same weights and input.
 
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184 \\
         python -m benchmarks.bench_models [--models shufflenet_v2_x1_0] [--batches 1 8] [--no-compile] [--no-ort]
@@ -11,12 +11,15 @@ import torch
 import torchvision
 
 import fusedops
+from fusedops.models._reference_mobilenet_v1 import reference_mobilenet_v1
 from . import harness
 
-# fusedops model name -> torchvision constructor with the same architecture and parameter names.
+# fusedops model name -> the plain-PyTorch model with the same architecture and parameter names
+# (torchvision's where it has one; MobileNetV1 is not in torchvision).
 MODELS = {
     "shufflenet_v2_x1_0": torchvision.models.shufflenet_v2_x1_0,
     "shufflenet_v2_x0_5": torchvision.models.shufflenet_v2_x0_5,
+    "mobilenet_v1": reference_mobilenet_v1,
 }
 
 

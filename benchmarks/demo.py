@@ -166,8 +166,9 @@ def main(argv=None):
          lambda: bench_dwpw_conv2d.run(["forward"], use_compile, args.quick, rounds)),
         ("channel_shuffle / concat_shuffle, fp32 (us per call)",
          lambda: bench_channel_shuffle.run(use_compile, args.quick, rounds)),
-        ("ShuffleNetV2 1.0x inference, 224x224, fp32 (us per batch)",
-         lambda: bench_models.run(["shufflenet_v2_x1_0"], [1, 8], use_compile, not args.no_ort, rounds)),
+        ("ShuffleNetV2 1.0x and MobileNetV1 1.0x inference, 224x224, fp32 (us per batch)",
+         lambda: bench_models.run(["shufflenet_v2_x1_0", "mobilenet_v1"], [1, 8], use_compile, not args.no_ort,
+                                  rounds)),
     ]
     tables = []
     for title, run in sections:
