@@ -17,6 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import fusedops  # noqa: E402
+
 # rtol / atol per dtype of the computation under test, for comparisons against a float64 reference.
 # atol is relative to the magnitude of the terms summed (see assert_close_scaled).
 TOLERANCES = {
@@ -68,6 +70,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 requires_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+# Whether the native CUDA kernels were compiled into this build (they can be, without a GPU).
+HAS_CUDA_KERNELS = fusedops.build_info()["cuda"]
+requires_cuda_kernels = pytest.mark.skipif(not HAS_CUDA_KERNELS,
+                                           reason="fusedops was built without its CUDA kernels")
+
+
+def gpu_test(fn):
+    """Marks a test that runs the native CUDA kernels: `gpu`, and skipped without a GPU or the kernels."""
+    return pytest.mark.gpu(requires_gpu(requires_cuda_kernels(fn)))
 requires_triton = pytest.mark.skipif(
     not HAS_TRITON or not (HAS_CUDA or TRITON_INTERPRET),
     reason="needs Triton with a CUDA GPU or TRITON_INTERPRET=1",

@@ -15,22 +15,9 @@ from torch._prims_common import suggest_memory_format
 
 import fusedops
 
-HAS_CUDA_KERNELS = fusedops.build_info()["cuda"]
+from conftest import gpu_test, requires_cuda_kernels
 
-gpu = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="fusedops was built without its CUDA kernels"),
-]
-
-
-def gpu_test(fn):
-    for mark in gpu:
-        fn = mark(fn)
-    return fn
-
-
-@pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="fusedops was built without its CUDA kernels")
+@requires_cuda_kernels
 def test_cuda_kernels_registered():
     for op in ("fusedops::depthwise_conv2d", "fusedops::_depthwise_conv2d_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op

@@ -7,24 +7,9 @@ import torch
 import fusedops
 from fusedops.ops import _reference
 
-from conftest import assert_close_scaled
+from conftest import gpu_test, requires_cuda_kernels, assert_close_scaled
 
-HAS_CUDA_KERNELS = fusedops.build_info()["cuda"]
-
-gpu = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="fusedops was built without its CUDA kernels"),
-]
-
-
-def gpu_test(fn):
-    for mark in gpu:
-        fn = mark(fn)
-    return fn
-
-
-@pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="fusedops was built without its CUDA kernels")
+@requires_cuda_kernels
 def test_cuda_kernels_registered():
     for op in ("fusedops::dwpw_conv2d", "fusedops::_dwpw_conv2d_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
