@@ -48,7 +48,7 @@ def main(argv=None):
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
     ax.set_xticklabels([f"{c} [{m}]" for c, m in cases], rotation=75, ha="right", fontsize=7)
     first = next(iter(latest.values()))["speedup_of"]
-    ax.set_ylabel(f"speed-up of {first} (x)")
+    ax.set_ylabel("speed-up of fusedops (x)")
     ax.set_title(f"{args.benchmark}: {first} speed-up (threads {rows[-1]['threads']}, {rows[-1]['allocator']})")
     ax.legend(fontsize=8)
     fig.tight_layout()
