@@ -63,21 +63,23 @@ inline void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g
   const int64_t iw0 = ow * SW - g.pad_w;
   for (int kh = kh_begin; kh < kh_end; ++kh) {
     const int64_t ih = t.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-    const in_t* row = t.image + ih * t.in_row_stride + iw0 * t.in_pix_stride + c;
-    const acc* wrow = t.weight + kh * KW * t.weight_ld + c;
+    // Pointers advance by a stride instead of being indexed by col * stride: with runtime strides the
+    // indexed form needs one register per column and spilled the loop's pointers (measured ~1.3x slower).
+    const in_t* colp = t.image + ih * t.in_row_stride + iw0 * t.in_pix_stride + c;
+    const acc* wp = t.weight + kh * KW * t.weight_ld + c;
     Vec w[KW];
 #pragma GCC unroll 8
-    for (int kw = 0; kw < KW; ++kw) w[kw] = load_buf<kPartial>(wrow + kw * t.weight_ld, count);
+    for (int kw = 0; kw < KW; ++kw, wp += t.weight_ld) w[kw] = load_buf<kPartial>(wp, count);
     // Each input column is loaded once and feeds every output of the block that reads it.
     constexpr int kCols = (kB - 1) * SW + KW;
 #pragma GCC unroll 32
-    for (int col = 0; col < kCols; ++col) {
+    for (int col = 0; col < kCols; ++col, colp += t.in_pix_stride) {
       Vec v;
       if constexpr (kChecked) {
         const int64_t iw = iw0 + col;
-        v = (iw >= 0 && iw < g.in_w) ? load_n<kPartial>(row + col * t.in_pix_stride, count) : Vec(acc(0));
+        v = (iw >= 0 && iw < g.in_w) ? load_n<kPartial>(colp, count) : Vec(acc(0));
       } else {
-        v = load_n<kPartial>(row + col * t.in_pix_stride, count);
+        v = load_n<kPartial>(colp, count);
       }
 #pragma GCC unroll 8
       for (int kw = 0; kw < KW; ++kw) {
@@ -86,8 +88,9 @@ inline void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g
       }
     }
   }
+  out_t* outp = t.out + ow * t.out_pix_stride + c;
 #pragma GCC unroll 8
-  for (int b = 0; b < kB; ++b) store_n<kPartial>(t.out + (ow + b) * t.out_pix_stride + c, epilogue(sum[b]), count);
+  for (int b = 0; b < kB; ++b, outp += t.out_pix_stride) store_n<kPartial>(outp, epilogue(sum[b]), count);
 }
 
 // One output pixel for one channel vector, any kernel/stride/dilation, with bounds checks along W.
