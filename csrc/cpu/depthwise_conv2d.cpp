@@ -35,10 +35,6 @@ int64_t taps(const ConvGeometry& g) {
   return g.kernel_h * g.kernel_w;
 }
 
-bool is_channels_last(const Tensor& t) {
-  return t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-}
-
 // Weights (OC, 1, kH, kW) -> acc-type [kH*kW][OC], optionally rotated by 180 degrees (for the transposed
 // convolution of the input gradient). Lives in the calling thread's scratch; read by all workers.
 template <typename scalar_t>
@@ -53,15 +49,16 @@ const acc_t<scalar_t>* taps_by_channel(const Tensor& weight, const ConvGeometry&
   return w;
 }
 
+// Bias in the accumulation type (padded to whole vectors), or nullptr without one. Lives in the calling
+// thread's scratch; read by all workers.
 template <typename scalar_t>
-std::vector<acc_t<scalar_t>> bias_as_acc(const c10::optional<Tensor>& bias, int64_t oc) {
-  std::vector<acc_t<scalar_t>> b;
-  if (bias.has_value() && bias->defined()) {
-    const Tensor bc = bias->contiguous();
-    const scalar_t* p = bc.const_data_ptr<scalar_t>();
-    b.resize(oc + at::vec::Vectorized<acc_t<scalar_t>>::size());
-    for (int64_t i = 0; i < oc; ++i) b[i] = static_cast<acc_t<scalar_t>>(p[i]);
-  }
+const acc_t<scalar_t>* bias_as_acc(const c10::optional<Tensor>& bias, int64_t oc) {
+  if (!bias.has_value() || !bias->defined()) return nullptr;
+  using acc = acc_t<scalar_t>;
+  acc* b = thread_scratch<acc>(oc + at::vec::Vectorized<acc>::size(), ScratchSlot::kBias);
+  const Tensor bc = bias->contiguous();
+  const scalar_t* p = bc.const_data_ptr<scalar_t>();
+  for (int64_t i = 0; i < oc; ++i) b[i] = static_cast<acc>(p[i]);
   return b;
 }
 
@@ -277,8 +274,7 @@ Tensor depthwise_conv2d_cpu(const Tensor& input_, const Tensor& weight, const c1
   Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_cpu", [&] {
-    const auto b = bias_as_acc<scalar_t>(bias, g.out_channels);
-    const acc_t<scalar_t>* bp = b.empty() ? nullptr : b.data();
+    const acc_t<scalar_t>* bp = bias_as_acc<scalar_t>(bias, g.out_channels);
     if (fmt == at::MemoryFormat::ChannelsLast && g.multiplier == 1) {
       forward_nhwc<scalar_t>(input, taps_by_channel<scalar_t>(weight, g, false), bp, out, g);
     } else if (fmt == at::MemoryFormat::Contiguous) {
@@ -521,10 +517,11 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   const int64_t ld = (C + V - 1) / V * V;  // padded so full-vector accumulation never overruns
   const int64_t ib = g.interior_ow_begin(), ie = g.interior_ow_end();
-  std::vector<acc> partial(workers * (T + 1) * ld, acc(0));
+  acc* partial = thread_scratch<acc>(workers * (T + 1) * ld, ScratchSlot::kReduce);
+  std::fill(partial, partial + workers * (T + 1) * ld, acc(0));
   at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
-      acc* part = partial.data() + worker * (T + 1) * ld;
+      acc* part = partial + worker * (T + 1) * ld;
       std::vector<const scalar_t*> irows(g.kernel_h);
       const int64_t r0 = rows * worker / workers, r1 = rows * (worker + 1) / workers;
       for (int64_t r = r0; r < r1; ++r) {

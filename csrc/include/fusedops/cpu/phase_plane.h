@@ -28,17 +28,6 @@ struct PhasePlane {
   int64_t pitch = 0;      // elements per row (stride_w * phase_len)
   int64_t stride_w = 1;
   int64_t size = 0;       // elements to allocate: rows * pitch plus slack for vector over-reads
-
-  // Start of the contiguous run read by kernel tap (kh, kw) for output row oh, output column 0.
-  const T* tap(const ConvGeometry& g, int64_t oh, int64_t kh, int64_t kw) const {
-    const int64_t x = kw * g.dilation_w;
-    return data + (oh * g.stride_h + kh * g.dilation_h) * pitch + (x % stride_w) * phase_len + x / stride_w;
-  }
-  T* tap(const ConvGeometry& g, int64_t oh, int64_t kh, int64_t kw) {
-    return const_cast<T*>(static_cast<const PhasePlane*>(this)->tap(g, oh, kh, kw));
-  }
-  // Element at padded coordinates (y, x).
-  T& at(int64_t y, int64_t x) { return data[y * pitch + (x % stride_w) * phase_len + x / stride_w]; }
 };
 
 // Offset of each kernel tap's contiguous run from the start of the plane row read by tap (0, 0):

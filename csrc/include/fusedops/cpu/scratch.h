@@ -22,7 +22,9 @@ enum class ScratchSlot : int {
   kTileOut = 6,     // a fused kernel's output tile, staged before a layout change
   kPacked = 7,      // weights packed for a GEMM micro-kernel by the calling thread, shared with the workers
   kTilePacked = 8,  // a fused kernel's tile re-packed as GEMM panels
-  kCount = 9
+  kBias = 9,        // per-channel bias in the accumulation type, shared with the workers
+  kReduce = 10,     // per-worker partial sums, reduced by the calling thread
+  kCount = 11
 };
 
 inline void* thread_scratch_bytes(size_t bytes, ScratchSlot slot) {
