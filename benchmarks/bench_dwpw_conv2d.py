@@ -4,7 +4,8 @@ torch.compile (freezing) of it, fp32, channels_last.
 The unfused sequence is nn.Modules in eval mode: depthwise 3x3 conv, BN, ReLU6, 1x1 conv, BN, ReLU6.
 fusedops runs fusedops.nn.DepthwiseSeparableConv2d in eval mode (the BNs folded once, cached). Forward
 runs under inference_mode; "full" is forward + backward in train mode of the fused op with folded
-weights (no BN) against the same sequence without BN (peak memory is not measured here).
+weights (no BN) against the same sequence without BN; its "extra" column adds the peak memory one
+training step holds above its inputs and parameters (harness.peak_memory_bytes), fused vs each baseline.
 
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184 \\
         python -m benchmarks.bench_dwpw_conv2d [--modes forward full] [--no-compile] [--quick]
@@ -83,11 +84,15 @@ def setup(N, C, Cout, H, stride, mode, use_compile):
         grad = torch.randn_like(fused(x))
 
     def full(fn, params):
-        def run():
+        def clear_grads():
             xg.grad = None
             for p in params:
                 p.grad = None
+
+        def run():
+            clear_grads()
             fn(xg).backward(grad)
+        run.reset = clear_grads
         return run
 
     providers = {"fusedops": full(fused, list(fused.parameters())), "eager": full(seq, list(seq.parameters()))}
@@ -112,6 +117,9 @@ def run(modes, use_compile, quick, rounds):
                 oh = (s["H"] - 1) // s["stride"] + 1
                 macs = N * oh * oh * s["C"] * (9 + s["Cout"])
                 case.extra = f"{macs / r.median_us['fusedops'] / 1e3:.1f} GMAC/s"
+                if mode == "full":
+                    peaks = {p: harness.peak_memory_bytes(fn, fn.reset) / 2**20 for p, fn in providers.items()}
+                    case.extra += "; peak MB " + " / ".join(f"{p} {mb:.1f}" for p, mb in peaks.items())
                 results.append(r)
                 print(harness.format_table([r]).splitlines()[2], flush=True)
     return results

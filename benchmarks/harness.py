@@ -167,6 +167,30 @@ def time_case(case: Case, rounds: int = 15, warmup: int = 3, sample_ms: float = 
     )
 
 
+def peak_memory_bytes(fn, reset=None) -> int:
+    """Peak bytes of CPU tensor memory that one call of `fn` holds at once, above what was live before it.
+
+    Read from the profiler's allocator events, so allocations inside C++ kernels count too; memory
+    allocated before the call (inputs, parameters, the kernels' persistent per-thread scratch after the
+    warm-up call) does not. `reset` (e.g. dropping the warm-up call's gradients) runs before the measured
+    call, so that freeing what the warm-up left behind does not offset the peak.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up: first-call caches and scratch are not what one training step costs
+    if reset is not None:
+        reset()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
 def geomean(values):
     values = [v for v in values if v > 0]
     if not values:
