@@ -14,8 +14,11 @@
 #include "fusedops/cpu/activation.h"
 #include "fusedops/cpu/vec_io.h"
 
+#include <ATen/cpu/vec/vec.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace fusedops {
 namespace cpu {
@@ -58,6 +61,19 @@ void pack_pointwise_panels(const PackedPointwise<acc>& p, const scalar_t* weight
   using P = PackedPointwise<acc>;
   acc* w = const_cast<acc*>(p.panels);
   acc* b = const_cast<acc*>(p.bias);
+  if constexpr (std::is_same_v<acc, float> && std::is_same_v<scalar_t, float>) {
+    // A panel is the transpose of kNr weight rows: in-register 16x16 block transposes pack it ~3x faster
+    // than the element loop below (88 of 813 us of a 1-thread 960->160 7x7 batch-8 call went to packing).
+    for (int64_t j = panel_begin; j < panel_end; ++j) {
+      acc* panel = w + j * p.k * P::kNr;
+      const int64_t col = j * P::kNr, cols = std::min(P::kNr, p.n - col);
+      if (cols < P::kNr) std::fill(panel, panel + p.k * P::kNr, acc(0));
+      at::vec::transpose_mxn<float>(weight + col * ld, ld, panel, P::kNr, static_cast<int>(cols),
+                                    static_cast<int>(p.k));
+      for (int64_t c = 0; c < P::kNr; ++c) b[col + c] = (bias != nullptr && c < cols) ? bias[col + c] : acc(0);
+    }
+    return;
+  }
   for (int64_t j = panel_begin; j < panel_end; ++j) {
     acc* panel = w + j * p.k * P::kNr;
     for (int64_t c = 0; c < P::kNr; ++c) {
