@@ -12,12 +12,15 @@ import torch
 
 import fusedops
 from fusedops import _extension
+from fusedops.ops import _reference
 
-from test_dwpw_conv2d import check_parity, make_weights
+from conftest import assert_close_grads, make_input, to_layout, tolerance
+from test_dwpw_conv2d import GRAD_NAMES, check_parity, make_weights
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _HAS_TRITON = importlib.util.find_spec("triton") is not None
 _READY = _HAS_TRITON and _extension.has_ops() and _extension.has_triton()
+_DEVICE = "cpu" if _INTERPRET else "cuda"
 
 pytestmark = [
     pytest.mark.triton,
@@ -61,3 +64,80 @@ def test_triton_bad_arguments():
     dw_w, dw_b, pw_w, pw_b = (t.detach() for t in make_weights(4, 6, 3))
     with fusedops.use_backend("triton"), pytest.raises(RuntimeError, match="pw_weight must have shape"):
         fusedops.dwpw_conv2d(x, dw_w, dw_b, pw_w[:, :3], pw_b)
+
+
+def _backward_case(shape, cout, kernel, stride, padding, dilation, multiplier, mid, out, layout, dtype=torch.float32):
+    """Detached arguments of a direct dwpw_conv2d_backward call, and the float64 reference gradients."""
+    c = shape[1]
+    x = make_input(shape, layout, dtype=dtype).to(_DEVICE)
+    weights = [None if t is None else t.detach().to(_DEVICE)
+               for t in make_weights(c, cout, kernel, multiplier, dtype=dtype, requires_grad=False)]
+    conv = (stride, padding, dilation, mid, out)
+    leaves = [None if t is None else t.double().requires_grad_() for t in (x, *weights)]
+    ref = _reference.dwpw_conv2d(*leaves, *conv)
+    go = to_layout(torch.randn(ref.shape, dtype=torch.float64, device=_DEVICE), layout)
+    expected = torch.autograd.grad(ref, leaves, go)
+    return (go.to(dtype), x, *weights, *conv), expected
+
+
+def _triton_backward(args, mask=(True,) * 5, band_elements=1 << 22):
+    from fusedops.ops._triton import dwpw_conv2d
+
+    return dwpw_conv2d.dwpw_conv2d_backward(*args, list(mask), band_elements=band_elements)
+
+
+@pytest.mark.parametrize("case", (
+    # 3x3 stride 2: bands overlap by one input row; multiplier 2.
+    dict(shape=(3, 4, 9, 9), cout=6, kernel=3, stride=(2, 2), padding=(1, 1), dilation=(1, 1), multiplier=2,
+         mid="relu6", out="hardswish", layout="channels_last"),
+    # 5 rows stride 1: each one-row band recomputes the 4 output rows above it (clamped at the top).
+    dict(shape=(2, 3, 8, 6), cout=5, kernel=(5, 1), stride=(1, 1), padding=(2, 0), dilation=(1, 1), multiplier=1,
+         mid="hardswish", out="relu", layout="nchw"),
+    # Uneven stride, no row padding, dilation; out none: the bands read grad_output in place (strided).
+    dict(shape=(2, 5, 11, 7), cout=9, kernel=3, stride=(2, 1), padding=(0, 1), dilation=(2, 1), multiplier=1,
+         mid="relu", out="none", layout="noncontig"),
+))
+def test_triton_backward_bands(case, monkeypatch):
+    """Row bands, image bands and chunked reductions give the gradients of one whole band (up to the
+    summation order)."""
+    from fusedops.ops._triton import dwpw_conv2d
+
+    args, expected = _backward_case(**case)
+    whole = _triton_backward(args)
+    n, k, cout = case["shape"][0], case["shape"][1] * case["multiplier"], case["cout"]
+    out_h, out_w = args[0].shape[2:]
+    per_row = (k + cout) * out_w
+    tol = tolerance(torch.float32)
+    # Several partial sums per reduction, as on a GPU (under the interpreter there is one).
+    monkeypatch.setattr(dwpw_conv2d, "_program_target", lambda device: 5)
+    for band_elements in (per_row, 2 * per_row + 1, per_row * out_h * (n - 1)):
+        banded = _triton_backward(args, band_elements=band_elements)
+        for name, b, w_ in zip(GRAD_NAMES, banded, whole):
+            assert b.dtype == w_.dtype and b.shape == w_.shape and b.stride() == w_.stride(), name
+        assert_close_grads(list(banded), list(whole), rtol=tol["rtol"], atol=tol["atol"], names=list(GRAD_NAMES))
+        assert_close_grads(list(banded), list(expected), rtol=tol["rtol"], atol=tol["atol"], names=list(GRAD_NAMES))
+    if case["layout"] == "channels_last":
+        assert whole[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("mask", ((False, True, False, True, False), (True, False, True, False, True),
+                                  (False, False, False, False, True), (True, False, False, False, False)))
+def test_triton_backward_output_mask(mask):
+    """Unrequested gradients come back empty; the requested ones equal those of the full call."""
+    args, _ = _backward_case((2, 4, 7, 6), 5, 3, (2, 2), (1, 1), (1, 1), 2, "hardswish", "relu6", "nchw")
+    full = _triton_backward(args)
+    part = _triton_backward(args, mask, band_elements=60)
+    for name, wanted, p, f in zip(GRAD_NAMES, mask, part, full):
+        if wanted:
+            assert p.shape == f.shape and p.dtype == f.dtype and p.is_contiguous(), name
+            torch.testing.assert_close(p, f, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
+        else:
+            assert p.numel() == 0 and p.dtype == f.dtype and p.device == f.device, name
+
+
+def test_triton_backward_float64_bands():
+    args, expected = _backward_case((2, 3, 7, 7), 4, 3, (1, 1), (1, 1), (1, 1), 1, "relu6", "hardswish",
+                                    "channels_last", dtype=torch.float64)
+    banded = _triton_backward(args, band_elements=(3 + 4) * 7 * 2)
+    tol = tolerance(torch.float64)
+    assert_close_grads(list(banded), list(expected), rtol=tol["rtol"], atol=tol["atol"], names=list(GRAD_NAMES))

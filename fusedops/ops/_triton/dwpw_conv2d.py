@@ -12,9 +12,28 @@ are applied before the store. Tensors are addressed through their strides: any l
 fp32 GEMMs use exact fp32 products (input_precision="ieee"); fp16/bf16 tiles go through tensor cores in
 their own dtype with fp32 accumulation.
 
-Backward: band-wise recomputation with torch ops on the device (the algorithm of the native backward,
-csrc/dwpw_conv2d.cpp): per band of output rows the depthwise output is recomputed, so only the input is
-kept for training.
+Backward: only the input is saved, so every kernel recomputes the depthwise tiles it needs from it
+(``z``, and ``a = act_mid(z)``) with the forward's own helper, ``_depthwise_tile``. The work goes in bands
+of output rows (of whole images when they fit) so that the two intermediates below live in band-sized
+buffers (fp32; fp64 for fp64), never in an (N, K, OH, OW) tensor. Per band:
+  1. ``g = act_out'(u) * grad_output``, with ``u`` the output before its activation recomputed as in the
+     forward (``_pointwise_tile``): one program per (image, pixel tile, OC tile), into a (pixels x OC)
+     buffer. Without an output activation, g is grad_output itself.
+  2. grad pw_weight = g^T a and grad pw_bias = sum g: one program per (OC tile, K tile, chunk of pixel
+     tiles) recomputes ``a`` and accumulates ``tl.dot`` products in registers, into partial sums per
+     chunk that carry over the bands and are summed once at the end (deterministic, no atomics).
+  3. ``grad_z = act_mid'(z) * (g @ pw_weight)``: one program per (image, pixel tile, K tile) reduces over
+     OC with ``tl.dot`` and recomputes ``z``, into a (pixels x K) buffer.
+  4. The depthwise backward of grad_z through the Triton depthwise kernels (depthwise_conv2d.py): the
+     gather kernel writes grad_input, the two-stage reduction gives grad dw_weight / grad dw_bias.
+The bands of output rows overlap in input rows (windows taller than the stride). Rather than accumulate
+grad_input band after band (a full-size fp32 buffer, or read-modify-writes), each input row belongs to one
+band: from its first output row's window start to the next band's. A band recomputes steps 1 and 3 for the
+``(extent - 1) // stride`` output rows above it whose windows also reach into its input rows, so its
+gather is complete and stores straight into grad_input; the weight gradients sum only its own rows.
+All backward GEMMs take fp32 (fp64) operands, also for fp16/bf16: g and grad_z need fp32's range, and u
+then matches the native backward's fp32 recomputation. fp32 runs them on exact products, fp16/bf16 as
+tf32. The activation derivatives are aten's (threshold/hardtanh/hardswish_backward), boundaries included.
 """
 
 import torch
@@ -22,7 +41,9 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from .depthwise_conv2d import _acc_dtype, _device_context, _needs_int64, _next_pow2
+from .depthwise_conv2d import (_MAX_UNROLLED_TAPS, _acc_dtype, _depthwise_bwd_input_kernel,
+                               _depthwise_bwd_weight_kernel, _device_context, _needs_int64, _next_pow2, _num_warps,
+                               _program_target, _tile)
 
 ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}
 
@@ -36,6 +57,90 @@ def _activation(x, ACT: tl.constexpr):
     elif ACT == 3:
         x = x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
     return x
+
+
+@triton.jit
+def _activation_backward(grad, x, ACT: tl.constexpr):
+    """grad * act'(x), written as aten's threshold_backward / hardtanh_backward / hardswish_backward (same
+    boundaries, and a NaN x passes grad through where they do)."""
+    if ACT == 1:
+        grad = tl.where(x <= 0.0, 0.0, grad)
+    elif ACT == 2:
+        grad = tl.where((x <= 0.0) | (x >= 6.0), 0.0, grad)
+    elif ACT == 3:
+        grad = tl.where(x <= -3.0, 0.0, tl.where(x < 3.0, grad * (x / 3.0 + 0.5), grad))
+    return grad
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    """acc + a @ b; IEEE: exact fp32 products instead of tf32 (other dtypes ignore it)."""
+    if IEEE:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _depthwise_tile(
+    x_img, dww_ptr, dwb_ptr, oh, ow, mask_p, k, mask_k, H, W, MULT,
+    sxc, sxh, sxw, swk, swh, sww,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_DWB: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr,
+):
+    """The depthwise output z (bias added, before the middle activation) of pixels (oh, ow) x depthwise
+    channels k of one image, a (BLOCK_P x BLOCK_K) tile. Masked channels give exactly 0 (so does every
+    activation of them); masked pixels give the bias."""
+    c = k // MULT
+    if INT64:
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+        c = c.to(tl.int64)
+    if HAS_DWB:
+        z = tl.load(dwb_ptr + k, mask=mask_k, other=0.0).to(ACC)[None, :] + tl.zeros((BLOCK_P, BLOCK_K), ACC)
+    else:
+        z = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
+    for kh in tl.static_range(KH):
+        ih = oh * stride_h - pad_h + kh * dil_h
+        ok_h = mask_p & (ih >= 0) & (ih < H)
+        for kw in tl.static_range(KW):
+            iw = ow * stride_w - pad_w + kw * dil_w
+            ok = ok_h & (iw >= 0) & (iw < W)
+            xv = tl.load(x_img + ih[:, None] * sxh + iw[:, None] * sxw + c[None, :] * sxc,
+                         mask=ok[:, None] & mask_k[None, :], other=0.0).to(ACC)
+            wv = tl.load(dww_ptr + k * swk + kh * swh + kw * sww, mask=mask_k, other=0.0).to(ACC)
+            z += xv * wv[None, :]
+    return z
+
+
+@triton.jit
+def _pointwise_tile(
+    x_img, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oh, ow, mask_p, co, mask_n, H, W, K, MULT,
+    sxc, sxh, sxw, swk, swh, sww, spo, spk,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_DWB: tl.constexpr, HAS_PWB: tl.constexpr, MID: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    INT64: tl.constexpr, ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
+):
+    """u = act_mid(z) @ pw_weight^T + pw_bias (before the output activation) of pixels (oh, ow) x output
+    channels co, a (BLOCK_P x BLOCK_N) tile; the GEMM's operands are cast to DOT_DTYPE."""
+    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = k < K
+        z = _depthwise_tile(x_img, dww_ptr, dwb_ptr, oh, ow, mask_p, k, mask_k, H, W, MULT,
+                            sxc, sxh, sxw, swk, swh, sww, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                            KH, KW, HAS_DWB, BLOCK_P, BLOCK_K, INT64, ACC)
+        # Redundant (masked channels are 0 already), but with it ptxas spills less (sm_90).
+        a = tl.where(mask_k[None, :], _activation(z, MID), 0.0)
+        wp = tl.load(pww_ptr + co[None, :] * spo + k[:, None] * spk, mask=mask_k[:, None] & mask_n[None, :],
+                     other=0.0)
+        acc = _dot(a.to(DOT_DTYPE), wp.to(DOT_DTYPE), acc, IEEE)
+    if HAS_PWB:
+        acc += tl.load(pwb_ptr + co, mask=mask_n, other=0.0).to(ACC)[None, :]
+    return acc
 
 
 @triton.jit
@@ -56,47 +161,181 @@ def _dwpw_fwd_kernel(
     pid = tl.program_id(0)
     n = pid // tiles_p
     tp = pid % tiles_p
+    p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
+    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     if INT64:
         n = n.to(tl.int64)
-    p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
+        p = p.to(tl.int64)
+        co = co.to(tl.int64)
     mask_p = p < OH * OW
     oh = p // OW
     ow = p % OW
-    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = co < OC
-    x_img = x_ptr + n * sxn
-    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = k < K
-        c = k // MULT
-        if HAS_DWB:
-            dw = tl.load(dwb_ptr + k, mask=mask_k, other=0.0).to(ACC)[None, :] + tl.zeros((BLOCK_P, BLOCK_K), ACC)
-        else:
-            dw = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
-        for kh in tl.static_range(KH):
-            ih = oh * stride_h - pad_h + kh * dil_h
-            ok_h = mask_p & (ih >= 0) & (ih < H)
-            for kw in tl.static_range(KW):
-                iw = ow * stride_w - pad_w + kw * dil_w
-                ok = ok_h & (iw >= 0) & (iw < W)
-                xv = tl.load(x_img + ih[:, None] * sxh + iw[:, None] * sxw + c[None, :] * sxc,
-                             mask=ok[:, None] & mask_k[None, :], other=0.0).to(ACC)
-                wv = tl.load(dww_ptr + k * swk + kh * swh + kw * sww, mask=mask_k, other=0.0).to(ACC)
-                dw += xv * wv[None, :]
-        a = _activation(dw, MID)
-        a = tl.where(mask_k[None, :], a, 0.0)
-        wp = tl.load(pww_ptr + co[None, :] * spo + k[:, None] * spk, mask=mask_k[:, None] & mask_n[None, :],
-                     other=0.0)
-        if IEEE:
-            acc += tl.dot(a.to(DOT_DTYPE), wp.to(DOT_DTYPE), input_precision="ieee").to(ACC)
-        else:
-            acc += tl.dot(a.to(DOT_DTYPE), wp.to(DOT_DTYPE)).to(ACC)
-    if HAS_PWB:
-        acc += tl.load(pwb_ptr + co, mask=mask_n, other=0.0).to(ACC)[None, :]
-    y = _activation(acc, OUT)
+    u = _pointwise_tile(x_ptr + n * sxn, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oh, ow, mask_p, co, mask_n,
+                        H, W, K, MULT, sxc, sxh, sxw, swk, swh, sww, spo, spk,
+                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                        KH, KW, HAS_DWB, HAS_PWB, MID, BLOCK_P, BLOCK_K, BLOCK_N, INT64, ACC, DOT_DTYPE, IEEE)
+    y = _activation(u, OUT)
     o = out_ptr + n * son + co[None, :] * soc + oh[:, None] * soh + ow[:, None] * sow
     tl.store(o, y.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_n[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backward. Each kernel covers ROWS output rows from row ROW0 of a band of images: x_ptr points at the
+# band's first image, and pixel p of an image is output row ROW0 + p // OW, column p % OW (row p // OW of
+# the band's buffers and of its grad_output view).
+
+
+@triton.jit
+def _dwpw_bwd_out_kernel(
+    x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, go_ptr, g_ptr,
+    H, W, K, OC, OW, MULT, ROWS, ROW0,
+    sxn, sxc, sxh, sxw,
+    swk, swh, sww,
+    spo, spk,
+    son, soc, soh, sow,
+    sgn, sgc, sgh, sgw,
+    tiles_p,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_DWB: tl.constexpr, HAS_PWB: tl.constexpr,
+    MID: tl.constexpr, OUT: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    INT64: tl.constexpr, ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
+):
+    """g = act_out'(u) * grad_output, per (image, pixel tile, output-channel tile)."""
+    pid = tl.program_id(0)
+    n = pid // tiles_p
+    tp = pid % tiles_p
+    p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
+    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if INT64:
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+        co = co.to(tl.int64)
+    mask_p = p < ROWS * OW
+    r = p // OW
+    ow = p % OW
+    mask_n = co < OC
+    u = _pointwise_tile(x_ptr + n * sxn, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, ROW0 + r, ow, mask_p, co, mask_n,
+                        H, W, K, MULT, sxc, sxh, sxw, swk, swh, sww, spo, spk,
+                        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                        KH, KW, HAS_DWB, HAS_PWB, MID, BLOCK_P, BLOCK_K, BLOCK_N, INT64, ACC, DOT_DTYPE, IEEE)
+    mask = mask_p[:, None] & mask_n[None, :]
+    go = tl.load(go_ptr + n * son + co[None, :] * soc + (r * soh + ow * sow)[:, None], mask=mask, other=0.0)
+    g = _activation_backward(go.to(ACC), u, OUT)
+    tl.store(g_ptr + n * sgn + co[None, :] * sgc + (r * sgh + ow * sgw)[:, None], g, mask=mask)
+
+
+@triton.jit
+def _dwpw_bwd_pw_weight_kernel(
+    x_ptr, dww_ptr, dwb_ptr, g_ptr, gw_ptr, gb_ptr,
+    H, W, K, OC, OW, MULT, ROWS, ROW0,
+    sxn, sxc, sxh, sxw,
+    swk, swh, sww,
+    sgn, sgc, sgh, sgw,
+    tiles_p, total_tiles, tiles_per_chunk,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_DWB: tl.constexpr, MID: tl.constexpr,
+    COMPUTE_GW: tl.constexpr, COMPUTE_GB: tl.constexpr, ACCUMULATE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    INT64: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+):
+    """Partial sums of g^T a into gw (chunks, OC, K) and of g into gb (chunks, OC) over the pixel tiles of
+    one chunk, per (output-channel tile, depthwise-channel tile, chunk); gb from the first K tile only.
+    ACCUMULATE adds them to the sums of the previous bands."""
+    pid_k = tl.program_id(1)
+    chunk = tl.program_id(2)
+    co = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    if INT64:
+        co = co.to(tl.int64)
+        k = k.to(tl.int64)
+    mask_n = co < OC
+    mask_k = k < K
+    first = chunk * tiles_per_chunk
+    last = tl.minimum(first + tiles_per_chunk, total_tiles)
+    acc_w = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
+    acc_b = tl.zeros((BLOCK_N,), dtype=ACC)
+    for t in range(first, last):
+        n = t // tiles_p
+        p = (t % tiles_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+        if INT64:
+            n = n.to(tl.int64)
+            p = p.to(tl.int64)
+        mask_p = p < ROWS * OW
+        r = p // OW
+        ow = p % OW
+        # Masked pixels load g = 0, which cancels their recomputed activations (act_mid of the bias).
+        gt = tl.load(g_ptr + n * sgn + co[:, None] * sgc + (r * sgh + ow * sgw)[None, :],
+                     mask=mask_n[:, None] & mask_p[None, :], other=0.0).to(ACC)
+        if COMPUTE_GB:
+            acc_b += tl.sum(gt, axis=1)
+        if COMPUTE_GW:
+            z = _depthwise_tile(x_ptr + n * sxn, dww_ptr, dwb_ptr, ROW0 + r, ow, mask_p, k, mask_k, H, W, MULT,
+                                sxc, sxh, sxw, swk, swh, sww, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                                KH, KW, HAS_DWB, BLOCK_P, BLOCK_K, INT64, ACC)
+            acc_w = _dot(gt, _activation(z, MID), acc_w, IEEE)
+    if COMPUTE_GW:
+        gw = gw_ptr + (chunk * OC + co)[:, None] * K + k[None, :]
+        mask_w = mask_n[:, None] & mask_k[None, :]
+        if ACCUMULATE:
+            acc_w += tl.load(gw, mask=mask_w, other=0.0)
+        tl.store(gw, acc_w, mask=mask_w)
+    if COMPUTE_GB:
+        gb = gb_ptr + chunk * OC + co
+        mask_b = mask_n & (pid_k == 0)
+        if ACCUMULATE:
+            acc_b += tl.load(gb, mask=mask_b, other=0.0)
+        tl.store(gb, acc_b, mask=mask_b)
+
+
+@triton.jit
+def _dwpw_bwd_mid_kernel(
+    x_ptr, dww_ptr, dwb_ptr, pww_ptr, g_ptr, gz_ptr,
+    H, W, K, OC, OW, MULT, ROWS, ROW0,
+    sxn, sxc, sxh, sxw,
+    swk, swh, sww,
+    spo, spk,
+    sgn, sgc, sgh, sgw,
+    szn, szc, szh, szw,
+    tiles_p,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_DWB: tl.constexpr, MID: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    INT64: tl.constexpr, ACC: tl.constexpr, IEEE: tl.constexpr,
+):
+    """grad_z = act_mid'(z) * (g @ pw_weight), per (image, pixel tile, depthwise-channel tile)."""
+    pid = tl.program_id(0)
+    n = pid // tiles_p
+    tp = pid % tiles_p
+    p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    if INT64:
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+        k = k.to(tl.int64)
+    mask_p = p < ROWS * OW
+    r = p // OW
+    ow = p % OW
+    mask_k = k < K
+    g_px = g_ptr + n * sgn + (r * sgh + ow * sgw)[:, None]
+    grad_a = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
+    for c0 in range(0, OC, BLOCK_N):
+        co = c0 + tl.arange(0, BLOCK_N)
+        if INT64:
+            co = co.to(tl.int64)
+        mask_n = co < OC
+        g = tl.load(g_px + co[None, :] * sgc, mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(ACC)
+        wp = tl.load(pww_ptr + co[:, None] * spo + k[None, :] * spk, mask=mask_n[:, None] & mask_k[None, :],
+                     other=0.0).to(ACC)
+        grad_a = _dot(g, wp, grad_a, IEEE)
+    if MID != 0:
+        z = _depthwise_tile(x_ptr + n * sxn, dww_ptr, dwb_ptr, ROW0 + r, ow, mask_p, k, mask_k, H, W, MULT,
+                            sxc, sxh, sxw, swk, swh, sww, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                            KH, KW, HAS_DWB, BLOCK_P, BLOCK_K, INT64, ACC)
+        grad_a = _activation_backward(grad_a, z, MID)
+    gz = gz_ptr + n * szn + k[None, :] * szc + (r * szh + ow * szw)[:, None]
+    tl.store(gz, grad_a, mask=mask_p[:, None] & mask_k[None, :])
 
 
 def _geometry(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
@@ -155,20 +394,66 @@ def dwpw_conv2d_forward(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, p
     return y
 
 
-def _act(x, kind):
-    from .. import _reference
+def _band_buffer(channels_last, images, channels, rows, cols, dtype, device):
+    """An (images, channels, rows, cols) buffer in the input's layout, so that the depthwise kernels' tiles
+    suit both it and grad_input."""
+    if channels_last:
+        return torch.empty((images, rows, cols, channels), dtype=dtype, device=device).permute(0, 3, 1, 2)
+    return torch.empty((images, channels, rows, cols), dtype=dtype, device=device)
 
-    return _reference.activation(x, kind)
+
+def _depthwise_grad_input(gz, dw_weight, dx, mult, stride, pad_h, pad_w, dilation, channels_last):
+    """dx = the depthwise stage's grad_input from gz: band views, where dx's input row i takes gz's output
+    row j through tap kh when i + pad_h - kh * dilation == j * stride."""
+    nb, c, h, w = dx.shape
+    block_h, block_w, block_c = _tile(channels_last, h, w, c)
+    tiles_h, tiles_w = triton.cdiv(h, block_h), triton.cdiv(w, block_w)
+    kh, kw = dw_weight.shape[2:]
+    _depthwise_bwd_input_kernel[(nb * tiles_h * tiles_w, triton.cdiv(c, block_c))](
+        gz, dw_weight, dx,
+        c, h, w, gz.shape[2], gz.shape[3], mult,
+        *gz.stride(),
+        dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3),
+        *dx.stride(),
+        tiles_h, tiles_w,
+        stride[0], stride[1], pad_h, pad_w, dilation[0], dilation[1],
+        KH=kh, KW=kw, UNROLL_KH=kh * kw <= _MAX_UNROLLED_TAPS,
+        BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
+        INT64=_needs_int64(gz, dx), ACC=_acc_dtype(dx.dtype),
+        num_warps=_num_warps(block_h, block_w, block_c),
+    )
 
 
-def _act_backward(grad, z, kind):
-    if kind == "none":
-        return grad
-    if kind == "relu":
-        return torch.ops.aten.threshold_backward(grad, z, 0)
-    if kind == "relu6":
-        return torch.ops.aten.hardtanh_backward(grad, z, 0, 6)
-    return torch.ops.aten.hardswish_backward(grad, z)
+def _depthwise_grad_weight(gz, x, dw_weight, mult, stride, pad_h, pad_w, dilation, channels_last, want_w, want_b,
+                           partial_dtype):
+    """(grad dw_weight as (K, kH*kW), grad dw_bias) of the band gz (a view of output rows whose row 0 reads
+    input row -pad_h + kh * dilation), each None when not wanted."""
+    nb, k, rows, cols = gz.shape
+    kh, kw = dw_weight.shape[2:]
+    taps = kh * kw
+    block_h, block_w, block_c = _tile(channels_last, rows, cols, k)
+    tiles_h, tiles_w = triton.cdiv(rows, block_h), triton.cdiv(cols, block_w)
+    total_tiles = nb * tiles_h * tiles_w
+    c_tiles = triton.cdiv(k, block_c)
+    grid_taps = taps if want_w else 1
+    # As in depthwise_conv2d_backward: enough chunks to fill the GPU, no more than the tiles or the grid limit.
+    chunks = max(1, min(total_tiles, 65535, triton.cdiv(_program_target(gz.device), grid_taps * c_tiles)))
+    tiles_per_chunk = triton.cdiv(total_tiles, chunks)
+    chunks = triton.cdiv(total_tiles, tiles_per_chunk)
+    part_w = torch.empty((chunks, k, taps), dtype=partial_dtype, device=gz.device) if want_w else None
+    part_b = torch.empty((chunks, k), dtype=partial_dtype, device=gz.device) if want_b else None
+    _depthwise_bwd_weight_kernel[(grid_taps, c_tiles, chunks)](
+        gz, x, part_w if want_w else part_b, part_b if want_b else part_w,
+        x.shape[2], x.shape[3], k, rows, cols, mult,
+        *gz.stride(), *x.stride(),
+        tiles_h, tiles_w, total_tiles, tiles_per_chunk,
+        stride[0], stride[1], pad_h, pad_w, dilation[0], dilation[1],
+        KW=kw, TAPS=taps, COMPUTE_GW=want_w, COMPUTE_GB=want_b,
+        BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
+        INT64=_needs_int64(gz, x), ACC=_acc_dtype(x.dtype),
+        num_warps=4,
+    )
+    return (None if part_w is None else part_w.sum(0)), (None if part_b is None else part_b.sum(0))
 
 
 def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid,
@@ -179,61 +464,125 @@ def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_b
         raise RuntimeError("fusedops: grad_output must have the dtype and device of input")
     if tuple(grad_output.shape) != (n, oc, out_h, out_w):
         raise RuntimeError(f"fusedops: grad_output has shape {tuple(grad_output.shape)}, not the output shape")
-    dtype = input.dtype
+    want_x, want_dww, want_dwb, want_pww, want_pwb = (bool(m) for m in output_mask)
+    want_pw = want_pww or want_pwb
+    need_gz = want_x or want_dww or want_dwb
+    stride, padding, dilation = (tuple(int(v) for v in pair) for pair in (stride, padding, dilation))
+    dtype, device = input.dtype, input.device
     op = torch.float64 if dtype == torch.float64 else torch.float32
     fmt = suggest_memory_format(input)
-    dww = dw_weight.to(op)
-    dwb = None if dw_bias is None else dw_bias.to(op)
-    pww = pw_weight.reshape(oc, k).to(op)
-    pwb = None if pw_bias is None else pw_bias.to(op)
-    gx = torch.empty(input.shape, dtype=op, device=input.device, memory_format=fmt).zero_() if output_mask[0] else None
-    gdww = torch.zeros_like(dww) if output_mask[1] else None
-    gdwb = torch.zeros(k, dtype=op, device=input.device) if output_mask[2] else None
-    gpww = torch.zeros_like(pww) if output_mask[3] else None
-    gpwb = torch.zeros(oc, dtype=op, device=input.device) if output_mask[4] else None
-    need_dw = output_mask[0] or output_mask[1] or output_mask[2]
+    channels_last = fmt == torch.channels_last
+    gx = torch.empty(input.shape, dtype=dtype, device=device, memory_format=fmt) if want_x else None
+    gdww = torch.zeros((k, kh * kw), dtype=op, device=device) if want_dww else None
+    gdwb = torch.zeros(k, dtype=op, device=device) if want_dwb else None
+    gpw = torch.zeros((1, oc, k), dtype=op, device=device) if want_pww else None
+    gpb = torch.zeros((1, oc), dtype=op, device=device) if want_pwb else None
+    if grad_output.numel() == 0 or not (need_gz or want_pw):
+        if want_x:
+            gx.zero_()
+        return _gradients(input, dw_weight, pw_weight, gx, gdww, gdwb, gpw, gpb)
+
+    acc = _acc_dtype(dtype)
+    # Every backward GEMM takes fp32 (fp64) operands: g and grad_z need fp32's range, and the recomputed u then
+    # matches the fp32 computation of the native backward. fp16/bf16 run them as tf32, within their tolerances.
+    ieee = dtype == torch.float32
     per_row = max(1, (k + oc) * out_w)
     rows = max(1, min(out_h, band_elements // per_row))
     images = 1 if rows < out_h else max(1, min(n, band_elements // (per_row * out_h)))
-    ext_h = dilation[0] * (kh - 1) + 1
-    for n0 in range(0, n, images):
-        n1 = min(n, n0 + images)
-        for r0 in range(0, out_h, rows):
-            r1 = min(out_h, r0 + rows)
-            lo, hi = r0 * stride[0] - padding[0], (r1 - 1) * stride[0] - padding[0] + ext_h
-            in_lo, in_hi = max(lo, 0), min(hi, h)
-            x = input[n0:n1, :, in_lo:max(in_lo, in_hi)].to(op)
-            x = torch.nn.functional.pad(x, (0, 0, in_lo - lo, hi - max(in_lo, in_hi)))
-            band_pad = (0, padding[1])
-            z = torch.nn.functional.conv2d(x, dww, dwb, tuple(stride), band_pad, tuple(dilation), groups=c)
-            a = _act(z, mid)
-            a_mat = a.permute(0, 2, 3, 1).reshape(-1, k)
-            go = grad_output[n0:n1, :, r0:r1].to(op).permute(0, 2, 3, 1).reshape(-1, oc)
-            if out != "none":
-                u = a_mat @ pww.t() if pwb is None else torch.addmm(pwb, a_mat, pww.t())
-                go = _act_backward(go, u, out)
-            if gpww is not None:
-                gpww.addmm_(go.t(), a_mat)
-            if gpwb is not None:
-                gpwb.add_(go.sum(0))
-            if not need_dw:
+    # The output rows above a band whose windows reach into its input rows (see the module docstring).
+    halo = (dilation[0] * (kh - 1)) // stride[0] if want_x and rows < out_h else 0
+    buf_rows = min(out_h, rows + halo)
+    g_buf = None if out == "none" else _band_buffer(channels_last, images, oc, buf_rows, out_w, op, device)
+    gz_buf = _band_buffer(channels_last, images, k, buf_rows, out_w, op, device) if need_gz else None
+    int64 = _needs_int64(input, grad_output, pw_weight, *(b for b in (g_buf, gz_buf) if b is not None))
+    block_p, block_k, block_n = _blocks(rows * out_w, k, oc, device)
+    # Smaller pixel tiles than the forward's: with them ptxas (sm_90, 3x3) spills at most a few bytes in these
+    # kernels, against hundreds of bytes at 64 pixels (KBs in the pw_weight one, whose g tile is BLOCK_N x BLOCK_P).
+    block_p = min(block_p, 32)
+    pw_block_p = 16
+    if want_pw:
+        oc_tiles = triton.cdiv(oc, block_n)
+        k_tiles = triton.cdiv(k, block_k) if want_pww else 1
+        # Set by the first (largest) band: the partial sums carry over the bands, chunk by chunk.
+        tiles = images * triton.cdiv(rows * out_w, pw_block_p)
+        pw_chunks = max(1, min(tiles, 65535, triton.cdiv(_program_target(device), oc_tiles * k_tiles)))
+        gpw = torch.empty((pw_chunks, oc, k), dtype=op, device=device) if want_pww else None
+        gpb = torch.empty((pw_chunks, oc), dtype=op, device=device) if want_pwb else None
+    dwb_arg = dw_bias if dw_bias is not None else dw_weight
+    dw_strides = (dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3))
+    pw_strides = (pw_weight.stride(0), pw_weight.stride(1))
+    conv = (*stride, *padding, *dilation)
+    common = dict(KH=kh, KW=kw, HAS_DWB=dw_bias is not None, MID=ACT_CODES[mid], BLOCK_K=block_k, BLOCK_N=block_n,
+                  INT64=int64, ACC=acc, IEEE=ieee, num_warps=4)
+
+    bands = [(n0, r0) for n0 in range(0, n, images) for r0 in range(0, out_h, rows)]
+    with _device_context(input):
+        for band, (n0, r0) in enumerate(bands):
+            n1, r1 = min(n, n0 + images), min(out_h, r0 + rows)
+            nb = n1 - n0
+            # Rows [c0, r1) of g and grad_z; the band's own rows are [r0, r1).
+            c0 = max(0, r0 - halo)
+            x = input[n0:n1]
+            tiles_p = triton.cdiv((r1 - c0) * out_w, block_p)
+            if g_buf is None:
+                g = grad_output[n0:n1, :, c0:r1]
+            else:
+                g = g_buf[:nb, :, :r1 - c0]
+                go = grad_output[n0:n1, :, c0:r1]
+                _dwpw_bwd_out_kernel[(nb * tiles_p, triton.cdiv(oc, block_n))](
+                    x, dw_weight, dwb_arg, pw_weight, pw_bias if pw_bias is not None else pw_weight, go, g,
+                    h, w, k, oc, out_w, mult, r1 - c0, c0,
+                    *x.stride(), *dw_strides, *pw_strides, *go.stride(), *g.stride(),
+                    tiles_p, *conv,
+                    HAS_PWB=pw_bias is not None, OUT=ACT_CODES[out], DOT_DTYPE=acc, BLOCK_P=block_p, **common,
+                )
+            if want_pw:
+                g_own = g[:, :, r0 - c0:]
+                own_tiles_p = triton.cdiv((r1 - r0) * out_w, pw_block_p)
+                _dwpw_bwd_pw_weight_kernel[(oc_tiles, k_tiles, pw_chunks)](
+                    x, dw_weight, dwb_arg, g_own, gpw if want_pww else gpb, gpb if want_pwb else gpw,
+                    h, w, k, oc, out_w, mult, r1 - r0, r0,
+                    *x.stride(), *dw_strides, *g_own.stride(),
+                    own_tiles_p, nb * own_tiles_p, triton.cdiv(nb * own_tiles_p, pw_chunks), *conv,
+                    COMPUTE_GW=want_pww, COMPUTE_GB=want_pwb, ACCUMULATE=band > 0, BLOCK_P=pw_block_p,
+                    **common,
+                )
+            if not need_gz:
                 continue
-            grad_a = (go @ pww).reshape(n1 - n0, r1 - r0, out_w, k).permute(0, 3, 1, 2)
-            grad_z = _act_backward(grad_a, z, mid)
-            bx, bw, bb = torch.ops.aten.convolution_backward(
-                grad_z, x, dww, [k], list(stride), list(band_pad), list(dilation), False, [0, 0], c,
-                [output_mask[0], output_mask[1], output_mask[2]])
-            if gdww is not None:
-                gdww.add_(bw)
-            if gdwb is not None:
-                gdwb.add_(bb)
-            if gx is not None and in_hi > in_lo:
-                gx[n0:n1, :, in_lo:in_hi].add_(bx[:, :, in_lo - lo:in_hi - lo])
+            gz = gz_buf[:nb, :, :r1 - c0]
+            _dwpw_bwd_mid_kernel[(nb * tiles_p, triton.cdiv(k, block_k))](
+                x, dw_weight, dwb_arg, pw_weight, g, gz,
+                h, w, k, oc, out_w, mult, r1 - c0, c0,
+                *x.stride(), *dw_strides, *pw_strides, *g.stride(), *gz.stride(),
+                tiles_p, *conv, BLOCK_P=block_p, **common,
+            )
+            if want_x:
+                # The band's input rows [i0, i1): from its first window's start to the next band's.
+                i0 = 0 if r0 == 0 else min(max(r0 * stride[0] - padding[0], 0), h)
+                i1 = h if r1 == out_h else min(max(r1 * stride[0] - padding[0], 0), h)
+                if i1 > i0:
+                    _depthwise_grad_input(gz, dw_weight, gx[n0:n1, :, i0:i1], mult, stride,
+                                          i0 + padding[0] - c0 * stride[0], padding[1], dilation, channels_last)
+            if want_dww or want_dwb:
+                # Output row r0 + j reads input row (r0 + j) * stride - padding + kh * dilation of x.
+                bw, bb = _depthwise_grad_weight(gz[:, :, r0 - c0:], x, dw_weight, mult, stride,
+                                                padding[0] - r0 * stride[0], padding[1], dilation, channels_last,
+                                                want_dww, want_dwb, op)
+                if want_dww:
+                    gdww += bw
+                if want_dwb:
+                    gdwb += bb
+    return _gradients(input, dw_weight, pw_weight, gx, gdww, gdwb, gpw, gpb)
+
+
+def _gradients(input, dw_weight, pw_weight, gx, gdww, gdwb, gpw, gpb):
+    """The op's 5 results from the accumulators (None: not wanted): input dtype, the weights' shapes."""
+    dtype = input.dtype
     empty = input.new_empty(0)
     return (
-        empty if gx is None else gx.to(dtype),
-        empty if gdww is None else gdww.to(dtype).contiguous(),
+        empty if gx is None else gx,
+        empty if gdww is None else gdww.to(dtype).view(dw_weight.shape),
         empty if gdwb is None else gdwb.to(dtype),
-        empty if gpww is None else gpww.reshape(pw_weight.shape).to(dtype).contiguous(),
-        empty if gpwb is None else gpwb.to(dtype),
+        empty if gpw is None else gpw.sum(0).to(dtype).view(pw_weight.shape),
+        empty if gpb is None else gpb.sum(0).to(dtype),
     )
