@@ -110,7 +110,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
   // in those than they save in activations.
   band_elements = std::max(band_elements, OC * K);
   const int64_t per_row = std::max<int64_t>(1, (K + OC) * g.out_w);
-  const int64_t rows = std::clamp<int64_t>(band_elements / per_row, 1, g.out_h);
+  // Row bands of equal height (the last one not a sliver): ceil(OH / bands) rows each.
+  const int64_t max_rows = std::clamp<int64_t>(band_elements / per_row, 1, g.out_h);
+  const int64_t row_bands = (g.out_h + max_rows - 1) / max_rows;
+  const int64_t rows = (g.out_h + row_bands - 1) / row_bands;
   const int64_t images = rows < g.out_h ? 1 : std::clamp<int64_t>(band_elements / (per_row * g.out_h), 1, g.batch);
   const int64_t ext_h = g.dilation_h * (g.kernel_h - 1) + 1;
   // Whole-image bands read the input in place (the convolution pads) and write disjoint input gradients;
@@ -121,7 +124,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
   if (output_mask[0]) {
     const auto grad_opt = opt.memory_format(fmt);
     if (!(whole && images == g.batch)) {
-      grad_input = whole ? at::empty(input_.sizes(), grad_opt) : at::zeros(input_.sizes(), grad_opt);
+      grad_input = at::empty(input_.sizes(), grad_opt);
     }
   }
   // Parameter gradients: the first band's partial sums become the accumulators (one band, the common
@@ -150,6 +153,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
 
   for (int64_t n0 = 0; n0 < g.batch; n0 += images) {
     const int64_t n1 = std::min(g.batch, n0 + images), nb = n1 - n0;
+    // Row bands: input rows below `filled` hold their gradient already; a band adds into the rows it
+    // shares with the previous band, copies the rest, and rows no window reads are zeroed.
+    int64_t filled = 0;
     for (int64_t r0 = 0; r0 < g.out_h; r0 += rows) {
       const int64_t r1 = std::min(g.out_h, r0 + rows), R = r1 - r0;
       // Input rows [lo, hi) feed output rows [r0, r1); rows outside the image are zero padding.
@@ -162,9 +168,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
         band_pad[0] = g.pad_h;
       } else if (in_hi > in_lo) {
         x = input_.slice(0, n0, n1).slice(2, in_lo, in_hi).to(op);
-        if (in_lo - lo > 0 || hi - in_hi > 0) x = at::constant_pad_nd(x, {0, 0, in_lo - lo, hi - in_hi}, 0);
+        if (in_lo - lo > 0 || hi - in_hi > 0) {
+          // Zero rows above/below the image, in the input's layout (the 1x1 convolutions below pick their
+          // fast kernels by layout, and a mixed-layout pair falls back to a slow one).
+          Tensor padded = at::empty({nb, g.channels, hi - lo, g.in_w}, opt.memory_format(fmt));
+          padded.slice(2, 0, in_lo - lo).zero_();
+          padded.slice(2, in_hi - lo, hi - lo).zero_();
+          padded.slice(2, in_lo - lo, in_hi - lo).copy_(x);
+          x = padded;
+        }
       } else {
-        x = at::zeros({nb, g.channels, hi - lo, g.in_w}, opt);
+        x = at::zeros({nb, g.channels, hi - lo, g.in_w}, opt.memory_format(fmt));
       }
       // Band temporaries are dropped right after their last use: the peak memory of a training step is the
       // point of recomputing, so at most ~3 band-sized buffers are alive at once.
@@ -201,9 +215,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
       } else if (output_mask[0] && whole) {
         grad_input.slice(0, n0, n1).copy_(gx);
       } else if (output_mask[0] && in_hi > in_lo) {
-        grad_input.slice(0, n0, n1).slice(2, in_lo, in_hi).add_(gx.slice(2, in_lo - lo, in_lo - lo + in_hi - in_lo));
+        const Tensor dst = grad_input.slice(0, n0, n1);
+        if (in_lo > filled) dst.slice(2, filled, in_lo).zero_();
+        const int64_t shared = std::clamp<int64_t>(filled, in_lo, in_hi);
+        if (shared > in_lo) dst.slice(2, in_lo, shared).add_(gx.slice(2, in_lo - lo, shared - lo));
+        if (in_hi > shared) dst.slice(2, shared, in_hi).copy_(gx.slice(2, shared - lo, in_hi - lo));
+        filled = std::max(filled, in_hi);
       }
     }
+    if (output_mask[0] && !whole && filled < g.in_h) grad_input.slice(0, n0, n1).slice(2, filled, g.in_h).zero_();
   }
   // No bands ran (an empty batch or output): gradients are zeros.
   if (output_mask[0] && !grad_input.defined()) grad_input = at::zeros(input_.sizes(), opt.memory_format(fmt));

@@ -123,9 +123,12 @@ def test_parity_bands_and_channel_splits(layout, shape, cout):
 
 
 @pytest.mark.parametrize("layout, channels, cout, stride, kernel, padding", (
-    ("channels_last", 24, 24, 1, 3, 1), ("nchw", 8, 120, 2, 5, 2), ("channels_last", 8, 120, (2, 1), 3, (0, 1))))
+    ("channels_last", 24, 24, 1, 3, 1), ("nchw", 8, 120, 2, 5, 2), ("channels_last", 8, 120, (2, 1), 3, (0, 1)),
+    ("channels_last", 64, 64, 3, 2, 0)))
 def test_parity_backward_row_bands(layout, channels, cout, stride, kernel, padding):
-    """Maps large enough for the backward to recompute the depthwise output in several row bands."""
+    """Maps large enough for the backward to recompute the depthwise output in several row bands: windows
+    overlapping across bands (their input gradients add up), and windows shorter than the stride (input
+    rows no window reads get a zero gradient)."""
     check_parity((1, channels, 220, 220), cout, kernel, stride=stride, padding=padding, layout=layout,
                  mid="hardswish")
 
