@@ -82,7 +82,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
     const Tensor& grad_output_, const Tensor& input_, const Tensor& dw_weight, const c10::optional<Tensor>& dw_bias,
     const Tensor& pw_weight, const c10::optional<Tensor>& pw_bias, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, std::string_view mid_activation, std::string_view out_activation,
-    std::array<bool, 5> output_mask, int64_t band_elements) {
+    std::array<bool, 5> output_mask, const c10::optional<Tensor>& output, int64_t band_elements) {
   const DwpwGeometry geo = dwpw_geometry(input_, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
                                          mid_activation, out_activation);
   const ConvGeometry& g = geo.dw;
@@ -138,6 +138,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
     }
   };
   const bool need_dw = output_mask[0] || output_mask[1] || output_mask[2];
+  // The saved output stands in for the recomputed u only where its rounding cannot move a value onto a
+  // bound: in float/double, the dtype the recomputation would use anyway.
+  const bool use_output = output.has_value() && output->defined() && dtype == op &&
+                          (geo.out == Activation::kRelu || geo.out == Activation::kRelu6);
+  if (use_output) {
+    check_same_device(*output, input_, "output", "input");
+    TORCH_CHECK(output->scalar_type() == dtype && output->sizes() == grad_output_.sizes(),
+                "fusedops: output must be the forward's result, of shape ", grad_output_.sizes(), " and dtype ",
+                dtype_name(dtype), "; got shape ", output->sizes(), " and dtype ", dtype_name(output->scalar_type()));
+  }
 
   // The depthwise stage runs fusedops' own depthwise kernels (through the dispatcher: CPU or CUDA).
   static auto dw_forward = c10::Dispatcher::singleton()
@@ -188,7 +198,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
       // The pointwise GEMMs run as 1x1 convolutions (oneDNN on CPU, cuDNN on CUDA): on CPUs where MKL's
       // SGEMM takes its generic path (AMD EPYC here: 200 GFLOP/s), oneDNN's kernels run twice as fast.
       Tensor go = grad_output_.slice(0, n0, n1).slice(2, r0, r1).to(op);
-      if (geo.out != Activation::kNone) {
+      if (use_output) {
+        // relu/relu6: the derivative is 0 exactly where the output sits at a bound (0, or 6).
+        const Tensor y = output->slice(0, n0, n1).slice(2, r0, r1);
+        go = activation_backward_into(at::empty_like(y), go, y, geo.out);
+      } else if (geo.out != Activation::kNone) {
         // The gradient through the output activation lands in u's buffer (grad_output is not ours to overwrite).
         const Tensor u = at::conv2d(a, pww, pwb.defined() ? c10::optional<Tensor>(pwb) : c10::nullopt);
         go = activation_backward_into(u, go, u, geo.out);
@@ -251,9 +265,11 @@ TORCH_LIBRARY_FRAGMENT(fusedops, m) {
       "dwpw_conv2d(Tensor input, Tensor dw_weight, Tensor? dw_bias, Tensor pw_weight, Tensor? pw_bias, "
       "int[2] stride, int[2] padding, int[2] dilation, str mid_activation, str out_activation) -> Tensor");
   // Gradients (input, dw_weight, dw_bias, pw_weight, pw_bias) of dwpw_conv2d; output_mask says which are
-  // wanted, unwanted ones come back empty. Recomputes the depthwise output band by band.
+  // wanted, unwanted ones come back empty. Recomputes the depthwise output band by band. `output`, the
+  // forward's result, is optional: given (relu/relu6 output activations), the kernels may read the output
+  // activation's derivative from it instead of recomputing the pointwise GEMM.
   m.def(
       "_dwpw_conv2d_backward(Tensor grad_output, Tensor input, Tensor dw_weight, Tensor? dw_bias, "
       "Tensor pw_weight, Tensor? pw_bias, int[2] stride, int[2] padding, int[2] dilation, str mid_activation, "
-      "str out_activation, bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "str out_activation, bool[5] output_mask, Tensor? output=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

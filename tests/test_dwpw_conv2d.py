@@ -178,16 +178,23 @@ def test_unrequested_grads():
     torch.testing.assert_close(gpb, grads[2])
 
 
-def test_backward_saves_only_inputs():
-    """Training keeps the input and weights, never the (N, C*m, OH, OW) intermediate."""
+@pytest.mark.parametrize("out", ("relu6", "hardswish"))
+def test_backward_saves_no_intermediate(out):
+    """Training keeps the input and weights, never the (N, C*m, OH, OW) intermediate; with a relu/relu6
+    output activation also the output itself (which the next layer keeps alive anyway), never a copy."""
     x = make_input((2, 16, 12, 12), "channels_last", requires_grad=True)
     weights = make_weights(16, 32, 3)
-    shapes = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
-        fusedops.dwpw_conv2d(x, *weights)
-    assert (2, 16, 12, 12) in shapes  # the input
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = fusedops.dwpw_conv2d(x, *weights, out_activation=out)
+    shapes = [tuple(t.shape) for t in saved]
+    assert any(t is x for t in saved)  # the input
     assert shapes.count((2, 16, 12, 12)) == 1  # not the depthwise output (same shape here)
-    assert (2, 32, 12, 12) not in shapes  # nor the output
+    outputs = [t for t in saved if tuple(t.shape) == (2, 32, 12, 12)]
+    if out == "relu6":
+        assert len(outputs) == 1 and outputs[0].data_ptr() == y.data_ptr()
+    else:
+        assert not outputs
 
 
 def test_empty_batch():
@@ -474,3 +481,28 @@ def test_module_traces_fullgraph():
     compiled = torch.compile(m, fullgraph=True, backend="eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x))
+
+
+def test_backward_saved_output_argument():
+    """The backward op's optional forward output: same gradients as without it, and a wrong one is refused."""
+    x = torch.randn(2, 8, 9, 9).to(memory_format=torch.channels_last)
+    dw_w, dw_b, pw_w, pw_b = (t.detach() for t in make_weights(8, 12, 3))
+    args = (x, dw_w, dw_b, pw_w, pw_b, [1, 1], [1, 1], [1, 1], "relu6", "relu6", [True] * 5)
+    y = fusedops.dwpw_conv2d(x, dw_w, dw_b, pw_w, pw_b)
+    grad = torch.randn_like(y)
+    op = torch.ops.fusedops._dwpw_conv2d_backward
+    with_output = op(grad, *args, y)
+    without = op(grad, *args)
+    for a, b in zip(with_output, without):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="output must be the forward's result"):
+        op(grad, *args, y[:1])
+
+
+def test_backward_after_inplace_change_of_output_raises():
+    x = torch.randn(1, 4, 6, 6, requires_grad=True)
+    dw_w, dw_b, pw_w, pw_b = make_weights(4, 5, 3)
+    y = fusedops.dwpw_conv2d(x, dw_w, dw_b, pw_w, pw_b, out_activation="relu")
+    y.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

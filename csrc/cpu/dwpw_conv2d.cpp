@@ -269,13 +269,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_cpu(
     const Tensor& grad_output, const Tensor& input, const Tensor& dw_weight, const c10::optional<Tensor>& dw_bias,
     const Tensor& pw_weight, const c10::optional<Tensor>& pw_bias, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, c10::string_view mid_activation, c10::string_view out_activation,
-    std::array<bool, 5> output_mask) {
+    std::array<bool, 5> output_mask, const c10::optional<Tensor>& output) {
   TORCH_CHECK(input.device().is_cpu(), "fusedops: dwpw_conv2d CPU backward got input on ", input.device());
   // Bands of 256K elements (1 MiB per fp32 band buffer, ~3 alive at once): small enough that a training
   // step's peak memory stays below the unfused sequence's at every benchmark shape (bench_dwpw_conv2d
   // --modes full; 1M-element bands exceeded it at batch 1), large enough to keep the per-band op count low.
   return dwpw_conv2d_backward_banded(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
-                                     dilation, mid_activation, out_activation, output_mask, int64_t(1) << 18);
+                                     dilation, mid_activation, out_activation, output_mask, output,
+                                     int64_t(1) << 18);
 }
 
 }  // namespace

@@ -27,7 +27,9 @@ def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, pa
 
     with eval-mode batch norms folded into the weights and biases (see :func:`fusedops.fuse_bn`). The
     depthwise output is never written to memory: the kernels compute it tile by tile and feed each tile
-    to the 1x1 convolution; the backward recomputes it, so training keeps only the input alive.
+    to the 1x1 convolution; the backward recomputes it, so training keeps only the input alive (and,
+    with a ``"relu"``/``"relu6"`` output activation in float32/float64, the output, like ``F.relu``: an
+    in-place change of the output before backward then raises autograd's usual error).
 
     Args:
         input: ``Tensor[N, C, H, W]``, any layout (channels_last is the fast one on CPU).
@@ -111,7 +113,7 @@ def _fake(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilati
 
 
 def _fake_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out,
-                   output_mask):
+                   output_mask, output=None):
     _check(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
     _args.check_same(grad_output, input, "grad_output", "input")
     torch._check(tuple(grad_output.shape) == output_shape(input, dw_weight, pw_weight, stride, padding, dilation),
@@ -130,18 +132,21 @@ def _fake_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, s
 
 def _setup_context(ctx, inputs, output):
     input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out = inputs
-    # Only the inputs and weights are kept: the backward recomputes the depthwise output band by band.
-    ctx.save_for_backward(input, dw_weight, dw_bias, pw_weight, pw_bias)
+    # The backward recomputes the depthwise output band by band from the input. With a relu/relu6 output
+    # activation in float/double it also keeps the output (alive anyway as the next layer's input), whose
+    # zeros and sixes give that activation's derivative without recomputing the pointwise GEMM.
+    keep_output = out in ("relu", "relu6") and output.dtype in (torch.float32, torch.float64)
+    ctx.save_for_backward(input, dw_weight, dw_bias, pw_weight, pw_bias, output if keep_output else None)
     ctx.conv_args = (stride, padding, dilation, mid, out)
 
 
 def _make_backward(ops):
     def backward(ctx, grad_output):
-        input, dw_weight, dw_bias, pw_weight, pw_bias = ctx.saved_tensors
+        input, dw_weight, dw_bias, pw_weight, pw_bias, output = ctx.saved_tensors
         needs = ctx.needs_input_grad
         mask = [needs[0], needs[1], dw_bias is not None and needs[2], needs[3], pw_bias is not None and needs[4]]
         grads = ops._dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias,
-                                          *ctx.conv_args, mask)
+                                          *ctx.conv_args, mask, output)
         return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 5
 
     return backward

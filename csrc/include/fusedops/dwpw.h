@@ -30,11 +30,13 @@ DwpwGeometry dwpw_geometry(const at::Tensor& input, const at::Tensor& dw_weight,
 // Gradients (input, dw_weight, dw_bias, pw_weight, pw_bias) of dwpw_conv2d, computed band by band with
 // ATen ops on any device: per band of output rows the depthwise output is recomputed from the input
 // (never stored for the whole map), so training keeps only the input alive. Unwanted gradients are
-// empty tensors.
+// empty tensors. With the forward's `output` (relu/relu6 output activation, input dtype float/double) the
+// output activation's derivative is read from it, which saves recomputing the pointwise GEMM.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwpw_conv2d_backward_banded(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& dw_weight,
     const c10::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight, const c10::optional<at::Tensor>& pw_bias,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, std::string_view mid_activation,
-    std::string_view out_activation, std::array<bool, 5> output_mask, int64_t band_elements);
+    std::string_view out_activation, std::array<bool, 5> output_mask, const c10::optional<at::Tensor>& output,
+    int64_t band_elements);
 
 }  // namespace fusedops

@@ -18,7 +18,8 @@ of output rows (of whole images when they fit) so that the two intermediates bel
 buffers (fp32; fp64 for fp64), never in an (N, K, OH, OW) tensor. Per band:
   1. ``g = act_out'(u) * grad_output``, with ``u`` the output before its activation recomputed as in the
      forward (``_pointwise_tile``): one program per (image, pixel tile, OC tile), into a (pixels x OC)
-     buffer. Without an output activation, g is grad_output itself.
+     buffer. Without an output activation, g is grad_output itself. (The schema's optional ``output`` is
+     not read: the tile is recomputed in the same pass that multiplies, so the output saves no GEMM here.)
   2. grad pw_weight = g^T a and grad pw_bias = sum g: one program per (OC tile, K tile, chunk of pixel
      tiles) recomputes ``a`` and accumulates ``tl.dot`` products in registers, into partial sums per
      chunk that carry over the bands and are summed once at the end (deterministic, no atomics).
@@ -457,7 +458,7 @@ def _depthwise_grad_weight(gz, x, dw_weight, mult, stride, pad_h, pad_w, dilatio
 
 
 def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid,
-                         out, output_mask, band_elements=1 << 22):
+                         out, output_mask, output=None, band_elements=1 << 22):
     n, c, h, w, k, mult, kh, kw, oc, out_h, out_w = _geometry(
         input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
     if grad_output.device != input.device or grad_output.dtype != input.dtype:
