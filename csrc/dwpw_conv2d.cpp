@@ -106,10 +106,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
   const Tensor pwb = (pw_bias.has_value() && pw_bias->defined()) ? pw_bias->to(op) : Tensor();
 
   // Bands: whole images when several fit the budget, else bands of output rows of one image. Each band
-  // also makes a pointwise-weight-sized gradient: bands smaller than the weight would cost more memory
-  // in those than they save in activations.
-  band_elements = std::max(band_elements, OC * K);
-  const int64_t per_row = std::max<int64_t>(1, (K + OC) * g.out_w);
+  // after the first also makes a pointwise-weight-sized gradient to add up: bands under twice the
+  // weight's size would cost more memory in those than they save in activations.
+  band_elements = std::max(band_elements, 2 * OC * K);
+  // Per output row: the depthwise and pointwise intermediates, plus the band's input gradient (stride_h
+  // input rows of C channels), which the depthwise backward returns as a temporary of its own.
+  const int64_t in_grad_row = output_mask[0] ? g.channels * g.stride_h * g.in_w : 0;
+  const int64_t per_row = std::max<int64_t>(1, (K + OC) * g.out_w + in_grad_row);
   // Row bands of equal height (the last one not a sliver): ceil(OH / bands) rows each.
   const int64_t max_rows = std::clamp<int64_t>(band_elements / per_row, 1, g.out_h);
   const int64_t row_bands = (g.out_h + max_rows - 1) / max_rows;

@@ -271,12 +271,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_cpu(
     at::IntArrayRef dilation, c10::string_view mid_activation, c10::string_view out_activation,
     std::array<bool, 5> output_mask, const c10::optional<Tensor>& output) {
   TORCH_CHECK(input.device().is_cpu(), "fusedops: dwpw_conv2d CPU backward got input on ", input.device());
-  // Bands of 256K elements (1 MiB per fp32 band buffer, ~3 alive at once): small enough that a training
-  // step's peak memory stays below the unfused sequence's at every benchmark shape (bench_dwpw_conv2d
-  // --modes full; 1M-element bands exceeded it at batch 1), large enough to keep the per-band op count low.
+  // Bands of 1M elements (4 MiB per fp32 band buffer, input gradient included): a training step's peak
+  // memory stays below the unfused sequence's at every benchmark shape (bench_dwpw_conv2d --modes full),
+  // and the few bands keep the per-band op overhead low (256K-element bands were up to 1.7x slower at
+  // batch 1 on 56x56 maps, for ~1-2 MB less peak memory).
   return dwpw_conv2d_backward_banded(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
                                      dilation, mid_activation, out_activation, output_mask, output,
-                                     int64_t(1) << 18);
+                                     int64_t(1) << 20);
 }
 
 }  // namespace
