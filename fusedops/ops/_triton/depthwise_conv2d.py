@@ -386,6 +386,40 @@ def depthwise_conv2d_forward(input, weight, bias, stride, padding, dilation):
     return out
 
 
+def _weight_grad_partials(grad_output, input, kh, kw, mult, conv, channels_last, want_w, want_b, partial_dtype):
+    """Partial sums of grad weight (chunks, K, kH*kW) and grad bias (chunks, K), each None when not wanted:
+    the two-stage reduction's first stage, over chunks of (image, row tile, column tile) tiles. `conv` is
+    (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w); grad_output may be a band of output rows."""
+    n, k, out_h, out_w = grad_output.shape
+    taps = kh * kw
+    block_h, block_w, block_c = _tile(channels_last, out_h, out_w, k)
+    tiles_h, tiles_w = triton.cdiv(out_h, block_h), triton.cdiv(out_w, block_w)
+    total_tiles = n * tiles_h * tiles_w
+    c_tiles = triton.cdiv(k, block_c)
+    grid_taps = taps if want_w else 1
+    # Enough chunks to fill the GPU, but never more than the tiles to share (nor the grid limit).
+    chunks = max(1, min(total_tiles, 65535, triton.cdiv(_program_target(input.device), grid_taps * c_tiles)))
+    tiles_per_chunk = triton.cdiv(total_tiles, chunks)
+    chunks = triton.cdiv(total_tiles, tiles_per_chunk)
+    # An unwanted buffer is never written: the wanted one stands in for its pointer argument.
+    part_w = torch.empty((chunks, k, taps), dtype=partial_dtype, device=input.device) if want_w else None
+    part_b = torch.empty((chunks, k), dtype=partial_dtype, device=input.device) if want_b else None
+    with _device_context(input):
+        _depthwise_bwd_weight_kernel[(grid_taps, c_tiles, chunks)](
+            grad_output, input, part_w if want_w else part_b, part_b if want_b else part_w,
+            input.shape[2], input.shape[3], k, out_h, out_w, mult,
+            *grad_output.stride(),
+            *input.stride(),
+            tiles_h, tiles_w, total_tiles, tiles_per_chunk,
+            *conv,
+            KW=kw, TAPS=taps, COMPUTE_GW=want_w, COMPUTE_GB=want_b,
+            BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
+            INT64=_needs_int64(grad_output, input), ACC=_acc_dtype(input.dtype),
+            num_warps=4,
+        )
+    return part_w, part_b
+
+
 def depthwise_conv2d_backward(grad_output, input, weight, stride, padding, dilation, output_mask):
     n, c, h, w, oc, mult, kh, kw, out_h, out_w = _geometry(input, weight, None, stride, padding, dilation)
     if grad_output.device != input.device:
@@ -437,34 +471,8 @@ def depthwise_conv2d_backward(grad_output, input, weight, stride, padding, dilat
             partial_w = torch.zeros((1, oc, taps), dtype=partial_dtype, device=input.device)
             partial_b = torch.zeros((1, oc), dtype=partial_dtype, device=input.device)
         else:
-            block_h, block_w, block_c = _tile(channels_last, out_h, out_w, oc)
-            tiles_h, tiles_w = triton.cdiv(out_h, block_h), triton.cdiv(out_w, block_w)
-            total_tiles = n * tiles_h * tiles_w
-            c_tiles = triton.cdiv(oc, block_c)
-            grid_taps = taps if want_weight else 1
-            # Enough chunks to fill the GPU, but never more than the tiles to share (nor the grid limit).
-            chunks = max(1, min(total_tiles, 65535, triton.cdiv(_program_target(input.device), grid_taps * c_tiles)))
-            tiles_per_chunk = triton.cdiv(total_tiles, chunks)
-            chunks = triton.cdiv(total_tiles, tiles_per_chunk)
-            # An unwanted buffer is never written: the wanted one stands in for its pointer argument.
-            partial_w = torch.empty((chunks, oc, taps), dtype=partial_dtype, device=input.device) if want_weight \
-                else None
-            partial_b = torch.empty((chunks, oc), dtype=partial_dtype, device=input.device) if want_bias else None
-            grid = (grid_taps, c_tiles, chunks)
-            with _device_context(input):
-                _depthwise_bwd_weight_kernel[grid](
-                    grad_output, input,
-                    partial_w if want_weight else partial_b, partial_b if want_bias else partial_w,
-                    h, w, oc, out_h, out_w, mult,
-                    *grad_output.stride(),
-                    *input.stride(),
-                    tiles_h, tiles_w, total_tiles, tiles_per_chunk,
-                    *conv,
-                    KW=kw, TAPS=taps, COMPUTE_GW=want_weight, COMPUTE_GB=want_bias,
-                    BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
-                    INT64=_needs_int64(grad_output, input), ACC=acc,
-                    num_warps=4,
-                )
+            partial_w, partial_b = _weight_grad_partials(grad_output, input, kh, kw, mult, conv, channels_last,
+                                                         want_weight, want_bias, partial_dtype)
         if want_weight:
             grad_weight = partial_w.sum(0).to(input.dtype).view(oc, 1, kh, kw)
         if want_bias:

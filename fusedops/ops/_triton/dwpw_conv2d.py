@@ -42,9 +42,8 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from .depthwise_conv2d import (_MAX_UNROLLED_TAPS, _acc_dtype, _depthwise_bwd_input_kernel,
-                               _depthwise_bwd_weight_kernel, _device_context, _needs_int64, _next_pow2, _num_warps,
-                               _program_target, _tile)
+from .depthwise_conv2d import (_MAX_UNROLLED_TAPS, _acc_dtype, _depthwise_bwd_input_kernel, _device_context,
+                               _needs_int64, _next_pow2, _num_warps, _program_target, _tile, _weight_grad_partials)
 
 ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}
 
@@ -145,6 +144,20 @@ def _pointwise_tile(
 
 
 @triton.jit
+def _program_tile(tiles_p, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INT64: tl.constexpr):
+    """(image, pixel indices, output channels) of a program of the (image x pixel tile, channel tile) grid."""
+    pid = tl.program_id(0)
+    n = pid // tiles_p
+    p = (pid % tiles_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if INT64:
+        n = n.to(tl.int64)
+        p = p.to(tl.int64)
+        co = co.to(tl.int64)
+    return n, p, co
+
+
+@triton.jit
 def _dwpw_fwd_kernel(
     x_ptr, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, out_ptr,
     H, W, K, OC, OH, OW, MULT,
@@ -159,15 +172,7 @@ def _dwpw_fwd_kernel(
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
     INT64: tl.constexpr, ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n = pid // tiles_p
-    tp = pid % tiles_p
-    p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
-    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    if INT64:
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
-        co = co.to(tl.int64)
+    n, p, co = _program_tile(tiles_p, BLOCK_P, BLOCK_N, INT64)
     mask_p = p < OH * OW
     oh = p // OW
     ow = p % OW
@@ -204,15 +209,7 @@ def _dwpw_bwd_out_kernel(
     INT64: tl.constexpr, ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
 ):
     """g = act_out'(u) * grad_output, per (image, pixel tile, output-channel tile)."""
-    pid = tl.program_id(0)
-    n = pid // tiles_p
-    tp = pid % tiles_p
-    p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
-    co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    if INT64:
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
-        co = co.to(tl.int64)
+    n, p, co = _program_tile(tiles_p, BLOCK_P, BLOCK_N, INT64)
     mask_p = p < ROWS * OW
     r = p // OW
     ow = p % OW
@@ -429,31 +426,9 @@ def _depthwise_grad_weight(gz, x, dw_weight, mult, stride, pad_h, pad_w, dilatio
                            partial_dtype):
     """(grad dw_weight as (K, kH*kW), grad dw_bias) of the band gz (a view of output rows whose row 0 reads
     input row -pad_h + kh * dilation), each None when not wanted."""
-    nb, k, rows, cols = gz.shape
     kh, kw = dw_weight.shape[2:]
-    taps = kh * kw
-    block_h, block_w, block_c = _tile(channels_last, rows, cols, k)
-    tiles_h, tiles_w = triton.cdiv(rows, block_h), triton.cdiv(cols, block_w)
-    total_tiles = nb * tiles_h * tiles_w
-    c_tiles = triton.cdiv(k, block_c)
-    grid_taps = taps if want_w else 1
-    # As in depthwise_conv2d_backward: enough chunks to fill the GPU, no more than the tiles or the grid limit.
-    chunks = max(1, min(total_tiles, 65535, triton.cdiv(_program_target(gz.device), grid_taps * c_tiles)))
-    tiles_per_chunk = triton.cdiv(total_tiles, chunks)
-    chunks = triton.cdiv(total_tiles, tiles_per_chunk)
-    part_w = torch.empty((chunks, k, taps), dtype=partial_dtype, device=gz.device) if want_w else None
-    part_b = torch.empty((chunks, k), dtype=partial_dtype, device=gz.device) if want_b else None
-    _depthwise_bwd_weight_kernel[(grid_taps, c_tiles, chunks)](
-        gz, x, part_w if want_w else part_b, part_b if want_b else part_w,
-        x.shape[2], x.shape[3], k, rows, cols, mult,
-        *gz.stride(), *x.stride(),
-        tiles_h, tiles_w, total_tiles, tiles_per_chunk,
-        stride[0], stride[1], pad_h, pad_w, dilation[0], dilation[1],
-        KW=kw, TAPS=taps, COMPUTE_GW=want_w, COMPUTE_GB=want_b,
-        BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
-        INT64=_needs_int64(gz, x), ACC=_acc_dtype(x.dtype),
-        num_warps=4,
-    )
+    conv = (stride[0], stride[1], pad_h, pad_w, dilation[0], dilation[1])
+    part_w, part_b = _weight_grad_partials(gz, x, kh, kw, mult, conv, channels_last, want_w, want_b, partial_dtype)
     return (None if part_w is None else part_w.sum(0)), (None if part_b is None else part_b.sum(0))
 
 
