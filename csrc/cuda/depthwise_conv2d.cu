@@ -32,6 +32,7 @@
 
 #include "fusedops/conv_geometry.h"
 #include "fusedops/cuda/common.cuh"
+#include "fusedops/cuda/conv_params.cuh"
 #include "fusedops/cuda/reduce.cuh"
 #include "fusedops/cuda/tile.cuh"
 #include "fusedops/cuda/vec_io.cuh"
@@ -46,41 +47,6 @@ namespace cuda {
 namespace {
 
 using at::Tensor;
-
-// Geometry as the kernels see it. Spatial sizes are int (checked on the host, together with the plane
-// sizes, so in-plane offsets fit int); offsets across batch and channels are int64.
-struct DwParams {
-  int64_t batch, channels, multiplier, out_channels;
-  int in_h, in_w, out_h, out_w;
-  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-};
-
-DwParams make_params(const ConvGeometry& g) {
-  constexpr int64_t kMax = INT_MAX / 4;
-  TORCH_CHECK(g.in_h * g.in_w < INT_MAX && g.out_h * g.out_w < INT_MAX && g.in_h + 2 * g.pad_h < kMax &&
-                  g.in_w + 2 * g.pad_w < kMax && g.kernel_h * g.kernel_w < kMax && g.stride_h < kMax &&
-                  g.stride_w < kMax && g.dilation_h * g.kernel_h < kMax && g.dilation_w * g.kernel_w < kMax,
-              "fusedops: depthwise_conv2d CUDA kernels support image planes of fewer than 2^31 elements and "
-              "kernel/stride/padding/dilation values below 2^29");
-  DwParams p;
-  p.batch = g.batch;
-  p.channels = g.channels;
-  p.multiplier = g.multiplier;
-  p.out_channels = g.out_channels;
-  p.in_h = static_cast<int>(g.in_h);
-  p.in_w = static_cast<int>(g.in_w);
-  p.out_h = static_cast<int>(g.out_h);
-  p.out_w = static_cast<int>(g.out_w);
-  p.kernel_h = static_cast<int>(g.kernel_h);
-  p.kernel_w = static_cast<int>(g.kernel_w);
-  p.stride_h = static_cast<int>(g.stride_h);
-  p.stride_w = static_cast<int>(g.stride_w);
-  p.pad_h = static_cast<int>(g.pad_h);
-  p.pad_w = static_cast<int>(g.pad_w);
-  p.dilation_h = static_cast<int>(g.dilation_h);
-  p.dilation_w = static_cast<int>(g.dilation_w);
-  return p;
-}
 
 // Kernel shape of an instantiation: K x K taps, stride S, dilation 1 when K > 0; everything from
 // DwParams when K == 0 (the generic path). With K > 0 the tap loops unroll and the taps' weights and
@@ -418,7 +384,7 @@ Tensor depthwise_conv2d_cuda(const Tensor& input_, const Tensor& weight, const c
   const Tensor input = input_.contiguous(fmt);
   Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
-  const DwParams p = make_params(g);
+  const DwParams p = make_dw_params(g, "depthwise_conv2d");
   const Tensor wt = taps_by_channel(weight, false);
   const Tensor b = bias.has_value() && bias->defined()
                        ? bias->to(at::toOpMathType(bias->scalar_type())).contiguous()
@@ -493,10 +459,10 @@ void compute_grad_input(const Tensor& grad_output, const Tensor& weight, Tensor&
   using acc_t = at::opmath_type<scalar_t>;
   ConvGeometry t;
   if (transposed_as_forward(g, &t)) {
-    forward<scalar_t>(grad_output, taps_by_channel(weight, true), Tensor(), grad_in, make_params(t), cl);
+    forward<scalar_t>(grad_output, taps_by_channel(weight, true), Tensor(), grad_in, make_dw_params(t, "depthwise_conv2d"), cl);
     return;
   }
-  const DwParams p = make_params(g);
+  const DwParams p = make_dw_params(g, "depthwise_conv2d");
   const Tensor wt = taps_by_channel(weight, false);
   const int64_t items = grad_in.numel();
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -730,7 +696,7 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cuda(
     if (grads.input.defined()) compute_grad_input<scalar_t>(grad_output, weight, grads.input, g, cl);
     if (grads.weight.defined() || grads.bias.defined())
       compute_grad_weight_bias<scalar_t>(grad_output, input, grads.weight.defined() ? &grads.weight : nullptr,
-                                         grads.bias.defined() ? &grads.bias : nullptr, make_params(g), cl);
+                                         grads.bias.defined() ? &grads.bias : nullptr, make_dw_params(g, "depthwise_conv2d"), cl);
   });
   return grads.result(input.options());
 }

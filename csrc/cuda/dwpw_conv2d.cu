@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include "fusedops/cuda/common.cuh"
+#include "fusedops/cuda/conv_params.cuh"
 #include "fusedops/dwpw.h"
 
 namespace fusedops {
@@ -38,9 +39,8 @@ constexpr int kChPerThread = 4;
 static_assert((kTileP / kPixPerThread) * (kTileN / kChPerThread) == kThreads, "thread layout");
 
 struct DwpwParams {
-  int64_t batch, channels, multiplier, k, out_channels;
-  int64_t in_h, in_w, out_h, out_w;
-  int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  DwParams dw;                 // the depthwise stage (dw.out_channels = K, the GEMM's reduction size)
+  int64_t out_channels;        // of the pointwise stage
   int64_t sxn, sxc, sxh, sxw;  // input strides (elements)
   int64_t son, soc, soh, sow;  // output strides
   int mid, out;                // Activation
@@ -73,8 +73,9 @@ __global__ void __launch_bounds__(kThreads) dwpw_forward_kernel(
   const int64_t n = blockIdx.x / tiles_p;
   const int64_t p0 = (blockIdx.x % tiles_p) * kTileP;
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kTileN;
-  const int64_t pixels = p.out_h * p.out_w;
-  const int T = p.kernel_h * p.kernel_w;
+  const int64_t K = p.dw.out_channels;  // depthwise channels: the GEMM's reduction size
+  const int64_t pixels = static_cast<int64_t>(p.dw.out_h) * p.dw.out_w;
+  const int T = p.dw.kernel_h * p.dw.kernel_w;
   const scalar_t* image = input + n * p.sxn;
 
   const int tn = tid % (kTileN / kChPerThread);  // channel group
@@ -85,25 +86,25 @@ __global__ void __launch_bounds__(kThreads) dwpw_forward_kernel(
 #pragma unroll
     for (int j = 0; j < kChPerThread; ++j) acc[i][j] = acc_t(0);
 
-  for (int64_t k0 = 0; k0 < p.k; k0 += kTileK) {
+  for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
     // 1. Depthwise outputs of the tile for channels [k0, k0 + kTileK).
     for (int e = tid; e < kTileP * kTileK; e += kThreads) {
       const int pi = e / kTileK, ki = e % kTileK;
       const int64_t pix = p0 + pi, k = k0 + ki;
       acc_t v = acc_t(0);
-      if (pix < pixels && k < p.k) {
-        const int64_t oh = pix / p.out_w, ow = pix % p.out_w;
-        const int64_t c = k / p.multiplier;
+      if (pix < pixels && k < K) {
+        const int64_t oh = pix / p.dw.out_w, ow = pix % p.dw.out_w;
+        const int64_t c = k / p.dw.multiplier;
         v = dw_bias != nullptr ? static_cast<acc_t>(dw_bias[k]) : acc_t(0);
         const scalar_t* wk = dw_weight + k * T;
-        for (int kh = 0; kh < p.kernel_h; ++kh) {
-          const int64_t ih = oh * p.stride_h - p.pad_h + kh * p.dilation_h;
-          if (ih < 0 || ih >= p.in_h) continue;
-          for (int kw = 0; kw < p.kernel_w; ++kw) {
-            const int64_t iw = ow * p.stride_w - p.pad_w + kw * p.dilation_w;
-            if (iw < 0 || iw >= p.in_w) continue;
+        for (int kh = 0; kh < p.dw.kernel_h; ++kh) {
+          const int64_t ih = oh * p.dw.stride_h - p.dw.pad_h + kh * p.dw.dilation_h;
+          if (ih < 0 || ih >= p.dw.in_h) continue;
+          for (int kw = 0; kw < p.dw.kernel_w; ++kw) {
+            const int64_t iw = ow * p.dw.stride_w - p.dw.pad_w + kw * p.dw.dilation_w;
+            if (iw < 0 || iw >= p.dw.in_w) continue;
             v += static_cast<acc_t>(image[c * p.sxc + ih * p.sxh + iw * p.sxw]) *
-                 static_cast<acc_t>(wk[kh * p.kernel_w + kw]);
+                 static_cast<acc_t>(wk[kh * p.dw.kernel_w + kw]);
           }
         }
         v = activate(v, p.mid);
@@ -114,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) dwpw_forward_kernel(
     for (int e = tid; e < kTileK * kTileN; e += kThreads) {
       const int ni = e / kTileK, ki = e % kTileK;
       const int64_t oc = c0 + ni, k = k0 + ki;
-      w_tile[ki][ni] = (oc < p.out_channels && k < p.k) ? static_cast<acc_t>(pw_weight[oc * p.k + k]) : acc_t(0);
+      w_tile[ki][ni] = (oc < p.out_channels && k < K) ? static_cast<acc_t>(pw_weight[oc * K + k]) : acc_t(0);
     }
     __syncthreads();
     // 3. The pointwise GEMM of the chunk.
@@ -137,7 +138,7 @@ __global__ void __launch_bounds__(kThreads) dwpw_forward_kernel(
   for (int i = 0; i < kPixPerThread; ++i) {
     const int64_t pix = p0 + tp * kPixPerThread + i;
     if (pix >= pixels) continue;
-    const int64_t oh = pix / p.out_w, ow = pix % p.out_w;
+    const int64_t oh = pix / p.dw.out_w, ow = pix % p.dw.out_w;
     scalar_t* dst = out + n * p.son + oh * p.soh + ow * p.sow;
 #pragma unroll
     for (int j = 0; j < kChPerThread; ++j) {
@@ -168,23 +169,8 @@ Tensor dwpw_conv2d_cuda(const Tensor& input_, const Tensor& dw_weight_, const c1
   if (out.numel() == 0) return out;
 
   DwpwParams p;
-  p.batch = g.batch;
-  p.channels = g.channels;
-  p.multiplier = g.multiplier;
-  p.k = g.out_channels;
+  p.dw = make_dw_params(g, "dwpw_conv2d");
   p.out_channels = geo.out_channels;
-  p.in_h = g.in_h;
-  p.in_w = g.in_w;
-  p.out_h = g.out_h;
-  p.out_w = g.out_w;
-  p.kernel_h = static_cast<int>(g.kernel_h);
-  p.kernel_w = static_cast<int>(g.kernel_w);
-  p.stride_h = static_cast<int>(g.stride_h);
-  p.stride_w = static_cast<int>(g.stride_w);
-  p.pad_h = static_cast<int>(g.pad_h);
-  p.pad_w = static_cast<int>(g.pad_w);
-  p.dilation_h = static_cast<int>(g.dilation_h);
-  p.dilation_w = static_cast<int>(g.dilation_w);
   p.sxn = input.stride(0);
   p.sxc = input.stride(1);
   p.sxh = input.stride(2);
