@@ -258,42 +258,22 @@ void shuffled_copy(std::vector<Tensor> srcs, const std::vector<Tensor>& dsts, co
   }
 }
 
-void check_cpu(const Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "fusedops: ", op, " CPU kernel got ", name, " on ", t.device());
-}
-
-Tensor channel_shuffle_cpu(const Tensor& input, int64_t groups) {
-  const ShuffleGeometry g = channel_shuffle_geometry(input, groups);
-  check_cpu(input, "channel_shuffle", "input");
-  Tensor out = at::empty(input.sizes(), input.options().memory_format(g.format));
-  shuffled_copy({input}, {out}, g);
-  return out;
-}
-
-Tensor concat_shuffle_cpu(const Tensor& a, const Tensor& b, int64_t groups) {
-  const ShuffleGeometry g = concat_shuffle_geometry(a, b, groups);
-  check_cpu(a, "concat_shuffle", "a");
-  Tensor out = at::empty({g.batch, g.channels, g.height, g.width}, a.options().memory_format(g.format));
-  shuffled_copy({a, b}, {out}, g);
-  return out;
-}
-
-std::tuple<Tensor, Tensor> concat_shuffle_backward_cpu(const Tensor& grad, int64_t channels_a, int64_t groups) {
-  const ShuffleGeometry g = concat_shuffle_backward_geometry(grad, channels_a, groups);
-  check_cpu(grad, "_concat_shuffle_backward", "grad");
-  const auto options = grad.options().memory_format(g.format);
-  Tensor grad_a = at::empty({g.batch, channels_a, g.height, g.width}, options);
-  Tensor grad_b = at::empty({g.batch, g.channels - channels_a, g.height, g.width}, options);
-  shuffled_copy({grad}, {grad_a, grad_b}, g);
-  return {grad_a, grad_b};
-}
+struct CpuShuffle {
+  static void check(const Tensor& t, const char* op, const char* name) {
+    TORCH_CHECK(t.device().is_cpu(), "fusedops: ", op, " CPU kernel got ", name, " on ", t.device());
+  }
+  static void copy(std::vector<Tensor> srcs, const std::vector<Tensor>& dsts, const ShuffleGeometry& g) {
+    shuffled_copy(std::move(srcs), dsts, g);
+  }
+};
 
 }  // namespace
 }  // namespace cpu
 }  // namespace fusedops
 
 TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
-  m.impl("channel_shuffle", &fusedops::cpu::channel_shuffle_cpu);
-  m.impl("concat_shuffle", &fusedops::cpu::concat_shuffle_cpu);
-  m.impl("_concat_shuffle_backward", &fusedops::cpu::concat_shuffle_backward_cpu);
+  using Ops = fusedops::ShuffleOps<fusedops::cpu::CpuShuffle>;
+  m.impl("channel_shuffle", &Ops::channel_shuffle);
+  m.impl("concat_shuffle", &Ops::concat_shuffle);
+  m.impl("_concat_shuffle_backward", &Ops::concat_shuffle_backward);
 }

@@ -165,43 +165,23 @@ void shuffled_copy(std::vector<Tensor> srcs, const std::vector<Tensor>& dsts, co
   }
 }
 
-void check_cuda(const Tensor& t, const Tensor& other, const char* op) {
-  TORCH_CHECK(t.is_cuda(), "fusedops: ", op, " CUDA kernel got a tensor on ", t.device());
-  TORCH_CHECK(other.device() == t.device(), "fusedops: ", op, ": all tensors must be on the same device");
-}
-
-Tensor channel_shuffle_cuda(const Tensor& input, int64_t groups) {
-  const ShuffleGeometry g = channel_shuffle_geometry(input, groups);
-  check_cuda(input, input, "channel_shuffle");
-  Tensor out = at::empty(input.sizes(), input.options().memory_format(g.format));
-  shuffled_copy({input}, {out}, g);
-  return out;
-}
-
-Tensor concat_shuffle_cuda(const Tensor& a, const Tensor& b, int64_t groups) {
-  const ShuffleGeometry g = concat_shuffle_geometry(a, b, groups);
-  check_cuda(a, b, "concat_shuffle");
-  Tensor out = at::empty({g.batch, g.channels, g.height, g.width}, a.options().memory_format(g.format));
-  shuffled_copy({a, b}, {out}, g);
-  return out;
-}
-
-std::tuple<Tensor, Tensor> concat_shuffle_backward_cuda(const Tensor& grad, int64_t channels_a, int64_t groups) {
-  const ShuffleGeometry g = concat_shuffle_backward_geometry(grad, channels_a, groups);
-  check_cuda(grad, grad, "_concat_shuffle_backward");
-  const auto options = grad.options().memory_format(g.format);
-  Tensor grad_a = at::empty({g.batch, channels_a, g.height, g.width}, options);
-  Tensor grad_b = at::empty({g.batch, g.channels - channels_a, g.height, g.width}, options);
-  shuffled_copy({grad}, {grad_a, grad_b}, g);
-  return {grad_a, grad_b};
-}
+struct CudaShuffle {
+  // Only the first tensor's device: the geometry checks already put a and b on one device.
+  static void check(const Tensor& t, const char* op, const char* /*name*/) {
+    TORCH_CHECK(t.is_cuda(), "fusedops: ", op, " CUDA kernel got a tensor on ", t.device());
+  }
+  static void copy(std::vector<Tensor> srcs, const std::vector<Tensor>& dsts, const ShuffleGeometry& g) {
+    shuffled_copy(std::move(srcs), dsts, g);
+  }
+};
 
 }  // namespace
 }  // namespace cuda
 }  // namespace fusedops
 
 TORCH_LIBRARY_IMPL(fusedops, CUDA, m) {
-  m.impl("channel_shuffle", &fusedops::cuda::channel_shuffle_cuda);
-  m.impl("concat_shuffle", &fusedops::cuda::concat_shuffle_cuda);
-  m.impl("_concat_shuffle_backward", &fusedops::cuda::concat_shuffle_backward_cuda);
+  using Ops = fusedops::ShuffleOps<fusedops::cuda::CudaShuffle>;
+  m.impl("channel_shuffle", &Ops::channel_shuffle);
+  m.impl("concat_shuffle", &Ops::concat_shuffle);
+  m.impl("_concat_shuffle_backward", &Ops::concat_shuffle_backward);
 }

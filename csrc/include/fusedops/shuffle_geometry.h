@@ -1,4 +1,4 @@
-// Argument checks and sizes shared by the channel-shuffle ops on every backend.
+// Argument checks, sizes and entry points shared by the channel-shuffle ops on every backend.
 //
 // All three ops are one "shuffled copy": the channels of one or two source tensors, concatenated, are
 // permuted into one or two destination tensors, concatenated, where destination channel d reads source
@@ -16,6 +16,8 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <tuple>
+#include <vector>
 
 namespace fusedops {
 
@@ -108,5 +110,39 @@ inline ShuffleGeometry concat_shuffle_backward_geometry(const at::Tensor& grad, 
   g.format = shuffle_memory_format(grad);
   return g;
 }
+
+// The three ops' entry points, generic over a backend that provides
+//   static void check(const at::Tensor& t, const char* op, const char* name);  // refuses other devices
+//   static void copy(std::vector<at::Tensor> srcs, const std::vector<at::Tensor>& dsts, const ShuffleGeometry& g);
+// so each backend registers ShuffleOps<Backend>::... and writes only its shuffled copy.
+template <typename Backend>
+struct ShuffleOps {
+  static at::Tensor channel_shuffle(const at::Tensor& input, int64_t groups) {
+    const ShuffleGeometry g = channel_shuffle_geometry(input, groups);
+    Backend::check(input, "channel_shuffle", "input");
+    at::Tensor out = at::empty(input.sizes(), input.options().memory_format(g.format));
+    Backend::copy({input}, {out}, g);
+    return out;
+  }
+
+  static at::Tensor concat_shuffle(const at::Tensor& a, const at::Tensor& b, int64_t groups) {
+    const ShuffleGeometry g = concat_shuffle_geometry(a, b, groups);  // a and b on one device
+    Backend::check(a, "concat_shuffle", "a");
+    at::Tensor out = at::empty({g.batch, g.channels, g.height, g.width}, a.options().memory_format(g.format));
+    Backend::copy({a, b}, {out}, g);
+    return out;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> concat_shuffle_backward(const at::Tensor& grad, int64_t channels_a,
+                                                                    int64_t groups) {
+    const ShuffleGeometry g = concat_shuffle_backward_geometry(grad, channels_a, groups);
+    Backend::check(grad, "_concat_shuffle_backward", "grad");
+    const auto options = grad.options().memory_format(g.format);
+    at::Tensor grad_a = at::empty({g.batch, channels_a, g.height, g.width}, options);
+    at::Tensor grad_b = at::empty({g.batch, g.channels - channels_a, g.height, g.width}, options);
+    Backend::copy({grad}, {grad_a, grad_b}, g);
+    return {grad_a, grad_b};
+  }
+};
 
 }  // namespace fusedops
