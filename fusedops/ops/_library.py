@@ -101,3 +101,17 @@ def register_no_double_backward(name: str, forward_name: str) -> None:
 
     for ns in namespaces():
         torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=lambda ctx, inputs, output: None)
+
+
+def register_op_with_backward_op(name: str, backward_name: str, triton_module: str, fake, fake_backward,
+                                 make_backward, setup_context) -> None:
+    """Everything Python registers for an op `name` whose backward is an op of its own, `backward_name`
+    (without a derivative): the Triton mirrors of both (launchers ``<triton_module>_forward`` and
+    ``<triton_module>_backward`` in ``fusedops.ops._triton.<triton_module>``), their fake kernels, the
+    autograd formula, and the clear error of double backward."""
+    define_triton_mirror(name, triton_module, f"{triton_module}_forward")
+    define_triton_mirror(backward_name, triton_module, f"{triton_module}_backward")
+    register_fake(name, fake)
+    register_fake(backward_name, fake_backward)
+    register_autograd(name, make_backward, setup_context)
+    register_no_double_backward(backward_name, name)

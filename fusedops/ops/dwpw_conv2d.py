@@ -152,9 +152,5 @@ def _make_backward(ops):
     return backward
 
 
-_library.define_triton_mirror(NAME, "dwpw_conv2d", "dwpw_conv2d_forward")
-_library.define_triton_mirror(BACKWARD_NAME, "dwpw_conv2d", "dwpw_conv2d_backward")
-_library.register_fake(NAME, _fake)
-_library.register_fake(BACKWARD_NAME, _fake_backward)
-_library.register_autograd(NAME, _make_backward, _setup_context)
-_library.register_no_double_backward(BACKWARD_NAME, NAME)
+_library.register_op_with_backward_op(NAME, BACKWARD_NAME, "dwpw_conv2d", _fake, _fake_backward, _make_backward,
+                                      _setup_context)
