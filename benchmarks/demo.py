@@ -31,6 +31,19 @@ def _max_rel_err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
+def _worst_error(tensors, fused, reference):
+    """Worst relative error of `fused(*leaves)` (fp32) against `reference(*leaves)` (fp64): output and the
+    gradient of every tensor in `tensors`, for one random output gradient."""
+    args = [t.detach().clone().requires_grad_() for t in tensors]
+    ref_args = [t.detach().double().requires_grad_() for t in args]
+    y = fused(*args)
+    r = reference(*ref_args)
+    g = torch.randn_like(r)
+    grads = torch.autograd.grad(y, args, g.to(y.dtype))
+    ref_grads = torch.autograd.grad(r, ref_args, g)
+    return max([_max_rel_err(y, r)] + [_max_rel_err(a, b) for a, b in zip(grads, ref_grads)])
+
+
 def _parity_table(title, rows, tolerance):
     print(f"### {title}")
     print()
@@ -62,18 +75,17 @@ def parity_depthwise(device="cpu"):
             x = torch.randn(N, C, H, W, device=device)
             if layout == "channels_last":
                 x = x.to(memory_format=torch.channels_last)
-            w = torch.randn(C * m, 1, k, k, device=device)
-            b = torch.randn(C * m, device=device) if bias else None
-            args = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
-            ref_args = [t.detach().double().requires_grad_() for t in args]
-            with fusedops.use_backend(backend):
-                y = fusedops.depthwise_conv2d(args[0], args[1], args[2] if bias else None, s, p, d)
-            r = F.conv2d(ref_args[0], ref_args[1], ref_args[2] if bias else None, s, p, d, groups=C)
-            g = torch.randn_like(r)
-            grads = torch.autograd.grad(y, args, g.to(y.dtype))
-            ref_grads = torch.autograd.grad(r, ref_args, g)
-            errs = [_max_rel_err(y, r)] + [_max_rel_err(a, b_) for a, b_ in zip(grads, ref_grads)]
-            worst = max(worst, *errs)
+            tensors = [x, torch.randn(C * m, 1, k, k, device=device)]
+            tensors += [torch.randn(C * m, device=device)] if bias else []
+
+            def fused(x, w, b=None):
+                with fusedops.use_backend(backend):
+                    return fusedops.depthwise_conv2d(x, w, b, s, p, d)
+
+            def reference(x, w, b=None):
+                return F.conv2d(x, w, b, s, p, d, groups=C)
+
+            worst = max(worst, _worst_error(tensors, fused, reference))
             count += 1
         rows.append((backend, count, worst))
     return _parity_table("depthwise_conv2d vs F.conv2d(groups=C): output and all gradients, fp32 vs fp64 reference",
@@ -100,16 +112,16 @@ def parity_dwpw(device="cpu"):
                 x = x.to(memory_format=torch.channels_last)
             tensors = [x, torch.randn(C * m, 1, k, k, device=device) / k, torch.randn(C * m, device=device),
                        torch.randn(Co, C * m, 1, 1, device=device) / (C * m) ** 0.5, torch.randn(Co, device=device)]
-            args = [t.detach().clone().requires_grad_() for t in tensors]
-            ref_args = [t.detach().double().requires_grad_() for t in args]
-            with fusedops.use_backend(backend):
-                y = fusedops.dwpw_conv2d(*args, stride=s, padding=k // 2, mid_activation=mid, out_activation=out)
-            r = _reference.dwpw_conv2d(*ref_args, (s, s), (k // 2, k // 2), (1, 1), mid, out)
-            g = torch.randn_like(r)
-            grads = torch.autograd.grad(y, args, g.to(y.dtype))
-            ref_grads = torch.autograd.grad(r, ref_args, g)
-            errs = [_max_rel_err(y, r)] + [_max_rel_err(a, b_) for a, b_ in zip(grads, ref_grads)]
-            worst = max(worst, *errs)
+
+            def fused(*args):
+                with fusedops.use_backend(backend):
+                    return fusedops.dwpw_conv2d(*args, stride=s, padding=k // 2, mid_activation=mid,
+                                                out_activation=out)
+
+            def reference(*args):
+                return _reference.dwpw_conv2d(*args, (s, s), (k // 2, k // 2), (1, 1), mid, out)
+
+            worst = max(worst, _worst_error(tensors, fused, reference))
             count += 1
         rows.append((backend, count, worst))
     return _parity_table("dwpw_conv2d vs depthwise conv -> act -> 1x1 conv -> act: output and all gradients, fp32 vs "
