@@ -48,6 +48,8 @@ namespace {
 
 using at::Tensor;
 
+constexpr const char* kOpName = "depthwise_conv2d";  // in the errors of make_dw_params
+
 // Kernel shape of an instantiation: K x K taps, stride S, dilation 1 when K > 0; everything from
 // DwParams when K == 0 (the generic path). With K > 0 the tap loops unroll and the taps' weights and
 // indices become constants.
@@ -384,7 +386,7 @@ Tensor depthwise_conv2d_cuda(const Tensor& input_, const Tensor& weight, const c
   const Tensor input = input_.contiguous(fmt);
   Tensor out = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
-  const DwParams p = make_dw_params(g, "depthwise_conv2d");
+  const DwParams p = make_dw_params(g, kOpName);
   const Tensor wt = taps_by_channel(weight, false);
   const Tensor b = bias.has_value() && bias->defined()
                        ? bias->to(at::toOpMathType(bias->scalar_type())).contiguous()
@@ -459,10 +461,11 @@ void compute_grad_input(const Tensor& grad_output, const Tensor& weight, Tensor&
   using acc_t = at::opmath_type<scalar_t>;
   ConvGeometry t;
   if (transposed_as_forward(g, &t)) {
-    forward<scalar_t>(grad_output, taps_by_channel(weight, true), Tensor(), grad_in, make_dw_params(t, "depthwise_conv2d"), cl);
+    forward<scalar_t>(grad_output, taps_by_channel(weight, true), Tensor(), grad_in, make_dw_params(t, kOpName),
+                      cl);
     return;
   }
-  const DwParams p = make_dw_params(g, "depthwise_conv2d");
+  const DwParams p = make_dw_params(g, kOpName);
   const Tensor wt = taps_by_channel(weight, false);
   const int64_t items = grad_in.numel();
   const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -696,7 +699,8 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cuda(
     if (grads.input.defined()) compute_grad_input<scalar_t>(grad_output, weight, grads.input, g, cl);
     if (grads.weight.defined() || grads.bias.defined())
       compute_grad_weight_bias<scalar_t>(grad_output, input, grads.weight.defined() ? &grads.weight : nullptr,
-                                         grads.bias.defined() ? &grads.bias : nullptr, make_dw_params(g, "depthwise_conv2d"), cl);
+                                         grads.bias.defined() ? &grads.bias : nullptr, make_dw_params(g, kOpName),
+                                         cl);
   });
   return grads.result(input.options());
 }
