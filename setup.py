@@ -106,7 +106,8 @@ def get_extensions():
     build_cuda, cuda_reason = _cuda_decision()
     cpu_arch = _cpu_arch()
 
-    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))
+                     + glob.glob(os.path.join(CSRC, "autograd", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
 
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]

@@ -93,14 +93,23 @@ template <typename E>
 void shuffle_nchw(const Side<const E*>& src, const Side<E*>& dst, const ShuffleGeometry& g) {
   const int64_t C = g.channels, plane = g.height * g.width;
   const int64_t grain = std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, plane));
+  const int64_t groups = g.groups, per_group = g.channels_per_group();
   at::parallel_for(0, g.batch * C, grain, [&](int64_t begin, int64_t end) {
+    // Destination channel d = j * groups + i reads source channel i * per_group + j. (i, j) advance
+    // incrementally: two integer divisions per plane would cost more than copying a 7x7 plane.
     int64_t n = begin / C, d = begin % C;
-    for (int64_t i = begin; i < end; ++i) {
+    int64_t i = d % groups, j = d / groups;
+    for (int64_t item = begin; item < end; ++item) {
       copy_plane_bytes(reinterpret_cast<char*>(dst.channel(n, d)),
-                       reinterpret_cast<const char*>(src.channel(n, g.source_channel(d))), plane * sizeof(E));
-      if (++d == C) {
-        d = 0;
-        ++n;
+                       reinterpret_cast<const char*>(src.channel(n, i * per_group + j)), plane * sizeof(E));
+      ++d;
+      if (++i == groups) {
+        i = 0;
+        if (++j == per_group) {
+          j = 0;
+          d = 0;
+          ++n;
+        }
       }
     }
   });

@@ -82,9 +82,15 @@ def register_fake(name: str, fn) -> None:
         torch.library.register_fake(f"{ns}::{name}")(fn)
 
 
-def register_autograd(name: str, make_backward, setup_context) -> None:
-    """`make_backward(ops)` returns the backward function that calls the backward op in namespace `ops`."""
+def register_autograd(name: str, make_backward, setup_context, native_in_cpp: bool = False) -> None:
+    """`make_backward(ops)` returns the backward function that calls the backward op in namespace `ops`.
+
+    With `native_in_cpp`, the native op's autograd kernel is C++ (``csrc/autograd/<op>.cpp``, the same
+    formula without the Python cost of a training step) and only the Triton mirror is registered here.
+    """
     for ns in namespaces():
+        if native_in_cpp and ns == NATIVE_NAMESPACE:
+            continue
         torch.library.register_autograd(
             f"{ns}::{name}", make_backward(getattr(torch.ops, ns)), setup_context=setup_context
         )
@@ -104,14 +110,15 @@ def register_no_double_backward(name: str, forward_name: str) -> None:
 
 
 def register_op_with_backward_op(name: str, backward_name: str, triton_module: str, fake, fake_backward,
-                                 make_backward, setup_context) -> None:
+                                 make_backward, setup_context, native_autograd_in_cpp: bool = False) -> None:
     """Everything Python registers for an op `name` whose backward is an op of its own, `backward_name`
     (without a derivative): the Triton mirrors of both (launchers ``<triton_module>_forward`` and
     ``<triton_module>_backward`` in ``fusedops.ops._triton.<triton_module>``), their fake kernels, the
-    autograd formula, and the clear error of double backward."""
+    autograd formula (for the Triton mirror only with `native_autograd_in_cpp`), and the clear error of
+    double backward."""
     define_triton_mirror(name, triton_module, f"{triton_module}_forward")
     define_triton_mirror(backward_name, triton_module, f"{triton_module}_backward")
     register_fake(name, fake)
     register_fake(backward_name, fake_backward)
-    register_autograd(name, make_backward, setup_context)
+    register_autograd(name, make_backward, setup_context, native_autograd_in_cpp)
     register_no_double_backward(backward_name, name)

@@ -1,7 +1,8 @@
 """fusedops.channel_shuffle and fusedops.concat_shuffle: public wrappers, fake kernels and autograd.
 
 Kernels: csrc/cpu/channel_shuffle.cpp, csrc/cuda/channel_shuffle.cu, fusedops/ops/_triton/channel_shuffle.py;
-reference: fusedops/ops/_reference.py; schemas: csrc/channel_shuffle.cpp.
+native autograd: csrc/autograd/channel_shuffle.cpp; reference: fusedops/ops/_reference.py; schemas:
+csrc/channel_shuffle.cpp.
 
 Both ops are pure data movement, so their gradients are shuffles too: the gradient of
 ``channel_shuffle(x, g)`` is ``channel_shuffle(grad, C // g)``, and that of ``concat_shuffle(a, b, g)`` is
@@ -190,6 +191,8 @@ _library.define_triton_mirror(CONCAT_BACKWARD_NAME, "channel_shuffle", "concat_s
 _library.register_fake(NAME, _fake)
 _library.register_fake(CONCAT_NAME, _fake_concat)
 _library.register_fake(CONCAT_BACKWARD_NAME, _fake_concat_backward)
-_library.register_autograd(NAME, _make_shuffle_backward, _setup_shuffle)
-_library.register_autograd(CONCAT_NAME, _make_concat_backward, _setup_concat)
-_library.register_autograd(CONCAT_BACKWARD_NAME, _make_concat_double_backward, _setup_concat_backward)
+# The native ops' autograd is C++ (csrc/autograd/channel_shuffle.cpp, the same formulas).
+_library.register_autograd(NAME, _make_shuffle_backward, _setup_shuffle, native_in_cpp=True)
+_library.register_autograd(CONCAT_NAME, _make_concat_backward, _setup_concat, native_in_cpp=True)
+_library.register_autograd(CONCAT_BACKWARD_NAME, _make_concat_double_backward, _setup_concat_backward,
+                           native_in_cpp=True)

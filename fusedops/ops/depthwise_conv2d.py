@@ -1,7 +1,7 @@
 """fusedops.depthwise_conv2d: public wrapper, fake kernels and autograd.
 
 Kernels: csrc/cpu/depthwise_conv2d.cpp, csrc/cuda/depthwise_conv2d.cu, fusedops/ops/_triton/depthwise_conv2d.py;
-reference: fusedops/ops/_reference.py; schema: csrc/depthwise_conv2d.cpp.
+native autograd: csrc/autograd/depthwise_conv2d.cpp; reference: fusedops/ops/_reference.py; schema: csrc/depthwise_conv2d.cpp.
 """
 
 import torch
@@ -161,5 +161,6 @@ def _make_backward(ops):
     return backward
 
 
+# The native op's autograd is C++ (csrc/autograd/depthwise_conv2d.cpp, the same formula as _make_backward).
 _library.register_op_with_backward_op(NAME, BACKWARD_NAME, "depthwise_conv2d", _fake, _fake_backward, _make_backward,
-                                      _setup_context)
+                                      _setup_context, native_autograd_in_cpp=True)

@@ -1,7 +1,8 @@
 """fusedops.dwpw_conv2d: the fused depthwise-separable convolution. Public wrapper, fake kernels, autograd.
 
 Kernels: csrc/cpu/dwpw_conv2d.cpp, csrc/cuda/dwpw_conv2d.cu, fusedops/ops/_triton/dwpw_conv2d.py;
-backward (every native backend): dwpw_conv2d_backward_banded in csrc/dwpw_conv2d.cpp;
+backward (every native backend): dwpw_conv2d_backward_banded in csrc/dwpw_conv2d.cpp; native autograd:
+csrc/autograd/dwpw_conv2d.cpp;
 reference: fusedops/ops/_reference.py; schema: csrc/dwpw_conv2d.cpp.
 """
 
@@ -152,5 +153,6 @@ def _make_backward(ops):
     return backward
 
 
+# The native op's autograd is C++ (csrc/autograd/dwpw_conv2d.cpp, the same formula as _make_backward).
 _library.register_op_with_backward_op(NAME, BACKWARD_NAME, "dwpw_conv2d", _fake, _fake_backward, _make_backward,
-                                      _setup_context)
+                                      _setup_context, native_autograd_in_cpp=True)
