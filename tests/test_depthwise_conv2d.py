@@ -175,6 +175,29 @@ def test_parity_tiny_maps(layout):
     check_parity((1, 17, 4, 4), 3, stride=2, padding=3, dilation=3, layout=layout)  # padding > kernel reach
 
 
+def test_parity_masked_plane_geometries():
+    """NCHW stride-1 maps whose output keeps the input's width run as masked flat sweeps of the plane: output
+    heights other than the input's, dilation, planes of exactly 16 pixels, smaller than one vector, and
+    wider than 4-vector blocks."""
+    check_parity((2, 3, 9, 11), 3, padding=(0, 1), layout="nchw")  # out_h = 7, out_w = 11
+    check_parity((2, 3, 9, 11), (5, 3), padding=(3, 1), layout="nchw")  # out_h = 11 > in_h - 2
+    check_parity((1, 4, 12, 13), 3, padding=2, dilation=2, layout="nchw")
+    check_parity((1, 4, 4, 4), 3, padding=1, layout="nchw")
+    check_parity((1, 4, 3, 3), 3, padding=1, bias=True, layout="nchw")
+    check_parity((1, 2, 40, 80), 7, padding=3, multiplier=2, layout="nchw")
+
+
+def test_masked_plane_table_cache_eviction():
+    """More stride-1 geometries than the per-thread table cache holds, then the first ones again."""
+    sizes = [(h, w) for h in (5, 6, 7, 8, 9) for w in (6, 7, 8, 9)]
+    for h, w in sizes + sizes[:3]:
+        x = torch.randn(1, 2, h, w)
+        weight = torch.randn(2, 1, 3, 3)
+        torch.testing.assert_close(fusedops.depthwise_conv2d(x, weight, padding=1),
+                                   reference_conv(x, weight, None, 1, 1, 1),
+                                   rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
 def test_parity_unrequested_grads(layout):
     """Only some inputs requiring grad: the requested gradients are still right."""

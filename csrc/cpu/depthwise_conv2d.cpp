@@ -11,6 +11,7 @@
 
 #include "fusedops/conv_geometry.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
+#include "fusedops/cpu/masked_plane.h"
 #include "fusedops/cpu/phase_plane.h"
 #include "fusedops/cpu/scratch.h"
 #include "fusedops/cpu/vec_io.h"
@@ -207,6 +208,24 @@ void forward_nchw(const Tensor& input, const Tensor& weight, const acc_t<scalar_
   const bool flat = flat_plane_applies(g);
   const int64_t items = g.batch * g.channels;
   const int64_t macs = g.out_h * g.out_w * T * m;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (masked_plane_applies(g)) {
+      const MaskedPlaneTable& table = masked_plane_table(g);
+      at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t n = i / g.channels, c = i % g.channels;
+          for (int64_t j = 0; j < m; ++j) {
+            const int64_t oc = c * m + j;
+            masked_plane_forward(in + i * g.in_h * g.in_w, table, wsrc + oc * T, bias ? bias[oc] : 0.0f,
+                                 o + (n * g.out_channels + oc) * g.out_h * g.out_w);
+          }
+        }
+      });
+      return;
+    }
+  }
+#endif
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
     PhasePlane<acc> p = phase_plane_shape<acc>(g, V, flat);
     p.data = thread_scratch<acc>(p.size, ScratchSlot::kPlane);
