@@ -361,6 +361,117 @@ inline void gi_nhwc_pixel(const scalar_t* go_n, const acc_t<scalar_t>* w, const 
   }
 }
 
+// 3x3, stride 2, dilation 1 (every stride-2 MobileNet layer): input row ih is read by kernel rows kh with
+// ih + pad - kh even, i.e. one kernel row (kh = 1) or two (kh = 0 and 2), and likewise along W. Per
+// channel vector the (up to) six weights of the row's kernel rows stay in registers while the row is
+// swept; each pixel is one or two grad_output loads per kernel row, so the input gradient costs about
+// the forward (the general gather walks tap lists per pixel and reloads weights: ~3.4x the forward).
+bool grad_input_is_3x3_stride2(const ConvGeometry& g) {
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 2 && g.stride_w == 2 && g.dilation_h == 1 &&
+         g.dilation_w == 1 && g.multiplier == 1;
+}
+
+// One input column iw of the row, any position (bounds-checked): columns with iw + pad odd read kernel
+// column 1 of output column (iw + pad - 1) / 2; even ones kernel columns 0 and 2 of output columns
+// (iw + pad) / 2 and the one before.
+template <typename scalar_t, int kRows, bool kPartial>
+inline void gi_3x3_stride2_column(const scalar_t* const* go_rows, const AccVec<scalar_t> (*w)[3],
+                                  const ConvGeometry& g, int64_t iw, int64_t c, int64_t count, scalar_t* gi_row) {
+  using Vec = AccVec<scalar_t>;
+  const int64_t C = g.channels, u = iw + g.pad_w;
+  Vec sum(acc_t<scalar_t>(0));
+  const int64_t ow = u / 2;
+  if (u & 1) {
+    if (ow < g.out_w) {
+      for (int r = 0; r < kRows; ++r) sum = at::vec::fmadd(load_n<kPartial>(go_rows[r] + ow * C + c, count), w[r][1], sum);
+    }
+  } else {
+    if (ow < g.out_w) {
+      for (int r = 0; r < kRows; ++r) sum = at::vec::fmadd(load_n<kPartial>(go_rows[r] + ow * C + c, count), w[r][0], sum);
+    }
+    if (ow >= 1 && ow - 1 < g.out_w) {
+      for (int r = 0; r < kRows; ++r)
+        sum = at::vec::fmadd(load_n<kPartial>(go_rows[r] + (ow - 1) * C + c, count), w[r][2], sum);
+    }
+  }
+  store_n<kPartial>(gi_row + iw * C + c, sum, count);
+}
+
+// One channel vector of one input row. Interior columns go in pairs (iw with iw + pad odd, then iw + 1),
+// which read output columns a and a + 1 only: gi[iw] = g[a] w1, gi[iw + 1] = g[a + 1] w0 + g[a] w2 per
+// kernel row, with g[a + 1] carried over as the next pair's g[a]. Edges take the checked column.
+template <typename scalar_t, int kRows, bool kPartial>
+inline void gi_3x3_stride2_row(const scalar_t* const* go_rows, const AccVec<scalar_t> (*w)[3], const ConvGeometry& g,
+                               int64_t c, int64_t count, scalar_t* gi_row) {
+  using Vec = AccVec<scalar_t>;
+  const int64_t C = g.channels;
+  int64_t iw = 0;
+  if (((iw + g.pad_w) & 1) == 0) gi_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w, g, iw++, c, count, gi_row);
+  int64_t a = (iw + g.pad_w - 1) / 2;
+  if (iw + 1 < g.in_w && a + 1 < g.out_w) {
+    Vec ga[kRows];
+    for (int r = 0; r < kRows; ++r) ga[r] = load_n<kPartial>(go_rows[r] + a * C + c, count);
+    for (; iw + 1 < g.in_w && a + 1 < g.out_w; iw += 2, ++a) {
+      Vec odd(acc_t<scalar_t>(0)), even(acc_t<scalar_t>(0));
+#pragma GCC unroll 2
+      for (int r = 0; r < kRows; ++r) {
+        const Vec gb = load_n<kPartial>(go_rows[r] + (a + 1) * C + c, count);
+        odd = at::vec::fmadd(ga[r], w[r][1], odd);
+        even = at::vec::fmadd(gb, w[r][0], at::vec::fmadd(ga[r], w[r][2], even));
+        ga[r] = gb;
+      }
+      store_n<kPartial>(gi_row + iw * C + c, odd, count);
+      store_n<kPartial>(gi_row + (iw + 1) * C + c, even, count);
+    }
+  }
+  for (; iw < g.in_w; ++iw) gi_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w, g, iw, c, count, gi_row);
+}
+
+template <typename scalar_t, int kRows>
+inline void gi_3x3_stride2_rows(const scalar_t* const* go_rows, const int64_t* kernel_rows, const acc_t<scalar_t>* w,
+                                const ConvGeometry& g, scalar_t* gi_row) {
+  using Vec = AccVec<scalar_t>;
+  constexpr int64_t V = Vec::size();
+  const int64_t C = g.channels;
+  for (int64_t c = 0; c < C; c += V) {
+    const int64_t count = std::min(V, C - c);
+    Vec wv[kRows][3];
+    for (int r = 0; r < kRows; ++r)
+      for (int kw = 0; kw < 3; ++kw) wv[r][kw] = Vec::loadu(w + (kernel_rows[r] * 3 + kw) * C + c, count);
+    if (count < V) gi_3x3_stride2_row<scalar_t, kRows, true>(go_rows, wv, g, c, count, gi_row);
+    else gi_3x3_stride2_row<scalar_t, kRows, false>(go_rows, wv, g, c, count, gi_row);
+  }
+}
+
+template <typename scalar_t>
+void grad_input_nhwc_3x3_stride2(const Tensor& grad_out, const acc_t<scalar_t>* w, Tensor& grad_in,
+                                 const ConvGeometry& g) {
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t C = g.channels;
+  const int64_t items = g.batch * g.in_h;
+  at::parallel_for(0, items, grain_for(items, g.in_w * C * 4), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.in_h, ih = item % g.in_h;
+      // The kernel rows that read input row ih, and the grad_output rows they come from.
+      const scalar_t* go_rows[2];
+      int64_t kernel_rows[2];
+      int rows = 0;
+      for (int64_t kh = 0; kh < 3; ++kh) {
+        const int64_t t = ih + g.pad_h - kh;
+        if (t >= 0 && t % 2 == 0 && t / 2 < g.out_h) {
+          go_rows[rows] = go + (n * g.out_h + t / 2) * g.out_w * C;
+          kernel_rows[rows++] = kh;
+        }
+      }
+      scalar_t* gi_row = gi + (n * g.in_h + ih) * g.in_w * C;
+      if (rows == 2) gi_3x3_stride2_rows<scalar_t, 2>(go_rows, kernel_rows, w, g, gi_row);
+      else if (rows == 1) gi_3x3_stride2_rows<scalar_t, 1>(go_rows, kernel_rows, w, g, gi_row);
+      else std::fill(gi_row, gi_row + g.in_w * C, scalar_t(0));  // no output row reads this input row
+    }
+  });
+}
+
 // Input gradient by gathering, for any stride (the stride-1 case runs as a forward convolution):
 // per input pixel, the taps that read it (precomputed per row and column), channel vectors innermost.
 template <typename scalar_t>
@@ -847,6 +958,9 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
         forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input, t);
       } else if (!cl && transposed_as_forward(g, &t)) {
         forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grads.input, t);
+      } else if (cl && grad_input_is_3x3_stride2(g)) {
+        grad_input_nhwc_3x3_stride2<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grads.input,
+                                              g);
       } else if (cl && g.multiplier == 1) {
         grad_input_nhwc_gather<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grads.input, g);
       } else if (!cl) {
