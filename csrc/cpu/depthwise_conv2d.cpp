@@ -632,77 +632,152 @@ inline void gw_nhwc_rows(const scalar_t* gorow, const scalar_t* const* irows, in
     gw_nhwc_kernel_row_generic<scalar_t, kPartial>(gorow, irows[r], pix, g, count, dst + r * g.kernel_w * ld, ld);
 }
 
-// Weight (and bias) gradient, channels-last: rows are split across threads, each accumulating into its
-// own [taps + 1][C] buffer (the last row is the bias), then the buffers are summed.
+// Weight (and bias) gradient contributions of output row r (= n * out_h + oh), channels-last, added to
+// `part` ([taps + 1][ld], the last row the bias).
 template <typename scalar_t>
-void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_weight, Tensor* grad_bias,
-                      const ConvGeometry& g) {
+void grad_weight_nhwc_row(const scalar_t* go, const scalar_t* in, int64_t r, bool with_weight, bool with_bias,
+                          const ConvGeometry& g, acc_t<scalar_t>* part, int64_t ld) {
   using acc = acc_t<scalar_t>;
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
+  const int64_t C = g.channels, T = taps(g);
+  const int64_t ib = g.interior_ow_begin(), ie = g.interior_ow_end();
+  const int64_t n = r / g.out_h, oh = r % g.out_h;
+  const scalar_t* gorow = go + r * g.out_w * C;
+  // Kernel rows whose input row exists for this output row: a contiguous range [kh_begin, kh_end).
+  const int64_t ih0 = oh * g.stride_h - g.pad_h;
+  int64_t kh_begin = 0, kh_end = g.kernel_h;
+  while (kh_begin < kh_end && ih0 + kh_begin * g.dilation_h < 0) ++kh_begin;
+  while (kh_end > kh_begin && ih0 + (kh_end - 1) * g.dilation_h >= g.in_h) --kh_end;
+  constexpr int64_t kMaxKernelRows = 16;
+  const scalar_t* irows_stack[kMaxKernelRows];
+  std::vector<const scalar_t*> irows_heap(g.kernel_h > kMaxKernelRows ? g.kernel_h : 0);
+  const scalar_t** irows = g.kernel_h > kMaxKernelRows ? irows_heap.data() : irows_stack;
+  for (int64_t c = 0; c < C; c += V) {
+    const int64_t count = std::min(V, C - c);
+    const bool full = count == V;
+    if (with_bias) {
+      // Four partial sums, so the adds do not wait on each other.
+      Vec b0(acc(0)), b1(acc(0)), b2(acc(0)), b3(acc(0));
+      int64_t ow = 0;
+      auto load = [&](int64_t x) { return full ? load_acc(gorow + x * C + c) : load_acc(gorow + x * C + c, count); };
+      for (; ow + 4 <= g.out_w; ow += 4) {
+        b0 += load(ow);
+        b1 += load(ow + 1);
+        b2 += load(ow + 2);
+        b3 += load(ow + 3);
+      }
+      for (; ow < g.out_w; ++ow) b0 += load(ow);
+      add_into(part + T * ld + c, (b0 + b1) + (b2 + b3));
+    }
+    if (!with_weight) continue;
+    for (int64_t kh = kh_begin; kh < kh_end; ++kh)
+      irows[kh - kh_begin] = in + (n * g.in_h + ih0 + kh * g.dilation_h) * g.in_w * C + c;
+    acc* dst = part + kh_begin * g.kernel_w * ld + c;
+    const int64_t nrows = kh_end - kh_begin;
+    if (full) gw_nhwc_rows<scalar_t, false>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld);
+    else gw_nhwc_rows<scalar_t, true>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld);
+  }
+}
+
+// Per-worker [taps + 1][ld] partial sums of the channels-last weight and bias gradients, zeroed; in
+// the calling thread's scratch, reduced by finish_grad_weight_nhwc.
+template <typename scalar_t>
+struct WeightGradPartials {
+  acc_t<scalar_t>* data;
+  int64_t workers, ld, size;  // size: elements of one worker's partials
+
+  WeightGradPartials(const ConvGeometry& g, int64_t rows) {
+    constexpr int64_t V = AccVec<scalar_t>::size();
+    workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+    ld = (g.channels + V - 1) / V * V;  // padded so full-vector accumulation never overruns
+    size = (taps(g) + 1) * ld;
+    data = thread_scratch<acc_t<scalar_t>>(workers * size, ScratchSlot::kReduce);
+    std::fill(data, data + workers * size, acc_t<scalar_t>(0));
+  }
+  acc_t<scalar_t>* worker(int64_t w) const { return data + w * size; }
+
+  // Sums the workers' partials into grad_weight (C, 1, kH, kW) and grad_bias (C).
+  void finish(const ConvGeometry& g, Tensor* grad_weight, Tensor* grad_bias) const {
+    const int64_t C = g.channels, T = taps(g);
+    for (int64_t w = 1; w < workers; ++w)
+      for (int64_t i = 0; i < size; ++i) data[i] += data[w * size + i];
+    if (grad_weight) {
+      scalar_t* gw = grad_weight->mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t t = 0; t < T; ++t) gw[c * T + t] = static_cast<scalar_t>(data[t * ld + c]);
+    }
+    if (grad_bias) {
+      scalar_t* gb = grad_bias->mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) gb[c] = static_cast<scalar_t>(data[T * ld + c]);
+    }
+  }
+};
+
+// Weight (and bias) gradient, channels-last: rows are split across threads, each accumulating into its
+// own partial sums, which are then reduced.
+template <typename scalar_t>
+void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_weight, Tensor* grad_bias,
+                      const ConvGeometry& g) {
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* in = input.const_data_ptr<scalar_t>();
-  const int64_t C = g.channels, T = taps(g);
   const int64_t rows = g.batch * g.out_h;
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
-  const int64_t ld = (C + V - 1) / V * V;  // padded so full-vector accumulation never overruns
-  const int64_t ib = g.interior_ow_begin(), ie = g.interior_ow_end();
-  acc* partial = thread_scratch<acc>(workers * (T + 1) * ld, ScratchSlot::kReduce);
-  std::fill(partial, partial + workers * (T + 1) * ld, acc(0));
-  at::parallel_for(0, workers, 1, [&](int64_t wbegin, int64_t wend) {
+  const WeightGradPartials<scalar_t> partials(g, rows);
+  at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
-      acc* part = partial + worker * (T + 1) * ld;
-      std::vector<const scalar_t*> irows(g.kernel_h);
-      const int64_t r0 = rows * worker / workers, r1 = rows * (worker + 1) / workers;
+      const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
+      for (int64_t r = r0; r < r1; ++r)
+        grad_weight_nhwc_row<scalar_t>(go, in, r, grad_weight != nullptr, grad_bias != nullptr, g,
+                                       partials.worker(worker), partials.ld);
+    }
+  });
+  partials.finish(g, grad_weight, grad_bias);
+}
+
+// All gradients of a stride-1 channels-last convolution in one pass: per row, the input-gradient row (a
+// forward row of the transposed geometry t over grad_output) and then the weight/bias contributions of
+// the same grad_output row, while the grad_output rows both read are still in L1/L2. Saves a pass over
+// grad_output and a parallel region against computing them one after the other.
+template <typename scalar_t>
+void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<scalar_t>* w_rotated,
+                      Tensor& grad_in, Tensor* grad_weight, Tensor* grad_bias, const ConvGeometry& g,
+                      const ConvGeometry& t) {
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t C = g.channels;
+  // Rows of one image: input-gradient rows (t.out_h == g.in_h) and grad_output rows (g.out_h).
+  const int64_t per_image = std::max(t.out_h, g.out_h);
+  const int64_t rows = g.batch * per_image;
+  const WeightGradPartials<scalar_t> partials(g, rows);
+  at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
+    for (int64_t worker = wbegin; worker < wend; ++worker) {
+      const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t n = r / g.out_h, oh = r % g.out_h;
-        const scalar_t* gorow = go + r * g.out_w * C;
-        for (int64_t c = 0; c < C; c += V) {
-          const int64_t count = std::min(V, C - c);
-          const bool full = count == V;
-          if (grad_bias) {
-            // Four partial sums, so the adds do not wait on each other.
-            Vec b0(acc(0)), b1(acc(0)), b2(acc(0)), b3(acc(0));
-            int64_t ow = 0;
-            auto load = [&](int64_t x) {
-              return full ? load_acc(gorow + x * C + c) : load_acc(gorow + x * C + c, count);
-            };
-            for (; ow + 4 <= g.out_w; ow += 4) {
-              b0 += load(ow);
-              b1 += load(ow + 1);
-              b2 += load(ow + 2);
-              b3 += load(ow + 3);
-            }
-            for (; ow < g.out_w; ++ow) b0 += load(ow);
-            add_into(part + T * ld + c, (b0 + b1) + (b2 + b3));
-          }
-          if (!grad_weight) continue;
-          // Kernel rows whose input row exists for this output row: a contiguous range [kh_begin, kh_end).
-          const int64_t ih0 = oh * g.stride_h - g.pad_h;
-          int64_t kh_begin = 0, kh_end = g.kernel_h;
-          while (kh_begin < kh_end && ih0 + kh_begin * g.dilation_h < 0) ++kh_begin;
-          while (kh_end > kh_begin && ih0 + (kh_end - 1) * g.dilation_h >= g.in_h) --kh_end;
-          for (int64_t kh = kh_begin; kh < kh_end; ++kh)
-            irows[kh - kh_begin] = in + (n * g.in_h + ih0 + kh * g.dilation_h) * g.in_w * C + c;
-          acc* dst = part + kh_begin * g.kernel_w * ld + c;
-          const int64_t nrows = kh_end - kh_begin;
-          if (full) gw_nhwc_rows<scalar_t, false>(gorow + c, irows.data(), nrows, C, g, ib, ie, count, dst, ld);
-          else gw_nhwc_rows<scalar_t, true>(gorow + c, irows.data(), nrows, C, g, ib, ie, count, dst, ld);
+        const int64_t n = r / per_image, row = r % per_image;
+        if (row < t.out_h) {
+          DwNhwcRow<scalar_t, scalar_t> tile;
+          tile.image = go + n * t.in_h * t.in_w * C;
+          tile.in_row_stride = t.in_w * C;
+          tile.in_pix_stride = C;
+          tile.weight = w_rotated;
+          tile.weight_ld = C;
+          tile.bias = nullptr;
+          tile.out = gi + (n * t.out_h + row) * t.out_w * C;
+          tile.out_pix_stride = C;
+          tile.oh = row;
+          tile.c_begin = 0;
+          tile.c_end = C;
+          depthwise_nhwc_row(tile, t);
+        }
+        if (row < g.out_h) {
+          grad_weight_nhwc_row<scalar_t>(go, in, n * g.out_h + row, grad_weight != nullptr, grad_bias != nullptr, g,
+                                         partials.worker(worker), partials.ld);
         }
       }
     }
   });
-  for (int64_t worker = 1; worker < workers; ++worker)
-    for (int64_t i = 0; i < (T + 1) * ld; ++i) partial[i] += partial[worker * (T + 1) * ld + i];
-  if (grad_weight) {
-    scalar_t* gw = grad_weight->mutable_data_ptr<scalar_t>();
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t t = 0; t < T; ++t) gw[c * T + t] = static_cast<scalar_t>(partial[t * ld + c]);
-  }
-  if (grad_bias) {
-    scalar_t* gb = grad_bias->mutable_data_ptr<scalar_t>();
-    for (int64_t c = 0; c < C; ++c) gb[c] = static_cast<scalar_t>(partial[T * ld + c]);
-  }
+  partials.finish(g, grad_weight, grad_bias);
 }
 
 // NCHW input gradient for any stride/dilation: grad_output rows are scattered into a phase plane of
@@ -952,8 +1027,16 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
   }
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_backward_cpu", [&] {
+    ConvGeometry t;
+    const bool parameter_grads = grads.weight.defined() || grads.bias.defined();
+    Tensor* gw = grads.weight.defined() ? &grads.weight : nullptr;
+    Tensor* gb = grads.bias.defined() ? &grads.bias : nullptr;
+    if (cl && g.multiplier == 1 && grads.input.defined() && parameter_grads && transposed_as_forward(g, &t)) {
+      grads_nhwc_fused<scalar_t>(grad_output, input, taps_by_channel<scalar_t>(weight, g, true), grads.input, gw, gb,
+                                 g, t);
+      return;
+    }
     if (grads.input.defined()) {
-      ConvGeometry t;
       if (cl && transposed_as_forward(g, &t)) {
         forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input, t);
       } else if (!cl && transposed_as_forward(g, &t)) {
@@ -969,9 +1052,7 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
         grad_input_generic<scalar_t>(grad_output, weight, grads.input, g);
       }
     }
-    if (grads.weight.defined() || grads.bias.defined()) {
-      Tensor* gw = grads.weight.defined() ? &grads.weight : nullptr;
-      Tensor* gb = grads.bias.defined() ? &grads.bias : nullptr;
+    if (parameter_grads) {
       if (cl && g.multiplier == 1) grad_weight_nhwc<scalar_t>(grad_output, input, gw, gb, g);
       else if (!cl) grad_weight_nchw<scalar_t>(grad_output, input, gw, gb, g);
       else grad_weight_generic<scalar_t>(grad_output, input, gw, gb, g);
