@@ -52,7 +52,7 @@ namespace detail {
 // kB outputs (ow .. ow + kB - 1) of one channel vector. kChecked: some taps fall outside the input
 // along W and read as zero (border blocks); otherwise no checks at all.
 template <typename in_t, typename out_t, int KW, int SW, int kB, bool kPartial, bool kChecked, typename Epilogue>
-inline void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
+FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
                           int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
@@ -95,7 +95,7 @@ inline void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g
 
 // One output pixel for one channel vector, any kernel/stride/dilation, with bounds checks along W.
 template <typename in_t, typename out_t, bool kPartial, typename Epilogue>
-inline void dw_nhwc_pixel(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end, int64_t ow,
+FUSEDOPS_ALWAYS_INLINE void dw_nhwc_pixel(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end, int64_t ow,
                           int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
@@ -118,7 +118,7 @@ inline void dw_nhwc_pixel(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g
 // All channel vectors of one block of kB outputs, channels innermost so that the block's input pixels
 // are read as contiguous runs (streams the prefetchers follow) rather than one vector per pixel at a time.
 template <typename in_t, typename out_t, int KW, int SW, int kB, bool kChecked, typename Epilogue>
-inline void dw_nhwc_block_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
+FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
                                    int64_t ow, const Epilogue& epilogue) {
   constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
   int64_t c = t.c_begin;
@@ -130,7 +130,7 @@ inline void dw_nhwc_block_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGe
 
 // Blocks of kB outputs, halving kB for the row's remainder; border blocks take the checked variant.
 template <typename in_t, typename out_t, int KW, int SW, int kB, typename Epilogue>
-inline void dw_nhwc_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
+FUSEDOPS_ALWAYS_INLINE void dw_nhwc_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
                            int64_t ow, int64_t interior_begin, int64_t interior_end, const Epilogue& epilogue) {
   for (; ow + kB <= g.out_w; ow += kB) {
     if (ow >= interior_begin && ow + kB <= interior_end)
@@ -143,7 +143,7 @@ inline void dw_nhwc_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& 
 }
 
 template <typename in_t, typename out_t, int KW, int SW, typename Epilogue>
-inline void dw_nhwc_row_impl(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, const Epilogue& epilogue) {
+FUSEDOPS_ALWAYS_INLINE void dw_nhwc_row_impl(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, const Epilogue& epilogue) {
   constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
   // Kernel rows that fall inside the input for this output row.
   const int64_t ih0 = t.oh * g.stride_h - g.pad_h;
@@ -166,7 +166,7 @@ inline void dw_nhwc_row_impl(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry
 
 // Computes output row t.oh, channels [t.c_begin, t.c_end), of a depthwise convolution with multiplier 1.
 template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
-inline void depthwise_nhwc_row(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
                                const Epilogue& epilogue = Epilogue()) {
   // Register-blocked interior kernels for the shapes mobile CNNs use; anything else runs the
   // per-pixel loop (still vectorised over channels).

@@ -8,6 +8,15 @@
 
 #include <type_traits>
 
+// For register-blocked micro-kernels called once per block from a loop: GCC stops inlining them once a
+// translation unit instantiates them from several kernels, and the out-of-line call (arguments through
+// memory, weights reloaded per call) made the 3x3 stride-2 channels-last forward 1.3x slower.
+#if defined(__GNUC__)
+#define FUSEDOPS_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define FUSEDOPS_ALWAYS_INLINE inline
+#endif
+
 namespace fusedops {
 namespace cpu {
 
