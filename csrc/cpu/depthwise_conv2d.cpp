@@ -224,6 +224,19 @@ void forward_nchw(const Tensor& input, const Tensor& weight, const acc_t<scalar_
       });
       return;
     }
+    if (masked_stride2_applies(g)) {
+      at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t n = i / g.channels, c = i % g.channels;
+          for (int64_t j = 0; j < m; ++j) {
+            const int64_t oc = c * m + j;
+            masked_stride2_forward(in + i * g.in_h * g.in_w, g, wsrc + oc * T, bias ? bias[oc] : 0.0f,
+                                   o + (n * g.out_channels + oc) * g.out_h * g.out_w);
+          }
+        }
+      });
+      return;
+    }
   }
 #endif
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
