@@ -193,6 +193,23 @@ void plane_forward_flat(const PhasePlane<acc_t<scalar_t>>& p, const ConvGeometry
   compact_flat_run<scalar_t>(run, p.pitch, g, out);
 }
 
+// Runs plane(input plane, output channel, output plane) for every output plane of an NCHW depthwise
+// convolution; the (n, c) input planes are split across threads.
+template <typename scalar_t, typename PlaneFn>
+void for_each_output_plane(const scalar_t* in, scalar_t* out, const ConvGeometry& g, int64_t macs_per_plane,
+                           const PlaneFn& plane) {
+  const int64_t items = g.batch * g.channels;
+  at::parallel_for(0, items, grain_for(items, macs_per_plane), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / g.channels, c = i % g.channels;
+      for (int64_t j = 0; j < g.multiplier; ++j) {
+        const int64_t oc = c * g.multiplier + j;
+        plane(in + i * g.in_h * g.in_w, oc, out + (n * g.out_channels + oc) * g.out_h * g.out_w);
+      }
+    }
+  });
+}
+
 // NCHW forward: per (n, c) a padded plane of the input channel, then each of its `multiplier` output planes.
 // Also computes stride-1 input gradients (geometry from transposed_as_forward, rotated weights).
 template <typename scalar_t>
@@ -212,28 +229,14 @@ void forward_nchw(const Tensor& input, const Tensor& weight, const acc_t<scalar_
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (masked_plane_applies(g)) {
       const MaskedPlaneTable& table = masked_plane_table(g);
-      at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t n = i / g.channels, c = i % g.channels;
-          for (int64_t j = 0; j < m; ++j) {
-            const int64_t oc = c * m + j;
-            masked_plane_forward(in + i * g.in_h * g.in_w, table, wsrc + oc * T, bias ? bias[oc] : 0.0f,
-                                 o + (n * g.out_channels + oc) * g.out_h * g.out_w);
-          }
-        }
+      for_each_output_plane(in, o, g, macs, [&](const float* src, int64_t oc, float* dst) {
+        masked_plane_forward(src, table, wsrc + oc * T, bias ? bias[oc] : 0.0f, dst);
       });
       return;
     }
     if (masked_stride2_applies(g)) {
-      at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t n = i / g.channels, c = i % g.channels;
-          for (int64_t j = 0; j < m; ++j) {
-            const int64_t oc = c * m + j;
-            masked_stride2_forward(in + i * g.in_h * g.in_w, g, wsrc + oc * T, bias ? bias[oc] : 0.0f,
-                                   o + (n * g.out_channels + oc) * g.out_h * g.out_w);
-          }
-        }
+      for_each_output_plane(in, o, g, macs, [&](const float* src, int64_t oc, float* dst) {
+        masked_stride2_forward(src, g, wsrc + oc * T, bias ? bias[oc] : 0.0f, dst);
       });
       return;
     }
