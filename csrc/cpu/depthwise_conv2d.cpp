@@ -66,6 +66,27 @@ const acc_t<scalar_t>* bias_as_acc(const c10::optional<Tensor>& bias, int64_t oc
 // ---------------------------------------------------------------------------------------------------
 // Forward
 
+// Output row oh of image n, channels [c_begin, c_end), of a multiplier-1 convolution between dense
+// channels-last tensors `in` and `out` (weights as taps_by_channel lays them out).
+template <typename scalar_t>
+inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, scalar_t* out,
+                           const ConvGeometry& g, int64_t n, int64_t oh, int64_t c_begin, int64_t c_end) {
+  const int64_t C = g.channels;
+  DwNhwcRow<scalar_t, scalar_t> t;
+  t.image = in + n * g.in_h * g.in_w * C;
+  t.in_row_stride = g.in_w * C;
+  t.in_pix_stride = C;
+  t.weight = w;
+  t.weight_ld = g.out_channels;
+  t.bias = bias;
+  t.out = out + (n * g.out_h + oh) * g.out_w * C;
+  t.out_pix_stride = C;
+  t.oh = oh;
+  t.c_begin = c_begin;
+  t.c_end = c_end;
+  depthwise_nhwc_row(t, g);
+}
+
 template <typename scalar_t>
 void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, Tensor& out,
                   const ConvGeometry& g) {
@@ -83,19 +104,8 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
     for (int64_t i = begin; i < end; ++i) {
       const int64_t row = i / chunks;
       const int64_t n = row / g.out_h, oh = row % g.out_h;
-      DwNhwcRow<scalar_t, scalar_t> t;
-      t.image = in + n * g.in_h * g.in_w * C;
-      t.in_row_stride = g.in_w * C;
-      t.in_pix_stride = C;
-      t.weight = w;
-      t.weight_ld = g.out_channels;
-      t.bias = bias;
-      t.out = o + (n * g.out_h + oh) * g.out_w * C;
-      t.out_pix_stride = C;
-      t.oh = oh;
-      t.c_begin = (i % chunks) * chunk;
-      t.c_end = std::min(C, t.c_begin + chunk);
-      depthwise_nhwc_row(t, g);
+      const int64_t c_begin = (i % chunks) * chunk;
+      dense_nhwc_row<scalar_t>(in, w, bias, o, g, n, oh, c_begin, std::min(C, c_begin + chunk));
     }
   });
 }
@@ -771,21 +781,7 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
       const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / per_image, row = r % per_image;
-        if (row < t.out_h) {
-          DwNhwcRow<scalar_t, scalar_t> tile;
-          tile.image = go + n * t.in_h * t.in_w * C;
-          tile.in_row_stride = t.in_w * C;
-          tile.in_pix_stride = C;
-          tile.weight = w_rotated;
-          tile.weight_ld = C;
-          tile.bias = nullptr;
-          tile.out = gi + (n * t.out_h + row) * t.out_w * C;
-          tile.out_pix_stride = C;
-          tile.oh = row;
-          tile.c_begin = 0;
-          tile.c_end = C;
-          depthwise_nhwc_row(tile, t);
-        }
+        if (row < t.out_h) dense_nhwc_row<scalar_t>(go, w_rotated, nullptr, gi, t, n, row, 0, C);
         if (row < g.out_h) {
           grad_weight_nhwc_row<scalar_t>(go, in, n * g.out_h + row, grad_weight != nullptr, grad_bias != nullptr, g,
                                          partials.worker(worker), partials.ld);

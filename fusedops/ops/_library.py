@@ -3,8 +3,9 @@
 Each op's schema is written once, in C++ (``csrc/<op>.cpp``), in the ``fusedops`` namespace, whose CPU
 and CUDA kernels are the native ones. The Triton kernels are bound to a mirror namespace,
 ``fusedops_triton``, with the same schemas (copied from the C++ ones), so that both are real
-``torch.library`` ops. Fake kernels and autograd are registered on both through this module, once per
-op, from the op's own Python module (``fusedops/ops/<op>.py``).
+``torch.library`` ops. Fake kernels are registered on both through this module, once per op, from the
+op's own Python module (``fusedops/ops/<op>.py``); so is the Triton mirror's autograd, while the native
+op's autograd is C++ (``csrc/autograd/<op>.cpp``).
 """
 
 import importlib
@@ -82,18 +83,13 @@ def register_fake(name: str, fn) -> None:
         torch.library.register_fake(f"{ns}::{name}")(fn)
 
 
-def register_autograd(name: str, make_backward, setup_context, native_in_cpp: bool = False) -> None:
-    """`make_backward(ops)` returns the backward function that calls the backward op in namespace `ops`.
-
-    With `native_in_cpp`, the native op's autograd kernel is C++ (``csrc/autograd/<op>.cpp``, the same
-    formula without the Python cost of a training step) and only the Triton mirror is registered here.
-    """
-    for ns in namespaces():
-        if native_in_cpp and ns == NATIVE_NAMESPACE:
-            continue
-        torch.library.register_autograd(
-            f"{ns}::{name}", make_backward(getattr(torch.ops, ns)), setup_context=setup_context
-        )
+def register_triton_autograd(name: str, make_backward, setup_context) -> None:
+    """Autograd of the Triton mirror of op `name`; `make_backward(ops)` returns the backward function that
+    calls the backward op in namespace `ops`. The native op's autograd is C++ (``csrc/autograd/<op>.cpp``,
+    the same formula without the Python cost of a training step)."""
+    if TRITON_NAMESPACE in namespaces():
+        backward = make_backward(getattr(torch.ops, TRITON_NAMESPACE))
+        torch.library.register_autograd(f"{TRITON_NAMESPACE}::{name}", backward, setup_context=setup_context)
 
 
 def register_no_double_backward(name: str, forward_name: str) -> None:
@@ -110,15 +106,14 @@ def register_no_double_backward(name: str, forward_name: str) -> None:
 
 
 def register_op_with_backward_op(name: str, backward_name: str, triton_module: str, fake, fake_backward,
-                                 make_backward, setup_context, native_autograd_in_cpp: bool = False) -> None:
+                                 make_backward, setup_context) -> None:
     """Everything Python registers for an op `name` whose backward is an op of its own, `backward_name`
     (without a derivative): the Triton mirrors of both (launchers ``<triton_module>_forward`` and
     ``<triton_module>_backward`` in ``fusedops.ops._triton.<triton_module>``), their fake kernels, the
-    autograd formula (for the Triton mirror only with `native_autograd_in_cpp`), and the clear error of
-    double backward."""
+    Triton mirror's autograd formula (the native one is C++), and the clear error of double backward."""
     define_triton_mirror(name, triton_module, f"{triton_module}_forward")
     define_triton_mirror(backward_name, triton_module, f"{triton_module}_backward")
     register_fake(name, fake)
     register_fake(backward_name, fake_backward)
-    register_autograd(name, make_backward, setup_context, native_autograd_in_cpp)
+    register_triton_autograd(name, make_backward, setup_context)
     register_no_double_backward(backward_name, name)

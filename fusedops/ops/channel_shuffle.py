@@ -192,7 +192,6 @@ _library.register_fake(NAME, _fake)
 _library.register_fake(CONCAT_NAME, _fake_concat)
 _library.register_fake(CONCAT_BACKWARD_NAME, _fake_concat_backward)
 # The native ops' autograd is C++ (csrc/autograd/channel_shuffle.cpp, the same formulas).
-_library.register_autograd(NAME, _make_shuffle_backward, _setup_shuffle, native_in_cpp=True)
-_library.register_autograd(CONCAT_NAME, _make_concat_backward, _setup_concat, native_in_cpp=True)
-_library.register_autograd(CONCAT_BACKWARD_NAME, _make_concat_double_backward, _setup_concat_backward,
-                           native_in_cpp=True)
+_library.register_triton_autograd(NAME, _make_shuffle_backward, _setup_shuffle)
+_library.register_triton_autograd(CONCAT_NAME, _make_concat_backward, _setup_concat)
+_library.register_triton_autograd(CONCAT_BACKWARD_NAME, _make_concat_double_backward, _setup_concat_backward)

@@ -163,4 +163,4 @@ def _make_backward(ops):
 
 # The native op's autograd is C++ (csrc/autograd/depthwise_conv2d.cpp, the same formula as _make_backward).
 _library.register_op_with_backward_op(NAME, BACKWARD_NAME, "depthwise_conv2d", _fake, _fake_backward, _make_backward,
-                                      _setup_context, native_autograd_in_cpp=True)
+                                      _setup_context)
