@@ -55,6 +55,14 @@ def use_backend(name: str):
         _stack.pop()
 
 
+def resolve_for(tensor, op_name: str) -> str:
+    """resolve() for the device of `tensor`, the common case first: every eager call of an op runs this, and
+    the default backend on a CPU tensor needs no ``tensor.device.type`` (~0.3 us)."""
+    if tensor.is_cpu and not _stack and _default == "auto" and _extension.has_ops():
+        return NATIVE
+    return resolve(tensor.device, op_name)
+
+
 def resolve(device, op_name: str) -> str:
     """The implementation (NATIVE, TRITON or REFERENCE) that runs `op_name` for tensors on `device`."""
     requested = get_backend()

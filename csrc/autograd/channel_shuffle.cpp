@@ -85,15 +85,27 @@ class ConcatShuffleBackwardFunction : public torch::autograd::Function<ConcatShu
 };
 
 at::Tensor channel_shuffle_autograd(const at::Tensor& input, int64_t groups) {
+  if (!autograd::records_graph(input)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_channel_shuffle(input, groups);
+  }
   return ChannelShuffleFunction::apply(input, groups);
 }
 
 at::Tensor concat_shuffle_autograd(const at::Tensor& a, const at::Tensor& b, int64_t groups) {
+  if (!autograd::records_graph(a, b)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_concat_shuffle(a, b, groups);
+  }
   return ConcatShuffleFunction::apply(a, b, groups);
 }
 
 std::tuple<at::Tensor, at::Tensor> concat_shuffle_backward_autograd(const at::Tensor& grad, int64_t channels_a,
                                                                     int64_t groups) {
+  if (!autograd::records_graph(grad)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_concat_shuffle_backward(grad, channels_a, groups);
+  }
   auto grads = ConcatShuffleBackwardFunction::apply(grad, channels_a, groups);
   return {grads[0], grads[1]};
 }

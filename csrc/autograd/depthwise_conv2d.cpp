@@ -60,10 +60,44 @@ class DepthwiseConv2dFunction : public torch::autograd::Function<DepthwiseConv2d
   }
 };
 
+// The backward op's own Autograd kernel: no derivative (a clear error if one is asked for), and no Python
+// on the way from the C++ backward above to the kernel.
+class DepthwiseConv2dBackwardFunction : public torch::autograd::Function<DepthwiseConv2dBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& weight, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [grad_input, grad_weight, grad_bias] =
+        call_backward(grad_output, input, weight, stride, padding, dilation, output_mask);
+    return {grad_input, grad_weight, grad_bias};
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
+    autograd::double_backward_unsupported("depthwise_conv2d");
+  }
+};
+
 at::Tensor depthwise_conv2d_autograd(const at::Tensor& input, const at::Tensor& weight,
                                      const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                                      c10::IntArrayRef padding, c10::IntArrayRef dilation) {
+  if (!autograd::records_graph(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_forward(input, weight, bias, stride, padding, dilation);
+  }
   return DepthwiseConv2dFunction::apply(input, weight, bias, stride, padding, dilation);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_conv2d_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+  if (!autograd::records_graph(grad_output, input, weight)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_backward(grad_output, input, weight, stride, padding, dilation, output_mask);
+  }
+  auto grads = DepthwiseConv2dBackwardFunction::apply(grad_output, input, weight, stride, padding, dilation,
+                                                      output_mask);
+  return {grads[0], grads[1], grads[2]};
 }
 
 }  // namespace
@@ -71,4 +105,5 @@ at::Tensor depthwise_conv2d_autograd(const at::Tensor& input, const at::Tensor& 
 
 TORCH_LIBRARY_IMPL(fusedops, Autograd, m) {
   m.impl("depthwise_conv2d", &fusedops::depthwise_conv2d_autograd);
+  m.impl("_depthwise_conv2d_backward", &fusedops::depthwise_conv2d_backward_autograd);
 }

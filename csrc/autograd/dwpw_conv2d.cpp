@@ -86,10 +86,50 @@ class DwpwConv2dFunction : public torch::autograd::Function<DwpwConv2dFunction> 
   }
 };
 
+// The backward op's own Autograd kernel: no derivative (a clear error if one is asked for), and no Python
+// on the way from the C++ backward above to the kernel.
+class DwpwConv2dBackwardFunction : public torch::autograd::Function<DwpwConv2dBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& dw_weight, const OptionalTensor& dw_bias, const at::Tensor& pw_weight,
+                               const OptionalTensor& pw_bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, c10::string_view mid, c10::string_view out,
+                               std::array<bool, 5> output_mask, const OptionalTensor& output) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [g0, g1, g2, g3, g4] = call_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride,
+                                              padding, dilation, mid, out, output_mask, output);
+    return {g0, g1, g2, g3, g4};
+  }
+
+  static variable_list backward(AutogradContext* ctx, const variable_list& grad_outputs) {
+    autograd::double_backward_unsupported("dwpw_conv2d");
+  }
+};
+
+Grads dwpw_conv2d_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
+                                    const at::Tensor& dw_weight, const OptionalTensor& dw_bias,
+                                    const at::Tensor& pw_weight, const OptionalTensor& pw_bias,
+                                    c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                    c10::string_view mid, c10::string_view out, std::array<bool, 5> output_mask,
+                                    const OptionalTensor& output) {
+  if (!autograd::records_graph(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, output)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+                         mid, out, output_mask, output);
+  }
+  auto g = DwpwConv2dBackwardFunction::apply(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride,
+                                             padding, dilation, mid, out, output_mask, output);
+  return {g[0], g[1], g[2], g[3], g[4]};
+}
+
 at::Tensor dwpw_conv2d_autograd(const at::Tensor& input, const at::Tensor& dw_weight, const OptionalTensor& dw_bias,
                                 const at::Tensor& pw_weight, const OptionalTensor& pw_bias, c10::IntArrayRef stride,
                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, c10::string_view mid,
                                 c10::string_view out) {
+  if (!autograd::records_graph(input, dw_weight, dw_bias, pw_weight, pw_bias)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_forward(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out);
+  }
   return DwpwConv2dFunction::apply(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid,
                                    out);
 }
@@ -99,4 +139,5 @@ at::Tensor dwpw_conv2d_autograd(const at::Tensor& input, const at::Tensor& dw_we
 
 TORCH_LIBRARY_IMPL(fusedops, Autograd, m) {
   m.impl("dwpw_conv2d", &fusedops::dwpw_conv2d_autograd);
+  m.impl("_dwpw_conv2d_backward", &fusedops::dwpw_conv2d_backward_autograd);
 }

@@ -35,23 +35,36 @@ def ops_for(impl: str):
 def call(impl: str, name: str, grad_inputs, *args):
     """Calls op `name` of the resolved implementation (NATIVE or TRITON) on `args`.
 
-    When autograd has nothing to record (grad mode off, or no tensor of `grad_inputs` requires grad: inference,
-    frozen layers), the call enters below the autograd layer: the Python autograd registration costs ~4 us a
-    call, more than the kernel itself on small maps. Traced calls always take the regular path.
+    Eager calls skip the Python layers of ``torch.ops``: a native op is called straight through its C++
+    handle, whose Autograd kernel (``csrc/autograd/<op>.cpp``) itself steps below autograd when there is
+    nothing to record. The Triton mirror's autograd is Python (~4 us a call, more than the kernel on small
+    maps), so when autograd has nothing to record (grad mode off, or no tensor of `grad_inputs` requires
+    grad: inference, frozen layers) that call enters below the autograd layer. Traced calls always take
+    the regular path.
     """
     if torch.compiler.is_compiling():
         return getattr(ops_for(impl), name)(*args)
-    op = _overloads.get((impl, name))
+    op = _eager_ops.get((impl, name))
     if op is None:
-        op = _overloads[(impl, name)] = getattr(ops_for(impl), name).default
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in grad_inputs):
+        op = _eager_ops[(impl, name)] = _eager_op(impl, name)
+    if impl != _backend.TRITON:
         return op(*args)
+    if torch.is_grad_enabled():
+        for t in grad_inputs:
+            if t is not None and t.requires_grad:
+                return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
 
 
-# (implementation, op name) -> OpOverload, so eager calls skip the torch.ops attribute lookups.
-_overloads = {}
+def _eager_op(impl: str, name: str):
+    overload = getattr(ops_for(impl), name).default
+    # OpOverload.__call__ only forwards to the C++ operator handle `_op` (~0.4 us a call on top).
+    return getattr(overload, "_op", overload)
+
+
+# (implementation, op name) -> the callable of its default overload, so eager calls skip the torch.ops lookups.
+_eager_ops = {}
 
 
 def define_triton_mirror(name: str, module: str, launcher: str) -> None:
@@ -93,7 +106,8 @@ def register_triton_autograd(name: str, make_backward, setup_context) -> None:
 
 
 def register_no_double_backward(name: str, forward_name: str) -> None:
-    """Differentiating the backward op `name` raises a clear error instead of returning wrong gradients."""
+    """Differentiating the Triton mirror of the backward op `name` raises a clear error instead of returning
+    wrong gradients (the native backward ops raise the same error from C++, ``csrc/autograd/<op>.cpp``)."""
 
     def backward(ctx, *grads):
         raise RuntimeError(
@@ -101,8 +115,9 @@ def register_no_double_backward(name: str, forward_name: str) -> None:
             "use the 'reference' backend (fusedops.use_backend('reference')) for higher-order gradients"
         )
 
-    for ns in namespaces():
-        torch.library.register_autograd(f"{ns}::{name}", backward, setup_context=lambda ctx, inputs, output: None)
+    if TRITON_NAMESPACE in namespaces():
+        torch.library.register_autograd(f"{TRITON_NAMESPACE}::{name}", backward,
+                                        setup_context=lambda ctx, inputs, output: None)
 
 
 def register_op_with_backward_op(name: str, backward_name: str, triton_module: str, fake, fake_backward,

@@ -42,7 +42,7 @@ def channel_shuffle(input, groups):
     """
     _args.check_tensor(input, "input")
     _check_groups_type(groups)
-    impl = _backend.resolve(input.device, NAME)
+    impl = _backend.resolve_for(input, NAME)
     # The native kernels check their arguments (same messages) and traced calls are checked by the fake
     # kernel, so the Python checks run only where neither does: this op is often cheaper than the checks.
     if impl != _backend.NATIVE and not torch.compiler.is_compiling():
@@ -71,7 +71,7 @@ def concat_shuffle(a, b, groups=2):
     _args.check_tensor(a, "a")
     _args.check_tensor(b, "b")
     _check_groups_type(groups)
-    impl = _backend.resolve(a.device, CONCAT_NAME)
+    impl = _backend.resolve_for(a, CONCAT_NAME)
     if impl != _backend.NATIVE and not torch.compiler.is_compiling():
         _check_concat_shuffle(a, b, groups)
     if impl == _backend.REFERENCE:

@@ -34,7 +34,7 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
         >>> y = fusedops.depthwise_conv2d(x, w, padding=1)
     """
     input, weight, bias, stride, padding, dilation = _normalize(input, weight, bias, stride, padding, dilation)
-    impl = _backend.resolve(input.device, NAME)
+    impl = _backend.resolve_for(input, NAME)
     if impl == _backend.NATIVE:
         # The C++ op validates its arguments itself (same messages), so eager calls skip the Python checks:
         # they would cost more than the kernel on small maps. Traced calls still check in the fake kernel.

@@ -48,7 +48,7 @@ def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, pa
         input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation, out_activation)
     args = (input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
     grad_inputs = (input, dw_weight, dw_bias, pw_weight, pw_bias)
-    impl = _backend.resolve(input.device, NAME)
+    impl = _backend.resolve_for(input, NAME)
     if impl == _backend.NATIVE:
         return _library.call(impl, NAME, grad_inputs, *args)
     if not torch.compiler.is_dynamo_compiling():
