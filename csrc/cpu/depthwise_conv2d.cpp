@@ -552,29 +552,19 @@ inline void add_into(acc* p, const at::vec::Vectorized<acc>& v) {
 // Weight-gradient contributions of G consecutive kernel rows for one output row and one channel vector:
 // dst[(r * KW + kw) * ld] += sum over ow of grad_out[ow] * irows[r][ow*stride - pad + kw]. One grad load
 // feeds G*KW independent accumulators (enough to hide FMA latency); interior columns slide a window of
-// input vectors per kernel row (SW new loads per output instead of KW); borders are bounds-checked.
+// input vectors per kernel row (SW new loads per output instead of KW); border columns, after them, are
+// bounds-checked. The accumulators are never addressed through a pointer or a reference (a border lambda
+// capturing them made GCC keep them in memory and store all of them back every column: ~1.6x slower).
 template <typename scalar_t, int KW, int SW, int G, bool kPartial>
-inline void gw_nhwc_kernel_rows(const scalar_t* gorow, const scalar_t* const* irows, int64_t pix,
-                                const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count, acc_t<scalar_t>* dst,
-                                int64_t ld) {
+FUSEDOPS_ALWAYS_INLINE void gw_nhwc_kernel_rows(const scalar_t* gorow, const scalar_t* const* irows, int64_t pix,
+                                                const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count,
+                                                acc_t<scalar_t>* dst, int64_t ld) {
   using Vec = AccVec<scalar_t>;
   Vec acc[G][KW];  // local accumulators, so they live in registers
 #pragma GCC unroll 8
   for (int r = 0; r < G; ++r)
 #pragma GCC unroll 8
     for (int kw = 0; kw < KW; ++kw) acc[r][kw] = Vec(0);
-  auto border = [&](int64_t ow) {
-    const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
-#pragma GCC unroll 8
-    for (int kw = 0; kw < KW; ++kw) {
-      const int64_t iw = ow * SW - g.pad_w + kw;
-      if (iw < 0 || iw >= g.in_w) continue;
-#pragma GCC unroll 8
-      for (int r = 0; r < G; ++r)
-        acc[r][kw] = at::vec::fmadd(gv, load_n<kPartial>(irows[r] + iw * pix, count), acc[r][kw]);
-    }
-  };
-  for (int64_t ow = 0; ow < std::min(ib, g.out_w); ++ow) border(ow);
   if (ib < ie) {
     Vec win[G][KW];
     const int64_t start = (ib * SW - g.pad_w) * pix;
@@ -597,7 +587,21 @@ inline void gw_nhwc_kernel_rows(const scalar_t* gorow, const scalar_t* const* ir
           win[r][j] = j + SW < KW ? win[r][j + SW] : load_n<kPartial>(irows[r] + offset + j * pix, count);
     }
   }
-  for (int64_t ow = std::max(ie, ib); ow < g.out_w; ++ow) border(ow);
+  // Border columns: [0, ib) and [max(ie, ib), out_w).
+  const int64_t left_end = std::min(ib, g.out_w);
+  for (int64_t ow = 0; ow < g.out_w; ++ow) {
+    if (ow == left_end) ow = std::max({ie, ib, left_end});
+    if (ow >= g.out_w) break;
+    const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
+#pragma GCC unroll 8
+    for (int kw = 0; kw < KW; ++kw) {
+      const int64_t iw = ow * SW - g.pad_w + kw;
+      if (iw < 0 || iw >= g.in_w) continue;
+#pragma GCC unroll 8
+      for (int r = 0; r < G; ++r)
+        acc[r][kw] = at::vec::fmadd(gv, load_n<kPartial>(irows[r] + iw * pix, count), acc[r][kw]);
+    }
+  }
 #pragma GCC unroll 8
   for (int r = 0; r < G; ++r)
 #pragma GCC unroll 8
