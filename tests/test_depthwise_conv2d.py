@@ -187,6 +187,15 @@ def test_parity_masked_plane_geometries():
     check_parity((1, 2, 40, 80), 7, padding=3, multiplier=2, layout="nchw")
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(5, 1, 2), (7, 1, 3), (5, 2, 2), (7, 2, 0), (3, 2, 1), (3, 2, 0)])
+def test_parity_nchw_tiles(kernel, stride, padding):
+    """NCHW float 5x5/7x7 and 3x3 stride-2 convolutions run through channels-last tiles of 16 channels: full
+    groups and a partial last group (whose tile lanes past the channels must not leak), maps taller than
+    wide and the reverse, several images; the stride-1 input gradient takes the same path."""
+    for shape in ((2, 20, 13, 17), (1, 35, 19, 14), (3, 16, 14, 14), (1, 5, 28, 15)):
+        check_parity(shape, kernel, stride=stride, padding=padding, layout="nchw", bias=shape[1] != 16)
+
+
 @pytest.mark.parametrize("padding", (0, 1, 2))
 def test_parity_3x3_stride2_input_gradient(padding):
     """Channels-last 3x3 stride-2 input gradients run a kernel of their own: rows and columns that no
