@@ -227,8 +227,12 @@ void for_each_output_plane(const scalar_t* in, scalar_t* out, const ConvGeometry
 // masked in-place sweeps. Measured against them (2 threads, batch 1 and 8, MobileNet/MnasNet layers):
 // 5x5 and 7x7 kernels 1.1-2.2x faster through tiles except on 7x7 maps (0.8x); 3x3 stride 2 1.4-2.9x on
 // maps up to 56x56 (0.9-1.4x on 112x112 maps, whose tiles outgrow L2); 3x3 stride 1 0.65-1.1x.
+// Maps above 112x112 (not measured; their tiles, 16 x 4 bytes a pixel, outgrow L2 and stay in the
+// per-thread scratch) keep the in-place sweeps.
 bool nchw_tiles_apply(const ConvGeometry& g) {
-  if (g.multiplier != 1 || g.dilation_h != 1 || g.dilation_w != 1) return false;
+  if (g.multiplier != 1 || g.dilation_h != 1 || g.dilation_w != 1 || g.in_h * g.in_w > 112 * 112) return false;
+  // Only geometries the row micro-kernel register-blocks (kernel widths 3/5/7, strides 1/2).
+  if (g.stride_w > 2 || g.kernel_w > 7) return false;
   if (g.kernel_h >= 5 && g.kernel_w >= 5) return g.in_h >= 2 * g.kernel_h - 1 && g.in_w >= 2 * g.kernel_w - 1;
   return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 2 && g.stride_w == 2 && g.in_h * g.in_w <= 56 * 56;
 }
