@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 import torch
 
-from benchmarks import bench_channel_shuffle, bench_depthwise_conv2d, bench_dwpw_conv2d, harness, plot
+from benchmarks import bench_channel_shuffle, bench_depthwise_conv2d, bench_dwpw_conv2d, harness, plot, report
 
 
 def test_harness_times_tables_and_csv(tmp_path):
@@ -54,6 +54,7 @@ def test_shuffle_providers_agree(layout):
                          bench_channel_shuffle.setup_concat_shuffle(1, 12, 5, layout, use_compile=False)):
         assert torch.equal(providers["fusedops"](), providers["eager"]())
         providers["copy"]()
+        assert torch.equal(providers["clone"](), providers["copy"]())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
@@ -64,3 +65,20 @@ def test_plot_draws_png(tmp_path):
     out = tmp_path / "plot.png"
     plot.main(["--csv", path, "--benchmark", "unit", "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_tables_per_op_and_layout(tmp_path, capsys):
+    x = torch.randn(16)
+    cases = [harness.Case("unit", f"{op} N=1 C=4 {layout}", "forward", {"ours": lambda: x.add(1), "base": lambda: x.mul(2)},
+                          baselines=["base"], extra="e")
+             for op in ("alpha", "beta") for layout in ("nchw", "cl")]
+    path = harness.append_csv([harness.time_case(c, rounds=2, warmup=1, sample_ms=1) for c in cases],
+                              str(tmp_path / "r.csv"))
+    report.main(["--csv", path, "--benchmark", "unit"])
+    out = capsys.readouterr().out
+    for heading in ("forward, alpha, nchw", "forward, alpha, cl", "forward, beta, nchw", "forward, beta, cl"):
+        assert f"#### {heading}" in out
+    tables = report.tables(list(csv.DictReader(open(path))))
+    table = tables[("forward", "alpha", "cl")]
+    assert "| alpha N=1 C=4 cl |" in table and "vs base" in table and "**geomean** (min)" in table
+    assert "alpha N=1 C=4 nchw" not in table
