@@ -69,8 +69,8 @@ def test_plot_draws_png(tmp_path):
 
 def test_report_tables_per_op_and_layout(tmp_path, capsys):
     x = torch.randn(16)
-    cases = [harness.Case("unit", f"{op} N=1 C=4 {layout}", "forward", {"ours": lambda: x.add(1), "base": lambda: x.mul(2)},
-                          baselines=["base"], extra="e")
+    providers = {"ours": lambda: x.add(1), "base": lambda: x.mul(2)}
+    cases = [harness.Case("unit", f"{op} N=1 C=4 {layout}", "forward", providers, baselines=["base"], extra="e")
              for op in ("alpha", "beta") for layout in ("nchw", "cl")]
     path = harness.append_csv([harness.time_case(c, rounds=2, warmup=1, sample_ms=1) for c in cases],
                               str(tmp_path / "r.csv"))

@@ -220,13 +220,11 @@ void for_each_output_plane(const scalar_t* in, scalar_t* out, const ConvGeometry
   });
 }
 
-// NCHW forward: per (n, c) a padded plane of the input channel, then each of its `multiplier` output planes.
-// Also computes stride-1 input gradients (geometry from transposed_as_forward, rotated weights).
 #if defined(CPU_CAPABILITY_AVX512)
 // Whether an NCHW float convolution runs through channels-last tiles (forward_nchw_tiled) rather than the
 // masked in-place sweeps. Measured against them (2 threads, batch 1 and 8, MobileNet/MnasNet layers):
 // 5x5 and 7x7 kernels 1.1-2.2x faster through tiles except on 7x7 maps (0.8x); 3x3 stride 2 1.4-2.9x on
-// maps up to 56x56 (0.9-1.4x on 112x112 maps, whose tiles outgrow L2); 3x3 stride 1 0.65-1.1x.
+// maps up to 56x56 (0.86-1.4x on 112x112 maps, whose tiles outgrow L2); 3x3 stride 1 0.65-1.1x.
 // Maps above 112x112 (not measured; their tiles, 16 x 4 bytes a pixel, outgrow L2 and stay in the
 // per-thread scratch) keep the in-place sweeps.
 bool nchw_tiles_apply(const ConvGeometry& g) {
@@ -276,6 +274,9 @@ void forward_nchw_tiled(const float* in, const float* w, const float* bias, floa
 }
 #endif
 
+// NCHW forward, also of stride-1 input gradients (geometry from transposed_as_forward, rotated weights):
+// float on AVX-512 through channels-last tiles (nchw_tiles_apply) or masked in-place sweeps; otherwise per
+// (n, c) a padded plane of the input channel, then each of its `multiplier` output planes.
 template <typename scalar_t>
 void forward_nchw(const Tensor& input, const Tensor& weight, const acc_t<scalar_t>* bias, Tensor& out,
                   const ConvGeometry& g) {
