@@ -1,9 +1,12 @@
 // The extension module and the library-wide ops.
 //
-// `import fusedops._C` only has to run the static TORCH_LIBRARY initialisers of the op files, so the
-// module itself is an empty stub (no pybind11): every op is reached through torch.ops.fusedops.
+// `import fusedops._C` runs the static TORCH_LIBRARY initialisers of the op files: every op is a
+// torch.ops.fusedops op. The module itself (no pybind11) has one method, _eager_op, the fast eager
+// entry to those ops (csrc/eager_call.cpp).
 #include <Python.h>
 #include <torch/library.h>
+
+#include "fusedops/eager_call.h"
 
 #include <string>
 
@@ -19,7 +22,8 @@
 #endif
 
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {fusedops::eager_op_method, {nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 

@@ -15,6 +15,8 @@ loaded, so they get exactly the shapes and memory formats the kernels produce.
 import contextlib
 import os
 
+import torch
+
 from . import _extension
 
 BACKENDS = ("auto", "native", "triton", "reference")
@@ -53,6 +55,14 @@ def use_backend(name: str):
         yield
     finally:
         _stack.pop()
+
+
+def runs_native_eagerly(tensor) -> bool:
+    """Whether an op call on `tensor` is the commonest one: eager (not traced), a plain CPU tensor, backend
+    auto, the extension loaded. It runs the native kernel, so the op's wrapper may call it straight away
+    (``_library.eager_native``) before any Python check: the C++ op checks its arguments itself."""
+    return (type(tensor) is torch.Tensor and tensor.is_cpu and not _stack and _default == "auto"
+            and _extension.has_ops() and not torch.compiler.is_compiling())
 
 
 def resolve_for(tensor, op_name: str) -> str:

@@ -9,7 +9,7 @@ import torch
 from ._version import __version__
 
 try:
-    from . import _C  # noqa: F401  (registers the torch.ops.fusedops schemas and native kernels)
+    from . import _C  # registers the torch.ops.fusedops schemas and native kernels
 
     _LOAD_ERROR = None
 except ImportError as e:  # source tree without a build, or a build against another torch
@@ -42,6 +42,12 @@ def has_triton() -> bool:
 
 def triton_interpreter_enabled() -> bool:
     return _TRITON_INTERPRET
+
+
+def eager_op(name: str):
+    """The fast eager callable of native op `name` (csrc/eager_call.cpp): the op's result, or
+    NotImplemented for arguments it leaves to ``torch.ops`` (non-plain types, ``__torch_function__``)."""
+    return _C._eager_op(name)
 
 
 def assert_has_ops(what: str = "the native backend") -> None:
