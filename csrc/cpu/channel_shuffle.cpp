@@ -46,9 +46,15 @@ struct Side {
     for (int i = 0; i < 4; ++i) stride[k][i] = t.stride(i);
   }
   // Pointer to channel c (concatenated numbering) of image n; the plane or pixel run starts there.
+  // kTwo: the side has two tensors (else the choice between them is compiled out).
+  template <bool kTwo>
   P channel(int64_t n, int64_t c) const {
-    const int k = c >= split ? 1 : 0;
-    return base[k] + n * stride[k][0] + (c - k * split) * stride[k][1];
+    if constexpr (!kTwo) {
+      return base[0] + n * stride[0][0] + c * stride[0][1];
+    } else {
+      const int k = c >= split ? 1 : 0;
+      return base[k] + n * stride[k][0] + (c - k * split) * stride[k][1];
+    }
   }
   // Pixel row h of image n of tensor k: its first pixel and the step between pixels.
   struct Row {
@@ -97,7 +103,9 @@ inline void copy_plane_bytes(char* d, const char* s, size_t n) {
   }
 }
 
-template <typename E>
+// kTwoSources / kTwoDestinations: which sides have two tensors. Choosing the tensor per plane cost ~15%
+// on 7x7 planes (3712 planes of 196 bytes: 25 -> 21 us a call in a standalone loop, one thread).
+template <typename E, bool kTwoSources, bool kTwoDestinations>
 void shuffle_nchw(const Side<const E*>& src, const Side<E*>& dst, const ShuffleGeometry& g) {
   const int64_t C = g.channels, plane = g.height * g.width;
   const int64_t grain = std::max<int64_t>(1, kMinParallelElements / std::max<int64_t>(1, plane));
@@ -108,8 +116,9 @@ void shuffle_nchw(const Side<const E*>& src, const Side<E*>& dst, const ShuffleG
     int64_t n = begin / C, d = begin % C;
     int64_t i = d % groups, j = d / groups;
     for (int64_t item = begin; item < end; ++item) {
-      copy_plane_bytes(reinterpret_cast<char*>(dst.channel(n, d)),
-                       reinterpret_cast<const char*>(src.channel(n, i * per_group + j)), plane * sizeof(E));
+      copy_plane_bytes(reinterpret_cast<char*>(dst.template channel<kTwoDestinations>(n, d)),
+                       reinterpret_cast<const char*>(src.template channel<kTwoSources>(n, i * per_group + j)),
+                       plane * sizeof(E));
       ++d;
       if (++i == groups) {
         i = 0;
@@ -300,7 +309,15 @@ void run_typed(const std::vector<Tensor>& srcs, const std::vector<Tensor>& dsts,
   if (g.format == at::MemoryFormat::ChannelsLast) {
     shuffle_nhwc<E>(src, static_cast<int>(srcs.size()), dst, static_cast<int>(dsts.size()), g);
   } else {
-    shuffle_nchw<E>(src, dst, g);
+    const bool two_sources = srcs.size() == 2, two_destinations = dsts.size() == 2;
+    TORCH_INTERNAL_ASSERT(!(two_sources && two_destinations), "fusedops: a shuffled copy has one side of one tensor");
+    if (two_sources) {
+      shuffle_nchw<E, true, false>(src, dst, g);
+    } else if (two_destinations) {
+      shuffle_nchw<E, false, true>(src, dst, g);
+    } else {
+      shuffle_nchw<E, false, false>(src, dst, g);
+    }
   }
 }
 
