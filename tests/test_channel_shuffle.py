@@ -62,6 +62,25 @@ def test_channel_shuffle_backward(layout, dtype, groups):
     assert torch.equal(x.grad, ref.grad)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "cl", "cl_slice"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("channels", [48, 116, 232, 34])
+def test_shufflenet_widths_forward_and_backward(layout, dtype, channels):
+    # Two groups of 24, 58, 116 and 17 channels: full vectors plus masked tails in the channels-last
+    # interleave (forward) and de-interleave (backward).
+    x = make((2, channels, 3, 2), dtype, layout, requires_grad=True)
+    ref = x.detach().clone().requires_grad_()
+    y = fusedops.channel_shuffle(x, 2)
+    expected = F.channel_shuffle(ref, 2)
+    assert torch.equal(y, expected)
+    grad = make(tuple(y.shape), dtype, "cl" if "cl" in layout else "nchw", seed=1)
+    y.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(x.grad, ref.grad)
+    a, b = make((2, channels // 2, 3, 2), dtype, layout, seed=2), make((2, channels // 2, 3, 2), dtype, layout, seed=3)
+    assert torch.equal(fusedops.concat_shuffle(a, b), F.channel_shuffle(torch.cat([a, b], 1), 2))
+
+
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
