@@ -39,11 +39,7 @@ DwpwGeometry dwpw_geometry(const at::Tensor& input, const at::Tensor& dw_weight,
   return g;
 }
 
-namespace {
-
-using at::Tensor;
-
-Tensor activation_forward(const Tensor& z, Activation a) {
+at::Tensor activation_forward(const at::Tensor& z, Activation a) {
   switch (a) {
     case Activation::kNone: return z;
     case Activation::kRelu: return at::relu(z);
@@ -52,6 +48,21 @@ Tensor activation_forward(const Tensor& z, Activation a) {
   }
   return z;
 }
+
+at::Tensor dwpw_conv2d_composite(const at::Tensor& input, const at::Tensor& dw_weight,
+                                 const c10::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight,
+                                 const c10::optional<at::Tensor>& pw_bias, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, std::string_view mid_activation,
+                                 std::string_view out_activation) {
+  const DwpwGeometry g = dwpw_geometry(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+                                       mid_activation, out_activation);
+  const at::Tensor depthwise = at::conv2d(input, dw_weight, dw_bias, stride, padding, dilation, g.dw.channels);
+  return activation_forward(at::conv2d(activation_forward(depthwise, g.mid), pw_weight, pw_bias), g.out);
+}
+
+namespace {
+
+using at::Tensor;
 
 // In place on z (a band temporary of the caller's).
 Tensor activation_forward_(Tensor& z, Activation a) {

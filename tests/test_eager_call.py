@@ -168,21 +168,3 @@ def test_ops_under_dispatch_modes():
         assert y.shape == x.shape
         z = fusedops.depthwise_conv2d(torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3), stride=2, padding=1)
         assert z.shape == (1, 4, 3, 3)
-
-
-@pytest.mark.filterwarnings("ignore:.*batching rule")
-def test_vmap_runs_through_the_batching_fallback():
-    # No batching rules are registered: torch.func.vmap runs the op once per batch entry.
-    x = torch.randn(3, 2, 4, 5, 5)
-    w = torch.randn(4, 1, 3, 3)
-    y = torch.func.vmap(lambda t: fusedops.channel_shuffle(t, 2))(x)
-    assert torch.equal(y, torch.stack([F.channel_shuffle(t, 2) for t in x]))
-    z = torch.func.vmap(lambda t: fusedops.depthwise_conv2d(t, w, padding=1))(x)
-    torch.testing.assert_close(z, torch.stack([F.conv2d(t, w, None, 1, 1, 1, 4) for t in x]))
-
-
-def test_functorch_grad_refused_clearly():
-    # The native ops' autograd is a C++ torch::autograd::Function, which functorch's grad transforms refuse.
-    w = torch.randn(4, 1, 3, 3)
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.func.grad(lambda t: fusedops.depthwise_conv2d(t, w, padding=1).sum())(torch.randn(1, 4, 5, 5))

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "fusedops/autograd.h"
+#include "fusedops/shuffle_geometry.h"
 
 namespace fusedops {
 namespace {
@@ -89,6 +90,10 @@ at::Tensor channel_shuffle_autograd(const at::Tensor& input, int64_t groups) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_channel_shuffle(input, groups);
   }
+  if (autograd::inside_functorch_transform()) {  // the same permutation, differentiable by functorch
+    channel_shuffle_geometry(input, groups);        // the kernels' checks and messages
+    return at::channel_shuffle(input, groups);
+  }
   return ChannelShuffleFunction::apply(input, groups);
 }
 
@@ -96,6 +101,10 @@ at::Tensor concat_shuffle_autograd(const at::Tensor& a, const at::Tensor& b, int
   if (!autograd::records_graph(a, b)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_concat_shuffle(a, b, groups);
+  }
+  if (autograd::inside_functorch_transform()) {
+    concat_shuffle_geometry(a, b, groups);
+    return at::channel_shuffle(at::cat({a, b}, 1), groups);
   }
   return ConcatShuffleFunction::apply(a, b, groups);
 }

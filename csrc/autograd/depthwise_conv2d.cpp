@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "fusedops/autograd.h"
+#include "fusedops/conv_geometry.h"
 
 namespace fusedops {
 namespace {
@@ -84,6 +85,10 @@ at::Tensor depthwise_conv2d_autograd(const at::Tensor& input, const at::Tensor& 
   if (!autograd::records_graph(input, weight, bias)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_forward(input, weight, bias, stride, padding, dilation);
+  }
+  if (autograd::inside_functorch_transform()) {  // the same convolution, differentiable by functorch
+    const ConvGeometry g = depthwise_geometry(input, weight, bias, stride, padding, dilation);
+    return at::conv2d(input, weight, bias, stride, padding, dilation, g.channels);
   }
   return DepthwiseConv2dFunction::apply(input, weight, bias, stride, padding, dilation);
 }

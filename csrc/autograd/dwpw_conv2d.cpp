@@ -6,6 +6,7 @@
 #include <string>
 
 #include "fusedops/autograd.h"
+#include "fusedops/dwpw.h"
 
 namespace fusedops {
 namespace {
@@ -129,6 +130,10 @@ at::Tensor dwpw_conv2d_autograd(const at::Tensor& input, const at::Tensor& dw_we
   if (!autograd::records_graph(input, dw_weight, dw_bias, pw_weight, pw_bias)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_forward(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out);
+  }
+  if (autograd::inside_functorch_transform()) {
+    return dwpw_conv2d_composite(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+                                 std::string_view(mid.data(), mid.size()), std::string_view(out.data(), out.size()));
   }
   return DwpwConv2dFunction::apply(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid,
                                    out);

@@ -7,6 +7,7 @@
 // registration, of which the forward and backward kernels take 51).
 #pragma once
 
+#include <ATen/FuncTorchTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 
@@ -30,6 +31,22 @@ inline bool requires_grad(const std::optional<at::Tensor>& t) {
 template <typename... Tensors>
 bool records_graph(const Tensors&... tensors) {
   return at::GradMode::is_enabled() && (requires_grad(tensors) || ...);
+}
+
+// Whether a functorch transform (torch.func.grad, vjp, jacrev, vmap, ...) is active on this thread.
+// functorch refuses a C++ torch::autograd::Function inside its transforms, so there the Autograd kernels
+// compute the op as a composition of differentiable ATen ops instead (same values, PyTorch's speed),
+// which every transform supports. functorch says so only by raising; outside transforms (every ordinary
+// call) this is one virtual call, and none at all in a process that never used functorch.
+inline bool inside_functorch_transform() {
+  const auto& tls = at::functorch::functorchTLSAccessor();
+  if (!tls) return false;
+  try {
+    tls->checkSupportsCppAutogradFunction();
+    return false;
+  } catch (const c10::Error&) {
+    return true;
+  }
 }
 
 // The typed handle of op `name` ("fusedops::<op>"), looked up once per call site.

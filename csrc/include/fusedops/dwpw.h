@@ -27,6 +27,17 @@ DwpwGeometry dwpw_geometry(const at::Tensor& input, const at::Tensor& dw_weight,
                            const c10::optional<at::Tensor>& pw_bias, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, std::string_view mid_activation, std::string_view out_activation);
 
+// act(z) as a differentiable ATen op.
+at::Tensor activation_forward(const at::Tensor& z, Activation a);
+
+// dwpw_conv2d as differentiable ATen ops, after the same checks as the kernels: what the Autograd kernel
+// runs inside functorch transforms (autograd::inside_functorch_transform).
+at::Tensor dwpw_conv2d_composite(const at::Tensor& input, const at::Tensor& dw_weight,
+                                 const c10::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight,
+                                 const c10::optional<at::Tensor>& pw_bias, at::IntArrayRef stride,
+                                 at::IntArrayRef padding, at::IntArrayRef dilation, std::string_view mid_activation,
+                                 std::string_view out_activation);
+
 // Gradients (input, dw_weight, dw_bias, pw_weight, pw_bias) of dwpw_conv2d, computed band by band with
 // ATen ops on any device: per band of output rows the depthwise output is recomputed from the input
 // (never stored for the whole map), so training keeps only the input alive. Unwanted gradients are
