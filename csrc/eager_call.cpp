@@ -85,7 +85,8 @@ PyObject* disabled_torch_function() {
 
 // Whether `obj`, known to be a tensor, may skip __torch_function__ handling: a plain torch.Tensor, or a
 // subclass whose __torch_function__ is the disabled one. The last such subclass seen is remembered (one
-// attribute lookup per new type, not per call).
+// attribute lookup per new type, not per call), with a reference so that its address cannot be reused by
+// another type.
 bool plain_tensor(PyObject* obj) {
   PyTypeObject* type = Py_TYPE(obj);
   if (type == reinterpret_cast<PyTypeObject*>(THPVariableClass)) return true;
@@ -95,7 +96,11 @@ bool plain_tensor(PyObject* obj) {
   if (tf == nullptr) throw python_error();
   const bool plain = tf == disabled_torch_function();
   Py_DECREF(tf);
-  if (plain) plain_subclass = type;
+  if (plain) {
+    Py_INCREF(type);
+    Py_XDECREF(plain_subclass);
+    plain_subclass = type;
+  }
   return plain;
 }
 

@@ -168,3 +168,15 @@ def test_ops_under_dispatch_modes():
         assert y.shape == x.shape
         z = fusedops.depthwise_conv2d(torch.randn(1, 4, 6, 6), torch.randn(4, 1, 3, 3), stride=2, padding=1)
         assert z.shape == (1, 4, 3, 3)
+
+
+def test_subclasses_opting_out_of_torch_function_take_the_fast_path():
+    class Plain(torch.Tensor):
+        __torch_function__ = torch._C._disabled_torch_function_impl
+
+    fast = _library.eager_native("channel_shuffle")
+    x = torch.randn(1, 4, 2, 2)
+    for _ in range(2):  # the second call hits the remembered type
+        out = fast(x.as_subclass(Plain), 2)
+        assert out is not NotImplemented and torch.equal(out, F.channel_shuffle(x, 2))
+    assert fast(x.as_subclass(LoggingTensor), 2) is NotImplemented
