@@ -35,7 +35,6 @@ enum class ArgKind { Tensor, OptionalTensor, Int, IntList, Bool, BoolList, Float
 struct EagerOp {
   explicit EagerOp(c10::OperatorHandle h) : handle(std::move(h)) {}
   c10::OperatorHandle handle;
-  std::string name;  // for error messages: "fusedops::<op>"
   std::vector<ArgKind> kinds;
   std::vector<c10::IValue> defaults;  // per argument; None where it has none
   std::vector<int64_t> list_sizes;    // per argument: N of int[N], else 0
@@ -258,14 +257,13 @@ PyObject* make_eager_op(PyObject* /*module*/, PyObject* args) {
   if (!PyArg_ParseTuple(args, "s:_eager_op", &name)) return nullptr;
   const std::string qualified = std::string("fusedops::") + name;
   auto op = std::make_unique<EagerOp>(c10::Dispatcher::singleton().findSchemaOrThrow(qualified.c_str(), ""));
-  op->name = qualified;
   const c10::FunctionSchema& schema = op->handle.schema();
-  TORCH_CHECK(!schema.is_mutable(), "fusedops: _eager_op does not support the mutable op ", op->name);
+  TORCH_CHECK(!schema.is_mutable(), "fusedops: _eager_op does not support the mutable op ", qualified);
   bool defaults_started = false;
   for (const c10::Argument& arg : schema.arguments()) {
     TORCH_CHECK(!arg.kwarg_only(), "fusedops: _eager_op does not support keyword-only argument '", arg.name(), "' of ",
-                op->name);
-    op->kinds.push_back(kind_of(arg, op->name));
+                qualified);
+    op->kinds.push_back(kind_of(arg, qualified));
     op->list_sizes.push_back(arg.N().value_or(0));
     op->defaults.push_back(arg.default_value().value_or(c10::IValue()));
     defaults_started = defaults_started || arg.default_value().has_value();
@@ -273,7 +271,7 @@ PyObject* make_eager_op(PyObject* /*module*/, PyObject* args) {
   }
   for (const c10::Argument& ret : schema.returns()) {
     const c10::TypeKind k = ret.type()->kind();
-    TORCH_CHECK(k == c10::TypeKind::TensorType, "fusedops: _eager_op supports Tensor returns only (", op->name, ")");
+    TORCH_CHECK(k == c10::TypeKind::TensorType, "fusedops: _eager_op supports Tensor returns only (", qualified, ")");
   }
   PyObject* capsule = PyCapsule_New(op.get(), kCapsuleName, destroy_eager_op);
   if (capsule == nullptr) throw python_error();

@@ -56,6 +56,16 @@ def call(impl: str, name: str, grad_inputs, *args):
         return op(*args)
 
 
+def call_native_eagerly(name: str, tensor, *args):
+    """The commonest call of op `name` (``_backend.runs_native_eagerly(tensor)``) straight to the C++ op,
+    which checks its arguments itself (same messages), before any Python check. NotImplemented when the
+    call is not that one or has arguments of other types: the wrapper's regular path then converts or
+    refuses them."""
+    if not _backend.runs_native_eagerly(tensor):
+        return NotImplemented
+    return eager_native(name)(*args)
+
+
 def eager_native(name: str):
     """The fast eager callable of native op `name` (``fusedops._C._eager_op``): the same dispatcher call
     as ``torch.ops.fusedops.<name>`` without its generic argument conversion, 1.2-2.5 us less a call

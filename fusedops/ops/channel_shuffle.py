@@ -40,12 +40,9 @@ def channel_shuffle(input, groups):
         >>> x = torch.randn(8, 240, 28, 28)
         >>> y = fusedops.channel_shuffle(x, 3)
     """
-    if _backend.runs_native_eagerly(input):
-        # The commonest call, straight to the C++ op, which checks its arguments itself (same messages).
-        # NotImplemented: arguments of other types, which the path below converts or refuses.
-        out = _library.eager_native(NAME)(input, groups)
-        if out is not NotImplemented:
-            return out
+    out = _library.call_native_eagerly(NAME, input, input, groups)
+    if out is not NotImplemented:
+        return out
     _args.check_tensor(input, "input")
     _check_groups_type(groups)
     impl = _backend.resolve_for(input, NAME)
@@ -74,12 +71,9 @@ def concat_shuffle(a, b, groups=2):
     Returns:
         ``Tensor[N, Ca + Cb, H, W]``, channels_last when ``a`` and ``b`` both are, else NCHW (as ``torch.cat``).
     """
-    if _backend.runs_native_eagerly(a):
-        # The commonest call, straight to the C++ op, which checks its arguments itself (same messages).
-        # NotImplemented: arguments of other types, which the path below converts or refuses.
-        out = _library.eager_native(CONCAT_NAME)(a, b, groups)
-        if out is not NotImplemented:
-            return out
+    out = _library.call_native_eagerly(CONCAT_NAME, a, a, b, groups)
+    if out is not NotImplemented:
+        return out
     _args.check_tensor(a, "a")
     _args.check_tensor(b, "b")
     _check_groups_type(groups)

@@ -33,10 +33,8 @@ def depthwise_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1):
         >>> w = torch.randn(32, 1, 3, 3)
         >>> y = fusedops.depthwise_conv2d(x, w, padding=1)
     """
-    if type(padding) is not str and _backend.runs_native_eagerly(input):
-        # The commonest call, straight to the C++ op, which checks its arguments itself (same messages).
-        # NotImplemented: arguments of other types, which the path below converts or refuses.
-        out = _library.eager_native(NAME)(input, weight, bias, stride, padding, dilation)
+    if type(padding) is not str:  # "same"/"valid" are resolved below
+        out = _library.call_native_eagerly(NAME, input, input, weight, bias, stride, padding, dilation)
         if out is not NotImplemented:
             return out
     input, weight, bias, stride, padding, dilation = _normalize(input, weight, bias, stride, padding, dilation)

@@ -44,14 +44,11 @@ def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, pa
     Returns:
         ``Tensor[N, C_out, H_out, W_out]`` in the input's memory format.
     """
-    if _backend.runs_native_eagerly(input):
-        # The commonest call, straight to the C++ op, which checks its arguments itself (same messages).
-        # NotImplemented: arguments of other types (None activations among them), which the path below
-        # converts or refuses.
-        out = _library.eager_native(NAME)(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
-                                          mid_activation, out_activation)
-        if out is not NotImplemented:
-            return out
+    # None activations are not the schema's strings: those calls take the regular path.
+    out = _library.call_native_eagerly(NAME, input, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
+                                       dilation, mid_activation, out_activation)
+    if out is not NotImplemented:
+        return out
     input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out = _normalize(
         input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation, out_activation)
     args = (input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
