@@ -196,6 +196,14 @@ def test_parity_nchw_tiles(kernel, stride, padding):
         check_parity(shape, kernel, stride=stride, padding=padding, layout="nchw", bias=shape[1] != 16)
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (3, 1, 0)])
+def test_parity_streaming_calls(kernel, stride, padding):
+    """Channels-last calls that move more than the kernels' streaming threshold (8 MB) prefetch ahead of
+    their loads and stores, and the fused stride-1 backward also prefetches the input rows of its weight
+    gradient: results unchanged, with a partial channel vector, an odd width and two images."""
+    check_parity((2, 72, 120, 121), kernel, stride=stride, padding=padding, layout="channels_last")
+
+
 @pytest.mark.parametrize("padding", (0, 1, 2))
 def test_parity_3x3_stride2_input_gradient(padding):
     """Channels-last 3x3 stride-2 input gradients run a kernel of their own: rows and columns that no

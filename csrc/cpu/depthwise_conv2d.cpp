@@ -14,6 +14,7 @@
 #include "fusedops/cpu/masked_plane.h"
 #include "fusedops/cpu/phase_plane.h"
 #include "fusedops/cpu/scratch.h"
+#include "fusedops/cpu/streaming.h"
 #include "fusedops/cpu/vec_io.h"
 
 #include <functional>
@@ -67,10 +68,12 @@ const acc_t<scalar_t>* bias_as_acc(const c10::optional<Tensor>& bias, int64_t oc
 // Forward
 
 // Output row oh of image n, channels [c_begin, c_end), of a multiplier-1 convolution between dense
-// channels-last tensors `in` and `out` (weights as taps_by_channel lays them out).
+// channels-last tensors `in` and `out` (weights as taps_by_channel lays them out); `prefetch` and
+// `prefetch_also` as in DwNhwcRow.
 template <typename scalar_t>
 inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, scalar_t* out,
-                           const ConvGeometry& g, int64_t n, int64_t oh, int64_t c_begin, int64_t c_end) {
+                           const ConvGeometry& g, int64_t n, int64_t oh, int64_t c_begin, int64_t c_end,
+                           bool prefetch = false, const scalar_t* prefetch_also = nullptr) {
   const int64_t C = g.channels;
   DwNhwcRow<scalar_t, scalar_t> t;
   t.image = in + n * g.in_h * g.in_w * C;
@@ -84,6 +87,8 @@ inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const a
   t.oh = oh;
   t.c_begin = c_begin;
   t.c_end = c_end;
+  t.prefetch = prefetch;
+  t.prefetch_also = prefetch_also;
   depthwise_nhwc_row(t, g);
 }
 
@@ -100,12 +105,15 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
   const int64_t chunks = (C + chunk - 1) / chunk;
   const int64_t items = rows * chunks;
   const int64_t macs = g.out_w * chunk * taps(g);
+  // Prefetches follow whole rows in order (one channel chunk).
+  const bool prefetch =
+      chunks == 1 && streams_beyond_cache((input.numel() + out.numel()) * int64_t(sizeof(scalar_t)));
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t row = i / chunks;
       const int64_t n = row / g.out_h, oh = row % g.out_h;
       const int64_t c_begin = (i % chunks) * chunk;
-      dense_nhwc_row<scalar_t>(in, w, bias, o, g, n, oh, c_begin, std::min(C, c_begin + chunk));
+      dense_nhwc_row<scalar_t>(in, w, bias, o, g, n, oh, c_begin, std::min(C, c_begin + chunk), prefetch);
     }
   });
 }
@@ -839,12 +847,19 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
   const int64_t per_image = std::max(t.out_h, g.out_h);
   const int64_t rows = g.batch * per_image;
   const WeightGradPartials<scalar_t> partials(g, rows);
+  const bool prefetch = streams_beyond_cache((grad_out.numel() + 2 * input.numel()) * int64_t(sizeof(scalar_t)));
   at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
       const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / per_image, row = r % per_image;
-        if (row < t.out_h) dense_nhwc_row<scalar_t>(go, w_rotated, nullptr, gi, t, n, row, 0, C);
+        // The input-gradient row's sweep also prefetches the input row that this row's weight gradient
+        // is the first to read.
+        const int64_t next_ih = row * g.stride_h - g.pad_h + (g.kernel_h - 1) * g.dilation_h;
+        const scalar_t* also =
+            prefetch && row < g.out_h && next_ih >= 0 && next_ih < g.in_h ? in + (n * g.in_h + next_ih) * g.in_w * C
+                                                                            : nullptr;
+        if (row < t.out_h) dense_nhwc_row<scalar_t>(go, w_rotated, nullptr, gi, t, n, row, 0, C, prefetch, also);
         if (row < g.out_h) {
           grad_weight_nhwc_row<scalar_t>(go, in, n * g.out_h + row, grad_weight != nullptr, grad_bias != nullptr, g,
                                          partials.worker(worker), partials.ld);
