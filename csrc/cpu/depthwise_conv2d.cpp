@@ -493,9 +493,11 @@ inline void gi_3x3_stride2_column(const scalar_t* const* go_rows, const AccVec<s
 // One channel vector of one input row. Interior columns go in pairs (iw with iw + pad odd, then iw + 1),
 // which read output columns a and a + 1 only: gi[iw] = g[a] w1, gi[iw + 1] = g[a + 1] w0 + g[a] w2 per
 // kernel row, with g[a + 1] carried over as the next pair's g[a]. Edges take the checked column.
+// `prefetch` (streaming calls, see streams_beyond_cache): the grad_output and input-gradient lines
+// kDwPrefetchColumns output columns ahead are prefetched into L2.
 template <typename scalar_t, int kRows, bool kPartial>
 inline void gi_3x3_stride2_row(const scalar_t* const* go_rows, const AccVec<scalar_t> (*w)[3], const ConvGeometry& g,
-                               int64_t c, int64_t count, scalar_t* gi_row) {
+                               int64_t c, int64_t count, scalar_t* gi_row, bool prefetch) {
   using Vec = AccVec<scalar_t>;
   const int64_t C = g.channels;
   int64_t iw = 0;
@@ -505,6 +507,11 @@ inline void gi_3x3_stride2_row(const scalar_t* const* go_rows, const AccVec<scal
     Vec ga[kRows];
     for (int r = 0; r < kRows; ++r) ga[r] = load_n<kPartial>(go_rows[r] + a * C + c, count);
     for (; iw + 1 < g.in_w && a + 1 < g.out_w; iw += 2, ++a) {
+      if (prefetch) {
+        for (int r = 0; r < kRows; ++r) __builtin_prefetch(go_rows[r] + (a + 1 + kDwPrefetchColumns) * C + c, 0, 2);
+        __builtin_prefetch(gi_row + (iw + 2 * kDwPrefetchColumns) * C + c, 1, 2);
+        __builtin_prefetch(gi_row + (iw + 2 * kDwPrefetchColumns + 1) * C + c, 1, 2);
+      }
       Vec odd(acc_t<scalar_t>(0)), even(acc_t<scalar_t>(0));
 #pragma GCC unroll 2
       for (int r = 0; r < kRows; ++r) {
@@ -522,7 +529,7 @@ inline void gi_3x3_stride2_row(const scalar_t* const* go_rows, const AccVec<scal
 
 template <typename scalar_t, int kRows>
 inline void gi_3x3_stride2_rows(const scalar_t* const* go_rows, const int64_t* kernel_rows, const acc_t<scalar_t>* w,
-                                const ConvGeometry& g, scalar_t* gi_row) {
+                                const ConvGeometry& g, scalar_t* gi_row, bool prefetch) {
   using Vec = AccVec<scalar_t>;
   constexpr int64_t V = Vec::size();
   const int64_t C = g.channels;
@@ -531,8 +538,8 @@ inline void gi_3x3_stride2_rows(const scalar_t* const* go_rows, const int64_t* k
     Vec wv[kRows][3];
     for (int r = 0; r < kRows; ++r)
       for (int kw = 0; kw < 3; ++kw) wv[r][kw] = Vec::loadu(w + (kernel_rows[r] * 3 + kw) * C + c, count);
-    if (count < V) gi_3x3_stride2_row<scalar_t, kRows, true>(go_rows, wv, g, c, count, gi_row);
-    else gi_3x3_stride2_row<scalar_t, kRows, false>(go_rows, wv, g, c, count, gi_row);
+    if (count < V) gi_3x3_stride2_row<scalar_t, kRows, true>(go_rows, wv, g, c, count, gi_row, prefetch);
+    else gi_3x3_stride2_row<scalar_t, kRows, false>(go_rows, wv, g, c, count, gi_row, prefetch);
   }
 }
 
@@ -543,6 +550,7 @@ void grad_input_nhwc_3x3_stride2(const Tensor& grad_out, const acc_t<scalar_t>* 
   scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels;
   const int64_t items = g.batch * g.in_h;
+  const bool prefetch = streams_beyond_cache((grad_out.numel() + grad_in.numel()) * int64_t(sizeof(scalar_t)));
   at::parallel_for(0, items, grain_for(items, g.in_w * C * 4), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.in_h, ih = item % g.in_h;
@@ -558,8 +566,8 @@ void grad_input_nhwc_3x3_stride2(const Tensor& grad_out, const acc_t<scalar_t>* 
         }
       }
       scalar_t* gi_row = gi + (n * g.in_h + ih) * g.in_w * C;
-      if (rows == 2) gi_3x3_stride2_rows<scalar_t, 2>(go_rows, kernel_rows, w, g, gi_row);
-      else if (rows == 1) gi_3x3_stride2_rows<scalar_t, 1>(go_rows, kernel_rows, w, g, gi_row);
+      if (rows == 2) gi_3x3_stride2_rows<scalar_t, 2>(go_rows, kernel_rows, w, g, gi_row, prefetch);
+      else if (rows == 1) gi_3x3_stride2_rows<scalar_t, 1>(go_rows, kernel_rows, w, g, gi_row, prefetch);
       else std::fill(gi_row, gi_row + g.in_w * C, scalar_t(0));  // no output row reads this input row
     }
   });
@@ -622,10 +630,12 @@ inline void add_into(acc* p, const at::vec::Vectorized<acc>& v) {
 // input vectors per kernel row (SW new loads per output instead of KW); border columns, after them, are
 // bounds-checked. The accumulators are never addressed through a pointer or a reference (a border lambda
 // capturing them made GCC keep them in memory and store all of them back every column: ~1.6x slower).
+// `prefetch` (streaming calls): the interior sweep prefetches into L2 the grad_output and input
+// columns kDwPrefetchColumns output columns ahead.
 template <typename scalar_t, int KW, int SW, int G, bool kPartial>
 FUSEDOPS_ALWAYS_INLINE void gw_nhwc_kernel_rows(const scalar_t* gorow, const scalar_t* const* irows, int64_t pix,
                                                 const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count,
-                                                acc_t<scalar_t>* dst, int64_t ld) {
+                                                acc_t<scalar_t>* dst, int64_t ld, bool prefetch) {
   using Vec = AccVec<scalar_t>;
   Vec acc[G][KW];  // local accumulators, so they live in registers
 #pragma GCC unroll 8
@@ -640,6 +650,13 @@ FUSEDOPS_ALWAYS_INLINE void gw_nhwc_kernel_rows(const scalar_t* gorow, const sca
 #pragma GCC unroll 8
       for (int j = 0; j < KW; ++j) win[r][j] = load_n<kPartial>(irows[r] + start + j * pix, count);
     for (int64_t ow = ib, offset = start;; ++ow) {
+      if (prefetch) {
+        __builtin_prefetch(gorow + (ow + kDwPrefetchColumns) * pix, 0, 2);
+#pragma GCC unroll 8
+        for (int r = 0; r < G; ++r)
+#pragma GCC unroll 2
+          for (int q = 0; q < SW; ++q) __builtin_prefetch(irows[r] + offset + (kDwPrefetchColumns * SW + q) * pix, 0, 2);
+      }
       const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
 #pragma GCC unroll 8
       for (int r = 0; r < G; ++r)
@@ -680,14 +697,15 @@ FUSEDOPS_ALWAYS_INLINE void gw_nhwc_kernel_rows(const scalar_t* gorow, const sca
 template <typename scalar_t, int KW, int SW, bool kPartial>
 inline void gw_nhwc_kernel_row_groups(const scalar_t* gorow, const scalar_t* const* irows, int64_t rows, int64_t pix,
                                       const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count,
-                                      acc_t<scalar_t>* dst, int64_t ld) {
+                                      acc_t<scalar_t>* dst, int64_t ld, bool prefetch) {
   constexpr int kMaxG = KW <= 3 ? 3 : (KW <= 5 ? 2 : 1);
   int64_t r = 0;
   for (; r + kMaxG <= rows; r += kMaxG)
     gw_nhwc_kernel_rows<scalar_t, KW, SW, kMaxG, kPartial>(gorow, irows + r, pix, g, ib, ie, count,
-                                                           dst + r * KW * ld, ld);
+                                                           dst + r * KW * ld, ld, prefetch);
   for (; r < rows; ++r)
-    gw_nhwc_kernel_rows<scalar_t, KW, SW, 1, kPartial>(gorow, irows + r, pix, g, ib, ie, count, dst + r * KW * ld, ld);
+    gw_nhwc_kernel_rows<scalar_t, KW, SW, 1, kPartial>(gorow, irows + r, pix, g, ib, ie, count, dst + r * KW * ld, ld,
+                                                       prefetch);
 }
 
 // Same contributions for any kernel width, stride and dilation, one kernel row at a time.
@@ -711,12 +729,12 @@ inline void gw_nhwc_kernel_row_generic(const scalar_t* gorow, const scalar_t* ir
 template <typename scalar_t, bool kPartial>
 inline void gw_nhwc_rows(const scalar_t* gorow, const scalar_t* const* irows, int64_t rows, int64_t pix,
                          const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count, acc_t<scalar_t>* dst,
-                         int64_t ld) {
+                         int64_t ld, bool prefetch) {
   if (g.dilation_w == 1) {
 #define FUSEDOPS_GW_CASE(KW, SW)                                                                             \
   if (g.kernel_w == KW && g.stride_w == SW)                                                                  \
     return gw_nhwc_kernel_row_groups<scalar_t, KW, SW, kPartial>(gorow, irows, rows, pix, g, ib, ie, count, dst, \
-                                                                 ld);
+                                                                 ld, prefetch);
     FUSEDOPS_GW_CASE(3, 1)
     FUSEDOPS_GW_CASE(3, 2)
     FUSEDOPS_GW_CASE(5, 1)
@@ -730,10 +748,10 @@ inline void gw_nhwc_rows(const scalar_t* gorow, const scalar_t* const* irows, in
 }
 
 // Weight (and bias) gradient contributions of output row r (= n * out_h + oh), channels-last, added to
-// `part` ([taps + 1][ld], the last row the bias).
+// `part` ([taps + 1][ld], the last row the bias); `prefetch` as in gw_nhwc_kernel_rows.
 template <typename scalar_t>
 void grad_weight_nhwc_row(const scalar_t* go, const scalar_t* in, int64_t r, bool with_weight, bool with_bias,
-                          const ConvGeometry& g, acc_t<scalar_t>* part, int64_t ld) {
+                          const ConvGeometry& g, acc_t<scalar_t>* part, int64_t ld, bool prefetch = false) {
   using acc = acc_t<scalar_t>;
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
@@ -772,8 +790,8 @@ void grad_weight_nhwc_row(const scalar_t* go, const scalar_t* in, int64_t r, boo
       irows[kh - kh_begin] = in + (n * g.in_h + ih0 + kh * g.dilation_h) * g.in_w * C + c;
     acc* dst = part + kh_begin * g.kernel_w * ld + c;
     const int64_t nrows = kh_end - kh_begin;
-    if (full) gw_nhwc_rows<scalar_t, false>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld);
-    else gw_nhwc_rows<scalar_t, true>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld);
+    if (full) gw_nhwc_rows<scalar_t, false>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld, prefetch);
+    else gw_nhwc_rows<scalar_t, true>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld, prefetch);
   }
 }
 
@@ -820,12 +838,13 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const int64_t rows = g.batch * g.out_h;
   const WeightGradPartials<scalar_t> partials(g, rows);
+  const bool prefetch = streams_beyond_cache((grad_out.numel() + input.numel()) * int64_t(sizeof(scalar_t)));
   at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
       const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
       for (int64_t r = r0; r < r1; ++r)
         grad_weight_nhwc_row<scalar_t>(go, in, r, grad_weight != nullptr, grad_bias != nullptr, g,
-                                       partials.worker(worker), partials.ld);
+                                       partials.worker(worker), partials.ld, prefetch);
     }
   });
   partials.finish(g, grad_weight, grad_bias);
