@@ -198,10 +198,14 @@ def test_parity_nchw_tiles(kernel, stride, padding):
 
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (3, 1, 0)])
 def test_parity_streaming_calls(kernel, stride, padding):
-    """Channels-last calls that move more than the kernels' streaming threshold (8 MB) prefetch ahead of
-    their loads and stores, and the fused stride-1 backward also prefetches the input rows of its weight
-    gradient: results unchanged, with a partial channel vector, an odd width and two images."""
-    check_parity((2, 72, 120, 121), kernel, stride=stride, padding=padding, layout="channels_last")
+    """Channels-last calls that move more than the kernels' streaming thresholds (16 MB a forward, 8 MB a
+    backward) prefetch ahead of their loads and stores, and the fused stride-1 backward also prefetches
+    the input rows of its weight gradient: results unchanged, with a partial channel vector (72 channels)
+    and odd widths."""
+    shape = (2, 72, 124, 121) if stride == 1 else (3, 72, 140, 141)
+    x_bytes = 4 * shape[0] * shape[1] * shape[2] * shape[3]
+    assert x_bytes * (1 + 1 / stride**2) > 16 * 2**20  # the forward's input + output
+    check_parity(shape, kernel, stride=stride, padding=padding, layout="channels_last")
 
 
 @pytest.mark.parametrize("padding", (0, 1, 2))

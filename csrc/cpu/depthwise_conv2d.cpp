@@ -92,9 +92,11 @@ inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const a
   depthwise_nhwc_row(t, g);
 }
 
+// Also the stride-1 input gradient on its own (transposed geometry), which passes the backward's
+// streaming threshold.
 template <typename scalar_t>
 void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, Tensor& out,
-                  const ConvGeometry& g) {
+                  const ConvGeometry& g, int64_t streaming_bytes = kStreamingBytes) {
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels;
@@ -107,7 +109,7 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
   const int64_t macs = g.out_w * chunk * taps(g);
   // Prefetches follow whole rows in order (one channel chunk).
   const bool prefetch =
-      chunks == 1 && streams_beyond_cache((input.numel() + out.numel()) * int64_t(sizeof(scalar_t)));
+      chunks == 1 && streams_beyond_cache((input.numel() + out.numel()) * int64_t(sizeof(scalar_t)), streaming_bytes);
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t row = i / chunks;
@@ -550,7 +552,8 @@ void grad_input_nhwc_3x3_stride2(const Tensor& grad_out, const acc_t<scalar_t>* 
   scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels;
   const int64_t items = g.batch * g.in_h;
-  const bool prefetch = streams_beyond_cache((grad_out.numel() + grad_in.numel()) * int64_t(sizeof(scalar_t)));
+  const bool prefetch = streams_beyond_cache((grad_out.numel() + grad_in.numel()) * int64_t(sizeof(scalar_t)),
+                                             kBackwardStreamingBytes);
   at::parallel_for(0, items, grain_for(items, g.in_w * C * 4), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.in_h, ih = item % g.in_h;
@@ -838,7 +841,8 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   const int64_t rows = g.batch * g.out_h;
   const WeightGradPartials<scalar_t> partials(g, rows);
-  const bool prefetch = streams_beyond_cache((grad_out.numel() + input.numel()) * int64_t(sizeof(scalar_t)));
+  const bool prefetch =
+      streams_beyond_cache((grad_out.numel() + input.numel()) * int64_t(sizeof(scalar_t)), kBackwardStreamingBytes);
   at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
       const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
@@ -866,7 +870,8 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
   const int64_t per_image = std::max(t.out_h, g.out_h);
   const int64_t rows = g.batch * per_image;
   const WeightGradPartials<scalar_t> partials(g, rows);
-  const bool prefetch = streams_beyond_cache((grad_out.numel() + 2 * input.numel()) * int64_t(sizeof(scalar_t)));
+  const bool prefetch = streams_beyond_cache((grad_out.numel() + 2 * input.numel()) * int64_t(sizeof(scalar_t)),
+                                             kBackwardStreamingBytes);
   at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
       const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
@@ -1147,7 +1152,8 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
     }
     if (grads.input.defined()) {
       if (cl && transposed_as_forward(g, &t)) {
-        forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input, t);
+        forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input, t,
+                               kBackwardStreamingBytes);
       } else if (!cl && transposed_as_forward(g, &t)) {
         forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grads.input, t);
       } else if (cl && grad_input_is_3x3_stride2(g)) {
