@@ -206,6 +206,10 @@ def test_parity_streaming_calls(kernel, stride, padding):
     x_bytes = 4 * shape[0] * shape[1] * shape[2] * shape[3]
     assert x_bytes * (1 + 1 / stride**2) > 16 * 2**20  # the forward's input + output
     check_parity(shape, kernel, stride=stride, padding=padding, layout="channels_last")
+    if kernel == 3 and padding == 1:
+        # The unfused input-gradient and weight-gradient kernels, each on its own at the same size.
+        check_requested_grads(shape, "channels_last", stride=stride,
+                              wanted_sets=[(True, False, False), (False, True, True)])
 
 
 @pytest.mark.parametrize("padding", (0, 1, 2))
@@ -229,27 +233,34 @@ def test_masked_plane_table_cache_eviction():
                                    rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
-def test_parity_unrequested_grads(layout):
-    """Only some inputs requiring grad: the requested gradients are still right."""
-    x = make_input((2, 20, 9, 9), layout)
-    w = torch.randn(20, 1, 3, 3)
-    b = torch.randn(20)
-    go = torch.randn(2, 20, 9, 9)
-    _, ref_grads, _, mags = reference_with_magnitudes(lambda *a: reference_conv(*a, 1, 1, 1), (x, w, b), go)
+def check_requested_grads(shape, layout, kernel=3, stride=1, padding=1, wanted_sets=None):
+    """Only some of input, weight, bias requiring grad (every such subset, or `wanted_sets`): the
+    requested gradients are right against float64 F.conv2d, the others stay None."""
+    c = shape[1]
+    x = make_input(shape, layout)
+    w = torch.randn(c, 1, kernel, kernel)
+    b = torch.randn(c)
+    with torch.no_grad():
+        out_shape = reference_conv(x, w, b, stride, padding, 1).shape
+    go = torch.randn(out_shape)
+    _, ref_grads, _, mags = reference_with_magnitudes(lambda *a: reference_conv(*a, stride, padding, 1), (x, w, b), go)
     tol = tolerance(torch.float32)
-    for wanted in itertools.product((False, True), repeat=3):
-        if not any(wanted):
-            continue
+    for wanted in wanted_sets or [r for r in itertools.product((False, True), repeat=3) if any(r)]:
         leaves = [t.detach().clone().requires_grad_(r) for t, r in zip((x, w, b), wanted)]
         with fusedops.use_backend("native"):
-            out = fusedops.depthwise_conv2d(*leaves, padding=1)
+            out = fusedops.depthwise_conv2d(*leaves, stride=stride, padding=padding)
         out.backward(go)
         for leaf, r, ref, mag, name in zip(leaves, wanted, ref_grads, mags, GRAD_NAMES):
             if r:
                 assert_close_scaled(leaf.grad, ref, mag, **tol, name=name)
             else:
                 assert leaf.grad is None
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_parity_unrequested_grads(layout):
+    """Only some inputs requiring grad: the requested gradients are still right."""
+    check_requested_grads((2, 20, 9, 9), layout)
 
 
 def test_parity_grad_output_layouts():
