@@ -69,11 +69,12 @@ const acc_t<scalar_t>* bias_as_acc(const c10::optional<Tensor>& bias, int64_t oc
 
 // Output row oh of image n, channels [c_begin, c_end), of a multiplier-1 convolution between dense
 // channels-last tensors `in` and `out` (weights as taps_by_channel lays them out); `prefetch` and
-// `prefetch_also` as in DwNhwcRow.
+// `prefetch_also` as in DwNhwcRow. `pair`: rows oh and oh + 1 at once (depthwise_nhwc_row_pair, where
+// nhwc_row_pair_applies; no prefetch_also).
 template <typename scalar_t>
 inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, scalar_t* out,
                            const ConvGeometry& g, int64_t n, int64_t oh, int64_t c_begin, int64_t c_end,
-                           bool prefetch = false, const scalar_t* prefetch_also = nullptr) {
+                           bool prefetch = false, const scalar_t* prefetch_also = nullptr, bool pair = false) {
   const int64_t C = g.channels;
   DwNhwcRow<scalar_t, scalar_t> t;
   t.image = in + n * g.in_h * g.in_w * C;
@@ -89,7 +90,12 @@ inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const a
   t.c_end = c_end;
   t.prefetch = prefetch;
   t.prefetch_also = prefetch_also;
-  depthwise_nhwc_row(t, g);
+  if (pair) {
+    t.out_row_stride = g.out_w * C;
+    depthwise_nhwc_row_pair(t, g);
+  } else {
+    depthwise_nhwc_row(t, g);
+  }
 }
 
 // Also the stride-1 input gradient on its own (transposed geometry), which passes the backward's
@@ -100,22 +106,34 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels;
-  // Work items are (n, oh, channel chunk). Whole rows stream through memory best; with fewer than
-  // 4 rows per thread (the 7x7 maps of late layers at batch 1), chunks of 64 channels balance the threads.
-  const int64_t rows = g.batch * g.out_h;
-  const int64_t chunk = rows >= 4 * at::get_num_threads() ? C : std::min<int64_t>(C, 64);
+  // Work items are (n, group of output rows, channel chunk). 3x3 stride-1 rows go in pairs wherever both
+  // rows' kernel rows lie inside the input (depthwise_nhwc_row_pair), pairs starting at the first such
+  // row: item j of an image covers rows [2j - shift, 2j - shift + 2). Whole rows stream through memory
+  // best; with fewer than 4 items per thread (the 7x7 maps of late layers at batch 1), chunks of 64
+  // channels balance the threads.
+  const bool pairs = nhwc_row_pair_applies(g, g.interior_oh_begin());
+  const int64_t rows_per_item = pairs ? 2 : 1, shift = pairs ? g.interior_oh_begin() % 2 : 0;
+  const int64_t items_per_image = (g.out_h + shift + rows_per_item - 1) / rows_per_item;
+  const int64_t row_items = g.batch * items_per_image;
+  const int64_t chunk = row_items >= 4 * at::get_num_threads() ? C : std::min<int64_t>(C, 64);
   const int64_t chunks = (C + chunk - 1) / chunk;
-  const int64_t items = rows * chunks;
-  const int64_t macs = g.out_w * chunk * taps(g);
+  const int64_t items = row_items * chunks;
+  const int64_t macs = rows_per_item * g.out_w * chunk * taps(g);
   // Prefetches follow whole rows in order (one channel chunk).
   const bool prefetch =
       chunks == 1 && streams_beyond_cache((input.numel() + out.numel()) * int64_t(sizeof(scalar_t)), streaming_bytes);
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t row = i / chunks;
-      const int64_t n = row / g.out_h, oh = row % g.out_h;
-      const int64_t c_begin = (i % chunks) * chunk;
-      dense_nhwc_row<scalar_t>(in, w, bias, o, g, n, oh, c_begin, std::min(C, c_begin + chunk), prefetch);
+      const int64_t item = i / chunks;
+      const int64_t n = item / items_per_image;
+      const int64_t first = (item % items_per_image) * rows_per_item - shift;
+      const int64_t c_begin = (i % chunks) * chunk, c_end = std::min(C, c_begin + chunk);
+      if (pairs && first >= 0 && nhwc_row_pair_applies(g, first)) {
+        dense_nhwc_row<scalar_t>(in, w, bias, o, g, n, first, c_begin, c_end, prefetch, nullptr, true);
+        continue;
+      }
+      for (int64_t oh = std::max<int64_t>(first, 0); oh < std::min(first + rows_per_item, g.out_h); ++oh)
+        dense_nhwc_row<scalar_t>(in, w, bias, o, g, n, oh, c_begin, c_end, prefetch);
     }
   });
 }

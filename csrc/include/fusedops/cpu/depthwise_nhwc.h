@@ -43,6 +43,7 @@ struct DwNhwcRow {
   const acc_t<in_t>* bias;    // per channel, or nullptr
   out_t* out;              // output row: pixel ow, channel c at out + ow * out_pix_stride + c
   int64_t out_pix_stride;
+  int64_t out_row_stride = 0;  // depthwise_nhwc_row_pair only: row oh + 1 at out + out_row_stride
   int64_t oh;
   int64_t c_begin, c_end;
   // For calls whose tensors stream from beyond the caches (streams_beyond_cache): prefetch, ahead of the
@@ -118,6 +119,89 @@ FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const
   }
 #pragma GCC unroll 8
   for (int b = 0; b < kB; ++b, outp += t.out_pix_stride) store_n<kPartial>(outp, epilogue(sum[b]), count);
+}
+
+// kB outputs (ow .. ow + kB - 1) of output rows oh and oh + 1 for one channel vector, 3x3 stride 1
+// (dilation 1), both rows' kernel rows inside the input: the four input rows are each loaded once and
+// feed both output rows.
+template <typename in_t, typename out_t, int kB, bool kPartial, bool kChecked, typename Epilogue>
+FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
+                                               int64_t c, int64_t count, const Epilogue& epilogue) {
+  using acc = acc_t<in_t>;
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int KH = 3, KW = 3, kCols = kB + KW - 1;
+  Vec sum[2][kB];
+  const Vec bias = t.bias ? load_buf<kPartial>(t.bias + c, count) : Vec(acc(0));
+#pragma GCC unroll 8
+  for (int b = 0; b < kB; ++b) sum[0][b] = sum[1][b] = bias;
+  const int64_t iw0 = ow - g.pad_w;
+  const in_t* first_row = t.image + (t.oh - g.pad_h) * t.in_row_stride + iw0 * t.in_pix_stride + c;
+#pragma GCC unroll 4
+  for (int d = 0; d < KH + 1; ++d) {
+    const in_t* colp = first_row + d * t.in_row_stride;
+    if (t.prefetch && d >= KH - 1) {
+      // The two rows the previous pair did not read.
+      const in_t* ahead = colp + kDwPrefetchColumns * t.in_pix_stride;
+#pragma GCC unroll 8
+      for (int col = 0; col < kB; ++col) __builtin_prefetch(ahead + col * t.in_pix_stride, 0, 2);
+    }
+    // Output row r reads this input row through kernel row d - r.
+    Vec w[2][KW];
+#pragma GCC unroll 2
+    for (int r = 0; r < 2; ++r) {
+      const int kh = d - r;
+      if (kh < 0 || kh >= KH) continue;
+#pragma GCC unroll 3
+      for (int kw = 0; kw < KW; ++kw) w[r][kw] = load_buf<kPartial>(t.weight + (kh * KW + kw) * t.weight_ld + c, count);
+    }
+#pragma GCC unroll 16
+    for (int col = 0; col < kCols; ++col, colp += t.in_pix_stride) {
+      Vec v;
+      if constexpr (kChecked) {
+        const int64_t iw = iw0 + col;
+        v = (iw >= 0 && iw < g.in_w) ? load_n<kPartial>(colp, count) : Vec(acc(0));
+      } else {
+        v = load_n<kPartial>(colp, count);
+      }
+#pragma GCC unroll 2
+      for (int r = 0; r < 2; ++r) {
+        const int kh = d - r;
+        if (kh < 0 || kh >= KH) continue;
+#pragma GCC unroll 3
+        for (int kw = 0; kw < KW; ++kw) {
+          const int b = col - kw;
+          if (b >= 0 && b < kB) sum[r][b] = at::vec::fmadd(v, w[r][kw], sum[r][b]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < 2; ++r) {
+    out_t* outp = t.out + r * t.out_row_stride + ow * t.out_pix_stride + c;
+    if (t.prefetch) {
+#pragma GCC unroll 8
+      for (int b = 0; b < kB; ++b) __builtin_prefetch(outp + (kDwPrefetchColumns + b) * t.out_pix_stride, 1, 2);
+    }
+#pragma GCC unroll 8
+    for (int b = 0; b < kB; ++b, outp += t.out_pix_stride) store_n<kPartial>(outp, epilogue(sum[r][b]), count);
+  }
+}
+
+// Blocks of kB outputs of a row pair, halving kB for the rows' remainder, channels innermost.
+template <typename in_t, typename out_t, int kB, typename Epilogue>
+FUSEDOPS_ALWAYS_INLINE void dw_nhwc_blocks_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
+                                                int64_t interior_begin, int64_t interior_end, const Epilogue& epilogue) {
+  constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
+  for (; ow + kB <= g.out_w; ow += kB) {
+    const bool checked = ow < interior_begin || ow + kB > interior_end;
+    int64_t c = t.c_begin;
+    for (; c + V <= t.c_end; c += V) {
+      if (checked) dw_nhwc_block_pair<in_t, out_t, kB, false, true>(t, g, ow, c, V, epilogue);
+      else dw_nhwc_block_pair<in_t, out_t, kB, false, false>(t, g, ow, c, V, epilogue);
+    }
+    if (c < t.c_end) dw_nhwc_block_pair<in_t, out_t, kB, true, true>(t, g, ow, c, t.c_end - c, epilogue);
+  }
+  if constexpr (kB > 1) dw_nhwc_blocks_pair<in_t, out_t, kB / 2>(t, g, ow, interior_begin, interior_end, epilogue);
 }
 
 // One output pixel for one channel vector, any kernel/stride/dilation, with bounds checks along W.
@@ -210,6 +294,26 @@ FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row(const DwNhwcRow<in_t, out_t>& t, 
 #undef FUSEDOPS_DW_CASE
   }
   detail::dw_nhwc_row_impl<in_t, out_t, 0, 1>(t, g, epilogue);
+}
+
+// Whether depthwise_nhwc_row_pair computes output rows oh and oh + 1 of g: 3x3, stride 1, dilation 1,
+// both rows' kernel rows inside the input.
+inline bool nhwc_row_pair_applies(const ConvGeometry& g, int64_t oh) {
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
+         g.dilation_w == 1 && oh >= g.interior_oh_begin() && oh + 2 <= g.interior_oh_end();
+}
+
+// Computes output rows t.oh and t.oh + 1 (at t.out and t.out + t.out_row_stride), channels
+// [t.c_begin, t.c_end), where nhwc_row_pair_applies. Blocks of 4 outputs x 2 rows: 8 accumulators, each
+// of the block's four input rows loaded once for both output rows (a single row's blocks of 8 read
+// 10 columns of 3 rows for 8 outputs, and their ~36 KiB per block of 192 channels outgrow the 32 KiB L1).
+// Measured on the row kernels alone (2 threads, N=8): 1.19-1.25x faster than two single rows on
+// MobileNet's stride-1 maps in cache (C=192 28x28, C=384/576 14x14, C=960 7x7; N=1 C=192 28x28 1.19x),
+// 1.07-1.16x on streaming calls (C=32 112x112, C=96 56x56), 0.95-1.05x on C=144 56x56.
+template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
+FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+                                                    const Epilogue& epilogue = Epilogue()) {
+  detail::dw_nhwc_blocks_pair<in_t, out_t, 4>(t, g, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
 }
 
 }  // namespace cpu
