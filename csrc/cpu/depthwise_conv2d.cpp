@@ -69,12 +69,12 @@ const acc_t<scalar_t>* bias_as_acc(const c10::optional<Tensor>& bias, int64_t oc
 
 // Output row oh of image n, channels [c_begin, c_end), of a multiplier-1 convolution between dense
 // channels-last tensors `in` and `out` (weights as taps_by_channel lays them out); `prefetch` and
-// `prefetch_also` as in DwNhwcRow. `pair`: rows oh and oh + 1 at once (depthwise_nhwc_row_pair, where
-// nhwc_row_pair_applies; no prefetch_also).
+// `prefetch_also` as in DwNhwcRow.
 template <typename scalar_t>
-inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, scalar_t* out,
-                           const ConvGeometry& g, int64_t n, int64_t oh, int64_t c_begin, int64_t c_end,
-                           bool prefetch = false, const scalar_t* prefetch_also = nullptr, bool pair = false) {
+inline DwNhwcRow<scalar_t, scalar_t> dense_nhwc_rows(const scalar_t* in, const acc_t<scalar_t>* w,
+                                                     const acc_t<scalar_t>* bias, scalar_t* out, const ConvGeometry& g,
+                                                     int64_t n, int64_t c_begin, int64_t c_end, bool prefetch = false,
+                                                     const scalar_t* prefetch_also = nullptr) {
   const int64_t C = g.channels;
   DwNhwcRow<scalar_t, scalar_t> t;
   t.image = in + n * g.in_h * g.in_w * C;
@@ -83,19 +83,25 @@ inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const a
   t.weight = w;
   t.weight_ld = g.out_channels;
   t.bias = bias;
-  t.out = out + (n * g.out_h + oh) * g.out_w * C;
+  t.out = out + n * g.out_h * g.out_w * C;
   t.out_pix_stride = C;
-  t.oh = oh;
+  t.out_row_stride = g.out_w * C;
+  t.oh = 0;
   t.c_begin = c_begin;
   t.c_end = c_end;
   t.prefetch = prefetch;
   t.prefetch_also = prefetch_also;
-  if (pair) {
-    t.out_row_stride = g.out_w * C;
-    depthwise_nhwc_row_pair(t, g);
-  } else {
-    depthwise_nhwc_row(t, g);
-  }
+  return t;
+}
+
+template <typename scalar_t>
+inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, scalar_t* out,
+                           const ConvGeometry& g, int64_t n, int64_t oh, int64_t c_begin, int64_t c_end,
+                           bool prefetch = false, const scalar_t* prefetch_also = nullptr) {
+  DwNhwcRow<scalar_t, scalar_t> t = dense_nhwc_rows(in, w, bias, out, g, n, c_begin, c_end, prefetch, prefetch_also);
+  t.oh = oh;
+  t.out += oh * t.out_row_stride;
+  depthwise_nhwc_row(t, g);
 }
 
 // Also the stride-1 input gradient on its own (transposed geometry), which passes the backward's
@@ -106,34 +112,25 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels;
-  // Work items are (n, group of output rows, channel chunk). 3x3 stride-1 rows go in pairs wherever both
-  // rows' kernel rows lie inside the input (depthwise_nhwc_row_pair), pairs starting at the first such
-  // row: item j of an image covers rows [2j - shift, 2j - shift + 2). Whole rows stream through memory
-  // best; with fewer than 4 items per thread (the 7x7 maps of late layers at batch 1), chunks of 64
-  // channels balance the threads.
-  const bool pairs = nhwc_row_pair_applies(g, g.interior_oh_begin());
-  const int64_t rows_per_item = pairs ? 2 : 1, shift = pairs ? g.interior_oh_begin() % 2 : 0;
-  const int64_t items_per_image = (g.out_h + shift + rows_per_item - 1) / rows_per_item;
-  const int64_t row_items = g.batch * items_per_image;
+  // Work items are (n, group of output rows (NhwcRowGroups: pairs of 3x3 stride-1 rows), channel chunk).
+  // Whole rows stream through memory best; with fewer than 4 groups per thread (the 7x7 maps of late
+  // layers at batch 1), chunks of 64 channels balance the threads.
+  const NhwcRowGroups row_groups(g);
+  const int64_t row_items = g.batch * row_groups.count;
   const int64_t chunk = row_items >= 4 * at::get_num_threads() ? C : std::min<int64_t>(C, 64);
   const int64_t chunks = (C + chunk - 1) / chunk;
   const int64_t items = row_items * chunks;
-  const int64_t macs = rows_per_item * g.out_w * chunk * taps(g);
+  const int64_t macs = row_groups.rows_per_group() * g.out_w * chunk * taps(g);
   // Prefetches follow whole rows in order (one channel chunk).
   const bool prefetch =
       chunks == 1 && streams_beyond_cache((input.numel() + out.numel()) * int64_t(sizeof(scalar_t)), streaming_bytes);
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t item = i / chunks;
-      const int64_t n = item / items_per_image;
-      const int64_t first = (item % items_per_image) * rows_per_item - shift;
-      const int64_t c_begin = (i % chunks) * chunk, c_end = std::min(C, c_begin + chunk);
-      if (pairs && first >= 0 && nhwc_row_pair_applies(g, first)) {
-        dense_nhwc_row<scalar_t>(in, w, bias, o, g, n, first, c_begin, c_end, prefetch, nullptr, true);
-        continue;
-      }
-      for (int64_t oh = std::max<int64_t>(first, 0); oh < std::min(first + rows_per_item, g.out_h); ++oh)
-        dense_nhwc_row<scalar_t>(in, w, bias, o, g, n, oh, c_begin, c_end, prefetch);
+      const int64_t item = i / chunks, n = item / row_groups.count;
+      const int64_t c_begin = (i % chunks) * chunk;
+      depthwise_nhwc_row_group(dense_nhwc_rows<scalar_t>(in, w, bias, o, g, n, c_begin, std::min(C, c_begin + chunk),
+                                                         prefetch),
+                               g, row_groups, item % row_groups.count);
     }
   });
 }
@@ -252,7 +249,8 @@ void for_each_output_plane(const scalar_t* in, scalar_t* out, const ConvGeometry
 // Whether an NCHW float convolution runs through channels-last tiles (forward_nchw_tiled) rather than the
 // masked in-place sweeps. Measured against them (2 threads, batch 1 and 8, MobileNet/MnasNet layers):
 // 5x5 and 7x7 kernels 1.1-2.2x faster through tiles except on 7x7 maps (0.8x); 3x3 stride 2 1.4-2.9x on
-// maps up to 56x56 (0.86-1.4x on 112x112 maps, whose tiles outgrow L2); 3x3 stride 1 0.65-1.1x.
+// maps up to 56x56 (0.86-1.4x on 112x112 maps, whose tiles outgrow L2); 3x3 stride 1 0.65-1.1x (with
+// the tiles' rows in pairs, depthwise_nhwc_row_pair: 0.8-1.1x).
 // Maps above 112x112 (not measured; their tiles, 16 x 4 bytes a pixel, outgrow L2 and stay in the
 // per-thread scratch) keep the in-place sweeps.
 bool nchw_tiles_apply(const ConvGeometry& g) {
@@ -271,6 +269,7 @@ void forward_nchw_tiled(const float* in, const float* w, const float* bias, floa
   constexpr int64_t V = at::vec::Vectorized<float>::size();
   const int64_t C = g.channels, in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
   const int64_t groups = (C + V - 1) / V, items = g.batch * groups;
+  const NhwcRowGroups row_groups(g);
   at::parallel_for(0, items, grain_for(items, out_plane * V * taps(g)), [&](int64_t begin, int64_t end) {
     float* tile_in = thread_scratch<float>(in_plane * V, ScratchSlot::kTile);
     float* tile_out = thread_scratch<float>(out_plane * V, ScratchSlot::kTileOut);
@@ -282,6 +281,7 @@ void forward_nchw_tiled(const float* in, const float* w, const float* bias, floa
     t.out_pix_stride = V;
     t.c_begin = 0;
     t.c_end = V;  // lanes past the last channel compute on zeros and are not stored back
+    t.out_row_stride = g.out_w * V;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / groups, c0 = (i % groups) * V, count = std::min(V, C - c0);
       if (count < V) std::fill(tile_in, tile_in + in_plane * V, 0.0f);
@@ -290,11 +290,8 @@ void forward_nchw_tiled(const float* in, const float* w, const float* bias, floa
       // taps_by_channel and bias_as_acc pad their buffers by a vector, so the lanes past C read in bounds.
       t.weight = w + c0;
       t.bias = bias ? bias + c0 : nullptr;
-      for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        t.out = tile_out + oh * g.out_w * V;
-        t.oh = oh;
-        depthwise_nhwc_row(t, g);
-      }
+      t.out = tile_out;
+      for (int64_t j = 0; j < row_groups.count; ++j) depthwise_nhwc_row_group(t, g, row_groups, j);
       at::vec::transpose_mxn<float>(tile_out, V, out + (n * C + c0) * out_plane, out_plane,
                                     static_cast<int>(out_plane), static_cast<int>(count));
     }

@@ -316,5 +316,46 @@ FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row_pair(const DwNhwcRow<in_t, out_t>
   detail::dw_nhwc_blocks_pair<in_t, out_t, 4>(t, g, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
 }
 
+// The output rows of an image in the groups the row kernels compute: pairs (depthwise_nhwc_row_pair)
+// wherever 3x3 stride-1 rows allow them, starting at the first row that allows one, the rows around
+// them alone. Group j covers rows [2j - shift, 2j - shift + 2) clipped to the map when paired, row j
+// otherwise. Groups are independent: callers may run them in any order or in parallel.
+struct NhwcRowGroups {
+  bool pairs = false;
+  int64_t shift = 0;
+  int64_t count = 0;
+  int64_t out_h = 0;
+
+  explicit NhwcRowGroups(const ConvGeometry& g)
+      : pairs(nhwc_row_pair_applies(g, g.interior_oh_begin())),
+        shift(pairs ? g.interior_oh_begin() % 2 : 0),
+        count(pairs ? (g.out_h + shift + 1) / 2 : g.out_h),
+        out_h(g.out_h) {}
+  int64_t begin(int64_t j) const { return pairs ? std::max<int64_t>(2 * j - shift, 0) : j; }
+  int64_t end(int64_t j) const { return pairs ? std::min(2 * j - shift + 2, out_h) : j + 1; }
+  int64_t rows_per_group() const { return pairs ? 2 : 1; }
+};
+
+// Output rows of group j: t describes row 0 of the image's output (t.out, t.out_row_stride; t.oh is
+// ignored).
+template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
+FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row_group(DwNhwcRow<in_t, out_t> t, const ConvGeometry& g,
+                                                     const NhwcRowGroups& groups, int64_t j,
+                                                     const Epilogue& epilogue = Epilogue()) {
+  out_t* const out0 = t.out;
+  const int64_t begin = groups.begin(j), end = groups.end(j);
+  if (end - begin == 2 && nhwc_row_pair_applies(g, begin)) {
+    t.oh = begin;
+    t.out = out0 + begin * t.out_row_stride;
+    depthwise_nhwc_row_pair(t, g, epilogue);
+    return;
+  }
+  for (int64_t oh = begin; oh < end; ++oh) {
+    t.oh = oh;
+    t.out = out0 + oh * t.out_row_stride;
+    depthwise_nhwc_row(t, g, epilogue);
+  }
+}
+
 }  // namespace cpu
 }  // namespace fusedops
