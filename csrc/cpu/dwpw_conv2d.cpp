@@ -200,10 +200,17 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
           t.bias = dw_b;
           t.out = dst;
           t.out_pix_stride = K;
+          t.out_row_stride = row_elems;
           t.oh = oh;
           t.c_begin = 0;
           t.c_end = K;
-          depthwise_nhwc_row(t, g, mid);
+          // Two of the band's rows at once where the paired kernel applies.
+          if (oh + 1 < r1 && nhwc_row_pair_applies(g, oh)) {
+            depthwise_nhwc_row_pair(t, g, mid);
+            ++oh;
+          } else {
+            depthwise_nhwc_row(t, g, mid);
+          }
         } else {
           depthwise_row_generic<scalar_t>(image, dw_taps, dw_b, dst, K, oh, g, geo.mid);
         }
