@@ -892,17 +892,33 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
       const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / per_image, row = r % per_image;
-        // The input-gradient row's sweep also prefetches the input row that this row's weight gradient
-        // is the first to read.
+        // Input-gradient rows in pairs (depthwise_nhwc_row_pair) where the pair applies and both rows are
+        // this worker's; then the weight gradients of the same rows.
+        const bool pair = r + 1 < r1 && row + 1 < per_image && nhwc_row_pair_applies(t, row);
+        // The input-gradient sweep also prefetches the input rows that these rows' weight gradients are
+        // the first to read (in a pair, rows next_ih and next_ih + 1: stride 1).
         const int64_t next_ih = row * g.stride_h - g.pad_h + (g.kernel_h - 1) * g.dilation_h;
         const scalar_t* also =
-            prefetch && row < g.out_h && next_ih >= 0 && next_ih < g.in_h ? in + (n * g.in_h + next_ih) * g.in_w * C
-                                                                            : nullptr;
-        if (row < t.out_h) dense_nhwc_row<scalar_t>(go, w_rotated, nullptr, gi, t, n, row, 0, C, prefetch, also);
-        if (row < g.out_h) {
-          grad_weight_nhwc_row<scalar_t>(go, in, n * g.out_h + row, grad_weight != nullptr, grad_bias != nullptr, g,
-                                         partials.worker(worker), partials.ld);
+            prefetch && row + (pair ? 1 : 0) < g.out_h && next_ih >= 0 && next_ih + (pair ? 1 : 0) < g.in_h
+                ? in + (n * g.in_h + next_ih) * g.in_w * C
+                : nullptr;
+        if (pair) {
+          DwNhwcRow<scalar_t, scalar_t> rows2 = dense_nhwc_rows<scalar_t>(go, w_rotated, nullptr, gi, t, n, 0, C,
+                                                                          prefetch, also);
+          rows2.oh = row;
+          rows2.out += row * rows2.out_row_stride;
+          rows2.prefetch_also_row_stride = g.in_w * C;
+          depthwise_nhwc_row_pair(rows2, t);
+        } else if (row < t.out_h) {
+          dense_nhwc_row<scalar_t>(go, w_rotated, nullptr, gi, t, n, row, 0, C, prefetch, also);
         }
+        for (int64_t k = 0; k < (pair ? 2 : 1); ++k) {
+          if (row + k < g.out_h) {
+            grad_weight_nhwc_row<scalar_t>(go, in, n * g.out_h + row + k, grad_weight != nullptr,
+                                           grad_bias != nullptr, g, partials.worker(worker), partials.ld);
+          }
+        }
+        if (pair) ++r;
       }
     }
   });
