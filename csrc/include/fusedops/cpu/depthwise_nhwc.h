@@ -64,6 +64,16 @@ constexpr int64_t kDwPrefetchColumns = 16;
 
 namespace detail {
 
+// The input column iw of a block (at colp): border blocks (kChecked) read columns outside [0, in_w) as
+// zero.
+template <bool kPartial, bool kChecked, typename in_t>
+FUSEDOPS_ALWAYS_INLINE AccVec<in_t> load_column(const in_t* colp, int64_t iw, int64_t in_w, int64_t count) {
+  if constexpr (kChecked) {
+    if (iw < 0 || iw >= in_w) return AccVec<in_t>(acc_t<in_t>(0));
+  }
+  return load_n<kPartial>(colp, count);
+}
+
 // kB outputs (ow .. ow + kB - 1) of one channel vector. kChecked: some taps fall outside the input
 // along W and read as zero (border blocks); otherwise no checks at all.
 template <typename in_t, typename out_t, int KW, int SW, int kB, bool kPartial, bool kChecked, typename Epilogue>
@@ -96,13 +106,7 @@ FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const
     constexpr int kCols = (kB - 1) * SW + KW;
 #pragma GCC unroll 32
     for (int col = 0; col < kCols; ++col, colp += t.in_pix_stride) {
-      Vec v;
-      if constexpr (kChecked) {
-        const int64_t iw = iw0 + col;
-        v = (iw >= 0 && iw < g.in_w) ? load_n<kPartial>(colp, count) : Vec(acc(0));
-      } else {
-        v = load_n<kPartial>(colp, count);
-      }
+      const Vec v = load_column<kPartial, kChecked>(colp, iw0 + col, g.in_w, count);
 #pragma GCC unroll 8
       for (int kw = 0; kw < KW; ++kw) {
         const int d = col - kw;
@@ -158,13 +162,7 @@ FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block_pair(const DwNhwcRow<in_t, out_t>& t, 
     }
 #pragma GCC unroll 16
     for (int col = 0; col < kCols; ++col, colp += t.in_pix_stride) {
-      Vec v;
-      if constexpr (kChecked) {
-        const int64_t iw = iw0 + col;
-        v = (iw >= 0 && iw < g.in_w) ? load_n<kPartial>(colp, count) : Vec(acc(0));
-      } else {
-        v = load_n<kPartial>(colp, count);
-      }
+      const Vec v = load_column<kPartial, kChecked>(colp, iw0 + col, g.in_w, count);
 #pragma GCC unroll 2
       for (int r = 0; r < 2; ++r) {
         const int kh = d - r;
