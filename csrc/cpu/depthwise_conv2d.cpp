@@ -67,9 +67,9 @@ const acc_t<scalar_t>* bias_as_acc(const c10::optional<Tensor>& bias, int64_t oc
 // ---------------------------------------------------------------------------------------------------
 // Forward
 
-// Output row oh of image n, channels [c_begin, c_end), of a multiplier-1 convolution between dense
-// channels-last tensors `in` and `out` (weights as taps_by_channel lays them out); `prefetch` and
-// `prefetch_also` as in DwNhwcRow.
+// The row-kernel arguments for image n, channels [c_begin, c_end), of a multiplier-1 convolution between
+// dense channels-last tensors `in` and `out` (weights as taps_by_channel lays them out), describing output
+// row 0 (t.out, t.out_row_stride); `prefetch` and `prefetch_also` as in DwNhwcRow.
 template <typename scalar_t>
 inline DwNhwcRow<scalar_t, scalar_t> dense_nhwc_rows(const scalar_t* in, const acc_t<scalar_t>* w,
                                                      const acc_t<scalar_t>* bias, scalar_t* out, const ConvGeometry& g,
@@ -94,6 +94,7 @@ inline DwNhwcRow<scalar_t, scalar_t> dense_nhwc_rows(const scalar_t* in, const a
   return t;
 }
 
+// Output row oh of image n (dense_nhwc_rows' arguments).
 template <typename scalar_t>
 inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, scalar_t* out,
                            const ConvGeometry& g, int64_t n, int64_t oh, int64_t c_begin, int64_t c_end,

@@ -188,32 +188,24 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
       const int64_t n = band / bands_per_image, r0 = (band % bands_per_image) * rows;
       const int64_t r1 = std::min(g.out_h, r0 + rows), pix = (r1 - r0) * g.out_w;
       const scalar_t* image = in + n * g.in_h * g.in_w * C;
-      for (int64_t oh = r0; oh < r1; ++oh) {
-        acc* dst = tile + (oh - r0) * row_elems;
-        if (fast_dw) {
-          DwNhwcRow<scalar_t, acc> t;
-          t.image = image;
-          t.in_row_stride = g.in_w * C;
-          t.in_pix_stride = C;
-          t.weight = dw_taps;
-          t.weight_ld = K;
-          t.bias = dw_b;
-          t.out = dst;
-          t.out_pix_stride = K;
-          t.out_row_stride = row_elems;
-          t.oh = oh;
-          t.c_begin = 0;
-          t.c_end = K;
-          // Two of the band's rows at once where the paired kernel applies.
-          if (oh + 1 < r1 && nhwc_row_pair_applies(g, oh)) {
-            depthwise_nhwc_row_pair(t, g, mid);
-            ++oh;
-          } else {
-            depthwise_nhwc_row(t, g, mid);
-          }
-        } else {
-          depthwise_row_generic<scalar_t>(image, dw_taps, dw_b, dst, K, oh, g, geo.mid);
-        }
+      if (fast_dw) {
+        DwNhwcRow<scalar_t, acc> t;
+        t.image = image;
+        t.in_row_stride = g.in_w * C;
+        t.in_pix_stride = C;
+        t.weight = dw_taps;
+        t.weight_ld = K;
+        t.bias = dw_b;
+        t.out = tile;
+        t.out_pix_stride = K;
+        t.out_row_stride = row_elems;
+        t.oh = r0;
+        t.c_begin = 0;
+        t.c_end = K;
+        depthwise_nhwc_rows(t, g, r1, mid);
+      } else {
+        for (int64_t oh = r0; oh < r1; ++oh)
+          depthwise_row_generic<scalar_t>(image, dw_taps, dw_b, tile + (oh - r0) * row_elems, K, oh, g, geo.mid);
       }
       const int64_t p0 = split * panels_per_split, p1 = std::min(panels, p0 + panels_per_split);
       if (transposed) {

@@ -343,25 +343,30 @@ struct NhwcRowGroups {
   int64_t rows_per_group() const { return pairs ? 2 : 1; }
 };
 
+// Output rows [t.oh, end), row t.oh at t.out and each next one t.out_row_stride further: two at a time
+// (depthwise_nhwc_row_pair) wherever the pair applies, the others one at a time.
+template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
+FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_rows(DwNhwcRow<in_t, out_t> t, const ConvGeometry& g, int64_t end,
+                                                const Epilogue& epilogue = Epilogue()) {
+  while (t.oh < end) {
+    const bool pair = t.oh + 1 < end && nhwc_row_pair_applies(g, t.oh);
+    if (pair) depthwise_nhwc_row_pair(t, g, epilogue);
+    else depthwise_nhwc_row(t, g, epilogue);
+    const int64_t done = pair ? 2 : 1;
+    t.oh += done;
+    t.out += done * t.out_row_stride;
+  }
+}
+
 // Output rows of group j: t describes row 0 of the image's output (t.out, t.out_row_stride; t.oh is
 // ignored).
 template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
 FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row_group(DwNhwcRow<in_t, out_t> t, const ConvGeometry& g,
                                                      const NhwcRowGroups& groups, int64_t j,
                                                      const Epilogue& epilogue = Epilogue()) {
-  out_t* const out0 = t.out;
-  const int64_t begin = groups.begin(j), end = groups.end(j);
-  if (end - begin == 2 && nhwc_row_pair_applies(g, begin)) {
-    t.oh = begin;
-    t.out = out0 + begin * t.out_row_stride;
-    depthwise_nhwc_row_pair(t, g, epilogue);
-    return;
-  }
-  for (int64_t oh = begin; oh < end; ++oh) {
-    t.oh = oh;
-    t.out = out0 + oh * t.out_row_stride;
-    depthwise_nhwc_row(t, g, epilogue);
-  }
+  t.oh = groups.begin(j);
+  t.out += t.oh * t.out_row_stride;
+  depthwise_nhwc_rows(t, g, groups.end(j), epilogue);
 }
 
 }  // namespace cpu
