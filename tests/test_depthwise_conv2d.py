@@ -187,6 +187,19 @@ def test_parity_masked_plane_geometries():
     check_parity((1, 2, 40, 80), 7, padding=3, multiplier=2, layout="nchw")
 
 
+@pytest.mark.parametrize("width", [3, 5, 7, 14, 15, 16, 17, 31])
+def test_parity_nchw_shifted_rows(width):
+    """NCHW 3x3 stride-1 planes whose output keeps the input's width load each kernel row's centre tap once
+    and shift it by a lane for the side taps: row ends at every lane position (widths around one vector),
+    planes of one vector (which keep the 9-load sweep) and of several, whole 4-vector blocks and the
+    vectors after them, padding rows above and below (other output heights, row dilation), and the first
+    and last vectors of each plane, whose loads must stay inside it; the stride-1 input gradient takes
+    the same path."""
+    for height, padding, dilation in ((width, 1, 1), (3, (0, 1), 1), (2, 1, 1), (9, (2, 1), (2, 1)),
+                                      (11, (3, 1), (3, 1)), (6, (0, 1), (2, 1))):
+        check_parity((2, 3, height, width), 3, padding=padding, dilation=dilation, layout="nchw")
+
+
 @pytest.mark.parametrize("kernel,stride,padding", [(5, 1, 2), (7, 1, 3), (5, 2, 2), (7, 2, 0), (3, 2, 1), (3, 2, 0)])
 def test_parity_nchw_tiles(kernel, stride, padding):
     """NCHW float 5x5/7x7 and 3x3 stride-2 convolutions run through channels-last tiles of 16 channels: full
