@@ -209,6 +209,23 @@ def test_parity_nchw_tiles(kernel, stride, padding):
         check_parity(shape, kernel, stride=stride, padding=padding, layout="nchw", bias=shape[1] != 16)
 
 
+@pytest.mark.parametrize("kernel", [5, 7])
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_parity_seven_wide_blocks(kernel, layout):
+    """Rows 7 or 14 outputs wide of 5x5 and 7x7 kernels run as blocks of 7 outputs: whole-row border
+    blocks (the kernel wider than the row's interior) and interior ones, stride 1 and 2, padded and
+    unpadded, full and partial channel vectors; NCHW through its channels-last tiles; the stride-1 input
+    gradient takes the same rows."""
+    p = kernel // 2
+    for width, stride, padding in ((14, 1, p), (7, 1, p), (14, 2, p), (kernel + 6, 1, 0), (kernel + 13, 1, 0),
+                                   (kernel + 12, 2, 0), (28, 1, (p, 0))):
+        out_w = (width + 2 * _pair(padding)[1] - kernel) // stride + 1
+        assert out_w in (7, 14, 28 - kernel + 1)
+        for channels in (20, 32):
+            check_parity((2, channels, 9, width), kernel, stride=stride, padding=padding, layout=layout,
+                         bias=channels == 20)
+
+
 @pytest.mark.parametrize("padding", [(1, 1), (0, 0), (2, 2), (0, 1), (1, 0), (2, 1)])
 def test_parity_channels_last_row_pairs(padding):
     """Channels-last 3x3 stride-1 rows run in pairs where both rows' kernel rows lie inside the input,
