@@ -2,10 +2,10 @@
 form of the README's tables): per case each provider's median time, the first provider's paired speed-up
 over each baseline, and the geometric mean (min) of every speed-up column.
 
-    python -m benchmarks.report --benchmark depthwise_conv2d [--commit SHA] [--since ISO-TIMESTAMP]
+    python -m benchmarks.report --benchmark depthwise_conv2d [--commit SHA] [--since ISO] [--until ISO]
 
-Without --commit, the newest commit in the CSV for that benchmark; --since keeps rows from a timestamp on
-(one run among several of the same commit).
+Without --commit, the newest commit in the CSV for that benchmark; --since keeps rows from a timestamp on,
+--until rows before one (to pick one run among several of the same commit).
 """
 
 import argparse
@@ -65,13 +65,15 @@ def main(argv=None):
     parser.add_argument("--benchmark", required=True)
     parser.add_argument("--commit", default=None)
     parser.add_argument("--since", default=None, help="keep rows with a timestamp >= this (ISO 8601)")
+    parser.add_argument("--until", default=None, help="keep rows with a timestamp < this (ISO 8601)")
     args = parser.parse_args(argv)
     with open(args.csv) as f:
         rows = [r for r in csv.DictReader(f) if r["benchmark"] == args.benchmark]
     if not rows:
         raise SystemExit(f"no rows for benchmark {args.benchmark!r} in {args.csv}")
     commit = args.commit or rows[-1]["git_sha"]
-    rows = [r for r in rows if r["git_sha"] == commit and (args.since is None or r["timestamp"] >= args.since)]
+    rows = [r for r in rows if r["git_sha"] == commit and (args.since is None or r["timestamp"] >= args.since)
+            and (args.until is None or r["timestamp"] < args.until)]
     first = rows[0]
     print(f"{args.benchmark} at {commit}: {first['machine']}, {first['threads']} threads, {first['allocator']} "
           f"allocator, torch {first['torch_version']}")
