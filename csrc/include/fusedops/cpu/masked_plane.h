@@ -181,6 +181,16 @@ inline const MaskedPlaneTable& masked_plane_table(const ConvGeometry& g) {
   return *victim.table;
 }
 
+// Stores output vector v of a plane, without the lanes past its end.
+inline void store_plane_vector(const MaskedPlaneTable& table, int64_t v, __m512 x, float* out) {
+  const int64_t p = v * 16;
+  if (p + 16 <= table.out_size) {
+    _mm512_storeu_ps(out + p, x);
+  } else {
+    _mm512_mask_storeu_ps(out + p, static_cast<__mmask16>((1u << (table.out_size - p)) - 1u), x);
+  }
+}
+
 // kVecs consecutive output vectors from v: every tap accumulates in registers, one weight broadcast per
 // tap feeding kVecs FMAs. Masked loads only where a vector's taps leave the plane; the last vector's
 // lanes past the plane are not stored.
@@ -215,14 +225,7 @@ inline void masked_plane_block(const float* in, const MaskedPlaneTable& table, i
     }
   }
 #pragma GCC unroll 8
-  for (int j = 0; j < kVecs; ++j) {
-    const int64_t p = (v + j) * 16;
-    if (p + 16 <= table.out_size) {
-      _mm512_storeu_ps(out + p, sum[j]);
-    } else {
-      _mm512_mask_storeu_ps(out + p, static_cast<__mmask16>((1u << (table.out_size - p)) - 1u), sum[j]);
-    }
-  }
+  for (int j = 0; j < kVecs; ++j) store_plane_vector(table, v + j, sum[j], out);
 }
 
 // kVecs consecutive output vectors from v, all sideways_only, of a kernel three columns wide: unmasked
@@ -297,14 +300,7 @@ inline void shifted_rows_block(const float* in, const MaskedPlaneTable& table, i
     carry.prev[kh] = _mm512_castsi512_ps(x[kVecs]);
   }
 #pragma GCC unroll 4
-  for (int j = 0; j < kVecs; ++j) {
-    const int64_t p = (v + j) * 16;
-    if (p + 16 <= table.out_size) {
-      _mm512_storeu_ps(out + p, acc[j]);
-    } else {
-      _mm512_mask_storeu_ps(out + p, static_cast<__mmask16>((1u << (table.out_size - p)) - 1u), acc[j]);
-    }
-  }
+  for (int j = 0; j < kVecs; ++j) store_plane_vector(table, v + j, acc[j], out);
 }
 
 inline void shifted_rows_forward(const float* in, const MaskedPlaneTable& table, const float* w, float bias_value,
