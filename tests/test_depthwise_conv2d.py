@@ -190,7 +190,8 @@ def test_parity_masked_plane_geometries():
 @pytest.mark.parametrize("width", [3, 5, 7, 14, 15, 16, 17, 31])
 def test_parity_nchw_shifted_rows(width):
     """NCHW 3x3 stride-1 planes whose output keeps the input's width load each kernel row's centre tap once
-    and shift it by a lane for the side taps: row ends at every lane position (widths around one vector),
+    and shift it by a lane for the side taps: row ends at many lane positions (widths 3-31, around one and
+    two vectors),
     planes of one vector (which keep the 9-load sweep) and of several, whole 4-vector blocks and the
     vectors after them, padding rows above and below (other output heights, row dilation), and the first
     and last vectors of each plane, whose loads must stay inside it; the stride-1 input gradient takes
@@ -214,8 +215,8 @@ def test_parity_nchw_tiles(kernel, stride, padding):
 def test_parity_seven_wide_blocks(kernel, layout):
     """Rows 7 or 14 outputs wide of 5x5 and 7x7 kernels run as blocks of 7 outputs: whole-row border
     blocks (the kernel wider than the row's interior) and interior ones, stride 1 and 2, padded and
-    unpadded, full and partial channel vectors; NCHW through its channels-last tiles; the stride-1 input
-    gradient takes the same rows."""
+    unpadded, full and partial channel vectors, and a 28-wide row that keeps blocks of 8; NCHW through its
+    channels-last tiles; the stride-1 input gradient takes the same rows."""
     p = kernel // 2
     for width, stride, padding in ((14, 1, p), (7, 1, p), (14, 2, p), (kernel + 6, 1, 0), (kernel + 13, 1, 0),
                                    (kernel + 12, 2, 0), (28, 1, (p, 0))):

@@ -181,6 +181,22 @@ inline const MaskedPlaneTable& masked_plane_table(const ConvGeometry& g) {
   return *victim.table;
 }
 
+// The sweeps run blocks of kPlaneBlock output vectors: 4 accumulators hide the FMA latency, with the
+// weights and loads still inside 32 registers.
+constexpr int kPlaneBlock = 4;
+
+// Prefetch distance past the furthest tap, in floats (planes run on into the next one): the hardware
+// prefetchers follow masked loads poorly; measured at N=8, C=144 56x56 took 1300-1630 us without and
+// ~600 us with, C=576 14x14 195-231 us without and ~180 us with.
+constexpr int64_t kPlaneAhead = 256;
+
+// Prefetches the input lines kPlaneAhead floats past the furthest tap of the block at output vector v.
+inline void prefetch_plane_block(const float* in, const MaskedPlaneTable& table, int64_t v) {
+  const char* ahead = reinterpret_cast<const char*>(in + v * 16 + table.offsets[table.taps - 1] + kPlaneAhead);
+#pragma GCC unroll 4
+  for (int j = 0; j < kPlaneBlock; ++j) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
+}
+
 // Stores output vector v of a plane, without the lanes past its end.
 inline void store_plane_vector(const MaskedPlaneTable& table, int64_t v, __m512 x, float* out) {
   const int64_t p = v * 16;
@@ -304,7 +320,7 @@ inline void shifted_rows_block(const float* in, const MaskedPlaneTable& table, i
 }
 
 inline void shifted_rows_forward(const float* in, const MaskedPlaneTable& table, const float* w, float bias_value,
-                                 float* out, int64_t ahead_floats) {
+                                 float* out) {
   __m512 wv[3][3];
   for (int kh = 0; kh < 3; ++kh)
     for (int kw = 0; kw < 3; ++kw) wv[kh][kw] = _mm512_set1_ps(w[kh * 3 + kw]);
@@ -312,14 +328,10 @@ inline void shifted_rows_forward(const float* in, const MaskedPlaneTable& table,
   ShiftedRowsCarry carry;
   for (int kh = 0; kh < 3; ++kh)
     carry.prev[kh] = _mm512_maskz_loadu_ps(table.row_load_masks[kh], in - 16 + table.offsets[kh * 3 + 1]);
-  const int64_t reach = table.offsets[8] + ahead_floats;
-  constexpr int64_t kBlock = 4;  // 4 accumulators hide the FMA latency
   int64_t v = 0;
-  for (; v + kBlock <= table.vectors; v += kBlock) {
-    const char* ahead = reinterpret_cast<const char*>(in + v * 16 + reach);
-#pragma GCC unroll 4
-    for (int j = 0; j < kBlock; ++j) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
-    shifted_rows_block<kBlock>(in, table, v, wv, bias, carry, out);
+  for (; v + kPlaneBlock <= table.vectors; v += kPlaneBlock) {
+    prefetch_plane_block(in, table, v);
+    shifted_rows_block<kPlaneBlock>(in, table, v, wv, bias, carry, out);
   }
   for (; v < table.vectors; ++v) shifted_rows_block<1>(in, table, v, wv, bias, carry, out);
 }
@@ -328,27 +340,18 @@ inline void shifted_rows_forward(const float* in, const MaskedPlaneTable& table,
 // Through shifted_rows_forward where the table holds its masks, else the masked or three-column sweeps.
 inline void masked_plane_forward(const float* in, const MaskedPlaneTable& table, const float* w, float bias,
                                  float* out) {
-  // 4 accumulators hide the FMA latency; with a weight and a load that leaves room in 32 registers.
-  constexpr int64_t kBlock = 4;
-  // Prefetch distance past the furthest tap, in floats (planes run on into the next one): the hardware
-  // prefetchers follow masked loads poorly; measured at N=8, C=144 56x56 took 1300-1630 us without and
-  // ~600 us with, C=576 14x14 195-231 us without and ~180 us with.
-  constexpr int64_t kAhead = 256;
   if (!table.row_load_masks.empty()) {
-    shifted_rows_forward(in, table, w, bias, out, kAhead);
+    shifted_rows_forward(in, table, w, bias, out);
     return;
   }
-  const int64_t reach = table.offsets[table.taps - 1] + kAhead;
   int64_t v = 0;
-  for (; v + kBlock <= table.vectors; v += kBlock) {
-    const char* ahead = reinterpret_cast<const char*>(in + v * 16 + reach);
-#pragma GCC unroll 4
-    for (int j = 0; j < kBlock; ++j) _mm_prefetch(ahead + 64 * j, _MM_HINT_T0);
+  for (; v + kPlaneBlock <= table.vectors; v += kPlaneBlock) {
+    prefetch_plane_block(in, table, v);
     // sideways_only runs in one stretch per plane, so its first and last vectors decide the block.
-    if (!table.sideways_only.empty() && table.sideways_only[v] && table.sideways_only[v + kBlock - 1])
-      masked_plane_columns_block<kBlock>(in, table, v, w, bias, out);
+    if (!table.sideways_only.empty() && table.sideways_only[v] && table.sideways_only[v + kPlaneBlock - 1])
+      masked_plane_columns_block<kPlaneBlock>(in, table, v, w, bias, out);
     else
-      masked_plane_block<kBlock>(in, table, v, w, bias, out);
+      masked_plane_block<kPlaneBlock>(in, table, v, w, bias, out);
   }
   for (; v < table.vectors; ++v) masked_plane_block<1>(in, table, v, w, bias, out);
 }
