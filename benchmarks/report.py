@@ -1,17 +1,74 @@
-"""Markdown tables of one benchmark run from benchmarks/data/results.csv, split by mode and layout (the
-form of the README's tables): per case each provider's median time, the first provider's paired speed-up
-over each baseline, and the geometric mean (min) of every speed-up column.
+"""Markdown tables of benchmark runs from benchmarks/data/results.csv, split by mode and layout: per case
+each provider's median time, the first provider's paired speed-up over each baseline, and the geometric
+mean (min) of every speed-up column.
 
     python -m benchmarks.report --benchmark depthwise_conv2d [--commit SHA] [--since ISO] [--until ISO]
+    python -m benchmarks.report --results-md [--output benchmarks/RESULTS.md]
 
 Without --commit, the newest commit in the CSV for that benchmark; --since keeps rows from a timestamp on,
---until rows before one (to pick one run among several of the same commit).
+--until rows before one (to pick one run among several of the same commit). --results-md writes the
+published tables (the runs listed in PUBLISHED_RUNS) to benchmarks/RESULTS.md, which the README links to.
 """
 
 import argparse
 import csv
+import dataclasses
+import os
+from typing import Optional, Tuple
 
 from . import harness
+
+RESULTS_MD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+@dataclasses.dataclass
+class Run:
+    """One published benchmark run: the CSV rows of `benchmark` at `commit` (between `since` and `until`
+    when the commit was measured more than once), the `modes` to show (all when None), and what a reader
+    needs to know about it."""
+
+    title: str
+    benchmark: str
+    commit: str
+    command: str
+    since: Optional[str] = None
+    until: Optional[str] = None
+    modes: Optional[Tuple[str, ...]] = None
+    note: str = ""
+
+
+# What benchmarks/RESULTS.md shows. A new run replaces its entry here, then `--results-md` rewrites the file.
+PUBLISHED_RUNS = [
+    Run("depthwise_conv2d", "depthwise_conv2d", "69922c0",
+        "python -m benchmarks.bench_depthwise_conv2d --modes forward full --rounds 21", until="2026-12-02T05:29:00",
+        note="Mode `forward` is inference; `full` is forward + backward (grad input + grad weight). NCHW "
+             "5x5/7x7 kernels and 3x3 stride 2 (maps up to 56x56) run through channels-last tiles; NCHW 3x3 "
+             "stride 1 as in-place sweeps of each plane with one load per kernel row (the side taps shifted out "
+             "of it in registers); the other NCHW float geometries as masked in-place sweeps. \"copy\" is a "
+             "same-size copy into a preallocated tensor in the same layout (the in-cache speed of light)."),
+    Run("dwpw_conv2d inference (depthwise 3x3 -> BN -> ReLU6 -> 1x1 -> BN -> ReLU6, BN folded)", "dwpw_conv2d",
+        "50039c7", "python -m benchmarks.bench_dwpw_conv2d", modes=("forward",),
+        note="This run caught the host in a slow phase (30-77 GMAC/s; quieter runs reach 130-200 GMAC/s on the "
+             "same kernels), so compare its ratios. The 1.2-1.4x shapes are GEMM-bound: the pointwise "
+             "micro-kernel runs at 150-200 GMAC/s there in quiet phases, about this 2-core machine's FMA peak, "
+             "where oneDNN's 1x1 already runs close to it."),
+    Run("dwpw_conv2d training step (biases instead of BN; peak memory)", "dwpw_conv2d", "a3b9210",
+        "python -m benchmarks.bench_dwpw_conv2d --modes full", modes=("full",),
+        note="Peak memory is what one step (forward, backward, gradients) holds at once above its inputs and "
+             "parameters, read from the allocator (`harness.peak_memory_bytes`). The backward recomputes the "
+             "depthwise output in bands of ~1M elements instead of saving it, and reads the ReLU6 derivative "
+             "from the saved output."),
+    Run("channel_shuffle and concat_shuffle (groups 2)", "channel_shuffle", "81860f5",
+        "python -m benchmarks.bench_channel_shuffle",
+        note="\"copy\" is a copy into a preallocated tensor, \"clone\" the same copy returning a new tensor "
+             "(as the op does): at batch 1 the output allocation and the call itself take longer than the "
+             "1.5-7 us copy."),
+    Run("Whole models, inference, 224x224 (fusedops model in channels_last)", "models", "50039c7",
+        "python -m benchmarks.bench_models",
+        note="The models still run their 1x1 convolutions, BatchNorms and activations as separate PyTorch ops "
+             "(ShuffleNetV2) or fuse only the separable blocks (MobileNetV1): torch.compile with freezing and "
+             "ONNX Runtime fold BN into the convolutions and fuse the activations everywhere."),
+]
 
 
 def _group(case):
@@ -59,24 +116,67 @@ def tables(rows):
     return out
 
 
+def select(all_rows, benchmark, commit=None, since=None, until=None, modes=None):
+    """The rows of one run of `benchmark`: at `commit` (the newest in the CSV when None), within [since, until)."""
+    rows = [r for r in all_rows if r["benchmark"] == benchmark]
+    if not rows:
+        raise SystemExit(f"no rows for benchmark {benchmark!r}")
+    commit = commit or rows[-1]["git_sha"]
+    rows = [r for r in rows if r["git_sha"] == commit and (since is None or r["timestamp"] >= since)
+            and (until is None or r["timestamp"] < until) and (modes is None or r["mode"] in modes)]
+    if not rows:
+        raise SystemExit(f"no rows for benchmark {benchmark!r} at {commit} in that time range")
+    return commit, rows
+
+
+def provenance(benchmark, commit, rows) -> str:
+    first = rows[0]
+    return (f"{benchmark} at {commit}, {first['timestamp'][:16]} UTC: {first['machine']}, {first['threads']} threads, "
+            f"{first['allocator']} allocator, torch {first['torch_version']}")
+
+
+def results_markdown(all_rows) -> str:
+    """benchmarks/RESULTS.md: every run of PUBLISHED_RUNS, its provenance, notes and tables."""
+    out = ["# Benchmark results", "",
+           "Generated by `python -m benchmarks.report --results-md` from `benchmarks/data/results.csv` "
+           "(edit `PUBLISHED_RUNS` in `benchmarks/report.py`, not this file).", "",
+           "Times in us (medians of interleaved rounds); ratios are medians of per-round paired ratios, "
+           "baseline time / fusedops time, so > 1 means fusedops is faster. Every run uses the fault-free "
+           f"allocator setting `GLIBC_TUNABLES={harness.FAULT_FREE_MALLOC}` on both sides. The development "
+           "host is shared and its speed drifts between runs: compare ratios, not times, across runs; single "
+           "ratios move by ~10% between runs."]
+    for run in PUBLISHED_RUNS:
+        commit, rows = select(all_rows, run.benchmark, run.commit, run.since, run.until, run.modes)
+        out += ["", f"## {run.title}", "", provenance(run.benchmark, commit, rows) + ".", "",
+                f"Command: `{run.command}`."]
+        if run.note:
+            out += ["", run.note]
+        for key, table in tables(rows).items():
+            out += ["", f"#### {', '.join(k for k in key if k)}", "", table]
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--csv", default=harness.RESULTS_CSV)
-    parser.add_argument("--benchmark", required=True)
+    parser.add_argument("--benchmark")
     parser.add_argument("--commit", default=None)
     parser.add_argument("--since", default=None, help="keep rows with a timestamp >= this (ISO 8601)")
     parser.add_argument("--until", default=None, help="keep rows with a timestamp < this (ISO 8601)")
+    parser.add_argument("--results-md", action="store_true", help="write the published runs' tables")
+    parser.add_argument("--output", default=RESULTS_MD, help="with --results-md: the file to write")
     args = parser.parse_args(argv)
     with open(args.csv) as f:
-        rows = [r for r in csv.DictReader(f) if r["benchmark"] == args.benchmark]
-    if not rows:
-        raise SystemExit(f"no rows for benchmark {args.benchmark!r} in {args.csv}")
-    commit = args.commit or rows[-1]["git_sha"]
-    rows = [r for r in rows if r["git_sha"] == commit and (args.since is None or r["timestamp"] >= args.since)
-            and (args.until is None or r["timestamp"] < args.until)]
-    first = rows[0]
-    print(f"{args.benchmark} at {commit}: {first['machine']}, {first['threads']} threads, {first['allocator']} "
-          f"allocator, torch {first['torch_version']}")
+        all_rows = list(csv.DictReader(f))
+    if args.results_md:
+        with open(args.output, "w") as f:
+            f.write(results_markdown(all_rows))
+        print("wrote", args.output)
+        return
+    if not args.benchmark:
+        parser.error("--benchmark is required without --results-md")
+    commit, rows = select(all_rows, args.benchmark, args.commit, args.since, args.until)
+    print(provenance(args.benchmark, commit, rows))
     for key, table in tables(rows).items():
         print(f"\n#### {', '.join(k for k in key if k)}\n")
         print(table)
