@@ -1,7 +1,6 @@
 """Channel shuffle and ShuffleNetV2's concat+shuffle: fusedops vs PyTorch eager and torch.compile.
 
-    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184 \\
-        python -m benchmarks.bench_channel_shuffle [--no-compile] [--quick]
+    python -m benchmarks.bench_channel_shuffle [--no-compile] [--quick]
 """
 
 import torch

@@ -1,7 +1,6 @@
 """Depthwise conv2d: fusedops vs PyTorch eager (NCHW, channels_last) and torch.compile.
 
-    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184 \\
-        python -m benchmarks.bench_depthwise_conv2d [--modes forward full] [--no-compile] [--quick]
+    python -m benchmarks.bench_depthwise_conv2d [--modes forward full] [--no-compile] [--quick]
 """
 
 import torch

@@ -7,8 +7,7 @@ runs under inference_mode; "full" is forward + backward in train mode of the fus
 weights (no BN) against the same sequence without BN; its "extra" column adds the peak memory one
 training step holds above its inputs and parameters (harness.peak_memory_bytes), fused vs each baseline.
 
-    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184 \\
-        python -m benchmarks.bench_dwpw_conv2d [--modes forward full] [--no-compile] [--quick]
+    python -m benchmarks.bench_dwpw_conv2d [--modes forward full] [--no-compile] [--quick]
 """
 
 import torch

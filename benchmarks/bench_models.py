@@ -1,8 +1,7 @@
 """Whole-model inference latency: fusedops models vs the same model in plain PyTorch (torchvision's where
 it has one) eager (NCHW, channels_last), torch.compile (freezing) and ONNX Runtime; same weights and input.
 
-    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184 \\
-        python -m benchmarks.bench_models [--models shufflenet_v2_x1_0] [--batches 1 8] [--no-compile] [--no-ort]
+    python -m benchmarks.bench_models [--models shufflenet_v2_x1_0] [--batches 1 8] [--no-compile] [--no-ort]
 """
 
 import io

@@ -159,7 +159,9 @@ def parity_shuffle(device="cpu"):
 
 
 def main(argv=None):
+    harness.run_under_fault_free_malloc(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.add_malloc_argument(parser)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and rounds")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     parser.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime baseline")

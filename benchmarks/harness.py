@@ -15,6 +15,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -24,7 +25,8 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 RESULTS_CSV = os.path.join(DATA_DIR, "results.csv")
 
 # The allocator setting under which numbers are comparable: without it glibc returns large activations
-# to the OS after each call and page-faults them back on the next (up to 5x slower at batch 8).
+# to the OS after each call and page-faults them back on the next (up to 5x slower at batch 8). Every
+# benchmark command restarts itself under it (run_under_fault_free_malloc).
 FAULT_FREE_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
 
 CSV_COLUMNS = [
@@ -82,6 +84,25 @@ def allocator_setting() -> str:
     return "fault-free" if "mmap_max=0" in tunables else "default-glibc"
 
 
+DEFAULT_MALLOC_FLAG = "--default-malloc"
+
+
+def run_under_fault_free_malloc(argv=None) -> None:
+    """Restarts the running benchmark module under FAULT_FREE_MALLOC unless it already runs under it or
+    `--default-malloc` was given. glibc reads GLIBC_TUNABLES only at process start, so the setting cannot
+    be switched on from inside; re-executing keeps every benchmark command comparable without the caller
+    having to remember it. Only for `python -m benchmarks.<module>` runs; calls from tests do nothing."""
+    argv = sys.argv[1:] if argv is None else argv
+    main = sys.modules.get("__main__")
+    module = getattr(getattr(main, "__spec__", None), "name", None)
+    if allocator_setting() == "fault-free" or DEFAULT_MALLOC_FLAG in argv or not module or \
+            not module.startswith("benchmarks."):
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=FAULT_FREE_MALLOC)
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
+
+
 def git_sha() -> str:
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,12 +112,23 @@ def git_sha() -> str:
         return "unknown"
 
 
-def _calibrate(fn, sample_ms: float) -> int:
+def _synchronizer():
+    """What waits for queued GPU work: CUDA kernels launch asynchronously, so a timer that stops without
+    waiting measures launches, not kernels. A no-op where CUDA was never initialised (CPU-only cases, and
+    every run on a machine without a GPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def _calibrate(fn, sample_ms: float, sync) -> int:
     fn()
+    sync()
     start = time.perf_counter()
     calls = 0
     while time.perf_counter() - start < 0.02:
         fn()
+        sync()
         calls += 1
     per_call = (time.perf_counter() - start) / calls
     return max(1, int(sample_ms / 1000 / per_call))
@@ -131,7 +163,8 @@ def time_case(case: Case, rounds: int = 15, warmup: int = 3, sample_ms: float = 
     for name in names:
         for _ in range(warmup):
             case.providers[name]()
-    iters = {name: _calibrate(case.providers[name], sample_ms) for name in names}
+    sync = _synchronizer()  # after the warm-up, which initialises CUDA for GPU cases
+    iters = {name: _calibrate(case.providers[name], sample_ms, sync) for name in names}
     samples = {name: [] for name in names}
     noisy = {name: [] for name in names}
     max_rounds = max_rounds or 3 * rounds
@@ -142,9 +175,11 @@ def time_case(case: Case, rounds: int = 15, warmup: int = 3, sample_ms: float = 
         round_times = {}
         for name in names:
             fn, n = case.providers[name], iters[name]
+            sync()
             start = time.perf_counter()
             for _ in range(n):
                 fn()
+            sync()
             round_times[name] = (time.perf_counter() - start) / n * 1e6
         all1, own1 = _busy_jiffies_all(), _own_jiffies()
         clean = None in (all0, own0, all1, own1) or (all1 - all0) - (own1 - own0) <= MAX_FOREIGN_JIFFIES_PER_ROUND
@@ -281,12 +316,20 @@ def header() -> str:
             f"torch {torch.__version__}; commit {git_sha()}")
 
 
+def add_malloc_argument(parser) -> None:
+    parser.add_argument(DEFAULT_MALLOC_FLAG, action="store_true",
+                        help="keep glibc's default allocator settings (by default the benchmark restarts itself "
+                             "under FAULT_FREE_MALLOC, as every published figure was measured)")
+
+
 def bench_main(doc, run, add_arguments=None, argv=None):
     """The command line every benchmark script shares: --rounds, --threads, --csv, --no-compile, --quick
     plus the script's own options; runs `run(args)` (a list of Results), prints and appends the table."""
     import argparse
 
+    run_under_fault_free_malloc(argv)
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_malloc_argument(parser)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     parser.add_argument("--quick", action="store_true", help="fewer shapes")
     parser.add_argument("--rounds", type=int, default=11)
