@@ -4,10 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Benchmarks run under this allocator setting (see benchmarks/harness.py): both sides of every ratio alike.
-FAULT_FREE_MALLOC := glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench lint format check-cpu-only clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +20,35 @@ install: $(VENV)/.deps
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 
 demo: install
-	GLIBC_TUNABLES=$(FAULT_FREE_MALLOC) $(BIN)/python -m benchmarks.demo
+	$(BIN)/python -m benchmarks.demo
 
 # TRITON_INTERPRET=1 lets the Triton kernels run on CPU tensors, so their parity tests run without a GPU.
 test: install
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests
 
 bench: install
-	GLIBC_TUNABLES=$(FAULT_FREE_MALLOC) $(BIN)/python -m benchmarks.bench_depthwise_conv2d
+	$(BIN)/python -m benchmarks.bench_depthwise_conv2d
+
+# Style: ruff (pyproject.toml's settings) over the Python, clang-format (.clang-format) over csrc/.
+CXX_SOURCES = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+lint: $(VENV)/.deps
+	$(BIN)/ruff check fusedops tests benchmarks setup.py
+	$(BIN)/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: $(VENV)/.deps
+	$(BIN)/ruff check --fix fusedops tests benchmarks setup.py
+	$(BIN)/clang-format -i $(CXX_SOURCES)
+
+# The build without CUDA kernels (what users without a toolkit get), compiled apart from the main build
+# at -O0 (it checks that the path compiles, links and loads, not its speed) and imported from there.
+CPU_ONLY_DIR = build/cpu-only
+check-cpu-only: $(VENV)/.deps
+	rm -rf $(CPU_ONLY_DIR) && mkdir -p $(CPU_ONLY_DIR)
+	FUSEDOPS_CUDA=0 DEBUG=1 $(BIN)/python setup.py -q build_ext --build-lib $(CPU_ONLY_DIR)/lib \
+		--build-temp $(CPU_ONLY_DIR)/tmp
+	cp -r fusedops $(CPU_ONLY_DIR)/pkg && cp $(CPU_ONLY_DIR)/lib/fusedops/_C*.so $(CPU_ONLY_DIR)/pkg/
+	rm -rf $(CPU_ONLY_DIR)/run && mkdir -p $(CPU_ONLY_DIR)/run && mv $(CPU_ONLY_DIR)/pkg $(CPU_ONLY_DIR)/run/fusedops
+	cd $(CPU_ONLY_DIR)/run && PYTHONPATH=. ../../../$(BIN)/python ../../../tests/cpu_only_smoke.py
 
 clean:
 	rm -rf build fusedops/_C*.so *.egg-info
