@@ -1,11 +1,15 @@
-"""Fixtures and helpers shared by the op test files.
+"""Fixtures and helpers shared by the test files (imported as ``from conftest import ...``).
 
-Tolerances are per dtype (``TOLERANCES``); parity checks compare against a float64 reference and scale the
-absolute tolerance by the element's *magnitude*, the same computation run on absolute values, which bounds
-the rounding error of any summation order (see ``assert_close_scaled``).
+Inputs come from ``make_input`` in one layout vocabulary (see ``make_input``); ``pair`` turns an int or a
+pair into a pair. Tolerances are per dtype (``TOLERANCES``); parity checks compare against a float64
+reference and scale the absolute tolerance by the element's *magnitude*, the same computation run on
+absolute values, which bounds the rounding error of any summation order (see ``assert_close_scaled``).
+The op checks used by several files stand at the end: ``check_depthwise_parity``,
+``check_depthwise_requested_grads``, ``check_dwpw_parity`` and their inputs.
 """
 
 import importlib.util
+import itertools
 import os
 import random
 
@@ -16,27 +20,38 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 import fusedops  # noqa: E402
+from fusedops import _extension  # noqa: E402
+from fusedops.ops import _reference  # noqa: E402
 
-# rtol / atol per dtype of the computation under test, for comparisons against a float64 reference.
-# atol is relative to the magnitude of the terms summed (see assert_close_scaled).
-TOLERANCES = {
-    torch.float64: dict(rtol=1e-10, atol=1e-10),
-    torch.float32: dict(rtol=1e-5, atol=1e-5),
-    torch.float16: dict(rtol=5e-3, atol=5e-3),
-    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
-}
-
-LAYOUTS = ("nchw", "channels_last", "noncontig")
+# ---------------------------------------------------------------------------------------------------
+# What this machine and build can run
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Where the Triton tests put their tensors: the interpreter runs CPU tensors, a GPU CUDA ones.
+TRITON_DEVICE = "cpu" if TRITON_INTERPRET else "cuda"
+# Whether the native CUDA kernels were compiled into this build (they can be, without a GPU).
+HAS_CUDA_KERNELS = fusedops.build_info()["cuda"]
+
+requires_ops = pytest.mark.skipif(not _extension.has_ops(), reason="the fusedops._C extension is not built")
+requires_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+requires_cuda_kernels = pytest.mark.skipif(not HAS_CUDA_KERNELS,
+                                           reason="fusedops was built without its CUDA kernels")
+requires_triton = pytest.mark.skipif(
+    not (HAS_TRITON and _extension.has_triton() and _extension.has_ops()) or not (HAS_CUDA or TRITON_INTERPRET),
+    reason="needs Triton and the compiled extension fusedops._C, with a CUDA GPU or TRITON_INTERPRET=1",
+)
+# The marks of a Triton test file (pytestmark).
+TRITON_TEST = [pytest.mark.triton, requires_triton]
 
 
-def tolerance(dtype):
-    return TOLERANCES[dtype]
+def gpu_test(fn):
+    """Marks a test that runs the native CUDA kernels: `gpu`, and skipped without a GPU or the kernels."""
+    return pytest.mark.gpu(requires_gpu(requires_cuda_kernels(fn)))
 
 
 @pytest.fixture(autouse=True)
@@ -69,77 +84,123 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_triton)
 
 
-requires_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-# Whether the native CUDA kernels were compiled into this build (they can be, without a GPU).
-HAS_CUDA_KERNELS = fusedops.build_info()["cuda"]
-requires_cuda_kernels = pytest.mark.skipif(not HAS_CUDA_KERNELS,
-                                           reason="fusedops was built without its CUDA kernels")
+# ---------------------------------------------------------------------------------------------------
+# Arguments
+
+def pair(v):
+    """(v, v) for an int, else v as a tuple: a kernel size, stride, padding or dilation as the ops take it."""
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
-def gpu_test(fn):
-    """Marks a test that runs the native CUDA kernels: `gpu`, and skipped without a GPU or the kernels."""
-    return pytest.mark.gpu(requires_gpu(requires_cuda_kernels(fn)))
-requires_triton = pytest.mark.skipif(
-    not HAS_TRITON or not (HAS_CUDA or TRITON_INTERPRET),
-    reason="needs Triton with a CUDA GPU or TRITON_INTERPRET=1",
-)
+def param_id(v):
+    """A test id for a parameter: 3 -> "3", (3, 5) -> "3x5"."""
+    return "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs and their layouts
+
+# The layouts every op is checked on; make_input knows the others below for the kernels that read such
+# views in place or take other paths for them.
+LAYOUTS = ("nchw", "channels_last", "noncontig")
+# The layouts the channel-shuffle kernels read in place.
+SHUFFLE_LAYOUTS = ("nchw", "channels_last", "channel_slice", "channels_last_slice")
+CL = torch.channels_last
+
+
+def _layout_view(shape, layout, alloc):
+    """A tensor of `shape` (N, C, H, W) stored as `layout`, a view of what alloc(*size) returns."""
+    n, c, h, w = shape
+    if layout == "nchw":
+        return alloc(n, c, h, w)
+    if layout == "channels_last":
+        return alloc(n, c, h, w).contiguous(memory_format=CL)
+    if layout == "noncontig":
+        return alloc(n, h, c, w + 3)[..., :w].permute(0, 2, 1, 3)
+    if layout == "strided":
+        return alloc(n, c, h + 1, 2 * w)[:, :, 1:, ::2]
+    if layout == "channel_slice":
+        return alloc(n, 2 * c, h, w)[:, c:]
+    if layout == "channels_last_slice":
+        return alloc(n, 2 * c, h, w).contiguous(memory_format=CL)[:, :c]
+    if layout == "channels_last_cropped":
+        return alloc(n, c, h + 2, w).contiguous(memory_format=CL)[:, :, 1:-1]
+    if layout == "channels_last_offset":
+        return alloc(n * h * w * c + 1)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    raise ValueError(f"unknown layout {layout!r}")
 
 
 def make_input(shape, layout="nchw", *, dtype=torch.float32, device="cpu", requires_grad=False, generator=None):
     """A random tensor of `shape` (N, C, H, W) stored as `layout`:
 
-    ``nchw``           contiguous;
-    ``channels_last``  torch.channels_last;
-    ``noncontig``      a strided view that is neither (a permuted slice of a larger buffer).
+    ``nchw``                   contiguous;
+    ``channels_last``          torch.channels_last;
+    ``noncontig``              a strided view that is neither (a permuted slice of a larger buffer);
+    ``strided``                every other column of a larger NCHW tensor, from its second row (planes
+                               not dense, at a storage offset);
+    ``channel_slice``          the second half of the channels of an NCHW tensor (as ``x.chunk(2, 1)[1]``);
+    ``channels_last_slice``    the first half of the channels of a channels_last tensor;
+    ``channels_last_cropped``  a channels_last tensor without its first and last rows;
+    ``channels_last_offset``   channels_last at a storage offset of one element (not aligned for vector
+                               loads).
+
+    The values are drawn in float64 (from `generator` when given), then cast to `dtype`; what lies around
+    a view is random too.
     """
-    n, c, h, w = shape
-    if layout == "nchw":
-        t = torch.randn(shape, dtype=torch.float64, generator=generator).to(dtype=dtype, device=device)
-    elif layout == "channels_last":
-        t = torch.randn(shape, dtype=torch.float64, generator=generator).to(
-            dtype=dtype, device=device, memory_format=torch.channels_last)
-    elif layout == "noncontig":
-        base = torch.randn(n, h, c, w + 3, dtype=torch.float64, generator=generator).to(dtype=dtype, device=device)
-        t = base[..., :w].permute(0, 2, 1, 3)
-        if t.numel() > 1 and min(shape) > 1:
-            assert not t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
-    else:
-        raise ValueError(f"unknown layout {layout!r}")
+    def randn(*size):
+        return torch.randn(size, dtype=torch.float64, generator=generator).to(dtype=dtype, device=device)
+
+    t = _layout_view(shape, layout, randn)
+    if layout == "noncontig" and t.numel() > 1 and min(shape) > 1:
+        assert not t.is_contiguous() and not t.is_contiguous(memory_format=CL)
     assert t.shape == torch.Size(shape)
     return t.requires_grad_(requires_grad)
 
 
 def to_layout(t, layout):
     """A copy of `t` (values unchanged) stored as `layout` (see make_input)."""
-    if layout == "nchw":
-        return t.contiguous()
-    if layout == "channels_last":
-        return t.contiguous(memory_format=torch.channels_last)
-    if layout == "noncontig":
-        n, c, h, w = t.shape
-        base = t.new_zeros(n, h, c, w + 3)
-        view = base[..., :w].permute(0, 2, 1, 3)
-        view.copy_(t)
-        return view
-    raise ValueError(f"unknown layout {layout!r}")
+    return _layout_view(t.shape, layout, lambda *size: t.new_zeros(size)).copy_(t)
 
 
-def assert_close_scaled(actual, expected, magnitude=None, *, rtol, atol, name="tensor"):
+def dense_layout(layout):
+    """The dense layout (nchw or channels_last) of the tensors that `layout` views."""
+    return "channels_last" if layout.startswith("channels_last") else "nchw"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Comparisons
+
+# rtol / atol per dtype of the computation under test, for comparisons against a float64 reference.
+# atol is relative to the magnitude of the terms summed (see assert_close_scaled).
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=5e-3, atol=5e-3),
+    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+}
+
+
+def tolerance(dtype):
+    return TOLERANCES[dtype]
+
+
+def assert_close_scaled(actual, expected, magnitude=None, *, rtol, atol, name="tensor", min_scale=1.0):
     """|actual - expected| <= atol * magnitude + rtol * |expected|, elementwise.
 
-    `expected` is a float64 reference; `magnitude` the same computation on absolute values (a bound on the
-    sum of |terms| of each element, so atol * magnitude covers any summation order). Without it, the
-    largest |expected| (at least 1) is used.
+    `expected` is a float64 reference, or one computed in actual's dtype; `magnitude` the same computation
+    on absolute values (a bound on the sum of |terms| of each element, so atol * magnitude covers any
+    summation order). Without it, the largest |expected| (at least `min_scale`) is used.
     """
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype != torch.float64 or expected.dtype == torch.float64
+    assert actual.dtype == expected.dtype or expected.dtype == torch.float64, \
+        f"{name}: dtype {actual.dtype} compared against a {expected.dtype} reference"
     a = actual.detach().to(torch.float64).cpu()
     e = expected.detach().to(torch.float64).cpu()
     if a.numel() == 0:
         return
     assert torch.isfinite(a).all(), f"{name}: non-finite values in the result"
     if magnitude is None:
-        mag = torch.full_like(e, max(1.0, e.abs().max().item()))
+        mag = torch.full_like(e, max(min_scale, e.abs().max().item()))
     else:
         mag = magnitude.detach().to(torch.float64).cpu().abs()
     # A floor keeps elements whose terms are all zero exactly zero up to denormals.
@@ -150,7 +211,8 @@ def assert_close_scaled(actual, expected, magnitude=None, *, rtol, atol, name="t
         flat = int((err / bound).flatten().argmax())
         idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), err.shape))
         raise AssertionError(
-            f"{name}: {int(bad.sum())} of {err.numel()} elements out of tolerance (rtol={rtol}, atol={atol} x magnitude); "
+            f"{name}: {int(bad.sum())} of {err.numel()} elements out of tolerance "
+            f"(rtol={rtol}, atol={atol} x magnitude); "
             f"worst at {idx}: actual {a[idx].item():.9g}, expected {e[idx].item():.9g}, "
             f"magnitude {mag[idx].item():.4g}, error {err[idx].item():.3g} > bound {bound[idx].item():.3g}"
         )
@@ -168,19 +230,22 @@ def assert_close_grads(actual, expected, magnitudes=None, *, rtol, atol, names=N
             assert_close_scaled(a, e, m, rtol=rtol, atol=atol, name=name)
 
 
-def conv_reference(fn, inputs, grad_output, *, needs_grad=None):
-    """Runs fn(*inputs) in float64 and returns (output, grads) with grads of every tensor input
-    (None for None inputs), given grad_output (cast to float64)."""
+# ---------------------------------------------------------------------------------------------------
+# References
+
+def conv_reference(fn, inputs, grad_output, *, needs_grad=None, dtype=torch.float64):
+    """Runs fn(*inputs) on the CPU in `dtype` (float64 unless told) and returns (output, grads) with grads of
+    every tensor input (None for None inputs), given grad_output (cast likewise)."""
     leaves = []
     for i, t in enumerate(inputs):
         if t is None:
             leaves.append(None)
             continue
         wants = needs_grad[i] if needs_grad is not None else True
-        leaves.append(t.detach().to(torch.float64).requires_grad_(wants))
+        leaves.append(t.detach().cpu().to(dtype).requires_grad_(wants))
     out = fn(*leaves)
     wanted = [t for t in leaves if t is not None and t.requires_grad]
-    grads = torch.autograd.grad(out, wanted, grad_output.detach().to(torch.float64)) if wanted else ()
+    grads = torch.autograd.grad(out, wanted, grad_output.detach().cpu().to(dtype)) if wanted else ()
     it = iter(grads)
     return out.detach(), [None if (t is None or not t.requires_grad) else next(it) for t in leaves]
 
@@ -191,3 +256,154 @@ def reference_with_magnitudes(fn, inputs, grad_output, *, needs_grad=None):
     abs_inputs = [None if t is None else t.detach().abs() for t in inputs]
     mag_out, mag_grads = conv_reference(fn, abs_inputs, grad_output.detach().abs(), needs_grad=needs_grad)
     return out, grads, mag_out, mag_grads
+
+
+def depthwise_reference(x, w, b, stride, padding, dilation):
+    """fusedops.depthwise_conv2d as F.conv2d(groups=C)."""
+    return F.conv2d(x, w, b, stride, padding, dilation, groups=x.shape[1])
+
+
+def depthwise_reference_grads(x, w, b, stride, padding, dilation, grad_output, *, dtype=torch.float64):
+    """(output, grad_input, grad_weight, grad_bias) of depthwise_reference on the CPU in `dtype` (float64
+    unless told); grad_bias is None without a bias."""
+    out, grads = conv_reference(lambda *a: depthwise_reference(*a, stride, padding, dilation), (x, w, b), grad_output,
+                                dtype=dtype)
+    return (out, *grads)
+
+
+def outputs_and_grads(fn, x, w, b, go_seed=1):
+    """fn(x, w, b) and its gradients for x, w and b, given a random grad_output drawn from seed `go_seed`."""
+    out = fn(x, w, b)
+    go = torch.randn(out.shape, generator=torch.Generator().manual_seed(go_seed))
+    return (out, *torch.autograd.grad(out, (x, w, b), go))
+
+
+class OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the names of the ATen/custom ops that reach the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+# ---------------------------------------------------------------------------------------------------
+# depthwise_conv2d checks (CPU parity and CPU-path files)
+
+DEPTHWISE_GRAD_NAMES = ("grad_input", "grad_weight", "grad_bias")
+
+
+def check_depthwise_parity(shape, kernel, *, stride=1, padding=0, dilation=1, multiplier=1, bias=True,
+                           layout="nchw", dtype=torch.float32, backend="native", backward=True):
+    """Forward and all gradients of fusedops.depthwise_conv2d on `backend` vs float64 F.conv2d."""
+    n, c, h, w_ = shape
+    kh, kw = pair(kernel)
+    x = make_input(shape, layout, dtype=dtype, requires_grad=backward)
+    weight = (torch.randn(c * multiplier, 1, kh, kw, dtype=torch.float64) / (kh * kw) ** 0.5).to(dtype)
+    weight.requires_grad_(backward)
+    b = torch.randn(c * multiplier, dtype=torch.float64).to(dtype).requires_grad_(backward) if bias else None
+    with fusedops.use_backend(backend):
+        out = fusedops.depthwise_conv2d(x, weight, b, stride=stride, padding=padding, dilation=dilation)
+    expected_fmt = CL if layout == "channels_last" else torch.contiguous_format
+    assert out.dtype == dtype
+    go = torch.randn(out.shape, dtype=torch.float64).to(dtype)
+    ref, ref_grads, mag, mag_grads = reference_with_magnitudes(
+        lambda *a: depthwise_reference(*a, stride, padding, dilation), (x, weight, b), go)
+    tol = tolerance(dtype)
+    assert_close_scaled(out, ref, mag, **tol, name="output")
+    assert out.is_contiguous(memory_format=expected_fmt), f"output strides {out.stride()} for {layout} input"
+    if backward:
+        grads = torch.autograd.grad(out, [t for t in (x, weight, b) if t is not None], go)
+        if b is None:
+            grads = (*grads, None)
+        assert_close_grads(grads, ref_grads, mag_grads, **tol, names=DEPTHWISE_GRAD_NAMES)
+        assert grads[0].shape == x.shape and grads[1].shape == weight.shape
+    return out
+
+
+def check_depthwise_requested_grads(shape, layout, kernel=3, stride=1, padding=1, wanted_sets=None):
+    """Only some of input, weight, bias requiring grad (every such subset, or `wanted_sets`): the
+    requested gradients are right against float64 F.conv2d, the others stay None."""
+    c = shape[1]
+    x = make_input(shape, layout)
+    w = torch.randn(c, 1, kernel, kernel)
+    b = torch.randn(c)
+    with torch.no_grad():
+        out_shape = depthwise_reference(x, w, b, stride, padding, 1).shape
+    go = torch.randn(out_shape)
+    _, ref_grads, _, mags = reference_with_magnitudes(lambda *a: depthwise_reference(*a, stride, padding, 1),
+                                                      (x, w, b), go)
+    tol = tolerance(torch.float32)
+    for wanted in wanted_sets or [r for r in itertools.product((False, True), repeat=3) if any(r)]:
+        leaves = [t.detach().clone().requires_grad_(r) for t, r in zip((x, w, b), wanted)]
+        with fusedops.use_backend("native"):
+            out = fusedops.depthwise_conv2d(*leaves, stride=stride, padding=padding)
+        out.backward(go)
+        for leaf, r, ref, mag, name in zip(leaves, wanted, ref_grads, mags, DEPTHWISE_GRAD_NAMES):
+            if r:
+                assert_close_scaled(leaf.grad, ref, mag, **tol, name=name)
+            else:
+                assert leaf.grad is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# dwpw_conv2d checks (CPU and Triton files)
+
+DWPW_GRAD_NAMES = ("grad_input", "grad_dw_weight", "grad_dw_bias", "grad_pw_weight", "grad_pw_bias")
+
+
+def make_dwpw_weights(c, cout, kernel, multiplier=1, dw_bias=True, pw_bias=True, dtype=torch.float32,
+                      requires_grad=True):
+    """[dw_weight, dw_bias, pw_weight, pw_bias] of a dwpw_conv2d from `c` channels to `cout`, scaled to keep
+    the output near unit variance; a bias left out is None."""
+    kh, kw = pair(kernel)
+    k = c * multiplier
+    dw_w = (torch.randn(k, 1, kh, kw, dtype=torch.float64) / (kh * kw) ** 0.5).to(dtype)
+    dw_b = (0.5 * torch.randn(k, dtype=torch.float64)).to(dtype) if dw_bias else None
+    pw_w = (torch.randn(cout, k, 1, 1, dtype=torch.float64) / k ** 0.5).to(dtype)
+    pw_b = (0.5 * torch.randn(cout, dtype=torch.float64)).to(dtype) if pw_bias else None
+    return [None if t is None else t.requires_grad_(requires_grad) for t in (dw_w, dw_b, pw_w, pw_b)]
+
+
+def dwpw_reference(x, dw_w, dw_b, pw_w, pw_b, stride, padding, dilation, mid, out):
+    """fusedops.dwpw_conv2d unfused (the pure-PyTorch reference backend), with int or pair geometry."""
+    return _reference.dwpw_conv2d(x, dw_w, dw_b, pw_w, pw_b, pair(stride), pair(padding), pair(dilation), mid, out)
+
+
+def check_dwpw_parity(shape, cout, kernel=3, *, stride=1, padding=1, dilation=1, multiplier=1, mid="relu6",
+                      out="relu6", layout="channels_last", dw_bias=True, pw_bias=True, dtype=torch.float32,
+                      backend="native", backward=True):
+    """Forward and every gradient of fusedops.dwpw_conv2d on `backend` vs the float64 unfused reference."""
+    n, c, h, w = shape
+    x = make_input(shape, layout, dtype=dtype, requires_grad=backward)
+    weights = make_dwpw_weights(c, cout, kernel, multiplier, dw_bias, pw_bias, dtype, backward)
+    inputs = [x, *weights]
+    with fusedops.use_backend(backend):
+        y = fusedops.dwpw_conv2d(*inputs, stride=stride, padding=padding, dilation=dilation, mid_activation=mid,
+                                 out_activation=out)
+    assert y.dtype == dtype
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    leaves = [None if t is None else t.detach().double().requires_grad_(backward) for t in inputs]
+    ref = dwpw_reference(*leaves, stride, padding, dilation, mid, out)
+    tol = tolerance(dtype)
+    assert_close_scaled(y, ref, rtol=tol["rtol"], atol=tol["atol"], name="output")
+    if not backward:
+        return
+    go = torch.randn(y.shape, dtype=torch.float64)
+    wanted = [t for t in inputs if t is not None]
+    grads = torch.autograd.grad(y, wanted, go.to(dtype))
+    ref_wanted = [t for t in leaves if t is not None]
+    ref_grads = torch.autograd.grad(ref, ref_wanted, go)
+    it, rit = iter(grads), iter(ref_grads)
+    actual = [None if t is None else next(it) for t in inputs]
+    expected = [None if t is None else next(rit) for t in leaves]
+    for a, t in zip(actual, inputs):
+        if a is not None:
+            assert a.dtype == t.dtype and a.shape == t.shape
+    assert_close_grads(actual, expected, rtol=tol["rtol"], atol=tol["atol"], names=list(DWPW_GRAD_NAMES))
+    if layout == "channels_last":
+        assert actual[0].is_contiguous(memory_format=CL)

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import fusedops
-from fusedops import _extension
 
-pytestmark = pytest.mark.skipif(not _extension.has_ops(), reason="the fusedops._C extension is not built")
+from conftest import requires_ops
+
+pytestmark = requires_ops
 
 
 def _depthwise_case():

@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import fusedops
-from fusedops import _extension
 
-pytestmark = pytest.mark.skipif(not _extension.has_ops(), reason="fusedops._C is not built")
+from conftest import SHUFFLE_LAYOUTS, dense_layout, make_input, requires_ops
+
+pytestmark = requires_ops
 
 CL = torch.channels_last
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -18,21 +19,8 @@ def torchvision_shuffle(x, groups):
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
 
 
-def make(shape, dtype=torch.float32, layout="nchw", requires_grad=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g).to(dtype)
-    if layout == "cl":
-        x = x.contiguous(memory_format=CL)
-    elif layout == "slice":  # a channel slice of a larger tensor (x.chunk(2, 1)), read in place
-        x = torch.cat([x, x], 1).chunk(2, 1)[1]
-    elif layout == "cl_slice":
-        x = torch.cat([x, x], 1).contiguous(memory_format=CL).chunk(2, 1)[0]
-    elif layout == "strided":  # planes not dense: copied by the kernel
-        x = torch.randn(shape[:3] + (2 * shape[3],), generator=g).to(dtype)[..., ::2]
-    return x.requires_grad_(requires_grad)
-
-
-LAYOUTS = ["nchw", "cl", "slice", "cl_slice", "strided"]
+# Besides those read in place, planes that are not dense, which the kernels copy.
+LAYOUTS = [*SHUFFLE_LAYOUTS, "strided"]
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
@@ -41,7 +29,7 @@ LAYOUTS = ["nchw", "cl", "slice", "cl_slice", "strided"]
 @pytest.mark.parametrize("groups", [1, 2, 3, 4, 8])
 def test_channel_shuffle_matches_torch(backend, layout, dtype, groups):
     for cpg, hw in ((1, (1, 1)), (2, (3, 5)), (5, (7, 4)), (17, (2, 3))):
-        x = make((2, groups * cpg) + hw, dtype, layout)
+        x = make_input((2, groups * cpg) + hw, layout, dtype=dtype)
         with fusedops.use_backend(backend):
             y = fusedops.channel_shuffle(x, groups)
         expected = F.channel_shuffle(x, groups)
@@ -54,30 +42,30 @@ def test_channel_shuffle_matches_torch(backend, layout, dtype, groups):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("groups", [1, 2, 3, 4, 8])
 def test_channel_shuffle_backward(layout, dtype, groups):
-    x = make((2, groups * 3, 5, 3), dtype, layout, requires_grad=True)
+    x = make_input((2, groups * 3, 5, 3), layout, dtype=dtype, requires_grad=True)
     ref = x.detach().clone().requires_grad_()
-    grad = make((2, groups * 3, 5, 3), dtype, "cl" if "cl" in layout else "nchw", seed=1)
+    grad = make_input((2, groups * 3, 5, 3), dense_layout(layout), dtype=dtype)
     fusedops.channel_shuffle(x, groups).backward(grad)
     F.channel_shuffle(ref, groups).backward(grad)
     assert torch.equal(x.grad, ref.grad)
 
 
-@pytest.mark.parametrize("layout", ["nchw", "cl", "cl_slice"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channels_last_slice"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("channels", [48, 116, 232, 34])
 def test_shufflenet_widths_forward_and_backward(layout, dtype, channels):
     # Two groups of 24, 58, 116 and 17 channels: full vectors plus masked tails in the channels-last
     # interleave (forward) and de-interleave (backward).
-    x = make((2, channels, 3, 2), dtype, layout, requires_grad=True)
+    x = make_input((2, channels, 3, 2), layout, dtype=dtype, requires_grad=True)
     ref = x.detach().clone().requires_grad_()
     y = fusedops.channel_shuffle(x, 2)
     expected = F.channel_shuffle(ref, 2)
     assert torch.equal(y, expected)
-    grad = make(tuple(y.shape), dtype, "cl" if "cl" in layout else "nchw", seed=1)
+    grad = make_input(tuple(y.shape), dense_layout(layout), dtype=dtype)
     y.backward(grad)
     expected.backward(grad)
     assert torch.equal(x.grad, ref.grad)
-    a, b = make((2, channels // 2, 3, 2), dtype, layout, seed=2), make((2, channels // 2, 3, 2), dtype, layout, seed=3)
+    a, b = (make_input((2, channels // 2, 3, 2), layout, dtype=dtype) for _ in range(2))
     assert torch.equal(fusedops.concat_shuffle(a, b), F.channel_shuffle(torch.cat([a, b], 1), 2))
 
 
@@ -88,8 +76,8 @@ def test_shufflenet_widths_forward_and_backward(layout, dtype, channels):
 def test_concat_shuffle_matches_torch(backend, layout, dtype, groups):
     for ca, cb, hw in ((groups, groups, (1, 1)), (3 * groups, 3 * groups, (5, 3)), (2 * groups, 5 * groups, (4, 7)),
                        (1, 2 * groups - 1, (3, 2))):
-        a = make((2, ca) + hw, dtype, layout, requires_grad=dtype != torch.float16, seed=1)
-        b = make((2, cb) + hw, dtype, "cl" if "cl" in layout else "nchw", requires_grad=a.requires_grad, seed=2)
+        a = make_input((2, ca) + hw, layout, dtype=dtype, requires_grad=dtype != torch.float16)
+        b = make_input((2, cb) + hw, dense_layout(layout), dtype=dtype, requires_grad=a.requires_grad)
         a_ref, b_ref = (t.detach().clone().requires_grad_(a.requires_grad) for t in (a, b))
         with fusedops.use_backend(backend):
             y = fusedops.concat_shuffle(a, b, groups)
@@ -97,7 +85,7 @@ def test_concat_shuffle_matches_torch(backend, layout, dtype, groups):
         assert torch.equal(y, expected)
         assert y.stride() == expected.stride()
         if a.requires_grad:
-            grad = make(tuple(y.shape), dtype, "cl" if "cl" in layout else "nchw", seed=3)
+            grad = make_input(tuple(y.shape), dense_layout(layout), dtype=dtype)
             with fusedops.use_backend(backend):
                 y.backward(grad)
             expected.backward(grad)
@@ -105,15 +93,15 @@ def test_concat_shuffle_matches_torch(backend, layout, dtype, groups):
 
 
 def test_concat_shuffle_mixed_layouts_follow_cat():
-    a = make((2, 4, 3, 5), layout="cl")
-    b = make((2, 4, 3, 5))
+    a = make_input((2, 4, 3, 5), "channels_last")
+    b = make_input((2, 4, 3, 5))
     y = fusedops.concat_shuffle(a, b, 2)
     assert torch.equal(y, F.channel_shuffle(torch.cat([a, b], 1), 2))
     assert y.is_contiguous()
 
 
 def test_shufflenet_v2_stride1_pattern_reads_chunk_in_place():
-    x = make((2, 16, 5, 5), layout="cl", requires_grad=True)
+    x = make_input((2, 16, 5, 5), "channels_last", requires_grad=True)
     x1, x2 = x.chunk(2, 1)
     branch = (x2 * 2).contiguous(memory_format=CL)
     y = fusedops.concat_shuffle(x1, branch, 2)
@@ -127,26 +115,26 @@ def test_shufflenet_v2_stride1_pattern_reads_chunk_in_place():
 
 
 def test_concat_shuffle_backward_op():
-    grad = make((2, 12, 3, 4), torch.float64)
+    grad = make_input((2, 12, 3, 4), dtype=torch.float64)
     ga, gb = torch.ops.fusedops._concat_shuffle_backward(grad, 5, 3)
     inverse = F.channel_shuffle(grad, 4)
     assert torch.equal(ga, inverse[:, :5]) and torch.equal(gb, inverse[:, 5:])
 
 
-@pytest.mark.parametrize("layout", ["nchw", "cl", "slice"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channel_slice"])
 def test_gradcheck(layout):
-    x = make((2, 6, 3, 4), torch.float64, layout, requires_grad=True)
-    b = make((2, 6, 3, 4), torch.float64, requires_grad=True, seed=1)
+    x = make_input((2, 6, 3, 4), layout, dtype=torch.float64, requires_grad=True)
+    b = make_input((2, 6, 3, 4), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: fusedops.channel_shuffle(t, 3), (x,))
     assert torch.autograd.gradgradcheck(lambda t: fusedops.channel_shuffle(t, 3), (x,))
     assert torch.autograd.gradcheck(lambda s, t: fusedops.concat_shuffle(s, t, 3), (x, b))
     assert torch.autograd.gradgradcheck(lambda s, t: fusedops.concat_shuffle(s, t, 4), (x, b))
 
 
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_opcheck(layout):
-    x = make((2, 6, 3, 4), torch.float32, layout, requires_grad=True)
-    b = make((2, 4, 3, 4), torch.float32, layout, requires_grad=True, seed=1)
+    x = make_input((2, 6, 3, 4), layout, requires_grad=True)
+    b = make_input((2, 4, 3, 4), layout, requires_grad=True)
     torch.library.opcheck(torch.ops.fusedops.channel_shuffle, (x, 3))
     torch.library.opcheck(torch.ops.fusedops.concat_shuffle, (x, b, 5))
     torch.library.opcheck(torch.ops.fusedops._concat_shuffle_backward, (x.detach().requires_grad_(), 2, 3))
@@ -160,7 +148,7 @@ def test_torch_compile_fullgraph():
         return fusedops.channel_shuffle(fusedops.concat_shuffle(x1, (x2 * w).relu(), 2), 4)
 
     compiled = torch.compile(unit, fullgraph=True)
-    x = make((2, 8, 5, 5), requires_grad=True)
+    x = make_input((2, 8, 5, 5), requires_grad=True)
     w = torch.randn(1, 4, 1, 1, requires_grad=True)
     y = compiled(x, w)
     xr, wr = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
@@ -175,8 +163,8 @@ def test_torch_compile_fullgraph():
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_empty_batch(backend):
     with fusedops.use_backend(backend):
-        for layout in ("nchw", "cl"):
-            x = make((0, 6, 3, 3), layout=layout, requires_grad=True)
+        for layout in ("nchw", "channels_last"):
+            x = make_input((0, 6, 3, 3), layout, requires_grad=True)
             y = fusedops.channel_shuffle(x, 3)
             assert y.shape == x.shape
             y.sum().backward()
@@ -187,7 +175,7 @@ def test_empty_batch(backend):
 
 def test_module():
     m = fusedops.nn.ChannelShuffle(3)
-    x = make((2, 9, 4, 4))
+    x = make_input((2, 9, 4, 4))
     assert torch.equal(m(x), torch.nn.ChannelShuffle(3)(x))
     assert "groups=3" in repr(m)
     with pytest.raises(ValueError, match="groups"):
@@ -196,7 +184,7 @@ def test_module():
 
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_bad_inputs(backend):
-    x = make((2, 6, 3, 3))
+    x = make_input((2, 6, 3, 3))
     with fusedops.use_backend(backend):
         with pytest.raises(RuntimeError, match="channels of input .6. must be divisible by groups .4."):
             fusedops.channel_shuffle(x, 4)
@@ -213,9 +201,9 @@ def test_bad_inputs(backend):
         with pytest.raises(TypeError, match="input must be a torch.Tensor"):
             fusedops.channel_shuffle(x.numpy(), 2)
         with pytest.raises(RuntimeError, match="a and b must have the same batch size, height and width"):
-            fusedops.concat_shuffle(x, make((2, 6, 3, 4)), 2)
+            fusedops.concat_shuffle(x, make_input((2, 6, 3, 4)), 2)
         with pytest.raises(RuntimeError, match="a and b must have the same batch size"):
-            fusedops.concat_shuffle(x, make((1, 6, 3, 3)), 2)
+            fusedops.concat_shuffle(x, make_input((1, 6, 3, 3)), 2)
         with pytest.raises(RuntimeError, match="b dtype torch.float64 does not match a dtype torch.float32"):
             fusedops.concat_shuffle(x, x.double(), 2)
         with pytest.raises(RuntimeError, match="b must be a 4-D"):
@@ -227,7 +215,7 @@ def test_bad_inputs(backend):
 
 
 def test_native_op_checks_arguments():
-    x = make((2, 6, 3, 3))
+    x = make_input((2, 6, 3, 3))
     with pytest.raises(RuntimeError, match="divisible by groups"):
         torch.ops.fusedops.channel_shuffle(x, 4)
     with pytest.raises(RuntimeError, match="b dtype"):
@@ -238,9 +226,9 @@ def test_native_op_checks_arguments():
 
 def test_large_parallel_shapes():
     # Large enough to run on several threads.
-    for layout in ("nchw", "cl", "cl_slice"):
+    for layout in ("nchw", "channels_last", "channels_last_slice"):
         for groups in (2, 3):
-            x = make((4, 48, 32, 32), layout=layout)
+            x = make_input((4, 48, 32, 32), layout)
             assert torch.equal(fusedops.channel_shuffle(x, groups), F.channel_shuffle(x, groups))
-            b = make((4, 48, 32, 32), layout="cl" if "cl" in layout else "nchw", seed=1)
+            b = make_input((4, 48, 32, 32), dense_layout(layout))
             assert torch.equal(fusedops.concat_shuffle(x, b, groups), F.channel_shuffle(torch.cat([x, b], 1), groups))

@@ -5,40 +5,25 @@ import torch
 import torch.nn.functional as F
 
 import fusedops
-from fusedops import _extension
 
-CL = torch.channels_last
-needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and _extension.has_cuda_kernels()),
-                               reason="needs a CUDA GPU and the CUDA kernels")
+from conftest import SHUFFLE_LAYOUTS, dense_layout, gpu_test, make_input, requires_cuda_kernels
 
 
-@pytest.mark.skipif(not _extension.has_cuda_kernels(), reason="the CUDA kernels were not compiled in")
+@requires_cuda_kernels
 def test_cuda_kernels_registered():
     for name in ("channel_shuffle", "concat_shuffle", "_concat_shuffle_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedops::{name}", "CUDA")
 
 
-def make(shape, dtype, layout, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=g).to(dtype)
-    if layout == "cl":
-        x = x.contiguous(memory_format=CL)
-    elif layout == "slice":
-        x = torch.cat([x, x], 1).chunk(2, 1)[1]
-    elif layout == "cl_slice":
-        x = torch.cat([x, x], 1).contiguous(memory_format=CL).chunk(2, 1)[0]
-    return x.cuda()
-
-
-@pytest.mark.gpu
-@needs_gpu
-@pytest.mark.parametrize("layout", ["nchw", "cl", "slice", "cl_slice"])
+@gpu_test
+@pytest.mark.parametrize("layout", SHUFFLE_LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("groups", [1, 2, 3, 4, 8])
 def test_cuda_matches_torch(layout, dtype, groups):
     for cpg, hw in ((1, (1, 1)), (2, (3, 5)), (5, (8, 8)), (29, (28, 28))):
-        x = make((2, groups * cpg) + hw, dtype, layout).requires_grad_(dtype != torch.float16)
-        b = make((2, groups * cpg) + hw, dtype, "cl" if "cl" in layout else "nchw", seed=1)
+        # .cuda() copies the slices into dense tensors.
+        x = make_input((2, groups * cpg) + hw, layout, dtype=dtype).cuda().requires_grad_(dtype != torch.float16)
+        b = make_input((2, groups * cpg) + hw, dense_layout(layout), dtype=dtype).cuda()
         b.requires_grad_(x.requires_grad)
         with fusedops.use_backend("native"):
             y = fusedops.channel_shuffle(x, groups)

@@ -15,7 +15,15 @@ from torch._prims_common import suggest_memory_format
 
 import fusedops
 
-from conftest import gpu_test, requires_cuda_kernels
+from conftest import (
+    assert_close_scaled,
+    depthwise_reference_grads,
+    gpu_test,
+    make_input,
+    pair,
+    requires_cuda_kernels,
+)
+
 
 @requires_cuda_kernels
 def test_cuda_kernels_registered():
@@ -27,42 +35,9 @@ def test_cuda_kernels_registered():
 # Helpers
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _make_input(n, c, h, w, layout, device, dtype=torch.float32, seed=0):
-    """A (n, c, h, w) tensor in the given layout: "nchw", "cl" (channels_last), "view" (a non-contiguous
-    slice of an NCHW tensor), "cl_view" (a slice of a channels_last tensor), "cl_offset" (channels_last
-    at a storage offset of one element, so not aligned for vector loads)."""
-    g = torch.Generator().manual_seed(seed)
-    if layout == "nchw":
-        x = torch.randn(n, c, h, w, generator=g)
-    elif layout == "cl":
-        x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
-    elif layout == "view":
-        x = torch.randn(n, c, h + 1, 2 * w, generator=g)[:, :, 1:, ::2]
-    elif layout == "cl_view":
-        x = torch.randn(n, c, h + 2, w, generator=g).contiguous(memory_format=torch.channels_last)[:, :, 1:-1]
-    elif layout == "cl_offset":
-        buf = torch.randn(n * h * w * c + 1, generator=g)
-        x = buf[1:].view(n, h, w, c).permute(0, 3, 1, 2)
-    else:
-        raise ValueError(layout)
-    if device != "cpu" or dtype != torch.float32:
-        # .to() keeps a dense layout's strides; rebuild views so they stay views on the target device.
-        if layout in ("view", "cl_view", "cl_offset"):
-            base = x._base if x._base is not None else x
-            moved = base.to(device=device, dtype=dtype)
-            x = moved.as_strided(x.shape, x.stride(), x.storage_offset())
-        else:
-            x = x.to(device=device, dtype=dtype)
-    return x
-
-
 def _params(c, multiplier, kernel, bias, device, dtype=torch.float32, seed=1):
     g = torch.Generator().manual_seed(seed)
-    kh, kw = _pair(kernel)
+    kh, kw = pair(kernel)
     w = torch.randn(c * multiplier, 1, kh, kw, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(c * multiplier, generator=g).to(device=device, dtype=dtype) if bias else None
     return w, b
@@ -81,42 +56,23 @@ def _run(x, w, b, stride, padding, dilation, grad_out=None, backend="native"):
     return y.detach(), x.grad, w.grad, (b.grad if b is not None else None), grad_out
 
 
-def _reference(x, w, b, stride, padding, dilation, grad_out):
-    """F.conv2d(groups=C) and its gradients, in float64 on the CPU."""
-    xd = x.detach().cpu().double().requires_grad_()
-    wd = w.detach().cpu().double().requires_grad_()
-    bd = b.detach().cpu().double().requires_grad_() if b is not None else None
-    y = F.conv2d(xd, wd, bd, stride, padding, dilation, groups=x.shape[1])
-    y.backward(grad_out.detach().cpu().double())
-    return y.detach(), xd.grad, wd.grad, (bd.grad if bd is not None else None)
-
-
-def _assert_close(actual, expected, tol, what):
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    expected = expected.detach().cpu().double()
-    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    torch.testing.assert_close(
-        actual.detach().cpu().double(), expected, atol=tol * scale, rtol=tol, msg=lambda m: f"{what}: {m}"
-    )
-
-
 def _check_against_references(x, w, b, stride, padding, dilation, tol=1e-5, check_cpu=True):
     y, gx, gw, gb, grad_out = _run(x, w, b, stride, padding, dilation)
     fmt = suggest_memory_format(x)
     assert y.is_contiguous(memory_format=fmt), "output must take the input's memory format"
-    ref = _reference(x, w, b, stride, padding, dilation, grad_out)
+    ref = depthwise_reference_grads(x, w, b, stride, padding, dilation, grad_out)
     names = ("output", "grad_input", "grad_weight", "grad_bias")
     for name, actual, expected in zip(names, (y, gx, gw, gb), ref):
         if expected is None:
             assert actual is None
             continue
-        _assert_close(actual, expected, tol, name)
+        assert_close_scaled(actual, expected, rtol=tol, atol=tol, name=name)
     if check_cpu:
         xc = x.detach().cpu()
         cpu = _run(xc, w.cpu(), b.cpu() if b is not None else None, stride, padding, dilation, grad_out.cpu())
         for name, actual, expected in zip(names, (y, gx, gw, gb), cpu[:4]):
             if expected is not None:
-                _assert_close(actual, expected, tol, f"{name} (vs CPU kernels)")
+                assert_close_scaled(actual, expected, rtol=tol, atol=tol, name=f"{name} (vs CPU kernels)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -124,11 +80,11 @@ def _check_against_references(x, w, b, stride, padding, dilation, tol=1e-5, chec
 
 KERNELS = [1, 3, 5, 7, (3, 5)]
 STRIDES = [1, 2, 3, (2, 1)]
-LAYOUTS = ["nchw", "cl", "view"]
+GRID_LAYOUTS = ["nchw", "channels_last", "strided"]
 
 
 @gpu_test
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", GRID_LAYOUTS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("multiplier", [1, 2])
 @pytest.mark.parametrize("dilation", [1, 2])
@@ -136,30 +92,30 @@ LAYOUTS = ["nchw", "cl", "view"]
 @pytest.mark.parametrize("stride", STRIDES)
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_float32_grid(kernel, stride, same_padding, dilation, multiplier, bias, layout):
-    kh, kw = _pair(kernel)
+    kh, kw = pair(kernel)
     padding = (kh // 2, kw // 2) if same_padding else (0, 0)
     # 37 columns: stride 1/2 outputs are wide enough for the NCHW tile kernel, stride 3 runs the direct
     # one; 8 channels make channels-last vectorisable with multiplier 1. Batch 3 (odd) or 1.
     n = 3 if bias else 1
-    x = _make_input(n, 8, 17, 37, layout, "cuda")
+    x = make_input((n, 8, 17, 37), layout, device="cuda")
     w, b = _params(8, multiplier, kernel, bias, "cuda")
-    _check_against_references(x, w, b, _pair(stride), padding, _pair(dilation))
+    _check_against_references(x, w, b, pair(stride), padding, pair(dilation))
 
 
 @gpu_test
-@pytest.mark.parametrize("layout", ["nchw", "cl", "cl_view", "cl_offset"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channels_last_cropped", "channels_last_offset"])
 @pytest.mark.parametrize("channels", [1, 3, 5, 6])
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 2), (7, 1), (2, 1)])
 def test_float32_odd_channels_and_alignment(layout, channels, kernel, stride):
     # Channel counts that are not multiples of 4, and channels-last tensors at a misaligned storage
     # offset, must take the scalar channels-last kernels.
-    x = _make_input(2, channels, 19, 23, layout, "cuda")
+    x = make_input((2, channels, 19, 23), layout, device="cuda")
     w, b = _params(channels, 1, kernel, True, "cuda")
     _check_against_references(x, w, b, (stride, stride), (kernel // 2, kernel // 2), (1, 1))
 
 
 @gpu_test
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize(
     "kernel,stride,padding,dilation,size",
     [
@@ -175,17 +131,17 @@ def test_float32_odd_channels_and_alignment(layout, channels, kernel, stride):
     ],
 )
 def test_float32_special_shapes(layout, kernel, stride, padding, dilation, size):
-    x = _make_input(2, 4, *size, layout, "cuda")
+    x = make_input((2, 4, *size), layout, device="cuda")
     w, b = _params(4, 1, kernel, True, "cuda")
     _check_against_references(x, w, b, stride, padding, dilation)
 
 
 @gpu_test
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)])
 def test_float32_mobilenet_size(layout, kernel, stride):
     # N=8, C=144, 56x56: several NCHW tiles per plane and a weight gradient split over many blocks.
-    x = _make_input(8, 144, 56, 56, layout, "cuda")
+    x = make_input((8, 144, 56, 56), layout, device="cuda")
     w, b = _params(144, 1, kernel, True, "cuda")
     _check_against_references(x, w, b, (stride, stride), (kernel // 2, kernel // 2), (1, 1), check_cpu=False)
 
@@ -195,17 +151,17 @@ def test_float32_mobilenet_size(layout, kernel, stride):
 
 
 @gpu_test
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize(
     "kernel,stride,padding,dilation,multiplier",
     [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (5, 1, 2, 2, 1), (3, 1, 1, 1, 2), ((2, 3), (2, 1), (1, 0), (1, 2), 1)],
 )
 def test_float64_gradcheck(layout, kernel, stride, padding, dilation, multiplier):
-    x = _make_input(2, 3, 7, 8, layout, "cuda", torch.float64).requires_grad_()
+    x = make_input((2, 3, 7, 8), layout, dtype=torch.float64, device="cuda").requires_grad_()
     w, b = _params(3, multiplier, kernel, True, "cuda", torch.float64)
     w.requires_grad_()
     b.requires_grad_()
-    args = (_pair(stride), _pair(padding), _pair(dilation))
+    args = (pair(stride), pair(padding), pair(dilation))
 
     def fn(x, w, b):
         with fusedops.use_backend("native"):
@@ -216,21 +172,21 @@ def test_float64_gradcheck(layout, kernel, stride, padding, dilation, multiplier
 
 @gpu_test
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("layout", ["nchw", "cl", "view"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
 @pytest.mark.parametrize(
     "kernel,stride,padding,dilation,multiplier",
     [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (5, 2, 2, 1, 1), (7, 1, 3, 1, 1), (3, 1, 2, 2, 2), ((3, 5), 3, 0, 1, 1)],
 )
 def test_half_precision(dtype, layout, kernel, stride, padding, dilation, multiplier):
-    x = _make_input(3, 16, 21, 37, layout, "cuda", dtype)
+    x = make_input((3, 16, 21, 37), layout, dtype=dtype, device="cuda")
     w, b = _params(16, multiplier, kernel, True, "cuda", dtype)
-    args = (_pair(stride), _pair(padding), _pair(dilation))
+    args = (pair(stride), pair(padding), pair(dilation))
     y, gx, gw, gb, grad_out = _run(x, w, b, *args)
     assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == dtype and gb.dtype == dtype
     # Reference on the same (rounded) values: the kernels accumulate in float32.
-    ref = _reference(x.float(), w.float(), b.float(), *args, grad_out.float())
+    ref = depthwise_reference_grads(x.float(), w.float(), b.float(), *args, grad_out.float())
     for name, actual, expected in zip(("output", "grad_input", "grad_weight", "grad_bias"), (y, gx, gw, gb), ref):
-        _assert_close(actual, expected, 1e-2, f"{name} ({dtype})")
+        assert_close_scaled(actual, expected, rtol=1e-2, atol=1e-2, name=f"{name} ({dtype})")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -242,18 +198,18 @@ def test_half_precision(dtype, layout, kernel, stride, padding, dilation, multip
     "layout,kernel,stride,padding,dilation,multiplier,bias",
     [
         ("nchw", 3, 1, 1, 1, 1, True),
-        ("cl", 3, 2, 1, 1, 1, False),
-        ("cl", 5, 1, 2, 2, 2, True),
-        ("view", (3, 1), (1, 2), (1, 0), 1, 1, True),
+        ("channels_last", 3, 2, 1, 1, 1, False),
+        ("channels_last", 5, 1, 2, 2, 2, True),
+        ("strided", (3, 1), (1, 2), (1, 0), 1, 1, True),
     ],
 )
 def test_opcheck(layout, kernel, stride, padding, dilation, multiplier, bias):
-    x = _make_input(2, 4, 9, 10, layout, "cuda").requires_grad_()
+    x = make_input((2, 4, 9, 10), layout, device="cuda").requires_grad_()
     w, b = _params(4, multiplier, kernel, bias, "cuda")
     w.requires_grad_()
     if b is not None:
         b.requires_grad_()
-    args = (list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)))
+    args = (list(pair(stride)), list(pair(padding)), list(pair(dilation)))
     torch.library.opcheck(torch.ops.fusedops.depthwise_conv2d.default, (x, w, b, *args))
     with torch.no_grad():
         y = torch.ops.fusedops.depthwise_conv2d(x, w, b, *args)
@@ -265,10 +221,10 @@ def test_opcheck(layout, kernel, stride, padding, dilation, multiplier, bias):
 
 
 @gpu_test
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("mask", [m for m in itertools.product([False, True], repeat=3) if any(m)])
 def test_backward_output_mask(layout, mask):
-    x = _make_input(3, 8, 15, 20, layout, "cuda")
+    x = make_input((3, 8, 15, 20), layout, device="cuda")
     w, _ = _params(8, 1, 3, False, "cuda")
     grad_out = torch.randn(3, 8, 8, 10, device="cuda")
     args = ([2, 2], [1, 1], [1, 1])
@@ -283,9 +239,9 @@ def test_backward_output_mask(layout, mask):
 
 
 @gpu_test
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_empty_batch(layout):
-    x = _make_input(0, 6, 9, 9, layout, "cuda")
+    x = make_input((0, 6, 9, 9), layout, device="cuda")
     w, b = _params(6, 2, 3, True, "cuda")
     with fusedops.use_backend("native"):
         y = fusedops.depthwise_conv2d(x, w, b, 2, 1, 1)
@@ -298,10 +254,11 @@ def test_empty_batch(layout):
 
 
 @gpu_test
-@pytest.mark.parametrize("layout,fmt", [("nchw", torch.contiguous_format), ("cl", torch.channels_last),
-                                        ("view", torch.contiguous_format), ("cl_view", torch.channels_last)])
+@pytest.mark.parametrize("layout,fmt", [("nchw", torch.contiguous_format), ("channels_last", torch.channels_last),
+                                        ("strided", torch.contiguous_format),
+                                        ("channels_last_cropped", torch.channels_last)])
 def test_output_memory_format(layout, fmt):
-    x = _make_input(2, 8, 12, 12, layout, "cuda")
+    x = make_input((2, 8, 12, 12), layout, device="cuda")
     w, b = _params(8, 1, 3, True, "cuda")
     y = torch.ops.fusedops.depthwise_conv2d(x, w, b, [1, 1], [1, 1], [1, 1])
     assert y.is_contiguous(memory_format=fmt)
@@ -314,13 +271,13 @@ def test_output_memory_format(layout, fmt):
 
 
 @gpu_test
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("kernel", [3, (3, 5)])
 def test_weight_gradient_deterministic(layout, kernel):
-    x = _make_input(4, 32, 40, 40, layout, "cuda")
+    x = make_input((4, 32, 40, 40), layout, device="cuda")
     w, b = _params(32, 1, kernel, True, "cuda")
     grad_out = torch.randn(4, 32, 40, 40, device="cuda")
-    padding = [_pair(kernel)[0] // 2, _pair(kernel)[1] // 2]
+    padding = [pair(kernel)[0] // 2, pair(kernel)[1] // 2]
     op = torch.ops.fusedops._depthwise_conv2d_backward
     first = op(grad_out, x, w, [1, 1], padding, [1, 1], [True, True, True])
     for _ in range(3):
@@ -347,7 +304,7 @@ def test_errors_match_cpu():
 def test_non_default_device_and_stream():
     # Kernels run on the input's device and the current stream.
     device = torch.device("cuda", torch.cuda.device_count() - 1)
-    x = _make_input(2, 8, 20, 20, "cl", device)
+    x = make_input((2, 8, 20, 20), "channels_last", device=device)
     w, b = _params(8, 1, 3, True, device)
     stream = torch.cuda.Stream(device)
     with torch.cuda.stream(stream):
@@ -355,4 +312,4 @@ def test_non_default_device_and_stream():
             y = fusedops.depthwise_conv2d(x, w, b, 1, 1, 1)
     stream.synchronize()
     expected = F.conv2d(x.double(), w.double(), b.double(), 1, 1, 1, groups=8)
-    _assert_close(y, expected, 1e-5, "output")
+    assert_close_scaled(y, expected, rtol=1e-5, atol=1e-5, name="output")

@@ -10,71 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusedops
-from fusedops import _extension
 from fusedops.ops import _reference
 
-from conftest import assert_close_grads, assert_close_scaled, make_input, tolerance, to_layout
+from conftest import assert_close_scaled, check_dwpw_parity, dwpw_reference, make_dwpw_weights, make_input, \
+    requires_ops, to_layout
 
-pytestmark = pytest.mark.skipif(not _extension.has_ops(), reason="the fusedops._C extension is not built")
+pytestmark = requires_ops
 
 ACTS = (None, "relu", "relu6", "hardswish")
-GRAD_NAMES = ("grad_input", "grad_dw_weight", "grad_dw_bias", "grad_pw_weight", "grad_pw_bias")
-
-
-def _pair(v):
-    return v if isinstance(v, tuple) else (v, v)
-
-
-def make_weights(c, cout, kernel, multiplier=1, dw_bias=True, pw_bias=True, dtype=torch.float32,
-                 requires_grad=True):
-    kh, kw = _pair(kernel)
-    k = c * multiplier
-    dw_w = (torch.randn(k, 1, kh, kw, dtype=torch.float64) / (kh * kw) ** 0.5).to(dtype)
-    dw_b = (0.5 * torch.randn(k, dtype=torch.float64)).to(dtype) if dw_bias else None
-    pw_w = (torch.randn(cout, k, 1, 1, dtype=torch.float64) / k ** 0.5).to(dtype)
-    pw_b = (0.5 * torch.randn(cout, dtype=torch.float64)).to(dtype) if pw_bias else None
-    return [None if t is None else t.requires_grad_(requires_grad) for t in (dw_w, dw_b, pw_w, pw_b)]
-
-
-def reference(x, dw_w, dw_b, pw_w, pw_b, stride, padding, dilation, mid, out):
-    return _reference.dwpw_conv2d(x, dw_w, dw_b, pw_w, pw_b, _pair(stride), _pair(padding), _pair(dilation),
-                                  mid, out)
-
-
-def check_parity(shape, cout, kernel=3, *, stride=1, padding=1, dilation=1, multiplier=1, mid="relu6",
-                 out="relu6", layout="channels_last", dw_bias=True, pw_bias=True, dtype=torch.float32,
-                 backend="native", backward=True):
-    """Forward and every gradient of fusedops.dwpw_conv2d on `backend` vs the float64 unfused reference."""
-    n, c, h, w = shape
-    x = make_input(shape, layout, dtype=dtype, requires_grad=backward)
-    weights = make_weights(c, cout, kernel, multiplier, dw_bias, pw_bias, dtype, backward)
-    inputs = [x, *weights]
-    with fusedops.use_backend(backend):
-        y = fusedops.dwpw_conv2d(*inputs, stride=stride, padding=padding, dilation=dilation, mid_activation=mid,
-                                 out_activation=out)
-    assert y.dtype == dtype
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    assert y.is_contiguous(memory_format=fmt)
-    leaves = [None if t is None else t.detach().double().requires_grad_(backward) for t in inputs]
-    ref = reference(*leaves, stride, padding, dilation, mid, out)
-    tol = tolerance(dtype)
-    assert_close_scaled(y, ref, rtol=tol["rtol"], atol=tol["atol"], name="output")
-    if not backward:
-        return
-    go = torch.randn(y.shape, dtype=torch.float64)
-    wanted = [t for t in inputs if t is not None]
-    grads = torch.autograd.grad(y, wanted, go.to(dtype))
-    ref_wanted = [t for t in leaves if t is not None]
-    ref_grads = torch.autograd.grad(ref, ref_wanted, go)
-    it, rit = iter(grads), iter(ref_grads)
-    actual = [None if t is None else next(it) for t in inputs]
-    expected = [None if t is None else next(rit) for t in leaves]
-    for a, t in zip(actual, inputs):
-        if a is not None:
-            assert a.dtype == t.dtype and a.shape == t.shape
-    assert_close_grads(actual, expected, rtol=tol["rtol"], atol=tol["atol"], names=list(GRAD_NAMES))
-    if layout == "channels_last":
-        assert actual[0].is_contiguous(memory_format=torch.channels_last)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -84,7 +27,7 @@ def check_parity(shape, cout, kernel=3, *, stride=1, padding=1, dilation=1, mult
 @pytest.mark.parametrize("channels, cout", ((5, 7), (16, 48), (24, 16), (37, 70)))
 @pytest.mark.parametrize("batch", (1, 3))
 def test_parity_channels(layout, channels, cout, batch):
-    check_parity((batch, channels, 9, 11), cout, layout=layout)
+    check_dwpw_parity((batch, channels, 9, 11), cout, layout=layout)
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", (
@@ -93,24 +36,24 @@ def test_parity_channels(layout, channels, cout, batch):
 ))
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
 def test_parity_geometry(kernel, stride, padding, dilation, layout):
-    check_parity((2, 20, 13, 12), 33, kernel, stride=stride, padding=padding, dilation=dilation, layout=layout)
+    check_dwpw_parity((2, 20, 13, 12), 33, kernel, stride=stride, padding=padding, dilation=dilation, layout=layout)
 
 
 @pytest.mark.parametrize("mid, out", list(itertools.product(ACTS, ACTS)))
 def test_parity_activations(mid, out):
-    check_parity((2, 19, 8, 9), 21, mid=mid, out=out, layout="channels_last" if mid != out else "nchw")
+    check_dwpw_parity((2, 19, 8, 9), 21, mid=mid, out=out, layout="channels_last" if mid != out else "nchw")
 
 
 @pytest.mark.parametrize("multiplier", (2, 3))
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
 def test_parity_depth_multiplier(multiplier, layout):
-    check_parity((2, 6, 9, 8), 17, multiplier=multiplier, stride=2, layout=layout, mid="hardswish")
+    check_dwpw_parity((2, 6, 9, 8), 17, multiplier=multiplier, stride=2, layout=layout, mid="hardswish")
 
 
 @pytest.mark.parametrize("dw_bias, pw_bias", ((False, False), (True, False), (False, True)))
 def test_parity_without_biases(dw_bias, pw_bias):
-    check_parity((2, 12, 7, 7), 20, dw_bias=dw_bias, pw_bias=pw_bias, layout="channels_last")
-    check_parity((1, 12, 7, 7), 20, dw_bias=dw_bias, pw_bias=pw_bias, layout="nchw")
+    check_dwpw_parity((2, 12, 7, 7), 20, dw_bias=dw_bias, pw_bias=pw_bias, layout="channels_last")
+    check_dwpw_parity((1, 12, 7, 7), 20, dw_bias=dw_bias, pw_bias=pw_bias, layout="nchw")
 
 
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
@@ -119,7 +62,7 @@ def test_parity_without_biases(dw_bias, pw_bias):
 def test_parity_bands_and_channel_splits(layout, shape, cout):
     """Shapes that take several bands per image, one band split over output-channel panels, and maps
     whose rows exceed the tile budget."""
-    check_parity(shape, cout, layout=layout, backward=shape[1] * shape[2] * shape[3] < 50000)
+    check_dwpw_parity(shape, cout, layout=layout, backward=shape[1] * shape[2] * shape[3] < 50000)
 
 
 @pytest.mark.parametrize("layout, channels, cout, stride, kernel, padding", (
@@ -129,8 +72,8 @@ def test_parity_backward_row_bands(layout, channels, cout, stride, kernel, paddi
     """Maps large enough for the backward to recompute the depthwise output in several row bands: windows
     overlapping across bands (their input gradients add up), and windows shorter than the stride (input
     rows no window reads get a zero gradient)."""
-    check_parity((1, channels, 220, 220), cout, kernel, stride=stride, padding=padding, layout=layout,
-                 mid="hardswish")
+    check_dwpw_parity((1, channels, 220, 220), cout, kernel, stride=stride, padding=padding, layout=layout,
+                      mid="hardswish")
 
 
 @pytest.mark.parametrize("threads", (1, 3))
@@ -138,8 +81,8 @@ def test_parity_thread_counts(threads):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        check_parity((2, 40, 15, 15), 50, layout="channels_last", stride=2)
-        check_parity((1, 40, 15, 15), 50, layout="nchw")
+        check_dwpw_parity((2, 40, 15, 15), 50, layout="channels_last", stride=2)
+        check_dwpw_parity((1, 40, 15, 15), 50, layout="nchw")
     finally:
         torch.set_num_threads(old)
 
@@ -147,7 +90,7 @@ def test_parity_thread_counts(threads):
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16, torch.float64))
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
 def test_parity_dtypes(dtype, layout):
-    check_parity((2, 16, 9, 10), 24, layout=layout, dtype=dtype, mid="hardswish", out=None)
+    check_dwpw_parity((2, 16, 9, 10), 24, layout=layout, dtype=dtype, mid="hardswish", out=None)
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64))
@@ -155,19 +98,19 @@ def test_parity_dtypes(dtype, layout):
 @pytest.mark.parametrize("multiplier", (1, 2))
 def test_parity_transposed_gemm(dtype, layout, multiplier):
     """Few pixels and wide channels: the kernel packs the tile instead of the weights."""
-    check_parity((1, 48, 5, 6), 130, multiplier=multiplier, layout=layout, dtype=dtype, mid="hardswish",
-                 out="relu6")
+    check_dwpw_parity((1, 48, 5, 6), 130, multiplier=multiplier, layout=layout, dtype=dtype, mid="hardswish",
+                      out="relu6")
 
 
 def test_unrequested_grads():
     x = make_input((2, 8, 9, 9), "channels_last", requires_grad=False)
-    dw_w, dw_b, pw_w, pw_b = make_weights(8, 12, 3)
+    dw_w, dw_b, pw_w, pw_b = make_dwpw_weights(8, 12, 3)
     dw_b.requires_grad_(False)
     y = fusedops.dwpw_conv2d(x, dw_w, dw_b, pw_w, pw_b)
     go = torch.randn(y.shape)
     grads = torch.autograd.grad(y, [dw_w, pw_w, pw_b], go)
     leaves = [t.detach().double().requires_grad_() for t in (dw_w, pw_w, pw_b)]
-    ref = reference(x.double(), leaves[0], dw_b.double(), leaves[1], leaves[2], 1, 1, 1, "relu6", "relu6")
+    ref = dwpw_reference(x.double(), leaves[0], dw_b.double(), leaves[1], leaves[2], 1, 1, 1, "relu6", "relu6")
     for a, e in zip(grads, torch.autograd.grad(ref, leaves, go.double())):
         assert_close_scaled(a, e, rtol=1e-5, atol=1e-5)
     gi, gw, gb, gpw, gpb = torch.ops.fusedops._dwpw_conv2d_backward(
@@ -183,7 +126,7 @@ def test_backward_saves_no_intermediate(out):
     """Training keeps the input and weights, never the (N, C*m, OH, OW) intermediate; with a relu/relu6
     output activation also the output itself (which the next layer keeps alive anyway), never a copy."""
     x = make_input((2, 16, 12, 12), "channels_last", requires_grad=True)
-    weights = make_weights(16, 32, 3)
+    weights = make_dwpw_weights(16, 32, 3)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = fusedops.dwpw_conv2d(x, *weights, out_activation=out)
@@ -199,7 +142,7 @@ def test_backward_saves_no_intermediate(out):
 
 def test_empty_batch():
     x = torch.randn(0, 8, 5, 5, requires_grad=True)
-    weights = make_weights(8, 4, 3)
+    weights = make_dwpw_weights(8, 4, 3)
     y = fusedops.dwpw_conv2d(x, *weights)
     assert y.shape == (0, 4, 5, 5)
     y.sum().backward()
@@ -208,7 +151,7 @@ def test_empty_batch():
 
 def test_meta_tensors():
     x = torch.empty(2, 8, 10, 10, device="meta").to(memory_format=torch.channels_last)
-    dw_w, dw_b, pw_w, pw_b = (t.detach().to("meta") for t in make_weights(8, 12, 3))
+    dw_w, dw_b, pw_w, pw_b = (t.detach().to("meta") for t in make_dwpw_weights(8, 12, 3))
     y = fusedops.dwpw_conv2d(x, dw_w, dw_b, pw_w, pw_b, stride=2)
     assert y.shape == (2, 12, 5, 5) and y.device.type == "meta"
     assert y.is_contiguous(memory_format=torch.channels_last)
@@ -221,7 +164,7 @@ def test_meta_tensors():
                                               ("relu", None, "channels_last")))
 def test_gradcheck_float64(mid, out, layout):
     x = make_input((2, 3, 6, 5), layout, dtype=torch.float64, requires_grad=True)
-    weights = make_weights(3, 4, 3, multiplier=2, dtype=torch.float64)
+    weights = make_dwpw_weights(3, 4, 3, multiplier=2, dtype=torch.float64)
 
     def fn(*a):
         return fusedops.dwpw_conv2d(*a, stride=(2, 1), padding=1, mid_activation=mid, out_activation=out)
@@ -231,7 +174,7 @@ def test_gradcheck_float64(mid, out, layout):
 
 def test_double_backward_raises():
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
-    weights = make_weights(3, 4, 3, dtype=torch.float64)
+    weights = make_dwpw_weights(3, 4, 3, dtype=torch.float64)
     y = fusedops.dwpw_conv2d(x, *weights)
     (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
@@ -240,7 +183,7 @@ def test_double_backward_raises():
 
 def _opcheck_args(layout, with_bias, stride, mult, mid, out, requires_grad):
     x = make_input((2, 5, 8, 9), layout, requires_grad=requires_grad)
-    dw_w, dw_b, pw_w, pw_b = make_weights(5, 7, 3, mult, with_bias, with_bias, requires_grad=requires_grad)
+    dw_w, dw_b, pw_w, pw_b = make_dwpw_weights(5, 7, 3, mult, with_bias, with_bias, requires_grad=requires_grad)
     return (x, dw_w, dw_b, pw_w, pw_b, [stride, stride], [1, 1], [1, 1], mid, out)
 
 
@@ -271,7 +214,7 @@ def test_compile_fullgraph_matches_eager():
     compiled = torch.compile(fn, fullgraph=True)
     for layout in ("nchw", "channels_last"):
         x = make_input((2, 12, 11, 10), layout, requires_grad=True)
-        weights = make_weights(12, 12, 3)
+        weights = make_dwpw_weights(12, 12, 3)
         inputs = (x, *weights)
         out_c = compiled(*inputs)
         out_e = fn(*inputs)
@@ -286,7 +229,7 @@ def test_compile_fullgraph_matches_eager():
 
 def _bad_cases():
     x = torch.randn(2, 8, 9, 9)
-    dw_w, dw_b, pw_w, pw_b = (t.detach() for t in make_weights(8, 12, 3))
+    dw_w, dw_b, pw_w, pw_b = (t.detach() for t in make_dwpw_weights(8, 12, 3))
     good = dict(input=x, dw_weight=dw_w, dw_bias=dw_b, pw_weight=pw_w, pw_bias=pw_b)
     return [
         (dict(good, dw_weight=torch.randn(8, 2, 3, 3)), "dw_weight must have shape"),
@@ -332,7 +275,7 @@ def test_op_rejects_bad_arguments(index):
 
 def test_backward_rejects_bad_grad_output():
     x = torch.randn(2, 8, 9, 9)
-    weights = [t.detach() for t in make_weights(8, 12, 3)]
+    weights = [t.detach() for t in make_dwpw_weights(8, 12, 3)]
     with pytest.raises(RuntimeError, match="grad_output has shape"):
         torch.ops.fusedops._dwpw_conv2d_backward(torch.randn(2, 12, 9, 8), x, *weights, [1, 1], [1, 1], [1, 1],
                                                  "relu6", "relu6", [True] * 5)
@@ -486,7 +429,7 @@ def test_module_traces_fullgraph():
 def test_backward_saved_output_argument():
     """The backward op's optional forward output: same gradients as without it, and a wrong one is refused."""
     x = torch.randn(2, 8, 9, 9).to(memory_format=torch.channels_last)
-    dw_w, dw_b, pw_w, pw_b = (t.detach() for t in make_weights(8, 12, 3))
+    dw_w, dw_b, pw_w, pw_b = (t.detach() for t in make_dwpw_weights(8, 12, 3))
     args = (x, dw_w, dw_b, pw_w, pw_b, [1, 1], [1, 1], [1, 1], "relu6", "relu6", [True] * 5)
     y = fusedops.dwpw_conv2d(x, dw_w, dw_b, pw_w, pw_b)
     grad = torch.randn_like(y)
@@ -501,7 +444,7 @@ def test_backward_saved_output_argument():
 
 def test_backward_after_inplace_change_of_output_raises():
     x = torch.randn(1, 4, 6, 6, requires_grad=True)
-    dw_w, dw_b, pw_w, pw_b = make_weights(4, 5, 3)
+    dw_w, dw_b, pw_w, pw_b = make_dwpw_weights(4, 5, 3)
     y = fusedops.dwpw_conv2d(x, dw_w, dw_b, pw_w, pw_b, out_activation="relu")
     y.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import fusedops
-from fusedops import _extension
 from fusedops.ops import _library
 
-pytestmark = pytest.mark.skipif(not _extension.has_ops(), reason="the fusedops._C extension is not built")
+from conftest import requires_ops
+
+pytestmark = requires_ops
 
 ONE, ZERO = (1, 1), (0, 0)
 

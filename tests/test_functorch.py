@@ -10,12 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import fusedops
-from fusedops import _extension
 
-pytestmark = pytest.mark.skipif(not _extension.has_ops(), reason="the fusedops._C extension is not built")
+from conftest import make_input, requires_ops
 
-CL = torch.channels_last
-
+pytestmark = requires_ops
 
 def _autograd_grads(fn, *tensors):
     leaves = [t.detach().clone().requires_grad_() for t in tensors]
@@ -23,11 +21,9 @@ def _autograd_grads(fn, *tensors):
     return torch.autograd.grad(out, leaves)
 
 
-@pytest.mark.parametrize("layout", ["nchw", "cl"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_grad_of_depthwise_conv2d(layout):
-    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
-    if layout == "cl":
-        x = x.contiguous(memory_format=CL)
+    x = make_input((2, 4, 7, 6), layout, dtype=torch.float64)
     w, b = torch.randn(8, 1, 3, 3, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
     loss = lambda x, w, b: fusedops.depthwise_conv2d(x, w, b, stride=2, padding=1).square().sum()  # noqa: E731
     got = torch.func.grad(loss, argnums=(0, 1, 2))(x, w, b)

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 import fusedops
-from fusedops import _extension
 from fusedops.models._reference_mobilenet_v1 import reference_mobilenet_v1
 
-pytestmark = pytest.mark.skipif(not _extension.has_ops(), reason="the fusedops._C extension is not built")
+from conftest import requires_ops
+
+pytestmark = requires_ops
 
 
 def _pair_models(width_mult, num_classes=10):

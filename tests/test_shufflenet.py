@@ -4,12 +4,13 @@ import pytest
 import torch
 
 import fusedops
-from fusedops import _extension
 from fusedops.models._reference_shufflenet_v1 import reference_shufflenet_v1
 from fusedops.models.shufflenet_v1 import stage_channels
 
+from conftest import requires_ops
+
 torchvision = pytest.importorskip("torchvision")
-pytestmark = pytest.mark.skipif(not _extension.has_ops(), reason="fusedops._C is not built")
+pytestmark = requires_ops
 
 
 def check_parity(model, reference, x, rtol=1e-4, atol=1e-5):
@@ -37,13 +38,13 @@ def check_parity(model, reference, x, rtol=1e-4, atol=1e-5):
 
 
 @pytest.mark.parametrize("width,layout", [("x0_5", "nchw"), ("x1_0", "nchw"), ("x1_5", "nchw"), ("x2_0", "nchw"),
-                                          ("x0_5", "cl"), ("x1_0", "cl")])
+                                          ("x0_5", "channels_last"), ("x1_0", "channels_last")])
 def test_shufflenet_v2_matches_torchvision(width, layout):
     torch.manual_seed(0)
     reference = getattr(torchvision.models, f"shufflenet_v2_{width}")(num_classes=10)
     model = getattr(fusedops.models, f"shufflenet_v2_{width}")(num_classes=10)
     x = torch.randn(2, 3, 64, 64)
-    if layout == "cl":
+    if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
         model, reference = model.to(memory_format=torch.channels_last), reference.to(memory_format=torch.channels_last)
     check_parity(model, reference, x)

@@ -5,29 +5,29 @@ environment before Python starts; they also run on CUDA tensors when a GPU is pr
 because the interpreter is slow.
 """
 
-import importlib.util
 import itertools
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fusedops
-from fusedops import _extension
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
-_READY = _HAS_TRITON and _extension.has_ops() and _extension.has_triton()
+from conftest import (
+    HAS_CUDA,
+    LAYOUTS,
+    TRITON_INTERPRET,
+    TRITON_TEST,
+    assert_close_scaled,
+    depthwise_reference_grads,
+    make_input,
+)
 
-pytestmark = [
-    pytest.mark.triton,
-    pytest.mark.skipif(not _READY, reason="needs triton and the compiled extension fusedops._C"),
-]
+pytestmark = TRITON_TEST
 
 DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not _INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+    pytest.param("cpu", marks=pytest.mark.skipif(not TRITON_INTERPRET, reason="CPU tensors need TRITON_INTERPRET=1")),
+    pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")),
 ]
 
 
@@ -41,39 +41,10 @@ def _kernels():
     return module
 
 
-def _close(actual, expected, rtol, atol_scale):
-    atol = atol_scale * max(expected.abs().max().item(), 1.0 if expected.numel() == 0 else 1e-30)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
-
-
-def _reference(x, w, b, stride, padding, dilation, grad_output, dtype=None):
-    """F.conv2d output and gradients (computed in `dtype` when given, e.g. fp32 for half inputs)."""
-    cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)
-    xr = cast(x.detach()).requires_grad_()
-    wr = cast(w.detach()).requires_grad_()
-    br = cast(b.detach()).requires_grad_() if b is not None else None
-    y = F.conv2d(xr, wr, br, stride, padding, dilation, groups=x.shape[1])
-    y.backward(cast(grad_output))
-    return y.detach(), xr.grad, wr.grad, (br.grad if b is not None else None)
-
-
-def _make(shape, device, dtype, layout, generator):
-    x = torch.randn(shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "view":
-        # A strided view that is neither NCHW- nor NHWC-contiguous: every other channel, cropped columns.
-        n, c, h, w = shape
-        big = torch.randn((n, 2 * c, h, w + 3), generator=generator, dtype=torch.float64).to(device, dtype)
-        x = big[:, ::2, :, 2:-1]
-        assert x.shape == shape and not x.is_contiguous()
-    return x
-
-
 def _run(device, dtype, n, c, hw, kernel, stride, padding, dilation, mult, bias, layout, seed=0):
     """Runs the Triton forward and backward ops directly and returns them with the reference."""
     g = torch.Generator().manual_seed(seed)
-    x = _make((n, c, *hw), device, dtype, layout, g)
+    x = make_input((n, c, *hw), layout, dtype=dtype, device=device, generator=g)
     w = torch.randn((c * mult, 1, *kernel), generator=g, dtype=torch.float64).to(device, dtype)
     b = torch.randn(c * mult, generator=g, dtype=torch.float64).to(device, dtype) if bias else None
     args = (list(stride), list(padding), list(dilation))
@@ -82,19 +53,19 @@ def _run(device, dtype, n, c, hw, kernel, stride, padding, dilation, mult, bias,
     if layout == "channels_last":
         grad_output = grad_output.contiguous(memory_format=torch.channels_last)
     grads = _ops()._depthwise_conv2d_backward(grad_output, x, w, *args, [True, True, bias])
+    assert all(t.dtype == dtype and t.device == x.device for t in (y, *grads))
     return x, w, b, grad_output, y, grads
 
 
 def _geometries():
     """Kernel 1, 3, 5, (3, 2) x stride 1, 2 x padding 0, k//2 x dilation 1, 2 x multiplier 1, 2; layout,
     bias, batch and map sizes rotate over the cases so that each value meets many others."""
-    layouts = ("contiguous", "channels_last", "view")
     cases = []
     for i, (kernel, stride, pad, dilation, mult) in enumerate(
         itertools.product([(1, 1), (3, 3), (5, 5), (3, 2)], [1, 2], ["zero", "half"], [1, 2], [1, 2])
     ):
         padding = (0, 0) if pad == "zero" else (kernel[0] // 2, kernel[1] // 2)
-        layout = layouts[i % 3]
+        layout = LAYOUTS[i % 3]
         bias = i % 4 != 1
         n = 3 if i % 5 in (0, 3) else 1
         hw = [(9, 10), (11, 13), (10, 9)][i % 3]
@@ -110,12 +81,13 @@ def test_parity_fp32(device, kernel, stride, padding, dilation, mult, bias, layo
     c = 3
     x, w, b, grad_output, y, (gi, gw, gb) = _run(device, torch.float32, n, c, hw, kernel, stride, padding, dilation,
                                                   mult, bias, layout)
-    ref_y, ref_gi, ref_gw, ref_gb = _reference(x, w, b, stride, padding, dilation, grad_output)
-    _close(y, ref_y, 1e-5, 1e-5)
-    _close(gi, ref_gi, 1e-5, 1e-5)
-    _close(gw, ref_gw, 1e-5, 1e-5)
+    ref_y, ref_gi, ref_gw, ref_gb = depthwise_reference_grads(x, w, b, stride, padding, dilation, grad_output,
+                                                              dtype=x.dtype)
+    assert_close_scaled(y, ref_y, rtol=1e-5, atol=1e-5, min_scale=0)
+    assert_close_scaled(gi, ref_gi, rtol=1e-5, atol=1e-5, min_scale=0)
+    assert_close_scaled(gw, ref_gw, rtol=1e-5, atol=1e-5, min_scale=0)
     if bias:
-        _close(gb, ref_gb, 1e-5, 1e-5)
+        assert_close_scaled(gb, ref_gb, rtol=1e-5, atol=1e-5, min_scale=0)
     else:
         assert gb.shape == (0,)
     # Output and grad_input take the input's memory format; grad_weight is contiguous like the weight.
@@ -126,26 +98,27 @@ def test_parity_fp32(device, kernel, stride, padding, dilation, mult, bias, layo
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_parity_fp64(device, layout):
     x, w, b, grad_output, y, (gi, gw, gb) = _run(device, torch.float64, 3, 4, (8, 11), (3, 3), (2, 1), (1, 1),
                                                   (1, 2), 2, True, layout, seed=1)
-    for actual, expected in zip((y, gi, gw, gb), _reference(x, w, b, (2, 1), (1, 1), (1, 2), grad_output)):
+    ref = depthwise_reference_grads(x, w, b, (2, 1), (1, 1), (1, 2), grad_output, dtype=x.dtype)
+    for actual, expected in zip((y, gi, gw, gb), ref):
         assert actual.dtype == torch.float64
-        _close(actual, expected, 1e-12, 1e-12)
+        assert_close_scaled(actual, expected, rtol=1e-12, atol=1e-12, min_scale=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype,layout", [(torch.bfloat16, "channels_last"), (torch.float16, "contiguous")])
+@pytest.mark.parametrize("dtype,layout", [(torch.bfloat16, "channels_last"), (torch.float16, "nchw")])
 def test_parity_half(device, dtype, layout):
     x, w, b, grad_output, y, (gi, gw, gb) = _run(device, dtype, 2, 5, (9, 8), (3, 3), (1, 1), (1, 1), (1, 1), 1,
                                                   True, layout, seed=2)
     # Exact gradients of the half-precision values, in fp32: the kernels accumulate in fp32 and round once.
-    ref = _reference(x, w, b, (1, 1), (1, 1), (1, 1), grad_output, dtype=torch.float32)
+    ref = depthwise_reference_grads(x, w, b, (1, 1), (1, 1), (1, 1), grad_output, dtype=torch.float32)
     tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
     for actual, expected in zip((y, gi, gw, gb), ref):
         assert actual.dtype == dtype
-        _close(actual.float(), expected, tol, tol)
+        assert_close_scaled(actual.float(), expected, rtol=tol, atol=tol, min_scale=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -154,8 +127,9 @@ def test_large_kernel_not_unrolled(device):
     assert 81 > _kernels()._MAX_UNROLLED_TAPS
     x, w, b, grad_output, y, (gi, gw, gb) = _run(device, torch.float32, 1, 2, (10, 12), (9, 9), (1, 1), (4, 4),
                                                   (1, 1), 1, True, "channels_last", seed=3)
-    for actual, expected in zip((y, gi, gw, gb), _reference(x, w, b, (1, 1), (4, 4), (1, 1), grad_output)):
-        _close(actual, expected, 1e-5, 1e-5)
+    ref = depthwise_reference_grads(x, w, b, (1, 1), (4, 4), (1, 1), grad_output, dtype=x.dtype)
+    for actual, expected in zip((y, gi, gw, gb), ref):
+        assert_close_scaled(actual, expected, rtol=1e-5, atol=1e-5, min_scale=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -164,12 +138,12 @@ def test_grad_weight_multi_chunk(device, target, monkeypatch):
     # Under the interpreter the reduction runs as one chunk; force several (uneven last chunk included, and
     # one tile per chunk for 1000) as on a GPU, where the partial sums of the chunks are added up.
     monkeypatch.setattr(_kernels(), "_program_target", lambda device: target)
-    for layout in ("contiguous", "channels_last"):
+    for layout in ("nchw", "channels_last"):
         x, w, b, grad_output, y, (gi, gw, gb) = _run(device, torch.float32, 3, 3, (11, 9), (3, 3), (1, 1), (1, 1),
                                                       (1, 1), 2, True, layout, seed=4)
-        _, _, ref_gw, ref_gb = _reference(x, w, b, (1, 1), (1, 1), (1, 1), grad_output)
-        _close(gw, ref_gw, 1e-5, 1e-5)
-        _close(gb, ref_gb, 1e-5, 1e-5)
+        _, _, ref_gw, ref_gb = depthwise_reference_grads(x, w, b, (1, 1), (1, 1), (1, 1), grad_output, dtype=x.dtype)
+        assert_close_scaled(gw, ref_gw, rtol=1e-5, atol=1e-5, min_scale=0)
+        assert_close_scaled(gb, ref_gb, rtol=1e-5, atol=1e-5, min_scale=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -177,20 +151,21 @@ def test_int64_indexing_path(device, monkeypatch):
     # Tensors big enough to need 64-bit offsets do not fit an interpreter test; run the int64 code path on
     # a small problem instead.
     monkeypatch.setattr(_kernels(), "_needs_int64", lambda *tensors: True)
-    for layout in ("contiguous", "channels_last"):
+    for layout in ("nchw", "channels_last"):
         x, w, b, grad_output, y, (gi, gw, gb) = _run(device, torch.float32, 2, 3, (7, 9), (3, 3), (2, 2), (1, 1),
                                                       (1, 1), 2, True, layout, seed=5)
-        for actual, expected in zip((y, gi, gw, gb), _reference(x, w, b, (2, 2), (1, 1), (1, 1), grad_output)):
-            _close(actual, expected, 1e-5, 1e-5)
+        ref = depthwise_reference_grads(x, w, b, (2, 2), (1, 1), (1, 1), grad_output, dtype=x.dtype)
+        for actual, expected in zip((y, gi, gw, gb), ref):
+            assert_close_scaled(actual, expected, rtol=1e-5, atol=1e-5, min_scale=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_matches_native_cpu_backend(device, layout):
     if device != "cpu":
         pytest.skip("the native backend compared against is the CPU one")
     g = torch.Generator().manual_seed(6)
-    x = _make((3, 4, 9, 10), "cpu", torch.float32, layout, g)
+    x = make_input((3, 4, 9, 10), layout, generator=g)
     w = torch.randn(8, 1, 3, 3, generator=g)
     b = torch.randn(8, generator=g)
     results = {}
@@ -203,7 +178,7 @@ def test_matches_native_cpu_backend(device, layout):
         assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
                                else torch.contiguous_format)
     for native, triton_result in zip(results["native"], results["triton"]):
-        _close(triton_result, native, 1e-5, 1e-5)
+        assert_close_scaled(triton_result, native, rtol=1e-5, atol=1e-5, min_scale=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -219,15 +194,15 @@ def test_autograd_frozen_weight_and_expanded_grad(device):
     xr, br = x.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
     F.conv2d(xr, w, br, padding=1, groups=3).sum().backward()
     assert w.grad is None
-    _close(x.grad, xr.grad, 1e-5, 1e-5)
-    _close(b.grad, br.grad, 1e-5, 1e-5)
+    assert_close_scaled(x.grad, xr.grad, rtol=1e-5, atol=1e-5, min_scale=0)
+    assert_close_scaled(b.grad, br.grad, rtol=1e-5, atol=1e-5, min_scale=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mask", [[False, True, False], [False, False, True], [True, False, False]])
 def test_only_requested_grads(device, mask):
     x, w, b, grad_output, y, full = _run(device, torch.float32, 1, 2, (6, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1, True,
-                                         "contiguous", seed=8)
+                                         "nchw", seed=8)
     grads = _ops()._depthwise_conv2d_backward(grad_output, x, w, [1, 1], [1, 1], [1, 1], mask)
     for wanted, grad, expected in zip(mask, grads, full):
         if wanted:
@@ -237,11 +212,9 @@ def test_only_requested_grads(device, mask):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_empty_batch(device, layout):
-    x = torch.randn(0, 3, 6, 6, device=device)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = make_input((0, 3, 6, 6), layout, device=device)
     w = torch.randn(6, 1, 3, 3, device=device)
     b = torch.randn(6, device=device)
     y = _ops().depthwise_conv2d(x, w, b, [2, 2], [1, 1], [1, 1])

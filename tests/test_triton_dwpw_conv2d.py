@@ -4,30 +4,25 @@ On CPU tensors they run through the Triton interpreter (TRITON_INTERPRET=1 set b
 on CUDA tensors when a GPU is present. Shapes are small because the interpreter is slow.
 """
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
 import fusedops
-from fusedops import _extension
 from fusedops.ops import _reference
 
-from conftest import assert_close_grads, make_input, to_layout, tolerance
-from test_dwpw_conv2d import GRAD_NAMES, check_parity, make_weights
+from conftest import (
+    DWPW_GRAD_NAMES,
+    TRITON_DEVICE,
+    TRITON_TEST,
+    assert_close_grads,
+    check_dwpw_parity,
+    make_dwpw_weights,
+    make_input,
+    to_layout,
+    tolerance,
+)
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
-_READY = _HAS_TRITON and _extension.has_ops() and _extension.has_triton()
-_DEVICE = "cpu" if _INTERPRET else "cuda"
-
-pytestmark = [
-    pytest.mark.triton,
-    pytest.mark.skipif(not _READY, reason="needs triton and the compiled extension fusedops._C"),
-    pytest.mark.skipif(not (_INTERPRET or torch.cuda.is_available()),
-                       reason="CPU tensors need TRITON_INTERPRET=1; else a CUDA GPU"),
-]
+pytestmark = TRITON_TEST
 
 
 @pytest.mark.parametrize("case", (
@@ -41,16 +36,16 @@ pytestmark = [
 def test_triton_parity(case):
     case = dict(case)
     shape, cout = case.pop("shape"), case.pop("cout")
-    check_parity(shape, cout, backend="triton", **case)
+    check_dwpw_parity(shape, cout, backend="triton", **case)
 
 
 def test_triton_float64():
-    check_parity((1, 4, 5, 5), 6, backend="triton", dtype=torch.float64, layout="nchw", mid="hardswish")
+    check_dwpw_parity((1, 4, 5, 5), 6, backend="triton", dtype=torch.float64, layout="nchw", mid="hardswish")
 
 
 def test_triton_matches_native():
     x = torch.randn(2, 24, 9, 9).to(memory_format=torch.channels_last)
-    weights = [t.detach() for t in make_weights(24, 20, 3)]
+    weights = [t.detach() for t in make_dwpw_weights(24, 20, 3)]
     with fusedops.use_backend("triton"):
         yt = fusedops.dwpw_conv2d(x, *weights, stride=2)
     with fusedops.use_backend("native"):
@@ -61,7 +56,7 @@ def test_triton_matches_native():
 
 def test_triton_bad_arguments():
     x = torch.randn(1, 4, 5, 5)
-    dw_w, dw_b, pw_w, pw_b = (t.detach() for t in make_weights(4, 6, 3))
+    dw_w, dw_b, pw_w, pw_b = (t.detach() for t in make_dwpw_weights(4, 6, 3))
     with fusedops.use_backend("triton"), pytest.raises(RuntimeError, match="pw_weight must have shape"):
         fusedops.dwpw_conv2d(x, dw_w, dw_b, pw_w[:, :3], pw_b)
 
@@ -69,13 +64,13 @@ def test_triton_bad_arguments():
 def _backward_case(shape, cout, kernel, stride, padding, dilation, multiplier, mid, out, layout, dtype=torch.float32):
     """Detached arguments of a direct dwpw_conv2d_backward call, and the float64 reference gradients."""
     c = shape[1]
-    x = make_input(shape, layout, dtype=dtype).to(_DEVICE)
-    weights = [None if t is None else t.detach().to(_DEVICE)
-               for t in make_weights(c, cout, kernel, multiplier, dtype=dtype, requires_grad=False)]
+    x = make_input(shape, layout, dtype=dtype).to(TRITON_DEVICE)
+    weights = [None if t is None else t.detach().to(TRITON_DEVICE)
+               for t in make_dwpw_weights(c, cout, kernel, multiplier, dtype=dtype, requires_grad=False)]
     conv = (stride, padding, dilation, mid, out)
     leaves = [None if t is None else t.double().requires_grad_() for t in (x, *weights)]
     ref = _reference.dwpw_conv2d(*leaves, *conv)
-    go = to_layout(torch.randn(ref.shape, dtype=torch.float64, device=_DEVICE), layout)
+    go = to_layout(torch.randn(ref.shape, dtype=torch.float64, device=TRITON_DEVICE), layout)
     expected = torch.autograd.grad(ref, leaves, go)
     return (go.to(dtype), x, *weights, *conv), expected
 
@@ -112,10 +107,10 @@ def test_triton_backward_bands(case, monkeypatch):
     monkeypatch.setattr(dwpw_conv2d, "_program_target", lambda device: 5)
     for band_elements in (per_row, 2 * per_row + 1, per_row * out_h * (n - 1)):
         banded = _triton_backward(args, band_elements=band_elements)
-        for name, b, w_ in zip(GRAD_NAMES, banded, whole):
+        for name, b, w_ in zip(DWPW_GRAD_NAMES, banded, whole):
             assert b.dtype == w_.dtype and b.shape == w_.shape and b.stride() == w_.stride(), name
-        assert_close_grads(list(banded), list(whole), rtol=tol["rtol"], atol=tol["atol"], names=list(GRAD_NAMES))
-        assert_close_grads(list(banded), list(expected), rtol=tol["rtol"], atol=tol["atol"], names=list(GRAD_NAMES))
+        assert_close_grads(list(banded), list(whole), **tol, names=DWPW_GRAD_NAMES)
+        assert_close_grads(list(banded), list(expected), **tol, names=DWPW_GRAD_NAMES)
     if case["layout"] == "channels_last":
         assert whole[0].is_contiguous(memory_format=torch.channels_last)
 
@@ -127,7 +122,7 @@ def test_triton_backward_output_mask(mask):
     args, _ = _backward_case((2, 4, 7, 6), 5, 3, (2, 2), (1, 1), (1, 1), 2, "hardswish", "relu6", "nchw")
     full = _triton_backward(args)
     part = _triton_backward(args, mask, band_elements=60)
-    for name, wanted, p, f in zip(GRAD_NAMES, mask, part, full):
+    for name, wanted, p, f in zip(DWPW_GRAD_NAMES, mask, part, full):
         if wanted:
             assert p.shape == f.shape and p.dtype == f.dtype and p.is_contiguous(), name
             torch.testing.assert_close(p, f, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
@@ -140,4 +135,4 @@ def test_triton_backward_float64_bands():
                                     "channels_last", dtype=torch.float64)
     banded = _triton_backward(args, band_elements=(3 + 4) * 7 * 2)
     tol = tolerance(torch.float64)
-    assert_close_grads(list(banded), list(expected), rtol=tol["rtol"], atol=tol["atol"], names=list(GRAD_NAMES))
+    assert_close_grads(list(banded), list(expected), **tol, names=DWPW_GRAD_NAMES)
