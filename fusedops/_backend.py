@@ -60,15 +60,16 @@ def use_backend(name: str):
 def runs_native_eagerly(tensor) -> bool:
     """Whether an op call on `tensor` is the commonest one: eager (not traced), a plain CPU tensor, backend
     auto, the extension loaded. It runs the native kernel, so the op's wrapper may call it straight away
-    (``_library.eager_native``) before any Python check: the C++ op checks its arguments itself."""
+    (``_library.call_native_eagerly``) before any Python check: the C++ op checks its arguments itself.
+    The one statement of the eager fast path's condition."""
     return (type(tensor) is torch.Tensor and tensor.is_cpu and not _stack and _default == "auto"
             and _extension.has_ops() and not torch.compiler.is_compiling())
 
 
 def resolve_for(tensor, op_name: str) -> str:
-    """resolve() for the device of `tensor`, the common case first: every eager call of an op runs this, and
-    the default backend on a CPU tensor needs no ``tensor.device.type`` (~0.3 us)."""
-    if tensor.is_cpu and not _stack and _default == "auto" and _extension.has_ops():
+    """resolve() for the device of `tensor`. The commonest call needs no ``tensor.device.type`` (~0.3 us): that
+    of an op whose arguments the eager fast path left to the wrapper's regular path (e.g. padding="same")."""
+    if runs_native_eagerly(tensor):
         return NATIVE
     return resolve(tensor.device, op_name)
 

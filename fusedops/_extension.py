@@ -50,6 +50,33 @@ def eager_op(name: str):
     return _C._eager_op(name)
 
 
+def shared_facts() -> dict:
+    """Facts that C++ defines and Python must agree with, read once from ``fusedops._C._shared_facts()``:
+
+    ``double_backward_message``: the error of differentiating a backward op, with an ``{op}`` placeholder for
+    the forward op's name; ``dwpw_saved_output_activations`` and ``dwpw_saved_output_dtypes``: the output
+    activations and dtypes for which dwpw_conv2d's autograd saves its output for the backward.
+    """
+    global _shared_facts
+    if _shared_facts is None:
+        read = getattr(_C, "_shared_facts", None) if _HAS_OPS else None
+        _shared_facts = dict(read()) if read is not None else _SHARED_FACTS_UNTIL_CPP_HAS_THEM
+    return _shared_facts
+
+
+_shared_facts = None
+# TEMPORARY, delete once fusedops._C._shared_facts() is built into every extension this code runs with: the
+# facts as the C++ code of this revision writes them (csrc/include/fusedops/autograd.h,
+# csrc/autograd/dwpw_conv2d.cpp), for an extension built before that method existed.
+_SHARED_FACTS_UNTIL_CPP_HAS_THEM = {
+    "double_backward_message": "fusedops: double backward (higher-order gradients) of {op} is not supported; use "
+                               "the 'reference' backend (fusedops.use_backend('reference')) for higher-order "
+                               "gradients",
+    "dwpw_saved_output_activations": ("relu", "relu6"),
+    "dwpw_saved_output_dtypes": ("float32", "float64"),
+}
+
+
 def assert_has_ops(what: str = "the native backend") -> None:
     if not has_ops():
         raise RuntimeError(

@@ -3,7 +3,7 @@ fusedops.models.MobileNetV1: the reference its parity tests compare against."""
 
 from torch import nn
 
-from ..ops import _reference
+from ..ops.activations import activation
 from .mobilenet_v1 import MobileNetV1
 
 
@@ -20,8 +20,8 @@ class ReferenceSeparable(nn.Module):
         self.bn_pw = nn.BatchNorm2d(out_channels)
 
     def forward(self, x):
-        x = _reference.activation(self.bn_dw(self.dw(x)), self.mid_activation)
-        return _reference.activation(self.bn_pw(self.pw(x)), self.out_activation)
+        x = activation(self.bn_dw(self.dw(x)), self.mid_activation)
+        return activation(self.bn_pw(self.pw(x)), self.out_activation)
 
 
 class ReferenceMobileNetV1(MobileNetV1):

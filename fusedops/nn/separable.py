@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from ..ops import _reference
-from ..ops.dwpw_conv2d import activation_name, dwpw_conv2d
+from ..ops.activations import activation, activation_name
+from ..ops.dwpw_conv2d import dwpw_conv2d
 from .depthwise import DepthwiseConv2d
 from .fuse import fold_bn
 
@@ -113,11 +113,11 @@ class DepthwiseSeparableConv2d(nn.Module):
             x = dw(input)
             if self.norm:
                 x = self.bn_dw(x)
-            x = _reference.activation(x, self.mid_activation)
+            x = activation(x, self.mid_activation)
             x = self.pw(x)
             if self.norm:
                 x = self.bn_pw(x)
-            return _reference.activation(x, self.out_activation)
+            return activation(x, self.out_activation)
         dw_w, dw_b, pw_w, pw_b = self.folded_weights()
         return dwpw_conv2d(input, dw_w, dw_b, pw_w, pw_b, dw.stride, dw.padding, dw.dilation, self.mid_activation,
                            self.out_activation)

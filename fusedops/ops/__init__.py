@@ -1,4 +1,10 @@
-"""The functional API: one module per op (wrapper, fake kernels, autograd registration)."""
+"""The functional API: one module per op (wrapper, fake kernels, autograd registration).
+
+What the ops share: ``_library`` (registration and the wrappers' call path), ``_args`` (argument
+normalisation), ``_geometry`` (argument checks and output shapes, the Python copy of the C++ ones),
+``activations``, ``_reference`` (pure-PyTorch implementations) and ``_triton`` (Triton kernels, one module
+per op over ``_triton/_common.py``).
+"""
 
 from .channel_shuffle import channel_shuffle, concat_shuffle
 from .depthwise_conv2d import depthwise_conv2d

@@ -39,8 +39,16 @@ def check_tensor(t, name: str, *, rank=None) -> None:
 
 def check_same(t, ref, name: str, ref_name: str) -> None:
     """Same dtype and device as the reference tensor."""
+    check_same_dtype(t, ref, name, ref_name)
+    check_same_device(t, ref, name, ref_name)
+
+
+def check_same_dtype(t, ref, name: str, ref_name: str) -> None:
     if t.dtype != ref.dtype:
         raise RuntimeError(f"fusedops: {name} dtype {t.dtype} does not match {ref_name} dtype {ref.dtype}")
+
+
+def check_same_device(t, ref, name: str, ref_name: str) -> None:
     if t.device != ref.device:
         raise RuntimeError(f"fusedops: {name} is on {t.device} but {ref_name} is on {ref.device}; both must be on "
                            "the same device")

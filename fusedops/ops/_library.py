@@ -1,4 +1,8 @@
-"""Registration shared by every op.
+"""Registration and the call path shared by every op.
+
+Every op wrapper (``fusedops/ops/<op>.py``) is the same two steps: ``call_native_eagerly`` first (the
+commonest call, before any Python work), else its own argument normalisation and ``call_op``, which picks the
+implementation, runs the Python checks where no kernel does, and calls it.
 
 Each op's schema is written once, in C++ (``csrc/<op>.cpp``), in the ``fusedops`` namespace, whose CPU
 and CUDA kernels are the native ones. The Triton kernels are bound to a mirror namespace,
@@ -32,6 +36,31 @@ def ops_for(impl: str):
     return getattr(torch.ops, TRITON_NAMESPACE if impl == _backend.TRITON else NATIVE_NAMESPACE)
 
 
+def call_native_eagerly(name: str, tensor, *args):
+    """The commonest call of op `name` (``_backend.runs_native_eagerly(tensor)``) straight to the C++ op,
+    which checks its arguments itself (same messages), before any Python check: the first line of every op
+    wrapper, before its normalisation. NotImplemented when the call is not that one or has arguments of other
+    types: the wrapper then normalises them and calls ``call_op``, which converts or refuses them."""
+    if not _backend.runs_native_eagerly(tensor):
+        return NotImplemented
+    return eager_native(name)(*args)
+
+
+def call_op(name: str, args: tuple, tensor_args: int, check, reference):
+    """Every call of op `name` that ``call_native_eagerly`` left, with the wrapper's normalised `args`, whose
+    first `tensor_args` are the tensors that may require grad: runs the implementation the backend resolves
+    to. The native kernels check their arguments themselves and traced calls are checked by the fake kernel
+    (both with the messages of `check`), so `check(*args)` runs only where neither does: before the
+    reference implementation `reference(*args)` and the Triton kernels, on eager calls. (Dynamo refuses
+    ``torch._check`` messages that close over tensors or symbolic sizes, so it must not trace `check`.)"""
+    impl = _backend.resolve_for(args[0], name)
+    if impl != _backend.NATIVE and not torch.compiler.is_dynamo_compiling():
+        check(*args)
+    if impl == _backend.REFERENCE:
+        return reference(*args)
+    return call(impl, name, args[:tensor_args], *args)
+
+
 def call(impl: str, name: str, grad_inputs, *args):
     """Calls op `name` of the resolved implementation (NATIVE or TRITON) on `args`.
 
@@ -54,16 +83,6 @@ def call(impl: str, name: str, grad_inputs, *args):
                 return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
-
-
-def call_native_eagerly(name: str, tensor, *args):
-    """The commonest call of op `name` (``_backend.runs_native_eagerly(tensor)``) straight to the C++ op,
-    which checks its arguments itself (same messages), before any Python check. NotImplemented when the
-    call is not that one or has arguments of other types: the wrapper's regular path then converts or
-    refuses them."""
-    if not _backend.runs_native_eagerly(tensor):
-        return NotImplemented
-    return eager_native(name)(*args)
 
 
 def eager_native(name: str):
@@ -134,13 +153,12 @@ def register_no_double_backward(name: str, forward_name: str) -> None:
     """Differentiating the Triton mirror of the backward op `name` raises a clear error instead of returning
     wrong gradients (the native backward ops raise the same error from C++, ``csrc/autograd/<op>.cpp``)."""
 
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            f"fusedops: double backward (higher-order gradients) of {forward_name} is not supported; "
-            "use the 'reference' backend (fusedops.use_backend('reference')) for higher-order gradients"
-        )
-
     if TRITON_NAMESPACE in namespaces():
+        message = _extension.shared_facts()["double_backward_message"].format(op=forward_name)
+
+        def backward(ctx, *grads):
+            raise RuntimeError(message)
+
         torch.library.register_autograd(f"{TRITON_NAMESPACE}::{name}", backward,
                                         setup_context=lambda ctx, inputs, output: None)
 

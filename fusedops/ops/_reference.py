@@ -8,6 +8,8 @@ them, and the ``reference`` backend runs them. Arguments are already normalised 
 import torch
 import torch.nn.functional as F
 
+from .activations import activation
+
 
 def depthwise_conv2d(input, weight, bias, stride, padding, dilation):
     return F.conv2d(input, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups=input.shape[1])
@@ -24,19 +26,6 @@ def channel_shuffle(input, groups):
 
 def concat_shuffle(a, b, groups):
     return channel_shuffle(torch.cat([a, b], 1), groups)
-
-
-def activation(x, kind):
-    """The activation of a fused op by name (None, "relu", "relu6", "hardswish")."""
-    if kind is None or kind == "none":
-        return x
-    if kind == "relu":
-        return F.relu(x)
-    if kind == "relu6":
-        return F.relu6(x)
-    if kind == "hardswish":
-        return F.hardswish(x)
-    raise ValueError(f"unknown activation {kind!r}")
 
 
 def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,

@@ -2,7 +2,7 @@
 
 Kernels: csrc/cpu/channel_shuffle.cpp, csrc/cuda/channel_shuffle.cu, fusedops/ops/_triton/channel_shuffle.py;
 native autograd: csrc/autograd/channel_shuffle.cpp; reference: fusedops/ops/_reference.py; schemas:
-csrc/channel_shuffle.cpp.
+csrc/channel_shuffle.cpp; argument checks: fusedops/ops/_geometry.py.
 
 Both ops are pure data movement, so their gradients are shuffles too: the gradient of
 ``channel_shuffle(x, g)`` is ``channel_shuffle(grad, C // g)``, and that of ``concat_shuffle(a, b, g)`` is
@@ -11,10 +11,8 @@ gradients of every order are supported.
 """
 
 import torch
-from torch._prims_common import suggest_memory_format
 
-from .. import _backend
-from . import _args, _library, _reference
+from . import _args, _geometry, _library, _reference
 
 NAME = "channel_shuffle"
 CONCAT_NAME = "concat_shuffle"
@@ -45,14 +43,8 @@ def channel_shuffle(input, groups):
         return out
     _args.check_tensor(input, "input")
     _check_groups_type(groups)
-    impl = _backend.resolve_for(input, NAME)
-    # The native kernels check their arguments (same messages) and traced calls are checked by the fake
-    # kernel, so the Python checks run only where neither does: this op is often cheaper than the checks.
-    if impl != _backend.NATIVE and not torch.compiler.is_compiling():
-        _check_channel_shuffle(input, groups)
-    if impl == _backend.REFERENCE:
-        return _reference.channel_shuffle(input, groups)
-    return _library.call(impl, NAME, (input,), input, groups)
+    return _library.call_op(NAME, (input, groups), tensor_args=1, check=_geometry.check_channel_shuffle,
+                            reference=_reference.channel_shuffle)
 
 
 def concat_shuffle(a, b, groups=2):
@@ -77,18 +69,8 @@ def concat_shuffle(a, b, groups=2):
     _args.check_tensor(a, "a")
     _args.check_tensor(b, "b")
     _check_groups_type(groups)
-    impl = _backend.resolve_for(a, CONCAT_NAME)
-    if impl != _backend.NATIVE and not torch.compiler.is_compiling():
-        _check_concat_shuffle(a, b, groups)
-    if impl == _backend.REFERENCE:
-        return _reference.concat_shuffle(a, b, groups)
-    return _library.call(impl, CONCAT_NAME, (a, b), a, b, groups)
-
-
-def _check_groups(groups, channels, channels_of):
-    torch._check(groups > 0, lambda: f"fusedops: groups must be positive, got {groups}")
-    torch._check(channels % groups == 0, lambda: f"fusedops: the number of channels of {channels_of} ({channels}) "
-                 f"must be divisible by groups ({groups})")
+    return _library.call_op(CONCAT_NAME, (a, b, groups), tensor_args=2, check=_geometry.check_concat_shuffle,
+                            reference=_reference.concat_shuffle)
 
 
 def _check_groups_type(groups):
@@ -96,54 +78,24 @@ def _check_groups_type(groups):
         raise TypeError(f"fusedops: groups must be an int, got {groups!r}")
 
 
-def _check_rank4_floating(t, name):
-    torch._check(t.dim() == 4, lambda: f"fusedops: {name} must be a 4-D (N, C, H, W) tensor, got {t.dim()}-D "
-                 f"with shape {tuple(t.shape)}")
-    _args.check_floating(t, name)
-
-
-def _check_channel_shuffle(input, groups):
-    _check_rank4_floating(input, "input")
-    _check_groups(groups, input.shape[1], "input")
-
-
-def _check_concat_shuffle(a, b, groups):
-    _check_rank4_floating(a, "a")
-    _check_rank4_floating(b, "b")
-    _args.check_same(b, a, "b", "a")
-    torch._check(a.shape[0] == b.shape[0] and a.shape[2:] == b.shape[2:],
-                 lambda: "fusedops: a and b must have the same batch size, height and width (they are concatenated "
-                 f"along channels), got a of shape {tuple(a.shape)} and b of shape {tuple(b.shape)}")
-    _check_groups(groups, a.shape[1] + b.shape[1], "a and b together")
-
-
-def concat_memory_format(a, b):
-    """torch.cat's output format: the inputs' common suggested format, else NCHW."""
-    fa, fb = suggest_memory_format(a), suggest_memory_format(b)
-    return fa if fa == fb else torch.contiguous_format
-
-
 # ---------------------------------------------------------------------------------------------------
 # Fake kernels
 
 
 def _fake(input, groups):
-    _check_channel_shuffle(input, groups)
+    _geometry.check_channel_shuffle(input, groups)
     return _args.empty_like_format(input, input.shape)
 
 
 def _fake_concat(a, b, groups):
-    _check_concat_shuffle(a, b, groups)
+    _geometry.check_concat_shuffle(a, b, groups)
     n, _, h, w = a.shape
     return torch.empty((n, a.shape[1] + b.shape[1], h, w), dtype=a.dtype, device=a.device,
-                       memory_format=concat_memory_format(a, b))
+                       memory_format=_geometry.concat_memory_format(a, b))
 
 
 def _fake_concat_backward(grad, channels_a, groups):
-    torch._check(grad.dim() == 4, lambda: f"fusedops: grad must be a 4-D tensor, got {grad.dim()}-D")
-    _check_groups(groups, grad.shape[1], "grad")
-    torch._check(0 <= channels_a <= grad.shape[1], lambda: f"fusedops: channels_a must be in [0, {grad.shape[1]}] "
-                 f"(the channels of grad), got {channels_a}")
+    _geometry.check_concat_shuffle_backward(grad, channels_a, groups)
     n, c, h, w = grad.shape
     return (_args.empty_like_format(grad, (n, channels_a, h, w)),
             _args.empty_like_format(grad, (n, c - channels_a, h, w)))

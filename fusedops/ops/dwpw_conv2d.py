@@ -3,20 +3,17 @@
 Kernels: csrc/cpu/dwpw_conv2d.cpp, csrc/cuda/dwpw_conv2d.cu, fusedops/ops/_triton/dwpw_conv2d.py;
 backward (every native backend): dwpw_conv2d_backward_banded in csrc/dwpw_conv2d.cpp; native autograd:
 csrc/autograd/dwpw_conv2d.cpp;
-reference: fusedops/ops/_reference.py; schema: csrc/dwpw_conv2d.cpp.
+reference: fusedops/ops/_reference.py; schema: csrc/dwpw_conv2d.cpp; argument checks and output shape:
+fusedops/ops/_geometry.py.
 """
 
 import torch
 
-from .. import _backend
-from . import _args, _library, _reference
-from .depthwise_conv2d import _check as _check_depthwise
-from .depthwise_conv2d import output_shape as _depthwise_output_shape
+from . import _args, _geometry, _library, _reference
+from .activations import activation_name
 
 NAME = "dwpw_conv2d"
 BACKWARD_NAME = "_dwpw_conv2d_backward"
-
-ACTIVATIONS = ("none", "relu", "relu6", "hardswish")
 
 
 def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, padding=1, dilation=1,
@@ -49,27 +46,9 @@ def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, pa
                                        dilation, mid_activation, out_activation)
     if out is not NotImplemented:
         return out
-    input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out = _normalize(
-        input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation, out_activation)
-    args = (input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
-    grad_inputs = (input, dw_weight, dw_bias, pw_weight, pw_bias)
-    impl = _backend.resolve_for(input, NAME)
-    if impl == _backend.NATIVE:
-        return _library.call(impl, NAME, grad_inputs, *args)
-    if not torch.compiler.is_dynamo_compiling():
-        _check(*args)
-    if impl == _backend.REFERENCE:
-        return _reference.dwpw_conv2d(*args)
-    return _library.call(impl, NAME, grad_inputs, *args)
-
-
-def activation_name(value, name: str) -> str:
-    """None or one of ACTIVATIONS -> the schema's string."""
-    if value is None:
-        return "none"
-    if isinstance(value, str) and value in ACTIVATIONS:
-        return value
-    raise ValueError(f"fusedops: {name} must be one of None, 'relu', 'relu6', 'hardswish'; got {value!r}")
+    args = _normalize(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,
+                      out_activation)
+    return _library.call_op(NAME, args, tensor_args=5, check=_geometry.check_dwpw, reference=_reference.dwpw_conv2d)
 
 
 def _normalize(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,
@@ -89,41 +68,16 @@ def _normalize(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, d
     return input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out
 
 
-def _check(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
-    torch._check(mid in ACTIVATIONS, lambda: f"fusedops: mid_activation must be one of None, 'relu', 'relu6', "
-                 f"'hardswish'; got '{mid}'")
-    torch._check(out in ACTIVATIONS, lambda: f"fusedops: out_activation must be one of None, 'relu', 'relu6', "
-                 f"'hardswish'; got '{out}'")
-    _check_depthwise(input, dw_weight, dw_bias, stride, padding, dilation, weight_name="dw_weight",
-                     bias_name="dw_bias")
-    k = dw_weight.shape[0]
-    torch._check(pw_weight.dim() == 4 and pw_weight.shape[1] == k and pw_weight.shape[2] == 1
-                 and pw_weight.shape[3] == 1 and pw_weight.shape[0] > 0,
-                 lambda: f"fusedops: pw_weight must have shape (out_channels, {k}, 1, 1) ({k} = the depthwise "
-                 f"output channels), got {tuple(pw_weight.shape)}")
-    _args.check_same(pw_weight, input, "pw_weight", "input")
-    if pw_bias is not None:
-        torch._check(pw_bias.dim() == 1 and pw_bias.shape[0] == pw_weight.shape[0],
-                     lambda: f"fusedops: pw_bias must have shape ({pw_weight.shape[0]},), got {tuple(pw_bias.shape)}")
-        _args.check_same(pw_bias, input, "pw_bias", "input")
-
-
-def output_shape(input, dw_weight, pw_weight, stride, padding, dilation):
-    n, _, oh, ow = _depthwise_output_shape(input, dw_weight, stride, padding, dilation)
-    return (n, pw_weight.shape[0], oh, ow)
-
-
 def _fake(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
-    _check(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
-    return _args.empty_like_format(input, output_shape(input, dw_weight, pw_weight, stride, padding, dilation))
+    _geometry.check_dwpw(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
+    return _args.empty_like_format(input, _geometry.dwpw_output_shape(input, dw_weight, pw_weight, stride, padding,
+                                                                      dilation))
 
 
 def _fake_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out,
                    output_mask, output=None):
-    _check(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
-    _args.check_same(grad_output, input, "grad_output", "input")
-    torch._check(tuple(grad_output.shape) == output_shape(input, dw_weight, pw_weight, stride, padding, dilation),
-                 lambda: f"fusedops: grad_output has shape {tuple(grad_output.shape)}, not the output shape")
+    _geometry.check_dwpw_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
+                                  dilation, mid, out, output)
 
     def like(t, wanted):
         if not wanted:
@@ -141,7 +95,7 @@ def _setup_context(ctx, inputs, output):
     # The backward recomputes the depthwise output band by band from the input. With a relu/relu6 output
     # activation in float/double it also keeps the output (alive anyway as the next layer's input), whose
     # zeros and sixes give that activation's derivative without recomputing the pointwise GEMM.
-    keep_output = out in ("relu", "relu6") and output.dtype in (torch.float32, torch.float64)
+    keep_output = _geometry.dwpw_uses_saved_output(out, output.dtype)
     ctx.save_for_backward(input, dw_weight, dw_bias, pw_weight, pw_bias, output if keep_output else None)
     ctx.conv_args = (stride, padding, dilation, mid, out)
 

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from ..channel_shuffle import _check_channel_shuffle, _check_concat_shuffle, concat_memory_format
+from .. import _geometry
 
 BLOCK = 1024
 
@@ -71,7 +71,7 @@ def _run(srcs, dsts, groups, channels_last):
 
 
 def channel_shuffle(input, groups):
-    _check_channel_shuffle(input, groups)
+    _geometry.check_channel_shuffle(input, groups)
     fmt = suggest_memory_format(input)
     out = torch.empty(input.shape, dtype=input.dtype, device=input.device, memory_format=fmt)
     _run([input], [out], groups, fmt == torch.channels_last)
@@ -79,8 +79,8 @@ def channel_shuffle(input, groups):
 
 
 def concat_shuffle(a, b, groups):
-    _check_concat_shuffle(a, b, groups)
-    fmt = concat_memory_format(a, b)
+    _geometry.check_concat_shuffle(a, b, groups)
+    fmt = _geometry.concat_memory_format(a, b)
     n, _, h, w = a.shape
     out = torch.empty((n, a.shape[1] + b.shape[1], h, w), dtype=a.dtype, device=a.device, memory_format=fmt)
     _run([a, b], [out], groups, fmt == torch.channels_last)
@@ -88,11 +88,8 @@ def concat_shuffle(a, b, groups):
 
 
 def concat_shuffle_backward(grad, channels_a, groups):
-    torch._check(grad.dim() == 4, lambda: f"fusedops: grad must be a 4-D tensor, got {grad.dim()}-D")
+    _geometry.check_concat_shuffle_backward(grad, channels_a, groups)
     n, c, h, w = grad.shape
-    torch._check(groups > 0 and c % groups == 0, lambda: f"fusedops: the number of channels of grad ({c}) must be "
-                 f"divisible by groups ({groups})")
-    torch._check(0 <= channels_a <= c, lambda: f"fusedops: channels_a must be in [0, {c}], got {channels_a}")
     fmt = suggest_memory_format(grad)
     opts = dict(dtype=grad.dtype, device=grad.device, memory_format=fmt)
     grad_a = torch.empty((n, channels_a, h, w), **opts)

@@ -13,7 +13,7 @@ vectorised loads along C), for NCHW the W axis is (runs of up to 32 columns per 
 
 Accumulation is in fp32 (fp64 for fp64 tensors); results are cast to the tensor dtype on store.
 
-Kernels:
+Kernels (the two backward ones are in _common.py, as the dwpw_conv2d backward runs them too):
   * forward: one program per (image, output-pixel tile, output-channel tile); the kernel taps are
     unrolled (KH, KW are constexpr; for very large kernels only the KW loop is unrolled), borders are
     handled by masks, the bias is fused.
@@ -29,31 +29,20 @@ Kernels:
     grad_output/input tiles they share are served from L2.
 """
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-# Kernels with more taps than this unroll only their KW loop (the KH loop stays a loop), which bounds
-# the code size for large-kernel depthwise convolutions (e.g. 31x31).
-_MAX_UNROLLED_TAPS = 64
+from .. import _geometry
+from ._common import (MAX_UNROLLED_TAPS, acc_dtype, depthwise_grad_input, device_context, needs_int64, num_warps,
+                      pixel_tile, program_target, tile, weight_grad_partials)
 
-
-# ---------------------------------------------------------------------------------------------------
-# Shared pieces
-
-
-@triton.jit
-def _pixel_tile(tile, tiles_w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Rows and columns of a BLOCK_H x BLOCK_W pixel tile, flattened to BLOCK_H * BLOCK_W."""
-    th = tile // tiles_w
-    tw = tile % tiles_w
-    p = tl.arange(0, BLOCK_H * BLOCK_W)
-    rows = th * BLOCK_H + p // BLOCK_W
-    cols = tw * BLOCK_W + p % BLOCK_W
-    return rows, cols
+# Looked up in this module at each launch, so that tests can force the int64 indexing and a chunked
+# grad_weight reduction on small problems.
+_needs_int64 = needs_int64
+_program_target = program_target
+_MAX_UNROLLED_TAPS = MAX_UNROLLED_TAPS
 
 
 @triton.jit
@@ -90,7 +79,7 @@ def _depthwise_fwd_kernel(
     pid_c = tl.program_id(1)
     tiles = tiles_h * tiles_w
     n = pid // tiles
-    oh, ow = _pixel_tile(pid % tiles, tiles_w, BLOCK_H, BLOCK_W)
+    oh, ow = pixel_tile(pid % tiles, tiles_w, BLOCK_H, BLOCK_W)
     oc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_p = (oh < OH) & (ow < OW)
     mask_c = oc < OC
@@ -123,225 +112,14 @@ def _depthwise_fwd_kernel(
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
 
 
-# ---------------------------------------------------------------------------------------------------
-# grad_input: gather over the output pixels whose window covers each input pixel
-
-
-@triton.jit
-def _bwd_input_row(acc, g_img, g_ch, w_ch, th0, tw0, mask_p, mask_c, kh, OH, OW,
-                   sgh, sgw, swh, sww, stride_h, stride_w, dil_h, dil_w, KW: tl.constexpr, ACC: tl.constexpr):
-    """Adds the KW taps of kernel row `kh` to the grad_input accumulator.
-
-    Input row ih receives output row oh through tap kh when ih + pad_h - kh * dil_h == oh * stride_h;
-    th0 = ih + pad_h. Negative numerators are masked before their quotient is used, so the rounding
-    direction of // and % on negative integers does not matter.
-    """
-    th = th0 - kh * dil_h
-    oh = th // stride_h
-    mask_h = mask_p & (th >= 0) & (th % stride_h == 0) & (oh < OH)
-    row = g_img + oh * sgh
-    for kw in tl.static_range(KW):
-        tw = tw0 - kw * dil_w
-        ow = tw // stride_w
-        m = mask_h & (tw >= 0) & (tw % stride_w == 0) & (ow < OW)
-        gv = tl.load(row[:, None] + (ow * sgw)[:, None] + g_ch[None, :],
-                     mask=m[:, None] & mask_c[None, :], other=0.0)
-        wv = tl.load(w_ch + kh * swh + kw * sww, mask=mask_c, other=0.0)
-        acc += gv.to(ACC) * wv.to(ACC)[None, :]
-    return acc
-
-
-@triton.jit
-def _depthwise_bwd_input_kernel(
-    g_ptr, w_ptr, dx_ptr,
-    C, H, W, OH, OW, MULT,
-    sgn, sgc, sgh, sgw,
-    swo, swh, sww,
-    sdn, sdc, sdh, sdw,
-    tiles_h, tiles_w,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KH: tl.constexpr, KW: tl.constexpr, UNROLL_KH: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
-    INT64: tl.constexpr, ACC: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    tiles = tiles_h * tiles_w
-    n = pid // tiles
-    ih, iw = _pixel_tile(pid % tiles, tiles_w, BLOCK_H, BLOCK_W)
-    ci = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = (ih < H) & (iw < W)
-    mask_c = ci < C
-    if INT64:
-        ih = ih.to(tl.int64)
-        iw = iw.to(tl.int64)
-        ci = ci.to(tl.int64)
-
-    g_img = g_ptr + n.to(tl.int64) * sgn
-    th0 = ih + pad_h
-    tw0 = iw + pad_w
-    acc = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
-    for j in range(MULT):
-        oc = ci * MULT + j
-        g_ch = oc * sgc
-        w_ch = w_ptr + oc * swo
-        if UNROLL_KH:
-            for kh in tl.static_range(KH):
-                acc = _bwd_input_row(acc, g_img, g_ch, w_ch, th0, tw0, mask_p, mask_c, kh, OH, OW,
-                                     sgh, sgw, swh, sww, stride_h, stride_w, dil_h, dil_w, KW, ACC)
-        else:
-            for kh in range(KH):
-                acc = _bwd_input_row(acc, g_img, g_ch, w_ch, th0, tw0, mask_p, mask_c, kh, OH, OW,
-                                     sgh, sgw, swh, sww, stride_h, stride_w, dil_h, dil_w, KW, ACC)
-
-    dx = dx_ptr + n.to(tl.int64) * sdn + (ih * sdh + iw * sdw)[:, None] + (ci * sdc)[None, :]
-    tl.store(dx, acc.to(dx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
-
-
-# ---------------------------------------------------------------------------------------------------
-# grad_weight / grad_bias: partial sums per (chunk of pixel tiles, channel, tap)
-
-
-@triton.jit
-def _depthwise_bwd_weight_kernel(
-    g_ptr, x_ptr, pw_ptr, pb_ptr,
-    H, W, OC, OH, OW, MULT,
-    sgn, sgc, sgh, sgw,
-    sxn, sxc, sxh, sxw,
-    tiles_h, tiles_w, total_tiles, tiles_per_chunk,
-    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    KW: tl.constexpr, TAPS: tl.constexpr, COMPUTE_GW: tl.constexpr, COMPUTE_GB: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
-    INT64: tl.constexpr, ACC: tl.constexpr,
-):
-    tap = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    chunk = tl.program_id(2)
-    kh = tap // KW
-    kw = tap % KW
-    oc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = oc < OC
-    ci = oc // MULT
-    if INT64:
-        oc = oc.to(tl.int64)
-        ci = ci.to(tl.int64)
-    g_ch = oc * sgc
-    x_ch = ci * sxc
-    tiles = tiles_h * tiles_w
-    first = chunk * tiles_per_chunk
-    last = tl.minimum(first + tiles_per_chunk, total_tiles)
-
-    acc_w = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
-    acc_b = tl.zeros([BLOCK_H * BLOCK_W, BLOCK_C], dtype=ACC)
-    for t in range(first, last):
-        n = t // tiles
-        oh, ow = _pixel_tile(t % tiles, tiles_w, BLOCK_H, BLOCK_W)
-        mask_p = (oh < OH) & (ow < OW)
-        if INT64:
-            oh = oh.to(tl.int64)
-            ow = ow.to(tl.int64)
-        g = g_ptr + n.to(tl.int64) * sgn + (oh * sgh + ow * sgw)[:, None] + g_ch[None, :]
-        gv = tl.load(g, mask=mask_p[:, None] & mask_c[None, :], other=0.0).to(ACC)
-        if COMPUTE_GB:
-            acc_b += gv
-        if COMPUTE_GW:
-            ih = oh * stride_h - pad_h + kh * dil_h
-            iw = ow * stride_w - pad_w + kw * dil_w
-            m = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x = x_ptr + n.to(tl.int64) * sxn + (ih * sxh + iw * sxw)[:, None] + x_ch[None, :]
-            xv = tl.load(x, mask=m[:, None] & mask_c[None, :], other=0.0)
-            acc_w += gv * xv.to(ACC)
-
-    if COMPUTE_GW:
-        tl.store(pw_ptr + (chunk * OC + oc) * TAPS + tap, tl.sum(acc_w, axis=0), mask=mask_c)
-    if COMPUTE_GB:
-        tl.store(pb_ptr + chunk * OC + oc, tl.sum(acc_b, axis=0), mask=mask_c & (tap == 0))
-
 
 # ---------------------------------------------------------------------------------------------------
 # Launchers
 
 
-def _next_pow2(v):
-    return triton.next_power_of_2(max(1, int(v)))
-
-
-def _tile(channels_last, rows, cols, channels):
-    """(BLOCK_H, BLOCK_W, BLOCK_C) of a (pixels x channels) tile over a rows x cols map with `channels`.
-
-    About 1024 elements per tile (8 per thread with 4 warps) keeps enough loads in flight per thread
-    without spilling. channels_last: channels are contiguous, so the tile takes up to 64 of them
-    (256 B per pixel in fp32: full, vectorised transactions) and a small pixel rectangle (rows of up to
-    8 columns). NCHW: columns are contiguous, so the tile takes runs of up to 32 columns of as many rows
-    as fit, and fills the rest with channels, which keeps small late-layer maps (7x7, 14x14) from
-    leaving most of the tile masked. All sizes are powers of two (Triton block shapes), clamped to the
-    problem so tiny maps and channel counts do not waste lanes. The table is fixed (no autotuning):
-    the same configurations run on the GPU and under the Triton interpreter in tests.
-    """
-    target = 1024
-    if channels_last:
-        block_c = min(64, _next_pow2(channels))
-        block_w = min(8, _next_pow2(cols))
-        block_h = min(_next_pow2(rows), max(1, target // (block_c * block_w)))
-    else:
-        block_w = min(32, _next_pow2(cols))
-        block_h = min(_next_pow2(rows), max(1, 256 // block_w))
-        block_c = min(_next_pow2(channels), max(1, target // (block_h * block_w)))
-    return block_h, block_w, block_c
-
-
-def _num_warps(block_h, block_w, block_c):
-    """Warps of the forward and grad_input kernels: 4 elements per thread for full 1024-element tiles.
-    Their unrolled taps keep several loads per element in flight, so 8 warps lose no parallelism and
-    need far fewer registers per thread than 4 warps with 8 elements each (ptxas for sm_90, 3x3 fp32:
-    forward about 65-85 instead of 105-150, grad_input about 115-145 instead of 170-250)."""
-    return 8 if block_h * block_w * block_c >= 1024 else 4
-
-
-def _acc_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _needs_int64(*tensors):
-    """True when an offset inside one image (or the weight) may not fit in int32."""
-    limit = 2**31 - 1
-    for t in tensors:
-        span = sum((s - 1) * abs(st) for s, st in zip(t.shape[1:], t.stride()[1:]) if s > 0)
-        if span > limit or (t.dim() == 4 and t.shape[0] > 0 and abs(t.stride(0)) > limit):
-            return True
-    return False
-
-
-def _device_context(t):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
-def _program_target(device):
-    """How many programs the grad_weight reduction aims for: a few per SM on a GPU. Under the
-    interpreter (CPU tensors) programs run one after another, so fewer, longer ones are faster."""
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
-def _check_pair(values, name):
-    if len(values) != 2:
-        raise RuntimeError(f"fusedops: {name} must have 2 elements (height, width), got {len(values)}")
-
-
-def _geometry(input, weight, bias, stride, padding, dilation):
-    """Re-validates a direct call of the op with the public wrapper's checks (so every backend reports the
-    same errors) and returns (N, C, H, W, OC, multiplier, kH, kW, OH, OW)."""
-    from ..depthwise_conv2d import _check
-
-    _check_pair(stride, "stride")
-    _check_pair(padding, "padding")
-    _check_pair(dilation, "dilation")
-    _check(input, weight, bias, stride, padding, dilation)
-    n, c, h, w = input.shape
-    oc, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
-    extent_h = dilation[0] * (kh - 1) + 1
-    extent_w = dilation[1] * (kw - 1) + 1
+def _launch_geometry(input, weight, stride, padding, dilation):
+    """(N, C, H, W, OC, multiplier, kH, kW, OH, OW) of arguments that passed the op's checks, on a device the
+    Triton kernels run on."""
     if input.device.type == "cpu":
         from ..._extension import triton_interpreter_enabled
 
@@ -350,8 +128,9 @@ def _geometry(input, weight, bias, stride, padding, dilation):
                                "the Triton interpreter; set TRITON_INTERPRET=1 before starting Python")
     elif input.device.type != "cuda":
         raise RuntimeError(f"fusedops: the Triton depthwise_conv2d kernels need CUDA tensors, got {input.device}")
-    out_h = (h + 2 * padding[0] - extent_h) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - extent_w) // stride[1] + 1
+    n, c, h, w = input.shape
+    oc, kh, kw = weight.shape[0], weight.shape[2], weight.shape[3]
+    _, _, out_h, out_w = _geometry.depthwise_output_shape(input, weight, stride, padding, dilation)
     return n, c, h, w, oc, oc // c, kh, kw, out_h, out_w
 
 
@@ -360,16 +139,18 @@ def _conv_args(stride, padding, dilation):
 
 
 def depthwise_conv2d_forward(input, weight, bias, stride, padding, dilation):
-    n, c, h, w, oc, mult, kh, kw, out_h, out_w = _geometry(input, weight, bias, stride, padding, dilation)
+    # The op's own checks, so that a direct call fails as on every other backend.
+    _geometry.check_depthwise(input, weight, bias, stride, padding, dilation)
+    n, c, h, w, oc, mult, kh, kw, out_h, out_w = _launch_geometry(input, weight, stride, padding, dilation)
     fmt = suggest_memory_format(input)
     out = torch.empty((n, oc, out_h, out_w), dtype=input.dtype, device=input.device, memory_format=fmt)
     if out.numel() == 0:
         return out
-    block_h, block_w, block_c = _tile(fmt == torch.channels_last, out_h, out_w, oc)
+    block_h, block_w, block_c = tile(fmt == torch.channels_last, out_h, out_w, oc)
     tiles_h, tiles_w = triton.cdiv(out_h, block_h), triton.cdiv(out_w, block_w)
     grid = (n * tiles_h * tiles_w, triton.cdiv(oc, block_c))
     has_bias = bias is not None
-    with _device_context(input):
+    with device_context(input):
         _depthwise_fwd_kernel[grid](
             input, weight, bias if has_bias else weight, out,
             h, w, oc, out_h, out_w, mult,
@@ -380,88 +161,30 @@ def depthwise_conv2d_forward(input, weight, bias, stride, padding, dilation):
             *_conv_args(stride, padding, dilation),
             KH=kh, KW=kw, UNROLL_KH=kh * kw <= _MAX_UNROLLED_TAPS, HAS_BIAS=has_bias,
             BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
-            INT64=_needs_int64(input, out), ACC=_acc_dtype(input.dtype),
-            num_warps=_num_warps(block_h, block_w, block_c),
+            INT64=_needs_int64(input, out), ACC=acc_dtype(input.dtype),
+            num_warps=num_warps(block_h, block_w, block_c),
         )
     return out
 
 
-def _weight_grad_partials(grad_output, input, kh, kw, mult, conv, channels_last, want_w, want_b, partial_dtype):
-    """Partial sums of grad weight (chunks, K, kH*kW) and grad bias (chunks, K), each None when not wanted:
-    the two-stage reduction's first stage, over chunks of (image, row tile, column tile) tiles. `conv` is
-    (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w); grad_output may be a band of output rows."""
-    n, k, out_h, out_w = grad_output.shape
-    taps = kh * kw
-    block_h, block_w, block_c = _tile(channels_last, out_h, out_w, k)
-    tiles_h, tiles_w = triton.cdiv(out_h, block_h), triton.cdiv(out_w, block_w)
-    total_tiles = n * tiles_h * tiles_w
-    c_tiles = triton.cdiv(k, block_c)
-    grid_taps = taps if want_w else 1
-    # Enough chunks to fill the GPU, but never more than the tiles to share (nor the grid limit).
-    chunks = max(1, min(total_tiles, 65535, triton.cdiv(_program_target(input.device), grid_taps * c_tiles)))
-    tiles_per_chunk = triton.cdiv(total_tiles, chunks)
-    chunks = triton.cdiv(total_tiles, tiles_per_chunk)
-    # An unwanted buffer is never written: the wanted one stands in for its pointer argument.
-    part_w = torch.empty((chunks, k, taps), dtype=partial_dtype, device=input.device) if want_w else None
-    part_b = torch.empty((chunks, k), dtype=partial_dtype, device=input.device) if want_b else None
-    with _device_context(input):
-        _depthwise_bwd_weight_kernel[(grid_taps, c_tiles, chunks)](
-            grad_output, input, part_w if want_w else part_b, part_b if want_b else part_w,
-            input.shape[2], input.shape[3], k, out_h, out_w, mult,
-            *grad_output.stride(),
-            *input.stride(),
-            tiles_h, tiles_w, total_tiles, tiles_per_chunk,
-            *conv,
-            KW=kw, TAPS=taps, COMPUTE_GW=want_w, COMPUTE_GB=want_b,
-            BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
-            INT64=_needs_int64(grad_output, input), ACC=_acc_dtype(input.dtype),
-            num_warps=4,
-        )
-    return part_w, part_b
-
-
 def depthwise_conv2d_backward(grad_output, input, weight, stride, padding, dilation, output_mask):
-    n, c, h, w, oc, mult, kh, kw, out_h, out_w = _geometry(input, weight, None, stride, padding, dilation)
-    if grad_output.device != input.device:
-        raise RuntimeError(f"fusedops: grad_output is on {grad_output.device} but input is on {input.device}; "
-                           "both must be on the same device")
-    if grad_output.dtype != input.dtype:
-        raise RuntimeError(f"fusedops: grad_output dtype {grad_output.dtype} does not match input dtype "
-                           f"{input.dtype}")
-    if tuple(grad_output.shape) != (n, oc, out_h, out_w):
-        raise RuntimeError(f"fusedops: grad_output has shape {tuple(grad_output.shape)} but the convolution's "
-                           f"output has shape ({n}, {oc}, {out_h}, {out_w})")
+    _geometry.check_depthwise_backward(grad_output, input, weight, stride, padding, dilation)
+    oc, mult, kh, kw = _launch_geometry(input, weight, stride, padding, dilation)[4:8]
     if len(output_mask) != 3:
         raise RuntimeError(f"fusedops: output_mask must have 3 elements, got {len(output_mask)}")
     want_input, want_weight, want_bias = (bool(m) for m in output_mask)
     fmt = suggest_memory_format(input)
     channels_last = fmt == torch.channels_last
     conv = _conv_args(stride, padding, dilation)
-    acc = _acc_dtype(input.dtype)
-    unroll_kh = kh * kw <= _MAX_UNROLLED_TAPS
     empty = input.new_empty(0)
 
     grad_input = empty
     if want_input:
         grad_input = torch.empty(input.shape, dtype=input.dtype, device=input.device, memory_format=fmt)
         if grad_input.numel() > 0:
-            block_h, block_w, block_c = _tile(channels_last, h, w, c)
-            tiles_h, tiles_w = triton.cdiv(h, block_h), triton.cdiv(w, block_w)
-            grid = (n * tiles_h * tiles_w, triton.cdiv(c, block_c))
-            with _device_context(input):
-                _depthwise_bwd_input_kernel[grid](
-                    grad_output, weight, grad_input,
-                    c, h, w, out_h, out_w, mult,
-                    *grad_output.stride(),
-                    weight.stride(0), weight.stride(2), weight.stride(3),
-                    *grad_input.stride(),
-                    tiles_h, tiles_w,
-                    *conv,
-                    KH=kh, KW=kw, UNROLL_KH=unroll_kh,
-                    BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
-                    INT64=_needs_int64(grad_output, grad_input), ACC=acc,
-                    num_warps=_num_warps(block_h, block_w, block_c),
-                )
+            with device_context(input):
+                depthwise_grad_input(grad_output, weight, grad_input, mult, conv, channels_last,
+                                     _needs_int64(grad_output, grad_input))
 
     grad_weight = grad_bias = empty
     if want_weight or want_bias:
@@ -471,8 +194,10 @@ def depthwise_conv2d_backward(grad_output, input, weight, stride, padding, dilat
             partial_w = torch.zeros((1, oc, taps), dtype=partial_dtype, device=input.device)
             partial_b = torch.zeros((1, oc), dtype=partial_dtype, device=input.device)
         else:
-            partial_w, partial_b = _weight_grad_partials(grad_output, input, kh, kw, mult, conv, channels_last,
-                                                         want_weight, want_bias, partial_dtype)
+            partial_w, partial_b = weight_grad_partials(grad_output, input, kh, kw, mult, conv, channels_last,
+                                                        want_weight, want_bias, partial_dtype,
+                                                        _program_target(input.device),
+                                                        _needs_int64(grad_output, input))
         if want_weight:
             grad_weight = partial_w.sum(0).to(input.dtype).view(oc, 1, kh, kw)
         if want_bias:

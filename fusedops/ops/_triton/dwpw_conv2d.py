@@ -25,7 +25,7 @@ buffers (fp32; fp64 for fp64), never in an (N, K, OH, OW) tensor. Per band:
      chunk that carry over the bands and are summed once at the end (deterministic, no atomics).
   3. ``grad_z = act_mid'(z) * (g @ pw_weight)``: one program per (image, pixel tile, K tile) reduces over
      OC with ``tl.dot`` and recomputes ``z``, into a (pixels x K) buffer.
-  4. The depthwise backward of grad_z through the Triton depthwise kernels (depthwise_conv2d.py): the
+  4. The depthwise backward of grad_z through the Triton depthwise kernels (_common.py): the
      gather kernel writes grad_input, the two-stage reduction gives grad dw_weight / grad dw_bias.
 The bands of output rows overlap in input rows (windows taller than the stride). Rather than accumulate
 grad_input band after band (a full-size fp32 buffer, or read-modify-writes), each input row belongs to one
@@ -42,8 +42,13 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from .depthwise_conv2d import (_MAX_UNROLLED_TAPS, _acc_dtype, _depthwise_bwd_input_kernel, _device_context,
-                               _needs_int64, _next_pow2, _num_warps, _program_target, _tile, _weight_grad_partials)
+from .. import _geometry
+from ._common import (acc_dtype, depthwise_grad_input, device_context, needs_int64, next_pow2, program_target,
+                      weight_grad_partials)
+
+# Looked up in this module at each launch, so that tests can force chunked reductions on small problems.
+_needs_int64 = needs_int64
+_program_target = program_target
 
 ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}
 
@@ -336,30 +341,27 @@ def _dwpw_bwd_mid_kernel(
     tl.store(gz, grad_a, mask=mask_p[:, None] & mask_k[None, :])
 
 
-def _geometry(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
-    # The checks of the public wrapper (and fake kernel), so a direct call fails the same way.
-    from ..dwpw_conv2d import _check
-
-    _check(input, dw_weight, dw_bias, pw_weight, pw_bias, tuple(stride), tuple(padding), tuple(dilation), mid, out)
+def _launch_geometry(input, dw_weight, pw_weight, stride, padding, dilation):
+    """(N, C, H, W, K, multiplier, kH, kW, OC, OH, OW) of arguments that passed the op's checks."""
     n, c, h, w = input.shape
     k, _, kh, kw = dw_weight.shape
-    oc = pw_weight.shape[0]
-    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    _, oc, out_h, out_w = _geometry.dwpw_output_shape(input, dw_weight, pw_weight, stride, padding, dilation)
     return n, c, h, w, k, k // c, kh, kw, oc, out_h, out_w
 
 
 def _blocks(pixels, k, oc, device):
     """(BLOCK_P, BLOCK_K, BLOCK_N): GEMM tiles of at least 16 (tl.dot), clamped to the problem."""
-    block_p = max(16, min(64, _next_pow2(pixels)))
-    block_k = max(16, min(32, _next_pow2(k)))
-    block_n = max(16, min(64, _next_pow2(oc)))
+    block_p = max(16, min(64, next_pow2(pixels)))
+    block_k = max(16, min(32, next_pow2(k)))
+    block_n = max(16, min(64, next_pow2(oc)))
     return block_p, block_k, block_n
 
 
 def dwpw_conv2d_forward(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
-    n, c, h, w, k, mult, kh, kw, oc, out_h, out_w = _geometry(
-        input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
+    # The op's own checks, so that a direct call fails as on every other backend.
+    _geometry.check_dwpw(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
+    n, c, h, w, k, mult, kh, kw, oc, out_h, out_w = _launch_geometry(input, dw_weight, pw_weight, stride, padding,
+                                                                     dilation)
     fmt = suggest_memory_format(input)
     y = torch.empty((n, oc, out_h, out_w), dtype=input.dtype, device=input.device, memory_format=fmt)
     if y.numel() == 0:
@@ -367,12 +369,12 @@ def dwpw_conv2d_forward(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, p
     block_p, block_k, block_n = _blocks(out_h * out_w, k, oc, input.device)
     tiles_p = triton.cdiv(out_h * out_w, block_p)
     grid = (n * tiles_p, triton.cdiv(oc, block_n))
-    acc = _acc_dtype(input.dtype)
+    acc = acc_dtype(input.dtype)
     if input.dtype in (torch.float16, torch.bfloat16):
         dot_dtype = tl.float16 if input.dtype == torch.float16 else tl.bfloat16
     else:
         dot_dtype = acc
-    with _device_context(input):
+    with device_context(input):
         _dwpw_fwd_kernel[grid](
             input, dw_weight, dw_bias if dw_bias is not None else dw_weight, pw_weight,
             pw_bias if pw_bias is not None else pw_weight, y,
@@ -400,46 +402,23 @@ def _band_buffer(channels_last, images, channels, rows, cols, dtype, device):
     return torch.empty((images, channels, rows, cols), dtype=dtype, device=device)
 
 
-def _depthwise_grad_input(gz, dw_weight, dx, mult, stride, pad_h, pad_w, dilation, channels_last):
-    """dx = the depthwise stage's grad_input from gz: band views, where dx's input row i takes gz's output
-    row j through tap kh when i + pad_h - kh * dilation == j * stride."""
-    nb, c, h, w = dx.shape
-    block_h, block_w, block_c = _tile(channels_last, h, w, c)
-    tiles_h, tiles_w = triton.cdiv(h, block_h), triton.cdiv(w, block_w)
-    kh, kw = dw_weight.shape[2:]
-    _depthwise_bwd_input_kernel[(nb * tiles_h * tiles_w, triton.cdiv(c, block_c))](
-        gz, dw_weight, dx,
-        c, h, w, gz.shape[2], gz.shape[3], mult,
-        *gz.stride(),
-        dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3),
-        *dx.stride(),
-        tiles_h, tiles_w,
-        stride[0], stride[1], pad_h, pad_w, dilation[0], dilation[1],
-        KH=kh, KW=kw, UNROLL_KH=kh * kw <= _MAX_UNROLLED_TAPS,
-        BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
-        INT64=_needs_int64(gz, dx), ACC=_acc_dtype(dx.dtype),
-        num_warps=_num_warps(block_h, block_w, block_c),
-    )
-
-
 def _depthwise_grad_weight(gz, x, dw_weight, mult, stride, pad_h, pad_w, dilation, channels_last, want_w, want_b,
                            partial_dtype):
     """(grad dw_weight as (K, kH*kW), grad dw_bias) of the band gz (a view of output rows whose row 0 reads
     input row -pad_h + kh * dilation), each None when not wanted."""
     kh, kw = dw_weight.shape[2:]
     conv = (stride[0], stride[1], pad_h, pad_w, dilation[0], dilation[1])
-    part_w, part_b = _weight_grad_partials(gz, x, kh, kw, mult, conv, channels_last, want_w, want_b, partial_dtype)
+    part_w, part_b = weight_grad_partials(gz, x, kh, kw, mult, conv, channels_last, want_w, want_b, partial_dtype,
+                                          _program_target(x.device), _needs_int64(gz, x))
     return (None if part_w is None else part_w.sum(0)), (None if part_b is None else part_b.sum(0))
 
 
 def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid,
                          out, output_mask, output=None, band_elements=1 << 22):
-    n, c, h, w, k, mult, kh, kw, oc, out_h, out_w = _geometry(
-        input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
-    if grad_output.device != input.device or grad_output.dtype != input.dtype:
-        raise RuntimeError("fusedops: grad_output must have the dtype and device of input")
-    if tuple(grad_output.shape) != (n, oc, out_h, out_w):
-        raise RuntimeError(f"fusedops: grad_output has shape {tuple(grad_output.shape)}, not the output shape")
+    _geometry.check_dwpw_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
+                                  dilation, mid, out, output)
+    n, c, h, w, k, mult, kh, kw, oc, out_h, out_w = _launch_geometry(input, dw_weight, pw_weight, stride, padding,
+                                                                     dilation)
     want_x, want_dww, want_dwb, want_pww, want_pwb = (bool(m) for m in output_mask)
     want_pw = want_pww or want_pwb
     need_gz = want_x or want_dww or want_dwb
@@ -458,7 +437,7 @@ def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_b
             gx.zero_()
         return _gradients(input, dw_weight, pw_weight, gx, gdww, gdwb, gpw, gpb)
 
-    acc = _acc_dtype(dtype)
+    acc = acc_dtype(dtype)
     # Every backward GEMM takes fp32 (fp64) operands: g and grad_z need fp32's range, and the recomputed u then
     # matches the fp32 computation of the native backward. fp16/bf16 run them as tf32, within their tolerances.
     ieee = dtype == torch.float32
@@ -492,7 +471,7 @@ def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_b
                   INT64=int64, ACC=acc, IEEE=ieee, num_warps=4)
 
     bands = [(n0, r0) for n0 in range(0, n, images) for r0 in range(0, out_h, rows)]
-    with _device_context(input):
+    with device_context(input):
         for band, (n0, r0) in enumerate(bands):
             n1, r1 = min(n, n0 + images), min(out_h, r0 + rows)
             nb = n1 - n0
@@ -537,8 +516,12 @@ def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_b
                 i0 = 0 if r0 == 0 else min(max(r0 * stride[0] - padding[0], 0), h)
                 i1 = h if r1 == out_h else min(max(r1 * stride[0] - padding[0], 0), h)
                 if i1 > i0:
-                    _depthwise_grad_input(gz, dw_weight, gx[n0:n1, :, i0:i1], mult, stride,
-                                          i0 + padding[0] - c0 * stride[0], padding[1], dilation, channels_last)
+                    dx = gx[n0:n1, :, i0:i1]
+                    # dx's input row i takes gz's output row j through tap kh when
+                    # i + pad_h - kh * dilation == j * stride, with pad_h relative to the band's rows.
+                    pad_h = i0 + padding[0] - c0 * stride[0]
+                    conv_band = (stride[0], stride[1], pad_h, padding[1], dilation[0], dilation[1])
+                    depthwise_grad_input(gz, dw_weight, dx, mult, conv_band, channels_last, _needs_int64(gz, dx))
             if want_dww or want_dwb:
                 # Output row r0 + j reads input row (r0 + j) * stride - padding + kh * dilation of x.
                 bw, bb = _depthwise_grad_weight(gz[:, :, r0 - c0:], x, dw_weight, mult, stride,

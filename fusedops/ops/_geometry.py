@@ -1,0 +1,181 @@
+"""Argument checks and output shapes of every op, written once in Python.
+
+They are the Python copy of the C++ checks (``depthwise_geometry`` in csrc/conv_geometry.cpp, ``dwpw_geometry``
+in csrc/dwpw_conv2d.cpp, csrc/include/fusedops/shuffle_geometry.h and activation.h): same order, same words,
+shapes printed as C++ prints them (``[2, 4, 6, 6]``), so that the fake kernels (traced calls), the reference
+backend and the Triton launchers report an error exactly as the native kernels do. tests/test_argument_checks.py
+holds the two copies together. They use ``torch._check`` where a size may be symbolic.
+"""
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+from .. import _extension
+from . import _args
+from .activations import ACTIVATIONS
+
+
+def _sizes(shape):
+    return list(shape)
+
+
+def check_pair(values, name: str) -> None:
+    torch._check(len(values) == 2, lambda: f"fusedops: {name} must have 2 elements (height, width), got {len(values)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# depthwise_conv2d
+
+
+def check_depthwise(input, weight, bias, stride, padding, dilation, weight_name="weight", bias_name="bias"):
+    torch._check(input.dim() == 4, lambda: f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
+    torch._check(weight.dim() == 4, lambda: f"fusedops: {weight_name} must be a 4-D (C*multiplier, 1, kH, kW) tensor, "
+                 f"got {weight.dim()}-D")
+    _args.check_floating(input, "input")
+    _args.check_same(weight, input, weight_name, "input")
+    check_pair(stride, "stride")
+    check_pair(padding, "padding")
+    check_pair(dilation, "dilation")
+    torch._check(stride[0] > 0 and stride[1] > 0, lambda: f"fusedops: stride must be positive, got {_sizes(stride)}")
+    torch._check(padding[0] >= 0 and padding[1] >= 0,
+                 lambda: f"fusedops: padding must be non-negative, got {_sizes(padding)}")
+    torch._check(dilation[0] > 0 and dilation[1] > 0,
+                 lambda: f"fusedops: dilation must be positive, got {_sizes(dilation)}")
+    channels, out_channels = input.shape[1], weight.shape[0]
+    torch._check(channels > 0, lambda: f"fusedops: input must have at least one channel, got shape "
+                 f"{_sizes(input.shape)}")
+    torch._check(weight.shape[1] == 1, lambda: f"fusedops: {weight_name} must have shape (C*multiplier, 1, kH, kW) "
+                 f"for a depthwise convolution, got {_sizes(weight.shape)}")
+    torch._check(out_channels > 0 and out_channels % channels == 0,
+                 lambda: f"fusedops: {weight_name} has {out_channels} output channels, which is not a positive "
+                 f"multiple of the input's {channels} channels")
+    torch._check(weight.shape[2] > 0 and weight.shape[3] > 0,
+                 lambda: f"fusedops: {weight_name} kernel size must be positive, got {_sizes(weight.shape)}")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == out_channels,
+                     lambda: f"fusedops: {bias_name} must have shape ({out_channels},), got {_sizes(bias.shape)}")
+        _args.check_same(bias, input, bias_name, "input")
+    for i, side in ((0, "height"), (1, "width")):
+        extent = dilation[i] * (weight.shape[2 + i] - 1) + 1
+        padded = input.shape[2 + i] + 2 * padding[i]
+        torch._check(padded >= extent, lambda: f"fusedops: padded input {side} ({padded}) is smaller than the "
+                     f"dilated kernel {side} ({extent})")
+
+
+def depthwise_output_shape(input, weight, stride, padding, dilation):
+    """(N, C*multiplier, H_out, W_out): the one Python copy of the convolution's output size."""
+    n, _, h, w = input.shape
+    kh, kw = weight.shape[2], weight.shape[3]
+    out_h = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return (n, weight.shape[0], out_h, out_w)
+
+
+def _check_grad_output(grad_output, input, expected_shape, shape_message):
+    _args.check_same_device(grad_output, input, "grad_output", "input")
+    _args.check_same_dtype(grad_output, input, "grad_output", "input")
+    torch._check(tuple(grad_output.shape) == tuple(expected_shape), shape_message)
+
+
+def check_depthwise_backward(grad_output, input, weight, stride, padding, dilation):
+    check_depthwise(input, weight, None, stride, padding, dilation)
+    # Not yet C++'s words ("... but the convolution's output has shape (N, C, H, W)"):
+    # tests/test_depthwise_conv2d.py::test_backward_rejects_bad_grad_output expects these.
+    _check_grad_output(grad_output, input, depthwise_output_shape(input, weight, stride, padding, dilation),
+                       lambda: f"fusedops: grad_output has shape {tuple(grad_output.shape)}, not the convolution's "
+                       "output shape")
+
+
+# ---------------------------------------------------------------------------------------------------
+# dwpw_conv2d
+
+
+def check_activation(name, argument: str) -> None:
+    torch._check(name in ACTIVATIONS, lambda: f"fusedops: {argument} must be one of None, 'relu', 'relu6', "
+                 f"'hardswish'; got '{name}'")
+
+
+def check_dwpw(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
+    check_depthwise(input, dw_weight, dw_bias, stride, padding, dilation, weight_name="dw_weight", bias_name="dw_bias")
+    k = dw_weight.shape[0]
+    torch._check(pw_weight.dim() == 4 and pw_weight.shape[1] == k and pw_weight.shape[2] == 1
+                 and pw_weight.shape[3] == 1 and pw_weight.shape[0] > 0,
+                 lambda: f"fusedops: pw_weight must have shape (out_channels, {k}, 1, 1) ({k} = the depthwise "
+                 f"output channels), got {_sizes(pw_weight.shape)}")
+    _args.check_same(pw_weight, input, "pw_weight", "input")
+    if pw_bias is not None:
+        torch._check(pw_bias.dim() == 1 and pw_bias.shape[0] == pw_weight.shape[0],
+                     lambda: f"fusedops: pw_bias must have shape ({pw_weight.shape[0]},), got {_sizes(pw_bias.shape)}")
+        _args.check_same(pw_bias, input, "pw_bias", "input")
+    check_activation(mid, "mid_activation")
+    check_activation(out, "out_activation")
+
+
+def dwpw_output_shape(input, dw_weight, pw_weight, stride, padding, dilation):
+    n, _, oh, ow = depthwise_output_shape(input, dw_weight, stride, padding, dilation)
+    return (n, pw_weight.shape[0], oh, ow)
+
+
+def dwpw_uses_saved_output(out, dtype) -> bool:
+    """Whether autograd saves the forward's output for the backward, which then reads it (``keep_output`` in
+    csrc/autograd/dwpw_conv2d.cpp; the rule is C++'s, read through ``_extension.shared_facts``)."""
+    facts = _extension.shared_facts()
+    return (out in facts["dwpw_saved_output_activations"]
+            and str(dtype).removeprefix("torch.") in facts["dwpw_saved_output_dtypes"])
+
+
+def check_dwpw_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid,
+                        out, output=None):
+    check_dwpw(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
+    expected = dwpw_output_shape(input, dw_weight, pw_weight, stride, padding, dilation)
+    _check_grad_output(grad_output, input, expected, lambda: f"fusedops: grad_output has shape "
+                       f"{_sizes(grad_output.shape)} but the output has shape ({', '.join(map(str, expected))})")
+    if output is not None and dwpw_uses_saved_output(out, input.dtype):
+        _args.check_same_device(output, input, "output", "input")
+        if output.dtype != input.dtype or tuple(output.shape) != tuple(grad_output.shape):
+            raise RuntimeError(f"fusedops: output must be the forward's result, of shape {_sizes(grad_output.shape)} "
+                               f"and dtype {input.dtype}; got shape {_sizes(output.shape)} and dtype {output.dtype}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# channel_shuffle, concat_shuffle and _concat_shuffle_backward
+
+
+def _check_shuffle_input(t, name):
+    torch._check(t.dim() == 4, lambda: f"fusedops: {name} must be a 4-D (N, C, H, W) tensor, got {t.dim()}-D "
+                 f"with shape {_sizes(t.shape)}")
+    _args.check_floating(t, name)
+
+
+def _check_groups(groups, channels, channels_of):
+    torch._check(groups > 0, lambda: f"fusedops: groups must be positive, got {groups}")
+    torch._check(channels % groups == 0, lambda: f"fusedops: the number of channels of {channels_of} ({channels}) "
+                 f"must be divisible by groups ({groups})")
+
+
+def check_channel_shuffle(input, groups):
+    _check_shuffle_input(input, "input")
+    _check_groups(groups, input.shape[1], "input")
+
+
+def check_concat_shuffle(a, b, groups):
+    _check_shuffle_input(a, "a")
+    _check_shuffle_input(b, "b")
+    _args.check_same(b, a, "b", "a")
+    torch._check(a.shape[0] == b.shape[0] and a.shape[2:] == b.shape[2:],
+                 lambda: "fusedops: a and b must have the same batch size, height and width (they are concatenated "
+                 f"along channels), got a of shape {_sizes(a.shape)} and b of shape {_sizes(b.shape)}")
+    _check_groups(groups, a.shape[1] + b.shape[1], "a and b together")
+
+
+def check_concat_shuffle_backward(grad, channels_a, groups):
+    _check_shuffle_input(grad, "grad")
+    _check_groups(groups, grad.shape[1], "grad")
+    torch._check(0 <= channels_a <= grad.shape[1], lambda: f"fusedops: channels_a must be in [0, {grad.shape[1]}] "
+                 f"(the channels of grad), got {channels_a}")
+
+
+def concat_memory_format(a, b):
+    """torch.cat's output format: the inputs' common suggested format, else NCHW."""
+    fa, fb = suggest_memory_format(a), suggest_memory_format(b)
+    return fa if fa == fb else torch.contiguous_format
