@@ -39,6 +39,8 @@ from torch._prims_common import suggest_memory_format
 # Kernels with more taps than this unroll only their KW loop (the KH loop stays a loop), which bounds
 # the code size for large-kernel depthwise convolutions (e.g. 31x31).
 _MAX_UNROLLED_TAPS = 64
+# The grad_weight / grad_bias reduction's first stage adds at most this many pixel tiles into one accumulator.
+_MAX_TILES_PER_CHUNK = 32
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -397,8 +399,12 @@ def _weight_grad_partials(grad_output, input, kh, kw, mult, conv, channels_last,
     total_tiles = n * tiles_h * tiles_w
     c_tiles = triton.cdiv(k, block_c)
     grid_taps = taps if want_w else 1
-    # Enough chunks to fill the GPU, but never more than the tiles to share (nor the grid limit).
-    chunks = max(1, min(total_tiles, 65535, triton.cdiv(_program_target(input.device), grid_taps * c_tiles)))
+    # Enough chunks to fill the GPU, and enough that no chunk sums more than _MAX_TILES_PER_CHUNK tiles in a row
+    # (the chunks' partials are then summed by torch's cascade sum: float32 rounding error near PyTorch's own
+    # reductions), but never more than the tiles to share (nor the grid limit).
+    chunks = max(triton.cdiv(_program_target(input.device), grid_taps * c_tiles),
+                 triton.cdiv(total_tiles, _MAX_TILES_PER_CHUNK))
+    chunks = max(1, min(total_tiles, 65535, chunks))
     tiles_per_chunk = triton.cdiv(total_tiles, chunks)
     chunks = triton.cdiv(total_tiles, tiles_per_chunk)
     # An unwanted buffer is never written: the wanted one stands in for its pointer argument.
