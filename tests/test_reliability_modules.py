@@ -12,10 +12,7 @@ from torch import nn
 
 import fusedops
 from fusedops.nn import DepthwiseSeparableConv2d
-
-
-def _activation(x, name):
-    return x if name is None else {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish}[name](x)
+from fuzz.helpers import activation
 
 
 def unfused(m, x):
@@ -25,12 +22,12 @@ def unfused(m, x):
     if m.norm:
         y = F.batch_norm(y, m.bn_dw.running_mean, m.bn_dw.running_var, m.bn_dw.weight, m.bn_dw.bias, False, 0.0,
                          m.bn_dw.eps)
-    y = _activation(y, m.mid_activation)
+    y = activation(y, m.mid_activation)
     y = F.conv2d(y, m.pw.weight, m.pw.bias)
     if m.norm:
         y = F.batch_norm(y, m.bn_pw.running_mean, m.bn_pw.running_var, m.bn_pw.weight, m.bn_pw.bias, False, 0.0,
                          m.bn_pw.eps)
-    return _activation(y, m.out_activation)
+    return activation(y, m.out_activation)
 
 
 def randomize_bn(module):
