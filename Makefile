@@ -52,3 +52,33 @@ check-cpu-only: $(VENV)/.deps
 
 clean:
 	rm -rf build fusedops/_C*.so *.egg-info
+
+# Reliability checks (tests/test_reliability_*.py).
+# make fuzz: the long property-based fuzzing profile, FUZZ_EXAMPLES random examples per op and module against
+# the PyTorch composition each replaces (the test suite runs a fixed, smaller set).
+FUZZ_EXAMPLES ?= 2000
+# make sanitize: the CPU extension built with AddressSanitizer and UndefinedBehaviorSanitizer (in build/sanitize,
+# the in-place build is left alone) and the CPU tests of SANITIZE_TESTS run against it; any report fails the run.
+# Python is not instrumented, so the sanitizer runtimes are preloaded, and leak checks are off (Python's own).
+SANITIZE_DIR := build/sanitize
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANITIZE_TESTS ?= tests/test_depthwise_conv2d.py tests/test_dwpw_conv2d.py tests/test_channel_shuffle.py \
+	tests/test_reliability_fuzz.py tests/test_reliability_special_values.py tests/test_reliability_runtime.py
+
+.PHONY: fuzz sanitize
+
+fuzz: install
+	FUSEDOPS_FUZZ_PROFILE=long FUSEDOPS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q \
+		-p no:cacheprovider tests/test_reliability_fuzz.py
+
+sanitize: $(VENV)/.deps
+	mkdir -p $(SANITIZE_DIR)/lib
+	find fusedops -name '*.py' -exec cp --parents {} $(SANITIZE_DIR)/lib/ \;
+	FUSEDOPS_CUDA=0 CFLAGS="$(SANITIZE_FLAGS)" LDFLAGS="$(SANITIZE_FLAGS)" $(BIN)/python setup.py -q build_ext \
+		--build-temp $(SANITIZE_DIR)/temp --build-lib $(SANITIZE_DIR)/lib
+	cd $(SANITIZE_DIR)/lib && \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 FUSEDOPS_FUZZ_EXAMPLES=50 \
+		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider -k "not triton and not cuda" \
+		$(addprefix $(CURDIR)/,$(SANITIZE_TESTS))

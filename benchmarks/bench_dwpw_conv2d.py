@@ -53,7 +53,7 @@ def setup(N, C, Cout, H, stride, mode, use_compile):
         seq = _sequence(C, Cout, stride).to(memory_format=torch.channels_last)
         _randomize(seq)
         seq.eval()
-        fused = _fused_from(seq, C, Cout, stride).eval()
+        fused = fusedops.freeze(_fused_from(seq, C, Cout, stride).eval())
 
         def fwd(fn):
             def run():

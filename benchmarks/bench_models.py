@@ -56,7 +56,7 @@ def setup_model(name, batch, resolution, use_compile, use_ort):
     ours.load_state_dict(reference.state_dict())
     x = torch.randn(batch, 3, resolution, resolution)
     x_cl = x.to(memory_format=torch.channels_last)
-    ours_cl = ours.to(memory_format=torch.channels_last)
+    ours_cl = fusedops.freeze(ours.to(memory_format=torch.channels_last))
     with torch.inference_mode():
         torch.testing.assert_close(ours_cl(x_cl), reference(x), rtol=1e-4, atol=1e-4)
     providers = {"fusedops_cl": _inference(ours_cl, x_cl)}

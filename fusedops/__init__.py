@@ -13,11 +13,13 @@ from ._extension import build_info
 from ._backend import get_backend, set_backend, use_backend
 from .ops import channel_shuffle, concat_shuffle, depthwise_conv2d, dwpw_conv2d
 from . import nn
+from .nn.freeze import freeze, unfreeze
 from .nn.fuse import fuse_bn
 
 __all__ = [
     "__version__", "build_info", "get_backend", "set_backend", "use_backend",
-    "channel_shuffle", "concat_shuffle", "depthwise_conv2d", "dwpw_conv2d", "fuse_bn", "nn", "models",
+    "channel_shuffle", "concat_shuffle", "depthwise_conv2d", "dwpw_conv2d", "freeze", "fuse_bn", "nn", "models",
+    "unfreeze",
 ]
 
 

@@ -1,8 +1,9 @@
 """Drop-in ``torch.nn`` modules backed by fusedops kernels."""
 
 from .depthwise import DepthwiseConv2d
+from .freeze import freeze, unfreeze
 from .fuse import fuse_bn
 from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
 
-__all__ = ["ChannelShuffle", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "fuse_bn"]
+__all__ = ["ChannelShuffle", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "freeze", "fuse_bn", "unfreeze"]

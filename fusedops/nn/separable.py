@@ -21,12 +21,19 @@ class DepthwiseSeparableConv2d(nn.Module):
     * ``bn_pw``: ``nn.BatchNorm2d(out_channels)`` (``None`` without ``norm``).
 
     Eval mode (and ``norm=False`` in either mode) runs one fused kernel with the batch norms folded into
-    the weights (:func:`fusedops.fuse_bn`). The folded weights are cached and recomputed whenever a
-    parameter or buffer changes (in place or replaced, e.g. by ``load_state_dict``, ``.to()`` or an optimizer
-    step); while gradients are being recorded for the parameters they are folded afresh on every call, so
-    gradients reach the unfolded parameters. Train mode with ``norm`` runs
-    ``dw -> bn_dw -> act -> pw -> bn_pw -> act`` exactly as the unfused modules (batch statistics, running-stat
-    updates).
+    the weights (:func:`fusedops.fuse_bn`). By default the weights are folded afresh on every call, so the
+    result always reflects the current parameters and buffers, however they were written (optimizer steps,
+    ``load_state_dict``, ``.data`` writes by EMA or weight-loading utilities, inference tensors); while
+    gradients are being recorded the fold is differentiable, so gradients reach the unfolded parameters.
+    Train mode with ``norm`` runs ``dw -> bn_dw -> act -> pw -> bn_pw -> act`` exactly as the unfused modules
+    (batch statistics, running-stat updates).
+
+    :meth:`freeze` (or :func:`fusedops.freeze` on a whole model) takes the folded weights as constants
+    instead, as ``torch.jit.freeze`` does: they are folded once and reused, which saves the fold's few
+    small tensor operations per call in deployment. A frozen module refolds after ``.to()``/``.cuda()``/
+    ``.half()`` and friends, ``load_state_dict``, ``copy.deepcopy`` and unpickling, but not after any other
+    change of its parameters or buffers, and its fused path records no gradients for them: call
+    :meth:`unfreeze` (or :meth:`freeze` again) after changing weights.
 
     Args:
         padding: default ``dilation * (kernel_size - 1) // 2`` ("same" for odd kernels at stride 1).
@@ -52,29 +59,26 @@ class DepthwiseSeparableConv2d(nn.Module):
         self.bn_dw = nn.BatchNorm2d(mid, **factory) if norm else None
         self.pw = nn.Conv2d(mid, out_channels, 1, bias=not norm, **factory)
         self.bn_pw = nn.BatchNorm2d(out_channels, **factory) if norm else None
+        self._frozen = False
+        self._folded = None  # the frozen folded weights; None until folded (and after anything that refolds)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether :meth:`freeze` is in effect."""
+        return self._frozen
+
+    def freeze(self):
+        """Folds the batch norms once and reuses the folded weights as constants until :meth:`unfreeze`
+        (see the class description for what refolds them). Returns the module."""
+        self._frozen = True
         self._folded = None
-        self._folded_key = None
+        return self
 
-    def _sources(self):
-        """Every tensor the folded weights depend on. Reads the submodules' dicts directly: nn.Module
-        attribute lookups cost ~0.5 us each, which adds up on small layers."""
-        mods = self._modules
-        ts = []
-        for name in ("dw", "pw"):
-            params = mods[name]._parameters
-            ts += [params["weight"], params.get("bias")]
-        for name in ("bn_dw", "bn_pw"):
-            bn = mods[name]
-            if bn is not None:
-                params, buffers = bn._parameters, bn._buffers
-                ts += [params.get("weight"), params.get("bias"), buffers.get("running_mean"),
-                       buffers.get("running_var")]
-        return ts
-
-    def _state_key(self):
-        # Identity, storage and version counter of each source: in-place updates (optimizer steps,
-        # load_state_dict, running statistics) bump the version, replacements and .to() change the others.
-        return tuple((id(t), t.data_ptr(), t._version) for t in self._sources() if t is not None)
+    def unfreeze(self):
+        """Back to folding on every call. Returns the module."""
+        self._frozen = False
+        self._folded = None
+        return self
 
     def _fold(self):
         if not self.norm:
@@ -87,17 +91,14 @@ class DepthwiseSeparableConv2d(nn.Module):
 
     def folded_weights(self):
         """(dw_weight, dw_bias, pw_weight, pw_bias) of the fused kernel (batch norms folded in eval mode)."""
-        if not self.norm:
+        if not self.norm or not self._frozen or torch.compiler.is_compiling():
             return self._fold()
-        if torch.compiler.is_compiling() or (
-                torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in self._sources())):
-            return self._fold()
-        key = self._state_key()
-        if self._folded is None or self._folded_key != key:
+        folded = self._folded
+        # Weights folded under inference_mode are inference tensors, which autograd cannot save outside it.
+        if folded is None or (folded[0].is_inference() and not torch.is_inference_mode_enabled()):
             with torch.no_grad():
-                self._folded = self._fold()
-            self._folded_key = key
-        return self._folded
+                folded = self._folded = self._fold()
+        return folded
 
     def _batch_stats(self):
         if not self.norm:
@@ -123,10 +124,27 @@ class DepthwiseSeparableConv2d(nn.Module):
                            self.out_activation)
 
     def extra_repr(self) -> str:
-        return f"mid_activation={self.mid_activation!r}, out_activation={self.out_activation!r}, norm={self.norm}"
+        frozen = ", frozen=True" if self._frozen else ""
+        return (f"mid_activation={self.mid_activation!r}, out_activation={self.out_activation!r}, norm={self.norm}"
+                f"{frozen}")
+
+    # What refolds a frozen module: conversions (.to(), .cuda(), .half(), memory formats all go through _apply),
+    # load_state_dict, and copies (deepcopy and pickle drop the folded weights).
+    def _apply(self, fn, *args, **kwargs):
+        self._folded = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._folded = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_folded"] = None
-        state["_folded_key"] = None
         return state
+
+    def __setstate__(self, state):
+        state.pop("_folded_key", None)  # pickles of earlier versions, which cached by version counters
+        state.setdefault("_frozen", False)
+        super().__setstate__(state)
+        self._folded = None

@@ -264,6 +264,10 @@ def depthwise_grad_input(grad_output, weight, grad_input, mult, conv, channels_l
     )
 
 
+# The grad_weight / grad_bias reduction's first stage adds at most this many pixel tiles into one accumulator.
+MAX_TILES_PER_CHUNK = 32
+
+
 def weight_grad_partials(grad_output, input, kh, kw, mult, conv, channels_last, want_w, want_b, partial_dtype,
                          target, int64):
     """Partial sums of grad weight (chunks, K, kH*kW) and grad bias (chunks, K), each None when not wanted:
@@ -277,8 +281,11 @@ def weight_grad_partials(grad_output, input, kh, kw, mult, conv, channels_last, 
     total_tiles = n * tiles_h * tiles_w
     c_tiles = triton.cdiv(k, block_c)
     grid_taps = taps if want_w else 1
-    # Enough chunks to fill the GPU, but never more than the tiles to share (nor the grid limit).
-    chunks = max(1, min(total_tiles, 65535, triton.cdiv(target, grid_taps * c_tiles)))
+    # Enough chunks to fill the GPU, and enough that no chunk sums more than MAX_TILES_PER_CHUNK tiles in a row
+    # (the chunks' partials are then summed by torch's cascade sum: float32 rounding error near PyTorch's own
+    # reductions), but never more than the tiles to share (nor the grid limit).
+    chunks = max(triton.cdiv(target, grid_taps * c_tiles), triton.cdiv(total_tiles, MAX_TILES_PER_CHUNK))
+    chunks = max(1, min(total_tiles, 65535, chunks))
     tiles_per_chunk = triton.cdiv(total_tiles, chunks)
     chunks = triton.cdiv(total_tiles, tiles_per_chunk)
     # An unwanted buffer is never written: the wanted one stands in for its pointer argument.

@@ -1,0 +1,244 @@
+"""Runtime reliability of every op: concurrent calls from many threads, determinism (bitwise repeatable at a
+fixed thread count, use_deterministic_algorithms honoured), and model serialisation round trips."""
+
+import copy
+import io
+import pickle
+import threading
+
+import pytest
+import torch
+
+import fusedops
+
+_THREAD_COUNTS = (1, 2)
+
+
+def _leaf(shape, layout, generator):
+    x = torch.randn(shape, dtype=torch.float64, generator=generator)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.requires_grad_()
+
+
+def _case_calls():
+    """(name, fn) pairs: each fn(seed) runs one op (forward and, where it has them, all gradients) on its own
+    shape and returns the result tensors."""
+
+    def depthwise(layout, stride, mult):
+        def run(seed):
+            g = torch.Generator().manual_seed(seed)
+            c = 3 + seed % 5
+            x = _leaf((2, c, 9 + seed % 7, 11), layout, g)
+            w = torch.randn(c * mult, 1, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+            b = torch.randn(c * mult, dtype=torch.float64, generator=g, requires_grad=True)
+            y = fusedops.depthwise_conv2d(x, w, b, stride, 1)
+            return (y, *torch.autograd.grad(y, (x, w, b), torch.ones_like(y)))
+        return run
+
+    def dwpw(layout):
+        def run(seed):
+            g = torch.Generator().manual_seed(seed)
+            c = 4 + seed % 3
+            x = _leaf((2, c, 8 + seed % 5, 8), layout, g)
+            ts = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True)
+                  for s in ((c, 1, 3, 3), (c,), (6, c, 1, 1), (6,))]
+            y = fusedops.dwpw_conv2d(x, *ts, 1, 1, 1, "relu6", "hardswish")
+            return (y, *torch.autograd.grad(y, (x, *ts), torch.ones_like(y)))
+        return run
+
+    def shuffle(seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(2, 6 * (1 + seed % 3), 5, 7, dtype=torch.float64, requires_grad=True, generator=g)
+        y = fusedops.channel_shuffle(x, 3)
+        b = torch.randn(x.shape, dtype=torch.float64, generator=g)
+        z = fusedops.concat_shuffle(x, b, 2)
+        return (y, z, *torch.autograd.grad((y.sum() + z.square().sum()), (x,)))
+
+    return [("depthwise_nchw", depthwise("nchw", 1, 1)), ("depthwise_cl", depthwise("cl", 1, 1)),
+            ("depthwise_cl_s2_m2", depthwise("cl", 2, 2)), ("depthwise_nchw_s2", depthwise("nchw", 2, 1)),
+            ("dwpw_cl", dwpw("cl")), ("dwpw_nchw", dwpw("nchw")), ("shuffle", shuffle)]
+
+
+def _module_calls():
+    """Modules shared by every thread (their folded-weight handling included), each run on its own input."""
+    torch.manual_seed(0)
+    blocks = {"separable": fusedops.nn.DepthwiseSeparableConv2d(8, 16).double().eval(),
+              "separable_frozen": fusedops.nn.DepthwiseSeparableConv2d(8, 16).double().eval().freeze(),
+              "depthwise": fusedops.nn.DepthwiseConv2d(8, 16, 3, padding=1).double()}
+    for m in blocks.values():
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                with torch.no_grad():
+                    bn.running_var.uniform_(0.5, 2.0)
+                    bn.running_mean.normal_()
+
+    def call(m):
+        def run(seed):
+            x = torch.randn(1 + seed % 2, 8, 6 + seed % 4, 7, dtype=torch.float64,
+                            generator=torch.Generator().manual_seed(seed)).contiguous(
+                memory_format=torch.channels_last)
+            with torch.no_grad():
+                return (m(x),)
+        return run
+
+    return [(name, call(m)) for name, m in blocks.items()]
+
+
+def _run_all(calls, seeds):
+    return {(name, seed): fn(seed) for name, fn in calls for seed in seeds}
+
+
+def _assert_same(a, b, exact):
+    for key in a:
+        for x, y in zip(a[key], b[key]):
+            if exact:
+                assert torch.equal(x, y), key
+            else:
+                torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12, msg=str(key))
+
+
+@pytest.mark.parametrize("threads", _THREAD_COUNTS)
+def test_concurrent_calls_match_serial_calls(threads):
+    """8 Python threads calling every op (and shared modules) at once, on different shapes, give the serial
+    results."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        calls = _case_calls() + _module_calls()
+        seeds = range(4)
+        serial = _run_all(calls, seeds)
+        results, errors = [{} for _ in range(8)], []
+        barrier = threading.Barrier(8)
+
+        def worker(i):
+            try:
+                torch.set_num_threads(threads)  # the intra-op thread count is per calling thread
+                barrier.wait()
+                for repeat in range(3):
+                    order = calls[i % len(calls):] + calls[:i % len(calls)]  # different ops at the same time
+                    results[i] = _run_all(order, seeds)
+            except BaseException as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+
+        pool = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        assert not errors, errors
+        for r in results:
+            # Same thread count, so even the reductions add in the same order: bitwise equal.
+            _assert_same(serial, r, exact=True)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_thread_counts_agree():
+    """1 and 2 intra-op threads: the same results up to the summation order of the weight gradients."""
+    previous = torch.get_num_threads()
+    try:
+        out = {}
+        for threads in _THREAD_COUNTS:
+            torch.set_num_threads(threads)
+            out[threads] = _run_all(_case_calls() + _module_calls(), range(3))
+        _assert_same(out[1], out[2], exact=False)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("threads", _THREAD_COUNTS)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_bitwise_repeatable(threads, deterministic):
+    """The same call gives bitwise the same result run to run at a fixed thread count (the weight-gradient
+    reductions split their work by worker index, not by scheduling), and runs under
+    torch.use_deterministic_algorithms(True)."""
+    previous, was_deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        calls = _case_calls() + _module_calls()
+        first = _run_all(calls, range(3))
+        for _ in range(3):
+            _assert_same(first, _run_all(calls, range(3)), exact=True)
+    finally:
+        torch.set_num_threads(previous)
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def test_large_weight_gradient_bitwise_repeatable():
+    """A weight gradient big enough to be split across threads, repeated: bitwise equal each time."""
+    x = torch.randn(8, 32, 40, 40).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(32, 1, 3, 3, requires_grad=True)
+    b = torch.randn(32, requires_grad=True)
+    go = torch.randn(8, 32, 40, 40).contiguous(memory_format=torch.channels_last)
+    first = None
+    for _ in range(5):
+        y = fusedops.depthwise_conv2d(x, w, b, 1, 1)
+        g = torch.autograd.grad(y, (x, w, b), go)
+        if first is None:
+            first = g
+        for a, e in zip(g, first):
+            assert torch.equal(a, e)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serialisation
+
+
+def _models():
+    out = {"mobilenet_v1": fusedops.models.mobilenet_v1(width_mult=0.25, num_classes=10)}
+    for name in ("shufflenet_v2_x0_5", "shufflenet_v1"):
+        if hasattr(fusedops.models, name):
+            out[name] = getattr(fusedops.models, name)(num_classes=10)
+    for model in out.values():
+        for bn in model.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                with torch.no_grad():
+                    bn.running_var.uniform_(0.5, 2.0)
+                    bn.running_mean.normal_(0, 0.2)
+        model.eval()
+    return out
+
+
+def _round_trips():
+    def torch_save(m):
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        buf.seek(0)
+        return torch.load(buf, weights_only=False)
+
+    def state_dict(m):
+        fresh = copy.deepcopy(m)  # same architecture ...
+        for p in fresh.parameters():
+            p.data.zero_()  # ... with other weights, which load_state_dict must replace
+        buf = io.BytesIO()
+        torch.save(m.state_dict(), buf)
+        buf.seek(0)
+        fresh.load_state_dict(torch.load(buf))
+        return fresh
+
+    return {"deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m)), "torch_save": torch_save,
+            "state_dict": state_dict}
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("trip", sorted(_round_trips()))
+def test_models_survive_round_trips(trip, frozen):
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    for name, model in _models().items():
+        if frozen:
+            fusedops.freeze(model)
+        with torch.no_grad():
+            expected = model(x)
+            copied = _round_trips()[trip](model)
+            torch.testing.assert_close(copied(x), expected, rtol=0, atol=0, msg=name)
+            # The copy folds its own weights, never the original's (nor stale ones).
+            for p in copied.parameters():
+                if p.dim() == 4:
+                    p.data.mul_(0.5)
+            if frozen:
+                fusedops.freeze(copied)
+            changed = copied(x)
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0, msg=name)
+            assert not torch.equal(changed, expected), name
