@@ -31,6 +31,16 @@ TOLERANCES = {
 LAYOUTS = ("nchw", "channels_last", "noncontig")
 
 HAS_CUDA = torch.cuda.is_available()
+# FUSEDOPS_CUDA_EMU=1: the CUDA kernels' tests (tests/test_cuda_*.py) run on CPU tensors through the test-only
+# CPU emulation of the CUDA execution model (tests/cuda_emu.py), whose kernels replace the C++ CPU kernels
+# of this process: only those tests run in it (make test-cuda-emu).
+CUDA_EMULATED = os.environ.get("FUSEDOPS_CUDA_EMU", "0") == "1"
+if CUDA_EMULATED:
+    import cuda_emu
+
+    cuda_emu.load()
+# The device of the tensors the CUDA kernels' tests pass.
+KERNEL_DEVICE = "cpu" if CUDA_EMULATED else "cuda"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -63,7 +73,8 @@ def pytest_collection_modifyitems(config, items):
     else:
         skip_triton = None
     for item in items:
-        if "gpu" in item.keywords and not HAS_CUDA:
+        emulated = CUDA_EMULATED and os.path.basename(str(item.fspath)).startswith("test_cuda_")
+        if "gpu" in item.keywords and not HAS_CUDA and not emulated and "real_gpu" not in item.keywords:
             item.add_marker(skip_gpu)
         if "triton" in item.keywords and skip_triton is not None:
             item.add_marker(skip_triton)
@@ -77,8 +88,16 @@ requires_cuda_kernels = pytest.mark.skipif(not HAS_CUDA_KERNELS,
 
 
 def gpu_test(fn):
-    """Marks a test that runs the native CUDA kernels: `gpu`, and skipped without a GPU or the kernels."""
+    """Marks a test that runs the native CUDA kernels: `gpu`, and skipped without a GPU or the kernels,
+    unless they run emulated."""
+    if CUDA_EMULATED:
+        return pytest.mark.gpu(fn)
     return pytest.mark.gpu(requires_gpu(requires_cuda_kernels(fn)))
+
+
+def real_gpu_test(fn):
+    """A `gpu` test of what only a real GPU has (streams, several devices): skipped under the emulation."""
+    return pytest.mark.gpu(pytest.mark.real_gpu(requires_gpu(requires_cuda_kernels(fn))))
 requires_triton = pytest.mark.skipif(
     not HAS_TRITON or not (HAS_CUDA or TRITON_INTERPRET),
     reason="needs Triton with a CUDA GPU or TRITON_INTERPRET=1",

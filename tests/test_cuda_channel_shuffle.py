@@ -7,8 +7,10 @@ import torch.nn.functional as F
 import fusedops
 from fusedops import _extension
 
+from conftest import CUDA_EMULATED, KERNEL_DEVICE
+
 CL = torch.channels_last
-needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and _extension.has_cuda_kernels()),
+needs_gpu = pytest.mark.skipif(not (torch.cuda.is_available() and _extension.has_cuda_kernels()) and not CUDA_EMULATED,
                                reason="needs a CUDA GPU and the CUDA kernels")
 
 
@@ -27,7 +29,7 @@ def make(shape, dtype, layout, seed=0):
         x = torch.cat([x, x], 1).chunk(2, 1)[1]
     elif layout == "cl_slice":
         x = torch.cat([x, x], 1).contiguous(memory_format=CL).chunk(2, 1)[0]
-    return x.cuda()
+    return x.to(KERNEL_DEVICE)
 
 
 @pytest.mark.gpu

@@ -15,7 +15,7 @@ from torch._prims_common import suggest_memory_format
 
 import fusedops
 
-from conftest import gpu_test, requires_cuda_kernels
+from conftest import CUDA_EMULATED, KERNEL_DEVICE, gpu_test, real_gpu_test, requires_cuda_kernels
 
 @requires_cuda_kernels
 def test_cuda_kernels_registered():
@@ -111,7 +111,7 @@ def _check_against_references(x, w, b, stride, padding, dilation, tol=1e-5, chec
             assert actual is None
             continue
         _assert_close(actual, expected, tol, name)
-    if check_cpu:
+    if check_cpu and not CUDA_EMULATED:  # emulated, the CPU kernels are the emulated CUDA kernels
         xc = x.detach().cpu()
         cpu = _run(xc, w.cpu(), b.cpu() if b is not None else None, stride, padding, dilation, grad_out.cpu())
         for name, actual, expected in zip(names, (y, gx, gw, gb), cpu[:4]):
@@ -141,8 +141,8 @@ def test_float32_grid(kernel, stride, same_padding, dilation, multiplier, bias, 
     # 37 columns: stride 1/2 outputs are wide enough for the NCHW tile kernel, stride 3 runs the direct
     # one; 8 channels make channels-last vectorisable with multiplier 1. Batch 3 (odd) or 1.
     n = 3 if bias else 1
-    x = _make_input(n, 8, 17, 37, layout, "cuda")
-    w, b = _params(8, multiplier, kernel, bias, "cuda")
+    x = _make_input(n, 8, 17, 37, layout, KERNEL_DEVICE)
+    w, b = _params(8, multiplier, kernel, bias, KERNEL_DEVICE)
     _check_against_references(x, w, b, _pair(stride), padding, _pair(dilation))
 
 
@@ -153,8 +153,8 @@ def test_float32_grid(kernel, stride, same_padding, dilation, multiplier, bias, 
 def test_float32_odd_channels_and_alignment(layout, channels, kernel, stride):
     # Channel counts that are not multiples of 4, and channels-last tensors at a misaligned storage
     # offset, must take the scalar channels-last kernels.
-    x = _make_input(2, channels, 19, 23, layout, "cuda")
-    w, b = _params(channels, 1, kernel, True, "cuda")
+    x = _make_input(2, channels, 19, 23, layout, KERNEL_DEVICE)
+    w, b = _params(channels, 1, kernel, True, KERNEL_DEVICE)
     _check_against_references(x, w, b, (stride, stride), (kernel // 2, kernel // 2), (1, 1))
 
 
@@ -175,8 +175,8 @@ def test_float32_odd_channels_and_alignment(layout, channels, kernel, stride):
     ],
 )
 def test_float32_special_shapes(layout, kernel, stride, padding, dilation, size):
-    x = _make_input(2, 4, *size, layout, "cuda")
-    w, b = _params(4, 1, kernel, True, "cuda")
+    x = _make_input(2, 4, *size, layout, KERNEL_DEVICE)
+    w, b = _params(4, 1, kernel, True, KERNEL_DEVICE)
     _check_against_references(x, w, b, stride, padding, dilation)
 
 
@@ -185,8 +185,8 @@ def test_float32_special_shapes(layout, kernel, stride, padding, dilation, size)
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)])
 def test_float32_mobilenet_size(layout, kernel, stride):
     # N=8, C=144, 56x56: several NCHW tiles per plane and a weight gradient split over many blocks.
-    x = _make_input(8, 144, 56, 56, layout, "cuda")
-    w, b = _params(144, 1, kernel, True, "cuda")
+    x = _make_input(8, 144, 56, 56, layout, KERNEL_DEVICE)
+    w, b = _params(144, 1, kernel, True, KERNEL_DEVICE)
     _check_against_references(x, w, b, (stride, stride), (kernel // 2, kernel // 2), (1, 1), check_cpu=False)
 
 
@@ -201,8 +201,8 @@ def test_float32_mobilenet_size(layout, kernel, stride):
     [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (5, 1, 2, 2, 1), (3, 1, 1, 1, 2), ((2, 3), (2, 1), (1, 0), (1, 2), 1)],
 )
 def test_float64_gradcheck(layout, kernel, stride, padding, dilation, multiplier):
-    x = _make_input(2, 3, 7, 8, layout, "cuda", torch.float64).requires_grad_()
-    w, b = _params(3, multiplier, kernel, True, "cuda", torch.float64)
+    x = _make_input(2, 3, 7, 8, layout, KERNEL_DEVICE, torch.float64).requires_grad_()
+    w, b = _params(3, multiplier, kernel, True, KERNEL_DEVICE, torch.float64)
     w.requires_grad_()
     b.requires_grad_()
     args = (_pair(stride), _pair(padding), _pair(dilation))
@@ -222,8 +222,8 @@ def test_float64_gradcheck(layout, kernel, stride, padding, dilation, multiplier
     [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (5, 2, 2, 1, 1), (7, 1, 3, 1, 1), (3, 1, 2, 2, 2), ((3, 5), 3, 0, 1, 1)],
 )
 def test_half_precision(dtype, layout, kernel, stride, padding, dilation, multiplier):
-    x = _make_input(3, 16, 21, 37, layout, "cuda", dtype)
-    w, b = _params(16, multiplier, kernel, True, "cuda", dtype)
+    x = _make_input(3, 16, 21, 37, layout, KERNEL_DEVICE, dtype)
+    w, b = _params(16, multiplier, kernel, True, KERNEL_DEVICE, dtype)
     args = (_pair(stride), _pair(padding), _pair(dilation))
     y, gx, gw, gb, grad_out = _run(x, w, b, *args)
     assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == dtype and gb.dtype == dtype
@@ -248,8 +248,8 @@ def test_half_precision(dtype, layout, kernel, stride, padding, dilation, multip
     ],
 )
 def test_opcheck(layout, kernel, stride, padding, dilation, multiplier, bias):
-    x = _make_input(2, 4, 9, 10, layout, "cuda").requires_grad_()
-    w, b = _params(4, multiplier, kernel, bias, "cuda")
+    x = _make_input(2, 4, 9, 10, layout, KERNEL_DEVICE).requires_grad_()
+    w, b = _params(4, multiplier, kernel, bias, KERNEL_DEVICE)
     w.requires_grad_()
     if b is not None:
         b.requires_grad_()
@@ -268,9 +268,9 @@ def test_opcheck(layout, kernel, stride, padding, dilation, multiplier, bias):
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("mask", [m for m in itertools.product([False, True], repeat=3) if any(m)])
 def test_backward_output_mask(layout, mask):
-    x = _make_input(3, 8, 15, 20, layout, "cuda")
-    w, _ = _params(8, 1, 3, False, "cuda")
-    grad_out = torch.randn(3, 8, 8, 10, device="cuda")
+    x = _make_input(3, 8, 15, 20, layout, KERNEL_DEVICE)
+    w, _ = _params(8, 1, 3, False, KERNEL_DEVICE)
+    grad_out = torch.randn(3, 8, 8, 10, device=KERNEL_DEVICE)
     args = ([2, 2], [1, 1], [1, 1])
     op = torch.ops.fusedops._depthwise_conv2d_backward
     full = op(grad_out, x, w, *args, [True, True, True])
@@ -285,12 +285,12 @@ def test_backward_output_mask(layout, mask):
 @gpu_test
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 def test_empty_batch(layout):
-    x = _make_input(0, 6, 9, 9, layout, "cuda")
-    w, b = _params(6, 2, 3, True, "cuda")
+    x = _make_input(0, 6, 9, 9, layout, KERNEL_DEVICE)
+    w, b = _params(6, 2, 3, True, KERNEL_DEVICE)
     with fusedops.use_backend("native"):
         y = fusedops.depthwise_conv2d(x, w, b, 2, 1, 1)
     assert y.shape == (0, 12, 5, 5)
-    grad_out = torch.empty(0, 12, 5, 5, device="cuda")
+    grad_out = torch.empty(0, 12, 5, 5, device=KERNEL_DEVICE)
     gx, gw, gb = torch.ops.fusedops._depthwise_conv2d_backward(grad_out, x, w, [2, 2], [1, 1], [1, 1], [True] * 3)
     assert gx.shape == x.shape
     assert gw.shape == w.shape and torch.count_nonzero(gw) == 0
@@ -301,8 +301,8 @@ def test_empty_batch(layout):
 @pytest.mark.parametrize("layout,fmt", [("nchw", torch.contiguous_format), ("cl", torch.channels_last),
                                         ("view", torch.contiguous_format), ("cl_view", torch.channels_last)])
 def test_output_memory_format(layout, fmt):
-    x = _make_input(2, 8, 12, 12, layout, "cuda")
-    w, b = _params(8, 1, 3, True, "cuda")
+    x = _make_input(2, 8, 12, 12, layout, KERNEL_DEVICE)
+    w, b = _params(8, 1, 3, True, KERNEL_DEVICE)
     y = torch.ops.fusedops.depthwise_conv2d(x, w, b, [1, 1], [1, 1], [1, 1])
     assert y.is_contiguous(memory_format=fmt)
     # Called directly: autograd would re-stride grad_input to match a non-dense input view.
@@ -317,9 +317,9 @@ def test_output_memory_format(layout, fmt):
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
 @pytest.mark.parametrize("kernel", [3, (3, 5)])
 def test_weight_gradient_deterministic(layout, kernel):
-    x = _make_input(4, 32, 40, 40, layout, "cuda")
-    w, b = _params(32, 1, kernel, True, "cuda")
-    grad_out = torch.randn(4, 32, 40, 40, device="cuda")
+    x = _make_input(4, 32, 40, 40, layout, KERNEL_DEVICE)
+    w, b = _params(32, 1, kernel, True, KERNEL_DEVICE)
+    grad_out = torch.randn(4, 32, 40, 40, device=KERNEL_DEVICE)
     padding = [_pair(kernel)[0] // 2, _pair(kernel)[1] // 2]
     op = torch.ops.fusedops._depthwise_conv2d_backward
     first = op(grad_out, x, w, [1, 1], padding, [1, 1], [True, True, True])
@@ -329,24 +329,24 @@ def test_weight_gradient_deterministic(layout, kernel):
             assert torch.equal(a, b_)
 
 
-@gpu_test
+@real_gpu_test
 def test_errors_match_cpu():
-    x = torch.randn(2, 4, 8, 8, device="cuda")
-    w = torch.randn(6, 1, 3, 3, device="cuda")
+    x = torch.randn(2, 4, 8, 8, device=KERNEL_DEVICE)
+    w = torch.randn(6, 1, 3, 3, device=KERNEL_DEVICE)
     with pytest.raises(RuntimeError, match="not a positive multiple"):
         torch.ops.fusedops.depthwise_conv2d(x, w, None, [1, 1], [1, 1], [1, 1])
     with pytest.raises(RuntimeError, match="same device"):
         torch.ops.fusedops.depthwise_conv2d(x, w[:4].cpu(), None, [1, 1], [1, 1], [1, 1])
     with pytest.raises(RuntimeError, match="grad_output has shape"):
         torch.ops.fusedops._depthwise_conv2d_backward(
-            torch.randn(2, 4, 7, 7, device="cuda"), x, w[:4], [1, 1], [1, 1], [1, 1], [True, True, True]
+            torch.randn(2, 4, 7, 7, device=KERNEL_DEVICE), x, w[:4], [1, 1], [1, 1], [1, 1], [True, True, True]
         )
 
 
-@gpu_test
+@real_gpu_test
 def test_non_default_device_and_stream():
     # Kernels run on the input's device and the current stream.
-    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    device = torch.device(KERNEL_DEVICE, torch.cuda.device_count() - 1)
     x = _make_input(2, 8, 20, 20, "cl", device)
     w, b = _params(8, 1, 3, True, device)
     stream = torch.cuda.Stream(device)
