@@ -13,6 +13,7 @@ process must then start with libasan preloaded; see the Makefile's ``test-cuda-e
 
 import glob
 import os
+import subprocess
 
 import torch
 from torch.utils import cpp_extension
@@ -79,7 +80,23 @@ def load():
         is_python_module=False,
         verbose=os.environ.get("FUSEDOPS_CUDA_EMU_VERBOSE", "0") == "1",
     )
-    return os.path.join(build_dir, f"{name}.so")
+    library = os.path.join(build_dir, f"{name}.so")
+    _register_static_shared(library)
+    return library
+
+
+def _register_static_shared(library):
+    """Tells the runtime where the kernels' static __shared__ arrays are, so that it poisons them before
+    every block: the function-local statics of namespace fusedops::cuda (mangled _ZZN8fusedops4cuda...)."""
+    out = subprocess.run(["nm", "-S", "--defined-only", library], capture_output=True, text=True, check=True).stdout
+    offsets, sizes = [], []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[2] in "bBdD" and fields[3].startswith("_ZZN8fusedops4cuda"):
+            offsets.append(int(fields[0], 16))
+            sizes.append(int(fields[1], 16))
+    assert offsets, f"no static __shared__ arrays found in {library}"
+    torch.ops.fusedops_emu.register_static_shared(offsets, sizes)
 
 
 def configure(multiprocessors=132, schedule="forward", seed=0):

@@ -12,6 +12,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <dlfcn.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -39,9 +40,6 @@ uint3 blockIdx;
 dim3 blockDim;
 dim3 gridDim;
 
-// Bounds of the static __shared__ arrays (emu.h puts them all in this section).
-extern "C" unsigned char __start_fusedops_emu_shared[] __attribute__((weak, visibility("hidden")));
-extern "C" unsigned char __stop_fusedops_emu_shared[] __attribute__((weak, visibility("hidden")));
 
 // void fusedops_emu_switch(void** save_sp, void* next_sp): saves this context on its stack, stores the
 // stack pointer in *save_sp and resumes the context saved at next_sp.
@@ -146,6 +144,12 @@ std::mutex& launch_mutex() {
 }
 
 int64_t g_launches = 0, g_blocks = 0;
+
+// The kernels' static __shared__ arrays: (address, bytes).
+std::vector<std::pair<unsigned char*, size_t>>& static_shared() {
+  static std::vector<std::pair<unsigned char*, size_t>> arrays;
+  return arrays;
+}
 
 std::string describe(uint3 v) {
   std::ostringstream s;
@@ -323,8 +327,7 @@ void run_block(Grid& g, std::vector<int>& order) {
 }
 
 void poison_shared(Grid& g) {
-  if (__start_fusedops_emu_shared != nullptr)
-    std::memset(__start_fusedops_emu_shared, kPoison, __stop_fusedops_emu_shared - __start_fusedops_emu_shared);
+  for (const auto& [address, bytes] : static_shared()) std::memset(address, kPoison, bytes);
   if (g.dynamic_bytes > 0) std::memset(g.dynamic, kPoison, g.dynamic_bytes);
 }
 
@@ -360,21 +363,21 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
   const int lane = f->linear % warpSize, warp = f->linear / warpSize;
   const int lanes_present = std::min(warpSize, g.threads - warp * warpSize);
   const unsigned present = lanes_present == 32 ? 0xffffffffu : (1u << lanes_present) - 1u;
-  std::ostringstream where;
-  where << op_name(op) << " at " << file << ":" << line;
+  // Built only for an error message (this is the emulation's hot path).
+  const auto where = [&] { return std::string(op_name(op)) + " at " + file + ":" + std::to_string(line); };
   if (!(mask >> lane & 1u))
-    fail_in_thread(where.str() + ": the calling lane " + std::to_string(lane) + " is not in its mask");
+    fail_in_thread(where() + ": the calling lane " + std::to_string(lane) + " is not in its mask");
   if (mask & ~present)
-    fail_in_thread(where.str() + ": the mask names lanes " + lanes_of(mask & ~present) + " that the block lacks");
+    fail_in_thread(where() + ": the mask names lanes " + lanes_of(mask & ~present) + " that the block lacks");
   if (width < 1 || width > warpSize || (width & (width - 1)) != 0)
-    fail_in_thread(where.str() + ": width " + std::to_string(width) + " is not a power of 2 up to 32");
+    fail_in_thread(where() + ": width " + std::to_string(width) + " is not a power of 2 up to 32");
   auto& pending = g.warps[warp];
   PendingWarpOp* p = nullptr;
   for (auto& q : pending) {
     if (q.mask == mask) {
       p = &q;
     } else if (q.mask & mask) {
-      fail_in_thread(where.str() + ": mask overlaps the mask of " + op_name(q.op) + " at " + q.file + ":" +
+      fail_in_thread(where() + ": mask overlaps the mask of " + op_name(q.op) + " at " + q.file + ":" +
                      std::to_string(q.line) + " that other lanes wait at");
     }
   }
@@ -382,7 +385,7 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
     pending.push_back(PendingWarpOp{op, mask, 0u, width, file, line, {}, {}});
     p = &pending.back();
   } else if (p->op != op || p->width != width || p->line != line || std::strcmp(p->file, file) != 0) {
-    fail_in_thread(where.str() + ": other lanes of the mask wait at " + op_name(p->op) + " at " + p->file + ":" +
+    fail_in_thread(where() + ": other lanes of the mask wait at " + op_name(p->op) + " at " + p->file + ":" +
                    std::to_string(p->line));
   }
   p->value[lane] = value;
@@ -415,7 +418,7 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
     }
     if (op <= kShflXor) {
       if (!(mask >> src & 1u))
-        fail_in_thread(where.str() + ": lane " + std::to_string(l) + " reads lane " + std::to_string(src) +
+        fail_in_thread(where() + ": lane " + std::to_string(l) + " reads lane " + std::to_string(src) +
                        ", outside the mask");
       r = done.value[src];
     } else if (op == kBallot) {
@@ -527,6 +530,18 @@ void configure(int64_t multiprocessors, int64_t schedule, int64_t seed) {
   c.seed = static_cast<uint64_t>(seed);
 }
 
+// The static __shared__ arrays, as offsets from the library's load address (symbol values) and sizes.
+void register_static_shared(std::vector<int64_t> offsets, std::vector<int64_t> sizes) {
+  TORCH_CHECK(offsets.size() == sizes.size(), "fusedops_emu.register_static_shared: mismatched lists");
+  Dl_info info;
+  TORCH_CHECK(dladdr(reinterpret_cast<void*>(&configure), &info) != 0, "fusedops_emu: dladdr failed");
+  const std::lock_guard<std::mutex> lock(fusedops_emu::launch_mutex());
+  auto& arrays = fusedops_emu::static_shared();
+  arrays.clear();
+  for (size_t i = 0; i < offsets.size(); ++i)
+    arrays.emplace_back(static_cast<unsigned char*>(info.dli_fbase) + offsets[i], static_cast<size_t>(sizes[i]));
+}
+
 // (kernel launches, blocks run) since the library was loaded.
 std::vector<int64_t> counters() {
   return {fusedops_emu::g_launches, fusedops_emu::g_blocks};
@@ -538,4 +553,5 @@ TORCH_LIBRARY(fusedops_emu, m) {
   // schedule: 0 forward, 1 reversed, 2 seeded-random (threads between synchronisations, and blocks).
   m.def("configure(int multiprocessors, int schedule, int seed) -> ()", &configure);
   m.def("counters() -> int[]", &counters);
+  m.def("register_static_shared(int[] offsets, int[] sizes) -> ()", &register_static_shared);
 }

@@ -32,9 +32,10 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// Static shared arrays are static locals in one section, which the runtime poisons before every block
-// (blocks run one at a time, so one copy serves every block).
-#define __shared__ static __attribute__((section("fusedops_emu_shared")))
+// Static shared arrays are static locals (blocks run one at a time, so one copy serves every block). The
+// loader finds them in the library's symbol table and registers them (register_static_shared), and the
+// runtime poisons them before every block.
+#define __shared__ static
 
 // ---------------------------------------------------------------------------------------------------
 // Built-in variables (set by the scheduler whenever it switches to a thread; launches are serialised)
@@ -158,41 +159,37 @@ inline T __ldg(const T* p) {
 }
 
 // Atomics: threads switch only at synchronisations, so a read-modify-write is atomic by construction.
+namespace fusedops_emu {
+template <typename T, typename F>
+inline T atomic_update(T* p, F f) {
+  const T old = *p;
+  *p = f(old);
+  return old;
+}
+}  // namespace fusedops_emu
 template <typename T>
 inline T atomicAdd(T* p, T v) {
-  const T old = *p;
-  *p = old + v;
-  return old;
+  return fusedops_emu::atomic_update(p, [v](T old) { return old + v; });
 }
 template <typename T>
 inline T atomicSub(T* p, T v) {
-  const T old = *p;
-  *p = old - v;
-  return old;
+  return fusedops_emu::atomic_update(p, [v](T old) { return old - v; });
 }
 template <typename T>
 inline T atomicMax(T* p, T v) {
-  const T old = *p;
-  *p = old < v ? v : old;
-  return old;
+  return fusedops_emu::atomic_update(p, [v](T old) { return old < v ? v : old; });
 }
 template <typename T>
 inline T atomicMin(T* p, T v) {
-  const T old = *p;
-  *p = v < old ? v : old;
-  return old;
+  return fusedops_emu::atomic_update(p, [v](T old) { return v < old ? v : old; });
 }
 template <typename T>
 inline T atomicExch(T* p, T v) {
-  const T old = *p;
-  *p = v;
-  return old;
+  return fusedops_emu::atomic_update(p, [v](T) { return v; });
 }
 template <typename T>
 inline T atomicCAS(T* p, T compare, T v) {
-  const T old = *p;
-  if (old == compare) *p = v;
-  return old;
+  return fusedops_emu::atomic_update(p, [compare, v](T old) { return old == compare ? v : old; });
 }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
