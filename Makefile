@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench lint format check-cpu-only clean
+.PHONY: install demo test test-cuda-emu test-cuda-emu-sanitize test-cuda-emu-mutations test-triton-compile bench lint \
+	format check-cpu-only clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +24,33 @@ demo: install
 	$(BIN)/python -m benchmarks.demo
 
 # TRITON_INTERPRET=1 lets the Triton kernels run on CPU tensors, so their parity tests run without a GPU.
+# Then the CUDA kernels' tests again, through the CPU emulation of the CUDA execution model.
+CUDA_EMU_TESTS = FUSEDOPS_CUDA_EMU=1 $(BIN)/python -m pytest -q tests/test_cuda_*.py
 test: install
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests
+	$(CUDA_EMU_TESTS)
+
+# The CUDA kernels' tests on CPU tensors through the test-only emulation of the CUDA execution model
+# (csrc/testing/cuda_emu, built by tests/cuda_emu.py with the host compiler), in a process of their own: the
+# emulated kernels replace the CPU kernels there.
+test-cuda-emu: install
+	$(CUDA_EMU_TESTS)
+
+# The same, built with AddressSanitizer + UndefinedBehaviorSanitizer (libasan preloaded into Python; torch's
+# own allocations are not instrumented, so leak and allocator-mismatch reports are off).
+test-cuda-emu-sanitize: install
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
+	ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	FUSEDOPS_CUDA_EMU=1 FUSEDOPS_CUDA_EMU_SANITIZE=1 $(BIN)/python -m pytest -q tests/test_cuda_*.py
+
+# Shows the emulated tests catching bugs injected into copies of the CUDA kernels.
+test-cuda-emu-mutations: install
+	$(BIN)/python tests/cuda_emu_mutations.py
+
+# Every Triton kernel compiled for sm_80 and sm_90 (no GPU needed).
+test-triton-compile: install
+	FUSEDOPS_TRITON_GPU_COMPILE=1 $(BIN)/python -m pytest -q tests/test_triton_gpu_compile.py
 
 bench: install
 	$(BIN)/python -m benchmarks.bench_depthwise_conv2d

@@ -30,6 +30,16 @@ from fusedops.ops import _reference  # noqa: E402
 # What this machine and build can run
 
 HAS_CUDA = torch.cuda.is_available()
+# FUSEDOPS_CUDA_EMU=1: the CUDA kernels' tests (tests/test_cuda_*.py) run on CPU tensors through the test-only
+# CPU emulation of the CUDA execution model (tests/cuda_emu.py), whose kernels replace the C++ CPU kernels
+# of this process: only those tests run in it (make test-cuda-emu).
+CUDA_EMULATED = os.environ.get("FUSEDOPS_CUDA_EMU", "0") == "1"
+if CUDA_EMULATED:
+    import cuda_emu
+
+    cuda_emu.load()
+# The device of the tensors the CUDA kernels' tests pass.
+KERNEL_DEVICE = "cpu" if CUDA_EMULATED else "cuda"
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Where the Triton tests put their tensors: the interpreter runs CPU tensors, a GPU CUDA ones.
@@ -50,8 +60,16 @@ TRITON_TEST = [pytest.mark.triton, requires_triton]
 
 
 def gpu_test(fn):
-    """Marks a test that runs the native CUDA kernels: `gpu`, and skipped without a GPU or the kernels."""
+    """Marks a test that runs the native CUDA kernels: `gpu`, and skipped without a GPU or the kernels,
+    unless they run emulated."""
+    if CUDA_EMULATED:
+        return pytest.mark.gpu(fn)
     return pytest.mark.gpu(requires_gpu(requires_cuda_kernels(fn)))
+
+
+def real_gpu_test(fn):
+    """A `gpu` test of what only a real GPU has (streams, several devices): skipped under the emulation."""
+    return pytest.mark.gpu(pytest.mark.real_gpu(requires_gpu(requires_cuda_kernels(fn))))
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +96,8 @@ def pytest_collection_modifyitems(config, items):
     else:
         skip_triton = None
     for item in items:
-        if "gpu" in item.keywords and not HAS_CUDA:
+        emulated = CUDA_EMULATED and os.path.basename(str(item.fspath)).startswith("test_cuda_")
+        if "gpu" in item.keywords and not HAS_CUDA and not emulated and "real_gpu" not in item.keywords:
             item.add_marker(skip_gpu)
         if "triton" in item.keywords and skip_triton is not None:
             item.add_marker(skip_triton)

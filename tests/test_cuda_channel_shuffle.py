@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import fusedops
 
-from conftest import SHUFFLE_LAYOUTS, dense_layout, gpu_test, make_input, requires_cuda_kernels
+from conftest import KERNEL_DEVICE, SHUFFLE_LAYOUTS, dense_layout, gpu_test, make_input, requires_cuda_kernels
 
 
 @requires_cuda_kernels
@@ -21,9 +21,9 @@ def test_cuda_kernels_registered():
 @pytest.mark.parametrize("groups", [1, 2, 3, 4, 8])
 def test_cuda_matches_torch(layout, dtype, groups):
     for cpg, hw in ((1, (1, 1)), (2, (3, 5)), (5, (8, 8)), (29, (28, 28))):
-        # .cuda() copies the slices into dense tensors.
-        x = make_input((2, groups * cpg) + hw, layout, dtype=dtype).cuda().requires_grad_(dtype != torch.float16)
-        b = make_input((2, groups * cpg) + hw, dense_layout(layout), dtype=dtype).cuda()
+        # .to(KERNEL_DEVICE) copies the slices into dense tensors.
+        x = make_input((2, groups * cpg) + hw, layout, dtype=dtype).to(KERNEL_DEVICE).requires_grad_(dtype != torch.float16)
+        b = make_input((2, groups * cpg) + hw, dense_layout(layout), dtype=dtype).to(KERNEL_DEVICE)
         b.requires_grad_(x.requires_grad)
         with fusedops.use_backend("native"):
             y = fusedops.channel_shuffle(x, groups)

@@ -18,7 +18,10 @@ import fusedops
 from conftest import (
     assert_close_scaled,
     depthwise_reference_grads,
+    CUDA_EMULATED,
+    KERNEL_DEVICE,
     gpu_test,
+    real_gpu_test,
     make_input,
     pair,
     requires_cuda_kernels,
@@ -67,7 +70,7 @@ def _check_against_references(x, w, b, stride, padding, dilation, tol=1e-5, chec
             assert actual is None
             continue
         assert_close_scaled(actual, expected, rtol=tol, atol=tol, name=name)
-    if check_cpu:
+    if check_cpu and not CUDA_EMULATED:  # emulated, the CPU kernels are the emulated CUDA kernels
         xc = x.detach().cpu()
         cpu = _run(xc, w.cpu(), b.cpu() if b is not None else None, stride, padding, dilation, grad_out.cpu())
         for name, actual, expected in zip(names, (y, gx, gw, gb), cpu[:4]):
@@ -97,8 +100,8 @@ def test_float32_grid(kernel, stride, same_padding, dilation, multiplier, bias, 
     # 37 columns: stride 1/2 outputs are wide enough for the NCHW tile kernel, stride 3 runs the direct
     # one; 8 channels make channels-last vectorisable with multiplier 1. Batch 3 (odd) or 1.
     n = 3 if bias else 1
-    x = make_input((n, 8, 17, 37), layout, device="cuda")
-    w, b = _params(8, multiplier, kernel, bias, "cuda")
+    x = make_input((n, 8, 17, 37), layout, device=KERNEL_DEVICE)
+    w, b = _params(8, multiplier, kernel, bias, KERNEL_DEVICE)
     _check_against_references(x, w, b, pair(stride), padding, pair(dilation))
 
 
@@ -109,8 +112,8 @@ def test_float32_grid(kernel, stride, same_padding, dilation, multiplier, bias, 
 def test_float32_odd_channels_and_alignment(layout, channels, kernel, stride):
     # Channel counts that are not multiples of 4, and channels-last tensors at a misaligned storage
     # offset, must take the scalar channels-last kernels.
-    x = make_input((2, channels, 19, 23), layout, device="cuda")
-    w, b = _params(channels, 1, kernel, True, "cuda")
+    x = make_input((2, channels, 19, 23), layout, device=KERNEL_DEVICE)
+    w, b = _params(channels, 1, kernel, True, KERNEL_DEVICE)
     _check_against_references(x, w, b, (stride, stride), (kernel // 2, kernel // 2), (1, 1))
 
 
@@ -131,8 +134,8 @@ def test_float32_odd_channels_and_alignment(layout, channels, kernel, stride):
     ],
 )
 def test_float32_special_shapes(layout, kernel, stride, padding, dilation, size):
-    x = make_input((2, 4, *size), layout, device="cuda")
-    w, b = _params(4, 1, kernel, True, "cuda")
+    x = make_input((2, 4, *size), layout, device=KERNEL_DEVICE)
+    w, b = _params(4, 1, kernel, True, KERNEL_DEVICE)
     _check_against_references(x, w, b, stride, padding, dilation)
 
 
@@ -141,8 +144,8 @@ def test_float32_special_shapes(layout, kernel, stride, padding, dilation, size)
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)])
 def test_float32_mobilenet_size(layout, kernel, stride):
     # N=8, C=144, 56x56: several NCHW tiles per plane and a weight gradient split over many blocks.
-    x = make_input((8, 144, 56, 56), layout, device="cuda")
-    w, b = _params(144, 1, kernel, True, "cuda")
+    x = make_input((8, 144, 56, 56), layout, device=KERNEL_DEVICE)
+    w, b = _params(144, 1, kernel, True, KERNEL_DEVICE)
     _check_against_references(x, w, b, (stride, stride), (kernel // 2, kernel // 2), (1, 1), check_cpu=False)
 
 
@@ -157,8 +160,8 @@ def test_float32_mobilenet_size(layout, kernel, stride):
     [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (5, 1, 2, 2, 1), (3, 1, 1, 1, 2), ((2, 3), (2, 1), (1, 0), (1, 2), 1)],
 )
 def test_float64_gradcheck(layout, kernel, stride, padding, dilation, multiplier):
-    x = make_input((2, 3, 7, 8), layout, dtype=torch.float64, device="cuda").requires_grad_()
-    w, b = _params(3, multiplier, kernel, True, "cuda", torch.float64)
+    x = make_input((2, 3, 7, 8), layout, dtype=torch.float64, device=KERNEL_DEVICE).requires_grad_()
+    w, b = _params(3, multiplier, kernel, True, KERNEL_DEVICE, torch.float64)
     w.requires_grad_()
     b.requires_grad_()
     args = (pair(stride), pair(padding), pair(dilation))
@@ -178,8 +181,8 @@ def test_float64_gradcheck(layout, kernel, stride, padding, dilation, multiplier
     [(3, 1, 1, 1, 1), (3, 2, 1, 1, 1), (5, 2, 2, 1, 1), (7, 1, 3, 1, 1), (3, 1, 2, 2, 2), ((3, 5), 3, 0, 1, 1)],
 )
 def test_half_precision(dtype, layout, kernel, stride, padding, dilation, multiplier):
-    x = make_input((3, 16, 21, 37), layout, dtype=dtype, device="cuda")
-    w, b = _params(16, multiplier, kernel, True, "cuda", dtype)
+    x = make_input((3, 16, 21, 37), layout, dtype=dtype, device=KERNEL_DEVICE)
+    w, b = _params(16, multiplier, kernel, True, KERNEL_DEVICE, dtype)
     args = (pair(stride), pair(padding), pair(dilation))
     y, gx, gw, gb, grad_out = _run(x, w, b, *args)
     assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == dtype and gb.dtype == dtype
@@ -204,8 +207,8 @@ def test_half_precision(dtype, layout, kernel, stride, padding, dilation, multip
     ],
 )
 def test_opcheck(layout, kernel, stride, padding, dilation, multiplier, bias):
-    x = make_input((2, 4, 9, 10), layout, device="cuda").requires_grad_()
-    w, b = _params(4, multiplier, kernel, bias, "cuda")
+    x = make_input((2, 4, 9, 10), layout, device=KERNEL_DEVICE).requires_grad_()
+    w, b = _params(4, multiplier, kernel, bias, KERNEL_DEVICE)
     w.requires_grad_()
     if b is not None:
         b.requires_grad_()
@@ -224,9 +227,9 @@ def test_opcheck(layout, kernel, stride, padding, dilation, multiplier, bias):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("mask", [m for m in itertools.product([False, True], repeat=3) if any(m)])
 def test_backward_output_mask(layout, mask):
-    x = make_input((3, 8, 15, 20), layout, device="cuda")
-    w, _ = _params(8, 1, 3, False, "cuda")
-    grad_out = torch.randn(3, 8, 8, 10, device="cuda")
+    x = make_input((3, 8, 15, 20), layout, device=KERNEL_DEVICE)
+    w, _ = _params(8, 1, 3, False, KERNEL_DEVICE)
+    grad_out = torch.randn(3, 8, 8, 10, device=KERNEL_DEVICE)
     args = ([2, 2], [1, 1], [1, 1])
     op = torch.ops.fusedops._depthwise_conv2d_backward
     full = op(grad_out, x, w, *args, [True, True, True])
@@ -241,12 +244,12 @@ def test_backward_output_mask(layout, mask):
 @gpu_test
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_empty_batch(layout):
-    x = make_input((0, 6, 9, 9), layout, device="cuda")
-    w, b = _params(6, 2, 3, True, "cuda")
+    x = make_input((0, 6, 9, 9), layout, device=KERNEL_DEVICE)
+    w, b = _params(6, 2, 3, True, KERNEL_DEVICE)
     with fusedops.use_backend("native"):
         y = fusedops.depthwise_conv2d(x, w, b, 2, 1, 1)
     assert y.shape == (0, 12, 5, 5)
-    grad_out = torch.empty(0, 12, 5, 5, device="cuda")
+    grad_out = torch.empty(0, 12, 5, 5, device=KERNEL_DEVICE)
     gx, gw, gb = torch.ops.fusedops._depthwise_conv2d_backward(grad_out, x, w, [2, 2], [1, 1], [1, 1], [True] * 3)
     assert gx.shape == x.shape
     assert gw.shape == w.shape and torch.count_nonzero(gw) == 0
@@ -258,8 +261,8 @@ def test_empty_batch(layout):
                                         ("strided", torch.contiguous_format),
                                         ("channels_last_cropped", torch.channels_last)])
 def test_output_memory_format(layout, fmt):
-    x = make_input((2, 8, 12, 12), layout, device="cuda")
-    w, b = _params(8, 1, 3, True, "cuda")
+    x = make_input((2, 8, 12, 12), layout, device=KERNEL_DEVICE)
+    w, b = _params(8, 1, 3, True, KERNEL_DEVICE)
     y = torch.ops.fusedops.depthwise_conv2d(x, w, b, [1, 1], [1, 1], [1, 1])
     assert y.is_contiguous(memory_format=fmt)
     # Called directly: autograd would re-stride grad_input to match a non-dense input view.
@@ -274,9 +277,9 @@ def test_output_memory_format(layout, fmt):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("kernel", [3, (3, 5)])
 def test_weight_gradient_deterministic(layout, kernel):
-    x = make_input((4, 32, 40, 40), layout, device="cuda")
-    w, b = _params(32, 1, kernel, True, "cuda")
-    grad_out = torch.randn(4, 32, 40, 40, device="cuda")
+    x = make_input((4, 32, 40, 40), layout, device=KERNEL_DEVICE)
+    w, b = _params(32, 1, kernel, True, KERNEL_DEVICE)
+    grad_out = torch.randn(4, 32, 40, 40, device=KERNEL_DEVICE)
     padding = [pair(kernel)[0] // 2, pair(kernel)[1] // 2]
     op = torch.ops.fusedops._depthwise_conv2d_backward
     first = op(grad_out, x, w, [1, 1], padding, [1, 1], [True, True, True])
@@ -286,7 +289,7 @@ def test_weight_gradient_deterministic(layout, kernel):
             assert torch.equal(a, b_)
 
 
-@gpu_test
+@real_gpu_test
 def test_errors_match_cpu():
     x = torch.randn(2, 4, 8, 8, device="cuda")
     w = torch.randn(6, 1, 3, 3, device="cuda")
@@ -300,7 +303,7 @@ def test_errors_match_cpu():
         )
 
 
-@gpu_test
+@real_gpu_test
 def test_non_default_device_and_stream():
     # Kernels run on the input's device and the current stream.
     device = torch.device("cuda", torch.cuda.device_count() - 1)

@@ -6,7 +6,7 @@ import torch
 
 import fusedops
 
-from conftest import assert_close_scaled, dwpw_reference, gpu_test, make_dwpw_weights, make_input, requires_cuda_kernels
+from conftest import KERNEL_DEVICE, assert_close_scaled, dwpw_reference, gpu_test, make_dwpw_weights, make_input, requires_cuda_kernels
 
 
 @requires_cuda_kernels
@@ -26,7 +26,7 @@ def test_cuda_kernels_registered():
 def test_cuda_parity(layout, dtype, shape, cout, kernel, stride, multiplier, mid, out):
     cpu = [make_input(shape, layout, dtype=dtype),
            *make_dwpw_weights(shape[1], cout, kernel, multiplier, dtype=dtype, requires_grad=False)]
-    dev = [t.cuda().requires_grad_() for t in cpu]
+    dev = [t.to(KERNEL_DEVICE).requires_grad_() for t in cpu]
     pad = kernel // 2
     y = fusedops.dwpw_conv2d(*dev, stride=stride, padding=pad, mid_activation=mid, out_activation=out)
     ref_in = [t.double().requires_grad_() for t in cpu]
@@ -34,7 +34,7 @@ def test_cuda_parity(layout, dtype, shape, cout, kernel, stride, multiplier, mid
     tol = {torch.float32: 1e-4, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 4e-2}[dtype]
     assert_close_scaled(y.cpu(), ref, rtol=tol, atol=tol, name="output")
     go = torch.randn(ref.shape, dtype=torch.float64)
-    grads = torch.autograd.grad(y, dev, go.to(dtype).cuda())
+    grads = torch.autograd.grad(y, dev, go.to(dtype).to(KERNEL_DEVICE))
     ref_grads = torch.autograd.grad(ref, ref_in, go)
     for a, e in zip(grads, ref_grads):
         assert_close_scaled(a.cpu(), e, rtol=tol, atol=tol)

@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
+#include "fusedops/cuda/common.cuh"
 #include "fusedops/shuffle_geometry.h"
 
 #include <cstdint>
@@ -128,11 +129,11 @@ void launch(const std::vector<Tensor>& srcs, const std::vector<Tensor>& dsts, co
   const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, max_blocks));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (cl) {
-    shuffle_nhwc_kernel<U><<<blocks, kThreads, 0, stream>>>(src, dst, total, g.channels, g.height, g.width,
-                                                            g.groups, g.channels_per_group());
+    FUSEDOPS_LAUNCH(blocks, kThreads, 0, stream, shuffle_nhwc_kernel<U>)(src, dst, total, g.channels, g.height,
+                                                                         g.width, g.groups, g.channels_per_group());
   } else {
-    shuffle_nchw_kernel<U><<<blocks, kThreads, 0, stream>>>(src, dst, total, plane, g.channels, g.groups,
-                                                            g.channels_per_group());
+    FUSEDOPS_LAUNCH(blocks, kThreads, 0, stream, shuffle_nchw_kernel<U>)(src, dst, total, plane, g.channels,
+                                                                         g.groups, g.channels_per_group());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -168,7 +169,7 @@ void shuffled_copy(std::vector<Tensor> srcs, const std::vector<Tensor>& dsts, co
 struct CudaShuffle {
   // Only the first tensor's device: the geometry checks already put a and b on one device.
   static void check(const Tensor& t, const char* op, const char* /*name*/) {
-    TORCH_CHECK(t.is_cuda(), "fusedops: ", op, " CUDA kernel got a tensor on ", t.device());
+    TORCH_CHECK(on_kernel_device(t), "fusedops: ", op, " CUDA kernel got a tensor on ", t.device());
   }
   static void copy(std::vector<Tensor> srcs, const std::vector<Tensor>& dsts, const ShuffleGeometry& g) {
     shuffled_copy(std::move(srcs), dsts, g);
@@ -179,7 +180,7 @@ struct CudaShuffle {
 }  // namespace cuda
 }  // namespace fusedops
 
-TORCH_LIBRARY_IMPL(fusedops, CUDA, m) {
+FUSEDOPS_REGISTER_CUDA_KERNELS(m) {
   using Ops = fusedops::ShuffleOps<fusedops::cuda::CudaShuffle>;
   m.impl("channel_shuffle", &Ops::channel_shuffle);
   m.impl("concat_shuffle", &Ops::concat_shuffle);

@@ -206,8 +206,8 @@ void launch_forward_nhwc(const Tensor& input, const Tensor& wt, const Tensor& bi
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int P = K > 0 ? kNhwcColsPerThread : 1;
   const int64_t items = p.batch * p.out_h * ceil_div<int64_t>(p.out_w, P) * (p.out_channels / VEC);
-  dw_forward_nhwc_kernel<scalar_t, K, S, VEC>
-      <<<grid_for(items, kNhwcThreads), kNhwcThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  FUSEDOPS_LAUNCH(grid_for(items, kNhwcThreads), kNhwcThreads, 0, c10::cuda::getCurrentCUDAStream(),
+                  dw_forward_nhwc_kernel<scalar_t, K, S, VEC>)(
           input.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(),
           bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kTileThreads)
                                 int win_w) {
   using acc_t = at::opmath_type<scalar_t>;
   FUSEDOPS_DW_SHAPE(p)
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FUSEDOPS_DYNAMIC_SHARED(unsigned char, smem_raw);
   acc_t* win = reinterpret_cast<acc_t*>(smem_raw);
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kTileW + tx;
   const int64_t OC = p.out_channels;
@@ -341,15 +341,15 @@ void forward_nchw(const Tensor& input, const Tensor& wt, const Tensor& bias, Ten
     const int64_t blocks = p.batch * p.out_channels * tiles_per_plane;
     const unsigned int grid = static_cast<unsigned int>(std::min<int64_t>(blocks, INT_MAX));
     with_shape<kHasFastPaths<scalar_t>, true, true>(p, [&](auto k, auto s) {
-      dw_forward_nchw_tile_kernel<scalar_t, decltype(k)::value, decltype(s)::value>
-          <<<grid, dim3(kTileW, kTileThreadsY), win_bytes, stream>>>(
+      FUSEDOPS_LAUNCH(grid, dim3(kTileW, kTileThreadsY), win_bytes, stream,
+                      dw_forward_nchw_tile_kernel<scalar_t, decltype(k)::value, decltype(s)::value>)(
               input.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), bp, out.mutable_data_ptr<scalar_t>(), p,
               tiles_w, tiles_per_plane, blocks, win_h, win_w);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   } else {
     const int64_t items = p.batch * p.out_channels * p.out_h * p.out_w;
-    dw_forward_nchw_direct_kernel<scalar_t><<<grid_for(items, kNhwcThreads), kNhwcThreads, 0, stream>>>(
+    FUSEDOPS_LAUNCH(grid_for(items, kNhwcThreads), kNhwcThreads, 0, stream, dw_forward_nchw_direct_kernel<scalar_t>)(
         input.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), bp, out.mutable_data_ptr<scalar_t>(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -374,7 +374,7 @@ void forward(const Tensor& input, const Tensor& wt, const Tensor& bias, Tensor& 
 }
 
 void check_cuda(const Tensor& input, const char* op) {
-  TORCH_CHECK(input.is_cuda(), "fusedops: ", op, " CUDA kernel got input on ", input.device());
+  TORCH_CHECK(on_kernel_device(input), "fusedops: ", op, " CUDA kernel got input on ", input.device());
 }
 
 Tensor depthwise_conv2d_cuda(const Tensor& input_, const Tensor& weight, const c10::optional<Tensor>& bias,
@@ -470,8 +470,8 @@ void compute_grad_input(const Tensor& grad_output, const Tensor& weight, Tensor&
   const int64_t items = grad_in.numel();
   const auto stream = c10::cuda::getCurrentCUDAStream();
   auto launch = [&](auto layout, auto k, auto s) {
-    dw_grad_input_kernel<scalar_t, decltype(layout)::value, decltype(k)::value, decltype(s)::value>
-        <<<grid_for(items, kNhwcThreads), kNhwcThreads, 0, stream>>>(
+    FUSEDOPS_LAUNCH(grid_for(items, kNhwcThreads), kNhwcThreads, 0, stream,
+                    dw_grad_input_kernel<scalar_t, decltype(layout)::value, decltype(k)::value, decltype(s)::value>)(
             grad_output.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), grad_in.mutable_data_ptr<scalar_t>(),
             p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -664,17 +664,18 @@ void compute_grad_weight_bias(const Tensor& grad_output, const Tensor& input, Te
   with_kernel_size<kHasFastPaths<scalar_t>>(p, [&](auto k, auto s) {
     constexpr int K = decltype(k)::value, S = decltype(s)::value;
     if (cl) {
-      dw_grad_weight_nhwc_kernel<scalar_t, K, S><<<grid, dim3(kGwNhwcChannels, kGwNhwcRows), 0, stream>>>(
+      FUSEDOPS_LAUNCH(grid, dim3(kGwNhwcChannels, kGwNhwcRows), 0, stream, dw_grad_weight_nhwc_kernel<scalar_t, K, S>)(
           grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
           p, splits, need_weight);
     } else {
-      dw_grad_weight_nchw_kernel<scalar_t, K, S><<<grid, kGwThreads, 0, stream>>>(
+      FUSEDOPS_LAUNCH(grid, kGwThreads, 0, stream, dw_grad_weight_nchw_kernel<scalar_t, K, S>)(
           grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), partial.mutable_data_ptr<acc_t>(),
           p, splits, need_weight);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  dw_grad_weight_finalize_kernel<scalar_t><<<grid_for(OC * (T + 1), kNhwcThreads), kNhwcThreads, 0, stream>>>(
+  FUSEDOPS_LAUNCH(grid_for(OC * (T + 1), kNhwcThreads), kNhwcThreads, 0, stream,
+                  dw_grad_weight_finalize_kernel<scalar_t>)(
       partial.const_data_ptr<acc_t>(), splits, OC, T, grad_weight ? grad_weight->mutable_data_ptr<scalar_t>() : nullptr,
       grad_bias ? grad_bias->mutable_data_ptr<scalar_t>() : nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -709,7 +710,7 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cuda(
 }  // namespace cuda
 }  // namespace fusedops
 
-TORCH_LIBRARY_IMPL(fusedops, CUDA, m) {
+FUSEDOPS_REGISTER_CUDA_KERNELS(m) {
   m.impl("depthwise_conv2d", &fusedops::cuda::depthwise_conv2d_cuda);
   m.impl("_depthwise_conv2d_backward", &fusedops::cuda::depthwise_conv2d_backward_cuda);
 }

@@ -157,7 +157,7 @@ Tensor dwpw_conv2d_cuda(const Tensor& input_, const Tensor& dw_weight_, const c1
   const DwpwGeometry geo = dwpw_geometry(input_, dw_weight_, dw_bias, pw_weight_, pw_bias, stride, padding, dilation,
                                          mid_activation, out_activation);
   const ConvGeometry& g = geo.dw;
-  TORCH_CHECK(input_.is_cuda(), "fusedops: dwpw_conv2d CUDA kernel got input on ", input_.device());
+  TORCH_CHECK(on_kernel_device(input_), "fusedops: dwpw_conv2d CUDA kernel got input on ", input_.device());
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::MemoryFormat fmt = output_memory_format(input_);
   const Tensor input = input_.contiguous(fmt);
@@ -189,7 +189,7 @@ Tensor dwpw_conv2d_cuda(const Tensor& input_, const Tensor& dw_weight_, const c1
   const dim3 grid(static_cast<unsigned>(g.batch * tiles_p), static_cast<unsigned>(tiles_n));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "dwpw_conv2d_cuda", [&] {
-    dwpw_forward_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+    FUSEDOPS_LAUNCH(grid, kThreads, 0, stream, dwpw_forward_kernel<scalar_t>)(
         input.const_data_ptr<scalar_t>(), dw_weight.const_data_ptr<scalar_t>(),
         dwb.defined() ? dwb.const_data_ptr<scalar_t>() : nullptr, pw_weight.const_data_ptr<scalar_t>(),
         pwb.defined() ? pwb.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), p, tiles_p);
@@ -203,7 +203,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_cuda(
     const Tensor& pw_weight, const c10::optional<Tensor>& pw_bias, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, c10::string_view mid_activation, c10::string_view out_activation,
     std::array<bool, 5> output_mask, const c10::optional<Tensor>& output) {
-  TORCH_CHECK(input.is_cuda(), "fusedops: dwpw_conv2d CUDA backward got input on ", input.device());
+  TORCH_CHECK(on_kernel_device(input), "fusedops: dwpw_conv2d CUDA backward got input on ", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   // Bands of ~16M elements: large enough to fill the GPU, small next to the full intermediate of big batches.
   return dwpw_conv2d_backward_banded(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
@@ -215,7 +215,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_cuda(
 }  // namespace cuda
 }  // namespace fusedops
 
-TORCH_LIBRARY_IMPL(fusedops, CUDA, m) {
+FUSEDOPS_REGISTER_CUDA_KERNELS(m) {
   m.impl("dwpw_conv2d", &fusedops::cuda::dwpw_conv2d_cuda);
   m.impl("_dwpw_conv2d_backward", &fusedops::cuda::dwpw_conv2d_backward_cuda);
 }

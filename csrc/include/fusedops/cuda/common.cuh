@@ -8,10 +8,37 @@
 #include <algorithm>
 #include <cstdint>
 
+// Every kernel launch, dynamic shared-memory declaration and kernel registration goes through these
+// macros, so that the same sources also compile with a host compiler against the test-only CPU emulation
+// of the CUDA execution model (csrc/testing/cuda_emu, built with FUSEDOPS_CUDA_EMULATION: its emu.h
+// defines them for the emulation).
+//   FUSEDOPS_LAUNCH(grid, block, shared_bytes, stream, kernel)(args...)   kernel<<<grid, block, ...>>>(args...)
+//   FUSEDOPS_DYNAMIC_SHARED(type, name);                                   extern __shared__ type name[]
+//   FUSEDOPS_REGISTER_CUDA_KERNELS(m) { m.impl(...); }                     TORCH_LIBRARY_IMPL(fusedops, CUDA, m)
+// The kernel comes last so that a template-id with commas needs no parentheses.
+#ifdef FUSEDOPS_CUDA_EMULATION
+#include "fusedops_cuda_emu/emu.h"
+#else
+#define FUSEDOPS_LAUNCH(grid, block, shared_bytes, stream, ...) __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
+#define FUSEDOPS_DYNAMIC_SHARED(type, name) extern __shared__ __align__(16) type name[]
+#define FUSEDOPS_REGISTER_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(fusedops, CUDA, m)
+#endif
+
 namespace fusedops {
 namespace cuda {
 
 constexpr int kWarpSize = 32;
+
+// Whether tensor `t` is on the device these kernels run on: a CUDA device (a CPU tensor under the
+// emulation). The host logic around the kernels is otherwise the same in both builds.
+template <typename TensorT>
+inline bool on_kernel_device(const TensorT& t) {
+#ifdef FUSEDOPS_CUDA_EMULATION
+  return t.is_cpu();
+#else
+  return t.is_cuda();
+#endif
+}
 
 template <typename T>
 C10_HOST_DEVICE constexpr T ceil_div(T a, T b) {

@@ -2,6 +2,8 @@
 // padding materialised, so the inner loops of a stencil read shared memory without bounds checks.
 #pragma once
 
+#include "fusedops/cuda/common.cuh"
+
 namespace fusedops {
 namespace cuda {
 

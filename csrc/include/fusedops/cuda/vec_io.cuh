@@ -9,6 +9,8 @@
 
 #include <c10/macros/Macros.h>
 
+#include "fusedops/cuda/common.cuh"
+
 #include <cstddef>
 #include <cstdint>
 

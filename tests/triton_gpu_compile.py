@@ -1,0 +1,226 @@
+"""Compiles every Triton kernel of fusedops for real GPUs (sm_80, sm_90), with no GPU present.
+
+The Triton interpreter runs the kernels' logic in the parity tests, but not the GPU compiler, which
+rejects programs the interpreter accepts and decides shared memory and registers. Two phases, each in a
+process of its own (the interpreter replaces triton.jit at import):
+
+``record``   (TRITON_INTERPRET=1) calls the Triton wrappers over a grid of problems covering their
+             launch configurations (dtypes, layouts, kernel sizes, strides, multipliers, biases,
+             activations, output masks, map sizes up to the largest tiles) with launches intercepted:
+             each distinct (kernel, argument types, constexprs, num_warps) is written out, not run.
+             The selection to compile covers every value of each constexpr, dtype and num_warps, and
+             each kernel's largest tile per dtype (see select).
+``compile``  compiles each recorded configuration with ``triton.compile`` for each target, checks its
+             shared memory against the device's limit and, with ptxas -v, that it spills no more than
+             a few bytes of registers; prints one line per kernel and configuration, a JSON summary last.
+"""
+
+import itertools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Opt-in shared memory per block (bytes): sm_80 (A100) 163 KiB, sm_90 (H100) 227 KiB.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+# Spill stores + loads (bytes per thread) tolerated: a few registers' worth is noise, more is a regression.
+MAX_SPILL_BYTES = 64
+
+
+def _block(entry):
+    return math.prod(v for k, v in entry["constexprs"].items() if k.startswith("BLOCK") and isinstance(v, int))
+
+
+def _first_pointer(entry):
+    return next((v for v in entry["signature"].values() if v.startswith("*")), "")
+
+
+def _features(entry):
+    k = entry["kernel"]
+    return ({(k, "dtype", _first_pointer(entry)), (k, "options", json.dumps(entry["options"], sort_keys=True))}
+            | {(k, name, json.dumps(v)) for name, v in entry["constexprs"].items()})
+
+
+def select(configs):
+    """The configurations to compile: for each kernel and dtype the largest tile (the most shared memory and
+    registers), then, greedily, configurations until every value each constexpr, dtype and num_warps takes
+    is compiled at least once (all ~1000 distinct ones would take an hour)."""
+    configs = sorted(configs, key=lambda e: -_block(e))
+    chosen, seen = [], set()
+    for entry in configs:
+        if (entry["kernel"], _first_pointer(entry)) not in seen:
+            seen.add((entry["kernel"], _first_pointer(entry)))
+            chosen.append(entry)
+    covered = set().union(*(_features(e) for e in chosen))
+    while True:
+        best = max(configs, key=lambda e: len(_features(e) - covered))
+        if not _features(best) - covered:
+            return chosen
+        chosen.append(best)
+        covered |= _features(best)
+
+
+def _problems():
+    """(op, kwargs) of the wrapper calls whose launches are recorded."""
+    dtypes = ["float32", "float16", "bfloat16", "float64"]
+    for dtype, layout, (n, c, h, w), (k, stride, mult) in itertools.product(
+            dtypes, ["nchw", "cl"], [(2, 8, 9, 11), (2, 96, 64, 64), (1, 3, 5, 130)],
+            [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (7, 1, 1), (7, 2, 1), (1, 1, 1), (3, 1, 2), ((3, 5), 2, 1)]):
+        yield "depthwise", dict(dtype=dtype, layout=layout, shape=(n, c, h, w), kernel=k, stride=stride, mult=mult)
+    for dtype, layout, (mid, out), (shape, cout), bias in itertools.product(
+            dtypes, ["nchw", "cl"], [("relu6", "none"), ("hardswish", "relu"), ("none", "hardswish"),
+                                     ("relu", "relu6")],
+            [((2, 16, 9, 9), 24), ((2, 144, 56, 56), 32), ((1, 960, 7, 7), 320)], [True, False]):
+        yield "dwpw", dict(dtype=dtype, layout=layout, shape=shape, cout=cout, mid=mid, out=out, bias=bias)
+    for dtype, layout in itertools.product(dtypes, ["nchw", "cl"]):
+        yield "shuffle", dict(dtype=dtype, layout=layout)
+
+
+def _call(op, p):
+    import torch
+
+    from fusedops.ops._triton import channel_shuffle, depthwise_conv2d, dwpw_conv2d
+
+    dtype = getattr(torch, p["dtype"])
+    fmt = torch.channels_last if p["layout"] == "cl" else torch.contiguous_format
+    if op == "shuffle":
+        x = torch.zeros(2, 12, 5, 7, dtype=dtype).contiguous(memory_format=fmt)
+        channel_shuffle.channel_shuffle(x, 3)
+        channel_shuffle.concat_shuffle(x, x, 3)
+        return
+    n, c, h, w = p["shape"]
+    x = torch.zeros(n, c, h, w, dtype=dtype).contiguous(memory_format=fmt)
+    if op == "depthwise":
+        kh, kw = (p["kernel"], p["kernel"]) if isinstance(p["kernel"], int) else p["kernel"]
+        oc = c * p["mult"]
+        wt = torch.zeros(oc, 1, kh, kw, dtype=dtype)
+        args = ((p["stride"],) * 2, (kh // 2, kw // 2), (1, 1))
+        y = depthwise_conv2d.depthwise_conv2d_forward(x, wt, torch.zeros(oc, dtype=dtype), *args)
+        for mask in ([True, True, True], [True, False, False], [False, True, False], [False, False, True]):
+            depthwise_conv2d.depthwise_conv2d_backward(torch.zeros_like(y), x, wt, *args, mask)
+        return
+    k = c
+    dww, dwb = torch.zeros(k, 1, 3, 3, dtype=dtype), torch.zeros(k, dtype=dtype) if p["bias"] else None
+    pww, pwb = torch.zeros(p["cout"], k, 1, 1, dtype=dtype), torch.zeros(p["cout"], dtype=dtype) if p["bias"] else None
+    args = ((1, 1), (1, 1), (1, 1), p["mid"], p["out"])
+    y = dwpw_conv2d.dwpw_conv2d_forward(x, dww, dwb, pww, pwb, *args)
+    masks = [[True] * 5, [True, False, False, False, False], [False, True, True, False, False],
+             [False, False, False, True, True]]
+    for mask in masks:
+        if not p["bias"]:
+            mask = [m and i not in (2, 4) for i, m in enumerate(mask)]
+        if any(mask):
+            dwpw_conv2d.dwpw_conv2d_backward(torch.zeros_like(y), x, dww, dwb, pww, pwb, *args, mask)
+
+
+def record(path):
+    assert os.environ.get("TRITON_INTERPRET") == "1", "record runs under the Triton interpreter"
+    import triton.language as tl
+    from triton.runtime import interpreter
+    from triton.runtime.jit import mangle_type
+
+    configs = {}
+
+    def intercept(self, *args, grid, warmup, **kwargs):
+        names = self.arg_names
+        params = {p.name: p for p in __import__("inspect").signature(self.fn).parameters.values()}
+        values = dict(zip(names, args))
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+        values.update(kwargs)
+        signature, constexprs = {}, {}
+        for name in names:
+            v = values.get(name, params[name].default)
+            if "constexpr" in str(params[name].annotation):
+                signature[name] = "constexpr"
+                constexprs[name] = {"dtype": str(v)} if isinstance(v, tl.dtype) else v
+            else:
+                signature[name] = mangle_type(v)
+        entry = dict(module=self.fn.__module__, kernel=self.fn.__name__, signature=signature, constexprs=constexprs,
+                     options=options)
+        configs[json.dumps(entry, sort_keys=True)] = entry
+        # Not run: only the configuration matters here.
+
+    interpreter.InterpretedFunction.run = intercept
+    sys.path.insert(0, ROOT)
+    for op, p in _problems():
+        _call(op, p)
+    chosen = select(list(configs.values()))
+    with open(path, "w") as f:
+        json.dump(chosen, f, indent=0)
+    print(f"{len(configs)} configurations recorded, {len(chosen)} selected")
+
+
+def _ptxas():
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    return path if os.path.exists(path) else "ptxas"
+
+
+def _spills(ptx, arch):
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        arch_name = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+        run = subprocess.run([_ptxas(), "-v", f"--gpu-name={arch_name}", src, "-o", os.path.join(d, "k.cubin")],
+                             capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(run.stderr)
+    stores = sum(int(m) for m in re.findall(r"(\d+) bytes spill stores", run.stderr))
+    loads = sum(int(m) for m in re.findall(r"(\d+) bytes spill loads", run.stderr))
+    regs = max([int(m) for m in re.findall(r"Used (\d+) registers", run.stderr)] or [0])
+    return stores + loads, regs
+
+
+def compile_all(path, archs):
+    assert os.environ.get("TRITON_INTERPRET", "0") != "1", "compile needs the real triton.jit"
+    import importlib
+
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sys.path.insert(0, ROOT)
+    with open(path) as f:
+        configs = json.load(f)
+    failures, results = [], []
+    for entry in configs:
+        fn = getattr(importlib.import_module(entry["module"]), entry["kernel"])
+        constexprs = {k: (tl.dtype(v["dtype"]) if isinstance(v, dict) else v) for k, v in entry["constexprs"].items()}
+        for arch in archs:
+            what = f"{entry['kernel']} sm_{arch} {entry['options']} {entry['constexprs']} " + \
+                   ",".join(v for v in entry["signature"].values() if v.startswith("*"))
+            try:
+                src = ASTSource(fn, entry["signature"], constexprs)
+                kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(entry["options"]))
+                shared = kernel.metadata.shared
+                spill, regs = _spills(kernel.asm["ptx"], arch)
+                problems = []
+                if shared > SHARED_LIMIT[arch]:
+                    problems.append(f"shared memory {shared} B > {SHARED_LIMIT[arch]} B")
+                if spill > MAX_SPILL_BYTES:
+                    problems.append(f"{spill} bytes of register spills")
+                results.append(dict(kernel=entry["kernel"], arch=arch, shared=shared, regs=regs, spill=spill))
+                print(f"{'FAIL' if problems else 'ok  '} {what}: shared {shared} B, {regs} regs, spills {spill} B"
+                      + (": " + "; ".join(problems) if problems else ""), flush=True)
+                if problems:
+                    failures.append(what + ": " + "; ".join(problems))
+            except Exception as e:  # noqa: BLE001  (reported with the configuration)
+                msg = str(e).strip().splitlines()
+                failures.append(what + ": " + (msg[-1] if msg else type(e).__name__))
+                print(f"FAIL {what}: {type(e).__name__}: {' '.join(msg[-3:])}", flush=True)
+    print(json.dumps(dict(compiled=len(results), failures=failures)))
+    return failures
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "record":
+        record(sys.argv[2])
+    else:
+        sys.exit(1 if compile_all(sys.argv[2], [int(a) for a in sys.argv[3:]] or [80, 90]) else 0)
