@@ -2,8 +2,10 @@
 
 One extension holds every kernel:
 
-* ``csrc/*.cpp`` (op schemas, argument checks) and ``csrc/cpu/*.cpp`` (CPU kernels) are always built,
-  optimised and vectorised for the build machine (AVX-512, else AVX2, else portable code);
+* ``csrc/*.cpp`` (op schemas), ``csrc/runtime/*.cpp`` (the module and its eager entry), ``csrc/shared/*.cpp``
+  (argument checks and code every backend shares), ``csrc/autograd/*.cpp`` (autograd kernels) and
+  ``csrc/cpu/*.cpp`` (CPU kernels) are always built, optimised and vectorised for the build machine (AVX-512,
+  else AVX2, else portable code);
 * ``csrc/cuda/*.cu`` is added whenever a CUDA toolkit and a CUDA build of torch are found, GPU or not.
 
 Environment:
@@ -25,6 +27,8 @@ from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")
+# The folders of csrc/ whose .cpp files every build compiles ("" is csrc/ itself).
+CPP_FOLDERS = ("", "runtime", "shared", "autograd", "cpu")
 DEBUG = os.environ.get("DEBUG", "0") == "1"
 # Without a GPU to ask, build for Hopper: the one architecture CI compiles for; users with a GPU get theirs.
 DEFAULT_CUDA_ARCH = "9.0"
@@ -106,8 +110,7 @@ def get_extensions():
     build_cuda, cuda_reason = _cuda_decision()
     cpu_arch = _cpu_arch()
 
-    sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))
-                     + glob.glob(os.path.join(CSRC, "autograd", "*.cpp")))
+    sources = sorted(path for folder in CPP_FOLDERS for path in glob.glob(os.path.join(CSRC, folder, "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
 
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]

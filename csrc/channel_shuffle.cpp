@@ -1,6 +1,7 @@
-// Schemas of fusedops::channel_shuffle, fusedops::concat_shuffle and its backward. Kernels:
-// csrc/cpu/channel_shuffle.cpp, csrc/cuda/channel_shuffle.cu; fake kernels and autograd:
-// fusedops/ops/channel_shuffle.py; shared checks: csrc/include/fusedops/shuffle_geometry.h.
+// Schemas of fusedops::channel_shuffle, fusedops::concat_shuffle and its backward. Argument checks:
+// csrc/include/fusedops/shuffle_geometry.h; kernels: csrc/cpu/channel_shuffle.cpp,
+// csrc/cuda/channel_shuffle.cu; native autograd: csrc/autograd/channel_shuffle.cpp; fake kernels and the
+// Triton mirrors' autograd: fusedops/ops/channel_shuffle.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fusedops, m) {

@@ -1,5 +1,7 @@
-// Schemas of fusedops::depthwise_conv2d and its backward. Kernels: csrc/cpu/depthwise_conv2d.cpp,
-// csrc/cuda/depthwise_conv2d.cu; fake kernels and autograd: fusedops/ops/depthwise_conv2d.py.
+// Schemas of fusedops::depthwise_conv2d and its backward. Argument checks: csrc/shared/conv_geometry.cpp;
+// kernels: csrc/cpu/depthwise_conv2d.cpp, csrc/cuda/depthwise_conv2d.cu; native autograd:
+// csrc/autograd/depthwise_conv2d.cpp; fake kernels and the Triton mirror's autograd:
+// fusedops/ops/depthwise_conv2d.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fusedops, m) {

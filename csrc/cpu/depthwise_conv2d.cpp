@@ -1,9 +1,13 @@
 // CPU kernels of fusedops::depthwise_conv2d and fusedops::_depthwise_conv2d_backward.
 //
-// Layouts are handled natively: channels-last tensors run the NHWC kernels (vectorised over channels,
-// see cpu/depthwise_nhwc.h), NCHW tensors run plane kernels (vectorised along W over a padded,
-// stride-phase-split copy of each plane, see cpu/phase_plane.h). Depth multipliers > 1 run a
-// stride-generic scalar kernel. All accumulate in float (double for double inputs).
+// Layouts are handled natively. Channels-last tensors run the NHWC row kernels (vectorised over channels,
+// see cpu/depthwise_nhwc.h). NCHW float tensors on AVX-512 run through channels-last tiles
+// (forward_nchw_tiled: groups of 16 channels transposed into cache-resident tiles for the row kernels, where
+// nchw_tiles_apply) or as masked sweeps of each plane in place (cpu/masked_plane.h: stride 1 at the input's
+// width, and stride 2); other NCHW calls run plane kernels vectorised along W over a padded,
+// stride-phase-split copy of each plane (cpu/phase_plane.h). Stride-1 input gradients run as forward
+// convolutions of grad_output with the rotated kernel (transposed_as_forward). Channels-last depth
+// multipliers > 1 run a stride-generic scalar kernel. All accumulate in float (double for double inputs).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -486,8 +490,9 @@ bool grad_input_is_3x3_stride2(const ConvGeometry& g) {
 // column 1 of output column (iw + pad - 1) / 2; even ones kernel columns 0 and 2 of output columns
 // (iw + pad) / 2 and the one before.
 template <typename scalar_t, int kRows, bool kPartial>
-inline void gi_3x3_stride2_column(const scalar_t* const* go_rows, const AccVec<scalar_t> (*w)[3],
-                                  const ConvGeometry& g, int64_t iw, int64_t c, int64_t count, scalar_t* gi_row) {
+inline void input_grad_3x3_stride2_column(const scalar_t* const* go_rows, const AccVec<scalar_t> (*w)[3],
+                                          const ConvGeometry& g, int64_t iw, int64_t c, int64_t count,
+                                          scalar_t* gi_row) {
   using Vec = AccVec<scalar_t>;
   const int64_t C = g.channels, u = iw + g.pad_w;
   Vec sum(acc_t<scalar_t>(0));
@@ -514,12 +519,15 @@ inline void gi_3x3_stride2_column(const scalar_t* const* go_rows, const AccVec<s
 // `prefetch` (streaming calls, see streams_beyond_cache): the grad_output and input-gradient lines
 // kDwPrefetchColumns output columns ahead are prefetched into L2.
 template <typename scalar_t, int kRows, bool kPartial>
-inline void gi_3x3_stride2_row(const scalar_t* const* go_rows, const AccVec<scalar_t> (*w)[3], const ConvGeometry& g,
-                               int64_t c, int64_t count, scalar_t* gi_row, bool prefetch) {
+inline void input_grad_3x3_stride2_row(const scalar_t* const* go_rows, const AccVec<scalar_t> (*w)[3],
+                                       const ConvGeometry& g, int64_t c, int64_t count, scalar_t* gi_row,
+                                       bool prefetch) {
   using Vec = AccVec<scalar_t>;
   const int64_t C = g.channels;
   int64_t iw = 0;
-  if (((iw + g.pad_w) & 1) == 0) gi_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w, g, iw++, c, count, gi_row);
+  if (((iw + g.pad_w) & 1) == 0) {
+    input_grad_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w, g, iw++, c, count, gi_row);
+  }
   int64_t a = (iw + g.pad_w - 1) / 2;
   if (iw + 1 < g.in_w && a + 1 < g.out_w) {
     Vec ga[kRows];
@@ -542,12 +550,15 @@ inline void gi_3x3_stride2_row(const scalar_t* const* go_rows, const AccVec<scal
       store_n<kPartial>(gi_row + (iw + 1) * C + c, even, count);
     }
   }
-  for (; iw < g.in_w; ++iw) gi_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w, g, iw, c, count, gi_row);
+  for (; iw < g.in_w; ++iw) {
+    input_grad_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w, g, iw, c, count, gi_row);
+  }
 }
 
 template <typename scalar_t, int kRows>
-inline void gi_3x3_stride2_rows(const scalar_t* const* go_rows, const int64_t* kernel_rows, const acc_t<scalar_t>* w,
-                                const ConvGeometry& g, scalar_t* gi_row, bool prefetch) {
+inline void input_grad_3x3_stride2_rows(const scalar_t* const* go_rows, const int64_t* kernel_rows,
+                                        const acc_t<scalar_t>* w, const ConvGeometry& g, scalar_t* gi_row,
+                                        bool prefetch) {
   using Vec = AccVec<scalar_t>;
   constexpr int64_t V = Vec::size();
   const int64_t C = g.channels;
@@ -556,8 +567,8 @@ inline void gi_3x3_stride2_rows(const scalar_t* const* go_rows, const int64_t* k
     Vec wv[kRows][3];
     for (int r = 0; r < kRows; ++r)
       for (int kw = 0; kw < 3; ++kw) wv[r][kw] = Vec::loadu(w + (kernel_rows[r] * 3 + kw) * C + c, count);
-    if (count < V) gi_3x3_stride2_row<scalar_t, kRows, true>(go_rows, wv, g, c, count, gi_row, prefetch);
-    else gi_3x3_stride2_row<scalar_t, kRows, false>(go_rows, wv, g, c, count, gi_row, prefetch);
+    if (count < V) input_grad_3x3_stride2_row<scalar_t, kRows, true>(go_rows, wv, g, c, count, gi_row, prefetch);
+    else input_grad_3x3_stride2_row<scalar_t, kRows, false>(go_rows, wv, g, c, count, gi_row, prefetch);
   }
 }
 
@@ -585,8 +596,8 @@ void grad_input_nhwc_3x3_stride2(const Tensor& grad_out, const acc_t<scalar_t>* 
         }
       }
       scalar_t* gi_row = gi + (n * g.in_h + ih) * g.in_w * C;
-      if (rows == 2) gi_3x3_stride2_rows<scalar_t, 2>(go_rows, kernel_rows, w, g, gi_row, prefetch);
-      else if (rows == 1) gi_3x3_stride2_rows<scalar_t, 1>(go_rows, kernel_rows, w, g, gi_row, prefetch);
+      if (rows == 2) input_grad_3x3_stride2_rows<scalar_t, 2>(go_rows, kernel_rows, w, g, gi_row, prefetch);
+      else if (rows == 1) input_grad_3x3_stride2_rows<scalar_t, 1>(go_rows, kernel_rows, w, g, gi_row, prefetch);
       else std::fill(gi_row, gi_row + g.in_w * C, scalar_t(0));  // no output row reads this input row
     }
   });
@@ -871,19 +882,19 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
 }
 
 // All gradients of a stride-1 channels-last convolution in one pass: per row, the input-gradient row (a
-// forward row of the transposed geometry t over grad_output) and then the weight/bias contributions of
+// forward row of the geometry `transposed` over grad_output) and then the weight/bias contributions of
 // the same grad_output row, while the grad_output rows both read are still in L1/L2. Saves a pass over
 // grad_output and a parallel region against computing them one after the other.
 template <typename scalar_t>
 void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<scalar_t>* w_rotated,
                       Tensor& grad_in, Tensor* grad_weight, Tensor* grad_bias, const ConvGeometry& g,
-                      const ConvGeometry& t) {
+                      const ConvGeometry& transposed) {
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels;
-  // Rows of one image: input-gradient rows (t.out_h == g.in_h) and grad_output rows (g.out_h).
-  const int64_t per_image = std::max(t.out_h, g.out_h);
+  // Rows of one image: input-gradient rows (transposed.out_h == g.in_h) and grad_output rows (g.out_h).
+  const int64_t per_image = std::max(transposed.out_h, g.out_h);
   const int64_t rows = g.batch * per_image;
   const WeightGradPartials<scalar_t> partials(g, rows);
   const bool prefetch = streams_beyond_cache((grad_out.numel() + 2 * input.numel()) * int64_t(sizeof(scalar_t)),
@@ -895,7 +906,7 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
         const int64_t n = r / per_image, row = r % per_image;
         // Input-gradient rows in pairs (depthwise_nhwc_row_pair) where the pair applies and both rows are
         // this worker's; then the weight gradients of the same rows.
-        const bool pair = r + 1 < r1 && row + 1 < per_image && nhwc_row_pair_applies(t, row);
+        const bool pair = r + 1 < r1 && row + 1 < per_image && nhwc_row_pair_applies(transposed, row);
         // The input-gradient sweep also prefetches the input rows that these rows' weight gradients are
         // the first to read (in a pair, rows next_ih and next_ih + 1: stride 1).
         const int64_t next_ih = row * g.stride_h - g.pad_h + (g.kernel_h - 1) * g.dilation_h;
@@ -904,14 +915,15 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
                 ? in + (n * g.in_h + next_ih) * g.in_w * C
                 : nullptr;
         if (pair) {
-          DwNhwcRow<scalar_t, scalar_t> rows2 = dense_nhwc_rows<scalar_t>(go, w_rotated, nullptr, gi, t, n, 0, C,
+          DwNhwcRow<scalar_t, scalar_t> rows2 = dense_nhwc_rows<scalar_t>(go, w_rotated, nullptr, gi, transposed, n,
+                                                                          0, C,
                                                                           prefetch, also);
           rows2.oh = row;
           rows2.out += row * rows2.out_row_stride;
           rows2.prefetch_also_row_stride = g.in_w * C;
-          depthwise_nhwc_row_pair(rows2, t);
-        } else if (row < t.out_h) {
-          dense_nhwc_row<scalar_t>(go, w_rotated, nullptr, gi, t, n, row, 0, C, prefetch, also);
+          depthwise_nhwc_row_pair(rows2, transposed);
+        } else if (row < transposed.out_h) {
+          dense_nhwc_row<scalar_t>(go, w_rotated, nullptr, gi, transposed, n, row, 0, C, prefetch, also);
         }
         for (int64_t k = 0; k < (pair ? 2 : 1); ++k) {
           if (row + k < g.out_h) {
@@ -1117,6 +1129,8 @@ void grad_input_generic(const Tensor& grad_out, const Tensor& weight, Tensor& gr
   });
 }
 
+// Weight (and bias) gradient for any layout and multiplier: direct loops over strided tensors. Used for
+// channels-last with multiplier > 1.
 template <typename scalar_t>
 void grad_weight_generic(const Tensor& grad_out, const Tensor& input, Tensor* grad_weight, Tensor* grad_bias,
                          const ConvGeometry& g) {
@@ -1173,21 +1187,23 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
   }
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_backward_cpu", [&] {
-    ConvGeometry t;
+    ConvGeometry transposed;
     const bool parameter_grads = grads.weight.defined() || grads.bias.defined();
     Tensor* gw = grads.weight.defined() ? &grads.weight : nullptr;
     Tensor* gb = grads.bias.defined() ? &grads.bias : nullptr;
-    if (cl && g.multiplier == 1 && grads.input.defined() && parameter_grads && transposed_as_forward(g, &t)) {
+    if (cl && g.multiplier == 1 && grads.input.defined() && parameter_grads &&
+        transposed_as_forward(g, &transposed)) {
       grads_nhwc_fused<scalar_t>(grad_output, input, taps_by_channel<scalar_t>(weight, g, true), grads.input, gw, gb,
-                                 g, t);
+                                 g, transposed);
       return;
     }
     if (grads.input.defined()) {
-      if (cl && transposed_as_forward(g, &t)) {
-        forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input, t,
+      if (cl && transposed_as_forward(g, &transposed)) {
+        forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input,
+                               transposed,
                                kBackwardStreamingBytes);
-      } else if (!cl && transposed_as_forward(g, &t)) {
-        forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grads.input, t);
+      } else if (!cl && transposed_as_forward(g, &transposed)) {
+        forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grads.input, transposed);
       } else if (cl && grad_input_is_3x3_stride2(g)) {
         grad_input_nhwc_3x3_stride2<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grads.input,
                                               g);

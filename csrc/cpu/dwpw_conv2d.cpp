@@ -15,7 +15,7 @@
 // NCHW inputs are converted to channels-last once (a copy of the input, not of the intermediate).
 // Depth multipliers > 1 fill the tile with a per-pixel scalar loop.
 //
-// Backward: the band-wise recomputation of csrc/dwpw_conv2d.cpp (dwpw_conv2d_backward_banded).
+// Backward: the band-wise recomputation of csrc/shared/dwpw_banded_backward.cpp (dwpw_conv2d_backward_banded).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

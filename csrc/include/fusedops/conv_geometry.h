@@ -1,8 +1,10 @@
-// Geometry and argument checks shared by every convolution-like op and every backend.
+// Geometry and argument checks shared by every convolution-like op and every backend (implemented in
+// csrc/shared/conv_geometry.cpp).
 //
-// An op's schema file (csrc/<op>.cpp) validates its arguments once through these helpers, and each
-// backend (csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu) receives a ready ConvGeometry, so all backends report
-// the same errors and agree on output sizes.
+// Schemas carry no checks: each backend's entry point (csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu, the shared
+// dwpw backward) validates its own arguments through depthwise_geometry / depthwise_backward_geometry and
+// works from the ConvGeometry they return, so all backends report the same errors and agree on output sizes
+// (conv_output_size is the one formula).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -16,6 +18,17 @@
 #include <string>
 
 namespace fusedops {
+
+// Input positions spanned by a kernel of `kernel` taps `dilation` apart.
+constexpr int64_t dilated_extent(int64_t kernel, int64_t dilation) {
+  return dilation * (kernel - 1) + 1;
+}
+
+// Outputs of a convolution along one dimension of `size` inputs (PyTorch's formula; the one every C++ output
+// size comes from). Requires size + 2 * pad >= dilated_extent(kernel, dilation).
+constexpr int64_t conv_output_size(int64_t size, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  return (size + 2 * pad - dilated_extent(kernel, dilation)) / stride + 1;
+}
 
 // Sizes of a 2-D depthwise (groups == in_channels) convolution with depth multiplier `multiplier`:
 // output channel oc reads input channel oc / multiplier.
@@ -78,9 +91,10 @@ ConvGeometry depthwise_backward_geometry(
     at::IntArrayRef dilation);
 
 // The stride-1 input gradient of g written as a forward convolution of grad_output with the kernel
-// rotated by 180 degrees, returning that convolution's geometry in *t. Valid (returns true) when g has
-// stride 1, multiplier 1 and padding <= dilation * (kernel - 1).
-bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* t);
+// rotated by 180 degrees, returning that convolution's geometry in *transposed (its input is g's output, its
+// output g's input). Valid (returns true) when g has stride 1, multiplier 1 and
+// padding <= dilation * (kernel - 1).
+bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* transposed);
 
 // The gradients a depthwise backward returns, allocated as output_mask asks (undefined otherwise):
 // grad_input in `fmt`, grad_weight like weight, grad_bias (out_channels,).

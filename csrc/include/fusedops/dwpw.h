@@ -1,5 +1,5 @@
-// Argument checks and the band-wise backward shared by the backends of fusedops::dwpw_conv2d, the fused
-// depthwise-separable convolution
+// Argument checks (csrc/shared/dwpw.cpp) and the band-wise backward (csrc/shared/dwpw_banded_backward.cpp)
+// shared by the backends of fusedops::dwpw_conv2d, the fused depthwise-separable convolution
 //
 //   act_out(conv1x1(act_mid(depthwise(input, dw_weight) + dw_bias), pw_weight) + pw_bias).
 #pragma once
@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
 #include <string_view>
 #include <tuple>
@@ -27,22 +28,37 @@ DwpwGeometry dwpw_geometry(const at::Tensor& input, const at::Tensor& dw_weight,
                            const c10::optional<at::Tensor>& pw_bias, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, std::string_view mid_activation, std::string_view out_activation);
 
+// When the forward's output is kept for the backward (the Autograd kernels save it, the backward reads it):
+// with these output activations, whose derivative is 0 exactly where the output sits at a bound (0, or 6),
+// and in these dtypes, the ones the recomputation would use anyway, where the output's rounding cannot move
+// a value onto a bound. The output's zeros and sixes then give the output activation's derivative without
+// recomputing the pointwise GEMM. Python reads both lists through fusedops._C._shared_facts().
+inline constexpr std::array<Activation, 2> kDwpwSavedOutputActivations = {Activation::kRelu, Activation::kRelu6};
+inline constexpr std::array<at::ScalarType, 2> kDwpwSavedOutputDtypes = {at::kFloat, at::kDouble};
+
+inline bool dwpw_keeps_output(Activation out_activation, at::ScalarType dtype) {
+  return std::find(kDwpwSavedOutputActivations.begin(), kDwpwSavedOutputActivations.end(), out_activation) !=
+             kDwpwSavedOutputActivations.end() &&
+         std::find(kDwpwSavedOutputDtypes.begin(), kDwpwSavedOutputDtypes.end(), dtype) !=
+             kDwpwSavedOutputDtypes.end();
+}
+
+// The same by the output activation's name (as the schema takes it).
+inline bool dwpw_keeps_output(std::string_view out_activation, at::ScalarType dtype) {
+  return std::any_of(kDwpwSavedOutputActivations.begin(), kDwpwSavedOutputActivations.end(),
+                     [&](Activation a) { return activation_name(a) == out_activation; }) &&
+         std::find(kDwpwSavedOutputDtypes.begin(), kDwpwSavedOutputDtypes.end(), dtype) !=
+             kDwpwSavedOutputDtypes.end();
+}
+
 // act(z) as a differentiable ATen op.
 at::Tensor activation_forward(const at::Tensor& z, Activation a);
-
-// dwpw_conv2d as differentiable ATen ops, after the same checks as the kernels: what the Autograd kernel
-// runs inside functorch transforms (autograd::inside_functorch_transform).
-at::Tensor dwpw_conv2d_composite(const at::Tensor& input, const at::Tensor& dw_weight,
-                                 const c10::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight,
-                                 const c10::optional<at::Tensor>& pw_bias, at::IntArrayRef stride,
-                                 at::IntArrayRef padding, at::IntArrayRef dilation, std::string_view mid_activation,
-                                 std::string_view out_activation);
 
 // Gradients (input, dw_weight, dw_bias, pw_weight, pw_bias) of dwpw_conv2d, computed band by band with
 // ATen ops on any device: per band of output rows the depthwise output is recomputed from the input
 // (never stored for the whole map), so training keeps only the input alive. Unwanted gradients are
-// empty tensors. With the forward's `output` (relu/relu6 output activation, input dtype float/double) the
-// output activation's derivative is read from it, which saves recomputing the pointwise GEMM.
+// empty tensors. With the forward's `output`, where dwpw_keeps_output, the output activation's derivative is
+// read from it, which saves recomputing the pointwise GEMM.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwpw_conv2d_backward_banded(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& dw_weight,
     const c10::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight, const c10::optional<at::Tensor>& pw_bias,

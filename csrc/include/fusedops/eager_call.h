@@ -1,4 +1,4 @@
-// The method fusedops._C._eager_op of the extension module (csrc/eager_call.cpp).
+// The method fusedops._C._eager_op of the extension module (csrc/runtime/eager_call.cpp).
 #pragma once
 
 #include <Python.h>

@@ -5,11 +5,17 @@
 // consumes next) and which epilogue (bias is applied here; activation through `epilogue`) runs before
 // the store.
 //
-// Vectorised over channels, register-blocked over output columns: blocks of kDwBlock outputs (then
-// halves for the row's remainder), a kernel row's weights held in registers, each input column loaded
+// Vectorised over channels, register-blocked over output columns (3x3, 5x5 and 7x7 kernels, stride 1 or 2,
+// dilation 1 along W): blocks of kDwBlock outputs (then halves for the row's remainder; blocks of 7 for rows
+// 7 or 14 wide, kSevenBlockMinKernel), a kernel row's weights held in registers, each input column loaded
 // once per kernel row and reused by every output of the block that reads it. Interior blocks run without
 // bounds checks; border blocks read out-of-range columns as zero. Rows never need checks: kernel rows
-// outside the input are skipped. Other kernel sizes / dilations run a per-pixel loop.
+// outside the input are skipped. 3x3 stride-1 rows inside the input run two at a time (row pairs, whose
+// input rows are loaded once for both). Other kernel sizes / dilations run a per-pixel loop.
+//
+// The public entry points compute whole output rows (depthwise_nhwc_row, _row_pair, _rows, _row_group);
+// the detail:: functions they run compute register blocks of outputs (register_block*, row_pair_register_block*)
+// or single pixels (single_pixel).
 #pragma once
 
 #include "fusedops/conv_geometry.h"
@@ -77,8 +83,9 @@ FUSEDOPS_ALWAYS_INLINE AccVec<in_t> load_column(const in_t* colp, int64_t iw, in
 // kB outputs (ow .. ow + kB - 1) of one channel vector. kChecked: some taps fall outside the input
 // along W and read as zero (border blocks); otherwise no checks at all.
 template <typename in_t, typename out_t, int KW, int SW, int kB, bool kPartial, bool kChecked, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
-                          int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
+FUSEDOPS_ALWAYS_INLINE void register_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin,
+                                           int kh_end, int64_t ow, int64_t c, int64_t count,
+                                           const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
   Vec sum[kB];
@@ -131,8 +138,8 @@ FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block(const DwNhwcRow<in_t, out_t>& t, const
 // (dilation 1), both rows' kernel rows inside the input: the four input rows are each loaded once and
 // feed both output rows.
 template <typename in_t, typename out_t, int kB, bool kPartial, bool kChecked, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
-                                               int64_t c, int64_t count, const Epilogue& epilogue) {
+FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+                                                    int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
   constexpr int KH = 3, KW = 3, kCols = kB + KW - 1;
@@ -195,25 +202,26 @@ FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block_pair(const DwNhwcRow<in_t, out_t>& t, 
 
 // Blocks of kB outputs of a row pair, halving kB for the rows' remainder, channels innermost.
 template <typename in_t, typename out_t, int kB, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void dw_nhwc_blocks_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
-                                                int64_t interior_begin, int64_t interior_end, const Epilogue& epilogue) {
+FUSEDOPS_ALWAYS_INLINE void row_pair_register_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+                                                     int64_t ow, int64_t interior_begin, int64_t interior_end,
+                                                     const Epilogue& epilogue) {
   constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
   for (; ow + kB <= g.out_w; ow += kB) {
     const bool checked = ow < interior_begin || ow + kB > interior_end;
     int64_t c = t.c_begin;
     for (; c + V <= t.c_end; c += V) {
-      if (checked) dw_nhwc_block_pair<in_t, out_t, kB, false, true>(t, g, ow, c, V, epilogue);
-      else dw_nhwc_block_pair<in_t, out_t, kB, false, false>(t, g, ow, c, V, epilogue);
+      if (checked) row_pair_register_block<in_t, out_t, kB, false, true>(t, g, ow, c, V, epilogue);
+      else row_pair_register_block<in_t, out_t, kB, false, false>(t, g, ow, c, V, epilogue);
     }
-    if (c < t.c_end) dw_nhwc_block_pair<in_t, out_t, kB, true, true>(t, g, ow, c, t.c_end - c, epilogue);
+    if (c < t.c_end) row_pair_register_block<in_t, out_t, kB, true, true>(t, g, ow, c, t.c_end - c, epilogue);
   }
-  if constexpr (kB > 1) dw_nhwc_blocks_pair<in_t, out_t, kB / 2>(t, g, ow, interior_begin, interior_end, epilogue);
+  if constexpr (kB > 1) row_pair_register_blocks<in_t, out_t, kB / 2>(t, g, ow, interior_begin, interior_end, epilogue);
 }
 
 // One output pixel for one channel vector, any kernel/stride/dilation, with bounds checks along W.
 template <typename in_t, typename out_t, bool kPartial, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void dw_nhwc_pixel(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end, int64_t ow,
-                          int64_t c, int64_t count, const Epilogue& epilogue) {
+FUSEDOPS_ALWAYS_INLINE void single_pixel(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin,
+                                         int kh_end, int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
   Vec sum = t.bias ? load_buf<kPartial>(t.bias + c, count) : Vec(acc(0));
@@ -235,28 +243,30 @@ FUSEDOPS_ALWAYS_INLINE void dw_nhwc_pixel(const DwNhwcRow<in_t, out_t>& t, const
 // All channel vectors of one block of kB outputs, channels innermost so that the block's input pixels
 // are read as contiguous runs (streams the prefetchers follow) rather than one vector per pixel at a time.
 template <typename in_t, typename out_t, int KW, int SW, int kB, bool kChecked, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void dw_nhwc_block_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
-                                   int64_t ow, const Epilogue& epilogue) {
+FUSEDOPS_ALWAYS_INLINE void register_block_all_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+                                                        int kh_begin, int kh_end, int64_t ow,
+                                                        const Epilogue& epilogue) {
   constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
   int64_t c = t.c_begin;
   for (; c + V <= t.c_end; c += V)
-    dw_nhwc_block<in_t, out_t, KW, SW, kB, false, kChecked>(t, g, kh_begin, kh_end, ow, c, V, epilogue);
+    register_block<in_t, out_t, KW, SW, kB, false, kChecked>(t, g, kh_begin, kh_end, ow, c, V, epilogue);
   if (c < t.c_end)
-    dw_nhwc_block<in_t, out_t, KW, SW, kB, true, kChecked>(t, g, kh_begin, kh_end, ow, c, t.c_end - c, epilogue);
+    register_block<in_t, out_t, KW, SW, kB, true, kChecked>(t, g, kh_begin, kh_end, ow, c, t.c_end - c, epilogue);
 }
 
 // Blocks of kB outputs, halving kB for the row's remainder; border blocks take the checked variant.
 template <typename in_t, typename out_t, int KW, int SW, int kB, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void dw_nhwc_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin, int kh_end,
-                           int64_t ow, int64_t interior_begin, int64_t interior_end, const Epilogue& epilogue) {
+FUSEDOPS_ALWAYS_INLINE void register_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin,
+                                            int kh_end, int64_t ow, int64_t interior_begin, int64_t interior_end,
+                                            const Epilogue& epilogue) {
   for (; ow + kB <= g.out_w; ow += kB) {
     if (ow >= interior_begin && ow + kB <= interior_end)
-      dw_nhwc_block_channels<in_t, out_t, KW, SW, kB, false>(t, g, kh_begin, kh_end, ow, epilogue);
+      register_block_all_channels<in_t, out_t, KW, SW, kB, false>(t, g, kh_begin, kh_end, ow, epilogue);
     else
-      dw_nhwc_block_channels<in_t, out_t, KW, SW, kB, true>(t, g, kh_begin, kh_end, ow, epilogue);
+      register_block_all_channels<in_t, out_t, KW, SW, kB, true>(t, g, kh_begin, kh_end, ow, epilogue);
   }
   if constexpr (kB > 1)
-    dw_nhwc_blocks<in_t, out_t, KW, SW, kB / 2>(t, g, kh_begin, kh_end, ow, interior_begin, interior_end, epilogue);
+    register_blocks<in_t, out_t, KW, SW, kB / 2>(t, g, kh_begin, kh_end, ow, interior_begin, interior_end, epilogue);
 }
 
 // Rows 7 or 14 outputs wide (the 7x7 and 14x14 maps of late layers) run as blocks of 7 for kernels at
@@ -268,7 +278,8 @@ FUSEDOPS_ALWAYS_INLINE void dw_nhwc_blocks(const DwNhwcRow<in_t, out_t>& t, cons
 constexpr int kSevenBlockMinKernel = 5;
 
 template <typename in_t, typename out_t, int KW, int SW, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void dw_nhwc_row_impl(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, const Epilogue& epilogue) {
+FUSEDOPS_ALWAYS_INLINE void row_for_kernel_width(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+                                                 const Epilogue& epilogue) {
   constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
   // Kernel rows that fall inside the input for this output row.
   const int64_t ih0 = t.oh * g.stride_h - g.pad_h;
@@ -280,20 +291,20 @@ FUSEDOPS_ALWAYS_INLINE void dw_nhwc_row_impl(const DwNhwcRow<in_t, out_t>& t, co
       if (g.out_w % 7 == 0 && g.out_w < 16) {
         for (int64_t ow = 0; ow < g.out_w; ow += 7) {
           if (ow >= g.interior_ow_begin() && ow + 7 <= g.interior_ow_end())
-            dw_nhwc_block_channels<in_t, out_t, KW, SW, 7, false>(t, g, kh_begin, kh_end, ow, epilogue);
+            register_block_all_channels<in_t, out_t, KW, SW, 7, false>(t, g, kh_begin, kh_end, ow, epilogue);
           else
-            dw_nhwc_block_channels<in_t, out_t, KW, SW, 7, true>(t, g, kh_begin, kh_end, ow, epilogue);
+            register_block_all_channels<in_t, out_t, KW, SW, 7, true>(t, g, kh_begin, kh_end, ow, epilogue);
         }
         return;
       }
     }
-    dw_nhwc_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>>>(t, g, kh_begin, kh_end, 0, g.interior_ow_begin(),
+    register_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>>>(t, g, kh_begin, kh_end, 0, g.interior_ow_begin(),
                                                               g.interior_ow_end(), epilogue);
   } else {
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
       int64_t c = t.c_begin;
-      for (; c + V <= t.c_end; c += V) dw_nhwc_pixel<in_t, out_t, false>(t, g, kh_begin, kh_end, ow, c, V, epilogue);
-      if (c < t.c_end) dw_nhwc_pixel<in_t, out_t, true>(t, g, kh_begin, kh_end, ow, c, t.c_end - c, epilogue);
+      for (; c + V <= t.c_end; c += V) single_pixel<in_t, out_t, false>(t, g, kh_begin, kh_end, ow, c, V, epilogue);
+      if (c < t.c_end) single_pixel<in_t, out_t, true>(t, g, kh_begin, kh_end, ow, c, t.c_end - c, epilogue);
     }
   }
 }
@@ -309,7 +320,7 @@ FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row(const DwNhwcRow<in_t, out_t>& t, 
   if (g.dilation_w == 1) {
     const int64_t kw = g.kernel_w, sw = g.stride_w;
 #define FUSEDOPS_DW_CASE(KW, SW) \
-  if (kw == KW && sw == SW) return detail::dw_nhwc_row_impl<in_t, out_t, KW, SW>(t, g, epilogue);
+  if (kw == KW && sw == SW) return detail::row_for_kernel_width<in_t, out_t, KW, SW>(t, g, epilogue);
     FUSEDOPS_DW_CASE(3, 1)
     FUSEDOPS_DW_CASE(3, 2)
     FUSEDOPS_DW_CASE(5, 1)
@@ -318,7 +329,7 @@ FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row(const DwNhwcRow<in_t, out_t>& t, 
     FUSEDOPS_DW_CASE(7, 2)
 #undef FUSEDOPS_DW_CASE
   }
-  detail::dw_nhwc_row_impl<in_t, out_t, 0, 1>(t, g, epilogue);
+  detail::row_for_kernel_width<in_t, out_t, 0, 1>(t, g, epilogue);
 }
 
 // Whether depthwise_nhwc_row_pair computes output rows oh and oh + 1 of g: 3x3, stride 1, dilation 1,
@@ -339,7 +350,7 @@ inline bool nhwc_row_pair_applies(const ConvGeometry& g, int64_t oh) {
 template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
 FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
                                                     const Epilogue& epilogue = Epilogue()) {
-  detail::dw_nhwc_blocks_pair<in_t, out_t, 4>(t, g, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
+  detail::row_pair_register_blocks<in_t, out_t, 4>(t, g, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
 }
 
 // The output rows of an image in the groups the row kernels compute: pairs (depthwise_nhwc_row_pair)

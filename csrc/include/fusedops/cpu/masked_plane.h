@@ -8,8 +8,7 @@
 // maps): lanes whose tap falls in the padding, in another row, or past the plane are masked off, and
 // masked-off lanes are never read, so nothing is read outside the plane. The masks depend only on the
 // geometry, so they are built once per geometry (MaskedPlaneTable, cached) and shared by every plane and
-// thread;
-// vectors whose taps are all inside (most of a large map) take unmasked loads.
+// thread; vectors whose taps are all inside (most of a large map) take unmasked loads.
 //
 // Three kernel columns (3x3 and every k x 3 kernel): on maps whose rows are not a multiple of 16 wide,
 // nearly every vector has a lane at a row's first or last column, so almost no vector is "full". Those

@@ -53,7 +53,7 @@ template <typename T>
 PhasePlane<T> phase_plane_shape(const ConvGeometry& g, int64_t overread, bool flat) {
   PhasePlane<T> p;
   p.stride_w = g.stride_w;
-  p.rows = (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+  p.rows = (g.out_h - 1) * g.stride_h + dilated_extent(g.kernel_h, g.dilation_h);
   if (flat) {
     TORCH_INTERNAL_ASSERT(flat_plane_applies(g));
     p.phase_len = p.pitch = g.in_w + 2 * g.pad_w;

@@ -1,3 +1,4 @@
+// Argument checks and geometry of the depthwise convolutions, declared in fusedops/conv_geometry.h.
 #include "fusedops/conv_geometry.h"
 
 #include <algorithm>
@@ -71,14 +72,14 @@ ConvGeometry depthwise_geometry(
   g.pad_w = padding[1];
   g.dilation_h = dilation[0];
   g.dilation_w = dilation[1];
-  const int64_t extent_h = g.dilation_h * (g.kernel_h - 1) + 1;
-  const int64_t extent_w = g.dilation_w * (g.kernel_w - 1) + 1;
+  const int64_t extent_h = dilated_extent(g.kernel_h, g.dilation_h);
+  const int64_t extent_w = dilated_extent(g.kernel_w, g.dilation_w);
   TORCH_CHECK(g.in_h + 2 * g.pad_h >= extent_h, "fusedops: padded input height (", g.in_h + 2 * g.pad_h,
               ") is smaller than the dilated kernel height (", extent_h, ")");
   TORCH_CHECK(g.in_w + 2 * g.pad_w >= extent_w, "fusedops: padded input width (", g.in_w + 2 * g.pad_w,
               ") is smaller than the dilated kernel width (", extent_w, ")");
-  g.out_h = (g.in_h + 2 * g.pad_h - extent_h) / g.stride_h + 1;
-  g.out_w = (g.in_w + 2 * g.pad_w - extent_w) / g.stride_w + 1;
+  g.out_h = conv_output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+  g.out_w = conv_output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
   return g;
 }
 
@@ -99,17 +100,20 @@ ConvGeometry depthwise_backward_geometry(
   return g;
 }
 
-bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* t) {
+bool transposed_as_forward(const ConvGeometry& g, ConvGeometry* transposed) {
   if (g.stride_h != 1 || g.stride_w != 1 || g.multiplier != 1) return false;
-  const int64_t ph = g.dilation_h * (g.kernel_h - 1) - g.pad_h, pw = g.dilation_w * (g.kernel_w - 1) - g.pad_w;
+  const int64_t ph = dilated_extent(g.kernel_h, g.dilation_h) - 1 - g.pad_h;
+  const int64_t pw = dilated_extent(g.kernel_w, g.dilation_w) - 1 - g.pad_w;
   if (ph < 0 || pw < 0) return false;
-  *t = g;
-  t->in_h = g.out_h;
-  t->in_w = g.out_w;
-  t->out_h = g.in_h;
-  t->out_w = g.in_w;
-  t->pad_h = ph;
-  t->pad_w = pw;
+  ConvGeometry& t = *transposed;
+  t = g;
+  t.in_h = g.out_h;
+  t.in_w = g.out_w;
+  t.pad_h = ph;
+  t.pad_w = pw;
+  // g's input size again: grad_output padded by `extent - 1 - pad` on each side, at stride 1.
+  t.out_h = conv_output_size(t.in_h, t.kernel_h, 1, t.pad_h, t.dilation_h);
+  t.out_w = conv_output_size(t.in_w, t.kernel_w, 1, t.pad_w, t.dilation_w);
   return true;
 }
 

@@ -287,6 +287,6 @@ PyObject* make_eager_op(PyObject* /*module*/, PyObject* args) {
 PyMethodDef eager_op_method = {
     "_eager_op", make_eager_op, METH_VARARGS,
     "_eager_op(name): a callable running fusedops::<name> eagerly, or returning NotImplemented for arguments "
-    "it leaves to torch.ops (see csrc/eager_call.cpp)."};
+    "it leaves to torch.ops (see csrc/runtime/eager_call.cpp)."};
 
 }  // namespace fusedops
