@@ -45,7 +45,7 @@ def triton_interpreter_enabled() -> bool:
 
 
 def eager_op(name: str):
-    """The fast eager callable of native op `name` (csrc/eager_call.cpp): the op's result, or
+    """The fast eager callable of native op `name` (csrc/runtime/eager_call.cpp): the op's result, or
     NotImplemented for arguments it leaves to ``torch.ops`` (non-plain types, ``__torch_function__``)."""
     return _C._eager_op(name)
 
@@ -55,26 +55,17 @@ def shared_facts() -> dict:
 
     ``double_backward_message``: the error of differentiating a backward op, with an ``{op}`` placeholder for
     the forward op's name; ``dwpw_saved_output_activations`` and ``dwpw_saved_output_dtypes``: the output
-    activations and dtypes for which dwpw_conv2d's autograd saves its output for the backward.
+    activations and dtypes for which dwpw_conv2d's autograd saves its output for the backward. Only what runs
+    with the extension loaded asks (the Triton mirrors and the fake kernels exist only then).
     """
     global _shared_facts
     if _shared_facts is None:
-        read = getattr(_C, "_shared_facts", None) if _HAS_OPS else None
-        _shared_facts = dict(read()) if read is not None else _SHARED_FACTS_UNTIL_CPP_HAS_THEM
+        assert_has_ops("fusedops._extension.shared_facts()")
+        _shared_facts = dict(_C._shared_facts())
     return _shared_facts
 
 
 _shared_facts = None
-# TEMPORARY, delete once fusedops._C._shared_facts() is built into every extension this code runs with: the
-# facts as the C++ code of this revision writes them (csrc/include/fusedops/autograd.h,
-# csrc/autograd/dwpw_conv2d.cpp), for an extension built before that method existed.
-_SHARED_FACTS_UNTIL_CPP_HAS_THEM = {
-    "double_backward_message": "fusedops: double backward (higher-order gradients) of {op} is not supported; use "
-                               "the 'reference' backend (fusedops.use_backend('reference')) for higher-order "
-                               "gradients",
-    "dwpw_saved_output_activations": ("relu", "relu6"),
-    "dwpw_saved_output_dtypes": ("float32", "float64"),
-}
 
 
 def assert_has_ops(what: str = "the native backend") -> None:

@@ -21,17 +21,9 @@ from torch.utils import cpp_extension
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMU = os.path.join(ROOT, "csrc", "testing", "cuda_emu")
 
-# Host code the CUDA sources call, compiled into the library because fusedops._C exports no symbols.
-# Their schema definitions (owned by fusedops._C, already loaded) are compiled out.
-HOST_SOURCES = ["csrc/conv_geometry.cpp", "csrc/dwpw_conv2d.cpp"]
-
-SCHEMA_FREE = """\
-#include <torch/library.h>
-#undef TORCH_LIBRARY
-#undef TORCH_LIBRARY_FRAGMENT
-#define TORCH_LIBRARY(ns, m) [[maybe_unused]] static void fusedops_emu_unused_schemas(torch::Library& m)
-#define TORCH_LIBRARY_FRAGMENT(ns, m) [[maybe_unused]] static void fusedops_emu_unused_fragment(torch::Library& m)
-"""
+# Host code the CUDA sources call (csrc/shared/: geometry, checks, the dwpw banded backward), compiled into
+# the library because fusedops._C exports no symbols. It defines no schemas (those are fusedops._C's).
+HOST_SOURCES = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "shared", "*.cpp")))
 
 
 def sanitized():
@@ -51,7 +43,7 @@ def _wrappers(build_dir):
             os.path.join(ROOT, p) for p in HOST_SOURCES]:
         stem = "_".join(os.path.relpath(path, _tree() or ROOT).split(os.sep)).replace(".", "_")
         wrapper = os.path.join(build_dir, f"{stem}.cpp")
-        text = (SCHEMA_FREE if path.endswith(".cpp") else "") + f'#include "{path}"\n'
+        text = f'#include "{path}"\n'
         if not os.path.exists(wrapper) or open(wrapper).read() != text:
             with open(wrapper, "w") as f:
                 f.write(text)

@@ -1,6 +1,6 @@
 """Every argument check of every op says the same thing in C++ and in Python.
 
-The native ops check their arguments in C++ (csrc/conv_geometry.cpp, csrc/dwpw_conv2d.cpp,
+The native ops check their arguments in C++ (csrc/shared/conv_geometry.cpp, csrc/shared/dwpw.cpp,
 csrc/include/fusedops/shuffle_geometry.h); fusedops/ops/_geometry.py is the Python copy, run by the fake kernels
 (meta tensors, tracing) and by the Triton launchers. Each bad call below runs on CPU tensors (the C++ checks), on
 meta tensors (the fake kernel) and, where the Triton interpreter is on, through the Triton mirror op: all must

@@ -1,4 +1,4 @@
-"""The fast eager entry to the native ops (fusedops._C._eager_op, csrc/eager_call.cpp).
+"""The fast eager entry to the native ops (fusedops._C._eager_op, csrc/runtime/eager_call.cpp).
 
 It must be the same call as torch.ops.fusedops.<op>: same results, same autograd, same errors. It returns
 NotImplemented for arguments it leaves to torch.ops (non-plain types, __torch_function__ overrides,

@@ -10,7 +10,7 @@
 // tile. The depthwise output never reaches global memory; each output-channel tile recomputes it
 // (kH*kW multiply-adds per element against kTileN for the GEMM). Accumulation in at::opmath_type.
 //
-// Backward: the band-wise recomputation shared with the CPU (csrc/dwpw_conv2d.cpp), running ATen ops on
+// Backward: the band-wise recomputation shared with the CPU (csrc/shared/dwpw_banded_backward.cpp), running ATen ops on
 // the GPU with larger bands.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

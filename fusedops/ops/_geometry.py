@@ -1,7 +1,7 @@
 """Argument checks and output shapes of every op, written once in Python.
 
-They are the Python copy of the C++ checks (``depthwise_geometry`` in csrc/conv_geometry.cpp, ``dwpw_geometry``
-in csrc/dwpw_conv2d.cpp, csrc/include/fusedops/shuffle_geometry.h and activation.h): same order, same words,
+They are the Python copy of the C++ checks (``depthwise_geometry`` in csrc/shared/conv_geometry.cpp, ``dwpw_geometry``
+in csrc/shared/dwpw.cpp, csrc/include/fusedops/shuffle_geometry.h and activation.h): same order, same words,
 shapes printed as C++ prints them (``[2, 4, 6, 6]``), so that the fake kernels (traced calls), the reference
 backend and the Triton launchers report an error exactly as the native kernels do. tests/test_argument_checks.py
 holds the two copies together. They use ``torch._check`` where a size may be symbolic.

@@ -1,7 +1,7 @@
 """fusedops.dwpw_conv2d: the fused depthwise-separable convolution. Public wrapper, fake kernels, autograd.
 
 Kernels: csrc/cpu/dwpw_conv2d.cpp, csrc/cuda/dwpw_conv2d.cu, fusedops/ops/_triton/dwpw_conv2d.py;
-backward (every native backend): dwpw_conv2d_backward_banded in csrc/dwpw_conv2d.cpp; native autograd:
+backward (every native backend): dwpw_conv2d_backward_banded in csrc/shared/dwpw_banded_backward.cpp; native autograd:
 csrc/autograd/dwpw_conv2d.cpp;
 reference: fusedops/ops/_reference.py; schema: csrc/dwpw_conv2d.cpp; argument checks and output shape:
 fusedops/ops/_geometry.py.
