@@ -127,13 +127,19 @@ SHUFFLE_LAYOUTS = ("nchw", "channels_last", "channel_slice", "channels_last_slic
 CL = torch.channels_last
 
 
+def _channels_last(t):
+    """`t` copied into channels_last strides, even where `t` already counts as channels_last (one channel, or
+    1x1 maps: .contiguous() would keep its NCHW strides there, and the ops would take it for NCHW)."""
+    return torch.empty_like(t, memory_format=CL).copy_(t)
+
+
 def _layout_view(shape, layout, alloc):
     """A tensor of `shape` (N, C, H, W) stored as `layout`, a view of what alloc(*size) returns."""
     n, c, h, w = shape
     if layout == "nchw":
         return alloc(n, c, h, w)
     if layout == "channels_last":
-        return alloc(n, c, h, w).contiguous(memory_format=CL)
+        return _channels_last(alloc(n, c, h, w))
     if layout == "noncontig":
         return alloc(n, h, c, w + 3)[..., :w].permute(0, 2, 1, 3)
     if layout == "strided":
@@ -141,9 +147,9 @@ def _layout_view(shape, layout, alloc):
     if layout == "channel_slice":
         return alloc(n, 2 * c, h, w)[:, c:]
     if layout == "channels_last_slice":
-        return alloc(n, 2 * c, h, w).contiguous(memory_format=CL)[:, :c]
+        return _channels_last(alloc(n, 2 * c, h, w))[:, :c]
     if layout == "channels_last_cropped":
-        return alloc(n, c, h + 2, w).contiguous(memory_format=CL)[:, :, 1:-1]
+        return _channels_last(alloc(n, c, h + 2, w))[:, :, 1:-1]
     if layout == "channels_last_offset":
         return alloc(n * h * w * c + 1)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
     raise ValueError(f"unknown layout {layout!r}")

@@ -66,18 +66,13 @@ def _depthwise_backward_cases():
         args.update(changes)
         return tuple(args.values())
 
-    grad_output_shape = pytest.mark.xfail(
-        strict=True, reason="the fake kernel's grad_output shape message is not yet C++'s: "
-        "tests/test_depthwise_conv2d.py::test_backward_rejects_bad_grad_output expects the old words")
     return [
         ("input-rank3", call(input=x[0])),
         ("channels-not-multiple", call(weight=_x(6, 1, 3, 3))),
         ("padding-neg", call(padding=[-1, 0])),
         ("grad_output-dtype", call(grad_output=go.double())),
-        pytest.param("grad_output-shape", call(grad_output=_x(2, 4, 6, 6)), marks=grad_output_shape,
-                     id="grad_output-shape"),
-        pytest.param("grad_output-rank3", call(grad_output=_x(2, 4, 4)), marks=grad_output_shape,
-                     id="grad_output-rank3"),
+        ("grad_output-shape", call(grad_output=_x(2, 4, 6, 6))),
+        ("grad_output-rank3", call(grad_output=_x(2, 4, 4))),
         ("order-grad_output-dtype-and-stride", call(grad_output=go.double(), stride=[0, 1])),
     ]
 
@@ -194,11 +189,8 @@ CASES = {
 
 def _params():
     for op, cases in CASES.items():
-        for case in cases:
-            if isinstance(case, tuple):
-                yield pytest.param(op, case[1], id=f"{op}-{case[0]}")
-            else:  # already a pytest.param (name, args) with marks
-                yield pytest.param(op, case.values[1], id=f"{op}-{case.id}", marks=case.marks)
+        for case_name, args in cases:
+            yield pytest.param(op, args, id=f"{op}-{case_name}")
 
 
 def _to(device, args):

