@@ -35,7 +35,6 @@ def setup_channel_shuffle(N, C, H, layout, groups, use_compile):
     """fusedops.channel_shuffle vs F.channel_shuffle, with a same-size copy as the speed-of-light yardstick."""
     fmt = torch.channels_last if layout == "cl" else torch.contiguous_format
     x = torch.randn(N, C, H, H).to(memory_format=fmt)
-    dst = torch.empty_like(x)
     providers = {
         "fusedops": _inference(fusedops.channel_shuffle, x, groups),
         "eager": _inference(F.channel_shuffle, x, groups),

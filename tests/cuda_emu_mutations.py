@@ -11,7 +11,6 @@ if any mutation went unnoticed.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 

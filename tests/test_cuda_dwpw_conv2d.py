@@ -6,7 +6,8 @@ import torch
 
 import fusedops
 
-from conftest import KERNEL_DEVICE, assert_close_scaled, dwpw_reference, gpu_test, make_dwpw_weights, make_input, requires_cuda_kernels
+from conftest import (KERNEL_DEVICE, assert_close_scaled, dwpw_reference, gpu_test, make_dwpw_weights, make_input,
+                      requires_cuda_kernels)
 
 
 @requires_cuda_kernels

@@ -77,7 +77,7 @@ CHANNEL_GRID = list(itertools.product(CHANNELS, MULTIPLIERS, (True, False), BATC
 
 @pytest.mark.parametrize(
     "channels,multiplier,bias,batch,layout", CHANNEL_GRID,
-    ids=[f"c{c}-m{m}-{'bias' if b else 'nobias'}-n{n}-{l}" for c, m, b, n, l in CHANNEL_GRID],
+    ids=[f"c{c}-m{m}-{'bias' if b else 'nobias'}-n{n}-{layout}" for c, m, b, n, layout in CHANNEL_GRID],
 )
 def test_parity_channel_grid(channels, multiplier, bias, batch, layout):
     """Channel counts on and off the vector width (channel tails), multipliers, bias, batch and layouts,
@@ -104,8 +104,8 @@ SAMPLED = _sampled_configs(120)
 
 @pytest.mark.parametrize(
     "kernel,stride,padding,dilation,multiplier,bias,batch,layout,channels,spatial", SAMPLED,
-    ids=[f"k{param_id(k)}-s{param_id(s)}-p{p}-d{d}-m{m}-{'b' if b else 'nb'}-n{n}-{l}-c{c}-{h}x{w}"
-         for k, s, p, d, m, b, n, l, c, (h, w) in SAMPLED],
+    ids=[f"k{param_id(k)}-s{param_id(s)}-p{p}-d{d}-m{m}-{'b' if b else 'nb'}-n{n}-{layout}-c{c}-{h}x{w}"
+         for k, s, p, d, m, b, n, layout, c, (h, w) in SAMPLED],
 )
 def test_parity_sampled(kernel, stride, padding, dilation, multiplier, bias, batch, layout, channels, spatial):
     """A fixed random sample of the full cartesian product of all the grid dimensions."""

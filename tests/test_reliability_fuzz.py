@@ -12,7 +12,6 @@ Profiles (tests/fuzz/profiles.py): the default ``ci`` one runs a fixed set of ex
 
 import copy
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, note, strategies as st

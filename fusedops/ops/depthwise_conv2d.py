@@ -1,7 +1,8 @@
 """fusedops.depthwise_conv2d: public wrapper, fake kernels and autograd.
 
 Kernels: csrc/cpu/depthwise_conv2d.cpp, csrc/cuda/depthwise_conv2d.cu, fusedops/ops/_triton/depthwise_conv2d.py;
-native autograd: csrc/autograd/depthwise_conv2d.cpp; reference: fusedops/ops/_reference.py; schema: csrc/depthwise_conv2d.cpp;
+native autograd: csrc/autograd/depthwise_conv2d.cpp; reference: fusedops/ops/_reference.py;
+schema: csrc/depthwise_conv2d.cpp;
 argument checks and output shape: fusedops/ops/_geometry.py.
 """
 
@@ -79,7 +80,8 @@ def _fake_backward(grad_output, input, weight, stride, padding, dilation, output
     # without them a meta grad_output with CPU input and weight would pass silently.
     _geometry.check_depthwise_backward(grad_output, input, weight, stride, padding, dilation)
     grad_input = _args.empty_like_format(input, input.shape) if output_mask[0] else input.new_empty(0)
-    grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else input.new_empty(0)
+    grad_weight = (torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1]
+                   else input.new_empty(0))
     grad_bias = weight.new_empty(weight.shape[0]) if output_mask[2] else input.new_empty(0)
     return grad_input, grad_weight, grad_bias
 
