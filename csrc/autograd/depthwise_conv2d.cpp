@@ -31,10 +31,10 @@ struct DepthwiseConv2dFormula {
   static std::array<Tensor, 3> backward(AutogradContext* ctx, const variable_list& grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const auto mask = autograd::needs_grads<3>(ctx, {true, true, ctx->saved_data["has_bias"].toBool()});
-    return autograd::masked(mask, ops::call<ops::depthwise_conv2d_backward>(
-                                      grad_outputs[0], saved[0], saved[1], ctx->saved_data["stride"].toIntVector(),
-                                      ctx->saved_data["padding"].toIntVector(),
-                                      ctx->saved_data["dilation"].toIntVector(), mask));
+    return autograd::masked(
+        mask, ops::call<ops::depthwise_conv2d_backward>(
+                  grad_outputs[0], saved[0], saved[1], ctx->saved_data["stride"].toIntVector(),
+                  ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(), mask));
   }
 
   // The same convolution, differentiable by functorch.
@@ -50,7 +50,6 @@ struct DepthwiseConv2dFormula {
 
 TORCH_LIBRARY_IMPL(fusedops, Autograd, m) {
   using namespace fusedops;
-  autograd::register_kernels<
-      DepthwiseConv2dFormula,
-      autograd::WithoutDerivative<ops::depthwise_conv2d_backward, ops::depthwise_conv2d>>(m);
+  autograd::register_kernels<DepthwiseConv2dFormula,
+                             autograd::WithoutDerivative<ops::depthwise_conv2d_backward, ops::depthwise_conv2d>>(m);
 }

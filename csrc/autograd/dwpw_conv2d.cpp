@@ -47,20 +47,20 @@ struct DwpwConv2dFormula {
     const bool has_dw_bias = saved[2].defined(), has_pw_bias = saved[4].defined();
     const auto mask = autograd::needs_grads<5>(ctx, {true, true, has_dw_bias, true, has_pw_bias});
     const std::string mid = ctx->saved_data["mid"].toStringRef(), out = ctx->saved_data["out"].toStringRef();
-    return autograd::masked(
-        mask, ops::call<ops::dwpw_conv2d_backward>(
-                  grad_outputs[0], saved[0], saved[1], present(saved[2]), saved[3], present(saved[4]),
-                  ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-                  ctx->saved_data["dilation"].toIntVector(), mid, out, mask, present(saved[5])));
+    return autograd::masked(mask,
+                            ops::call<ops::dwpw_conv2d_backward>(
+                                grad_outputs[0], saved[0], saved[1], present(saved[2]), saved[3], present(saved[4]),
+                                ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+                                ctx->saved_data["dilation"].toIntVector(), mid, out, mask, present(saved[5])));
   }
 
   // dwpw_conv2d as differentiable ATen ops, after the same checks as the kernels.
   static Tensor composite(const Tensor& input, const Tensor& dw_weight, const OptionalTensor& dw_bias,
                           const Tensor& pw_weight, const OptionalTensor& pw_bias, IntArrayRef stride,
                           IntArrayRef padding, IntArrayRef dilation, c10::string_view mid, c10::string_view out) {
-    const DwpwGeometry g = dwpw_geometry(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
-                                         std::string_view(mid.data(), mid.size()),
-                                         std::string_view(out.data(), out.size()));
+    const DwpwGeometry g =
+        dwpw_geometry(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+                      std::string_view(mid.data(), mid.size()), std::string_view(out.data(), out.size()));
     const Tensor depthwise = at::conv2d(input, dw_weight, dw_bias, stride, padding, dilation, g.dw.channels);
     return activation_forward(at::conv2d(activation_forward(depthwise, g.mid), pw_weight, pw_bias), g.out);
   }

@@ -60,7 +60,9 @@ struct Side {
   struct Row {
     P first;
     int64_t step;
-    P at(int64_t w) const { return first + w * step; }
+    P at(int64_t w) const {
+      return first + w * step;
+    }
   };
   Row row(int k, int64_t n, int64_t h) const {
     return {base[k] + n * stride[k][0] + h * stride[k][2], stride[k][3]};

@@ -133,9 +133,9 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
     for (int64_t i = begin; i < end; ++i) {
       const int64_t item = i / chunks, n = item / row_groups.count;
       const int64_t c_begin = (i % chunks) * chunk;
-      depthwise_nhwc_row_group(dense_nhwc_rows<scalar_t>(in, w, bias, o, g, n, c_begin, std::min(C, c_begin + chunk),
-                                                         prefetch),
-                               g, row_groups, item % row_groups.count);
+      depthwise_nhwc_row_group(
+          dense_nhwc_rows<scalar_t>(in, w, bias, o, g, n, c_begin, std::min(C, c_begin + chunk), prefetch), g,
+          row_groups, item % row_groups.count);
     }
   });
 }
@@ -158,8 +158,10 @@ inline void plane_run(const acc* src, const int64_t* offsets, int64_t taps, cons
   }
 #pragma GCC unroll 8
   for (int v = 0; v < kVecs; ++v) {
-    if (kPartial && v == kVecs - 1) store_acc(out + v * V, sum[v], count);
-    else store_acc(out + v * V, sum[v]);
+    if (kPartial && v == kVecs - 1)
+      store_acc(out + v * V, sum[v], count);
+    else
+      store_acc(out + v * V, sum[v]);
   }
 }
 
@@ -169,8 +171,8 @@ constexpr int64_t kMaxRunVecs = 8;  // 8 accumulators + weight + load fit even A
 template <typename acc, typename out_t>
 inline void plane_run_vectors(int64_t vecs, bool partial, const acc* src, const int64_t* offsets, int64_t taps,
                               const acc* w, acc bias, out_t* out, int64_t count) {
-#define FUSEDOPS_RUN_CASE(N)                                                                    \
-  case N:                                                                                       \
+#define FUSEDOPS_RUN_CASE(N)                                                                     \
+  case N:                                                                                        \
     if (partial) return plane_run<acc, out_t, N, true>(src, offsets, taps, w, bias, out, count); \
     return plane_run<acc, out_t, N, false>(src, offsets, taps, w, bias, out, count);
   switch (vecs) {
@@ -182,8 +184,7 @@ inline void plane_run_vectors(int64_t vecs, bool partial, const acc* src, const 
     FUSEDOPS_RUN_CASE(6)
     FUSEDOPS_RUN_CASE(7)
     FUSEDOPS_RUN_CASE(8)
-    default:
-      TORCH_INTERNAL_ASSERT(false, "plane_run_vectors: ", vecs, " vectors");
+    default: TORCH_INTERNAL_ASSERT(false, "plane_run_vectors: ", vecs, " vectors");
   }
 #undef FUSEDOPS_RUN_CASE
 }
@@ -297,8 +298,8 @@ void forward_nchw_tiled(const float* in, const float* w, const float* bias, floa
       t.bias = bias ? bias + c0 : nullptr;
       t.out = tile_out;
       for (int64_t j = 0; j < row_groups.count; ++j) depthwise_nhwc_row_group(t, g, row_groups, j);
-      at::vec::transpose_mxn<float>(tile_out, V, out + (n * C + c0) * out_plane, out_plane,
-                                    static_cast<int>(out_plane), static_cast<int>(count));
+      at::vec::transpose_mxn<float>(tile_out, V, out + (n * C + c0) * out_plane, out_plane, static_cast<int>(out_plane),
+                                    static_cast<int>(count));
     }
   });
 }
@@ -355,8 +356,10 @@ void forward_nchw(const Tensor& input, const Tensor& weight, const acc_t<scalar_
         const int64_t oc = c * m + j;
         for (int64_t t = 0; t < T; ++t) w[t] = static_cast<acc>(wsrc[oc * T + t]);
         scalar_t* dst = o + (n * g.out_channels + oc) * g.out_h * g.out_w;
-        if (flat) plane_forward_flat<scalar_t>(p, g, offsets, w, bias ? bias[oc] : acc(0), run, dst);
-        else plane_forward_rows<scalar_t>(p, g, offsets, w, bias ? bias[oc] : acc(0), dst);
+        if (flat)
+          plane_forward_flat<scalar_t>(p, g, offsets, w, bias ? bias[oc] : acc(0), run, dst);
+        else
+          plane_forward_rows<scalar_t>(p, g, offsets, w, bias ? bias[oc] : acc(0), dst);
       }
     }
   });
@@ -446,9 +449,9 @@ struct TapLists {
 // kVecs channel vectors (from c) of one input pixel's gradient: the taps that read the pixel come from
 // the row list [r0, r1) and column list [q0, q1); accumulators stay in registers across taps.
 template <typename scalar_t, int kVecs, bool kPartial>
-inline void gi_nhwc_pixel(const scalar_t* go_n, const acc_t<scalar_t>* w, const TapLists& rows, int64_t r0,
-                          int64_t r1, const TapLists& cols, int64_t q0, int64_t q1, const ConvGeometry& g, int64_t c,
-                          int64_t count, scalar_t* dst) {
+inline void gi_nhwc_pixel(const scalar_t* go_n, const acc_t<scalar_t>* w, const TapLists& rows, int64_t r0, int64_t r1,
+                          const TapLists& cols, int64_t q0, int64_t q1, const ConvGeometry& g, int64_t c, int64_t count,
+                          scalar_t* dst) {
   using Vec = AccVec<scalar_t>;
   constexpr int64_t V = Vec::size();
   const int64_t C = g.channels;
@@ -471,8 +474,10 @@ inline void gi_nhwc_pixel(const scalar_t* go_n, const acc_t<scalar_t>* w, const 
   }
 #pragma GCC unroll 8
   for (int v = 0; v < kVecs; ++v) {
-    if (kPartial && v == kVecs - 1) store_acc(dst + c + v * V, sum[v], count);
-    else store_acc(dst + c + v * V, sum[v]);
+    if (kPartial && v == kVecs - 1)
+      store_acc(dst + c + v * V, sum[v], count);
+    else
+      store_acc(dst + c + v * V, sum[v]);
   }
 }
 
@@ -499,11 +504,13 @@ inline void input_grad_3x3_stride2_column(const scalar_t* const* go_rows, const 
   const int64_t ow = u / 2;
   if (u & 1) {
     if (ow < g.out_w) {
-      for (int r = 0; r < kRows; ++r) sum = at::vec::fmadd(load_n<kPartial>(go_rows[r] + ow * C + c, count), w[r][1], sum);
+      for (int r = 0; r < kRows; ++r)
+        sum = at::vec::fmadd(load_n<kPartial>(go_rows[r] + ow * C + c, count), w[r][1], sum);
     }
   } else {
     if (ow < g.out_w) {
-      for (int r = 0; r < kRows; ++r) sum = at::vec::fmadd(load_n<kPartial>(go_rows[r] + ow * C + c, count), w[r][0], sum);
+      for (int r = 0; r < kRows; ++r)
+        sum = at::vec::fmadd(load_n<kPartial>(go_rows[r] + ow * C + c, count), w[r][0], sum);
     }
     if (ow >= 1 && ow - 1 < g.out_w) {
       for (int r = 0; r < kRows; ++r)
@@ -567,8 +574,10 @@ inline void input_grad_3x3_stride2_rows(const scalar_t* const* go_rows, const in
     Vec wv[kRows][3];
     for (int r = 0; r < kRows; ++r)
       for (int kw = 0; kw < 3; ++kw) wv[r][kw] = Vec::loadu(w + (kernel_rows[r] * 3 + kw) * C + c, count);
-    if (count < V) input_grad_3x3_stride2_row<scalar_t, kRows, true>(go_rows, wv, g, c, count, gi_row, prefetch);
-    else input_grad_3x3_stride2_row<scalar_t, kRows, false>(go_rows, wv, g, c, count, gi_row, prefetch);
+    if (count < V)
+      input_grad_3x3_stride2_row<scalar_t, kRows, true>(go_rows, wv, g, c, count, gi_row, prefetch);
+    else
+      input_grad_3x3_stride2_row<scalar_t, kRows, false>(go_rows, wv, g, c, count, gi_row, prefetch);
   }
 }
 
@@ -579,8 +588,8 @@ void grad_input_nhwc_3x3_stride2(const Tensor& grad_out, const acc_t<scalar_t>* 
   scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels;
   const int64_t items = g.batch * g.in_h;
-  const bool prefetch = streams_beyond_cache((grad_out.numel() + grad_in.numel()) * int64_t(sizeof(scalar_t)),
-                                             kBackwardStreamingBytes);
+  const bool prefetch =
+      streams_beyond_cache((grad_out.numel() + grad_in.numel()) * int64_t(sizeof(scalar_t)), kBackwardStreamingBytes);
   at::parallel_for(0, items, grain_for(items, g.in_w * C * 4), [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.in_h, ih = item % g.in_h;
@@ -596,9 +605,12 @@ void grad_input_nhwc_3x3_stride2(const Tensor& grad_out, const acc_t<scalar_t>* 
         }
       }
       scalar_t* gi_row = gi + (n * g.in_h + ih) * g.in_w * C;
-      if (rows == 2) input_grad_3x3_stride2_rows<scalar_t, 2>(go_rows, kernel_rows, w, g, gi_row, prefetch);
-      else if (rows == 1) input_grad_3x3_stride2_rows<scalar_t, 1>(go_rows, kernel_rows, w, g, gi_row, prefetch);
-      else std::fill(gi_row, gi_row + g.in_w * C, scalar_t(0));  // no output row reads this input row
+      if (rows == 2)
+        input_grad_3x3_stride2_rows<scalar_t, 2>(go_rows, kernel_rows, w, g, gi_row, prefetch);
+      else if (rows == 1)
+        input_grad_3x3_stride2_rows<scalar_t, 1>(go_rows, kernel_rows, w, g, gi_row, prefetch);
+      else
+        std::fill(gi_row, gi_row + g.in_w * C, scalar_t(0));  // no output row reads this input row
     }
   });
 }
@@ -626,10 +638,12 @@ void grad_input_nhwc_gather(const Tensor& grad_out, const acc_t<scalar_t>* w, Te
         for (int64_t c = 0; c < C; c += kMaxVecs * V) {
           const int64_t vecs = std::min(kMaxVecs, (C - c + V - 1) / V);
           const int64_t last = C - c - (vecs - 1) * V;
-#define FUSEDOPS_GI_CASE(N)                                                                                   \
-  case N:                                                                                                     \
-    if (last < V) gi_nhwc_pixel<scalar_t, N, true>(go_n, w, rows, r0, r1, cols, q0, q1, g, c, last, dst);     \
-    else gi_nhwc_pixel<scalar_t, N, false>(go_n, w, rows, r0, r1, cols, q0, q1, g, c, last, dst);             \
+#define FUSEDOPS_GI_CASE(N)                                                                    \
+  case N:                                                                                      \
+    if (last < V)                                                                              \
+      gi_nhwc_pixel<scalar_t, N, true>(go_n, w, rows, r0, r1, cols, q0, q1, g, c, last, dst);  \
+    else                                                                                       \
+      gi_nhwc_pixel<scalar_t, N, false>(go_n, w, rows, r0, r1, cols, q0, q1, g, c, last, dst); \
     break;
           switch (vecs) {
             FUSEDOPS_GI_CASE(1)
@@ -685,7 +699,8 @@ FUSEDOPS_ALWAYS_INLINE void gw_nhwc_kernel_rows(const scalar_t* gorow, const sca
 #pragma GCC unroll 8
         for (int r = 0; r < G; ++r)
 #pragma GCC unroll 2
-          for (int q = 0; q < SW; ++q) __builtin_prefetch(irows[r] + offset + (kDwPrefetchColumns * SW + q) * pix, 0, 2);
+          for (int q = 0; q < SW; ++q)
+            __builtin_prefetch(irows[r] + offset + (kDwPrefetchColumns * SW + q) * pix, 0, 2);
       }
       const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
 #pragma GCC unroll 8
@@ -731,8 +746,8 @@ inline void gw_nhwc_kernel_row_groups(const scalar_t* gorow, const scalar_t* con
   constexpr int kMaxG = KW <= 3 ? 3 : (KW <= 5 ? 2 : 1);
   int64_t r = 0;
   for (; r + kMaxG <= rows; r += kMaxG)
-    gw_nhwc_kernel_rows<scalar_t, KW, SW, kMaxG, kPartial>(gorow, irows + r, pix, g, ib, ie, count,
-                                                           dst + r * KW * ld, ld, prefetch);
+    gw_nhwc_kernel_rows<scalar_t, KW, SW, kMaxG, kPartial>(gorow, irows + r, pix, g, ib, ie, count, dst + r * KW * ld,
+                                                           ld, prefetch);
   for (; r < rows; ++r)
     gw_nhwc_kernel_rows<scalar_t, KW, SW, 1, kPartial>(gorow, irows + r, pix, g, ib, ie, count, dst + r * KW * ld, ld,
                                                        prefetch);
@@ -740,8 +755,8 @@ inline void gw_nhwc_kernel_row_groups(const scalar_t* gorow, const scalar_t* con
 
 // Same contributions for any kernel width, stride and dilation, one kernel row at a time.
 template <typename scalar_t, bool kPartial>
-inline void gw_nhwc_kernel_row_generic(const scalar_t* gorow, const scalar_t* irow, int64_t pix,
-                                       const ConvGeometry& g, int64_t count, acc_t<scalar_t>* dst, int64_t ld) {
+inline void gw_nhwc_kernel_row_generic(const scalar_t* gorow, const scalar_t* irow, int64_t pix, const ConvGeometry& g,
+                                       int64_t count, acc_t<scalar_t>* dst, int64_t ld) {
   for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
     AccVec<scalar_t> sum(0);
     const int64_t off = kw * g.dilation_w - g.pad_w;
@@ -758,13 +773,13 @@ inline void gw_nhwc_kernel_row_generic(const scalar_t* gorow, const scalar_t* ir
 // dst points at the first one's taps).
 template <typename scalar_t, bool kPartial>
 inline void gw_nhwc_rows(const scalar_t* gorow, const scalar_t* const* irows, int64_t rows, int64_t pix,
-                         const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count, acc_t<scalar_t>* dst,
-                         int64_t ld, bool prefetch) {
+                         const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count, acc_t<scalar_t>* dst, int64_t ld,
+                         bool prefetch) {
   if (g.dilation_w == 1) {
-#define FUSEDOPS_GW_CASE(KW, SW)                                                                             \
-  if (g.kernel_w == KW && g.stride_w == SW)                                                                  \
-    return gw_nhwc_kernel_row_groups<scalar_t, KW, SW, kPartial>(gorow, irows, rows, pix, g, ib, ie, count, dst, \
-                                                                 ld, prefetch);
+#define FUSEDOPS_GW_CASE(KW, SW)                                                                                     \
+  if (g.kernel_w == KW && g.stride_w == SW)                                                                          \
+    return gw_nhwc_kernel_row_groups<scalar_t, KW, SW, kPartial>(gorow, irows, rows, pix, g, ib, ie, count, dst, ld, \
+                                                                 prefetch);
     FUSEDOPS_GW_CASE(3, 1)
     FUSEDOPS_GW_CASE(3, 2)
     FUSEDOPS_GW_CASE(5, 1)
@@ -820,8 +835,10 @@ void grad_weight_nhwc_row(const scalar_t* go, const scalar_t* in, int64_t r, boo
       irows[kh - kh_begin] = in + (n * g.in_h + ih0 + kh * g.dilation_h) * g.in_w * C + c;
     acc* dst = part + kh_begin * g.kernel_w * ld + c;
     const int64_t nrows = kh_end - kh_begin;
-    if (full) gw_nhwc_rows<scalar_t, false>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld, prefetch);
-    else gw_nhwc_rows<scalar_t, true>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld, prefetch);
+    if (full)
+      gw_nhwc_rows<scalar_t, false>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld, prefetch);
+    else
+      gw_nhwc_rows<scalar_t, true>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld, prefetch);
   }
 }
 
@@ -840,7 +857,9 @@ struct WeightGradPartials {
     data = thread_scratch<acc_t<scalar_t>>(workers * size, ScratchSlot::kReduce);
     std::fill(data, data + workers * size, acc_t<scalar_t>(0));
   }
-  acc_t<scalar_t>* worker(int64_t w) const { return data + w * size; }
+  acc_t<scalar_t>* worker(int64_t w) const {
+    return data + w * size;
+  }
 
   // Sums the workers' partials into grad_weight (C, 1, kH, kW) and grad_bias (C).
   void finish(const ConvGeometry& g, Tensor* grad_weight, Tensor* grad_bias) const {
@@ -886,9 +905,8 @@ void grad_weight_nhwc(const Tensor& grad_out, const Tensor& input, Tensor* grad_
 // the same grad_output row, while the grad_output rows both read are still in L1/L2. Saves a pass over
 // grad_output and a parallel region against computing them one after the other.
 template <typename scalar_t>
-void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<scalar_t>* w_rotated,
-                      Tensor& grad_in, Tensor* grad_weight, Tensor* grad_bias, const ConvGeometry& g,
-                      const ConvGeometry& transposed) {
+void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<scalar_t>* w_rotated, Tensor& grad_in,
+                      Tensor* grad_weight, Tensor* grad_bias, const ConvGeometry& g, const ConvGeometry& transposed) {
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
@@ -897,8 +915,8 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
   const int64_t per_image = std::max(transposed.out_h, g.out_h);
   const int64_t rows = g.batch * per_image;
   const WeightGradPartials<scalar_t> partials(g, rows);
-  const bool prefetch = streams_beyond_cache((grad_out.numel() + 2 * input.numel()) * int64_t(sizeof(scalar_t)),
-                                             kBackwardStreamingBytes);
+  const bool prefetch =
+      streams_beyond_cache((grad_out.numel() + 2 * input.numel()) * int64_t(sizeof(scalar_t)), kBackwardStreamingBytes);
   at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
       const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
@@ -915,9 +933,8 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
                 ? in + (n * g.in_h + next_ih) * g.in_w * C
                 : nullptr;
         if (pair) {
-          DwNhwcRow<scalar_t, scalar_t> rows2 = dense_nhwc_rows<scalar_t>(go, w_rotated, nullptr, gi, transposed, n,
-                                                                          0, C,
-                                                                          prefetch, also);
+          DwNhwcRow<scalar_t, scalar_t> rows2 =
+              dense_nhwc_rows<scalar_t>(go, w_rotated, nullptr, gi, transposed, n, 0, C, prefetch, also);
           rows2.oh = row;
           rows2.out += row * rows2.out_row_stride;
           rows2.prefetch_also_row_stride = g.in_w * C;
@@ -927,8 +944,8 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
         }
         for (int64_t k = 0; k < (pair ? 2 : 1); ++k) {
           if (row + k < g.out_h) {
-            grad_weight_nhwc_row<scalar_t>(go, in, n * g.out_h + row + k, grad_weight != nullptr,
-                                           grad_bias != nullptr, g, partials.worker(worker), partials.ld);
+            grad_weight_nhwc_row<scalar_t>(go, in, n * g.out_h + row + k, grad_weight != nullptr, grad_bias != nullptr,
+                                           g, partials.worker(worker), partials.ld);
           }
         }
         if (pair) ++r;
@@ -1023,9 +1040,12 @@ template <typename acc>
 inline void all_tap_dots(const acc* grad, int64_t grad_pitch, const acc* plane, int64_t plane_pitch, int64_t runs,
                          int64_t vecs, const int64_t* offsets, int64_t taps, acc* sums) {
   int64_t t = 0;
-  for (; t + 12 <= taps; t += 12) tap_dots<acc, 12>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
-  for (; t + 9 <= taps; t += 9) tap_dots<acc, 9>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
-  for (; t + 4 <= taps; t += 4) tap_dots<acc, 4>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
+  for (; t + 12 <= taps; t += 12)
+    tap_dots<acc, 12>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
+  for (; t + 9 <= taps; t += 9)
+    tap_dots<acc, 9>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
+  for (; t + 4 <= taps; t += 4)
+    tap_dots<acc, 4>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
   for (; t < taps; ++t) tap_dots<acc, 1>(grad, grad_pitch, plane, plane_pitch, runs, vecs, offsets + t, sums + t);
 }
 
@@ -1047,48 +1067,48 @@ void grad_weight_nchw(const Tensor& grad_out, const Tensor& input, Tensor* grad_
   const bool flat = flat_plane_applies(g);
   at::parallel_for(0, g.out_channels, grain_for(g.out_channels, g.batch * g.out_h * g.out_w * T),
                    [&](int64_t begin, int64_t end) {
-    PhasePlane<acc> p = phase_plane_shape<acc>(g, V, flat);
-    p.data = thread_scratch<acc>(p.size, ScratchSlot::kPlane);
-    // Staged grad_output: flat → rows of the plane's pitch; otherwise rows padded to whole vectors.
-    const int64_t grad_pitch = flat ? p.pitch : (g.out_w + V - 1) / V * V;
-    const int64_t grad_vecs = flat ? (flat_run_length(g, p.pitch) + V - 1) / V : grad_pitch / V;
-    const int64_t grad_size = flat ? grad_vecs * V : g.out_h * grad_pitch;
-    acc* staged = thread_scratch<acc>(grad_size, ScratchSlot::kRun);
-    int64_t* offsets = thread_scratch<int64_t>(T, ScratchSlot::kOffsets);
-    phase_plane_tap_offsets(p, g, offsets);
-    std::vector<acc> wsum(T);
-    for (int64_t oc = begin; oc < end; ++oc) {
-      const int64_t c = oc / g.multiplier;
-      std::fill(wsum.begin(), wsum.end(), acc(0));
-      Vec bsum(acc(0));
-      for (int64_t n = 0; n < g.batch; ++n) {
-        const scalar_t* gp = go + (n * g.out_channels + oc) * g.out_h * g.out_w;
-        std::memset(staged, 0, sizeof(acc) * grad_size);
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          acc* d = staged + oh * grad_pitch;
-          int64_t ow = 0;
-          for (; ow + V <= g.out_w; ow += V) {
-            const Vec v = load_acc(gp + oh * g.out_w + ow);
-            v.store(d + ow);
-            bsum += v;
-          }
-          if (ow < g.out_w) {
-            const Vec v = load_acc(gp + oh * g.out_w + ow, g.out_w - ow);
-            v.store(d + ow, g.out_w - ow);
-            bsum += v;
-          }
-        }
-        if (!gw) continue;
-        fill_phase_plane(p, g, in + (n * g.channels + c) * g.in_h * g.in_w, g.in_w);
-        // Flat: one run over the whole plane; otherwise one run per output row.
-        all_tap_dots<acc>(staged, grad_pitch, p.data, g.stride_h * p.pitch, flat ? 1 : g.out_h, grad_vecs, offsets, T,
-                          wsum.data());
-      }
-      if (gw)
-        for (int64_t t = 0; t < T; ++t) gw[oc * T + t] = static_cast<scalar_t>(wsum[t]);
-      if (gb) gb[oc] = static_cast<scalar_t>(at::vec::vec_reduce_all<acc>(std::plus<Vec>(), bsum));
-    }
-  });
+                     PhasePlane<acc> p = phase_plane_shape<acc>(g, V, flat);
+                     p.data = thread_scratch<acc>(p.size, ScratchSlot::kPlane);
+                     // Staged grad_output: flat → rows of the plane's pitch; otherwise rows padded to whole vectors.
+                     const int64_t grad_pitch = flat ? p.pitch : (g.out_w + V - 1) / V * V;
+                     const int64_t grad_vecs = flat ? (flat_run_length(g, p.pitch) + V - 1) / V : grad_pitch / V;
+                     const int64_t grad_size = flat ? grad_vecs * V : g.out_h * grad_pitch;
+                     acc* staged = thread_scratch<acc>(grad_size, ScratchSlot::kRun);
+                     int64_t* offsets = thread_scratch<int64_t>(T, ScratchSlot::kOffsets);
+                     phase_plane_tap_offsets(p, g, offsets);
+                     std::vector<acc> wsum(T);
+                     for (int64_t oc = begin; oc < end; ++oc) {
+                       const int64_t c = oc / g.multiplier;
+                       std::fill(wsum.begin(), wsum.end(), acc(0));
+                       Vec bsum(acc(0));
+                       for (int64_t n = 0; n < g.batch; ++n) {
+                         const scalar_t* gp = go + (n * g.out_channels + oc) * g.out_h * g.out_w;
+                         std::memset(staged, 0, sizeof(acc) * grad_size);
+                         for (int64_t oh = 0; oh < g.out_h; ++oh) {
+                           acc* d = staged + oh * grad_pitch;
+                           int64_t ow = 0;
+                           for (; ow + V <= g.out_w; ow += V) {
+                             const Vec v = load_acc(gp + oh * g.out_w + ow);
+                             v.store(d + ow);
+                             bsum += v;
+                           }
+                           if (ow < g.out_w) {
+                             const Vec v = load_acc(gp + oh * g.out_w + ow, g.out_w - ow);
+                             v.store(d + ow, g.out_w - ow);
+                             bsum += v;
+                           }
+                         }
+                         if (!gw) continue;
+                         fill_phase_plane(p, g, in + (n * g.channels + c) * g.in_h * g.in_w, g.in_w);
+                         // Flat: one run over the whole plane; otherwise one run per output row.
+                         all_tap_dots<acc>(staged, grad_pitch, p.data, g.stride_h * p.pitch, flat ? 1 : g.out_h,
+                                           grad_vecs, offsets, T, wsum.data());
+                       }
+                       if (gw)
+                         for (int64_t t = 0; t < T; ++t) gw[oc * T + t] = static_cast<scalar_t>(wsum[t]);
+                       if (gb) gb[oc] = static_cast<scalar_t>(at::vec::vec_reduce_all<acc>(std::plus<Vec>(), bsum));
+                     }
+                   });
 }
 
 // Any layout, any multiplier.
@@ -1117,8 +1137,9 @@ void grad_input_generic(const Tensor& grad_out, const Tensor& weight, Tensor& gr
               for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
                 const int64_t x = iw + g.pad_w - kw * g.dilation_w;
                 if (x < 0 || x % g.stride_w || x / g.stride_w >= g.out_w) continue;
-                sum += static_cast<acc>(go[n * gs[0] + oc * gs[1] + (y / g.stride_h) * gs[2] + (x / g.stride_w) * gs[3]]) *
-                       static_cast<acc>(wsrc[oc * T + kh * g.kernel_w + kw]);
+                sum +=
+                    static_cast<acc>(go[n * gs[0] + oc * gs[1] + (y / g.stride_h) * gs[2] + (x / g.stride_w) * gs[3]]) *
+                    static_cast<acc>(wsrc[oc * T + kh * g.kernel_w + kw]);
               }
             }
           }
@@ -1144,37 +1165,39 @@ void grad_weight_generic(const Tensor& grad_out, const Tensor& input, Tensor* gr
   scalar_t* gb = grad_bias ? grad_bias->mutable_data_ptr<scalar_t>() : nullptr;
   at::parallel_for(0, g.out_channels, grain_for(g.out_channels, g.batch * g.out_h * g.out_w * T),
                    [&](int64_t begin, int64_t end) {
-    for (int64_t oc = begin; oc < end; ++oc) {
-      const int64_t c = oc / g.multiplier;
-      acc bsum(0);
-      std::vector<acc> wsum(T, acc(0));
-      for (int64_t n = 0; n < g.batch; ++n) {
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            const acc d = static_cast<acc>(go[n * gs[0] + oc * gs[1] + oh * gs[2] + ow * gs[3]]);
-            bsum += d;
-            for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
-              const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
-              if (ih < 0 || ih >= g.in_h) continue;
-              for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-                const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dilation_w;
-                if (iw < 0 || iw >= g.in_w) continue;
-                wsum[kh * g.kernel_w + kw] += d * static_cast<acc>(in[n * is[0] + c * is[1] + ih * is[2] + iw * is[3]]);
-              }
-            }
-          }
-        }
-      }
-      if (gw)
-        for (int64_t t = 0; t < T; ++t) gw[oc * T + t] = static_cast<scalar_t>(wsum[t]);
-      if (gb) gb[oc] = static_cast<scalar_t>(bsum);
-    }
-  });
+                     for (int64_t oc = begin; oc < end; ++oc) {
+                       const int64_t c = oc / g.multiplier;
+                       acc bsum(0);
+                       std::vector<acc> wsum(T, acc(0));
+                       for (int64_t n = 0; n < g.batch; ++n) {
+                         for (int64_t oh = 0; oh < g.out_h; ++oh) {
+                           for (int64_t ow = 0; ow < g.out_w; ++ow) {
+                             const acc d = static_cast<acc>(go[n * gs[0] + oc * gs[1] + oh * gs[2] + ow * gs[3]]);
+                             bsum += d;
+                             for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+                               const int64_t ih = oh * g.stride_h - g.pad_h + kh * g.dilation_h;
+                               if (ih < 0 || ih >= g.in_h) continue;
+                               for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+                                 const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dilation_w;
+                                 if (iw < 0 || iw >= g.in_w) continue;
+                                 wsum[kh * g.kernel_w + kw] +=
+                                     d * static_cast<acc>(in[n * is[0] + c * is[1] + ih * is[2] + iw * is[3]]);
+                               }
+                             }
+                           }
+                         }
+                       }
+                       if (gw)
+                         for (int64_t t = 0; t < T; ++t) gw[oc * T + t] = static_cast<scalar_t>(wsum[t]);
+                       if (gb) gb[oc] = static_cast<scalar_t>(bsum);
+                     }
+                   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
-    const Tensor& grad_output_, const Tensor& input_, const Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(const Tensor& grad_output_, const Tensor& input_,
+                                                                 const Tensor& weight, at::IntArrayRef stride,
+                                                                 at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                                 std::array<bool, 3> output_mask) {
   const ConvGeometry g = depthwise_backward_geometry(grad_output_, input_, weight, stride, padding, dilation);
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: depthwise_conv2d CPU backward got input on ", input_.device());
   const at::MemoryFormat fmt = output_memory_format(input_);
@@ -1191,22 +1214,19 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
     const bool parameter_grads = grads.weight.defined() || grads.bias.defined();
     Tensor* gw = grads.weight.defined() ? &grads.weight : nullptr;
     Tensor* gb = grads.bias.defined() ? &grads.bias : nullptr;
-    if (cl && g.multiplier == 1 && grads.input.defined() && parameter_grads &&
-        transposed_as_forward(g, &transposed)) {
-      grads_nhwc_fused<scalar_t>(grad_output, input, taps_by_channel<scalar_t>(weight, g, true), grads.input, gw, gb,
-                                 g, transposed);
+    if (cl && g.multiplier == 1 && grads.input.defined() && parameter_grads && transposed_as_forward(g, &transposed)) {
+      grads_nhwc_fused<scalar_t>(grad_output, input, taps_by_channel<scalar_t>(weight, g, true), grads.input, gw, gb, g,
+                                 transposed);
       return;
     }
     if (grads.input.defined()) {
       if (cl && transposed_as_forward(g, &transposed)) {
         forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input,
-                               transposed,
-                               kBackwardStreamingBytes);
+                               transposed, kBackwardStreamingBytes);
       } else if (!cl && transposed_as_forward(g, &transposed)) {
         forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grads.input, transposed);
       } else if (cl && grad_input_is_3x3_stride2(g)) {
-        grad_input_nhwc_3x3_stride2<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grads.input,
-                                              g);
+        grad_input_nhwc_3x3_stride2<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grads.input, g);
       } else if (cl && g.multiplier == 1) {
         grad_input_nhwc_gather<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, false), grads.input, g);
       } else if (!cl) {
@@ -1216,9 +1236,12 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(
       }
     }
     if (parameter_grads) {
-      if (cl && g.multiplier == 1) grad_weight_nhwc<scalar_t>(grad_output, input, gw, gb, g);
-      else if (!cl) grad_weight_nchw<scalar_t>(grad_output, input, gw, gb, g);
-      else grad_weight_generic<scalar_t>(grad_output, input, gw, gb, g);
+      if (cl && g.multiplier == 1)
+        grad_weight_nhwc<scalar_t>(grad_output, input, gw, gb, g);
+      else if (!cl)
+        grad_weight_nchw<scalar_t>(grad_output, input, gw, gb, g);
+      else
+        grad_weight_generic<scalar_t>(grad_output, input, gw, gb, g);
     }
   });
   return grads.result(input.options());

@@ -275,8 +275,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_cpu(
   // and the few bands keep the per-band op overhead low (256K-element bands were up to 1.7x slower at
   // batch 1 on 56x56 maps, for ~1-2 MB less peak memory).
   return dwpw_conv2d_backward_banded(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
-                                     dilation, mid_activation, out_activation, output_mask, output,
-                                     int64_t(1) << 20);
+                                     dilation, mid_activation, out_activation, output_mask, output, int64_t(1) << 20);
 }
 
 }  // namespace

@@ -52,8 +52,7 @@ struct Side {
 template <typename U>
 __global__ void shuffle_nchw_kernel(Side<const U*> src, Side<U*> dst, int64_t total, int64_t plane, int64_t C,
                                     int64_t groups, int64_t cpg) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t p = i / plane, j = i - p * plane;
     const int64_t n = p / C, d = p - n * C;
     const int64_t s = (d % groups) * cpg + d / groups;
@@ -62,10 +61,9 @@ __global__ void shuffle_nchw_kernel(Side<const U*> src, Side<U*> dst, int64_t to
 }
 
 template <typename E>
-__global__ void shuffle_nhwc_kernel(Side<const E*> src, Side<E*> dst, int64_t total, int64_t C, int64_t H,
-                                    int64_t W, int64_t groups, int64_t cpg) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
+__global__ void shuffle_nhwc_kernel(Side<const E*> src, Side<E*> dst, int64_t total, int64_t C, int64_t H, int64_t W,
+                                    int64_t groups, int64_t cpg) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t pix = i / C, d = i - pix * C;
     const int64_t w = pix % W, h = (pix / W) % H, n = pix / (W * H);
     const int64_t s = (d % groups) * cpg + d / groups;
@@ -101,8 +99,7 @@ int64_t word_bytes(const std::vector<Tensor>& tensors, int64_t plane_bytes) {
 }
 
 template <typename U>
-void launch(const std::vector<Tensor>& srcs, const std::vector<Tensor>& dsts, const ShuffleGeometry& g,
-            int64_t word) {
+void launch(const std::vector<Tensor>& srcs, const std::vector<Tensor>& dsts, const ShuffleGeometry& g, int64_t word) {
   Side<const U*> src{};
   Side<U*> dst{};
   const int64_t es = srcs[0].element_size();
@@ -129,21 +126,33 @@ void launch(const std::vector<Tensor>& srcs, const std::vector<Tensor>& dsts, co
   const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, max_blocks));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (cl) {
-    FUSEDOPS_LAUNCH(blocks, kThreads, 0, stream, shuffle_nhwc_kernel<U>)(src, dst, total, g.channels, g.height,
-                                                                         g.width, g.groups, g.channels_per_group());
-  } else {
-    FUSEDOPS_LAUNCH(blocks, kThreads, 0, stream, shuffle_nchw_kernel<U>)(src, dst, total, plane, g.channels,
+    FUSEDOPS_LAUNCH(blocks, kThreads, 0, stream, shuffle_nhwc_kernel<U>)(src, dst, total, g.channels, g.height, g.width,
                                                                          g.groups, g.channels_per_group());
+  } else {
+    FUSEDOPS_LAUNCH(blocks, kThreads, 0, stream, shuffle_nchw_kernel<U>)(src, dst, total, plane, g.channels, g.groups,
+                                                                         g.channels_per_group());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <int kBytes>
 struct Word;
-template <> struct Word<2> { using type = uint16_t; };
-template <> struct Word<4> { using type = uint32_t; };
-template <> struct Word<8> { using type = uint2; };
-template <> struct Word<16> { using type = uint4; };
+template <>
+struct Word<2> {
+  using type = uint16_t;
+};
+template <>
+struct Word<4> {
+  using type = uint32_t;
+};
+template <>
+struct Word<8> {
+  using type = uint2;
+};
+template <>
+struct Word<16> {
+  using type = uint4;
+};
 
 void shuffled_copy(std::vector<Tensor> srcs, const std::vector<Tensor>& dsts, const ShuffleGeometry& g) {
   if (g.batch * g.channels * g.height * g.width == 0) return;

@@ -53,13 +53,13 @@ constexpr const char* kOpName = "depthwise_conv2d";  // in the errors of make_dw
 // Kernel shape of an instantiation: K x K taps, stride S, dilation 1 when K > 0; everything from
 // DwParams when K == 0 (the generic path). With K > 0 the tap loops unroll and the taps' weights and
 // indices become constants.
-#define FUSEDOPS_DW_SHAPE(p)                                   \
-  const int KH = K > 0 ? K : (p).kernel_h;                     \
-  const int KW = K > 0 ? K : (p).kernel_w;                     \
+#define FUSEDOPS_DW_SHAPE(p)                                        \
+  const int KH = K > 0 ? K : (p).kernel_h;                          \
+  const int KW = K > 0 ? K : (p).kernel_w;                          \
   const int SH = K > 0 ? (S > 0 ? S : (p).stride_h) : (p).stride_h; \
   const int SW = K > 0 ? (S > 0 ? S : (p).stride_w) : (p).stride_w; \
-  const int DH = K > 0 ? 1 : (p).dilation_h;                   \
-  const int DW = K > 0 ? 1 : (p).dilation_w;                   \
+  const int DH = K > 0 ? 1 : (p).dilation_h;                        \
+  const int DW = K > 0 ? 1 : (p).dilation_w;                        \
   (void)KH, (void)KW, (void)SH, (void)SW, (void)DH, (void)DW;
 
 // Calls f(std::integral_constant<int, K>, std::integral_constant<int, S>) for the fast path matching p,
@@ -69,14 +69,13 @@ template <bool kFast, bool kStride1, bool kStride2, typename F>
 void with_shape(const DwParams& p, F&& f) {
   using I0 = std::integral_constant<int, 0>;
   if constexpr (kFast) {
-    const bool square = p.kernel_h == p.kernel_w && p.stride_h == p.stride_w && p.dilation_h == 1 &&
-                        p.dilation_w == 1;
+    const bool square = p.kernel_h == p.kernel_w && p.stride_h == p.stride_w && p.dilation_h == 1 && p.dilation_w == 1;
     if (square) {
       const int k = p.kernel_h, s = p.stride_h;
-#define FUSEDOPS_DW_CASE(KK, SS)                                                            \
-  if (k == KK && s == SS) {                                                                 \
-    f(std::integral_constant<int, KK>{}, std::integral_constant<int, SS>{});                \
-    return;                                                                                 \
+#define FUSEDOPS_DW_CASE(KK, SS)                                             \
+  if (k == KK && s == SS) {                                                  \
+    f(std::integral_constant<int, KK>{}, std::integral_constant<int, SS>{}); \
+    return;                                                                  \
   }
       if constexpr (kStride1) {
         FUSEDOPS_DW_CASE(3, 1)
@@ -170,8 +169,10 @@ __global__ void __launch_bounds__(kNhwcThreads)
 #pragma unroll
         for (int s = 0; s < kSeg; ++s) {
           const int iw = iw0 + s;
-          if (iw >= 0 && iw < p.in_w) load_acc<VEC>(row + int64_t(iw) * C, x[s]);
-          else fill<VEC>(x[s], acc_t(0));
+          if (iw >= 0 && iw < p.in_w)
+            load_acc<VEC>(row + int64_t(iw) * C, x[s]);
+          else
+            fill<VEC>(x[s], acc_t(0));
         }
 #pragma unroll
         for (int kw = 0; kw < K; ++kw) {
@@ -208,8 +209,8 @@ void launch_forward_nhwc(const Tensor& input, const Tensor& wt, const Tensor& bi
   const int64_t items = p.batch * p.out_h * ceil_div<int64_t>(p.out_w, P) * (p.out_channels / VEC);
   FUSEDOPS_LAUNCH(grid_for(items, kNhwcThreads), kNhwcThreads, 0, c10::cuda::getCurrentCUDAStream(),
                   dw_forward_nhwc_kernel<scalar_t, K, S, VEC>)(
-          input.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(),
-          bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), p);
+      input.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(),
+      bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -343,8 +344,8 @@ void forward_nchw(const Tensor& input, const Tensor& wt, const Tensor& bias, Ten
     with_shape<kHasFastPaths<scalar_t>, true, true>(p, [&](auto k, auto s) {
       FUSEDOPS_LAUNCH(grid, dim3(kTileW, kTileThreadsY), win_bytes, stream,
                       dw_forward_nchw_tile_kernel<scalar_t, decltype(k)::value, decltype(s)::value>)(
-              input.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), bp, out.mutable_data_ptr<scalar_t>(), p,
-              tiles_w, tiles_per_plane, blocks, win_h, win_w);
+          input.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), bp, out.mutable_data_ptr<scalar_t>(), p,
+          tiles_w, tiles_per_plane, blocks, win_h, win_w);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   } else {
@@ -361,16 +362,18 @@ void forward_nchw(const Tensor& input, const Tensor& wt, const Tensor& bias, Ten
 // Weights (OC, 1, kH, kW) -> opmath [kH*kW][OC], optionally flipped 180 degrees (the input gradient's
 // transposed convolution). A few KiB: the copy costs one tiny kernel.
 Tensor taps_by_channel(const Tensor& weight, bool flip) {
-  Tensor w = weight.reshape({weight.size(0), weight.size(2) * weight.size(3)})
-                 .to(at::toOpMathType(weight.scalar_type()));
+  Tensor w =
+      weight.reshape({weight.size(0), weight.size(2) * weight.size(3)}).to(at::toOpMathType(weight.scalar_type()));
   if (flip) w = w.flip({1});
   return w.t().contiguous();
 }
 
 template <typename scalar_t>
 void forward(const Tensor& input, const Tensor& wt, const Tensor& bias, Tensor& out, const DwParams& p, bool cl) {
-  if (cl) forward_nhwc<scalar_t>(input, wt, bias, out, p);
-  else forward_nchw<scalar_t>(input, wt, bias, out, p);
+  if (cl)
+    forward_nhwc<scalar_t>(input, wt, bias, out, p);
+  else
+    forward_nchw<scalar_t>(input, wt, bias, out, p);
 }
 
 void check_cuda(const Tensor& input, const char* op) {
@@ -388,9 +391,8 @@ Tensor depthwise_conv2d_cuda(const Tensor& input_, const Tensor& weight, const c
   if (out.numel() == 0) return out;
   const DwParams p = make_dw_params(g, kOpName);
   const Tensor wt = taps_by_channel(weight, false);
-  const Tensor b = bias.has_value() && bias->defined()
-                       ? bias->to(at::toOpMathType(bias->scalar_type())).contiguous()
-                       : Tensor();
+  const Tensor b =
+      bias.has_value() && bias->defined() ? bias->to(at::toOpMathType(bias->scalar_type())).contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_conv2d_cuda", [&] {
     forward<scalar_t>(input, wt, b, out, p, fmt == at::MemoryFormat::ChannelsLast);
   });
@@ -461,8 +463,7 @@ void compute_grad_input(const Tensor& grad_output, const Tensor& weight, Tensor&
   using acc_t = at::opmath_type<scalar_t>;
   ConvGeometry t;
   if (transposed_as_forward(g, &t)) {
-    forward<scalar_t>(grad_output, taps_by_channel(weight, true), Tensor(), grad_in, make_dw_params(t, kOpName),
-                      cl);
+    forward<scalar_t>(grad_output, taps_by_channel(weight, true), Tensor(), grad_in, make_dw_params(t, kOpName), cl);
     return;
   }
   const DwParams p = make_dw_params(g, kOpName);
@@ -472,14 +473,15 @@ void compute_grad_input(const Tensor& grad_output, const Tensor& weight, Tensor&
   auto launch = [&](auto layout, auto k, auto s) {
     FUSEDOPS_LAUNCH(grid_for(items, kNhwcThreads), kNhwcThreads, 0, stream,
                     dw_grad_input_kernel<scalar_t, decltype(layout)::value, decltype(k)::value, decltype(s)::value>)(
-            grad_output.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), grad_in.mutable_data_ptr<scalar_t>(),
-            p);
+        grad_output.const_data_ptr<scalar_t>(), wt.const_data_ptr<acc_t>(), grad_in.mutable_data_ptr<scalar_t>(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   // Stride 1 (multiplier 1) runs the forward kernels above, so only stride 2 gets fast gathers here.
   with_shape<kHasFastPaths<scalar_t>, false, true>(p, [&](auto k, auto s) {
-    if (cl) launch(std::true_type{}, k, s);
-    else launch(std::false_type{}, k, s);
+    if (cl)
+      launch(std::true_type{}, k, s);
+    else
+      launch(std::false_type{}, k, s);
   });
 }
 
@@ -615,8 +617,8 @@ __global__ void __launch_bounds__(kGwThreads)
 // grad_weight[oc][t] / grad_bias[oc] = sum over slices of partial, in slice order (deterministic).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kNhwcThreads)
-    dw_grad_weight_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, int splits, int64_t OC,
-                                   int T, scalar_t* __restrict__ gw, scalar_t* __restrict__ gb) {
+    dw_grad_weight_finalize_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, int splits, int64_t OC, int T,
+                                   scalar_t* __restrict__ gw, scalar_t* __restrict__ gb) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t total = OC * (T + 1);
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -647,7 +649,7 @@ int grad_weight_splits(int64_t channel_blocks, int64_t elements, int64_t min_ele
 
 template <typename scalar_t>
 void compute_grad_weight_bias(const Tensor& grad_output, const Tensor& input, Tensor* grad_weight, Tensor* grad_bias,
-                      const DwParams& p, bool cl) {
+                              const DwParams& p, bool cl) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int T = p.kernel_h * p.kernel_w;
@@ -681,9 +683,10 @@ void compute_grad_weight_bias(const Tensor& grad_output, const Tensor& input, Te
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cuda(
-    const Tensor& grad_output_, const Tensor& input_, const Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, std::array<bool, 3> output_mask) {
+std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cuda(const Tensor& grad_output_, const Tensor& input_,
+                                                                  const Tensor& weight, at::IntArrayRef stride,
+                                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                                  std::array<bool, 3> output_mask) {
   const ConvGeometry g = depthwise_backward_geometry(grad_output_, input_, weight, stride, padding, dilation);
   check_cuda(input_, "depthwise_conv2d backward");
   const c10::cuda::CUDAGuard guard(input_.device());
@@ -700,8 +703,7 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cuda(
     if (grads.input.defined()) compute_grad_input<scalar_t>(grad_output, weight, grads.input, g, cl);
     if (grads.weight.defined() || grads.bias.defined())
       compute_grad_weight_bias<scalar_t>(grad_output, input, grads.weight.defined() ? &grads.weight : nullptr,
-                                         grads.bias.defined() ? &grads.bias : nullptr, make_dw_params(g, kOpName),
-                                         cl);
+                                         grads.bias.defined() ? &grads.bias : nullptr, make_dw_params(g, kOpName), cl);
   });
   return grads.result(input.options());
 }

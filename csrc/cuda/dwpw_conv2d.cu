@@ -31,9 +31,9 @@ namespace {
 using at::Tensor;
 
 constexpr int kThreads = 256;
-constexpr int kTileP = 32;   // output pixels per block
-constexpr int kTileN = 64;   // output channels per block
-constexpr int kTileK = 32;   // depthwise channels per chunk
+constexpr int kTileP = 32;  // output pixels per block
+constexpr int kTileN = 64;  // output channels per block
+constexpr int kTileK = 32;  // depthwise channels per chunk
 constexpr int kPixPerThread = 2;
 constexpr int kChPerThread = 4;
 static_assert((kTileP / kPixPerThread) * (kTileN / kChPerThread) == kThreads, "thread layout");
@@ -61,10 +61,11 @@ __device__ __forceinline__ T activate(T v, int kind) {
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) dwpw_forward_kernel(
-    const scalar_t* __restrict__ input, const scalar_t* __restrict__ dw_weight, const scalar_t* __restrict__ dw_bias,
-    const scalar_t* __restrict__ pw_weight, const scalar_t* __restrict__ pw_bias, scalar_t* __restrict__ out,
-    DwpwParams p, int64_t tiles_p) {
+__global__ void __launch_bounds__(kThreads)
+    dwpw_forward_kernel(const scalar_t* __restrict__ input, const scalar_t* __restrict__ dw_weight,
+                        const scalar_t* __restrict__ dw_bias, const scalar_t* __restrict__ pw_weight,
+                        const scalar_t* __restrict__ pw_bias, scalar_t* __restrict__ out, DwpwParams p,
+                        int64_t tiles_p) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t a_tile[kTileP][kTileK + 1];
   __shared__ acc_t w_tile[kTileK][kTileN];
@@ -207,8 +208,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_cuda(
   const c10::cuda::CUDAGuard guard(input.device());
   // Bands of ~16M elements: large enough to fill the GPU, small next to the full intermediate of big batches.
   return dwpw_conv2d_backward_banded(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
-                                     dilation, mid_activation, out_activation, output_mask, output,
-                                     int64_t(1) << 24);
+                                     dilation, mid_activation, out_activation, output_mask, output, int64_t(1) << 24);
 }
 
 }  // namespace

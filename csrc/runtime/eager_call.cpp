@@ -64,8 +64,7 @@ ArgKind kind_of(const c10::Argument& arg, const std::string& op) {
     }
     default: break;
   }
-  TORCH_CHECK(false, "fusedops: _eager_op does not support argument '", arg.name(), "' of type ", t->str(), " of ",
-              op);
+  TORCH_CHECK(false, "fusedops: _eager_op does not support argument '", arg.name(), "' of type ", t->str(), " of ", op);
 }
 
 // torch._C._disabled_torch_function_impl: the __torch_function__ of tensor subclasses that opt out of
@@ -212,7 +211,9 @@ PyObject* wrap(c10::IValue&& v) {
 // Releases the GIL for the op's run, as torch.ops does (other Python threads go on meanwhile).
 struct GilRelease {
   PyThreadState* state = PyEval_SaveThread();
-  ~GilRelease() { PyEval_RestoreThread(state); }
+  ~GilRelease() {
+    PyEval_RestoreThread(state);
+  }
 };
 
 PyObject* call_eager_op(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {

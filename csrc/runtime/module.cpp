@@ -87,8 +87,8 @@ PyMethodDef shared_facts_method = {"_shared_facts", shared_facts, METH_NOARGS,
 }  // namespace fusedops
 
 PyMODINIT_FUNC PyInit__C(void) {
-  static PyMethodDef methods[] = {fusedops::eager_op_method, fusedops::shared_facts_method,
-                                  {nullptr, nullptr, 0, nullptr}};
+  static PyMethodDef methods[] = {
+      fusedops::eager_op_method, fusedops::shared_facts_method, {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }

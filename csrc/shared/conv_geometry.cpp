@@ -18,19 +18,14 @@ void check_same_device(const at::Tensor& t, const at::Tensor& reference, const c
               " is on ", reference.device(), "; both must be on the same device");
 }
 
-ConvGeometry depthwise_geometry(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const c10::optional<at::Tensor>& bias,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    const char* weight_name,
-    const char* bias_name) {
+ConvGeometry depthwise_geometry(const at::Tensor& input, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                                at::IntArrayRef dilation, const char* weight_name, const char* bias_name) {
   TORCH_CHECK(input.dim() == 4, "fusedops: input must be a 4-D (N, C, H, W) tensor, got ", input.dim(), "-D");
   TORCH_CHECK(weight.dim() == 4, "fusedops: ", weight_name, " must be a 4-D (C*multiplier, 1, kH, kW) tensor, got ",
               weight.dim(), "-D");
-  TORCH_CHECK(input.is_floating_point(), "fusedops: input must be a floating-point tensor, got ", dtype_name(input.scalar_type()));
+  TORCH_CHECK(input.is_floating_point(), "fusedops: input must be a floating-point tensor, got ",
+              dtype_name(input.scalar_type()));
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: ", weight_name, " dtype ",
               dtype_name(weight.scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
   check_same_device(weight, input, weight_name, "input");
@@ -62,8 +57,7 @@ ConvGeometry depthwise_geometry(
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.out_channels, "fusedops: ", bias_name, " must have shape (",
                 g.out_channels, ",), got ", bias->sizes());
     TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "fusedops: ", bias_name, " dtype ",
-                dtype_name(bias->scalar_type()),
-                " does not match input dtype ", dtype_name(input.scalar_type()));
+                dtype_name(bias->scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
     check_same_device(*bias, input, bias_name, "input");
   }
   g.stride_h = stride[0];
@@ -83,13 +77,9 @@ ConvGeometry depthwise_geometry(
   return g;
 }
 
-ConvGeometry depthwise_backward_geometry(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation) {
+ConvGeometry depthwise_backward_geometry(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                                         at::IntArrayRef dilation) {
   const ConvGeometry g = depthwise_geometry(input, weight, c10::nullopt, stride, padding, dilation);
   check_same_device(grad_output, input, "grad_output", "input");
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "fusedops: grad_output dtype ",

@@ -49,8 +49,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
   const ConvGeometry& g = geo.dw;
   check_same_device(grad_output_, input_, "grad_output", "input");
   TORCH_CHECK(grad_output_.scalar_type() == input_.scalar_type(), "fusedops: grad_output dtype ",
-              dtype_name(grad_output_.scalar_type()), " does not match input dtype ",
-              dtype_name(input_.scalar_type()));
+              dtype_name(grad_output_.scalar_type()), " does not match input dtype ", dtype_name(input_.scalar_type()));
   TORCH_CHECK(grad_output_.sizes() == at::IntArrayRef({g.batch, geo.out_channels, g.out_h, g.out_w}),
               "fusedops: grad_output has shape ", grad_output_.sizes(), " but the output has shape (", g.batch, ", ",
               geo.out_channels, ", ", g.out_h, ", ", g.out_w, ")");
@@ -163,9 +162,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
         const Tensor u = at::conv2d(a, pww, pwb.defined() ? c10::optional<Tensor>(pwb) : c10::nullopt);
         go = activation_backward_into(u, go, u, geo.out);
       }
-      auto [grad_a, gpw, gpb] = at::convolution_backward(
-          go, a, pww, at::IntArrayRef{OC}, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1,
-          {need_dw, output_mask[3], output_mask[4]});
+      auto [grad_a, gpw, gpb] = at::convolution_backward(go, a, pww, at::IntArrayRef{OC}, {1, 1}, {0, 0}, {1, 1}, false,
+                                                         {0, 0}, 1, {need_dw, output_mask[3], output_mask[4]});
       go.reset();
       if (geo.mid == Activation::kHardswish) a.reset();
       if (output_mask[3]) accumulate(grad_pww, std::move(gpw));

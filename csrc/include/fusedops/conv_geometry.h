@@ -46,11 +46,15 @@ struct ConvGeometry {
 
   // Output column range [ow_begin, ow_end) whose taps all fall inside the input along W
   // (the interior, where kernels run without bounds checks). Empty when the map is smaller than the kernel.
-  int64_t interior_ow_begin() const { return interior_begin(out_w, stride_w, pad_w); }
+  int64_t interior_ow_begin() const {
+    return interior_begin(out_w, stride_w, pad_w);
+  }
   int64_t interior_ow_end() const {
     return std::max(interior_ow_begin(), interior_end(in_w, out_w, kernel_w, stride_w, pad_w, dilation_w));
   }
-  int64_t interior_oh_begin() const { return interior_begin(out_h, stride_h, pad_h); }
+  int64_t interior_oh_begin() const {
+    return interior_begin(out_h, stride_h, pad_h);
+  }
   int64_t interior_oh_end() const {
     return std::max(interior_oh_begin(), interior_end(in_h, out_h, kernel_h, stride_h, pad_h, dilation_h));
   }
@@ -70,25 +74,16 @@ struct ConvGeometry {
 
 // Validates a depthwise convolution call and returns its geometry. Errors name the offending argument
 // (`weight_name` / `bias_name` let fused ops name theirs, e.g. "dw_weight").
-ConvGeometry depthwise_geometry(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const c10::optional<at::Tensor>& bias,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation,
-    const char* weight_name = "weight",
-    const char* bias_name = "bias");
+ConvGeometry depthwise_geometry(const at::Tensor& input, const at::Tensor& weight,
+                                const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                                at::IntArrayRef dilation, const char* weight_name = "weight",
+                                const char* bias_name = "bias");
 
 // Validates a depthwise backward call (the forward's checks plus grad_output's device, dtype and shape)
 // and returns the forward geometry.
-ConvGeometry depthwise_backward_geometry(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    at::IntArrayRef stride,
-    at::IntArrayRef padding,
-    at::IntArrayRef dilation);
+ConvGeometry depthwise_backward_geometry(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                                         at::IntArrayRef dilation);
 
 // The stride-1 input gradient of g written as a forward convolution of grad_output with the kernel
 // rotated by 180 degrees, returning that convolution's geometry in *transposed (its input is g's output, its

@@ -17,8 +17,8 @@
 namespace fusedops {
 
 struct DwpwGeometry {
-  ConvGeometry dw;             // the depthwise stage (dw.out_channels = C * multiplier = pointwise K)
-  int64_t out_channels = 0;    // of the pointwise stage
+  ConvGeometry dw;           // the depthwise stage (dw.out_channels = C * multiplier = pointwise K)
+  int64_t out_channels = 0;  // of the pointwise stage
   Activation mid = Activation::kNone, out = Activation::kNone;
 };
 
@@ -39,16 +39,14 @@ inline constexpr std::array<at::ScalarType, 2> kDwpwSavedOutputDtypes = {at::kFl
 inline bool dwpw_keeps_output(Activation out_activation, at::ScalarType dtype) {
   return std::find(kDwpwSavedOutputActivations.begin(), kDwpwSavedOutputActivations.end(), out_activation) !=
              kDwpwSavedOutputActivations.end() &&
-         std::find(kDwpwSavedOutputDtypes.begin(), kDwpwSavedOutputDtypes.end(), dtype) !=
-             kDwpwSavedOutputDtypes.end();
+         std::find(kDwpwSavedOutputDtypes.begin(), kDwpwSavedOutputDtypes.end(), dtype) != kDwpwSavedOutputDtypes.end();
 }
 
 // The same by the output activation's name (as the schema takes it).
 inline bool dwpw_keeps_output(std::string_view out_activation, at::ScalarType dtype) {
   return std::any_of(kDwpwSavedOutputActivations.begin(), kDwpwSavedOutputActivations.end(),
                      [&](Activation a) { return activation_name(a) == out_activation; }) &&
-         std::find(kDwpwSavedOutputDtypes.begin(), kDwpwSavedOutputDtypes.end(), dtype) !=
-             kDwpwSavedOutputDtypes.end();
+         std::find(kDwpwSavedOutputDtypes.begin(), kDwpwSavedOutputDtypes.end(), dtype) != kDwpwSavedOutputDtypes.end();
 }
 
 // act(z) as a differentiable ATen op.

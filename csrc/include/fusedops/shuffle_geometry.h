@@ -28,9 +28,13 @@ struct ShuffleGeometry {
   int64_t groups = 1;  // of the copy itself (C / g for the backward of a shuffle with g groups)
   at::MemoryFormat format = at::MemoryFormat::Contiguous;
 
-  int64_t channels_per_group() const { return groups > 0 ? channels / groups : 0; }
+  int64_t channels_per_group() const {
+    return groups > 0 ? channels / groups : 0;
+  }
   // Concatenated source channel read by concatenated destination channel d.
-  int64_t source_channel(int64_t d) const { return (d % groups) * channels_per_group() + d / groups; }
+  int64_t source_channel(int64_t d) const {
+    return (d % groups) * channels_per_group() + d / groups;
+  }
 };
 
 namespace shuffle_detail {
@@ -83,7 +87,8 @@ inline ShuffleGeometry concat_shuffle_geometry(const at::Tensor& a, const at::Te
               "; both must be on the same device");
   TORCH_CHECK(a.size(0) == b.size(0) && a.size(2) == b.size(2) && a.size(3) == b.size(3),
               "fusedops: a and b must have the same batch size, height and width (they are concatenated along "
-              "channels), got a of shape ", a.sizes(), " and b of shape ", b.sizes());
+              "channels), got a of shape ",
+              a.sizes(), " and b of shape ", b.sizes());
   ShuffleGeometry g;
   g.batch = a.size(0);
   g.channels = a.size(1) + b.size(1);

@@ -40,7 +40,6 @@ uint3 blockIdx;
 dim3 blockDim;
 dim3 gridDim;
 
-
 // void fusedops_emu_switch(void** save_sp, void* next_sp): saves this context on its stack, stores the
 // stack pointer in *save_sp and resumes the context saved at next_sp.
 extern "C" void fusedops_emu_switch(void** save_sp, void* next_sp);
@@ -79,8 +78,8 @@ namespace {
 
 constexpr int kMaxThreads = 1024;
 constexpr size_t kMaxDynamicShared = 48 * 1024;  // without cudaFuncSetAttribute opt-in
-constexpr size_t kSharedGuard = 256;              // bytes checked past the end of dynamic shared memory
-constexpr unsigned char kPoison = 0xFF;           // NaN in every floating-point type
+constexpr size_t kSharedGuard = 256;             // bytes checked past the end of dynamic shared memory
+constexpr unsigned char kPoison = 0xFF;          // NaN in every floating-point type
 constexpr unsigned char kGuardByte = 0xA5;
 #ifdef FUSEDOPS_EMU_ASAN
 constexpr size_t kStackBytes = 1 << 20;  // ASan's redzones make frames much larger
@@ -162,8 +161,7 @@ void yield_to_scheduler(bool exiting = false) {
   Grid& g = grid_state();
   Fiber* f = g.current;
 #ifdef FUSEDOPS_EMU_ASAN
-  __sanitizer_start_switch_fiber(exiting ? nullptr : &f->fake_stack, g.scheduler_stack_bottom,
-                                 g.scheduler_stack_size);
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &f->fake_stack, g.scheduler_stack_bottom, g.scheduler_stack_size);
 #else
   (void)exiting;
 #endif
@@ -203,8 +201,8 @@ void yield_to_scheduler(bool exiting = false) {
 
 void allocate_stack(Fiber& f) {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                 -1, 0);
+  void* p =
+      mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   TORCH_CHECK(p != MAP_FAILED, "fusedops_emu: cannot map a fiber stack");
   TORCH_CHECK(mprotect(p, page, PROT_NONE) == 0, "fusedops_emu: cannot protect a fiber stack's guard page");
   f.stack = static_cast<unsigned char*>(p) + page;
@@ -218,9 +216,9 @@ void start_fiber(Fiber& f) {
 #endif
   auto top = reinterpret_cast<uintptr_t>(f.stack + kStackBytes) & ~uintptr_t(15);
   auto* slot = reinterpret_cast<uint64_t*>(top - 8);  // fiber_main's frame starts here, as after a call
-  *--slot = reinterpret_cast<uint64_t>(&fiber_main);   // return address
-  for (int r = 0; r < 6; ++r) *--slot = 0;             // rbp, rbx, r12-r15
-  *--slot = uint64_t(0x037F) << 32 | 0x1F80;            // x87 control word, MXCSR (defaults)
+  *--slot = reinterpret_cast<uint64_t>(&fiber_main);  // return address
+  for (int r = 0; r < 6; ++r) *--slot = 0;            // rbp, rbx, r12-r15
+  *--slot = uint64_t(0x037F) << 32 | 0x1F80;          // x87 control word, MXCSR (defaults)
   f.sp = slot;
   f.state = kRunnable;
 }
@@ -275,9 +273,9 @@ void settle(Grid& g) {
       first = &f;
     } else if (f.line != first->line || std::strcmp(f.file, first->file) != 0) {
       std::ostringstream s;
-      s << "threads of one block wait at different barriers: thread " << describe(first->idx) << " at "
-        << first->file << ":" << first->line << ", thread " << describe(f.idx) << " at " << f.file << ":" << f.line
-        << " [block " << describe(blockIdx) << "]";
+      s << "threads of one block wait at different barriers: thread " << describe(first->idx) << " at " << first->file
+        << ":" << first->line << ", thread " << describe(f.idx) << " at " << f.file << ":" << f.line << " [block "
+        << describe(blockIdx) << "]";
       g.error = s.str();
       return;
     }
@@ -435,17 +433,15 @@ uint64_t warp_op(WarpOp op, unsigned mask, uint64_t value, int arg, int width, c
   return f->warp_result;
 }
 
-void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, const char* where, void (*body)(void*),
-              void* ctx) {
+void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, const char* where, void (*body)(void*), void* ctx) {
   const std::lock_guard<std::mutex> lock(launch_mutex());
   const int64_t threads = int64_t(block.x) * block.y * block.z;
   TORCH_CHECK(threads >= 1 && threads <= kMaxThreads && block.x <= 1024 && block.y <= 1024 && block.z <= 64,
               "fusedops_emu: launch at ", where, ": invalid block ", block.x, "x", block.y, "x", block.z);
-  TORCH_CHECK(grid.x >= 1 && grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
-                  grid.z <= 65535,
+  TORCH_CHECK(grid.x >= 1 && grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 && grid.z <= 65535,
               "fusedops_emu: launch at ", where, ": invalid grid ", grid.x, "x", grid.y, "x", grid.z);
-  TORCH_CHECK(dynamic_shared_bytes <= kMaxDynamicShared, "fusedops_emu: launch at ", where, ": ",
-              dynamic_shared_bytes, " bytes of dynamic shared memory exceed the 48 KiB available without opt-in");
+  TORCH_CHECK(dynamic_shared_bytes <= kMaxDynamicShared, "fusedops_emu: launch at ", where, ": ", dynamic_shared_bytes,
+              " bytes of dynamic shared memory exceed the 48 KiB available without opt-in");
   Grid& g = grid_state();
   if (g.fibers.size() < static_cast<size_t>(threads)) {
     const size_t old = g.fibers.size();

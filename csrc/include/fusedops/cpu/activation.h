@@ -17,12 +17,9 @@ template <typename T>
 inline at::vec::Vectorized<T> apply_activation(Activation kind, const at::vec::Vectorized<T>& v) {
   using Vec = at::vec::Vectorized<T>;
   switch (kind) {
-    case Activation::kNone:
-      return v;
-    case Activation::kRelu:
-      return at::vec::maximum(v, Vec(T(0)));
-    case Activation::kRelu6:
-      return at::vec::minimum(at::vec::maximum(v, Vec(T(0))), Vec(T(6)));
+    case Activation::kNone: return v;
+    case Activation::kRelu: return at::vec::maximum(v, Vec(T(0)));
+    case Activation::kRelu6: return at::vec::minimum(at::vec::maximum(v, Vec(T(0))), Vec(T(6)));
     case Activation::kHardswish:
       return v * at::vec::minimum(at::vec::maximum(v + Vec(T(3)), Vec(T(0))), Vec(T(6))) / Vec(T(6));
   }

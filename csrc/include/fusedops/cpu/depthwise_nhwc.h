@@ -40,14 +40,14 @@ struct IdentityEpilogue {
 
 template <typename in_t, typename out_t>
 struct DwNhwcRow {
-  const in_t* image;       // input image of this batch element: pixel (ih, iw), channel c at
-                           // image + ih * in_row_stride + iw * in_pix_stride + c
+  const in_t* image;  // input image of this batch element: pixel (ih, iw), channel c at
+                      // image + ih * in_row_stride + iw * in_pix_stride + c
   int64_t in_row_stride;
   int64_t in_pix_stride;
   const acc_t<in_t>* weight;  // taps [kH][kW] x channels: tap t, channel c at weight + t * weight_ld + c
   int64_t weight_ld;
-  const acc_t<in_t>* bias;    // per channel, or nullptr
-  out_t* out;              // output row: pixel ow, channel c at out + ow * out_pix_stride + c
+  const acc_t<in_t>* bias;  // per channel, or nullptr
+  out_t* out;               // output row: pixel ow, channel c at out + ow * out_pix_stride + c
   int64_t out_pix_stride;
   int64_t out_row_stride = 0;  // depthwise_nhwc_row_pair only: row oh + 1 at out + out_row_stride
   int64_t oh;
@@ -84,8 +84,7 @@ FUSEDOPS_ALWAYS_INLINE AccVec<in_t> load_column(const in_t* colp, int64_t iw, in
 // along W and read as zero (border blocks); otherwise no checks at all.
 template <typename in_t, typename out_t, int KW, int SW, int kB, bool kPartial, bool kChecked, typename Epilogue>
 FUSEDOPS_ALWAYS_INLINE void register_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin,
-                                           int kh_end, int64_t ow, int64_t c, int64_t count,
-                                           const Epilogue& epilogue) {
+                                           int kh_end, int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
   Vec sum[kB];
@@ -138,8 +137,8 @@ FUSEDOPS_ALWAYS_INLINE void register_block(const DwNhwcRow<in_t, out_t>& t, cons
 // (dilation 1), both rows' kernel rows inside the input: the four input rows are each loaded once and
 // feed both output rows.
 template <typename in_t, typename out_t, int kB, bool kPartial, bool kChecked, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
-                                                    int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
+FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
+                                                    int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
   constexpr int KH = 3, KW = 3, kCols = kB + KW - 1;
@@ -190,8 +189,9 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
       for (int b = 0; b < kB; ++b) {
         __builtin_prefetch(outp + (kDwPrefetchColumns + b) * t.out_pix_stride, 1, 2);
         if (t.prefetch_also) {
-          __builtin_prefetch(t.prefetch_also + r * t.prefetch_also_row_stride +
-                                 (ow + kDwPrefetchColumns + b) * t.in_pix_stride + c, 0, 2);
+          __builtin_prefetch(
+              t.prefetch_also + r * t.prefetch_also_row_stride + (ow + kDwPrefetchColumns + b) * t.in_pix_stride + c, 0,
+              2);
         }
       }
     }
@@ -202,16 +202,18 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
 
 // Blocks of kB outputs of a row pair, halving kB for the rows' remainder, channels innermost.
 template <typename in_t, typename out_t, int kB, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void row_pair_register_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
-                                                     int64_t ow, int64_t interior_begin, int64_t interior_end,
+FUSEDOPS_ALWAYS_INLINE void row_pair_register_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
+                                                     int64_t interior_begin, int64_t interior_end,
                                                      const Epilogue& epilogue) {
   constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
   for (; ow + kB <= g.out_w; ow += kB) {
     const bool checked = ow < interior_begin || ow + kB > interior_end;
     int64_t c = t.c_begin;
     for (; c + V <= t.c_end; c += V) {
-      if (checked) row_pair_register_block<in_t, out_t, kB, false, true>(t, g, ow, c, V, epilogue);
-      else row_pair_register_block<in_t, out_t, kB, false, false>(t, g, ow, c, V, epilogue);
+      if (checked)
+        row_pair_register_block<in_t, out_t, kB, false, true>(t, g, ow, c, V, epilogue);
+      else
+        row_pair_register_block<in_t, out_t, kB, false, false>(t, g, ow, c, V, epilogue);
     }
     if (c < t.c_end) row_pair_register_block<in_t, out_t, kB, true, true>(t, g, ow, c, t.c_end - c, epilogue);
   }
@@ -299,7 +301,7 @@ FUSEDOPS_ALWAYS_INLINE void row_for_kernel_width(const DwNhwcRow<in_t, out_t>& t
       }
     }
     register_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>>>(t, g, kh_begin, kh_end, 0, g.interior_ow_begin(),
-                                                              g.interior_ow_end(), epilogue);
+                                                                g.interior_ow_end(), epilogue);
   } else {
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
       int64_t c = t.c_begin;
@@ -314,7 +316,7 @@ FUSEDOPS_ALWAYS_INLINE void row_for_kernel_width(const DwNhwcRow<in_t, out_t>& t
 // Computes output row t.oh, channels [t.c_begin, t.c_end), of a depthwise convolution with multiplier 1.
 template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
 FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
-                               const Epilogue& epilogue = Epilogue()) {
+                                               const Epilogue& epilogue = Epilogue()) {
   // Register-blocked interior kernels for the shapes mobile CNNs use; anything else runs the
   // per-pixel loop (still vectorised over channels).
   if (g.dilation_w == 1) {
@@ -368,9 +370,15 @@ struct NhwcRowGroups {
         shift(pairs ? g.interior_oh_begin() % 2 : 0),
         count(pairs ? (g.out_h + shift + 1) / 2 : g.out_h),
         out_h(g.out_h) {}
-  int64_t begin(int64_t j) const { return pairs ? std::max<int64_t>(2 * j - shift, 0) : j; }
-  int64_t end(int64_t j) const { return pairs ? std::min(2 * j - shift + 2, out_h) : j + 1; }
-  int64_t rows_per_group() const { return pairs ? 2 : 1; }
+  int64_t begin(int64_t j) const {
+    return pairs ? std::max<int64_t>(2 * j - shift, 0) : j;
+  }
+  int64_t end(int64_t j) const {
+    return pairs ? std::min(2 * j - shift + 2, out_h) : j + 1;
+  }
+  int64_t rows_per_group() const {
+    return pairs ? 2 : 1;
+  }
 };
 
 // Output rows [t.oh, end), row t.oh at t.out and each next one t.out_row_stride further: two at a time
@@ -380,8 +388,10 @@ FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_rows(DwNhwcRow<in_t, out_t> t, const 
                                                 const Epilogue& epilogue = Epilogue()) {
   while (t.oh < end) {
     const bool pair = t.oh + 1 < end && nhwc_row_pair_applies(g, t.oh);
-    if (pair) depthwise_nhwc_row_pair(t, g, epilogue);
-    else depthwise_nhwc_row(t, g, epilogue);
+    if (pair)
+      depthwise_nhwc_row_pair(t, g, epilogue);
+    else
+      depthwise_nhwc_row(t, g, epilogue);
     const int64_t done = pair ? 2 : 1;
     t.oh += done;
     t.out += done * t.out_row_stride;

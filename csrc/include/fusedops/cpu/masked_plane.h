@@ -117,8 +117,8 @@ struct MaskedPlaneTable {
     for (int64_t v = 0; v < vectors; ++v) {
       const __m512i p = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(v * 16)), iota);
       // oh = p / W: (p + 0.5) / W is at least 0.5 / W away from an integer, far above float's rounding here.
-      const __m512i oh = _mm512_cvttps_epi32(
-          _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(0.5f)), inv_w));
+      const __m512i oh =
+          _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(0.5f)), inv_w));
       const __m512i ow = _mm512_sub_epi32(p, _mm512_mullo_epi32(oh, width));
       const __mmask16 inside = _mm512_cmplt_epi32_mask(p, size);
       // Unsigned compares: a negative row or column is a huge unsigned one, so one compare checks both ends.
@@ -164,8 +164,8 @@ inline const MaskedPlaneTable& masked_plane_table(const ConvGeometry& g) {
   constexpr size_t kEntries = 16;  // MobileNetV2 has 9 distinct depthwise geometries
   thread_local std::vector<Entry> cache;
   thread_local size_t next = 0;
-  const std::array<int64_t, 9> key = {g.in_h,     g.in_w,       g.out_h,      g.kernel_h, g.kernel_w,
-                                      g.pad_h,    g.pad_w,      g.dilation_h, g.dilation_w};
+  const std::array<int64_t, 9> key = {g.in_h,  g.in_w,  g.out_h,      g.kernel_h,  g.kernel_w,
+                                      g.pad_h, g.pad_w, g.dilation_h, g.dilation_w};
   for (const Entry& e : cache) {
     if (e.key == key) return *e.table;
   }
@@ -210,8 +210,8 @@ inline void store_plane_vector(const MaskedPlaneTable& table, int64_t v, __m512 
 // tap feeding kVecs FMAs. Masked loads only where a vector's taps leave the plane; the last vector's
 // lanes past the plane are not stored.
 template <int kVecs>
-inline void masked_plane_block(const float* in, const MaskedPlaneTable& table, int64_t v, const float* w,
-                               float bias, float* out) {
+inline void masked_plane_block(const float* in, const MaskedPlaneTable& table, int64_t v, const float* w, float bias,
+                               float* out) {
   __m512 sum[kVecs];
 #pragma GCC unroll 8
   for (int j = 0; j < kVecs; ++j) sum[j] = _mm512_set1_ps(bias);
@@ -307,7 +307,8 @@ inline void shifted_rows_block(const float* in, const MaskedPlaneTable& table, i
 #pragma GCC unroll 4
     for (int j = 0; j < kVecs; ++j) {
       const __m512 left = _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(column_masks[j * 3], x[j + 1], x[j], 15));
-      const __m512 right = _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(column_masks[j * 3 + 2], x[j + 2], x[j + 1], 1));
+      const __m512 right =
+          _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(column_masks[j * 3 + 2], x[j + 2], x[j + 1], 1));
       acc[j] = _mm512_fmadd_ps(left, wv[kh][0], acc[j]);
       acc[j] = _mm512_fmadd_ps(_mm512_castsi512_ps(x[j + 1]), wv[kh][1], acc[j]);
       acc[j] = _mm512_fmadd_ps(right, wv[kh][2], acc[j]);
@@ -359,7 +360,7 @@ inline void masked_plane_forward(const float* in, const MaskedPlaneTable& table,
 // 2 * (ow0 + l) - pad + kw. Two masked loads of 32 consecutive input columns from 2 * ow0 - pad + kw
 // give kernel columns kw (even lanes) and kw + 1 (odd lanes) through one permute each, so each input
 // element is loaded once per kernel row instead of being gathered; the masks zero the padding columns.
-constexpr int kStride2MaxPairs = 4;  // kernels up to 8 wide
+constexpr int kStride2MaxPairs = 4;            // kernels up to 8 wide
 constexpr int64_t kStride2MaxRowVectors = 64;  // output rows up to 1024 wide take the masked path
 
 // Load masks of one output vector: [pair][low 16 columns, high 16 columns].
@@ -440,10 +441,14 @@ inline void masked_stride2_forward(const float* plane, const ConvGeometry& g, co
       const int64_t last = g.out_w - (vectors - 1) * 16;
       const int64_t ow0 = v * 16;
       const Stride2Masks* m = masks + v;
-      if (rest == 1) masked_stride2_block<1>(plane, g, kh_begin, kh_end, oh, ow0, w, bias, m, out_row, last);
-      else if (rest == 2) masked_stride2_block<2>(plane, g, kh_begin, kh_end, oh, ow0, w, bias, m, out_row, last);
-      else if (rest == 3) masked_stride2_block<3>(plane, g, kh_begin, kh_end, oh, ow0, w, bias, m, out_row, last);
-      else masked_stride2_block<4>(plane, g, kh_begin, kh_end, oh, ow0, w, bias, m, out_row, last);
+      if (rest == 1)
+        masked_stride2_block<1>(plane, g, kh_begin, kh_end, oh, ow0, w, bias, m, out_row, last);
+      else if (rest == 2)
+        masked_stride2_block<2>(plane, g, kh_begin, kh_end, oh, ow0, w, bias, m, out_row, last);
+      else if (rest == 3)
+        masked_stride2_block<3>(plane, g, kh_begin, kh_end, oh, ow0, w, bias, m, out_row, last);
+      else
+        masked_stride2_block<4>(plane, g, kh_begin, kh_end, oh, ow0, w, bias, m, out_row, last);
     }
   }
 }

@@ -27,7 +27,7 @@ struct PhasePlane {
   int64_t phase_len = 0;  // elements per phase in a row
   int64_t pitch = 0;      // elements per row (stride_w * phase_len)
   int64_t stride_w = 1;
-  int64_t size = 0;       // elements to allocate: rows * pitch plus slack for vector over-reads
+  int64_t size = 0;  // elements to allocate: rows * pitch plus slack for vector over-reads
 };
 
 // Offset of each kernel tap's contiguous run from the start of the plane row read by tap (0, 0):
@@ -117,7 +117,8 @@ void fill_phase_plane(PhasePlane<T>& p, const ConvGeometry& g, const in_t* src, 
   constexpr int64_t kSmallPlaneBytes = 32 * 1024;
   const bool small = static_cast<int64_t>(sizeof(T)) * p.size <= kSmallPlaneBytes;
   if (small) std::memset(p.data, 0, sizeof(T) * p.size);
-  const int64_t data_rows_begin = std::min(g.pad_h, p.rows), data_rows_end = std::max(data_rows_begin, g.pad_h + ih_end);
+  const int64_t data_rows_begin = std::min(g.pad_h, p.rows),
+                data_rows_end = std::max(data_rows_begin, g.pad_h + ih_end);
   if (!small) {
     std::memset(p.data, 0, sizeof(T) * data_rows_begin * p.pitch);
     std::memset(p.data + data_rows_end * p.pitch, 0, sizeof(T) * (p.size - data_rows_end * p.pitch));

@@ -35,9 +35,15 @@ struct PackedPointwise {
   const acc* bias = nullptr;    // [panels * kNr], zero-padded
   int64_t k = 0, n = 0;
 
-  int64_t num_panels() const { return (n + kNr - 1) / kNr; }
-  static int64_t panel_elements(int64_t k) { return k * kNr; }
-  static int64_t packed_elements(int64_t k, int64_t n) { return ((n + kNr - 1) / kNr) * (k * kNr + kNr); }
+  int64_t num_panels() const {
+    return (n + kNr - 1) / kNr;
+  }
+  static int64_t panel_elements(int64_t k) {
+    return k * kNr;
+  }
+  static int64_t packed_elements(int64_t k, int64_t n) {
+    return ((n + kNr - 1) / kNr) * (k * kNr + kNr);
+  }
 };
 
 // Describes the packed layout in `dst` (PackedPointwise::packed_elements(K, N) elements of acc); the
@@ -135,9 +141,22 @@ inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, 
     const Vec r0(row_bias[0]), r1(row_bias[rows > 1 ? 1 : 0]), r2(row_bias[rows > 2 ? 2 : 0]);
     const Vec r3(row_bias[rows > 3 ? 3 : 0]), r4(row_bias[rows > 4 ? 4 : 0]), r5(row_bias[rows > 5 ? 5 : 0]);
     const Vec r6(row_bias[rows > 6 ? 6 : 0]), r7(row_bias[rows > 7 ? 7 : 0]);
-    c00 = c00 + r0; c01 = c01 + r0; c10 = c10 + r1; c11 = c11 + r1; c20 = c20 + r2; c21 = c21 + r2;
-    c30 = c30 + r3; c31 = c31 + r3; c40 = c40 + r4; c41 = c41 + r4; c50 = c50 + r5; c51 = c51 + r5;
-    c60 = c60 + r6; c61 = c61 + r6; c70 = c70 + r7; c71 = c71 + r7;
+    c00 = c00 + r0;
+    c01 = c01 + r0;
+    c10 = c10 + r1;
+    c11 = c11 + r1;
+    c20 = c20 + r2;
+    c21 = c21 + r2;
+    c30 = c30 + r3;
+    c31 = c31 + r3;
+    c40 = c40 + r4;
+    c41 = c41 + r4;
+    c50 = c50 + r5;
+    c51 = c51 + r5;
+    c60 = c60 + r6;
+    c61 = c61 + r6;
+    c70 = c70 + r7;
+    c71 = c71 + r7;
   }
   for (int64_t kk = 0; kk < k; ++kk) {
     const Vec b0 = Vec::loadu(panel + kk * NR), b1 = Vec::loadu(panel + kk * NR + V);

@@ -31,7 +31,9 @@ inline void* thread_scratch_bytes(size_t bytes, ScratchSlot slot) {
   struct Buffer {
     void* data = nullptr;
     size_t capacity = 0;
-    ~Buffer() { std::free(data); }
+    ~Buffer() {
+      std::free(data);
+    }
   };
   thread_local Buffer buffers[static_cast<int>(ScratchSlot::kCount)];
   Buffer& b = buffers[static_cast<int>(slot)];

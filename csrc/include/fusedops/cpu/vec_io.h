@@ -78,21 +78,27 @@ inline void store_acc(scalar_t* p, const AccVec<scalar_t>& v, int64_t count) {
 // Full or partial load/store chosen at compile time, so the common full-vector path carries no mask.
 template <bool kPartial, typename scalar_t>
 inline AccVec<scalar_t> load_n(const scalar_t* p, int64_t count) {
-  if constexpr (kPartial) return load_acc(p, count);
-  else return load_acc(p);
+  if constexpr (kPartial)
+    return load_acc(p, count);
+  else
+    return load_acc(p);
 }
 
 template <bool kPartial, typename scalar_t>
 inline void store_n(scalar_t* p, const AccVec<scalar_t>& v, int64_t count) {
-  if constexpr (kPartial) store_acc(p, v, count);
-  else store_acc(p, v);
+  if constexpr (kPartial)
+    store_acc(p, v, count);
+  else
+    store_acc(p, v);
 }
 
 // For accumulation-type buffers (float/double), whose tails may be read in full.
 template <bool kPartial, typename T>
 inline at::vec::Vectorized<T> load_buf(const T* p, int64_t count) {
-  if constexpr (kPartial) return at::vec::Vectorized<T>::loadu(p, count);
-  else return at::vec::Vectorized<T>::loadu(p);
+  if constexpr (kPartial)
+    return at::vec::Vectorized<T>::loadu(p, count);
+  else
+    return at::vec::Vectorized<T>::loadu(p);
 }
 
 }  // namespace cpu

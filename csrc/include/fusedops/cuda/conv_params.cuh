@@ -25,7 +25,8 @@ inline DwParams make_dw_params(const ConvGeometry& g, const char* op) {
   TORCH_CHECK(g.in_h * g.in_w < INT_MAX && g.out_h * g.out_w < INT_MAX && g.in_h + 2 * g.pad_h < kMax &&
                   g.in_w + 2 * g.pad_w < kMax && g.kernel_h * g.kernel_w < kMax && g.stride_h < kMax &&
                   g.stride_w < kMax && g.dilation_h * g.kernel_h < kMax && g.dilation_w * g.kernel_w < kMax,
-              "fusedops: ", op, " CUDA kernels support image planes of fewer than 2^31 elements and "
+              "fusedops: ", op,
+              " CUDA kernels support image planes of fewer than 2^31 elements and "
               "kernel/stride/padding/dilation values below 2^29");
   DwParams p;
   p.batch = g.batch;

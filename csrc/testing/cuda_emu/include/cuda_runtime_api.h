@@ -6,10 +6,16 @@
 
 #define CUDART_VERSION 12000
 
-#define FUSEDOPS_EMU_VECTOR_TYPES(T, name)             \
-  struct alignas(2 * sizeof(T)) name##2 { T x, y; };   \
-  struct name##3 { T x, y, z; };                       \
-  struct alignas(4 * sizeof(T)) name##4 { T x, y, z, w; };
+#define FUSEDOPS_EMU_VECTOR_TYPES(T, name) \
+  struct alignas(2 * sizeof(T)) name##2 {  \
+    T x, y;                                \
+  };                                       \
+  struct name##3 {                         \
+    T x, y, z;                             \
+  };                                       \
+  struct alignas(4 * sizeof(T)) name##4 {  \
+    T x, y, z, w;                          \
+  };
 FUSEDOPS_EMU_VECTOR_TYPES(int, int)
 FUSEDOPS_EMU_VECTOR_TYPES(unsigned int, uint)
 FUSEDOPS_EMU_VECTOR_TYPES(float, float)

@@ -59,8 +59,7 @@ struct Config {
 Config& config();
 
 // Runs body(ctx) as every thread of every block of the grid; throws c10::Error on misuse.
-void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, const char* where, void (*body)(void*),
-              void* ctx);
+void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, const char* where, void (*body)(void*), void* ctx);
 
 void syncthreads(const char* file, int line);
 unsigned char* dynamic_shared();
@@ -95,12 +94,13 @@ struct Launch {
       void (*kernel)(P...);
       std::tuple<std::decay_t<P>...> args;
     } ctx{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(a)...)};
-    run_grid(grid, block, shared_bytes, where,
-             [](void* c) {
-               auto* x = static_cast<Ctx*>(c);
-               std::apply(x->kernel, x->args);
-             },
-             &ctx);
+    run_grid(
+        grid, block, shared_bytes, where,
+        [](void* c) {
+          auto* x = static_cast<Ctx*>(c);
+          std::apply(x->kernel, x->args);
+        },
+        &ctx);
   }
 };
 
@@ -114,9 +114,8 @@ Launch<P...> launcher(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t /
 
 #define FUSEDOPS_EMU_STR2(x) #x
 #define FUSEDOPS_EMU_STR(x) FUSEDOPS_EMU_STR2(x)
-#define FUSEDOPS_LAUNCH(grid, block, shared_bytes, stream, ...)                                  \
-  ::fusedops_emu::launcher(grid, block, shared_bytes, stream, __FILE__ ":" FUSEDOPS_EMU_STR(__LINE__), \
-                           &__VA_ARGS__)
+#define FUSEDOPS_LAUNCH(grid, block, shared_bytes, stream, ...) \
+  ::fusedops_emu::launcher(grid, block, shared_bytes, stream, __FILE__ ":" FUSEDOPS_EMU_STR(__LINE__), &__VA_ARGS__)
 #define FUSEDOPS_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::fusedops_emu::dynamic_shared())
 // The emulated kernels replace the CPU kernels of the ops, in a test process of their own.
 #define FUSEDOPS_REGISTER_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(fusedops, CPU, m)

@@ -6,9 +6,9 @@
 
 #include "cuda_runtime_api.h"
 
-#define C10_CUDA_CHECK(expr)                                                           \
-  do {                                                                                 \
-    const cudaError_t fusedops_emu_err = (expr);                                       \
+#define C10_CUDA_CHECK(expr)                                                                            \
+  do {                                                                                                  \
+    const cudaError_t fusedops_emu_err = (expr);                                                        \
     TORCH_CHECK(fusedops_emu_err == cudaSuccess, "CUDA error: ", cudaGetErrorString(fusedops_emu_err)); \
   } while (0)
 #define C10_CUDA_KERNEL_LAUNCH_CHECK() C10_CUDA_CHECK(cudaGetLastError())

@@ -9,8 +9,12 @@ namespace c10 {
 namespace cuda {
 
 struct CUDAStream {
-  cudaStream_t stream() const { return nullptr; }
-  operator cudaStream_t() const { return nullptr; }
+  cudaStream_t stream() const {
+    return nullptr;
+  }
+  operator cudaStream_t() const {
+    return nullptr;
+  }
 };
 inline CUDAStream getCurrentCUDAStream(c10::DeviceIndex = -1) {
   return {};
