@@ -21,7 +21,9 @@ def channel_shuffle(input, groups):
 
     n, c, h, w = input.shape
     out = input.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
-    return out.contiguous(memory_format=suggest_memory_format(input))
+    # A fresh tensor in the input's format, strides and all: .contiguous() would keep the reshape's strides where
+    # both formats hold at once (1x1 maps, one channel), and they differ from F.channel_shuffle's there.
+    return torch.empty_like(input, memory_format=suggest_memory_format(input)).copy_(out)
 
 
 def concat_shuffle(a, b, groups):
