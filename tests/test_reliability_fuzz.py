@@ -90,15 +90,22 @@ def _call_ours(call, case):
         return None
 
 
+def _reference_result(ref_call, ours_call):
+    """ref_call()'s result, or None where PyTorch raises: then ours_call() must raise too, naming an argument."""
+    try:
+        return ref_call()
+    except (RuntimeError, ValueError) as e:
+        note(f"PyTorch raises: {e}")
+        raises_naming_an_argument(ours_call, e)
+        return None
+
+
 def _check_against(ours_fn, ref_fn, abs_fn, tensors, case):
     """Forward and gradients of ours_fn(*tensors) against ref_fn on float64 copies; abs_fn(*|tensors|) is the
     magnitude the tolerance scales with. If ref_fn raises, ours must raise naming an argument."""
     refs = [as_reference(t) for t in tensors]
-    try:
-        expected = ref_fn(*refs)
-    except (RuntimeError, ValueError) as e:
-        note(f"PyTorch raises: {e}")
-        raises_naming_an_argument(lambda: ours_fn(*tensors), e)
+    expected = _reference_result(lambda: ref_fn(*refs), lambda: ours_fn(*tensors))
+    if expected is None:
         return
     actual = _call_ours(lambda: ours_fn(*tensors), case)
     if actual is None:
@@ -171,11 +178,8 @@ def shuffle_case(draw, concat=False):
 def _exact_check(ours_fn, ref_fn, tensors, case):
     """A permutation is exact: outputs and gradients bitwise equal to PyTorch's."""
     refs = [t.detach().clone().requires_grad_(t.requires_grad) for t in tensors]
-    try:
-        expected = ref_fn(*refs)
-    except (RuntimeError, ValueError) as e:
-        note(f"PyTorch raises: {e}")
-        raises_naming_an_argument(lambda: ours_fn(*tensors), e)
+    expected = _reference_result(lambda: ref_fn(*refs), lambda: ours_fn(*tensors))
+    if expected is None:
         return
     actual = ours_fn(*tensors)
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
@@ -219,11 +223,8 @@ def _compare_modules(ours, ref, case, tol, parameter_grads=True):
     x = laid_out(_values((case["n"], case["c"], case["h"], case["w"]), case["seed"]), case["layout"], torch.float64)
     x.requires_grad_(case["requires_grad"][0])
     xr = x.detach().clone().requires_grad_(x.requires_grad)
-    try:
-        expected = ref(xr)
-    except (RuntimeError, ValueError) as e:
-        note(f"PyTorch raises: {e}")
-        raises_naming_an_argument(lambda: ours(x), e)
+    expected = _reference_result(lambda: ref(xr), lambda: ours(x))
+    if expected is None:
         return
     actual = _call_ours(lambda: ours(x), case)
     if actual is None:
