@@ -34,3 +34,15 @@ def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, 
                 out_activation):
     mid = activation(depthwise_conv2d(input, dw_weight, dw_bias, stride, padding, dilation), mid_activation)
     return activation(F.conv2d(mid, pw_weight, pw_bias), out_activation)
+
+
+def inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
+                      padding, dilation, activation_kind, residual):
+    # MobileNetV2's block with its batch norms folded: [expand 1x1 -> act] -> depthwise -> act -> project 1x1
+    # (linear) [+ input].
+    x = input
+    if expand_weight is not None:
+        x = activation(F.conv2d(x, expand_weight, expand_bias), activation_kind)
+    x = activation(depthwise_conv2d(x, dw_weight, dw_bias, stride, padding, dilation), activation_kind)
+    out = F.conv2d(x, project_weight, project_bias)
+    return out + input if residual else out
