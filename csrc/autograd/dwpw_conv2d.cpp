@@ -3,6 +3,7 @@
 // formula in Python (fusedops/ops/dwpw_conv2d.py).
 #include <torch/library.h>
 
+#include "fusedops/activation_ops.h"
 #include "fusedops/autograd.h"
 #include "fusedops/dwpw.h"
 

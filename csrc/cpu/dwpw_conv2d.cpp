@@ -23,6 +23,7 @@
 
 #include "fusedops/cpu/activation.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
+#include "fusedops/cpu/fused_weights.h"
 #include "fusedops/cpu/pointwise_gemm.h"
 #include "fusedops/cpu/scratch.h"
 #include "fusedops/cpu/vec_io.h"
@@ -96,16 +97,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
   acc* dw_taps = shared;
   acc* dw_b = shared + T * K;
   acc* pw_packed = dw_b + K + V;
-  {
-    const Tensor wc = dw_weight.contiguous();
-    const scalar_t* src = wc.const_data_ptr<scalar_t>();
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t t = 0; t < T; ++t) dw_taps[t * K + k] = static_cast<acc>(src[k * T + t]);
-    const bool has_b = dw_bias.has_value() && dw_bias->defined();
-    const Tensor bc = has_b ? dw_bias->contiguous() : Tensor();
-    for (int64_t k = 0; k < K + V; ++k)
-      dw_b[k] = (has_b && k < K) ? static_cast<acc>(bc.const_data_ptr<scalar_t>()[k]) : acc(0);
-  }
+  lay_out_depthwise_weights<scalar_t>(dw_weight, dw_bias, K, T, dw_taps, dw_b);
   const Tensor pwc = pw_weight.contiguous();
   const Tensor pbc = (pw_bias.has_value() && pw_bias->defined()) ? pw_bias->contiguous() : Tensor();
   const scalar_t* wsrc = pwc.const_data_ptr<scalar_t>();
@@ -125,10 +117,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
       pw_rows = rows;
     }
   } else {
-    pw = packed_pointwise_layout<acc>(K, OC, pw_packed);
-    // Packing 1x1 weights (up to a few MiB) is worth both threads.
-    at::parallel_for(0, pw.num_panels(), std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, K * P::kNr)),
-                     [&](int64_t begin, int64_t end) { pack_pointwise_panels(pw, wsrc, K, bsrc, begin, end); });
+    pw = pack_pointwise_weights<scalar_t>(pw_weight, pw_bias, K, OC, pw_packed);
   }
 
   // Work items are (image, band of `rows` output rows, range of output-channel panels). The band height
@@ -270,12 +259,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_cpu(
     at::IntArrayRef dilation, c10::string_view mid_activation, c10::string_view out_activation,
     std::array<bool, 5> output_mask, const c10::optional<Tensor>& output) {
   TORCH_CHECK(input.device().is_cpu(), "fusedops: dwpw_conv2d CPU backward got input on ", input.device());
-  // Bands of 1M elements (4 MiB per fp32 band buffer, input gradient included): a training step's peak
-  // memory stays below the unfused sequence's at every benchmark shape (bench_dwpw_conv2d --modes full),
-  // and the few bands keep the per-band op overhead low (256K-element bands were up to 1.7x slower at
-  // batch 1 on 56x56 maps, for ~1-2 MB less peak memory).
+  // Band size: fusedops/dwpw.h says why.
   return dwpw_conv2d_backward_banded(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
-                                     dilation, mid_activation, out_activation, output_mask, output, int64_t(1) << 20);
+                                     dilation, mid_activation, out_activation, output_mask, output,
+                                     kCpuBackwardBandElements);
 }
 
 }  // namespace

@@ -206,9 +206,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_cuda(
     std::array<bool, 5> output_mask, const c10::optional<Tensor>& output) {
   TORCH_CHECK(on_kernel_device(input), "fusedops: dwpw_conv2d CUDA backward got input on ", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
-  // Bands of ~16M elements: large enough to fill the GPU, small next to the full intermediate of big batches.
   return dwpw_conv2d_backward_banded(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
-                                     dilation, mid_activation, out_activation, output_mask, output, int64_t(1) << 24);
+                                     dilation, mid_activation, out_activation, output_mask, output,
+                                     kCudaBackwardBandElements);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
-// Argument checks of fusedops::dwpw_conv2d (dwpw_geometry), shared by its schema's backends, and the
-// activations as ATen ops. Declared in fusedops/dwpw.h.
+// Argument checks of fusedops::dwpw_conv2d (dwpw_geometry), shared by its schema's backends. Declared in
+// fusedops/dwpw.h.
 #include "fusedops/dwpw.h"
 
 #include <ATen/ATen.h>
@@ -31,16 +31,6 @@ DwpwGeometry dwpw_geometry(const at::Tensor& input, const at::Tensor& dw_weight,
   g.mid = parse_activation(mid_activation, "mid_activation");
   g.out = parse_activation(out_activation, "out_activation");
   return g;
-}
-
-at::Tensor activation_forward(const at::Tensor& z, Activation a) {
-  switch (a) {
-    case Activation::kNone: return z;
-    case Activation::kRelu: return at::relu(z);
-    case Activation::kRelu6: return at::hardtanh(z, 0, 6);
-    case Activation::kHardswish: return at::hardswish(z);
-  }
-  return z;
 }
 
 }  // namespace fusedops

@@ -1,6 +1,7 @@
 // The backward of fusedops::dwpw_conv2d on every native backend (the CPU and CUDA registrations call it):
 // the depthwise output recomputed band by band with ATen ops and fusedops' own depthwise kernels. Declared in
 // fusedops/dwpw.h.
+#include "fusedops/activation_ops.h"
 #include "fusedops/dwpw.h"
 #include "fusedops/ops.h"
 
@@ -10,34 +11,7 @@
 
 namespace fusedops {
 
-namespace {
-
 using at::Tensor;
-
-// In place on z (a band temporary of the caller's).
-Tensor activation_forward_(Tensor& z, Activation a) {
-  switch (a) {
-    case Activation::kNone: return z;
-    case Activation::kRelu: return at::relu_(z);
-    case Activation::kRelu6: return at::hardtanh_(z, 0, 6);
-    case Activation::kHardswish: return at::hardswish_(z);
-  }
-  return z;
-}
-
-// grad * activation'(z), with PyTorch's conventions at the kinks, written into `out` (a band temporary that
-// may be `grad` or `z` itself: elementwise, so aliasing is safe) to keep one band-sized buffer fewer alive.
-Tensor activation_backward_into(Tensor out, const Tensor& grad, const Tensor& z, Activation a) {
-  switch (a) {
-    case Activation::kNone: return out.is_same(grad) ? out : out.copy_(grad);
-    case Activation::kRelu: return at::threshold_backward_out(out, grad, z, 0);
-    case Activation::kRelu6: return at::hardtanh_backward_out(out, grad, z, 0, 6);
-    case Activation::kHardswish: return at::hardswish_backward_out(out, grad, z);
-  }
-  return out;
-}
-
-}  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
     const Tensor& grad_output_, const Tensor& input_, const Tensor& dw_weight, const c10::optional<Tensor>& dw_bias,

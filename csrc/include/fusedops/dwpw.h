@@ -49,8 +49,14 @@ inline bool dwpw_keeps_output(std::string_view out_activation, at::ScalarType dt
          std::find(kDwpwSavedOutputDtypes.begin(), kDwpwSavedOutputDtypes.end(), dtype) != kDwpwSavedOutputDtypes.end();
 }
 
-// act(z) as a differentiable ATen op.
-at::Tensor activation_forward(const at::Tensor& z, Activation a);
+// Band sizes (elements) of the band-wise backwards, per device.
+// CPU: bands of 1M elements (4 MiB per fp32 band buffer, input gradient included): a training step's peak
+// memory stays below the unfused sequence's at every benchmark shape (bench_dwpw_conv2d --modes full), and the
+// few bands keep the per-band op overhead low (256K-element bands were up to 1.7x slower at batch 1 on 56x56
+// maps, for ~1-2 MB less peak memory).
+inline constexpr int64_t kCpuBackwardBandElements = int64_t(1) << 20;
+// CUDA: bands of ~16M elements: large enough to fill the GPU, small next to the full intermediate of big batches.
+inline constexpr int64_t kCudaBackwardBandElements = int64_t(1) << 24;
 
 // Gradients (input, dw_weight, dw_bias, pw_weight, pw_bias) of dwpw_conv2d, computed band by band with
 // ATen ops on any device: per band of output rows the depthwise output is recomputed from the input
