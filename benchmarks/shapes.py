@@ -32,3 +32,19 @@ DWPW = [
     dict(C=960, Cout=160, H=7, stride=1),
     dict(C=1024, Cout=1024, H=7, stride=1),
 ]
+
+# MobileNetV2 inverted-residual blocks (C_in -> C_out, input H, expand ratio, depthwise 3x3 stride): the expand-6
+# stride-1 blocks of perf_baseline table 4c (C_in == C_out, with the residual), the first (expand 1) block and
+# the stride-2 blocks that open stages.
+INVERTED_RESIDUAL = [
+    dict(C=32, Cout=16, H=112, t=1, stride=1),
+    dict(C=16, Cout=24, H=112, t=6, stride=2),
+    dict(C=24, Cout=24, H=56, t=6, stride=1),
+    dict(C=24, Cout=32, H=56, t=6, stride=2),
+    dict(C=32, Cout=32, H=28, t=6, stride=1),
+    dict(C=64, Cout=96, H=14, t=6, stride=1),
+    dict(C=96, Cout=96, H=14, t=6, stride=1),
+    dict(C=96, Cout=160, H=14, t=6, stride=2),
+    dict(C=160, Cout=160, H=7, t=6, stride=1),
+    dict(C=160, Cout=320, H=7, t=6, stride=1),
+]

@@ -432,3 +432,77 @@ def check_dwpw_parity(shape, cout, kernel=3, *, stride=1, padding=1, dilation=1,
     assert_close_grads(actual, expected, rtol=tol["rtol"], atol=tol["atol"], names=list(DWPW_GRAD_NAMES))
     if layout == "channels_last":
         assert actual[0].is_contiguous(memory_format=CL)
+
+
+IR_GRAD_NAMES = ("grad_input", "grad_expand_weight", "grad_expand_bias", "grad_dw_weight", "grad_dw_bias",
+                 "grad_project_weight", "grad_project_bias")
+
+
+def make_inverted_residual_weights(c, hidden, cout, kernel=3, *, expand=True, biases=True, dtype=torch.float32,
+                                   requires_grad=True):
+    """[expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias] of an inverted_residual from
+    `c` channels through `hidden` to `cout` (without `expand`: hidden == c, no expand weights; without `biases`: no
+    biases), scaled to keep each stage near unit variance."""
+    kh, kw = pair(kernel)
+    hidden = hidden if expand else c
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(shape, dtype=torch.float64)).to(dtype)
+
+    ew = randn(hidden, c, 1, 1, scale=c ** -0.5) if expand else None
+    eb = randn(hidden, scale=0.5) if expand and biases else None
+    dw = randn(hidden, 1, kh, kw, scale=(kh * kw) ** -0.5)
+    db = randn(hidden, scale=0.5) if biases else None
+    pw = randn(cout, hidden, 1, 1, scale=hidden ** -0.5)
+    pb = randn(cout, scale=0.5) if biases else None
+    return [None if t is None else t.requires_grad_(requires_grad) for t in (ew, eb, dw, db, pw, pb)]
+
+
+def inverted_residual_reference(x, ew, eb, dw, db, pw, pb, stride, padding, dilation, activation, residual):
+    """fusedops.inverted_residual unfused (the pure-PyTorch reference backend), with int or pair geometry."""
+    return _reference.inverted_residual(x, ew, eb, dw, db, pw, pb, pair(stride), pair(padding), pair(dilation),
+                                        "none" if activation is None else activation, residual)
+
+
+def check_inverted_residual_parity(shape, hidden, cout, kernel=3, *, stride=1, padding=None, dilation=1,
+                                   activation="relu6", residual=None, expand=True, biases=True,
+                                   layout="channels_last", dtype=torch.float32, backend="native", backward=True,
+                                   device="cpu"):
+    """Forward and every gradient of fusedops.inverted_residual on `backend` vs the float64 unfused reference."""
+    n, c, h, w = shape
+    kh, kw = pair(kernel)
+    d = pair(dilation)
+    padding = (d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2) if padding is None else pair(padding)
+    x = make_input(shape, layout, dtype=dtype, device=device, requires_grad=backward)
+    weights = [None if t is None else t.detach().to(device).requires_grad_(backward)
+               for t in make_inverted_residual_weights(c, hidden, cout, kernel, expand=expand, biases=biases,
+                                                       dtype=dtype, requires_grad=False)]
+    inputs = [x, *weights]
+    with fusedops.use_backend(backend):
+        y = fusedops.inverted_residual(*inputs, stride=stride, padding=padding, dilation=dilation,
+                                       activation=activation, residual=residual)
+    if residual is None:
+        residual = pair(stride) == (1, 1) and cout == c and tuple(y.shape[2:]) == (h, w)
+    assert y.dtype == dtype and y.device == x.device
+    fmt = CL if dense_layout(layout) == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    leaves = [None if t is None else t.detach().cpu().double().requires_grad_(backward) for t in inputs]
+    ref = inverted_residual_reference(*leaves, stride, padding, dilation, activation, residual)
+    tol = tolerance(dtype)
+    assert_close_scaled(y, ref, rtol=tol["rtol"], atol=tol["atol"], name="output")
+    if not backward:
+        return
+    go = torch.randn(y.shape, dtype=torch.float64)
+    wanted = [t for t in inputs if t is not None]
+    grads = torch.autograd.grad(y, wanted, go.to(dtype=dtype, device=device))
+    ref_wanted = [t for t in leaves if t is not None]
+    ref_grads = torch.autograd.grad(ref, ref_wanted, go)
+    it, rit = iter(grads), iter(ref_grads)
+    actual = [None if t is None else next(it) for t in inputs]
+    expected = [None if t is None else next(rit) for t in leaves]
+    for a, t in zip(actual, inputs):
+        if a is not None:
+            assert a.dtype == t.dtype and a.shape == t.shape
+    assert_close_grads(actual, expected, rtol=tol["rtol"], atol=tol["atol"], names=list(IR_GRAD_NAMES))
+    if dense_layout(layout) == "channels_last" and layout == "channels_last":
+        assert actual[0].is_contiguous(memory_format=CL)

@@ -25,6 +25,8 @@ checks = {
                          lambda: F.conv2d(x, w, b, padding=1, groups=8)),
     "dwpw_conv2d": (lambda: fusedops.dwpw_conv2d(x, w, b, pw, None, stride=2),
                     lambda: F.hardtanh(F.conv2d(F.hardtanh(F.conv2d(x, w, b, 2, 1, groups=8), 0, 6), pw), 0, 6)),
+    "inverted_residual": (lambda: fusedops.inverted_residual(x, None, None, w, b, pw, None),
+                          lambda: F.conv2d(F.hardtanh(F.conv2d(x, w, b, 1, 1, groups=8), 0, 6), pw)),
     "channel_shuffle": (lambda: fusedops.channel_shuffle(x, 2), lambda: F.channel_shuffle(x, 2)),
     "concat_shuffle": (lambda: fusedops.concat_shuffle(x, x * 2, 4),
                        lambda: F.channel_shuffle(torch.cat([x, x * 2], 1), 4)),

@@ -136,6 +136,63 @@ def _dwpw_backward_cases():
     ]
 
 
+def _inverted_residual_args(**changes):
+    x, ew, eb, dw, db, pw, pb = _x(2, 4, 6, 6), _x(12, 4, 1, 1), _x(12), _x(12, 1, 3, 3), _x(12), _x(4, 12, 1, 1), _x(4)
+    args = dict(input=x, expand_weight=ew, expand_bias=eb, dw_weight=dw, dw_bias=db, project_weight=pw,
+                project_bias=pb, stride=ONE, padding=ONE, dilation=ONE, activation="relu6", residual=True)
+    args.update(changes)
+    return args
+
+
+def _inverted_residual_cases():
+    def call(**changes):
+        return tuple(_inverted_residual_args(**changes).values())
+
+    return [
+        ("input-rank3", call(input=_x(4, 6, 6))),
+        ("input-int", call(input=_x(2, 4, 6, 6).int())),
+        ("zero-channels", call(input=_x(2, 0, 6, 6), expand_weight=_x(12, 0, 1, 1))),
+        ("expand-bias-without-weight", call(expand_weight=None)),
+        ("expand-weight-shape", call(expand_weight=_x(12, 5, 1, 1))),
+        ("expand-weight-kernel", call(expand_weight=_x(12, 4, 3, 3))),
+        ("expand-weight-dtype", call(expand_weight=_x(12, 4, 1, 1, dtype=torch.float64))),
+        ("expand-bias-shape", call(expand_bias=_x(11))),
+        ("expand-bias-dtype", call(expand_bias=_x(12, dtype=torch.float64))),
+        ("dw-weight-channels", call(dw_weight=_x(8, 1, 3, 3))),
+        ("dw-weight-channels-no-expand", call(expand_weight=None, expand_bias=None)),
+        ("dw-weight-rank3", call(dw_weight=_x(12, 3, 3))),
+        ("dw-weight-dim1", call(dw_weight=_x(12, 2, 3, 3))),
+        ("dw-weight-dtype", call(dw_weight=_x(12, 1, 3, 3, dtype=torch.float64))),
+        ("dw-bias-shape", call(dw_bias=_x(4))),
+        ("stride-0", call(stride=[0, 1])),
+        ("padding-neg", call(padding=[-1, 1])),
+        ("dilation-len3", call(dilation=[1, 1, 1])),
+        ("kernel-too-tall", call(dw_weight=_x(12, 1, 9, 3))),
+        ("project-weight-shape", call(project_weight=_x(4, 8, 1, 1))),
+        ("project-weight-dtype", call(project_weight=_x(4, 12, 1, 1, dtype=torch.float64))),
+        ("project-bias-shape", call(project_bias=_x(5))),
+        ("activation", call(activation="gelu")),
+        ("residual-channels", call(project_weight=_x(6, 12, 1, 1), project_bias=_x(6))),
+        ("residual-stride", call(stride=[2, 2])),
+        ("residual-padding", call(padding=ZERO)),
+        ("order-dw-dtype-and-project-shape", call(dw_weight=_x(12, 1, 3, 3, dtype=torch.float64),
+                                                  project_weight=_x(4, 8, 1, 1))),
+        ("order-project-and-activation", call(project_bias=_x(5), activation="gelu")),
+    ]
+
+
+def _inverted_residual_backward_cases():
+    def call(grad_output=_x(2, 4, 6, 6), output_mask=(True,) * 7, **changes):
+        return (grad_output, *_inverted_residual_args(**changes).values(), list(output_mask))
+
+    return [
+        ("grad-output-shape", call(grad_output=_x(2, 4, 5, 6))),
+        ("grad-output-dtype", call(grad_output=_x(2, 4, 6, 6, dtype=torch.float64))),
+        ("input-checked-first", call(grad_output=_x(2, 4, 5, 6), expand_weight=_x(12, 5, 1, 1))),
+        ("residual", call(stride=[2, 2])),
+    ]
+
+
 def _channel_shuffle_cases():
     x = _x(2, 6, 3, 3)
     return [
@@ -181,6 +238,8 @@ CASES = {
     "_depthwise_conv2d_backward": _depthwise_backward_cases(),
     "dwpw_conv2d": _dwpw_cases(),
     "_dwpw_conv2d_backward": _dwpw_backward_cases(),
+    "inverted_residual": _inverted_residual_cases(),
+    "_inverted_residual_backward": _inverted_residual_backward_cases(),
     "channel_shuffle": _channel_shuffle_cases(),
     "concat_shuffle": _concat_shuffle_cases(),
     "_concat_shuffle_backward": _concat_shuffle_backward_cases(),

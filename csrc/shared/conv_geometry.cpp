@@ -20,7 +20,8 @@ void check_same_device(const at::Tensor& t, const at::Tensor& reference, const c
 
 ConvGeometry depthwise_geometry(const at::Tensor& input, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                                at::IntArrayRef dilation, const char* weight_name, const char* bias_name) {
+                                at::IntArrayRef dilation, const char* weight_name, const char* bias_name,
+                                int64_t channels) {
   TORCH_CHECK(input.dim() == 4, "fusedops: input must be a 4-D (N, C, H, W) tensor, got ", input.dim(), "-D");
   TORCH_CHECK(weight.dim() == 4, "fusedops: ", weight_name, " must be a 4-D (C*multiplier, 1, kH, kW) tensor, got ",
               weight.dim(), "-D");
@@ -38,7 +39,7 @@ ConvGeometry depthwise_geometry(const at::Tensor& input, const at::Tensor& weigh
 
   ConvGeometry g;
   g.batch = input.size(0);
-  g.channels = input.size(1);
+  g.channels = channels < 0 ? input.size(1) : channels;
   g.in_h = input.size(2);
   g.in_w = input.size(3);
   g.out_channels = weight.size(0);

@@ -9,5 +9,6 @@ per op over ``_triton/_common.py``).
 from .channel_shuffle import channel_shuffle, concat_shuffle
 from .depthwise_conv2d import depthwise_conv2d
 from .dwpw_conv2d import dwpw_conv2d
+from .inverted_residual import inverted_residual
 
-__all__ = ["channel_shuffle", "concat_shuffle", "depthwise_conv2d", "dwpw_conv2d"]
+__all__ = ["channel_shuffle", "concat_shuffle", "depthwise_conv2d", "dwpw_conv2d", "inverted_residual"]

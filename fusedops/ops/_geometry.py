@@ -27,7 +27,9 @@ def check_pair(values, name: str) -> None:
 # depthwise_conv2d
 
 
-def check_depthwise(input, weight, bias, stride, padding, dilation, weight_name="weight", bias_name="bias"):
+def check_depthwise(input, weight, bias, stride, padding, dilation, weight_name="weight", bias_name="bias",
+                    channels=None):
+    """`channels`: those the depthwise stage reads when they are not the input's (a fused op's expanded map)."""
     torch._check(input.dim() == 4, lambda: f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
     torch._check(weight.dim() == 4, lambda: f"fusedops: {weight_name} must be a 4-D (C*multiplier, 1, kH, kW) tensor, "
                  f"got {weight.dim()}-D")
@@ -41,7 +43,8 @@ def check_depthwise(input, weight, bias, stride, padding, dilation, weight_name=
                  lambda: f"fusedops: padding must be non-negative, got {_sizes(padding)}")
     torch._check(dilation[0] > 0 and dilation[1] > 0,
                  lambda: f"fusedops: dilation must be positive, got {_sizes(dilation)}")
-    channels, out_channels = input.shape[1], weight.shape[0]
+    channels = input.shape[1] if channels is None else channels
+    out_channels = weight.shape[0]
     torch._check(channels > 0, lambda: f"fusedops: input must have at least one channel, got shape "
                  f"{_sizes(input.shape)}")
     torch._check(weight.shape[1] == 1, lambda: f"fusedops: {weight_name} must have shape (C*multiplier, 1, kH, kW) "
@@ -134,6 +137,70 @@ def check_dwpw_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bi
         if output.dtype != input.dtype or tuple(output.shape) != tuple(grad_output.shape):
             raise RuntimeError(f"fusedops: output must be the forward's result, of shape {_sizes(grad_output.shape)} "
                                f"and dtype {input.dtype}; got shape {_sizes(output.shape)} and dtype {output.dtype}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# inverted_residual
+
+
+def _check_pointwise(input, weight, bias, inputs, weight_name, bias_name, meaning):
+    torch._check(weight.dim() == 4 and weight.shape[1] == inputs and weight.shape[2] == 1 and weight.shape[3] == 1
+                 and weight.shape[0] > 0,
+                 lambda: f"fusedops: {weight_name} must have shape (out_channels, {inputs}, 1, 1) ({inputs} = "
+                 f"{meaning}), got {_sizes(weight.shape)}")
+    _args.check_same(weight, input, weight_name, "input")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == weight.shape[0],
+                     lambda: f"fusedops: {bias_name} must have shape ({weight.shape[0]},), got {_sizes(bias.shape)}")
+        _args.check_same(bias, input, bias_name, "input")
+
+
+def check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                            stride, padding, dilation, activation, residual):
+    torch._check(input.dim() == 4, lambda: f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
+    _args.check_floating(input, "input")
+    channels = input.shape[1]
+    torch._check(channels > 0, lambda: f"fusedops: input must have at least one channel, got shape "
+                 f"{_sizes(input.shape)}")
+    if expand_weight is None and expand_bias is not None:
+        raise RuntimeError("fusedops: expand_bias is given without expand_weight (a block without an expand stage "
+                           "has no expand bias)")
+    if expand_weight is not None:
+        _check_pointwise(input, expand_weight, expand_bias, channels, "expand_weight", "expand_bias",
+                         "the input channels")
+    hidden = channels if expand_weight is None else expand_weight.shape[0]
+    meaning = "the expand stage's output channels" if expand_weight is not None else \
+        "the input channels, without an expand stage"
+    torch._check(dw_weight.dim() == 4 and dw_weight.shape[0] == hidden,
+                 lambda: f"fusedops: dw_weight must have shape ({hidden}, 1, kH, kW) ({hidden} = {meaning}), got "
+                 f"{_sizes(dw_weight.shape)}")
+    check_depthwise(input, dw_weight, dw_bias, stride, padding, dilation, weight_name="dw_weight", bias_name="dw_bias",
+                    channels=hidden)
+    _check_pointwise(input, project_weight, project_bias, hidden, "project_weight", "project_bias",
+                     "the depthwise stage's channels")
+    check_activation(activation, "activation")
+    if residual:
+        n, _, out_h, out_w = depthwise_output_shape(input, dw_weight, stride, padding, dilation)
+        out_channels = project_weight.shape[0]
+        torch._check(out_channels == channels and out_h == input.shape[2] and out_w == input.shape[3],
+                     lambda: f"fusedops: residual needs the block's output to have the input's shape "
+                     f"{_sizes(input.shape)}, but it has shape [{n}, {out_channels}, {out_h}, {out_w}] (the residual "
+                     "add needs stride 1, size-preserving padding and as many project_weight output channels as "
+                     "input channels)")
+
+
+def inverted_residual_output_shape(input, dw_weight, project_weight, stride, padding, dilation):
+    n, _, out_h, out_w = depthwise_output_shape(input, dw_weight, stride, padding, dilation)
+    return (n, project_weight.shape[0], out_h, out_w)
+
+
+def check_inverted_residual_backward(grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias,
+                                     project_weight, project_bias, stride, padding, dilation, activation, residual):
+    check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                            stride, padding, dilation, activation, residual)
+    expected = inverted_residual_output_shape(input, dw_weight, project_weight, stride, padding, dilation)
+    _check_grad_output(grad_output, input, expected, lambda: f"fusedops: grad_output has shape "
+                       f"{_sizes(grad_output.shape)} but the output has shape ({', '.join(map(str, expected))})")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -73,11 +73,12 @@ struct ConvGeometry {
 };
 
 // Validates a depthwise convolution call and returns its geometry. Errors name the offending argument
-// (`weight_name` / `bias_name` let fused ops name theirs, e.g. "dw_weight").
+// (`weight_name` / `bias_name` let fused ops name theirs, e.g. "dw_weight"). `channels`, when not -1, is the
+// number of channels the depthwise stage reads when it is not the input's (a fused op's expanded map).
 ConvGeometry depthwise_geometry(const at::Tensor& input, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                                 at::IntArrayRef dilation, const char* weight_name = "weight",
-                                const char* bias_name = "bias");
+                                const char* bias_name = "bias", int64_t channels = -1);
 
 // Validates a depthwise backward call (the forward's checks plus grad_output's device, dtype and shape)
 // and returns the forward geometry.

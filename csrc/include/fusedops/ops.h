@@ -48,6 +48,23 @@ struct dwpw_conv2d_backward {
       std::array<bool, 5> output_mask, const OptionalTensor& output);
 };
 
+struct inverted_residual {
+  static constexpr const char* name = "fusedops::inverted_residual";
+  using Signature = Tensor(const Tensor& input, const OptionalTensor& expand_weight, const OptionalTensor& expand_bias,
+                           const Tensor& dw_weight, const OptionalTensor& dw_bias, const Tensor& project_weight,
+                           const OptionalTensor& project_bias, IntArrayRef stride, IntArrayRef padding,
+                           IntArrayRef dilation, c10::string_view activation, bool residual);
+};
+
+struct inverted_residual_backward {
+  static constexpr const char* name = "fusedops::_inverted_residual_backward";
+  using Signature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor& grad_output, const Tensor& input, const OptionalTensor& expand_weight,
+      const OptionalTensor& expand_bias, const Tensor& dw_weight, const OptionalTensor& dw_bias,
+      const Tensor& project_weight, const OptionalTensor& project_bias, IntArrayRef stride, IntArrayRef padding,
+      IntArrayRef dilation, c10::string_view activation, bool residual, std::array<bool, 7> output_mask);
+};
+
 struct channel_shuffle {
   static constexpr const char* name = "fusedops::channel_shuffle";
   using Signature = Tensor(const Tensor& input, int64_t groups);

@@ -1,0 +1,27 @@
+// Schemas of fusedops::inverted_residual and its backward. Argument checks, the composed forward and the backward
+// of every backend: csrc/shared/inverted_residual.cpp; kernels: csrc/cpu/inverted_residual.cpp,
+// csrc/cuda/inverted_residual.cu; native autograd: csrc/autograd/inverted_residual.cpp; fake kernels and the
+// Triton mirror's autograd: fusedops/ops/inverted_residual.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(fusedops, m) {
+  // MobileNetV2's inverted-residual block with its batch norms folded into the weights:
+  //   hidden = act(conv1x1(input, expand_weight, expand_bias))   (hidden = input without expand_weight)
+  //   output = conv1x1(act(depthwise_conv2d(hidden, dw_weight, dw_bias, stride, padding, dilation)),
+  //                    project_weight, project_bias) [+ input when residual]
+  // with expand_weight (hidden, C, 1, 1), dw_weight (hidden, 1, kH, kW), project_weight (C_out, hidden, 1, 1);
+  // activation "none", "relu", "relu6" or "hardswish". The expanded and depthwise maps are never written to
+  // memory. The output takes the input's memory format.
+  m.def(
+      "inverted_residual(Tensor input, Tensor? expand_weight, Tensor? expand_bias, Tensor dw_weight, "
+      "Tensor? dw_bias, Tensor project_weight, Tensor? project_bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, str activation, bool residual) -> Tensor");
+  // Gradients (input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias) of
+  // inverted_residual; output_mask says which are wanted, unwanted ones come back empty. Recomputes the
+  // expanded and depthwise maps from the input.
+  m.def(
+      "_inverted_residual_backward(Tensor grad_output, Tensor input, Tensor? expand_weight, Tensor? expand_bias, "
+      "Tensor dw_weight, Tensor? dw_bias, Tensor project_weight, Tensor? project_bias, int[2] stride, "
+      "int[2] padding, int[2] dilation, str activation, bool residual, bool[7] output_mask) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

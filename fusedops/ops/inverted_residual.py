@@ -1,0 +1,140 @@
+"""fusedops.inverted_residual: MobileNetV2's inverted-residual block as one op. Public wrapper, fake kernels,
+autograd.
+
+Kernels: csrc/cpu/inverted_residual.cpp, csrc/cuda/inverted_residual.cu, fusedops/ops/_triton/inverted_residual.py;
+checks, composed forward and backward (every native backend): csrc/shared/inverted_residual.cpp; native autograd:
+csrc/autograd/inverted_residual.cpp; reference: fusedops/ops/_reference.py; schema: csrc/inverted_residual.cpp;
+argument checks and output shape: fusedops/ops/_geometry.py.
+"""
+
+from . import _args, _geometry, _library, _reference
+from .activations import activation_name
+
+NAME = "inverted_residual"
+BACKWARD_NAME = "_inverted_residual_backward"
+
+
+def inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias=None,
+                      stride=1, padding=None, dilation=1, activation="relu6", se=None, residual=None):
+    r"""MobileNetV2's inverted-residual block with eval-mode batch norms folded into the weights
+    (:func:`fusedops.fuse_bn`):
+
+    ``x = act(conv1x1(input, expand_weight, expand_bias))`` (skipped when ``expand_weight`` is ``None``),
+    ``x = act(depthwise_conv2d(x, dw_weight, dw_bias, stride, padding, dilation))``,
+    ``out = conv1x1(x, project_weight, project_bias)`` (linear), plus ``input`` when ``residual``.
+
+    On CPU the block runs as one kernel over bands of output rows: the expanded and the depthwise maps live only
+    in per-thread tiles that stay in cache, never in memory. On CUDA (and through Triton) the expand stage is a 1x1
+    convolution and the depthwise and project stages run as the fused :func:`fusedops.dwpw_conv2d` kernel. The
+    backward recomputes the expanded and depthwise maps from the input, so training keeps only the input alive.
+
+    Args:
+        input: ``Tensor[N, C_in, H, W]``, any layout (channels_last is the fast one on CPU).
+        expand_weight: ``Tensor[C_hid, C_in, 1, 1]`` or ``None`` (no expansion: ``C_hid == C_in``).
+        expand_bias: optional ``Tensor[C_hid]`` (only with ``expand_weight``).
+        dw_weight: ``Tensor[C_hid, 1, kH, kW]``.
+        dw_bias: optional ``Tensor[C_hid]``.
+        project_weight: ``Tensor[C_out, C_hid, 1, 1]``.
+        project_bias: optional ``Tensor[C_out]``.
+        stride, dilation: of the depthwise stage, int or (int, int).
+        padding: of the depthwise stage; default ``dilation * (k - 1) // 2`` per dimension.
+        activation: ``None``, ``"relu"``, ``"relu6"`` or ``"hardswish"``, after the expansion and after the
+            depthwise stage.
+        se: squeeze-and-excitation after the depthwise stage: not supported yet (must be ``None``).
+        residual: add ``input`` to the output; default ``stride == 1 and C_in == C_out`` (and an output of the
+            input's size). ``True`` where the shapes differ is an error.
+
+    Returns:
+        ``Tensor[N, C_out, H_out, W_out]`` in the input's memory format.
+    """
+    if se is None and padding is not None and residual is not None:
+        out = _library.call_native_eagerly(NAME, input, input, expand_weight, expand_bias, dw_weight, dw_bias,
+                                           project_weight, project_bias, stride, padding, dilation, activation,
+                                           residual)
+        if out is not NotImplemented:
+            return out
+    args = _normalize(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
+                      padding, dilation, activation, se, residual)
+    return _library.call_op(NAME, args, tensor_args=7, check=_geometry.check_inverted_residual,
+                            reference=_reference.inverted_residual)
+
+
+def _normalize(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding,
+               dilation, activation, se, residual):
+    _args.check_tensor(input, "input", rank=4)
+    if expand_weight is not None:
+        _args.check_tensor(expand_weight, "expand_weight", rank=4)
+    _args.check_tensor(dw_weight, "dw_weight", rank=4)
+    _args.check_tensor(project_weight, "project_weight", rank=4)
+    for t, name in ((expand_bias, "expand_bias"), (dw_bias, "dw_bias"), (project_bias, "project_bias")):
+        if t is not None:
+            _args.check_tensor(t, name, rank=1)
+    if se is not None:
+        raise NotImplementedError("fusedops: inverted_residual does not support squeeze-excitation (se) yet; pass "
+                                  "se=None and run the block's SE stage with PyTorch ops")
+    stride = _args.pair(stride, "stride")
+    dilation = _args.pair(dilation, "dilation")
+    if padding is None:
+        kh, kw = dw_weight.shape[-2:]
+        padding = (dilation[0] * (kh - 1) // 2, dilation[1] * (kw - 1) // 2)
+    else:
+        padding = _args.pair(padding, "padding")
+    act = activation_name(activation, "activation")
+    if residual is None:
+        _, out_channels, out_h, out_w = _geometry.inverted_residual_output_shape(input, dw_weight, project_weight,
+                                                                               stride, padding, dilation)
+        residual = (stride == (1, 1) and out_channels == input.shape[1] and (out_h, out_w) == tuple(input.shape[2:]))
+    elif not isinstance(residual, bool):
+        raise TypeError(f"fusedops: residual must be None, True or False, got {residual!r}")
+    return (input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding,
+            dilation, act, residual)
+
+
+def _fake(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding,
+          dilation, activation, residual):
+    _geometry.check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                      project_bias, stride, padding, dilation, activation, residual)
+    return _args.empty_like_format(input, _geometry.inverted_residual_output_shape(input, dw_weight, project_weight,
+                                                                                   stride, padding, dilation))
+
+
+def _fake_backward(grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                   stride, padding, dilation, activation, residual, output_mask):
+    _geometry.check_inverted_residual_backward(grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias,
+                                               project_weight, project_bias, stride, padding, dilation, activation,
+                                               residual)
+
+    def like(t, wanted):
+        if not wanted or t is None:
+            return input.new_empty(0)
+        return t.new_empty(t.shape)
+
+    grad_input = _args.empty_like_format(input, input.shape) if output_mask[0] else input.new_empty(0)
+    return (grad_input, like(expand_weight, output_mask[1]), like(expand_bias, output_mask[2]),
+            like(dw_weight, output_mask[3]), like(dw_bias, output_mask[4]), like(project_weight, output_mask[5]),
+            like(project_bias, output_mask[6]))
+
+
+def _setup_context(ctx, inputs, output):
+    # The backward recomputes the expanded and depthwise maps from the input: only the input and the weights are
+    # kept.
+    (input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding, dilation,
+     activation, residual) = inputs
+    ctx.save_for_backward(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias)
+    ctx.block_args = (stride, padding, dilation, activation, residual)
+
+
+def _make_backward(ops):
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [needs[i] and (saved[i] is not None) for i in range(7)]
+        grads = ops._inverted_residual_backward(grad_output, *saved, *ctx.block_args, mask)
+        return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 5
+
+    return backward
+
+
+# The native op's autograd is C++ (csrc/autograd/inverted_residual.cpp, the same formula as _make_backward).
+_library.register_op_with_backward_op(NAME, BACKWARD_NAME, "inverted_residual", _fake, _fake_backward,
+                                      _make_backward, _setup_context)
