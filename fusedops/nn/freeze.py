@@ -49,7 +49,9 @@ class FoldedWeights:
             return self._fold()
         folded = self._folded
         # Weights folded under inference_mode are inference tensors, which autograd cannot save outside it.
-        if folded is None or (folded[0].is_inference() and not torch.is_inference_mode_enabled()):
+        # (The first tensor decides: all were folded together; a block's optional stages fold to None.)
+        if folded is None or (next(t for t in folded if t is not None).is_inference()
+                              and not torch.is_inference_mode_enabled()):
             with torch.no_grad():
                 folded = self._folded = self._fold()
         return folded
@@ -78,11 +80,11 @@ class FoldedWeights:
 
 def freeze(model: nn.Module) -> nn.Module:
     r"""Freezes every fused block in ``model`` (``model`` itself included), every
-    :class:`fusedops.nn.DepthwiseSeparableConv2d`: their batch norms are folded once and the folded weights
-    reused as constants, as ``torch.jit.freeze`` and Inductor's freezing take weights, instead of being folded
-    on every call. Changes to the weights made afterwards other than through ``.to()``-style conversions,
-    ``load_state_dict``, copies and pickling are not seen until :func:`unfreeze` (or another :func:`freeze`).
-    Returns ``model``.
+    :class:`fusedops.nn.DepthwiseSeparableConv2d` and :class:`fusedops.nn.InvertedResidual`: their batch norms
+    are folded once and the folded weights reused as constants, as ``torch.jit.freeze`` and Inductor's freezing
+    take weights, instead of being folded on every call. Changes to the weights made afterwards other than
+    through ``.to()``-style conversions, ``load_state_dict``, copies and pickling are not seen until
+    :func:`unfreeze` (or another :func:`freeze`). Returns ``model``.
 
         >>> model = fusedops.freeze(fusedops.models.mobilenet_v1().eval())
     """
