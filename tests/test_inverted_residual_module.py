@@ -14,7 +14,8 @@ from torch import nn
 import fusedops
 from fusedops.nn import DepthwiseConv2d, DepthwiseSeparableConv2d, InvertedResidual
 
-from conftest import CL, assert_close_grads, assert_close_scaled, make_input, requires_ops, tolerance
+from conftest import (CL, assert_close_grads, assert_close_scaled, make_input, randomize_batch_norms, requires_ops,
+                      tolerance)
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvertedResidual  # noqa: E402
@@ -29,22 +30,9 @@ CONFIG_IDS = ["-".join(map(str, c)) for c in CONFIGS]
 block_module = importlib.import_module("fusedops.nn.inverted_residual")
 
 
-def randomize_bn(module, seed=1):
-    """Non-trivial batch-norm statistics and affine parameters, so that folding is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in module.modules():
-            if isinstance(bn, nn.BatchNorm2d):
-                bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) + 0.5)
-                bn.bias.copy_(0.1 * torch.randn(bn.bias.shape, generator=g))
-                bn.running_mean.copy_(0.1 * torch.randn(bn.running_mean.shape, generator=g))
-                bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) + 0.5)
-    return module
-
-
 def pair_blocks(inp, oup, stride, expand_ratio):
     """Our block and torchvision's in float64 with the same weights and batch-norm state."""
-    ref = randomize_bn(TorchvisionInvertedResidual(inp, oup, stride, expand_ratio).double())
+    ref = randomize_batch_norms(TorchvisionInvertedResidual(inp, oup, stride, expand_ratio).double())
     block = InvertedResidual(inp, oup, stride, expand_ratio).double()
     block.load_state_dict(ref.state_dict())
     return block, ref
@@ -98,8 +86,8 @@ def test_same_submodules_and_state_dict_as_torchvision(config):
     dw = block.conv[-3][0]
     assert isinstance(dw, DepthwiseConv2d) and isinstance(dw, nn.Conv2d) and dw.bias is None
     # Weights load either way, strictly.
-    ref.load_state_dict(randomize_bn(InvertedResidual(*config)).state_dict())
-    block.load_state_dict(randomize_bn(TorchvisionInvertedResidual(*config), seed=3).state_dict())
+    ref.load_state_dict(randomize_batch_norms(InvertedResidual(*config)).state_dict())
+    block.load_state_dict(randomize_batch_norms(TorchvisionInvertedResidual(*config), seed=3).state_dict())
 
 
 def test_state_dict_keys_with_and_without_expansion():
@@ -194,7 +182,7 @@ def test_train_matches_torchvision(config, op_calls):
 def test_eval_other_configurations(kwargs, expand_ratio, op_calls):
     kwargs = dict(kwargs)
     stride = kwargs.pop("stride", 1)
-    block = randomize_bn(InvertedResidual(8, 8, stride, expand_ratio, **kwargs).double()).eval()
+    block = randomize_batch_norms(InvertedResidual(8, 8, stride, expand_ratio, **kwargs).double()).eval()
     k, d = kwargs.get("kernel_size", 3), kwargs.get("dilation", 1)
     dw = block.conv[-3][0]
     assert dw.kernel_size == (k, k) and dw.dilation == (d, d) and dw.padding == ((k - 1) // 2 * d,) * 2
@@ -260,7 +248,7 @@ def test_frozen_block_refolds_after_conversions_loads_and_copies(change):
     with torch.no_grad():
         block(x)  # folded and cached
     if change == "load_state_dict":
-        block.load_state_dict(randomize_bn(InvertedResidual(8, 8, 1, 6).double(), seed=5).state_dict())
+        block.load_state_dict(randomize_batch_norms(InvertedResidual(8, 8, 1, 6).double(), seed=5).state_dict())
     elif change == "to_float":
         block, x = block.float(), x.float()
     elif change == "deepcopy":
