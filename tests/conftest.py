@@ -316,6 +316,24 @@ class OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Modules and models
+
+def randomize_batch_norms(module, seed=1):
+    """Gives every nn.BatchNorm2d in `module` non-trivial running statistics and affine parameters (drawn from
+    `seed`), so that parity checks exercise batch-norm folding; fresh ones fold to the identity. Returns
+    `module`."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in module.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.weight.copy_(torch.rand(bn.weight.shape, generator=g, dtype=torch.float64) + 0.5)
+                bn.bias.copy_(0.1 * torch.randn(bn.bias.shape, generator=g, dtype=torch.float64))
+                bn.running_mean.copy_(0.1 * torch.randn(bn.running_mean.shape, generator=g, dtype=torch.float64))
+                bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g, dtype=torch.float64) + 0.5)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------
 # depthwise_conv2d checks (CPU parity and CPU-path files)
 
 DEPTHWISE_GRAD_NAMES = ("grad_input", "grad_weight", "grad_bias")

@@ -1,21 +1,95 @@
-"""Taking the folded weights of a model's fused blocks as constants (an explicit deployment step)."""
+"""Taking the folded weights of a model's fused blocks as constants (an explicit deployment step).
 
+:class:`FoldedWeights` is what the fused blocks share for it: the folded-weight cache of a frozen block, and the
+hooks that drop that cache whenever PyTorch itself rewrites the block (conversions, loads, copies).
+"""
+
+import torch
 from torch import nn
 
-from .separable import DepthwiseSeparableConv2d
+
+class FoldedWeights:
+    """Mixin (before ``nn.Module`` in the bases) for a block whose fused path takes weights with its batch norms
+    folded in. The block defines ``_fold()``, returning the folded tensors computed afresh (differentiably) from
+    its parameters and buffers, and calls :meth:`_folded_weights` in its fused path.
+
+    By default every call folds anew, so the block never runs on stale weights however they were written.
+    :meth:`freeze` takes the folded weights as constants instead, folded once without gradients; the cache is
+    dropped by ``.to()``-style conversions (``_apply``), ``load_state_dict``, ``copy.deepcopy`` and pickling,
+    and by :meth:`freeze`/:meth:`unfreeze`, but not by any other change of the weights.
+    """
+
+    _frozen = False
+    _folded = None  # the frozen folded weights; None until folded (and after anything that refolds)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether :meth:`freeze` is in effect."""
+        return self._frozen
+
+    def freeze(self):
+        """Folds the batch norms once and reuses the folded weights as constants until :meth:`unfreeze`
+        (see the class description for what refolds them). Returns the module."""
+        self._frozen = True
+        self._folded = None
+        return self
+
+    def unfreeze(self):
+        """Back to folding on every call. Returns the module."""
+        self._frozen = False
+        self._folded = None
+        return self
+
+    def _fold(self):
+        raise NotImplementedError
+
+    def _folded_weights(self):
+        # Under torch.compile the fold is traced into the graph: no cache is written from inside a trace.
+        if not self._frozen or torch.compiler.is_compiling():
+            return self._fold()
+        folded = self._folded
+        # Weights folded under inference_mode are inference tensors, which autograd cannot save outside it.
+        # (The first tensor decides: all were folded together; a block's optional stages fold to None.)
+        if folded is None or (next(t for t in folded if t is not None).is_inference()
+                              and not torch.is_inference_mode_enabled()):
+            with torch.no_grad():
+                folded = self._folded = self._fold()
+        return folded
+
+    # What refolds a frozen module: conversions (.to(), .cuda(), .half(), memory formats all go through _apply),
+    # load_state_dict, and copies (deepcopy and pickle drop the folded weights).
+    def _apply(self, fn, *args, **kwargs):
+        self._folded = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._folded = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_folded"] = None
+        return state
+
+    def __setstate__(self, state):
+        state.pop("_folded_key", None)  # pickles of earlier versions, which cached by version counters
+        state.setdefault("_frozen", False)
+        super().__setstate__(state)
+        self._folded = None
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    r"""Freezes every :class:`fusedops.nn.DepthwiseSeparableConv2d` in ``model`` (``model`` itself included):
-    their batch norms are folded once and the folded weights reused as constants, as ``torch.jit.freeze``
-    and Inductor's freezing take weights, instead of being folded on every call. Changes to the weights
-    made afterwards other than through ``.to()``-style conversions, ``load_state_dict``, copies and
-    pickling are not seen until :func:`unfreeze` (or another :func:`freeze`). Returns ``model``.
+    r"""Freezes every fused block in ``model`` (``model`` itself included), every
+    :class:`fusedops.nn.DepthwiseSeparableConv2d` and :class:`fusedops.nn.InvertedResidual`: their batch norms
+    are folded once and the folded weights reused as constants, as ``torch.jit.freeze`` and Inductor's freezing
+    take weights, instead of being folded on every call. Changes to the weights made afterwards other than
+    through ``.to()``-style conversions, ``load_state_dict``, copies and pickling are not seen until
+    :func:`unfreeze` (or another :func:`freeze`). Returns ``model``.
 
         >>> model = fusedops.freeze(fusedops.models.mobilenet_v1().eval())
     """
     for module in model.modules():
-        if isinstance(module, DepthwiseSeparableConv2d):
+        if isinstance(module, FoldedWeights):
             module.freeze()
     return model
 
@@ -23,6 +97,6 @@ def freeze(model: nn.Module) -> nn.Module:
 def unfreeze(model: nn.Module) -> nn.Module:
     """Undoes :func:`freeze`: the blocks fold their weights on every call again. Returns ``model``."""
     for module in model.modules():
-        if isinstance(module, DepthwiseSeparableConv2d):
+        if isinstance(module, FoldedWeights):
             module.unfreeze()
     return model

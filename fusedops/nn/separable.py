@@ -1,13 +1,13 @@
-import torch
 from torch import nn
 
 from ..ops.activations import activation, activation_name
 from ..ops.dwpw_conv2d import dwpw_conv2d
 from .depthwise import DepthwiseConv2d
+from .freeze import FoldedWeights
 from .fuse import fold_bn
 
 
-class DepthwiseSeparableConv2d(nn.Module):
+class DepthwiseSeparableConv2d(FoldedWeights, nn.Module):
     r"""Depthwise-separable convolution block (MobileNetV1):
     depthwise kxk -> BN -> act_mid -> 1x1 conv -> BN -> act_out, running the fused
     :func:`fusedops.dwpw_conv2d` kernel.
@@ -59,26 +59,6 @@ class DepthwiseSeparableConv2d(nn.Module):
         self.bn_dw = nn.BatchNorm2d(mid, **factory) if norm else None
         self.pw = nn.Conv2d(mid, out_channels, 1, bias=not norm, **factory)
         self.bn_pw = nn.BatchNorm2d(out_channels, **factory) if norm else None
-        self._frozen = False
-        self._folded = None  # the frozen folded weights; None until folded (and after anything that refolds)
-
-    @property
-    def frozen(self) -> bool:
-        """Whether :meth:`freeze` is in effect."""
-        return self._frozen
-
-    def freeze(self):
-        """Folds the batch norms once and reuses the folded weights as constants until :meth:`unfreeze`
-        (see the class description for what refolds them). Returns the module."""
-        self._frozen = True
-        self._folded = None
-        return self
-
-    def unfreeze(self):
-        """Back to folding on every call. Returns the module."""
-        self._frozen = False
-        self._folded = None
-        return self
 
     def _fold(self):
         if not self.norm:
@@ -91,14 +71,9 @@ class DepthwiseSeparableConv2d(nn.Module):
 
     def folded_weights(self):
         """(dw_weight, dw_bias, pw_weight, pw_bias) of the fused kernel (batch norms folded in eval mode)."""
-        if not self.norm or not self._frozen or torch.compiler.is_compiling():
+        if not self.norm:  # the parameters themselves: nothing to fold or cache
             return self._fold()
-        folded = self._folded
-        # Weights folded under inference_mode are inference tensors, which autograd cannot save outside it.
-        if folded is None or (folded[0].is_inference() and not torch.is_inference_mode_enabled()):
-            with torch.no_grad():
-                folded = self._folded = self._fold()
-        return folded
+        return self._folded_weights()
 
     def _batch_stats(self):
         if not self.norm:
@@ -127,24 +102,3 @@ class DepthwiseSeparableConv2d(nn.Module):
         frozen = ", frozen=True" if self._frozen else ""
         return (f"mid_activation={self.mid_activation!r}, out_activation={self.out_activation!r}, norm={self.norm}"
                 f"{frozen}")
-
-    # What refolds a frozen module: conversions (.to(), .cuda(), .half(), memory formats all go through _apply),
-    # load_state_dict, and copies (deepcopy and pickle drop the folded weights).
-    def _apply(self, fn, *args, **kwargs):
-        self._folded = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._folded = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_folded"] = None
-        return state
-
-    def __setstate__(self, state):
-        state.pop("_folded_key", None)  # pickles of earlier versions, which cached by version counters
-        state.setdefault("_frozen", False)
-        super().__setstate__(state)
-        self._folded = None

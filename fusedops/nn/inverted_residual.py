@@ -1,0 +1,141 @@
+from torch import nn
+
+from ..ops.activations import activation_name
+from ..ops.inverted_residual import inverted_residual
+from .depthwise import DepthwiseConv2d
+from .freeze import FoldedWeights
+from .fuse import fold_bn
+
+# The activation modules of the unfused path, in place as in torchvision's blocks.
+_ACTIVATION_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish}
+
+
+class ConvBNActivation(nn.Sequential):
+    """conv (no bias) -> ``nn.BatchNorm2d`` -> activation (in place; left out for ``None``), laid out as
+    torchvision's ``Conv2dNormActivation`` with its defaults (children ``0``, ``1``, ``2``; padding
+    ``(kernel_size - 1) // 2 * dilation``), so state-dict keys are the same. ``conv`` is the convolution class
+    (``nn.Conv2d`` or :class:`fusedops.nn.DepthwiseConv2d`)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, groups: int = 1, dilation=1,
+                 activation="relu6", conv=nn.Conv2d, device=None, dtype=None):
+        k = nn.modules.utils._pair(kernel_size)
+        d = nn.modules.utils._pair(dilation)
+        padding = ((k[0] - 1) // 2 * d[0], (k[1] - 1) // 2 * d[1])
+        factory = dict(device=device, dtype=dtype)
+        layers = [conv(in_channels, out_channels, k, stride, padding, d, groups, bias=False, **factory),
+                  nn.BatchNorm2d(out_channels, **factory)]
+        name = activation_name(activation, "activation")
+        if name != "none":
+            layers.append(_ACTIVATION_MODULES[name](inplace=True))
+        super().__init__(*layers)
+        self.out_channels = out_channels
+
+
+def _fold(conv, bn):
+    return fold_bn(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+
+
+class InvertedResidual(FoldedWeights, nn.Module):
+    r"""MobileNetV2's inverted-residual block (Sandler et al. 2018): [1x1 expansion -> BN -> act] ->
+    depthwise kxk -> BN -> act -> 1x1 projection -> BN (linear), plus the input when ``stride == 1`` and
+    ``inp == oup``, running the fused :func:`fusedops.inverted_residual` op.
+
+    A drop-in for ``torchvision.models.mobilenetv2.InvertedResidual(inp, oup, stride, expand_ratio)``: same
+    constructor arguments, attributes (``stride``, ``use_res_connect``, ``out_channels``) and submodules, so
+    the state-dict keys are the same and weights load either way. ``conv`` is an ``nn.Sequential`` of
+
+    * ``conv.0``: 1x1 expansion ``inp -> hidden = round(inp * expand_ratio)`` as conv (``nn.Conv2d``), BN,
+      activation; only when ``expand_ratio != 1`` (the later children move up by one without it);
+    * ``conv.1``: depthwise ``hidden -> hidden`` as conv (:class:`fusedops.nn.DepthwiseConv2d`, an ``nn.Conv2d``
+      with the same parameters), BN, activation;
+    * ``conv.2``: 1x1 projection ``nn.Conv2d(hidden, oup, 1, bias=False)``; ``conv.3``: ``nn.BatchNorm2d(oup)``.
+
+    Eval mode runs one fused op with the batch norms folded into the weights (:func:`fusedops.fuse_bn`). By
+    default the weights are folded afresh on every call, so the result always reflects the current parameters
+    and buffers, however they were written (optimizer steps, ``load_state_dict``, ``.data`` writes by EMA or
+    weight-loading utilities, inference tensors); while gradients are being recorded the fold is
+    differentiable, so gradients reach the unfolded parameters. Train mode runs ``conv`` (plus the input) exactly
+    as torchvision's block does (batch statistics, running-stat updates), so outputs, gradients and statistics
+    are torchvision's.
+
+    :meth:`freeze` (or :func:`fusedops.freeze` on a whole model) takes the folded weights as constants
+    instead, as ``torch.jit.freeze`` does: they are folded once and reused, which saves the fold's few
+    small tensor operations per call in deployment. A frozen module refolds after ``.to()``/``.cuda()``/
+    ``.half()`` and friends, ``load_state_dict``, ``copy.deepcopy`` and unpickling, but not after any other
+    change of its parameters or buffers, and its fused path records no gradients for them: call
+    :meth:`unfreeze` (or :meth:`freeze` again) after changing weights.
+
+    Args:
+        inp, oup: input and output channels.
+        stride: of the depthwise stage, int or (int, int).
+        expand_ratio: hidden channels per input channel; 1 leaves out the expansion.
+        kernel_size, dilation: of the depthwise stage (padding ``(kernel_size - 1) // 2 * dilation``, as
+            torchvision's ``Conv2dNormActivation``).
+        activation: after the expansion and the depthwise stage: ``None``, ``"relu"``, ``"relu6"`` (MobileNetV2)
+            or ``"hardswish"``.
+    """
+
+    def __init__(self, inp: int, oup: int, stride, expand_ratio, *, kernel_size=3, dilation=1, activation="relu6",
+                 device=None, dtype=None):
+        super().__init__()
+        self.stride = stride
+        s = nn.modules.utils._pair(stride)
+        hidden_dim = int(round(inp * expand_ratio))
+        if hidden_dim < 1:
+            raise ValueError(f"fusedops: InvertedResidual needs round(inp * expand_ratio) >= 1, got inp={inp}, "
+                             f"expand_ratio={expand_ratio}")
+        self.activation = activation_name(activation, "activation")
+        self.use_res_connect = s == (1, 1) and inp == oup
+        factory = dict(device=device, dtype=dtype)
+        layers = []
+        if expand_ratio != 1:
+            layers.append(ConvBNActivation(inp, hidden_dim, 1, activation=self.activation, **factory))
+        layers += [
+            ConvBNActivation(hidden_dim, hidden_dim, kernel_size, stride, hidden_dim, dilation, self.activation,
+                             conv=DepthwiseConv2d, **factory),
+            nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False, **factory),
+            nn.BatchNorm2d(oup, **factory),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.out_channels = oup
+        # torchvision's marker of the blocks that reduce the resolution: its backbone extractors for detection and
+        # segmentation find the stage boundaries by it.
+        self._is_cn = max(s) > 1
+
+    def _fold(self):
+        layers = list(self.conv)
+        expand_w = expand_b = None
+        if len(layers) == 4:
+            expand = layers.pop(0)
+            expand_w, expand_b = _fold(expand[0], expand[1])
+        dw, project, bn = layers
+        dw_w, dw_b = _fold(dw[0], dw[1])
+        project_w, project_b = _fold(project, bn)
+        return expand_w, expand_b, dw_w, dw_b, project_w, project_b
+
+    def folded_weights(self):
+        """(expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias) of the fused op, batch
+        norms folded in; the expansion's are ``None`` without one."""
+        return self._folded_weights()
+
+    def _runs_unfused(self, layers):
+        if layers[-3][0].padding_mode != "zeros":
+            return True
+        for bn in (layers[0][1], layers[-3][1], layers[-1]):
+            if bn.training or bn._buffers.get("running_mean") is None:
+                return True
+        return False
+
+    def forward(self, input):
+        conv = self._modules["conv"]
+        layers = list(conv._modules.values())
+        if self._runs_unfused(layers):
+            return input + conv(input) if self.use_res_connect else conv(input)
+        dw = layers[-3][0]
+        expand_w, expand_b, dw_w, dw_b, project_w, project_b = self.folded_weights()
+        return inverted_residual(input, expand_w, expand_b, dw_w, dw_b, project_w, project_b, dw.stride, dw.padding,
+                                 dw.dilation, self.activation, residual=self.use_res_connect)
+
+    def extra_repr(self) -> str:
+        frozen = ", frozen=True" if self._frozen else ""
+        return f"activation={self.activation!r}, use_res_connect={self.use_res_connect}{frozen}"

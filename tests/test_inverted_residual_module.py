@@ -1,0 +1,289 @@
+"""fusedops.nn.InvertedResidual against torchvision's MobileNetV2 block: same submodules and state-dict keys, the
+same outputs, gradients and batch-norm statistics in eval mode (one fused op, batch norms folded) and train mode
+(the submodules in sequence); the freeze cache; the configurations torchvision's block does not have, against
+the block's own submodules run in eval mode."""
+
+import copy
+import importlib
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import fusedops
+from fusedops.nn import DepthwiseConv2d, DepthwiseSeparableConv2d, InvertedResidual
+
+from conftest import (CL, assert_close_grads, assert_close_scaled, make_input, randomize_batch_norms, requires_ops,
+                      tolerance)
+
+torchvision = pytest.importorskip("torchvision")
+from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvertedResidual  # noqa: E402
+
+pytestmark = requires_ops
+
+TOL = tolerance(torch.float64)
+# (inp, oup, stride, expand_ratio): with and without expansion and residual.
+CONFIGS = [(8, 8, 1, 6), (8, 16, 2, 6), (8, 12, 1, 6), (16, 16, 1, 1), (16, 24, 2, 1)]
+CONFIG_IDS = ["-".join(map(str, c)) for c in CONFIGS]
+
+block_module = importlib.import_module("fusedops.nn.inverted_residual")
+
+
+def pair_blocks(inp, oup, stride, expand_ratio):
+    """Our block and torchvision's in float64 with the same weights and batch-norm state."""
+    ref = randomize_batch_norms(TorchvisionInvertedResidual(inp, oup, stride, expand_ratio).double())
+    block = InvertedResidual(inp, oup, stride, expand_ratio).double()
+    block.load_state_dict(ref.state_dict())
+    return block, ref
+
+
+def unfused(block, x):
+    """The block's own submodules in sequence (eval mode: batch norms on running statistics)."""
+    return x + block.conv(x) if block.use_res_connect else block.conv(x)
+
+
+def outputs_and_grads(module, x, forward=None):
+    """module(x) (or forward(x)) and the gradients of x and of every parameter of module, for a random
+    grad_output (seeded)."""
+    x = x.detach().clone().requires_grad_()
+    y = (forward or module)(x)
+    grad_output = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2))
+    return y, torch.autograd.grad(y, [x, *module.parameters()], grad_output)
+
+
+def grad_names(module):
+    return ["grad_input", *(f"grad {name}" for name, _ in module.named_parameters())]
+
+
+@pytest.fixture
+def op_calls(monkeypatch):
+    """The `residual` argument of every call of the fused op from the block."""
+    calls = []
+    real = block_module.inverted_residual
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["residual"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(block_module, "inverted_residual", spy)
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------------
+# Structure
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_same_submodules_and_state_dict_as_torchvision(config):
+    block, ref = InvertedResidual(*config), TorchvisionInvertedResidual(*config)
+    assert [n for n, _ in block.named_modules()] == [n for n, _ in ref.named_modules()]
+    state, ref_state = block.state_dict(), ref.state_dict()
+    assert list(state) == list(ref_state)
+    assert [t.shape for t in state.values()] == [t.shape for t in ref_state.values()]
+    for name in ("stride", "use_res_connect", "out_channels", "_is_cn"):
+        assert getattr(block, name) == getattr(ref, name), name
+    dw = block.conv[-3][0]
+    assert isinstance(dw, DepthwiseConv2d) and isinstance(dw, nn.Conv2d) and dw.bias is None
+    # Weights load either way, strictly.
+    ref.load_state_dict(randomize_batch_norms(InvertedResidual(*config)).state_dict())
+    block.load_state_dict(randomize_batch_norms(TorchvisionInvertedResidual(*config), seed=3).state_dict())
+
+
+def test_state_dict_keys_with_and_without_expansion():
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    expanded = ["conv.0.0.weight", *(f"conv.0.1.{k}" for k in bn), "conv.1.0.weight", *(f"conv.1.1.{k}" for k in bn),
+                "conv.2.weight", *(f"conv.3.{k}" for k in bn)]
+    assert list(InvertedResidual(8, 16, 2, 6).state_dict()) == expanded
+    plain = ["conv.0.0.weight", *(f"conv.0.1.{k}" for k in bn), "conv.1.weight", *(f"conv.2.{k}" for k in bn)]
+    assert list(InvertedResidual(16, 16, 1, 1).state_dict()) == plain
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_residual_only_at_stride_1_with_inp_equal_oup(config, op_calls):
+    inp, oup, stride, _ = config
+    block, _ = pair_blocks(*config)
+    block.eval()
+    assert block.use_res_connect == (stride == 1 and inp == oup)
+    x = torch.randn(1, inp, 6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        y = block(x)
+        body = block.conv(x)
+    assert op_calls == [block.use_res_connect]  # one fused call per forward
+    assert_close_scaled(y, body + x if block.use_res_connect else body, **TOL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parity with torchvision
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_eval_matches_torchvision(config, layout, op_calls):
+    """Eval mode: one fused op; outputs, and gradients of the input and of every unfolded parameter (through the
+    differentiable fold), are torchvision's."""
+    block, ref = pair_blocks(*config)
+    block.eval()
+    ref.eval()
+    if layout == "channels_last":
+        block, ref = block.to(memory_format=CL), ref.to(memory_format=CL)
+    x = make_input((2, config[0], 9, 9), layout, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close_scaled(block(x), ref(x), **TOL, name="output (no_grad)")
+    y, grads = outputs_and_grads(block, x)
+    expected, ref_grads = outputs_and_grads(ref, x)
+    assert len(op_calls) == 2
+    assert_close_scaled(y, expected, **TOL, name="output")
+    assert y.is_contiguous(memory_format=CL) == expected.is_contiguous(memory_format=CL)
+    assert_close_grads(grads, ref_grads, **TOL, names=grad_names(block))
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+def test_train_matches_torchvision(config, op_calls):
+    """Train mode runs the submodules: outputs, every gradient and the running statistics are torchvision's over
+    two optimizer steps; eval mode then folds the updated statistics."""
+    block, ref = pair_blocks(*config)
+    block.train()
+    ref.train()
+    opt = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    for step in range(2):
+        x = make_input((4, config[0], 8, 8), "channels_last" if step else "nchw", dtype=torch.float64)
+        y, grads = outputs_and_grads(block, x)
+        expected, ref_grads = outputs_and_grads(ref, x)
+        assert_close_scaled(y, expected, **TOL, name=f"output, step {step}")
+        assert_close_grads(grads, ref_grads, **TOL, names=grad_names(block))
+        for p, g, q, gr in zip(block.parameters(), grads[1:], ref.parameters(), ref_grads[1:]):
+            p.grad, q.grad = g, gr
+        opt.step()
+        opt_ref.step()
+    assert op_calls == []
+    for (name, b), r in zip(block.named_buffers(), ref.buffers()):
+        if name.endswith("num_batches_tracked"):
+            assert b.item() == r.item() == 2, name
+        else:
+            assert_close_scaled(b, r, **TOL, name=name)
+    block.eval()
+    ref.eval()
+    x = torch.randn(2, config[0], 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert_close_scaled(block(x), ref(x), **TOL, name="eval output after training")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configurations beyond torchvision's block
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=5), dict(dilation=2), dict(kernel_size=5, dilation=2, stride=2),
+                                    dict(stride=(2, 1)), dict(activation="hardswish"), dict(activation="relu"),
+                                    dict(activation=None)], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+@pytest.mark.parametrize("expand_ratio", (1, 4))
+def test_eval_other_configurations(kwargs, expand_ratio, op_calls):
+    kwargs = dict(kwargs)
+    stride = kwargs.pop("stride", 1)
+    block = randomize_batch_norms(InvertedResidual(8, 8, stride, expand_ratio, **kwargs).double()).eval()
+    k, d = kwargs.get("kernel_size", 3), kwargs.get("dilation", 1)
+    dw = block.conv[-3][0]
+    assert dw.kernel_size == (k, k) and dw.dilation == (d, d) and dw.padding == ((k - 1) // 2 * d,) * 2
+    assert block.use_res_connect == (stride == 1)
+    act = block.conv[-3][2] if len(block.conv[-3]) == 3 else None
+    assert type(act) is {"hardswish": nn.Hardswish, "relu": nn.ReLU, None: type(None)}.get(
+        kwargs.get("activation", "relu6"), nn.ReLU6)
+    x = torch.randn(2, 8, 11, 10, dtype=torch.float64)
+    y, grads = outputs_and_grads(block, x)
+    expected, ref_grads = outputs_and_grads(block, x, lambda t: unfused(block, t))
+    assert len(op_calls) == 1
+    assert_close_scaled(y, expected, **TOL, name="output")
+    assert_close_grads(grads, ref_grads, **TOL, names=grad_names(block))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="activation"):
+        InvertedResidual(8, 8, 1, 6, activation="gelu")
+    with pytest.raises(ValueError, match="expand_ratio"):
+        InvertedResidual(8, 8, 1, 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The freeze cache
+
+
+def test_freeze_folds_once_and_ignores_in_place_edits_until_unfreeze(monkeypatch):
+    block, _ = pair_blocks(8, 8, 1, 6)
+    block.eval()
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64)
+    folds = []
+    real_fold = block._fold
+    monkeypatch.setattr(block, "_fold", lambda: folds.append(1) or real_fold())
+    with torch.no_grad():
+        block(x), block(x)
+        assert len(folds) == 2  # default: folded on every call
+        assert block.freeze() is block and block.frozen and "frozen=True" in repr(block)
+        y = block(x)
+        assert len(folds) == 3 and torch.equal(block(x), y) and len(folds) == 3
+        block.conv[0][0].weight.mul_(-1)  # in-place edits: a frozen block does not see them ...
+        block.conv[1][1].running_var.mul_(4.0)
+        assert torch.equal(block(x), y)
+        assert block.unfreeze() is block and not block.frozen  # ... until it is unfrozen
+        y2 = block(x)
+        assert not torch.allclose(y2, y)
+        assert_close_scaled(y2, unfused(block, x), **TOL)
+
+
+def test_frozen_block_records_no_weight_gradients():
+    block, _ = pair_blocks(8, 16, 2, 6)
+    block.eval().freeze()
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64, requires_grad=True)
+    block(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in block.parameters())
+
+
+@pytest.mark.parametrize("change", ["load_state_dict", "to_float", "deepcopy", "pickle", "channels_last"])
+def test_frozen_block_refolds_after_conversions_loads_and_copies(change):
+    block, _ = pair_blocks(8, 8, 1, 6)
+    block.eval().freeze()
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        block(x)  # folded and cached
+    if change == "load_state_dict":
+        block.load_state_dict(randomize_batch_norms(InvertedResidual(8, 8, 1, 6).double(), seed=5).state_dict())
+    elif change == "to_float":
+        block, x = block.float(), x.float()
+    elif change == "deepcopy":
+        block = copy.deepcopy(block)
+        with torch.no_grad():
+            block.conv[2].weight.neg_()  # the copy's own weights, not the original's fold
+        block.freeze()
+    elif change == "pickle":
+        block = pickle.loads(pickle.dumps(block))
+    else:
+        block, x = block.to(memory_format=CL), x.to(memory_format=CL)
+    assert block.frozen
+    with torch.no_grad():
+        assert_close_scaled(block(x), unfused(block, x), **tolerance(x.dtype))
+
+
+def test_frozen_block_without_expansion_folded_under_inference_mode_then_used_with_grad():
+    """Its folded expansion weights are None: the cache checks the folded tensors that exist."""
+    block, _ = pair_blocks(16, 16, 1, 1)
+    block.eval().freeze()
+    x = torch.randn(1, 16, 6, 6, dtype=torch.float64)
+    with torch.inference_mode():
+        block(x)  # the frozen weights are now inference tensors
+    xg = x.clone().requires_grad_()
+    y = block(xg)  # outside inference_mode they are folded again, so autograd can save them
+    y.sum().backward()
+    assert_close_scaled(y.detach(), unfused(block, x).detach(), **TOL)
+    assert xg.grad is not None
+
+
+def test_fusedops_freeze_covers_inverted_residual_blocks():
+    model = nn.Sequential(InvertedResidual(8, 8, 1, 6), nn.Sequential(InvertedResidual(8, 16, 2, 1)),
+                          DepthwiseSeparableConv2d(16, 16))
+    blocks = [m for m in model.modules() if isinstance(m, (InvertedResidual, DepthwiseSeparableConv2d))]
+    assert len(blocks) == 3
+    assert fusedops.freeze(model) is model and all(m.frozen for m in blocks)
+    assert fusedops.unfreeze(model) is model and not any(m.frozen for m in blocks)
+    assert fusedops.nn.freeze(blocks[0]) is blocks[0] and blocks[0].frozen
