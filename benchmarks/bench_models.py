@@ -19,6 +19,7 @@ MODELS = {
     "shufflenet_v2_x1_0": torchvision.models.shufflenet_v2_x1_0,
     "shufflenet_v2_x0_5": torchvision.models.shufflenet_v2_x0_5,
     "mobilenet_v1": reference_mobilenet_v1,
+    "mobilenet_v2": torchvision.models.mobilenet_v2,
 }
 
 

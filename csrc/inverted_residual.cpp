@@ -11,9 +11,17 @@ TORCH_LIBRARY_FRAGMENT(fusedops, m) {
   //                    project_weight, project_bias) [+ input when residual]
   // with expand_weight (hidden, C, 1, 1), dw_weight (hidden, 1, kH, kW), project_weight (C_out, hidden, 1, 1);
   // activation "none", "relu", "relu6" or "hardswish". The expanded and depthwise maps are never written to
-  // memory. The output takes the input's memory format.
+  // memory. The output takes the input's memory format. packed_weights, from _inverted_residual_pack_weights on
+  // these weights, saves the CPU kernel packing them on every call (other backends ignore it).
   m.def(
       "inverted_residual(Tensor input, Tensor? expand_weight, Tensor? expand_bias, Tensor dw_weight, "
+      "Tensor? dw_bias, Tensor project_weight, Tensor? project_bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, str activation, bool residual, Tensor? packed_weights=None) -> Tensor");
+  // The weights of an inverted_residual call (the same arguments) packed as the CPU kernel reads them: a 1-D
+  // tensor of the accumulation dtype, valid for blocks of these channel counts, kernel size and dtype, in this
+  // build. It holds a copy: later changes of the weights are not seen by calls that pass it.
+  m.def(
+      "_inverted_residual_pack_weights(Tensor input, Tensor? expand_weight, Tensor? expand_bias, Tensor dw_weight, "
       "Tensor? dw_bias, Tensor project_weight, Tensor? project_bias, int[2] stride, int[2] padding, "
       "int[2] dilation, str activation, bool residual) -> Tensor");
   // Gradients (input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias) of

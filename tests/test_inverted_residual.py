@@ -285,3 +285,57 @@ def test_bad_arguments_name_the_argument():
         fusedops.inverted_residual(x, None, None, dw, db, pw, pb)
     with pytest.raises(RuntimeError, match="project_weight must have shape"):
         fusedops.inverted_residual(x, ew, eb, dw, db, pw[:, :10], pb)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Packed weights
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16))
+@pytest.mark.parametrize("expand", (True, False))
+def test_packed_weights_give_the_same_result(dtype, expand):
+    from fusedops.ops.inverted_residual import pack_weights
+
+    x = make_input((2, 8, 9, 9), "channels_last", dtype=dtype)
+    weights = make_inverted_residual_weights(8, 32, 8, expand=expand, dtype=dtype, requires_grad=False)
+    packed = pack_weights(x, *weights)
+    assert packed.dim() == 1 and packed.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    expected = fusedops.inverted_residual(x, *weights)
+    # Packed once, used for inputs of other sizes and layouts.
+    torch.testing.assert_close(fusedops.inverted_residual(x, *weights, packed_weights=packed), expected, rtol=0,
+                               atol=0)
+    x2 = make_input((1, 8, 5, 7), "nchw", dtype=dtype)
+    torch.testing.assert_close(fusedops.inverted_residual(x2, *weights, packed_weights=packed),
+                               fusedops.inverted_residual(x2, *weights), rtol=0, atol=0)
+
+
+def test_packed_weights_of_another_block_are_refused():
+    from fusedops.ops.inverted_residual import pack_weights
+
+    x = make_input((1, 8, 6, 6), "channels_last")
+    weights = make_inverted_residual_weights(8, 32, 8, requires_grad=False)
+    other = make_inverted_residual_weights(8, 24, 8, requires_grad=False)
+    with pytest.raises(RuntimeError, match="packed_weights were not packed for this block"):
+        fusedops.inverted_residual(x, *weights, packed_weights=pack_weights(x, *other))
+    with pytest.raises(RuntimeError, match="packed_weights were not packed for this block"):
+        fusedops.inverted_residual(x.double(), *[w.double() for w in weights],
+                                   packed_weights=pack_weights(x, *weights))
+    assert pack_weights(x.to("meta"), *[w.to("meta") for w in weights]) is None
+
+
+def test_frozen_module_packs_once_and_repacks_after_a_load():
+    block = fusedops.nn.InvertedResidual(8, 8, 1, 4).eval()
+    x = make_input((1, 8, 7, 7), "channels_last")
+    fusedops.freeze(block)
+    with torch.no_grad():
+        y = block(x)
+        packed = block._packed[1]
+        block(x)
+        assert block._packed[1] is packed
+        state = {k: v + 0.1 if k.endswith("weight") else v for k, v in block.state_dict().items()}
+        block.load_state_dict(state)
+        y2 = block(x)
+        assert block._packed[1] is not packed
+        fusedops.unfreeze(block)
+        torch.testing.assert_close(y2, block(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(y, y2)

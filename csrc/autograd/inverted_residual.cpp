@@ -30,7 +30,7 @@ struct InvertedResidualFormula {
                    const OptionalTensor& expand_weight, const OptionalTensor& expand_bias, const Tensor& dw_weight,
                    const OptionalTensor& dw_bias, const Tensor& project_weight, const OptionalTensor& project_bias,
                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, c10::string_view activation,
-                   bool residual) {
+                   bool residual, const OptionalTensor& /*packed_weights: a copy of the weights, no gradient*/) {
     ctx->save_for_backward({input, expand_weight.value_or(Tensor()), expand_bias.value_or(Tensor()), dw_weight,
                             dw_bias.value_or(Tensor()), project_weight, project_bias.value_or(Tensor())});
     ctx->saved_data["stride"] = stride;
@@ -56,7 +56,8 @@ struct InvertedResidualFormula {
   static Tensor composite(const Tensor& input, const OptionalTensor& expand_weight, const OptionalTensor& expand_bias,
                           const Tensor& dw_weight, const OptionalTensor& dw_bias, const Tensor& project_weight,
                           const OptionalTensor& project_bias, IntArrayRef stride, IntArrayRef padding,
-                          IntArrayRef dilation, c10::string_view activation, bool residual) {
+                          IntArrayRef dilation, c10::string_view activation, bool residual,
+                          const OptionalTensor& /*packed_weights*/) {
     const InvertedResidualGeometry g = inverted_residual_geometry(
         input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding, dilation,
         std::string_view(activation.data(), activation.size()), residual);

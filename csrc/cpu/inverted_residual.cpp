@@ -33,6 +33,7 @@
 #include "fusedops/inverted_residual.h"
 
 #include <algorithm>
+#include <array>
 #include <type_traits>
 
 namespace fusedops {
@@ -46,6 +47,12 @@ using at::Tensor;
 constexpr int64_t kBandBytes = 256 * 1024;
 // Below this many multiply-adds per work item, items are merged (waking the pool costs ~5-10 us).
 constexpr int64_t kMinItemMacs = 1 << 15;
+// Whole-image plan (band_plan): the largest image of depthwise outputs it keeps (in L2, shared by the threads),
+// what its two pool wake-ups per image cost in multiply-adds of one thread (~10 us at ~50 GMAC/s), and the pixels
+// of one project work item.
+constexpr int64_t kImageBytes = 1024 * 1024;
+constexpr double kImageSyncMacs = 5e5;
+constexpr int64_t kImagePixelChunk = 64;
 
 // Input rows [begin, end) a band of output rows [r0, r1) reads, clipped to the image.
 struct RowRange {
@@ -59,6 +66,7 @@ RowRange input_rows(const ConvGeometry& g, int64_t r0, int64_t r1) {
 }
 
 struct BandPlan {
+  bool whole_images = false;    // whole images in two parallel steps instead of bands (see forward_cpu)
   int64_t rows = 1;             // output rows per band (the last band of an image may have fewer)
   int64_t bands_per_image = 1;  // ceil(out_h / rows)
   int64_t max_hidden_rows = 0;  // the most expanded rows a band computes
@@ -107,6 +115,13 @@ BandPlan band_plan(const InvertedResidualGeometry& geo, int64_t acc_bytes, int64
       best_time = time;
     }
   }
+  // Whole images: no halo expanded twice, every thread busy on every image, at the cost of two pool wake-ups per
+  // image; for blocks with an expand stage whose image of depthwise outputs stays in L2.
+  const double image_work = static_cast<double>(g.in_h * expand_per_row + g.out_h * out_per_row);
+  const double image_time = static_cast<double>(g.batch) * (image_work / static_cast<double>(threads) + kImageSyncMacs);
+  if (geo.expand && threads > 1 && g.out_h * g.out_w * H * acc_bytes <= kImageBytes && image_time < best_time) {
+    best.whole_images = true;
+  }
   return best;
 }
 
@@ -120,45 +135,138 @@ void add_residual(scalar_t* dst, const scalar_t* residual, int64_t count) {
   if (i < count) store_acc(dst + i, load_acc(dst + i, count - i) + load_acc(residual + i, count - i), count - i);
 }
 
+// The block's weights as the kernel reads them, in the accumulation type: a header (kHeader elements: the panel
+// width and the block's channel counts and taps, which a packed tensor must match), then the expand and project
+// weights packed into GEMM panels, the depthwise taps [T][hidden] and the depthwise bias.
+constexpr int64_t kHeader = 8;
+
+template <typename acc>
+struct BlockWeights {
+  PackedPointwise<acc> expand, project;
+  const acc* dw_taps = nullptr;
+  const acc* dw_bias = nullptr;
+};
+
+template <typename acc>
+int64_t block_weight_elements(const InvertedResidualGeometry& geo) {
+  using P = PackedPointwise<acc>;
+  constexpr int64_t V = at::vec::Vectorized<acc>::size();
+  const int64_t T = geo.dw.kernel_h * geo.dw.kernel_w;
+  return kHeader + (geo.expand ? P::packed_elements(geo.in_channels, geo.hidden) : 0) +
+         P::packed_elements(geo.hidden, geo.out_channels) + T * geo.hidden + geo.hidden + V;
+}
+
+template <typename acc>
+std::array<acc, kHeader> block_weight_header(const InvertedResidualGeometry& geo) {
+  return {acc(PackedPointwise<acc>::kNr), acc(geo.expand),      acc(geo.in_channels), acc(geo.hidden),
+          acc(geo.out_channels),          acc(geo.dw.kernel_h), acc(geo.dw.kernel_w), acc(0)};
+}
+
+// Where each part lives in `base` (block_weight_elements of acc).
+template <typename acc>
+BlockWeights<acc> block_weight_layout(const InvertedResidualGeometry& geo, const acc* base) {
+  using P = PackedPointwise<acc>;
+  BlockWeights<acc> w;
+  acc* p = const_cast<acc*>(base) + kHeader;
+  if (geo.expand) {
+    w.expand = packed_pointwise_layout<acc>(geo.in_channels, geo.hidden, p);
+    p += P::packed_elements(geo.in_channels, geo.hidden);
+  }
+  w.project = packed_pointwise_layout<acc>(geo.hidden, geo.out_channels, p);
+  p += P::packed_elements(geo.hidden, geo.out_channels);
+  w.dw_taps = p;
+  w.dw_bias = p + geo.dw.kernel_h * geo.dw.kernel_w * geo.hidden;
+  return w;
+}
+
+// Packs the block's weights into `dst` (block_weight_elements of acc).
+template <typename scalar_t>
+BlockWeights<acc_t<scalar_t>> pack_block_weights(const InvertedResidualGeometry& geo,
+                                                 const c10::optional<Tensor>& expand_weight,
+                                                 const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
+                                                 const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
+                                                 const c10::optional<Tensor>& project_bias, acc_t<scalar_t>* dst) {
+  using acc = acc_t<scalar_t>;
+  const auto header = block_weight_header<acc>(geo);
+  std::copy(header.begin(), header.end(), dst);
+  BlockWeights<acc> w = block_weight_layout<acc>(geo, dst);
+  if (geo.expand) {
+    pack_pointwise_weights<scalar_t>(*expand_weight, expand_bias, geo.in_channels, geo.hidden,
+                                     const_cast<acc*>(w.expand.panels));
+  }
+  pack_pointwise_weights<scalar_t>(project_weight, project_bias, geo.hidden, geo.out_channels,
+                                   const_cast<acc*>(w.project.panels));
+  lay_out_depthwise_weights<scalar_t>(dw_weight, dw_bias, geo.hidden, geo.dw.kernel_h * geo.dw.kernel_w,
+                                      const_cast<acc*>(w.dw_taps), const_cast<acc*>(w.dw_bias));
+  return w;
+}
+
+// The weights of a packed_weights tensor, after checking that it was packed for a block of this geometry and
+// dtype by this build.
+template <typename acc>
+BlockWeights<acc> packed_block_weights(const InvertedResidualGeometry& geo, const Tensor& packed) {
+  const auto header = block_weight_header<acc>(geo);
+  TORCH_CHECK(packed.device().is_cpu() && packed.dim() == 1 && packed.is_contiguous() &&
+                  packed.scalar_type() == c10::CppTypeToScalarType<acc>::value &&
+                  packed.numel() == block_weight_elements<acc>(geo) &&
+                  std::equal(header.begin(), header.end(), packed.const_data_ptr<acc>()),
+              "fusedops: packed_weights were not packed for this block (its channels, kernel and dtype) by this "
+              "build: pack them again with fusedops.ops.inverted_residual.pack_weights");
+  return block_weight_layout<acc>(geo, packed.const_data_ptr<acc>());
+}
+
 template <typename scalar_t>
 void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tensor>& expand_weight,
                  const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
                  const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
-                 const c10::optional<Tensor>& project_bias, Tensor& out, const InvertedResidualGeometry& geo,
-                 bool out_channels_last) {
+                 const c10::optional<Tensor>& project_bias, const c10::optional<Tensor>& packed_weights, Tensor& out,
+                 const InvertedResidualGeometry& geo, bool out_channels_last) {
   using acc = acc_t<scalar_t>;
-  using P = PackedPointwise<acc>;
   constexpr int64_t V = at::vec::Vectorized<acc>::size();
   const ConvGeometry& g = geo.dw;
   const int64_t C = geo.in_channels, H = geo.hidden, OC = geo.out_channels;
   const int64_t T = g.kernel_h * g.kernel_w;
 
-  // Shared read-only weights, prepared by the calling thread: expand and project weights packed into panels,
-  // depthwise taps [T][H] and bias.
-  const int64_t expand_elems = geo.expand ? P::packed_elements(C, H) : 0;
-  const int64_t project_elems = P::packed_elements(H, OC);
-  acc* shared = thread_scratch<acc>(expand_elems + project_elems + T * H + H + V, ScratchSlot::kPacked);
-  P expand, project;
-  if (geo.expand) expand = pack_pointwise_weights<scalar_t>(*expand_weight, expand_bias, C, H, shared);
-  project = pack_pointwise_weights<scalar_t>(project_weight, project_bias, H, OC, shared + expand_elems);
-  acc* dw_taps = shared + expand_elems + project_elems;
-  acc* dw_b = dw_taps + T * H;
-  lay_out_depthwise_weights<scalar_t>(dw_weight, dw_bias, H, T, dw_taps, dw_b);
+  // Shared read-only weights: packed once by pack_weights, or here by the calling thread (expand and project
+  // weights packed into panels, depthwise taps [T][H] and bias).
+  const BlockWeights<acc> weights =
+      (packed_weights.has_value() && packed_weights->defined())
+          ? packed_block_weights<acc>(geo, *packed_weights)
+          : pack_block_weights<scalar_t>(geo, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                         project_bias,
+                                         thread_scratch<acc>(block_weight_elements<acc>(geo), ScratchSlot::kPacked));
+  const PackedPointwise<acc>& expand = weights.expand;
+  const PackedPointwise<acc>& project = weights.project;
+  const acc* dw_taps = weights.dw_taps;
+  const acc* dw_b = weights.dw_bias;
 
   const int64_t threads = at::get_num_threads();
   const BandPlan plan = band_plan(geo, sizeof(acc), threads);
-  const int64_t rows = plan.rows, items = g.batch * plan.bands_per_image;
-  const int64_t item_macs = plan.max_hidden_rows * (geo.expand ? g.in_w * C * H : 0) + rows * g.out_w * H * (T + OC);
-  const int64_t grain = std::max<int64_t>(1, kMinItemMacs / std::max<int64_t>(1, item_macs));
-
+  const int64_t out_pixels = g.out_h * g.out_w;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const Activation act = geo.activation;
   const ActivationEpilogue epilogue{act};
-  // Depthwise output rows [r0, r1) of `image` (channels-last rows of `pixel_stride` elements, geometry `geom`)
-  // into the tile `out` (rows of out_w pixels of H channels), activation applied.
-  auto depthwise_band = [&](const auto* image, int64_t pixel_stride, const ConvGeometry& geom, int64_t r0, int64_t r1,
-                            acc* out) {
+
+  // Expanded pixels [first, first + count) of `image`, the channels of expand panels [p0, p1), into `dst` (pixels
+  // of `ld` channels, the first channel of panel p0 first), activation applied.
+  auto expand_pixels = [&](const scalar_t* image, int64_t first, int64_t count, int64_t p0, int64_t p1, acc* dst,
+                           int64_t ld) {
+    const scalar_t* src = image + first * C;
+    const acc* a = nullptr;
+    if constexpr (kSameAsAcc<scalar_t>) {
+      a = src;
+    } else {
+      acc* converted = thread_scratch<acc>(count * C, ScratchSlot::kTilePacked);
+      for (int64_t e = 0; e < count * C; ++e) converted[e] = static_cast<acc>(src[e]);
+      a = converted;
+    }
+    pointwise_gemm<acc, acc>(expand, p0, p1, a, C, count, dst - p0 * PackedPointwise<acc>::kNr, ld, act);
+  };
+  // Depthwise output rows [r0, r1), channels [c0, c1), of `image` (channel c of pixel q at image + q * pixel_stride
+  // + c, geometry `geom`) into `dst` (output row r0 first; pixels of H channels), activation applied.
+  auto depthwise_rows = [&](const auto* image, int64_t pixel_stride, const ConvGeometry& geom, int64_t r0, int64_t r1,
+                            int64_t c0, int64_t c1, acc* dst) {
     using in_t = std::remove_const_t<std::remove_pointer_t<decltype(image)>>;
     DwNhwcRow<in_t, acc> t;
     t.image = image;
@@ -167,69 +275,100 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     t.weight = dw_taps;
     t.weight_ld = H;
     t.bias = dw_b;
-    t.out = out;
+    t.out = dst;
     t.out_pix_stride = H;
     t.out_row_stride = g.out_w * H;
     t.oh = r0;
-    t.c_begin = 0;
-    t.c_end = H;
+    t.c_begin = c0;
+    t.c_end = c1;
     depthwise_nhwc_rows(t, geom, r1, epilogue);
   };
+  // Output pixels [first, first + count) of image n, the channels of project panels [p0, p1), from `mid` (those
+  // pixels' depthwise outputs), then the residual: the output's pixels are the input's (stride 1, same size).
+  auto project_pixels = [&](int64_t n, int64_t first, int64_t count, int64_t p0, int64_t p1, const acc* mid) {
+    const scalar_t* residual = geo.residual ? in + (n * out_pixels + first) * C : nullptr;
+    const int64_t c0 = p0 * PackedPointwise<acc>::kNr, c1 = std::min(OC, p1 * PackedPointwise<acc>::kNr);
+    if (out_channels_last) {
+      scalar_t* dst = o + (n * out_pixels + first) * OC;
+      pointwise_gemm<acc, scalar_t>(project, p0, p1, mid, H, count, dst, OC, Activation::kNone);
+      if (residual != nullptr && c1 - c0 == OC) {
+        add_residual(dst, residual, count * OC);
+      } else if (residual != nullptr) {
+        for (int64_t q = 0; q < count; ++q) add_residual(dst + q * OC + c0, residual + q * C + c0, c1 - c0);
+      }
+      return;
+    }
+    const int64_t ldc = c1 - c0 + V;
+    acc* staged = thread_scratch<acc>(count * ldc + V, ScratchSlot::kTileOut);
+    pointwise_gemm<acc, acc>(project, p0, p1, mid, H, count, staged - c0, ldc, Activation::kNone);
+    scalar_t* plane = o + n * OC * out_pixels + first;
+    for (int64_t c = c0; c < c1; ++c) {
+      scalar_t* dst = plane + c * out_pixels;
+      const acc* src = staged + (c - c0);
+      if (residual != nullptr) {
+        for (int64_t q = 0; q < count; ++q)
+          dst[q] = static_cast<scalar_t>(static_cast<acc>(static_cast<scalar_t>(src[q * ldc])) +
+                                         static_cast<acc>(residual[q * C + c]));
+      } else {
+        for (int64_t q = 0; q < count; ++q) dst[q] = static_cast<scalar_t>(src[q * ldc]);
+      }
+    }
+  };
+
+  if (plan.whole_images) {
+    // Whole images, one at a time, in two parallel steps: every thread expands and depthwise-filters a slice of
+    // the hidden channels of every pixel into one shared tile of the image's depthwise outputs (no halo is
+    // expanded twice), then the project GEMM splits the image's pixels and output channels.
+    constexpr int64_t kNr = PackedPointwise<acc>::kNr;
+    acc* mid = thread_scratch<acc>(out_pixels * H + V, ScratchSlot::kRun);
+    const int64_t hidden_panels = (H + kNr - 1) / kNr, project_panels = project.num_panels();
+    const int64_t chunks = (out_pixels + kImagePixelChunk - 1) / kImagePixelChunk;
+    for (int64_t n = 0; n < g.batch; ++n) {
+      const scalar_t* image = in + n * g.in_h * g.in_w * C;
+      at::parallel_for(0, hidden_panels, (hidden_panels + threads - 1) / threads, [&](int64_t p0, int64_t p1) {
+        const int64_t h0 = p0 * kNr, h1 = std::min(H, p1 * kNr), width = h1 - h0;
+        acc* hidden = thread_scratch<acc>(g.in_h * g.in_w * width + V, ScratchSlot::kTileHidden);
+        expand_pixels(image, 0, g.in_h * g.in_w, p0, p1, hidden, width);
+        depthwise_rows(hidden - h0, width, g, 0, g.out_h, h0, h1, mid);
+      });
+      const int64_t items = chunks * project_panels;
+      const int64_t item_macs = std::min(kImagePixelChunk, out_pixels) * H * kNr;
+      at::parallel_for(0, items, std::max<int64_t>(1, kMinItemMacs / item_macs), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t chunk = i / project_panels, panel = i % project_panels;
+          const int64_t first = chunk * kImagePixelChunk, count = std::min(kImagePixelChunk, out_pixels - first);
+          project_pixels(n, first, count, panel, panel + 1, mid + first * H);
+        }
+      });
+    }
+    return;
+  }
+
+  // Bands of output rows, each a work item: expanded rows (halo included) -> depthwise rows -> project.
+  const int64_t rows = plan.rows, items = g.batch * plan.bands_per_image;
+  const int64_t item_macs = plan.max_hidden_rows * (geo.expand ? g.in_w * C * H : 0) + rows * g.out_w * H * (T + OC);
+  const int64_t grain = std::max<int64_t>(1, kMinItemMacs / std::max<int64_t>(1, item_macs));
   at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     acc* mid = thread_scratch<acc>(rows * g.out_w * H + V, ScratchSlot::kTile);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / plan.bands_per_image, r0 = (i % plan.bands_per_image) * rows;
-      const int64_t r1 = std::min(g.out_h, r0 + rows), pix = (r1 - r0) * g.out_w;
+      const int64_t r1 = std::min(g.out_h, r0 + rows);
       const scalar_t* image = in + n * g.in_h * g.in_w * C;
-      // 1-2. Expanded rows, then the depthwise rows of the band into `mid`.
       if (geo.expand) {
         const RowRange in_rows = input_rows(g, r0, r1);
         const int64_t hidden_pix = (in_rows.end - in_rows.begin) * g.in_w;
         acc* hidden = thread_scratch<acc>(hidden_pix * H + V, ScratchSlot::kTileHidden);
-        if (hidden_pix > 0) {
-          const scalar_t* rows_in = image + in_rows.begin * g.in_w * C;
-          const acc* a = nullptr;
-          if constexpr (kSameAsAcc<scalar_t>) {
-            a = rows_in;
-          } else {
-            acc* converted = thread_scratch<acc>(hidden_pix * C, ScratchSlot::kTilePacked);
-            for (int64_t e = 0; e < hidden_pix * C; ++e) converted[e] = static_cast<acc>(rows_in[e]);
-            a = converted;
-          }
-          pointwise_gemm<acc, acc>(expand, 0, expand.num_panels(), a, C, hidden_pix, hidden, H, act);
-        }
+        if (hidden_pix > 0) expand_pixels(image, in_rows.begin * g.in_w, hidden_pix, 0, expand.num_panels(), hidden, H);
         // The tile is the image for the depthwise stage: its rows are input rows [begin, end), the rows above
         // count as padding (never read by this band's outputs).
         ConvGeometry band = g;
         band.in_h = in_rows.end - in_rows.begin;
         band.pad_h = g.pad_h + in_rows.begin;
-        depthwise_band(hidden, H, band, r0, r1, mid);
+        depthwise_rows(hidden, H, band, r0, r1, 0, H, mid);
       } else {
-        depthwise_band(image, C, g, r0, r1, mid);
+        depthwise_rows(image, C, g, r0, r1, 0, H, mid);
       }
-      // 3. Project (linear), then the residual: the output's pixels are the input's (stride 1, same size).
-      const scalar_t* residual = geo.residual ? image + r0 * g.in_w * C : nullptr;
-      if (out_channels_last) {
-        scalar_t* dst = o + (n * g.out_h + r0) * g.out_w * OC;
-        pointwise_gemm<acc, scalar_t>(project, 0, project.num_panels(), mid, H, pix, dst, OC, Activation::kNone);
-        if (residual != nullptr) add_residual(dst, residual, pix * OC);
-      } else {
-        const int64_t ldc = OC + V;
-        acc* staged = thread_scratch<acc>(pix * ldc + V, ScratchSlot::kTileOut);
-        pointwise_gemm<acc, acc>(project, 0, project.num_panels(), mid, H, pix, staged, ldc, Activation::kNone);
-        scalar_t* plane = o + n * OC * g.out_h * g.out_w + r0 * g.out_w;
-        for (int64_t c = 0; c < OC; ++c) {
-          scalar_t* dst = plane + c * g.out_h * g.out_w;
-          const acc* src = staged + c;
-          if (residual != nullptr) {
-            for (int64_t p = 0; p < pix; ++p)
-              dst[p] = static_cast<scalar_t>(static_cast<acc>(static_cast<scalar_t>(src[p * ldc])) +
-                                             static_cast<acc>(residual[p * C + c]));
-          } else {
-            for (int64_t p = 0; p < pix; ++p) dst[p] = static_cast<scalar_t>(src[p * ldc]);
-          }
-        }
-      }
+      project_pixels(n, r0 * g.out_w, (r1 - r0) * g.out_w, 0, project.num_panels(), mid);
     }
   });
 }
@@ -238,7 +377,8 @@ Tensor inverted_residual_cpu(const Tensor& input_, const c10::optional<Tensor>& 
                              const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
                              const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
                              const c10::optional<Tensor>& project_bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                             at::IntArrayRef dilation, c10::string_view activation, bool residual) {
+                             at::IntArrayRef dilation, c10::string_view activation, bool residual,
+                             const c10::optional<Tensor>& packed_weights) {
   const InvertedResidualGeometry geo = inverted_residual_geometry(
       input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding, dilation,
       std::string_view(activation.data(), activation.size()), residual);
@@ -249,10 +389,31 @@ Tensor inverted_residual_cpu(const Tensor& input_, const c10::optional<Tensor>& 
   Tensor out = at::empty({g.batch, geo.out_channels, g.out_h, g.out_w}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "inverted_residual_cpu", [&] {
-    forward_cpu<scalar_t>(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, out, geo,
-                          fmt == at::MemoryFormat::ChannelsLast);
+    forward_cpu<scalar_t>(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                          packed_weights, out, geo, fmt == at::MemoryFormat::ChannelsLast);
   });
   return out;
+}
+
+Tensor inverted_residual_pack_weights_cpu(const Tensor& input, const c10::optional<Tensor>& expand_weight,
+                                          const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
+                                          const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
+                                          const c10::optional<Tensor>& project_bias, at::IntArrayRef stride,
+                                          at::IntArrayRef padding, at::IntArrayRef dilation,
+                                          c10::string_view activation, bool residual) {
+  const InvertedResidualGeometry geo = inverted_residual_geometry(
+      input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding, dilation,
+      std::string_view(activation.data(), activation.size()), residual);
+  Tensor packed;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "inverted_residual_pack", [&] {
+    using acc = acc_t<scalar_t>;
+    packed = at::empty(
+        {block_weight_elements<acc>(geo)},
+        input.options().dtype(c10::CppTypeToScalarType<acc>::value).memory_format(at::MemoryFormat::Contiguous));
+    pack_block_weights<scalar_t>(geo, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                 packed.mutable_data_ptr<acc>());
+  });
+  return packed;
 }
 
 InvertedResidualGrads inverted_residual_backward_cpu(const Tensor& grad_output, const Tensor& input,
@@ -277,4 +438,5 @@ InvertedResidualGrads inverted_residual_backward_cpu(const Tensor& grad_output, 
 TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
   m.impl("inverted_residual", &fusedops::cpu::inverted_residual_cpu);
   m.impl("_inverted_residual_backward", &fusedops::cpu::inverted_residual_backward_cpu);
+  m.impl("_inverted_residual_pack_weights", &fusedops::cpu::inverted_residual_pack_weights_cpu);
 }

@@ -26,7 +26,7 @@ Tensor inverted_residual_cuda(const Tensor& input, const c10::optional<Tensor>& 
                               const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
                               const c10::optional<Tensor>& project_bias, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view activation,
-                              bool residual) {
+                              bool residual, const c10::optional<Tensor>& /*packed_weights: for the CPU kernel*/) {
   TORCH_CHECK(on_kernel_device(input), "fusedops: inverted_residual CUDA kernel got input on ", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   return inverted_residual_composed(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,

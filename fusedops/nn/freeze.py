@@ -21,6 +21,7 @@ class FoldedWeights:
 
     _frozen = False
     _folded = None  # the frozen folded weights; None until folded (and after anything that refolds)
+    _packed = None  # (the frozen folded weights, their kernel-ready form) once _packed_weights made it
 
     @property
     def frozen(self) -> bool:
@@ -56,6 +57,19 @@ class FoldedWeights:
                 folded = self._folded = self._fold()
         return folded
 
+    def _packed_weights(self, folded, pack):
+        """The kernel-ready form of `folded` (what ``pack()`` returns), made once per frozen fold: when `folded` is
+        the frozen cache of :meth:`_folded_weights`, the form made for it last time, else ``pack()`` now. None
+        when `folded` is not the frozen cache (not frozen, or traced): those folds change from call to call."""
+        if folded is None or folded is not self._folded:
+            return None
+        cached = self._packed
+        # The cache holds the fold it was made from, so `is` cannot match a later fold at a reused address.
+        if cached is None or cached[0] is not folded:
+            with torch.no_grad():
+                cached = self._packed = (folded, pack())
+        return cached[1]
+
     # What refolds a frozen module: conversions (.to(), .cuda(), .half(), memory formats all go through _apply),
     # load_state_dict, and copies (deepcopy and pickle drop the folded weights).
     def _apply(self, fn, *args, **kwargs):
@@ -69,6 +83,7 @@ class FoldedWeights:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_folded"] = None
+        state.pop("_packed", None)
         return state
 
     def __setstate__(self, state):

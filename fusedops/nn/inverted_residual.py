@@ -1,7 +1,7 @@
 from torch import nn
 
 from ..ops.activations import activation_name
-from ..ops.inverted_residual import inverted_residual
+from ..ops.inverted_residual import inverted_residual, pack_weights
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
 from .fuse import fold_bn
@@ -132,9 +132,15 @@ class InvertedResidual(FoldedWeights, nn.Module):
         if self._runs_unfused(layers):
             return input + conv(input) if self.use_res_connect else conv(input)
         dw = layers[-3][0]
-        expand_w, expand_b, dw_w, dw_b, project_w, project_b = self.folded_weights()
-        return inverted_residual(input, expand_w, expand_b, dw_w, dw_b, project_w, project_b, dw.stride, dw.padding,
-                                 dw.dilation, self.activation, residual=self.use_res_connect)
+        folded = self.folded_weights()
+        args = (dw.stride, dw.padding, dw.dilation, self.activation)
+        # Frozen: the CPU kernel's packed form of the folded weights is made once too (packing costs as much as the
+        # arithmetic at batch 1 on small maps).
+        packed = None
+        if input.device.type == "cpu" and folded[2].device.type == "cpu":
+            packed = self._packed_weights(folded, lambda: pack_weights(input, *folded, *args,
+                                                                       residual=self.use_res_connect))
+        return inverted_residual(input, *folded, *args, residual=self.use_res_connect, packed_weights=packed)
 
     def extra_repr(self) -> str:
         frozen = ", frozen=True" if self._frozen else ""

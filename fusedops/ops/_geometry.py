@@ -156,7 +156,9 @@ def _check_pointwise(input, weight, bias, inputs, weight_name, bias_name, meanin
 
 
 def check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
-                            stride, padding, dilation, activation, residual):
+                            stride, padding, dilation, activation, residual, packed_weights=None):
+    """packed_weights is checked by the CPU kernel that reads it (against the block's channels, kernel and dtype);
+    the other implementations do not read it."""
     torch._check(input.dim() == 4, lambda: f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
     _args.check_floating(input, "input")
     channels = input.shape[1]

@@ -37,9 +37,9 @@ def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, 
 
 
 def inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
-                      padding, dilation, activation_kind, residual):
+                      padding, dilation, activation_kind, residual, packed_weights=None):
     # MobileNetV2's block with its batch norms folded: [expand 1x1 -> act] -> depthwise -> act -> project 1x1
-    # (linear) [+ input].
+    # (linear) [+ input]. packed_weights (the CPU kernel's copy of the weights) is not needed here.
     x = input
     if expand_weight is not None:
         x = activation(F.conv2d(x, expand_weight, expand_bias), activation_kind)

@@ -7,6 +7,8 @@ csrc/autograd/inverted_residual.cpp; reference: fusedops/ops/_reference.py; sche
 argument checks and output shape: fusedops/ops/_geometry.py.
 """
 
+import torch
+
 from . import _args, _geometry, _library, _reference
 from .activations import activation_name
 
@@ -15,7 +17,8 @@ BACKWARD_NAME = "_inverted_residual_backward"
 
 
 def inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias=None,
-                      stride=1, padding=None, dilation=1, activation="relu6", se=None, residual=None):
+                      stride=1, padding=None, dilation=1, activation="relu6", se=None, residual=None,
+                      packed_weights=None):
     r"""MobileNetV2's inverted-residual block with eval-mode batch norms folded into the weights
     (:func:`fusedops.fuse_bn`):
 
@@ -43,6 +46,9 @@ def inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, pro
         se: squeeze-and-excitation after the depthwise stage: not supported yet (must be ``None``).
         residual: add ``input`` to the output; default ``stride == 1 and C_in == C_out`` (and an output of the
             input's size). ``True`` where the shapes differ is an error.
+        packed_weights: optional, :func:`pack_weights` of these weights: the CPU kernel then reads them as packed
+            instead of packing them on every call (at batch 1 that packing can cost as much as the block's
+            arithmetic). It is a copy: it must be made again after the weights change. Other backends ignore it.
 
     Returns:
         ``Tensor[N, C_out, H_out, W_out]`` in the input's memory format.
@@ -50,11 +56,11 @@ def inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, pro
     if se is None and padding is not None and residual is not None:
         out = _library.call_native_eagerly(NAME, input, input, expand_weight, expand_bias, dw_weight, dw_bias,
                                            project_weight, project_bias, stride, padding, dilation, activation,
-                                           residual)
+                                           residual, packed_weights)
         if out is not NotImplemented:
             return out
     args = _normalize(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
-                      padding, dilation, activation, se, residual)
+                      padding, dilation, activation, se, residual) + (packed_weights,)
     return _library.call_op(NAME, args, tensor_args=7, check=_geometry.check_inverted_residual,
                             reference=_reference.inverted_residual)
 
@@ -90,8 +96,21 @@ def _normalize(input, expand_weight, expand_bias, dw_weight, dw_bias, project_we
             dilation, act, residual)
 
 
+def pack_weights(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias=None, stride=1,
+                 padding=None, dilation=1, activation="relu6", residual=None):
+    """The weights of an :func:`inverted_residual` call (same arguments) packed as the CPU kernel reads them, to
+    pass as its ``packed_weights``: valid for every later call with weights of these values (a copy is taken),
+    channel counts, kernel size and dtype, whatever the input's size. ``None`` for tensors not on the CPU, whose
+    kernels take no packed weights."""
+    if input.device.type != "cpu":
+        return None
+    args = _normalize(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
+                      padding, dilation, activation, None, residual)
+    return torch.ops.fusedops._inverted_residual_pack_weights(*args)
+
+
 def _fake(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding,
-          dilation, activation, residual):
+          dilation, activation, residual, packed_weights=None):
     _geometry.check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                                       project_bias, stride, padding, dilation, activation, residual)
     return _args.empty_like_format(input, _geometry.inverted_residual_output_shape(input, dw_weight, project_weight,
@@ -117,9 +136,9 @@ def _fake_backward(grad_output, input, expand_weight, expand_bias, dw_weight, dw
 
 def _setup_context(ctx, inputs, output):
     # The backward recomputes the expanded and depthwise maps from the input: only the input and the weights are
-    # kept.
+    # kept (not packed_weights, a copy of the weights without a gradient).
     (input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding, dilation,
-     activation, residual) = inputs
+     activation, residual) = inputs[:12]
     ctx.save_for_backward(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias)
     ctx.block_args = (stride, padding, dilation, activation, residual)
 
@@ -130,7 +149,7 @@ def _make_backward(ops):
         needs = ctx.needs_input_grad
         mask = [needs[i] and (saved[i] is not None) for i in range(7)]
         grads = ops._inverted_residual_backward(grad_output, *saved, *ctx.block_args, mask)
-        return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 5
+        return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 6
 
     return backward
 

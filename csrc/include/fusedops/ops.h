@@ -53,7 +53,8 @@ struct inverted_residual {
   using Signature = Tensor(const Tensor& input, const OptionalTensor& expand_weight, const OptionalTensor& expand_bias,
                            const Tensor& dw_weight, const OptionalTensor& dw_bias, const Tensor& project_weight,
                            const OptionalTensor& project_bias, IntArrayRef stride, IntArrayRef padding,
-                           IntArrayRef dilation, c10::string_view activation, bool residual);
+                           IntArrayRef dilation, c10::string_view activation, bool residual,
+                           const OptionalTensor& packed_weights);
 };
 
 struct inverted_residual_backward {

@@ -27,7 +27,8 @@ _ACTIVATION_BACKWARD = {
 
 
 def inverted_residual_forward(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
-                              stride, padding, dilation, act, residual):
+                              stride, padding, dilation, act, residual, packed_weights=None):
+    # packed_weights is the CPU kernel's copy of the weights: not needed here.
     # The op's own checks, so that a direct call fails as on every other backend.
     _geometry.check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                                       project_bias, stride, padding, dilation, act, residual)
