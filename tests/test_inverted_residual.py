@@ -70,6 +70,14 @@ def test_parity_mobilenet_v2_shapes(layout, shape, hidden, cout, stride):
     check_inverted_residual_parity(shape, hidden, cout, stride=stride, layout=layout)
 
 
+@pytest.mark.parametrize("kernel, stride, dilation", ((5, 1, 2), (3, 2, 1), (7, 1, 1), (3, 3, 1)))
+@pytest.mark.parametrize("batch", (1, 4))
+def test_parity_bands_sharing_rows(kernel, stride, dilation, batch):
+    # Maps tall enough for many bands per strip: consecutive bands keep the expanded rows they share.
+    check_inverted_residual_parity((batch, 16, 70, 40), 96, 16, kernel, stride=stride, dilation=dilation,
+                                   backward=False)
+
+
 @pytest.mark.parametrize("threads", (1, 2, 3))
 def test_parity_thread_counts(threads):
     before = torch.get_num_threads()

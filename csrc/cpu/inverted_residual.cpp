@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include "fusedops/cpu/activation.h"
+#include "fusedops/cpu/cache_size.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
 #include "fusedops/cpu/fused_weights.h"
 #include "fusedops/cpu/pointwise_gemm.h"
@@ -34,6 +35,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <type_traits>
 
 namespace fusedops {
@@ -42,15 +44,21 @@ namespace {
 
 using at::Tensor;
 
-// Upper bound of a band's two tiles (expanded rows and depthwise rows) in bytes: half of a 512 KiB-1 MiB L2,
-// as the dwpw kernel's tile, leaving room for the weight panels streaming past.
-constexpr int64_t kBandBytes = 256 * 1024;
+// Upper bound of a band's two tiles (expanded rows and depthwise rows) in bytes: 3/8 of the L2, leaving room for
+// the weight panels streaming past. On the 2 MiB L2 of the development host (Intel Xeon, 2 threads) 768 KiB
+// against 256 KiB took N=8 160->960->160 7x7 from 1137 to ~820 us and N=8 24->144->24 56x56 from ~1940 to
+// ~1480 us: whole 7x7 images fit one band, whose project GEMM then streams the weights once per image.
+int64_t band_bytes() {
+  return l2_cache_bytes() * 3 / 8;
+}
 // Below this many multiply-adds per work item, items are merged (waking the pool costs ~5-10 us).
 constexpr int64_t kMinItemMacs = 1 << 15;
-// Whole-image plan (band_plan): the largest image of depthwise outputs it keeps (in L2, shared by the threads),
-// what its two pool wake-ups per image cost in multiply-adds of one thread (~10 us at ~50 GMAC/s), and the pixels
-// of one project work item.
-constexpr int64_t kImageBytes = 1024 * 1024;
+// Whole-image plan (band_plan): the largest image of depthwise outputs it keeps (in L2, shared by the threads: half
+// of it), what its two pool wake-ups per image cost in multiply-adds of one thread (~10 us at ~50 GMAC/s), and the
+// pixels of one project work item.
+int64_t image_bytes() {
+  return l2_cache_bytes() / 2;
+}
 constexpr double kImageSyncMacs = 5e5;
 constexpr int64_t kImagePixelChunk = 64;
 
@@ -66,60 +74,56 @@ RowRange input_rows(const ConvGeometry& g, int64_t r0, int64_t r1) {
 }
 
 struct BandPlan {
-  bool whole_images = false;    // whole images in two parallel steps instead of bands (see forward_cpu)
-  int64_t rows = 1;             // output rows per band (the last band of an image may have fewer)
-  int64_t bands_per_image = 1;  // ceil(out_h / rows)
-  int64_t max_hidden_rows = 0;  // the most expanded rows a band computes
+  bool whole_images = false;     // whole images in two parallel steps instead of strips (see forward_cpu)
+  int64_t rows = 1;              // output rows per band
+  int64_t strip_rows = 1;        // output rows per strip: consecutive bands, one work item
+  int64_t strips_per_image = 1;  // ceil(out_h / strip_rows)
+  int64_t max_hidden_rows = 0;   // the most expanded rows a band's tile holds
 };
 
-// The band height: among those whose tiles fit kBandBytes, the one with the least estimated time per thread,
-// counting the work of each band (its expanded rows, halo included, and its depthwise + project outputs) and
-// how the bands fall on the threads. Bands under ~48 pixels (short GEMMs) are penalised; ties go to taller bands.
+// How a call's work is cut. A work item is a strip of consecutive output rows of one image, run as bands of `rows`
+// rows whose expanded rows (halo included) fit a tile of band_bytes() with their depthwise rows; a band keeps the
+// rows it shares with the previous band of its strip, so only strip boundaries expand rows twice. The strip
+// count is the one with the least estimated time per thread (the work of the strips, re-expanded boundary rows
+// included, against how the strips fall on the threads; bands under ~48 pixels, short GEMMs, are penalised).
+// Whole images in two parallel steps replace the strips where they are estimated faster (batch 1, small maps).
 BandPlan band_plan(const InvertedResidualGeometry& geo, int64_t acc_bytes, int64_t threads) {
   const ConvGeometry& g = geo.dw;
   const int64_t H = geo.hidden;
+  const int64_t extent = dilated_extent(g.kernel_h, g.dilation_h);
   const int64_t expand_per_row = geo.expand ? g.in_w * geo.in_channels * H : 0;
   const int64_t out_per_row = g.out_w * H * (g.kernel_h * g.kernel_w + geo.out_channels);
-  auto plan_for = [&](int64_t r) {
-    BandPlan p;
-    p.bands_per_image = (g.out_h + r - 1) / r;
-    p.rows = (g.out_h + p.bands_per_image - 1) / p.bands_per_image;  // equal heights, the last not a sliver
-    p.bands_per_image = (g.out_h + p.rows - 1) / p.rows;
-    for (int64_t r0 = 0; r0 < g.out_h; r0 += p.rows) {
-      const RowRange in = input_rows(g, r0, std::min(g.out_h, r0 + p.rows));
-      p.max_hidden_rows = std::max(p.max_hidden_rows, in.end - in.begin);
-    }
-    return p;
+  auto hidden_rows = [&](int64_t r) { return std::min(g.in_h, (r - 1) * g.stride_h + extent); };
+  auto tile_bytes = [&](int64_t r) {
+    return ((geo.expand ? hidden_rows(r) * g.in_w * H : 0) + r * g.out_w * H) * acc_bytes;
   };
-  auto tile_bytes = [&](const BandPlan& p) {
-    return ((geo.expand ? p.max_hidden_rows * g.in_w * H : 0) + p.rows * g.out_w * H) * acc_bytes;
-  };
-  BandPlan best = plan_for(1);
+  int64_t rows_fit = 1;
+  while (rows_fit < g.out_h && tile_bytes(rows_fit + 1) <= band_bytes()) ++rows_fit;
+  // Input rows expanded again at each strip boundary.
+  const int64_t boundary_rows = std::max<int64_t>(0, extent - g.stride_h);
+  const double image_work = static_cast<double>(g.in_h * expand_per_row + g.out_h * out_per_row);
+  BandPlan best;
   double best_time = -1.0;
-  for (int64_t r = 1; r <= g.out_h; ++r) {
-    const BandPlan p = plan_for(r);
-    if (r > 1 && tile_bytes(p) > kBandBytes) break;
-    int64_t hidden_rows = 0;  // per image, halos included
-    for (int64_t r0 = 0; r0 < g.out_h; r0 += p.rows) {
-      const RowRange in = input_rows(g, r0, std::min(g.out_h, r0 + p.rows));
-      hidden_rows += in.end - in.begin;
-    }
-    const double work = static_cast<double>(hidden_rows * expand_per_row + g.out_h * out_per_row);
-    const int64_t bands = g.batch * p.bands_per_image;
-    const int64_t rounds = (bands + threads - 1) / threads;
+  for (int64_t wanted = 1; wanted <= g.out_h; ++wanted) {
+    BandPlan p;
+    p.strip_rows = (g.out_h + wanted - 1) / wanted;
+    p.strips_per_image = (g.out_h + p.strip_rows - 1) / p.strip_rows;
+    if (p.strips_per_image != wanted) continue;  // the same cut as a smaller count
+    p.rows = std::min(rows_fit, p.strip_rows);
+    const double work = image_work + static_cast<double>((p.strips_per_image - 1) * boundary_rows * expand_per_row);
+    const int64_t rounds = (g.batch * p.strips_per_image + threads - 1) / threads;
     const double short_gemm = std::min(1.0, static_cast<double>(p.rows * g.out_w) / 48.0);
-    // Time per thread ~ the rounds of bands it runs, each of the average band's work.
-    const double time = static_cast<double>(rounds) * work / static_cast<double>(p.bands_per_image) / short_gemm;
-    if (best_time < 0 || time <= best_time * (1 + 1e-9)) {
+    const double time = static_cast<double>(rounds) * work / static_cast<double>(p.strips_per_image) / short_gemm;
+    if (best_time < 0 || time < best_time * (1 - 1e-9)) {
       best = p;
       best_time = time;
     }
   }
-  // Whole images: no halo expanded twice, every thread busy on every image, at the cost of two pool wake-ups per
+  best.max_hidden_rows = hidden_rows(best.rows);  // bands of fewer rows, or clipped, hold fewer
+  // Whole images: no row expanded twice, every thread busy on every image, at the cost of two pool wake-ups per
   // image; for blocks with an expand stage whose image of depthwise outputs stays in L2.
-  const double image_work = static_cast<double>(g.in_h * expand_per_row + g.out_h * out_per_row);
   const double image_time = static_cast<double>(g.batch) * (image_work / static_cast<double>(threads) + kImageSyncMacs);
-  if (geo.expand && threads > 1 && g.out_h * g.out_w * H * acc_bytes <= kImageBytes && image_time < best_time) {
+  if (geo.expand && threads > 1 && g.out_h * g.out_w * H * acc_bytes <= image_bytes() && image_time < best_time) {
     best.whole_images = true;
   }
   return best;
@@ -344,31 +348,49 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     return;
   }
 
-  // Bands of output rows, each a work item: expanded rows (halo included) -> depthwise rows -> project.
-  const int64_t rows = plan.rows, items = g.batch * plan.bands_per_image;
-  const int64_t item_macs = plan.max_hidden_rows * (geo.expand ? g.in_w * C * H : 0) + rows * g.out_w * H * (T + OC);
+  // Strips of output rows, each a work item, run band by band: expanded rows (halo included) -> depthwise rows ->
+  // project. Consecutive bands share input rows: those stay in the tile, moved to its top, and only the band's
+  // new rows are expanded.
+  const int64_t rows = plan.rows, items = g.batch * plan.strips_per_image;
+  const int64_t row_elems = g.in_w * H;
+  const int64_t item_macs =
+      plan.strip_rows * g.stride_h * (geo.expand ? g.in_w * C * H : 0) + plan.strip_rows * g.out_w * H * (T + OC);
   const int64_t grain = std::max<int64_t>(1, kMinItemMacs / std::max<int64_t>(1, item_macs));
   at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     acc* mid = thread_scratch<acc>(rows * g.out_w * H + V, ScratchSlot::kTile);
+    acc* hidden =
+        geo.expand ? thread_scratch<acc>(plan.max_hidden_rows * row_elems + V, ScratchSlot::kTileHidden) : nullptr;
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / plan.bands_per_image, r0 = (i % plan.bands_per_image) * rows;
-      const int64_t r1 = std::min(g.out_h, r0 + rows);
+      const int64_t n = i / plan.strips_per_image, strip_begin = (i % plan.strips_per_image) * plan.strip_rows;
+      const int64_t strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
       const scalar_t* image = in + n * g.in_h * g.in_w * C;
-      if (geo.expand) {
-        const RowRange in_rows = input_rows(g, r0, r1);
-        const int64_t hidden_pix = (in_rows.end - in_rows.begin) * g.in_w;
-        acc* hidden = thread_scratch<acc>(hidden_pix * H + V, ScratchSlot::kTileHidden);
-        if (hidden_pix > 0) expand_pixels(image, in_rows.begin * g.in_w, hidden_pix, 0, expand.num_panels(), hidden, H);
-        // The tile is the image for the depthwise stage: its rows are input rows [begin, end), the rows above
-        // count as padding (never read by this band's outputs).
-        ConvGeometry band = g;
-        band.in_h = in_rows.end - in_rows.begin;
-        band.pad_h = g.pad_h + in_rows.begin;
-        depthwise_rows(hidden, H, band, r0, r1, 0, H, mid);
-      } else {
-        depthwise_rows(image, C, g, r0, r1, 0, H, mid);
+      RowRange held{0, 0};  // input rows whose expansion is in the tile
+      for (int64_t r0 = strip_begin; r0 < strip_end; r0 += rows) {
+        const int64_t r1 = std::min(strip_end, r0 + rows);
+        if (geo.expand) {
+          const RowRange need = input_rows(g, r0, r1);
+          int64_t first_new = need.begin;
+          if (held.end > need.begin && need.begin >= held.begin) {
+            std::memmove(hidden, hidden + (need.begin - held.begin) * row_elems,
+                         (held.end - need.begin) * row_elems * sizeof(acc));
+            first_new = held.end;
+          }
+          if (need.end > first_new) {
+            expand_pixels(image, first_new * g.in_w, (need.end - first_new) * g.in_w, 0, expand.num_panels(),
+                          hidden + (first_new - need.begin) * row_elems, H);
+          }
+          held = need;
+          // The tile is the image for the depthwise stage: its rows are input rows [begin, end), the rows above
+          // count as padding (never read by this band's outputs).
+          ConvGeometry band = g;
+          band.in_h = need.end - need.begin;
+          band.pad_h = g.pad_h + need.begin;
+          depthwise_rows(hidden, H, band, r0, r1, 0, H, mid);
+        } else {
+          depthwise_rows(image, C, g, r0, r1, 0, H, mid);
+        }
+        project_pixels(n, r0 * g.out_w, (r1 - r0) * g.out_w, 0, project.num_panels(), mid);
       }
-      project_pixels(n, r0 * g.out_w, (r1 - r0) * g.out_w, 0, project.num_panels(), mid);
     }
   });
 }
