@@ -287,3 +287,32 @@ def test_fusedops_freeze_covers_inverted_residual_blocks():
     assert fusedops.freeze(model) is model and all(m.frozen for m in blocks)
     assert fusedops.unfreeze(model) is model and not any(m.frozen for m in blocks)
     assert fusedops.nn.freeze(blocks[0]) is blocks[0] and blocks[0].frozen
+
+
+@pytest.mark.parametrize("activation", ("relu6", "relu", "hardswish", None))
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_conv_bn_activation_eval_folds_like_the_sequence(activation, layout):
+    # The models' stems and heads: one convolution with the batch norm folded in, the activation in place; train
+    # mode and the unfused sequence agree with it.
+    from fusedops.nn.inverted_residual import ConvBNActivation
+
+    block = ConvBNActivation(5, 12, 3, stride=2, activation=activation).double()
+    randomize_batch_norms(block)
+    block.eval()
+    x = make_input((2, 5, 11, 9), layout, dtype=torch.float64, requires_grad=True)
+    expected = nn.Sequential(*block.children())(x)
+    y = block(x)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    assert y.is_contiguous(memory_format=CL if layout == "channels_last" else torch.contiguous_format)
+    # Gradients reach the unfolded parameters.
+    g = torch.autograd.grad(y.sum(), [x, block[0].weight, block[1].weight])
+    ge = torch.autograd.grad(expected.sum(), [x, block[0].weight, block[1].weight])
+    for a, b in zip(g, ge):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    fusedops.freeze(block)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-12)
+        block[0].weight.mul_(2)  # frozen: not seen until unfreeze
+        torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-12)
+        fusedops.unfreeze(block)
+        assert not torch.allclose(block(x), expected)

@@ -1,3 +1,4 @@
+import torch.nn.functional as F
 from torch import nn
 
 from ..ops.activations import activation_name
@@ -10,11 +11,16 @@ from .fuse import fold_bn
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish}
 
 
-class ConvBNActivation(nn.Sequential):
+class ConvBNActivation(FoldedWeights, nn.Sequential):
     """conv (no bias) -> ``nn.BatchNorm2d`` -> activation (in place; left out for ``None``), laid out as
     torchvision's ``Conv2dNormActivation`` with its defaults (children ``0``, ``1``, ``2``; padding
     ``(kernel_size - 1) // 2 * dilation``), so state-dict keys are the same. ``conv`` is the convolution class
-    (``nn.Conv2d`` or :class:`fusedops.nn.DepthwiseConv2d`)."""
+    (``nn.Conv2d`` or :class:`fusedops.nn.DepthwiseConv2d`).
+
+    Eval mode runs one convolution with the batch norm folded into its weights and the activation applied in
+    place on its output (the stems and heads of the models: one pass over the output instead of three, no
+    batch-norm output allocated); :meth:`freeze` keeps the folded weights as for the fused blocks. Train mode runs
+    the children in sequence."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, groups: int = 1, dilation=1,
                  activation="relu6", conv=nn.Conv2d, device=None, dtype=None):
@@ -29,6 +35,23 @@ class ConvBNActivation(nn.Sequential):
             layers.append(_ACTIVATION_MODULES[name](inplace=True))
         super().__init__(*layers)
         self.out_channels = out_channels
+        self.activation = name
+
+    def _fold(self):
+        return _fold(self[0], self[1])
+
+    def forward(self, input):
+        layers = self._modules
+        conv, bn = layers["0"], layers["1"]
+        if bn.training or bn._buffers.get("running_mean") is None or conv.padding_mode != "zeros":
+            return super().forward(input)
+        weight, bias = self._folded_weights()
+        out = F.conv2d(input, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return _IN_PLACE_ACTIVATIONS[self.activation](out)
+
+
+_IN_PLACE_ACTIVATIONS = {"none": lambda x: x, "relu": F.relu_, "relu6": lambda x: F.hardtanh_(x, 0.0, 6.0),
+                         "hardswish": lambda x: F.hardswish(x, inplace=True)}
 
 
 def _fold(conv, bn):
