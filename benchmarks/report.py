@@ -58,6 +58,12 @@ PUBLISHED_RUNS = [
              "parameters, read from the allocator (`harness.peak_memory_bytes`). The backward recomputes the "
              "depthwise output in bands of ~1M elements instead of saving it, and reads the ReLU6 derivative "
              "from the saved output."),
+    Run("inverted_residual inference (torchvision's MobileNetV2 block, BN folded; channels_last)", "inverted_residual",
+        "9a7d463", "python -m benchmarks.bench_inverted_residual",
+        note="Measured on a 2-vCPU Intel Xeon (2 MiB L2 per core), not the AMD host of the other tables. fusedops "
+             "runs a frozen fusedops.nn.InvertedResidual (weights folded and packed once); eager and "
+             "torch.compile(freezing) run torchvision's block with the same weights. The expanded (hidden) map "
+             "never reaches memory: bands of rows go expand GEMM -> depthwise -> project GEMM in cache."),
     Run("channel_shuffle and concat_shuffle (groups 2)", "channel_shuffle", "81860f5",
         "python -m benchmarks.bench_channel_shuffle",
         note="\"copy\" is a copy into a preallocated tensor, \"clone\" the same copy returning a new tensor "
@@ -68,6 +74,11 @@ PUBLISHED_RUNS = [
         note="The models still run their 1x1 convolutions, BatchNorms and activations as separate PyTorch ops "
              "(ShuffleNetV2) or fuse only the separable blocks (MobileNetV1): torch.compile with freezing and "
              "ONNX Runtime fold BN into the convolutions and fuse the activations everywhere."),
+    Run("MobileNetV2 and MobileNetV1, inference, 224x224 (fusedops model in channels_last, frozen)", "models",
+        "0604bb4", "python -m benchmarks.bench_models --models mobilenet_v2 mobilenet_v1",
+        note="Measured on a 2-vCPU Intel Xeon, not the AMD host of the table above. MobileNetV2 runs one fused "
+             "inverted_residual op per block and its stem and head as convolutions with the BN folded in; "
+             "MobileNetV1 still runs its stem conv, BN and ReLU as separate ops."),
 ]
 
 

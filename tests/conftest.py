@@ -436,20 +436,25 @@ def check_dwpw_parity(shape, cout, kernel=3, *, stride=1, padding=1, dilation=1,
     assert_close_scaled(y, ref, rtol=tol["rtol"], atol=tol["atol"], name="output")
     if not backward:
         return
+    actual = check_grads_against_reference(y, inputs, ref, leaves, tol, DWPW_GRAD_NAMES)
+    if layout == "channels_last":
+        assert actual[0].is_contiguous(memory_format=CL)
+
+
+def check_grads_against_reference(y, inputs, ref, leaves, tol, names):
+    """The gradients of `y` with respect to `inputs` (None where an optional argument was not given) against those
+    of the float64 reference `ref` with respect to `leaves`, for one random grad_output; returns the former."""
     go = torch.randn(y.shape, dtype=torch.float64)
-    wanted = [t for t in inputs if t is not None]
-    grads = torch.autograd.grad(y, wanted, go.to(dtype))
-    ref_wanted = [t for t in leaves if t is not None]
-    ref_grads = torch.autograd.grad(ref, ref_wanted, go)
+    grads = torch.autograd.grad(y, [t for t in inputs if t is not None], go.to(dtype=y.dtype, device=y.device))
+    ref_grads = torch.autograd.grad(ref, [t for t in leaves if t is not None], go)
     it, rit = iter(grads), iter(ref_grads)
     actual = [None if t is None else next(it) for t in inputs]
     expected = [None if t is None else next(rit) for t in leaves]
     for a, t in zip(actual, inputs):
         if a is not None:
             assert a.dtype == t.dtype and a.shape == t.shape
-    assert_close_grads(actual, expected, rtol=tol["rtol"], atol=tol["atol"], names=list(DWPW_GRAD_NAMES))
-    if layout == "channels_last":
-        assert actual[0].is_contiguous(memory_format=CL)
+    assert_close_grads(actual, expected, rtol=tol["rtol"], atol=tol["atol"], names=list(names))
+    return actual
 
 
 IR_GRAD_NAMES = ("grad_input", "grad_expand_weight", "grad_expand_bias", "grad_dw_weight", "grad_dw_bias",
@@ -510,17 +515,6 @@ def check_inverted_residual_parity(shape, hidden, cout, kernel=3, *, stride=1, p
     assert_close_scaled(y, ref, rtol=tol["rtol"], atol=tol["atol"], name="output")
     if not backward:
         return
-    go = torch.randn(y.shape, dtype=torch.float64)
-    wanted = [t for t in inputs if t is not None]
-    grads = torch.autograd.grad(y, wanted, go.to(dtype=dtype, device=device))
-    ref_wanted = [t for t in leaves if t is not None]
-    ref_grads = torch.autograd.grad(ref, ref_wanted, go)
-    it, rit = iter(grads), iter(ref_grads)
-    actual = [None if t is None else next(it) for t in inputs]
-    expected = [None if t is None else next(rit) for t in leaves]
-    for a, t in zip(actual, inputs):
-        if a is not None:
-            assert a.dtype == t.dtype and a.shape == t.shape
-    assert_close_grads(actual, expected, rtol=tol["rtol"], atol=tol["atol"], names=list(IR_GRAD_NAMES))
+    actual = check_grads_against_reference(y, inputs, ref, leaves, tol, IR_GRAD_NAMES)
     if dense_layout(layout) == "channels_last" and layout == "channels_last":
         assert actual[0].is_contiguous(memory_format=CL)

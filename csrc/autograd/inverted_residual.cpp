@@ -14,14 +14,11 @@ namespace fusedops {
 namespace {
 
 using autograd::AutogradContext;
+using autograd::present;
 using autograd::variable_list;
 using ops::IntArrayRef;
 using ops::OptionalTensor;
 using ops::Tensor;
-
-OptionalTensor present(const Tensor& t) {
-  return t.defined() ? OptionalTensor(t) : std::nullopt;
-}
 
 struct InvertedResidualFormula {
   using Op = ops::inverted_residual;

@@ -15,6 +15,7 @@ alpha (0.25, 0.5, 0.75, 1.0 in the paper). Any input resolution works (the paper
 from torch import nn
 
 from ..nn import DepthwiseSeparableConv2d
+from ._init import init_weights
 
 __all__ = ["MobileNetV1", "mobilenet_v1", "BLOCKS"]
 
@@ -51,17 +52,7 @@ class MobileNetV1(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x):
         x = self.blocks(self.stem(x))

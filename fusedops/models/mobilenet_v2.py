@@ -14,6 +14,7 @@ pretrained weights are downloaded: load a state dict.
 from torch import nn
 
 from ..nn.inverted_residual import ConvBNActivation, InvertedResidual
+from ._init import init_weights
 
 __all__ = ["MobileNetV2", "mobilenet_v2", "INVERTED_RESIDUAL_SETTING"]
 
@@ -71,17 +72,7 @@ class MobileNetV2(nn.Module):
         features.append(ConvBNActivation(input_channel, self.last_channel, 1))
         self.features = nn.Sequential(*features)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward(self, x):
         x = self.features(x)

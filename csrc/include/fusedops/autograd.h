@@ -99,6 +99,11 @@ std::array<bool, N> needs_grads(const AutogradContext* ctx, std::initializer_lis
   return mask;
 }
 
+// An optional tensor argument back from a saved tensor (undefined: the argument was not given).
+inline std::optional<at::Tensor> present(const at::Tensor& t) {
+  return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
+}
+
 // The gradients a backward op returned where mask asks for them, undefined elsewhere (the op returns empty
 // tensors for the gradients nobody asked for).
 template <size_t N, typename... T>
