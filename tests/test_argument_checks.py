@@ -158,6 +158,7 @@ def _inverted_residual_cases():
         ("expand-weight-dtype", call(expand_weight=_x(12, 4, 1, 1, dtype=torch.float64))),
         ("expand-bias-shape", call(expand_bias=_x(11))),
         ("expand-bias-dtype", call(expand_bias=_x(12, dtype=torch.float64))),
+        ("expand-empty-map", call(input=_x(2, 4, 0, 6), residual=False)),
         ("dw-weight-channels", call(dw_weight=_x(8, 1, 3, 3))),
         ("dw-weight-channels-no-expand", call(expand_weight=None, expand_bias=None)),
         ("dw-weight-rank3", call(dw_weight=_x(12, 3, 3))),

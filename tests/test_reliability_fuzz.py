@@ -100,9 +100,10 @@ def _reference_result(ref_call, ours_call):
         return None
 
 
-def _check_against(ours_fn, ref_fn, abs_fn, tensors, case):
+def _check_against(ours_fn, ref_fn, abs_fn, tensors, case, names=("input", "weight", "bias", "pw_weight", "pw_bias")):
     """Forward and gradients of ours_fn(*tensors) against ref_fn on float64 copies; abs_fn(*|tensors|) is the
-    magnitude the tolerance scales with. If ref_fn raises, ours must raise naming an argument."""
+    magnitude the tolerance scales with. If ref_fn raises, ours must raise naming an argument. `names` name the
+    tensors in failure messages."""
     refs = [as_reference(t) for t in tensors]
     expected = _reference_result(lambda: ref_fn(*refs), lambda: ours_fn(*tensors))
     if expected is None:
@@ -122,7 +123,7 @@ def _check_against(ours_fn, ref_fn, abs_fn, tensors, case):
     got = grads(actual, tensors, go)
     want = grads(expected, refs, go.double())
     bounds = grads(magnitude, mags, go.double().abs())
-    for name, a, e, bound in zip(("input", "weight", "bias", "pw_weight", "pw_bias"), got, want, bounds):
+    for name, a, e, bound in zip(names, got, want, bounds):
         if e is None:
             assert a is None, name
             continue
@@ -158,6 +159,57 @@ def test_fuzz_dwpw_conv2d(case):
 
     _check_against(lambda *t: fusedops.dwpw_conv2d(*t, *args), lambda *t: dwpw_reference(*t, *args), magnitude,
                    (x, dw_w, dw_b, pw_w, pw_b), case)
+
+
+@FUZZ
+@given(conv_case(pointwise=True), st.booleans(), st.sampled_from([None, True, False]))
+def test_fuzz_inverted_residual(case, expand, residual):
+    # The depthwise stage has one channel per hidden channel: the drawn multiplier is the expand ratio.
+    s, dtype, c, cout = case["seed"], case["dtype"], case["c"], case["cout"]
+    hidden = c * case["m"] if expand else c
+    x = laid_out(_values((case["n"], c, case["h"], case["w"]), s), case["layout"], dtype)
+    taps = case["kh"] * case["kw"]
+    ew = laid_out(_values((hidden, c, 1, 1), s + 5) / c ** 0.5, case["weight_layout"], dtype) if expand else None
+    eb = vector(_values((hidden,), s + 6), case["strided_bias"], dtype) if expand and case["bias"] else None
+    dw = laid_out(_values((hidden, 1, case["kh"], case["kw"]), s + 1) / taps ** 0.5, case["weight_layout"], dtype)
+    db = vector(_values((hidden,), s + 2), case["strided_bias"], dtype) if case["bias"] else None
+    pw = laid_out(_values((cout, hidden, 1, 1), s + 3) / hidden ** 0.5, case["weight_layout"], dtype)
+    pb = vector(_values((cout,), s + 4), case["strided_bias"], dtype) if case["pw_bias"] else None
+    tensors = (x, ew, eb, dw, db, pw, pb)
+    wants = case["requires_grad"]
+    for t, rg in zip(tensors, (wants[0], wants[1], wants[2], wants[1], wants[2], wants[3], wants[4])):
+        if t is not None and rg:
+            t.requires_grad_()
+    act = case["mid"]
+    if dtype != torch.float64 and any(t is not None and t.requires_grad for t in tensors):
+        act = None  # as for dwpw_conv2d: low-precision kinks move, gradients of smooth compositions only
+    conv = (case["stride"], case["padding"], case["dilation"])
+    # The residual the op adds by default: stride 1 and an output of the input's shape.
+    add = residual
+    if residual is None:
+        try:
+            out_shape = depthwise_reference(torch.empty(x.shape, dtype=torch.float64), torch.empty(dw.shape[0], 1,
+                                            case["kh"], case["kw"], dtype=torch.float64), None, *conv).shape
+            add = tuple(case["stride"]) == (1, 1) and cout == c and tuple(out_shape[2:]) == tuple(x.shape[2:])
+        except (RuntimeError, ValueError):
+            add = False
+
+    def reference(x, ew, eb, dw, db, pw, pb):
+        h = x if ew is None else activation(F.conv2d(x, ew, eb), act)
+        out = F.conv2d(activation(depthwise_reference(h, dw, db, *conv), act), pw, pb)
+        if add and out.shape != x.shape:
+            # The block's residual is the input itself, never a broadcast of it.
+            raise RuntimeError("residual: the output's shape differs from the input's")
+        return out + x if add else out
+
+    def magnitude(x, ew, eb, dw, db, pw, pb):  # activations are at most 1.5-Lipschitz (hardswish)
+        h = x if ew is None else 1.5 * F.conv2d(x, ew, eb) + 3.0
+        out = F.conv2d(1.5 * depthwise_reference(h, dw, db, *conv) + 3.0, pw, pb)
+        return out + x if add else out
+
+    _check_against(lambda *t: fusedops.inverted_residual(*t, *conv, act, residual=residual), reference, magnitude,
+                   tensors, case, names=("input", "expand_weight", "expand_bias", "dw_weight", "dw_bias",
+                                         "project_weight", "project_bias"))
 
 
 @st.composite

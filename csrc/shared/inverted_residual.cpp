@@ -55,9 +55,12 @@ InvertedResidualGeometry inverted_residual_geometry(const Tensor& input, const c
   TORCH_CHECK(r.expand || !given(expand_bias),
               "fusedops: expand_bias is given without expand_weight (a block without an expand stage has no expand "
               "bias)");
-  if (r.expand)
+  if (r.expand) {
     check_pointwise(input, *expand_weight, expand_bias, r.in_channels, "expand_weight", "expand_bias",
                     "the input channels");
+    TORCH_CHECK(input.size(2) > 0 && input.size(3) > 0, "fusedops: input has an empty map (shape ", input.sizes(),
+                "), which the expand stage's 1x1 convolution cannot take (as F.conv2d)");
+  }
   r.hidden = r.expand ? expand_weight->size(0) : r.in_channels;
   TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == r.hidden, "fusedops: dw_weight must have shape (", r.hidden,
               ", 1, kH, kW) (", r.hidden, " = the ",

@@ -26,6 +26,8 @@ class ReferenceSeparable(nn.Module):
 
 class ReferenceMobileNetV1(MobileNetV1):
     block = ReferenceSeparable
+    stem_block = staticmethod(lambda channels: nn.Sequential(
+        nn.Conv2d(3, channels, 3, 2, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)))
 
 
 def reference_mobilenet_v1(width_mult: float = 1.0, num_classes: int = 1000, dropout: float = 1e-3):

@@ -15,6 +15,7 @@ alpha (0.25, 0.5, 0.75, 1.0 in the paper). Any input resolution works (the paper
 from torch import nn
 
 from ..nn import DepthwiseSeparableConv2d
+from ..nn.inverted_residual import ConvBNActivation
 from ._init import init_weights
 
 __all__ = ["MobileNetV1", "mobilenet_v1", "BLOCKS"]
@@ -33,16 +34,17 @@ class MobileNetV1(nn.Module):
     """MobileNetV1. Submodules: ``stem`` (conv, BN, ReLU), ``blocks`` (13 depthwise-separable blocks),
     ``pool``, ``dropout``, ``fc``."""
 
-    # The block class; the plain-PyTorch reference model substitutes its own with the same parameter names.
+    # The block class and the stem's (3x3 stride-2 conv, BN, ReLU: children 0, 1, 2; in eval mode one convolution
+    # with the BN folded in); the plain-PyTorch reference model substitutes its own with the same parameter names.
     block = DepthwiseSeparableConv2d
+    stem_block = staticmethod(lambda channels: ConvBNActivation(3, channels, 3, stride=2, activation="relu"))
 
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, dropout: float = 1e-3):
         super().__init__()
         if not width_mult > 0:
             raise ValueError(f"fusedops: MobileNetV1 width_mult must be positive, got {width_mult}")
         channels = scaled(STEM_CHANNELS, width_mult)
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, channels, 3, 2, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.stem = self.stem_block(channels)
         blocks = []
         for out, stride in BLOCKS:
             out = scaled(out, width_mult)

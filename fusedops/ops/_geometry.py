@@ -170,6 +170,8 @@ def check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bia
     if expand_weight is not None:
         _check_pointwise(input, expand_weight, expand_bias, channels, "expand_weight", "expand_bias",
                          "the input channels")
+        torch._check(input.shape[2] > 0 and input.shape[3] > 0, lambda: f"fusedops: input has an empty map (shape "
+                     f"{_sizes(input.shape)}), which the expand stage's 1x1 convolution cannot take (as F.conv2d)")
     hidden = channels if expand_weight is None else expand_weight.shape[0]
     meaning = "the expand stage's output channels" if expand_weight is not None else \
         "the input channels, without an expand stage"

@@ -87,9 +87,12 @@ def _normalize(input, expand_weight, expand_bias, dw_weight, dw_bias, project_we
         padding = _args.pair(padding, "padding")
     act = activation_name(activation, "activation")
     if residual is None:
-        _, out_channels, out_h, out_w = _geometry.inverted_residual_output_shape(input, dw_weight, project_weight,
-                                                                               stride, padding, dilation)
-        residual = (stride == (1, 1) and out_channels == input.shape[1] and (out_h, out_w) == tuple(input.shape[2:]))
+        # Stride 1 and an output of the input's size (a bad stride is left to the op's checks, which name it).
+        residual = stride == (1, 1)
+        if residual:
+            _, out_channels, out_h, out_w = _geometry.inverted_residual_output_shape(input, dw_weight, project_weight,
+                                                                                   stride, padding, dilation)
+            residual = out_channels == input.shape[1] and (out_h, out_w) == tuple(input.shape[2:])
     elif not isinstance(residual, bool):
         raise TypeError(f"fusedops: residual must be None, True or False, got {residual!r}")
     return (input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding,

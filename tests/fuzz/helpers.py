@@ -87,6 +87,11 @@ def grads(output, inputs, grad_output):
 
 
 def depthwise_reference(x, w, b, stride, padding, dilation):
+    if x.shape[0] > 0 and x.shape[1] > 0 and 0 in x.shape[2:] and min(padding) >= 0:
+        # An empty map with padding: F.conv2d refuses it ("only zero batch or zero channel inputs"); the
+        # convolution of its zero padding is defined all the same (the bias), and fusedops computes it: pad first.
+        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+        padding = (0, 0)
     return F.conv2d(x, w, b, stride, padding, dilation, groups=x.shape[1])
 
 
