@@ -3,9 +3,9 @@
 from .depthwise import DepthwiseConv2d
 from .freeze import freeze, unfreeze
 from .fuse import fuse_bn
-from .inverted_residual import InvertedResidual
+from .inverted_residual import ConvBNActivation, InvertedResidual
 from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
 
-__all__ = ["ChannelShuffle", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "InvertedResidual", "freeze", "fuse_bn",
-           "unfreeze"]
+__all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "InvertedResidual",
+           "freeze", "fuse_bn", "unfreeze"]

@@ -1,3 +1,7 @@
+"""MobileNetV2's inverted-residual block (:class:`InvertedResidual`, one fused op in eval mode) and the
+conv -> BN -> activation unit of torchvision's MobileNets (:class:`ConvBNActivation`, one convolution with the BN
+folded in, in eval mode), both with torchvision's submodules and state-dict keys."""
+
 import torch.nn.functional as F
 from torch import nn
 
