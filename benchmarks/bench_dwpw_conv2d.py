@@ -26,16 +26,6 @@ def _sequence(C, Cout, stride, norm=True):
     return nn.Sequential(*layers)
 
 
-def _randomize(module):
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-
-
 def _fused_from(seq, C, Cout, stride, norm=True):
     fused = fusedops.nn.DepthwiseSeparableConv2d(C, Cout, 3, stride, norm=norm)
     mapping = {"0": "dw", "1": "bn_dw", "3": "pw", "4": "bn_pw"} if norm else {"0": "dw", "2": "pw"}
@@ -51,7 +41,7 @@ def setup(N, C, Cout, H, stride, mode, use_compile):
     x = torch.randn(N, C, H, H).to(memory_format=torch.channels_last)
     if mode == "forward":
         seq = _sequence(C, Cout, stride).to(memory_format=torch.channels_last)
-        _randomize(seq)
+        harness.randomize_batch_norms(seq)
         seq.eval()
         fused = fusedops.freeze(_fused_from(seq, C, Cout, stride).eval())
 

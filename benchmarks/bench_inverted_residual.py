@@ -15,20 +15,10 @@ import fusedops
 from . import harness, shapes
 
 
-def _randomize(module):
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-
-
 def setup(N, C, Cout, H, t, stride, use_compile):
     x = torch.randn(N, C, H, H).to(memory_format=torch.channels_last)
     reference = TorchvisionInvertedResidual(C, Cout, stride, t).to(memory_format=torch.channels_last)
-    _randomize(reference)
+    harness.randomize_batch_norms(reference)
     reference.eval()
     fused = fusedops.nn.InvertedResidual(C, Cout, stride, t).to(memory_format=torch.channels_last)
     fused.load_state_dict(reference.state_dict())
