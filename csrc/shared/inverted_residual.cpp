@@ -155,9 +155,9 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
     hidden.reset();
     activation_backward_into(grad_hidden, grad_hidden, z, geo.activation);
     z.reset();
-    auto [gi, gw, gb] =
-        at::convolution_backward(grad_hidden, input, *expand_weight, at::IntArrayRef{geo.hidden}, {1, 1}, {0, 0},
-                                 {1, 1}, false, {0, 0}, 1, {output_mask[0], output_mask[1], output_mask[2]});
+    auto [gi, gw, gb] = at::convolution_backward(
+        grad_hidden, input, *expand_weight, at::IntArrayRef{geo.hidden}, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1,
+        {output_mask[0], output_mask[1], output_mask[2] && given(expand_bias)});
     grad_input = std::move(gi);
     grad_ew = std::move(gw);
     grad_eb = std::move(gb);
@@ -168,17 +168,10 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
     if (geo.residual) grad_input.add_(grad_output);
     grad_input = grad_input.contiguous(fmt);
   }
-  auto or_empty = [&](Tensor t, bool wanted, const c10::optional<Tensor>& like) {
-    if (!wanted || !t.defined()) return at::empty({0}, input.options());
-    return t.to(input.scalar_type()).reshape(like->sizes()).contiguous();
-  };
-  return {output_mask[0] ? grad_input : at::empty({0}, input.options()),
-          or_empty(grad_ew, output_mask[1], expand_weight),
-          or_empty(grad_eb, output_mask[2] && given(expand_bias), expand_bias),
-          output_mask[3] ? grad_dw : at::empty({0}, input.options()),
-          output_mask[4] ? grad_dwb : at::empty({0}, input.options()),
-          output_mask[5] ? grad_pw : at::empty({0}, input.options()),
-          output_mask[6] ? grad_pwb : at::empty({0}, input.options())};
+  // Gradients nobody asked for come back empty (the dwpw backward returns those of its own already).
+  auto or_empty = [&](const Tensor& t) { return t.defined() ? t : at::empty({0}, input.options()); };
+  return {
+      or_empty(grad_input), or_empty(grad_ew).contiguous(), or_empty(grad_eb), grad_dw, grad_dwb, grad_pw, grad_pwb};
 }
 
 }  // namespace fusedops
