@@ -13,6 +13,7 @@ pretrained weights are downloaded: load a state dict.
 
 from torch import nn
 
+from ..nn._channels import make_divisible
 from ..nn.inverted_residual import ConvBNActivation, InvertedResidual
 from ._init import init_weights
 
@@ -23,18 +24,6 @@ LAST_CHANNELS = 1280
 # (expansion t, output channels c, blocks n, stride of the first block s) of each stage at width 1 (Table 2).
 INVERTED_RESIDUAL_SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                              (6, 160, 3, 2), (6, 320, 1, 1))
-
-
-def make_divisible(v: float, divisor: int, min_value=None) -> int:
-    """`v` rounded to the nearest multiple of `divisor` (at least `min_value`, default `divisor`), but not below
-    90% of `v`: the channel rounding of the reference TensorFlow implementation, which torchvision keeps, so
-    widths other than 1 give the same channel counts (and state dicts) as torchvision's."""
-    if min_value is None:
-        min_value = divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
 
 
 class MobileNetV2(nn.Module):

@@ -54,7 +54,7 @@ class FoldedWeights:
         if folded is None or (next(t for t in folded if t is not None).is_inference()
                               and not torch.is_inference_mode_enabled()):
             with torch.no_grad():
-                folded = self._folded = self._fold()
+                folded = self._folded = _constants(self._fold())
         return folded
 
     def _packed_weights(self, folded, pack):
@@ -93,9 +93,21 @@ class FoldedWeights:
         self._folded = None
 
 
+def _constants(folded):
+    """`folded` with every parameter a block passes on unfolded (the squeeze-excitation's 1x1 convolutions) replaced
+    by a detached copy: frozen weights are constants, which neither record gradients nor follow later in-place edits
+    of the parameters. Nested tuples, None and strings are kept."""
+    if isinstance(folded, tuple):
+        return tuple(_constants(t) for t in folded)
+    if isinstance(folded, torch.Tensor) and (isinstance(folded, nn.Parameter) or folded.requires_grad):
+        return folded.detach().clone()
+    return folded
+
+
 def freeze(model: nn.Module) -> nn.Module:
     r"""Freezes every fused block in ``model`` (``model`` itself included), every
-    :class:`fusedops.nn.DepthwiseSeparableConv2d` and :class:`fusedops.nn.InvertedResidual`: their batch norms
+    :class:`fusedops.nn.DepthwiseSeparableConv2d`, :class:`fusedops.nn.InvertedResidual`,
+    :class:`fusedops.nn.InvertedResidualV3` and :class:`fusedops.nn.ConvBNActivation`: their batch norms
     are folded once and the folded weights reused as constants, as ``torch.jit.freeze`` and Inductor's freezing
     take weights, instead of being folded on every call. Changes to the weights made afterwards other than
     through ``.to()``-style conversions, ``load_state_dict``, copies and pickling are not seen until

@@ -12,7 +12,7 @@ from .freeze import FoldedWeights
 from .fuse import fold_bn
 
 # The activation modules of the unfused path, in place as in torchvision's blocks.
-_ACTIVATION_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish}
+_ACTIVATION_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU}
 
 
 class ConvBNActivation(FoldedWeights, nn.Sequential):
@@ -24,16 +24,18 @@ class ConvBNActivation(FoldedWeights, nn.Sequential):
     Eval mode runs one convolution with the batch norm folded into its weights and the activation applied in
     place on its output (the stems and heads of the models: one pass over the output instead of three, no
     batch-norm output allocated); :meth:`freeze` keeps the folded weights as for the fused blocks. Train mode runs
-    the children in sequence."""
+    the children in sequence. ``bn_eps`` and ``bn_momentum`` are the batch norm's (MobileNetV3 uses 0.001 and
+    0.01)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, groups: int = 1, dilation=1,
-                 activation="relu6", conv=nn.Conv2d, device=None, dtype=None):
+                 activation="relu6", conv=nn.Conv2d, device=None, dtype=None, *, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1):
         k = nn.modules.utils._pair(kernel_size)
         d = nn.modules.utils._pair(dilation)
         padding = ((k[0] - 1) // 2 * d[0], (k[1] - 1) // 2 * d[1])
         factory = dict(device=device, dtype=dtype)
         layers = [conv(in_channels, out_channels, k, stride, padding, d, groups, bias=False, **factory),
-                  nn.BatchNorm2d(out_channels, **factory)]
+                  nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum, **factory)]
         name = activation_name(activation, "activation")
         if name != "none":
             layers.append(_ACTIVATION_MODULES[name](inplace=True))
@@ -55,11 +57,36 @@ class ConvBNActivation(FoldedWeights, nn.Sequential):
 
 
 _IN_PLACE_ACTIVATIONS = {"none": lambda x: x, "relu": F.relu_, "relu6": lambda x: F.hardtanh_(x, 0.0, 6.0),
-                         "hardswish": lambda x: F.hardswish(x, inplace=True)}
+                         "hardswish": lambda x: F.hardswish(x, inplace=True), "silu": lambda x: F.silu(x, inplace=True)}
 
 
 def _fold(conv, bn):
     return fold_bn(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+
+
+def _runs_unfused(dw, batch_norms) -> bool:
+    """Whether an inverted-residual block runs its submodules instead of the fused op: when a batch norm normalises
+    with batch statistics (train mode, or no running statistics to fold) or the depthwise convolution pads other
+    than with zeros (the op pads with zeros)."""
+    if dw.padding_mode != "zeros":
+        return True
+    return any(bn.training or bn._buffers.get("running_mean") is None for bn in batch_norms)
+
+
+def _run_fused(block, input, folded, dw, activation, residual, se=None):
+    """The fused :func:`fusedops.inverted_residual` call of an inverted-residual `block` (a :class:`FoldedWeights`):
+    `folded` holds its six folded weights first (what :meth:`FoldedWeights._folded_weights` returned), `dw` is its
+    depthwise convolution (stride, padding and dilation), `se` the op's squeeze-excitation tuple or None."""
+    weights = folded[:6]
+    args = (dw.stride, dw.padding, dw.dilation, activation)
+    se_arg = {} if se is None else {"se": se}
+    # Frozen: the CPU kernel's packed form of the folded weights is made once too (packing costs as much as the
+    # arithmetic at batch 1 on small maps).
+    packed = None
+    if input.device.type == "cpu" and weights[2].device.type == "cpu":
+        packed = block._packed_weights(folded, lambda: pack_weights(input, *weights, *args, **se_arg,
+                                                                    residual=residual))
+    return inverted_residual(input, *weights, *args, **se_arg, residual=residual, packed_weights=packed)
 
 
 class InvertedResidual(FoldedWeights, nn.Module):
@@ -145,29 +172,13 @@ class InvertedResidual(FoldedWeights, nn.Module):
         norms folded in; the expansion's are ``None`` without one."""
         return self._folded_weights()
 
-    def _runs_unfused(self, layers):
-        if layers[-3][0].padding_mode != "zeros":
-            return True
-        for bn in (layers[0][1], layers[-3][1], layers[-1]):
-            if bn.training or bn._buffers.get("running_mean") is None:
-                return True
-        return False
-
     def forward(self, input):
         conv = self._modules["conv"]
         layers = list(conv._modules.values())
-        if self._runs_unfused(layers):
+        dw = layers[-3]
+        if _runs_unfused(dw[0], (layers[0][1], dw[1], layers[-1])):
             return input + conv(input) if self.use_res_connect else conv(input)
-        dw = layers[-3][0]
-        folded = self.folded_weights()
-        args = (dw.stride, dw.padding, dw.dilation, self.activation)
-        # Frozen: the CPU kernel's packed form of the folded weights is made once too (packing costs as much as the
-        # arithmetic at batch 1 on small maps).
-        packed = None
-        if input.device.type == "cpu" and folded[2].device.type == "cpu":
-            packed = self._packed_weights(folded, lambda: pack_weights(input, *folded, *args,
-                                                                       residual=self.use_res_connect))
-        return inverted_residual(input, *folded, *args, residual=self.use_res_connect, packed_weights=packed)
+        return _run_fused(self, input, self.folded_weights(), dw[0], self.activation, self.use_res_connect)
 
     def extra_repr(self) -> str:
         frozen = ", frozen=True" if self._frozen else ""
