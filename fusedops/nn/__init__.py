@@ -4,8 +4,10 @@ from .depthwise import DepthwiseConv2d
 from .freeze import freeze, unfreeze
 from .fuse import fuse_bn
 from .inverted_residual import ConvBNActivation, InvertedResidual
+from .inverted_residual_v3 import InvertedResidualV3
 from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
+from .squeeze_excitation import SqueezeExcitation
 
 __all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "InvertedResidual",
-           "freeze", "fuse_bn", "unfreeze"]
+           "InvertedResidualV3", "SqueezeExcitation", "freeze", "fuse_bn", "unfreeze"]
