@@ -5,7 +5,7 @@ from torch import nn
 
 def init_weights(model: nn.Module) -> None:
     """He (fan-out) normal convolution weights, zero biases, unit BatchNorm scales, N(0, 0.01) linear weights, in
-    module order: the same draws as torchvision's MobileNetV2 for the same seed."""
+    module order: the same draws as torchvision's MobileNetV2 and MobileNetV3 for the same seed."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
