@@ -20,6 +20,8 @@ MODELS = {
     "shufflenet_v2_x0_5": torchvision.models.shufflenet_v2_x0_5,
     "mobilenet_v1": reference_mobilenet_v1,
     "mobilenet_v2": torchvision.models.mobilenet_v2,
+    "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
+    "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
 }
 
 
