@@ -419,3 +419,27 @@ def test_fusedops_freeze_covers_the_blocks():
     assert len(blocks) == 2
     assert fusedops.freeze(model) is model and all(m.frozen for m in blocks)
     assert fusedops.unfreeze(model) is model and not any(m.frozen for m in blocks)
+
+
+@pytest.mark.parametrize("how", ["native", "reference_backend", "no_extension"])
+def test_frozen_block_packs_weights_only_for_the_native_kernel(how, monkeypatch):
+    """The packed weights are the native CPU kernel's (made by a native op): a frozen block makes them once for it,
+    and not at all where the reference implementation runs (asked for, or the extension missing)."""
+    from fusedops import _extension
+
+    packs = []
+    real_pack = block_module.pack_weights
+    monkeypatch.setattr(block_module, "pack_weights", lambda *a, **kw: packs.append(1) or real_pack(*a, **kw))
+    config = CONFIGS[4]
+    block, ref = pair_blocks(config)
+    block.eval().freeze()
+    ref.eval()
+    x = torch.randn(2, config[0], 7, 7, dtype=torch.float64)
+    if how == "no_extension":
+        monkeypatch.setattr(_extension, "has_ops", lambda: False)
+        monkeypatch.setattr(_extension, "_warned_fallback", True)  # the fallback's one-time warning
+    with torch.no_grad(), fusedops.use_backend("reference" if how == "reference_backend" else "auto"):
+        y, y2 = block(x), block(x)
+    assert packs == ([1] if how == "native" else [])
+    assert_close_scaled(y, ref(x), **TOL)
+    assert torch.equal(y, y2)

@@ -5,6 +5,7 @@ folded in, in eval mode), both with torchvision's submodules and state-dict keys
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _backend
 from ..ops.activations import activation_name
 from ..ops.inverted_residual import inverted_residual, pack_weights
 from .depthwise import DepthwiseConv2d
@@ -81,9 +82,11 @@ def _run_fused(block, input, folded, dw, activation, residual, se=None):
     args = (dw.stride, dw.padding, dw.dilation, activation)
     se_arg = {} if se is None else {"se": se}
     # Frozen: the CPU kernel's packed form of the folded weights is made once too (packing costs as much as the
-    # arithmetic at batch 1 on small maps).
+    # arithmetic at batch 1 on small maps). Only for that kernel: the packing is a native op, absent without the
+    # extension, and the reference and Triton implementations take no packed weights.
     packed = None
-    if input.device.type == "cpu" and weights[2].device.type == "cpu":
+    if (input.device.type == "cpu" and weights[2].device.type == "cpu"
+            and _backend.resolve_for(input, "inverted_residual") == _backend.NATIVE):
         packed = block._packed_weights(folded, lambda: pack_weights(input, *weights, *args, **se_arg,
                                                                     residual=residual))
     return inverted_residual(input, *weights, *args, **se_arg, residual=residual, packed_weights=packed)
