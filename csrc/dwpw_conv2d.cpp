@@ -7,7 +7,7 @@
 TORCH_LIBRARY_FRAGMENT(fusedops, m) {
   // act_out(F.conv2d(act_mid(depthwise_conv2d(input, dw_weight, dw_bias, stride, padding, dilation)),
   //                  pw_weight, pw_bias)) with dw_weight (C*multiplier, 1, kH, kW), pw_weight
-  // (out_channels, C*multiplier, 1, 1); activations "none", "relu", "relu6" or "hardswish". The depthwise
+  // (out_channels, C*multiplier, 1, 1); activations "none", "relu", "relu6", "hardswish" or "silu". The depthwise
   // output is never written to memory. The output takes the input's memory format.
   m.def(
       "dwpw_conv2d(Tensor input, Tensor dw_weight, Tensor? dw_bias, Tensor pw_weight, Tensor? pw_bias, "

@@ -23,6 +23,7 @@ def test_cuda_kernels_registered():
     ((2, 32, 28, 28), 64, 3, 1, 1, "relu6", "relu6"),
     ((1, 37, 15, 13), 20, 5, 2, 1, "hardswish", "none"),
     ((3, 8, 9, 9), 300, 3, 2, 2, "relu", "hardswish"),
+    ((2, 24, 10, 11), 40, 3, 1, 1, "silu", "silu"),
 ))
 def test_cuda_parity(layout, dtype, shape, cout, kernel, stride, multiplier, mid, out):
     cpu = [make_input(shape, layout, dtype=dtype),

@@ -17,7 +17,7 @@ from conftest import assert_close_scaled, check_dwpw_parity, dwpw_reference, mak
 
 pytestmark = requires_ops
 
-ACTS = (None, "relu", "relu6", "hardswish")
+ACTS = (None, "relu", "relu6", "hardswish", "silu")
 
 
 # ---------------------------------------------------------------------------------------------------

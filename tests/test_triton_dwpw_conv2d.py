@@ -32,6 +32,7 @@ pytestmark = TRITON_TEST
          out="hardswish", dw_bias=False),
     dict(shape=(1, 8, 7, 7), cout=40, layout="channels_last", dilation=2, padding=2, mid="relu", out="relu",
          pw_bias=False),
+    dict(shape=(1, 6, 5, 6), cout=9, layout="channels_last", mid="silu", out="silu"),
 ))
 def test_triton_parity(case):
     case = dict(case)

@@ -56,6 +56,7 @@ __device__ __forceinline__ T activate(T v, int kind) {
       r = r < T(0) ? T(0) : (r > T(6) ? T(6) : r);
       return v * r / T(6);
     }
+    case 4: return v / (T(1) + exp(-v));
     default: return v;
   }
 }

@@ -9,6 +9,7 @@ at::Tensor activation_forward(const at::Tensor& z, Activation a) {
     case Activation::kRelu: return at::relu(z);
     case Activation::kRelu6: return at::hardtanh(z, 0, 6);
     case Activation::kHardswish: return at::hardswish(z);
+    case Activation::kSilu: return at::silu(z);
   }
   return z;
 }
@@ -19,6 +20,7 @@ at::Tensor activation_forward_(at::Tensor& z, Activation a) {
     case Activation::kRelu: return at::relu_(z);
     case Activation::kRelu6: return at::hardtanh_(z, 0, 6);
     case Activation::kHardswish: return at::hardswish_(z);
+    case Activation::kSilu: return at::silu_(z);
   }
   return z;
 }
@@ -29,6 +31,7 @@ at::Tensor activation_backward_into(at::Tensor out, const at::Tensor& grad, cons
     case Activation::kRelu: return at::threshold_backward_out(out, grad, z, 0);
     case Activation::kRelu6: return at::hardtanh_backward_out(out, grad, z, 0, 6);
     case Activation::kHardswish: return at::hardswish_backward_out(out, grad, z);
+    case Activation::kSilu: return at::silu_backward_out(out, grad, z);
   }
   return out;
 }

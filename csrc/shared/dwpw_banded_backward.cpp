@@ -123,7 +123,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
       // point of recomputing, so at most ~3 band-sized buffers are alive at once.
       Tensor z = dw_forward.call(x, dww, dwb_opt, stride, band_pad, dilation);
       // relu/relu6 are applied in place: their derivative reads the same from the activation as from z.
-      Tensor a = geo.mid == Activation::kHardswish ? activation_forward(z, geo.mid) : activation_forward_(z, geo.mid);
+      const bool grad_reads_a = activation_grad_reads_output(geo.mid);
+      Tensor a = grad_reads_a ? activation_forward_(z, geo.mid) : activation_forward(z, geo.mid);
       // The pointwise GEMMs run as 1x1 convolutions (oneDNN on CPU, cuDNN on CUDA): on CPUs where MKL's
       // SGEMM takes its generic path (AMD EPYC here: 200 GFLOP/s), oneDNN's kernels run twice as fast.
       Tensor go = grad_output_.slice(0, n0, n1).slice(2, r0, r1).to(op);
@@ -139,12 +140,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dwpw_conv2d_backward_banded(
       auto [grad_a, gpw, gpb] = at::convolution_backward(go, a, pww, at::IntArrayRef{OC}, {1, 1}, {0, 0}, {1, 1}, false,
                                                          {0, 0}, 1, {need_dw, output_mask[3], output_mask[4]});
       go.reset();
-      if (geo.mid == Activation::kHardswish) a.reset();
+      if (!grad_reads_a) a.reset();
       if (output_mask[3]) accumulate(grad_pww, std::move(gpw));
       if (output_mask[4]) accumulate(grad_pwb, std::move(gpb));
       if (!need_dw) continue;
       Tensor grad_z = std::move(grad_a);
-      activation_backward_into(grad_z, grad_z, geo.mid == Activation::kHardswish ? z : a, geo.mid);
+      activation_backward_into(grad_z, grad_z, grad_reads_a ? a : z, geo.mid);
       z.reset();
       a.reset();
       auto [gx, gw, gb] = dw_backward.call(grad_z, x, dww, stride, band_pad, dilation,

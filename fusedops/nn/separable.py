@@ -37,7 +37,7 @@ class DepthwiseSeparableConv2d(FoldedWeights, nn.Module):
 
     Args:
         padding: default ``dilation * (kernel_size - 1) // 2`` ("same" for odd kernels at stride 1).
-        mid_activation, out_activation: ``None``, ``"relu"``, ``"relu6"`` or ``"hardswish"``.
+        mid_activation, out_activation: ``None``, ``"relu"``, ``"relu6"``, ``"hardswish"`` or ``"silu"``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None, dilation=1,

@@ -36,7 +36,7 @@ def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, pa
         pw_weight: ``Tensor[C_out, C * m, 1, 1]``.
         pw_bias: optional ``Tensor[C_out]``.
         stride, padding, dilation: of the depthwise stage, int or (int, int).
-        mid_activation, out_activation: ``None``, ``"relu"``, ``"relu6"`` or ``"hardswish"``.
+        mid_activation, out_activation: ``None``, ``"relu"``, ``"relu6"``, ``"hardswish"`` or ``"silu"``.
 
     Returns:
         ``Tensor[N, C_out, H_out, W_out]`` in the input's memory format.

@@ -13,7 +13,7 @@ TOLERANCES = {
 }
 DTYPES = tuple(TOLERANCES)
 LAYOUTS = ("nchw", "channels_last", "noncontig", "offset", "expanded")
-ACTIVATIONS = (None, "relu", "relu6", "hardswish")
+ACTIVATIONS = (None, "relu", "relu6", "hardswish", "silu")
 # Words a useful error message names (an argument, or the shape relation that failed).
 ARGUMENT_WORDS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups", "kernel", "channels",
                   "dtype", "activation", "shape", "multiplier")
@@ -96,7 +96,8 @@ def depthwise_reference(x, w, b, stride, padding, dilation):
 
 
 def activation(x, name):
-    return x if name in (None, "none") else {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish}[name](x)
+    functions = {"relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu}
+    return x if name in (None, "none") else functions[name](x)
 
 
 def dwpw_reference(x, dw_w, dw_b, pw_w, pw_b, stride, padding, dilation, mid, out):

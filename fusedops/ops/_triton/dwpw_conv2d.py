@@ -50,7 +50,7 @@ from ._common import (acc_dtype, depthwise_grad_input, device_context, needs_int
 _needs_int64 = needs_int64
 _program_target = program_target
 
-ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3}
+ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}
 
 
 @triton.jit
@@ -61,19 +61,24 @@ def _activation(x, ACT: tl.constexpr):
         x = tl.minimum(tl.maximum(x, 0.0), 6.0)
     elif ACT == 3:
         x = x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
+    elif ACT == 4:
+        x = x / (1.0 + tl.exp(-x))
     return x
 
 
 @triton.jit
 def _activation_backward(grad, x, ACT: tl.constexpr):
-    """grad * act'(x), written as aten's threshold_backward / hardtanh_backward / hardswish_backward (same
-    boundaries, and a NaN x passes grad through where they do)."""
+    """grad * act'(x), written as aten's threshold_backward / hardtanh_backward / hardswish_backward /
+    silu_backward (same boundaries, and a NaN x passes grad through where they do)."""
     if ACT == 1:
         grad = tl.where(x <= 0.0, 0.0, grad)
     elif ACT == 2:
         grad = tl.where((x <= 0.0) | (x >= 6.0), 0.0, grad)
     elif ACT == 3:
         grad = tl.where(x <= -3.0, 0.0, tl.where(x < 3.0, grad * (x / 3.0 + 0.5), grad))
+    elif ACT == 4:
+        sigmoid = 1.0 / (1.0 + tl.exp(-x))
+        grad = grad * sigmoid * (1.0 + x * (1.0 - sigmoid))
     return grad
 
 

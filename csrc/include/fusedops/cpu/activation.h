@@ -1,6 +1,6 @@
 // Vectorised activation epilogues for the CPU kernels (bias is added by the kernels themselves).
 //
-// The formulas are PyTorch's CPU ones (hardswish: x * min(max(x + 3, 0), 6) / 6), so fused results
+// The formulas are PyTorch's CPU ones (hardswish: x * min(max(x + 3, 0), 6) / 6; silu: x / (1 + exp(-x))), so fused results
 // match the unfused modules to the last bit wherever the pre-activations do. The kind is a run-time
 // value: an epilogue runs once per output vector, after a whole reduction, so the (perfectly
 // predicted) switch costs nothing measurable and saves instantiating every kernel per activation.
@@ -22,6 +22,7 @@ inline at::vec::Vectorized<T> apply_activation(Activation kind, const at::vec::V
     case Activation::kRelu6: return at::vec::minimum(at::vec::maximum(v, Vec(T(0))), Vec(T(6)));
     case Activation::kHardswish:
       return v * at::vec::minimum(at::vec::maximum(v + Vec(T(3)), Vec(T(0))), Vec(T(6))) / Vec(T(6));
+    case Activation::kSilu: return v / (Vec(T(1)) + v.neg().exp());
   }
   return v;
 }
