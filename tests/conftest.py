@@ -458,7 +458,8 @@ def check_grads_against_reference(y, inputs, ref, leaves, tol, names):
 
 
 IR_GRAD_NAMES = ("grad_input", "grad_expand_weight", "grad_expand_bias", "grad_dw_weight", "grad_dw_bias",
-                 "grad_project_weight", "grad_project_bias")
+                 "grad_project_weight", "grad_project_bias", "grad_se_reduce_weight", "grad_se_reduce_bias",
+                 "grad_se_expand_weight", "grad_se_expand_bias")
 
 
 def make_inverted_residual_weights(c, hidden, cout, kernel=3, *, expand=True, biases=True, dtype=torch.float32,
@@ -481,17 +482,35 @@ def make_inverted_residual_weights(c, hidden, cout, kernel=3, *, expand=True, bi
     return [None if t is None else t.requires_grad_(requires_grad) for t in (ew, eb, dw, db, pw, pb)]
 
 
-def inverted_residual_reference(x, ew, eb, dw, db, pw, pb, stride, padding, dilation, activation, residual):
-    """fusedops.inverted_residual unfused (the pure-PyTorch reference backend), with int or pair geometry."""
-    return _reference.inverted_residual(x, ew, eb, dw, db, pw, pb, pair(stride), pair(padding), pair(dilation),
-                                        "none" if activation is None else activation, residual)
+def make_squeeze_excitation(hidden, squeeze, *, gate="hardsigmoid", activation="relu", biases=True,
+                            dtype=torch.float32, requires_grad=True):
+    """An inverted_residual's `se` tuple (reduce_weight, reduce_bias, expand_weight, expand_bias, gate,
+    activation) from `hidden` channels through `squeeze`, scaled so the gate's input stays near unit variance
+    (both halves of a hardsigmoid's range)."""
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(shape, dtype=torch.float64)).to(dtype).requires_grad_(requires_grad)
+
+    return (randn(squeeze, hidden, 1, 1, scale=2 * hidden ** -0.5), randn(squeeze, scale=0.5) if biases else None,
+            randn(hidden, squeeze, 1, 1, scale=2 * squeeze ** -0.5), randn(hidden, scale=0.5) if biases else None,
+            gate, activation)
+
+
+def inverted_residual_reference(x, ew, eb, dw, db, pw, pb, stride, padding, dilation, activation, residual,
+                                se=None):
+    """fusedops.inverted_residual unfused (the pure-PyTorch reference backend), with int or pair geometry; `se` as
+    the op takes it (a 6-tuple here)."""
+    rw, rb, sew, seb, gate, se_act = (None, None, None, None, "hardsigmoid", "relu") if se is None else se
+    return _reference.inverted_residual(x, ew, eb, dw, db, pw, pb, rw, rb, sew, seb, pair(stride), pair(padding),
+                                        pair(dilation), "none" if activation is None else activation, residual,
+                                        "none" if se_act is None else se_act, gate)
 
 
 def check_inverted_residual_parity(shape, hidden, cout, kernel=3, *, stride=1, padding=None, dilation=1,
                                    activation="relu6", residual=None, expand=True, biases=True,
                                    layout="channels_last", dtype=torch.float32, backend="native", backward=True,
-                                   device="cpu"):
-    """Forward and every gradient of fusedops.inverted_residual on `backend` vs the float64 unfused reference."""
+                                   device="cpu", se=None):
+    """Forward and every gradient of fusedops.inverted_residual on `backend` vs the float64 unfused reference;
+    `se`: None or make_squeeze_excitation's keyword arguments plus `squeeze` (the reduced channels)."""
     n, c, h, w = shape
     kh, kw = pair(kernel)
     d = pair(dilation)
@@ -500,21 +519,29 @@ def check_inverted_residual_parity(shape, hidden, cout, kernel=3, *, stride=1, p
     weights = [None if t is None else t.detach().to(device).requires_grad_(backward)
                for t in make_inverted_residual_weights(c, hidden, cout, kernel, expand=expand, biases=biases,
                                                        dtype=dtype, requires_grad=False)]
-    inputs = [x, *weights]
+    se_args = None
+    if se is not None:
+        se = dict(se)
+        se_args = make_squeeze_excitation(hidden if expand else c, se.pop("squeeze"), dtype=dtype,
+                                          requires_grad=False, **se)
+        se_args = tuple(t.detach().to(device).requires_grad_(backward) if isinstance(t, torch.Tensor) else t
+                        for t in se_args)
+    inputs = [x, *weights] + (list(se_args[:4]) if se_args else [])
     with fusedops.use_backend(backend):
-        y = fusedops.inverted_residual(*inputs, stride=stride, padding=padding, dilation=dilation,
-                                       activation=activation, residual=residual)
+        y = fusedops.inverted_residual(*inputs[:7], stride=stride, padding=padding, dilation=dilation,
+                                       activation=activation, residual=residual, se=se_args)
     if residual is None:
         residual = pair(stride) == (1, 1) and cout == c and tuple(y.shape[2:]) == (h, w)
     assert y.dtype == dtype and y.device == x.device
     fmt = CL if dense_layout(layout) == "channels_last" else torch.contiguous_format
     assert y.is_contiguous(memory_format=fmt)
     leaves = [None if t is None else t.detach().cpu().double().requires_grad_(backward) for t in inputs]
-    ref = inverted_residual_reference(*leaves, stride, padding, dilation, activation, residual)
+    ref = inverted_residual_reference(*leaves[:7], stride, padding, dilation, activation, residual,
+                                      se=(*leaves[7:], *se_args[4:]) if se_args else None)
     tol = tolerance(dtype)
     assert_close_scaled(y, ref, rtol=tol["rtol"], atol=tol["atol"], name="output")
     if not backward:
         return
-    actual = check_grads_against_reference(y, inputs, ref, leaves, tol, IR_GRAD_NAMES)
+    actual = check_grads_against_reference(y, inputs, ref, leaves, tol, IR_GRAD_NAMES[:len(inputs)])
     if dense_layout(layout) == "channels_last" and layout == "channels_last":
         assert actual[0].is_contiguous(memory_format=CL)

@@ -139,7 +139,9 @@ def _dwpw_backward_cases():
 def _inverted_residual_args(**changes):
     x, ew, eb, dw, db, pw, pb = _x(2, 4, 6, 6), _x(12, 4, 1, 1), _x(12), _x(12, 1, 3, 3), _x(12), _x(4, 12, 1, 1), _x(4)
     args = dict(input=x, expand_weight=ew, expand_bias=eb, dw_weight=dw, dw_bias=db, project_weight=pw,
-                project_bias=pb, stride=ONE, padding=ONE, dilation=ONE, activation="relu6", residual=True)
+                project_bias=pb, se_reduce_weight=None, se_reduce_bias=None, se_expand_weight=None,
+                se_expand_bias=None, stride=ONE, padding=ONE, dilation=ONE, activation="relu6", residual=True,
+                se_activation="relu", se_gate="hardsigmoid")
     args.update(changes)
     return args
 
@@ -179,11 +181,29 @@ def _inverted_residual_cases():
         ("order-dw-dtype-and-project-shape", call(dw_weight=_x(12, 1, 3, 3, dtype=torch.float64),
                                                   project_weight=_x(4, 8, 1, 1))),
         ("order-project-and-activation", call(project_bias=_x(5), activation="gelu")),
+        ("se-reduce-weight-shape", call(se_reduce_weight=_x(4, 8, 1, 1), se_expand_weight=_x(12, 4, 1, 1))),
+        ("se-reduce-weight-dtype", call(se_reduce_weight=_x(4, 12, 1, 1, dtype=torch.float64),
+                                        se_expand_weight=_x(12, 4, 1, 1))),
+        ("se-reduce-bias-shape", call(se_reduce_weight=_x(4, 12, 1, 1), se_reduce_bias=_x(5),
+                                      se_expand_weight=_x(12, 4, 1, 1))),
+        ("se-expand-weight-missing", call(se_reduce_weight=_x(4, 12, 1, 1))),
+        ("se-expand-weight-inputs", call(se_reduce_weight=_x(4, 12, 1, 1), se_expand_weight=_x(12, 3, 1, 1))),
+        ("se-expand-weight-outputs", call(se_reduce_weight=_x(4, 12, 1, 1), se_expand_weight=_x(8, 4, 1, 1))),
+        ("se-expand-bias-shape", call(se_reduce_weight=_x(4, 12, 1, 1), se_expand_weight=_x(12, 4, 1, 1),
+                                      se_expand_bias=_x(4))),
+        ("se-expand-weight-without-reduce", call(se_expand_weight=_x(12, 4, 1, 1))),
+        ("se-bias-without-reduce", call(se_reduce_bias=_x(4))),
+        ("se-empty-map", call(input=_x(2, 4, 1, 1), expand_weight=None, expand_bias=None, dw_weight=_x(4, 1, 3, 3),
+                              dw_bias=None, project_weight=_x(4, 4, 1, 1), padding=ZERO, residual=False,
+                              se_reduce_weight=_x(2, 4, 1, 1), se_expand_weight=_x(4, 2, 1, 1))),
+        ("se-activation", call(se_activation="gelu")),
+        ("se-gate", call(se_gate="tanh")),
+        ("order-se-and-residual", call(se_gate="tanh", stride=[2, 2])),
     ]
 
 
 def _inverted_residual_backward_cases():
-    def call(grad_output=_x(2, 4, 6, 6), output_mask=(True,) * 7, **changes):
+    def call(grad_output=_x(2, 4, 6, 6), output_mask=(True,) * 11, **changes):
         return (grad_output, *_inverted_residual_args(**changes).values(), list(output_mask))
 
     return [

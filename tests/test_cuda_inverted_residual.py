@@ -20,6 +20,10 @@ def test_cuda_kernels_registered():
     dict(shape=(2, 8, 9, 9), hidden=48, cout=8),
     dict(shape=(1, 12, 11, 10), hidden=36, cout=16, stride=2, kernel=5, activation="hardswish"),
     dict(shape=(2, 6, 7, 7), hidden=6, cout=6, expand=False, dilation=2, activation="relu"),
+    dict(shape=(1, 8, 6, 6), hidden=24, cout=8, activation="silu"),
+    dict(shape=(2, 8, 7, 7), hidden=32, cout=8, activation="hardswish", se=dict(squeeze=8)),
+    dict(shape=(3, 16, 9, 9), hidden=16, cout=24, expand=False, stride=2, activation="silu",
+         se=dict(squeeze=4, gate="sigmoid", activation="silu")),
 ))
 def test_cuda_parity(layout, dtype, case):
     case = dict(case)

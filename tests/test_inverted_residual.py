@@ -6,14 +6,16 @@ import pytest
 import torch
 
 import fusedops
-from fusedops.ops import _reference
 
 from conftest import (CL, check_inverted_residual_parity, inverted_residual_reference, make_input,
-                      make_inverted_residual_weights, requires_ops)
+                      make_inverted_residual_weights, make_squeeze_excitation, requires_ops)
 
 pytestmark = requires_ops
 
-ACTS = (None, "relu", "relu6", "hardswish")
+ACTS = (None, "relu", "relu6", "hardswish", "silu")
+# The schema's squeeze-excitation arguments of a block without one.
+NO_SE_TENSORS = (None, None, None, None)
+NO_SE_NAMES = ("relu", "hardsigmoid")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,9 +132,10 @@ def test_backward_op_returns_empty_for_unrequested():
     x = make_input((1, 4, 5, 5), "channels_last")
     weights = make_inverted_residual_weights(4, 8, 4, requires_grad=False)
     go = torch.randn(1, 4, 5, 5)
-    grads = torch.ops.fusedops._inverted_residual_backward(go, x, *weights, [1, 1], [1, 1], [1, 1], "relu6", True,
-                                                           [False, True, False, False, False, False, True])
-    assert [g.numel() == 0 for g in grads] == [True, False, True, True, True, True, False]
+    mask = [False, True, False, False, False, False, True] + [False] * 4
+    grads = torch.ops.fusedops._inverted_residual_backward(go, x, *weights, *NO_SE_TENSORS, [1, 1], [1, 1], [1, 1],
+                                                           "relu6", True, *NO_SE_NAMES, mask)
+    assert [g.numel() == 0 for g in grads] == [True, False, True, True, True, True, False, True, True, True, True]
 
 
 @pytest.mark.parametrize("activation", ("relu6", "hardswish", None))
@@ -187,7 +190,8 @@ def test_meta_tensors():
     x = torch.empty(2, 8, 9, 9, device="meta").to(memory_format=CL)
     weights = [None if w is None else w.detach().to("meta")
                for w in make_inverted_residual_weights(8, 32, 16, requires_grad=False)]
-    y = torch.ops.fusedops.inverted_residual(x, *weights, [2, 2], [1, 1], [1, 1], "relu6", False)
+    y = torch.ops.fusedops.inverted_residual(x, *weights, *NO_SE_TENSORS, [2, 2], [1, 1], [1, 1], "relu6", False,
+                                             *NO_SE_NAMES)
     assert y.shape == (2, 16, 5, 5) and y.is_contiguous(memory_format=CL)
 
 
@@ -199,7 +203,7 @@ def _opcheck_args(layout, expand, stride, requires_grad, activation="relu6"):
     x = make_input((2, 4, 6, 5), layout, dtype=torch.float64, requires_grad=requires_grad)
     weights = make_inverted_residual_weights(4, 12, 4, expand=expand, dtype=torch.float64,
                                              requires_grad=requires_grad)
-    return (x, *weights, [stride, stride], [1, 1], [1, 1], activation, stride == 1)
+    return (x, *weights, *NO_SE_TENSORS, [stride, stride], [1, 1], [1, 1], activation, stride == 1, *NO_SE_NAMES)
 
 
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
@@ -215,7 +219,7 @@ def test_opcheck_backward_op():
     args = _opcheck_args("channels_last", True, 1, False, "hardswish")
     go = torch.randn(2, 4, 6, 5, dtype=torch.float64)
     torch.library.opcheck(torch.ops.fusedops._inverted_residual_backward.default,
-                          (go, *args, [True] * 7))
+                          (go, *args, [True] * 11))
 
 
 def test_compile_fullgraph_matches_eager():
@@ -260,11 +264,11 @@ def test_defaults_padding_and_residual():
     x = make_input((1, 8, 9, 9), "channels_last")
     weights = make_inverted_residual_weights(8, 24, 8, kernel=5, requires_grad=False)
     y = fusedops.inverted_residual(x, *weights, dilation=2)  # padding 4, residual on
-    expected = _reference.inverted_residual(x, *weights, (1, 1), (4, 4), (2, 2), "relu6", True)
+    expected = inverted_residual_reference(x, *weights, 1, 4, 2, "relu6", True)
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     # Stride 2 or other output channels: no residual.
     y2 = fusedops.inverted_residual(x, *weights, stride=2)
-    torch.testing.assert_close(y2, _reference.inverted_residual(x, *weights, (2, 2), (2, 2), (1, 1), "relu6", False),
+    torch.testing.assert_close(y2, inverted_residual_reference(x, *weights, 2, 2, 1, "relu6", False),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -283,8 +287,17 @@ def test_bad_arguments_name_the_argument():
     ew, eb, dw, db, pw, pb = make_inverted_residual_weights(8, 24, 8, requires_grad=False)
     with pytest.raises(ValueError, match="activation must be one of"):
         fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, activation="gelu")
-    with pytest.raises(NotImplementedError, match="squeeze-excitation"):
-        fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, se=(pw, pb, pw, pb, "sigmoid"))
+    with pytest.raises(TypeError, match=r"se must be None or a tuple \(reduce_weight, reduce_bias"):
+        fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, se=(pw, pb, "sigmoid"))
+    reduce, expand = torch.randn(4, 24, 1, 1), torch.randn(24, 4, 1, 1)
+    with pytest.raises(TypeError, match="se's gate must be 'hardsigmoid' or 'sigmoid'"):
+        fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, se=(reduce, None, expand, None, None))
+    with pytest.raises(RuntimeError, match="se_gate must be 'hardsigmoid' or 'sigmoid'; got 'tanh'"):
+        fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, se=(reduce, None, expand, None, "tanh"))
+    with pytest.raises(ValueError, match="se_activation must be one of"):
+        fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, se=(reduce, None, expand, None, "sigmoid", "gelu"))
+    with pytest.raises(RuntimeError, match=r"se_expand_weight must have shape \(24, 4, 1, 1\)"):
+        fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, se=(reduce, None, expand[:8], None, "sigmoid"))
     with pytest.raises(TypeError, match="residual must be"):
         fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, residual="yes")
     with pytest.raises(RuntimeError, match="expand_bias is given without expand_weight"):
@@ -347,3 +360,127 @@ def test_frozen_module_packs_once_and_repacks_after_a_load():
         fusedops.unfreeze(block)
         torch.testing.assert_close(y2, block(x), rtol=1e-5, atol=1e-5)
         assert not torch.allclose(y, y2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. Squeeze-excitation (MobileNetV3, EfficientNet)
+
+
+@pytest.mark.parametrize("case", (
+    dict(shape=(1, 8, 9, 9), hidden=32, cout=8, se=dict(squeeze=8)),
+    dict(shape=(3, 8, 9, 9), hidden=32, cout=8, se=dict(squeeze=8, gate="sigmoid", activation="silu"),
+         activation="silu"),
+    dict(shape=(2, 6, 11, 10), hidden=36, cout=10, stride=2, kernel=5, activation="hardswish", se=dict(squeeze=12)),
+    dict(shape=(1, 16, 12, 12), hidden=16, cout=16, expand=False, se=dict(squeeze=8, biases=False), biases=False),
+    dict(shape=(4, 16, 7, 7), hidden=16, cout=24, expand=False, stride=2, activation="relu",
+         se=dict(squeeze=4, gate="sigmoid")),
+    dict(shape=(1, 12, 8, 8), hidden=72, cout=12, dilation=2, se=dict(squeeze=24, activation=None)),
+))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw", "strided"))
+def test_squeeze_excitation_parity(case, layout):
+    case = dict(case)
+    shape, hidden, cout = case.pop("shape"), case.pop("hidden"), case.pop("cout")
+    check_inverted_residual_parity(shape, hidden, cout, layout=layout, **case)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16, torch.float16))
+def test_squeeze_excitation_dtypes(dtype):
+    check_inverted_residual_parity((2, 8, 7, 7), 24, 8, dtype=dtype, activation="hardswish", se=dict(squeeze=8))
+
+
+def test_squeeze_excitation_large_map_expands_in_slices():
+    # 96x96 expanded slices of 64 channels exceed a band's tile budget: the image is expanded a few panels at a
+    # time.
+    check_inverted_residual_parity((1, 8, 96, 96), 64, 8, stride=2, se=dict(squeeze=16), backward=False)
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+def test_squeeze_excitation_threads_agree(threads):
+    # Whole images in parallel (batch >= threads) and one image at a time with the threads splitting each step
+    # give the same values.
+    x = make_input((3, 8, 10, 10), "channels_last")
+    weights = make_inverted_residual_weights(8, 48, 8, requires_grad=False)
+    se = make_squeeze_excitation(48, 12, requires_grad=False)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        y = fusedops.inverted_residual(x, *weights, se=se)
+        single = [fusedops.inverted_residual(x[i:i + 1], *weights, se=se) for i in range(3)]
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(y, torch.cat(single), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("gate", ("hardsigmoid", "sigmoid"))
+@pytest.mark.parametrize("expand", (True, False))
+def test_squeeze_excitation_gradcheck_float64(gate, expand):
+    x = make_input((2, 3, 5, 6), "channels_last", dtype=torch.float64, requires_grad=True)
+    weights = make_inverted_residual_weights(3, 6, 3, expand=expand, dtype=torch.float64)
+    se = make_squeeze_excitation(6 if expand else 3, 2, gate=gate, activation="silu", dtype=torch.float64)
+    inputs = [x] + [w for w in weights if w is not None] + list(se[:4])
+
+    def fn(x, *ws):
+        it = iter(ws)
+        full = [None if w is None else next(it) for w in weights]
+        return fusedops.inverted_residual(x, *full, activation="hardswish", se=(*it, *se[4:]))
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_squeeze_excitation_backward_op_returns_only_requested():
+    x = make_input((1, 4, 5, 5), "channels_last")
+    weights = make_inverted_residual_weights(4, 8, 4, requires_grad=False)
+    se = make_squeeze_excitation(8, 2, requires_grad=False)
+    go = torch.randn(1, 4, 5, 5)
+    mask = [False, False, False, False, False, True, False, True, False, False, True]
+    grads = torch.ops.fusedops._inverted_residual_backward(go, x, *weights, *se[:4], [1, 1], [1, 1], [1, 1], "relu6",
+                                                           True, "relu", "hardsigmoid", mask)
+    assert [g.numel() > 0 for g in grads] == mask
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+@pytest.mark.parametrize("requires_grad", (True, False))
+def test_squeeze_excitation_opcheck(layout, requires_grad):
+    x = make_input((2, 4, 6, 5), layout, dtype=torch.float64, requires_grad=requires_grad)
+    weights = make_inverted_residual_weights(4, 12, 4, dtype=torch.float64, requires_grad=requires_grad)
+    se = make_squeeze_excitation(12, 4, gate="sigmoid", dtype=torch.float64, requires_grad=requires_grad)
+    args = (x, *weights, *se[:4], [1, 1], [1, 1], [1, 1], "hardswish", True, "silu", "sigmoid")
+    torch.library.opcheck(torch.ops.fusedops.inverted_residual.default, args)
+    go = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.fusedops._inverted_residual_backward.default,
+                          (go, *[a.detach() if isinstance(a, torch.Tensor) else a for a in args], [True] * 11))
+
+
+def test_squeeze_excitation_compile_fullgraph_matches_eager():
+    x = make_input((2, 8, 10, 10), "channels_last", requires_grad=True)
+    weights = make_inverted_residual_weights(8, 32, 8)
+    se = make_squeeze_excitation(32, 8)
+
+    def block(x, *w):
+        return fusedops.inverted_residual(x, *w[:6], activation="hardswish", se=(*w[6:], "hardsigmoid", "relu"))
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    y, yc = block(x, *weights, *se[:4]), compiled(x, *weights, *se[:4])
+    torch.testing.assert_close(yc, y)
+    g = torch.autograd.grad(y.sum(), [x, se[0], se[3]])
+    gc = torch.autograd.grad(yc.sum(), [x, se[0], se[3]])
+    for a, b in zip(gc, g):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_squeeze_excitation_packed_weights(dtype):
+    from fusedops.ops.inverted_residual import pack_weights
+
+    x = make_input((2, 8, 9, 9), "channels_last", dtype=dtype)
+    weights = make_inverted_residual_weights(8, 32, 8, dtype=dtype, requires_grad=False)
+    se = make_squeeze_excitation(32, 8, gate="sigmoid", dtype=dtype, requires_grad=False)
+    packed = pack_weights(x, *weights, se=se)
+    expected = fusedops.inverted_residual(x, *weights, se=se)
+    torch.testing.assert_close(fusedops.inverted_residual(x, *weights, se=se, packed_weights=packed), expected,
+                               rtol=0, atol=0)
+    # Packed without the squeeze-excitation (or with another width): refused.
+    with pytest.raises(RuntimeError, match="packed_weights were not packed for this block"):
+        fusedops.inverted_residual(x, *weights, se=se, packed_weights=pack_weights(x, *weights))
+    with pytest.raises(RuntimeError, match="packed_weights were not packed for this block"):
+        fusedops.inverted_residual(x, *weights, packed_weights=packed)

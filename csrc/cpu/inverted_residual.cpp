@@ -11,7 +11,12 @@
 //   3. project: that tile times the packed project weights, bias in the epilogue, straight into a
 //      channels-last output (NCHW outputs through a staging tile and a transposed store); the residual
 //      is added to the band's outputs while they are in cache.
-// Without an expand stage, step 2 reads the input itself. Bands overlap by the depthwise halo, whose
+// Without an expand stage, step 2 reads the input itself. With a squeeze-excitation, whose gate pools the whole
+// depthwise map before the project stage may start, each image runs whole in three steps instead of bands:
+// expand + depthwise into one tile of the image's depthwise outputs (per slice of hidden channels, with their
+// channel sums), the gate from those sums (two small matrix-vector products on the calling thread) applied to
+// the tile, then the project GEMM over the tile. Images run in parallel when there are at least as many as
+// threads, else one at a time with the threads splitting each step. Bands overlap by the depthwise halo, whose
 // expanded rows are computed by both bands: the band height weighs that recomputation against load
 // balance over the threads and the tile budget (band_plan). NCHW inputs are converted to channels-last
 // once (a copy of the input, not of any intermediate).
@@ -21,6 +26,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <torch/library.h>
 
 #include "fusedops/cpu/activation.h"
@@ -141,7 +147,9 @@ void add_residual(scalar_t* dst, const scalar_t* residual, int64_t count) {
 
 // The block's weights as the kernel reads them, in the accumulation type: a header (kHeader elements: the panel
 // width and the block's channel counts and taps, which a packed tensor must match), then the expand and project
-// weights packed into GEMM panels, the depthwise taps [T][hidden] and the depthwise bias.
+// weights packed into GEMM panels, the depthwise taps [T][hidden] and the depthwise bias, then the
+// squeeze-excitation's weights as row-major matrices (reduce [S][hidden], expand [hidden][S]) and their biases
+// (zeros where absent).
 constexpr int64_t kHeader = 8;
 
 template <typename acc>
@@ -149,21 +157,26 @@ struct BlockWeights {
   PackedPointwise<acc> expand, project;
   const acc* dw_taps = nullptr;
   const acc* dw_bias = nullptr;
+  const acc* se_reduce = nullptr;
+  const acc* se_reduce_bias = nullptr;
+  const acc* se_expand = nullptr;
+  const acc* se_expand_bias = nullptr;
 };
 
 template <typename acc>
 int64_t block_weight_elements(const InvertedResidualGeometry& geo) {
   using P = PackedPointwise<acc>;
   constexpr int64_t V = at::vec::Vectorized<acc>::size();
-  const int64_t T = geo.dw.kernel_h * geo.dw.kernel_w;
+  const int64_t T = geo.dw.kernel_h * geo.dw.kernel_w, S = geo.se_channels;
   return kHeader + (geo.expand ? P::packed_elements(geo.in_channels, geo.hidden) : 0) +
-         P::packed_elements(geo.hidden, geo.out_channels) + T * geo.hidden + geo.hidden + V;
+         P::packed_elements(geo.hidden, geo.out_channels) + T * geo.hidden + geo.hidden + V +
+         (S > 0 ? 2 * S * geo.hidden + S + geo.hidden : 0);
 }
 
 template <typename acc>
 std::array<acc, kHeader> block_weight_header(const InvertedResidualGeometry& geo) {
   return {acc(PackedPointwise<acc>::kNr), acc(geo.expand),      acc(geo.in_channels), acc(geo.hidden),
-          acc(geo.out_channels),          acc(geo.dw.kernel_h), acc(geo.dw.kernel_w), acc(0)};
+          acc(geo.out_channels),          acc(geo.dw.kernel_h), acc(geo.dw.kernel_w), acc(geo.se_channels)};
 }
 
 // Where each part lives in `base` (block_weight_elements of acc).
@@ -180,7 +193,26 @@ BlockWeights<acc> block_weight_layout(const InvertedResidualGeometry& geo, const
   p += P::packed_elements(geo.hidden, geo.out_channels);
   w.dw_taps = p;
   w.dw_bias = p + geo.dw.kernel_h * geo.dw.kernel_w * geo.hidden;
+  p += geo.dw.kernel_h * geo.dw.kernel_w * geo.hidden + geo.hidden + at::vec::Vectorized<acc>::size();
+  const int64_t S = geo.se_channels;
+  w.se_reduce = p;
+  w.se_reduce_bias = p + S * geo.hidden;
+  w.se_expand = w.se_reduce_bias + S;
+  w.se_expand_bias = w.se_expand + geo.hidden * S;
   return w;
+}
+
+// A 1x1 weight (rows, cols, 1, 1) as a row-major matrix of acc, and its optional bias (rows,) (zeros without).
+template <typename scalar_t>
+void lay_out_matrix(const Tensor& weight, const c10::optional<Tensor>& bias, int64_t rows, int64_t cols,
+                    acc_t<scalar_t>* matrix, acc_t<scalar_t>* bias_out) {
+  using acc = acc_t<scalar_t>;
+  const Tensor wc = weight.contiguous();
+  const scalar_t* src = wc.const_data_ptr<scalar_t>();
+  std::transform(src, src + rows * cols, matrix, [](scalar_t v) { return static_cast<acc>(v); });
+  const bool has_bias = bias.has_value() && bias->defined();
+  const Tensor bc = has_bias ? bias->contiguous() : Tensor();
+  for (int64_t r = 0; r < rows; ++r) bias_out[r] = has_bias ? static_cast<acc>(bc.const_data_ptr<scalar_t>()[r]) : acc(0);
 }
 
 // Packs the block's weights into `dst` (block_weight_elements of acc).
@@ -189,7 +221,8 @@ BlockWeights<acc_t<scalar_t>> pack_block_weights(const InvertedResidualGeometry&
                                                  const c10::optional<Tensor>& expand_weight,
                                                  const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
                                                  const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
-                                                 const c10::optional<Tensor>& project_bias, acc_t<scalar_t>* dst) {
+                                                 const c10::optional<Tensor>& project_bias,
+                                                 const SqueezeExcitationArgs& se, acc_t<scalar_t>* dst) {
   using acc = acc_t<scalar_t>;
   const auto header = block_weight_header<acc>(geo);
   std::copy(header.begin(), header.end(), dst);
@@ -202,6 +235,12 @@ BlockWeights<acc_t<scalar_t>> pack_block_weights(const InvertedResidualGeometry&
                                    const_cast<acc*>(w.project.panels));
   lay_out_depthwise_weights<scalar_t>(dw_weight, dw_bias, geo.hidden, geo.dw.kernel_h * geo.dw.kernel_w,
                                       const_cast<acc*>(w.dw_taps), const_cast<acc*>(w.dw_bias));
+  if (geo.se_channels > 0) {
+    lay_out_matrix<scalar_t>(*se.reduce_weight, se.reduce_bias, geo.se_channels, geo.hidden,
+                             const_cast<acc*>(w.se_reduce), const_cast<acc*>(w.se_reduce_bias));
+    lay_out_matrix<scalar_t>(*se.expand_weight, se.expand_bias, geo.hidden, geo.se_channels,
+                             const_cast<acc*>(w.se_expand), const_cast<acc*>(w.se_expand_bias));
+  }
   return w;
 }
 
@@ -219,12 +258,55 @@ BlockWeights<acc> packed_block_weights(const InvertedResidualGeometry& geo, cons
   return block_weight_layout<acc>(geo, packed.const_data_ptr<acc>());
 }
 
+// sum_i a[i] * b[i] over n elements.
+template <typename acc>
+acc dot(const acc* a, const acc* b, int64_t n) {
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  Vec sum(acc(0));
+  int64_t i = 0;
+  for (; i + V <= n; i += V) sum = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), sum);
+  if (i < n) sum = at::vec::fmadd(Vec::loadu(a + i, n - i), Vec::loadu(b + i, n - i), sum);  // zero-filled tails
+  return at::vec::vec_reduce_all<acc>([](Vec& x, Vec& y) { return x + y; }, sum);
+}
+
+// f(v) on x[0, n) in place, a vector at a time.
+template <typename acc, typename F>
+void map_in_place(acc* x, int64_t n, const F& f) {
+  constexpr int64_t V = at::vec::Vectorized<acc>::size();
+  for (int64_t i = 0; i < n; i += V) {
+    const int64_t m = std::min(V, n - i);
+    f(at::vec::Vectorized<acc>::loadu(x + i, m)).store(x + i, m);
+  }
+}
+
+// The squeeze-excitation's gate [hidden] of one image from its depthwise outputs' channel sums over `pixels`
+// pixels, with PyTorch's CPU formulas of the gates; squeezed is scratch of S elements.
+template <typename acc>
+void squeeze_excitation_gate(const BlockWeights<acc>& w, const InvertedResidualGeometry& geo, const acc* sums,
+                             int64_t pixels, acc* squeezed, acc* gate) {
+  using Vec = at::vec::Vectorized<acc>;
+  const int64_t H = geo.hidden, S = geo.se_channels;
+  const acc inverse_pixels = acc(1) / static_cast<acc>(pixels);
+  for (int64_t j = 0; j < S; ++j) squeezed[j] = w.se_reduce_bias[j] + inverse_pixels * dot(w.se_reduce + j * H, sums, H);
+  map_in_place(squeezed, S, [&](const Vec& v) { return apply_activation(geo.se_activation, v); });
+  for (int64_t h = 0; h < H; ++h) gate[h] = w.se_expand_bias[h] + dot(w.se_expand + h * S, squeezed, S);
+  if (geo.se_gate == Gate::kSigmoid) {
+    map_in_place(gate, H, [](const Vec& v) { return (Vec(acc(1)) + v.neg().exp()).reciprocal(); });
+  } else {
+    map_in_place(gate, H, [](const Vec& v) {
+      return at::vec::minimum(at::vec::maximum(v + Vec(acc(3)), Vec(acc(0))), Vec(acc(6))) / Vec(acc(6));
+    });
+  }
+}
+
 template <typename scalar_t>
 void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tensor>& expand_weight,
                  const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
                  const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
-                 const c10::optional<Tensor>& project_bias, const c10::optional<Tensor>& packed_weights, Tensor& out,
-                 const InvertedResidualGeometry& geo, bool out_channels_last) {
+                 const c10::optional<Tensor>& project_bias, const SqueezeExcitationArgs& se,
+                 const c10::optional<Tensor>& packed_weights, Tensor& out, const InvertedResidualGeometry& geo,
+                 bool out_channels_last) {
   using acc = acc_t<scalar_t>;
   constexpr int64_t V = at::vec::Vectorized<acc>::size();
   const ConvGeometry& g = geo.dw;
@@ -237,7 +319,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
       (packed_weights.has_value() && packed_weights->defined())
           ? packed_block_weights<acc>(geo, *packed_weights)
           : pack_block_weights<scalar_t>(geo, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
-                                         project_bias,
+                                         project_bias, se,
                                          thread_scratch<acc>(block_weight_elements<acc>(geo), ScratchSlot::kPacked));
   const PackedPointwise<acc>& expand = weights.expand;
   const PackedPointwise<acc>& project = weights.project;
@@ -319,22 +401,76 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     }
   };
 
-  if (plan.whole_images) {
-    // Whole images, one at a time, in two parallel steps: every thread expands and depthwise-filters a slice of
-    // the hidden channels of every pixel into one shared tile of the image's depthwise outputs (no halo is
-    // expanded twice), then the project GEMM splits the image's pixels and output channels.
+  if (geo.se_channels > 0 || plan.whole_images) {
+    // Whole images: expand + depthwise into one tile of the image's depthwise outputs, split over slices of the
+    // hidden channels (no halo is expanded twice), [the squeeze-excitation's gate applied to it,] then the project
+    // GEMM over the tile, split over pixels and output channels. One image at a time with the threads sharing
+    // each step (two or three pool wake-ups an image), or whole images in parallel where there are enough.
     constexpr int64_t kNr = PackedPointwise<acc>::kNr;
-    acc* mid = thread_scratch<acc>(out_pixels * H + V, ScratchSlot::kRun);
+    const bool se = geo.se_channels > 0;
     const int64_t hidden_panels = (H + kNr - 1) / kNr, project_panels = project.num_panels();
+    const int64_t in_pixels = g.in_h * g.in_w;
+    // Hidden panels expanded at once: the expanded slice of the image stays within a band's tile budget.
+    const int64_t group_panels = std::max<int64_t>(
+        1, band_bytes() / std::max<int64_t>(1, in_pixels * kNr * static_cast<int64_t>(sizeof(acc))));
+    // Depthwise outputs of image n, hidden panels [p0, p1), into `mid` (pixels of H channels), and with a
+    // squeeze-excitation their sums over the pixels into sums[h0, h1).
+    auto depthwise_image = [&](int64_t n, int64_t p0, int64_t p1, acc* mid, acc* sums) {
+      const scalar_t* image = in + n * in_pixels * C;
+      for (int64_t q0 = p0; q0 < p1; q0 += group_panels) {
+        const int64_t q1 = std::min(p1, q0 + group_panels);
+        const int64_t h0 = q0 * kNr, h1 = std::min(H, q1 * kNr), width = h1 - h0;
+        if (geo.expand) {
+          acc* hidden = thread_scratch<acc>(in_pixels * width + V, ScratchSlot::kTileHidden);
+          expand_pixels(image, 0, in_pixels, q0, q1, hidden, width);
+          depthwise_rows(hidden - h0, width, g, 0, g.out_h, h0, h1, mid);
+        } else {
+          depthwise_rows(image, C, g, 0, g.out_h, h0, h1, mid);
+        }
+        for (int64_t c = h0; se && c < h1; c += V) {
+          const int64_t m = std::min(V, h1 - c);
+          at::vec::Vectorized<acc> sum(acc(0));
+          for (int64_t q = 0; q < out_pixels; ++q) sum += at::vec::Vectorized<acc>::loadu(mid + q * H + c, m);
+          sum.store(sums + c, m);
+        }
+      }
+    };
+    // The squeeze-excitation's gate from the sums, applied to every depthwise output (after the sums, `sums`
+    // holds the gate and S elements of scratch).
+    auto gate_image = [&](acc* mid, acc* sums) {
+      acc* gate = sums + H + V;
+      squeeze_excitation_gate(weights, geo, sums, out_pixels, gate + H + V, gate);
+      for (int64_t q = 0; q < out_pixels; ++q) {
+        for (int64_t c = 0; c < H; c += V) {
+          const int64_t m = std::min(V, H - c);
+          (at::vec::Vectorized<acc>::loadu(mid + q * H + c, m) * at::vec::Vectorized<acc>::loadu(gate + c, m))
+              .store(mid + q * H + c, m);
+        }
+      }
+    };
+    const int64_t gate_scratch = 2 * H + geo.se_channels + 3 * V;
     const int64_t chunks = (out_pixels + kImagePixelChunk - 1) / kImagePixelChunk;
-    for (int64_t n = 0; n < g.batch; ++n) {
-      const scalar_t* image = in + n * g.in_h * g.in_w * C;
-      at::parallel_for(0, hidden_panels, (hidden_panels + threads - 1) / threads, [&](int64_t p0, int64_t p1) {
-        const int64_t h0 = p0 * kNr, h1 = std::min(H, p1 * kNr), width = h1 - h0;
-        acc* hidden = thread_scratch<acc>(g.in_h * g.in_w * width + V, ScratchSlot::kTileHidden);
-        expand_pixels(image, 0, g.in_h * g.in_w, p0, p1, hidden, width);
-        depthwise_rows(hidden - h0, width, g, 0, g.out_h, h0, h1, mid);
+    if (threads > 1 && g.batch >= threads) {
+      at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+        acc* mid = thread_scratch<acc>(out_pixels * H + V, ScratchSlot::kRun);
+        acc* sums = se ? thread_scratch<acc>(gate_scratch, ScratchSlot::kReduce) : nullptr;
+        for (int64_t n = begin; n < end; ++n) {
+          depthwise_image(n, 0, hidden_panels, mid, sums);
+          if (se) gate_image(mid, sums);
+          for (int64_t first = 0; first < out_pixels; first += kImagePixelChunk) {
+            project_pixels(n, first, std::min(kImagePixelChunk, out_pixels - first), 0, project_panels,
+                           mid + first * H);
+          }
+        }
       });
+      return;
+    }
+    acc* mid = thread_scratch<acc>(out_pixels * H + V, ScratchSlot::kRun);
+    acc* sums = se ? thread_scratch<acc>(gate_scratch, ScratchSlot::kReduce) : nullptr;
+    for (int64_t n = 0; n < g.batch; ++n) {
+      at::parallel_for(0, hidden_panels, (hidden_panels + threads - 1) / threads,
+                       [&](int64_t p0, int64_t p1) { depthwise_image(n, p0, p1, mid, sums); });
+      if (se) gate_image(mid, sums);
       const int64_t items = chunks * project_panels;
       const int64_t item_macs = std::min(kImagePixelChunk, out_pixels) * H * kNr;
       at::parallel_for(0, items, std::max<int64_t>(1, kMinItemMacs / item_macs), [&](int64_t begin, int64_t end) {
@@ -398,12 +534,17 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
 Tensor inverted_residual_cpu(const Tensor& input_, const c10::optional<Tensor>& expand_weight,
                              const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
                              const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
-                             const c10::optional<Tensor>& project_bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                             at::IntArrayRef dilation, c10::string_view activation, bool residual,
+                             const c10::optional<Tensor>& project_bias, const c10::optional<Tensor>& se_reduce_weight,
+                             const c10::optional<Tensor>& se_reduce_bias, const c10::optional<Tensor>& se_expand_weight,
+                             const c10::optional<Tensor>& se_expand_bias, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view activation,
+                             bool residual, c10::string_view se_activation, c10::string_view se_gate,
                              const c10::optional<Tensor>& packed_weights) {
+  const SqueezeExcitationArgs se = squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight,
+                                                           se_expand_bias, se_activation, se_gate);
   const InvertedResidualGeometry geo = inverted_residual_geometry(
-      input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding, dilation,
-      std::string_view(activation.data(), activation.size()), residual);
+      input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se, stride, padding,
+      dilation, std::string_view(activation.data(), activation.size()), residual);
   const ConvGeometry& g = geo.dw;
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: inverted_residual CPU kernel got input on ", input_.device());
   const at::MemoryFormat fmt = output_memory_format(input_);
@@ -411,46 +552,53 @@ Tensor inverted_residual_cpu(const Tensor& input_, const c10::optional<Tensor>& 
   Tensor out = at::empty({g.batch, geo.out_channels, g.out_h, g.out_w}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "inverted_residual_cpu", [&] {
-    forward_cpu<scalar_t>(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+    forward_cpu<scalar_t>(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se,
                           packed_weights, out, geo, fmt == at::MemoryFormat::ChannelsLast);
   });
   return out;
 }
 
-Tensor inverted_residual_pack_weights_cpu(const Tensor& input, const c10::optional<Tensor>& expand_weight,
-                                          const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
-                                          const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
-                                          const c10::optional<Tensor>& project_bias, at::IntArrayRef stride,
-                                          at::IntArrayRef padding, at::IntArrayRef dilation,
-                                          c10::string_view activation, bool residual) {
+Tensor inverted_residual_pack_weights_cpu(
+    const Tensor& input, const c10::optional<Tensor>& expand_weight, const c10::optional<Tensor>& expand_bias,
+    const Tensor& dw_weight, const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
+    const c10::optional<Tensor>& project_bias, const c10::optional<Tensor>& se_reduce_weight,
+    const c10::optional<Tensor>& se_reduce_bias, const c10::optional<Tensor>& se_expand_weight,
+    const c10::optional<Tensor>& se_expand_bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, c10::string_view activation, bool residual, c10::string_view se_activation,
+    c10::string_view se_gate) {
+  const SqueezeExcitationArgs se = squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight,
+                                                           se_expand_bias, se_activation, se_gate);
   const InvertedResidualGeometry geo = inverted_residual_geometry(
-      input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride, padding, dilation,
-      std::string_view(activation.data(), activation.size()), residual);
+      input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se, stride, padding,
+      dilation, std::string_view(activation.data(), activation.size()), residual);
   Tensor packed;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "inverted_residual_pack", [&] {
     using acc = acc_t<scalar_t>;
     packed = at::empty(
         {block_weight_elements<acc>(geo)},
         input.options().dtype(c10::CppTypeToScalarType<acc>::value).memory_format(at::MemoryFormat::Contiguous));
-    pack_block_weights<scalar_t>(geo, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+    pack_block_weights<scalar_t>(geo, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se,
                                  packed.mutable_data_ptr<acc>());
   });
   return packed;
 }
 
-InvertedResidualGrads inverted_residual_backward_cpu(const Tensor& grad_output, const Tensor& input,
-                                                     const c10::optional<Tensor>& expand_weight,
-                                                     const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
-                                                     const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
-                                                     const c10::optional<Tensor>& project_bias, at::IntArrayRef stride,
-                                                     at::IntArrayRef padding, at::IntArrayRef dilation,
-                                                     c10::string_view activation, bool residual,
-                                                     std::array<bool, 7> output_mask) {
+InvertedResidualGrads inverted_residual_backward_cpu(
+    const Tensor& grad_output, const Tensor& input, const c10::optional<Tensor>& expand_weight,
+    const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight, const c10::optional<Tensor>& dw_bias,
+    const Tensor& project_weight, const c10::optional<Tensor>& project_bias,
+    const c10::optional<Tensor>& se_reduce_weight, const c10::optional<Tensor>& se_reduce_bias,
+    const c10::optional<Tensor>& se_expand_weight, const c10::optional<Tensor>& se_expand_bias, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view activation, bool residual,
+    c10::string_view se_activation, c10::string_view se_gate,
+    std::array<bool, kInvertedResidualGradients> output_mask) {
   TORCH_CHECK(input.device().is_cpu(), "fusedops: inverted_residual CPU backward got input on ", input.device());
-  return inverted_residual_backward_recomputed(grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias,
-                                               project_weight, project_bias, stride, padding, dilation,
-                                               std::string_view(activation.data(), activation.size()), residual,
-                                               output_mask, kCpuBackwardBandElements);
+  return inverted_residual_backward_recomputed(
+      grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+      squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_activation,
+                              se_gate),
+      stride, padding, dilation, std::string_view(activation.data(), activation.size()), residual, output_mask,
+      kCpuBackwardBandElements);
 }
 
 }  // namespace

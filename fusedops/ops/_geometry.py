@@ -12,7 +12,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import _extension
 from . import _args
-from .activations import ACTIVATIONS
+from .activations import ACTIVATIONS, GATES
 
 
 def _sizes(shape):
@@ -94,7 +94,7 @@ def check_depthwise_backward(grad_output, input, weight, stride, padding, dilati
 
 def check_activation(name, argument: str) -> None:
     torch._check(name in ACTIVATIONS, lambda: f"fusedops: {argument} must be one of None, 'relu', 'relu6', "
-                 f"'hardswish'; got '{name}'")
+                 f"'hardswish', 'silu'; got '{name}'")
 
 
 def check_dwpw(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
@@ -155,8 +155,13 @@ def _check_pointwise(input, weight, bias, inputs, weight_name, bias_name, meanin
         _args.check_same(bias, input, bias_name, "input")
 
 
+def check_gate(name, argument: str) -> None:
+    torch._check(name in GATES, lambda: f"fusedops: {argument} must be 'hardsigmoid' or 'sigmoid'; got '{name}'")
+
+
 def check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
-                            stride, padding, dilation, activation, residual, packed_weights=None):
+                            se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, stride, padding,
+                            dilation, activation, residual, se_activation, se_gate, packed_weights=None):
     """packed_weights is checked by the CPU kernel that reads it (against the block's channels, kernel and dtype);
     the other implementations do not read it."""
     torch._check(input.dim() == 4, lambda: f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
@@ -183,6 +188,29 @@ def check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bia
     _check_pointwise(input, project_weight, project_bias, hidden, "project_weight", "project_bias",
                      "the depthwise stage's channels")
     check_activation(activation, "activation")
+    if se_reduce_weight is not None:
+        _check_pointwise(input, se_reduce_weight, se_reduce_bias, hidden, "se_reduce_weight", "se_reduce_bias",
+                         "the depthwise stage's channels")
+        squeezed = se_reduce_weight.shape[0]
+        if se_expand_weight is None:
+            raise RuntimeError("fusedops: se_expand_weight must be given with se_reduce_weight (the "
+                               "squeeze-excitation's second 1x1 convolution)")
+        _check_pointwise(input, se_expand_weight, se_expand_bias, squeezed, "se_expand_weight", "se_expand_bias",
+                         "se_reduce_weight's output channels")
+        torch._check(se_expand_weight.shape[0] == hidden, lambda: f"fusedops: se_expand_weight must have shape "
+                     f"({hidden}, {squeezed}, 1, 1) ({hidden} = the depthwise stage's channels, which it gates), got "
+                     f"{_sizes(se_expand_weight.shape)}")
+        _, _, out_h, out_w = depthwise_output_shape(input, dw_weight, stride, padding, dilation)
+        torch._check(out_h > 0 and out_w > 0, lambda: "fusedops: the squeeze-excitation needs a non-empty depthwise "
+                     f"output to pool, but it is {out_h}x{out_w}")
+    else:
+        for t, name in ((se_reduce_bias, "se_reduce_bias"), (se_expand_weight, "se_expand_weight"),
+                        (se_expand_bias, "se_expand_bias")):
+            if t is not None:
+                raise RuntimeError(f"fusedops: {name} is given without se_reduce_weight (a block without a "
+                                   "squeeze-excitation has none)")
+    check_activation(se_activation, "se_activation")
+    check_gate(se_gate, "se_gate")
     if residual:
         n, _, out_h, out_w = depthwise_output_shape(input, dw_weight, stride, padding, dilation)
         out_channels = project_weight.shape[0]
@@ -199,9 +227,12 @@ def inverted_residual_output_shape(input, dw_weight, project_weight, stride, pad
 
 
 def check_inverted_residual_backward(grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias,
-                                     project_weight, project_bias, stride, padding, dilation, activation, residual):
+                                     project_weight, project_bias, se_reduce_weight, se_reduce_bias, se_expand_weight,
+                                     se_expand_bias, stride, padding, dilation, activation, residual, se_activation,
+                                     se_gate):
     check_inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
-                            stride, padding, dilation, activation, residual)
+                            se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, stride, padding,
+                            dilation, activation, residual, se_activation, se_gate)
     expected = inverted_residual_output_shape(input, dw_weight, project_weight, stride, padding, dilation)
     _check_grad_output(grad_output, input, expected, lambda: f"fusedops: grad_output has shape "
                        f"{_sizes(grad_output.shape)} but the output has shape ({', '.join(map(str, expected))})")

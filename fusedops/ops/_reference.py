@@ -8,7 +8,7 @@ them, and the ``reference`` backend runs them. Arguments are already normalised 
 import torch
 import torch.nn.functional as F
 
-from .activations import activation
+from .activations import activation, gate
 
 
 def depthwise_conv2d(input, weight, bias, stride, padding, dilation):
@@ -36,13 +36,24 @@ def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, 
     return activation(F.conv2d(mid, pw_weight, pw_bias), out_activation)
 
 
-def inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
-                      padding, dilation, activation_kind, residual, packed_weights=None):
-    # MobileNetV2's block with its batch norms folded: [expand 1x1 -> act] -> depthwise -> act -> project 1x1
-    # (linear) [+ input]. packed_weights (the CPU kernel's copy of the weights) is not needed here.
+def squeeze_excitation(x, reduce_weight, reduce_bias, expand_weight, expand_bias, activation_kind, gate_kind):
+    # torchvision's SqueezeExcitation (timm's SqueezeExcite): x * gate(conv1x1(act(conv1x1(mean_hw(x))))).
+    scale = F.adaptive_avg_pool2d(x, 1)
+    scale = activation(F.conv2d(scale, reduce_weight, reduce_bias), activation_kind)
+    return x * gate(F.conv2d(scale, expand_weight, expand_bias), gate_kind)
+
+
+def inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                      se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, stride, padding, dilation,
+                      activation_kind, residual, se_activation, se_gate, packed_weights=None):
+    # The block with its batch norms folded: [expand 1x1 -> act] -> depthwise -> act -> [squeeze-excitation] ->
+    # project 1x1 (linear) [+ input]. packed_weights (the CPU kernel's copy of the weights) is not needed here.
     x = input
     if expand_weight is not None:
         x = activation(F.conv2d(x, expand_weight, expand_bias), activation_kind)
     x = activation(depthwise_conv2d(x, dw_weight, dw_bias, stride, padding, dilation), activation_kind)
+    if se_reduce_weight is not None:
+        x = squeeze_excitation(x, se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_activation,
+                               se_gate)
     out = F.conv2d(x, project_weight, project_bias)
     return out + input if residual else out

@@ -1,10 +1,14 @@
-"""The activations of the fused ops, by name: the names the op schemas take, and what each computes in PyTorch
+"""The activations (and squeeze-excitation gates) of the fused ops, by name: the names the op schemas take, and what
+each computes in PyTorch
 (for the reference implementations and the unfused train path of :class:`fusedops.nn.DepthwiseSeparableConv2d`).
 """
 
+import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = ("none", "relu", "relu6", "hardswish")
+ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu")
+# The gates of a squeeze-excitation (fusedops.inverted_residual's se).
+GATES = ("hardsigmoid", "sigmoid")
 
 
 def activation_name(value, name: str) -> str:
@@ -13,7 +17,7 @@ def activation_name(value, name: str) -> str:
         return "none"
     if isinstance(value, str) and value in ACTIVATIONS:
         return value
-    raise ValueError(f"fusedops: {name} must be one of None, 'relu', 'relu6', 'hardswish'; got {value!r}")
+    raise ValueError(f"fusedops: {name} must be one of None, 'relu', 'relu6', 'hardswish', 'silu'; got {value!r}")
 
 
 def activation(x, kind):
@@ -26,4 +30,15 @@ def activation(x, kind):
         return F.relu6(x)
     if kind == "hardswish":
         return F.hardswish(x)
+    if kind == "silu":
+        return F.silu(x)
     raise ValueError(f"unknown activation {kind!r}")
+
+
+def gate(x, kind):
+    """The squeeze-excitation gate `kind` (one of GATES) of `x`."""
+    if kind == "hardsigmoid":
+        return F.hardsigmoid(x)
+    if kind == "sigmoid":
+        return torch.sigmoid(x)
+    raise ValueError(f"unknown gate {kind!r}")

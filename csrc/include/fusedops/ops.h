@@ -52,18 +52,24 @@ struct inverted_residual {
   static constexpr const char* name = "fusedops::inverted_residual";
   using Signature = Tensor(const Tensor& input, const OptionalTensor& expand_weight, const OptionalTensor& expand_bias,
                            const Tensor& dw_weight, const OptionalTensor& dw_bias, const Tensor& project_weight,
-                           const OptionalTensor& project_bias, IntArrayRef stride, IntArrayRef padding,
+                           const OptionalTensor& project_bias, const OptionalTensor& se_reduce_weight,
+                           const OptionalTensor& se_reduce_bias, const OptionalTensor& se_expand_weight,
+                           const OptionalTensor& se_expand_bias, IntArrayRef stride, IntArrayRef padding,
                            IntArrayRef dilation, c10::string_view activation, bool residual,
+                           c10::string_view se_activation, c10::string_view se_gate,
                            const OptionalTensor& packed_weights);
 };
 
 struct inverted_residual_backward {
   static constexpr const char* name = "fusedops::_inverted_residual_backward";
-  using Signature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+  using Signature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
       const Tensor& grad_output, const Tensor& input, const OptionalTensor& expand_weight,
       const OptionalTensor& expand_bias, const Tensor& dw_weight, const OptionalTensor& dw_bias,
-      const Tensor& project_weight, const OptionalTensor& project_bias, IntArrayRef stride, IntArrayRef padding,
-      IntArrayRef dilation, c10::string_view activation, bool residual, std::array<bool, 7> output_mask);
+      const Tensor& project_weight, const OptionalTensor& project_bias, const OptionalTensor& se_reduce_weight,
+      const OptionalTensor& se_reduce_bias, const OptionalTensor& se_expand_weight,
+      const OptionalTensor& se_expand_bias, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+      c10::string_view activation, bool residual, c10::string_view se_activation, c10::string_view se_gate,
+      std::array<bool, 11> output_mask);
 };
 
 struct channel_shuffle {
