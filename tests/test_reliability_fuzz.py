@@ -161,9 +161,24 @@ def test_fuzz_dwpw_conv2d(case):
                    (x, dw_w, dw_b, pw_w, pw_b), case)
 
 
+# A squeeze-excitation: (gate, activation between its 1x1 convolutions, reduced channels, biases).
+SQUEEZE_EXCITATIONS = st.tuples(st.sampled_from(["hardsigmoid", "sigmoid"]), st.sampled_from([None, "relu", "silu"]),
+                                st.integers(1, 5), st.booleans())
+
+
 @FUZZ
 @given(conv_case(pointwise=True), st.booleans(), st.sampled_from([None, True, False]))
 def test_fuzz_inverted_residual(case, expand, residual):
+    _fuzz_inverted_residual(case, expand, residual, None)
+
+
+@FUZZ
+@given(conv_case(pointwise=True), st.booleans(), st.sampled_from([None, True, False]), SQUEEZE_EXCITATIONS)
+def test_fuzz_inverted_residual_squeeze_excitation(case, expand, residual, se):
+    _fuzz_inverted_residual(case, expand, residual, se)
+
+
+def _fuzz_inverted_residual(case, expand, residual, se):
     # The depthwise stage has one channel per hidden channel: the drawn multiplier is the expand ratio.
     s, dtype, c, cout = case["seed"], case["dtype"], case["c"], case["cout"]
     hidden = c * case["m"] if expand else c
@@ -175,14 +190,26 @@ def test_fuzz_inverted_residual(case, expand, residual):
     db = vector(_values((hidden,), s + 2), case["strided_bias"], dtype) if case["bias"] else None
     pw = laid_out(_values((cout, hidden, 1, 1), s + 3) / hidden ** 0.5, case["weight_layout"], dtype)
     pb = vector(_values((cout,), s + 4), case["strided_bias"], dtype) if case["pw_bias"] else None
-    tensors = (x, ew, eb, dw, db, pw, pb)
+    se_tensors = (None,) * 4
+    if se is not None:
+        gate, se_act, squeeze, se_biases = se
+        se_tensors = (laid_out(_values((squeeze, hidden, 1, 1), s + 8) / hidden ** 0.5, case["weight_layout"], dtype),
+                      vector(_values((squeeze,), s + 9), case["strided_bias"], dtype) if se_biases else None,
+                      laid_out(_values((hidden, squeeze, 1, 1), s + 10) / squeeze ** 0.5, case["weight_layout"],
+                               dtype),
+                      vector(_values((hidden,), s + 11), case["strided_bias"], dtype) if se_biases else None)
+    tensors = (x, ew, eb, dw, db, pw, pb) + se_tensors
     wants = case["requires_grad"]
-    for t, rg in zip(tensors, (wants[0], wants[1], wants[2], wants[1], wants[2], wants[3], wants[4])):
+    for t, rg in zip(tensors, (wants[0], wants[1], wants[2], wants[1], wants[2], wants[3], wants[4], wants[1],
+                               wants[2], wants[3], wants[4])):
         if t is not None and rg:
             t.requires_grad_()
     act = case["mid"]
     if dtype != torch.float64 and any(t is not None and t.requires_grad for t in tensors):
         act = None  # as for dwpw_conv2d: low-precision kinks move, gradients of smooth compositions only
+        if se is not None:
+            gate, se_act = "sigmoid", None if se_act == "relu" else se_act
+    se_args = None if se is None else (gate, se_act)
     conv = (case["stride"], case["padding"], case["dilation"])
     # The residual the op adds by default: stride 1 and an output of the input's shape.
     add = residual
@@ -194,22 +221,37 @@ def test_fuzz_inverted_residual(case, expand, residual):
         except (RuntimeError, ValueError):
             add = False
 
-    def reference(x, ew, eb, dw, db, pw, pb):
+    def reference(x, ew, eb, dw, db, pw, pb, rw, rb, sew, seb):
         h = x if ew is None else activation(F.conv2d(x, ew, eb), act)
-        out = F.conv2d(activation(depthwise_reference(h, dw, db, *conv), act), pw, pb)
+        mid = activation(depthwise_reference(h, dw, db, *conv), act)
+        if se_args is not None:
+            # torchvision's SqueezeExcitation (an empty map: adaptive_avg_pool2d raises, as the op must).
+            scale = activation(F.conv2d(F.adaptive_avg_pool2d(mid, 1), rw, rb), se_args[1])
+            scale = F.conv2d(scale, sew, seb)
+            mid = mid * (torch.sigmoid(scale) if se_args[0] == "sigmoid" else F.hardsigmoid(scale))
+        out = F.conv2d(mid, pw, pb)
         if add and out.shape != x.shape:
             # The block's residual is the input itself, never a broadcast of it.
             raise RuntimeError("residual: the output's shape differs from the input's")
         return out + x if add else out
 
-    def magnitude(x, ew, eb, dw, db, pw, pb):  # activations are at most 1.5-Lipschitz (hardswish)
+    def magnitude(x, ew, eb, dw, db, pw, pb, rw, rb, sew, seb):  # activations are at most 1.5-Lipschitz (hardswish)
         h = x if ew is None else 1.5 * F.conv2d(x, ew, eb) + 3.0
-        out = F.conv2d(1.5 * depthwise_reference(h, dw, db, *conv) + 3.0, pw, pb)
+        mid = 1.5 * depthwise_reference(h, dw, db, *conv) + 3.0
+        if se_args is not None:
+            # The gates are 1/4-Lipschitz and at most 1: a bound that grows with every weight of the gate.
+            scale = 1.5 * F.conv2d(mid.mean((2, 3), keepdim=True), rw, rb) + 1.0
+            mid = mid * (1.0 + 0.25 * F.conv2d(scale, sew, seb))
+        out = F.conv2d(mid, pw, pb)
         return out + x if add else out
 
-    _check_against(lambda *t: fusedops.inverted_residual(*t, *conv, act, residual=residual), reference, magnitude,
-                   tensors, case, names=("input", "expand_weight", "expand_bias", "dw_weight", "dw_bias",
-                                         "project_weight", "project_bias"))
+    def ours(x, ew, eb, dw, db, pw, pb, rw, rb, sew, seb):
+        se_arg = None if se_args is None else (rw, rb, sew, seb, se_args[0], se_args[1])
+        return fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, *conv, act, se=se_arg, residual=residual)
+
+    _check_against(ours, reference, magnitude, tensors, case,
+                   names=("input", "expand_weight", "expand_bias", "dw_weight", "dw_bias", "project_weight",
+                          "project_bias", "se_reduce_weight", "se_reduce_bias", "se_expand_weight", "se_expand_bias"))
 
 
 @st.composite
