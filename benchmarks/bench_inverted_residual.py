@@ -1,26 +1,34 @@
-"""Fused inverted-residual block (inverted_residual): fusedops vs torchvision's MobileNetV2 block in eager mode
-and under torch.compile (freezing), fp32, channels_last, eval mode (inference).
+"""Fused inverted-residual block (inverted_residual): fusedops vs torchvision's MobileNetV2 and MobileNetV3 blocks
+in eager mode and under torch.compile (freezing), fp32, channels_last, eval mode (inference).
 
-The baseline is ``torchvision.models.mobilenetv2.InvertedResidual`` in eval mode (1x1 conv, BN, ReLU6,
-depthwise 3x3 conv, BN, ReLU6, 1x1 conv, BN, + input); fusedops runs ``fusedops.nn.InvertedResidual`` with the
-same weights, frozen (BNs folded once). Forward under inference_mode.
+The baselines are ``torchvision.models.mobilenetv2.InvertedResidual`` in eval mode (1x1 conv, BN, ReLU6,
+depthwise 3x3 conv, BN, ReLU6, 1x1 conv, BN, + input) and, for the squeeze-excitation blocks ("se" rows),
+``torchvision.models.mobilenetv3.InvertedResidual`` (its SE with a hardsigmoid gate, ReLU or Hardswish);
+fusedops runs ``fusedops.nn.InvertedResidual`` / ``InvertedResidualV3`` with the same weights, frozen (BNs folded
+once). Forward under inference_mode.
 
-    python -m benchmarks.bench_inverted_residual [--no-compile] [--quick]
+    python -m benchmarks.bench_inverted_residual [--no-compile] [--quick] [--blocks v2 se]
 """
 
+from functools import partial
+
+
 import torch
+from torch import nn
+from torchvision.models import mobilenetv3
 from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvertedResidual
 
 import fusedops
 from . import harness, shapes
 
 
-def setup(N, C, Cout, H, t, stride, use_compile):
+def setup(N, C, H, reference, fused, use_compile):
+    """Providers for `fused` (a fusedops block) against its torchvision `reference` on an N x C x H x H input."""
     x = torch.randn(N, C, H, H).to(memory_format=torch.channels_last)
-    reference = TorchvisionInvertedResidual(C, Cout, stride, t).to(memory_format=torch.channels_last)
+    reference = reference.to(memory_format=torch.channels_last)
     harness.randomize_batch_norms(reference)
     reference.eval()
-    fused = fusedops.nn.InvertedResidual(C, Cout, stride, t).to(memory_format=torch.channels_last)
+    fused = fused.to(memory_format=torch.channels_last)
     fused.load_state_dict(reference.state_dict())
     fused = fusedops.freeze(fused.eval())
 
@@ -44,25 +52,54 @@ def setup(N, C, Cout, H, t, stride, use_compile):
     return providers, [p for p in providers if p != "fusedops"]
 
 
-def run(use_compile, quick, rounds):
+def _v2_case(N, s, use_compile):
+    C, Cout, t, stride = s["C"], s["Cout"], s["t"], s["stride"]
+    providers, baselines = setup(N, C, s["H"], TorchvisionInvertedResidual(C, Cout, stride, t),
+                                 fusedops.nn.InvertedResidual(C, Cout, stride, t), use_compile)
+    name = f"N={N} {C}->{Cout} t{t} {s['H']}x{s['H']} s{stride}"
+    hidden, oh = C * t, (s["H"] - 1) // stride + 1
+    macs = N * (s["H"] * s["H"] * C * hidden * (t != 1) + oh * oh * hidden * (9 + Cout))
+    return providers, baselines, name, macs
+
+
+def _se_case(N, s, use_compile):
+    cnf = mobilenetv3.InvertedResidualConfig(s["C"], s["k"], s["E"], s["Cout"], True, s["act"], s["stride"], 1, 1.0)
+    reference = mobilenetv3.InvertedResidual(cnf, partial(nn.BatchNorm2d, eps=0.001, momentum=0.01))
+    providers, baselines = setup(N, s["C"], s["H"], reference, fusedops.nn.InvertedResidualV3.from_config(cnf),
+                                 use_compile)
+    name = f"N={N} se {s['C']}->{s['E']}->{s['Cout']} k{s['k']} {s['act']} {s['H']}x{s['H']} s{s['stride']}"
+    oh = (s["H"] - 1) // s["stride"] + 1
+    expand = s["H"] * s["H"] * s["C"] * s["E"] * (s["E"] != s["C"])
+    macs = N * (expand + oh * oh * s["E"] * (s["k"] * s["k"] + s["Cout"]))
+    return providers, baselines, name, macs
+
+
+def run(use_compile, quick, rounds, blocks=("v2", "se")):
     results = []
-    shape_list = shapes.INVERTED_RESIDUAL[2:5] if quick else shapes.INVERTED_RESIDUAL
+    cases = []
+    if "v2" in blocks:
+        cases += [(_v2_case, s) for s in (shapes.INVERTED_RESIDUAL[2:5] if quick else shapes.INVERTED_RESIDUAL)]
+    if "se" in blocks:
+        cases += [(_se_case, s) for s in (shapes.INVERTED_RESIDUAL_SE[3:5] if quick else shapes.INVERTED_RESIDUAL_SE)]
     for N in shapes.BATCHES:
-        for s in shape_list:
-            providers, baselines = setup(N, s["C"], s["Cout"], s["H"], s["t"], s["stride"], use_compile)
-            name = f"N={N} {s['C']}->{s['Cout']} t{s['t']} {s['H']}x{s['H']} s{s['stride']}"
+        for make_case, s in cases:
+            providers, baselines, name, macs = make_case(N, s, use_compile)
             case = harness.Case("inverted_residual", name, "forward", providers, baselines)
             r = harness.time_case(case, rounds=rounds)
-            hidden, oh = s["C"] * s["t"], (s["H"] - 1) // s["stride"] + 1
-            macs = N * (s["H"] * s["H"] * s["C"] * hidden * (s["t"] != 1) + oh * oh * hidden * (9 + s["Cout"]))
             case.extra = f"{macs / r.median_us['fusedops'] / 1e3:.1f} GMAC/s"
             results.append(r)
             print(harness.format_table([r]).splitlines()[2], flush=True)
     return results
 
 
+def _arguments(parser):
+    parser.add_argument("--blocks", nargs="+", choices=("v2", "se"), default=("v2", "se"),
+                        help="MobileNetV2 blocks (v2), MobileNetV3's squeeze-excitation blocks (se), or both")
+
+
 def main(argv=None):
-    return harness.bench_main(__doc__, lambda args: run(not args.no_compile, args.quick, args.rounds), None, argv)
+    return harness.bench_main(__doc__, lambda args: run(not args.no_compile, args.quick, args.rounds, args.blocks),
+                              _arguments, argv)
 
 
 if __name__ == "__main__":

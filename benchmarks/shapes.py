@@ -48,3 +48,14 @@ INVERTED_RESIDUAL = [
     dict(C=160, Cout=160, H=7, t=6, stride=1),
     dict(C=160, Cout=320, H=7, t=6, stride=1),
 ]
+
+# The squeeze-excitation blocks of torchvision's mobilenet_v3_large at 224x224 (input channels, kernel, expanded,
+# output channels, activation, stride, input size), plus mobilenet_v3_small's first block (no expansion, 112x112).
+INVERTED_RESIDUAL_SE = [
+    dict(C=16, k=3, E=16, Cout=16, act="RE", stride=2, H=112),
+    dict(C=24, k=5, E=72, Cout=40, act="RE", stride=2, H=56),
+    dict(C=40, k=5, E=120, Cout=40, act="RE", stride=1, H=28),
+    dict(C=80, k=3, E=480, Cout=112, act="HS", stride=1, H=14),
+    dict(C=112, k=5, E=672, Cout=160, act="HS", stride=2, H=14),
+    dict(C=160, k=5, E=960, Cout=160, act="HS", stride=1, H=7),
+]
