@@ -395,6 +395,20 @@ def test_squeeze_excitation_large_map_expands_in_slices():
 
 
 @pytest.mark.parametrize("threads", (1, 2))
+def test_squeeze_excitation_rounds_of_images(threads):
+    # 5 images whose depthwise maps (28x28x192 floats, 600 KB each) exceed the kernel's image budget together: they
+    # run in rounds (the last one short), each image as strips of rows or whole.
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        check_inverted_residual_parity((5, 16, 28, 28), 192, 16, activation="hardswish",
+                                       se=dict(squeeze=48, gate="sigmoid"), backward=False)
+        check_inverted_residual_parity((3, 16, 28, 28), 192, 24, stride=2, se=dict(squeeze=48), backward=False)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("threads", (1, 2))
 def test_squeeze_excitation_threads_agree(threads):
     # Whole images in parallel (batch >= threads) and one image at a time with the threads splitting each step
     # give the same values.

@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 
 namespace fusedops {
@@ -212,7 +213,8 @@ void lay_out_matrix(const Tensor& weight, const c10::optional<Tensor>& bias, int
   std::transform(src, src + rows * cols, matrix, [](scalar_t v) { return static_cast<acc>(v); });
   const bool has_bias = bias.has_value() && bias->defined();
   const Tensor bc = has_bias ? bias->contiguous() : Tensor();
-  for (int64_t r = 0; r < rows; ++r) bias_out[r] = has_bias ? static_cast<acc>(bc.const_data_ptr<scalar_t>()[r]) : acc(0);
+  for (int64_t r = 0; r < rows; ++r)
+    bias_out[r] = has_bias ? static_cast<acc>(bc.const_data_ptr<scalar_t>()[r]) : acc(0);
 }
 
 // Packs the block's weights into `dst` (block_weight_elements of acc).
@@ -280,23 +282,30 @@ void map_in_place(acc* x, int64_t n, const F& f) {
   }
 }
 
-// The squeeze-excitation's gate [hidden] of one image from its depthwise outputs' channel sums over `pixels`
-// pixels, with PyTorch's CPU formulas of the gates; squeezed is scratch of S elements.
+// gate(x) on x[0, n) in place, with PyTorch's CPU formulas: sigmoid 1 / (1 + exp(-x)), hardsigmoid
+// min(max(x + 3, 0), 6) / 6.
 template <typename acc>
-void squeeze_excitation_gate(const BlockWeights<acc>& w, const InvertedResidualGeometry& geo, const acc* sums,
-                             int64_t pixels, acc* squeezed, acc* gate) {
+void apply_gate(Gate gate, acc* x, int64_t n) {
   using Vec = at::vec::Vectorized<acc>;
-  const int64_t H = geo.hidden, S = geo.se_channels;
-  const acc inverse_pixels = acc(1) / static_cast<acc>(pixels);
-  for (int64_t j = 0; j < S; ++j) squeezed[j] = w.se_reduce_bias[j] + inverse_pixels * dot(w.se_reduce + j * H, sums, H);
-  map_in_place(squeezed, S, [&](const Vec& v) { return apply_activation(geo.se_activation, v); });
-  for (int64_t h = 0; h < H; ++h) gate[h] = w.se_expand_bias[h] + dot(w.se_expand + h * S, squeezed, S);
-  if (geo.se_gate == Gate::kSigmoid) {
-    map_in_place(gate, H, [](const Vec& v) { return (Vec(acc(1)) + v.neg().exp()).reciprocal(); });
+  if (gate == Gate::kSigmoid) {
+    map_in_place(x, n, [](const Vec& v) { return (Vec(acc(1)) + v.neg().exp()).reciprocal(); });
   } else {
-    map_in_place(gate, H, [](const Vec& v) {
+    map_in_place(x, n, [](const Vec& v) {
       return at::vec::minimum(at::vec::maximum(v + Vec(acc(3)), Vec(acc(0))), Vec(acc(6))) / Vec(acc(6));
     });
+  }
+}
+
+// tile[q * ld + c] *= scale[c] for pixels q < pixels and channels c in [c0, c1).
+template <typename acc>
+void scale_channels(acc* tile, int64_t pixels, int64_t ld, const acc* scale, int64_t c0, int64_t c1) {
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t q = 0; q < pixels; ++q) {
+    for (int64_t c = c0; c < c1; c += V) {
+      const int64_t m = std::min(V, c1 - c);
+      (Vec::loadu(tile + q * ld + c, m) * Vec::loadu(scale + c, m)).store(tile + q * ld + c, m);
+    }
   }
 }
 
@@ -401,21 +410,90 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     }
   };
 
+  // Strip `strip` of image n, band by band (expanded rows, halo included -> depthwise rows). Each band's depthwise
+  // rows go to `image_tile` (the image's depthwise outputs, projected later) when given, else to `band_tile`,
+  // which the project GEMM then writes out. Consecutive bands share input rows: those stay in the thread's tile
+  // of expanded rows, moved to its top, and only the band's new rows are expanded.
+  const int64_t row_elems = g.in_w * H;
+  auto run_strip = [&](int64_t n, int64_t strip, acc* band_tile, acc* image_tile) {
+    acc* hidden =
+        geo.expand ? thread_scratch<acc>(plan.max_hidden_rows * row_elems + V, ScratchSlot::kTileHidden) : nullptr;
+    const int64_t strip_begin = strip * plan.strip_rows, strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
+    const scalar_t* image = in + n * g.in_h * g.in_w * C;
+    RowRange held{0, 0};  // input rows whose expansion is in the tile
+    for (int64_t r0 = strip_begin; r0 < strip_end; r0 += plan.rows) {
+      const int64_t r1 = std::min(strip_end, r0 + plan.rows);
+      acc* dst = image_tile != nullptr ? image_tile + r0 * g.out_w * H : band_tile;
+      if (geo.expand) {
+        const RowRange need = input_rows(g, r0, r1);
+        int64_t first_new = need.begin;
+        if (held.end > need.begin && need.begin >= held.begin) {
+          std::memmove(hidden, hidden + (need.begin - held.begin) * row_elems,
+                       (held.end - need.begin) * row_elems * sizeof(acc));
+          first_new = held.end;
+        }
+        if (need.end > first_new) {
+          expand_pixels(image, first_new * g.in_w, (need.end - first_new) * g.in_w, 0, expand.num_panels(),
+                        hidden + (first_new - need.begin) * row_elems, H);
+        }
+        held = need;
+        // The tile is the image for the depthwise stage: its rows are input rows [begin, end), the rows above
+        // count as padding (never read by this band's outputs).
+        ConvGeometry band = g;
+        band.in_h = need.end - need.begin;
+        band.pad_h = g.pad_h + need.begin;
+        depthwise_rows(hidden, H, band, r0, r1, 0, H, dst);
+      } else {
+        depthwise_rows(image, C, g, r0, r1, 0, H, dst);
+      }
+      if (image_tile == nullptr) project_pixels(n, r0 * g.out_w, (r1 - r0) * g.out_w, 0, project.num_panels(), dst);
+    }
+  };
+  // out[c] = sum over pixels [p0, p1) of tile[p * H + c], for channels [c0, c1).
+  auto channel_sums = [&](const acc* tile, int64_t p0, int64_t p1, int64_t c0, int64_t c1, acc* out) {
+    for (int64_t c = c0; c < c1; c += V) {
+      const int64_t m = std::min(V, c1 - c);
+      at::vec::Vectorized<acc> sum(acc(0));
+      for (int64_t q = p0; q < p1; ++q) sum += at::vec::Vectorized<acc>::loadu(tile + q * H + c, m);
+      sum.store(out + c, m);
+    }
+  };
+
+  const int64_t item_macs =
+      plan.strip_rows * g.stride_h * (geo.expand ? g.in_w * C * H : 0) + plan.strip_rows * g.out_w * H * (T + OC);
+  const int64_t grain = std::max<int64_t>(1, kMinItemMacs / std::max<int64_t>(1, item_macs));
   if (geo.se_channels > 0 || plan.whole_images) {
-    // Whole images: expand + depthwise into one tile of the image's depthwise outputs, split over slices of the
-    // hidden channels (no halo is expanded twice), [the squeeze-excitation's gate applied to it,] then the project
-    // GEMM over the tile, split over pixels and output channels. One image at a time with the threads sharing
-    // each step (two or three pool wake-ups an image), or whole images in parallel where there are enough.
+    // Whole images, a round of them at a time, in parallel steps: (1) expand + depthwise into one tile per image
+    // of its depthwise outputs, split over images and slices of the hidden channels (no halo is expanded twice);
+    // with a squeeze-excitation (2) its reduce rows and (3) its expand rows for every image of the round, each
+    // weight row read once for all of them, the gate then scaling its channels of the tiles; (4) the project GEMM
+    // over the tiles, split over images, pixels and output channels.
     constexpr int64_t kNr = PackedPointwise<acc>::kNr;
     const bool se = geo.se_channels > 0;
+    const int64_t S = geo.se_channels;
     const int64_t hidden_panels = (H + kNr - 1) / kNr, project_panels = project.num_panels();
-    const int64_t in_pixels = g.in_h * g.in_w;
+    const int64_t in_pixels = g.in_h * g.in_w, image_elems = out_pixels * H;
     // Hidden panels expanded at once: the expanded slice of the image stays within a band's tile budget.
-    const int64_t group_panels = std::max<int64_t>(
-        1, band_bytes() / std::max<int64_t>(1, in_pixels * kNr * static_cast<int64_t>(sizeof(acc))));
-    // Depthwise outputs of image n, hidden panels [p0, p1), into `mid` (pixels of H channels), and with a
-    // squeeze-excitation their sums over the pixels into sums[h0, h1).
-    auto depthwise_image = [&](int64_t n, int64_t p0, int64_t p1, acc* mid, acc* sums) {
+    const int64_t group_panels =
+        std::max<int64_t>(1, band_bytes() / std::max<int64_t>(1, in_pixels * kNr * static_cast<int64_t>(sizeof(acc))));
+    // Images per round: as many as keep their tiles within image_bytes(), a multiple of the threads (at least one
+    // per thread), or the whole batch.
+    const int64_t fitting = image_bytes() / std::max<int64_t>(1, image_elems * static_cast<int64_t>(sizeof(acc)));
+    const int64_t round_images = std::min(g.batch, std::max(fitting / threads * threads, threads));
+    // Per image of the round: its depthwise channel sums, the squeeze-excitation's reduced vector and its gate.
+    // Without the whole-image plan, step (1) runs the strips of the plan (their sums added up afterwards).
+    const int64_t sums_ld = H + V, squeezed_ld = S + V;
+    const int64_t strip_sums = plan.whole_images ? 0 : plan.strips_per_image;
+    acc* mids = thread_scratch<acc>(round_images * image_elems + V, ScratchSlot::kRun);
+    acc* sums =
+        se ? thread_scratch<acc>(round_images * ((2 + strip_sums) * sums_ld + squeezed_ld), ScratchSlot::kReduce)
+           : nullptr;
+    acc* squeezed = se ? sums + round_images * sums_ld : nullptr;
+    acc* gates = se ? squeezed + round_images * squeezed_ld : nullptr;
+    acc* partial_sums = se ? gates + round_images * sums_ld : nullptr;
+    // Step (1) for image n, hidden panels [p0, p1), into `mid`, and with a squeeze-excitation the sums of those
+    // channels over the pixels into image_sums.
+    auto depthwise_image = [&](int64_t n, int64_t p0, int64_t p1, acc* mid, acc* image_sums) {
       const scalar_t* image = in + n * in_pixels * C;
       for (int64_t q0 = p0; q0 < p1; q0 += group_panels) {
         const int64_t q1 = std::min(p1, q0 + group_panels);
@@ -427,57 +505,90 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
         } else {
           depthwise_rows(image, C, g, 0, g.out_h, h0, h1, mid);
         }
-        for (int64_t c = h0; se && c < h1; c += V) {
-          const int64_t m = std::min(V, h1 - c);
-          at::vec::Vectorized<acc> sum(acc(0));
-          for (int64_t q = 0; q < out_pixels; ++q) sum += at::vec::Vectorized<acc>::loadu(mid + q * H + c, m);
-          sum.store(sums + c, m);
-        }
+        if (se) channel_sums(mid, 0, out_pixels, h0, h1, image_sums);
       }
     };
-    // The squeeze-excitation's gate from the sums, applied to every depthwise output (after the sums, `sums`
-    // holds the gate and S elements of scratch).
-    auto gate_image = [&](acc* mid, acc* sums) {
-      acc* gate = sums + H + V;
-      squeeze_excitation_gate(weights, geo, sums, out_pixels, gate + H + V, gate);
-      for (int64_t q = 0; q < out_pixels; ++q) {
-        for (int64_t c = 0; c < H; c += V) {
-          const int64_t m = std::min(V, H - c);
-          (at::vec::Vectorized<acc>::loadu(mid + q * H + c, m) * at::vec::Vectorized<acc>::loadu(gate + c, m))
-              .store(mid + q * H + c, m);
-        }
-      }
-    };
-    const int64_t gate_scratch = 2 * H + geo.se_channels + 3 * V;
     const int64_t chunks = (out_pixels + kImagePixelChunk - 1) / kImagePixelChunk;
-    if (threads > 1 && g.batch >= threads) {
-      at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
-        acc* mid = thread_scratch<acc>(out_pixels * H + V, ScratchSlot::kRun);
-        acc* sums = se ? thread_scratch<acc>(gate_scratch, ScratchSlot::kReduce) : nullptr;
-        for (int64_t n = begin; n < end; ++n) {
-          depthwise_image(n, 0, hidden_panels, mid, sums);
-          if (se) gate_image(mid, sums);
-          for (int64_t first = 0; first < out_pixels; first += kImagePixelChunk) {
-            project_pixels(n, first, std::min(kImagePixelChunk, out_pixels - first), 0, project_panels,
-                           mid + first * H);
+    for (int64_t n0 = 0; n0 < g.batch; n0 += round_images) {
+      const int64_t images = std::min(round_images, g.batch - n0);
+      if (plan.whole_images) {
+        // (1): each image's hidden panels split into as many slices as share the round evenly between the threads.
+        const int64_t slices = std::min(hidden_panels, threads / std::gcd(images, threads));
+        at::parallel_for(0, images * slices, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t k = i / slices, slice = i % slices;
+            depthwise_image(n0 + k, slice * hidden_panels / slices, (slice + 1) * hidden_panels / slices,
+                            mids + k * image_elems, se ? sums + k * sums_ld : nullptr);
+          }
+        });
+      } else {
+        // (1) as the strips of the plan, their rows written into the image's tile, each with its own sums.
+        const int64_t strips = plan.strips_per_image;
+        at::parallel_for(0, images * strips, grain, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t k = i / strips, strip = i % strips;
+            run_strip(n0 + k, strip, nullptr, mids + k * image_elems);
+            const int64_t r0 = strip * plan.strip_rows, r1 = std::min(g.out_h, r0 + plan.strip_rows);
+            channel_sums(mids + k * image_elems, r0 * g.out_w, r1 * g.out_w, 0, H, partial_sums + i * sums_ld);
+          }
+        });
+        for (int64_t k = 0; k < images; ++k) {
+          acc* total = sums + k * sums_ld;
+          std::copy(partial_sums + k * strips * sums_ld, partial_sums + k * strips * sums_ld + H, total);
+          for (int64_t strip = 1; strip < strips; ++strip) {
+            const acc* part = partial_sums + (k * strips + strip) * sums_ld;
+            for (int64_t h = 0; h < H; ++h) total[h] += part[h];
           }
         }
-      });
-      return;
-    }
-    acc* mid = thread_scratch<acc>(out_pixels * H + V, ScratchSlot::kRun);
-    acc* sums = se ? thread_scratch<acc>(gate_scratch, ScratchSlot::kReduce) : nullptr;
-    for (int64_t n = 0; n < g.batch; ++n) {
-      at::parallel_for(0, hidden_panels, (hidden_panels + threads - 1) / threads,
-                       [&](int64_t p0, int64_t p1) { depthwise_image(n, p0, p1, mid, sums); });
-      if (se) gate_image(mid, sums);
-      const int64_t items = chunks * project_panels;
+      }
+      if (se) {
+        // (2) squeezed = se_activation(reduce . mean + reduce_bias), a range of its S rows per thread.
+        const acc inverse_pixels = acc(1) / static_cast<acc>(out_pixels);
+        at::parallel_for(0, S, std::max<int64_t>(1, kMinItemMacs / (H * images)), [&](int64_t j0, int64_t j1) {
+          for (int64_t k = 0; k < images; ++k) {
+            acc* out_k = squeezed + k * squeezed_ld;
+            for (int64_t j = j0; j < j1; ++j) {
+              out_k[j] =
+                  weights.se_reduce_bias[j] + inverse_pixels * dot(weights.se_reduce + j * H, sums + k * sums_ld, H);
+            }
+            map_in_place(out_k + j0, j1 - j0,
+                         [&](const at::vec::Vectorized<acc>& v) { return apply_activation(geo.se_activation, v); });
+          }
+        });
+        // (3) gate = gate(expand . squeezed + expand_bias), a range of hidden channels per thread.
+        at::parallel_for(0, H, std::max<int64_t>(1, kMinItemMacs / (S * images)), [&](int64_t h0, int64_t h1) {
+          for (int64_t k = 0; k < images; ++k) {
+            acc* gate = gates + k * sums_ld;
+            for (int64_t h = h0; h < h1; ++h) {
+              gate[h] = weights.se_expand_bias[h] + dot(weights.se_expand + h * S, squeezed + k * squeezed_ld, S);
+            }
+            apply_gate(geo.se_gate, gate + h0, h1 - h0);
+          }
+        });
+      }
+      // (4), with a squeeze-excitation on the chunk's depthwise outputs scaled by the gate into a per-thread tile
+      // (count x H multiplies before count x H x kNr multiply-adds a panel; consecutive panels of one chunk share
+      // it): no step of its own, and no pool wake-up, for the scaling.
+      const int64_t items = images * chunks * project_panels;
       const int64_t item_macs = std::min(kImagePixelChunk, out_pixels) * H * kNr;
       at::parallel_for(0, items, std::max<int64_t>(1, kMinItemMacs / item_macs), [&](int64_t begin, int64_t end) {
+        acc* gated =
+            se ? thread_scratch<acc>(std::min(kImagePixelChunk, out_pixels) * H + V, ScratchSlot::kTile) : nullptr;
+        int64_t gated_chunk = -1;  // (image, chunk) whose outputs `gated` holds
         for (int64_t i = begin; i < end; ++i) {
-          const int64_t chunk = i / project_panels, panel = i % project_panels;
+          const int64_t k = i / (chunks * project_panels), chunk = i / project_panels % chunks;
+          const int64_t panel = i % project_panels;
           const int64_t first = chunk * kImagePixelChunk, count = std::min(kImagePixelChunk, out_pixels - first);
-          project_pixels(n, first, count, panel, panel + 1, mid + first * H);
+          const acc* mid = mids + k * image_elems + first * H;
+          if (se) {
+            if (gated_chunk != i / project_panels) {
+              std::copy(mid, mid + count * H, gated);
+              scale_channels(gated, count, H, gates + k * sums_ld, 0, H);
+              gated_chunk = i / project_panels;
+            }
+            mid = gated;
+          }
+          project_pixels(n0 + k, first, count, panel, panel + 1, mid);
         }
       });
     }
@@ -487,47 +598,9 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
   // Strips of output rows, each a work item, run band by band: expanded rows (halo included) -> depthwise rows ->
   // project. Consecutive bands share input rows: those stay in the tile, moved to its top, and only the band's
   // new rows are expanded.
-  const int64_t rows = plan.rows, items = g.batch * plan.strips_per_image;
-  const int64_t row_elems = g.in_w * H;
-  const int64_t item_macs =
-      plan.strip_rows * g.stride_h * (geo.expand ? g.in_w * C * H : 0) + plan.strip_rows * g.out_w * H * (T + OC);
-  const int64_t grain = std::max<int64_t>(1, kMinItemMacs / std::max<int64_t>(1, item_macs));
-  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
-    acc* mid = thread_scratch<acc>(rows * g.out_w * H + V, ScratchSlot::kTile);
-    acc* hidden =
-        geo.expand ? thread_scratch<acc>(plan.max_hidden_rows * row_elems + V, ScratchSlot::kTileHidden) : nullptr;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / plan.strips_per_image, strip_begin = (i % plan.strips_per_image) * plan.strip_rows;
-      const int64_t strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
-      const scalar_t* image = in + n * g.in_h * g.in_w * C;
-      RowRange held{0, 0};  // input rows whose expansion is in the tile
-      for (int64_t r0 = strip_begin; r0 < strip_end; r0 += rows) {
-        const int64_t r1 = std::min(strip_end, r0 + rows);
-        if (geo.expand) {
-          const RowRange need = input_rows(g, r0, r1);
-          int64_t first_new = need.begin;
-          if (held.end > need.begin && need.begin >= held.begin) {
-            std::memmove(hidden, hidden + (need.begin - held.begin) * row_elems,
-                         (held.end - need.begin) * row_elems * sizeof(acc));
-            first_new = held.end;
-          }
-          if (need.end > first_new) {
-            expand_pixels(image, first_new * g.in_w, (need.end - first_new) * g.in_w, 0, expand.num_panels(),
-                          hidden + (first_new - need.begin) * row_elems, H);
-          }
-          held = need;
-          // The tile is the image for the depthwise stage: its rows are input rows [begin, end), the rows above
-          // count as padding (never read by this band's outputs).
-          ConvGeometry band = g;
-          band.in_h = need.end - need.begin;
-          band.pad_h = g.pad_h + need.begin;
-          depthwise_rows(hidden, H, band, r0, r1, 0, H, mid);
-        } else {
-          depthwise_rows(image, C, g, r0, r1, 0, H, mid);
-        }
-        project_pixels(n, r0 * g.out_w, (r1 - r0) * g.out_w, 0, project.num_panels(), mid);
-      }
-    }
+  at::parallel_for(0, g.batch * plan.strips_per_image, grain, [&](int64_t begin, int64_t end) {
+    acc* mid = thread_scratch<acc>(plan.rows * g.out_w * H + V, ScratchSlot::kTile);
+    for (int64_t i = begin; i < end; ++i) run_strip(i / plan.strips_per_image, i % plan.strips_per_image, mid, nullptr);
   });
 }
 
