@@ -279,6 +279,36 @@ def test_frozen_block_without_expansion_folded_under_inference_mode_then_used_wi
     assert xg.grad is not None
 
 
+def test_frozen_block_reuses_its_prepared_call_until_the_block_changes(monkeypatch):
+    # After the first frozen call, the next ones go straight to the native op with the arguments it prepared; a
+    # new fold, reassigned geometry, or a call it does not cover (autograd outside inference mode on weights folded
+    # inside it) takes the full fused path again.
+    module = importlib.import_module("fusedops.nn.inverted_residual")
+    block, _ = pair_blocks(8, 8, 1, 6)
+    block.eval().freeze()
+    x = make_input((2, 8, 9, 9), "channels_last")
+    block.float()
+    full_calls = []
+    real = module._run_fused
+    monkeypatch.setattr(module, "_run_fused", lambda *a, **k: full_calls.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        y = block(x)
+        assert torch.equal(block(x), y) and len(full_calls) == 1
+        dw = block.conv[1][0]
+        dw.padding, dw.dilation = (2, 2), (2, 2)  # geometry reassigned: the prepared call no longer applies
+        y2 = block(x)
+        assert len(full_calls) == 2
+        assert_close_scaled(y2, unfused(block, x), **tolerance(torch.float32))
+        assert torch.equal(block(x), y2) and len(full_calls) == 2
+        block.load_state_dict(randomize_batch_norms(InvertedResidual(8, 8, 1, 6), seed=3).state_dict())
+        y3 = block(x)
+        assert len(full_calls) == 3
+        assert_close_scaled(y3, unfused(block, x), **tolerance(torch.float32))
+    xg = x.clone().requires_grad_()
+    block(xg).sum().backward()  # the inference-mode fold is refolded for autograd, not reused
+    assert len(full_calls) == 4 and xg.grad is not None
+
+
 def test_fusedops_freeze_covers_inverted_residual_blocks():
     model = nn.Sequential(InvertedResidual(8, 8, 1, 6), nn.Sequential(InvertedResidual(8, 16, 2, 1)),
                           DepthwiseSeparableConv2d(16, 16))

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _backend
+from ..ops import _library
 from ..ops.activations import activation_name
 from ..ops.inverted_residual import inverted_residual, pack_weights
 from .depthwise import DepthwiseConv2d
@@ -89,7 +90,28 @@ def _run_fused(block, input, folded, dw, activation, residual, se=None):
             and _backend.resolve_for(input, "inverted_residual") == _backend.NATIVE):
         packed = block._packed_weights(folded, lambda: pack_weights(input, *weights, *args, **se_arg,
                                                                     residual=residual))
+    if packed is not None:
+        # The schema's arguments after the input, for the next calls of this frozen fold (_call_prepared).
+        rw, rb, ew, eb, gate, se_activation = (None, None, None, None, "hardsigmoid", "relu") if se is None else se
+        block._prepare_call(folded, _call_key(dw, activation, residual),
+                            (*weights, rw, rb, ew, eb, *args, residual, se_activation, gate, packed))
     return inverted_residual(input, *weights, *args, **se_arg, residual=residual, packed_weights=packed)
+
+
+def _call_key(dw, activation, residual):
+    """What a prepared call of a block depends on besides its frozen fold: the depthwise convolution's geometry
+    and the block's activation and residual (compared by identity: reassigning any of them drops the call)."""
+    return dw.stride, dw.padding, dw.dilation, activation, residual
+
+
+def _call_prepared(block, input, dw, activation, residual):
+    """The frozen `block`'s output through the native call its fused path prepared (FoldedWeights._prepare_call),
+    or None where that call does not apply."""
+    arguments = block._prepared_arguments(input, _call_key(dw, activation, residual))
+    if arguments is None:
+        return None
+    out = _library.eager_native("inverted_residual")(input, *arguments)
+    return None if out is NotImplemented else out
 
 
 class InvertedResidual(FoldedWeights, nn.Module):
@@ -181,6 +203,9 @@ class InvertedResidual(FoldedWeights, nn.Module):
         dw = layers[-3]
         if _runs_unfused(dw[0], (layers[0][1], dw[1], layers[-1])):
             return input + conv(input) if self.use_res_connect else conv(input)
+        out = _call_prepared(self, input, dw[0], self.activation, self.use_res_connect)
+        if out is not None:
+            return out
         return _run_fused(self, input, self.folded_weights(), dw[0], self.activation, self.use_res_connect)
 
     def extra_repr(self) -> str:

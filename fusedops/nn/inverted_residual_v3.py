@@ -7,7 +7,7 @@ from ..ops.activations import activation_name
 from ._channels import make_divisible
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
-from .inverted_residual import ConvBNActivation, _fold, _run_fused, _runs_unfused
+from .inverted_residual import ConvBNActivation, _call_prepared, _fold, _run_fused, _runs_unfused
 from .squeeze_excitation import SqueezeExcitation
 
 # MobileNetV3's batch norms (torchvision's norm_layer for it): eps 0.001, momentum 0.01.
@@ -149,6 +149,9 @@ class InvertedResidualV3(FoldedWeights, nn.Module):
         if _runs_unfused(dw[0], batch_norms):
             result = self._modules["block"](input)
             return input + result if self.use_res_connect else result
+        out = _call_prepared(self, input, dw[0], self.activation, self.use_res_connect)
+        if out is not None:
+            return out
         folded = self.folded_weights()
         se_args = None if se is None else (*folded[6], *se.activation_names())
         return _run_fused(self, input, folded, dw[0], self.activation, self.use_res_connect, se_args)
