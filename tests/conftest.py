@@ -545,3 +545,63 @@ def check_inverted_residual_parity(shape, hidden, cout, kernel=3, *, stride=1, p
     actual = check_grads_against_reference(y, inputs, ref, leaves, tol, IR_GRAD_NAMES[:len(inputs)])
     if dense_layout(layout) == "channels_last" and layout == "channels_last":
         assert actual[0].is_contiguous(memory_format=CL)
+
+
+def module_outputs_and_grads(module, x, forward=None, seed=None):
+    """module(x) (or forward(x)) and the gradients of x and of every parameter of `module` for a seeded random
+    grad_output; `seed`, when given, seeds the forward (dropout)."""
+    x = x.detach().clone().requires_grad_()
+    if seed is not None:
+        torch.manual_seed(seed)
+    y = (forward or module)(x)
+    grad_output = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2))
+    return y, torch.autograd.grad(y, [x, *module.parameters()], grad_output)
+
+
+def grad_names(module):
+    """Names of module_outputs_and_grads' gradients, for failure messages."""
+    return ["grad_input", *(f"grad {name}" for name, _ in module.named_parameters())]
+
+
+def assert_close_train_grads(grads, ref_grads, names):
+    """Float64 train-mode gradients of a model against its reference's. In train mode the bias of each block's
+    last batch norm has a zero gradient (every path from it ends in a train-mode batch norm, which removes
+    per-channel shifts): its values are rounding noise, so parameter gradients are compared at the scale of the
+    model's largest one."""
+    tol = tolerance(torch.float64)
+    assert_close_scaled(grads[0], ref_grads[0], **tol, name=names[0])
+    scale = max(g.abs().max().item() for g in ref_grads[1:])
+    for a, e, name in zip(grads[1:], ref_grads[1:], names[1:]):
+        assert_close_scaled(a, e, **tol, name=name, min_scale=scale)
+
+
+def check_training_matches(model, ref, inputs, *, lr, seeds=None, train_grads=False):
+    """SGD steps (momentum 0.9), one per input of `inputs`, on `model` and on its reference `ref` (same state, both
+    in train mode): float64 outputs and every gradient agree at each step (`train_grads`: parameter gradients at
+    the scale of the largest, assert_close_train_grads), and afterwards every buffer (running statistics moved
+    from where they started, num_batches_tracked = the steps). `seeds` seed each step's forward (dropout)."""
+    tol = tolerance(torch.float64)
+    model.train()
+    ref.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9)
+    initial = {name: b.clone() for name, b in model.named_buffers()}
+    for step, x in enumerate(inputs):
+        seed = None if seeds is None else seeds[step]
+        y, grads = module_outputs_and_grads(model, x, seed=seed)
+        expected, ref_grads = module_outputs_and_grads(ref, x, seed=seed)
+        assert_close_scaled(y, expected, **tol, name=f"output, step {step}")
+        if train_grads:
+            assert_close_train_grads(grads, ref_grads, grad_names(model))
+        else:
+            assert_close_grads(grads, ref_grads, **tol, names=grad_names(model))
+        for p, g, q, gr in zip(model.parameters(), grads[1:], ref.parameters(), ref_grads[1:]):
+            p.grad, q.grad = g, gr
+        opt.step()
+        opt_ref.step()
+    for (name, b), r in zip(model.named_buffers(), ref.buffers()):
+        if name.endswith("num_batches_tracked"):
+            assert b.item() == r.item() == len(inputs), name
+        else:
+            assert_close_scaled(b, r, **tol, name=name)
+            assert not torch.equal(b, initial[name]), name

@@ -14,8 +14,8 @@ from torch import nn
 import fusedops
 from fusedops.nn import DepthwiseConv2d, DepthwiseSeparableConv2d, InvertedResidual
 
-from conftest import (CL, assert_close_grads, assert_close_scaled, make_input, randomize_batch_norms, requires_ops,
-                      tolerance)
+from conftest import (CL, assert_close_grads, assert_close_scaled, check_training_matches, grad_names, make_input,
+                      module_outputs_and_grads, randomize_batch_norms, requires_ops, tolerance)
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvertedResidual  # noqa: E402
@@ -41,19 +41,6 @@ def pair_blocks(inp, oup, stride, expand_ratio):
 def unfused(block, x):
     """The block's own submodules in sequence (eval mode: batch norms on running statistics)."""
     return x + block.conv(x) if block.use_res_connect else block.conv(x)
-
-
-def outputs_and_grads(module, x, forward=None):
-    """module(x) (or forward(x)) and the gradients of x and of every parameter of module, for a random
-    grad_output (seeded)."""
-    x = x.detach().clone().requires_grad_()
-    y = (forward or module)(x)
-    grad_output = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2))
-    return y, torch.autograd.grad(y, [x, *module.parameters()], grad_output)
-
-
-def grad_names(module):
-    return ["grad_input", *(f"grad {name}" for name, _ in module.named_parameters())]
 
 
 @pytest.fixture
@@ -130,8 +117,8 @@ def test_eval_matches_torchvision(config, layout, op_calls):
     x = make_input((2, config[0], 9, 9), layout, dtype=torch.float64)
     with torch.no_grad():
         assert_close_scaled(block(x), ref(x), **TOL, name="output (no_grad)")
-    y, grads = outputs_and_grads(block, x)
-    expected, ref_grads = outputs_and_grads(ref, x)
+    y, grads = module_outputs_and_grads(block, x)
+    expected, ref_grads = module_outputs_and_grads(ref, x)
     assert len(op_calls) == 2
     assert_close_scaled(y, expected, **TOL, name="output")
     assert y.is_contiguous(memory_format=CL) == expected.is_contiguous(memory_format=CL)
@@ -144,26 +131,9 @@ def test_train_matches_torchvision(config, op_calls):
     """Train mode runs the submodules: outputs, every gradient and the running statistics are torchvision's over
     two optimizer steps; eval mode then folds the updated statistics."""
     block, ref = pair_blocks(*config)
-    block.train()
-    ref.train()
-    opt = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9)
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-    for step in range(2):
-        x = make_input((4, config[0], 8, 8), "channels_last" if step else "nchw", dtype=torch.float64)
-        y, grads = outputs_and_grads(block, x)
-        expected, ref_grads = outputs_and_grads(ref, x)
-        assert_close_scaled(y, expected, **TOL, name=f"output, step {step}")
-        assert_close_grads(grads, ref_grads, **TOL, names=grad_names(block))
-        for p, g, q, gr in zip(block.parameters(), grads[1:], ref.parameters(), ref_grads[1:]):
-            p.grad, q.grad = g, gr
-        opt.step()
-        opt_ref.step()
+    inputs = [make_input((4, config[0], 8, 8), layout, dtype=torch.float64) for layout in ("nchw", "channels_last")]
+    check_training_matches(block, ref, inputs, lr=0.1)
     assert op_calls == []
-    for (name, b), r in zip(block.named_buffers(), ref.buffers()):
-        if name.endswith("num_batches_tracked"):
-            assert b.item() == r.item() == 2, name
-        else:
-            assert_close_scaled(b, r, **TOL, name=name)
     block.eval()
     ref.eval()
     x = torch.randn(2, config[0], 8, 8, dtype=torch.float64)
@@ -191,8 +161,8 @@ def test_eval_other_configurations(kwargs, expand_ratio, op_calls):
     assert type(act) is {"hardswish": nn.Hardswish, "relu": nn.ReLU, None: type(None)}.get(
         kwargs.get("activation", "relu6"), nn.ReLU6)
     x = torch.randn(2, 8, 11, 10, dtype=torch.float64)
-    y, grads = outputs_and_grads(block, x)
-    expected, ref_grads = outputs_and_grads(block, x, lambda t: unfused(block, t))
+    y, grads = module_outputs_and_grads(block, x)
+    expected, ref_grads = module_outputs_and_grads(block, x, lambda t: unfused(block, t))
     assert len(op_calls) == 1
     assert_close_scaled(y, expected, **TOL, name="output")
     assert_close_grads(grads, ref_grads, **TOL, names=grad_names(block))

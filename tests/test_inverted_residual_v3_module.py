@@ -15,8 +15,8 @@ from torch import nn
 import fusedops
 from fusedops.nn import DepthwiseConv2d, InvertedResidualV3, SqueezeExcitation
 
-from conftest import (CL, assert_close_grads, assert_close_scaled, make_input, randomize_batch_norms, requires_ops,
-                      tolerance)
+from conftest import (CL, assert_close_grads, assert_close_scaled, check_training_matches, grad_names, make_input,
+                      module_outputs_and_grads, randomize_batch_norms, requires_ops, tolerance)
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision.models.mobilenetv3 import InvertedResidual as TorchvisionBlock  # noqa: E402
@@ -70,19 +70,6 @@ def unfused(block, x):
     """The block's own submodules in sequence (eval mode: batch norms on running statistics)."""
     y = block.block(x)
     return x + y if block.use_res_connect else y
-
-
-def outputs_and_grads(module, x, forward=None):
-    """module(x) (or forward(x)) and the gradients of x and of every parameter of module, for a random
-    grad_output (seeded)."""
-    x = x.detach().clone().requires_grad_()
-    y = (forward or module)(x)
-    grad_output = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2))
-    return y, torch.autograd.grad(y, [x, *module.parameters()], grad_output)
-
-
-def grad_names(module):
-    return ["grad_input", *(f"grad {name}" for name, _ in module.named_parameters())]
 
 
 @pytest.fixture
@@ -238,8 +225,8 @@ def test_eval_matches_torchvision(config, layout, op_calls):
     x = make_input((2, config[0], 9, 9), layout, dtype=torch.float64)
     with torch.no_grad():
         assert_close_scaled(block(x), ref(x), **TOL, name="output (no_grad)")
-    y, grads = outputs_and_grads(block, x)
-    expected, ref_grads = outputs_and_grads(ref, x)
+    y, grads = module_outputs_and_grads(block, x)
+    expected, ref_grads = module_outputs_and_grads(ref, x)
     assert len(op_calls) == 2 and all(c["residual"] == block.use_res_connect for c in op_calls)
     se = op_calls[0]["se"]
     if config[4]:
@@ -277,28 +264,9 @@ def test_train_matches_torchvision(config, op_calls):
     """Train mode runs the submodules: outputs, every gradient and the running statistics are torchvision's over
     two optimizer steps; eval mode then folds the updated statistics."""
     block, ref = pair_blocks(config)
-    block.train()
-    ref.train()
-    opt = torch.optim.SGD(block.parameters(), lr=0.1, momentum=0.9)
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-    initial = {name: b.clone() for name, b in block.named_buffers()}
-    for step in range(2):
-        x = make_input((4, config[0], 8, 8), "channels_last" if step else "nchw", dtype=torch.float64)
-        y, grads = outputs_and_grads(block, x)
-        expected, ref_grads = outputs_and_grads(ref, x)
-        assert_close_scaled(y, expected, **TOL, name=f"output, step {step}")
-        assert_close_grads(grads, ref_grads, **TOL, names=grad_names(block))
-        for p, g, q, gr in zip(block.parameters(), grads[1:], ref.parameters(), ref_grads[1:]):
-            p.grad, q.grad = g, gr
-        opt.step()
-        opt_ref.step()
+    inputs = [make_input((4, config[0], 8, 8), layout, dtype=torch.float64) for layout in ("nchw", "channels_last")]
+    check_training_matches(block, ref, inputs, lr=0.1)
     assert op_calls == []
-    for (name, b), r in zip(block.named_buffers(), ref.buffers()):
-        if name.endswith("num_batches_tracked"):
-            assert b.item() == r.item() == 2, name
-        else:
-            assert_close_scaled(b, r, **TOL, name=name)
-            assert not torch.equal(b, initial[name]), name
     block.eval()
     ref.eval()
     x = torch.randn(2, config[0], 8, 8, dtype=torch.float64)

@@ -11,8 +11,8 @@ import fusedops
 from fusedops.models import MobileNetV2
 from fusedops.nn import InvertedResidual
 
-from conftest import (CL, assert_close_grads, assert_close_scaled, make_input, randomize_batch_norms, requires_ops,
-                      tolerance)
+from conftest import (CL, assert_close_grads, assert_close_scaled, check_training_matches, grad_names, make_input,
+                      module_outputs_and_grads, randomize_batch_norms, requires_ops, tolerance)
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -33,31 +33,6 @@ def pair_models(width_mult, dropout=0.0):
     model = fusedops.models.mobilenet_v2(width_mult, num_classes=10, dropout=dropout).double()
     model.load_state_dict(ref.state_dict())
     return model, ref
-
-
-def outputs_and_grads(model, x, seed=None):
-    """model(x) and the gradients of x and of every parameter for a random grad_output; `seed`, when given,
-    seeds the forward (dropout)."""
-    x = x.detach().clone().requires_grad_()
-    if seed is not None:
-        torch.manual_seed(seed)
-    y = model(x)
-    grad_output = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(2))
-    return y, torch.autograd.grad(y, [x, *model.parameters()], grad_output)
-
-
-def grad_names(model):
-    return ["grad_input", *(f"grad {name}" for name, _ in model.named_parameters())]
-
-
-def assert_close_train_grads(grads, ref_grads, names):
-    """In train mode the bias of each block's last batch norm has a zero gradient (every path from it ends in a
-    train-mode batch norm, which removes per-channel shifts): its values are rounding noise, so parameter
-    gradients are compared at the scale of the model's largest one."""
-    assert_close_scaled(grads[0], ref_grads[0], **TOL, name=names[0])
-    scale = max(g.abs().max().item() for g in ref_grads[1:])
-    for a, e, name in zip(grads[1:], ref_grads[1:], names[1:]):
-        assert_close_scaled(a, e, **TOL, name=name, min_scale=scale)
 
 
 @pytest.fixture
@@ -155,8 +130,8 @@ def test_eval_matches_torchvision(width_mult, layout, op_calls):
     with torch.no_grad():
         assert_close_scaled(model(x), ref(x), **TOL, name="output (no_grad)")
     assert len(op_calls) == N_BLOCKS
-    y, grads = outputs_and_grads(model, x)
-    expected, ref_grads = outputs_and_grads(ref, x)
+    y, grads = module_outputs_and_grads(model, x)
+    expected, ref_grads = module_outputs_and_grads(ref, x)
     assert_close_scaled(y, expected, **TOL, name="output")
     assert_close_grads(grads, ref_grads, **TOL, names=grad_names(model))
 
@@ -165,27 +140,10 @@ def test_train_matches_torchvision(op_calls):
     """Train mode (dropout included, same random draws): outputs, every gradient, running statistics and
     num_batches_tracked are torchvision's over two optimizer steps; eval mode then folds the new statistics."""
     model, ref = pair_models(0.25, dropout=0.2)
-    model.train()
-    ref.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
-    for step in range(2):
-        # 40 x 40: the last stages' batch statistics are over 2 x 2 maps, not single pixels.
-        x = make_input((4, 3, 40, 40), "channels_last" if step else "nchw", dtype=torch.float64)
-        y, grads = outputs_and_grads(model, x, seed=10 + step)
-        expected, ref_grads = outputs_and_grads(ref, x, seed=10 + step)
-        assert_close_scaled(y, expected, **TOL, name=f"output, step {step}")
-        assert_close_train_grads(grads, ref_grads, grad_names(model))
-        for p, g, q, gr in zip(model.parameters(), grads[1:], ref.parameters(), ref_grads[1:]):
-            p.grad, q.grad = g, gr
-        opt.step()
-        opt_ref.step()
+    # 40 x 40: the last stages' batch statistics are over 2 x 2 maps, not single pixels.
+    inputs = [make_input((4, 3, 40, 40), layout, dtype=torch.float64) for layout in ("nchw", "channels_last")]
+    check_training_matches(model, ref, inputs, lr=0.01, seeds=(10, 11), train_grads=True)
     assert op_calls == []
-    for (name, b), r in zip(model.named_buffers(), ref.buffers()):
-        if name.endswith("num_batches_tracked"):
-            assert b.item() == r.item() == 2, name
-        else:
-            assert_close_scaled(b, r, **TOL, name=name)
     model.eval()
     ref.eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
