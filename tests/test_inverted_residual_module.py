@@ -279,6 +279,18 @@ def test_frozen_block_reuses_its_prepared_call_until_the_block_changes(monkeypat
     assert len(full_calls) == 4 and xg.grad is not None
 
 
+def test_frozen_block_compiles_after_eager_calls():
+    # Its eager calls cached a fold, packed weights and a prepared call: a trace folds in the graph instead.
+    block, _ = pair_blocks(8, 8, 1, 6)
+    block.float().eval().freeze()
+    x = make_input((2, 8, 9, 9), "channels_last")
+    with torch.no_grad():
+        expected = block(x)
+        block(x)
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        assert_close_scaled(compiled(x), expected, **tolerance(torch.float32))
+
+
 def test_fusedops_freeze_covers_inverted_residual_blocks():
     model = nn.Sequential(InvertedResidual(8, 8, 1, 6), nn.Sequential(InvertedResidual(8, 16, 2, 1)),
                           DepthwiseSeparableConv2d(16, 16))

@@ -2,6 +2,7 @@
 conv -> BN -> activation unit of torchvision's MobileNets (:class:`ConvBNActivation`, one convolution with the BN
 folded in, in eval mode), both with torchvision's submodules and state-dict keys."""
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -84,9 +85,10 @@ def _run_fused(block, input, folded, dw, activation, residual, se=None):
     se_arg = {} if se is None else {"se": se}
     # Frozen: the CPU kernel's packed form of the folded weights is made once too (packing costs as much as the
     # arithmetic at batch 1 on small maps). Only for that kernel: the packing is a native op, absent without the
-    # extension, and the reference and Triton implementations take no packed weights.
+    # extension, and the reference and Triton implementations take no packed weights. Traced calls fold in the
+    # graph (no frozen cache to pack).
     packed = None
-    if (input.device.type == "cpu" and weights[2].device.type == "cpu"
+    if (not torch.compiler.is_compiling() and input.device.type == "cpu" and weights[2].device.type == "cpu"
             and _backend.resolve_for(input, "inverted_residual") == _backend.NATIVE):
         packed = block._packed_weights(folded, lambda: pack_weights(input, *weights, *args, **se_arg,
                                                                     residual=residual))
@@ -106,7 +108,9 @@ def _call_key(dw, activation, residual):
 
 def _call_prepared(block, input, dw, activation, residual):
     """The frozen `block`'s output through the native call its fused path prepared (FoldedWeights._prepare_call),
-    or None where that call does not apply."""
+    or None where that call does not apply (always under torch.compile, which traces the fused path)."""
+    if torch.compiler.is_compiling():
+        return None
     arguments = block._prepared_arguments(input, _call_key(dw, activation, residual))
     if arguments is None:
         return None
