@@ -16,10 +16,12 @@ from .ops import channel_shuffle, concat_shuffle, depthwise_conv2d, dwpw_conv2d,
 from . import nn
 from .nn.freeze import freeze, unfreeze
 from .nn.fuse import fuse_bn
+from .convert import ConversionReport, convert
 
 __all__ = [
     "__version__", "build_info", "get_backend", "set_backend", "use_backend",
-    "channel_shuffle", "concat_shuffle", "depthwise_conv2d", "dwpw_conv2d", "freeze", "fuse_bn", "inverted_residual",
+    "ConversionReport", "channel_shuffle", "concat_shuffle", "convert", "depthwise_conv2d", "dwpw_conv2d", "freeze",
+    "fuse_bn", "inverted_residual",
     "nn", "models", "unfreeze",
 ]
 

@@ -1,0 +1,139 @@
+"""fusedops.convert on torchvision's models: the same function in eval and train mode, the original's parameters,
+buffers and state-dict keys, a report of what was replaced and what was not, torch.compile and torch.export."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fusedops
+from fusedops.nn import ConvBNActivation, DepthwiseConv2d, InvertedResidual, InvertedResidualV3
+
+from conftest import (CL, assert_close_scaled, check_training_matches, make_input, randomize_batch_norms,
+                      requires_ops, tolerance)
+
+torchvision = pytest.importorskip("torchvision")
+
+pytestmark = requires_ops
+
+# torchvision model -> how many modules convert replaces, by fused class.
+REPLACED = {
+    "mobilenet_v2": {InvertedResidual: 17, ConvBNActivation: 2},
+    "mobilenet_v3_large": {InvertedResidualV3: 15, ConvBNActivation: 2},
+    "mobilenet_v3_small": {InvertedResidualV3: 11, ConvBNActivation: 2},
+    "shufflenet_v2_x0_5": {DepthwiseConv2d: 19, ConvBNActivation: 2},
+}
+
+
+def torchvision_model(name, dtype=torch.float64, seed=0):
+    """torchvision's `name` (10 classes) with non-trivial batch-norm statistics and biases, in `dtype`."""
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(num_classes=10).to(dtype)
+    randomize_batch_norms(model, seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
+                m.bias.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(REPLACED))
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_eval_matches_the_original(name, layout):
+    original = torchvision_model(name).eval()
+    converted, report = fusedops.convert(original, report=True)
+    counts = {}
+    for _, _, new in report.replaced:
+        counts[new] = counts.get(new, 0) + 1
+    assert counts == {cls.__name__: n for cls, n in REPLACED[name].items()}
+    x = make_input((2, 3, 64, 64), layout, dtype=torch.float64)
+    with torch.no_grad():
+        expected = original(x)
+        assert_close_scaled(converted(x), expected, **tolerance(torch.float64), name="float64")
+        # Frozen, in float32 under inference mode (the deployment path), against the float64 original.
+        frozen = fusedops.freeze(fusedops.convert(torchvision_model(name).float().eval()))
+    with torch.inference_mode():
+        assert_close_scaled(frozen(x.float()), expected, **tolerance(torch.float32), name="float32 frozen")
+
+
+@pytest.mark.parametrize("name", ("mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5"))
+def test_shares_parameters_buffers_and_keys(name):
+    original = torchvision_model(name, dtype=torch.float32).eval()
+    kinds = [type(m) for m in original.modules()]
+    converted = fusedops.convert(original)
+    assert [type(m) for m in original.modules()] == kinds  # not inplace: the original's modules are its own
+    assert [id(p) for p in converted.parameters()] == [id(p) for p in original.parameters()]
+    assert [id(b) for b in converted.buffers()] == [id(b) for b in original.buffers()]
+    assert list(converted.state_dict()) == list(original.state_dict())
+    # Checkpoints load into either, both ways.
+    other = torchvision_model(name, dtype=torch.float32, seed=3).eval()
+    converted.load_state_dict(other.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert_close_scaled(converted(x), other(x), **tolerance(torch.float32))
+        other.load_state_dict(fusedops.convert(torchvision_model(name, dtype=torch.float32, seed=4)).state_dict())
+        assert_close_scaled(other(x), torchvision_model(name, dtype=torch.float32, seed=4).eval()(x),
+                            **tolerance(torch.float32))
+    # An optimizer built on the original trains the converted model.
+    optimizer = torch.optim.SGD(original.parameters(), lr=0.5)
+    before = converted(x).detach()
+    converted.train()
+    converted(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    optimizer.step()
+    converted.eval()
+    with torch.no_grad():
+        assert not torch.allclose(converted(x), before)
+
+
+@pytest.mark.parametrize("name", ("mobilenet_v2", "mobilenet_v3_small"))
+def test_train_matches_the_original(name):
+    reference = torchvision_model(name)
+    converted = fusedops.convert(copy.deepcopy(reference), layout=None)
+    inputs = [make_input((4, 3, 64, 64), layout, dtype=torch.float64) for layout in ("nchw", "channels_last")]
+    check_training_matches(converted, reference, inputs, lr=0.01, seeds=(1, 2), train_grads=True)
+
+
+def test_inplace_replaces_inside_the_model():
+    model = torchvision_model("mobilenet_v3_small", dtype=torch.float32)
+    assert fusedops.convert(model, inplace=True) is model
+    assert isinstance(model.features[1], InvertedResidualV3) and isinstance(model.features[0], ConvBNActivation)
+    assert model.features[0][0].weight.is_contiguous(memory_format=CL)
+
+
+def test_unknown_and_refused_modules_are_kept_and_reported():
+    # A conv -> BN -> GELU unit (an activation the fused op lacks), a conv with a bias before its BN, a grouped
+    # (not depthwise) convolution, a depthwise one, and a linear layer.
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.GELU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.Conv2d(8, 16, 3, padding=1, groups=8),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    randomize_batch_norms(model)
+    converted, report = fusedops.convert(model, report=True)
+    assert [(path, new) for path, _, new in report.replaced] == [("3", "DepthwiseConv2d")]
+    reasons = dict((path, why) for path, _, why in report.left_alone)
+    assert "GELU is not one the fused op computes" in reasons["0"]
+    assert "has a bias" in reasons["1"]
+    assert reasons["2"] == reasons["6"] == "fusedops has no fused module for it"
+    assert "replaced 1 modules" in str(report)
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))
+
+
+def test_bad_layout_is_refused():
+    with pytest.raises(ValueError, match="layout must be 'channels_last' or None"):
+        fusedops.convert(nn.Conv2d(3, 3, 1), layout="nhwc")
+
+
+def test_compile_and_export_the_converted_model():
+    model = fusedops.freeze(fusedops.convert(torchvision_model("mobilenet_v3_small", dtype=torch.float32).eval()))
+    x = make_input((2, 3, 32, 32), "channels_last")
+    with torch.no_grad():
+        expected = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        assert_close_scaled(compiled(x), expected, **tolerance(torch.float32))
+        exported = torch.export.export(model, (x,))
+        assert_close_scaled(exported.module()(x), expected, **tolerance(torch.float32))
