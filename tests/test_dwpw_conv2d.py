@@ -449,3 +449,68 @@ def test_backward_after_inplace_change_of_output_raises():
     y.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Packed weights
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16))
+@pytest.mark.parametrize("shape, cout, multiplier, layout", (
+    ((1, 64, 7, 7), 96, 1, "channels_last"),     # small map: the kernel's transposed orientation without packing
+    ((2, 16, 12, 11), 24, 2, "nchw"),
+    ((3, 24, 9, 9), 40, 1, "strided"),
+))
+def test_packed_weights_give_the_reference_result(dtype, shape, cout, multiplier, layout):
+    from fusedops.ops.dwpw_conv2d import pack_weights
+
+    x = make_input(shape, layout, dtype=dtype)
+    weights = [t.detach() for t in make_dwpw_weights(shape[1], cout, 3, multiplier, dtype=dtype)]
+    packed = pack_weights(x, *weights, stride=2, mid_activation="relu", out_activation="hardswish")
+    assert packed.dim() == 1 and packed.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    y = fusedops.dwpw_conv2d(x, *weights, stride=2, mid_activation="relu", out_activation="hardswish",
+                             packed_weights=packed)
+    expected = dwpw_reference(x.double(), *[w.double() for w in weights], 2, 1, 1, "relu", "hardswish")
+    tol = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 3e-2}[dtype]
+    assert_close_scaled(y, expected, rtol=tol, atol=tol, name="output")
+    # Packed once, used for inputs of other sizes and layouts.
+    x2 = make_input((1, shape[1], 20, 17), "channels_last", dtype=dtype)
+    torch.testing.assert_close(
+        fusedops.dwpw_conv2d(x2, *weights, packed_weights=packed),
+        fusedops.dwpw_conv2d(x2, *weights), rtol=tol, atol=tol)
+
+
+def test_packed_weights_of_another_convolution_are_refused():
+    from fusedops.ops.dwpw_conv2d import pack_weights
+
+    x = make_input((1, 8, 6, 6), "channels_last")
+    weights = [t.detach() for t in make_dwpw_weights(8, 16, 3)]
+    other = [t.detach() for t in make_dwpw_weights(8, 12, 3)]
+    with pytest.raises(RuntimeError, match="packed_weights were not packed for this block"):
+        fusedops.dwpw_conv2d(x, *weights, packed_weights=pack_weights(x, *other))
+    with pytest.raises(RuntimeError, match="packed_weights were not packed for this block"):
+        fusedops.dwpw_conv2d(x.double(), *[w.double() for w in weights], packed_weights=pack_weights(x, *weights))
+    assert pack_weights(x.to("meta"), *[w.to("meta") for w in weights]) is None
+
+
+def test_frozen_module_packs_once_and_again_after_a_load(monkeypatch):
+    module = fusedops.nn.separable
+    m = fusedops.nn.DepthwiseSeparableConv2d(8, 16).eval()
+    _randomize_bn(m)
+    ref = UnfusedSeparable(m).eval()
+    packs = []
+    real = module.pack_weights
+    monkeypatch.setattr(module, "pack_weights", lambda *a, **k: packs.append(1) or real(*a, **k))
+    x = make_input((1, 8, 7, 7), "channels_last")
+    with torch.no_grad():
+        m(x)
+        assert packs == []  # not frozen: folded and laid out on every call
+        m.freeze()
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
+        assert len(packs) == 1
+        sd = {k: v + 0.05 if v.is_floating_point() else v for k, v in m.state_dict().items()}
+        m.load_state_dict(sd)
+        ref.load_state_dict(sd)
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
+        assert len(packs) == 2

@@ -26,7 +26,7 @@ struct DwpwConv2dFormula {
   static void save(AutogradContext* ctx, const Tensor& output, const Tensor& input, const Tensor& dw_weight,
                    const OptionalTensor& dw_bias, const Tensor& pw_weight, const OptionalTensor& pw_bias,
                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, c10::string_view mid,
-                   c10::string_view out) {
+                   c10::string_view out, const OptionalTensor& /*packed_weights: a copy of the weights, no gradient*/) {
     // The backward recomputes the depthwise output band by band from the input. Where dwpw_keeps_output it also
     // keeps the output (alive anyway as the next layer's input), whose zeros and sixes give the output
     // activation's derivative without recomputing the pointwise GEMM.
@@ -55,7 +55,8 @@ struct DwpwConv2dFormula {
   // dwpw_conv2d as differentiable ATen ops, after the same checks as the kernels.
   static Tensor composite(const Tensor& input, const Tensor& dw_weight, const OptionalTensor& dw_bias,
                           const Tensor& pw_weight, const OptionalTensor& pw_bias, IntArrayRef stride,
-                          IntArrayRef padding, IntArrayRef dilation, c10::string_view mid, c10::string_view out) {
+                          IntArrayRef padding, IntArrayRef dilation, c10::string_view mid, c10::string_view out,
+                          const OptionalTensor& /*packed_weights*/) {
     const DwpwGeometry g =
         dwpw_geometry(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
                       std::string_view(mid.data(), mid.size()), std::string_view(out.data(), out.size()));

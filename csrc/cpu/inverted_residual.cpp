@@ -250,14 +250,9 @@ BlockWeights<acc_t<scalar_t>> pack_block_weights(const InvertedResidualGeometry&
 // dtype by this build.
 template <typename acc>
 BlockWeights<acc> packed_block_weights(const InvertedResidualGeometry& geo, const Tensor& packed) {
-  const auto header = block_weight_header<acc>(geo);
-  TORCH_CHECK(packed.device().is_cpu() && packed.dim() == 1 && packed.is_contiguous() &&
-                  packed.scalar_type() == c10::CppTypeToScalarType<acc>::value &&
-                  packed.numel() == block_weight_elements<acc>(geo) &&
-                  std::equal(header.begin(), header.end(), packed.const_data_ptr<acc>()),
-              "fusedops: packed_weights were not packed for this block (its channels, kernel and dtype) by this "
-              "build: pack them again with fusedops.ops.inverted_residual.pack_weights");
-  return block_weight_layout<acc>(geo, packed.const_data_ptr<acc>());
+  return block_weight_layout<acc>(
+      geo, checked_packed_weights(packed, block_weight_header<acc>(geo), block_weight_elements<acc>(geo),
+                                  "fusedops.ops.inverted_residual.pack_weights"));
 }
 
 // sum_i a[i] * b[i] over n elements.

@@ -155,7 +155,8 @@ __global__ void __launch_bounds__(kThreads)
 Tensor dwpw_conv2d_cuda(const Tensor& input_, const Tensor& dw_weight_, const c10::optional<Tensor>& dw_bias,
                         const Tensor& pw_weight_, const c10::optional<Tensor>& pw_bias, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view mid_activation,
-                        c10::string_view out_activation) {
+                        c10::string_view out_activation,
+                        const c10::optional<Tensor>& /*packed_weights: for the CPU kernel*/) {
   const DwpwGeometry geo = dwpw_geometry(input_, dw_weight_, dw_bias, pw_weight_, pw_bias, stride, padding, dilation,
                                          mid_activation, out_activation);
   const ConvGeometry& g = geo.dw;

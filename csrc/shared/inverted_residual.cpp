@@ -148,7 +148,7 @@ Tensor inverted_residual_composed(const Tensor& input, const c10::optional<Tenso
     out = at::conv2d(mid, project_weight, project_bias).contiguous(output_memory_format(input));
   } else {
     out = ops::call<ops::dwpw_conv2d>(hidden, dw_weight, dw_bias, project_weight, project_bias, stride, padding,
-                                      dilation, c10::string_view(act.data(), act.size()), "none");
+                                      dilation, c10::string_view(act.data(), act.size()), "none", c10::nullopt);
   }
   if (geo.residual) out.add_(input);
   return out;

@@ -97,7 +97,8 @@ def check_activation(name, argument: str) -> None:
                  f"'hardswish', 'silu'; got '{name}'")
 
 
-def check_dwpw(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
+def check_dwpw(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out, packed_weights=None):
+    """packed_weights is checked by the CPU kernel that reads it; the other implementations do not read it."""
     check_depthwise(input, dw_weight, dw_bias, stride, padding, dilation, weight_name="dw_weight", bias_name="dw_bias")
     k = dw_weight.shape[0]
     torch._check(pw_weight.dim() == 4 and pw_weight.shape[1] == k and pw_weight.shape[2] == 1

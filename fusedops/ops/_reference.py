@@ -31,7 +31,7 @@ def concat_shuffle(a, b, groups):
 
 
 def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,
-                out_activation):
+                out_activation, packed_weights=None):
     mid = activation(depthwise_conv2d(input, dw_weight, dw_bias, stride, padding, dilation), mid_activation)
     return activation(F.conv2d(mid, pw_weight, pw_bias), out_activation)
 

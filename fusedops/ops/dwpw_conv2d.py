@@ -17,7 +17,7 @@ BACKWARD_NAME = "_dwpw_conv2d_backward"
 
 
 def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, padding=1, dilation=1,
-                mid_activation="relu6", out_activation="relu6"):
+                mid_activation="relu6", out_activation="relu6", packed_weights=None):
     r"""Fused depthwise-separable convolution:
 
     ``act_out(F.conv2d(act_mid(depthwise_conv2d(input, dw_weight, dw_bias, stride, padding, dilation)),
@@ -37,18 +37,35 @@ def dwpw_conv2d(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, pa
         pw_bias: optional ``Tensor[C_out]``.
         stride, padding, dilation: of the depthwise stage, int or (int, int).
         mid_activation, out_activation: ``None``, ``"relu"``, ``"relu6"``, ``"hardswish"`` or ``"silu"``.
+        packed_weights: optional, :func:`pack_weights` of these weights: the CPU kernel then reads them as laid
+            out instead of laying them out on every call (and takes its faster GEMM orientation on small maps,
+            where laying out the 1x1 weights would cost more than it saves). A copy: it must be made again after
+            the weights change. Other backends ignore it.
 
     Returns:
         ``Tensor[N, C_out, H_out, W_out]`` in the input's memory format.
     """
     # None activations are not the schema's strings: those calls take the regular path.
     out = _library.call_native_eagerly(NAME, input, input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding,
-                                       dilation, mid_activation, out_activation)
+                                       dilation, mid_activation, out_activation, packed_weights)
     if out is not NotImplemented:
         return out
     args = _normalize(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,
-                      out_activation)
+                      out_activation) + (packed_weights,)
     return _library.call_op(NAME, args, tensor_args=5, check=_geometry.check_dwpw, reference=_reference.dwpw_conv2d)
+
+
+def pack_weights(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, padding=1, dilation=1,
+                 mid_activation="relu6", out_activation="relu6"):
+    """The weights of a :func:`dwpw_conv2d` call (same arguments) laid out as the CPU kernel reads them, to pass as
+    its ``packed_weights``: valid for every later call with weights of these values (a copy is taken), channel
+    counts, kernel size and dtype, whatever the input's size. ``None`` for tensors not on the CPU, whose kernels
+    take no packed weights."""
+    if input.device.type != "cpu":
+        return None
+    args = _normalize(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,
+                      out_activation)
+    return torch.ops.fusedops._dwpw_conv2d_pack_weights(*args)
 
 
 def _normalize(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,
@@ -68,7 +85,7 @@ def _normalize(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, d
     return input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out
 
 
-def _fake(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
+def _fake(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out, packed_weights=None):
     _geometry.check_dwpw(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
     return _args.empty_like_format(input, _geometry.dwpw_output_shape(input, dw_weight, pw_weight, stride, padding,
                                                                       dilation))
@@ -91,7 +108,8 @@ def _fake_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias, s
 
 
 def _setup_context(ctx, inputs, output):
-    input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out = inputs
+    # packed_weights (inputs[10]) is a copy of the weights without a gradient: not kept.
+    input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out = inputs[:10]
     # The backward recomputes the depthwise output band by band from the input. With a relu/relu6 output
     # activation in float/double it also keeps the output (alive anyway as the next layer's input), whose
     # zeros and sixes give that activation's derivative without recomputing the pointwise GEMM.
@@ -107,7 +125,7 @@ def _make_backward(ops):
         mask = [needs[0], needs[1], dw_bias is not None and needs[2], needs[3], pw_bias is not None and needs[4]]
         grads = ops._dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_bias,
                                           *ctx.conv_args, mask, output)
-        return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 5
+        return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 6
 
     return backward
 

@@ -36,7 +36,7 @@ struct dwpw_conv2d {
   using Signature = Tensor(const Tensor& input, const Tensor& dw_weight, const OptionalTensor& dw_bias,
                            const Tensor& pw_weight, const OptionalTensor& pw_bias, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, c10::string_view mid_activation,
-                           c10::string_view out_activation);
+                           c10::string_view out_activation, const OptionalTensor& packed_weights);
 };
 
 struct dwpw_conv2d_backward {

@@ -362,7 +362,9 @@ def _blocks(pixels, k, oc, device):
     return block_p, block_k, block_n
 
 
-def dwpw_conv2d_forward(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out):
+def dwpw_conv2d_forward(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out,
+                        packed_weights=None):
+    # packed_weights is the CPU kernel's copy of the weights: not needed here.
     # The op's own checks, so that a direct call fails as on every other backend.
     _geometry.check_dwpw(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid, out)
     n, c, h, w, k, mult, kh, kw, oc, out_h, out_w = _launch_geometry(input, dw_weight, pw_weight, stride, padding,

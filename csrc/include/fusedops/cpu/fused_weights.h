@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 
 namespace fusedops {
 namespace cpu {
@@ -46,6 +47,21 @@ PackedPointwise<acc_t<scalar_t>> pack_pointwise_weights(const at::Tensor& weight
   at::parallel_for(0, packed.num_panels(), std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(1, K * P::kNr)),
                    [&](int64_t begin, int64_t end) { pack_pointwise_panels(packed, wsrc, K, bsrc, begin, end); });
   return packed;
+}
+
+// The elements of a packed-weights tensor (1-D, contiguous, of acc, on the CPU), after checking that this build
+// packed it for a call of this layout: `header` (its first elements: panel width, channel counts, taps) and
+// `elements` in all. `repack` names the function that packs them, for the error.
+template <typename acc, size_t N>
+const acc* checked_packed_weights(const at::Tensor& packed, const std::array<acc, N>& header, int64_t elements,
+                                  const char* repack) {
+  TORCH_CHECK(packed.device().is_cpu() && packed.dim() == 1 && packed.is_contiguous() &&
+                  packed.scalar_type() == c10::CppTypeToScalarType<acc>::value && packed.numel() == elements &&
+                  std::equal(header.begin(), header.end(), packed.const_data_ptr<acc>()),
+              "fusedops: packed_weights were not packed for this block (its channels, kernel and dtype) by this "
+              "build: pack them again with ",
+              repack);
+  return packed.const_data_ptr<acc>();
 }
 
 }  // namespace cpu
