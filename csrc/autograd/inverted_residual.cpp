@@ -56,10 +56,9 @@ struct InvertedResidualFormula {
     return autograd::masked(
         mask, ops::call<ops::inverted_residual_backward>(
                   grad_outputs[0], s[0], present(s[1]), present(s[2]), s[3], present(s[4]), s[5], present(s[6]),
-                  present(s[7]), present(s[8]), present(s[9]), present(s[10]),
-                  ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
-                  ctx->saved_data["dilation"].toIntVector(), activation, ctx->saved_data["residual"].toBool(),
-                  se_activation, se_gate, mask));
+                  present(s[7]), present(s[8]), present(s[9]), present(s[10]), ctx->saved_data["stride"].toIntVector(),
+                  ctx->saved_data["padding"].toIntVector(), ctx->saved_data["dilation"].toIntVector(), activation,
+                  ctx->saved_data["residual"].toBool(), se_activation, se_gate, mask));
   }
 
   // inverted_residual as differentiable ATen ops, after the same checks as the kernels.

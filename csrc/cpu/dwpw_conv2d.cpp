@@ -88,8 +88,14 @@ int64_t packed_elements(const DwpwGeometry& geo) {
 template <typename acc>
 std::array<acc, kHeader> packed_header(const DwpwGeometry& geo) {
   const ConvGeometry& g = geo.dw;
-  return {acc(PackedPointwise<acc>::kNr), acc(g.channels),  acc(g.out_channels), acc(geo.out_channels),
-          acc(g.kernel_h),                acc(g.kernel_w), acc(0),              acc(0)};
+  return {acc(PackedPointwise<acc>::kNr),
+          acc(g.channels),
+          acc(g.out_channels),
+          acc(geo.out_channels),
+          acc(g.kernel_h),
+          acc(g.kernel_w),
+          acc(0),
+          acc(0)};
 }
 
 // Lays the weights out in `dst` (packed_elements of acc).
@@ -132,11 +138,12 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
   // as is).
   const bool pw_in_place = transposed && kSameAsAcc<scalar_t>;
   const int64_t pw_elems = transposed ? (pw_in_place ? 0 : K * OC) + OC + V : P::packed_elements(K, OC);
-  acc* shared = prepacked ? const_cast<acc*>(checked_packed_weights(*packed_weights, packed_header<acc>(geo),
-                                                                    packed_elements<acc>(geo),
-                                                                    "fusedops.ops.dwpw_conv2d.pack_weights")) +
-                                kHeader
-                          : thread_scratch<acc>(T * K + 2 * (K + V) + pw_elems, ScratchSlot::kPacked);
+  acc* shared =
+      prepacked
+          ? const_cast<acc*>(checked_packed_weights(*packed_weights, packed_header<acc>(geo), packed_elements<acc>(geo),
+                                                    "fusedops.ops.dwpw_conv2d.pack_weights")) +
+                kHeader
+          : thread_scratch<acc>(T * K + 2 * (K + V) + pw_elems, ScratchSlot::kPacked);
   const acc* dw_taps = shared;
   const acc* dw_b = shared + T * K;
   acc* pw_packed = shared + T * K + K + V;
@@ -307,9 +314,9 @@ Tensor dwpw_conv2d_pack_weights_cpu(const Tensor& input, const Tensor& dw_weight
   Tensor packed;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "dwpw_conv2d_pack", [&] {
     using acc = acc_t<scalar_t>;
-    packed = at::empty({packed_elements<acc>(geo)}, input.options()
-                                                        .dtype(c10::CppTypeToScalarType<acc>::value)
-                                                        .memory_format(at::MemoryFormat::Contiguous));
+    packed = at::empty(
+        {packed_elements<acc>(geo)},
+        input.options().dtype(c10::CppTypeToScalarType<acc>::value).memory_format(at::MemoryFormat::Contiguous));
     pack_weights<scalar_t>(geo, dw_weight, dw_bias, pw_weight, pw_bias, packed.mutable_data_ptr<acc>());
   });
   return packed;

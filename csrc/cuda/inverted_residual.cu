@@ -34,11 +34,11 @@ Tensor inverted_residual_cuda(const Tensor& input, const c10::optional<Tensor>& 
                               const c10::optional<Tensor>& /*packed_weights: for the CPU kernel*/) {
   TORCH_CHECK(on_kernel_device(input), "fusedops: inverted_residual CUDA kernel got input on ", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
-  return inverted_residual_composed(
-      input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
-      squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_activation,
-                              se_gate),
-      stride, padding, dilation, std::string_view(activation.data(), activation.size()), residual);
+  return inverted_residual_composed(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                    squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight,
+                                                            se_expand_bias, se_activation, se_gate),
+                                    stride, padding, dilation, std::string_view(activation.data(), activation.size()),
+                                    residual);
 }
 
 InvertedResidualGrads inverted_residual_backward_cuda(

@@ -41,8 +41,8 @@ void check_pointwise(const Tensor& input, const Tensor& weight, const c10::optio
 
 Gate parse_gate(std::string_view name, const char* argument) {
   if (name == "hardsigmoid") return Gate::kHardsigmoid;
-  TORCH_CHECK(name == "sigmoid", "fusedops: ", argument, " must be 'hardsigmoid' or 'sigmoid'; got '", std::string(name),
-              "'");
+  TORCH_CHECK(name == "sigmoid", "fusedops: ", argument, " must be 'hardsigmoid' or 'sigmoid'; got '",
+              std::string(name), "'");
   return Gate::kSigmoid;
 }
 
@@ -91,12 +91,14 @@ InvertedResidualGeometry inverted_residual_geometry(const Tensor& input, const c
     TORCH_CHECK(se.expand_weight->size(0) == r.hidden, "fusedops: se_expand_weight must have shape (", r.hidden, ", ",
                 r.se_channels, ", 1, 1) (", r.hidden, " = the depthwise stage's channels, which it gates), got ",
                 se.expand_weight->sizes());
-    TORCH_CHECK(r.dw.out_h > 0 && r.dw.out_w > 0, "fusedops: the squeeze-excitation needs a non-empty depthwise "
-                "output to pool, but it is ", r.dw.out_h, "x", r.dw.out_w);
+    TORCH_CHECK(r.dw.out_h > 0 && r.dw.out_w > 0,
+                "fusedops: the squeeze-excitation needs a non-empty depthwise "
+                "output to pool, but it is ",
+                r.dw.out_h, "x", r.dw.out_w);
   } else {
-    for (const auto& [t, name] : {std::pair{&se.reduce_bias, "se_reduce_bias"},
-                                  std::pair{&se.expand_weight, "se_expand_weight"},
-                                  std::pair{&se.expand_bias, "se_expand_bias"}}) {
+    for (const auto& [t, name] :
+         {std::pair{&se.reduce_bias, "se_reduce_bias"}, std::pair{&se.expand_weight, "se_expand_weight"},
+          std::pair{&se.expand_bias, "se_expand_bias"}}) {
       TORCH_CHECK(!given(*t), "fusedops: ", name,
                   " is given without se_reduce_weight (a block without a squeeze-excitation has none)");
     }
@@ -122,8 +124,8 @@ Tensor inverted_residual_expand(const Tensor& input, const Tensor& expand_weight
 
 Tensor squeeze_excitation_gate(const Tensor& mid, const SqueezeExcitationArgs& se,
                                const InvertedResidualGeometry& geo) {
-  const Tensor squeezed = activation_forward(
-      at::linear(mid.mean({2, 3}), se.reduce_weight->flatten(1), se.reduce_bias), geo.se_activation);
+  const Tensor squeezed =
+      activation_forward(at::linear(mid.mean({2, 3}), se.reduce_weight->flatten(1), se.reduce_bias), geo.se_activation);
   const Tensor excited = at::linear(squeezed, se.expand_weight->flatten(1), se.expand_bias);
   return geo.se_gate == Gate::kSigmoid ? at::sigmoid(excited) : at::hardsigmoid(excited);
 }
@@ -180,9 +182,9 @@ std::array<Tensor, 9> squeeze_excited_stages_backward(const Tensor& grad_output,
   const Tensor gate = geo.se_gate == Gate::kSigmoid ? at::sigmoid(excited) : at::hardsigmoid(excited);
   const Tensor gate_map = gate.view({g.batch, geo.hidden, 1, 1});
   const bool need_mid = wanted[0] || wanted[1] || wanted[2] || wanted[5] || wanted[6] || wanted[7] || wanted[8];
-  auto [grad_gated, grad_pw, grad_pb] = at::convolution_backward(
-      grad_output, mid * gate_map, project_weight, at::IntArrayRef{geo.out_channels}, {1, 1}, {0, 0}, {1, 1}, false,
-      {0, 0}, 1, {need_mid, wanted[3], wanted[4]});
+  auto [grad_gated, grad_pw, grad_pb] =
+      at::convolution_backward(grad_output, mid * gate_map, project_weight, at::IntArrayRef{geo.out_channels}, {1, 1},
+                               {0, 0}, {1, 1}, false, {0, 0}, 1, {need_mid, wanted[3], wanted[4]});
   grads[3] = std::move(grad_pw);
   grads[4] = std::move(grad_pb);
   if (!need_mid) return grads;
@@ -193,8 +195,8 @@ std::array<Tensor, 9> squeeze_excited_stages_backward(const Tensor& grad_output,
                                                             : at::hardsigmoid_backward(grad_gate, excited);
   if (wanted[7]) grads[7] = grad_excited.t().mm(squeezed).view_as(*se.expand_weight);
   if (wanted[8]) grads[8] = grad_excited.sum(0);
-  const Tensor grad_squeezed_z = activation_backward_into(at::empty_like(squeezed_z), grad_excited.mm(expand_w),
-                                                          squeezed_z, geo.se_activation);
+  const Tensor grad_squeezed_z =
+      activation_backward_into(at::empty_like(squeezed_z), grad_excited.mm(expand_w), squeezed_z, geo.se_activation);
   if (wanted[5]) grads[5] = grad_squeezed_z.t().mm(pooled).view_as(*se.reduce_weight);
   if (wanted[6]) grads[6] = grad_squeezed_z.sum(0);
   if (!(wanted[0] || wanted[1] || wanted[2])) return grads;
@@ -235,12 +237,12 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
     // Half and bfloat16 recompute in float, as the forward kernels compute (its expanded and depthwise maps are
     // never rounded to the input's dtype), then round the gradients once.
     auto up = [&](const c10::optional<Tensor>& t) { return given(t) ? c10::optional<Tensor>(t->to(op)) : t; };
-    const c10::optional<Tensor> se_rw = up(se.reduce_weight), se_rb = up(se.reduce_bias),
-                                se_ew = up(se.expand_weight), se_eb = up(se.expand_bias);
+    const c10::optional<Tensor> se_rw = up(se.reduce_weight), se_rb = up(se.reduce_bias), se_ew = up(se.expand_weight),
+                                se_eb = up(se.expand_bias);
     InvertedResidualGrads grads = inverted_residual_backward_recomputed(
         grad_output.to(op), input.to(op), up(expand_weight), up(expand_bias), dw_weight.to(op), up(dw_bias),
-        project_weight.to(op), up(project_bias), {se_rw, se_rb, se_ew, se_eb, se.activation, se.gate}, stride,
-        padding, dilation, activation, residual, output_mask, band_elements);
+        project_weight.to(op), up(project_bias), {se_rw, se_rb, se_ew, se_eb, se.activation, se.gate}, stride, padding,
+        dilation, activation, residual, output_mask, band_elements);
     auto down = [&](Tensor& t) { t = t.to(dtype); };
     std::apply([&](auto&... t) { (down(t), ...); }, grads);
     return grads;
@@ -262,8 +264,8 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
     stage_grads = squeeze_excited_stages_backward(
         grad_output, hidden, dw_weight, dw_bias, project_weight, se, geo, stride, padding, dilation,
         {need_hidden, output_mask[3], output_mask[4] && given(dw_bias), output_mask[5],
-         output_mask[6] && given(project_bias), output_mask[7], output_mask[8] && given(se.reduce_bias),
-         output_mask[9], output_mask[10] && given(se.expand_bias)});
+         output_mask[6] && given(project_bias), output_mask[7], output_mask[8] && given(se.reduce_bias), output_mask[9],
+         output_mask[10] && given(se.expand_bias)});
   } else {
     const std::string_view act = activation_name(geo.activation);
     std::tie(stage_grads[0], stage_grads[1], stage_grads[2], stage_grads[3], stage_grads[4]) =
@@ -293,7 +295,7 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
   }
   // Gradients nobody asked for come back empty.
   auto or_empty = [&](const Tensor& t) { return t.defined() ? t : at::empty({0}, input.options()); };
-  return {or_empty(grad_input),     or_empty(grad_ew).contiguous(), or_empty(grad_eb),     or_empty(stage_grads[1]),
+  return {or_empty(grad_input),     or_empty(grad_ew).contiguous(), or_empty(grad_eb),        or_empty(stage_grads[1]),
           or_empty(stage_grads[2]), or_empty(stage_grads[3]),       or_empty(stage_grads[4]), or_empty(stage_grads[5]),
           or_empty(stage_grads[6]), or_empty(stage_grads[7]),       or_empty(stage_grads[8])};
 }

@@ -1,9 +1,9 @@
 // Vectorised activation epilogues for the CPU kernels (bias is added by the kernels themselves).
 //
-// The formulas are PyTorch's CPU ones (hardswish: x * min(max(x + 3, 0), 6) / 6; silu: x / (1 + exp(-x))), so fused results
-// match the unfused modules to the last bit wherever the pre-activations do. The kind is a run-time
-// value: an epilogue runs once per output vector, after a whole reduction, so the (perfectly
-// predicted) switch costs nothing measurable and saves instantiating every kernel per activation.
+// The formulas are PyTorch's CPU ones (hardswish: x * min(max(x + 3, 0), 6) / 6; silu: x / (1 + exp(-x))), so fused
+// results match the unfused modules to the last bit wherever the pre-activations do. The kind is a run-time value: an
+// epilogue runs once per output vector, after a whole reduction, so the (perfectly predicted) switch costs nothing
+// measurable and saves instantiating every kernel per activation.
 #pragma once
 
 #include "fusedops/activation.h"
