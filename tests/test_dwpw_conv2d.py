@@ -514,3 +514,15 @@ def test_frozen_module_packs_once_and_again_after_a_load(monkeypatch):
         ref.load_state_dict(sd)
         torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
         assert len(packs) == 2
+
+
+def test_pack_weights_is_none_where_the_native_kernel_does_not_run():
+    from fusedops.ops.dwpw_conv2d import pack_weights as pack_dwpw
+    from fusedops.ops.inverted_residual import pack_weights as pack_block
+
+    x = make_input((1, 8, 6, 6), "channels_last")
+    dwpw = [t.detach() for t in make_dwpw_weights(8, 16, 3)]
+    block = [torch.randn(24, 8, 1, 1), None, torch.randn(24, 1, 3, 3), None, torch.randn(8, 24, 1, 1)]
+    assert pack_dwpw(x, *dwpw) is not None and pack_block(x, *block) is not None
+    with fusedops.use_backend("reference"):
+        assert pack_dwpw(x, *dwpw) is None and pack_block(x, *block) is None

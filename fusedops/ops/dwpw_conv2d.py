@@ -9,6 +9,7 @@ fusedops/ops/_geometry.py.
 
 import torch
 
+from .. import _backend
 from . import _args, _geometry, _library, _reference
 from .activations import activation_name
 
@@ -59,9 +60,10 @@ def pack_weights(input, dw_weight, dw_bias, pw_weight, pw_bias=None, stride=1, p
                  mid_activation="relu6", out_activation="relu6"):
     """The weights of a :func:`dwpw_conv2d` call (same arguments) laid out as the CPU kernel reads them, to pass as
     its ``packed_weights``: valid for every later call with weights of these values (a copy is taken), channel
-    counts, kernel size and dtype, whatever the input's size. ``None`` for tensors not on the CPU, whose kernels
+    counts, kernel size and dtype, whatever the input's size. ``None`` where the call would not run the native CPU
+    kernel (tensors on another device, another backend, a build without the extension), whose implementations
     take no packed weights."""
-    if input.device.type != "cpu":
+    if input.device.type != "cpu" or _backend.resolve_for(input, NAME) != _backend.NATIVE:
         return None
     args = _normalize(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation, mid_activation,
                       out_activation)

@@ -9,6 +9,7 @@ argument checks and output shape: fusedops/ops/_geometry.py.
 
 import torch
 
+from .. import _backend
 from . import _args, _geometry, _library, _reference
 from .activations import activation_name
 
@@ -138,9 +139,10 @@ def pack_weights(input, expand_weight, expand_bias, dw_weight, dw_bias, project_
                  padding=None, dilation=1, activation="relu6", se=None, residual=None):
     """The weights of an :func:`inverted_residual` call (same arguments) packed as the CPU kernel reads them, to
     pass as its ``packed_weights``: valid for every later call with weights of these values (a copy is taken),
-    channel counts, kernel size and dtype, whatever the input's size. ``None`` for tensors not on the CPU, whose
-    kernels take no packed weights."""
-    if input.device.type != "cpu":
+    channel counts, kernel size and dtype, whatever the input's size. ``None`` where the call would not run the
+    native CPU kernel (tensors on another device, another backend, a build without the extension), whose
+    implementations take no packed weights."""
+    if input.device.type != "cpu" or _backend.resolve_for(input, NAME) != _backend.NATIVE:
         return None
     args = _normalize(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, stride,
                       padding, dilation, activation, se, residual)
