@@ -12,11 +12,10 @@
 //      channels-last output (NCHW outputs through a staging tile and a transposed store); the residual
 //      is added to the band's outputs while they are in cache.
 // Without an expand stage, step 2 reads the input itself. With a squeeze-excitation, whose gate pools the whole
-// depthwise map before the project stage may start, each image runs whole in three steps instead of bands:
-// expand + depthwise into one tile of the image's depthwise outputs (per slice of hidden channels, with their
-// channel sums), the gate from those sums (two small matrix-vector products on the calling thread) applied to
-// the tile, then the project GEMM over the tile. Images run in parallel when there are at least as many as
-// threads, else one at a time with the threads splitting each step. Bands overlap by the depthwise halo, whose
+// depthwise map before the project stage may start, rounds of images run in four parallel steps instead: their
+// depthwise maps into per-image tiles (through the same strips, with channel sums), the SE's reduce rows, then
+// its expand rows for every image of the round, then the project GEMM over the tiles, gating each pixel chunk on
+// the way (see forward_cpu). Bands overlap by the depthwise halo, whose
 // expanded rows are computed by both bands: the band height weighs that recomputation against load
 // balance over the threads and the tile budget (band_plan). NCHW inputs are converted to channels-last
 // once (a copy of the input, not of any intermediate).
@@ -291,15 +290,15 @@ void apply_gate(Gate gate, acc* x, int64_t n) {
   }
 }
 
-// tile[q * ld + c] *= scale[c] for pixels q < pixels and channels c in [c0, c1).
+// dst[q * channels + c] = src[q * channels + c] * scale[c] for pixels q < pixels.
 template <typename acc>
-void scale_channels(acc* tile, int64_t pixels, int64_t ld, const acc* scale, int64_t c0, int64_t c1) {
+void scale_channels(const acc* src, acc* dst, int64_t pixels, int64_t channels, const acc* scale) {
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
   for (int64_t q = 0; q < pixels; ++q) {
-    for (int64_t c = c0; c < c1; c += V) {
-      const int64_t m = std::min(V, c1 - c);
-      (Vec::loadu(tile + q * ld + c, m) * Vec::loadu(scale + c, m)).store(tile + q * ld + c, m);
+    for (int64_t c = 0; c < channels; c += V) {
+      const int64_t m = std::min(V, channels - c);
+      (Vec::loadu(src + q * channels + c, m) * Vec::loadu(scale + c, m)).store(dst + q * channels + c, m);
     }
   }
 }
@@ -454,9 +453,9 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     }
   };
 
-  const int64_t item_macs =
+  const int64_t strip_macs =
       plan.strip_rows * g.stride_h * (geo.expand ? g.in_w * C * H : 0) + plan.strip_rows * g.out_w * H * (T + OC);
-  const int64_t grain = std::max<int64_t>(1, kMinItemMacs / std::max<int64_t>(1, item_macs));
+  const int64_t grain = std::max<int64_t>(1, kMinItemMacs / std::max<int64_t>(1, strip_macs));
   if (geo.se_channels > 0 || plan.whole_images) {
     // Whole images, a round of them at a time, in parallel steps: (1) expand + depthwise into one tile per image
     // of its depthwise outputs, split over images and slices of the hidden channels (no halo is expanded twice);
@@ -565,27 +564,27 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
       // (count x H multiplies before count x H x kNr multiply-adds a panel; consecutive panels of one chunk share
       // it): no step of its own, and no pool wake-up, for the scaling.
       const int64_t items = images * chunks * project_panels;
-      const int64_t item_macs = std::min(kImagePixelChunk, out_pixels) * H * kNr;
-      at::parallel_for(0, items, std::max<int64_t>(1, kMinItemMacs / item_macs), [&](int64_t begin, int64_t end) {
-        acc* gated =
-            se ? thread_scratch<acc>(std::min(kImagePixelChunk, out_pixels) * H + V, ScratchSlot::kTile) : nullptr;
-        int64_t gated_chunk = -1;  // (image, chunk) whose outputs `gated` holds
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t k = i / (chunks * project_panels), chunk = i / project_panels % chunks;
-          const int64_t panel = i % project_panels;
-          const int64_t first = chunk * kImagePixelChunk, count = std::min(kImagePixelChunk, out_pixels - first);
-          const acc* mid = mids + k * image_elems + first * H;
-          if (se) {
-            if (gated_chunk != i / project_panels) {
-              std::copy(mid, mid + count * H, gated);
-              scale_channels(gated, count, H, gates + k * sums_ld, 0, H);
-              gated_chunk = i / project_panels;
+      const int64_t project_item_macs = std::min(kImagePixelChunk, out_pixels) * H * kNr;
+      at::parallel_for(
+          0, items, std::max<int64_t>(1, kMinItemMacs / project_item_macs), [&](int64_t begin, int64_t end) {
+            acc* gated =
+                se ? thread_scratch<acc>(std::min(kImagePixelChunk, out_pixels) * H + V, ScratchSlot::kTile) : nullptr;
+            int64_t gated_chunk = -1;  // (image, chunk) whose outputs `gated` holds
+            for (int64_t i = begin; i < end; ++i) {
+              const int64_t k = i / (chunks * project_panels), chunk = i / project_panels % chunks;
+              const int64_t panel = i % project_panels;
+              const int64_t first = chunk * kImagePixelChunk, count = std::min(kImagePixelChunk, out_pixels - first);
+              const acc* mid = mids + k * image_elems + first * H;
+              if (se) {
+                if (gated_chunk != i / project_panels) {
+                  scale_channels(mid, gated, count, H, gates + k * sums_ld);
+                  gated_chunk = i / project_panels;
+                }
+                mid = gated;
+              }
+              project_pixels(n0 + k, first, count, panel, panel + 1, mid);
             }
-            mid = gated;
-          }
-          project_pixels(n0 + k, first, count, panel, panel + 1, mid);
-        }
-      });
+          });
     }
     return;
   }

@@ -60,11 +60,15 @@ class FoldedWeights:
                 folded = self._folded = _constants(self._fold())
         return folded
 
-    def _packed_weights(self, folded, pack):
-        """The kernel-ready form of `folded` (what ``pack()`` returns), made once per frozen fold: when `folded` is
-        the frozen cache of :meth:`_folded_weights`, the form made for it last time, else ``pack()`` now. None
-        when `folded` is not the frozen cache (not frozen, or traced): those folds change from call to call."""
-        if folded is None or folded is not self._folded:
+    def _packed_weights(self, folded, input, op_name, pack):
+        """The native CPU kernel's form of `folded` (what ``pack()`` returns) for a call of op `op_name` on `input`,
+        made once per frozen fold: when `folded` is the frozen cache of :meth:`_folded_weights`, the form made for
+        it last time, else ``pack()`` now. None when `folded` is not the frozen cache (not frozen) or in a trace
+        (which folds in the graph), whose folds change from call to call, and where another implementation runs
+        the call (another device or backend, a build without the extension: the packing is a native op, and the
+        others take no packed weights)."""
+        if (torch.compiler.is_compiling() or folded is None or folded is not self._folded
+                or input.device.type != "cpu" or _backend.resolve_for(input, op_name) != _backend.NATIVE):
             return None
         cached = self._packed
         # The cache holds the fold it was made from, so `is` cannot match a later fold at a reused address.

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _backend
 from ..ops import _library
 from ..ops.activations import activation_name
 from ..ops.inverted_residual import inverted_residual, pack_weights
@@ -84,14 +83,9 @@ def _run_fused(block, input, folded, dw, activation, residual, se=None):
     args = (dw.stride, dw.padding, dw.dilation, activation)
     se_arg = {} if se is None else {"se": se}
     # Frozen: the CPU kernel's packed form of the folded weights is made once too (packing costs as much as the
-    # arithmetic at batch 1 on small maps). Only for that kernel: the packing is a native op, absent without the
-    # extension, and the reference and Triton implementations take no packed weights. Traced calls fold in the
-    # graph (no frozen cache to pack).
-    packed = None
-    if (not torch.compiler.is_compiling() and input.device.type == "cpu" and weights[2].device.type == "cpu"
-            and _backend.resolve_for(input, "inverted_residual") == _backend.NATIVE):
-        packed = block._packed_weights(folded, lambda: pack_weights(input, *weights, *args, **se_arg,
-                                                                    residual=residual))
+    # arithmetic at batch 1 on small maps).
+    packed = block._packed_weights(folded, input, "inverted_residual",
+                                   lambda: pack_weights(input, *weights, *args, **se_arg, residual=residual))
     if packed is not None:
         # The schema's arguments after the input, for the next calls of this frozen fold (_call_prepared).
         rw, rb, ew, eb, gate, se_activation = (None, None, None, None, "hardsigmoid", "relu") if se is None else se

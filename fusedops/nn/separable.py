@@ -1,7 +1,5 @@
-import torch
 from torch import nn
 
-from .. import _backend
 from ..ops.activations import activation, activation_name
 from ..ops.dwpw_conv2d import dwpw_conv2d, pack_weights
 from .depthwise import DepthwiseConv2d
@@ -99,12 +97,8 @@ class DepthwiseSeparableConv2d(FoldedWeights, nn.Module):
         folded = self.folded_weights()
         args = (dw.stride, dw.padding, dw.dilation, self.mid_activation, self.out_activation)
         # Frozen: the CPU kernel's layout of the folded weights is made once too (at batch 1 on small maps laying
-        # out the 1x1 weights costs more than the GEMM's faster orientation saves). Only for that kernel, and not
-        # in a trace (which folds in the graph).
-        packed = None
-        if (not torch.compiler.is_compiling() and input.device.type == "cpu" and folded[0].device.type == "cpu"
-                and _backend.resolve_for(input, "dwpw_conv2d") == _backend.NATIVE):
-            packed = self._packed_weights(folded, lambda: pack_weights(input, *folded, *args))
+        # out the 1x1 weights costs more than the GEMM's faster orientation saves).
+        packed = self._packed_weights(folded, input, "dwpw_conv2d", lambda: pack_weights(input, *folded, *args))
         return dwpw_conv2d(input, *folded, *args, packed_weights=packed)
 
     def extra_repr(self) -> str:
