@@ -1,5 +1,6 @@
 """Whole-model inference latency: fusedops models vs the same model in plain PyTorch (torchvision's where
-it has one) eager (NCHW, channels_last), torch.compile (freezing) and ONNX Runtime; same weights and input.
+it has one, timm's for GhostNet) eager (NCHW, channels_last), torch.compile (freezing) and ONNX Runtime; same
+weights and input.
 
     python -m benchmarks.bench_models [--models shufflenet_v2_x1_0] [--batches 1 8] [--no-compile] [--no-ort]
 """
@@ -22,7 +23,14 @@ MODELS = {
     "mobilenet_v2": torchvision.models.mobilenet_v2,
     "mobilenet_v3_large": torchvision.models.mobilenet_v3_large,
     "mobilenet_v3_small": torchvision.models.mobilenet_v3_small,
+    "ghostnet_100": lambda: _timm_model("ghostnet_100"),
 }
+
+
+def _timm_model(name):
+    import timm
+
+    return timm.create_model(name)
 
 
 def _inference(model, x):

@@ -51,6 +51,15 @@ INVERTED_RESIDUAL = [
 
 # The squeeze-excitation blocks of torchvision's mobilenet_v3_large at 224x224 (input channels, kernel, expanded,
 # output channels, activation, stride, input size), plus mobilenet_v3_small's first block (no expansion, 112x112).
+# timm GhostModule shapes of GhostNet (perf_baseline table 4e): in -> out channels at H x H, ratio 2, 3x3 cheap
+# operation, ReLU.
+GHOST_MODULE = [
+    dict(C=24, Cout=72, H=56),
+    dict(C=40, Cout=120, H=28),
+    dict(C=80, Cout=240, H=14),
+    dict(C=160, Cout=960, H=7),
+]
+
 INVERTED_RESIDUAL_SE = [
     dict(C=16, k=3, E=16, Cout=16, act="RE", stride=2, H=112),
     dict(C=24, k=5, E=72, Cout=40, act="RE", stride=2, H=56),

@@ -547,6 +547,61 @@ def check_inverted_residual_parity(shape, hidden, cout, kernel=3, *, stride=1, p
         assert actual[0].is_contiguous(memory_format=CL)
 
 
+GHOST_GRAD_NAMES = ("grad_input", "grad_primary_weight", "grad_primary_bias", "grad_cheap_weight", "grad_cheap_bias",
+                    "grad_residual")
+
+
+def make_ghost_module_weights(c, out_channels, ratio=2, dw_size=3, *, biases=True, dtype=torch.float32,
+                              requires_grad=True):
+    """[primary_weight, primary_bias, cheap_weight, cheap_bias] of a ghost_module from `c` channels to `out_channels`
+    with timm's channel counts (init = ceil(out / ratio), ratio - 1 cheap filters per channel), scaled to keep each
+    half near unit variance."""
+    kh, kw = pair(dw_size)
+    init = -(-out_channels // ratio)
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(shape, dtype=torch.float64)).to(dtype).requires_grad_(requires_grad)
+
+    return [randn(init, c, 1, 1, scale=c ** -0.5), randn(init, scale=0.5) if biases else None,
+            randn(init * (ratio - 1), 1, kh, kw, scale=(kh * kw) ** -0.5), randn(init * (ratio - 1), scale=0.5)
+            if biases else None]
+
+
+def ghost_module_reference(x, pw, pb, cw, cb, out_channels, stride, activation, residual=None):
+    """fusedops.ghost_module unfused (the pure-PyTorch reference backend), with int or pair stride."""
+    return _reference.ghost_module(x, pw, pb, cw, cb, residual, out_channels, pair(stride),
+                                   "none" if activation is None else activation)
+
+
+def check_ghost_module_parity(shape, out_channels, ratio=2, dw_size=3, *, stride=1, activation="relu", biases=True,
+                              residual=False, layout="channels_last", dtype=torch.float32, backend="native",
+                              backward=True, device="cpu"):
+    """Forward and every gradient of fusedops.ghost_module on `backend` vs the float64 unfused reference."""
+    n, c, h, w = shape
+    x = make_input(shape, layout, dtype=dtype, device=device, requires_grad=backward)
+    weights = [None if t is None else t.detach().to(device).requires_grad_(backward)
+               for t in make_ghost_module_weights(c, out_channels, ratio, dw_size, biases=biases, dtype=dtype,
+                                                  requires_grad=False)]
+    s = pair(stride)
+    out_shape = (n, out_channels, (h - 1) // s[0] + 1, (w - 1) // s[1] + 1)
+    res = make_input(out_shape, layout, dtype=dtype, device=device, requires_grad=backward) if residual else None
+    inputs = [x, *weights, res]
+    with fusedops.use_backend(backend):
+        y = fusedops.ghost_module(x, *weights, out_channels, stride=stride, activation=activation, residual=res)
+    assert y.dtype == dtype and y.device == x.device and tuple(y.shape) == out_shape
+    fmt = CL if dense_layout(layout) == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    leaves = [None if t is None else t.detach().cpu().double().requires_grad_(backward) for t in inputs]
+    ref = ghost_module_reference(*leaves[:5], out_channels, stride, activation, leaves[5])
+    tol = tolerance(dtype)
+    assert_close_scaled(y, ref, rtol=tol["rtol"], atol=tol["atol"], name="output")
+    if not backward:
+        return
+    actual = check_grads_against_reference(y, inputs, ref, leaves, tol, GHOST_GRAD_NAMES)
+    if layout == "channels_last":
+        assert actual[0].is_contiguous(memory_format=CL)
+
+
 def module_outputs_and_grads(module, x, forward=None, seed=None):
     """module(x) (or forward(x)) and the gradients of x and of every parameter of `module` for a seeded random
     grad_output; `seed`, when given, seeds the forward (dropout)."""

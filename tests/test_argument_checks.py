@@ -214,6 +214,60 @@ def _inverted_residual_backward_cases():
     ]
 
 
+def _ghost_module_args(**changes):
+    x, pw, pb, cw, cb = _x(2, 4, 6, 6), _x(5, 4, 1, 1), _x(5), _x(10, 1, 3, 3), _x(10)
+    args = dict(input=x, primary_weight=pw, primary_bias=pb, cheap_weight=cw, cheap_bias=cb, residual=None,
+                out_channels=13, stride=ONE, activation="relu")
+    args.update(changes)
+    return args
+
+
+def _ghost_module_cases():
+    def call(**changes):
+        return tuple(_ghost_module_args(**changes).values())
+
+    return [
+        ("input-rank3", call(input=_x(4, 6, 6))),
+        ("input-int", call(input=_x(2, 4, 6, 6).int())),
+        ("zero-channels", call(input=_x(2, 0, 6, 6), primary_weight=_x(5, 0, 1, 1))),
+        ("primary-weight-shape", call(primary_weight=_x(5, 3, 1, 1))),
+        ("primary-weight-kernel", call(primary_weight=_x(5, 4, 3, 3))),
+        ("primary-weight-dtype", call(primary_weight=_x(5, 4, 1, 1, dtype=torch.float64))),
+        ("primary-bias-shape", call(primary_bias=_x(4))),
+        ("empty-map", call(input=_x(2, 4, 0, 6))),
+        ("stride-0", call(stride=[0, 1])),
+        ("stride-len3", call(stride=[1, 1, 1])),
+        ("cheap-weight-rank3", call(cheap_weight=_x(10, 3, 3))),
+        ("cheap-weight-even-kernel", call(cheap_weight=_x(10, 1, 2, 3))),
+        ("cheap-weight-dim1", call(cheap_weight=_x(10, 2, 3, 3))),
+        ("cheap-weight-not-multiple", call(cheap_weight=_x(8, 1, 3, 3), cheap_bias=None)),
+        ("cheap-weight-dtype", call(cheap_weight=_x(10, 1, 3, 3, dtype=torch.float64))),
+        ("cheap-bias-shape", call(cheap_bias=_x(5))),
+        ("out-channels-too-many", call(out_channels=16)),
+        ("out-channels-too-few", call(out_channels=4)),
+        ("activation", call(activation="gelu")),
+        ("residual-shape", call(residual=_x(2, 13, 6, 5))),
+        ("residual-stride-shape", call(residual=_x(2, 13, 6, 6), stride=[2, 2])),
+        ("residual-dtype", call(residual=_x(2, 13, 6, 6, dtype=torch.float64))),
+        ("order-cheap-and-out-channels", call(cheap_bias=_x(5), out_channels=16)),
+        ("order-out-channels-and-activation", call(out_channels=16, activation="gelu")),
+    ]
+
+
+def _ghost_module_backward_cases():
+    def call(grad_output=_x(2, 13, 6, 6), output_mask=(True,) * 5, **changes):
+        args = _ghost_module_args(**changes)
+        del args["residual"]
+        return (grad_output, *args.values(), list(output_mask))
+
+    return [
+        ("grad-output-shape", call(grad_output=_x(2, 13, 5, 6))),
+        ("grad-output-dtype", call(grad_output=_x(2, 13, 6, 6, dtype=torch.float64))),
+        ("input-checked-first", call(grad_output=_x(2, 4, 5, 6), primary_weight=_x(5, 3, 1, 1))),
+        ("stride", call(stride=[2, 2])),
+    ]
+
+
 def _channel_shuffle_cases():
     x = _x(2, 6, 3, 3)
     return [
@@ -261,6 +315,8 @@ CASES = {
     "_dwpw_conv2d_backward": _dwpw_backward_cases(),
     "inverted_residual": _inverted_residual_cases(),
     "_inverted_residual_backward": _inverted_residual_backward_cases(),
+    "ghost_module": _ghost_module_cases(),
+    "_ghost_module_backward": _ghost_module_backward_cases(),
     "channel_shuffle": _channel_shuffle_cases(),
     "concat_shuffle": _concat_shuffle_cases(),
     "_concat_shuffle_backward": _concat_shuffle_backward_cases(),

@@ -254,6 +254,54 @@ def _fuzz_inverted_residual(case, expand, residual, se):
                           "project_bias", "se_reduce_weight", "se_reduce_bias", "se_expand_weight", "se_expand_bias"))
 
 
+@FUZZ
+@given(conv_case(pointwise=True), st.booleans())
+def test_fuzz_ghost_module(case, with_residual):
+    # The drawn multiplier is the cheap operation's (ratio - 1), cout the primary half's channels; the kept channels
+    # fall anywhere from the primary half alone to every cheap channel. Kernel sizes may be even (refused: the
+    # halves' sizes would differ) and strides invalid, as PyTorch decides.
+    s, dtype, c, init, m = case["seed"], case["dtype"], case["c"], case["cout"], case["m"]
+    out_channels = init + s % (init * m + 1)
+    kh, kw = case["kh"], case["kw"]
+    x = laid_out(_values((case["n"], c, case["h"], case["w"]), s), case["layout"], dtype)
+    pw = laid_out(_values((init, c, 1, 1), s + 3) / c ** 0.5, case["weight_layout"], dtype)
+    pb = vector(_values((init,), s + 4), case["strided_bias"], dtype) if case["pw_bias"] else None
+    cw = laid_out(_values((init * m, 1, kh, kw), s + 1) / (kh * kw) ** 0.5, case["weight_layout"], dtype)
+    cb = vector(_values((init * m,), s + 2), case["strided_bias"], dtype) if case["bias"] else None
+    stride = case["stride"]
+    r = None
+    if with_residual and min(stride) > 0:
+        shape = (case["n"], out_channels, (case["h"] - 1) // stride[0] + 1, (case["w"] - 1) // stride[1] + 1)
+        if min(shape[2:]) > 0:
+            r = laid_out(_values(shape, s + 5), case["grad_layout"], dtype)
+    tensors = (x, pw, pb, cw, cb, r)
+    wants = case["requires_grad"]
+    for t, rg in zip(tensors, (wants[0], wants[3], wants[4], wants[1], wants[2], wants[0])):
+        if t is not None and rg:
+            t.requires_grad_()
+    act = case["mid"]
+    if dtype != torch.float64 and any(t is not None and t.requires_grad for t in tensors):
+        act = None  # as for dwpw_conv2d: low-precision kinks move, gradients of smooth compositions only
+
+    def halves(x, pw, pb, cw, cb, scale, shift):
+        x1 = scale(F.conv2d(x, pw, pb, stride)) + shift
+        x2 = scale(F.conv2d(x1, cw, cb, 1, (kh // 2, kw // 2), groups=init)) + shift
+        return torch.cat([x1, x2], 1)[:, :out_channels]
+
+    def reference(x, pw, pb, cw, cb, r):
+        out = halves(x, pw, pb, cw, cb, lambda t: activation(t, act), 0.0)
+        return out if r is None else out + r
+
+    def magnitude(x, pw, pb, cw, cb, r):  # activations are at most 1.5-Lipschitz (hardswish)
+        out = halves(x, pw, pb, cw, cb, lambda t: 1.5 * t, 3.0)
+        return out if r is None else out + r
+
+    _check_against(lambda x, pw, pb, cw, cb, r: fusedops.ghost_module(x, pw, pb, cw, cb, out_channels, stride, act,
+                                                                      residual=r),
+                   reference, magnitude, tensors, case,
+                   names=("input", "primary_weight", "primary_bias", "cheap_weight", "cheap_bias", "residual"))
+
+
 @st.composite
 def shuffle_case(draw, concat=False):
     n, h, w = draw(batches), draw(sizes), draw(sizes)

@@ -31,6 +31,7 @@
 #include "fusedops/cpu/activation.h"
 #include "fusedops/cpu/cache_size.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
+#include "fusedops/cpu/expanded_bands.h"
 #include "fusedops/cpu/fused_weights.h"
 #include "fusedops/cpu/pointwise_gemm.h"
 #include "fusedops/cpu/scratch.h"
@@ -50,15 +51,6 @@ namespace {
 
 using at::Tensor;
 
-// Upper bound of a band's two tiles (expanded rows and depthwise rows) in bytes: 3/8 of the L2, leaving room for
-// the weight panels streaming past. On the 2 MiB L2 of the development host (Intel Xeon, 2 threads) 768 KiB
-// against 256 KiB took N=8 160->960->160 7x7 from 1137 to ~820 us and N=8 24->144->24 56x56 from ~1940 to
-// ~1480 us: whole 7x7 images fit one band, whose project GEMM then streams the weights once per image.
-int64_t band_bytes() {
-  return l2_cache_bytes() * 3 / 8;
-}
-// Below this many multiply-adds per work item, items are merged (waking the pool costs ~5-10 us).
-constexpr int64_t kMinItemMacs = 1 << 15;
 // Whole-image plan (band_plan): the largest image of depthwise outputs it keeps (in L2, shared by the threads: half
 // of it), what its two pool wake-ups per image cost in multiply-adds of one thread (~10 us at ~50 GMAC/s), and the
 // pixels of one project work item.
@@ -67,17 +59,6 @@ int64_t image_bytes() {
 }
 constexpr double kImageSyncMacs = 5e5;
 constexpr int64_t kImagePixelChunk = 64;
-
-// Input rows [begin, end) a band of output rows [r0, r1) reads, clipped to the image.
-struct RowRange {
-  int64_t begin, end;
-};
-RowRange input_rows(const ConvGeometry& g, int64_t r0, int64_t r1) {
-  const int64_t lo = r0 * g.stride_h - g.pad_h;
-  const int64_t hi = (r1 - 1) * g.stride_h - g.pad_h + dilated_extent(g.kernel_h, g.dilation_h);
-  const int64_t begin = std::clamp<int64_t>(lo, 0, g.in_h);
-  return {begin, std::clamp<int64_t>(hi, begin, g.in_h)};
-}
 
 struct BandPlan {
   bool whole_images = false;     // whole images in two parallel steps instead of strips (see forward_cpu)
@@ -88,10 +69,8 @@ struct BandPlan {
 };
 
 // How a call's work is cut. A work item is a strip of consecutive output rows of one image, run as bands of `rows`
-// rows whose expanded rows (halo included) fit a tile of band_bytes() with their depthwise rows; a band keeps the
-// rows it shares with the previous band of its strip, so only strip boundaries expand rows twice. The strip
-// count is the one with the least estimated time per thread (the work of the strips, re-expanded boundary rows
-// included, against how the strips fall on the threads; bands under ~48 pixels, short GEMMs, are penalised).
+// rows whose expanded rows (halo included) fit a tile of band_tile_bytes() with their depthwise rows
+// (for_each_expanded_band); the strip count is plan_strips' (cpu/expanded_bands.h).
 // Whole images in two parallel steps replace the strips where they are estimated faster (batch 1, small maps).
 BandPlan band_plan(const InvertedResidualGeometry& geo, int64_t acc_bytes, int64_t threads) {
   const ConvGeometry& g = geo.dw;
@@ -104,45 +83,24 @@ BandPlan band_plan(const InvertedResidualGeometry& geo, int64_t acc_bytes, int64
     return ((geo.expand ? hidden_rows(r) * g.in_w * H : 0) + r * g.out_w * H) * acc_bytes;
   };
   int64_t rows_fit = 1;
-  while (rows_fit < g.out_h && tile_bytes(rows_fit + 1) <= band_bytes()) ++rows_fit;
+  while (rows_fit < g.out_h && tile_bytes(rows_fit + 1) <= band_tile_bytes()) ++rows_fit;
   // Input rows expanded again at each strip boundary.
   const int64_t boundary_rows = std::max<int64_t>(0, extent - g.stride_h);
   const double image_work = static_cast<double>(g.in_h * expand_per_row + g.out_h * out_per_row);
+  const StripPlan strips = plan_strips(g.out_h, g.out_w, g.batch, threads, rows_fit, image_work,
+                                       static_cast<double>(boundary_rows * expand_per_row));
   BandPlan best;
-  double best_time = -1.0;
-  for (int64_t wanted = 1; wanted <= g.out_h; ++wanted) {
-    BandPlan p;
-    p.strip_rows = (g.out_h + wanted - 1) / wanted;
-    p.strips_per_image = (g.out_h + p.strip_rows - 1) / p.strip_rows;
-    if (p.strips_per_image != wanted) continue;  // the same cut as a smaller count
-    p.rows = std::min(rows_fit, p.strip_rows);
-    const double work = image_work + static_cast<double>((p.strips_per_image - 1) * boundary_rows * expand_per_row);
-    const int64_t rounds = (g.batch * p.strips_per_image + threads - 1) / threads;
-    const double short_gemm = std::min(1.0, static_cast<double>(p.rows * g.out_w) / 48.0);
-    const double time = static_cast<double>(rounds) * work / static_cast<double>(p.strips_per_image) / short_gemm;
-    if (best_time < 0 || time < best_time * (1 - 1e-9)) {
-      best = p;
-      best_time = time;
-    }
-  }
+  best.rows = strips.rows;
+  best.strip_rows = strips.strip_rows;
+  best.strips_per_image = strips.strips_per_image;
   best.max_hidden_rows = hidden_rows(best.rows);  // bands of fewer rows, or clipped, hold fewer
   // Whole images: no row expanded twice, every thread busy on every image, at the cost of two pool wake-ups per
   // image; for blocks with an expand stage whose image of depthwise outputs stays in L2.
   const double image_time = static_cast<double>(g.batch) * (image_work / static_cast<double>(threads) + kImageSyncMacs);
-  if (geo.expand && threads > 1 && g.out_h * g.out_w * H * acc_bytes <= image_bytes() && image_time < best_time) {
+  if (geo.expand && threads > 1 && g.out_h * g.out_w * H * acc_bytes <= image_bytes() && image_time < strips.time) {
     best.whole_images = true;
   }
   return best;
-}
-
-// dst[i] += residual[i] for i < count, in the accumulation type (the output was rounded to scalar_t first, as the
-// unfused sequence rounds the project convolution's output before the add).
-template <typename scalar_t>
-void add_residual(scalar_t* dst, const scalar_t* residual, int64_t count) {
-  constexpr int64_t V = AccVec<scalar_t>::size();
-  int64_t i = 0;
-  for (; i + V <= count; i += V) store_acc(dst + i, load_acc(dst + i) + load_acc(residual + i));
-  if (i < count) store_acc(dst + i, load_acc(dst + i, count - i) + load_acc(residual + i, count - i), count - i);
 }
 
 // The block's weights as the kernel reads them, in the accumulation type: a header (kHeader elements: the panel
@@ -404,44 +362,36 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     }
   };
 
-  // Strip `strip` of image n, band by band (expanded rows, halo included -> depthwise rows). Each band's depthwise
-  // rows go to `image_tile` (the image's depthwise outputs, projected later) when given, else to `band_tile`,
-  // which the project GEMM then writes out. Consecutive bands share input rows: those stay in the thread's tile
-  // of expanded rows, moved to its top, and only the band's new rows are expanded.
+  // Strip `strip` of image n, band by band (expanded rows, halo included -> depthwise rows; for_each_expanded_band
+  // keeps the rows consecutive bands share). Each band's depthwise rows go to `image_tile` (the image's depthwise
+  // outputs, projected later) when given, else to `band_tile`, which the project GEMM then writes out.
   const int64_t row_elems = g.in_w * H;
   auto run_strip = [&](int64_t n, int64_t strip, acc* band_tile, acc* image_tile) {
     acc* hidden =
         geo.expand ? thread_scratch<acc>(plan.max_hidden_rows * row_elems + V, ScratchSlot::kTileHidden) : nullptr;
     const int64_t strip_begin = strip * plan.strip_rows, strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
     const scalar_t* image = in + n * g.in_h * g.in_w * C;
-    RowRange held{0, 0};  // input rows whose expansion is in the tile
-    for (int64_t r0 = strip_begin; r0 < strip_end; r0 += plan.rows) {
-      const int64_t r1 = std::min(strip_end, r0 + plan.rows);
-      acc* dst = image_tile != nullptr ? image_tile + r0 * g.out_w * H : band_tile;
-      if (geo.expand) {
-        const RowRange need = input_rows(g, r0, r1);
-        int64_t first_new = need.begin;
-        if (held.end > need.begin && need.begin >= held.begin) {
-          std::memmove(hidden, hidden + (need.begin - held.begin) * row_elems,
-                       (held.end - need.begin) * row_elems * sizeof(acc));
-          first_new = held.end;
-        }
-        if (need.end > first_new) {
-          expand_pixels(image, first_new * g.in_w, (need.end - first_new) * g.in_w, 0, expand.num_panels(),
-                        hidden + (first_new - need.begin) * row_elems, H);
-        }
-        held = need;
-        // The tile is the image for the depthwise stage: its rows are input rows [begin, end), the rows above
-        // count as padding (never read by this band's outputs).
-        ConvGeometry band = g;
-        band.in_h = need.end - need.begin;
-        band.pad_h = g.pad_h + need.begin;
-        depthwise_rows(hidden, H, band, r0, r1, 0, H, dst);
-      } else {
-        depthwise_rows(image, C, g, r0, r1, 0, H, dst);
-      }
+    auto tile_of = [&](int64_t r0) { return image_tile != nullptr ? image_tile + r0 * g.out_w * H : band_tile; };
+    auto project_band = [&](acc* dst, int64_t r0, int64_t r1) {
       if (image_tile == nullptr) project_pixels(n, r0 * g.out_w, (r1 - r0) * g.out_w, 0, project.num_panels(), dst);
+    };
+    if (!geo.expand) {
+      for (int64_t r0 = strip_begin; r0 < strip_end; r0 += plan.rows) {
+        const int64_t r1 = std::min(strip_end, r0 + plan.rows);
+        depthwise_rows(image, C, g, r0, r1, 0, H, tile_of(r0));
+        project_band(tile_of(r0), r0, r1);
+      }
+      return;
     }
+    for_each_expanded_band(
+        g, row_elems, strip_begin, strip_end, plan.rows, hidden,
+        [&](int64_t first_row, int64_t rows, acc* dst) {
+          expand_pixels(image, first_row * g.in_w, rows * g.in_w, 0, expand.num_panels(), dst, H);
+        },
+        [&](const ConvGeometry& band, const RowRange& /*need*/, int64_t r0, int64_t r1) {
+          depthwise_rows(hidden, H, band, r0, r1, 0, H, tile_of(r0));
+          project_band(tile_of(r0), r0, r1);
+        });
   };
   // out[c] = sum over pixels [p0, p1) of tile[p * H + c], for channels [c0, c1).
   auto channel_sums = [&](const acc* tile, int64_t p0, int64_t p1, int64_t c0, int64_t c1, acc* out) {
@@ -455,7 +405,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
 
   const int64_t strip_macs =
       plan.strip_rows * g.stride_h * (geo.expand ? g.in_w * C * H : 0) + plan.strip_rows * g.out_w * H * (T + OC);
-  const int64_t grain = std::max<int64_t>(1, kMinItemMacs / std::max<int64_t>(1, strip_macs));
+  const int64_t grain = std::max<int64_t>(1, kMinWorkItemMacs / std::max<int64_t>(1, strip_macs));
   if (geo.se_channels > 0 || plan.whole_images) {
     // Whole images, a round of them at a time, in parallel steps: (1) expand + depthwise into one tile per image
     // of its depthwise outputs, split over images and slices of the hidden channels (no halo is expanded twice);
@@ -468,8 +418,8 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     const int64_t hidden_panels = (H + kNr - 1) / kNr, project_panels = project.num_panels();
     const int64_t in_pixels = g.in_h * g.in_w, image_elems = out_pixels * H;
     // Hidden panels expanded at once: the expanded slice of the image stays within a band's tile budget.
-    const int64_t group_panels =
-        std::max<int64_t>(1, band_bytes() / std::max<int64_t>(1, in_pixels * kNr * static_cast<int64_t>(sizeof(acc))));
+    const int64_t group_panels = std::max<int64_t>(
+        1, band_tile_bytes() / std::max<int64_t>(1, in_pixels * kNr * static_cast<int64_t>(sizeof(acc))));
     // Images per round: as many as keep their tiles within image_bytes(), a multiple of the threads (at least one
     // per thread), or the whole batch.
     const int64_t fitting = image_bytes() / std::max<int64_t>(1, image_elems * static_cast<int64_t>(sizeof(acc)));
@@ -538,7 +488,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
       if (se) {
         // (2) squeezed = se_activation(reduce . mean + reduce_bias), a range of its S rows per thread.
         const acc inverse_pixels = acc(1) / static_cast<acc>(out_pixels);
-        at::parallel_for(0, S, std::max<int64_t>(1, kMinItemMacs / (H * images)), [&](int64_t j0, int64_t j1) {
+        at::parallel_for(0, S, std::max<int64_t>(1, kMinWorkItemMacs / (H * images)), [&](int64_t j0, int64_t j1) {
           for (int64_t k = 0; k < images; ++k) {
             acc* out_k = squeezed + k * squeezed_ld;
             for (int64_t j = j0; j < j1; ++j) {
@@ -550,7 +500,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
           }
         });
         // (3) gate = gate(expand . squeezed + expand_bias), a range of hidden channels per thread.
-        at::parallel_for(0, H, std::max<int64_t>(1, kMinItemMacs / (S * images)), [&](int64_t h0, int64_t h1) {
+        at::parallel_for(0, H, std::max<int64_t>(1, kMinWorkItemMacs / (S * images)), [&](int64_t h0, int64_t h1) {
           for (int64_t k = 0; k < images; ++k) {
             acc* gate = gates + k * sums_ld;
             for (int64_t h = h0; h < h1; ++h) {
@@ -566,7 +516,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
       const int64_t items = images * chunks * project_panels;
       const int64_t project_item_macs = std::min(kImagePixelChunk, out_pixels) * H * kNr;
       at::parallel_for(
-          0, items, std::max<int64_t>(1, kMinItemMacs / project_item_macs), [&](int64_t begin, int64_t end) {
+          0, items, std::max<int64_t>(1, kMinWorkItemMacs / project_item_macs), [&](int64_t begin, int64_t end) {
             acc* gated =
                 se ? thread_scratch<acc>(std::min(kImagePixelChunk, out_pixels) * H + V, ScratchSlot::kTile) : nullptr;
             int64_t gated_chunk = -1;  // (image, chunk) whose outputs `gated` holds

@@ -5,17 +5,31 @@
 
 namespace fusedops {
 
-namespace {
-
 void check_pair(at::IntArrayRef values, const char* name) {
   TORCH_CHECK(values.size() == 2, "fusedops: ", name, " must have 2 elements (height, width), got ", values.size());
 }
 
-}  // namespace
-
 void check_same_device(const at::Tensor& t, const at::Tensor& reference, const char* what, const char* reference_name) {
   TORCH_CHECK(t.device() == reference.device(), "fusedops: ", what, " is on ", t.device(), " but ", reference_name,
               " is on ", reference.device(), "; both must be on the same device");
+}
+
+void check_pointwise(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                     int64_t in, const char* weight_name, const char* bias_name, const char* in_meaning) {
+  TORCH_CHECK(
+      weight.dim() == 4 && weight.size(1) == in && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(0) > 0,
+      "fusedops: ", weight_name, " must have shape (out_channels, ", in, ", 1, 1) (", in, " = ", in_meaning, "), got ",
+      weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: ", weight_name, " dtype ",
+              dtype_name(weight.scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
+  check_same_device(weight, input, weight_name, "input");
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "fusedops: ", bias_name, " must have shape (",
+                weight.size(0), ",), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "fusedops: ", bias_name, " dtype ",
+                dtype_name(bias->scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
+    check_same_device(*bias, input, bias_name, "input");
+  }
 }
 
 ConvGeometry depthwise_geometry(const at::Tensor& input, const at::Tensor& weight,

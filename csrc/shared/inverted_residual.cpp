@@ -18,25 +18,6 @@ bool given(const c10::optional<Tensor>& t) {
   return t.has_value() && t->defined();
 }
 
-// A 1x1 weight (out, in, 1, 1) and its optional bias (out,): shapes, dtype and device against the input.
-void check_pointwise(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias, int64_t in,
-                     const char* weight_name, const char* bias_name, const char* in_meaning) {
-  TORCH_CHECK(
-      weight.dim() == 4 && weight.size(1) == in && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(0) > 0,
-      "fusedops: ", weight_name, " must have shape (out_channels, ", in, ", 1, 1) (", in, " = ", in_meaning, "), got ",
-      weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: ", weight_name, " dtype ",
-              dtype_name(weight.scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
-  check_same_device(weight, input, weight_name, "input");
-  if (given(bias)) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "fusedops: ", bias_name, " must have shape (",
-                weight.size(0), ",), got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "fusedops: ", bias_name, " dtype ",
-                dtype_name(bias->scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
-    check_same_device(*bias, input, bias_name, "input");
-  }
-}
-
 }  // namespace
 
 Gate parse_gate(std::string_view name, const char* argument) {

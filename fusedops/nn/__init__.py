@@ -3,11 +3,13 @@
 from .depthwise import DepthwiseConv2d
 from .freeze import freeze, unfreeze
 from .fuse import fuse_bn
+from .ghost import GhostBottleneck, GhostModule, GhostSqueezeExcite
 from .inverted_residual import ConvBNActivation, InvertedResidual
 from .inverted_residual_v3 import InvertedResidualV3
 from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
 from .squeeze_excitation import SqueezeExcitation
 
-__all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "InvertedResidual",
+__all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "GhostBottleneck",
+           "GhostModule", "GhostSqueezeExcite", "InvertedResidual",
            "InvertedResidualV3", "SqueezeExcitation", "freeze", "fuse_bn", "unfreeze"]

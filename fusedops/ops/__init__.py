@@ -9,6 +9,7 @@ per op over ``_triton/_common.py``).
 from .channel_shuffle import channel_shuffle, concat_shuffle
 from .depthwise_conv2d import depthwise_conv2d
 from .dwpw_conv2d import dwpw_conv2d
+from .ghost_module import ghost_module
 from .inverted_residual import inverted_residual
 
-__all__ = ["channel_shuffle", "concat_shuffle", "depthwise_conv2d", "dwpw_conv2d", "inverted_residual"]
+__all__ = ["channel_shuffle", "concat_shuffle", "depthwise_conv2d", "dwpw_conv2d", "ghost_module", "inverted_residual"]

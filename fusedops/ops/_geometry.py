@@ -240,6 +240,57 @@ def check_inverted_residual_backward(grad_output, input, expand_weight, expand_b
 
 
 # ---------------------------------------------------------------------------------------------------
+# ghost_module
+
+
+def check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels, stride,
+                       activation, packed_weights=None):
+    """packed_weights is checked by the CPU kernel that reads it; the other implementations do not read it."""
+    torch._check(input.dim() == 4, lambda: f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
+    _args.check_floating(input, "input")
+    channels = input.shape[1]
+    torch._check(channels > 0, lambda: f"fusedops: input must have at least one channel, got shape "
+                 f"{_sizes(input.shape)}")
+    _check_pointwise(input, primary_weight, primary_bias, channels, "primary_weight", "primary_bias",
+                     "the input channels")
+    torch._check(input.shape[2] > 0 and input.shape[3] > 0, lambda: f"fusedops: input has an empty map (shape "
+                 f"{_sizes(input.shape)}), which the primary 1x1 convolution cannot take (as F.conv2d)")
+    check_pair(stride, "stride")
+    torch._check(stride[0] > 0 and stride[1] > 0, lambda: f"fusedops: stride must be positive, got {_sizes(stride)}")
+    init = primary_weight.shape[0]
+    torch._check(cheap_weight.dim() == 4, lambda: "fusedops: cheap_weight must be a 4-D (C*multiplier, 1, kH, kW) "
+                 f"tensor, got {cheap_weight.dim()}-D")
+    torch._check(cheap_weight.shape[2] % 2 == 1 and cheap_weight.shape[3] % 2 == 1,
+                 lambda: "fusedops: cheap_weight must have an odd kernel size (its padding k // 2 keeps the primary "
+                 f"half's size, which the two halves share), got {_sizes(cheap_weight.shape)}")
+    check_depthwise(input, cheap_weight, cheap_bias, (1, 1), (cheap_weight.shape[2] // 2, cheap_weight.shape[3] // 2),
+                    (1, 1), weight_name="cheap_weight", bias_name="cheap_bias", channels=init)
+    most = init + cheap_weight.shape[0]
+    torch._check(init <= out_channels <= most, lambda: f"fusedops: out_channels must be between {init} "
+                 f"(primary_weight's output channels) and {most} (those plus cheap_weight's), got {out_channels}")
+    check_activation(activation, "activation")
+    if residual is not None:
+        expected = ghost_module_output_shape(input, out_channels, stride)
+        torch._check(tuple(residual.shape) == expected, lambda: f"fusedops: residual must have the output's shape "
+                     f"{_sizes(expected)}, got {_sizes(residual.shape)}")
+        _args.check_same(residual, input, "residual", "input")
+
+
+def ghost_module_output_shape(input, out_channels, stride):
+    n, _, h, w = input.shape
+    return (n, out_channels, (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1)
+
+
+def check_ghost_module_backward(grad_output, input, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                out_channels, stride, activation):
+    check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None, out_channels, stride,
+                       activation)
+    expected = ghost_module_output_shape(input, out_channels, stride)
+    _check_grad_output(grad_output, input, expected, lambda: f"fusedops: grad_output has shape "
+                       f"{_sizes(grad_output.shape)} but the output has shape ({', '.join(map(str, expected))})")
+
+
+# ---------------------------------------------------------------------------------------------------
 # channel_shuffle, concat_shuffle and _concat_shuffle_backward
 
 

@@ -57,3 +57,15 @@ def inverted_residual(input, expand_weight, expand_bias, dw_weight, dw_bias, pro
                                se_gate)
     out = F.conv2d(x, project_weight, project_bias)
     return out + input if residual else out
+
+
+def ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels, stride,
+                 activation_kind, packed_weights=None):
+    # timm's GhostModule with its batch norms folded: cat([x1, act(depthwise(x1))])[:, :out_channels] with
+    # x1 = act(conv1x1(input)) [+ residual]. packed_weights (the CPU kernel's copy of the weights) is not needed.
+    x1 = activation(F.conv2d(input, primary_weight, primary_bias, tuple(stride)), activation_kind)
+    kh, kw = cheap_weight.shape[2:]
+    x2 = activation(F.conv2d(x1, cheap_weight, cheap_bias, 1, (kh // 2, kw // 2), groups=x1.shape[1]),
+                    activation_kind)
+    out = torch.cat([x1, x2], 1)[:, :out_channels]
+    return out + residual if residual is not None else out

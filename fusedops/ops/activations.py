@@ -35,6 +35,22 @@ def activation(x, kind):
     raise ValueError(f"unknown activation {kind!r}")
 
 
+_ACTIVATION_BACKWARD = {
+    "relu": lambda grad, z: torch.ops.aten.threshold_backward(grad, z, 0),
+    "relu6": lambda grad, z: torch.ops.aten.hardtanh_backward(grad, z, 0, 6),
+    "hardswish": lambda grad, z: torch.ops.aten.hardswish_backward(grad, z),
+    "silu": lambda grad, z: torch.ops.aten.silu_backward(grad, z),
+}
+
+
+def activation_backward(grad, z, kind):
+    """grad * act'(z) for the activation `kind` (one of ACTIVATIONS), with PyTorch's conventions at the kinks (the
+    native activation_backward_into's formulas, csrc/shared/activation_ops.cpp)."""
+    if kind == "none":
+        return grad
+    return _ACTIVATION_BACKWARD[kind](grad, z)
+
+
 def gate(x, kind):
     """The squeeze-excitation gate `kind` (one of GATES) of `x`."""
     if kind == "hardsigmoid":

@@ -113,4 +113,12 @@ inline at::MemoryFormat output_memory_format(const at::Tensor& input) {
 // Checks that `t` lives on the same device as `reference`; `what` names the argument in the error.
 void check_same_device(const at::Tensor& t, const at::Tensor& reference, const char* what, const char* reference_name);
 
+// Checks that a (height, width) argument has two elements.
+void check_pair(at::IntArrayRef values, const char* name);
+
+// A 1x1 convolution's weight (out, in, 1, 1) and optional bias (out,) of a fused op: shapes, dtype and device
+// against the input; `in_meaning` says in the error what the `in` channels are.
+void check_pointwise(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                     int64_t in, const char* weight_name, const char* bias_name, const char* in_meaning);
+
 }  // namespace fusedops

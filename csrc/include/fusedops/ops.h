@@ -72,6 +72,22 @@ struct inverted_residual_backward {
       std::array<bool, 11> output_mask);
 };
 
+struct ghost_module {
+  static constexpr const char* name = "fusedops::ghost_module";
+  using Signature = Tensor(const Tensor& input, const Tensor& primary_weight, const OptionalTensor& primary_bias,
+                           const Tensor& cheap_weight, const OptionalTensor& cheap_bias, const OptionalTensor& residual,
+                           int64_t out_channels, IntArrayRef stride, c10::string_view activation,
+                           const OptionalTensor& packed_weights);
+};
+
+struct ghost_module_backward {
+  static constexpr const char* name = "fusedops::_ghost_module_backward";
+  using Signature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor& grad_output, const Tensor& input, const Tensor& primary_weight, const OptionalTensor& primary_bias,
+      const Tensor& cheap_weight, const OptionalTensor& cheap_bias, int64_t out_channels, IntArrayRef stride,
+      c10::string_view activation, std::array<bool, 5> output_mask);
+};
+
 struct channel_shuffle {
   static constexpr const char* name = "fusedops::channel_shuffle";
   using Signature = Tensor(const Tensor& input, int64_t groups);

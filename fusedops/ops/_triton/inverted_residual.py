@@ -18,17 +18,9 @@ import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
 from .. import _geometry
-from ..activations import activation, gate
+from ..activations import activation, activation_backward, gate
 from .depthwise_conv2d import depthwise_conv2d_backward, depthwise_conv2d_forward
 from .dwpw_conv2d import dwpw_conv2d_backward, dwpw_conv2d_forward
-
-_ACTIVATION_BACKWARD = {
-    "relu": lambda grad, z: torch.ops.aten.threshold_backward(grad, z, 0),
-    "relu6": lambda grad, z: torch.ops.aten.hardtanh_backward(grad, z, 0, 6),
-    "hardswish": lambda grad, z: torch.ops.aten.hardswish_backward(grad, z),
-    "silu": lambda grad, z: torch.ops.aten.silu_backward(grad, z),
-}
-
 
 def inverted_residual_forward(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
                               se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, stride, padding,
@@ -94,7 +86,7 @@ def inverted_residual_backward(grad_output, input, expand_weight, expand_bias, d
     del hidden
     grad_input, gew, geb = empty, empty, empty
     if expand and need_hidden:
-        grad_z = _ACTIVATION_BACKWARD[act](grad_hidden, z) if act != "none" else grad_hidden
+        grad_z = activation_backward(grad_hidden, z, act)
         del z, grad_hidden
         gi, gw, gb = torch.ops.aten.convolution_backward(
             grad_z, input, expand_weight, [expand_weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
@@ -146,8 +138,7 @@ def _squeeze_excited_stages_backward(grad_output, hidden, dw_weight, dw_bias, pr
     if wanted[8] and se_expand_bias is not None:
         grads[8] = grad_excited.sum(0)
     grad_squeezed_z = grad_excited @ expand_w
-    if se_act != "none":
-        grad_squeezed_z = _ACTIVATION_BACKWARD[se_act](grad_squeezed_z, squeezed_z)
+    grad_squeezed_z = activation_backward(grad_squeezed_z, squeezed_z, se_act)
     if wanted[5]:
         grads[5] = (grad_squeezed_z.t() @ pooled).view_as(se_reduce_weight)
     if wanted[6] and se_reduce_bias is not None:
@@ -155,7 +146,7 @@ def _squeeze_excited_stages_backward(grad_output, hidden, dw_weight, dw_bias, pr
     if wanted[0] or wanted[1] or wanted[2]:
         # The mean's gradient reaches every pixel of its channel.
         grad_mid = grad_mid + (grad_squeezed_z @ reduce_w)[:, :, None, None] / (mid.shape[2] * mid.shape[3])
-        grad_z = _ACTIVATION_BACKWARD[act](grad_mid, z) if act != "none" else grad_mid
+        grad_z = activation_backward(grad_mid, z, act)
         gh, gw, gb = depthwise_conv2d_backward(grad_z, hidden, dw_weight, stride, padding, dilation,
                                                [wanted[0], wanted[1], wanted[2] and dw_bias is not None])
         grads[0] = gh if wanted[0] else empty

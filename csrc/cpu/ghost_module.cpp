@@ -1,0 +1,291 @@
+// CPU kernels of fusedops::ghost_module (GhostNet's Ghost module: primary 1x1 -> act, cheap depthwise of that ->
+// act, both halves concatenated and cut to out_channels [+ residual]) and its backward.
+//
+// Forward, per work item (image n, strip of output rows), band by band (for_each_expanded_band,
+// cpu/expanded_bands.h, the same tile engine as inverted_residual's expand and depthwise stages):
+//   1. primary: the band's rows plus the depthwise halo, times the packed primary weights (pointwise_gemm, bias
+//      and activation in its epilogue), into a per-thread tile (rows shared with the previous band are kept);
+//   2. the band's own rows of that tile are stored into the output's first init channels;
+//   3. cheap: the band's depthwise rows read the tile (with a depth multiplier m > 1, a copy of it whose channel i
+//      is repeated m times, so that cheap channel j reads its source j / m at j), bias and activation in the
+//      epilogue, and are stored straight into the output's channels [init, out_channels): only the channels the
+//      output keeps are computed;
+//   4. the residual, when given, is added to the band's outputs while they are in cache.
+// There is no concatenation and no slice copy; the primary half is read by the depthwise stage from the tile, in
+// cache, before it is rounded to the storage type. Channels-last outputs are written directly; NCHW outputs through
+// a per-band staging tile and a transposed store. NCHW inputs are converted to channels-last once (a copy of the
+// input), and a primary stride s > 1 reads every s-th pixel (a 1x1 convolution at stride s is one at stride 1 on
+// those).
+//
+// Backward: ghost_module_backward_recomputed (csrc/shared/ghost_module.cpp).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "fusedops/cpu/activation.h"
+#include "fusedops/cpu/depthwise_nhwc.h"
+#include "fusedops/cpu/expanded_bands.h"
+#include "fusedops/cpu/fused_weights.h"
+#include "fusedops/cpu/pointwise_gemm.h"
+#include "fusedops/cpu/scratch.h"
+#include "fusedops/cpu/vec_io.h"
+#include "fusedops/ghost_module.h"
+
+#include <algorithm>
+#include <array>
+#include <type_traits>
+
+namespace fusedops {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// The module's weights as the kernel reads them, in the accumulation type: a header (the panel width, channel
+// counts and taps, which a packed tensor must match), the primary weights packed into GEMM panels, then the
+// depthwise taps [T][init * multiplier] and the depthwise bias (zero-padded).
+constexpr int64_t kHeader = 6;
+
+template <typename acc>
+struct GhostWeights {
+  PackedPointwise<acc> primary;
+  const acc* cheap_taps = nullptr;
+  const acc* cheap_bias = nullptr;
+};
+
+template <typename acc>
+int64_t ghost_weight_elements(const GhostModuleGeometry& geo) {
+  const ConvGeometry& g = geo.cheap;
+  return kHeader + PackedPointwise<acc>::packed_elements(geo.in_channels, geo.init_channels) +
+         g.kernel_h * g.kernel_w * g.out_channels + g.out_channels + at::vec::Vectorized<acc>::size();
+}
+
+template <typename acc>
+std::array<acc, kHeader> ghost_weight_header(const GhostModuleGeometry& geo) {
+  return {acc(PackedPointwise<acc>::kNr), acc(geo.in_channels),    acc(geo.init_channels),
+          acc(geo.cheap.out_channels),    acc(geo.cheap.kernel_h), acc(geo.cheap.kernel_w)};
+}
+
+template <typename acc>
+GhostWeights<acc> ghost_weight_layout(const GhostModuleGeometry& geo, const acc* base) {
+  GhostWeights<acc> w;
+  acc* p = const_cast<acc*>(base) + kHeader;
+  w.primary = packed_pointwise_layout<acc>(geo.in_channels, geo.init_channels, p);
+  p += PackedPointwise<acc>::packed_elements(geo.in_channels, geo.init_channels);
+  w.cheap_taps = p;
+  w.cheap_bias = p + geo.cheap.kernel_h * geo.cheap.kernel_w * geo.cheap.out_channels;
+  return w;
+}
+
+template <typename scalar_t>
+GhostWeights<acc_t<scalar_t>> pack_ghost_weights(const GhostModuleGeometry& geo, const Tensor& primary_weight,
+                                                 const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
+                                                 const c10::optional<Tensor>& cheap_bias, acc_t<scalar_t>* dst) {
+  using acc = acc_t<scalar_t>;
+  const auto header = ghost_weight_header<acc>(geo);
+  std::copy(header.begin(), header.end(), dst);
+  GhostWeights<acc> w = ghost_weight_layout<acc>(geo, dst);
+  pack_pointwise_weights<scalar_t>(primary_weight, primary_bias, geo.in_channels, geo.init_channels,
+                                   const_cast<acc*>(w.primary.panels));
+  lay_out_depthwise_weights<scalar_t>(cheap_weight, cheap_bias, geo.cheap.out_channels,
+                                      geo.cheap.kernel_h * geo.cheap.kernel_w, const_cast<acc*>(w.cheap_taps),
+                                      const_cast<acc*>(w.cheap_bias));
+  return w;
+}
+
+// dst[q * dst_ld + c] = src[q * src_ld + c] for pixels q < pixels, channels c < channels (rounded to out_t).
+template <typename acc, typename out_t>
+void copy_pixels(const acc* src, int64_t src_ld, out_t* dst, int64_t dst_ld, int64_t pixels, int64_t channels) {
+  constexpr int64_t V = at::vec::Vectorized<acc>::size();
+  for (int64_t q = 0; q < pixels; ++q) {
+    for (int64_t c = 0; c < channels; c += V) {
+      const int64_t m = std::min(V, channels - c);
+      store_acc(dst + q * dst_ld + c, at::vec::Vectorized<acc>::loadu(src + q * src_ld + c, m), m);
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, const GhostWeights<acc_t<scalar_t>>& w,
+                 const Tensor& residual /*in out's format, or undefined*/, Tensor& out, const GhostModuleGeometry& geo,
+                 bool out_channels_last) {
+  using acc = acc_t<scalar_t>;
+  constexpr int64_t V = at::vec::Vectorized<acc>::size();
+  const ConvGeometry& g = geo.cheap;
+  const int64_t C = geo.in_channels, I = geo.init_channels, OC = geo.out_channels, K = geo.cheap_channels;
+  const int64_t m = g.multiplier, sources = geo.cheap_sources();
+  const int64_t pixels = g.in_h * g.in_w, T = g.kernel_h * g.kernel_w;
+  // The depthwise stage's image: the tile itself (multiplier 1) or its copy with repeated channels.
+  const int64_t dw_ld = m == 1 ? I : sources * m;
+
+  const int64_t threads = at::get_num_threads();
+  const int64_t row_elems = g.in_w * I;
+  auto tile_rows = [&](int64_t r) { return std::min(g.in_h, r - 1 + g.kernel_h); };
+  auto tile_bytes = [&](int64_t r) {
+    return (tile_rows(r) * g.in_w * (I + (m == 1 ? 0 : dw_ld)) + (out_channels_last ? 0 : r * g.in_w * OC)) *
+           static_cast<int64_t>(sizeof(acc));
+  };
+  int64_t rows_fit = 1;
+  while (rows_fit < g.out_h && tile_bytes(rows_fit + 1) <= band_tile_bytes()) ++rows_fit;
+  const double primary_per_row = static_cast<double>(g.in_w * C * I);
+  const StripPlan plan =
+      plan_strips(g.out_h, g.out_w, g.batch, threads, rows_fit,
+                  static_cast<double>(g.in_h) * primary_per_row + static_cast<double>(g.out_h * g.out_w * K * T),
+                  static_cast<double>(g.kernel_h - 1) * primary_per_row);
+  const int64_t max_tile_rows = tile_rows(plan.rows);
+  const int64_t strip_macs = plan.strip_rows * g.in_w * (C * I + K * T);
+  const int64_t grain = std::max<int64_t>(1, kMinWorkItemMacs / std::max<int64_t>(1, strip_macs));
+
+  const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const Activation act = geo.activation;
+  const ActivationEpilogue epilogue{act};
+
+  at::parallel_for(0, g.batch * plan.strips_per_image, grain, [&](int64_t begin, int64_t end) {
+    acc* tile = thread_scratch<acc>(max_tile_rows * row_elems + V, ScratchSlot::kTileHidden);
+    acc* repeated = m == 1 ? nullptr : thread_scratch<acc>(max_tile_rows * g.in_w * dw_ld + V, ScratchSlot::kTile);
+    acc* staged = out_channels_last ? nullptr : thread_scratch<acc>(plan.rows * g.in_w * OC + V, ScratchSlot::kTileOut);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / plan.strips_per_image, strip = item % plan.strips_per_image;
+      const int64_t strip_begin = strip * plan.strip_rows, strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
+      const scalar_t* image = in + n * pixels * C;
+      // Primary rows [first_row, first_row + rows) of the image into dst (pixels of I channels), activation applied.
+      auto primary_rows = [&](int64_t first_row, int64_t rows, acc* dst) {
+        const scalar_t* src = image + first_row * g.in_w * C;
+        const int64_t count = rows * g.in_w;
+        const acc* a = nullptr;
+        if constexpr (kSameAsAcc<scalar_t>) {
+          a = src;
+        } else {
+          acc* converted = thread_scratch<acc>(count * C, ScratchSlot::kTilePacked);
+          for (int64_t e = 0; e < count * C; ++e) converted[e] = static_cast<acc>(src[e]);
+          a = converted;
+        }
+        pointwise_gemm<acc, acc>(w.primary, 0, w.primary.num_panels(), a, C, count, dst, I, act);
+      };
+      // Both halves of output rows [r0, r1) at dst (pixel r0 * W first, pixels of OC channels).
+      auto write_halves = [&](auto* dst, const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
+        using out_t = std::remove_pointer_t<decltype(dst)>;
+        copy_pixels(tile + (r0 - need.begin) * row_elems, I, dst, OC, (r1 - r0) * g.in_w, I);
+        if (K == 0) return;
+        const acc* dw_image = tile;
+        if (m > 1) {
+          const int64_t tile_pixels = (need.end - need.begin) * g.in_w;
+          for (int64_t q = 0; q < tile_pixels; ++q)
+            for (int64_t i = 0; i < sources; ++i) std::fill_n(repeated + q * dw_ld + i * m, m, tile[q * I + i]);
+          dw_image = repeated;
+        }
+        DwNhwcRow<acc, out_t> t;
+        t.image = dw_image;
+        t.in_row_stride = g.in_w * dw_ld;
+        t.in_pix_stride = dw_ld;
+        t.weight = w.cheap_taps;
+        t.weight_ld = g.out_channels;
+        t.bias = w.cheap_bias;
+        t.out = dst + I;
+        t.out_pix_stride = OC;
+        t.out_row_stride = g.out_w * OC;
+        t.oh = r0;
+        t.c_begin = 0;
+        t.c_end = K;
+        depthwise_nhwc_rows(t, band, r1, epilogue);
+      };
+      for_each_expanded_band(
+          g, row_elems, strip_begin, strip_end, plan.rows, tile, primary_rows,
+          [&](const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
+            const int64_t first = r0 * g.out_w, count = (r1 - r0) * g.out_w;
+            if (out_channels_last) {
+              scalar_t* dst = o + (n * pixels + first) * OC;
+              write_halves(dst, band, need, r0, r1);
+              if (res != nullptr) add_residual(dst, res + (n * pixels + first) * OC, count * OC);
+              return;
+            }
+            write_halves(staged, band, need, r0, r1);
+            for (int64_t c = 0; c < OC; ++c) {
+              scalar_t* plane = o + (n * OC + c) * pixels + first;
+              const acc* src = staged + c;
+              const scalar_t* res_plane = res ? res + (n * OC + c) * pixels + first : nullptr;
+              for (int64_t q = 0; q < count; ++q) {
+                const scalar_t rounded = static_cast<scalar_t>(src[q * OC]);
+                plane[q] = res_plane ? static_cast<scalar_t>(static_cast<acc>(rounded) + static_cast<acc>(res_plane[q]))
+                                     : rounded;
+              }
+            }
+          });
+    }
+  });
+}
+
+Tensor ghost_module_cpu(const Tensor& input_, const Tensor& primary_weight, const c10::optional<Tensor>& primary_bias,
+                        const Tensor& cheap_weight, const c10::optional<Tensor>& cheap_bias,
+                        const c10::optional<Tensor>& residual, int64_t out_channels, at::IntArrayRef stride,
+                        c10::string_view activation, const c10::optional<Tensor>& packed_weights) {
+  const GhostModuleGeometry geo =
+      ghost_module_geometry(input_, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
+                            std::string_view(activation.data(), activation.size()), residual);
+  const ConvGeometry& g = geo.cheap;
+  TORCH_CHECK(input_.device().is_cpu(), "fusedops: ghost_module CPU kernel got input on ", input_.device());
+  const at::MemoryFormat fmt = output_memory_format(input_);
+  Tensor out = at::empty({g.batch, out_channels, g.out_h, g.out_w}, input_.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  Tensor input = input_;
+  if (geo.stride_h > 1 || geo.stride_w > 1) {
+    input = input.slice(2, 0, c10::nullopt, geo.stride_h).slice(3, 0, c10::nullopt, geo.stride_w);
+  }
+  input = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor res = geo.residual ? residual->contiguous(fmt) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_module_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const GhostWeights<acc> weights =
+        (packed_weights.has_value() && packed_weights->defined())
+            ? ghost_weight_layout<acc>(geo, checked_packed_weights(*packed_weights, ghost_weight_header<acc>(geo),
+                                                                   ghost_weight_elements<acc>(geo),
+                                                                   "fusedops.ops.ghost_module.pack_weights"))
+            : pack_ghost_weights<scalar_t>(geo, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                           thread_scratch<acc>(ghost_weight_elements<acc>(geo), ScratchSlot::kPacked));
+    forward_cpu<scalar_t>(input, weights, res, out, geo, fmt == at::MemoryFormat::ChannelsLast);
+  });
+  return out;
+}
+
+Tensor ghost_module_pack_weights_cpu(const Tensor& input, const Tensor& primary_weight,
+                                     const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
+                                     const c10::optional<Tensor>& cheap_bias, const c10::optional<Tensor>& residual,
+                                     int64_t out_channels, at::IntArrayRef stride, c10::string_view activation) {
+  const GhostModuleGeometry geo =
+      ghost_module_geometry(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
+                            std::string_view(activation.data(), activation.size()), residual);
+  Tensor packed;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_module_pack", [&] {
+    using acc = acc_t<scalar_t>;
+    packed = at::empty(
+        {ghost_weight_elements<acc>(geo)},
+        input.options().dtype(c10::CppTypeToScalarType<acc>::value).memory_format(at::MemoryFormat::Contiguous));
+    pack_ghost_weights<scalar_t>(geo, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                 packed.mutable_data_ptr<acc>());
+  });
+  return packed;
+}
+
+GhostModuleGrads ghost_module_backward_cpu(const Tensor& grad_output, const Tensor& input, const Tensor& primary_weight,
+                                           const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
+                                           const c10::optional<Tensor>& cheap_bias, int64_t out_channels,
+                                           at::IntArrayRef stride, c10::string_view activation,
+                                           std::array<bool, kGhostModuleGradients> output_mask) {
+  TORCH_CHECK(input.device().is_cpu(), "fusedops: ghost_module CPU backward got input on ", input.device());
+  return ghost_module_backward_recomputed(grad_output, input, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                          out_channels, stride, std::string_view(activation.data(), activation.size()),
+                                          output_mask);
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fusedops
+
+TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
+  m.impl("ghost_module", &fusedops::cpu::ghost_module_cpu);
+  m.impl("_ghost_module_backward", &fusedops::cpu::ghost_module_backward_cpu);
+  m.impl("_ghost_module_pack_weights", &fusedops::cpu::ghost_module_pack_weights_cpu);
+}

@@ -1,0 +1,34 @@
+// Schemas of fusedops::ghost_module and its backward. Argument checks, the composed forward and the backward of
+// every backend: csrc/shared/ghost_module.cpp; kernels: csrc/cpu/ghost_module.cpp, csrc/cuda/ghost_module.cu; native
+// autograd: csrc/autograd/ghost_module.cpp; fake kernels and the Triton mirror's autograd:
+// fusedops/ops/ghost_module.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(fusedops, m) {
+  // GhostNet's Ghost module with its batch norms folded into the weights:
+  //   x1     = act(conv1x1(input, primary_weight, primary_bias, stride))
+  //   x2     = act(depthwise_conv2d(x1, cheap_weight, cheap_bias, padding = (kH // 2, kW // 2)))
+  //   output = cat([x1, x2], 1)[:, :out_channels] [+ residual]
+  // with primary_weight (init, C, 1, 1), cheap_weight (init * multiplier, 1, kH, kW) (kH, kW odd), init <=
+  // out_channels <= init * (1 + multiplier); activation "none", "relu", "relu6", "hardswish" or "silu". Both halves
+  // are written straight into their channels of the output (no concatenation, no slice); the output takes the
+  // input's memory format. packed_weights, from _ghost_module_pack_weights on these weights, saves the CPU kernel
+  // packing them on every call (other backends ignore it).
+  m.def(
+      "ghost_module(Tensor input, Tensor primary_weight, Tensor? primary_bias, Tensor cheap_weight, "
+      "Tensor? cheap_bias, Tensor? residual, int out_channels, int[2] stride, str activation, "
+      "Tensor? packed_weights=None) -> Tensor");
+  // The weights of a ghost_module call (the same arguments) packed as the CPU kernel reads them: a 1-D tensor of
+  // the accumulation dtype, valid for modules of these channel counts, kernel size and dtype, in this build. It
+  // holds a copy: later changes of the weights are not seen by calls that pass it.
+  m.def(
+      "_ghost_module_pack_weights(Tensor input, Tensor primary_weight, Tensor? primary_bias, Tensor cheap_weight, "
+      "Tensor? cheap_bias, Tensor? residual, int out_channels, int[2] stride, str activation) -> Tensor");
+  // Gradients (input, primary_weight, primary_bias, cheap_weight, cheap_bias) of ghost_module (the residual's is
+  // grad_output itself); output_mask says which are wanted, unwanted ones come back empty. Recomputes the primary
+  // half from the input.
+  m.def(
+      "_ghost_module_backward(Tensor grad_output, Tensor input, Tensor primary_weight, Tensor? primary_bias, "
+      "Tensor cheap_weight, Tensor? cheap_bias, int out_channels, int[2] stride, str activation, "
+      "bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

@@ -1,0 +1,225 @@
+"""GhostNet's blocks (Han et al. 2020) as timm builds them, with timm's submodules and state-dict keys:
+:class:`GhostModule` (one fused :func:`fusedops.ghost_module` op in eval mode), :class:`GhostBottleneck` and the
+squeeze-excitation it uses (:class:`GhostSqueezeExcite`)."""
+
+import math
+
+import torch
+from torch import nn
+
+from ..ops.depthwise_conv2d import depthwise_conv2d
+from ..ops.dwpw_conv2d import dwpw_conv2d
+from ..ops.ghost_module import ghost_module, pack_weights
+from .depthwise import DepthwiseConv2d
+from .freeze import FoldedWeights
+from .inverted_residual import _fold, _runs_unfused
+
+# The activation module classes a Ghost module takes (timm's act_layer), by the name the fused op takes.
+_ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu", nn.Identity: "none"}
+
+
+def _activation_of(act_layer) -> str:
+    if act_layer is None:
+        return "none"
+    if isinstance(act_layer, type) and act_layer in _ACTIVATIONS:
+        return _ACTIVATIONS[act_layer]
+    modules = ", ".join(f"nn.{cls.__name__}" for cls in _ACTIVATIONS)
+    raise ValueError(f"fusedops: act_layer must be None or one of {modules} (what the fused op computes); got "
+                     f"{act_layer!r}")
+
+
+def _activation_module(name: str) -> nn.Module:
+    cls = next(cls for cls, n in _ACTIVATIONS.items() if n == name)
+    return cls() if cls is nn.Identity else cls(inplace=True)
+
+
+class GhostModule(FoldedWeights, nn.Module):
+    r"""GhostNet's Ghost module: a 1x1 convolution to ``init = ceil(out_chs / ratio)`` channels (``primary_conv``:
+    conv, BN, activation), a depthwise ``dw_size`` convolution of those with ``ratio - 1`` filters each
+    (``cheap_operation``: conv, BN, activation), both halves concatenated and cut to ``out_chs`` channels.
+
+    A drop-in for ``timm.models.ghostnet.GhostModule(in_chs, out_chs, kernel_size=1, ratio=2, dw_size=3, stride=1,
+    act_layer=nn.ReLU)``: same constructor, attributes and submodules, so the state-dict keys are timm's and weights
+    load either way. ``kernel_size`` must be 1 (GhostNet's primary convolutions are 1x1; the fused op takes no
+    other).
+
+    Eval mode runs one fused :func:`fusedops.ghost_module` op with the batch norms folded into the weights (both
+    halves written straight into the output: no concatenation, no slice copy); :meth:`freeze` keeps the folded
+    weights as constants, as for the other fused blocks. Train mode runs timm's sequence (batch statistics,
+    running-stat updates), with fusedops' depthwise kernel for the cheap operation.
+
+    ``forward(input, residual=None)``: ``residual``, when given, is added to the output inside the op (the
+    bottleneck's shortcut).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, ratio: int = 2, dw_size: int = 3,
+                 stride: int = 1, act_layer=nn.ReLU, device=None, dtype=None):
+        super().__init__()
+        if kernel_size != 1:
+            raise ValueError(f"fusedops: GhostModule supports kernel_size=1 (GhostNet's 1x1 primary convolution) "
+                             f"only, got {kernel_size}")
+        if ratio < 2:
+            raise ValueError(f"fusedops: GhostModule needs ratio >= 2 (ratio - 1 cheap filters per channel), got "
+                             f"{ratio}")
+        factory = dict(device=device, dtype=dtype)
+        self.out_chs = out_chs
+        self.activation = _activation_of(act_layer)
+        init_chs = math.ceil(out_chs / ratio)
+        new_chs = init_chs * (ratio - 1)
+        self.primary_conv = nn.Sequential(
+            nn.Conv2d(in_chs, init_chs, kernel_size, stride, kernel_size // 2, bias=False, **factory),
+            nn.BatchNorm2d(init_chs, **factory),
+            _activation_module(self.activation),
+        )
+        self.cheap_operation = nn.Sequential(
+            DepthwiseConv2d(init_chs, new_chs, dw_size, 1, dw_size // 2, groups=init_chs, bias=False, **factory),
+            nn.BatchNorm2d(new_chs, **factory),
+            _activation_module(self.activation),
+        )
+
+    def _fold(self):
+        return (*_fold(self.primary_conv[0], self.primary_conv[1]),
+                *_fold(self.cheap_operation[0], self.cheap_operation[1]))
+
+    def folded_weights(self):
+        """(primary_weight, primary_bias, cheap_weight, cheap_bias) of the fused op, batch norms folded in."""
+        return self._folded_weights()
+
+    def runs_fused(self) -> bool:
+        """Whether forward runs the fused op: both batch norms normalise with running statistics (eval mode) and
+        the cheap convolution pads with zeros."""
+        return not _runs_unfused(self.cheap_operation[0], (self.primary_conv[1], self.cheap_operation[1]))
+
+    def forward(self, input, residual=None):
+        if not self.runs_fused():
+            x1 = self.primary_conv(input)
+            x2 = self.cheap_operation(x1)
+            out = torch.cat([x1, x2], dim=1)[:, :self.out_chs]
+            return out if residual is None else out + residual
+        folded = self.folded_weights()
+        stride = self.primary_conv[0].stride
+        # Frozen: the CPU kernel's packed form of the folded weights is made once too.
+        packed = self._packed_weights(
+            folded, input, "ghost_module",
+            lambda: pack_weights(input, *folded, self.out_chs, stride, self.activation, residual))
+        return ghost_module(input, *folded, self.out_chs, stride, self.activation, residual=residual,
+                            packed_weights=packed)
+
+    def extra_repr(self) -> str:
+        frozen = ", frozen=True" if self._frozen else ""
+        return f"out_chs={self.out_chs}, activation={self.activation!r}{frozen}"
+
+
+class GhostSqueezeExcite(nn.Module):
+    r"""``x * hardsigmoid(conv_expand(relu(conv_reduce(mean_hw(x)))))``: the squeeze-excitation of GhostNet's
+    bottleneck, with the submodules and state-dict keys of timm's ``SqueezeExcite`` as GhostNet builds it
+    (``conv_reduce``, ``act1``, ``conv_expand``, ``gate``; reduced channels ``make_divisible(in_chs * rd_ratio, 4)``
+    with timm's rounding)."""
+
+    def __init__(self, in_chs: int, rd_ratio: float = 0.25, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        rd_channels = _make_divisible(in_chs * rd_ratio, 4)
+        self.conv_reduce = nn.Conv2d(in_chs, rd_channels, 1, bias=True, **factory)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv_expand = nn.Conv2d(rd_channels, in_chs, 1, bias=True, **factory)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x):
+        x_se = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+        return x * self.gate(x_se)
+
+
+def _make_divisible(v: float, divisor: int) -> int:
+    # timm's make_divisible (timm.layers.helpers), which is torchvision's: the same channel counts.
+    from ._channels import make_divisible
+
+    return make_divisible(v, divisor)
+
+
+class GhostBottleneck(FoldedWeights, nn.Module):
+    r"""GhostNet's bottleneck: ``ghost1`` (Ghost module, ReLU) -> [``conv_dw``/``bn_dw``: depthwise ``dw_kernel_size``
+    stride ``stride``, no activation, when ``stride > 1``] -> [``se``: :class:`GhostSqueezeExcite`, when
+    ``se_ratio > 0``] -> ``ghost2`` (Ghost module, no activation) ``+ shortcut(input)``, the shortcut the identity
+    (``in_chs == out_chs`` and stride 1) or depthwise ``dw_kernel_size`` stride ``stride`` + BN -> 1x1 + BN.
+
+    A drop-in for ``timm.models.ghostnet.GhostBottleneck(in_chs, mid_chs, out_chs, dw_kernel_size=3, stride=1,
+    act_layer=nn.ReLU, se_ratio=0.)`` (``mode='original'``): same submodules and state-dict keys.
+
+    Eval mode: each Ghost module is one fused op, the shortcut is added inside ``ghost2``'s op (no separate add),
+    a projecting shortcut runs as one fused :func:`fusedops.dwpw_conv2d`, the stride-2 depthwise stage as
+    :func:`fusedops.depthwise_conv2d`, all with the batch norms folded. Train mode runs timm's sequence.
+    """
+
+    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, dw_kernel_size: int = 3, stride: int = 1,
+                 act_layer=nn.ReLU, se_ratio: float = 0.0, device=None, dtype=None):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.stride = stride
+        padding = (dw_kernel_size - 1) // 2
+        self.ghost1 = GhostModule(in_chs, mid_chs, act_layer=act_layer, **factory)
+        if stride > 1:
+            self.conv_dw = DepthwiseConv2d(mid_chs, mid_chs, dw_kernel_size, stride=stride, padding=padding,
+                                           groups=mid_chs, bias=False, **factory)
+            self.bn_dw = nn.BatchNorm2d(mid_chs, **factory)
+        else:
+            self.conv_dw = None
+            self.bn_dw = None
+        self.se = GhostSqueezeExcite(mid_chs, rd_ratio=se_ratio, **factory) if se_ratio is not None and \
+            se_ratio > 0.0 else None
+        self.ghost2 = GhostModule(mid_chs, out_chs, act_layer=nn.Identity, **factory)
+        if in_chs == out_chs and stride == 1:
+            self.shortcut = nn.Sequential()
+        else:
+            self.shortcut = nn.Sequential(
+                DepthwiseConv2d(in_chs, in_chs, dw_kernel_size, stride=stride, padding=padding, groups=in_chs,
+                                bias=False, **factory),
+                nn.BatchNorm2d(in_chs, **factory),
+                nn.Conv2d(in_chs, out_chs, 1, stride=1, padding=0, bias=False, **factory),
+                nn.BatchNorm2d(out_chs, **factory),
+            )
+
+    def _fold(self):
+        """(conv_dw weight, bias, shortcut dw weight, bias, shortcut 1x1 weight, bias), None where absent."""
+        dw = (None, None) if self.conv_dw is None else _fold(self.conv_dw, self.bn_dw)
+        shortcut = (None,) * 4 if len(self.shortcut) == 0 else (*_fold(self.shortcut[0], self.shortcut[1]),
+                                                               *_fold(self.shortcut[2], self.shortcut[3]))
+        return (*dw, *shortcut)
+
+    def _batch_norms(self):
+        norms = [m for m in (self.bn_dw,) if m is not None]
+        if len(self.shortcut) > 0:
+            norms += [self.shortcut[1], self.shortcut[3]]
+        return norms
+
+    def forward(self, input):
+        unfused = (not self.ghost1.runs_fused() or not self.ghost2.runs_fused()
+                   or any(bn.training or bn._buffers.get("running_mean") is None for bn in self._batch_norms())
+                   or any(conv.padding_mode != "zeros" for conv in (self.conv_dw, *self.shortcut[:1])
+                          if conv is not None))
+        if unfused:
+            x = self.ghost1(input)
+            if self.conv_dw is not None:
+                x = self.bn_dw(self.conv_dw(x))
+            if self.se is not None:
+                x = self.se(x)
+            return self.ghost2(x) + self.shortcut(input)
+        # (An identity-shortcut stride-1 bottleneck has nothing of its own to fold.)
+        folded = self._folded_weights() if self.conv_dw is not None or len(self.shortcut) > 0 else (None,) * 6
+        dw_w, dw_b, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b = folded
+        x = self.ghost1(input)
+        if dw_w is not None:
+            conv = self.conv_dw
+            x = depthwise_conv2d(x, dw_w, dw_b, conv.stride, conv.padding, conv.dilation)
+        if self.se is not None:
+            x = self.se(x)
+        if sc_dw_w is None:
+            residual = input
+        else:
+            conv = self.shortcut[0]
+            residual = dwpw_conv2d(input, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b, conv.stride, conv.padding,
+                                   conv.dilation, None, None)
+        return self.ghost2(x, residual=residual)
+
+    def extra_repr(self) -> str:
+        return "frozen=True" if self._frozen else ""

@@ -1,0 +1,140 @@
+"""fusedops.ghost_module: GhostNet's Ghost module as one op. Public wrapper, fake kernels, autograd.
+
+Kernels: csrc/cpu/ghost_module.cpp, csrc/cuda/ghost_module.cu, fusedops/ops/_triton/ghost_module.py; checks, composed
+forward and backward (every native backend): csrc/shared/ghost_module.cpp; native autograd:
+csrc/autograd/ghost_module.cpp; reference: fusedops/ops/_reference.py; schema: csrc/ghost_module.cpp; argument checks
+and output shape: fusedops/ops/_geometry.py.
+"""
+
+import torch
+
+from .. import _backend
+from . import _args, _geometry, _library, _reference
+from .activations import activation_name
+
+NAME = "ghost_module"
+BACKWARD_NAME = "_ghost_module_backward"
+
+
+def ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride=1,
+                 activation="relu", residual=None, packed_weights=None):
+    r"""GhostNet's Ghost module (timm's ``GhostModule``) with eval-mode batch norms folded into the weights
+    (:func:`fusedops.fuse_bn`):
+
+    ``x1 = act(conv1x1(input, primary_weight, primary_bias, stride))``,
+    ``x2 = act(depthwise_conv2d(x1, cheap_weight, cheap_bias, padding=k // 2))``,
+    ``out = cat([x1, x2], 1)[:, :out_channels]``, plus ``residual`` when given (GhostNet's bottleneck adds its
+    shortcut to the second Ghost module's output).
+
+    Both halves are written straight into their channels of the output: no concatenation, no slice copy, and only
+    the cheap channels the output keeps are computed. On CPU the module is one kernel over bands of output rows:
+    the primary half of a band (with the depthwise halo) is computed into a per-thread tile, stored, and read from
+    that tile by the depthwise stage while it is in cache. On CUDA the primary half is a 1x1 convolution (cuDNN)
+    and the cheap half fusedops' depthwise kernel; through Triton, likewise with the Triton depthwise kernel. The
+    backward recomputes the primary half from the input, so training keeps only the input alive.
+
+    Args:
+        input: ``Tensor[N, C_in, H, W]``, any layout (channels_last is the fast one on CPU).
+        primary_weight: ``Tensor[C_init, C_in, 1, 1]`` (GhostNet's primary convolutions are 1x1; a kxk one is
+            refused).
+        primary_bias: optional ``Tensor[C_init]``.
+        cheap_weight: ``Tensor[C_init * m, 1, kH, kW]``, odd kH and kW (``m = ratio - 1``, the depth multiplier).
+        cheap_bias: optional ``Tensor[C_init * m]``.
+        out_channels: channels kept, ``C_init <= out_channels <= C_init * (1 + m)`` (timm:
+            ``C_init = ceil(out_channels / ratio)``).
+        stride: of the primary convolution, int or (int, int).
+        activation: ``None``, ``"relu"``, ``"relu6"``, ``"hardswish"`` or ``"silu"``, after each half.
+        residual: optional ``Tensor[N, out_channels, H_out, W_out]`` added to the output.
+        packed_weights: optional, :func:`pack_weights` of these weights: the CPU kernel reads them as packed
+            instead of packing them on every call. A copy: make it again after the weights change. Other backends
+            ignore it.
+
+    Returns:
+        ``Tensor[N, out_channels, H_out, W_out]`` in the input's memory format.
+    """
+    out = _library.call_native_eagerly(NAME, input, input, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                       residual, out_channels, stride, activation, packed_weights)
+    if out is not NotImplemented:
+        return out
+    args = _normalize(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels, stride,
+                      activation) + (packed_weights,)
+    return _library.call_op(NAME, args, tensor_args=6, check=_geometry.check_ghost_module,
+                            reference=_reference.ghost_module)
+
+
+def _normalize(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels, stride,
+               activation):
+    _args.check_tensor(input, "input", rank=4)
+    _args.check_tensor(primary_weight, "primary_weight", rank=4)
+    _args.check_tensor(cheap_weight, "cheap_weight", rank=4)
+    for t, name in ((primary_bias, "primary_bias"), (cheap_bias, "cheap_bias")):
+        if t is not None:
+            _args.check_tensor(t, name, rank=1)
+    if residual is not None:
+        _args.check_tensor(residual, "residual", rank=4)
+    if isinstance(out_channels, bool) or not isinstance(out_channels, int):
+        raise TypeError(f"fusedops: out_channels must be an int, got {type(out_channels).__name__}")
+    return (input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels,
+            _args.pair(stride, "stride"), activation_name(activation, "activation"))
+
+
+def pack_weights(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride=1,
+                 activation="relu", residual=None):
+    """The weights of a :func:`ghost_module` call (same arguments) packed as the CPU kernel reads them, to pass as
+    its ``packed_weights``: valid for every later call with weights of these values (a copy is taken), channel
+    counts, kernel size and dtype, whatever the input's size. ``None`` where the call would not run the native CPU
+    kernel (tensors on another device, another backend, a build without the extension)."""
+    if input.device.type != "cpu" or _backend.resolve_for(input, NAME) != _backend.NATIVE:
+        return None
+    args = _normalize(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels, stride,
+                      activation)
+    return torch.ops.fusedops._ghost_module_pack_weights(*args)
+
+
+def _fake(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels, stride, activation,
+          packed_weights=None):
+    _geometry.check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels,
+                                 stride, activation)
+    return _args.empty_like_format(input, _geometry.ghost_module_output_shape(input, out_channels, stride))
+
+
+def _fake_backward(grad_output, input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
+                   activation, output_mask):
+    _geometry.check_ghost_module_backward(grad_output, input, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                          out_channels, stride, activation)
+
+    def like(t, wanted):
+        if not wanted or t is None:
+            return input.new_empty(0)
+        return t.new_empty(t.shape)
+
+    grad_input = _args.empty_like_format(input, input.shape) if output_mask[0] else input.new_empty(0)
+    weights = (primary_weight, primary_bias, cheap_weight, cheap_bias)
+    return (grad_input,) + tuple(like(t, wanted) for t, wanted in zip(weights, output_mask[1:]))
+
+
+# Tensor arguments of the schema that may need a gradient: input, the four weights and biases, the residual.
+_TENSORS = 6
+
+
+def _setup_context(ctx, inputs, output):
+    # The backward recomputes the primary half from the input: only the input and the weights are kept.
+    ctx.save_for_backward(*inputs[:5])
+    ctx.module_args = inputs[6:9]  # out_channels, stride, activation
+
+
+def _make_backward(ops):
+    def backward(ctx, grad_output):
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [needs[i] and (saved[i] is not None) for i in range(5)]
+        grads = ops._ghost_module_backward(grad_output, *saved, *ctx.module_args, mask)
+        return tuple(g if m else None for g, m in zip(grads, mask)) + (grad_output if needs[5] else None,) + \
+            (None,) * 4
+
+    return backward
+
+
+# The native op's autograd is C++ (csrc/autograd/ghost_module.cpp, the same formula as _make_backward).
+_library.register_op_with_backward_op(NAME, BACKWARD_NAME, "ghost_module", _fake, _fake_backward, _make_backward,
+                                      _setup_context)

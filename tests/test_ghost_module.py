@@ -1,0 +1,305 @@
+"""fusedops.ghost_module (GhostNet's Ghost module, batch norms folded) on the native CPU kernels: parity of the output
+and of every gradient with the unfused float64 reference, gradcheck, opcheck, torch.compile and export, packed
+weights, argument handling."""
+
+import pytest
+import torch
+
+import fusedops
+from fusedops.ops.ghost_module import pack_weights
+
+from conftest import (CL, check_ghost_module_parity, ghost_module_reference, make_ghost_module_weights, make_input,
+                      requires_ops)
+
+pytestmark = requires_ops
+
+ACTS = (None, "relu", "relu6", "hardswish", "silu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. Parity grids
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
+@pytest.mark.parametrize("ratio", (2, 3, 4))
+@pytest.mark.parametrize("dw_size", (3, 5))
+def test_parity_ratio_kernel_layout(layout, ratio, dw_size):
+    # 13 output channels: not a multiple of any ratio, so the cheap half is cut.
+    check_ghost_module_parity((2, 8, 9, 11), 13, ratio, dw_size, layout=layout)
+
+
+@pytest.mark.parametrize("stride", (2, (2, 1), 3))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_parity_stride(stride, layout):
+    check_ghost_module_parity((2, 6, 11, 10), 16, stride=stride, layout=layout)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_parity_activations(activation):
+    check_ghost_module_parity((2, 10, 8, 9), 24, activation=activation)
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
+@pytest.mark.parametrize("activation", (None, "relu"))
+def test_parity_residual(layout, activation):
+    # GhostNet's second Ghost module: no activation, the shortcut added inside the op.
+    check_ghost_module_parity((2, 12, 7, 9), 20, activation=activation, residual=True, layout=layout)
+
+
+def test_parity_without_biases():
+    check_ghost_module_parity((2, 9, 8, 8), 18, biases=False)
+    check_ghost_module_parity((1, 9, 8, 8), 17, 3, biases=False, layout="nchw")
+
+
+@pytest.mark.parametrize("out_channels, ratio", ((8, 2), (9, 3), (16, 4), (5, 4)))
+def test_parity_channel_edges(out_channels, ratio):
+    # out == init * ratio (nothing cut), a single cheap channel, and out == init (no cheap channel at all: 5 with
+    # ratio 4 has init 2, so out 5 keeps 3; out_channels=init is tested below).
+    check_ghost_module_parity((2, 7, 6, 5), out_channels, ratio)
+
+
+def test_out_channels_equal_to_init_runs_no_cheap_channel():
+    x = make_input((2, 6, 5, 5), "channels_last")
+    pw, pb, cw, cb = make_ghost_module_weights(6, 8, requires_grad=False)  # init 4
+    y = fusedops.ghost_module(x, pw, pb, cw, cb, 4)
+    torch.testing.assert_close(y, ghost_module_reference(x, pw, pb, cw, cb, 4, 1, "relu"), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+@pytest.mark.parametrize("shape, out_channels, dw_size", (
+    ((1, 16, 112, 112), 16, 3),   # GhostNet's first bottleneck: many bands per image
+    ((1, 24, 56, 56), 72, 3),
+    ((2, 40, 28, 28), 120, 5),
+    ((1, 112, 14, 14), 672, 3),
+    ((1, 160, 7, 7), 960, 5),     # the last stage: whole 7x7 images in one band
+    ((2, 64, 1, 1), 128, 3),      # 1x1 map
+))
+def test_parity_ghostnet_shapes(layout, shape, out_channels, dw_size):
+    check_ghost_module_parity(shape, out_channels, dw_size=dw_size, layout=layout, backward=shape[0] > 1)
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+def test_parity_thread_counts(threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_ghost_module_parity((3, 8, 23, 10), 20, 3, 5, backward=False)
+        check_ghost_module_parity((1, 8, 40, 12), 16, residual=True, layout="nchw", backward=False)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_parity_dtypes(dtype, layout):
+    check_ghost_module_parity((2, 8, 9, 7), 14, 3, dtype=dtype, layout=layout, residual=True)
+
+
+def test_empty_batch():
+    x = make_input((0, 8, 6, 6), "channels_last", requires_grad=True)
+    weights = make_ghost_module_weights(8, 12)
+    y = fusedops.ghost_module(x, *weights, 12)
+    assert y.shape == (0, 12, 6, 6)
+    grads = torch.autograd.grad(y.sum(), [x, weights[0], weights[2]])
+    assert grads[0].shape == x.shape
+    assert torch.count_nonzero(grads[1]) == 0 and torch.count_nonzero(grads[2]) == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. Gradients
+
+
+@pytest.mark.parametrize("activation", ("relu", "hardswish", None))
+@pytest.mark.parametrize("ratio", (2, 3))
+def test_gradcheck_float64(activation, ratio):
+    x = make_input((2, 3, 5, 4), "channels_last", dtype=torch.float64, requires_grad=True)
+    weights = make_ghost_module_weights(3, 5, ratio, dtype=torch.float64)
+    res = make_input((2, 5, 5, 4), "nchw", dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda x, *w: fusedops.ghost_module(x, *w[:4], 5, activation=activation, residual=w[4]),
+                             (x, *weights, res))
+
+
+@pytest.mark.parametrize("wanted", ((True, False, False, False, False), (False, True, False, True, False),
+                                    (False, False, True, False, True)))
+def test_unrequested_grads(wanted):
+    x = make_input((2, 6, 7, 7), "channels_last", requires_grad=wanted[0])
+    weights = make_ghost_module_weights(6, 10, 3, requires_grad=False)
+    for w, want in zip(weights, wanted[1:]):
+        w.requires_grad_(want)
+    y = fusedops.ghost_module(x, *weights, 10)
+    leaves = [t for t, want in zip([x, *weights], wanted) if want]
+    grads = torch.autograd.grad(y.square().sum(), leaves)
+    ref_leaves = [t.detach().double().requires_grad_(want) for t, want in zip([x, *weights], wanted)]
+    ref = ghost_module_reference(*ref_leaves, 10, 1, "relu")
+    ref_grads = torch.autograd.grad(ref.square().sum(), [t for t, want in zip(ref_leaves, wanted) if want])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+def test_backward_op_returns_empty_for_unrequested():
+    x = make_input((1, 4, 5, 5), "channels_last")
+    pw, pb, cw, cb = make_ghost_module_weights(4, 6, requires_grad=False)
+    go = torch.randn(1, 6, 5, 5)
+    grads = torch.ops.fusedops._ghost_module_backward(go, x, pw, pb, cw, cb, 6, [1, 1], "relu",
+                                                      [False, True, False, False, True])
+    assert [g.numel() == 0 for g in grads] == [True, False, True, True, False]
+
+
+def test_double_backward_raises():
+    x = make_input((1, 4, 5, 5), "channels_last", dtype=torch.float64, requires_grad=True)
+    weights = make_ghost_module_weights(4, 6, dtype=torch.float64)
+    y = fusedops.ghost_module(x, *weights, 6)
+    (g,) = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward .* of ghost_module is not supported"):
+        g.sum().backward()
+
+
+def test_backward_keeps_only_the_input():
+    # The saved tensors are the input and the weights: the primary half is recomputed, not kept.
+    x = make_input((2, 8, 16, 16), "channels_last", requires_grad=True)
+    weights = make_ghost_module_weights(8, 32)
+    y = fusedops.ghost_module(x, *weights, 32)
+    saved = [t.data_ptr() for t in (x, *weights)]
+    node = y.grad_fn
+    kept = [getattr(node, name) for name in dir(node) if name.startswith("_saved_")]
+    tensors = [t for t in kept if isinstance(t, torch.Tensor)]
+    assert all(t.data_ptr() in saved for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. opcheck, compile, export
+
+
+def _opcheck_args(layout, ratio, stride, requires_grad, residual):
+    x = make_input((2, 4, 6, 5), layout, dtype=torch.float64, requires_grad=requires_grad)
+    weights = make_ghost_module_weights(4, 7, ratio, dtype=torch.float64, requires_grad=requires_grad)
+    out_h, out_w = (6 - 1) // stride + 1, (5 - 1) // stride + 1
+    res = make_input((2, 7, out_h, out_w), layout, dtype=torch.float64, requires_grad=requires_grad) \
+        if residual else None
+    return (x, *weights, res, 7, [stride, stride], "relu")
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+@pytest.mark.parametrize("ratio", (2, 3))
+@pytest.mark.parametrize("stride", (1, 2))
+@pytest.mark.parametrize("requires_grad, residual", ((True, True), (True, False), (False, False)))
+def test_opcheck(layout, ratio, stride, requires_grad, residual):
+    torch.library.opcheck(torch.ops.fusedops.ghost_module.default,
+                          _opcheck_args(layout, ratio, stride, requires_grad, residual))
+
+
+def test_opcheck_backward_op():
+    args = _opcheck_args("channels_last", 3, 1, False, False)
+    go = torch.randn(2, 7, 6, 5, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.fusedops._ghost_module_backward.default,
+                          (go, *args[:5], *args[6:], [True] * 5))
+
+
+def test_compile_fullgraph_matches_eager():
+    x = make_input((2, 8, 10, 10), "channels_last", requires_grad=True)
+    weights = make_ghost_module_weights(8, 12, 3)
+    res = make_input((2, 12, 10, 10), "channels_last", requires_grad=True)
+
+    def block(x, res, *w):
+        return fusedops.ghost_module(x, *w, 12, residual=res) * 2
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    y, yc = block(x, res, *weights), compiled(x, res, *weights)
+    torch.testing.assert_close(yc, y)
+    g = torch.autograd.grad(y.sum(), [x, res, weights[0], weights[2]])
+    gc = torch.autograd.grad(yc.sum(), [x, res, weights[0], weights[2]])
+    for a, b in zip(gc, g):
+        torch.testing.assert_close(a, b)
+
+
+def test_export_dynamic_batch():
+    weights = make_ghost_module_weights(8, 16, requires_grad=False)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name, w in zip(("pw", "pb", "cw", "cb"), weights):
+                self.register_buffer(name, w)
+
+        def forward(self, x):
+            return fusedops.ghost_module(x, self.pw, self.pb, self.cw, self.cb, 16)
+
+    x = make_input((2, 8, 9, 9), "channels_last")
+    exported = torch.export.export(Block(), (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    x3 = make_input((3, 8, 9, 9), "channels_last")
+    torch.testing.assert_close(exported.module()(x3), Block()(x3))
+
+
+def test_meta_tensors():
+    x = torch.empty(2, 8, 9, 9, device="meta").to(memory_format=CL)
+    weights = [w.to("meta") for w in make_ghost_module_weights(8, 20, 3, requires_grad=False)]
+    y = torch.ops.fusedops.ghost_module(x, *weights, None, 20, [2, 2], "relu")
+    assert y.shape == (2, 20, 5, 5) and y.is_contiguous(memory_format=CL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. Arguments
+
+
+def test_bad_arguments_name_the_argument():
+    x = make_input((1, 8, 9, 9), "channels_last")
+    pw, pb, cw, cb = make_ghost_module_weights(8, 16, requires_grad=False)
+    # The native op's check (eager) or the wrapper's (other paths), with the same words.
+    with pytest.raises((RuntimeError, ValueError), match="activation must be one of"):
+        fusedops.ghost_module(x, pw, pb, cw, cb, 16, activation="gelu")
+    with pytest.raises(TypeError, match="out_channels must be an int"):
+        fusedops.ghost_module(x, pw, pb, cw, cb, 16.0)
+    with pytest.raises(RuntimeError, match=r"out_channels must be between 8 \(primary_weight's output channels\) "
+                       r"and 16"):
+        fusedops.ghost_module(x, pw, pb, cw, cb, 17)
+    with pytest.raises(RuntimeError, match=r"primary_weight must have shape \(out_channels, 8, 1, 1\)"):
+        fusedops.ghost_module(x, torch.randn(8, 8, 3, 3), pb, cw, cb, 16)
+    with pytest.raises(RuntimeError, match="cheap_weight must have an odd kernel size"):
+        fusedops.ghost_module(x, pw, pb, torch.randn(8, 1, 2, 2), cb, 16)
+    with pytest.raises(RuntimeError, match="cheap_weight has 12 output channels, which is not a positive multiple"):
+        fusedops.ghost_module(x, pw, pb, torch.randn(12, 1, 3, 3), None, 16)
+    with pytest.raises(RuntimeError, match=r"residual must have the output's shape \[1, 16, 9, 9\]"):
+        fusedops.ghost_module(x, pw, pb, cw, cb, 16, residual=torch.randn(1, 16, 9, 8))
+    with pytest.raises(RuntimeError, match="residual dtype torch.float64 does not match input dtype"):
+        fusedops.ghost_module(x, pw, pb, cw, cb, 16, residual=torch.randn(1, 16, 9, 9, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="stride must be positive"):
+        fusedops.ghost_module(x, pw, pb, cw, cb, 16, stride=0)
+    with pytest.raises(RuntimeError, match="input has an empty map"):
+        fusedops.ghost_module(make_input((1, 8, 0, 4), "nchw"), pw, pb, cw, cb, 16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. Packed weights
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64, torch.bfloat16))
+@pytest.mark.parametrize("ratio", (2, 3))
+def test_packed_weights_give_the_same_result(dtype, ratio):
+    x = make_input((2, 8, 9, 9), "channels_last", dtype=dtype)
+    weights = make_ghost_module_weights(8, 15, ratio, dtype=dtype, requires_grad=False)
+    packed = pack_weights(x, *weights, 15)
+    assert packed.dim() == 1 and packed.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    expected = fusedops.ghost_module(x, *weights, 15)
+    torch.testing.assert_close(fusedops.ghost_module(x, *weights, 15, packed_weights=packed), expected, rtol=0,
+                               atol=0)
+    # Packed once, used for inputs of other sizes and layouts.
+    x2 = make_input((1, 8, 5, 7), "nchw", dtype=dtype)
+    torch.testing.assert_close(fusedops.ghost_module(x2, *weights, 15, packed_weights=packed),
+                               fusedops.ghost_module(x2, *weights, 15), rtol=0, atol=0)
+
+
+def test_packed_weights_of_another_module_are_refused():
+    x = make_input((1, 8, 9, 9), "channels_last")
+    packed = pack_weights(x, *make_ghost_module_weights(8, 16, requires_grad=False), 16)
+    other = make_ghost_module_weights(8, 16, dw_size=5, requires_grad=False)
+    with pytest.raises(RuntimeError, match="packed_weights were not packed for this block"):
+        fusedops.ghost_module(x, *other, 16, packed_weights=packed)
+
+
+def test_reference_backend_matches():
+    x = make_input((2, 8, 9, 9), "nchw")
+    weights = make_ghost_module_weights(8, 13, 3, requires_grad=False)
+    with fusedops.use_backend("reference"):
+        expected = fusedops.ghost_module(x, *weights, 13, activation="hardswish")
+    torch.testing.assert_close(fusedops.ghost_module(x, *weights, 13, activation="hardswish"), expected, rtol=1e-5,
+                               atol=1e-5)
