@@ -333,6 +333,17 @@ def randomize_batch_norms(module, seed=1):
     return module
 
 
+
+def randomize_conv_biases(module, seed=1):
+    """Draws every nn.Conv2d bias in `module` from N(0, 0.5) (from `seed`), so that folding checks see biases
+    before batch norms and elsewhere. Returns `module`."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in module.modules():
+            if isinstance(conv, torch.nn.Conv2d) and conv.bias is not None:
+                conv.bias.copy_(0.5 * torch.randn(conv.bias.shape, generator=g, dtype=torch.float64))
+    return module
+
 # ---------------------------------------------------------------------------------------------------
 # depthwise_conv2d checks (CPU parity and CPU-path files)
 

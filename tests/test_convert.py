@@ -11,7 +11,7 @@ import fusedops
 from fusedops.nn import ConvBNActivation, DepthwiseConv2d, InvertedResidual, InvertedResidualV3
 
 from conftest import (CL, assert_close_scaled, check_training_matches, make_input, randomize_batch_norms,
-                      requires_ops, tolerance)
+                      randomize_conv_biases, requires_ops, tolerance)
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -30,12 +30,7 @@ def torchvision_model(name, dtype=torch.float64, seed=0):
     """torchvision's `name` (10 classes) with non-trivial batch-norm statistics and biases, in `dtype`."""
     torch.manual_seed(seed)
     model = getattr(torchvision.models, name)(num_classes=10).to(dtype)
-    randomize_batch_norms(model, seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.normal_(0, 0.5)
-    return model
+    return randomize_conv_biases(randomize_batch_norms(model, seed), seed)
 
 
 @pytest.mark.parametrize("name", sorted(REPLACED))
