@@ -5,9 +5,12 @@ from .freeze import freeze, unfreeze
 from .fuse import fuse_bn
 from .inverted_residual import ConvBNActivation, InvertedResidual
 from .inverted_residual_v3 import InvertedResidualV3
+from .paired import PairedBatchNorm2d, PairedConv2d
 from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
 from .squeeze_excitation import SqueezeExcitation
+from .timm_blocks import TimmInvertedResidual
 
 __all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "InvertedResidual",
-           "InvertedResidualV3", "SqueezeExcitation", "freeze", "fuse_bn", "unfreeze"]
+           "InvertedResidualV3", "PairedBatchNorm2d", "PairedConv2d", "SqueezeExcitation", "TimmInvertedResidual",
+           "freeze", "fuse_bn", "unfreeze"]

@@ -1,0 +1,73 @@
+"""timm's inverted-residual block (EfficientNet's MBConv, MobileNetV2/V3 as timm builds them) and
+depthwise-separable block as one fused op in eval mode, with timm's submodules and state-dict keys
+(:class:`TimmInvertedResidual`; :func:`fusedops.convert` makes it from a timm block)."""
+
+from typing import Mapping, Optional, Tuple
+
+from torch import nn
+
+from .inverted_residual import InvertedResidualBlock, Stages
+from .squeeze_excitation import SE_ACTIVATIONS, SE_GATES
+
+
+class TimmInvertedResidual(InvertedResidualBlock):
+    r"""timm's ``InvertedResidual`` (children ``conv_pw``, ``bn1``, ``conv_dw``, ``bn2``, ``aa``, ``se``,
+    ``conv_pwl``, ``bn3``, ``drop_path``) or ``DepthwiseSeparableConv`` (``conv_dw``, ``bn1``, ``aa``, ``se``,
+    ``conv_pw``, ``bn2``, ``drop_path``: no expansion), made of that block's own submodules, so parameters, buffers
+    and state-dict keys are the block's.
+
+    The batch norms are ``nn.BatchNorm2d`` or timm's ``BatchNormAct2d`` (a batch norm carrying its activation);
+    ``se`` is ``nn.Identity`` or timm's ``SqueezeExcite`` (``conv_reduce``, ``act1``, ``conv_expand``, ``gate``);
+    ``aa`` (anti-aliasing) is ``nn.Identity``; ``drop_path`` is ``nn.Identity`` or timm's ``DropPath``
+    (stochastic depth: the identity in eval mode).
+
+    Eval mode runs one fused :func:`fusedops.inverted_residual` op with the batch norms folded in and the
+    squeeze-excitation's weights passed as they are; folded afresh on every call unless frozen, as for
+    :class:`fusedops.nn.InvertedResidual`. Train mode runs the children in order and adds the input through
+    ``drop_path`` when ``has_skip``: timm's forward, so outputs, gradients, running statistics and the drop path's
+    random draws are timm's.
+
+    Args:
+        children: the block's children by name, in the order above (the order its forward runs them).
+        expand: names of the expansion's convolution and batch norm, or None without an expansion.
+        dw, project: names of the depthwise stage's and the projection's convolution and batch norm.
+        se: name of the squeeze-excitation module, or None without one.
+        activation: the op's name of the expansion's and depthwise stage's activation.
+        has_skip: whether the block adds its input (timm's attribute of that name).
+    """
+
+    def __init__(self, children: Mapping[str, nn.Module], *, expand: Optional[Tuple[str, str]], dw: Tuple[str, str],
+                 se: Optional[str], project: Tuple[str, str], activation, has_skip: bool):
+        super().__init__()
+        for name, child in children.items():
+            self.add_module(name, child)
+        self._stage_names = (expand, dw, se, project)
+        self.activation = activation
+        self.has_skip = has_skip
+
+    @property
+    def use_res_connect(self) -> bool:
+        return self.has_skip
+
+    def _stages(self):
+        modules = self._modules
+        expand, dw, se, project = self._stage_names
+        se_module = None if se is None else modules[se]
+        return Stages(None if expand is None else (modules[expand[0]], modules[expand[1]]),
+                      (modules[dw[0]], modules[dw[1]]),
+                      None if se is None else (se_module, se_module.conv_reduce, se_module.conv_expand),
+                      (modules[project[0]], modules[project[1]]))
+
+    def _squeeze_excitation_activations(self, se):
+        gate, act = type(se.gate), type(se.act1)
+        if act not in SE_ACTIVATIONS or gate not in SE_GATES:
+            raise ValueError(f"fusedops: the fused op cannot compute this SqueezeExcite's activations "
+                             f"({act.__name__}, {gate.__name__})")
+        return SE_GATES[gate], SE_ACTIVATIONS[act]
+
+    def _forward_unfused(self, input):
+        x = input
+        for name, child in self._modules.items():
+            if name != "drop_path":
+                x = child(x)
+        return self._modules["drop_path"](x) + input if self.has_skip else x
