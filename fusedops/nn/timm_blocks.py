@@ -7,7 +7,7 @@ from typing import Mapping, Optional, Tuple
 from torch import nn
 
 from .inverted_residual import InvertedResidualBlock, Stages
-from .squeeze_excitation import SE_ACTIVATIONS, SE_GATES
+from .squeeze_excitation import activation_names
 
 
 class TimmInvertedResidual(InvertedResidualBlock):
@@ -59,11 +59,7 @@ class TimmInvertedResidual(InvertedResidualBlock):
                       (modules[project[0]], modules[project[1]]))
 
     def _squeeze_excitation_activations(self, se):
-        gate, act = type(se.gate), type(se.act1)
-        if act not in SE_ACTIVATIONS or gate not in SE_GATES:
-            raise ValueError(f"fusedops: the fused op cannot compute this SqueezeExcite's activations "
-                             f"({act.__name__}, {gate.__name__})")
-        return SE_GATES[gate], SE_ACTIVATIONS[act]
+        return activation_names(se.gate, se.act1, "SqueezeExcite")
 
     def _forward_unfused(self, input):
         x = input
