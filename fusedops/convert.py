@@ -36,6 +36,7 @@ import torch.fx
 from torch import nn
 
 from .nn.depthwise import DepthwiseConv2d
+from .nn.freeze import FoldedWeights
 from .nn.inverted_residual import ConvBNActivation, InvertedResidual
 from .nn.inverted_residual_v3 import InvertedResidualV3
 from .nn.paired import PairedBatchNorm2d, PairedConv2d
@@ -99,6 +100,8 @@ class _Mismatch(Exception):
 
 
 def _convert(module, path, inplace, summary):
+    if isinstance(module, _FUSED_MODULES):
+        return module  # converted already (a model converted twice, or built from fusedops' modules)
     for recognise in _RECOGNISERS:
         try:
             fused = recognise(module)
@@ -404,6 +407,8 @@ def _timm_inverted_residual(module):
                                 project=project, activation=activations[0], has_skip=module.has_skip)
 
 
+# fusedops' own modules, which convert keeps as they are: the fused blocks, and the pieces of fused pairs.
+_FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedBatchNorm2d)
 # Tried in this order on every module, before its children.
 _RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _timm_inverted_residual, _conv_bn_activation,
                 _depthwise_conv)

@@ -5,6 +5,7 @@ what was not, torch.compile and torch.export; timm's batch norm that carries its
 import copy
 import functools
 import importlib
+import io
 
 import pytest
 import torch
@@ -180,3 +181,25 @@ def test_timm_conv_norm_act_and_refused_blocks():
 def test_compile_and_export_the_converted_model():
     model = timm_model("efficientnet_b0", dtype=torch.float32).eval()
     check_compile_and_export(fusedops.freeze(fusedops.convert(model)))
+
+
+def test_converting_twice_keeps_the_fused_modules():
+    converted = fusedops.convert(timm_model("mobilenetv2_100", dtype=torch.float32).eval())
+    again, report = fusedops.convert(converted, report=True, inplace=True)
+    assert again is converted and report.replaced == []
+    assert [path for path, _, _ in report.left_alone] == ["classifier"]
+
+
+def test_copies_keep_each_pair_together():
+    # A PairedConv2d runs the batch norm in its pair's place: deepcopy and pickling keep the two one module.
+    converted = fusedops.convert(timm_model("mobilenetv2_100", dtype=torch.float32).eval())
+    buffer = io.BytesIO()
+    torch.save(converted, buffer)
+    buffer.seek(0)
+    x = torch.randn(1, 3, 32, 32)
+    for copied in (copy.deepcopy(converted), torch.load(buffer, weights_only=False)):
+        assert copied.conv_stem.norm is copied.bn1 and copied.conv_head.norm is copied.bn2
+        assert copied.bn1 is not converted.bn1
+        with torch.no_grad():
+            copied.bn1.running_mean.add_(1.0)  # the copy's pair reads its own batch norm
+            assert not torch.allclose(copied(x), converted(x))
