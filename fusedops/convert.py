@@ -117,7 +117,7 @@ def _convert(module, path, inplace, summary):
     for name, child in module._modules.items():
         if child is None or name in new_children:
             continue
-        new = _convert(child, f"{path}.{name}" if path else name, inplace, summary)
+        new = _convert(child, _child_path(path, name), inplace, summary)
         if new is not child:
             new_children[name] = new
     if not module._modules and (module._parameters or module._buffers) and not any(
@@ -128,6 +128,10 @@ def _convert(module, path, inplace, summary):
     target = module if inplace else _shallow_copy(module)
     target._modules.update(new_children)
     return target
+
+
+def _child_path(path, name):
+    return f"{path}.{name}" if path else name
 
 
 def _shallow_copy(module):
@@ -266,8 +270,9 @@ def _norm_activation(norm, what):
     ``act`` for timm's ``BatchNormAct2d`` (recognised by structure: a BatchNorm2d subclass whose only children are
     ``drop``, an ``nn.Identity``, and ``act``; an isinstance check alone would drop its activation). Raises
     _Mismatch for other batch norms and for activations the fused modules do not compute."""
-    if type(norm) is not nn.BatchNorm2d and (not isinstance(norm, nn.BatchNorm2d) or list(norm._modules) !=
-                                            ["drop", "act"] or type(norm.drop) is not nn.Identity):
+    carries_activation = (isinstance(norm, nn.BatchNorm2d) and list(norm._modules) == ["drop", "act"]
+                          and type(norm.drop) is nn.Identity)
+    if type(norm) is not nn.BatchNorm2d and not carries_activation:
         raise _Mismatch(f"{what} is a {type(norm).__name__}: neither an nn.BatchNorm2d nor a batch norm followed by "
                         "its activation (timm's BatchNormAct2d)")
     if not norm.affine:
@@ -317,7 +322,7 @@ def _paired_children(module, path, summary):
         if (len(conv_calls) != 1 or len(norm_calls) != 1 or list(conv_calls[0].users) != [norm_calls[0]]
                 or norm_calls[0].args != (conv_calls[0],) or norm_calls[0].kwargs):
             continue
-        norm_path = f"{path}.{norm_name}" if path else norm_name
+        norm_path = _child_path(path, norm_name)
         try:
             activation = _norm_activation(children[norm_name], norm_name)
         except _Mismatch as why:
@@ -327,7 +332,7 @@ def _paired_children(module, path, summary):
         fused[conv_name] = PairedConv2d(children[conv_name], norm, activation)
         fused[norm_name] = norm
         for name in (conv_name, norm_name):
-            summary.replaced.append((f"{path}.{name}" if path else name, type(children[name]).__name__,
+            summary.replaced.append((_child_path(path, name), type(children[name]).__name__,
                                      type(fused[name]).__name__))
     return fused
 

@@ -150,6 +150,19 @@ def test_unknown_batch_norm_activations_and_data_flow_are_kept():
     with torch.no_grad():
         assert torch.equal(converted(x), bypass(x))
 
+    # A forward that fx cannot trace (it branches on a value): its data flow is unknown, nothing is paired.
+    class Branches(Bypass):
+        def forward(self, x):
+            y = self.bn(self.conv(x))
+            return y if y.sum() > 0 else -y
+
+    branches = randomize_batch_norms(Branches()).eval()
+    converted, report = fusedops.convert(branches, report=True)
+    assert report.replaced == []
+    assert "its forward could not be traced" in dict((p, w) for p, _, w in report.left_alone)[""]
+    with torch.no_grad():
+        assert torch.equal(converted(x), branches(x))
+
 
 def test_timm_conv_norm_act_and_refused_blocks():
     # timm's ConvNormAct (conv, bn) is paired; an inverted residual with a GELU, and a depthwise-separable block
