@@ -11,7 +11,9 @@ What is recognised, by structure (a class name only where the structure alone is
   one convolution with the BN folded in at eval;
 * timm's ``InvertedResidual`` (EfficientNet's MBConv, timm's MobileNetV2/V3: SiLU, hardswish, relu6, timm's
   ``SqueezeExcite``, stochastic depth) and ``DepthwiseSeparableConv``, by their children ->
-  :class:`fusedops.nn.TimmInvertedResidual` (the fused inverted-residual op; without expansion for the latter);
+  :class:`fusedops.nn.TimmInvertedResidual` (the fused inverted-residual op; without expansion for the latter), or,
+  for a depthwise-separable block without squeeze-excitation or skip (MobileNetV1, whose 1x1 convolution has an
+  activation), :class:`fusedops.nn.TimmDepthwiseSeparable` (the fused dwpw op);
 * a convolution child followed by a batch-norm child that the parent's forward feeds its output to and nowhere else
   (read from an fx trace of the parent's own forward: timm's stems ``conv_stem``, ``bn1`` and heads ``conv_head``,
   ``bn2``; timm's ``ConvNormAct``/``ConvBnAct``; the pairs of timm blocks that are not fused whole) ->
@@ -41,7 +43,7 @@ from .nn.inverted_residual import ConvBNActivation, InvertedResidual
 from .nn.inverted_residual_v3 import InvertedResidualV3
 from .nn.paired import PairedBatchNorm2d, PairedConv2d
 from .nn.squeeze_excitation import SE_ACTIVATIONS, SE_GATES
-from .nn.timm_blocks import TimmInvertedResidual
+from .nn.timm_blocks import TimmDepthwiseSeparable, TimmInvertedResidual
 
 # The activation modules the fused modules compute, by the fused modules' names for them.
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
@@ -371,9 +373,10 @@ def _timm_squeeze_excite(se, channels):
     return se
 
 
-def _timm_inverted_residual(module):
+def _timm_block(module):
     """timm's InvertedResidual (EfficientNet's MBConv, timm's MobileNetV2/V3) and DepthwiseSeparableConv, by their
-    children and ``has_skip``."""
+    children and ``has_skip``: the fused inverted-residual op, or the dwpw op for a depthwise-separable block without
+    squeeze-excitation or skip (whose 1x1 convolution may have an activation: MobileNetV1)."""
     names = tuple(module._modules)
     if not isinstance(getattr(module, "has_skip", None), bool):
         return None
@@ -398,14 +401,17 @@ def _timm_inverted_residual(module):
     activations = [_norm_activation(children[stage[1]], stage[1]) for stage in (expand, dw) if stage is not None]
     if len(set(activations)) != 1:
         raise _Mismatch(f"its expansion and depthwise stage have different activations ({', '.join(activations)})")
-    if _norm_activation(children[project[1]], project[1]) != "none":
-        raise _Mismatch(f"its projection has an activation ({project[1]}); the fused op's projection is linear")
+    project_activation = _norm_activation(children[project[1]], project[1])
     if type(children["aa"]) is not nn.Identity:
         raise _Mismatch("its anti-aliasing stage (aa) is not one the fused op computes")
     # Stochastic depth is the identity in eval mode; train mode runs timm's module itself.
     if type(children["drop_path"]) is not nn.Identity and type(children["drop_path"]).__name__ != "DropPath":
         raise _Mismatch(f"its drop_path is a {type(children['drop_path']).__name__}")
     se = _timm_squeeze_excite(children["se"], dw_conv.out_channels)
+    if expand is None and se is None and not module.has_skip:
+        return TimmDepthwiseSeparable(dict(children), mid_activation=activations[0], out_activation=project_activation)
+    if project_activation != "none":
+        raise _Mismatch(f"its projection has an activation ({project[1]}); the fused op's projection is linear")
     if module.has_skip and (dw_conv.stride != (1, 1) or chain[-1].out_channels != chain[0].in_channels):
         raise _Mismatch("it adds its input to an output of another shape")
     return TimmInvertedResidual(dict(children), expand=expand, dw=dw, se=None if se is None else "se",
@@ -415,5 +421,5 @@ def _timm_inverted_residual(module):
 # fusedops' own modules, which convert keeps as they are: the fused blocks, and the pieces of fused pairs.
 _FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedBatchNorm2d)
 # Tried in this order on every module, before its children.
-_RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _timm_inverted_residual, _conv_bn_activation,
+_RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _timm_block, _conv_bn_activation,
                 _depthwise_conv)

@@ -1,6 +1,7 @@
-"""fusedops.convert on timm's models (MobileNetV3, EfficientNet, MobileNetV2 as timm builds them): the same function
-in eval and train mode, the original's parameters, buffers and state-dict keys, a report of what was replaced and
-what was not, torch.compile and torch.export; timm's batch norm that carries its activation (BatchNormAct2d)."""
+"""fusedops.convert on timm's models (MobileNetV3, EfficientNet, MobileNetV2, MobileNetV1 as timm builds them): the
+same function in eval and train mode, the original's parameters, buffers and state-dict keys, a report of what was
+replaced and what was not, torch.compile and torch.export; timm's batch norm that carries its activation
+(BatchNormAct2d)."""
 
 import copy
 import functools
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 import fusedops
-from fusedops.nn import PairedBatchNorm2d, PairedConv2d, TimmInvertedResidual
+from fusedops.nn import PairedBatchNorm2d, PairedConv2d, TimmDepthwiseSeparable, TimmInvertedResidual
 
 from conftest import (assert_close_scaled, check_compile_and_export, check_convert_eval_matches,
                       check_convert_shares_state, check_training_matches, make_input, randomize_batch_norms,
@@ -24,20 +25,25 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 
 pytestmark = requires_ops
 
-# timm model -> how many modules convert replaces, by fused class: every block; the stem (conv_stem, bn1), and the
-# head's conv -> batch norm (EfficientNet's conv_head, bn2; MobileNetV3's last stage, a ConvBnAct) as pairs.
+# timm model -> how many modules convert replaces, by fused class: every block (the depthwise-separable ones
+# without squeeze-excitation or skip on the dwpw op); the stem (conv_stem, bn1), and the head's conv -> batch norm
+# (EfficientNet's conv_head, bn2; MobileNetV3's last stage, a ConvBnAct) as pairs.
 REPLACED = {
     "mobilenetv3_large_100": {TimmInvertedResidual: 15, PairedConv2d: 2, PairedBatchNorm2d: 2},
     "efficientnet_b0": {TimmInvertedResidual: 16, PairedConv2d: 2, PairedBatchNorm2d: 2},
-    "mobilenetv2_100": {TimmInvertedResidual: 17, PairedConv2d: 2, PairedBatchNorm2d: 2},
+    "mobilenetv2_100": {TimmInvertedResidual: 16, TimmDepthwiseSeparable: 1, PairedConv2d: 2, PairedBatchNorm2d: 2},
+    "mobilenetv1_100": {TimmDepthwiseSeparable: 13, PairedConv2d: 1, PairedBatchNorm2d: 1},
 }
 # What each keeps, by path: the classifier, and MobileNetV3's conv_head (a 1x1 convolution with a bias, no batch norm).
 LEFT_ALONE = {
     "mobilenetv3_large_100": ["conv_head", "classifier"],
     "efficientnet_b0": ["classifier"],
     "mobilenetv2_100": ["classifier"],
+    "mobilenetv1_100": ["classifier"],
 }
-blocks_module = importlib.import_module("fusedops.nn.inverted_residual")
+# Where the fused blocks call their ops: fusedops.inverted_residual and fusedops.dwpw_conv2d.
+FUSED_OPS = {TimmInvertedResidual: (importlib.import_module("fusedops.nn.inverted_residual"), "inverted_residual"),
+             TimmDepthwiseSeparable: (importlib.import_module("fusedops.nn.separable"), "dwpw_conv2d")}
 
 
 def timm_model(name, dtype=torch.float64, seed=0, **kwargs):
@@ -54,17 +60,23 @@ def test_eval_matches_the_original(name, layout, monkeypatch):
     assert replaced_counts(report) == {cls.__name__: n for cls, n in REPLACED[name].items()}
     assert sorted(path for path, _, _ in report.left_alone) == sorted(LEFT_ALONE[name])
     # Every block runs as one fused op.
-    fused_calls = []
-    real = blocks_module.inverted_residual
-    monkeypatch.setattr(blocks_module, "inverted_residual", lambda *a, **k: fused_calls.append(1) or real(*a, **k))
+    calls = {cls: count_calls(monkeypatch, *where) for cls, where in FUSED_OPS.items()}
     with torch.no_grad():
         converted(x)
-    assert len(fused_calls) == REPLACED[name][TimmInvertedResidual]
+    assert {cls: len(c) for cls, c in calls.items()} == {cls: REPLACED[name].get(cls, 0) for cls in FUSED_OPS}
 
 
-@pytest.mark.parametrize("name, options", [("mobilenetv3_large_100", {}), ("efficientnet_b0", {}),
-                                           ("mobilenetv2_100", {}), ("efficientnet_b0", {"drop_path_rate": 0.2})],
-                         ids=["mobilenetv3_large_100", "efficientnet_b0", "mobilenetv2_100", "efficientnet_b0-drop"])
+def count_calls(monkeypatch, module, name):
+    """A list that grows by one on each call of `module`'s function `name` (which still runs)."""
+    calls = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    return calls
+
+
+@pytest.mark.parametrize("name, options", [*((name, {}) for name in sorted(REPLACED)),
+                                           ("efficientnet_b0", {"drop_path_rate": 0.2})],
+                         ids=[*sorted(REPLACED), "efficientnet_b0-drop"])
 def test_train_matches_the_original(name, options):
     # Outputs, every parameter's gradient and the running statistics after two SGD steps; with stochastic depth the
     # seeded steps draw the same paths in both models.
@@ -166,19 +178,22 @@ def test_unknown_batch_norm_activations_and_data_flow_are_kept():
 
 def test_timm_conv_norm_act_and_refused_blocks():
     # timm's ConvNormAct (conv, bn) is paired; an inverted residual with a GELU, and a depthwise-separable block
-    # whose projection has an activation (pw_act), are refused as blocks with the reason, and their convolution and
-    # batch-norm pairs fused instead where the pair's activation is one the fused modules compute.
+    # with squeeze-excitation whose projection has an activation (pw_act), are refused as blocks with the reason, and
+    # their convolution and batch-norm pairs fused instead where the pair's activation is one the fused modules
+    # compute; a depthwise-separable block with pw_act and neither squeeze-excitation nor skip runs the dwpw op.
+    hard_gated = functools.partial(SqueezeExcite, gate_layer=nn.Hardsigmoid)
     model = nn.Sequential(
         ConvNormAct(3, 16, 3, stride=2, act_layer=nn.Hardswish),
         InvertedResidual(16, 16, exp_ratio=4, act_layer=nn.GELU),
-        DepthwiseSeparableConv(16, 24, pw_act=True, act_layer=nn.ReLU6),
-        InvertedResidual(24, 24, dw_kernel_size=5, exp_ratio=3, act_layer=nn.SiLU,
-                         se_layer=functools.partial(SqueezeExcite, gate_layer=nn.Hardsigmoid)))
+        DepthwiseSeparableConv(16, 24, pw_act=True, act_layer=nn.ReLU6, se_layer=SqueezeExcite),
+        InvertedResidual(24, 24, dw_kernel_size=5, exp_ratio=3, act_layer=nn.SiLU, se_layer=hard_gated),
+        DepthwiseSeparableConv(24, 32, stride=2, pw_act=True, act_layer=nn.ReLU))
     model = randomize_conv_biases(randomize_batch_norms(model)).eval()
     converted, report = fusedops.convert(model, report=True)
     replaced = {path: new for path, _, new in report.replaced}
     assert replaced["0.conv"] == "PairedConv2d" and replaced["0.bn"] == "PairedBatchNorm2d"
-    assert replaced["3"] == "TimmInvertedResidual"
+    assert replaced["3"] == "TimmInvertedResidual" and replaced["4"] == "TimmDepthwiseSeparable"
+    assert converted[4].out_activation == "relu"
     assert replaced["1.conv_pwl"] == "PairedConv2d" and replaced["1.conv_dw"] == "DepthwiseConv2d"
     assert "1.conv_pw" not in replaced
     assert {replaced[f"2.{n}"] for n in ("conv_dw", "conv_pw")} == {"PairedConv2d"}

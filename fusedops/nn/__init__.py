@@ -9,8 +9,8 @@ from .paired import PairedBatchNorm2d, PairedConv2d
 from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
 from .squeeze_excitation import SqueezeExcitation
-from .timm_blocks import TimmInvertedResidual
+from .timm_blocks import TimmDepthwiseSeparable, TimmInvertedResidual
 
 __all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "InvertedResidual",
-           "InvertedResidualV3", "PairedBatchNorm2d", "PairedConv2d", "SqueezeExcitation", "TimmInvertedResidual",
-           "freeze", "fuse_bn", "unfreeze"]
+           "InvertedResidualV3", "PairedBatchNorm2d", "PairedConv2d", "SqueezeExcitation", "TimmDepthwiseSeparable",
+           "TimmInvertedResidual", "freeze", "fuse_bn", "unfreeze"]

@@ -1,12 +1,14 @@
 """timm's inverted-residual block (EfficientNet's MBConv, MobileNetV2/V3 as timm builds them) and
-depthwise-separable block as one fused op in eval mode, with timm's submodules and state-dict keys
-(:class:`TimmInvertedResidual`; :func:`fusedops.convert` makes it from a timm block)."""
+depthwise-separable block (MobileNetV1, the first block of the others) as one fused op in eval mode, with timm's
+submodules and state-dict keys (:class:`TimmInvertedResidual`, :class:`TimmDepthwiseSeparable`;
+:func:`fusedops.convert` makes them from timm's blocks)."""
 
 from typing import Mapping, Optional, Tuple
 
 from torch import nn
 
 from .inverted_residual import InvertedResidualBlock, Stages
+from .separable import DepthwiseSeparableBlock
 from .squeeze_excitation import activation_names
 
 
@@ -62,8 +64,46 @@ class TimmInvertedResidual(InvertedResidualBlock):
         return activation_names(se.gate, se.act1, "SqueezeExcite")
 
     def _forward_unfused(self, input):
-        x = input
-        for name, child in self._modules.items():
-            if name != "drop_path":
-                x = child(x)
-        return self._modules["drop_path"](x) + input if self.has_skip else x
+        return _run_children(self, input, self.has_skip)
+
+
+def _run_children(block, input, has_skip):
+    """timm's forward of a block: its children in order (``drop_path`` aside), then, with `has_skip`, the input added
+    through ``drop_path``."""
+    x = input
+    for name, child in block._modules.items():
+        if name != "drop_path":
+            x = child(x)
+    return block._modules["drop_path"](x) + input if has_skip else x
+
+
+class TimmDepthwiseSeparable(DepthwiseSeparableBlock):
+    r"""timm's ``DepthwiseSeparableConv`` without squeeze-excitation and without skip (children ``conv_dw``,
+    ``bn1``, ``aa``, ``se``, ``conv_pw``, ``bn2``, ``drop_path``; ``aa``, ``se`` and ``drop_path`` are
+    ``nn.Identity``), made of that block's own submodules, so parameters, buffers and state-dict keys are the
+    block's: MobileNetV1 (whose 1x1 convolution has an activation, ``pw_act``) and the first block of timm's
+    MobileNetV2.
+
+    Eval mode runs one fused :func:`fusedops.dwpw_conv2d` call with the batch norms folded in (folded afresh on
+    every call unless frozen, as for :class:`fusedops.nn.DepthwiseSeparableConv2d`); train mode runs the children
+    in order: timm's forward.
+
+    Args:
+        children: the block's children by name, in the order above.
+        mid_activation, out_activation: the op's names of the activations of ``bn1`` and ``bn2`` (timm's
+            ``BatchNormAct2d`` carries them).
+    """
+
+    def __init__(self, children: Mapping[str, nn.Module], *, mid_activation, out_activation):
+        super().__init__()
+        for name, child in children.items():
+            self.add_module(name, child)
+        self.mid_activation = mid_activation
+        self.out_activation = out_activation
+
+    def _stages(self):
+        modules = self._modules
+        return modules["conv_dw"], modules["bn1"], modules["conv_pw"], modules["bn2"]
+
+    def _forward_unfused(self, input):
+        return _run_children(self, input, False)
