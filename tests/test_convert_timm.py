@@ -206,6 +206,21 @@ def test_timm_conv_norm_act_and_refused_blocks():
         assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))
 
 
+@pytest.mark.parametrize("options, reason", [
+    ({"aa_layer": "avg"}, "its anti-aliasing stage (aa) is not one the fused op computes"),
+    ({"s2d": 1}, "its space-to-depth stage (conv_s2d) is not one the fused op computes")], ids=["aa", "s2d"])
+def test_blocks_with_stages_the_op_lacks_are_kept(options, reason):
+    # Anti-aliasing (a pool after the depthwise convolution) and space-to-depth: the block is kept, with the reason,
+    # and computes what it did.
+    block = InvertedResidual(16, 32, stride=2, exp_ratio=2, act_layer=nn.SiLU, **options)
+    block = randomize_batch_norms(block).eval()
+    converted, report = fusedops.convert(block, report=True)
+    assert ("", "InvertedResidual", reason) in report.left_alone
+    x = torch.randn(2, 16, 16, 16)
+    with torch.no_grad():
+        assert_close_scaled(converted(x), block(x), **tolerance(torch.float32))
+
+
 def test_compile_and_export_the_converted_model():
     model = timm_model("efficientnet_b0", dtype=torch.float32).eval()
     check_compile_and_export(fusedops.freeze(fusedops.convert(model)))
