@@ -102,6 +102,22 @@ def test_shares_parameters_buffers_and_keys(name):
     check_convert_shares_state(lambda seed: timm_model(name, dtype=torch.float32, seed=seed))
 
 
+@pytest.mark.parametrize("act_layer", (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU))
+@pytest.mark.parametrize("gate_layer", (nn.Sigmoid, nn.Hardsigmoid))
+def test_squeeze_excited_blocks_match_in_eval_and_train(act_layer, gate_layer):
+    # One residual block per activation and gate (the SE's inner activation is the block's, as timm builds it), in
+    # float64: eval through the fused op, then two training steps.
+    se_layer = functools.partial(SqueezeExcite, gate_layer=gate_layer)
+    block = InvertedResidual(8, 8, dw_kernel_size=5, exp_ratio=3, act_layer=act_layer, se_layer=se_layer)
+    block = randomize_conv_biases(randomize_batch_norms(block.double())).eval()
+    converted = fusedops.convert(copy.deepcopy(block), layout=None)
+    assert type(converted) is TimmInvertedResidual and converted.use_res_connect
+    x = make_input((2, 8, 9, 9), "channels_last", dtype=torch.float64)
+    with torch.no_grad():
+        assert_close_scaled(converted(x), block(x), **tolerance(torch.float64))
+    check_training_matches(converted, block, [x, 2 * x], lr=0.01, train_grads=True)
+
+
 def test_report_names_what_was_replaced_and_kept():
     _, report = fusedops.convert(timm_model("mobilenetv3_large_100", dtype=torch.float32), report=True)
     replaced = {path: (old, new) for path, old, new in report.replaced}
