@@ -9,11 +9,23 @@ What is recognised, by structure (a class name only where the structure alone is
 * conv -> ``nn.BatchNorm2d`` [-> activation] as an ``nn.Sequential`` of three (two) children (torchvision's
   ``Conv2dNormActivation``, older ``ConvBNReLU``; the stems and heads) -> :class:`fusedops.nn.ConvBNActivation`,
   one convolution with the BN folded in at eval;
+* timm's ``InvertedResidual`` (EfficientNet's MBConv, timm's MobileNetV2/V3: SiLU, hardswish, relu6, timm's
+  ``SqueezeExcite``, stochastic depth) and ``DepthwiseSeparableConv``, by their children ->
+  :class:`fusedops.nn.TimmInvertedResidual` (the fused inverted-residual op; without expansion for the latter), or,
+  for a depthwise-separable block without squeeze-excitation or skip (MobileNetV1, whose 1x1 convolution has an
+  activation), :class:`fusedops.nn.TimmDepthwiseSeparable` (the fused dwpw op);
+* a convolution child followed by a batch-norm child that the parent's forward feeds its output to and nowhere else
+  (read from an fx trace of the parent's own forward: timm's stems ``conv_stem``, ``bn1`` and heads ``conv_head``,
+  ``bn2``; timm's ``ConvNormAct``/``ConvBnAct``; the pairs of timm blocks that are not fused whole) ->
+  :class:`fusedops.nn.PairedConv2d` in the convolution's place (conv, BN, activation; the BN folded in at eval) and
+  :class:`fusedops.nn.PairedBatchNorm2d` in the batch norm's (its state; passes its input on);
 * a depthwise ``nn.Conv2d`` (``groups == in_channels``, any multiplier) anywhere else ->
   :class:`fusedops.nn.DepthwiseConv2d`.
 
-Everything else is left as it is. The fused modules are built around the original ones: they hold the same
-``nn.Parameter`` objects and the same ``nn.BatchNorm2d`` modules (running statistics, eps, momentum), so an
+A batch norm is an ``nn.BatchNorm2d`` or timm's ``BatchNormAct2d``, a subclass that applies its own activation
+(recognised by its ``drop`` and ``act`` children, whose activation the fused module computes: an isinstance check
+alone would drop it). Everything else is left as it is. The fused modules are built around the original ones: they
+hold the same ``nn.Parameter`` objects and the same batch norms' tensors (running statistics, eps, momentum), so an
 optimizer built on the original trains the converted model, and state dicts load into either, both ways.
 """
 
@@ -22,11 +34,16 @@ import dataclasses
 from typing import List
 
 import torch
+import torch.fx
 from torch import nn
 
 from .nn.depthwise import DepthwiseConv2d
+from .nn.freeze import FoldedWeights
 from .nn.inverted_residual import ConvBNActivation, InvertedResidual
 from .nn.inverted_residual_v3 import InvertedResidualV3
+from .nn.paired import PairedBatchNorm2d, PairedConv2d
+from .nn.squeeze_excitation import SE_ACTIVATIONS, SE_GATES
+from .nn.timm_blocks import TimmDepthwiseSeparable, TimmInvertedResidual
 
 # The activation modules the fused modules compute, by the fused modules' names for them.
 _ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu"}
@@ -85,6 +102,8 @@ class _Mismatch(Exception):
 
 
 def _convert(module, path, inplace, summary):
+    if isinstance(module, _FUSED_MODULES):
+        return module  # converted already (a model converted twice, or built from fusedops' modules)
     for recognise in _RECOGNISERS:
         try:
             fused = recognise(module)
@@ -96,11 +115,11 @@ def _convert(module, path, inplace, summary):
             fused.train(module.training)
             summary.replaced.append((path, type(module).__name__, type(fused).__name__))
             return fused
-    new_children = {}
+    new_children = _paired_children(module, path, summary)
     for name, child in module._modules.items():
-        if child is None:
+        if child is None or name in new_children:
             continue
-        new = _convert(child, f"{path}.{name}" if path else name, inplace, summary)
+        new = _convert(child, _child_path(path, name), inplace, summary)
         if new is not child:
             new_children[name] = new
     if not module._modules and (module._parameters or module._buffers) and not any(
@@ -111,6 +130,10 @@ def _convert(module, path, inplace, summary):
     target = module if inplace else _shallow_copy(module)
     target._modules.update(new_children)
     return target
+
+
+def _child_path(path, name):
+    return f"{path}.{name}" if path else name
 
 
 def _shallow_copy(module):
@@ -244,5 +267,159 @@ def _depthwise_conv(module):
     return _adopt(fused, module)
 
 
+def _norm_activation(norm, what):
+    """The op's name of the activation that batch norm `norm` applies itself: "none" for an ``nn.BatchNorm2d``, its
+    ``act`` for timm's ``BatchNormAct2d`` (recognised by structure: a BatchNorm2d subclass whose only children are
+    ``drop``, an ``nn.Identity``, and ``act``; an isinstance check alone would drop its activation). Raises
+    _Mismatch for other batch norms and for activations the fused modules do not compute."""
+    carries_activation = (isinstance(norm, nn.BatchNorm2d) and list(norm._modules) == ["drop", "act"]
+                          and type(norm.drop) is nn.Identity)
+    if type(norm) is not nn.BatchNorm2d and not carries_activation:
+        raise _Mismatch(f"{what} is a {type(norm).__name__}: neither an nn.BatchNorm2d nor a batch norm followed by "
+                        "its activation (timm's BatchNormAct2d)")
+    if not norm.affine:
+        raise _Mismatch(f"{what} has no affine parameters")
+    act = norm._modules.get("act")
+    return "none" if act is None or type(act) is nn.Identity else _activation_name(act, f"{what}'s")
+
+
+class _ChildrenAsLeaves(torch.fx.Tracer):
+    """Traces a module's own forward only: every submodule call is one node."""
+
+    def is_leaf_module(self, module, qualified_name):
+        return True
+
+
+def _paired_children(module, path, summary):
+    """{name: fused module} for each convolution child of `module` followed (in registration order) by a batch norm
+    child whose forward feeds the convolution's output to the batch norm and nowhere else, each called once (timm's
+    ``conv_stem``, ``bn1`` and ``conv_head``, ``bn2``; ``ConvNormAct``'s ``conv``, ``bn``): the convolution becomes
+    a :class:`PairedConv2d`, the batch norm a :class:`PairedBatchNorm2d`. The data flow is read from a trace of
+    `module`'s forward with its children as leaves; nothing is paired where that trace fails.
+
+    Of an ``nn.Sequential`` only a unit of two (conv, then a batch norm carrying its activation: timm's
+    ``BatchNormAct2d``; the other units are ConvBNActivation's) is paired: the chains of longer ones are left to the
+    recognisers of their blocks (ShuffleNetV2's branches)."""
+    children = module._modules
+    names = list(children)
+    if isinstance(module, nn.Sequential) and len(names) != 2:
+        return {}
+    candidates = [(a, b) for a, b in zip(names, names[1:]) if type(children[a]) is nn.Conv2d
+                  and isinstance(children[b], nn.BatchNorm2d) and children[a].out_channels == children[b].num_features]
+    if not candidates:
+        return {}
+    try:
+        graph = _ChildrenAsLeaves().trace(module)
+    except Exception as why:  # any forward fx cannot follow: its children are converted one by one instead
+        summary.left_alone.append((path, type(module).__name__, "its convolutions and batch norms were not fused: "
+                                   f"its forward could not be traced ({type(why).__name__})"))
+        return {}
+    calls = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    fused = {}
+    for conv_name, norm_name in candidates:
+        conv_calls, norm_calls = calls.get(conv_name, ()), calls.get(norm_name, ())
+        if (len(conv_calls) != 1 or len(norm_calls) != 1 or list(conv_calls[0].users) != [norm_calls[0]]
+                or norm_calls[0].args != (conv_calls[0],) or norm_calls[0].kwargs):
+            continue
+        norm_path = _child_path(path, norm_name)
+        try:
+            activation = _norm_activation(children[norm_name], norm_name)
+        except _Mismatch as why:
+            summary.left_alone.append((norm_path, type(children[norm_name]).__name__, str(why)))
+            continue
+        norm = PairedBatchNorm2d(children[norm_name])
+        fused[conv_name] = PairedConv2d(children[conv_name], norm, activation)
+        fused[norm_name] = norm
+        for name in (conv_name, norm_name):
+            summary.replaced.append((_child_path(path, name), type(children[name]).__name__,
+                                     type(fused[name]).__name__))
+    return fused
+
+
+# timm's blocks by their children, in the order their forwards run them: the (convolution, batch norm) names of the
+# expansion (None: the block has none), the depthwise stage and the projection.
+_TIMM_BLOCKS = {
+    ("conv_pw", "bn1", "conv_dw", "bn2", "aa", "se", "conv_pwl", "bn3", "drop_path"):  # InvertedResidual
+        (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
+    ("conv_dw", "bn1", "aa", "se", "conv_pw", "bn2", "drop_path"):  # DepthwiseSeparableConv
+        (None, ("conv_dw", "bn1"), ("conv_pw", "bn2")),
+}
+_SPACE_TO_DEPTH = ("conv_s2d", "bn_s2d")
+
+
+def _pointwise(conv):
+    return conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+
+
+def _timm_squeeze_excite(se, channels):
+    """timm's SqueezeExcite (conv_reduce, act1, conv_expand, gate; global mean pool first) over `channels`, as
+    the op computes it, or None for nn.Identity; _Mismatch otherwise."""
+    if type(se) is nn.Identity:
+        return None
+    if list(se._modules) != ["conv_reduce", "act1", "conv_expand", "gate"]:
+        raise _Mismatch(f"its se is a {type(se).__name__}, not timm's SqueezeExcite (conv_reduce, act1, conv_expand, "
+                        "gate)")
+    reduce, expand = se.conv_reduce, se.conv_expand
+    if (type(reduce) is not nn.Conv2d or type(expand) is not nn.Conv2d or not _pointwise(reduce)
+            or not _pointwise(expand) or reduce.in_channels != channels or expand.out_channels != channels
+            or reduce.out_channels != expand.in_channels):
+        raise _Mismatch("its squeeze-excitation's convolutions are not 1x1 ones over the depthwise stage's channels")
+    if type(se.act1) not in SE_ACTIVATIONS or type(se.gate) not in SE_GATES:
+        raise _Mismatch(f"its squeeze-excitation's activations ({type(se.act1).__name__}, {type(se.gate).__name__}) "
+                        "are not ones the fused op computes")
+    return se
+
+
+def _timm_block(module):
+    """timm's InvertedResidual (EfficientNet's MBConv, timm's MobileNetV2/V3) and DepthwiseSeparableConv, by their
+    children and ``has_skip``: the fused inverted-residual op, or the dwpw op for a depthwise-separable block without
+    squeeze-excitation or skip (whose 1x1 convolution may have an activation: MobileNetV1)."""
+    names = tuple(module._modules)
+    if not isinstance(getattr(module, "has_skip", None), bool):
+        return None
+    if names[:2] == _SPACE_TO_DEPTH and names[2:] in _TIMM_BLOCKS:
+        raise _Mismatch("its space-to-depth stage (conv_s2d) is not one the fused op computes")
+    layout = _TIMM_BLOCKS.get(names)
+    if layout is None:
+        return None
+    expand, dw, project = layout
+    children = module._modules
+    chain = [children[stage[0]] for stage in layout if stage is not None]  # the convolutions, in order
+    if any(type(conv) is not nn.Conv2d for conv in chain):
+        raise _Mismatch("its convolutions are not all nn.Conv2d (timm's 'same' padding is another class)")
+    dw_conv = children[dw[0]]
+    if (dw_conv.groups != dw_conv.in_channels or dw_conv.out_channels != dw_conv.in_channels
+            or dw_conv.padding_mode != "zeros" or dw_conv.bias is not None):
+        raise _Mismatch(f"its {dw[0]} is not a depthwise convolution without bias, zero-padded")
+    if not _pointwise(children[project[0]]) or (expand is not None and not _pointwise(children[expand[0]])):
+        raise _Mismatch("its expansion or projection is not a 1x1 convolution")
+    if any(a.out_channels != b.in_channels for a, b in zip(chain, chain[1:])):
+        raise _Mismatch("its stages' channels do not follow from one another")
+    activations = [_norm_activation(children[stage[1]], stage[1]) for stage in (expand, dw) if stage is not None]
+    if len(set(activations)) != 1:
+        raise _Mismatch(f"its expansion and depthwise stage have different activations ({', '.join(activations)})")
+    project_activation = _norm_activation(children[project[1]], project[1])
+    if type(children["aa"]) is not nn.Identity:
+        raise _Mismatch("its anti-aliasing stage (aa) is not one the fused op computes")
+    # Stochastic depth is the identity in eval mode; train mode runs timm's module itself.
+    if type(children["drop_path"]) is not nn.Identity and type(children["drop_path"]).__name__ != "DropPath":
+        raise _Mismatch(f"its drop_path is a {type(children['drop_path']).__name__}")
+    se = _timm_squeeze_excite(children["se"], dw_conv.out_channels)
+    if expand is None and se is None and not module.has_skip:
+        return TimmDepthwiseSeparable(dict(children), mid_activation=activations[0], out_activation=project_activation)
+    if project_activation != "none":
+        raise _Mismatch(f"its projection has an activation ({project[1]}); the fused op's projection is linear")
+    if module.has_skip and (dw_conv.stride != (1, 1) or chain[-1].out_channels != chain[0].in_channels):
+        raise _Mismatch("it adds its input to an output of another shape")
+    return TimmInvertedResidual(dict(children), expand=expand, dw=dw, se=None if se is None else "se",
+                                project=project, activation=activations[0], has_skip=module.has_skip)
+
+
+# fusedops' own modules, which convert keeps as they are: the fused blocks, and the pieces of fused pairs.
+_FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedBatchNorm2d)
 # Tried in this order on every module, before its children.
-_RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _conv_bn_activation, _depthwise_conv)
+_RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _timm_block, _conv_bn_activation,
+                _depthwise_conv)

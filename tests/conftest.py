@@ -333,6 +333,80 @@ def randomize_batch_norms(module, seed=1):
     return module
 
 
+
+def randomize_conv_biases(module, seed=1):
+    """Draws every nn.Conv2d bias in `module` from N(0, 0.5) (from `seed`), so that folding checks see biases
+    before batch norms and elsewhere. Returns `module`."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in module.modules():
+            if isinstance(conv, torch.nn.Conv2d) and conv.bias is not None:
+                conv.bias.copy_(0.5 * torch.randn(conv.bias.shape, generator=g, dtype=torch.float64))
+    return module
+
+
+def replaced_counts(report):
+    """{fused class name: how many modules fusedops.convert replaced by it} of a ConversionReport."""
+    counts = {}
+    for _, _, new in report.replaced:
+        counts[new] = counts.get(new, 0) + 1
+    return counts
+
+
+def check_convert_eval_matches(make_model, layout):
+    """fusedops.convert of the float64 eval model `make_model()` gives its outputs on a (2, 3, 64, 64) input in
+    `layout`, and so does the converted float32 model frozen, under inference mode (the deployment path).
+    Returns (the report, the converted float64 model, the input)."""
+    original = make_model().eval()
+    converted, report = fusedops.convert(original, report=True)
+    x = make_input((2, 3, 64, 64), layout, dtype=torch.float64)
+    with torch.no_grad():
+        expected = original(x)
+        assert_close_scaled(converted(x), expected, **tolerance(torch.float64), name="float64")
+        frozen = fusedops.freeze(fusedops.convert(make_model().float().eval()))
+    with torch.inference_mode():
+        assert_close_scaled(frozen(x.float()), expected, **tolerance(torch.float32), name="float32 frozen")
+    return report, converted, x
+
+
+def check_compile_and_export(model):
+    """torch.compile (fullgraph) and torch.export of the eval-mode `model` give its outputs on a small
+    channels_last input."""
+    x = make_input((2, 3, 32, 32), "channels_last")
+    with torch.no_grad():
+        expected = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        assert_close_scaled(compiled(x), expected, **tolerance(torch.float32))
+        exported = torch.export.export(model, (x,))
+        assert_close_scaled(exported.module()(x), expected, **tolerance(torch.float32))
+
+def check_convert_shares_state(make_model):
+    """fusedops.convert of `make_model(seed)` (a float32 model whose weights `seed` draws) holds the original's
+    parameters and buffers and has its state-dict keys, leaving the original's modules as they were; checkpoints
+    load into either, both ways; an optimizer built on the original trains the converted model."""
+    original = make_model(0).eval()
+    kinds = [type(m) for m in original.modules()]
+    converted = fusedops.convert(original)
+    assert [type(m) for m in original.modules()] == kinds  # not inplace: the original's modules are its own
+    assert [id(p) for p in converted.parameters()] == [id(p) for p in original.parameters()]
+    assert [id(b) for b in converted.buffers()] == [id(b) for b in original.buffers()]
+    assert list(converted.state_dict()) == list(original.state_dict())
+    other = make_model(3).eval()
+    converted.load_state_dict(other.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert_close_scaled(converted(x), other(x), **tolerance(torch.float32))
+        other.load_state_dict(fusedops.convert(make_model(4)).state_dict())
+        assert_close_scaled(other(x), make_model(4).eval()(x), **tolerance(torch.float32))
+    optimizer = torch.optim.SGD(original.parameters(), lr=0.5)
+    before = converted(x).detach()
+    converted.train()
+    converted(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    optimizer.step()
+    converted.eval()
+    with torch.no_grad():
+        assert not torch.allclose(converted(x), before)
+
 # ---------------------------------------------------------------------------------------------------
 # depthwise_conv2d checks (CPU parity and CPU-path files)
 

@@ -10,8 +10,9 @@ from torch import nn
 import fusedops
 from fusedops.nn import ConvBNActivation, DepthwiseConv2d, InvertedResidual, InvertedResidualV3
 
-from conftest import (CL, assert_close_scaled, check_training_matches, make_input, randomize_batch_norms,
-                      requires_ops, tolerance)
+from conftest import (CL, assert_close_scaled, check_compile_and_export, check_convert_eval_matches,
+                      check_convert_shares_state, check_training_matches, make_input, randomize_batch_norms,
+                      randomize_conv_biases, replaced_counts, requires_ops, tolerance)
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -30,60 +31,19 @@ def torchvision_model(name, dtype=torch.float64, seed=0):
     """torchvision's `name` (10 classes) with non-trivial batch-norm statistics and biases, in `dtype`."""
     torch.manual_seed(seed)
     model = getattr(torchvision.models, name)(num_classes=10).to(dtype)
-    randomize_batch_norms(model, seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.normal_(0, 0.5)
-    return model
+    return randomize_conv_biases(randomize_batch_norms(model, seed), seed)
 
 
 @pytest.mark.parametrize("name", sorted(REPLACED))
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
 def test_eval_matches_the_original(name, layout):
-    original = torchvision_model(name).eval()
-    converted, report = fusedops.convert(original, report=True)
-    counts = {}
-    for _, _, new in report.replaced:
-        counts[new] = counts.get(new, 0) + 1
-    assert counts == {cls.__name__: n for cls, n in REPLACED[name].items()}
-    x = make_input((2, 3, 64, 64), layout, dtype=torch.float64)
-    with torch.no_grad():
-        expected = original(x)
-        assert_close_scaled(converted(x), expected, **tolerance(torch.float64), name="float64")
-        # Frozen, in float32 under inference mode (the deployment path), against the float64 original.
-        frozen = fusedops.freeze(fusedops.convert(torchvision_model(name).float().eval()))
-    with torch.inference_mode():
-        assert_close_scaled(frozen(x.float()), expected, **tolerance(torch.float32), name="float32 frozen")
+    report, _, _ = check_convert_eval_matches(lambda: torchvision_model(name), layout)
+    assert replaced_counts(report) == {cls.__name__: n for cls, n in REPLACED[name].items()}
 
 
 @pytest.mark.parametrize("name", ("mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5"))
 def test_shares_parameters_buffers_and_keys(name):
-    original = torchvision_model(name, dtype=torch.float32).eval()
-    kinds = [type(m) for m in original.modules()]
-    converted = fusedops.convert(original)
-    assert [type(m) for m in original.modules()] == kinds  # not inplace: the original's modules are its own
-    assert [id(p) for p in converted.parameters()] == [id(p) for p in original.parameters()]
-    assert [id(b) for b in converted.buffers()] == [id(b) for b in original.buffers()]
-    assert list(converted.state_dict()) == list(original.state_dict())
-    # Checkpoints load into either, both ways.
-    other = torchvision_model(name, dtype=torch.float32, seed=3).eval()
-    converted.load_state_dict(other.state_dict())
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        assert_close_scaled(converted(x), other(x), **tolerance(torch.float32))
-        other.load_state_dict(fusedops.convert(torchvision_model(name, dtype=torch.float32, seed=4)).state_dict())
-        assert_close_scaled(other(x), torchvision_model(name, dtype=torch.float32, seed=4).eval()(x),
-                            **tolerance(torch.float32))
-    # An optimizer built on the original trains the converted model.
-    optimizer = torch.optim.SGD(original.parameters(), lr=0.5)
-    before = converted(x).detach()
-    converted.train()
-    converted(torch.randn(2, 3, 64, 64)).square().mean().backward()
-    optimizer.step()
-    converted.eval()
-    with torch.no_grad():
-        assert not torch.allclose(converted(x), before)
+    check_convert_shares_state(lambda seed: torchvision_model(name, dtype=torch.float32, seed=seed))
 
 
 @pytest.mark.parametrize("name", ("mobilenet_v2", "mobilenet_v3_small"))
@@ -129,11 +89,5 @@ def test_bad_layout_is_refused():
 
 
 def test_compile_and_export_the_converted_model():
-    model = fusedops.freeze(fusedops.convert(torchvision_model("mobilenet_v3_small", dtype=torch.float32).eval()))
-    x = make_input((2, 3, 32, 32), "channels_last")
-    with torch.no_grad():
-        expected = model(x)
-        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-        assert_close_scaled(compiled(x), expected, **tolerance(torch.float32))
-        exported = torch.export.export(model, (x,))
-        assert_close_scaled(exported.module()(x), expected, **tolerance(torch.float32))
+    model = torchvision_model("mobilenet_v3_small", dtype=torch.float32).eval()
+    check_compile_and_export(fusedops.freeze(fusedops.convert(model)))

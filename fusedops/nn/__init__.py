@@ -6,10 +6,13 @@ from .fuse import fuse_bn
 from .ghost import GhostBottleneck, GhostModule, GhostSqueezeExcite
 from .inverted_residual import ConvBNActivation, InvertedResidual
 from .inverted_residual_v3 import InvertedResidualV3
+from .paired import PairedBatchNorm2d, PairedConv2d
 from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
 from .squeeze_excitation import SqueezeExcitation
+from .timm_blocks import TimmDepthwiseSeparable, TimmInvertedResidual
 
 __all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "GhostBottleneck",
-           "GhostModule", "GhostSqueezeExcite", "InvertedResidual",
-           "InvertedResidualV3", "SqueezeExcitation", "freeze", "fuse_bn", "unfreeze"]
+           "GhostModule", "GhostSqueezeExcite", "InvertedResidual", "InvertedResidualV3", "PairedBatchNorm2d",
+           "PairedConv2d", "SqueezeExcitation", "TimmDepthwiseSeparable", "TimmInvertedResidual", "freeze", "fuse_bn",
+           "unfreeze"]

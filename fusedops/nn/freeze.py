@@ -137,11 +137,12 @@ def _constants(folded):
 def freeze(model: nn.Module) -> nn.Module:
     r"""Freezes every fused block in ``model`` (``model`` itself included), every
     :class:`fusedops.nn.DepthwiseSeparableConv2d`, :class:`fusedops.nn.InvertedResidual`,
-    :class:`fusedops.nn.InvertedResidualV3` and :class:`fusedops.nn.ConvBNActivation`: their batch norms
-    are folded once and the folded weights reused as constants, as ``torch.jit.freeze`` and Inductor's freezing
-    take weights, instead of being folded on every call. Changes to the weights made afterwards other than
-    through ``.to()``-style conversions, ``load_state_dict``, copies and pickling are not seen until
-    :func:`unfreeze` (or another :func:`freeze`). Returns ``model``.
+    :class:`fusedops.nn.InvertedResidualV3`, :class:`fusedops.nn.TimmInvertedResidual`,
+    :class:`fusedops.nn.TimmDepthwiseSeparable`, :class:`fusedops.nn.ConvBNActivation` and
+    :class:`fusedops.nn.PairedConv2d`: their batch norms are folded once and the folded weights reused as constants, as
+    ``torch.jit.freeze`` and Inductor's freezing take weights, instead of being folded on every call. Changes to the
+    weights made afterwards other than through ``.to()``-style conversions, ``load_state_dict``, copies and pickling are
+    not seen until :func:`unfreeze` (or another :func:`freeze`). Returns ``model``.
 
         >>> model = fusedops.freeze(fusedops.models.mobilenet_v1().eval())
     """

@@ -2,6 +2,8 @@
 conv -> BN -> activation unit of torchvision's MobileNets (:class:`ConvBNActivation`, one convolution with the BN
 folded in, in eval mode), both with torchvision's submodules and state-dict keys."""
 
+from typing import NamedTuple, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,11 +53,9 @@ class ConvBNActivation(FoldedWeights, nn.Sequential):
     def forward(self, input):
         layers = self._modules
         conv, bn = layers["0"], layers["1"]
-        if bn.training or bn._buffers.get("running_mean") is None or conv.padding_mode != "zeros":
+        if _runs_unfused(conv, (bn,)):
             return super().forward(input)
-        weight, bias = self._folded_weights()
-        out = F.conv2d(input, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        return _IN_PLACE_ACTIVATIONS[self.activation](out)
+        return folded_conv_activation(self, conv, input, self.activation)
 
 
 _IN_PLACE_ACTIVATIONS = {"none": lambda x: x, "relu": F.relu_, "relu6": lambda x: F.hardtanh_(x, 0.0, 6.0),
@@ -66,11 +66,20 @@ def _fold(conv, bn):
     return fold_bn(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
-def _runs_unfused(dw, batch_norms) -> bool:
-    """Whether an inverted-residual block runs its submodules instead of the fused op: when a batch norm normalises
-    with batch statistics (train mode, or no running statistics to fold) or the depthwise convolution pads other
-    than with zeros (the op pads with zeros)."""
-    if dw.padding_mode != "zeros":
+def folded_conv_activation(block, conv, input, activation):
+    """The eval-mode output of a conv -> BN -> `activation` `block` (a :class:`FoldedWeights` whose fold is the
+    convolution's weight and bias with the batch norm folded in): one convolution, the activation in place on its
+    output (one pass over the output instead of three, no batch-norm output allocated)."""
+    weight, bias = block._folded_weights()
+    out = F.conv2d(input, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return _IN_PLACE_ACTIVATIONS[activation](out)
+
+
+def _runs_unfused(conv, batch_norms) -> bool:
+    """Whether a block runs its submodules instead of the fused op or folded convolution: when a batch norm
+    normalises with batch statistics (train mode, or no running statistics to fold) or the (depthwise) convolution
+    `conv` pads other than with zeros (the op pads with zeros)."""
+    if conv.padding_mode != "zeros":
         return True
     return any(bn.training or bn._buffers.get("running_mean") is None for bn in batch_norms)
 
@@ -112,7 +121,63 @@ def _call_prepared(block, input, dw, activation, residual):
     return None if out is NotImplemented else out
 
 
-class InvertedResidual(FoldedWeights, nn.Module):
+class Stages(NamedTuple):
+    """The stages of an inverted-residual block, as the fused op takes them: ``expand``, ``dw`` and ``project`` are
+    (convolution, batch norm) pairs (``expand`` None without an expansion); ``se`` is None or (the
+    squeeze-excitation module, its reducing 1x1 convolution, its expanding 1x1 convolution)."""
+
+    expand: Optional[tuple]
+    dw: tuple
+    se: Optional[tuple]
+    project: tuple
+
+
+class InvertedResidualBlock(FoldedWeights, nn.Module):
+    """What the fused inverted-residual blocks share, whatever their submodules' layout (torchvision's MobileNetV2
+    and V3 blocks, timm's): the fold of their batch norms and the forward, one fused op in eval mode. A subclass
+    sets ``activation`` (the op's name of the activation after the expansion and the depthwise stage) and
+    ``use_res_connect``, and defines :meth:`_stages` and :meth:`_forward_unfused` (its submodules in sequence, plus
+    the input when ``use_res_connect``: train mode)."""
+
+    def _stages(self) -> Stages:
+        raise NotImplementedError
+
+    def _forward_unfused(self, input):
+        raise NotImplementedError
+
+    def _squeeze_excitation_activations(self, se):
+        """(gate, activation): the op's names of the squeeze-excitation module `se`'s gate and inner activation
+        (read from its modules, so one swapped in after construction counts)."""
+        return se.activation_names()
+
+    def _fold(self):
+        expand, dw, se, project = self._stages()
+        expand_w, expand_b = (None, None) if expand is None else _fold(*expand)
+        dw_w, dw_b = _fold(*dw)
+        project_w, project_b = _fold(*project)
+        se_weights = None if se is None else (se[1].weight, se[1].bias, se[2].weight, se[2].bias)
+        return expand_w, expand_b, dw_w, dw_b, project_w, project_b, se_weights
+
+    def forward(self, input):
+        stages = self._stages()
+        dw = stages.dw[0]
+        batch_norms = [stage[1] for stage in (stages.expand, stages.dw, stages.project) if stage is not None]
+        if _runs_unfused(dw, batch_norms):
+            return self._forward_unfused(input)
+        out = _call_prepared(self, input, dw, self.activation, self.use_res_connect)
+        if out is not None:
+            return out
+        folded = self._folded_weights()
+        se = stages.se
+        se_args = None if se is None else (*folded[6], *self._squeeze_excitation_activations(se[0]))
+        return _run_fused(self, input, folded, dw, self.activation, self.use_res_connect, se_args)
+
+    def extra_repr(self) -> str:
+        frozen = ", frozen=True" if self._frozen else ""
+        return f"activation={self.activation!r}, use_res_connect={self.use_res_connect}{frozen}"
+
+
+class InvertedResidual(InvertedResidualBlock):
     r"""MobileNetV2's inverted-residual block (Sandler et al. 2018): [1x1 expansion -> BN -> act] ->
     depthwise kxk -> BN -> act -> 1x1 projection -> BN (linear), plus the input when ``stride == 1`` and
     ``inp == oup``, running the fused :func:`fusedops.inverted_residual` op.
@@ -179,33 +244,17 @@ class InvertedResidual(FoldedWeights, nn.Module):
         # segmentation find the stage boundaries by it.
         self._is_cn = max(s) > 1
 
-    def _fold(self):
-        layers = list(self.conv)
-        expand_w = expand_b = None
-        if len(layers) == 4:
-            expand = layers.pop(0)
-            expand_w, expand_b = _fold(expand[0], expand[1])
+    def _stages(self):
+        layers = list(self._modules["conv"]._modules.values())
+        expand = layers.pop(0) if len(layers) == 4 else None
         dw, project, bn = layers
-        dw_w, dw_b = _fold(dw[0], dw[1])
-        project_w, project_b = _fold(project, bn)
-        return expand_w, expand_b, dw_w, dw_b, project_w, project_b
+        return Stages(None if expand is None else (expand[0], expand[1]), (dw[0], dw[1]), None, (project, bn))
+
+    def _forward_unfused(self, input):
+        conv = self._modules["conv"]
+        return input + conv(input) if self.use_res_connect else conv(input)
 
     def folded_weights(self):
         """(expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias) of the fused op, batch
         norms folded in; the expansion's are ``None`` without one."""
-        return self._folded_weights()
-
-    def forward(self, input):
-        conv = self._modules["conv"]
-        layers = list(conv._modules.values())
-        dw = layers[-3]
-        if _runs_unfused(dw[0], (layers[0][1], dw[1], layers[-1])):
-            return input + conv(input) if self.use_res_connect else conv(input)
-        out = _call_prepared(self, input, dw[0], self.activation, self.use_res_connect)
-        if out is not None:
-            return out
-        return _run_fused(self, input, self.folded_weights(), dw[0], self.activation, self.use_res_connect)
-
-    def extra_repr(self) -> str:
-        frozen = ", frozen=True" if self._frozen else ""
-        return f"activation={self.activation!r}, use_res_connect={self.use_res_connect}{frozen}"
+        return self._folded_weights()[:6]

@@ -6,8 +6,7 @@ from torch import nn
 from ..ops.activations import activation_name
 from ._channels import make_divisible
 from .depthwise import DepthwiseConv2d
-from .freeze import FoldedWeights
-from .inverted_residual import ConvBNActivation, _call_prepared, _fold, _run_fused, _runs_unfused
+from .inverted_residual import ConvBNActivation, InvertedResidualBlock, Stages
 from .squeeze_excitation import SqueezeExcitation
 
 # MobileNetV3's batch norms (torchvision's norm_layer for it): eps 0.001, momentum 0.01.
@@ -40,7 +39,7 @@ def batch_norm_settings(norm_layer):
     return bn.eps, bn.momentum
 
 
-class InvertedResidualV3(FoldedWeights, nn.Module):
+class InvertedResidualV3(InvertedResidualBlock):
     r"""MobileNetV3's inverted-residual block (Howard et al. 2019, section 5): [1x1 expansion -> BN -> act] ->
     depthwise kxk -> BN -> act -> [squeeze-excitation] -> 1x1 projection -> BN (linear), plus the input when
     ``stride == 1`` and ``in_channels == out_channels``, running the fused :func:`fusedops.inverted_residual` op.
@@ -123,39 +122,20 @@ class InvertedResidualV3(FoldedWeights, nn.Module):
                    device=device, dtype=dtype)
 
     def _stages(self):
-        """(expand or None, depthwise, squeeze-excitation or None, project): the children of ``block``."""
+        """(expand or None, depthwise, squeeze-excitation or None, project) of ``block``."""
         layers = list(self._modules["block"]._modules.values())
         expand = layers.pop(0) if self._expands else None
+        dw, project = layers[0], layers[-1]
         se = layers[1] if self._use_se else None
-        return expand, layers[0], se, layers[-1]
+        return Stages(None if expand is None else (expand[0], expand[1]), (dw[0], dw[1]),
+                      None if se is None else (se, se.fc1, se.fc2), (project[0], project[1]))
 
-    def _fold(self):
-        expand, dw, se, project = self._stages()
-        expand_w, expand_b = _fold(expand[0], expand[1]) if expand is not None else (None, None)
-        dw_w, dw_b = _fold(dw[0], dw[1])
-        project_w, project_b = _fold(project[0], project[1])
-        se_weights = None if se is None else (se.fc1.weight, se.fc1.bias, se.fc2.weight, se.fc2.bias)
-        return expand_w, expand_b, dw_w, dw_b, project_w, project_b, se_weights
+    def _forward_unfused(self, input):
+        result = self._modules["block"](input)
+        return input + result if self.use_res_connect else result
 
     def folded_weights(self):
         """(expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se_weights) of the fused
         op, batch norms folded in; the expansion's are ``None`` without one; ``se_weights`` is the
         squeeze-excitation's ``(fc1.weight, fc1.bias, fc2.weight, fc2.bias)``, or ``None`` without one."""
         return self._folded_weights()
-
-    def forward(self, input):
-        expand, dw, se, project = self._stages()
-        batch_norms = (dw[1], project[1]) if expand is None else (expand[1], dw[1], project[1])
-        if _runs_unfused(dw[0], batch_norms):
-            result = self._modules["block"](input)
-            return input + result if self.use_res_connect else result
-        out = _call_prepared(self, input, dw[0], self.activation, self.use_res_connect)
-        if out is not None:
-            return out
-        folded = self.folded_weights()
-        se_args = None if se is None else (*folded[6], *se.activation_names())
-        return _run_fused(self, input, folded, dw[0], self.activation, self.use_res_connect, se_args)
-
-    def extra_repr(self) -> str:
-        frozen = ", frozen=True" if self._frozen else ""
-        return f"activation={self.activation!r}, use_res_connect={self.use_res_connect}{frozen}"

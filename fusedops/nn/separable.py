@@ -4,10 +4,55 @@ from ..ops.activations import activation, activation_name
 from ..ops.dwpw_conv2d import dwpw_conv2d, pack_weights
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
-from .fuse import fold_bn
+from .inverted_residual import _fold, _runs_unfused
 
 
-class DepthwiseSeparableConv2d(FoldedWeights, nn.Module):
+class DepthwiseSeparableBlock(FoldedWeights, nn.Module):
+    """What the fused depthwise-separable blocks share, whatever their submodules' layout (fusedops' own, timm's):
+    the fold of their batch norms and the forward, one fused :func:`fusedops.dwpw_conv2d` call where the batch norms
+    run on running statistics. A subclass sets ``mid_activation`` and ``out_activation`` (the op's names) and defines
+    :meth:`_stages` and :meth:`_forward_unfused` (its submodules in sequence)."""
+
+    def _stages(self):
+        """(depthwise convolution, its batch norm or None, 1x1 convolution, its batch norm or None)."""
+        raise NotImplementedError
+
+    def _forward_unfused(self, input):
+        raise NotImplementedError
+
+    def _fold(self):
+        dw, bn_dw, pw, bn_pw = self._stages()
+        return (*_fold_or_own(dw, bn_dw), *_fold_or_own(pw, bn_pw))
+
+    def folded_weights(self):
+        """(dw_weight, dw_bias, pw_weight, pw_bias) of the fused kernel (batch norms folded in eval mode)."""
+        dw, bn_dw, _, _ = self._stages()
+        if bn_dw is None:  # the parameters themselves: nothing to fold or cache
+            return self._fold()
+        return self._folded_weights()
+
+    def forward(self, input):
+        dw, bn_dw, _, bn_pw = self._stages()
+        if _runs_unfused(dw, [bn for bn in (bn_dw, bn_pw) if bn is not None]):
+            return self._forward_unfused(input)
+        folded = self.folded_weights()
+        args = (dw.stride, dw.padding, dw.dilation, self.mid_activation, self.out_activation)
+        # Frozen: the CPU kernel's layout of the folded weights is made once too (at batch 1 on small maps laying
+        # out the 1x1 weights costs more than the GEMM's faster orientation saves).
+        packed = self._packed_weights(folded, input, "dwpw_conv2d", lambda: pack_weights(input, *folded, *args))
+        return dwpw_conv2d(input, *folded, *args, packed_weights=packed)
+
+    def extra_repr(self) -> str:
+        frozen = ", frozen=True" if self._frozen else ""
+        return f"mid_activation={self.mid_activation!r}, out_activation={self.out_activation!r}{frozen}"
+
+
+def _fold_or_own(conv, bn):
+    """`conv`'s weight and bias with `bn` folded in, or its own without a batch norm."""
+    return (conv.weight, conv.bias) if bn is None else _fold(conv, bn)
+
+
+class DepthwiseSeparableConv2d(DepthwiseSeparableBlock):
     r"""Depthwise-separable convolution block (MobileNetV1):
     depthwise kxk -> BN -> act_mid -> 1x1 conv -> BN -> act_out, running the fused
     :func:`fusedops.dwpw_conv2d` kernel.
@@ -60,48 +105,20 @@ class DepthwiseSeparableConv2d(FoldedWeights, nn.Module):
         self.pw = nn.Conv2d(mid, out_channels, 1, bias=not norm, **factory)
         self.bn_pw = nn.BatchNorm2d(out_channels, **factory) if norm else None
 
-    def _fold(self):
-        if not self.norm:
-            return self.dw.weight, self.dw.bias, self.pw.weight, self.pw.bias
-        dw_w, dw_b = fold_bn(self.dw.weight, self.dw.bias, self.bn_dw.running_mean, self.bn_dw.running_var,
-                             self.bn_dw.eps, self.bn_dw.weight, self.bn_dw.bias)
-        pw_w, pw_b = fold_bn(self.pw.weight, self.pw.bias, self.bn_pw.running_mean, self.bn_pw.running_var,
-                             self.bn_pw.eps, self.bn_pw.weight, self.bn_pw.bias)
-        return dw_w, dw_b, pw_w, pw_b
+    def _stages(self):
+        modules = self._modules
+        # Without ``norm`` the batch norms are None attributes, not children.
+        return modules["dw"], modules.get("bn_dw"), modules["pw"], modules.get("bn_pw")
 
-    def folded_weights(self):
-        """(dw_weight, dw_bias, pw_weight, pw_bias) of the fused kernel (batch norms folded in eval mode)."""
-        if not self.norm:  # the parameters themselves: nothing to fold or cache
-            return self._fold()
-        return self._folded_weights()
-
-    def _batch_stats(self):
-        if not self.norm:
-            return False
-        mods = self._modules
-        bn_dw, bn_pw = mods["bn_dw"], mods["bn_pw"]
-        return (bn_dw.training or bn_pw.training or bn_dw._buffers.get("running_mean") is None
-                or bn_pw._buffers.get("running_mean") is None)
-
-    def forward(self, input):
-        dw = self._modules["dw"]
-        if dw.padding_mode != "zeros" or self._batch_stats():
-            x = dw(input)
-            if self.norm:
-                x = self.bn_dw(x)
-            x = activation(x, self.mid_activation)
-            x = self.pw(x)
-            if self.norm:
-                x = self.bn_pw(x)
-            return activation(x, self.out_activation)
-        folded = self.folded_weights()
-        args = (dw.stride, dw.padding, dw.dilation, self.mid_activation, self.out_activation)
-        # Frozen: the CPU kernel's layout of the folded weights is made once too (at batch 1 on small maps laying
-        # out the 1x1 weights costs more than the GEMM's faster orientation saves).
-        packed = self._packed_weights(folded, input, "dwpw_conv2d", lambda: pack_weights(input, *folded, *args))
-        return dwpw_conv2d(input, *folded, *args, packed_weights=packed)
+    def _forward_unfused(self, input):
+        x = self.dw(input)
+        if self.norm:
+            x = self.bn_dw(x)
+        x = activation(x, self.mid_activation)
+        x = self.pw(x)
+        if self.norm:
+            x = self.bn_pw(x)
+        return activation(x, self.out_activation)
 
     def extra_repr(self) -> str:
-        frozen = ", frozen=True" if self._frozen else ""
-        return (f"mid_activation={self.mid_activation!r}, out_activation={self.out_activation!r}, norm={self.norm}"
-                f"{frozen}")
+        return f"{super().extra_repr()}, norm={self.norm}"

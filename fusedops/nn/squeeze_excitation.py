@@ -23,6 +23,16 @@ def _module_class(value, classes, argument):
                      f"op computes); got {value!r}")
 
 
+def activation_names(gate, activation, what):
+    """(gate, activation): the op's names of a squeeze-excitation's gate and inner activation modules; a ValueError
+    naming `what` (the squeeze-excitation's class) if the op has no such activation."""
+    act, gate = type(activation), type(gate)
+    if act not in SE_ACTIVATIONS or gate not in SE_GATES:
+        raise ValueError(f"fusedops: the fused op cannot compute this {what}'s activations "
+                         f"({act.__name__}, {gate.__name__})")
+    return SE_GATES[gate], SE_ACTIVATIONS[act]
+
+
 class SqueezeExcitation(nn.Module):
     r"""``input * scale_activation(fc2(activation(fc1(avgpool(input)))))``: global average pooling, a 1x1
     convolution to ``squeeze_channels``, ``activation``, a 1x1 convolution back to ``input_channels``, and the
@@ -71,11 +81,7 @@ class SqueezeExcitation(nn.Module):
     def activation_names(self):
         """(gate, activation): the op's names of ``scale_activation`` and ``activation``, read from the modules
         (so a module swapped in after construction counts); a ValueError if the op has no such activation."""
-        act, gate = type(self.activation), type(self.scale_activation)
-        if act not in SE_ACTIVATIONS or gate not in SE_GATES:
-            raise ValueError(f"fusedops: the fused op cannot compute this SqueezeExcitation's activations "
-                             f"({act.__name__}, {gate.__name__})")
-        return SE_GATES[gate], SE_ACTIVATIONS[act]
+        return activation_names(self.scale_activation, self.activation, "SqueezeExcitation")
 
     def fused_args(self):
         """The ``se=`` argument of :func:`fusedops.inverted_residual` computing this module:
