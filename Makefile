@@ -58,11 +58,11 @@ bench: install
 # Style: ruff (pyproject.toml's settings) over the Python, clang-format (.clang-format) over csrc/.
 CXX_SOURCES = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 lint: $(VENV)/.deps
-	$(BIN)/ruff check fusedops tests benchmarks setup.py
+	$(BIN)/ruff check fusedops tests benchmarks examples setup.py
 	$(BIN)/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 format: $(VENV)/.deps
-	$(BIN)/ruff check --fix fusedops tests benchmarks setup.py
+	$(BIN)/ruff check --fix fusedops tests benchmarks examples setup.py
 	$(BIN)/clang-format -i $(CXX_SOURCES)
 
 # The build without CUDA kernels (what users without a toolkit get), compiled apart from the main build
