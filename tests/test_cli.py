@@ -158,3 +158,14 @@ def test_console_script_is_the_program():
         target = tomllib.load(f)["project"]["scripts"]["fusedops"]
     module, _, function = target.partition(":")
     assert getattr(importlib.import_module(module), function) is cli.program
+
+
+def test_bench_without_tqdm_and_matplotlib(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed: importing it fails
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out_png = tmp_path / "chart.png"
+    assert cli.main(["bench", "--model", "mobilenet_v3_small", "--batch", "1", *TINY, "--no-ort", "--no-openvino",
+                     "--csv", "", "--png", str(out_png)]) == 0
+    captured = capsys.readouterr()
+    assert "[mobilenet_v3_small N=1] timing" in captured.err  # the stages, one line each, instead of a bar
+    assert "no bar chart: matplotlib is not installed" in captured.out and not out_png.exists()
