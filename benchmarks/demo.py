@@ -1,5 +1,6 @@
-"""The main job: what this build can run, a parity check of every op against PyTorch, and the benchmark
-tables (fusedops vs PyTorch eager and torch.compile) on this machine.
+"""The per-op benchmark suite: what this build can run, the parity check of every op against PyTorch (as
+`fusedops check`), and the per-op and model benchmark tables (fusedops vs PyTorch eager and torch.compile) on this
+machine. The main job (`make demo`) is the `fusedops` command on whole converted models.
 
     python -m benchmarks.demo [--quick] [--no-compile]
 """

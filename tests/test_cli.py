@@ -55,6 +55,13 @@ def test_check_fails_on_a_wrong_op(monkeypatch, capsys):
     assert "| native | 8 | inf | FAIL |" in out and "some checks FAILED" in out
 
 
+def test_check_sees_an_error_of_ten_float32_tolerances(monkeypatch):
+    real = fusedops.inverted_residual
+    monkeypatch.setattr(fusedops, "inverted_residual", lambda *args, **kwargs: real(*args, **kwargs) * (1 + 1e-4))
+    table = parity.parity_inverted_residual("cpu", ["native"])
+    assert not table.passed and "| native | 8 | 1.0e-04 | FAIL |" in str(table)
+
+
 def test_inverted_residual_check_covers_every_variant():
     table = parity.parity_inverted_residual("cpu", ["native"])
     assert table.passed and table.rows[0][:2] == ("native", 8)  # 4 blocks, NCHW and channels_last

@@ -141,9 +141,12 @@ def parity_inverted_residual(device, backends):
         (2, 24, 72, 24, 9, 5, 1, "hardswish", (16, "hardsigmoid")),
         (1, 16, 48, 32, 8, 3, 2, "silu", (8, "sigmoid")),
     ]
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device)
+
     cases = []
     for N, Ci, Ch, Co, H, k, s, act, se in configs:
-        randn = lambda *shape: torch.randn(*shape, device=device)  # noqa: E731
         expand = [randn(Ch, Ci, 1, 1) / Ci ** 0.5, randn(Ch)] if Ch != Ci else []
         weights = expand + [randn(Ch, 1, k, k) / k, randn(Ch), randn(Co, Ch, 1, 1) / Ch ** 0.5, randn(Co)]
         weights += [randn(se[0], Ch, 1, 1) / Ch ** 0.5, randn(se[0]), randn(Ch, se[0], 1, 1) / se[0] ** 0.5,
