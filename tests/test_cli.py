@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The smallest bench run: a 32x32 image, one short round, no torch.compile (seconds to compile).
 TINY = ["--size", "32", "--rounds", "1", "--sample-ms", "5", "--no-compile", "--threads", "1"]
+pytestmark = pytest.mark.usefixtures("keep_threads")  # --threads sets the process's thread count
 
 
 def _rows(path):

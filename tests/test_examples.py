@@ -3,11 +3,13 @@
 import importlib.util
 import os
 
+import pytest
 import torch
 
 import fusedops
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+pytestmark = pytest.mark.usefixtures("keep_threads")  # --threads sets the process's thread count
 
 
 def _example(name):
