@@ -1,5 +1,5 @@
 # The two set-up commands of the README:
-#   make demo   installs everything into .venv and runs the main job (parity check + benchmark tables)
+#   make demo   installs everything into .venv and runs the main job (parity check + converted models' timings)
 #   make test   installs everything into .venv and runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,8 +20,14 @@ $(VENV)/.deps: requirements-dev.txt requirements-bench.txt | $(BIN)/activate
 install: $(VENV)/.deps
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 
+# The main job: the parity check of every op on every backend this machine runs, then the converted models
+# against eager PyTorch, torch.compile (freezing), ONNX Runtime and OpenVINO (fusedops/cli.py). The per-op
+# benchmark tables: python -m benchmarks.demo.
+DEMO_MODELS = mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0 timm:ghostnet_100
 demo: install
-	$(BIN)/python -m benchmarks.demo
+	$(BIN)/fusedops check
+	$(BIN)/fusedops bench --model $(DEMO_MODELS) --batch 1 8 --rounds 5 --csv benchmarks/data/results.csv \
+		--png benchmarks/data/models_converted.png
 
 # TRITON_INTERPRET=1 lets the Triton kernels run on CPU tensors, so their parity tests run without a GPU.
 # Then the CUDA kernels' tests again, through the CPU emulation of the CUDA execution model.
@@ -58,11 +64,11 @@ bench: install
 # Style: ruff (pyproject.toml's settings) over the Python, clang-format (.clang-format) over csrc/.
 CXX_SOURCES = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 lint: $(VENV)/.deps
-	$(BIN)/ruff check fusedops tests benchmarks setup.py
+	$(BIN)/ruff check fusedops tests benchmarks examples setup.py
 	$(BIN)/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 format: $(VENV)/.deps
-	$(BIN)/ruff check --fix fusedops tests benchmarks setup.py
+	$(BIN)/ruff check --fix fusedops tests benchmarks examples setup.py
 	$(BIN)/clang-format -i $(CXX_SOURCES)
 
 # The build without CUDA kernels (what users without a toolkit get), compiled apart from the main build

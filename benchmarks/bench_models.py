@@ -5,12 +5,11 @@ weights and input.
     python -m benchmarks.bench_models [--models shufflenet_v2_x1_0] [--batches 1 8] [--no-compile] [--no-ort]
 """
 
-import io
-
 import torch
 import torchvision
 
 import fusedops
+from fusedops._bench import baselines
 from fusedops.models._reference_mobilenet_v1 import reference_mobilenet_v1
 from . import harness
 
@@ -33,34 +32,6 @@ def _timm_model(name):
     return timm.create_model(name)
 
 
-def _inference(model, x):
-    def run():
-        with torch.inference_mode():
-            return model(x)
-    return run
-
-
-def _ort_session(model, x, threads):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    buf = io.BytesIO()
-    torch.onnx.export(model, (x,), buf, opset_version=17, dynamo=False)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # ORT's pool otherwise spins after each run and starves the torch threads of the providers timed next
-    # in the same round (measured: fusedops and eager up to 1.6x slower right after an ORT call).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    feed = {name: x.numpy()}
-    return lambda: session.run(None, feed)
-
-
 def setup_model(name, batch, resolution, use_compile, use_ort):
     reference = MODELS[name]().eval()
     ours = getattr(fusedops.models, name)().eval()
@@ -70,21 +41,16 @@ def setup_model(name, batch, resolution, use_compile, use_ort):
     ours_cl = fusedops.freeze(ours.to(memory_format=torch.channels_last))
     with torch.inference_mode():
         torch.testing.assert_close(ours_cl(x_cl), reference(x), rtol=1e-4, atol=1e-4)
-    providers = {"fusedops_cl": _inference(ours_cl, x_cl)}
-    providers["eager_nchw"] = _inference(reference, x)
+    providers = {"fusedops_cl": baselines.inference(ours_cl, x_cl)}
+    providers["eager_nchw"] = baselines.inference(reference, x)
     reference_cl = MODELS[name]().eval()
     reference_cl.load_state_dict(reference.state_dict())
     reference_cl = reference_cl.to(memory_format=torch.channels_last)
-    providers["eager_cl"] = _inference(reference_cl, x_cl)
+    providers["eager_cl"] = baselines.inference(reference_cl, x_cl)
     if use_compile:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True
-        providers["compile_freezing"] = _inference(harness.compile_fresh(reference), x)
-    if use_ort:
-        session = _ort_session(reference, x, torch.get_num_threads())
-        if session is not None:
-            providers["onnxruntime"] = session
+        providers["compile_freezing"] = baselines.inference(baselines.compile_freezing(reference), x)
+    if use_ort and "onnxruntime" not in baselines.missing_runtimes():
+        providers["onnxruntime"] = baselines.onnxruntime_session(reference, x, torch.get_num_threads())
     return providers, [p for p in providers if p != "fusedops_cl"]
 
 
@@ -92,9 +58,9 @@ def run(models, batches, use_compile, use_ort, rounds, resolution=224):
     results = []
     for name in models:
         for batch in batches:
-            providers, baselines = setup_model(name, batch, resolution, use_compile, use_ort)
+            providers, compared = setup_model(name, batch, resolution, use_compile, use_ort)
             case = harness.Case("models", f"{name} N={batch} {resolution}x{resolution}", "inference", providers,
-                                baselines)
+                                compared)
             r = harness.time_case(case, rounds=rounds, sample_ms=100)
             results.append(r)
             print(harness.format_table([r]).splitlines()[2], flush=True)

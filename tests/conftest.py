@@ -86,6 +86,15 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def keep_threads():
+    """The process's thread count as it was before the test: for tests of programs that set it (``--threads``),
+    so that the tests after them keep the count they were written with."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests need CUDA; `triton` tests need Triton and either CUDA or TRITON_INTERPRET=1."""
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
