@@ -19,6 +19,8 @@ What is recognised, by structure (a class name only where the structure alone is
   ``bn2``; timm's ``ConvNormAct``/``ConvBnAct``; the pairs of timm blocks that are not fused whole) ->
   :class:`fusedops.nn.PairedConv2d` in the convolution's place (conv, BN, activation; the BN folded in at eval) and
   :class:`fusedops.nn.PairedBatchNorm2d` in the batch norm's (its state; passes its input on);
+* timm's ``GhostBottleneck`` (GhostNet, the original Ghost modules) -> :class:`fusedops.nn.GhostBottleneck` and
+  timm's ``GhostModule`` -> :class:`fusedops.nn.GhostModule` (the fused Ghost-module op), by their children;
 * a depthwise ``nn.Conv2d`` (``groups == in_channels``, any multiplier) anywhere else ->
   :class:`fusedops.nn.DepthwiseConv2d`.
 
@@ -39,6 +41,7 @@ from torch import nn
 
 from .nn.depthwise import DepthwiseConv2d
 from .nn.freeze import FoldedWeights
+from .nn.ghost import GhostBottleneck, GhostModule
 from .nn.inverted_residual import ConvBNActivation, InvertedResidual
 from .nn.inverted_residual_v3 import InvertedResidualV3
 from .nn.paired import PairedBatchNorm2d, PairedConv2d
@@ -418,8 +421,56 @@ def _timm_block(module):
                                 project=project, activation=activations[0], has_skip=module.has_skip)
 
 
+def _ghost_module(module):
+    """timm's GhostModule: ``primary_conv`` = 1x1 conv, BN, activation; ``cheap_operation`` = depthwise conv, BN,
+    activation (nn.Identity in a bottleneck's second one); ``out_chs`` of their concatenation kept."""
+    if list(module._modules) != ["primary_conv", "cheap_operation"] or not isinstance(getattr(module, "out_chs", None),
+                                                                                      int):
+        return None
+    halves = [_conv_bn_children(module.primary_conv), _conv_bn_children(module.cheap_operation)]
+    if any(half is None or half[2] is None for half in halves):
+        raise _Mismatch("its primary_conv and cheap_operation are not conv, batch norm, activation")
+    (primary, _, act), (cheap, _, cheap_act) = halves
+    if type(act) is not type(cheap_act) or (type(act) is not nn.Identity and type(act) not in _ACTIVATIONS):
+        raise _Mismatch(f"its activations ({type(act).__name__}, {type(cheap_act).__name__}) are not one the fused "
+                        "op computes for both halves")
+    init, new = primary.out_channels, cheap.out_channels
+    if new % init or cheap.groups != init or cheap.kernel_size[0] != cheap.kernel_size[1]:
+        raise _Mismatch("its cheap operation is not a depthwise convolution of the primary half")
+    ratio = 1 + new // init
+    if primary.kernel_size != (1, 1) or primary.stride[0] != primary.stride[1] or -(-module.out_chs // ratio) != init:
+        raise _Mismatch("its primary convolution is not 1x1 (the fused op's), or its channels are not timm's")
+    fused = GhostModule(primary.in_channels, module.out_chs, 1, ratio, cheap.kernel_size[0], primary.stride[0],
+                        type(act), device="meta")
+    return _adopt(fused, module)
+
+
+def _ghost_bottleneck(module):
+    """timm's GhostBottleneck (``mode='original'``): ghost1, [conv_dw, bn_dw], [se], ghost2, shortcut."""
+    names = list(module._modules)
+    if names[:1] != ["ghost1"] or names[-2:] != ["ghost2", "shortcut"] or not isinstance(
+            getattr(module, "stride", None), int):
+        return None
+    if not set(names) <= {"ghost1", "conv_dw", "bn_dw", "se", "ghost2", "shortcut"}:
+        raise _Mismatch(f"its children {names} are not those of timm's GhostBottleneck")
+    ghost1, ghost2 = module.ghost1, module.ghost2
+    if any(list(g._modules) != ["primary_conv", "cheap_operation"] for g in (ghost1, ghost2)):
+        raise _Mismatch("its Ghost modules are not the original ones (GhostNetV2/V3 modules are not fused)")
+    dw = getattr(module, "conv_dw", None)
+    shortcut = module.shortcut
+    kernel = dw.kernel_size[0] if dw is not None else shortcut[0].kernel_size[0] if len(shortcut) else 3
+    se = getattr(module, "se", None)
+    if se is not None and _timm_squeeze_excite(se, ghost1.out_chs) is not None and (
+            type(se.act1) is not nn.ReLU or type(se.gate) is not nn.Hardsigmoid):
+        raise _Mismatch("its squeeze-excitation is not GhostNet's (ReLU, hard-sigmoid gate)")
+    se_ratio = se.conv_reduce.out_channels / ghost1.out_chs if se is not None else 0.0
+    fused = GhostBottleneck(ghost1.primary_conv[0].in_channels, ghost1.out_chs, ghost2.out_chs, kernel,
+                            module.stride, type(ghost1.primary_conv[2]), se_ratio, device="meta")
+    return _adopt(fused, module)
+
+
 # fusedops' own modules, which convert keeps as they are: the fused blocks, and the pieces of fused pairs.
 _FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedBatchNorm2d)
 # Tried in this order on every module, before its children.
-_RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _timm_block, _conv_bn_activation,
-                _depthwise_conv)
+_RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _timm_block, _ghost_bottleneck, _ghost_module,
+                _conv_bn_activation, _depthwise_conv)

@@ -1,6 +1,6 @@
-"""fusedops.convert on timm's models (MobileNetV3, EfficientNet, MobileNetV2, MobileNetV1 as timm builds them): the
-same function in eval and train mode, the original's parameters, buffers and state-dict keys, a report of what was
-replaced and what was not, torch.compile and torch.export; timm's batch norm that carries its activation
+"""fusedops.convert on timm's models (MobileNetV3, EfficientNet, MobileNetV2, MobileNetV1, GhostNet as timm builds
+them): the same function in eval and train mode, the original's parameters, buffers and state-dict keys, a report of
+what was replaced and what was not, torch.compile and torch.export; timm's batch norm that carries its activation
 (BatchNormAct2d)."""
 
 import copy
@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import fusedops
-from fusedops.nn import PairedBatchNorm2d, PairedConv2d, TimmDepthwiseSeparable, TimmInvertedResidual
+from fusedops.nn import (GhostBottleneck, PairedBatchNorm2d, PairedConv2d, TimmDepthwiseSeparable,
+                         TimmInvertedResidual)
 
 from conftest import (assert_close_scaled, check_compile_and_export, check_convert_eval_matches,
                       check_convert_shares_state, check_training_matches, make_input, randomize_batch_norms,
@@ -33,6 +34,7 @@ REPLACED = {
     "efficientnet_b0": {TimmInvertedResidual: 16, PairedConv2d: 2, PairedBatchNorm2d: 2},
     "mobilenetv2_100": {TimmInvertedResidual: 16, TimmDepthwiseSeparable: 1, PairedConv2d: 2, PairedBatchNorm2d: 2},
     "mobilenetv1_100": {TimmDepthwiseSeparable: 13, PairedConv2d: 1, PairedBatchNorm2d: 1},
+    "ghostnet_100": {GhostBottleneck: 16, PairedConv2d: 2, PairedBatchNorm2d: 2},
 }
 # What each keeps, by path: the classifier, and MobileNetV3's conv_head (a 1x1 convolution with a bias, no batch norm).
 LEFT_ALONE = {
@@ -40,10 +42,14 @@ LEFT_ALONE = {
     "efficientnet_b0": ["classifier"],
     "mobilenetv2_100": ["classifier"],
     "mobilenetv1_100": ["classifier"],
+    "ghostnet_100": ["conv_head", "classifier"],
 }
 # Where the fused blocks call their ops: fusedops.inverted_residual and fusedops.dwpw_conv2d.
 FUSED_OPS = {TimmInvertedResidual: (importlib.import_module("fusedops.nn.inverted_residual"), "inverted_residual"),
-             TimmDepthwiseSeparable: (importlib.import_module("fusedops.nn.separable"), "dwpw_conv2d")}
+             TimmDepthwiseSeparable: (importlib.import_module("fusedops.nn.separable"), "dwpw_conv2d"),
+             GhostBottleneck: (importlib.import_module("fusedops.nn.ghost"), "ghost_module")}
+# How many fused-op calls each replaced module makes (a Ghost bottleneck: its two Ghost modules).
+CALLS_PER_MODULE = {GhostBottleneck: 2}
 
 
 def timm_model(name, dtype=torch.float64, seed=0, **kwargs):
@@ -63,7 +69,8 @@ def test_eval_matches_the_original(name, layout, monkeypatch):
     calls = {cls: count_calls(monkeypatch, *where) for cls, where in FUSED_OPS.items()}
     with torch.no_grad():
         converted(x)
-    assert {cls: len(c) for cls, c in calls.items()} == {cls: REPLACED[name].get(cls, 0) for cls in FUSED_OPS}
+    assert {cls: len(c) for cls, c in calls.items()} == {
+        cls: CALLS_PER_MODULE.get(cls, 1) * REPLACED[name].get(cls, 0) for cls in FUSED_OPS}
 
 
 def count_calls(monkeypatch, module, name):
