@@ -143,6 +143,9 @@ std::mutex& launch_mutex() {
 }
 
 int64_t g_launches = 0, g_blocks = 0;
+// Launches since the schedule was last configured: each launch's random order comes from the seed and this count,
+// so configuring the same seed again replays the same orders.
+uint64_t g_launches_in_schedule = 0;
 
 // The kernels' static __shared__ arrays: (address, bytes).
 std::vector<std::pair<unsigned char*, size_t>>& static_shared() {
@@ -453,7 +456,7 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, const char* wh
   g.body = body;
   g.ctx = ctx;
   g.error.clear();
-  g.rng.seed(config().seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(g_launches));
+  g.rng.seed(config().seed * 0x9E3779B97F4A7C15ull + g_launches_in_schedule++);
   std::vector<unsigned char> dynamic(dynamic_shared_bytes + kSharedGuard + 16);
   g.dynamic = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(dynamic.data()) + 15) & ~uintptr_t(15));
   g.dynamic_bytes = dynamic_shared_bytes;
@@ -524,6 +527,7 @@ void configure(int64_t multiprocessors, int64_t schedule, int64_t seed) {
   c.multiprocessors = static_cast<int>(multiprocessors);
   c.schedule = static_cast<int>(schedule);
   c.seed = static_cast<uint64_t>(seed);
+  fusedops_emu::g_launches_in_schedule = 0;
 }
 
 // The static __shared__ arrays, as offsets from the library's load address (symbol values) and sizes.
