@@ -43,12 +43,14 @@ test-cuda-emu: install
 	$(CUDA_EMU_TESTS)
 
 # The same, built with AddressSanitizer + UndefinedBehaviorSanitizer (libasan preloaded into Python; torch's
-# own allocations are not instrumented, so leak and allocator-mismatch reports are off).
+# own allocations are not instrumented, so leak and allocator-mismatch reports are off). --capture=sys leaves
+# file descriptor 2 to the sanitizers: under pytest's default capture a report that ends the process is lost.
+# Not in `make test`: ~4 min of CPU plus the sanitized build.
 test-cuda-emu-sanitize: install
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
 	ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:detect_odr_violation=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	FUSEDOPS_CUDA_EMU=1 FUSEDOPS_CUDA_EMU_SANITIZE=1 $(BIN)/python -m pytest -q tests/test_cuda_*.py
+	FUSEDOPS_CUDA_EMU=1 FUSEDOPS_CUDA_EMU_SANITIZE=1 $(BIN)/python -m pytest -q --capture=sys tests/test_cuda_*.py
 
 # Shows the emulated tests catching bugs injected into copies of the CUDA kernels.
 test-cuda-emu-mutations: install

@@ -37,7 +37,8 @@ def _tree():
 def _wrappers(build_dir):
     """One C++ translation unit per source: `#include`s of the unchanged files (the .cu suffix would send
     them to nvcc)."""
-    sources = [os.path.join(EMU, "runtime.cpp")]
+    # The runtime, and the kernels of the emulation's own tests (tests/test_cuda_emu_self_test.py).
+    sources = [os.path.join(EMU, "runtime.cpp"), os.path.join(EMU, "self_test.cpp")]
     cuda_dir = os.path.join(_tree(), "cuda") if _tree() else os.path.join(ROOT, "csrc", "cuda")
     for path in sorted(glob.glob(os.path.join(cuda_dir, "*.cu"))) + [
             os.path.join(ROOT, p) for p in HOST_SOURCES]:

@@ -18,7 +18,7 @@ def test_cuda_kernels_registered():
 
 @gpu_test
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
-@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16, torch.float64))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16, torch.float64), ids=str)
 @pytest.mark.parametrize("shape, cout, kernel, stride, multiplier, mid, out", (
     ((2, 32, 28, 28), 64, 3, 1, 1, "relu6", "relu6"),
     ((1, 37, 15, 13), 20, 5, 2, 1, "hardswish", "none"),

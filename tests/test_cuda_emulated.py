@@ -68,7 +68,7 @@ def test_depthwise_schedules_bitwise_identical(layout, kernel, stride, dilation,
 
 
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("multiprocessors", [1, 3, 132])
 def test_weight_gradient_split_over_multiprocessors(layout, dtype, multiprocessors):
     # The weight-gradient reduction splits N*H*W into slices per multiprocessor count; every split must
@@ -115,7 +115,7 @@ def test_dwpw_schedules_bitwise_identical(layout):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "cl"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_shuffle_schedules(layout, dtype):
     x = torch.randn(2, 12, 7, 9).to(dtype)
     if layout == "cl":

@@ -35,6 +35,12 @@ def _block(entry):
     return math.prod(v for k, v in entry["constexprs"].items() if k.startswith("BLOCK") and isinstance(v, int))
 
 
+def _size(entry):
+    """The tile's size, then its kernel's taps: what decides a configuration's shared memory and registers."""
+    c = entry["constexprs"]
+    return _block(entry), c.get("KH", 1) * c.get("KW", 1)
+
+
 def _first_pointer(entry):
     return next((v for v in entry["signature"].values() if v.startswith("*")), "")
 
@@ -46,10 +52,10 @@ def _features(entry):
 
 
 def select(configs):
-    """The configurations to compile: for each kernel and dtype the largest tile (the most shared memory and
-    registers), then, greedily, configurations until every value each constexpr, dtype and num_warps takes
-    is compiled at least once (all ~1000 distinct ones would take an hour)."""
-    configs = sorted(configs, key=lambda e: -_block(e))
+    """The configurations to compile: for each kernel and dtype the largest tile with the most taps (the most
+    shared memory and registers), then, greedily, configurations until every value each constexpr, dtype and
+    num_warps takes is compiled at least once (all ~2000 distinct ones would take hours)."""
+    configs = sorted(configs, key=_size, reverse=True)
     chosen, seen = [], set()
     for entry in configs:
         if (entry["kernel"], _first_pointer(entry)) not in seen:
@@ -71,11 +77,13 @@ def _problems():
             dtypes, ["nchw", "cl"], [(2, 8, 9, 11), (2, 96, 64, 64), (1, 3, 5, 130)],
             [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (7, 1, 1), (7, 2, 1), (1, 1, 1), (3, 1, 2), ((3, 5), 2, 1)]):
         yield "depthwise", dict(dtype=dtype, layout=layout, shape=(n, c, h, w), kernel=k, stride=stride, mult=mult)
-    for dtype, layout, (mid, out), (shape, cout), bias in itertools.product(
+    for dtype, layout, (mid, out), (shape, cout), bias, (k, stride) in itertools.product(
             dtypes, ["nchw", "cl"], [("relu6", "none"), ("hardswish", "relu"), ("none", "hardswish"),
-                                     ("relu", "relu6")],
-            [((2, 16, 9, 9), 24), ((2, 144, 56, 56), 32), ((1, 960, 7, 7), 320)], [True, False]):
-        yield "dwpw", dict(dtype=dtype, layout=layout, shape=shape, cout=cout, mid=mid, out=out, bias=bias)
+                                     ("relu", "relu6"), ("silu", "silu")],
+            [((2, 16, 9, 9), 24), ((2, 144, 56, 56), 32), ((1, 960, 7, 7), 320)], [True, False],
+            [(3, 1), (5, 2), (7, 1)]):
+        yield "dwpw", dict(dtype=dtype, layout=layout, shape=shape, cout=cout, mid=mid, out=out, bias=bias, kernel=k,
+                           stride=stride)
     for dtype, layout in itertools.product(dtypes, ["nchw", "cl"]):
         yield "shuffle", dict(dtype=dtype, layout=layout)
 
@@ -104,9 +112,10 @@ def _call(op, p):
             depthwise_conv2d.depthwise_conv2d_backward(torch.zeros_like(y), x, wt, *args, mask)
         return
     k = c
-    dww, dwb = torch.zeros(k, 1, 3, 3, dtype=dtype), torch.zeros(k, dtype=dtype) if p["bias"] else None
+    ks = p["kernel"]
+    dww, dwb = torch.zeros(k, 1, ks, ks, dtype=dtype), torch.zeros(k, dtype=dtype) if p["bias"] else None
     pww, pwb = torch.zeros(p["cout"], k, 1, 1, dtype=dtype), torch.zeros(p["cout"], dtype=dtype) if p["bias"] else None
-    args = ((1, 1), (1, 1), (1, 1), p["mid"], p["out"])
+    args = ((p["stride"],) * 2, (ks // 2,) * 2, (1, 1), p["mid"], p["out"])
     y = dwpw_conv2d.dwpw_conv2d_forward(x, dww, dwb, pww, pwb, *args)
     masks = [[True] * 5, [True, False, False, False, False], [False, True, True, False, False],
              [False, False, False, True, True]]

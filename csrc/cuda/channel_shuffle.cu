@@ -119,10 +119,7 @@ void launch(const std::vector<Tensor>& srcs, const std::vector<Tensor>& dsts, co
   const bool cl = g.format == at::MemoryFormat::ChannelsLast;
   const int64_t plane = cl ? 1 : g.height * g.width * es / word;
   const int64_t total = cl ? g.batch * g.channels * g.height * g.width : g.batch * g.channels * plane;
-  int device = 0, sms = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t max_blocks = int64_t(std::max(sms, 1)) * 32;
+  const int64_t max_blocks = int64_t(std::max(multiprocessor_count(), 1)) * 32;
   const int blocks = static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, max_blocks));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (cl) {

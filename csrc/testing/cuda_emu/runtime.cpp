@@ -83,6 +83,7 @@ constexpr unsigned char kPoison = 0xFF;          // NaN in every floating-point 
 constexpr unsigned char kGuardByte = 0xA5;
 #ifdef FUSEDOPS_EMU_ASAN
 constexpr size_t kStackBytes = 1 << 20;  // ASan's redzones make frames much larger
+constexpr size_t kStackTopBytes = 16 << 10;
 #else
 constexpr size_t kStackBytes = 256 << 10;
 #endif
@@ -143,6 +144,9 @@ std::mutex& launch_mutex() {
 }
 
 int64_t g_launches = 0, g_blocks = 0;
+// Launches since the schedule was last configured: each launch's random order comes from the seed and this count,
+// so configuring the same seed again replays the same orders.
+uint64_t g_launches_in_schedule = 0;
 
 // The kernels' static __shared__ arrays: (address, bytes).
 std::vector<std::pair<unsigned char*, size_t>>& static_shared() {
@@ -211,7 +215,9 @@ void allocate_stack(Fiber& f) {
 // A stack that fusedops_emu_switch "returns" into fiber_main from, with a 16-byte aligned frame.
 void start_fiber(Fiber& f) {
 #ifdef FUSEDOPS_EMU_ASAN
-  __asan_unpoison_memory_region(f.stack, kStackBytes);  // frames of an abandoned launch stay poisoned
+  // The frames that never return (fiber_main's, and the final switch's below it) keep their redzones poisoned
+  // at the top of the stack; every other frame of a completed thread returned and unpoisoned its own.
+  __asan_unpoison_memory_region(f.stack + kStackBytes - kStackTopBytes, kStackTopBytes);
   f.fake_stack = nullptr;
 #endif
   auto top = reinterpret_cast<uintptr_t>(f.stack + kStackBytes) & ~uintptr_t(15);
@@ -453,7 +459,7 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, const char* wh
   g.body = body;
   g.ctx = ctx;
   g.error.clear();
-  g.rng.seed(config().seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(g_launches));
+  g.rng.seed(config().seed * 0x9E3779B97F4A7C15ull + g_launches_in_schedule++);
   std::vector<unsigned char> dynamic(dynamic_shared_bytes + kSharedGuard + 16);
   g.dynamic = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(dynamic.data()) + 15) & ~uintptr_t(15));
   g.dynamic_bytes = dynamic_shared_bytes;
@@ -489,6 +495,12 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, const char* wh
   }
   g.dynamic = nullptr;
   g.dynamic_bytes = 0;
+#ifdef FUSEDOPS_EMU_ASAN
+  // The frames of an abandoned launch's threads stay poisoned (they never returned). Only then the whole stack:
+  // unpoisoning every thread's 1 MiB for every block made the sanitized suite crawl.
+  if (!g.error.empty())
+    for (int i = 0; i < g.threads; ++i) __asan_unpoison_memory_region(g.fibers[i].stack, kStackBytes);
+#endif
   TORCH_CHECK(g.error.empty(), "fusedops_emu: kernel launched at ", where, ": ", g.error);
 }
 
@@ -524,6 +536,7 @@ void configure(int64_t multiprocessors, int64_t schedule, int64_t seed) {
   c.multiprocessors = static_cast<int>(multiprocessors);
   c.schedule = static_cast<int>(schedule);
   c.seed = static_cast<uint64_t>(seed);
+  fusedops_emu::g_launches_in_schedule = 0;
 }
 
 // The static __shared__ arrays, as offsets from the library's load address (symbol values) and sizes.

@@ -4,7 +4,7 @@ Semantics: ``act_out(conv1x1(act_mid(depthwise(input, dw_weight) + dw_bias), pw_
 
 Forward: one program per (image, tile of BLOCK_P output pixels, tile of BLOCK_N output channels). It loops
 over the depthwise channels K in chunks of BLOCK_K: computes the depthwise outputs of its pixels for the
-chunk in registers (taps unrolled, borders masked, bias and middle activation fused), and multiplies the
+chunk in registers (a loop over the taps, borders masked, bias and middle activation fused), multiplies the
 (BLOCK_P x BLOCK_K) tile with the (BLOCK_K x BLOCK_N) slice of the 1x1 weights into a register
 accumulator (``tl.dot``). The depthwise output never leaves the chip; each output-channel tile recomputes
 it (kH*kW multiply-adds per depthwise output, against BLOCK_N for the GEMM). Bias and output activation
@@ -112,10 +112,13 @@ def _depthwise_tile(
         z = tl.load(dwb_ptr + k, mask=mask_k, other=0.0).to(ACC)[None, :] + tl.zeros((BLOCK_P, BLOCK_K), ACC)
     else:
         z = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
-    for kh in tl.static_range(KH):
+    # Loops over the taps, not unrolled (tl.static_range): unrolled, the GPU compiler pipelined every tap's gather
+    # through shared memory and kept them live in registers (fp32 64x32x64 tiles 3x3: 171 KiB of shared memory,
+    # over sm_80's limit, and 2-3 KB of spills; 7x7: 424 KiB and 10 KB); as loops 8-32 KiB and no spills.
+    for kh in range(KH):
         ih = oh * stride_h - pad_h + kh * dil_h
         ok_h = mask_p & (ih >= 0) & (ih < H)
-        for kw in tl.static_range(KW):
+        for kw in range(KW):
             iw = ow * stride_w - pad_w + kw * dil_w
             ok = ok_h & (iw >= 0) & (iw < W)
             xv = tl.load(x_img + ih[:, None] * sxh + iw[:, None] * sxw + c[None, :] * sxc,
@@ -354,9 +357,10 @@ def _launch_geometry(input, dw_weight, pw_weight, stride, padding, dilation):
     return n, c, h, w, k, k // c, kh, kw, oc, out_h, out_w
 
 
-def _blocks(pixels, k, oc, device):
-    """(BLOCK_P, BLOCK_K, BLOCK_N): GEMM tiles of at least 16 (tl.dot), clamped to the problem."""
-    block_p = max(16, min(64, next_pow2(pixels)))
+def _blocks(pixels, k, oc, dtype):
+    """(BLOCK_P, BLOCK_K, BLOCK_N): GEMM tiles of at least 16 (tl.dot), clamped to the problem. float64 tiles have
+    at most 32 pixels: at 64 its accumulators spill registers (ptxas, sm_80 and sm_90)."""
+    block_p = max(16, min(32 if dtype == torch.float64 else 64, next_pow2(pixels)))
     block_k = max(16, min(32, next_pow2(k)))
     block_n = max(16, min(64, next_pow2(oc)))
     return block_p, block_k, block_n
@@ -373,7 +377,7 @@ def dwpw_conv2d_forward(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, p
     y = torch.empty((n, oc, out_h, out_w), dtype=input.dtype, device=input.device, memory_format=fmt)
     if y.numel() == 0:
         return y
-    block_p, block_k, block_n = _blocks(out_h * out_w, k, oc, input.device)
+    block_p, block_k, block_n = _blocks(out_h * out_w, k, oc, input.dtype)
     tiles_p = triton.cdiv(out_h * out_w, block_p)
     grid = (n * tiles_p, triton.cdiv(oc, block_n))
     acc = acc_dtype(input.dtype)
@@ -457,7 +461,7 @@ def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_b
     g_buf = None if out == "none" else _band_buffer(channels_last, images, oc, buf_rows, out_w, op, device)
     gz_buf = _band_buffer(channels_last, images, k, buf_rows, out_w, op, device) if need_gz else None
     int64 = _needs_int64(input, grad_output, pw_weight, *(b for b in (g_buf, gz_buf) if b is not None))
-    block_p, block_k, block_n = _blocks(rows * out_w, k, oc, device)
+    block_p, block_k, block_n = _blocks(rows * out_w, k, oc, dtype)
     # Smaller pixel tiles than the forward's: with them ptxas (sm_90, 3x3) spills at most a few bytes in these
     # kernels, against hundreds of bytes at 64 pixels (KBs in the pw_weight one, whose g tile is BLOCK_N x BLOCK_P).
     block_p = min(block_p, 32)

@@ -124,15 +124,15 @@ Launch<P...> launcher(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t /
 // Intrinsics
 
 #define __syncthreads() ::fusedops_emu::syncthreads(__FILE__, __LINE__)
-#define __syncwarp(...) ::fusedops_emu::syncwarp_at(__FILE__, __LINE__, ##__VA_ARGS__)
+#define __syncwarp(...) ::fusedops_emu::syncwarp_at(__FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__)
 #define __shfl_sync(mask, v, lane, ...) \
-  ::fusedops_emu::shfl_at(::fusedops_emu::kShflIdx, mask, v, lane, __FILE__, __LINE__, ##__VA_ARGS__)
+  ::fusedops_emu::shfl_at(::fusedops_emu::kShflIdx, mask, v, lane, __FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__)
 #define __shfl_up_sync(mask, v, delta, ...) \
-  ::fusedops_emu::shfl_at(::fusedops_emu::kShflUp, mask, v, delta, __FILE__, __LINE__, ##__VA_ARGS__)
+  ::fusedops_emu::shfl_at(::fusedops_emu::kShflUp, mask, v, delta, __FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__)
 #define __shfl_down_sync(mask, v, delta, ...) \
-  ::fusedops_emu::shfl_at(::fusedops_emu::kShflDown, mask, v, delta, __FILE__, __LINE__, ##__VA_ARGS__)
+  ::fusedops_emu::shfl_at(::fusedops_emu::kShflDown, mask, v, delta, __FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__)
 #define __shfl_xor_sync(mask, v, lane_mask, ...) \
-  ::fusedops_emu::shfl_at(::fusedops_emu::kShflXor, mask, v, lane_mask, __FILE__, __LINE__, ##__VA_ARGS__)
+  ::fusedops_emu::shfl_at(::fusedops_emu::kShflXor, mask, v, lane_mask, __FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__)
 #define __ballot_sync(mask, pred) \
   static_cast<unsigned>(::fusedops_emu::warp_op(::fusedops_emu::kBallot, mask, (pred) != 0, 0, 32, __FILE__, __LINE__))
 #define __any_sync(mask, pred) \
