@@ -5,8 +5,10 @@ squeeze-excitation it uses (:class:`GhostSqueezeExcite`)."""
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..ops import _library
 from ..ops.depthwise_conv2d import depthwise_conv2d
 from ..ops.dwpw_conv2d import dwpw_conv2d
 from ..ops.ghost_module import ghost_module, pack_weights
@@ -88,7 +90,8 @@ class GhostModule(FoldedWeights, nn.Module):
     def runs_fused(self) -> bool:
         """Whether forward runs the fused op: both batch norms normalise with running statistics (eval mode) and
         the cheap convolution pads with zeros."""
-        return not _runs_unfused(self.cheap_operation[0], (self.primary_conv[1], self.cheap_operation[1]))
+        primary, cheap = self.primary_conv._modules, self.cheap_operation._modules
+        return not _runs_unfused(cheap["0"], (primary["1"], cheap["1"]))
 
     def forward(self, input, residual=None):
         if not self.runs_fused():
@@ -96,12 +99,23 @@ class GhostModule(FoldedWeights, nn.Module):
             x2 = self.cheap_operation(x1)
             out = torch.cat([x1, x2], dim=1)[:, :self.out_chs]
             return out if residual is None else out + residual
-        folded = self.folded_weights()
         stride = self.primary_conv[0].stride
+        key = (stride, self.activation, self.out_chs)
+        if not torch.compiler.is_compiling():
+            # Frozen and called before: the native call made then, without the fused path's Python (the fold and
+            # packing checks, the wrapper's normalisation).
+            arguments = self._prepared_arguments(input, key)
+            if arguments is not None:
+                out = _library.eager_native("ghost_module")(input, *arguments[:4], residual, *arguments[4:])
+                if out is not NotImplemented:
+                    return out
+        folded = self.folded_weights()
         # Frozen: the CPU kernel's packed form of the folded weights is made once too.
         packed = self._packed_weights(
             folded, input, "ghost_module",
             lambda: pack_weights(input, *folded, self.out_chs, stride, self.activation, residual))
+        if packed is not None:
+            self._prepare_call(folded, key, (*folded, self.out_chs, stride, self.activation, packed))
         return ghost_module(input, *folded, self.out_chs, stride, self.activation, residual=residual,
                             packed_weights=packed)
 
@@ -126,8 +140,12 @@ class GhostSqueezeExcite(nn.Module):
         self.gate = nn.Hardsigmoid()
 
     def forward(self, x):
-        x_se = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
-        return x * self.gate(x_se)
+        # The 1x1 convolutions of the pooled (N, C, 1, 1) map as matrix products: the same sums, without the
+        # convolution's dispatch (~2x the cost of the whole gate at batch 1).
+        reduce, expand = self.conv_reduce, self.conv_expand
+        x_se = self.act1(F.linear(x.mean((2, 3)), reduce.weight.flatten(1), reduce.bias))
+        x_se = self.gate(F.linear(x_se, expand.weight.flatten(1), expand.bias))
+        return x * x_se[:, :, None, None]
 
 
 def _make_divisible(v: float, divisor: int) -> int:
@@ -186,18 +204,19 @@ class GhostBottleneck(FoldedWeights, nn.Module):
                                                                *_fold(self.shortcut[2], self.shortcut[3]))
         return (*dw, *shortcut)
 
-    def _batch_norms(self):
-        norms = [m for m in (self.bn_dw,) if m is not None]
-        if len(self.shortcut) > 0:
-            norms += [self.shortcut[1], self.shortcut[3]]
-        return norms
+    def _runs_unfused(self) -> bool:
+        """Whether forward runs timm's sequence: one of the bottleneck's own batch norms (those of conv_dw and the
+        shortcut) normalises with batch statistics (train mode), or one of its depthwise convolutions pads other
+        than with zeros (the ops pad with zeros). The Ghost modules decide for themselves: each computes the same
+        function either way."""
+        modules, shortcut = self._modules, self.shortcut._modules
+        stages = [] if self.conv_dw is None else [(modules["conv_dw"], (modules["bn_dw"],))]
+        if shortcut:
+            stages.append((shortcut["0"], (shortcut["1"], shortcut["3"])))
+        return any(_runs_unfused(conv, batch_norms) for conv, batch_norms in stages)
 
     def forward(self, input):
-        unfused = (not self.ghost1.runs_fused() or not self.ghost2.runs_fused()
-                   or any(bn.training or bn._buffers.get("running_mean") is None for bn in self._batch_norms())
-                   or any(conv.padding_mode != "zeros" for conv in (self.conv_dw, *self.shortcut[:1])
-                          if conv is not None))
-        if unfused:
+        if self._runs_unfused():
             x = self.ghost1(input)
             if self.conv_dw is not None:
                 x = self.bn_dw(self.conv_dw(x))
@@ -205,7 +224,7 @@ class GhostBottleneck(FoldedWeights, nn.Module):
                 x = self.se(x)
             return self.ghost2(x) + self.shortcut(input)
         # (An identity-shortcut stride-1 bottleneck has nothing of its own to fold.)
-        folded = self._folded_weights() if self.conv_dw is not None or len(self.shortcut) > 0 else (None,) * 6
+        folded = self._folded_weights() if self.conv_dw is not None or self.shortcut._modules else (None,) * 6
         dw_w, dw_b, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b = folded
         x = self.ghost1(input)
         if dw_w is not None:
@@ -216,9 +235,9 @@ class GhostBottleneck(FoldedWeights, nn.Module):
         if sc_dw_w is None:
             residual = input
         else:
-            conv = self.shortcut[0]
+            conv = self.shortcut._modules["0"]
             residual = dwpw_conv2d(input, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b, conv.stride, conv.padding,
-                                   conv.dilation, None, None)
+                                   conv.dilation, "none", "none")
         return self.ghost2(x, residual=residual)
 
     def extra_repr(self) -> str:
