@@ -71,6 +71,13 @@ PUBLISHED_RUNS = [
              "torchvision's mobilenetv3.InvertedResidual with the same weights. The squeeze-excitation pools each "
              "image's whole depthwise map: these blocks keep one image's depthwise map in a tile (not the expanded "
              "one), compute the gate for a round of images at once and scale on the way into the project GEMM."),
+    Run("ghost_module inference (timm's GhostNet GhostModule, ratio 2, 3x3 cheap operation, ReLU, BN folded; "
+        "channels_last)", "ghost_module", "f12a53a", "python -m benchmarks.bench_ghost_module",
+        note="Measured on a 2-vCPU Intel Xeon (2 MiB L2 per core). fusedops runs a frozen fusedops.nn.GhostModule "
+             "(weights folded and packed once); eager (channels_last) and torch.compile(freezing) run timm's "
+             "GhostModule with the same weights. Bands of rows go primary GEMM -> store -> depthwise from the "
+             "cached tile -> store, both halves written into their channels of the output (no concatenation or "
+             "slice)."),
     Run("channel_shuffle and concat_shuffle (groups 2)", "channel_shuffle", "81860f5",
         "python -m benchmarks.bench_channel_shuffle",
         note="\"copy\" is a copy into a preallocated tensor, \"clone\" the same copy returning a new tensor "
@@ -92,6 +99,12 @@ PUBLISHED_RUNS = [
              "is one fused op; the stems and heads are convolutions with the BN folded in and the activation in "
              "place; the classifiers (Linear layers) are PyTorch's. Frozen blocks call the native op with "
              "arguments prepared once (~10 us of Python a block)."),
+    Run("GhostNet 1.0, inference, 224x224 (fusedops model in channels_last, frozen)", "models", "f12a53a",
+        "python -m benchmarks.bench_models --models ghostnet_100",
+        note="Measured on a 2-vCPU Intel Xeon. The baselines run timm's ghostnet_100 with the same weights. Each "
+             "Ghost module is one fused op (the bottleneck's shortcut added inside its second one; a projecting "
+             "shortcut is one fused dwpw op); the stride-2 depthwise stages and the squeeze-excitations run as "
+             "separate ops; the stem folds its BN."),
 ]
 
 
