@@ -10,7 +10,7 @@ import fusedops
 from fusedops.nn import GhostBottleneck, GhostModule
 
 from conftest import (CL, assert_close_grads, assert_close_scaled, check_training_matches, grad_names, make_input,
-                      module_outputs_and_grads, randomize_batch_norms, requires_ops, tolerance)
+                      module_outputs_and_grads, randomize_batch_norms, randomize_conv_biases, requires_ops, tolerance)
 
 timm = pytest.importorskip("timm")
 from timm.models import ghostnet as timm_ghostnet  # noqa: E402
@@ -22,13 +22,7 @@ TOL = tolerance(torch.float64)
 
 def randomize(model, seed=1):
     """Non-trivial batch-norm state and convolution biases."""
-    randomize_batch_norms(model, seed)
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g, dtype=torch.float64))
-    return model
+    return randomize_conv_biases(randomize_batch_norms(model, seed), seed + 100)
 
 
 def pair_modules(ours_cls, theirs_cls, *args, dtype=torch.float64, **kwargs):

@@ -11,14 +11,6 @@ namespace fusedops {
 
 using at::Tensor;
 
-namespace {
-
-bool given(const c10::optional<Tensor>& t) {
-  return t.has_value() && t->defined();
-}
-
-}  // namespace
-
 GhostModuleGeometry ghost_module_geometry(const Tensor& input, const Tensor& primary_weight,
                                           const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
                                           const c10::optional<Tensor>& cheap_bias, int64_t out_channels,

@@ -12,14 +12,6 @@ namespace fusedops {
 
 using at::Tensor;
 
-namespace {
-
-bool given(const c10::optional<Tensor>& t) {
-  return t.has_value() && t->defined();
-}
-
-}  // namespace
-
 Gate parse_gate(std::string_view name, const char* argument) {
   if (name == "hardsigmoid") return Gate::kHardsigmoid;
   TORCH_CHECK(name == "sigmoid", "fusedops: ", argument, " must be 'hardsigmoid' or 'sigmoid'; got '",
