@@ -125,6 +125,24 @@ def test_bench_reports_a_converted_model_that_differs(monkeypatch, tmp_path, cap
     assert "FAIL" in out and "parity check FAILED" in out and "mobilenet_v3_small N=1 32x32" in out
 
 
+def test_bench_training_parity_catches_a_model_that_differs(monkeypatch, tmp_path, capsys):
+    # The training step's tolerance follows the original's own float32 error against float64: it must still fail a
+    # converted model that computes something else.
+    real_convert = fusedops.convert
+
+    def convert_with_a_wrong_classifier(model, **kwargs):
+        converted = real_convert(model, **kwargs)
+        with torch.no_grad():
+            model.classifier[-1].bias.add_(1.0)  # the copy it converted shares this parameter
+        return converted
+
+    monkeypatch.setattr(fusedops, "convert", convert_with_a_wrong_classifier)
+    status = cli.main(["bench", "--model", "mobilenet_v3_small", "--batch", "4", "--train", *TINY, "--size", "64",
+                       "--csv", str(tmp_path / "rows.csv"), "--png", ""])
+    assert status == 1
+    assert "parity check FAILED" in capsys.readouterr().out
+
+
 def test_bench_runs_a_timm_model_convert_partly_understands(tmp_path):
     pytest.importorskip("timm")
     out_csv = tmp_path / "rows.csv"

@@ -16,9 +16,10 @@ TIMM_PREFIX = "timm:"
 # The worst relative error (of the largest magnitude) the converted model's float32 output may have against the
 # original's in inference: the two round differently (folded batch norms, fused kernels), through a whole network.
 PARITY_TOLERANCE = 1e-4
-# The same for a training step's output and gradients: each train-mode batch norm divides by its batch's standard
-# deviation, and its backward amplifies the forward's rounding differences where that deviation is small (few
-# values per channel: small images, small batches; measured 3e-5 at 64x64, batch 4, for MobileNetV2).
+# The same for a training step's output and gradients against the original in float64 (at least; see
+# _training_parity): each train-mode batch norm divides by its batch's standard deviation, and its backward
+# amplifies the forward's rounding where that deviation is small (few values per channel: small images, small
+# batches; measured 3e-5 at 64x64, batch 4, for MobileNetV2).
 TRAINING_PARITY_TOLERANCE = 1e-3
 BENCHMARK = "fusedops bench"
 INFERENCE, TRAINING = "inference", "training step"
@@ -79,24 +80,30 @@ def _inference_parity(fused, reference, x, x_cl):
 
 def _training_parity(fused, reference, x, x_cl, labels):
     """One forward and backward in train mode of each (copies: running statistics are left alone), from the same
-    random state (the same dropout masks)."""
-    fused, reference = copy.deepcopy(fused).train(), copy.deepcopy(reference).train()
-    errors = []
-    outputs = []
-    for model, inp in ((fused, x_cl), (reference, x)):
+    random state (the same dropout masks), against the original in float64. The converted model passes when its
+    output and gradients are within TRAINING_PARITY_TOLERANCE of the float64 ones, or no further than twice the
+    original's own float32 run in the same layout (channels_last) is: train-mode batch norms amplify float32
+    rounding by their batches' inverse standard deviations (GhostNet at 224x224, batch 8: PyTorch's own float32
+    gradients are 3e-3 (NCHW) and 6e-3 (channels_last) off the float64 ones), which no tolerance fixed in advance
+    covers for every model."""
+    def step(model, inp):
+        model = copy.deepcopy(model).train()
         with torch.random.fork_rng():
             torch.manual_seed(0)
             out = model(inp)
         F.cross_entropy(out, labels).backward()
-        outputs.append(out.detach())
-    errors.append(_relative_error(*outputs))
-    # The gradients as one vector: some are rounding noise around zero (the bias of a batch norm whose output the
-    # next train-mode batch norm re-centres), whose error relative to their own size says nothing.
-    theirs = dict(reference.named_parameters())
-    pairs = [(p.grad, theirs[name].grad) for name, p in fused.named_parameters() if p.grad is not None]
-    errors.append(_relative_error(torch.cat([g.flatten() for g, _ in pairs]),
-                                  torch.cat([g.flatten() for _, g in pairs])))
-    return Parity(max(errors), TRAINING_PARITY_TOLERANCE)
+        # The gradients as one vector: some are rounding noise around zero (the bias of a batch norm whose output
+        # the next train-mode batch norm re-centres), whose error relative to their own size says nothing.
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return out.detach(), grads
+
+    exact = step(copy.deepcopy(reference).double(), x.double())
+
+    def error(result):
+        return max(_relative_error(a, e) for a, e in zip(result, exact))
+
+    own = error(step(copy.deepcopy(reference).to(memory_format=torch.channels_last), x_cl))
+    return Parity(error(step(fused, x_cl)), max(TRAINING_PARITY_TOLERANCE, 2 * own))
 
 
 @dataclasses.dataclass
