@@ -108,7 +108,10 @@ def test_bench_training_step_reports_peak_memory(tmp_path, capsys):
     assert "run inference only" in capsys.readouterr().out
 
 
-def test_bench_reports_a_converted_model_that_differs(monkeypatch, tmp_path, capsys):
+@pytest.fixture
+def wrong_conversion(monkeypatch):
+    """fusedops.convert returning a model whose classifier bias is off by one (the converted copy shares the
+    original's parameter, which this shifts after converting)."""
     real_convert = fusedops.convert
 
     def convert_with_a_wrong_classifier(model, **kwargs):
@@ -118,6 +121,9 @@ def test_bench_reports_a_converted_model_that_differs(monkeypatch, tmp_path, cap
         return converted
 
     monkeypatch.setattr(fusedops, "convert", convert_with_a_wrong_classifier)
+
+
+def test_bench_reports_a_converted_model_that_differs(wrong_conversion, tmp_path, capsys):
     status = cli.main(["bench", "--model", "mobilenet_v3_small", "--batch", "1", *TINY, "--no-ort", "--no-openvino",
                        "--csv", str(tmp_path / "rows.csv"), "--png", ""])
     assert status == 1
@@ -125,18 +131,9 @@ def test_bench_reports_a_converted_model_that_differs(monkeypatch, tmp_path, cap
     assert "FAIL" in out and "parity check FAILED" in out and "mobilenet_v3_small N=1 32x32" in out
 
 
-def test_bench_training_parity_catches_a_model_that_differs(monkeypatch, tmp_path, capsys):
+def test_bench_training_parity_catches_a_model_that_differs(wrong_conversion, tmp_path, capsys):
     # The training step's tolerance follows the original's own float32 error against float64: it must still fail a
     # converted model that computes something else.
-    real_convert = fusedops.convert
-
-    def convert_with_a_wrong_classifier(model, **kwargs):
-        converted = real_convert(model, **kwargs)
-        with torch.no_grad():
-            model.classifier[-1].bias.add_(1.0)  # the copy it converted shares this parameter
-        return converted
-
-    monkeypatch.setattr(fusedops, "convert", convert_with_a_wrong_classifier)
     status = cli.main(["bench", "--model", "mobilenet_v3_small", "--batch", "4", "--train", *TINY, "--size", "64",
                        "--csv", str(tmp_path / "rows.csv"), "--png", ""])
     assert status == 1

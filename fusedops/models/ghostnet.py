@@ -7,7 +7,7 @@ from torch import nn
 from ..nn._channels import make_divisible
 from ..nn.freeze import FoldedWeights
 from ..nn.ghost import GhostBottleneck
-from ..nn.inverted_residual import _fold
+from ..nn.inverted_residual import _fold, _runs_unfused, folded_conv_activation
 
 # timm's GhostNet configuration: per stage, blocks of (dw kernel, mid channels, out channels, se ratio, stride).
 GHOSTNET_CONFIG = (
@@ -36,10 +36,9 @@ class _FoldedConvBnReLU(FoldedWeights, nn.Module):
         return _fold(self.conv, self.bn1)
 
     def forward(self, x):
-        if self.bn1.training or self.bn1.running_mean is None:
+        if _runs_unfused(self.conv, (self.bn1,)):
             return F.relu_(self.bn1(self.conv(x)))
-        weight, bias = self._folded_weights()
-        return F.relu_(F.conv2d(x, weight, bias))
+        return folded_conv_activation(self, self.conv, x, "relu")
 
 
 class GhostNet(FoldedWeights, nn.Module):
@@ -92,11 +91,10 @@ class GhostNet(FoldedWeights, nn.Module):
         return _fold(self.conv_stem, self.bn1)
 
     def forward_features(self, x):
-        if self.bn1.training or self.bn1.running_mean is None:
+        if _runs_unfused(self.conv_stem, (self.bn1,)):
             x = self.act1(self.bn1(self.conv_stem(x)))
         else:
-            weight, bias = self._folded_weights()
-            x = F.relu_(F.conv2d(x, weight, bias, self.conv_stem.stride, self.conv_stem.padding))
+            x = folded_conv_activation(self, self.conv_stem, x, "relu")
         return self.blocks(x)
 
     def forward_head(self, x):

@@ -14,10 +14,12 @@ from ..ops.dwpw_conv2d import dwpw_conv2d
 from ..ops.ghost_module import ghost_module, pack_weights
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
-from .inverted_residual import _fold, _runs_unfused
+from ._channels import make_divisible
+from .inverted_residual import _ACTIVATION_MODULES, _fold, _runs_unfused
 
-# The activation module classes a Ghost module takes (timm's act_layer), by the name the fused op takes.
-_ACTIVATIONS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish", nn.SiLU: "silu", nn.Identity: "none"}
+# The activation module classes a Ghost module takes (timm's act_layer): the fused blocks' activations, and
+# nn.Identity (the second Ghost module of a bottleneck), by the name the fused op takes.
+_ACTIVATIONS = {**{cls: name for name, cls in _ACTIVATION_MODULES.items()}, nn.Identity: "none"}
 
 
 def _activation_of(act_layer) -> str:
@@ -31,8 +33,7 @@ def _activation_of(act_layer) -> str:
 
 
 def _activation_module(name: str) -> nn.Module:
-    cls = next(cls for cls, n in _ACTIVATIONS.items() if n == name)
-    return cls() if cls is nn.Identity else cls(inplace=True)
+    return nn.Identity() if name == "none" else _ACTIVATION_MODULES[name](inplace=True)
 
 
 class GhostModule(FoldedWeights, nn.Module):
@@ -133,7 +134,7 @@ class GhostSqueezeExcite(nn.Module):
     def __init__(self, in_chs: int, rd_ratio: float = 0.25, device=None, dtype=None):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
-        rd_channels = _make_divisible(in_chs * rd_ratio, 4)
+        rd_channels = make_divisible(in_chs * rd_ratio, 4)  # timm's make_divisible is torchvision's
         self.conv_reduce = nn.Conv2d(in_chs, rd_channels, 1, bias=True, **factory)
         self.act1 = nn.ReLU(inplace=True)
         self.conv_expand = nn.Conv2d(rd_channels, in_chs, 1, bias=True, **factory)
@@ -146,13 +147,6 @@ class GhostSqueezeExcite(nn.Module):
         x_se = self.act1(F.linear(x.mean((2, 3)), reduce.weight.flatten(1), reduce.bias))
         x_se = self.gate(F.linear(x_se, expand.weight.flatten(1), expand.bias))
         return x * x_se[:, :, None, None]
-
-
-def _make_divisible(v: float, divisor: int) -> int:
-    # timm's make_divisible (timm.layers.helpers), which is torchvision's: the same channel counts.
-    from ._channels import make_divisible
-
-    return make_divisible(v, divisor)
 
 
 class GhostBottleneck(FoldedWeights, nn.Module):
