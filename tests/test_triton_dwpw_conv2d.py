@@ -116,6 +116,21 @@ def test_triton_backward_bands(case, monkeypatch):
         assert whole[0].is_contiguous(memory_format=torch.channels_last)
 
 
+def test_triton_int64_indexing_path(monkeypatch):
+    """The kernels' int64 offsets (taken where one image's offsets may pass 2^31) on problems small enough for
+    the interpreter: forward and backward in both layouts, and a banded backward (row offsets, chunks)."""
+    from fusedops.ops._triton import dwpw_conv2d
+
+    monkeypatch.setattr(dwpw_conv2d, "_needs_int64", lambda *tensors: True)
+    for layout in ("nchw", "channels_last"):
+        check_dwpw_parity((2, 4, 6, 7), 6, backend="triton", stride=2, multiplier=2, layout=layout,
+                          mid="hardswish", out="relu6")
+    args, expected = _backward_case((2, 3, 7, 6), 5, 3, (1, 1), (1, 1), (1, 1), 1, "relu6", "hardswish", "nchw")
+    monkeypatch.setattr(dwpw_conv2d, "_program_target", lambda device: 5)
+    banded = _triton_backward(args, band_elements=(3 + 5) * 6 * 2)
+    assert_close_grads(list(banded), list(expected), **tolerance(torch.float32), names=DWPW_GRAD_NAMES)
+
+
 @pytest.mark.parametrize("mask", ((False, True, False, True, False), (True, False, True, False, True),
                                   (False, False, False, False, True), (True, False, False, False, False)))
 def test_triton_backward_output_mask(mask):

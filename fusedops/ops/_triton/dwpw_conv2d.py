@@ -160,13 +160,15 @@ def _pointwise_tile(
 def _program_tile(tiles_p, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INT64: tl.constexpr):
     """(image, pixel indices, output channels) of a program of the (image x pixel tile, channel tile) grid."""
     pid = tl.program_id(0)
-    n = pid // tiles_p
-    p = (pid % tiles_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+    # The image index is int64 even without INT64: n * (image stride) passes 2^31 in a batch whose images each
+    # fit int32 offsets (needs_int64 looks at one image).
+    n = (pid // tiles_p).to(tl.int64)
+    tp = pid % tiles_p
     co = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     if INT64:
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
+        tp = tp.to(tl.int64)  # before the multiply: tp * BLOCK_P may pass 2^31 on a huge plane
         co = co.to(tl.int64)
+    p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
     return n, p, co
 
 
@@ -186,9 +188,9 @@ def _dwpw_fwd_kernel(
     INT64: tl.constexpr, ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
 ):
     n, p, co = _program_tile(tiles_p, BLOCK_P, BLOCK_N, INT64)
-    mask_p = p < OH * OW
     oh = p // OW
     ow = p % OW
+    mask_p = oh < OH  # not p < OH * OW: that product is int32 even where p is int64
     mask_n = co < OC
     u = _pointwise_tile(x_ptr + n * sxn, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, oh, ow, mask_p, co, mask_n,
                         H, W, K, MULT, sxc, sxh, sxw, swk, swh, sww, spo, spk,
@@ -223,9 +225,9 @@ def _dwpw_bwd_out_kernel(
 ):
     """g = act_out'(u) * grad_output, per (image, pixel tile, output-channel tile)."""
     n, p, co = _program_tile(tiles_p, BLOCK_P, BLOCK_N, INT64)
-    mask_p = p < ROWS * OW
     r = p // OW
     ow = p % OW
+    mask_p = r < ROWS  # not p < ROWS * OW: that product is int32 even where p is int64
     mask_n = co < OC
     u = _pointwise_tile(x_ptr + n * sxn, dww_ptr, dwb_ptr, pww_ptr, pwb_ptr, ROW0 + r, ow, mask_p, co, mask_n,
                         H, W, K, MULT, sxc, sxh, sxw, swk, swh, sww, spo, spk,
@@ -268,14 +270,14 @@ def _dwpw_bwd_pw_weight_kernel(
     acc_w = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
     acc_b = tl.zeros((BLOCK_N,), dtype=ACC)
     for t in range(first, last):
-        n = t // tiles_p
-        p = (t % tiles_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+        n = (t // tiles_p).to(tl.int64)  # always int64, as in _program_tile
+        tp = t % tiles_p
         if INT64:
-            n = n.to(tl.int64)
-            p = p.to(tl.int64)
-        mask_p = p < ROWS * OW
+            tp = tp.to(tl.int64)
+        p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
         r = p // OW
         ow = p % OW
+        mask_p = r < ROWS
         # Masked pixels load g = 0, which cancels their recomputed activations (act_mid of the bias).
         gt = tl.load(g_ptr + n * sgn + co[:, None] * sgc + (r * sgh + ow * sgw)[None, :],
                      mask=mask_n[:, None] & mask_p[None, :], other=0.0).to(ACC)
@@ -317,17 +319,16 @@ def _dwpw_bwd_mid_kernel(
 ):
     """grad_z = act_mid'(z) * (g @ pw_weight), per (image, pixel tile, depthwise-channel tile)."""
     pid = tl.program_id(0)
-    n = pid // tiles_p
+    n = (pid // tiles_p).to(tl.int64)  # always int64, as in _program_tile
     tp = pid % tiles_p
-    p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     if INT64:
-        n = n.to(tl.int64)
-        p = p.to(tl.int64)
+        tp = tp.to(tl.int64)
         k = k.to(tl.int64)
-    mask_p = p < ROWS * OW
+    p = tp * BLOCK_P + tl.arange(0, BLOCK_P)
     r = p // OW
     ow = p % OW
+    mask_p = r < ROWS
     mask_k = k < K
     g_px = g_ptr + n * sgn + (r * sgh + ow * sgw)[:, None]
     grad_a = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
