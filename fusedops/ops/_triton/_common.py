@@ -227,10 +227,13 @@ def _depthwise_bwd_weight_kernel(
             xv = tl.load(x, mask=m[:, None] & mask_c[None, :], other=0.0)
             acc_w += gv * xv.to(ACC)
 
+    # The partial buffers hold up to 65535 chunks: chunks * OC * TAPS can pass 2^31 where the tensors' own
+    # offsets fit int32 (e.g. a large batch of small maps), so the chunk offset is int64.
+    part = chunk.to(tl.int64) * OC + oc
     if COMPUTE_GW:
-        tl.store(pw_ptr + (chunk * OC + oc) * TAPS + tap, tl.sum(acc_w, axis=0), mask=mask_c)
+        tl.store(pw_ptr + part * TAPS + tap, tl.sum(acc_w, axis=0), mask=mask_c)
     if COMPUTE_GB:
-        tl.store(pb_ptr + chunk * OC + oc, tl.sum(acc_b, axis=0), mask=mask_c & (tap == 0))
+        tl.store(pb_ptr + part, tl.sum(acc_b, axis=0), mask=mask_c & (tap == 0))
 
 
 
