@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 import fusedops
 
+from conftest import assert_close_scaled
+
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.environ.get("FUSEDOPS_SLOW") != "1", reason="slow: set FUSEDOPS_SLOW=1")]
 
@@ -74,3 +76,57 @@ def test_channel_shuffle_far_end(what, dtype, elements, layout):
     x = _image(elements, 4, dtype, layout)
     y = fusedops.channel_shuffle(x, 2)
     assert torch.equal(y[..., -3:, :], F.channel_shuffle(x[..., -3:, :].contiguous(), 2))
+
+
+def _last_rows_padded(hidden, rows):
+    """The last `rows` output rows of a 3x3, padding-1, stride-1 depthwise stage from the last rows + 1 rows of its
+    input `hidden`: the bottom zero row and the side columns of the padding, added here."""
+    assert hidden.shape[2] == rows + 1
+    return F.pad(hidden, (1, 1, 0, 1))
+
+
+@pytest.mark.parametrize("what,dtype,elements", SIZES)
+@pytest.mark.parametrize("layout,block", [("nchw", "expand"), ("channels_last", "expand"), ("channels_last", "se")])
+def test_inverted_residual_far_end(what, dtype, elements, layout, block):
+    # Stride 1, 2 channels in and out: the residual is added. "expand": 2 -> 4 -> 2 through per-thread band tiles.
+    # "se": no expansion and a squeeze-excitation, whose path holds the image's depthwise map in one float tile
+    # (as large as the input in elements; channels-last only, so no channels-last copy of the input joins it).
+    # Its reduce weights are zero: the gate is a constant that the reference computes without pooling the whole
+    # map (the kernel's pooled sums are still read).
+    x = _image(elements, 2, dtype, layout)
+    hidden = 4 if block == "expand" else 2
+    ew, eb = (torch.randn(4, 2, 1, 1).to(dtype), torch.randn(4).to(dtype)) if block == "expand" else (None, None)
+    dw, db = torch.randn(hidden, 1, 3, 3).to(dtype), torch.randn(hidden).to(dtype)
+    pw, pb = torch.randn(2, hidden, 1, 1).to(dtype), torch.randn(2).to(dtype)
+    se = None
+    if block == "se":
+        se = (torch.zeros(2, hidden, 1, 1).to(dtype), torch.randn(2).to(dtype),
+              torch.randn(hidden, 2, 1, 1).to(dtype), torch.randn(hidden).to(dtype), "hardsigmoid")
+    y = fusedops.inverted_residual(x, ew, eb, dw, db, pw, pb, activation="relu6", se=se)
+    rows = 10
+    tail = x[..., -(rows + 1):, :].double()
+    h = F.relu6(F.conv2d(tail, ew.double(), eb.double())) if ew is not None else tail
+    z = F.relu6(F.conv2d(_last_rows_padded(h, rows), dw.double(), db.double(), groups=hidden))
+    if se is not None:
+        squeezed = F.relu(se[1].double())  # zero reduce weights: the pooled map drops out
+        z = z * F.hardsigmoid(se[2].double().flatten(1) @ squeezed + se[3].double())[None, :, None, None]
+    expected = F.conv2d(z, pw.double(), pb.double()) + tail[..., 1:, :]
+    assert_close_scaled(y[..., -rows:, :], expected, rtol=2e-2, atol=2e-2, name="inverted_residual")
+
+
+@pytest.mark.parametrize("what,dtype,elements", SIZES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_ghost_module_far_end(what, dtype, elements, layout):
+    # 3 input channels, 2 primary and 1 of the 2 cheap ones kept: 3 output channels, so the input is also the
+    # residual (no third tensor of this size).
+    x = _image(elements, 3, dtype, layout)
+    pw, pb = torch.randn(2, 3, 1, 1).to(dtype), torch.randn(2).to(dtype)
+    cw, cb = torch.randn(2, 1, 3, 3).to(dtype), torch.randn(2).to(dtype)
+    y = fusedops.ghost_module(x, pw, pb, cw, cb, 3, activation="relu", residual=x)
+    rows = 10
+    tail = x[..., -(rows + 1):, :].double()
+    x1 = F.relu(F.conv2d(tail, pw.double(), pb.double()))
+    x2 = F.relu(F.conv2d(_last_rows_padded(x1, rows), cw.double(), cb.double(), groups=2))
+    expected = torch.cat([x1[..., 1:, :], x2], 1)[:, :3] + tail[..., 1:, :]
+    assert_close_scaled(y[..., -rows:, :], expected, rtol=2e-2, atol=2e-2, name="ghost_module")
+
