@@ -8,6 +8,7 @@ import sys
 from fusedops._bench import harness as _harness
 from fusedops._bench.harness import (  # noqa: F401  (the names the benchmark scripts use)
     CSV_COLUMNS, DEFAULT_MALLOC_FLAG, FAULT_FREE_MALLOC, Case, Result, add_malloc_argument, allocator_setting,
+    cpu_caches,
     compile_fresh, format_table, geomean, header, machine_description, peak_memory_bytes, randomize_batch_norms,
     result_rows, time_case,
 )

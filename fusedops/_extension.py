@@ -95,12 +95,15 @@ def build_info() -> dict:
         "cuda_arch_list": [],
         "triton": has_triton(),
         "cpu_capability": None,
+        "cpu_caches": None,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda_available": torch.cuda.is_available(),
         "load_error": None if _LOAD_ERROR is None else str(_LOAD_ERROR),
     }
     if has_ops():
         info["cpu_capability"] = torch.ops.fusedops._cpu_arch()
+        if hasattr(torch.ops.fusedops, "_cpu_caches"):
+            info["cpu_caches"] = dict(zip(("l1d", "l2", "l3"), torch.ops.fusedops._cpu_caches()))
         version = torch.ops.fusedops._cuda_version()
         if version != -1:
             info["cuda_version"] = f"{version // 1000}.{(version % 1000) // 10}"

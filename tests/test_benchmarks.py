@@ -23,6 +23,23 @@ def test_harness_times_tables_and_csv(tmp_path):
     assert [r["provider"] for r in rows] == ["fast", "slow"]
     assert rows[1]["speedup_of"] == "fast" and float(rows[1]["speedup"]) > 0
     assert rows[0]["threads"] == str(torch.get_num_threads()) and rows[0]["torch_version"] == torch.__version__
+    assert rows[0]["cpu_caches"].startswith("l1d=") and ",l2=" in rows[0]["cpu_caches"]
+
+
+def test_csv_written_before_a_column_was_added_gains_it(tmp_path):
+    path = tmp_path / "old.csv"
+    old_columns = [c for c in harness.CSV_COLUMNS if c != "cpu_caches"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=old_columns)
+        writer.writeheader()
+        writer.writerow({c: "old" for c in old_columns})
+    x = torch.randn(8)
+    case = harness.Case("unit", "tiny", "forward", {"a": lambda: x.add(1)}, baselines=[])
+    harness.append_csv([harness.time_case(case, rounds=2, warmup=1, sample_ms=1)], str(path))
+    rows = list(csv.DictReader(open(path)))
+    assert list(rows[0]) == harness.CSV_COLUMNS
+    assert rows[0]["case"] == "old" and rows[0]["cpu_caches"] == ""
+    assert rows[1]["case"] == "tiny" and rows[1]["cpu_caches"] == harness.cpu_caches()
 
 
 @pytest.mark.parametrize("layout", ["cl", "nchw"])

@@ -92,6 +92,29 @@ def test_build_info():
     assert (info["cuda_arch_list"] != []) == info["cuda"]
     assert isinstance(info["triton"], bool)
     assert info["cpu_capability"] in ("avx512", "avx2", "default")
+    caches = info["cpu_caches"]
+    assert list(caches) == ["l1d", "l2", "l3"] and caches["l1d"] < caches["l2"] <= caches["l3"], caches
+
+
+@pytest.mark.parametrize("spec, expected", [("l2=512K", (None, 512 << 10, None)),
+                                            ("l1d=32K,l2=1M,l3=32M", (32 << 10, 1 << 20, 32 << 20)),
+                                            ("l3=64m,", (None, None, 64 << 20))])
+def test_cpu_caches_follow_the_override(spec, expected):
+    """FUSEDOPS_CPU_CACHES replaces the sizes the CPU reports, read once per process: another machine's tuning
+    choices can be run on this one."""
+    code = "import fusedops; print(*fusedops.build_info()['cpu_caches'].values())"
+    reported, got = (_run_python(code, env) for env in ({}, {"FUSEDOPS_CPU_CACHES": spec}))
+    assert reported.returncode == 0 and got.returncode == 0, reported.stderr + got.stderr
+    for r, g, e in zip(reported.stdout.split(), got.stdout.split(), expected):
+        assert int(g) == (int(r) if e is None else e), (spec, reported.stdout, got.stdout)
+
+
+@pytest.mark.parametrize("spec, message", [("l2=big", "cannot read the size 'big'"), ("l4=1M", "is not one of"),
+                                           ("l2", "is not one of")])
+def test_cpu_caches_bad_override_is_refused(spec, message):
+    result = _run_python("import fusedops, torch; torch.ops.fusedops._cpu_caches()", {"FUSEDOPS_CPU_CACHES": spec})
+    assert result.returncode != 0
+    assert "FUSEDOPS_CPU_CACHES" in result.stderr and message in result.stderr, result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------

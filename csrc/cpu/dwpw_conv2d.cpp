@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include "fusedops/cpu/activation.h"
+#include "fusedops/cpu/cache_size.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
 #include "fusedops/cpu/fused_weights.h"
 #include "fusedops/cpu/pointwise_gemm.h"
@@ -39,8 +40,11 @@ namespace {
 
 using at::Tensor;
 
-// Upper bound of a depthwise tile, in bytes: half of a 512 KiB-1 MiB L2, leaving room for the B panel.
-constexpr int64_t kTileBytes = 256 * 1024;
+// Upper bound of a depthwise tile, in bytes: a quarter of the L2 (256 KiB on the 1 MiB L2 it was measured on),
+// leaving room for the B panel and the input rows streaming past.
+int64_t tile_bytes() {
+  return l2_cache_bytes() / 4;
+}
 // Below this many multiply-adds per work item, items are merged (waking the pool costs ~5-10 us).
 constexpr int64_t kMinItemMacs = 1 << 15;
 
@@ -173,14 +177,15 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
   }
 
   // Work items are (image, band of `rows` output rows, range of output-channel panels). The band height
-  // is the one, among those whose tile fits kTileBytes, that best balances the items over the threads;
+  // is the one, among those whose tile fits tile_bytes(), that best balances the items over the threads;
   // bands under ~48 pixels (short GEMMs) and pixels lost to GEMM blocking are penalised, ties go to
   // taller bands. When there are fewer
   // bands than threads, output channels are split too: by panels of kNr columns, or (transposed) by
   // blocks of kMr rows.
   const int64_t threads = at::get_num_threads();
   const int64_t row_elems = g.out_w * K;
-  const int64_t max_rows = std::clamp<int64_t>(kTileBytes / static_cast<int64_t>(sizeof(acc)) / row_elems, 1, g.out_h);
+  const int64_t max_rows =
+      std::clamp<int64_t>(tile_bytes() / static_cast<int64_t>(sizeof(acc)) / row_elems, 1, g.out_h);
   const int64_t panels = transposed ? (OC + P::kMr - 1) / P::kMr : pw.num_panels();
   const int64_t panel_width = transposed ? P::kMr : P::kNr;
   // Splitting output channels recomputes the band's depthwise tile once per split: only worth it when

@@ -9,11 +9,13 @@
 #include <torch/library.h>
 
 #include "fusedops/autograd.h"
+#include "fusedops/cpu/cache_size.h"
 #include "fusedops/dwpw.h"
 #include "fusedops/eager_call.h"
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #ifdef WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -110,6 +112,12 @@ std::string cpu_arch() {
   return FUSEDOPS_CPU_ARCH;
 }
 
+// The cache sizes the CPU kernels' tuning follows: [L1d, L2, L3] bytes (cpu/cache_size.h).
+std::vector<int64_t> cpu_caches() {
+  const cpu::CpuCaches& caches = cpu::cpu_caches();
+  return {caches.l1d, caches.l2, caches.l3};
+}
+
 // Comma-separated CUDA architectures compiled in ("" without CUDA).
 std::string cuda_arch_list() {
   return FUSEDOPS_CUDA_ARCH_LIST;
@@ -122,4 +130,5 @@ TORCH_LIBRARY(fusedops, m) {
   m.def("_cuda_version() -> int", &fusedops::cuda_version);
   m.def("_cpu_arch() -> str", &fusedops::cpu_arch);
   m.def("_cuda_arch_list() -> str", &fusedops::cuda_arch_list);
+  m.def("_cpu_caches() -> int[]", &fusedops::cpu_caches);
 }

@@ -28,7 +28,7 @@ FAULT_FREE_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1717986
 
 CSV_COLUMNS = [
     "timestamp", "git_sha", "machine", "threads", "allocator", "torch_version", "benchmark", "case", "mode",
-    "provider", "median_us", "min_us", "rounds", "speedup_of", "speedup", "extra",
+    "provider", "median_us", "min_us", "rounds", "speedup_of", "speedup", "extra", "cpu_caches",
 ]
 
 
@@ -86,6 +86,21 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{cpu} ({os.cpu_count()} cpus)"
+
+
+def cpu_caches() -> str:
+    """The cache sizes the CPU kernels' tuning follows (FUSEDOPS_CPU_CACHES overrides included), e.g.
+    "l1d=48K,l2=2M,l3=300M": figures from machines with other caches are told apart by it."""
+    from fusedops import _extension
+
+    sizes = _extension.build_info().get("cpu_caches")
+    if not sizes:
+        return ""
+
+    def short(n):
+        return f"{n >> 20}M" if n % (1 << 20) == 0 else f"{n >> 10}K"
+
+    return ",".join(f"{k}={short(v)}" for k, v in sizes.items())
 
 
 def allocator_setting() -> str:
@@ -299,6 +314,7 @@ def result_rows(results: List[Result]) -> List[dict]:
         "threads": torch.get_num_threads(),
         "allocator": allocator_setting(),
         "torch_version": torch.__version__,
+        "cpu_caches": cpu_caches(),
     }
     rows = []
     for r in results:
@@ -318,6 +334,18 @@ def append_csv(results: List[Result], path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     new = not os.path.exists(path)
+    if not new:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != CSV_COLUMNS:  # written before a column was added: rewritten with it, empty
+                old_rows = list(reader)
+                new = True
+        if new:
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, restval="", extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(old_rows)
+            new = False
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         if new:
@@ -327,8 +355,8 @@ def append_csv(results: List[Result], path: str) -> str:
 
 
 def header() -> str:
-    return (f"machine: {machine_description()}; threads: {torch.get_num_threads()}; allocator: {allocator_setting()}; "
-            f"torch {torch.__version__}; commit {git_sha()}")
+    return (f"machine: {machine_description()}; caches: {cpu_caches()}; threads: {torch.get_num_threads()}; "
+            f"allocator: {allocator_setting()}; torch {torch.__version__}; commit {git_sha()}")
 
 
 def add_malloc_argument(parser) -> None:

@@ -1,27 +1,30 @@
-// The per-core L2 size of the machine the kernels run on, for tile budgets that follow the cache instead of one
+// The cache sizes of the machine the kernels run on, for tuning choices that follow the cache instead of one
 // machine's constant (L2 per core is 512 KiB on AMD Zen 2/3, 1 MiB on Zen 4 and Skylake-SP, 2 MiB on Sapphire
-// Rapids).
+// Rapids and later).
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
-
-#include <unistd.h>
 
 namespace fusedops {
 namespace cpu {
 
-// What glibc reads from the CPU (sysconf), clamped to [256 KiB, 4 MiB]; 1 MiB where it is not known.
+struct CpuCaches {
+  int64_t l1d;  // per core
+  int64_t l2;   // per core
+  int64_t l3;   // as reported: on cloud machines the socket's, not this tenant's share of it
+};
+
+// Read once: what glibc reads from the CPU (sysconf), with defaults of 32 KiB / 1 MiB / 32 MiB where it reports
+// nothing. The environment variable FUSEDOPS_CPU_CACHES (e.g. "l1d=32K,l2=1M,l3=32M") overrides any of them, so
+// that the choices another machine's caches would give can be run and timed on this one.
+const CpuCaches& cpu_caches();
+
+inline int64_t l1d_cache_bytes() {
+  return cpu_caches().l1d;
+}
+
 inline int64_t l2_cache_bytes() {
-  static const int64_t bytes = [] {
-    int64_t size = 0;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    size = static_cast<int64_t>(sysconf(_SC_LEVEL2_CACHE_SIZE));
-#endif
-    if (size <= 0) size = int64_t(1) << 20;
-    return std::clamp<int64_t>(size, int64_t(256) << 10, int64_t(4) << 20);
-  }();
-  return bytes;
+  return cpu_caches().l2;
 }
 
 }  // namespace cpu

@@ -22,6 +22,12 @@
 #include "fusedops/cpu/vec_io.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 namespace fusedops {
 namespace cpu {
@@ -62,13 +68,54 @@ struct DwNhwcRow {
   const in_t* prefetch_also = nullptr;
   // depthwise_nhwc_row_pair only: it also prefetches the row at prefetch_also + prefetch_also_row_stride.
   int64_t prefetch_also_row_stride = 0;
+  // For calls whose output streams past the caches (streaming_stores_apply): whole-vector stores bypass the caches,
+  // so that no output line is read for ownership before it is overwritten. The caller fences
+  // (streaming_stores_fence) before other threads read the output.
+  bool stream_stores = false;
 };
 
 // How far ahead (output columns) prefetches run: 2 blocks of 8. Measured on the forward at N=8, C=144
 // 56x56 (2 threads): 16 and 24 columns ahead equally fast.
 constexpr int64_t kDwPrefetchColumns = 16;
 
+// Stores v at p (aligned to the vector's size) with a non-temporal store: straight to memory through the
+// write-combining buffers, without reading the line first. Other threads see the stores only after
+// streaming_stores_fence().
+FUSEDOPS_ALWAYS_INLINE void stream_store(float* p, const at::vec::Vectorized<float>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  _mm512_stream_ps(p, v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  _mm256_stream_ps(p, v);
+#else
+  v.store(p);
+#endif
+}
+
+inline void streaming_stores_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// Whether the row kernels may store `out` (channels-last, `channels` per pixel, element type out_t) with
+// streaming stores: float, every whole-vector store aligned, and the call's traffic beyond the caches.
+template <typename out_t>
+inline bool streaming_stores_apply(const out_t* out, int64_t channels, bool streams) {
+  constexpr int64_t kVecBytes = at::vec::Vectorized<float>::size() * int64_t(sizeof(float));
+  return std::is_same_v<out_t, float> && streams && kVecBytes >= 32 &&
+         (channels * int64_t(sizeof(float))) % kVecBytes == 0 && reinterpret_cast<uintptr_t>(out) % kVecBytes == 0;
+}
+
 namespace detail {
+
+// v stored at p (aligned to its vector size), bypassing the caches where `stream`.
+template <bool kPartial, typename out_t, typename V>
+FUSEDOPS_ALWAYS_INLINE void store_output(out_t* p, const V& v, int64_t count, bool stream) {
+  if constexpr (!kPartial && std::is_same_v<out_t, float>) {
+    if (stream) return stream_store(p, v);
+  }
+  store_n<kPartial>(p, v, count);
+}
 
 // The input column iw of a block (at colp): border blocks (kChecked) read columns outside [0, in_w) as
 // zero.
@@ -124,13 +171,14 @@ FUSEDOPS_ALWAYS_INLINE void register_block(const DwNhwcRow<in_t, out_t>& t, cons
   if (t.prefetch) {
 #pragma GCC unroll 8
     for (int b = 0; b < kB; ++b) {
-      __builtin_prefetch(outp + (kDwPrefetchColumns + b) * t.out_pix_stride, 1, 2);
+      if (!t.stream_stores) __builtin_prefetch(outp + (kDwPrefetchColumns + b) * t.out_pix_stride, 1, 2);
       if (t.prefetch_also)
         __builtin_prefetch(t.prefetch_also + (ow + kDwPrefetchColumns + b) * t.in_pix_stride + c, 0, 2);
     }
   }
 #pragma GCC unroll 8
-  for (int b = 0; b < kB; ++b, outp += t.out_pix_stride) store_n<kPartial>(outp, epilogue(sum[b]), count);
+  for (int b = 0; b < kB; ++b, outp += t.out_pix_stride)
+    store_output<kPartial>(outp, epilogue(sum[b]), count, t.stream_stores);
 }
 
 // kB outputs (ow .. ow + kB - 1) of output rows oh and oh + 1 for one channel vector, 3x3 stride 1
@@ -187,7 +235,7 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
     if (t.prefetch) {
 #pragma GCC unroll 8
       for (int b = 0; b < kB; ++b) {
-        __builtin_prefetch(outp + (kDwPrefetchColumns + b) * t.out_pix_stride, 1, 2);
+        if (!t.stream_stores) __builtin_prefetch(outp + (kDwPrefetchColumns + b) * t.out_pix_stride, 1, 2);
         if (t.prefetch_also) {
           __builtin_prefetch(
               t.prefetch_also + r * t.prefetch_also_row_stride + (ow + kDwPrefetchColumns + b) * t.in_pix_stride + c, 0,
@@ -196,7 +244,8 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
       }
     }
 #pragma GCC unroll 8
-    for (int b = 0; b < kB; ++b, outp += t.out_pix_stride) store_n<kPartial>(outp, epilogue(sum[r][b]), count);
+    for (int b = 0; b < kB; ++b, outp += t.out_pix_stride)
+      store_output<kPartial>(outp, epilogue(sum[r][b]), count, t.stream_stores);
   }
 }
 

@@ -1,28 +1,37 @@
-// Whether a call's tensors stream from beyond the caches, for kernels that prefetch only then.
+// Whether a call's tensors stream from beyond the caches, for kernels that prefetch (and store past the caches)
+// only then.
 #pragma once
 
 #include <cstdint>
 
+#include "fusedops/cpu/cache_size.h"
+
 namespace fusedops {
 namespace cpu {
 
-// Bytes a call reads and writes above which its kernels prefetch, measured on a 2-vCPU host with a
-// 32 MiB L3 (shared with other cores and tenants; the CPU reports the socket's 320 MiB, so the reported
-// size is no guide), depthwise channels-last, 2 threads.
+// Bytes a call reads and writes above which its kernels prefetch, as multiples of the per-core L2 (cpu_caches).
+// The L3 a 2-vCPU tenant gets is not what the CPU reports (both development hosts report their socket's
+// 300-320 MiB), so the L2 is the size the thresholds scale with. Measured with depthwise channels-last, 2 threads:
 //
-// A forward called on its own (inference: its input was just written by the layer before) keeps its
-// tensors in L3 up to ~16 MB a call: prefetching cost it 5-15% at 10 MB and below, was neutral at
-// 19 MB and took 0.5-0.75x of the time from 25 MB (N=8, C=32 112x112 and C=144 56x56).
-constexpr int64_t kStreamingBytes = int64_t{16} << 20;
+// A forward called on its own (inference: its input was just written by the layer before). AMD EPYC (Zen 4, 1 MiB
+// L2): prefetching cost 5-15% at 10 MB and below, was neutral at 19 MB and took 0.5-0.75x of the time from 25 MB
+// (N=8, C=32 112x112 and C=144 56x56). Intel Xeon (2 MiB L2): with prefetches and streaming stores N=8 C=144 56x56
+// (29 MB) took 467-516 us, without 558-596. 12x the L2: 12 MB on the one, 24 MB on the other.
+inline int64_t forward_streaming_bytes() {
+  return 12 * l2_cache_bytes();
+}
 
-// A backward runs inside a training step, whose working set (the saved input, the output, the
-// gradients) is about twice its own. A/B in one process, time without / with prefetches: steps at N=8
-// took 1/2.3 (C=144 56x56), 1/1.6 (C=32 112x112 and C=192 28x28, whose backward moves 14 MB), 1/1.5
-// (C=96 112x112 stride 2); at 7 MB and below (C=384 and 576 14x14, batch 1) prefetching cost single
-// calls up to 9%, where the hardware prefetchers keep up.
-constexpr int64_t kBackwardStreamingBytes = int64_t{8} << 20;
+// A backward runs inside a training step, whose working set (the saved input, the output, the gradients) is
+// about twice its own. AMD EPYC, time without / with prefetches: steps at N=8 took 1/2.3 (C=144 56x56), 1/1.6
+// (C=32 112x112 and C=192 28x28, whose backward moves 14 MB), 1/1.5 (C=96 112x112 stride 2); at 7 MB and below
+// (C=384 and 576 14x14, batch 1) prefetching cost single calls up to 9%, where the hardware prefetchers keep up.
+// Intel Xeon: the C=144 and C=32 backwards (43 and 38 MB) gain 10-15%. 8x the L2: 8 MB on the one, 16 MB on the
+// other (where C=192 28x28's 14 MB, which gained ~10% there with streaming stores, is left to the hardware).
+inline int64_t backward_streaming_bytes() {
+  return 8 * l2_cache_bytes();
+}
 
-inline bool streams_beyond_cache(int64_t bytes, int64_t threshold = kStreamingBytes) {
+inline bool streams_beyond_cache(int64_t bytes, int64_t threshold) {
   return bytes > threshold;
 }
 
