@@ -2,13 +2,16 @@
 max/clamp or a skipped tap, none created where PyTorch has none (forward and gradients).
 
 The reference runs in the same dtype (float32): PyTorch's own float32 and float64 convolutions disagree on
-whether a NaN or Inf weight poisons the zero padding (0 * Inf), and the float32 one is what ours replaces."""
+whether a NaN or Inf weight poisons the zero padding (0 * Inf), and the float32 one is what ours replaces: the
+padding's taps are skipped, never multiplied (the kernels that read the padding as zeros hand non-finite weights,
+and non-finite weight gradients, to loops that skip it: cpu/finite.h)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fusedops
+from fusedops.ops import _reference
 from fuzz.helpers import ACTIVATIONS, activation, depthwise_reference, dwpw_reference
 
 SPECIALS = (float("nan"), float("inf"), float("-inf"))
@@ -54,31 +57,14 @@ def _inputs(layout, where, value, seed, dtype=torch.float32, c=4, mult=1):
     return x, w, b
 
 
-# Known gaps, found by these tests and not fixed yet (each case is a strict xfail, so a fix shows up as a failure
-# to update here):
-# - A non-finite weight poisons more of grad_input than PyTorch: the input-gradient kernels multiply it by the
-#   zero padding around grad_output (0 * Inf = NaN) where PyTorch's skip those taps (except channels_last at
-#   stride 2 without padding, which reads no padding).
-# - A non-finite input poisons more of the NCHW weight/input gradients than PyTorch's, for the same reason.
-# - dwpw_conv2d's fused forward multiplies a non-finite depthwise weight by the zero padding (as PyTorch's float64
-#   convolution does, not its float32 one).
-GRADIENT_PADDING_GAP = pytest.mark.xfail(strict=True, reason="non-finite values meet the zero padding in the "
-                                         "gradient kernels (known gap)")
-DWPW_PADDING_GAP = pytest.mark.xfail(strict=True, reason="non-finite depthwise weights meet the zero padding in the "
-                                     "fused forward (known gap)")
-
-
 def _depthwise_cases():
     for padding in (0, 1):
         for stride in (1, 2):
             for value, value_id in zip(SPECIALS, ("nan", "inf", "-inf")):
                 for where in ("input", "weight", "bias"):
                     for layout in ("nchw", "channels_last"):
-                        gap = (where == "input" and layout == "nchw") or (
-                            where == "weight" and not (layout == "channels_last" and stride == 2 and padding == 0))
                         yield pytest.param(layout, where, value, stride, padding,
-                                           id=f"{padding}-{stride}-{value_id}-{where}-{layout}",
-                                           marks=[GRADIENT_PADDING_GAP] if gap else [])
+                                           id=f"{padding}-{stride}-{value_id}-{where}-{layout}")
 
 
 @pytest.mark.parametrize("layout, where, value, stride, padding", _depthwise_cases())
@@ -101,8 +87,7 @@ def _dwpw_cases():
         for value, value_id in zip(SPECIALS, ("nan", "inf", "-inf")):
             for where in ("input", "weight", "bias"):
                 for layout in ("nchw", "channels_last"):
-                    yield pytest.param(layout, where, value, act, id=f"{act}-{value_id}-{where}-{layout}",
-                                       marks=[DWPW_PADDING_GAP] if where == "weight" else [])
+                    yield pytest.param(layout, where, value, act, id=f"{act}-{value_id}-{where}-{layout}")
 
 
 @pytest.mark.parametrize("layout, where, value, act", _dwpw_cases())
@@ -139,3 +124,68 @@ def test_shuffle_specials(value, layout):
                                equal_nan=True)
     torch.testing.assert_close(fusedops.concat_shuffle(x, x, 2), F.channel_shuffle(torch.cat([x, x], 1), 2),
                                rtol=0, atol=0, equal_nan=True)
+
+
+def _block_cases():
+    for block in ("inverted_residual", "ghost_module"):
+        for value, value_id in zip(SPECIALS, ("nan", "inf", "-inf")):
+            for where in ("input", "expand", "depthwise", "project", "bias"):
+                if block == "ghost_module" and where == "project":
+                    continue
+                for layout in ("nchw", "channels_last"):
+                    yield pytest.param(block, layout, where, value, id=f"{block}-{value_id}-{where}-{layout}")
+
+
+def _block_inputs(block, layout, where, value, seed):
+    """(input, weights) of a stride-1 block with 4 input channels; `where` names the tensor holding specials."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 4, 7, 8, generator=g)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if block == "inverted_residual":
+        shapes = {"expand": (12, 4, 1, 1), "expand_bias": (12,), "depthwise": (12, 1, 3, 3), "depthwise_bias": (12,),
+                  "project": (4, 12, 1, 1), "bias": (4,)}
+    else:
+        shapes = {"expand": (3, 4, 1, 1), "expand_bias": (3,), "depthwise": (3, 1, 3, 3), "bias": (3,)}
+    ws = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    if where == "input":
+        x = _poison(x, value, 3, seed)
+    elif block == "ghost_module" and where == "depthwise":
+        # In a filter whose channel the output keeps (see test_fused_block_specials on the dropped one).
+        ws[where] = torch.cat([_poison(ws[where][:2], value, 1, seed), ws[where][2:]])
+    else:
+        ws[where] = _poison(ws[where], value, 1, seed)
+    return x, list(ws.values())
+
+
+def _block_call(block, x, ws, reference):
+    if block == "inverted_residual":
+        if reference:
+            return _reference.inverted_residual(x, *ws, None, None, None, None, (1, 1), (1, 1), (1, 1), "relu6", True,
+                                                None, None)
+        return fusedops.inverted_residual(x, *ws, activation="relu6")
+    if reference:
+        return _reference.ghost_module(x, *ws, None, 5, (1, 1), "relu")
+    return fusedops.ghost_module(x, *ws, 5)
+
+
+@pytest.mark.parametrize("block, layout, where, value", _block_cases())
+def test_fused_block_specials(block, layout, where, value):
+    """The fused blocks (expanded or primary maps only in tiles, depthwise on those tiles with their zero
+    padding): forward and every gradient as the float32 composition."""
+    for seed in range(3):
+        x, ws = _block_inputs(block, layout, where, value, seed)
+        ts = [t.requires_grad_() for t in (x, *ws)]
+        refs = [t.detach().clone().requires_grad_() for t in ts]
+        y = _block_call(block, ts[0], ts[1:], reference=False)
+        e = _block_call(block, refs[0], refs[1:], reference=True)
+        _same_specials(y, e, "forward")
+        go = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+        for i, (a, r) in enumerate(zip(torch.autograd.grad(y, ts, go), torch.autograd.grad(e, refs, go))):
+            if block == "ghost_module" and i >= 3:
+                # The last cheap filter's channel is cut from the output (5 of 3 + 3 channels): its gradient is
+                # zero. The composition computes that channel and multiplies its zero gradient by the primary
+                # map (0 * NaN = NaN); the fused op never computes it.
+                assert torch.equal(a[2:], torch.zeros_like(a[2:])), f"grad {i} of the dropped filter"
+                a, r = a[:2], r[:2]
+            _same_specials(a, r, f"grad {i}")

@@ -18,6 +18,7 @@
 #include "fusedops/cpu/masked_plane.h"
 #include "fusedops/cpu/phase_plane.h"
 #include "fusedops/cpu/scratch.h"
+#include "fusedops/cpu/finite.h"
 #include "fusedops/cpu/streaming.h"
 #include "fusedops/cpu/vec_io.h"
 
@@ -419,7 +420,10 @@ Tensor depthwise_conv2d_cpu(const Tensor& input_, const Tensor& weight, const c1
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "depthwise_conv2d_cpu", [&] {
     const acc_t<scalar_t>* bp = bias_as_acc<scalar_t>(bias, g.out_channels);
-    if (fmt == at::MemoryFormat::ChannelsLast && g.multiplier == 1) {
+    if (!all_finite(weight)) {
+      // The row and plane kernels read the padding as zeros (cpu/finite.h): the direct loops skip it.
+      forward_generic<scalar_t>(input, weight, bp, out, g);
+    } else if (fmt == at::MemoryFormat::ChannelsLast && g.multiplier == 1) {
       forward_nhwc<scalar_t>(input, taps_by_channel<scalar_t>(weight, g, false), bp, out, g);
     } else if (fmt == at::MemoryFormat::Contiguous) {
       forward_nchw<scalar_t>(input, weight, bp, out, g);
@@ -1208,6 +1212,16 @@ void grad_weight_generic(const Tensor& grad_out, const Tensor& input, Tensor* gr
                    });
 }
 
+// The weight-gradient kernels multiply the input's zero padding by grad_output (and the NCHW ones grad_output's
+// padding by the input), so a NaN or Inf there reaches taps PyTorch's kernels skip. Only a non-finite weight
+// gradient can have met one (0 times a finite value is 0): it is recomputed by the direct loops, which skip the
+// padding.
+template <typename scalar_t>
+void recompute_nonfinite_weight_grad(const Tensor& grad_out, const Tensor& input, Tensor* grad_weight,
+                                     const ConvGeometry& g) {
+  if (grad_weight && !all_finite(*grad_weight)) grad_weight_generic<scalar_t>(grad_out, input, grad_weight, nullptr, g);
+}
+
 std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(const Tensor& grad_output_, const Tensor& input_,
                                                                  const Tensor& weight, at::IntArrayRef stride,
                                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -1228,13 +1242,19 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(const Tensor& g
     const bool parameter_grads = grads.weight.defined() || grads.bias.defined();
     Tensor* gw = grads.weight.defined() ? &grads.weight : nullptr;
     Tensor* gb = grads.bias.defined() ? &grads.bias : nullptr;
-    if (cl && g.multiplier == 1 && grads.input.defined() && parameter_grads && transposed_as_forward(g, &transposed)) {
+    // A NaN or Inf weight would meet grad_output's zero padding in the input-gradient kernels (cpu/finite.h).
+    const bool finite_weight = !grads.input.defined() || all_finite(weight);
+    if (cl && g.multiplier == 1 && grads.input.defined() && parameter_grads && finite_weight &&
+        transposed_as_forward(g, &transposed)) {
       grads_nhwc_fused<scalar_t>(grad_output, input, taps_by_channel<scalar_t>(weight, g, true), grads.input, gw, gb, g,
                                  transposed);
+      recompute_nonfinite_weight_grad<scalar_t>(grad_output, input, gw, g);
       return;
     }
     if (grads.input.defined()) {
-      if (cl && transposed_as_forward(g, &transposed)) {
+      if (!finite_weight) {
+        grad_input_generic<scalar_t>(grad_output, weight, grads.input, g);
+      } else if (cl && transposed_as_forward(g, &transposed)) {
         forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input,
                                transposed, backward_streaming_bytes());
       } else if (!cl && transposed_as_forward(g, &transposed)) {
@@ -1256,6 +1276,7 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(const Tensor& g
         grad_weight_nchw<scalar_t>(grad_output, input, gw, gb, g);
       else
         grad_weight_generic<scalar_t>(grad_output, input, gw, gb, g);
+      recompute_nonfinite_weight_grad<scalar_t>(grad_output, input, gw, g);
     }
   });
   return grads.result(input.options());

@@ -21,14 +21,17 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "fusedops/activation_ops.h"
 #include "fusedops/cpu/activation.h"
 #include "fusedops/cpu/cache_size.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
+#include "fusedops/cpu/finite.h"
 #include "fusedops/cpu/fused_weights.h"
 #include "fusedops/cpu/pointwise_gemm.h"
 #include "fusedops/cpu/scratch.h"
 #include "fusedops/cpu/vec_io.h"
 #include "fusedops/dwpw.h"
+#include "fusedops/ops.h"
 
 #include <algorithm>
 #include <array>
@@ -300,6 +303,15 @@ Tensor dwpw_conv2d_cpu(const Tensor& input_, const Tensor& dw_weight, const c10:
   const ConvGeometry& g = geo.dw;
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: dwpw_conv2d CPU kernel got input on ", input_.device());
   const at::MemoryFormat fmt = output_memory_format(input_);
+  if (!all_finite(dw_weight)) {
+    // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h): the depthwise convolution
+    // on its own, which skips the padding's taps, then the pointwise one.
+    Tensor mid = ops::call<ops::depthwise_conv2d>(input_, dw_weight, dw_bias, stride, padding, dilation);
+    activation_forward_(mid, geo.mid);
+    Tensor out = at::conv2d(mid, pw_weight, pw_bias);
+    activation_forward_(out, geo.out);
+    return out.contiguous(fmt);
+  }
   const Tensor input = input_.contiguous(at::MemoryFormat::ChannelsLast);
   Tensor out = at::empty({g.batch, geo.out_channels, g.out_h, g.out_w}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;

@@ -26,6 +26,7 @@
 #include "fusedops/cpu/activation.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
 #include "fusedops/cpu/expanded_bands.h"
+#include "fusedops/cpu/finite.h"
 #include "fusedops/cpu/fused_weights.h"
 #include "fusedops/cpu/pointwise_gemm.h"
 #include "fusedops/cpu/scratch.h"
@@ -227,6 +228,11 @@ Tensor ghost_module_cpu(const Tensor& input_, const Tensor& primary_weight, cons
                             std::string_view(activation.data(), activation.size()), residual);
   const ConvGeometry& g = geo.cheap;
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: ghost_module CPU kernel got input on ", input_.device());
+  if (!all_finite(cheap_weight)) {
+    // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h).
+    return ghost_module_composed(input_, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
+                                 std::string_view(activation.data(), activation.size()), residual);
+  }
   const at::MemoryFormat fmt = output_memory_format(input_);
   Tensor out = at::empty({g.batch, out_channels, g.out_h, g.out_w}, input_.options().memory_format(fmt));
   if (out.numel() == 0) return out;

@@ -30,6 +30,7 @@
 
 #include "fusedops/cpu/activation.h"
 #include "fusedops/cpu/cache_size.h"
+#include "fusedops/cpu/finite.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
 #include "fusedops/cpu/expanded_bands.h"
 #include "fusedops/cpu/fused_weights.h"
@@ -564,6 +565,12 @@ Tensor inverted_residual_cpu(const Tensor& input_, const c10::optional<Tensor>& 
       dilation, std::string_view(activation.data(), activation.size()), residual);
   const ConvGeometry& g = geo.dw;
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: inverted_residual CPU kernel got input on ", input_.device());
+  if (!all_finite(dw_weight)) {
+    // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h).
+    return inverted_residual_composed(input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                      project_bias, se, stride, padding, dilation,
+                                      std::string_view(activation.data(), activation.size()), residual);
+  }
   const at::MemoryFormat fmt = output_memory_format(input_);
   const Tensor input = input_.contiguous(at::MemoryFormat::ChannelsLast);
   Tensor out = at::empty({g.batch, geo.out_channels, g.out_h, g.out_w}, input.options().memory_format(fmt));
