@@ -96,8 +96,10 @@ FUZZ_EXAMPLES ?= 2000
 # Python is not instrumented, so the sanitizer runtimes are preloaded, and leak checks are off (Python's own).
 SANITIZE_DIR := build/sanitize
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-SANITIZE_TESTS ?= tests/test_depthwise_conv2d.py tests/test_dwpw_conv2d.py tests/test_channel_shuffle.py \
-	tests/test_reliability_fuzz.py tests/test_reliability_special_values.py tests/test_reliability_runtime.py
+SANITIZE_TESTS ?= tests/test_depthwise_conv2d_parity.py tests/test_depthwise_conv2d_cpu_paths.py \
+	tests/test_dwpw_conv2d.py tests/test_channel_shuffle.py tests/test_inverted_residual.py tests/test_ghost_module.py \
+	tests/test_reliability_fuzz.py tests/test_reliability_special_values.py tests/test_reliability_runtime.py \
+	tests/test_reliability_accuracy.py
 
 .PHONY: fuzz sanitize
 
@@ -114,5 +116,5 @@ sanitize: $(VENV)/.deps
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 FUSEDOPS_FUZZ_EXAMPLES=50 \
-		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider -k "not triton and not cuda" \
+		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider -k "not triton and not cuda and not compile and not export" \
 		$(addprefix $(CURDIR)/,$(SANITIZE_TESTS))

@@ -460,6 +460,66 @@ def test_fuzz_separable_module(case, norm, train, frozen):
     _compare_modules(ours, ref, case, 1e-9, parameter_grads=not (frozen and norm and not train))
 
 
+def _randomize_norms(module, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for bn in module.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            with torch.no_grad():
+                bn.weight.uniform_(0.5, 1.5, generator=gen)
+                bn.bias.normal_(0, 0.5, generator=gen)
+                bn.running_mean.normal_(0, 0.5, generator=gen)
+                bn.running_var.uniform_(0.5, 2.0, generator=gen)
+
+
+@st.composite
+def block_case(draw):
+    """A block's input (any layout, batch 0 included, maps down to 1x1) and its channels, stride, expansion."""
+    case = dict(n=draw(batches), c=draw(st.integers(1, 12)), cout=draw(st.integers(1, 12)), h=draw(sizes),
+                w=draw(sizes), stride=draw(st.sampled_from([1, 1, 2])), expand=draw(st.sampled_from([1, 2, 3, 6])),
+                seed=draw(st.integers(0, 2**31 - 1)), layout=draw(st.sampled_from(LAYOUTS)), padding=(0, 0),
+                dilation=(1, 1), requires_grad=[draw(st.booleans())], train=draw(st.booleans()),
+                frozen=draw(st.booleans()))
+    note(repr(case))
+    return case
+
+
+@FUZZ
+@given(block_case())
+def test_fuzz_inverted_residual_module(case):
+    """fusedops.nn.InvertedResidual against torchvision's, same state dict: eval (one fused op, folded every call
+    or frozen) and train (batch statistics)."""
+    from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvertedResidual
+
+    args = (case["c"], case["cout"], case["stride"], case["expand"])
+    ref = TorchvisionInvertedResidual(*args).double()
+    _randomize_norms(ref, case["seed"])
+    ours = fusedops.nn.InvertedResidual(*args).double()
+    ours.load_state_dict(ref.state_dict())
+    ours.train(case["train"])
+    ref.train(case["train"])
+    if case["frozen"]:
+        ours.freeze()
+    _compare_modules(ours, ref, case, 1e-9, parameter_grads=not (case["frozen"] and not case["train"]))
+
+
+@FUZZ
+@given(block_case(), st.sampled_from([2, 3, 4]), st.sampled_from([1, 3, 5]))
+def test_fuzz_ghost_module_module(case, ratio, dw_size):
+    """fusedops.nn.GhostModule against timm's, same state dict."""
+    from timm.models.ghostnet import GhostModule as TimmGhostModule
+
+    kwargs = dict(ratio=ratio, dw_size=dw_size, stride=case["stride"])
+    ref = TimmGhostModule(case["c"], case["cout"], **kwargs).double()
+    _randomize_norms(ref, case["seed"])
+    ours = fusedops.nn.GhostModule(case["c"], case["cout"], **kwargs).double()
+    ours.load_state_dict(ref.state_dict())
+    ours.train(case["train"])
+    ref.train(case["train"])
+    if case["frozen"]:
+        ours.freeze()
+    _compare_modules(ours, ref, case, 1e-9, parameter_grads=not (case["frozen"] and not case["train"]))
+
+
 @FUZZ
 @given(shuffle_case())
 def test_fuzz_channel_shuffle_module(case):

@@ -55,17 +55,47 @@ def _case_calls():
         z = fusedops.concat_shuffle(x, b, 2)
         return (y, z, *torch.autograd.grad((y.sum() + z.square().sum()), (x,)))
 
+    def inverted_residual(layout, stride):
+        def run(seed):
+            g = torch.Generator().manual_seed(seed)
+            c, hidden = 4 + seed % 3, 12
+            x = _leaf((2, c, 8 + seed % 5, 9), layout, g)
+            ts = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True)
+                  for s in ((hidden, c, 1, 1), (hidden,), (hidden, 1, 3, 3), (hidden,), (c, hidden, 1, 1), (c,))]
+            y = fusedops.inverted_residual(x, *ts, stride=stride, activation="relu6")
+            return (y, *torch.autograd.grad(y, (x, *ts), torch.ones_like(y)))
+        return run
+
+    def ghost(layout, ratio):
+        def run(seed):
+            g = torch.Generator().manual_seed(seed)
+            c, init = 3 + seed % 4, 4
+            x = _leaf((2, c, 7 + seed % 5, 8), layout, g)
+            ts = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True)
+                  for s in ((init, c, 1, 1), (init,), (init * (ratio - 1), 1, 3, 3), (init * (ratio - 1),))]
+            y = fusedops.ghost_module(x, *ts, init * ratio - 1, activation="relu")
+            return (y, *torch.autograd.grad(y, (x, *ts), torch.ones_like(y)))
+        return run
+
     return [("depthwise_nchw", depthwise("nchw", 1, 1)), ("depthwise_cl", depthwise("cl", 1, 1)),
             ("depthwise_cl_s2_m2", depthwise("cl", 2, 2)), ("depthwise_nchw_s2", depthwise("nchw", 2, 1)),
-            ("dwpw_cl", dwpw("cl")), ("dwpw_nchw", dwpw("nchw")), ("shuffle", shuffle)]
+            ("dwpw_cl", dwpw("cl")), ("dwpw_nchw", dwpw("nchw")), ("shuffle", shuffle),
+            ("inverted_residual_cl", inverted_residual("cl", 1)), ("inverted_residual_nchw_s2",
+                                                                   inverted_residual("nchw", 2)),
+            ("ghost_cl", ghost("cl", 2)), ("ghost_nchw_ratio3", ghost("nchw", 3))]
 
 
-def _module_calls():
-    """Modules shared by every thread (their folded-weight handling included), each run on its own input."""
+def _module_calls(wrap=lambda module: module):
+    """Modules shared by every thread (their folded-weight handling included), each run (as wrap(module)) on its
+    own input."""
     torch.manual_seed(0)
     blocks = {"separable": fusedops.nn.DepthwiseSeparableConv2d(8, 16).double().eval(),
               "separable_frozen": fusedops.nn.DepthwiseSeparableConv2d(8, 16).double().eval().freeze(),
-              "depthwise": fusedops.nn.DepthwiseConv2d(8, 16, 3, padding=1).double()}
+              "depthwise": fusedops.nn.DepthwiseConv2d(8, 16, 3, padding=1).double(),
+              "inverted_residual": fusedops.nn.InvertedResidual(8, 8, 1, 6).double().eval(),
+              "inverted_residual_frozen": fusedops.nn.InvertedResidual(8, 8, 1, 6).double().eval().freeze(),
+              "ghost": fusedops.nn.GhostModule(8, 12).double().eval(),
+              "ghost_frozen": fusedops.nn.GhostModule(8, 12).double().eval().freeze()}
     for m in blocks.values():
         for bn in m.modules():
             if isinstance(bn, torch.nn.BatchNorm2d):
@@ -82,7 +112,7 @@ def _module_calls():
                 return (m(x),)
         return run
 
-    return [(name, call(m)) for name, m in blocks.items()]
+    return [(name, call(wrap(m))) for name, m in blocks.items()]
 
 
 def _run_all(calls, seeds):
@@ -166,6 +196,63 @@ def test_bitwise_repeatable(threads, deterministic):
         torch.use_deterministic_algorithms(was_deterministic)
 
 
+def _chain_of_every_op(x, dw_w, dw_b, pw_w, pw_b, ex_w, ex_b, ir_dw_w, ir_dw_b, pr_w, pr_b, pri_w, pri_b, ch_w,
+                       ch_b):
+    y = fusedops.depthwise_conv2d(x, dw_w, dw_b, 1, 1)
+    y = fusedops.dwpw_conv2d(y, dw_w, dw_b, pw_w, pw_b, 1, 1, 1, "relu6", None)
+    y = fusedops.inverted_residual(y, ex_w, ex_b, ir_dw_w, ir_dw_b, pr_w, pr_b, activation="relu6")
+    y = fusedops.ghost_module(y, pri_w, pri_b, ch_w, ch_b, y.shape[1])
+    return fusedops.concat_shuffle(fusedops.channel_shuffle(y, 2), y, 2)
+
+
+def test_compiled_calls_from_threads_match_serial_calls():
+    """torch.compile(fullgraph=True) graphs of every op (forward and backward) and of frozen and unfrozen fused
+    blocks, compiled once per shape, then called from 8 threads at once on different shapes: bitwise the serial
+    compiled results."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    chain = torch.compile(_chain_of_every_op, fullgraph=True, dynamic=False)
+
+    def chain_call(layout):
+        def run(seed):
+            g = torch.Generator().manual_seed(seed)
+            c, hidden = 4, 12
+            x = _leaf((2, c, 6 + seed % 3, 7), layout, g)
+            ws = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True)
+                  for s in ((c, 1, 3, 3), (c,), (c, c, 1, 1), (c,), (hidden, c, 1, 1), (hidden,), (hidden, 1, 3, 3),
+                            (hidden,), (c, hidden, 1, 1), (c,), (c // 2, c, 1, 1), (c // 2,), (c // 2, 1, 3, 3),
+                            (c // 2,))]
+            y = chain(x, *ws)
+            return (y, *torch.autograd.grad(y, (x, *ws), torch.ones_like(y)))
+        return run
+
+    calls = [("chain_cl", chain_call("cl")), ("chain_nchw", chain_call("nchw"))]
+    calls += [(name, fn) for name, fn in _module_calls(lambda m: torch.compile(m, fullgraph=True, dynamic=False))
+              if name in ("separable", "inverted_residual_frozen", "ghost")]
+    seeds = range(2)
+    serial = _run_all(calls, seeds)  # compiles each shape once, before the threads start
+    results, errors = [None] * 8, []
+    barrier = threading.Barrier(8)
+
+    def worker(i):
+        try:
+            barrier.wait()
+            for _ in range(2):
+                results[i] = _run_all(calls[i % len(calls):] + calls[:i % len(calls)], seeds)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors, errors
+    for r in results:
+        _assert_same(serial, r, exact=True)
+
+
 def test_large_weight_gradient_bitwise_repeatable():
     """A weight gradient big enough to be split across threads, repeated: bitwise equal each time."""
     x = torch.randn(8, 32, 40, 40).contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -187,7 +274,10 @@ def test_large_weight_gradient_bitwise_repeatable():
 
 
 def _models():
-    out = {"mobilenet_v1": fusedops.models.mobilenet_v1(width_mult=0.25, num_classes=10)}
+    out = {"mobilenet_v1": fusedops.models.mobilenet_v1(width_mult=0.25, num_classes=10),
+           "mobilenet_v2": fusedops.models.mobilenet_v2(width_mult=0.25, num_classes=10),
+           "mobilenet_v3_small": fusedops.models.mobilenet_v3_small(width_mult=0.25, num_classes=10),
+           "ghostnet": fusedops.models.ghostnet(0.25, num_classes=10)}
     for name in ("shufflenet_v2_x0_5", "shufflenet_v1"):
         if hasattr(fusedops.models, name):
             out[name] = getattr(fusedops.models, name)(num_classes=10)
