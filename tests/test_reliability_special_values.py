@@ -67,19 +67,31 @@ def _depthwise_cases():
                                            id=f"{padding}-{stride}-{value_id}-{where}-{layout}")
 
 
-@pytest.mark.parametrize("layout, where, value, stride, padding", _depthwise_cases())
+DEPTHWISE_CASES = list(_depthwise_cases())
+
+
+@pytest.mark.parametrize("layout, where, value, stride, padding", DEPTHWISE_CASES)
 def test_depthwise_specials(layout, where, value, stride, padding):
+    check_depthwise_specials(layout, where, value, stride, padding, "cpu")
+
+
+def _leaves_on(tensors, device):
+    """The tensors as leaves on `device` (grads land there), and leaf copies on the CPU for the reference."""
+    return ([t.detach().to(device).requires_grad_() for t in tensors],
+            [t.detach().clone().requires_grad_() for t in tensors])
+
+
+def check_depthwise_specials(layout, where, value, stride, padding, device):
     for seed in range(3):
         x, w, b = _inputs(layout, where, value, seed)
-        ts = [t.requires_grad_() for t in (x, w, b)]
-        refs = [t.detach().clone().requires_grad_() for t in ts]
+        ts, refs = _leaves_on((x, w, b), device)
         y = fusedops.depthwise_conv2d(*ts, stride, padding)
         e = depthwise_reference(*refs, (stride, stride), (padding, padding), (1, 1))
-        _same_specials(y, e, "forward")
+        _same_specials(y.cpu(), e, "forward")
         go = torch.randn(y.shape)
-        for name, a, r in zip(("input", "weight", "bias"), torch.autograd.grad(y, ts, go),
+        for name, a, r in zip(("input", "weight", "bias"), torch.autograd.grad(y, ts, go.to(device)),
                               torch.autograd.grad(e, refs, go)):
-            _same_specials(a, r, f"grad {name}")
+            _same_specials(a.cpu(), r, f"grad {name}")
 
 
 def _dwpw_cases():
@@ -90,16 +102,23 @@ def _dwpw_cases():
                     yield pytest.param(layout, where, value, act, id=f"{act}-{value_id}-{where}-{layout}")
 
 
-@pytest.mark.parametrize("layout, where, value, act", _dwpw_cases())
+DWPW_CASES = list(_dwpw_cases())
+
+
+@pytest.mark.parametrize("layout, where, value, act", DWPW_CASES)
 def test_dwpw_specials(layout, where, value, act):
+    check_dwpw_specials(layout, where, value, act, "cpu")
+
+
+def check_dwpw_specials(layout, where, value, act, device):
     for seed in range(3):
         x, w, b = _inputs(layout, where, value, seed)
         g = torch.Generator().manual_seed(seed + 10)
         pw_w, pw_b = torch.randn(5, 4, 1, 1, generator=g), torch.randn(5, generator=g)
         with torch.no_grad():
-            y = fusedops.dwpw_conv2d(x, w, b, pw_w, pw_b, 1, 1, 1, act, act)
+            y = fusedops.dwpw_conv2d(*(t.to(device) for t in (x, w, b, pw_w, pw_b)), 1, 1, 1, act, act)
         e = dwpw_reference(x, w, b, pw_w, pw_b, (1, 1), (1, 1), (1, 1), act, act)
-        _same_specials(y, e, f"forward ({act})")
+        _same_specials(y.cpu(), e, f"forward ({act})")
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS[1:])
@@ -169,19 +188,27 @@ def _block_call(block, x, ws, reference):
     return fusedops.ghost_module(x, *ws, 5)
 
 
-@pytest.mark.parametrize("block, layout, where, value", _block_cases())
+BLOCK_CASES = list(_block_cases())
+
+
+@pytest.mark.parametrize("block, layout, where, value", BLOCK_CASES)
 def test_fused_block_specials(block, layout, where, value):
     """The fused blocks (expanded or primary maps only in tiles, depthwise on those tiles with their zero
     padding): forward and every gradient as the float32 composition."""
+    check_fused_block_specials(block, layout, where, value, "cpu")
+
+
+def check_fused_block_specials(block, layout, where, value, device):
     for seed in range(3):
         x, ws = _block_inputs(block, layout, where, value, seed)
-        ts = [t.requires_grad_() for t in (x, *ws)]
-        refs = [t.detach().clone().requires_grad_() for t in ts]
+        ts, refs = _leaves_on((x, *ws), device)
         y = _block_call(block, ts[0], ts[1:], reference=False)
         e = _block_call(block, refs[0], refs[1:], reference=True)
-        _same_specials(y, e, "forward")
+        _same_specials(y.cpu(), e, "forward")
         go = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
-        for i, (a, r) in enumerate(zip(torch.autograd.grad(y, ts, go), torch.autograd.grad(e, refs, go))):
+        for i, (a, r) in enumerate(zip(torch.autograd.grad(y, ts, go.to(device)),
+                                       torch.autograd.grad(e, refs, go))):
+            a = a.cpu()
             if block == "ghost_module" and i >= 3:
                 # The last cheap filter's channel is cut from the output (5 of 3 + 3 channels): its gradient is
                 # zero. The composition computes that channel and multiplies its zero gradient by the primary

@@ -162,14 +162,17 @@ __global__ void __launch_bounds__(kNhwcThreads)
       if (ih < 0 || ih >= p.in_h) continue;
       const scalar_t* row = img + int64_t(ih) * p.in_w * C;
       if constexpr (K > 0) {
-        // The input columns of all P outputs for this row, loaded once.
+        // The input columns of all P outputs for this row, loaded once. Columns in the padding are skipped,
+        // not read as zeros: a NaN or Inf weight times a zero is NaN, where PyTorch's result has none.
         constexpr int kSeg = (P - 1) * S + K;
         acc_t x[kSeg][VEC];
+        bool inside[kSeg];
         const int iw0 = ow0 * S - p.pad_w;
 #pragma unroll
         for (int s = 0; s < kSeg; ++s) {
           const int iw = iw0 + s;
-          if (iw >= 0 && iw < p.in_w)
+          inside[s] = iw >= 0 && iw < p.in_w;
+          if (inside[s])
             load_acc<VEC>(row + int64_t(iw) * C, x[s]);
           else
             fill<VEC>(x[s], acc_t(0));
@@ -179,9 +182,11 @@ __global__ void __launch_bounds__(kNhwcThreads)
           acc_t w[VEC];
           load_acc<VEC>(wt + (kh * K + kw) * OC + oc, w);
 #pragma unroll
-          for (int q = 0; q < P; ++q)
+          for (int q = 0; q < P; ++q) {
+            if (!inside[q * S + kw]) continue;
 #pragma unroll
             for (int v = 0; v < VEC; ++v) sum[q][v] += x[q * S + kw][v] * w[v];
+          }
         }
       } else {
         for (int kw = 0; kw < KW; ++kw) {

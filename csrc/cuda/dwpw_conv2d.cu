@@ -49,7 +49,7 @@ struct DwpwParams {
 template <typename T>
 __device__ __forceinline__ T activate(T v, int kind) {
   switch (kind) {
-    case 1: return v > T(0) ? v : T(0);
+    case 1: return v < T(0) ? T(0) : v;  // NaN stays NaN, as torch.relu (v > 0 ? v : 0 made it 0)
     case 2: return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
     case 3: {
       T r = v + T(3);

@@ -122,7 +122,8 @@ def _bwd_input_row(acc, g_img, g_ch, w_ch, th0, tw0, mask_p, mask_c, kh, OH, OW,
         gv = tl.load(row[:, None] + (ow * sgw)[:, None] + g_ch[None, :],
                      mask=m[:, None] & mask_c[None, :], other=0.0)
         wv = tl.load(w_ch + kh * swh + kw * sww, mask=mask_c, other=0.0)
-        acc += gv.to(ACC) * wv.to(ACC)[None, :]
+        # Taps outside grad_output add nothing, not 0 * w (NaN for a NaN or Inf weight, where PyTorch has none).
+        acc += tl.where(m[:, None], gv.to(ACC) * wv.to(ACC)[None, :], 0.0)
     return acc
 
 
@@ -225,7 +226,7 @@ def _depthwise_bwd_weight_kernel(
             m = mask_p & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             x = x_ptr + n.to(tl.int64) * sxn + (ih * sxh + iw * sxw)[:, None] + x_ch[None, :]
             xv = tl.load(x, mask=m[:, None] & mask_c[None, :], other=0.0)
-            acc_w += gv * xv.to(ACC)
+            acc_w += tl.where(m[:, None], gv * xv.to(ACC), 0.0)  # the padding adds nothing, not 0 * grad
 
     # The partial buffers hold up to 65535 chunks: chunks * OC * TAPS can pass 2^31 where the tensors' own
     # offsets fit int32 (e.g. a large batch of small maps), so the chunk offset is int64.

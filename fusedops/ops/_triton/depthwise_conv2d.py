@@ -58,7 +58,8 @@ def _fwd_row(acc, x_img, x_ch, w_ch, ih0, iw0, mask_p, mask_c, kh, H, W,
         xv = tl.load(row[:, None] + (iw * sxw)[:, None] + x_ch[None, :],
                      mask=m[:, None] & mask_c[None, :], other=0.0)
         wv = tl.load(w_ch + kh * swh + kw * sww, mask=mask_c, other=0.0)
-        acc += xv.to(ACC) * wv.to(ACC)[None, :]
+        # The padding adds nothing, not 0 * w (NaN for a NaN or Inf weight, where PyTorch has none).
+        acc += tl.where(m[:, None], xv.to(ACC) * wv.to(ACC)[None, :], 0.0)
     return acc
 
 

@@ -56,11 +56,12 @@ ACT_CODES = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 3, "silu": 4}
 @triton.jit
 def _activation(x, ACT: tl.constexpr):
     if ACT == 1:
-        x = tl.maximum(x, 0.0)
+        x = tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     elif ACT == 2:
-        x = tl.minimum(tl.maximum(x, 0.0), 6.0)
+        x = tl.minimum(tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL), 6.0, propagate_nan=tl.PropagateNan.ALL)
     elif ACT == 3:
-        x = x * tl.minimum(tl.maximum(x + 3.0, 0.0), 6.0) / 6.0
+        x = x * tl.minimum(tl.maximum(x + 3.0, 0.0, propagate_nan=tl.PropagateNan.ALL), 6.0,
+                           propagate_nan=tl.PropagateNan.ALL) / 6.0
     elif ACT == 4:
         x = x / (1.0 + tl.exp(-x))
     return x
@@ -124,7 +125,7 @@ def _depthwise_tile(
             xv = tl.load(x_img + ih[:, None] * sxh + iw[:, None] * sxw + c[None, :] * sxc,
                          mask=ok[:, None] & mask_k[None, :], other=0.0).to(ACC)
             wv = tl.load(dww_ptr + k * swk + kh * swh + kw * sww, mask=mask_k, other=0.0).to(ACC)
-            z += xv * wv[None, :]
+            z += tl.where(ok[:, None], xv * wv[None, :], 0.0)  # the padding adds nothing, not 0 * w
     return z
 
 
