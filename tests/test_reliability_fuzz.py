@@ -471,6 +471,20 @@ def _randomize_norms(module, seed):
                 bn.running_var.uniform_(0.5, 2.0, generator=gen)
 
 
+def _compare_blocks(ours, ref, case):
+    """A fused block against the module it replaces (float64, random batch-norm statistics, the same state dict),
+    in the case's mode: train, eval (folded every call) or frozen eval (constants: no parameter gradients)."""
+    ref = ref.double()
+    _randomize_norms(ref, case["seed"])
+    ours = ours.double()
+    ours.load_state_dict(ref.state_dict())
+    ours.train(case["train"])
+    ref.train(case["train"])
+    if case["frozen"]:
+        ours.freeze()
+    _compare_modules(ours, ref, case, 1e-9, parameter_grads=not (case["frozen"] and not case["train"]))
+
+
 @st.composite
 def block_case(draw):
     """A block's input (any layout, batch 0 included, maps down to 1x1) and its channels, stride, expansion."""
@@ -491,15 +505,7 @@ def test_fuzz_inverted_residual_module(case):
     from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvertedResidual
 
     args = (case["c"], case["cout"], case["stride"], case["expand"])
-    ref = TorchvisionInvertedResidual(*args).double()
-    _randomize_norms(ref, case["seed"])
-    ours = fusedops.nn.InvertedResidual(*args).double()
-    ours.load_state_dict(ref.state_dict())
-    ours.train(case["train"])
-    ref.train(case["train"])
-    if case["frozen"]:
-        ours.freeze()
-    _compare_modules(ours, ref, case, 1e-9, parameter_grads=not (case["frozen"] and not case["train"]))
+    _compare_blocks(fusedops.nn.InvertedResidual(*args), TorchvisionInvertedResidual(*args), case)
 
 
 @FUZZ
@@ -509,15 +515,8 @@ def test_fuzz_ghost_module_module(case, ratio, dw_size):
     from timm.models.ghostnet import GhostModule as TimmGhostModule
 
     kwargs = dict(ratio=ratio, dw_size=dw_size, stride=case["stride"])
-    ref = TimmGhostModule(case["c"], case["cout"], **kwargs).double()
-    _randomize_norms(ref, case["seed"])
-    ours = fusedops.nn.GhostModule(case["c"], case["cout"], **kwargs).double()
-    ours.load_state_dict(ref.state_dict())
-    ours.train(case["train"])
-    ref.train(case["train"])
-    if case["frozen"]:
-        ours.freeze()
-    _compare_modules(ours, ref, case, 1e-9, parameter_grads=not (case["frozen"] and not case["train"]))
+    _compare_blocks(fusedops.nn.GhostModule(case["c"], case["cout"], **kwargs),
+                    TimmGhostModule(case["c"], case["cout"], **kwargs), case)
 
 
 @FUZZ

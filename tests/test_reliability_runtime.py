@@ -128,6 +128,31 @@ def _assert_same(a, b, exact):
                 torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12, msg=str(key))
 
 
+def _run_from_threads(calls, seeds, repeats, intra_op_threads=None):
+    """The results of 8 Python threads running all `calls` at once, each starting at another call (different ops
+    at the same time), `repeats` times: one _run_all dict per thread (its last repeat). Errors are raised here."""
+    results, errors = [None] * 8, []
+    barrier = threading.Barrier(8)
+
+    def worker(i):
+        try:
+            if intra_op_threads is not None:
+                torch.set_num_threads(intra_op_threads)  # the intra-op thread count is per calling thread
+            barrier.wait()
+            for _ in range(repeats):
+                results[i] = _run_all(calls[i % len(calls):] + calls[:i % len(calls)], seeds)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors, errors
+    return results
+
+
 @pytest.mark.parametrize("threads", _THREAD_COUNTS)
 def test_concurrent_calls_match_serial_calls(threads):
     """8 Python threads calling every op (and shared modules) at once, on different shapes, give the serial
@@ -138,26 +163,7 @@ def test_concurrent_calls_match_serial_calls(threads):
         calls = _case_calls() + _module_calls()
         seeds = range(4)
         serial = _run_all(calls, seeds)
-        results, errors = [{} for _ in range(8)], []
-        barrier = threading.Barrier(8)
-
-        def worker(i):
-            try:
-                torch.set_num_threads(threads)  # the intra-op thread count is per calling thread
-                barrier.wait()
-                for repeat in range(3):
-                    order = calls[i % len(calls):] + calls[:i % len(calls)]  # different ops at the same time
-                    results[i] = _run_all(order, seeds)
-            except BaseException as e:  # noqa: BLE001 (reported below)
-                errors.append(e)
-
-        pool = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        assert not errors, errors
-        for r in results:
+        for r in _run_from_threads(calls, seeds, repeats=3, intra_op_threads=threads):
             # Same thread count, so even the reductions add in the same order: bitwise equal.
             _assert_same(serial, r, exact=True)
     finally:
@@ -232,24 +238,7 @@ def test_compiled_calls_from_threads_match_serial_calls():
               if name in ("separable", "inverted_residual_frozen", "ghost")]
     seeds = range(2)
     serial = _run_all(calls, seeds)  # compiles each shape once, before the threads start
-    results, errors = [None] * 8, []
-    barrier = threading.Barrier(8)
-
-    def worker(i):
-        try:
-            barrier.wait()
-            for _ in range(2):
-                results[i] = _run_all(calls[i % len(calls):] + calls[:i % len(calls)], seeds)
-        except BaseException as e:  # noqa: BLE001 (reported below)
-            errors.append(e)
-
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    assert not errors, errors
-    for r in results:
+    for r in _run_from_threads(calls, seeds, repeats=2):
         _assert_same(serial, r, exact=True)
 
 
