@@ -31,6 +31,12 @@ def _ops(device):
     pw_w, pw_b = torch.randn(12, 8, 1, 1, device=device), torch.randn(12, device=device)
     block = fusedops.nn.DepthwiseSeparableConv2d(8, 12).to(device).eval()
     frozen = fusedops.nn.DepthwiseSeparableConv2d(8, 12).to(device).eval().freeze()
+    ex_w, ex_b = torch.randn(24, 8, 1, 1, device=device), torch.randn(24, device=device)
+    ir_dw_w, ir_dw_b = torch.randn(24, 1, 3, 3, device=device), torch.randn(24, device=device)
+    pr_w, pr_b = torch.randn(8, 24, 1, 1, device=device), torch.randn(8, device=device)
+    ghost_dw_w = torch.randn(4, 1, 3, 3, device=device)
+    inverted = fusedops.nn.InvertedResidual(8, 8, 1, 3).to(device).eval()
+    ghost = fusedops.nn.GhostModule(8, 8).to(device).eval().freeze()
 
     def with_grad(fn, *tensors):
         leaves = [t.detach().requires_grad_() for t in tensors]
@@ -55,6 +61,11 @@ def _ops(device):
         "dwpw_cl": (dwpw, (x, w, b, pw_w, pw_b)), "dwpw_nchw": (dwpw, (xn, w, b, pw_w, pw_b)),
         "channel_shuffle": (shuffle, (x,)), "concat_shuffle": (concat, (x, x)),
         "separable_module": (block, (x,)), "separable_frozen": (frozen, (x,)),
+        "inverted_residual": (lambda x, *ts: fusedops.inverted_residual(x, *ts), (x, ex_w, ex_b, ir_dw_w, ir_dw_b,
+                                                                                   pr_w, pr_b)),
+        "ghost_module": (lambda x, *ts: fusedops.ghost_module(x, *ts, 8), (xn, ex_w[:4], ex_b[:4], ghost_dw_w,
+                                                                            ir_dw_b[:4])),
+        "inverted_residual_module": (inverted, (x,)), "ghost_frozen": (ghost, (x,)),
     }, with_grad, no_grad
 
 
