@@ -21,6 +21,11 @@ def _leaf(shape, layout, generator):
     return x.requires_grad_()
 
 
+def _weights(shapes, generator):
+    """float64 leaves of the given shapes (an op's weights and biases), drawn from `generator`."""
+    return [torch.randn(s, dtype=torch.float64, generator=generator, requires_grad=True) for s in shapes]
+
+
 def _case_calls():
     """(name, fn) pairs: each fn(seed) runs one op (forward and, where it has them, all gradients) on its own
     shape and returns the result tensors."""
@@ -41,8 +46,7 @@ def _case_calls():
             g = torch.Generator().manual_seed(seed)
             c = 4 + seed % 3
             x = _leaf((2, c, 8 + seed % 5, 8), layout, g)
-            ts = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True)
-                  for s in ((c, 1, 3, 3), (c,), (6, c, 1, 1), (6,))]
+            ts = _weights(((c, 1, 3, 3), (c,), (6, c, 1, 1), (6,)), g)
             y = fusedops.dwpw_conv2d(x, *ts, 1, 1, 1, "relu6", "hardswish")
             return (y, *torch.autograd.grad(y, (x, *ts), torch.ones_like(y)))
         return run
@@ -60,8 +64,7 @@ def _case_calls():
             g = torch.Generator().manual_seed(seed)
             c, hidden = 4 + seed % 3, 12
             x = _leaf((2, c, 8 + seed % 5, 9), layout, g)
-            ts = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True)
-                  for s in ((hidden, c, 1, 1), (hidden,), (hidden, 1, 3, 3), (hidden,), (c, hidden, 1, 1), (c,))]
+            ts = _weights(((hidden, c, 1, 1), (hidden,), (hidden, 1, 3, 3), (hidden,), (c, hidden, 1, 1), (c,)), g)
             y = fusedops.inverted_residual(x, *ts, stride=stride, activation="relu6")
             return (y, *torch.autograd.grad(y, (x, *ts), torch.ones_like(y)))
         return run
@@ -71,8 +74,7 @@ def _case_calls():
             g = torch.Generator().manual_seed(seed)
             c, init = 3 + seed % 4, 4
             x = _leaf((2, c, 7 + seed % 5, 8), layout, g)
-            ts = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True)
-                  for s in ((init, c, 1, 1), (init,), (init * (ratio - 1), 1, 3, 3), (init * (ratio - 1),))]
+            ts = _weights(((init, c, 1, 1), (init,), (init * (ratio - 1), 1, 3, 3), (init * (ratio - 1),)), g)
             y = fusedops.ghost_module(x, *ts, init * ratio - 1, activation="relu")
             return (y, *torch.autograd.grad(y, (x, *ts), torch.ones_like(y)))
         return run
@@ -225,10 +227,9 @@ def test_compiled_calls_from_threads_match_serial_calls():
             g = torch.Generator().manual_seed(seed)
             c, hidden = 4, 12
             x = _leaf((2, c, 6 + seed % 3, 7), layout, g)
-            ws = [torch.randn(s, dtype=torch.float64, generator=g, requires_grad=True)
-                  for s in ((c, 1, 3, 3), (c,), (c, c, 1, 1), (c,), (hidden, c, 1, 1), (hidden,), (hidden, 1, 3, 3),
+            ws = _weights(((c, 1, 3, 3), (c,), (c, c, 1, 1), (c,), (hidden, c, 1, 1), (hidden,), (hidden, 1, 3, 3),
                             (hidden,), (c, hidden, 1, 1), (c,), (c // 2, c, 1, 1), (c // 2,), (c // 2, 1, 3, 3),
-                            (c // 2,))]
+                            (c // 2,)), g)
             y = chain(x, *ws)
             return (y, *torch.autograd.grad(y, (x, *ws), torch.ones_like(y)))
         return run
