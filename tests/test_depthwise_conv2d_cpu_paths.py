@@ -95,16 +95,20 @@ def test_parity_seven_wide_blocks(kernel, layout):
                                    bias=channels == 20)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("padding", [(1, 1), (0, 0), (2, 2), (0, 1), (1, 0), (2, 1)])
-def test_parity_channels_last_row_pairs(padding):
-    """Channels-last 3x3 stride-1 rows run in pairs where both rows' kernel rows lie inside the input,
+def test_parity_channels_last_row_pairs(padding, stride):
+    """Channels-last 3x3 rows (stride 1 or 2) run in pairs where both rows' kernel rows lie inside the input,
     the pairs starting at the first such row (an odd or even row, by the top padding), the rows around
     them one at a time: every height from one pair to several, odd and even, full and partial channel
-    vectors, widths across one register block or several; the stride-1 input gradient on its own takes
-    the same rows."""
-    for height in range(3 - 2 * min(padding[0], 1), 10):  # F.conv2d needs the kernel to fit the padded input
-        check_depthwise_parity((2, 20, height, 11), 3, padding=padding, layout="channels_last")
-    check_depthwise_parity((1, 48, 7, 21), 3, padding=padding, layout="channels_last", bias=False)
+    vectors, widths across one register block or several (and a last block of one output at stride 2); the
+    stride-1 input gradient on its own takes the same rows."""
+    for height in range(3 - 2 * min(padding[0], 1), 10 + 4 * (stride - 1)):  # F.conv2d needs the kernel to fit
+        check_depthwise_parity((2, 20, height, 11), 3, stride=stride, padding=padding, layout="channels_last")
+    check_depthwise_parity((1, 48, 7, 21), 3, stride=stride, padding=padding, layout="channels_last", bias=False)
+    check_depthwise_parity((1, 48, 12, 26), 3, stride=stride, padding=padding, layout="channels_last")
+    if stride == 2:
+        return
     check_depthwise_requested_grads((2, 20, 9, 13), "channels_last",
                                     padding=padding[0] if padding[0] == padding[1] else 1,
                                     wanted_sets=[(True, False, False)])

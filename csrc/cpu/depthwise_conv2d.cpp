@@ -119,7 +119,7 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const int64_t C = g.channels;
-  // Work items are (n, group of output rows (NhwcRowGroups: pairs of 3x3 stride-1 rows), channel chunk).
+  // Work items are (n, group of output rows (NhwcRowGroups: pairs of 3x3 rows), channel chunk).
   // Whole rows stream through memory best; with fewer than 4 groups per thread (the 7x7 maps of late
   // layers at batch 1), chunks of 64 channels balance the threads.
   const NhwcRowGroups row_groups(g);

@@ -10,7 +10,7 @@
 // 7 or 14 wide, kSevenBlockMinKernel), a kernel row's weights held in registers, each input column loaded
 // once per kernel row and reused by every output of the block that reads it. Interior blocks run without
 // bounds checks; border blocks read out-of-range columns as zero. Rows never need checks: kernel rows
-// outside the input are skipped. 3x3 stride-1 rows inside the input run two at a time (row pairs, whose
+// outside the input are skipped. 3x3 rows (stride 1 or 2) inside the input run two at a time (row pairs, whose
 // input rows are loaded once for both). Other kernel sizes / dilations run a per-pixel loop.
 //
 // The public entry points compute whole output rows (depthwise_nhwc_row, _row_pair, _rows, _row_group);
@@ -181,35 +181,35 @@ FUSEDOPS_ALWAYS_INLINE void register_block(const DwNhwcRow<in_t, out_t>& t, cons
     store_output<kPartial>(outp, epilogue(sum[b]), count, t.stream_stores);
 }
 
-// kB outputs (ow .. ow + kB - 1) of output rows oh and oh + 1 for one channel vector, 3x3 stride 1
-// (dilation 1), both rows' kernel rows inside the input: the four input rows are each loaded once and
-// feed both output rows.
-template <typename in_t, typename out_t, int kB, bool kPartial, bool kChecked, typename Epilogue>
+// kB outputs (ow .. ow + kB - 1) of output rows oh and oh + 1 for one channel vector, 3x3 stride S (1 or 2,
+// both dimensions; dilation 1), both rows' kernel rows inside the input: the 3 + S input rows are each loaded
+// once and feed both output rows (row oh reads input rows d = 0..2 of the block, row oh + 1 rows d = S..S+2).
+template <typename in_t, typename out_t, int S, int kB, bool kPartial, bool kChecked, typename Epilogue>
 FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
                                                     int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
-  constexpr int KH = 3, KW = 3, kCols = kB + KW - 1;
+  constexpr int KH = 3, KW = 3, kCols = (kB - 1) * S + KW;
   Vec sum[2][kB];
   const Vec bias = t.bias ? load_buf<kPartial>(t.bias + c, count) : Vec(acc(0));
 #pragma GCC unroll 8
   for (int b = 0; b < kB; ++b) sum[0][b] = sum[1][b] = bias;
-  const int64_t iw0 = ow - g.pad_w;
-  const in_t* first_row = t.image + (t.oh - g.pad_h) * t.in_row_stride + iw0 * t.in_pix_stride + c;
-#pragma GCC unroll 4
-  for (int d = 0; d < KH + 1; ++d) {
+  const int64_t iw0 = ow * S - g.pad_w;
+  const in_t* first_row = t.image + (t.oh * S - g.pad_h) * t.in_row_stride + iw0 * t.in_pix_stride + c;
+#pragma GCC unroll 5
+  for (int d = 0; d < KH + S; ++d) {
     const in_t* colp = first_row + d * t.in_row_stride;
-    if (t.prefetch && d >= KH - 1) {
-      // The two rows the previous pair did not read.
-      const in_t* ahead = colp + kDwPrefetchColumns * t.in_pix_stride;
+    if (t.prefetch && d >= KH - S) {
+      // The rows the previous pair did not read.
+      const in_t* ahead = colp + kDwPrefetchColumns * S * t.in_pix_stride;
 #pragma GCC unroll 8
-      for (int col = 0; col < kB; ++col) __builtin_prefetch(ahead + col * t.in_pix_stride, 0, 2);
+      for (int col = 0; col < kB * S; ++col) __builtin_prefetch(ahead + col * t.in_pix_stride, 0, 2);
     }
-    // Output row r reads this input row through kernel row d - r.
+    // Output row r reads this input row through kernel row d - r * S.
     Vec w[2][KW];
 #pragma GCC unroll 2
     for (int r = 0; r < 2; ++r) {
-      const int kh = d - r;
+      const int kh = d - r * S;
       if (kh < 0 || kh >= KH) continue;
 #pragma GCC unroll 3
       for (int kw = 0; kw < KW; ++kw) w[r][kw] = load_buf<kPartial>(t.weight + (kh * KW + kw) * t.weight_ld + c, count);
@@ -219,12 +219,12 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
       const Vec v = load_column<kPartial, kChecked>(colp, iw0 + col, g.in_w, count);
 #pragma GCC unroll 2
       for (int r = 0; r < 2; ++r) {
-        const int kh = d - r;
+        const int kh = d - r * S;
         if (kh < 0 || kh >= KH) continue;
 #pragma GCC unroll 3
         for (int kw = 0; kw < KW; ++kw) {
-          const int b = col - kw;
-          if (b >= 0 && b < kB) sum[r][b] = at::vec::fmadd(v, w[r][kw], sum[r][b]);
+          const int e = col - kw;
+          if (e >= 0 && e % S == 0 && e / S < kB) sum[r][e / S] = at::vec::fmadd(v, w[r][kw], sum[r][e / S]);
         }
       }
     }
@@ -250,7 +250,7 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
 }
 
 // Blocks of kB outputs of a row pair, halving kB for the rows' remainder, channels innermost.
-template <typename in_t, typename out_t, int kB, typename Epilogue>
+template <typename in_t, typename out_t, int S, int kB, typename Epilogue>
 FUSEDOPS_ALWAYS_INLINE void row_pair_register_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
                                                      int64_t interior_begin, int64_t interior_end,
                                                      const Epilogue& epilogue) {
@@ -260,13 +260,14 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_blocks(const DwNhwcRow<in_t, out_t
     int64_t c = t.c_begin;
     for (; c + V <= t.c_end; c += V) {
       if (checked)
-        row_pair_register_block<in_t, out_t, kB, false, true>(t, g, ow, c, V, epilogue);
+        row_pair_register_block<in_t, out_t, S, kB, false, true>(t, g, ow, c, V, epilogue);
       else
-        row_pair_register_block<in_t, out_t, kB, false, false>(t, g, ow, c, V, epilogue);
+        row_pair_register_block<in_t, out_t, S, kB, false, false>(t, g, ow, c, V, epilogue);
     }
-    if (c < t.c_end) row_pair_register_block<in_t, out_t, kB, true, true>(t, g, ow, c, t.c_end - c, epilogue);
+    if (c < t.c_end) row_pair_register_block<in_t, out_t, S, kB, true, true>(t, g, ow, c, t.c_end - c, epilogue);
   }
-  if constexpr (kB > 1) row_pair_register_blocks<in_t, out_t, kB / 2>(t, g, ow, interior_begin, interior_end, epilogue);
+  if constexpr (kB > 1)
+    row_pair_register_blocks<in_t, out_t, S, kB / 2>(t, g, ow, interior_begin, interior_end, epilogue);
 }
 
 // One output pixel for one channel vector, any kernel/stride/dilation, with bounds checks along W.
@@ -383,29 +384,42 @@ FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row(const DwNhwcRow<in_t, out_t>& t, 
   detail::row_for_kernel_width<in_t, out_t, 0, 1>(t, g, epilogue);
 }
 
-// Whether depthwise_nhwc_row_pair computes output rows oh and oh + 1 of g: 3x3, stride 1, dilation 1,
-// both rows' kernel rows inside the input.
+// Whether depthwise_nhwc_row_pair computes output rows oh and oh + 1 of g: 3x3, stride 1 or 2 (the same along
+// H and W), dilation 1, both rows' kernel rows inside the input.
 inline bool nhwc_row_pair_applies(const ConvGeometry& g, int64_t oh) {
-  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
-         g.dilation_w == 1 && oh >= g.interior_oh_begin() && oh + 2 <= g.interior_oh_end();
+  return g.kernel_h == 3 && g.kernel_w == 3 && (g.stride_h == 1 || g.stride_h == 2) && g.stride_w == g.stride_h &&
+         g.dilation_h == 1 && g.dilation_w == 1 && oh >= g.interior_oh_begin() && oh + 2 <= g.interior_oh_end();
 }
 
 // Computes output rows t.oh and t.oh + 1 (at t.out and t.out + t.out_row_stride), channels
 // [t.c_begin, t.c_end), where nhwc_row_pair_applies; prefetches (streaming calls) cover both rows, and
-// prefetch_also two rows. Blocks of 4 outputs x 2 rows: 8 accumulators, each
-// of the block's four input rows loaded once for both output rows (a single row's blocks of 8 read
-// 10 columns of 3 rows for 8 outputs, and their ~36 KiB per block of 192 channels outgrow the 32 KiB L1).
-// Measured on the row kernels alone (2 threads, N=8): 1.19-1.25x faster than two single rows on
-// MobileNet's stride-1 maps in cache (C=192 28x28, C=384/576 14x14, C=960 7x7; N=1 C=192 28x28 1.19x),
-// 1.07-1.16x on streaming calls (C=32 112x112, C=96 56x56), 0.95-1.05x on C=144 56x56.
+// prefetch_also (stride 1 only) two rows. Each of the block's 3 + stride input rows is loaded once for both
+// output rows.
+// Stride 1: blocks of 4 outputs x 2 rows, 8 accumulators (a single row's blocks of 8 read 10 columns of 3 rows
+// for 8 outputs, and their ~36 KiB per block of 192 channels outgrow the 32 KiB L1). Measured on the row kernels
+// alone (2 threads, N=8): 1.19-1.25x faster than two single rows on MobileNet's stride-1 maps in cache (C=192
+// 28x28, C=384/576 14x14, C=960 7x7; N=1 C=192 28x28 1.19x), 1.07-1.16x on streaming calls (C=32 112x112, C=96
+// 56x56), 0.95-1.05x on C=144 56x56.
+// Stride 2: blocks of 2 outputs x 2 rows (5 columns of 5 rows). Intel Xeon (2 MiB L2), N=8 C=96 112x112, 2
+// threads: 660-760 us against 800-900 for single rows in blocks of 8 (4 x 2: 675-750, 8 x 2: 715; 2 x 1
+// alone 944, 2 x 3 and 2 x 4 rows 760-930); 1 thread 1.29-1.51 ms against 1.54-1.71.
+template <int S>
+constexpr int kRowPairBlock = S == 1 ? 4 : 2;
+
 template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
 FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
                                                     const Epilogue& epilogue = Epilogue()) {
-  detail::row_pair_register_blocks<in_t, out_t, 4>(t, g, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
+  if (g.stride_w == 2) {
+    detail::row_pair_register_blocks<in_t, out_t, 2, kRowPairBlock<2>>(t, g, 0, g.interior_ow_begin(),
+                                                                        g.interior_ow_end(), epilogue);
+  } else {
+    detail::row_pair_register_blocks<in_t, out_t, 1, kRowPairBlock<1>>(t, g, 0, g.interior_ow_begin(),
+                                                                        g.interior_ow_end(), epilogue);
+  }
 }
 
 // The output rows of an image in the groups the row kernels compute: pairs (depthwise_nhwc_row_pair)
-// wherever 3x3 stride-1 rows allow them, starting at the first row that allows one, the rows around
+// wherever 3x3 rows allow them, starting at the first row that allows one, the rows around
 // them alone. Group j covers rows [2j - shift, 2j - shift + 2) clipped to the map when paired, row j
 // otherwise. Groups are independent: callers may run them in any order or in parallel.
 struct NhwcRowGroups {
