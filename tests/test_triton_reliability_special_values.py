@@ -17,16 +17,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _IR_GRADIENT_GAP = pytest.mark.xfail(strict=True, reason="inverted_residual Triton backward with NaN (known gap)")
 
 
-# Known gap: the dwpw Triton kernels multiply a NaN or Inf depthwise weight by the zero padding (masking those
-# products spilled registers in the 7x7 forward on sm_90, see _depthwise_tile).
-_DWPW_WEIGHT_GAP = pytest.mark.xfail(strict=True, reason="dwpw Triton forward with a non-finite weight (known gap)")
-
-
-def _dwpw_cases():
-    for case in _channels_last(DWPW_CASES, 0):
-        yield pytest.param(*case.values, id=case.id, marks=[_DWPW_WEIGHT_GAP] if case.values[1] == "weight" else [])
-
-
 def _channels_last(cases, layout_index):
     """The Triton kernels take any strides: one layout keeps the interpreter's time down."""
     return [case for case in cases if case.values[layout_index] == "channels_last"]
@@ -46,7 +36,7 @@ def test_triton_depthwise_specials(layout, where, value, stride, padding):
         check_depthwise_specials(layout, where, value, stride, padding, DEVICE)
 
 
-@pytest.mark.parametrize("layout, where, value, act", list(_dwpw_cases()))
+@pytest.mark.parametrize("layout, where, value, act", _channels_last(DWPW_CASES, 0))
 def test_triton_dwpw_specials(layout, where, value, act):
     with fusedops.use_backend("triton"):
         check_dwpw_specials(layout, where, value, act, DEVICE)
