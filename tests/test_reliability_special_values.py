@@ -121,6 +121,35 @@ def check_dwpw_specials(layout, where, value, act, device):
         _same_specials(y.cpu(), e, f"forward ({act})")
 
 
+@pytest.mark.parametrize("layout, where, value, act", DWPW_CASES)
+def test_dwpw_backward_specials(layout, where, value, act):
+    check_dwpw_backward_specials(layout, where, value, act, "cpu")
+
+
+def check_dwpw_backward_specials(layout, where, value, act, device):
+    """Every gradient of dwpw_conv2d as the composition's, the activations' derivatives at NaN and +-Inf included.
+    grad_output comes in the output's layout, as in a network, and the maps hold whole multiples of 64 elements: aten's
+    CPU activation backwards then run their vectorised loops throughout, and those are what the kernels follow at a
+    NaN (the scalar loops that take mixed layouts and the tails differ there: hardtanh_backward and
+    hardswish_backward pass grad through)."""
+    for seed in range(3):
+        x, w, b = _inputs(layout, where, value, seed)
+        g = torch.Generator().manual_seed(seed + 10)
+        pw_w, pw_b = torch.randn(8, 4, 1, 1, generator=g), torch.randn(8, generator=g)
+        ts, refs = _leaves_on((x, w, b, pw_w, pw_b), device)
+        y = fusedops.dwpw_conv2d(*ts, 1, 1, 1, act, act)
+        e = dwpw_reference(*refs, (1, 1), (1, 1), (1, 1), act, act)
+        _same_specials(y.cpu(), e, f"forward ({act})")
+        go = torch.randn(y.shape, generator=g).contiguous(memory_format=_memory_format(layout))
+        for name, a, r in zip(("input", "dw_weight", "dw_bias", "pw_weight", "pw_bias"),
+                              torch.autograd.grad(y, ts, go.to(device)), torch.autograd.grad(e, refs, go)):
+            _same_specials(a.cpu(), r, f"grad {name} ({act})")
+
+
+def _memory_format(layout):
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+
 @pytest.mark.parametrize("act", ACTIVATIONS[1:])
 def test_dwpw_nan_through_activations(act):
     """A NaN reaching an activation (max/clamp) comes out as NaN, in both the mid and the output activation."""

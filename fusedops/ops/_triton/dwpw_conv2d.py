@@ -34,7 +34,8 @@ band: from its first output row's window start to the next band's. A band recomp
 gather is complete and stores straight into grad_input; the weight gradients sum only its own rows.
 All backward GEMMs take fp32 (fp64) operands, also for fp16/bf16: g and grad_z need fp32's range, and u
 then matches the native backward's fp32 recomputation. fp32 runs them on exact products, fp16/bf16 as
-tf32. The activation derivatives are aten's (threshold/hardtanh/hardswish_backward), boundaries included.
+tf32. The activation derivatives are aten's (threshold/hardtanh/hardswish_backward), boundaries included, and at a
+NaN they give what aten's vectorised CPU loops give (see _activation_backward).
 """
 
 import torch
@@ -70,13 +71,16 @@ def _activation(x, ACT: tl.constexpr):
 @triton.jit
 def _activation_backward(grad, x, ACT: tl.constexpr):
     """grad * act'(x), written as aten's threshold_backward / hardtanh_backward / hardswish_backward /
-    silu_backward (same boundaries, and a NaN x passes grad through where they do)."""
+    silu_backward (same boundaries). At a NaN x each gives what their vectorised CPU loops give, the float32
+    composition the kernels are held to: threshold_backward passes grad, hardtanh_backward 0 (it keeps grad only
+    where min < x < max), hardswish_backward NaN (grad * (x / 3 + 1/2) unless x <= -3 or x >= 3). Their scalar
+    loops (mixed layouts, a loop's tail) and PyTorch's CUDA kernels pass grad through at a NaN in all three."""
     if ACT == 1:
         grad = tl.where(x <= 0.0, 0.0, grad)
     elif ACT == 2:
-        grad = tl.where((x <= 0.0) | (x >= 6.0), 0.0, grad)
+        grad = tl.where((x > 0.0) & (x < 6.0), grad, 0.0)
     elif ACT == 3:
-        grad = tl.where(x <= -3.0, 0.0, tl.where(x < 3.0, grad * (x / 3.0 + 0.5), grad))
+        grad = tl.where(x <= -3.0, 0.0, tl.where(x >= 3.0, grad, grad * (x / 3.0 + 0.5)))
     elif ACT == 4:
         sigmoid = 1.0 / (1.0 + tl.exp(-x))
         grad = grad * sigmoid * (1.0 + x * (1.0 - sigmoid))
@@ -125,9 +129,11 @@ def _depthwise_tile(
             xv = tl.load(x_img + ih[:, None] * sxh + iw[:, None] * sxw + c[None, :] * sxc,
                          mask=ok[:, None] & mask_k[None, :], other=0.0).to(ACC)
             wv = tl.load(dww_ptr + k * swk + kh * swh + kw * sww, mask=mask_k, other=0.0).to(ACC)
-            # Padding taps add 0 * w: NaN for a NaN or Inf weight, where PyTorch has none (a known gap: masking the
-            # products spilled 72 bytes of registers in the 7x7 silu forward on sm_90).
-            z += xv * wv[None, :]
+            # The padding's taps are skipped (z kept), not added as 0 * w: that is NaN for a NaN or Inf weight, where
+            # PyTorch has none. Selecting z itself rather than masking the product (z += where(ok, xv * w, 0)) keeps
+            # ptxas from spilling: the masked product spilled 72 bytes of registers in the 7x7 silu forward on sm_90,
+            # the select on z none (168 registers; at most 8 bytes, on sm_80, in the other configurations).
+            z = tl.where(ok[:, None], z + xv * wv[None, :], z)
     return z
 
 
