@@ -14,6 +14,7 @@ Environment:
 ``FUSEDOPS_CPU_ARCH``  ``native`` (default: what the build machine supports), ``avx512``, ``avx2`` or ``default``.
 ``TORCH_CUDA_ARCH_LIST``  honoured; without it and without a visible GPU, ``9.0`` is built.
 ``NVCC_FLAGS``         extra nvcc flags.  ``DEBUG=1``: ``-O0 -g``.  ``MAX_JOBS``: parallel ninja jobs.
+``FUSEDOPS_OPT``       the C++ optimisation flag instead of ``-O3`` (``make sanitize`` builds with ``-O1``).
 """
 
 import glob
@@ -113,7 +114,7 @@ def get_extensions():
     sources = sorted(path for folder in CPP_FOLDERS for path in glob.glob(os.path.join(CSRC, folder, "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
 
-    opt = ["-O0", "-g"] if DEBUG else ["-O3"]
+    opt = ["-O0", "-g"] if DEBUG else [os.environ.get("FUSEDOPS_OPT", "-O3")]
     cxx_flags = opt + ["-std=c++20", "-fopenmp", "-fvisibility=hidden", f'-DFUSEDOPS_CPU_ARCH="{cpu_arch}"']
     cxx_flags += CPU_ARCH_FLAGS[cpu_arch]
     define_macros = []

@@ -5,7 +5,8 @@ import pytest
 
 from conftest import KERNEL_DEVICE, gpu_test
 from test_reliability_special_values import (BLOCK_CASES, DEPTHWISE_CASES, DWPW_CASES, check_depthwise_specials,
-                                             check_dwpw_specials, check_fused_block_specials)
+                                             check_dwpw_backward_specials, check_dwpw_specials,
+                                             check_fused_block_specials)
 
 
 @gpu_test
@@ -18,6 +19,12 @@ def test_cuda_depthwise_specials(layout, where, value, stride, padding):
 @pytest.mark.parametrize("layout, where, value, act", DWPW_CASES)
 def test_cuda_dwpw_specials(layout, where, value, act):
     check_dwpw_specials(layout, where, value, act, KERNEL_DEVICE)
+
+
+@gpu_test
+@pytest.mark.parametrize("layout, where, value, act", DWPW_CASES)
+def test_cuda_dwpw_backward_specials(layout, where, value, act):
+    check_dwpw_backward_specials(layout, where, value, act, KERNEL_DEVICE)
 
 
 @gpu_test
