@@ -23,6 +23,7 @@ import torchvision
 from torch.nn.parallel import DistributedDataParallel
 
 import fusedops
+from conftest import TRITON_DEVICE, requires_triton
 
 WORLD_SIZE = 2
 STEPS = 3
@@ -168,3 +169,67 @@ def test_per_rank_statistics_make_a_difference(ddp_results, initial_state):
     whole_batch = _train_one_process(initial_state, "train", per_rank_statistics=False)
     name = "classifier.1.weight"
     assert not torch.allclose(ddp_results["train", 0][name], whole_batch[name], **TOLERANCE)
+
+
+_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def _stride_mismatches(model, x):
+    """The parameters whose gradient has other strides than the parameter after a backward on `x`."""
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    return {name for name, p in model.named_parameters() if p.grad.stride() != p.stride()}
+
+
+@pytest.mark.parametrize("model_format, input_format",
+                         [("contiguous", "contiguous"), ("contiguous", "channels_last"), ("channels_last", "channels_last")])
+def test_gradients_have_their_parameters_strides(model_format, input_format):
+    """Converting a model gives no gradient other strides than its parameter, the strides of size-1 dimensions
+    included (a depthwise weight's (C, 1, kH, kW) and a 1x1 weight's (O, I, 1, 1) lay out the same elements either
+    way, and PyTorch's gradient layout contract ignores those strides): DDP compares all of them with its bucket
+    views and otherwise warns "Grad strides do not match bucket view strides" and copies each gradient. (A
+    channels_last model fed contiguous images is left out: there PyTorch's convolution of a converted block's folded
+    1x1 weight gives a contiguous gradient, which the fold's product passes on to the channels_last weight.)"""
+    torch.manual_seed(0)
+    original = _mobilenet_v2().eval().to(memory_format=_FORMATS[model_format])
+    converted = fusedops.convert(copy.deepcopy(original)).eval().to(memory_format=_FORMATS[model_format])
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=_FORMATS[input_format])
+    assert _stride_mismatches(converted, x) <= _stride_mismatches(original, x)
+
+
+def _check_op_gradient_strides(weight_format, input_format, device):
+    torch.manual_seed(0)
+    fmt = _FORMATS[weight_format]
+
+    def leaf(*shape, memory_format=fmt):
+        return torch.randn(*shape).contiguous(memory_format=memory_format).to(device).requires_grad_()
+
+    x = leaf(2, 8, 10, 10, memory_format=_FORMATS[input_format])
+    dw, pw, expand, project = leaf(8, 1, 3, 3), leaf(16, 8, 1, 1), leaf(8, 8, 1, 1), leaf(8, 8, 1, 1)
+    calls = {
+        "depthwise_conv2d": (lambda: fusedops.depthwise_conv2d(x, dw, padding=1), [dw]),
+        "dwpw_conv2d": (lambda: fusedops.dwpw_conv2d(x, dw, None, pw, None, padding=1), [dw, pw]),
+        "inverted_residual": (lambda: fusedops.inverted_residual(x, expand, None, dw, None, project),
+                              [expand, dw, project]),
+        "ghost_module": (lambda: fusedops.ghost_module(x, expand, None, dw, None, 16), [expand, dw]),
+    }
+    for name, (call, weights) in calls.items():
+        grads = torch.autograd.grad(call().sum(), weights)
+        for weight, grad in zip(weights, grads):
+            assert grad.stride() == weight.stride(), (name, tuple(weight.shape))
+
+
+@pytest.mark.parametrize("weight_format", list(_FORMATS))
+@pytest.mark.parametrize("input_format", list(_FORMATS))
+def test_fused_ops_gradients_have_their_weights_strides(weight_format, input_format):
+    """The same for each op on its own."""
+    _check_op_gradient_strides(weight_format, input_format, "cpu")
+
+
+@pytest.mark.triton
+@requires_triton
+@pytest.mark.parametrize("weight_format", list(_FORMATS))
+@pytest.mark.parametrize("input_format", list(_FORMATS))
+def test_triton_fused_ops_gradients_have_their_weights_strides(weight_format, input_format):
+    with fusedops.use_backend("triton"):
+        _check_op_gradient_strides(weight_format, input_format, TRITON_DEVICE)

@@ -71,8 +71,26 @@ def folded_conv_activation(block, conv, input, activation):
     convolution's weight and bias with the batch norm folded in): one convolution, the activation in place on its
     output (one pass over the output instead of three, no batch-norm output allocated)."""
     weight, bias = block._folded_weights()
+    if weight.requires_grad and torch.is_grad_enabled():
+        weight = _GradientWithStrides.apply(weight, conv.weight.stride())
     out = F.conv2d(input, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return _IN_PLACE_ACTIVATIONS[activation](out)
+
+
+class _GradientWithStrides(torch.autograd.Function):
+    """The identity, whose backward gives the gradient `strides` where they lay out the same elements: PyTorch's
+    convolution of a folded 1x1 weight can return its gradient with other strides in size-1 dimensions (a
+    channels_last input and a contiguous weight), which the fold's product would pass on to the weight's own
+    gradient, and DistributedDataParallel warns about and copies (_library.with_strides)."""
+
+    @staticmethod
+    def forward(ctx, tensor, strides):
+        ctx.strides = strides
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _library.with_strides(grad, ctx.strides), None
 
 
 def _runs_unfused(conv, batch_norms) -> bool:

@@ -146,7 +146,28 @@ def register_triton_autograd(name: str, make_backward, setup_context) -> None:
     the same formula without the Python cost of a training step)."""
     if TRITON_NAMESPACE in namespaces():
         backward = make_backward(getattr(torch.ops, TRITON_NAMESPACE))
-        torch.library.register_autograd(f"{TRITON_NAMESPACE}::{name}", backward, setup_context=setup_context)
+
+        def setup_context_and_strides(ctx, inputs, output):
+            setup_context(ctx, inputs, output)
+            ctx.gradient_strides = [t.stride() if isinstance(t, torch.Tensor) and t.requires_grad else None
+                                    for t in inputs]
+
+        def backward_with_strides(ctx, *grads):
+            return tuple(with_strides(g, strides) for g, strides in zip(backward(ctx, *grads), ctx.gradient_strides))
+
+        torch.library.register_autograd(f"{TRITON_NAMESPACE}::{name}", backward_with_strides,
+                                        setup_context=setup_context_and_strides)
+
+
+def with_strides(grad, strides):
+    """`grad` with exactly its argument's `strides` where the two lay out the same elements (they differ only in the
+    strides of size-1 dimensions): a view. As the native ops' autograd does (``with_strides`` in
+    ``csrc/include/fusedops/autograd.h``): DistributedDataParallel compares every stride with its bucket views."""
+    if grad is None or strides is None or grad.stride() == strides or grad.dim() != len(strides):
+        return grad
+    if any(size != 1 and stride != wanted for size, stride, wanted in zip(grad.shape, grad.stride(), strides)):
+        return grad
+    return grad.as_strided(grad.shape, strides, grad.storage_offset())
 
 
 def register_no_double_backward(name: str, forward_name: str) -> None:

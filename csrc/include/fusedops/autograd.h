@@ -24,6 +24,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace fusedops::autograd {
 
@@ -140,6 +141,45 @@ Result from_node_output(variable_list&& outputs) {
 template <typename Formula, typename... Args>
 concept HasComposite = requires(Args... args) { Formula::composite(args...); };
 
+// The strides of a forward argument that requires grad, which its gradient is given (with_strides); None for the
+// other arguments.
+inline at::IValue gradient_strides(const at::Tensor& t) {
+  return requires_grad(t) ? at::IValue(t.strides().vec()) : at::IValue();
+}
+inline at::IValue gradient_strides(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? gradient_strides(*t) : at::IValue();
+}
+template <typename T>
+  requires(!std::is_convertible_v<const T&, const at::Tensor&> &&
+           !std::is_convertible_v<const T&, const std::optional<at::Tensor>&>)
+at::IValue gradient_strides(const T&) {
+  return at::IValue();
+}
+
+// `grad` with exactly its argument's `strides` (gradient_strides) where the two lay out the same elements, that is
+// where they differ only in the strides of size-1 dimensions (a channels_last (C, 1, kH, kW) depthwise weight, an
+// (O, I, 1, 1) pointwise one): a view, no copy. PyTorch's gradient layout contract ignores those strides, but
+// DistributedDataParallel compares every stride of a gradient with its bucket's view of the parameter and warns
+// ("Grad strides do not match bucket view strides") and copies otherwise.
+inline at::Tensor with_strides(at::Tensor grad, const at::IValue& strides) {
+  if (!grad.defined() || strides.isNone()) return grad;
+  const std::vector<int64_t> wanted = strides.toIntVector();
+  if (grad.dim() != static_cast<int64_t>(wanted.size()) || grad.strides().vec() == wanted) return grad;
+  for (int64_t d = 0; d < grad.dim(); ++d) {
+    if (grad.size(d) != 1 && grad.stride(d) != wanted[d]) return grad;
+  }
+  return grad.as_strided(grad.sizes(), wanted, grad.storage_offset());
+}
+
+// gradient_strides of every forward argument, kept in the Function's saved_data under kGradientStrides.
+inline constexpr const char* kGradientStrides = "fusedops_gradient_strides";
+template <typename... Args>
+at::IValue gradient_strides_of(const Args&... args) {
+  c10::impl::GenericList strides(c10::AnyType::get());
+  (strides.push_back(gradient_strides(args)), ...);
+  return strides;
+}
+
 }  // namespace detail
 
 // The Autograd kernel of op Formula::Op, from its formula:
@@ -169,6 +209,7 @@ struct Kernel<Formula, Result(Args...)> {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       Result result = ops::call<Op>(args...);
       Formula::save(ctx, result, args...);
+      ctx->saved_data[detail::kGradientStrides] = detail::gradient_strides_of(args...);
       return detail::to_node_output(std::move(result));
     }
 
@@ -177,7 +218,8 @@ struct Kernel<Formula, Result(Args...)> {
       static_assert(std::tuple_size_v<decltype(grads)> <= sizeof...(Args));
       // One entry per forward argument; those of the arguments without a gradient stay undefined.
       variable_list result(sizeof...(Args));
-      std::move(grads.begin(), grads.end(), result.begin());
+      const auto strides = ctx->saved_data[detail::kGradientStrides].toListRef();
+      for (size_t i = 0; i < grads.size(); ++i) result[i] = detail::with_strides(std::move(grads[i]), strides[i]);
       return result;
     }
   };
