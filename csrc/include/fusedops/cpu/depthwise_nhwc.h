@@ -37,6 +37,13 @@ namespace cpu {
 template <typename acc_type>
 constexpr int kDwBlock = at::vec::Vectorized<acc_type>::size() >= 16 ? 8 : 4;
 
+// Vector registers of the instruction set the kernels are compiled for.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kVectorRegisters = 32;
+#else
+constexpr int kVectorRegisters = 16;
+#endif
+
 struct IdentityEpilogue {
   template <typename V>
   V operator()(const V& v) const {
@@ -194,6 +201,19 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
   const Vec bias = t.bias ? load_buf<kPartial>(t.bias + c, count) : Vec(acc(0));
 #pragma GCC unroll 8
   for (int b = 0; b < kB; ++b) sum[0][b] = sum[1][b] = bias;
+  // The kernel's taps: all nine in registers for the whole block where they fit beside the accumulators (AVX-512's
+  // 32 registers), else each input row's kernel rows loaded as the row comes. Measured on the row kernel alone
+  // (Intel Xeon, 2 threads, N=8 stride 1): C=32 112x112 403-405 us against 416-435 with per-row loads, C=144 56x56
+  // 444-474 against 435-473.
+  constexpr bool kAllTaps = 2 * kB + KH * KW + 2 <= kVectorRegisters;
+  Vec w[KH][KW];
+  if constexpr (kAllTaps) {
+#pragma GCC unroll 3
+    for (int kh = 0; kh < KH; ++kh)
+#pragma GCC unroll 3
+      for (int kw = 0; kw < KW; ++kw)
+        w[kh][kw] = load_buf<kPartial>(t.weight + (kh * KW + kw) * t.weight_ld + c, count);
+  }
   const int64_t iw0 = ow * S - g.pad_w;
   const in_t* first_row = t.image + (t.oh * S - g.pad_h) * t.in_row_stride + iw0 * t.in_pix_stride + c;
 #pragma GCC unroll 5
@@ -206,13 +226,15 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
       for (int col = 0; col < kB * S; ++col) __builtin_prefetch(ahead + col * t.in_pix_stride, 0, 2);
     }
     // Output row r reads this input row through kernel row d - r * S.
-    Vec w[2][KW];
+    if constexpr (!kAllTaps) {
 #pragma GCC unroll 2
-    for (int r = 0; r < 2; ++r) {
-      const int kh = d - r * S;
-      if (kh < 0 || kh >= KH) continue;
+      for (int r = 0; r < 2; ++r) {
+        const int kh = d - r * S;
+        if (kh < 0 || kh >= KH) continue;
 #pragma GCC unroll 3
-      for (int kw = 0; kw < KW; ++kw) w[r][kw] = load_buf<kPartial>(t.weight + (kh * KW + kw) * t.weight_ld + c, count);
+        for (int kw = 0; kw < KW; ++kw)
+          w[kh][kw] = load_buf<kPartial>(t.weight + (kh * KW + kw) * t.weight_ld + c, count);
+      }
     }
 #pragma GCC unroll 16
     for (int col = 0; col < kCols; ++col, colp += t.in_pix_stride) {
@@ -224,7 +246,7 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
 #pragma GCC unroll 3
         for (int kw = 0; kw < KW; ++kw) {
           const int e = col - kw;
-          if (e >= 0 && e % S == 0 && e / S < kB) sum[r][e / S] = at::vec::fmadd(v, w[r][kw], sum[r][e / S]);
+          if (e >= 0 && e % S == 0 && e / S < kB) sum[r][e / S] = at::vec::fmadd(v, w[kh][kw], sum[r][e / S]);
         }
       }
     }
