@@ -39,8 +39,8 @@ class Run:
 
 # What benchmarks/RESULTS.md shows. A new run replaces its entry here, then `--results-md` rewrites the file.
 PUBLISHED_RUNS = [
-    Run("depthwise_conv2d", "depthwise_conv2d", "3b2beb5",
-        "python -m benchmarks.bench_depthwise_conv2d --modes forward full --rounds 21",
+    Run("depthwise_conv2d", "depthwise_conv2d", "e6cd2af",
+        "python -m benchmarks.bench_depthwise_conv2d --modes forward full --rounds 21", until="2026-12-06T02:50:00",
         note="Measured on a 2-vCPU Intel Xeon (48 KiB L1d, 2 MiB L2 per core); the cache-dependent choices follow "
              "the L2 (cpu/streaming.h: the forward streams past the caches above 12x the L2, here 24 MB, the "
              "backward above 8x, 16 MB). Mode `forward` is inference; `full` is forward + backward (grad input + "
@@ -51,12 +51,12 @@ PUBLISHED_RUNS = [
              "N=8 maps of 12-48 MB stream from beyond the L2, where copy and both convolutions are bound by the "
              "~55-60 GB/s the two cores draw."),
     Run("depthwise_conv2d with another machine's cache sizes (FUSEDOPS_CPU_CACHES=l1d=32K,l2=1M,l3=32M)",
-        "depthwise_conv2d", "62ac693",
+        "depthwise_conv2d", "e6cd2af",
         "FUSEDOPS_CPU_CACHES=l1d=32K,l2=1M,l3=32M python -m benchmarks.bench_depthwise_conv2d --modes forward full "
-        "--rounds 21 --no-compile",
+        "--rounds 21 --no-compile", since="2026-12-06T02:53:00",
         note="The same Intel Xeon running the choices the AMD EPYC host (Zen 4: 32 KiB L1d, 1 MiB L2 per core) "
-             "derives from its caches: streaming above 12 MB (forward) and 8 MB (backward), dwpw tiles of 256 KiB. "
-             "The kernels are those of the run above (the commits between them change no C++)."),
+             "derives from its caches: streaming above 12 MB (forward) and 8 MB (backward), dwpw tiles of 256 KiB, "
+             "the same kernels as the run above."),
     Run("dwpw_conv2d inference (depthwise 3x3 -> BN -> ReLU6 -> 1x1 -> BN -> ReLU6, BN folded)", "dwpw_conv2d",
         "50039c7", "python -m benchmarks.bench_dwpw_conv2d", modes=("forward",),
         note="This run caught the host in a slow phase (30-77 GMAC/s; quieter runs reach 130-200 GMAC/s on the "
