@@ -181,8 +181,8 @@ def _stride_mismatches(model, x):
     return {name for name, p in model.named_parameters() if p.grad.stride() != p.stride()}
 
 
-@pytest.mark.parametrize("model_format, input_format",
-                         [("contiguous", "contiguous"), ("contiguous", "channels_last"), ("channels_last", "channels_last")])
+@pytest.mark.parametrize("model_format, input_format", [("contiguous", "contiguous"), ("contiguous", "channels_last"),
+                                                        ("channels_last", "channels_last")])
 def test_gradients_have_their_parameters_strides(model_format, input_format):
     """Converting a model gives no gradient other strides than its parameter, the strides of size-1 dimensions
     included (a depthwise weight's (C, 1, kH, kW) and a 1x1 weight's (O, I, 1, 1) lay out the same elements either
