@@ -433,10 +433,10 @@ FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row_pair(const DwNhwcRow<in_t, out_t>
                                                     const Epilogue& epilogue = Epilogue()) {
   if (g.stride_w == 2) {
     detail::row_pair_register_blocks<in_t, out_t, 2, kRowPairBlock<2>>(t, g, 0, g.interior_ow_begin(),
-                                                                        g.interior_ow_end(), epilogue);
+                                                                       g.interior_ow_end(), epilogue);
   } else {
     detail::row_pair_register_blocks<in_t, out_t, 1, kRowPairBlock<1>>(t, g, 0, g.interior_ow_begin(),
-                                                                        g.interior_ow_end(), epilogue);
+                                                                       g.interior_ow_end(), epilogue);
   }
 }
 
