@@ -1,6 +1,7 @@
 """64-bit indexing: each op family on tensors whose byte offsets exceed 2^31 (and, with FUSEDOPS_HUGE=1, whose
 element counts exceed 2^31), checked against PyTorch on the far end of the tensors, where 32-bit offsets would
-have wrapped. Slow and memory-hungry (about 9 GiB; 17 GiB with FUSEDOPS_HUGE=1): run with FUSEDOPS_SLOW=1."""
+have wrapped. Slow and memory-hungry (about 9 GiB; with FUSEDOPS_HUGE=1 more than 24 GiB: the first case was stopped
+by the out-of-memory killer at 24 GB resident on a 24 GiB machine): run with FUSEDOPS_SLOW=1."""
 
 import os
 
