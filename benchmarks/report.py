@@ -138,7 +138,13 @@ def tables(rows):
         for r in group:
             if r["case"] not in by_case:
                 cases.append(r["case"])
-            by_case.setdefault(r["case"], {})[r["provider"]] = r
+            cells = by_case.setdefault(r["case"], {})
+            if r["provider"] in cells:
+                # Two runs of one commit in the selection: one would silently replace the other's figures.
+                raise SystemExit(f"{r['case']} ({r['mode']}, {r['provider']}) measured twice in one run's rows "
+                                 f"(at {cells[r['provider']]['timestamp']} and {r['timestamp']}): narrow the run "
+                                 "with since/until")
+            cells[r["provider"]] = r
             if r["provider"] not in providers:
                 providers.append(r["provider"])
             if r["speedup"] and r["provider"] not in baselines:

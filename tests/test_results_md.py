@@ -34,3 +34,15 @@ def test_every_published_run_has_rows_and_a_geomean():
 def test_readme_links_the_results():
     with open(os.path.join(ROOT, "README.md")) as f:
         assert "benchmarks/RESULTS.md" in f.read()
+
+
+def test_two_runs_in_one_selection_are_refused():
+    """A commit measured twice (here: with two cache settings) must be told apart by since/until: tables() refuses
+    rows that measure the same case twice rather than showing one run's figures under the other's provenance."""
+    rows = report.select(_rows(), "depthwise_conv2d", "e6cd2af")[1]
+    try:
+        report.tables(rows)
+    except SystemExit as error:
+        assert "measured twice" in str(error)
+    else:
+        raise AssertionError("two runs' rows made one table")
