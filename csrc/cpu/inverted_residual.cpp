@@ -34,6 +34,7 @@
 #include "fusedops/cpu/depthwise_nhwc.h"
 #include "fusedops/cpu/expanded_bands.h"
 #include "fusedops/cpu/fused_weights.h"
+#include "fusedops/cpu/inverted_residual_block.h"
 #include "fusedops/cpu/pointwise_gemm.h"
 #include "fusedops/cpu/scratch.h"
 #include "fusedops/cpu/vec_io.h"
@@ -262,13 +263,39 @@ void scale_channels(const acc* src, acc* dst, int64_t pixels, int64_t channels, 
   }
 }
 
+// dst[2c] = even[c], dst[2c + 1] = odd[c] for c < n.
+template <typename scalar_t, typename acc>
+void interleave_channels(const scalar_t* even, const acc* odd, scalar_t* dst, int64_t n) {
+  int64_t c = 0;
+  if constexpr (kSameAsAcc<scalar_t>) {
+    using Vec = at::vec::Vectorized<acc>;
+    constexpr int64_t V = Vec::size();
+    for (; c + V <= n; c += V) {
+      const auto [lo, hi] = at::vec::interleave2(Vec::loadu(even + c), Vec::loadu(odd + c));
+      lo.store(dst + 2 * c);
+      hi.store(dst + 2 * c + V);
+    }
+    if (c < n) {
+      const int64_t m = n - c;
+      const auto [lo, hi] = at::vec::interleave2(Vec::loadu(even + c, m), Vec::loadu(odd + c, m));
+      lo.store(dst + 2 * c, std::min(2 * m, V));
+      if (2 * m > V) hi.store(dst + 2 * c + V, 2 * m - V);
+    }
+    return;
+  }
+  for (; c < n; ++c) {
+    dst[2 * c] = even[c];
+    dst[2 * c + 1] = static_cast<scalar_t>(odd[c]);
+  }
+}
+
 template <typename scalar_t>
 void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tensor>& expand_weight,
                  const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
                  const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
                  const c10::optional<Tensor>& project_bias, const SqueezeExcitationArgs& se,
                  const c10::optional<Tensor>& packed_weights, Tensor& out, const InvertedResidualGeometry& geo,
-                 bool out_channels_last) {
+                 bool out_channels_last, const BlockActivations& acts, const BlockIo& io) {
   using acc = acc_t<scalar_t>;
   constexpr int64_t V = at::vec::Vectorized<acc>::size();
   const ConvGeometry& g = geo.dw;
@@ -292,24 +319,29 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
   const BandPlan plan = band_plan(geo, sizeof(acc), threads);
   const int64_t out_pixels = g.out_h * g.out_w;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const int64_t in_stride = io.input_pixel_stride;  // C for a whole input, more for a channel slice
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  const Activation act = geo.activation;
-  const ActivationEpilogue epilogue{act};
+  const scalar_t* partner = static_cast<const scalar_t*>(io.partner);
+  const int64_t out_channels = partner != nullptr ? 2 * OC : OC;  // the output tensor's
+  const ActivationEpilogue epilogue{acts.depthwise};
 
   // Expanded pixels [first, first + count) of `image`, the channels of expand panels [p0, p1), into `dst` (pixels
   // of `ld` channels, the first channel of panel p0 first), activation applied.
   auto expand_pixels = [&](const scalar_t* image, int64_t first, int64_t count, int64_t p0, int64_t p1, acc* dst,
                            int64_t ld) {
-    const scalar_t* src = image + first * C;
+    const scalar_t* src = image + first * in_stride;
     const acc* a = nullptr;
+    int64_t lda = in_stride;
     if constexpr (kSameAsAcc<scalar_t>) {
       a = src;
     } else {
       acc* converted = thread_scratch<acc>(count * C, ScratchSlot::kTilePacked);
-      for (int64_t e = 0; e < count * C; ++e) converted[e] = static_cast<acc>(src[e]);
+      for (int64_t q = 0; q < count; ++q)
+        for (int64_t e = 0; e < C; ++e) converted[q * C + e] = static_cast<acc>(src[q * in_stride + e]);
       a = converted;
+      lda = C;
     }
-    pointwise_gemm<acc, acc>(expand, p0, p1, a, C, count, dst - p0 * PackedPointwise<acc>::kNr, ld, act);
+    pointwise_gemm<acc, acc>(expand, p0, p1, a, lda, count, dst - p0 * PackedPointwise<acc>::kNr, ld, acts.expand);
   };
   // Depthwise output rows [r0, r1), channels [c0, c1), of `image` (channel c of pixel q at image + q * pixel_stride
   // + c, geometry `geom`) into `dst` (output row r0 first; pixels of H channels), activation applied.
@@ -333,22 +365,45 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
   };
   // Output pixels [first, first + count) of image n, the channels of project panels [p0, p1), from `mid` (those
   // pixels' depthwise outputs), then the residual: the output's pixels are the input's (stride 1, same size).
+  // With a partner, its channels and the block's are interleaved on the way out, from a staging tile.
   auto project_pixels = [&](int64_t n, int64_t first, int64_t count, int64_t p0, int64_t p1, const acc* mid) {
-    const scalar_t* residual = geo.residual ? in + (n * out_pixels + first) * C : nullptr;
+    const scalar_t* residual = geo.residual ? in + (n * out_pixels + first) * in_stride : nullptr;
     const int64_t c0 = p0 * PackedPointwise<acc>::kNr, c1 = std::min(OC, p1 * PackedPointwise<acc>::kNr);
+    if (partner != nullptr) {
+      const int64_t width = c1 - c0, ldc = width + V;
+      acc* staged = thread_scratch<acc>(count * ldc + V, ScratchSlot::kTileOut);
+      pointwise_gemm<acc, acc>(project, p0, p1, mid, H, count, staged - c0, ldc, acts.project);
+      const scalar_t* pair = partner + (n * out_pixels + first) * io.partner_pixel_stride + c0;
+      if (out_channels_last) {
+        scalar_t* dst = o + (n * out_pixels + first) * out_channels + 2 * c0;
+        for (int64_t q = 0; q < count; ++q)
+          interleave_channels(pair + q * io.partner_pixel_stride, staged + q * ldc, dst + q * out_channels, width);
+        return;
+      }
+      scalar_t* plane = o + n * out_channels * out_pixels + first;
+      for (int64_t c = c0; c < c1; ++c) {
+        scalar_t* even = plane + 2 * c * out_pixels;
+        scalar_t* odd = even + out_pixels;
+        for (int64_t q = 0; q < count; ++q) {
+          even[q] = pair[q * io.partner_pixel_stride + (c - c0)];
+          odd[q] = static_cast<scalar_t>(staged[q * ldc + (c - c0)]);
+        }
+      }
+      return;
+    }
     if (out_channels_last) {
       scalar_t* dst = o + (n * out_pixels + first) * OC;
-      pointwise_gemm<acc, scalar_t>(project, p0, p1, mid, H, count, dst, OC, Activation::kNone);
+      pointwise_gemm<acc, scalar_t>(project, p0, p1, mid, H, count, dst, OC, acts.project);
       if (residual != nullptr && c1 - c0 == OC) {
         add_residual(dst, residual, count * OC);
       } else if (residual != nullptr) {
-        for (int64_t q = 0; q < count; ++q) add_residual(dst + q * OC + c0, residual + q * C + c0, c1 - c0);
+        for (int64_t q = 0; q < count; ++q) add_residual(dst + q * OC + c0, residual + q * in_stride + c0, c1 - c0);
       }
       return;
     }
     const int64_t ldc = c1 - c0 + V;
     acc* staged = thread_scratch<acc>(count * ldc + V, ScratchSlot::kTileOut);
-    pointwise_gemm<acc, acc>(project, p0, p1, mid, H, count, staged - c0, ldc, Activation::kNone);
+    pointwise_gemm<acc, acc>(project, p0, p1, mid, H, count, staged - c0, ldc, acts.project);
     scalar_t* plane = o + n * OC * out_pixels + first;
     for (int64_t c = c0; c < c1; ++c) {
       scalar_t* dst = plane + c * out_pixels;
@@ -356,7 +411,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
       if (residual != nullptr) {
         for (int64_t q = 0; q < count; ++q)
           dst[q] = static_cast<scalar_t>(static_cast<acc>(static_cast<scalar_t>(src[q * ldc])) +
-                                         static_cast<acc>(residual[q * C + c]));
+                                         static_cast<acc>(residual[q * in_stride + c]));
       } else {
         for (int64_t q = 0; q < count; ++q) dst[q] = static_cast<scalar_t>(src[q * ldc]);
       }
@@ -371,7 +426,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     acc* hidden =
         geo.expand ? thread_scratch<acc>(plan.max_hidden_rows * row_elems + V, ScratchSlot::kTileHidden) : nullptr;
     const int64_t strip_begin = strip * plan.strip_rows, strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
-    const scalar_t* image = in + n * g.in_h * g.in_w * C;
+    const scalar_t* image = in + n * g.in_h * g.in_w * in_stride;
     auto tile_of = [&](int64_t r0) { return image_tile != nullptr ? image_tile + r0 * g.out_w * H : band_tile; };
     auto project_band = [&](acc* dst, int64_t r0, int64_t r1) {
       if (image_tile == nullptr) project_pixels(n, r0 * g.out_w, (r1 - r0) * g.out_w, 0, project.num_panels(), dst);
@@ -379,7 +434,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     if (!geo.expand) {
       for (int64_t r0 = strip_begin; r0 < strip_end; r0 += plan.rows) {
         const int64_t r1 = std::min(strip_end, r0 + plan.rows);
-        depthwise_rows(image, C, g, r0, r1, 0, H, tile_of(r0));
+        depthwise_rows(image, in_stride, g, r0, r1, 0, H, tile_of(r0));
         project_band(tile_of(r0), r0, r1);
       }
       return;
@@ -439,7 +494,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     // Step (1) for image n, hidden panels [p0, p1), into `mid`, and with a squeeze-excitation the sums of those
     // channels over the pixels into image_sums.
     auto depthwise_image = [&](int64_t n, int64_t p0, int64_t p1, acc* mid, acc* image_sums) {
-      const scalar_t* image = in + n * in_pixels * C;
+      const scalar_t* image = in + n * in_pixels * in_stride;
       for (int64_t q0 = p0; q0 < p1; q0 += group_panels) {
         const int64_t q1 = std::min(p1, q0 + group_panels);
         const int64_t h0 = q0 * kNr, h1 = std::min(H, q1 * kNr), width = h1 - h0;
@@ -448,7 +503,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
           expand_pixels(image, 0, in_pixels, q0, q1, hidden, width);
           depthwise_rows(hidden - h0, width, g, 0, g.out_h, h0, h1, mid);
         } else {
-          depthwise_rows(image, C, g, 0, g.out_h, h0, h1, mid);
+          depthwise_rows(image, in_stride, g, 0, g.out_h, h0, h1, mid);
         }
         if (se) channel_sums(mid, 0, out_pixels, h0, h1, image_sums);
       }
@@ -549,6 +604,39 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
   });
 }
 
+}  // namespace
+
+void inverted_residual_block_cpu(const Tensor& input, const c10::optional<Tensor>& expand_weight,
+                                 const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
+                                 const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
+                                 const c10::optional<Tensor>& project_bias, const SqueezeExcitationArgs& se,
+                                 const c10::optional<Tensor>& packed_weights, const InvertedResidualGeometry& geo,
+                                 const BlockActivations& acts, const BlockIo& io, bool out_channels_last, Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "inverted_residual_cpu", [&] {
+    forward_cpu<scalar_t>(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se,
+                          packed_weights, out, geo, out_channels_last, acts, io);
+  });
+}
+
+Tensor pack_inverted_residual_block_cpu(const Tensor& input, const c10::optional<Tensor>& expand_weight,
+                                        const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
+                                        const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
+                                        const c10::optional<Tensor>& project_bias, const SqueezeExcitationArgs& se,
+                                        const InvertedResidualGeometry& geo) {
+  Tensor packed;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "inverted_residual_pack", [&] {
+    using acc = acc_t<scalar_t>;
+    packed = at::empty(
+        {block_weight_elements<acc>(geo)},
+        input.options().dtype(c10::CppTypeToScalarType<acc>::value).memory_format(at::MemoryFormat::Contiguous));
+    pack_block_weights<scalar_t>(geo, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se,
+                                 packed.mutable_data_ptr<acc>());
+  });
+  return packed;
+}
+
+namespace {
+
 Tensor inverted_residual_cpu(const Tensor& input_, const c10::optional<Tensor>& expand_weight,
                              const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
                              const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
@@ -575,10 +663,9 @@ Tensor inverted_residual_cpu(const Tensor& input_, const c10::optional<Tensor>& 
   const Tensor input = input_.contiguous(at::MemoryFormat::ChannelsLast);
   Tensor out = at::empty({g.batch, geo.out_channels, g.out_h, g.out_w}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "inverted_residual_cpu", [&] {
-    forward_cpu<scalar_t>(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se,
-                          packed_weights, out, geo, fmt == at::MemoryFormat::ChannelsLast);
-  });
+  inverted_residual_block_cpu(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se,
+                              packed_weights, geo, inverted_residual_activations(geo), BlockIo{geo.in_channels},
+                              fmt == at::MemoryFormat::ChannelsLast, out);
   return out;
 }
 
@@ -595,16 +682,8 @@ Tensor inverted_residual_pack_weights_cpu(
   const InvertedResidualGeometry geo = inverted_residual_geometry(
       input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se, stride, padding,
       dilation, std::string_view(activation.data(), activation.size()), residual);
-  Tensor packed;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "inverted_residual_pack", [&] {
-    using acc = acc_t<scalar_t>;
-    packed = at::empty(
-        {block_weight_elements<acc>(geo)},
-        input.options().dtype(c10::CppTypeToScalarType<acc>::value).memory_format(at::MemoryFormat::Contiguous));
-    pack_block_weights<scalar_t>(geo, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se,
-                                 packed.mutable_data_ptr<acc>());
-  });
-  return packed;
+  return pack_inverted_residual_block_cpu(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                          project_bias, se, geo);
 }
 
 InvertedResidualGrads inverted_residual_backward_cpu(

@@ -19,6 +19,12 @@ Gate parse_gate(std::string_view name, const char* argument) {
   return Gate::kSigmoid;
 }
 
+const SqueezeExcitationArgs& no_squeeze_excitation() {
+  static const c10::optional<Tensor> none;
+  static const SqueezeExcitationArgs se{none, none, none, none, "relu", "hardsigmoid"};
+  return se;
+}
+
 InvertedResidualGeometry inverted_residual_geometry(const Tensor& input, const c10::optional<Tensor>& expand_weight,
                                                     const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
                                                     const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
@@ -112,21 +118,31 @@ Tensor inverted_residual_composed(const Tensor& input, const c10::optional<Tenso
   const InvertedResidualGeometry geo =
       inverted_residual_geometry(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
                                  se, stride, padding, dilation, activation, residual);
-  const Tensor hidden =
-      geo.expand ? inverted_residual_expand(input, *expand_weight, expand_bias, geo.activation) : input;
-  const std::string_view act = activation_name(geo.activation);
-  Tensor out;
-  if (geo.se_channels > 0) {
-    Tensor mid = ops::call<ops::depthwise_conv2d>(hidden, dw_weight, dw_bias, stride, padding, dilation);
-    activation_forward_(mid, geo.activation);
-    mid.mul_(squeeze_excitation_gate(mid, se, geo).unsqueeze(-1).unsqueeze(-1));
-    out = at::conv2d(mid, project_weight, project_bias).contiguous(output_memory_format(input));
-  } else {
-    out = ops::call<ops::dwpw_conv2d>(hidden, dw_weight, dw_bias, project_weight, project_bias, stride, padding,
-                                      dilation, c10::string_view(act.data(), act.size()), "none", c10::nullopt);
-  }
+  Tensor out = block_composed(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se,
+                              stride, padding, dilation, geo, inverted_residual_activations(geo));
   if (geo.residual) out.add_(input);
   return out;
+}
+
+Tensor block_composed(const Tensor& input, const c10::optional<Tensor>& expand_weight,
+                      const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
+                      const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
+                      const c10::optional<Tensor>& project_bias, const SqueezeExcitationArgs& se,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                      const InvertedResidualGeometry& geo, const BlockActivations& acts) {
+  const Tensor hidden = geo.expand ? inverted_residual_expand(input, *expand_weight, expand_bias, acts.expand) : input;
+  if (geo.se_channels > 0) {
+    Tensor mid = ops::call<ops::depthwise_conv2d>(hidden, dw_weight, dw_bias, stride, padding, dilation);
+    activation_forward_(mid, acts.depthwise);
+    mid.mul_(squeeze_excitation_gate(mid, se, geo).unsqueeze(-1).unsqueeze(-1));
+    Tensor out = at::conv2d(mid, project_weight, project_bias).contiguous(output_memory_format(input));
+    activation_forward_(out, acts.project);
+    return out;
+  }
+  const std::string_view dw_act = activation_name(acts.depthwise), project_act = activation_name(acts.project);
+  return ops::call<ops::dwpw_conv2d>(hidden, dw_weight, dw_bias, project_weight, project_bias, stride, padding,
+                                     dilation, c10::string_view(dw_act.data(), dw_act.size()),
+                                     c10::string_view(project_act.data(), project_act.size()), c10::nullopt);
 }
 
 namespace {
@@ -139,14 +155,14 @@ namespace {
 std::array<Tensor, 9> squeeze_excited_stages_backward(const Tensor& grad_output, const Tensor& hidden,
                                                       const Tensor& dw_weight, const c10::optional<Tensor>& dw_bias,
                                                       const Tensor& project_weight, const SqueezeExcitationArgs& se,
-                                                      const InvertedResidualGeometry& geo, at::IntArrayRef stride,
-                                                      at::IntArrayRef padding, at::IntArrayRef dilation,
-                                                      std::array<bool, 9> wanted) {
+                                                      const InvertedResidualGeometry& geo, Activation dw_activation,
+                                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                                      at::IntArrayRef dilation, std::array<bool, 9> wanted) {
   const ConvGeometry& g = geo.dw;
   std::array<Tensor, 9> grads;
   Tensor z = ops::call<ops::depthwise_conv2d>(hidden, dw_weight, dw_bias, stride, padding, dilation);
-  const bool grad_reads_mid = activation_grad_reads_output(geo.activation);
-  Tensor mid = grad_reads_mid ? activation_forward_(z, geo.activation) : activation_forward(z, geo.activation);
+  const bool grad_reads_mid = activation_grad_reads_output(dw_activation);
+  Tensor mid = grad_reads_mid ? activation_forward_(z, dw_activation) : activation_forward(z, dw_activation);
   const Tensor pooled = mid.mean({2, 3});
   const Tensor reduce_w = se.reduce_weight->flatten(1), expand_w = se.expand_weight->flatten(1);
   const Tensor squeezed_z = at::linear(pooled, reduce_w, se.reduce_bias);
@@ -175,7 +191,7 @@ std::array<Tensor, 9> squeeze_excited_stages_backward(const Tensor& grad_output,
   if (!(wanted[0] || wanted[1] || wanted[2])) return grads;
   // The mean's gradient reaches every pixel of its channel.
   grad_mid.add_(grad_squeezed_z.mm(reduce_w).div_(static_cast<double>(g.out_h * g.out_w)).view_as(gate_map));
-  activation_backward_into(grad_mid, grad_mid, grad_reads_mid ? mid : z, geo.activation);
+  activation_backward_into(grad_mid, grad_mid, grad_reads_mid ? mid : z, dw_activation);
   z.reset();
   mid.reset();
   auto [grad_hidden, grad_dw, grad_db] = ops::call<ops::depthwise_conv2d_backward>(
@@ -197,6 +213,19 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
   const InvertedResidualGeometry geo =
       inverted_residual_geometry(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
                                  se, stride, padding, dilation, activation, residual);
+  return block_backward_recomputed(grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
+                                   project_bias, se, stride, padding, dilation, geo, inverted_residual_activations(geo),
+                                   output_mask, band_elements);
+}
+
+InvertedResidualGrads block_backward_recomputed(
+    const Tensor& grad_output, const Tensor& input, const c10::optional<Tensor>& expand_weight,
+    const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight, const c10::optional<Tensor>& dw_bias,
+    const Tensor& project_weight, const c10::optional<Tensor>& project_bias, const SqueezeExcitationArgs& se,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, const InvertedResidualGeometry& geo,
+    const BlockActivations& acts, std::array<bool, kInvertedResidualGradients> output_mask, int64_t band_elements) {
+  TORCH_CHECK(geo.se_channels == 0 || acts.project == Activation::kNone,
+              "fusedops: internal: a block with a squeeze-excitation has no activation after its project stage");
   const ConvGeometry& g = geo.dw;
   check_same_device(grad_output, input, "grad_output", "input");
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "fusedops: grad_output dtype ",
@@ -212,10 +241,10 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
     auto up = [&](const c10::optional<Tensor>& t) { return given(t) ? c10::optional<Tensor>(t->to(op)) : t; };
     const c10::optional<Tensor> se_rw = up(se.reduce_weight), se_rb = up(se.reduce_bias), se_ew = up(se.expand_weight),
                                 se_eb = up(se.expand_bias);
-    InvertedResidualGrads grads = inverted_residual_backward_recomputed(
+    InvertedResidualGrads grads = block_backward_recomputed(
         grad_output.to(op), input.to(op), up(expand_weight), up(expand_bias), dw_weight.to(op), up(dw_bias),
         project_weight.to(op), up(project_bias), {se_rw, se_rb, se_ew, se_eb, se.activation, se.gate}, stride, padding,
-        dilation, activation, residual, output_mask, band_elements);
+        dilation, geo, acts, output_mask, band_elements);
     auto down = [&](Tensor& t) { t = t.to(dtype); };
     std::apply([&](auto&... t) { (down(t), ...); }, grads);
     return grads;
@@ -226,8 +255,8 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
   Tensor z, hidden = input;
   if (geo.expand) {
     z = at::conv2d(input, *expand_weight, expand_bias);
-    hidden = activation_grad_reads_output(geo.activation) ? activation_forward_(z, geo.activation)
-                                                          : activation_forward(z, geo.activation);
+    hidden = activation_grad_reads_output(acts.expand) ? activation_forward_(z, acts.expand)
+                                                       : activation_forward(z, acts.expand);
   }
   const bool need_hidden = output_mask[0] || (geo.expand && (output_mask[1] || output_mask[2]));
   // Gradients of the depthwise stage on: hidden, dw_weight, dw_bias, project_weight, project_bias, then the
@@ -235,15 +264,14 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
   std::array<Tensor, 9> stage_grads;
   if (geo.se_channels > 0) {
     stage_grads = squeeze_excited_stages_backward(
-        grad_output, hidden, dw_weight, dw_bias, project_weight, se, geo, stride, padding, dilation,
+        grad_output, hidden, dw_weight, dw_bias, project_weight, se, geo, acts.depthwise, stride, padding, dilation,
         {need_hidden, output_mask[3], output_mask[4] && given(dw_bias), output_mask[5],
          output_mask[6] && given(project_bias), output_mask[7], output_mask[8] && given(se.reduce_bias), output_mask[9],
          output_mask[10] && given(se.expand_bias)});
   } else {
-    const std::string_view act = activation_name(geo.activation);
     std::tie(stage_grads[0], stage_grads[1], stage_grads[2], stage_grads[3], stage_grads[4]) =
         dwpw_conv2d_backward_banded(grad_output, hidden, dw_weight, dw_bias, project_weight, project_bias, stride,
-                                    padding, dilation, act, "none",
+                                    padding, dilation, activation_name(acts.depthwise), activation_name(acts.project),
                                     {need_hidden, output_mask[3], output_mask[4], output_mask[5], output_mask[6]},
                                     c10::nullopt, band_elements);
   }
@@ -251,7 +279,7 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
   Tensor grad_input, grad_ew, grad_eb;
   if (geo.expand && need_hidden) {
     hidden.reset();
-    activation_backward_into(grad_hidden, grad_hidden, z, geo.activation);
+    activation_backward_into(grad_hidden, grad_hidden, z, acts.expand);
     z.reset();
     auto [gi, gw, gb] = at::convolution_backward(
         grad_hidden, input, *expand_weight, at::IntArrayRef{geo.hidden}, {1, 1}, {0, 0}, {1, 1}, false, {0, 0}, 1,

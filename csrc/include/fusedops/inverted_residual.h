@@ -56,6 +56,9 @@ inline SqueezeExcitationArgs squeeze_excitation_args(const c10::optional<at::Ten
           std::string_view(gate.data(), gate.size())};
 }
 
+// The arguments of a block without a squeeze-excitation.
+const SqueezeExcitationArgs& no_squeeze_excitation();
+
 struct InvertedResidualGeometry {
   ConvGeometry dw;  // the depthwise stage, on the expanded map (dw.channels = dw.out_channels = hidden)
   int64_t in_channels = 0, hidden = 0, out_channels = 0;
@@ -66,6 +69,16 @@ struct InvertedResidualGeometry {
   Activation se_activation = Activation::kRelu;
   Gate se_gate = Gate::kHardsigmoid;
 };
+
+// The activations after a block's three stages: an inverted residual's are (activation, activation, none), a
+// ShuffleNetV2 branch's (activation, none, activation).
+struct BlockActivations {
+  Activation expand = Activation::kNone, depthwise = Activation::kNone, project = Activation::kNone;
+};
+
+inline BlockActivations inverted_residual_activations(const InvertedResidualGeometry& geo) {
+  return {geo.activation, geo.activation, Activation::kNone};
+}
 
 // Validates an inverted_residual call; errors name the offending argument (expand_weight, residual, ...).
 InvertedResidualGeometry inverted_residual_geometry(
@@ -96,6 +109,14 @@ at::Tensor inverted_residual_composed(const at::Tensor& input, const c10::option
                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                       std::string_view activation, bool residual);
 
+// inverted_residual_composed for a block of checked geometry `geo` whose stages end in `acts` (no residual add).
+at::Tensor block_composed(const at::Tensor& input, const c10::optional<at::Tensor>& expand_weight,
+                          const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight,
+                          const c10::optional<at::Tensor>& dw_bias, const at::Tensor& project_weight,
+                          const c10::optional<at::Tensor>& project_bias, const SqueezeExcitationArgs& se,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                          const InvertedResidualGeometry& geo, const BlockActivations& acts);
+
 // Gradients (InvertedResidualGrads' order) of inverted_residual on any device: the expanded map is recomputed
 // from the input (the forward keeps nothing else); without a squeeze-excitation the depthwise and project stages
 // go through the band-wise dwpw backward (which recomputes the depthwise output band by band), with one the
@@ -107,5 +128,14 @@ InvertedResidualGrads inverted_residual_backward_recomputed(
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& project_bias, const SqueezeExcitationArgs& se,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, std::string_view activation,
     bool residual, std::array<bool, kInvertedResidualGradients> output_mask, int64_t band_elements);
+
+// inverted_residual_backward_recomputed for a block of checked geometry `geo` whose stages end in `acts` (the
+// residual's gradient added when geo.residual).
+InvertedResidualGrads block_backward_recomputed(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& expand_weight,
+    const c10::optional<at::Tensor>& expand_bias, const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias,
+    const at::Tensor& project_weight, const c10::optional<at::Tensor>& project_bias, const SqueezeExcitationArgs& se,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, const InvertedResidualGeometry& geo,
+    const BlockActivations& acts, std::array<bool, kInvertedResidualGradients> output_mask, int64_t band_elements);
 
 }  // namespace fusedops
