@@ -685,6 +685,96 @@ def check_ghost_module_parity(shape, out_channels, ratio=2, dw_size=3, *, stride
         assert actual[0].is_contiguous(memory_format=CL)
 
 
+SHUFFLE_UNIT_GRAD_NAMES = ("grad_input", "grad_expand_weight", "grad_expand_bias", "grad_dw_weight", "grad_dw_bias",
+                           "grad_project_weight", "grad_project_bias", "grad_shortcut_dw_weight",
+                           "grad_shortcut_dw_bias", "grad_shortcut_pw_weight", "grad_shortcut_pw_bias")
+
+
+def make_shufflenet_v2_unit_weights(c, branch_channels=None, kernel=3, *, shortcut=False, biases=True,
+                                    dtype=torch.float32, requires_grad=True):
+    """[expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, shortcut_dw_weight,
+    shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias] of a shufflenet_v2_unit of `c` input channels: without
+    `shortcut` (the stride-1 unit) a branch of c / 2 channels on the input's second half and no shortcut weights, with
+    it (the down-sampling unit) halves of `branch_channels` (default c) channels, both reading the whole input.
+    `biases`: True, False or a set of the biases' names (expand, dw, project, shortcut_dw, shortcut_pw) to give.
+    Scaled to keep each stage near unit variance."""
+    kh, kw = pair(kernel)
+    b = c // 2 if not shortcut else (c if branch_channels is None else branch_channels)
+    inputs = c if shortcut else c // 2
+    given = {"expand", "dw", "project", "shortcut_dw", "shortcut_pw"} if biases is True else set(biases or ())
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(shape, dtype=torch.float64)).to(dtype)
+
+    def bias(name, n):
+        return randn(n, scale=0.5) if name in given else None
+
+    weights = [randn(b, inputs, 1, 1, scale=inputs ** -0.5), bias("expand", b),
+               randn(b, 1, kh, kw, scale=(kh * kw) ** -0.5), bias("dw", b), randn(b, b, 1, 1, scale=b ** -0.5),
+               bias("project", b)]
+    if shortcut:
+        weights += [randn(c, 1, kh, kw, scale=(kh * kw) ** -0.5), bias("shortcut_dw", c),
+                    randn(b, c, 1, 1, scale=c ** -0.5), bias("shortcut_pw", b)]
+    else:
+        weights += [None] * 4
+    return [None if t is None else t.requires_grad_(requires_grad) for t in weights]
+
+
+def shufflenet_v2_unit_reference(x, ew, eb, dw, db, pw, pb, sdw, sdb, spw, spb, stride, padding, dilation,
+                                 activation):
+    """fusedops.shufflenet_v2_unit as torchvision's ShuffleNetV2 unit computes it (batch norms folded), with int or
+    pair geometry: the branches as F.conv2d calls, torch.cat, then F.channel_shuffle with 2 groups."""
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
+    acts = {None: lambda t: t, "none": lambda t: t, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
+            "silu": F.silu}
+    act = acts[activation]
+
+    def branch(t):
+        t = act(F.conv2d(t, ew, eb))
+        t = F.conv2d(t, dw, db, stride, padding, dilation, groups=t.shape[1])
+        return act(F.conv2d(t, pw, pb))
+
+    if sdw is None:
+        x1, x2 = x.chunk(2, dim=1)
+        out = torch.cat((x1, branch(x2)), dim=1)
+    else:
+        shortcut = act(F.conv2d(F.conv2d(x, sdw, sdb, stride, padding, dilation, groups=x.shape[1]), spw, spb))
+        out = torch.cat((shortcut, branch(x)), dim=1)
+    return F.channel_shuffle(out, 2)
+
+
+def check_shufflenet_v2_unit_parity(shape, branch_channels=None, kernel=3, *, shortcut=False, stride=1, padding=None,
+                                    dilation=1, activation="relu", biases=True, layout="channels_last",
+                                    dtype=torch.float32, backend="native", backward=True, device="cpu"):
+    """Forward and every gradient of fusedops.shufflenet_v2_unit on `backend` vs the float64 unfused unit
+    (torch.cat and F.channel_shuffle)."""
+    n, c, h, w = shape
+    kh, kw = pair(kernel)
+    d = pair(dilation)
+    padding = (d[0] * (kh - 1) // 2, d[1] * (kw - 1) // 2) if padding is None else pair(padding)
+    x = make_input(shape, layout, dtype=dtype, device=device, requires_grad=backward)
+    weights = [None if t is None else t.detach().to(device).requires_grad_(backward)
+               for t in make_shufflenet_v2_unit_weights(c, branch_channels, kernel, shortcut=shortcut, biases=biases,
+                                                        dtype=dtype, requires_grad=False)]
+    inputs = [x, *weights]
+    with fusedops.use_backend(backend):
+        y = fusedops.shufflenet_v2_unit(x, *weights[:6], shortcut=tuple(weights[6:]) if shortcut else None,
+                                        stride=stride, padding=padding, dilation=dilation, activation=activation)
+    assert y.dtype == dtype and y.device == x.device
+    assert y.shape[1] == 2 * weights[4].shape[0]
+    fmt = CL if dense_layout(layout) == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    leaves = [None if t is None else t.detach().cpu().double().requires_grad_(backward) for t in inputs]
+    ref = shufflenet_v2_unit_reference(*leaves, stride, padding, dilation, activation)
+    tol = tolerance(dtype)
+    assert_close_scaled(y, ref, rtol=tol["rtol"], atol=tol["atol"], name="output")
+    if not backward:
+        return
+    actual = check_grads_against_reference(y, inputs, ref, leaves, tol, SHUFFLE_UNIT_GRAD_NAMES)
+    if layout == "channels_last" and backend != "reference":  # the reference's gradients are PyTorch autograd's
+        assert actual[0].is_contiguous(memory_format=CL)
+
+
 def module_outputs_and_grads(module, x, forward=None, seed=None):
     """module(x) (or forward(x)) and the gradients of x and of every parameter of `module` for a seeded random
     grad_output; `seed`, when given, seeds the forward (dropout)."""

@@ -268,6 +268,111 @@ def _ghost_module_backward_cases():
     ]
 
 
+def _shufflenet_v2_unit_args(**changes):
+    """The stride-1 unit: 8 channels, a branch of 4 on the second half, no shortcut."""
+    x, ew, eb, dw, db, pw, pb = _x(2, 8, 6, 6), _x(4, 4, 1, 1), _x(4), _x(4, 1, 3, 3), _x(4), _x(4, 4, 1, 1), _x(4)
+    args = dict(input=x, expand_weight=ew, expand_bias=eb, dw_weight=dw, dw_bias=db, project_weight=pw,
+                project_bias=pb, shortcut_dw_weight=None, shortcut_dw_bias=None, shortcut_pw_weight=None,
+                shortcut_pw_bias=None, stride=ONE, padding=ONE, dilation=ONE, activation="relu")
+    args.update(changes)
+    return args
+
+
+def _shufflenet_v2_down_args(**changes):
+    """The down-sampling unit: 4 channels into halves of 6, stride 2."""
+    args = _shufflenet_v2_unit_args(input=_x(2, 4, 6, 6), expand_weight=_x(6, 4, 1, 1), expand_bias=_x(6),
+                                    dw_weight=_x(6, 1, 3, 3), dw_bias=_x(6), project_weight=_x(6, 6, 1, 1),
+                                    project_bias=_x(6), shortcut_dw_weight=_x(4, 1, 3, 3), shortcut_dw_bias=_x(4),
+                                    shortcut_pw_weight=_x(6, 4, 1, 1), shortcut_pw_bias=_x(6), stride=[2, 2])
+    args.update(changes)
+    return args
+
+
+def _shufflenet_v2_unit_cases():
+    def call(**changes):
+        return tuple(_shufflenet_v2_unit_args(**changes).values())
+
+    def down(**changes):
+        return tuple(_shufflenet_v2_down_args(**changes).values())
+
+    return [
+        ("input-rank3", call(input=_x(8, 6, 6))),
+        ("input-int", call(input=_x(2, 8, 6, 6).int())),
+        ("odd-channels", call(input=_x(2, 7, 6, 6))),
+        ("zero-channels", call(input=_x(2, 0, 6, 6))),
+        ("shortcut-dw-bias-alone", call(shortcut_dw_bias=_x(8))),
+        ("shortcut-pw-bias-alone", call(shortcut_pw_bias=_x(4))),
+        ("shortcut-dw-weight-alone", call(shortcut_dw_weight=_x(8, 1, 3, 3))),
+        ("shortcut-pw-weight-alone", call(shortcut_pw_weight=_x(4, 8, 1, 1))),
+        ("expand-weight-shape", call(expand_weight=_x(4, 8, 1, 1))),
+        ("expand-weight-kernel", call(expand_weight=_x(4, 4, 3, 3))),
+        ("expand-weight-dtype", call(expand_weight=_x(4, 4, 1, 1, dtype=torch.float64))),
+        ("expand-bias-shape", call(expand_bias=_x(5))),
+        ("expand-bias-dtype", call(expand_bias=_x(4, dtype=torch.float64))),
+        ("empty-map", call(input=_x(2, 8, 0, 6))),
+        ("dw-weight-channels", call(dw_weight=_x(6, 1, 3, 3))),
+        ("dw-weight-rank3", call(dw_weight=_x(4, 3, 3))),
+        ("dw-weight-dim1", call(dw_weight=_x(4, 2, 3, 3))),
+        ("dw-bias-shape", call(dw_bias=_x(8))),
+        ("stride-0", call(stride=[0, 1])),
+        ("padding-neg", call(padding=[-1, 1])),
+        ("dilation-len3", call(dilation=[1, 1, 1])),
+        ("kernel-too-tall", call(dw_weight=_x(4, 1, 9, 3))),
+        ("project-weight-shape", call(project_weight=_x(4, 6, 1, 1))),
+        ("project-weight-dtype", call(project_weight=_x(4, 4, 1, 1, dtype=torch.float64))),
+        ("project-bias-shape", call(project_bias=_x(5))),
+        ("project-outputs", call(project_weight=_x(6, 4, 1, 1), project_bias=_x(6))),
+        ("activation", call(activation="gelu")),
+        ("stride-2", call(stride=[2, 2])),
+        ("padding-0", call(padding=ZERO)),
+        ("dilation-2", call(dilation=[2, 2])),
+        ("order-odd-channels-and-activation", call(input=_x(2, 7, 6, 6), activation="gelu")),
+        ("order-activation-and-expand", call(activation="gelu", expand_weight=_x(4, 8, 1, 1))),
+        ("order-shortcut-and-odd-channels", call(input=_x(2, 7, 6, 6), shortcut_pw_weight=_x(4, 7, 1, 1))),
+        ("order-project-outputs-and-stride", call(project_weight=_x(6, 4, 1, 1), project_bias=None, stride=[2, 2])),
+        ("down-expand-weight-half", down(expand_weight=_x(6, 2, 1, 1))),
+        ("down-dw-weight-channels", down(dw_weight=_x(4, 1, 3, 3))),
+        ("down-shortcut-dw-channels", down(shortcut_dw_weight=_x(6, 1, 3, 3))),
+        ("down-shortcut-dw-kernel", down(shortcut_dw_weight=_x(4, 1, 5, 5))),
+        ("down-shortcut-dw-rank3", down(shortcut_dw_weight=_x(4, 3, 3))),
+        ("down-shortcut-dw-dim1", down(shortcut_dw_weight=_x(4, 2, 3, 3))),
+        ("down-shortcut-dw-dtype", down(shortcut_dw_weight=_x(4, 1, 3, 3, dtype=torch.float64))),
+        ("down-shortcut-dw-bias-shape", down(shortcut_dw_bias=_x(6))),
+        ("down-shortcut-pw-inputs", down(shortcut_pw_weight=_x(6, 3, 1, 1))),
+        ("down-shortcut-pw-kernel", down(shortcut_pw_weight=_x(6, 4, 3, 3))),
+        ("down-shortcut-pw-dtype", down(shortcut_pw_weight=_x(6, 4, 1, 1, dtype=torch.float64))),
+        ("down-shortcut-pw-bias-shape", down(shortcut_pw_bias=_x(4))),
+        ("down-shortcut-pw-bias-dtype", down(shortcut_pw_bias=_x(6, dtype=torch.float64))),
+        ("down-shortcut-pw-outputs", down(shortcut_pw_weight=_x(5, 4, 1, 1), shortcut_pw_bias=_x(5))),
+        ("down-shortcut-pw-missing", down(shortcut_pw_weight=None)),
+        ("down-shortcut-dw-missing", down(shortcut_dw_weight=None)),
+        ("down-stride-0", down(stride=[2, 0])),
+        ("down-padding-neg", down(padding=[0, -1])),
+        ("down-kernel-too-tall", down(dw_weight=_x(6, 1, 9, 3), shortcut_dw_weight=_x(4, 1, 9, 3))),
+        ("down-order-project-and-shortcut", down(project_weight=_x(6, 5, 1, 1), shortcut_dw_weight=_x(6, 1, 3, 3))),
+        ("down-order-shortcut-dw-and-pw", down(shortcut_dw_bias=_x(3), shortcut_pw_weight=_x(6, 3, 1, 1))),
+    ]
+
+
+def _shufflenet_v2_unit_backward_cases():
+    def call(grad_output=_x(2, 8, 6, 6), output_mask=(True,) * 11, **changes):
+        return (grad_output, *_shufflenet_v2_unit_args(**changes).values(), list(output_mask))
+
+    def down(grad_output=_x(2, 12, 3, 3), output_mask=(True,) * 11, **changes):
+        return (grad_output, *_shufflenet_v2_down_args(**changes).values(), list(output_mask))
+
+    return [
+        ("grad-output-shape", call(grad_output=_x(2, 8, 5, 6))),
+        ("grad-output-channels", call(grad_output=_x(2, 4, 6, 6))),
+        ("grad-output-dtype", call(grad_output=_x(2, 8, 6, 6, dtype=torch.float64))),
+        ("input-checked-first", call(grad_output=_x(2, 8, 5, 6), expand_weight=_x(4, 8, 1, 1))),
+        ("stride-2", call(stride=[2, 2])),
+        ("down-grad-output-shape", down(grad_output=_x(2, 6, 3, 3))),
+        ("down-grad-output-dtype", down(grad_output=_x(2, 12, 3, 3, dtype=torch.float64))),
+        ("down-shortcut-pw-outputs", down(shortcut_pw_weight=_x(5, 4, 1, 1), shortcut_pw_bias=None)),
+    ]
+
+
 def _channel_shuffle_cases():
     x = _x(2, 6, 3, 3)
     return [
@@ -317,6 +422,8 @@ CASES = {
     "_inverted_residual_backward": _inverted_residual_backward_cases(),
     "ghost_module": _ghost_module_cases(),
     "_ghost_module_backward": _ghost_module_backward_cases(),
+    "shufflenet_v2_unit": _shufflenet_v2_unit_cases(),
+    "_shufflenet_v2_unit_backward": _shufflenet_v2_unit_backward_cases(),
     "channel_shuffle": _channel_shuffle_cases(),
     "concat_shuffle": _concat_shuffle_cases(),
     "_concat_shuffle_backward": _concat_shuffle_backward_cases(),

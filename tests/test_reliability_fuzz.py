@@ -302,6 +302,66 @@ def test_fuzz_ghost_module(case, with_residual):
                    names=("input", "primary_weight", "primary_bias", "cheap_weight", "cheap_bias", "residual"))
 
 
+@FUZZ
+@given(conv_case(pointwise=True), st.booleans())
+def test_fuzz_shufflenet_v2_unit(case, shortcut):
+    # Without the shortcut the drawn channels are each half's (the input has twice as many); with it, cout is each
+    # half's. Geometries that change the map's size are refused without the shortcut, as torch.cat refuses them.
+    s, dtype = case["seed"], case["dtype"]
+    c = case["c"] if shortcut else 2 * case["c"]
+    b = case["cout"] if shortcut else case["c"]
+    branch_in = c if shortcut else c // 2
+    kh, kw = case["kh"], case["kw"]
+    taps = kh * kw
+
+    def weight(shape, seed, fan_in):
+        return laid_out(_values(shape, s + seed) / fan_in ** 0.5, case["weight_layout"], dtype)
+
+    def bias(n, seed, given):
+        return vector(_values((n,), s + seed), case["strided_bias"], dtype) if given else None
+
+    x = laid_out(_values((case["n"], c, case["h"], case["w"]), s), case["layout"], dtype)
+    tensors = (x, weight((b, branch_in, 1, 1), 5, branch_in), bias(b, 6, case["bias"]), weight((b, 1, kh, kw), 1, taps),
+               bias(b, 2, case["bias"]), weight((b, b, 1, 1), 3, b), bias(b, 4, case["pw_bias"]))
+    if shortcut:
+        tensors += (weight((c, 1, kh, kw), 8, taps), bias(c, 9, case["bias"]), weight((b, c, 1, 1), 10, c),
+                    bias(b, 11, case["pw_bias"]))
+    else:
+        tensors += (None,) * 4
+    wants = case["requires_grad"]
+    for t, rg in zip(tensors, (wants[0], wants[1], wants[2], wants[1], wants[2], wants[3], wants[4], wants[1],
+                               wants[2], wants[3], wants[4])):
+        if t is not None and rg:
+            t.requires_grad_()
+    act = case["mid"]
+    if dtype != torch.float64 and any(t is not None and t.requires_grad for t in tensors):
+        act = None  # as for dwpw_conv2d: low-precision kinks move, gradients of smooth compositions only
+    conv = (case["stride"], case["padding"], case["dilation"])
+
+    def unit(x, ew, eb, dw, db, pw, pb, sdw, sdb, spw, spb, scale, shift):
+        # torchvision's ShuffleNetV2 unit with its batch norms folded, the activation as scale(t) + shift.
+        second = scale(F.conv2d(depthwise_reference(scale(F.conv2d(x if shortcut else x.chunk(2, 1)[1], ew, eb))
+                                                    + shift, dw, db, *conv), pw, pb)) + shift
+        first = (scale(F.conv2d(depthwise_reference(x, sdw, sdb, *conv), spw, spb)) + shift if shortcut
+                 else x.chunk(2, 1)[0])
+        return F.channel_shuffle(torch.cat([first, second], 1), 2)
+
+    def reference(*t):
+        return unit(*t, lambda v: activation(v, act), 0.0)
+
+    def magnitude(*t):  # activations are at most 1.5-Lipschitz (hardswish)
+        return unit(*t, lambda v: 1.5 * v, 3.0)
+
+    def ours(x, ew, eb, dw, db, pw, pb, sdw, sdb, spw, spb):
+        return fusedops.shufflenet_v2_unit(x, ew, eb, dw, db, pw, pb, (sdw, sdb, spw, spb) if shortcut else None,
+                                           *conv, act)
+
+    _check_against(ours, reference, magnitude, tensors, case,
+                   names=("input", "expand_weight", "expand_bias", "dw_weight", "dw_bias", "project_weight",
+                          "project_bias", "shortcut_dw_weight", "shortcut_dw_bias", "shortcut_pw_weight",
+                          "shortcut_pw_bias"))
+
+
 @st.composite
 def shuffle_case(draw, concat=False):
     n, h, w = draw(batches), draw(sizes), draw(sizes)

@@ -211,6 +211,48 @@ def parity_ghost_module(device, backends):
                         "gradients, fp32 vs fp64 reference", backends, cases)
 
 
+def parity_shufflenet_v2_unit(device, backends):
+    """shufflenet_v2_unit forward and all gradients vs the unfused float64 unit, per backend and layout: the stride-1
+    unit (the input's first half kept) and the down-sampling unit (the shortcut), with and without biases."""
+    configs = [
+        # N, C_in, B (each half's channels), H, k, stride, activation, shortcut, biases
+        (2, 24, 12, 10, 3, 1, "relu", False, True),
+        (1, 16, 16, 11, 3, 2, "relu", True, True),
+        (2, 12, 20, 9, 5, 2, "hardswish", True, False),
+        (1, 32, 16, 8, 3, 1, None, False, False),
+    ]
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device)
+
+    cases = []
+    for N, C, B, H, k, s, act, shortcut, biases in configs:
+        branch_in = C if shortcut else C // 2
+        weights = [randn(B, branch_in, 1, 1) / branch_in ** 0.5, randn(B) if biases else None, randn(B, 1, k, k) / k,
+                   randn(B) if biases else None, randn(B, B, 1, 1) / B ** 0.5, randn(B) if biases else None]
+        weights += [randn(C, 1, k, k) / k, randn(C) if biases else None, randn(B, C, 1, 1) / C ** 0.5,
+                    randn(B) if biases else None] if shortcut else [None] * 4
+        given = [w is not None for w in weights]
+
+        def full(args, given=given):
+            """The ten weights and biases from the given ones (None for the others)."""
+            it = iter(args)
+            return [next(it) if g else None for g in given]
+
+        def fused(x, *args, full=full, s=s, act=act, shortcut=shortcut):
+            w = full(args)
+            return fusedops.shufflenet_v2_unit(x, *w[:6], shortcut=tuple(w[6:]) if shortcut else None, stride=s,
+                                               activation=act)
+
+        def reference(x, *args, full=full, s=s, k=k, act=act):
+            return _reference.shufflenet_v2_unit(x, *full(args), (s, s), (k // 2, k // 2), (1, 1), act or "none")
+
+        for x in _layouts(randn(N, C, H, H)):
+            cases.append(([x] + [w for w in weights if w is not None], fused, reference))
+    return _float_table("shufflenet_v2_unit vs channel_shuffle(cat([x1 or dw -> 1x1 -> act, 1x1 -> act -> dw -> 1x1 "
+                        "-> act]), 2): output and all gradients, fp32 vs fp64 reference", backends, cases)
+
+
 def parity_shuffle(device, backends):
     """channel_shuffle and concat_shuffle vs F.channel_shuffle(torch.cat(...)): bit-exact, forward and backward."""
     rows = []
@@ -244,7 +286,7 @@ def parity_shuffle(device, backends):
 # The checks by the op they are named after (channel_shuffle's checks concat_shuffle too).
 CHECKS = {"depthwise_conv2d": parity_depthwise, "dwpw_conv2d": parity_dwpw,
           "inverted_residual": parity_inverted_residual, "ghost_module": parity_ghost_module,
-          "channel_shuffle": parity_shuffle}
+          "shufflenet_v2_unit": parity_shufflenet_v2_unit, "channel_shuffle": parity_shuffle}
 
 
 def check(device="cpu", backends=None, ops=None, out=print) -> bool:

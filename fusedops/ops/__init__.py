@@ -11,5 +11,7 @@ from .depthwise_conv2d import depthwise_conv2d
 from .dwpw_conv2d import dwpw_conv2d
 from .ghost_module import ghost_module
 from .inverted_residual import inverted_residual
+from .shufflenet_v2_unit import shufflenet_v2_unit
 
-__all__ = ["channel_shuffle", "concat_shuffle", "depthwise_conv2d", "dwpw_conv2d", "ghost_module", "inverted_residual"]
+__all__ = ["channel_shuffle", "concat_shuffle", "depthwise_conv2d", "dwpw_conv2d", "ghost_module", "inverted_residual",
+           "shufflenet_v2_unit"]

@@ -291,6 +291,77 @@ def check_ghost_module_backward(grad_output, input, primary_weight, primary_bias
 
 
 # ---------------------------------------------------------------------------------------------------
+# shufflenet_v2_unit
+
+
+def check_shufflenet_v2_unit(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                             shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias, stride,
+                             padding, dilation, activation, packed_weights=None):
+    """The branch is checked as an inverted residual (without a residual or a squeeze-excitation) of its input: the
+    input's second half of channels without the shortcut's weights, the whole input with them. packed_weights is
+    checked by the CPU kernel that reads it; the other implementations do not read it."""
+    torch._check(input.dim() == 4, lambda: f"fusedops: input must be a 4-D (N, C, H, W) tensor, got {input.dim()}-D")
+    channels = input.shape[1]
+    shortcut = shortcut_dw_weight is not None
+    if shortcut != (shortcut_pw_weight is not None):
+        raise RuntimeError("fusedops: shortcut_dw_weight and shortcut_pw_weight must be given together (the "
+                           "down-sampling unit's shortcut) or not at all, got only "
+                           + ("shortcut_dw_weight" if shortcut else "shortcut_pw_weight"))
+    if not shortcut:
+        for t, name in ((shortcut_dw_bias, "shortcut_dw_bias"), (shortcut_pw_bias, "shortcut_pw_bias")):
+            if t is not None:
+                raise RuntimeError(f"fusedops: {name} is given without the shortcut's weights")
+        torch._check(channels % 2 == 0, lambda: "fusedops: input must have an even number of channels without the "
+                     f"shortcut's weights (its second half is the branch's input), got {channels}")
+    check_activation(activation, "activation")
+    branch_input = input if shortcut else input[:, channels // 2:]
+    check_inverted_residual(branch_input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                            None, None, None, None, stride, padding, dilation, activation, False, "relu",
+                            "hardsigmoid")
+    branch_channels = project_weight.shape[0]
+    _, _, out_h, out_w = depthwise_output_shape(branch_input, dw_weight, stride, padding, dilation)
+    if not shortcut:
+        half = channels // 2
+        torch._check(branch_channels == half, lambda: f"fusedops: project_weight must have {half} output channels (as "
+                     "many as the input's first half, which the output interleaves with the branch's), got "
+                     f"{branch_channels}")
+        h, w = input.shape[2], input.shape[3]
+        torch._check(out_h == h and out_w == w, lambda: "fusedops: without the shortcut's weights the branch must keep "
+                     "the map's size (stride 1 and size-preserving padding: the output interleaves it with the input's "
+                     f"first half), but it maps {h}x{w} to {out_h}x{out_w}")
+        return
+    kh, kw = dw_weight.shape[2], dw_weight.shape[3]
+    torch._check(shortcut_dw_weight.dim() == 4 and shortcut_dw_weight.shape[0] == channels
+                 and shortcut_dw_weight.shape[2] == kh and shortcut_dw_weight.shape[3] == kw,
+                 lambda: f"fusedops: shortcut_dw_weight must have shape ({channels}, 1, {kh}, {kw}) (the input "
+                 f"channels, dw_weight's kernel size), got {_sizes(shortcut_dw_weight.shape)}")
+    check_depthwise(input, shortcut_dw_weight, shortcut_dw_bias, stride, padding, dilation,
+                    weight_name="shortcut_dw_weight", bias_name="shortcut_dw_bias", channels=channels)
+    _check_pointwise(input, shortcut_pw_weight, shortcut_pw_bias, channels, "shortcut_pw_weight", "shortcut_pw_bias",
+                     "the input channels")
+    torch._check(shortcut_pw_weight.shape[0] == branch_channels, lambda: "fusedops: shortcut_pw_weight must have "
+                 f"{branch_channels} output channels (as many as project_weight: the output interleaves the two "
+                 f"halves), got {shortcut_pw_weight.shape[0]}")
+
+
+def shufflenet_v2_unit_output_shape(input, dw_weight, project_weight, stride, padding, dilation):
+    """(N, 2 * B, H_out, W_out): the two halves of B channels each, interleaved."""
+    n, _, out_h, out_w = depthwise_output_shape(input, dw_weight, stride, padding, dilation)
+    return (n, 2 * project_weight.shape[0], out_h, out_w)
+
+
+def check_shufflenet_v2_unit_backward(grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias,
+                                      project_weight, project_bias, shortcut_dw_weight, shortcut_dw_bias,
+                                      shortcut_pw_weight, shortcut_pw_bias, stride, padding, dilation, activation):
+    check_shufflenet_v2_unit(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                             shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias, stride,
+                             padding, dilation, activation)
+    expected = shufflenet_v2_unit_output_shape(input, dw_weight, project_weight, stride, padding, dilation)
+    _check_grad_output(grad_output, input, expected, lambda: f"fusedops: grad_output has shape "
+                       f"{_sizes(grad_output.shape)} but the output has shape ({', '.join(map(str, expected))})")
+
+
+# ---------------------------------------------------------------------------------------------------
 # channel_shuffle, concat_shuffle and _concat_shuffle_backward
 
 

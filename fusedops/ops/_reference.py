@@ -69,3 +69,25 @@ def ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, 
                     activation_kind)
     out = torch.cat([x1, x2], 1)[:, :out_channels]
     return out + residual if residual is not None else out
+
+
+def shufflenet_v2_unit(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                       shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias, stride, padding,
+                       dilation, activation_kind, packed_weights=None):
+    # ShuffleNetV2's unit with its batch norms folded: the branch act(1x1) -> depthwise -> act(1x1) on the second
+    # half of the channels (the stride-1 unit) or on the whole input beside the shortcut depthwise -> act(1x1) (the
+    # down-sampling unit), then channel_shuffle(cat([first, second]), 2). packed_weights is not needed here.
+    from torch._prims_common import suggest_memory_format
+
+    if shortcut_dw_weight is None:
+        first, x = input.chunk(2, 1)
+    else:
+        x = input
+        first = dwpw_conv2d(input, shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias, stride,
+                            padding, dilation, "none", activation_kind)
+    x = activation(F.conv2d(x, expand_weight, expand_bias), activation_kind)
+    second = dwpw_conv2d(x, dw_weight, dw_bias, project_weight, project_bias, stride, padding, dilation, "none",
+                         activation_kind)
+    out = torch.stack([first, second], 2).flatten(1, 2)
+    return torch.empty(out.shape, dtype=out.dtype, device=out.device,
+                       memory_format=suggest_memory_format(input)).copy_(out)

@@ -88,6 +88,27 @@ struct ghost_module_backward {
       c10::string_view activation, std::array<bool, 5> output_mask);
 };
 
+struct shufflenet_v2_unit {
+  static constexpr const char* name = "fusedops::shufflenet_v2_unit";
+  using Signature = Tensor(const Tensor& input, const Tensor& expand_weight, const OptionalTensor& expand_bias,
+                           const Tensor& dw_weight, const OptionalTensor& dw_bias, const Tensor& project_weight,
+                           const OptionalTensor& project_bias, const OptionalTensor& shortcut_dw_weight,
+                           const OptionalTensor& shortcut_dw_bias, const OptionalTensor& shortcut_pw_weight,
+                           const OptionalTensor& shortcut_pw_bias, IntArrayRef stride, IntArrayRef padding,
+                           IntArrayRef dilation, c10::string_view activation, const OptionalTensor& packed_weights);
+};
+
+struct shufflenet_v2_unit_backward {
+  static constexpr const char* name = "fusedops::_shufflenet_v2_unit_backward";
+  using Signature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+      const Tensor& grad_output, const Tensor& input, const Tensor& expand_weight, const OptionalTensor& expand_bias,
+      const Tensor& dw_weight, const OptionalTensor& dw_bias, const Tensor& project_weight,
+      const OptionalTensor& project_bias, const OptionalTensor& shortcut_dw_weight,
+      const OptionalTensor& shortcut_dw_bias, const OptionalTensor& shortcut_pw_weight,
+      const OptionalTensor& shortcut_pw_bias, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+      c10::string_view activation, std::array<bool, 11> output_mask);
+};
+
 struct channel_shuffle {
   static constexpr const char* name = "fusedops::channel_shuffle";
   using Signature = Tensor(const Tensor& input, int64_t groups);
