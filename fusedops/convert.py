@@ -19,6 +19,9 @@ What is recognised, by structure (a class name only where the structure alone is
   ``bn2``; timm's ``ConvNormAct``/``ConvBnAct``; the pairs of timm blocks that are not fused whole) ->
   :class:`fusedops.nn.PairedConv2d` in the convolution's place (conv, BN, activation; the BN folded in at eval) and
   :class:`fusedops.nn.PairedBatchNorm2d` in the batch norm's (its state; passes its input on);
+* torchvision's ``shufflenetv2.InvertedResidual`` (ShuffleNetV2's unit: ``branch1``, ``branch2``) ->
+  :class:`fusedops.nn.ShuffleNetV2Unit` (the fused ShuffleNetV2-unit op: the branch, the shortcut where the unit has
+  one, the split, concatenation and shuffle, in one call);
 * timm's ``GhostBottleneck`` (GhostNet, the original Ghost modules) -> :class:`fusedops.nn.GhostBottleneck` and
   timm's ``GhostModule`` -> :class:`fusedops.nn.GhostModule` (the fused Ghost-module op), by their children;
 * a depthwise ``nn.Conv2d`` (``groups == in_channels``, any multiplier) anywhere else ->
@@ -45,6 +48,7 @@ from .nn.ghost import GhostBottleneck, GhostModule
 from .nn.inverted_residual import ConvBNActivation, InvertedResidual
 from .nn.inverted_residual_v3 import InvertedResidualV3
 from .nn.paired import PairedBatchNorm2d, PairedConv2d
+from .nn.shufflenet_v2_unit import ShuffleNetV2Unit
 from .nn.squeeze_excitation import SE_ACTIVATIONS, SE_GATES
 from .nn.timm_blocks import TimmDepthwiseSeparable, TimmInvertedResidual
 
@@ -241,6 +245,27 @@ def _mobilenet_v3_block(module):
                                device="meta")
     if fused.use_res_connect != getattr(module, "use_res_connect", fused.use_res_connect):
         raise _Mismatch("its residual connection differs from the one its shapes imply")
+    return _adopt(fused, module)
+
+
+def _shufflenet_v2_unit(module):
+    """torchvision's shufflenetv2.InvertedResidual: ``branch1`` = [] or [depthwise conv, BN, 1x1 conv, BN, act],
+    ``branch2`` = [1x1 conv, BN, act, depthwise conv, BN, 1x1 conv, BN, act], an int ``stride``."""
+    branch1, branch2 = getattr(module, "branch1", None), getattr(module, "branch2", None)
+    if (list(module._modules) != ["branch1", "branch2"] or not isinstance(branch1, nn.Sequential)
+            or not isinstance(branch2, nn.Sequential) or not isinstance(getattr(module, "stride", None), int)):
+        return None
+    if len(branch2) != 8 or len(branch1) not in (0, 5):
+        raise _Mismatch("its branches are not ShuffleNetV2's (branch2: 1x1, BN, act, depthwise, BN, 1x1, BN, act; "
+                        "branch1: none, or depthwise, BN, 1x1, BN, act)")
+    activations = {_activation_name(branch2[2], "branch2's first"), _activation_name(branch2[7], "branch2's last")}
+    if len(branch1):
+        activations.add(_activation_name(branch1[4], "branch1's"))
+    if len(activations) != 1:
+        raise _Mismatch(f"its branches' activations differ ({', '.join(sorted(activations))})")
+    dw, expand = branch2[3], branch2[0]
+    inp = branch1[0].in_channels if len(branch1) else 2 * expand.in_channels
+    fused = ShuffleNetV2Unit(inp, 2 * dw.in_channels, module.stride, activation=activations.pop(), device="meta")
     return _adopt(fused, module)
 
 
@@ -472,5 +497,5 @@ def _ghost_bottleneck(module):
 # fusedops' own modules, which convert keeps as they are: the fused blocks, and the pieces of fused pairs.
 _FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedBatchNorm2d)
 # Tried in this order on every module, before its children.
-_RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _timm_block, _ghost_bottleneck, _ghost_module,
-                _conv_bn_activation, _depthwise_conv)
+_RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _shufflenet_v2_unit, _timm_block, _ghost_bottleneck,
+                _ghost_module, _conv_bn_activation, _depthwise_conv)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fusedops
-from fusedops.nn import ConvBNActivation, DepthwiseConv2d, InvertedResidual, InvertedResidualV3
+from fusedops.nn import ConvBNActivation, InvertedResidual, InvertedResidualV3, ShuffleNetV2Unit
 
 from conftest import (CL, assert_close_scaled, check_compile_and_export, check_convert_eval_matches,
                       check_convert_shares_state, check_training_matches, make_input, randomize_batch_norms,
@@ -23,7 +23,7 @@ REPLACED = {
     "mobilenet_v2": {InvertedResidual: 17, ConvBNActivation: 2},
     "mobilenet_v3_large": {InvertedResidualV3: 15, ConvBNActivation: 2},
     "mobilenet_v3_small": {InvertedResidualV3: 11, ConvBNActivation: 2},
-    "shufflenet_v2_x0_5": {DepthwiseConv2d: 19, ConvBNActivation: 2},
+    "shufflenet_v2_x0_5": {ShuffleNetV2Unit: 16, ConvBNActivation: 2},
 }
 
 
@@ -46,7 +46,7 @@ def test_shares_parameters_buffers_and_keys(name):
     check_convert_shares_state(lambda seed: torchvision_model(name, dtype=torch.float32, seed=seed))
 
 
-@pytest.mark.parametrize("name", ("mobilenet_v2", "mobilenet_v3_small"))
+@pytest.mark.parametrize("name", ("mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5"))
 def test_train_matches_the_original(name):
     reference = torchvision_model(name)
     converted = fusedops.convert(copy.deepcopy(reference), layout=None)
@@ -88,6 +88,21 @@ def test_bad_layout_is_refused():
         fusedops.convert(nn.Conv2d(3, 3, 1), layout="nhwc")
 
 
-def test_compile_and_export_the_converted_model():
-    model = torchvision_model("mobilenet_v3_small", dtype=torch.float32).eval()
+@pytest.mark.parametrize("name", ("mobilenet_v3_small", "shufflenet_v2_x0_5"))
+def test_compile_and_export_the_converted_model(name):
+    model = torchvision_model(name, dtype=torch.float32).eval()
     check_compile_and_export(fusedops.freeze(fusedops.convert(model)))
+
+
+def test_shufflenet_v2_units_with_other_activations_are_kept_and_reported():
+    model = torchvision_model("shufflenet_v2_x0_5", dtype=torch.float32).eval()
+    model.stage2[1].branch2[7] = nn.GELU()  # one activation the fused op lacks
+    model.stage3[0].branch1[4] = nn.ReLU6()  # the shortcut's activation differs from the branch's
+    converted, report = fusedops.convert(model, report=True)
+    reasons = dict((path, why) for path, _, why in report.left_alone)
+    assert "GELU is not one the fused op computes" in reasons["stage2.1"]
+    assert "activations differ (relu, relu6)" in reasons["stage3.0"]
+    assert isinstance(converted.stage2[0], ShuffleNetV2Unit) and not isinstance(converted.stage2[1], ShuffleNetV2Unit)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))

@@ -1,55 +1,21 @@
 """ShuffleNetV2 (Ma et al. 2018) built from fusedops kernels.
 
 Same architecture and parameter/buffer names as ``torchvision.models.shufflenetv2``, so
-``model.load_state_dict(torchvision_model.state_dict())`` works. The units use ``fusedops.nn.DepthwiseConv2d``
-and ``fusedops.concat_shuffle``, which writes both halves straight to their shuffled places (no concatenation).
+``model.load_state_dict(torchvision_model.state_dict())`` works. Each unit is a
+:class:`fusedops.nn.ShuffleNetV2Unit` (one fused op in eval mode, its halves written straight to their shuffled
+places), the stem and head :class:`fusedops.nn.ConvBNActivation` (the batch norm folded in, in eval mode).
 No pretrained weights are downloaded: load a state dict.
 """
 
 from torch import nn
 
-from ..nn import DepthwiseConv2d
-from ..ops.channel_shuffle import concat_shuffle
+from ..nn import ConvBNActivation, ShuffleNetV2Unit
 
 __all__ = ["ShuffleNetV2", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"]
 
 
-class InvertedResidual(nn.Module):
-    def __init__(self, inp: int, oup: int, stride: int) -> None:
-        super().__init__()
-        if not 1 <= stride <= 3:
-            raise ValueError(f"fusedops: ShuffleNetV2 unit stride must be 1, 2 or 3, got {stride}")
-        self.stride = stride
-        branch_features = oup // 2
-        if stride == 1 and inp != branch_features << 1:
-            raise ValueError(f"fusedops: a stride-1 ShuffleNetV2 unit needs inp == 2 * (oup // 2), got inp={inp}, "
-                             f"oup={oup}")
-        if stride > 1:
-            self.branch1 = nn.Sequential(
-                DepthwiseConv2d(inp, inp, 3, stride, 1, bias=False),
-                nn.BatchNorm2d(inp),
-                nn.Conv2d(inp, branch_features, 1, 1, 0, bias=False),
-                nn.BatchNorm2d(branch_features),
-                nn.ReLU(inplace=True),
-            )
-        else:
-            self.branch1 = nn.Sequential()
-        self.branch2 = nn.Sequential(
-            nn.Conv2d(inp if stride > 1 else branch_features, branch_features, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(branch_features),
-            nn.ReLU(inplace=True),
-            DepthwiseConv2d(branch_features, branch_features, 3, stride, 1, bias=False),
-            nn.BatchNorm2d(branch_features),
-            nn.Conv2d(branch_features, branch_features, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(branch_features),
-            nn.ReLU(inplace=True),
-        )
-
-    def forward(self, x):
-        if self.stride == 1:
-            x1, x2 = x.chunk(2, dim=1)
-            return concat_shuffle(x1, self.branch2(x2), 2)
-        return concat_shuffle(self.branch1(x), self.branch2(x), 2)
+# torchvision's name of the unit.
+InvertedResidual = ShuffleNetV2Unit
 
 
 class ShuffleNetV2(nn.Module):
@@ -61,11 +27,7 @@ class ShuffleNetV2(nn.Module):
             raise ValueError("fusedops: expected stages_out_channels as a list of 5 positive ints")
         self._stage_out_channels = list(stages_out_channels)
         input_channels, output_channels = 3, stages_out_channels[0]
-        self.conv1 = nn.Sequential(
-            nn.Conv2d(input_channels, output_channels, 3, 2, 1, bias=False),
-            nn.BatchNorm2d(output_channels),
-            nn.ReLU(inplace=True),
-        )
+        self.conv1 = ConvBNActivation(input_channels, output_channels, 3, 2, activation="relu")
         input_channels = output_channels
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         for name, repeats, output_channels in zip(("stage2", "stage3", "stage4"), stages_repeats,
@@ -75,11 +37,7 @@ class ShuffleNetV2(nn.Module):
             setattr(self, name, nn.Sequential(*seq))
             input_channels = output_channels
         output_channels = stages_out_channels[-1]
-        self.conv5 = nn.Sequential(
-            nn.Conv2d(input_channels, output_channels, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(output_channels),
-            nn.ReLU(inplace=True),
-        )
+        self.conv5 = ConvBNActivation(input_channels, output_channels, 1, activation="relu")
         self.fc = nn.Linear(output_channels, num_classes)
 
     def forward(self, x):

@@ -9,10 +9,11 @@ from .inverted_residual_v3 import InvertedResidualV3
 from .paired import PairedBatchNorm2d, PairedConv2d
 from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
+from .shufflenet_v2_unit import ShuffleNetV2Unit
 from .squeeze_excitation import SqueezeExcitation
 from .timm_blocks import TimmDepthwiseSeparable, TimmInvertedResidual
 
 __all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "GhostBottleneck",
            "GhostModule", "GhostSqueezeExcite", "InvertedResidual", "InvertedResidualV3", "PairedBatchNorm2d",
-           "PairedConv2d", "SqueezeExcitation", "TimmDepthwiseSeparable", "TimmInvertedResidual", "freeze", "fuse_bn",
-           "unfreeze"]
+           "PairedConv2d", "ShuffleNetV2Unit", "SqueezeExcitation", "TimmDepthwiseSeparable", "TimmInvertedResidual",
+           "freeze", "fuse_bn", "unfreeze"]
