@@ -206,12 +206,21 @@ def _check_op_gradient_strides(weight_format, input_format, device):
 
     x = leaf(2, 8, 10, 10, memory_format=_FORMATS[input_format])
     dw, pw, expand, project = leaf(8, 1, 3, 3), leaf(16, 8, 1, 1), leaf(8, 8, 1, 1), leaf(8, 8, 1, 1)
+    # The stride-1 ShuffleNetV2 unit's branch (on the input's 4 last channels) and the down-sampling unit's shortcut.
+    unit_expand, unit_dw, unit_project = leaf(4, 4, 1, 1), leaf(4, 1, 3, 3), leaf(4, 4, 1, 1)
+    shortcut_dw, shortcut_pw = leaf(8, 1, 3, 3), leaf(8, 8, 1, 1)
     calls = {
         "depthwise_conv2d": (lambda: fusedops.depthwise_conv2d(x, dw, padding=1), [dw]),
         "dwpw_conv2d": (lambda: fusedops.dwpw_conv2d(x, dw, None, pw, None, padding=1), [dw, pw]),
         "inverted_residual": (lambda: fusedops.inverted_residual(x, expand, None, dw, None, project),
                               [expand, dw, project]),
         "ghost_module": (lambda: fusedops.ghost_module(x, expand, None, dw, None, 16), [expand, dw]),
+        "shufflenet_v2_unit": (lambda: fusedops.shufflenet_v2_unit(x, unit_expand, None, unit_dw, None, unit_project),
+                               [unit_expand, unit_dw, unit_project]),
+        "shufflenet_v2_unit_down": (lambda: fusedops.shufflenet_v2_unit(x, expand, None, dw, None, project,
+                                                                        shortcut=(shortcut_dw, None, shortcut_pw, None),
+                                                                        stride=2),
+                                    [expand, dw, project, shortcut_dw, shortcut_pw]),
     }
     for name, (call, weights) in calls.items():
         grads = torch.autograd.grad(call().sum(), weights)

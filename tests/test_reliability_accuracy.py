@@ -87,8 +87,31 @@ def _ops():
             return _reference.ghost_module(x, *ws, None, 12, (1, 1), "relu")
         return layout, shapes, call
 
+    def shufflenet_v2_unit(layout):
+        def shapes():
+            return (2, 16, 64, 64), [(8, 8, 1, 1), (8,), (8, 1, 3, 3), (8,), (8, 8, 1, 1), (8,)]
+
+        def call(op, x, *ws):
+            if op == "fusedops":
+                return fusedops.shufflenet_v2_unit(x, *ws)
+            return _reference.shufflenet_v2_unit(x, *ws, None, None, None, None, (1, 1), (1, 1), (1, 1), "relu")
+        return layout, shapes, call
+
+    def shufflenet_v2_unit_down(layout):
+        # Stride 2: twice the height and width of the others' input, for as many terms (8k) per bias gradient.
+        def shapes():
+            return (2, 8, 128, 128), [(8, 8, 1, 1), (8,), (8, 1, 3, 3), (8,), (8, 8, 1, 1), (8,), (8, 1, 3, 3), (8,),
+                                      (8, 8, 1, 1), (8,)]
+
+        def call(op, x, *ws):
+            if op == "fusedops":
+                return fusedops.shufflenet_v2_unit(x, *ws[:6], shortcut=tuple(ws[6:]), stride=2)
+            return _reference.shufflenet_v2_unit(x, *ws, (2, 2), (1, 1), (1, 1), "relu")
+        return layout, shapes, call
+
     return {f"{name}-{layout}": make(layout) for name, make in
-            (("depthwise", depthwise), ("dwpw", dwpw), ("inverted_residual", inverted_residual), ("ghost", ghost))
+            (("depthwise", depthwise), ("dwpw", dwpw), ("inverted_residual", inverted_residual), ("ghost", ghost),
+             ("shufflenet_v2_unit", shufflenet_v2_unit), ("shufflenet_v2_unit_down", shufflenet_v2_unit_down))
             for layout in ("nchw", "channels_last")}
 
 
@@ -131,9 +154,11 @@ def test_cpu_parameter_gradients_as_accurate_as_pytorch(case):
     check_parameter_gradient_accuracy(case, "cpu")
 
 
-# Through the interpreter a dwpw case takes ~25 s: one layout of it; inverted_residual's parameter gradients come
-# from the same dwpw Triton reductions (and ATen's for the expand stage), so it is left to the GPU runs.
-TRITON_CASES = [c for c in ACCURACY_CASES if not c.startswith("inverted_residual") and c != "dwpw-nchw"]
+# Through the interpreter a dwpw case takes ~25 s: one layout of it; inverted_residual's and shufflenet_v2_unit's
+# parameter gradients come from the same dwpw Triton reductions (and ATen's for the expand stage), so they are left to
+# the GPU runs.
+TRITON_CASES = [c for c in ACCURACY_CASES if not c.startswith(("inverted_residual", "shufflenet_v2_unit"))
+                and c != "dwpw-nchw"]
 
 
 @pytest.mark.triton

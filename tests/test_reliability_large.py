@@ -131,3 +131,41 @@ def test_ghost_module_far_end(what, dtype, elements, layout):
     expected = torch.cat([x1[..., 1:, :], x2], 1)[:, :3] + tail[..., 1:, :]
     assert_close_scaled(y[..., -rows:, :], expected, rtol=2e-2, atol=2e-2, name="ghost_module")
 
+
+
+@pytest.mark.parametrize("what,dtype,elements", SIZES)
+@pytest.mark.parametrize("layout,stride", [("nchw", 1), ("channels_last", 1), ("channels_last", 2)])
+def test_shufflenet_v2_unit_far_end(what, dtype, elements, layout, stride):
+    # 4 input channels. Stride 1: the input's first half copied into the even output channels, the branch
+    # (2 -> 2 -> 2 channels) on its second half. Stride 2: the down-sampling unit, a shortcut and a branch of 2
+    # channels each on the whole input (an output a quarter of the input's size).
+    x = _image(elements, 4, dtype, layout)
+    branch_in = 2 if stride == 1 else 4
+    ew, eb = torch.randn(2, branch_in, 1, 1).to(dtype), torch.randn(2).to(dtype)
+    dw, db = torch.randn(2, 1, 3, 3).to(dtype), torch.randn(2).to(dtype)
+    pw, pb = torch.randn(2, 2, 1, 1).to(dtype), torch.randn(2).to(dtype)
+    shortcut = None
+    if stride != 1:
+        shortcut = (torch.randn(4, 1, 3, 3).to(dtype), torch.randn(4).to(dtype), torch.randn(2, 4, 1, 1).to(dtype),
+                    torch.randn(2).to(dtype))
+    y = fusedops.shufflenet_v2_unit(x, ew, eb, dw, db, pw, pb, shortcut=shortcut, stride=stride)
+    rows, h = 10, x.shape[2]
+    oh = (h - 1) // stride + 1
+    # The input rows the last `rows` output rows read, and the zero padding's side columns and bottom row (where
+    # the last output row reads it).
+    tail = x[..., stride * (oh - rows) - 1:, :].double()
+    pad = (1, 1, 0, stride * (oh - 1) + 2 - h)
+
+    def depthwise(t, w, b):
+        return F.conv2d(F.pad(t, pad), w.double(), b.double(), stride, groups=t.shape[1])
+
+    def pointwise(t, w, b):
+        return F.relu(F.conv2d(t, w.double(), b.double()))
+
+    if shortcut is None:
+        first, tail = tail[:, :2, 1:], tail[:, 2:]
+    else:
+        first = pointwise(depthwise(tail, *shortcut[:2]), *shortcut[2:])
+    second = pointwise(depthwise(pointwise(tail, ew, eb), dw, db), pw, pb)
+    expected = torch.stack([first, second], 2).flatten(1, 2)
+    assert_close_scaled(y[..., -rows:, :], expected, rtol=2e-2, atol=2e-2, name="shufflenet_v2_unit")

@@ -37,6 +37,8 @@ def _ops(device):
     ghost_dw_w = torch.randn(4, 1, 3, 3, device=device)
     inverted = fusedops.nn.InvertedResidual(8, 8, 1, 3).to(device).eval()
     ghost = fusedops.nn.GhostModule(8, 8).to(device).eval().freeze()
+    unit_w, down_w = torch.randn(4, 4, 1, 1, device=device), torch.randn(8, 8, 1, 1, device=device)
+    unit = fusedops.nn.ShuffleNetV2Unit(8, 16, 2).to(device).eval().freeze()
 
     def with_grad(fn, *tensors):
         leaves = [t.detach().requires_grad_() for t in tensors]
@@ -56,6 +58,7 @@ def _ops(device):
     dwpw = lambda x, *ts: fusedops.dwpw_conv2d(x, *ts, 1, 1, 1, "relu6", "relu6")  # noqa: E731
     shuffle = lambda x: fusedops.channel_shuffle(x, 4)  # noqa: E731
     concat = lambda a, b: fusedops.concat_shuffle(a, b, 2)  # noqa: E731
+    down = lambda x, *ts: fusedops.shufflenet_v2_unit(x, *ts[:6], shortcut=ts[6:], stride=2)  # noqa: E731
     return {
         "depthwise_cl": (dw, (x, w, b)), "depthwise_nchw": (dw, (xn, w, b)),
         "dwpw_cl": (dwpw, (x, w, b, pw_w, pw_b)), "dwpw_nchw": (dwpw, (xn, w, b, pw_w, pw_b)),
@@ -66,6 +69,10 @@ def _ops(device):
         "ghost_module": (lambda x, *ts: fusedops.ghost_module(x, *ts, 8), (xn, ex_w[:4], ex_b[:4], ghost_dw_w,
                                                                             ir_dw_b[:4])),
         "inverted_residual_module": (inverted, (x,)), "ghost_frozen": (ghost, (x,)),
+        "shufflenet_v2_unit": (lambda x, *ts: fusedops.shufflenet_v2_unit(x, *ts), (x, unit_w, b[:4], w[:4], b[:4],
+                                                                                     unit_w, b[:4])),
+        "shufflenet_v2_unit_down": (down, (xn, down_w, b, w, b, down_w, b, w, b, down_w, b)),
+        "shufflenet_v2_unit_frozen": (unit, (x,)),
     }, with_grad, no_grad
 
 

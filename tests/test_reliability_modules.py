@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusedops
-from fusedops.nn import DepthwiseSeparableConv2d
+from fusedops.nn import DepthwiseSeparableConv2d, ShuffleNetV2Unit
 from fuzz.helpers import activation
 
 
@@ -194,6 +194,133 @@ def test_freeze_model():
 def test_frozen_block_under_torch_compile():
     torch._dynamo.reset()
     m = block(torch.float32).freeze()
+    x = torch.randn(2, 8, 9, 9)
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x))
+
+
+# ---------------------------------------------------------------------------------------------------
+# ShuffleNetV2Unit (the stride-1 and the down-sampling unit, each one fused op in eval mode): the same writes,
+# freeze step and round trips
+
+
+def unfused_unit(m, x):
+    """The unit in eval mode with plain PyTorch ops (its submodules' convolutions, batch norms on running statistics,
+    torch.cat and F.channel_shuffle)."""
+    def run(branch, t):
+        for layer in branch:
+            if isinstance(layer, nn.Conv2d):
+                t = F.conv2d(t, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+            elif isinstance(layer, nn.BatchNorm2d):
+                t = F.batch_norm(t, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0,
+                                 layer.eps)
+            else:
+                t = activation(t, m.activation)
+        return t
+
+    if m.stride == 1:
+        x1, x2 = x.chunk(2, dim=1)
+        return F.channel_shuffle(torch.cat([x1, run(m.branch2, x2)], 1), 2)
+    return F.channel_shuffle(torch.cat([run(m.branch1, x), run(m.branch2, x)], 1), 2)
+
+
+def unit(stride, dtype=torch.float64):
+    m = ShuffleNetV2Unit(8, 8 * stride, stride).to(dtype).eval()
+    randomize_bn(m)
+    return m
+
+
+def check_unit(m, x):
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), unfused_unit(m, x))
+
+
+@pytest.mark.parametrize("stride, write", [(1, "expand_weight"), (1, "dw_weight"), (1, "bn_weight"),
+                                           (1, "running_var"), (1, "replace_data"), (2, "project_weight"),
+                                           (2, "shortcut_dw_weight"), (2, "shortcut_pw_weight"),
+                                           (2, "running_mean"), (2, "replace_data")])
+def test_eval_unit_sees_writes_through_data(stride, write):
+    m = unit(stride)
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    check_unit(m, x)
+    if write == "expand_weight":
+        m.branch2[0].weight.data.mul_(-1)
+    elif write == "dw_weight":
+        m.branch2[3].weight.data.mul_(-1)
+    elif write == "project_weight":
+        m.branch2[5].weight.data.add_(0.25)
+    elif write == "shortcut_dw_weight":
+        m.branch1[0].weight.data.mul_(-1)
+    elif write == "shortcut_pw_weight":
+        m.branch1[2].weight.data.add_(0.25)
+    elif write == "bn_weight":
+        m.branch2[4].weight.data.mul_(3.0)
+    elif write == "running_var":
+        m.branch2[6].running_var.data.mul_(4.0)
+    elif write == "running_mean":
+        m.branch1[1].running_mean.data.add_(1.0)
+    else:
+        m.branch2[3].weight.data = -m.branch2[3].weight.data
+    check_unit(m, x)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_unit_freeze_folds_once_and_unfreeze_folds_every_call(monkeypatch, stride):
+    m = unit(stride)
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    folds = []
+    real_fold = m._fold
+    monkeypatch.setattr(m, "_fold", lambda: folds.append(1) or real_fold())
+    with torch.no_grad():
+        m(x), m(x)
+        assert len(folds) == 2  # default: folded on every call
+        assert m.freeze() is m and m.frozen and "frozen=True" in repr(m)
+        y = m(x)
+        assert len(folds) == 3 and torch.equal(m(x), y) and len(folds) == 3  # constants
+        m.branch2[3].weight.data.mul_(-1)  # documented: a frozen unit does not see this ...
+        torch.testing.assert_close(m(x), y)
+        m.unfreeze()  # ... until it is unfrozen (or frozen again)
+    assert not m.frozen
+    check_unit(m, x)
+
+
+@pytest.mark.parametrize("change", ["to_dtype", "load_state_dict", "deepcopy", "pickle", "torch_save",
+                                    "channels_last"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_frozen_unit_refolds_after_conversions_and_loads(change, stride):
+    m = unit(stride).freeze()
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    check_unit(m, x)  # folded, packed and its call prepared
+    if change == "to_dtype":
+        m = m.float()
+        x = x.float()
+    elif change == "load_state_dict":
+        other = unit(stride)
+        m.load_state_dict(other.state_dict())
+    elif change == "deepcopy":
+        m = copy.deepcopy(m)
+        with torch.no_grad():
+            m.branch2[3].weight.neg_()  # the copy's own weights, not the original's fold
+        m.freeze()
+    elif change == "pickle":
+        m = pickle.loads(pickle.dumps(m))
+    elif change == "torch_save":
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        buf.seek(0)
+        m = torch.load(buf, weights_only=False)
+    else:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    assert m.frozen
+    check_unit(m, x)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_frozen_unit_under_torch_compile(stride):
+    torch._dynamo.reset()
+    m = unit(stride, torch.float32).freeze()
     x = torch.randn(2, 8, 9, 9)
     compiled = torch.compile(m, fullgraph=True, backend="eager")
     with torch.no_grad():

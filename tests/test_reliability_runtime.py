@@ -79,12 +79,30 @@ def _case_calls():
             return (y, *torch.autograd.grad(y, (x, *ts), torch.ones_like(y)))
         return run
 
+    def shufflenet_v2_unit(layout, stride):
+        def run(seed):
+            g = torch.Generator().manual_seed(seed)
+            c = 4 + 2 * (seed % 3)
+            # Stride 1: the branch on the input's second half; stride 2: the down-sampling unit, 6 channels a half.
+            b, branch_in = (c // 2, c // 2) if stride == 1 else (6, c)
+            x = _leaf((2, c, 8 + seed % 5, 9), layout, g)
+            shapes = [(b, branch_in, 1, 1), (b,), (b, 1, 3, 3), (b,), (b, b, 1, 1), (b,)]
+            if stride != 1:
+                shapes += [(c, 1, 3, 3), (c,), (b, c, 1, 1), (b,)]
+            ts = _weights(shapes, g)
+            y = fusedops.shufflenet_v2_unit(x, *ts[:6], shortcut=tuple(ts[6:]) if stride != 1 else None,
+                                            stride=stride)
+            return (y, *torch.autograd.grad(y, (x, *ts), torch.ones_like(y)))
+        return run
+
     return [("depthwise_nchw", depthwise("nchw", 1, 1)), ("depthwise_cl", depthwise("cl", 1, 1)),
             ("depthwise_cl_s2_m2", depthwise("cl", 2, 2)), ("depthwise_nchw_s2", depthwise("nchw", 2, 1)),
             ("dwpw_cl", dwpw("cl")), ("dwpw_nchw", dwpw("nchw")), ("shuffle", shuffle),
             ("inverted_residual_cl", inverted_residual("cl", 1)), ("inverted_residual_nchw_s2",
                                                                    inverted_residual("nchw", 2)),
-            ("ghost_cl", ghost("cl", 2)), ("ghost_nchw_ratio3", ghost("nchw", 3))]
+            ("ghost_cl", ghost("cl", 2)), ("ghost_nchw_ratio3", ghost("nchw", 3)),
+            ("shufflenet_v2_unit_cl", shufflenet_v2_unit("cl", 1)),
+            ("shufflenet_v2_unit_nchw_s2", shufflenet_v2_unit("nchw", 2))]
 
 
 def _module_calls(wrap=lambda module: module):
@@ -97,7 +115,10 @@ def _module_calls(wrap=lambda module: module):
               "inverted_residual": fusedops.nn.InvertedResidual(8, 8, 1, 6).double().eval(),
               "inverted_residual_frozen": fusedops.nn.InvertedResidual(8, 8, 1, 6).double().eval().freeze(),
               "ghost": fusedops.nn.GhostModule(8, 12).double().eval(),
-              "ghost_frozen": fusedops.nn.GhostModule(8, 12).double().eval().freeze()}
+              "ghost_frozen": fusedops.nn.GhostModule(8, 12).double().eval().freeze(),
+              "shufflenet_v2_unit": fusedops.nn.ShuffleNetV2Unit(8, 8, 1).double().eval(),
+              "shufflenet_v2_unit_frozen": fusedops.nn.ShuffleNetV2Unit(8, 8, 1).double().eval().freeze(),
+              "shufflenet_v2_unit_s2_frozen": fusedops.nn.ShuffleNetV2Unit(8, 16, 2).double().eval().freeze()}
     for m in blocks.values():
         for bn in m.modules():
             if isinstance(bn, torch.nn.BatchNorm2d):
@@ -205,11 +226,12 @@ def test_bitwise_repeatable(threads, deterministic):
 
 
 def _chain_of_every_op(x, dw_w, dw_b, pw_w, pw_b, ex_w, ex_b, ir_dw_w, ir_dw_b, pr_w, pr_b, pri_w, pri_b, ch_w,
-                       ch_b):
+                       ch_b, su_ex_w, su_ex_b, su_dw_w, su_dw_b, su_pr_w, su_pr_b):
     y = fusedops.depthwise_conv2d(x, dw_w, dw_b, 1, 1)
     y = fusedops.dwpw_conv2d(y, dw_w, dw_b, pw_w, pw_b, 1, 1, 1, "relu6", None)
     y = fusedops.inverted_residual(y, ex_w, ex_b, ir_dw_w, ir_dw_b, pr_w, pr_b, activation="relu6")
     y = fusedops.ghost_module(y, pri_w, pri_b, ch_w, ch_b, y.shape[1])
+    y = fusedops.shufflenet_v2_unit(y, su_ex_w, su_ex_b, su_dw_w, su_dw_b, su_pr_w, su_pr_b)
     return fusedops.concat_shuffle(fusedops.channel_shuffle(y, 2), y, 2)
 
 
@@ -229,14 +251,15 @@ def test_compiled_calls_from_threads_match_serial_calls():
             x = _leaf((2, c, 6 + seed % 3, 7), layout, g)
             ws = _weights(((c, 1, 3, 3), (c,), (c, c, 1, 1), (c,), (hidden, c, 1, 1), (hidden,), (hidden, 1, 3, 3),
                             (hidden,), (c, hidden, 1, 1), (c,), (c // 2, c, 1, 1), (c // 2,), (c // 2, 1, 3, 3),
-                            (c // 2,)), g)
+                            (c // 2,), (c // 2, c // 2, 1, 1), (c // 2,), (c // 2, 1, 3, 3), (c // 2,),
+                            (c // 2, c // 2, 1, 1), (c // 2,)), g)
             y = chain(x, *ws)
             return (y, *torch.autograd.grad(y, (x, *ws), torch.ones_like(y)))
         return run
 
     calls = [("chain_cl", chain_call("cl")), ("chain_nchw", chain_call("nchw"))]
     calls += [(name, fn) for name, fn in _module_calls(lambda m: torch.compile(m, fullgraph=True, dynamic=False))
-              if name in ("separable", "inverted_residual_frozen", "ghost")]
+              if name in ("separable", "inverted_residual_frozen", "ghost", "shufflenet_v2_unit_s2_frozen")]
     seeds = range(2)
     serial = _run_all(calls, seeds)  # compiles each shape once, before the threads start
     for r in _run_from_threads(calls, seeds, repeats=2):

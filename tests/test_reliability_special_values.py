@@ -175,17 +175,22 @@ def test_shuffle_specials(value, layout):
 
 
 def _block_cases():
-    for block in ("inverted_residual", "ghost_module"):
+    for block in ("inverted_residual", "ghost_module", "shufflenet_v2_unit", "shufflenet_v2_unit_down"):
         for value, value_id in zip(SPECIALS, ("nan", "inf", "-inf")):
-            for where in ("input", "expand", "depthwise", "project", "bias"):
+            for where in ("input", "expand", "depthwise", "project", "bias", "shortcut_depthwise",
+                          "shortcut_pointwise"):
                 if block == "ghost_module" and where == "project":
+                    continue
+                if block != "shufflenet_v2_unit_down" and where.startswith("shortcut"):
                     continue
                 for layout in ("nchw", "channels_last"):
                     yield pytest.param(block, layout, where, value, id=f"{block}-{value_id}-{where}-{layout}")
 
 
 def _block_inputs(block, layout, where, value, seed):
-    """(input, weights) of a stride-1 block with 4 input channels; `where` names the tensor holding specials."""
+    """(input, weights) of a block with 4 input channels, at stride 1 (shufflenet_v2_unit: the stride-1 unit, its
+    branch on the input's last 2 channels) or, for shufflenet_v2_unit_down, ShuffleNetV2's down-sampling unit at
+    stride 2 (a shortcut and a branch of 6 channels each); `where` names the tensor holding specials."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 4, 7, 8, generator=g)
     if layout == "channels_last":
@@ -193,6 +198,13 @@ def _block_inputs(block, layout, where, value, seed):
     if block == "inverted_residual":
         shapes = {"expand": (12, 4, 1, 1), "expand_bias": (12,), "depthwise": (12, 1, 3, 3), "depthwise_bias": (12,),
                   "project": (4, 12, 1, 1), "bias": (4,)}
+    elif block == "shufflenet_v2_unit":
+        shapes = {"expand": (2, 2, 1, 1), "expand_bias": (2,), "depthwise": (2, 1, 3, 3), "depthwise_bias": (2,),
+                  "project": (2, 2, 1, 1), "bias": (2,)}
+    elif block == "shufflenet_v2_unit_down":
+        shapes = {"expand": (6, 4, 1, 1), "expand_bias": (6,), "depthwise": (6, 1, 3, 3), "depthwise_bias": (6,),
+                  "project": (6, 6, 1, 1), "bias": (6,), "shortcut_depthwise": (4, 1, 3, 3),
+                  "shortcut_depthwise_bias": (4,), "shortcut_pointwise": (6, 4, 1, 1), "shortcut_pointwise_bias": (6,)}
     else:
         shapes = {"expand": (3, 4, 1, 1), "expand_bias": (3,), "depthwise": (3, 1, 3, 3), "bias": (3,)}
     ws = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
@@ -212,6 +224,12 @@ def _block_call(block, x, ws, reference):
             return _reference.inverted_residual(x, *ws, None, None, None, None, (1, 1), (1, 1), (1, 1), "relu6", True,
                                                 None, None)
         return fusedops.inverted_residual(x, *ws, activation="relu6")
+    if block.startswith("shufflenet_v2_unit"):
+        shortcut, stride = (tuple(ws[6:]), 2) if block == "shufflenet_v2_unit_down" else (None, 1)
+        if reference:
+            return _reference.shufflenet_v2_unit(x, *ws[:6], *(shortcut or (None,) * 4), (stride, stride), (1, 1),
+                                                 (1, 1), "relu")
+        return fusedops.shufflenet_v2_unit(x, *ws[:6], shortcut=shortcut, stride=stride)
     if reference:
         return _reference.ghost_module(x, *ws, None, 5, (1, 1), "relu")
     return fusedops.ghost_module(x, *ws, 5)
