@@ -21,6 +21,14 @@ SHUFFLENET_V2 = [
     dict(C=48, H=28), dict(C=96, H=14), dict(C=192, H=7),
 ]
 
+# ShuffleNetV2 1.0x's units at 224x224 in network order (input -> output channels, input H, depthwise 3x3 stride):
+# each stage's down-sampling unit, then its stride-1 units (C == C_out, the branch on the second half).
+SHUFFLENET_V2_UNIT = [
+    dict(C=24, Cout=116, H=56, stride=2), dict(C=116, Cout=116, H=28, stride=1),
+    dict(C=116, Cout=232, H=28, stride=2), dict(C=232, Cout=232, H=14, stride=1),
+    dict(C=232, Cout=464, H=14, stride=2), dict(C=464, Cout=464, H=7, stride=1),
+]
+
 # Depthwise-separable blocks (C -> C_out, input H, depthwise 3x3 stride): MobileNetV1 / V2 layers.
 DWPW = [
     dict(C=32, Cout=64, H=112, stride=1),

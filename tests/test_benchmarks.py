@@ -6,7 +6,8 @@ import importlib.util
 import pytest
 import torch
 
-from benchmarks import bench_channel_shuffle, bench_depthwise_conv2d, bench_dwpw_conv2d, harness, plot, report
+from benchmarks import (bench_channel_shuffle, bench_depthwise_conv2d, bench_dwpw_conv2d, bench_shufflenet_v2_unit,
+                        harness, plot, report)
 
 
 def test_harness_times_tables_and_csv(tmp_path):
@@ -72,6 +73,14 @@ def test_shuffle_providers_agree(layout):
         assert torch.equal(providers["fusedops"](), providers["eager"]())
         providers["copy"]()
         assert torch.equal(providers["clone"](), providers["copy"]())
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shufflenet_v2_unit_providers_agree(stride):
+    providers, baselines = bench_shufflenet_v2_unit.setup_unit(1, dict(C=8, Cout=8 * stride, H=9, stride=stride),
+                                                               use_compile=False)
+    assert baselines == ["eager"]
+    torch.testing.assert_close(providers["fusedops"](), providers["eager"](), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
