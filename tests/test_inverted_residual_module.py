@@ -328,3 +328,26 @@ def test_conv_bn_activation_eval_folds_like_the_sequence(activation, layout):
         torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-12)
         fusedops.unfreeze(block)
         assert not torch.allclose(block(x), expected)
+
+
+@pytest.mark.parametrize("frozen", (False, True))
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("shape", ((1, 7, 7), (8, 7, 7), (2, 48, 48), (1, 1, 1)))
+def test_pointwise_conv_bn_activation_inference_matches_the_sequence(shape, layout, frozen):
+    # A 1x1 head in inference: channels-last maps of up to 4096 pixels run as one GEMM (F.linear on the map's
+    # (pixels x channels) view), larger ones and NCHW maps as F.conv2d; both give the sequence's output, in the
+    # input's memory format.
+    from fusedops.nn.inverted_residual import ConvBNActivation
+
+    block = ConvBNActivation(24, 40, 1, activation="relu").double()
+    randomize_batch_norms(block)
+    block.eval()
+    if frozen:
+        fusedops.freeze(block)
+    n, h, w = shape
+    x = make_input((n, 24, h, w), layout, dtype=torch.float64)
+    with torch.no_grad():
+        expected = nn.Sequential(*block.children())(x)
+        y = block(x)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    assert y.is_contiguous(memory_format=CL if layout == "channels_last" else torch.contiguous_format)
