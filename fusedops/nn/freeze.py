@@ -4,6 +4,8 @@
 hooks that drop that cache whenever PyTorch itself rewrites the block (conversions, loads, copies).
 """
 
+import operator
+
 import torch
 from torch import nn
 
@@ -95,7 +97,7 @@ class FoldedWeights:
                 or (prepared[3] and not torch.is_inference_mode_enabled())):
             return None
         kept = prepared[1]
-        if len(kept) != len(key) or any(a is not b for a, b in zip(kept, key)):
+        if len(kept) != len(key) or not all(map(operator.is_, kept, key)):
             return None
         return prepared[2]
 

@@ -286,7 +286,9 @@ class InvertedResidual(InvertedResidualBlock):
         layers = list(self._modules["conv"]._modules.values())
         expand = layers.pop(0) if len(layers) == 4 else None
         dw, project, bn = layers
-        return Stages(None if expand is None else (expand[0], expand[1]), (dw[0], dw[1]), None, (project, bn))
+        # The units' children through their _modules: Sequential indexing costs ~0.5 us a lookup on every call.
+        return Stages(None if expand is None else (expand._modules["0"], expand._modules["1"]),
+                      (dw._modules["0"], dw._modules["1"]), None, (project, bn))
 
     def _forward_unfused(self, input):
         conv = self._modules["conv"]

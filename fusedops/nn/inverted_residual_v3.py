@@ -127,8 +127,11 @@ class InvertedResidualV3(InvertedResidualBlock):
         expand = layers.pop(0) if self._expands else None
         dw, project = layers[0], layers[-1]
         se = layers[1] if self._use_se else None
-        return Stages(None if expand is None else (expand[0], expand[1]), (dw[0], dw[1]),
-                      None if se is None else (se, se.fc1, se.fc2), (project[0], project[1]))
+        # Children through _modules: Sequential indexing and Module attribute lookups cost ~0.5 us each per call.
+        return Stages(None if expand is None else (expand._modules["0"], expand._modules["1"]),
+                      (dw._modules["0"], dw._modules["1"]),
+                      None if se is None else (se, se._modules["fc1"], se._modules["fc2"]),
+                      (project._modules["0"], project._modules["1"]))
 
     def _forward_unfused(self, input):
         result = self._modules["block"](input)
