@@ -94,6 +94,17 @@ PUBLISHED_RUNS = [
         note="\"copy\" is a copy into a preallocated tensor, \"clone\" the same copy returning a new tensor "
              "(as the op does): at batch 1 the output allocation and the call itself take longer than the "
              "1.5-7 us copy."),
+    Run("fusedops.convert(model), inference, 224x224: the main job (torchvision's and timm's models converted; "
+        "channels_last)", "fusedops bench", "16dfc2d",
+        "fusedops bench --model mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0 timm:ghostnet_100 --batch 1 8 "
+        "--threads 2 --rounds 9",
+        note="Measured on a 2-vCPU Intel Xeon (AVX-512, AMX; 2 MiB L2 per core), 2 threads. fusedops runs the "
+             "converted model (each block one fused op; ShuffleNetV2 one shufflenet_v2_unit op per unit), frozen by "
+             "the benchmark; every baseline runs the original model with the same weights (random, with randomised "
+             "batch-norm statistics): eager PyTorch in NCHW and channels_last, torch.compile with Inductor's "
+             "freezing, ONNX Runtime and OpenVINO (its CPU plugin held to float32: INFERENCE_PRECISION_HINT f32; "
+             "left to itself it runs float32 models in bfloat16 on this CPU's AMX units). \"parity\" is the largest "
+             "difference from the original's output, relative to its largest value."),
     Run("Whole models, inference, 224x224 (fusedops model in channels_last)", "models", "50039c7",
         "python -m benchmarks.bench_models",
         note="The models still run their 1x1 convolutions, BatchNorms and activations as separate PyTorch ops "
