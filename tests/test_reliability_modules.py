@@ -151,16 +151,23 @@ def test_frozen_block_refolds_after_conversions_and_loads(change):
     m = block().freeze()
     x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
     check(m, x)  # folded and cached
+    m, x = _changed(m, x, change, block, lambda copied: copied.dw.weight)
+    assert m.frozen
+    check(m, x)
+
+
+def _changed(m, x, change, make, depthwise_weight):
+    """(`m`, `x`) after `change`: a dtype conversion, a load of another `make()`'s state, a deepcopy whose
+    `depthwise_weight(copy)` is then negated (the copy's own weights, not the original's fold), a pickle or
+    torch.save round trip, or a conversion to channels_last."""
     if change == "to_dtype":
-        m = m.float()
-        x = x.float()
-    elif change == "load_state_dict":
-        other = block()
-        m.load_state_dict(other.state_dict())
+        return m.float(), x.float()
+    if change == "load_state_dict":
+        m.load_state_dict(make().state_dict())
     elif change == "deepcopy":
         m = copy.deepcopy(m)
         with torch.no_grad():
-            m.dw.weight.neg_()  # the copy's own weights, not the original's fold
+            depthwise_weight(m).neg_()
         m.freeze()
     elif change == "pickle":
         m = pickle.loads(pickle.dumps(m))
@@ -170,10 +177,8 @@ def test_frozen_block_refolds_after_conversions_and_loads(change):
         buf.seek(0)
         m = torch.load(buf, weights_only=False)
     else:
-        m = m.to(memory_format=torch.channels_last)
-        x = x.to(memory_format=torch.channels_last)
-    assert m.frozen
-    check(m, x)
+        return m.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    return m, x
 
 
 def test_freeze_model():
@@ -292,27 +297,7 @@ def test_frozen_unit_refolds_after_conversions_and_loads(change, stride):
     m = unit(stride).freeze()
     x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
     check_unit(m, x)  # folded, packed and its call prepared
-    if change == "to_dtype":
-        m = m.float()
-        x = x.float()
-    elif change == "load_state_dict":
-        other = unit(stride)
-        m.load_state_dict(other.state_dict())
-    elif change == "deepcopy":
-        m = copy.deepcopy(m)
-        with torch.no_grad():
-            m.branch2[3].weight.neg_()  # the copy's own weights, not the original's fold
-        m.freeze()
-    elif change == "pickle":
-        m = pickle.loads(pickle.dumps(m))
-    elif change == "torch_save":
-        buf = io.BytesIO()
-        torch.save(m, buf)
-        buf.seek(0)
-        m = torch.load(buf, weights_only=False)
-    else:
-        m = m.to(memory_format=torch.channels_last)
-        x = x.to(memory_format=torch.channels_last)
+    m, x = _changed(m, x, change, lambda: unit(stride), lambda copied: copied.branch2[3].weight)
     assert m.frozen
     check_unit(m, x)
 
