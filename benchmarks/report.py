@@ -89,6 +89,15 @@ PUBLISHED_RUNS = [
              "GhostModule with the same weights. Bands of rows go primary GEMM -> store -> depthwise from the "
              "cached tile -> store, both halves written into their channels of the output (no concatenation or "
              "slice)."),
+    Run("shufflenet_v2_unit inference (torchvision's ShuffleNetV2 unit, BN folded; channels_last)",
+        "shufflenet_v2_unit", "7e37d11", "python -m benchmarks.bench_shufflenet_v2_unit",
+        note="Measured on a 2-vCPU Intel Xeon (2 MiB L2 per core). fusedops runs a frozen "
+             "fusedops.nn.ShuffleNetV2Unit (weights folded and packed once); eager (channels_last) and "
+             "torch.compile(freezing) run torchvision's shufflenetv2.InvertedResidual with the same weights. The "
+             "branch runs as the inverted-residual kernel's bands on its half of the input in place, its outputs "
+             "interleaved with the other half (or the shortcut's output, from the fused dwpw kernel) on the way "
+             "out: no split copy, concatenation or shuffle. Shapes: ShuffleNetV2 1.0x at 224x224, each unit's "
+             "input channels -> output channels."),
     Run("channel_shuffle and concat_shuffle (groups 2)", "channel_shuffle", "81860f5",
         "python -m benchmarks.bench_channel_shuffle",
         note="\"copy\" is a copy into a preallocated tensor, \"clone\" the same copy returning a new tensor "
