@@ -15,7 +15,7 @@ from ..ops.ghost_module import ghost_module, pack_weights
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
 from ._channels import make_divisible
-from .inverted_residual import _ACTIVATION_MODULES, _fold, _runs_unfused
+from .inverted_residual import _ACTIVATION_MODULES, _activation_module, _fold, _runs_unfused
 
 # The activation module classes a Ghost module takes (timm's act_layer): the fused blocks' activations, and
 # nn.Identity (the second Ghost module of a bottleneck), by the name the fused op takes.
@@ -30,10 +30,6 @@ def _activation_of(act_layer) -> str:
     modules = ", ".join(f"nn.{cls.__name__}" for cls in _ACTIVATIONS)
     raise ValueError(f"fusedops: act_layer must be None or one of {modules} (what the fused op computes); got "
                      f"{act_layer!r}")
-
-
-def _activation_module(name: str) -> nn.Module:
-    return nn.Identity() if name == "none" else _ACTIVATION_MODULES[name](inplace=True)
 
 
 class GhostModule(FoldedWeights, nn.Module):

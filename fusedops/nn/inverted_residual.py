@@ -19,6 +19,11 @@ from .fuse import fold_bn
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU}
 
 
+def _activation_module(name: str) -> nn.Module:
+    """The in-place activation module of the op's activation `name` (nn.Identity for "none")."""
+    return nn.Identity() if name == "none" else _ACTIVATION_MODULES[name](inplace=True)
+
+
 class ConvBNActivation(FoldedWeights, nn.Sequential):
     """conv (no bias) -> ``nn.BatchNorm2d`` -> activation (in place; left out for ``None``), laid out as
     torchvision's ``Conv2dNormActivation`` with its defaults (children ``0``, ``1``, ``2``; padding

@@ -10,7 +10,7 @@ from ..ops.channel_shuffle import concat_shuffle
 from ..ops.shufflenet_v2_unit import pack_weights, shufflenet_v2_unit
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
-from .inverted_residual import _ACTIVATION_MODULES, _fold, _runs_unfused
+from .inverted_residual import _activation_module, _fold, _runs_unfused
 
 
 class ShuffleNetV2Unit(FoldedWeights, nn.Module):
@@ -48,28 +48,25 @@ class ShuffleNetV2Unit(FoldedWeights, nn.Module):
         self.activation = activation_name(activation, "activation")
         factory = dict(device=device, dtype=dtype)
 
-        def act():
-            return _ACTIVATION_MODULES[self.activation](inplace=True) if self.activation != "none" else nn.Identity()
-
         if stride > 1:
             self.branch1 = nn.Sequential(
                 DepthwiseConv2d(inp, inp, 3, stride, 1, bias=False, **factory),
                 nn.BatchNorm2d(inp, **factory),
                 nn.Conv2d(inp, branch_features, 1, 1, 0, bias=False, **factory),
                 nn.BatchNorm2d(branch_features, **factory),
-                act(),
+                _activation_module(self.activation),
             )
         else:
             self.branch1 = nn.Sequential()
         self.branch2 = nn.Sequential(
             nn.Conv2d(inp if stride > 1 else branch_features, branch_features, 1, 1, 0, bias=False, **factory),
             nn.BatchNorm2d(branch_features, **factory),
-            act(),
+            _activation_module(self.activation),
             DepthwiseConv2d(branch_features, branch_features, 3, stride, 1, bias=False, **factory),
             nn.BatchNorm2d(branch_features, **factory),
             nn.Conv2d(branch_features, branch_features, 1, 1, 0, bias=False, **factory),
             nn.BatchNorm2d(branch_features, **factory),
-            act(),
+            _activation_module(self.activation),
         )
 
     def _fold(self):
