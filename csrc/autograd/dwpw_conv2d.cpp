@@ -6,6 +6,7 @@
 #include "fusedops/activation_ops.h"
 #include "fusedops/autograd.h"
 #include "fusedops/dwpw.h"
+#include "fusedops/schema_str.h"
 
 #include <string>
 #include <string_view>
@@ -30,7 +31,7 @@ struct DwpwConv2dFormula {
     // The backward recomputes the depthwise output band by band from the input. Where dwpw_keeps_output it also
     // keeps the output (alive anyway as the next layer's input), whose zeros and sixes give the output
     // activation's derivative without recomputing the pointwise GEMM.
-    const bool keep_output = dwpw_keeps_output(std::string_view(out.data(), out.size()), output.scalar_type());
+    const bool keep_output = dwpw_keeps_output(std_view(out), output.scalar_type());
     ctx->save_for_backward({input, dw_weight, dw_bias.value_or(Tensor()), pw_weight, pw_bias.value_or(Tensor()),
                             keep_output ? output : Tensor()});
     ctx->saved_data["stride"] = stride;
@@ -57,9 +58,8 @@ struct DwpwConv2dFormula {
                           const Tensor& pw_weight, const OptionalTensor& pw_bias, IntArrayRef stride,
                           IntArrayRef padding, IntArrayRef dilation, c10::string_view mid, c10::string_view out,
                           const OptionalTensor& /*packed_weights*/) {
-    const DwpwGeometry g =
-        dwpw_geometry(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
-                      std::string_view(mid.data(), mid.size()), std::string_view(out.data(), out.size()));
+    const DwpwGeometry g = dwpw_geometry(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, dilation,
+                                         std_view(mid), std_view(out));
     const Tensor depthwise = at::conv2d(input, dw_weight, dw_bias, stride, padding, dilation, g.dw.channels);
     return activation_forward(at::conv2d(activation_forward(depthwise, g.mid), pw_weight, pw_bias), g.out);
   }

@@ -7,6 +7,7 @@
 #include "fusedops/activation_ops.h"
 #include "fusedops/autograd.h"
 #include "fusedops/ghost_module.h"
+#include "fusedops/schema_str.h"
 
 #include <string>
 #include <string_view>
@@ -60,9 +61,8 @@ struct GhostModuleFormula {
                           const Tensor& cheap_weight, const OptionalTensor& cheap_bias, const OptionalTensor& residual,
                           int64_t out_channels, IntArrayRef stride, c10::string_view activation,
                           const OptionalTensor& /*packed_weights*/) {
-    const GhostModuleGeometry geo =
-        ghost_module_geometry(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
-                              std::string_view(activation.data(), activation.size()), residual);
+    const GhostModuleGeometry geo = ghost_module_geometry(input, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                                          out_channels, stride, std_view(activation), residual);
     const ConvGeometry& g = geo.cheap;
     const Tensor x1 = activation_forward(at::conv2d(input, primary_weight, primary_bias, stride), geo.activation);
     const Tensor x2 = activation_forward(

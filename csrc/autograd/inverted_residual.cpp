@@ -6,6 +6,7 @@
 #include "fusedops/activation_ops.h"
 #include "fusedops/autograd.h"
 #include "fusedops/inverted_residual.h"
+#include "fusedops/schema_str.h"
 
 #include <string>
 #include <string_view>
@@ -72,9 +73,9 @@ struct InvertedResidualFormula {
                           const OptionalTensor& /*packed_weights*/) {
     const SqueezeExcitationArgs se = squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight,
                                                              se_expand_bias, se_activation, se_gate);
-    const InvertedResidualGeometry g = inverted_residual_geometry(
-        input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se, stride, padding,
-        dilation, std::string_view(activation.data(), activation.size()), residual);
+    const InvertedResidualGeometry g =
+        inverted_residual_geometry(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                   se, stride, padding, dilation, std_view(activation), residual);
     const Tensor hidden = g.expand ? inverted_residual_expand(input, *expand_weight, expand_bias, g.activation) : input;
     Tensor mid =
         activation_forward(at::conv2d(hidden, dw_weight, dw_bias, stride, padding, dilation, g.hidden), g.activation);

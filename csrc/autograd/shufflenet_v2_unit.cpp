@@ -5,6 +5,7 @@
 
 #include "fusedops/activation_ops.h"
 #include "fusedops/autograd.h"
+#include "fusedops/schema_str.h"
 #include "fusedops/shufflenet_v2_unit.h"
 
 #include <string>
@@ -71,7 +72,7 @@ struct ShuffleUnitFormula {
     const ShuffleUnitGeometry g =
         shufflenet_v2_unit_geometry(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
                                     {shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias},
-                                    stride, padding, dilation, std::string_view(activation.data(), activation.size()));
+                                    stride, padding, dilation, std_view(activation));
     const Tensor hidden = inverted_residual_expand(branch_input(input, g), expand_weight, expand_bias, g.activation);
     const Tensor second = depthwise_pointwise(hidden, dw_weight, dw_bias, project_weight, project_bias, stride, padding,
                                               dilation, g.activation);

@@ -32,6 +32,7 @@
 #include "fusedops/cpu/scratch.h"
 #include "fusedops/cpu/vec_io.h"
 #include "fusedops/ghost_module.h"
+#include "fusedops/schema_str.h"
 
 #include <algorithm>
 #include <array>
@@ -223,15 +224,14 @@ Tensor ghost_module_cpu(const Tensor& input_, const Tensor& primary_weight, cons
                         const Tensor& cheap_weight, const c10::optional<Tensor>& cheap_bias,
                         const c10::optional<Tensor>& residual, int64_t out_channels, at::IntArrayRef stride,
                         c10::string_view activation, const c10::optional<Tensor>& packed_weights) {
-  const GhostModuleGeometry geo =
-      ghost_module_geometry(input_, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
-                            std::string_view(activation.data(), activation.size()), residual);
+  const GhostModuleGeometry geo = ghost_module_geometry(input_, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                                        out_channels, stride, std_view(activation), residual);
   const ConvGeometry& g = geo.cheap;
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: ghost_module CPU kernel got input on ", input_.device());
   if (!all_finite(cheap_weight)) {
     // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h).
     return ghost_module_composed(input_, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
-                                 std::string_view(activation.data(), activation.size()), residual);
+                                 std_view(activation), residual);
   }
   const at::MemoryFormat fmt = output_memory_format(input_);
   Tensor out = at::empty({g.batch, out_channels, g.out_h, g.out_w}, input_.options().memory_format(fmt));
@@ -260,9 +260,8 @@ Tensor ghost_module_pack_weights_cpu(const Tensor& input, const Tensor& primary_
                                      const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
                                      const c10::optional<Tensor>& cheap_bias, const c10::optional<Tensor>& residual,
                                      int64_t out_channels, at::IntArrayRef stride, c10::string_view activation) {
-  const GhostModuleGeometry geo =
-      ghost_module_geometry(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
-                            std::string_view(activation.data(), activation.size()), residual);
+  const GhostModuleGeometry geo = ghost_module_geometry(input, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                                        out_channels, stride, std_view(activation), residual);
   Tensor packed;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_module_pack", [&] {
     using acc = acc_t<scalar_t>;
@@ -282,8 +281,7 @@ GhostModuleGrads ghost_module_backward_cpu(const Tensor& grad_output, const Tens
                                            std::array<bool, kGhostModuleGradients> output_mask) {
   TORCH_CHECK(input.device().is_cpu(), "fusedops: ghost_module CPU backward got input on ", input.device());
   return ghost_module_backward_recomputed(grad_output, input, primary_weight, primary_bias, cheap_weight, cheap_bias,
-                                          out_channels, stride, std::string_view(activation.data(), activation.size()),
-                                          output_mask);
+                                          out_channels, stride, std_view(activation), output_mask);
 }
 
 }  // namespace

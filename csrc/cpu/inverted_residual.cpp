@@ -40,6 +40,7 @@
 #include "fusedops/cpu/vec_io.h"
 #include "fusedops/dwpw.h"
 #include "fusedops/inverted_residual.h"
+#include "fusedops/schema_str.h"
 
 #include <algorithm>
 #include <array>
@@ -648,16 +649,15 @@ Tensor inverted_residual_cpu(const Tensor& input_, const c10::optional<Tensor>& 
                              const c10::optional<Tensor>& packed_weights) {
   const SqueezeExcitationArgs se = squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight,
                                                            se_expand_bias, se_activation, se_gate);
-  const InvertedResidualGeometry geo = inverted_residual_geometry(
-      input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se, stride, padding,
-      dilation, std::string_view(activation.data(), activation.size()), residual);
+  const InvertedResidualGeometry geo =
+      inverted_residual_geometry(input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                 se, stride, padding, dilation, std_view(activation), residual);
   const ConvGeometry& g = geo.dw;
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: inverted_residual CPU kernel got input on ", input_.device());
   if (!all_finite(dw_weight)) {
     // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h).
     return inverted_residual_composed(input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
-                                      project_bias, se, stride, padding, dilation,
-                                      std::string_view(activation.data(), activation.size()), residual);
+                                      project_bias, se, stride, padding, dilation, std_view(activation), residual);
   }
   const at::MemoryFormat fmt = output_memory_format(input_);
   const Tensor input = input_.contiguous(at::MemoryFormat::ChannelsLast);
@@ -679,9 +679,9 @@ Tensor inverted_residual_pack_weights_cpu(
     c10::string_view se_gate) {
   const SqueezeExcitationArgs se = squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight,
                                                            se_expand_bias, se_activation, se_gate);
-  const InvertedResidualGeometry geo = inverted_residual_geometry(
-      input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, se, stride, padding,
-      dilation, std::string_view(activation.data(), activation.size()), residual);
+  const InvertedResidualGeometry geo =
+      inverted_residual_geometry(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                 se, stride, padding, dilation, std_view(activation), residual);
   return pack_inverted_residual_block_cpu(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                                           project_bias, se, geo);
 }
@@ -700,8 +700,7 @@ InvertedResidualGrads inverted_residual_backward_cpu(
       grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
       squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_activation,
                               se_gate),
-      stride, padding, dilation, std::string_view(activation.data(), activation.size()), residual, output_mask,
-      kCpuBackwardBandElements);
+      stride, padding, dilation, std_view(activation), residual, output_mask, kCpuBackwardBandElements);
 }
 
 }  // namespace

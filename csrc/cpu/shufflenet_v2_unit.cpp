@@ -14,6 +14,7 @@
 #include "fusedops/cpu/finite.h"
 #include "fusedops/cpu/inverted_residual_block.h"
 #include "fusedops/dwpw.h"
+#include "fusedops/schema_str.h"
 #include "fusedops/shufflenet_v2_unit.h"
 
 namespace fusedops {
@@ -21,17 +22,6 @@ namespace cpu {
 namespace {
 
 using at::Tensor;
-
-ShuffleUnitGeometry checked_geometry(const Tensor& input, const Tensor& expand_weight,
-                                     const c10::optional<Tensor>& expand_bias, const Tensor& dw_weight,
-                                     const c10::optional<Tensor>& dw_bias, const Tensor& project_weight,
-                                     const c10::optional<Tensor>& project_bias, const ShuffleShortcutArgs& shortcut,
-                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                     c10::string_view activation) {
-  return shufflenet_v2_unit_geometry(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
-                                     project_bias, shortcut, stride, padding, dilation,
-                                     std::string_view(activation.data(), activation.size()));
-}
 
 Tensor shufflenet_v2_unit_cpu(
     const Tensor& input_, const Tensor& expand_weight, const c10::optional<Tensor>& expand_bias,
@@ -42,15 +32,14 @@ Tensor shufflenet_v2_unit_cpu(
     at::IntArrayRef dilation, c10::string_view activation, const c10::optional<Tensor>& packed_weights) {
   const ShuffleShortcutArgs shortcut{shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias};
   const ShuffleUnitGeometry geo =
-      checked_geometry(input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, shortcut,
-                       stride, padding, dilation, activation);
+      shufflenet_v2_unit_geometry(input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                  shortcut, stride, padding, dilation, std_view(activation));
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: shufflenet_v2_unit CPU kernel got input on ", input_.device());
   if (!all_finite(dw_weight)) {
     // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h); the shortcut's dwpw kernel
     // handles its own.
     return shufflenet_v2_unit_composed(input_, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
-                                       project_bias, shortcut, stride, padding, dilation,
-                                       std::string_view(activation.data(), activation.size()));
+                                       project_bias, shortcut, stride, padding, dilation, std_view(activation));
   }
   const ConvGeometry& g = geo.branch.dw;
   const at::MemoryFormat fmt = output_memory_format(input_);
@@ -82,8 +71,8 @@ Tensor shufflenet_v2_unit_pack_weights_cpu(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view activation) {
   const ShuffleShortcutArgs shortcut{shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias};
   const ShuffleUnitGeometry geo =
-      checked_geometry(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias, shortcut,
-                       stride, padding, dilation, activation);
+      shufflenet_v2_unit_geometry(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                                  shortcut, stride, padding, dilation, std_view(activation));
   const c10::optional<Tensor> ew(expand_weight);
   return pack_inverted_residual_block_cpu(input, ew, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
                                           no_squeeze_excitation(), geo.branch);
@@ -101,7 +90,7 @@ ShuffleUnitGrads shufflenet_v2_unit_backward_cpu(
   return shufflenet_v2_unit_backward_recomputed(
       grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
       {shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias}, stride, padding, dilation,
-      std::string_view(activation.data(), activation.size()), output_mask, kCpuBackwardBandElements);
+      std_view(activation), output_mask, kCpuBackwardBandElements);
 }
 
 }  // namespace

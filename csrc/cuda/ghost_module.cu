@@ -13,6 +13,7 @@
 
 #include "fusedops/cuda/common.cuh"
 #include "fusedops/ghost_module.h"
+#include "fusedops/schema_str.h"
 
 namespace fusedops {
 namespace cuda {
@@ -27,7 +28,7 @@ Tensor ghost_module_cuda(const Tensor& input, const Tensor& primary_weight, cons
   TORCH_CHECK(on_kernel_device(input), "fusedops: ghost_module CUDA kernel got input on ", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   return ghost_module_composed(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
-                               std::string_view(activation.data(), activation.size()), residual);
+                               std_view(activation), residual);
 }
 
 GhostModuleGrads ghost_module_backward_cuda(const Tensor& grad_output, const Tensor& input,
@@ -38,8 +39,7 @@ GhostModuleGrads ghost_module_backward_cuda(const Tensor& grad_output, const Ten
   TORCH_CHECK(on_kernel_device(input), "fusedops: ghost_module CUDA backward got input on ", input.device());
   const c10::cuda::CUDAGuard guard(input.device());
   return ghost_module_backward_recomputed(grad_output, input, primary_weight, primary_bias, cheap_weight, cheap_bias,
-                                          out_channels, stride, std::string_view(activation.data(), activation.size()),
-                                          output_mask);
+                                          out_channels, stride, std_view(activation), output_mask);
 }
 
 }  // namespace

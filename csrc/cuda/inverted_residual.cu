@@ -15,6 +15,7 @@
 #include "fusedops/cuda/common.cuh"
 #include "fusedops/dwpw.h"
 #include "fusedops/inverted_residual.h"
+#include "fusedops/schema_str.h"
 
 namespace fusedops {
 namespace cuda {
@@ -37,8 +38,7 @@ Tensor inverted_residual_cuda(const Tensor& input, const c10::optional<Tensor>& 
   return inverted_residual_composed(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
                                     squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight,
                                                             se_expand_bias, se_activation, se_gate),
-                                    stride, padding, dilation, std::string_view(activation.data(), activation.size()),
-                                    residual);
+                                    stride, padding, dilation, std_view(activation), residual);
 }
 
 InvertedResidualGrads inverted_residual_backward_cuda(
@@ -56,8 +56,7 @@ InvertedResidualGrads inverted_residual_backward_cuda(
       grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
       squeeze_excitation_args(se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_activation,
                               se_gate),
-      stride, padding, dilation, std::string_view(activation.data(), activation.size()), residual, output_mask,
-      kCudaBackwardBandElements);
+      stride, padding, dilation, std_view(activation), residual, output_mask, kCudaBackwardBandElements);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "fusedops/cuda/common.cuh"
 #include "fusedops/dwpw.h"
+#include "fusedops/schema_str.h"
 #include "fusedops/shufflenet_v2_unit.h"
 
 namespace fusedops {
@@ -34,7 +35,7 @@ Tensor shufflenet_v2_unit_cuda(
   return shufflenet_v2_unit_composed(input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight,
                                      project_bias,
                                      {shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias},
-                                     stride, padding, dilation, std::string_view(activation.data(), activation.size()));
+                                     stride, padding, dilation, std_view(activation));
 }
 
 ShuffleUnitGrads shufflenet_v2_unit_backward_cuda(
@@ -50,7 +51,7 @@ ShuffleUnitGrads shufflenet_v2_unit_backward_cuda(
   return shufflenet_v2_unit_backward_recomputed(
       grad_output, input, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
       {shortcut_dw_weight, shortcut_dw_bias, shortcut_pw_weight, shortcut_pw_bias}, stride, padding, dilation,
-      std::string_view(activation.data(), activation.size()), output_mask, kCudaBackwardBandElements);
+      std_view(activation), output_mask, kCudaBackwardBandElements);
 }
 
 }  // namespace

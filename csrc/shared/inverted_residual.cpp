@@ -5,6 +5,7 @@
 #include "fusedops/activation_ops.h"
 #include "fusedops/dwpw.h"
 #include "fusedops/ops.h"
+#include "fusedops/schema_str.h"
 
 #include <ATen/OpMathType.h>
 
@@ -139,10 +140,9 @@ Tensor block_composed(const Tensor& input, const c10::optional<Tensor>& expand_w
     activation_forward_(out, acts.project);
     return out;
   }
-  const std::string_view dw_act = activation_name(acts.depthwise), project_act = activation_name(acts.project);
   return ops::call<ops::dwpw_conv2d>(hidden, dw_weight, dw_bias, project_weight, project_bias, stride, padding,
-                                     dilation, c10::string_view(dw_act.data(), dw_act.size()),
-                                     c10::string_view(project_act.data(), project_act.size()), c10::nullopt);
+                                     dilation, schema_str(activation_name(acts.depthwise)),
+                                     schema_str(activation_name(acts.project)), c10::nullopt);
 }
 
 namespace {

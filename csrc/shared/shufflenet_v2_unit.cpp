@@ -1,5 +1,6 @@
 // Argument checks of fusedops::shufflenet_v2_unit, its composed forward (backends without a fused kernel of the
 // whole unit) and its backward on every backend. Declared in fusedops/shufflenet_v2_unit.h.
+#include "fusedops/schema_str.h"
 #include "fusedops/shufflenet_v2_unit.h"
 
 #include "fusedops/checks.h"
@@ -13,11 +14,6 @@ namespace fusedops {
 using at::Tensor;
 
 namespace {
-
-c10::string_view schema_string(Activation a) {
-  const std::string_view name = activation_name(a);
-  return c10::string_view(name.data(), name.size());
-}
 
 // The output (N, 2B, H, W) in `fmt` with first's channel c at 2c and second's at 2c + 1.
 Tensor interleave_halves(const Tensor& first, const Tensor& second, at::MemoryFormat fmt) {
@@ -96,8 +92,8 @@ ShuffleUnitGeometry shufflenet_v2_unit_geometry(const Tensor& input, const Tenso
 Tensor shuffle_shortcut(const Tensor& input, const ShuffleShortcutArgs& shortcut, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation, const ShuffleUnitGeometry& geo) {
   return ops::call<ops::dwpw_conv2d>(input, *shortcut.dw_weight, shortcut.dw_bias, *shortcut.pw_weight,
-                                     shortcut.pw_bias, stride, padding, dilation, "none", schema_string(geo.activation),
-                                     c10::nullopt);
+                                     shortcut.pw_bias, stride, padding, dilation, "none",
+                                     schema_str(activation_name(geo.activation)), c10::nullopt);
 }
 
 Tensor shufflenet_v2_unit_composed(const Tensor& input, const Tensor& expand_weight,

@@ -11,6 +11,7 @@
 
 #include "fusedops/activation.h"
 #include "fusedops/conv_geometry.h"
+#include "fusedops/schema_str.h"
 
 #include <ATen/ATen.h>
 
@@ -48,12 +49,7 @@ inline SqueezeExcitationArgs squeeze_excitation_args(const c10::optional<at::Ten
                                                      const c10::optional<at::Tensor>& expand_weight,
                                                      const c10::optional<at::Tensor>& expand_bias,
                                                      c10::string_view activation, c10::string_view gate) {
-  return {reduce_weight,
-          reduce_bias,
-          expand_weight,
-          expand_bias,
-          std::string_view(activation.data(), activation.size()),
-          std::string_view(gate.data(), gate.size())};
+  return {reduce_weight, reduce_bias, expand_weight, expand_bias, std_view(activation), std_view(gate)};
 }
 
 // The arguments of a block without a squeeze-excitation.
