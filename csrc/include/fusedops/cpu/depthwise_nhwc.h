@@ -352,8 +352,8 @@ FUSEDOPS_ALWAYS_INLINE void register_blocks(const DwNhwcRow<in_t, out_t>& t, con
 constexpr int kSevenBlockMinKernel = 5;
 
 template <typename in_t, typename out_t, int KW, int SW, typename Epilogue>
-FUSEDOPS_ALWAYS_INLINE void row_for_kernel_width(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
-                                                 const Epilogue& epilogue) {
+FUSEDOPS_NOINLINE void row_for_kernel_width(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+                                            const Epilogue& epilogue) {
   constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
   // Kernel rows that fall inside the input for this output row.
   const int64_t ih0 = t.oh * g.stride_h - g.pad_h;
@@ -429,8 +429,8 @@ template <int S>
 constexpr int kRowPairBlock = S == 1 ? 4 : 2;
 
 template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
-FUSEDOPS_ALWAYS_INLINE void depthwise_nhwc_row_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
-                                                    const Epilogue& epilogue = Epilogue()) {
+FUSEDOPS_NOINLINE void depthwise_nhwc_row_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+                                               const Epilogue& epilogue = Epilogue()) {
   if (g.stride_w == 2) {
     detail::row_pair_register_blocks<in_t, out_t, 2, kRowPairBlock<2>>(t, g, 0, g.interior_ow_begin(),
                                                                        g.interior_ow_end(), epilogue);
