@@ -31,9 +31,13 @@ demo: install
 
 # TRITON_INTERPRET=1 lets the Triton kernels run on CPU tensors, so their parity tests run without a GPU.
 # Then the CUDA kernels' tests again, through the CPU emulation of the CUDA execution model.
+# The suite's files are shared among TEST_WORKERS processes (pytest-xdist, a whole file per worker, so a file's
+# tests run in their order): the interpreted Triton tests are single-threaded Python, which a second process
+# overlaps with the rest (2-vCPU Xeon: 364 s instead of 714 s with one process).
+TEST_WORKERS ?= 2
 CUDA_EMU_TESTS = FUSEDOPS_CUDA_EMU=1 $(BIN)/python -m pytest -q tests/test_cuda_*.py
 test: install
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q tests
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 	$(CUDA_EMU_TESTS)
 
 # The CUDA kernels' tests on CPU tensors through the test-only emulation of the CUDA execution model
