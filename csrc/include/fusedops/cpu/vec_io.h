@@ -19,9 +19,10 @@
 
 // For the row-level entry points of those micro-kernels (one call per output row of a depthwise map): inlined,
 // every (kernel, stride, block, border) variant was copied into each calling kernel, once per call site. Out of
-// line, csrc/cpu/dwpw_conv2d.cpp compiled in 173 s instead of 288 s (-O3, both at once on the 2-vCPU Xeon), and
-// the depthwise and dwpw kernels ran as fast as before within the host's noise (1 thread, best of 300 calls,
-// N=1 C=16..960 maps 7x7..112x112: 0.9-1.05x).
+// line, csrc/cpu/dwpw_conv2d.cpp compiled in 173 s instead of 288 s (-O3, both at once on the 2-vCPU Xeon). Time
+// against inlined, 1 thread, best of 40-300 calls, three alternating runs on a noisy host: channels-last
+// depthwise 0.79-1.08 at N=1 (C=16..960, 7x7..112x112; C=16/32 112x112 13-21% faster), 1.00-1.12 at N=8 C=96
+// 112x112 stride 2; dwpw 0.98-1.07.
 #if defined(__GNUC__)
 #define FUSEDOPS_NOINLINE __attribute__((noinline))
 #else
