@@ -1,11 +1,11 @@
 // Argument checks of fusedops::shufflenet_v2_unit, its composed forward (backends without a fused kernel of the
 // whole unit) and its backward on every backend. Declared in fusedops/shufflenet_v2_unit.h.
-#include "fusedops/schema_str.h"
 #include "fusedops/shufflenet_v2_unit.h"
 
 #include "fusedops/checks.h"
 #include "fusedops/dwpw.h"
 #include "fusedops/ops.h"
+#include "fusedops/schema_str.h"
 
 #include <ATen/OpMathType.h>
 
