@@ -93,6 +93,15 @@ def test_parity_dtypes(dtype, layout):
     check_dwpw_parity((2, 16, 9, 10), 24, layout=layout, dtype=dtype, mid="hardswish", out=None)
 
 
+@pytest.mark.parametrize("height, width", ((1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (1, 7), (2, 4), (3, 3),
+                                           (7, 7), (2, 13)))
+@pytest.mark.parametrize("channels, cout", ((13, 29), (40, 300)))
+def test_parity_gemm_block_heights(height, width, channels, cout):
+    # Pixel counts (1-9, 26, 49) whose GEMM row blocks take every height of the micro-kernel (49 pixels: 7 blocks
+    # of 7 rows); 300 output channels against few pixels take the transposed orientation, whose rows are channels.
+    check_dwpw_parity((1, channels, height, width), cout)
+
+
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float64))
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
 @pytest.mark.parametrize("multiplier", (1, 2))

@@ -72,6 +72,15 @@ def test_parity_mobilenet_v2_shapes(layout, shape, hidden, cout, stride):
     check_inverted_residual_parity(shape, hidden, cout, stride=stride, layout=layout)
 
 
+@pytest.mark.parametrize("height, width", ((1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (1, 7), (2, 4), (3, 3),
+                                           (7, 7), (2, 13)))
+def test_parity_gemm_block_heights(height, width):
+    # Pixel counts (1-9, 26, 49) and channel counts (45 hidden, 13 out) whose GEMM row blocks take every height of
+    # the micro-kernel (49 pixels: 7 blocks of 7 rows), in both of its orientations.
+    check_inverted_residual_parity((1, 10, height, width), 45, 13, residual=False)
+    check_inverted_residual_parity((2, 13, height, width), 78, 13, layout="nchw", backward=False)
+
+
 @pytest.mark.parametrize("kernel, stride, dilation", ((5, 1, 2), (3, 2, 1), (7, 1, 1), (3, 3, 1)))
 @pytest.mark.parametrize("batch", (1, 4))
 def test_parity_bands_sharing_rows(kernel, stride, dilation, batch):

@@ -114,24 +114,25 @@ inline void store_row(out_t* c, at::vec::Vectorized<acc> v0, at::vec::Vectorized
   }
 }
 
-// kMr (8 or 6) rows x 2 vectors of C. The accumulators are named variables, not an array: GCC does not
-// scalarise arrays of this size and would spill every accumulator to the stack on every K step. Blocks
-// of fewer rows (the last of a tile) point the missing rows at row 0 and discard them.
-template <typename acc, typename out_t>
+// MR (at most kMr: 8 or 6) rows x 2 vectors of C. The accumulators are named variables, not an array: GCC does
+// not scalarise arrays of this size and would spill every accumulator to the stack on every K step. Rows of the
+// block beyond `rows` (the last block of a tile) point at row 0 and are discarded; accumulators of rows beyond MR
+// are compiled out, so a kernel of fewer rows does proportionally fewer multiply-adds (pointwise_rows chooses MR).
+template <typename acc, typename out_t, int64_t MR = PackedPointwise<acc>::kMr>
 inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, const acc* panel, const acc* bias,
                             out_t* c, int64_t ldc, int64_t cols, Activation act, const acc* row_bias = nullptr) {
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
   constexpr int64_t NR = 2 * V;
+  static_assert(MR >= 1 && MR <= 8 && MR <= PackedPointwise<acc>::kMr, "pointwise_micro: 1 to kMr rows");
   const acc* a0 = a;
   const acc* a1 = rows > 1 ? a + lda : a;
   const acc* a2 = rows > 2 ? a + 2 * lda : a;
   const acc* a3 = rows > 3 ? a + 3 * lda : a;
   const acc* a4 = rows > 4 ? a + 4 * lda : a;
   const acc* a5 = rows > 5 ? a + 5 * lda : a;
-  constexpr bool kEight = PackedPointwise<acc>::kMr == 8;
-  const acc* a6 = kEight && rows > 6 ? a + 6 * lda : a;
-  const acc* a7 = kEight && rows > 7 ? a + 7 * lda : a;
+  const acc* a6 = rows > 6 ? a + 6 * lda : a;
+  const acc* a7 = rows > 7 ? a + 7 * lda : a;
   // Column bias (per output channel of the usual orientation) or row bias (the transposed one).
   const Vec bias0 = bias ? Vec::loadu(bias) : Vec(acc(0)), bias1 = bias ? Vec::loadu(bias + V) : Vec(acc(0));
   Vec c00 = bias0, c01 = bias1, c10 = bias0, c11 = bias1, c20 = bias0, c21 = bias1;
@@ -163,39 +164,80 @@ inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, 
     Vec x(a0[kk]);
     c00 = at::vec::fmadd(x, b0, c00);
     c01 = at::vec::fmadd(x, b1, c01);
-    x = Vec(a1[kk]);
-    c10 = at::vec::fmadd(x, b0, c10);
-    c11 = at::vec::fmadd(x, b1, c11);
-    x = Vec(a2[kk]);
-    c20 = at::vec::fmadd(x, b0, c20);
-    c21 = at::vec::fmadd(x, b1, c21);
-    x = Vec(a3[kk]);
-    c30 = at::vec::fmadd(x, b0, c30);
-    c31 = at::vec::fmadd(x, b1, c31);
-    x = Vec(a4[kk]);
-    c40 = at::vec::fmadd(x, b0, c40);
-    c41 = at::vec::fmadd(x, b1, c41);
-    x = Vec(a5[kk]);
-    c50 = at::vec::fmadd(x, b0, c50);
-    c51 = at::vec::fmadd(x, b1, c51);
-    if constexpr (kEight) {
+    if constexpr (MR > 1) {
+      x = Vec(a1[kk]);
+      c10 = at::vec::fmadd(x, b0, c10);
+      c11 = at::vec::fmadd(x, b1, c11);
+    }
+    if constexpr (MR > 2) {
+      x = Vec(a2[kk]);
+      c20 = at::vec::fmadd(x, b0, c20);
+      c21 = at::vec::fmadd(x, b1, c21);
+    }
+    if constexpr (MR > 3) {
+      x = Vec(a3[kk]);
+      c30 = at::vec::fmadd(x, b0, c30);
+      c31 = at::vec::fmadd(x, b1, c31);
+    }
+    if constexpr (MR > 4) {
+      x = Vec(a4[kk]);
+      c40 = at::vec::fmadd(x, b0, c40);
+      c41 = at::vec::fmadd(x, b1, c41);
+    }
+    if constexpr (MR > 5) {
+      x = Vec(a5[kk]);
+      c50 = at::vec::fmadd(x, b0, c50);
+      c51 = at::vec::fmadd(x, b1, c51);
+    }
+    if constexpr (MR > 6) {
       x = Vec(a6[kk]);
       c60 = at::vec::fmadd(x, b0, c60);
       c61 = at::vec::fmadd(x, b1, c61);
+    }
+    if constexpr (MR > 7) {
       x = Vec(a7[kk]);
       c70 = at::vec::fmadd(x, b0, c70);
       c71 = at::vec::fmadd(x, b1, c71);
     }
   }
   store_row(c, c00, c01, cols, act);
-  if (rows > 1) store_row(c + ldc, c10, c11, cols, act);
-  if (rows > 2) store_row(c + 2 * ldc, c20, c21, cols, act);
-  if (rows > 3) store_row(c + 3 * ldc, c30, c31, cols, act);
-  if (rows > 4) store_row(c + 4 * ldc, c40, c41, cols, act);
-  if (rows > 5) store_row(c + 5 * ldc, c50, c51, cols, act);
-  if constexpr (kEight) {
-    if (rows > 6) store_row(c + 6 * ldc, c60, c61, cols, act);
-    if (rows > 7) store_row(c + 7 * ldc, c70, c71, cols, act);
+  if (MR > 1 && rows > 1) store_row(c + ldc, c10, c11, cols, act);
+  if (MR > 2 && rows > 2) store_row(c + 2 * ldc, c20, c21, cols, act);
+  if (MR > 3 && rows > 3) store_row(c + 3 * ldc, c30, c31, cols, act);
+  if (MR > 4 && rows > 4) store_row(c + 4 * ldc, c40, c41, cols, act);
+  if (MR > 5 && rows > 5) store_row(c + 5 * ldc, c50, c51, cols, act);
+  if (MR > 6 && rows > 6) store_row(c + 6 * ldc, c60, c61, cols, act);
+  if (MR > 7 && rows > 7) store_row(c + 7 * ldc, c70, c71, cols, act);
+}
+
+// The height of the micro-kernel blocks of a tile of `rows` rows: as many blocks as kMr-row ones would take, all
+// as high as the tallest of them needs. 49 pixels (a 7x7 map) run as 7 blocks of 7 rows instead of 6 of 8 and one
+// of 1, whose 7 missing rows an 8-row kernel computes all the same: 12.5% of its multiply-adds.
+template <typename acc>
+inline int64_t pointwise_block_height(int64_t rows) {
+  constexpr int64_t M = PackedPointwise<acc>::kMr;
+  const int64_t blocks = std::max<int64_t>(1, (rows + M - 1) / M);
+  return (rows + blocks - 1) / blocks;
+}
+
+// pointwise_micro for a block of `rows` (at most `height`, pointwise_block_height's) rows, through the kernel of
+// `height` rows: the heights of kMr down to kMr - 3 have their own kernels, lower ones share the kernel of kMr / 2
+// rows (enough for the last blocks of small tiles; fewer variants keep the code and its compile time small).
+template <typename acc, typename out_t>
+inline void pointwise_rows(int64_t height, int64_t k, const acc* a, int64_t lda, int64_t rows, const acc* panel,
+                           const acc* bias, out_t* c, int64_t ldc, int64_t cols, Activation act,
+                           const acc* row_bias = nullptr) {
+  constexpr int64_t M = PackedPointwise<acc>::kMr;
+  if (height >= M) {
+    pointwise_micro<acc, out_t, M>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  } else if (height == M - 1) {
+    pointwise_micro<acc, out_t, M - 1>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  } else if (height == M - 2) {
+    pointwise_micro<acc, out_t, M - 2>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  } else if (height == M - 3) {
+    pointwise_micro<acc, out_t, M - 3>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  } else {
+    pointwise_micro<acc, out_t, M / 2>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
   }
 }
 
@@ -207,14 +249,15 @@ template <typename acc, typename out_t>
 void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t panel_end, const acc* a, int64_t lda,
                     int64_t rows, out_t* c, int64_t ldc, Activation act) {
   using P = PackedPointwise<acc>;
+  const int64_t height = detail::pointwise_block_height<acc>(rows);
   for (int64_t j = panel_begin; j < panel_end; ++j) {
     const acc* panel = p.panels + j * p.k * P::kNr;
     const acc* bias = p.bias + j * P::kNr;
     const int64_t col = j * P::kNr;
     const int64_t cols = std::min(P::kNr, p.n - col);
-    for (int64_t r = 0; r < rows; r += P::kMr)
-      detail::pointwise_micro<acc, out_t>(p.k, a + r * lda, lda, std::min(P::kMr, rows - r), panel, bias,
-                                          c + r * ldc + col, ldc, cols, act);
+    for (int64_t r = 0; r < rows; r += height)
+      detail::pointwise_rows<acc, out_t>(height, p.k, a + r * lda, lda, std::min(height, rows - r), panel, bias,
+                                         c + r * ldc + col, ldc, cols, act);
   }
 }
 
@@ -248,12 +291,13 @@ void pointwise_gemm_transposed(const acc* w, int64_t ldw, const acc* bias, int64
   const int64_t panels = (pixels + P::kNr - 1) / P::kNr;
   // Row blocks outer: a block's weight rows (kMr x K) stay in L1 while the tile's panels (one tile, in L2)
   // stream past them; the weights are read from memory once.
-  for (int64_t r = row_begin; r < row_end; r += P::kMr) {
+  const int64_t height = detail::pointwise_block_height<acc>(row_end - row_begin);
+  for (int64_t r = row_begin; r < row_end; r += height) {
     for (int64_t q = 0; q < panels; ++q) {
       const int64_t col = q * P::kNr, cols = std::min(P::kNr, pixels - col);
-      detail::pointwise_micro<acc, out_t>(k, w + r * ldw, ldw, std::min(P::kMr, row_end - r),
-                                          tile_panels + q * k * P::kNr, nullptr, c + r * ldc + col, ldc, cols, act,
-                                          bias ? bias + r : nullptr);
+      detail::pointwise_rows<acc, out_t>(height, k, w + r * ldw, ldw, std::min(height, row_end - r),
+                                         tile_panels + q * k * P::kNr, nullptr, c + r * ldc + col, ldc, cols, act,
+                                         bias ? bias + r : nullptr);
     }
   }
 }
