@@ -50,7 +50,8 @@ def setup_model(name, batch, resolution, use_compile, use_ort):
     if use_compile:
         providers["compile_freezing"] = baselines.inference(baselines.compile_freezing(reference), x)
     if use_ort and "onnxruntime" not in baselines.missing_runtimes():
-        providers["onnxruntime"] = baselines.onnxruntime_session(reference, x, torch.get_num_threads())
+        providers["onnxruntime"] = baselines.IsolatedRuntime(baselines.onnxruntime_session, reference, x,
+                                                             torch.get_num_threads())
     return providers, [p for p in providers if p != "fusedops_cl"]
 
 

@@ -108,3 +108,36 @@ def test_report_tables_per_op_and_layout(tmp_path, capsys):
     table = tables[("forward", "alpha", "cl")]
     assert "| alpha N=1 C=4 cl |" in table and "vs base" in table and "**geomean** (min)" in table
     assert "alpha N=1 C=4 nchw" not in table
+
+
+needs_onnxruntime = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                                       reason="onnxruntime is not installed")
+
+
+@needs_onnxruntime
+def test_isolated_runtime_is_timed_in_its_own_process():
+    import os
+
+    from fusedops._bench import baselines
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    runtime = baselines.IsolatedRuntime(baselines.onnxruntime_session, model, x, 1)
+    try:
+        assert runtime.pid != os.getpid() and runtime._process.is_alive()
+        assert 0 < runtime.time_calls(3) < 5
+        case = harness.Case("unit", "tiny", "forward", {"torch": lambda: model(x), "ort": runtime},
+                            baselines=["ort"])
+        result = harness.time_case(case, rounds=3, sample_ms=2)
+        assert result.rounds == 3 and result.median_us["ort"] > 0 and result.speedup["ort"] > 0
+    finally:
+        runtime.close()
+    assert not runtime._process.is_alive()
+
+
+@needs_onnxruntime
+def test_isolated_runtime_says_why_it_could_not_start():
+    from fusedops._bench import baselines
+
+    with pytest.raises(RuntimeError, match="onnxruntime_session in its own process: .*Error"):
+        baselines.IsolatedRuntime(baselines.onnxruntime_session, "not a model", torch.randn(1, 3, 8, 8), 1)

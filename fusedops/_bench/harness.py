@@ -1,7 +1,8 @@
 """Benchmark harness shared by every op and model benchmark (``benchmarks/``) and ``fusedops bench``.
 
-Providers (callables) of one case are timed interleaved round-robin in one process: each round takes
-one sample of every provider, a sample runs enough calls to last ~`sample_ms`, and the reported figure
+Providers (callables) of one case are timed interleaved round-robin: each round takes one sample of every
+provider (in this process, or in the provider's own where it has one: ONNX Runtime and OpenVINO, see
+baselines.IsolatedRuntime), a sample runs enough calls to last ~`sample_ms`, and the reported figure
 is the median per-call time over rounds. Rounds during which other processes used the CPU are dropped
 (and retried), so a busy host does not leak into the figures. Speed-ups are medians of the per-round paired ratios, so
 slow drifts of a noisy host cancel out. Results print as a table and are appended to a CSV file with
@@ -143,7 +144,26 @@ def _synchronizer():
     return lambda: None
 
 
+def _time_calls(fn, calls: int, sync) -> float:
+    """Seconds that `calls` consecutive calls of provider `fn` take: timed here, or where the provider runs
+    (a provider in a process of its own, like baselines.IsolatedRuntime, has ``time_calls``)."""
+    if hasattr(fn, "time_calls"):
+        return fn.time_calls(calls)
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return time.perf_counter() - start
+
+
 def _calibrate(fn, sample_ms: float, sync) -> int:
+    if hasattr(fn, "time_calls"):
+        per_call = fn.time_calls(1)
+        if per_call < 0.02:
+            calls = max(1, int(0.02 / max(per_call, 1e-7)))
+            per_call = fn.time_calls(calls) / calls
+        return max(1, int(sample_ms / 1000 / per_call))
     fn()
     sync()
     start = time.perf_counter()
@@ -166,13 +186,17 @@ def _busy_jiffies_all():
         return None
 
 
-def _own_jiffies():
-    try:
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
-    except (OSError, ValueError, IndexError):
-        return None
+def _own_jiffies(worker_pids=()):
+    """CPU time (jiffies) of this process and of the providers' own processes (`worker_pids`)."""
+    total = 0
+    for pid in ("self", *worker_pids):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, ValueError, IndexError):
+            return None
+    return total
 
 
 # A round is dropped when other processes used more than this many jiffies (10 ms each) of CPU while it
@@ -190,20 +214,17 @@ def time_case(case: Case, rounds: int = 15, warmup: int = 3, sample_ms: float = 
     samples = {name: [] for name in names}
     noisy = {name: [] for name in names}
     max_rounds = max_rounds or 3 * rounds
+    # Providers in processes of their own: their CPU time is the case's, not another process'.
+    workers = [fn.pid for fn in case.providers.values() if getattr(fn, "pid", None) is not None]
     taken = 0
     while len(samples[names[0]]) < rounds and taken < max_rounds:
         taken += 1
-        all0, own0 = _busy_jiffies_all(), _own_jiffies()
+        all0, own0 = _busy_jiffies_all(), _own_jiffies(workers)
         round_times = {}
         for name in names:
-            fn, n = case.providers[name], iters[name]
-            sync()
-            start = time.perf_counter()
-            for _ in range(n):
-                fn()
-            sync()
-            round_times[name] = (time.perf_counter() - start) / n * 1e6
-        all1, own1 = _busy_jiffies_all(), _own_jiffies()
+            n = iters[name]
+            round_times[name] = _time_calls(case.providers[name], n, sync) / n * 1e6
+        all1, own1 = _busy_jiffies_all(), _own_jiffies(workers)
         clean = None in (all0, own0, all1, own1) or (all1 - all0) - (own1 - own0) <= MAX_FOREIGN_JIFFIES_PER_ROUND
         for name, t in round_times.items():
             (samples if clean else noisy)[name].append(t)

@@ -163,7 +163,7 @@ def setup_case(name, model, batch, size, mode, skip=(), stage=lambda what: None)
                 continue
             stage(f"{runtime} export")
             try:
-                providers[runtime] = make(model, x, threads)
+                providers[runtime] = baselines.IsolatedRuntime(make, model, x, threads)
             except Exception as e:  # a model the runtime cannot take is a note, not the end of the run
                 notes.append(f"{runtime} skipped for {name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     else:
