@@ -25,7 +25,9 @@ What is recognised, by structure (a class name only where the structure alone is
 * timm's ``GhostBottleneck`` (GhostNet, the original Ghost modules) -> :class:`fusedops.nn.GhostBottleneck` and
   timm's ``GhostModule`` -> :class:`fusedops.nn.GhostModule` (the fused Ghost-module op), by their children;
 * a depthwise ``nn.Conv2d`` (``groups == in_channels``, any multiplier) anywhere else ->
-  :class:`fusedops.nn.DepthwiseConv2d`.
+  :class:`fusedops.nn.DepthwiseConv2d`;
+* a 1x1 ``nn.Conv2d`` (one group, stride 1, no padding) anywhere else (timm's ``conv_head`` after the global pool)
+  -> :class:`fusedops.nn.PointwiseConv2d`, one matrix product in inference on small channels-last maps.
 
 A batch norm is an ``nn.BatchNorm2d`` or timm's ``BatchNormAct2d``, a subclass that applies its own activation
 (recognised by its ``drop`` and ``act`` children, whose activation the fused module computes: an isinstance check
@@ -48,6 +50,7 @@ from .nn.ghost import GhostBottleneck, GhostModule
 from .nn.inverted_residual import ConvBNActivation, InvertedResidual
 from .nn.inverted_residual_v3 import InvertedResidualV3
 from .nn.paired import PairedBatchNorm2d, PairedConv2d
+from .nn.pointwise import PointwiseConv2d
 from .nn.shufflenet_v2_unit import ShuffleNetV2Unit
 from .nn.squeeze_excitation import SE_ACTIVATIONS, SE_GATES
 from .nn.timm_blocks import TimmDepthwiseSeparable, TimmInvertedResidual
@@ -495,7 +498,17 @@ def _ghost_bottleneck(module):
 
 
 # fusedops' own modules, which convert keeps as they are: the fused blocks, and the pieces of fused pairs.
-_FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedBatchNorm2d)
+def _pointwise_conv(module):
+    """A 1x1 nn.Conv2d of one group, stride 1, no padding, not paired with a batch norm."""
+    if (type(module) is not nn.Conv2d or module.kernel_size != (1, 1) or module.stride != (1, 1)
+            or module.padding != (0, 0) or module.dilation != (1, 1) or module.groups != 1
+            or module.padding_mode != "zeros"):
+        return None
+    fused = PointwiseConv2d(module.in_channels, module.out_channels, module.bias is not None, device="meta")
+    return _adopt(fused, module)
+
+
+_FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedBatchNorm2d, PointwiseConv2d)
 # Tried in this order on every module, before its children.
 _RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _shufflenet_v2_unit, _timm_block, _ghost_bottleneck,
-                _ghost_module, _conv_bn_activation, _depthwise_conv)
+                _ghost_module, _conv_bn_activation, _depthwise_conv, _pointwise_conv)

@@ -106,3 +106,29 @@ def test_shufflenet_v2_units_with_other_activations_are_kept_and_reported():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))
+
+
+def test_1x1_convolutions_run_as_a_matrix_product_in_inference():
+    # A 1x1 convolution with a bias and no batch norm (timm's conv_head after the global pool) becomes a
+    # PointwiseConv2d: the same parameters and keys; in inference on a small channels-last map one F.linear, with
+    # recorded gradients F.conv2d (the same function either way).
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Conv2d(16, 12, 1),
+                          nn.Conv2d(12, 5, 1, bias=False), nn.Conv2d(5, 5, 1, stride=2), nn.Conv2d(5, 5, 1, groups=5))
+    converted, report = fusedops.convert(copy.deepcopy(model), report=True)
+    assert [(path, new) for path, _, new in report.replaced] == [("2", "PointwiseConv2d"), ("3", "PointwiseConv2d"),
+                                                                  ("5", "DepthwiseConv2d")]
+    assert converted.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(3, 3, 9, 9)
+    with torch.no_grad():
+        assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))
+        pooled = converted[1](converted[0](x.to(memory_format=CL)))
+        linear = torch.nn.functional.linear(pooled.flatten(1), converted[2].weight.flatten(1), converted[2].bias)
+        assert torch.equal(converted[2](pooled).flatten(1), linear)  # the matrix product, bit for bit
+    converted.train()
+    model.train()
+    out, expected = converted(x), model(x)
+    assert_close_scaled(out, expected, **tolerance(torch.float32))
+    out.sum().backward()
+    expected.sum().backward()
+    for (name, mine), theirs in zip(converted.named_parameters(), model.parameters()):
+        assert_close_scaled(mine.grad, theirs.grad, name=name, **tolerance(torch.float32))

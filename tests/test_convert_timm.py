@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import fusedops
-from fusedops.nn import (GhostBottleneck, PairedBatchNorm2d, PairedConv2d, TimmDepthwiseSeparable,
+from fusedops.nn import (GhostBottleneck, PairedBatchNorm2d, PairedConv2d, PointwiseConv2d, TimmDepthwiseSeparable,
                          TimmInvertedResidual)
 
 from conftest import (assert_close_scaled, check_compile_and_export, check_convert_eval_matches,
@@ -30,19 +30,20 @@ pytestmark = requires_ops
 # without squeeze-excitation or skip on the dwpw op); the stem (conv_stem, bn1), and the head's conv -> batch norm
 # (EfficientNet's conv_head, bn2; MobileNetV3's last stage, a ConvBnAct) as pairs.
 REPLACED = {
-    "mobilenetv3_large_100": {TimmInvertedResidual: 15, PairedConv2d: 2, PairedBatchNorm2d: 2},
+    "mobilenetv3_large_100": {TimmInvertedResidual: 15, PairedConv2d: 2, PairedBatchNorm2d: 2, PointwiseConv2d: 1},
     "efficientnet_b0": {TimmInvertedResidual: 16, PairedConv2d: 2, PairedBatchNorm2d: 2},
     "mobilenetv2_100": {TimmInvertedResidual: 16, TimmDepthwiseSeparable: 1, PairedConv2d: 2, PairedBatchNorm2d: 2},
     "mobilenetv1_100": {TimmDepthwiseSeparable: 13, PairedConv2d: 1, PairedBatchNorm2d: 1},
-    "ghostnet_100": {GhostBottleneck: 16, PairedConv2d: 2, PairedBatchNorm2d: 2},
+    "ghostnet_100": {GhostBottleneck: 16, PairedConv2d: 2, PairedBatchNorm2d: 2, PointwiseConv2d: 1},
 }
-# What each keeps, by path: the classifier, and MobileNetV3's conv_head (a 1x1 convolution with a bias, no batch norm).
+# What each keeps, by path: the classifier. (The conv_head of MobileNetV3 and GhostNet, a 1x1 convolution with a bias
+# and no batch norm after the global pool, becomes a PointwiseConv2d.)
 LEFT_ALONE = {
-    "mobilenetv3_large_100": ["conv_head", "classifier"],
+    "mobilenetv3_large_100": ["classifier"],
     "efficientnet_b0": ["classifier"],
     "mobilenetv2_100": ["classifier"],
     "mobilenetv1_100": ["classifier"],
-    "ghostnet_100": ["conv_head", "classifier"],
+    "ghostnet_100": ["classifier"],
 }
 # Where the fused blocks call their ops: fusedops.inverted_residual and fusedops.dwpw_conv2d.
 FUSED_OPS = {TimmInvertedResidual: (importlib.import_module("fusedops.nn.inverted_residual"), "inverted_residual"),
@@ -135,7 +136,8 @@ def test_report_names_what_was_replaced_and_kept():
     assert replaced["blocks.6.0.conv"] == ("Conv2d", "PairedConv2d")  # the last stage's ConvBnAct
     text = str(report)
     assert "blocks.3.1: InvertedResidual -> TimmInvertedResidual" in text
-    assert "conv_head: Conv2d kept (fusedops has no fused module for it)" in text
+    assert "conv_head: Conv2d -> PointwiseConv2d" in text  # a 1x1 convolution with a bias, no batch norm
+    assert "classifier: Linear kept (fusedops has no fused module for it)" in text
 
 
 def conv_then(norm, channels=8):
@@ -171,7 +173,7 @@ def test_unknown_batch_norm_activations_and_data_flow_are_kept():
     class Bypass(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 8, 1)
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
             self.bn = nn.BatchNorm2d(8)
 
         def forward(self, x):
@@ -218,7 +220,7 @@ def test_timm_conv_norm_act_and_refused_blocks():
     assert replaced["3"] == "TimmInvertedResidual" and replaced["4"] == "TimmDepthwiseSeparable"
     assert converted[4].out_activation == "relu"
     assert replaced["1.conv_pwl"] == "PairedConv2d" and replaced["1.conv_dw"] == "DepthwiseConv2d"
-    assert "1.conv_pw" not in replaced
+    assert replaced["1.conv_pw"] == "PointwiseConv2d"  # not paired: its batch norm applies a GELU
     assert {replaced[f"2.{n}"] for n in ("conv_dw", "conv_pw")} == {"PairedConv2d"}
     reasons = dict((path, why) for path, _, why in report.left_alone)
     for path in ("1", "1.bn1", "1.bn2"):

@@ -7,6 +7,7 @@ from .ghost import GhostBottleneck, GhostModule, GhostSqueezeExcite
 from .inverted_residual import ConvBNActivation, InvertedResidual
 from .inverted_residual_v3 import InvertedResidualV3
 from .paired import PairedBatchNorm2d, PairedConv2d
+from .pointwise import PointwiseConv2d
 from .separable import DepthwiseSeparableConv2d
 from .shuffle import ChannelShuffle
 from .shufflenet_v2_unit import ShuffleNetV2Unit
@@ -15,5 +16,5 @@ from .timm_blocks import TimmDepthwiseSeparable, TimmInvertedResidual
 
 __all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "GhostBottleneck",
            "GhostModule", "GhostSqueezeExcite", "InvertedResidual", "InvertedResidualV3", "PairedBatchNorm2d",
-           "PairedConv2d", "ShuffleNetV2Unit", "SqueezeExcitation", "TimmDepthwiseSeparable", "TimmInvertedResidual",
+           "PairedConv2d", "PointwiseConv2d", "ShuffleNetV2Unit", "SqueezeExcitation", "TimmDepthwiseSeparable", "TimmInvertedResidual",
            "freeze", "fuse_bn", "unfreeze"]
