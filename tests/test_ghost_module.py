@@ -89,6 +89,22 @@ def test_parity_thread_counts(threads):
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("threads", (2, 3))
+@pytest.mark.parametrize("ratio, out_channels, residual", ((2, 130, False), (3, 99, True), (4, 200, False)))
+def test_parity_channel_slices(threads, ratio, out_channels, residual):
+    # Small maps at batch 1 split the primary's channels between the threads instead of the rows (a 7x7 map is one
+    # strip, which would run on one thread): slices of whole GEMM panels, uneven ones included (65, 33 and 50
+    # primary channels), each with its cheap channels and its part of the residual.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_ghost_module_parity((1, 24, 7, 7), out_channels, ratio, residual=residual)
+        check_ghost_module_parity((1, 24, 6, 8), out_channels, ratio, dw_size=5, residual=residual, backward=False)
+        check_ghost_module_parity((1, 24, 7, 7), out_channels, ratio, dtype=torch.bfloat16, backward=False)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16, torch.float16))
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
 def test_parity_dtypes(dtype, layout):

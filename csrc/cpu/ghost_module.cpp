@@ -1,7 +1,8 @@
 // CPU kernels of fusedops::ghost_module (GhostNet's Ghost module: primary 1x1 -> act, cheap depthwise of that ->
 // act, both halves concatenated and cut to out_channels [+ residual]) and its backward.
 //
-// Forward, per work item (image n, strip of output rows), band by band (for_each_expanded_band,
+// Forward, per work item (image n, strip of output rows; or, where strips would leave threads idle, image n and a
+// slice of channels, the whole image at once), band by band (for_each_expanded_band,
 // cpu/expanded_bands.h, the same tile engine as inverted_residual's expand and depthwise stages):
 //   1. primary: the band's rows plus the depthwise halo, times the packed primary weights (pointwise_gemm, bias
 //      and activation in its epilogue), into a per-thread tile (rows shared with the previous band are kept);
@@ -36,6 +37,7 @@
 
 #include <algorithm>
 #include <array>
+#include <numeric>
 #include <type_traits>
 
 namespace fusedops {
@@ -144,6 +146,85 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   const Activation act = geo.activation;
   const ActivationEpilogue epilogue{act};
+  // The image's pixels as the primary GEMM's A operand (rows of C channels from `src`), in the accumulation type.
+  auto primary_operand = [&](const scalar_t* src, int64_t count) -> const acc* {
+    if constexpr (kSameAsAcc<scalar_t>) {
+      return src;
+    } else {
+      acc* converted = thread_scratch<acc>(count * C, ScratchSlot::kTilePacked);
+      for (int64_t e = 0; e < count * C; ++e) converted[e] = static_cast<acc>(src[e]);
+      return converted;
+    }
+  };
+
+  // Slices of channels instead of strips of rows where the strips would leave threads idle or recompute much halo:
+  // a 7x7 map at batch 1 is one strip, on one thread (1 and 2 threads timed the same, 62 us for 160->960). A work
+  // item (image n, slice of the primary's GEMM panels) runs the primary for the whole image into a tile of its
+  // channels, stores them, and runs the cheap depthwise of their cheap channels (channel j reads source j / m, so
+  // slices share nothing and need no halo). Channels-last outputs, whose channels a slice writes in place.
+  constexpr int64_t kNr = PackedPointwise<acc>::kNr;
+  const int64_t panels = w.primary.num_panels();
+  const int64_t slices = std::min(panels, threads / std::gcd(g.batch, threads));
+  const int64_t slice_width = (panels + slices - 1) / slices * kNr;
+  const bool slice_fits =
+      pixels * slice_width * (m == 1 ? 1 : 1 + m) * static_cast<int64_t>(sizeof(acc)) <= band_tile_bytes();
+  const double slice_time =
+      static_cast<double>((g.batch * slices + threads - 1) / threads) *
+      (static_cast<double>(g.in_h) * primary_per_row + static_cast<double>(g.out_h * g.out_w * K * T)) /
+      static_cast<double>(slices) / std::min(1.0, static_cast<double>(pixels) / 48.0);
+  // The margin: the slices' whole-image GEMM streams its input once per panel from L2 where a band's rows stay in
+  // L1. At 14x14, batch 1, strips of 7 rows (estimated at 0.57 of the image's work against the slices' 0.5) ran
+  // faster: 80->240 in 24.5 us against 37.2 us as slices, 672->112 73 against 77 us; at 7x7 (1.0 against 0.5) the
+  // slices ran 160->960 in 37 us against 62 us, 960->160 in 48 against 72 us.
+  if (out_channels_last && slices > 1 && slice_fits && slice_time < 0.75 * plan.time) {
+    at::parallel_for(0, g.batch * slices, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / slices, slice = item % slices;
+        const int64_t p0 = slice * panels / slices, p1 = (slice + 1) * panels / slices;
+        const int64_t c0 = p0 * kNr, c1 = std::min(I, p1 * kNr), width = c1 - c0;
+        if (width <= 0) continue;
+        acc* tile = thread_scratch<acc>(pixels * width + V, ScratchSlot::kTileHidden);
+        pointwise_gemm<acc, acc>(w.primary, p0, p1, primary_operand(in + n * pixels * C, pixels), C, pixels, tile - c0,
+                                 width, act);
+        scalar_t* dst = o + n * pixels * OC;
+        copy_pixels(tile, width, dst + c0, OC, pixels, width);
+        const int64_t k0 = c0 * m, k1 = std::min(K, c1 * m);
+        if (k1 > k0) {
+          const acc* dw_image = tile;
+          int64_t dw_width = width;
+          if (m > 1) {
+            dw_width = width * m;
+            acc* repeated = thread_scratch<acc>(pixels * dw_width + V, ScratchSlot::kTile);
+            for (int64_t q = 0; q < pixels; ++q)
+              for (int64_t i = 0; i < width; ++i) std::fill_n(repeated + q * dw_width + i * m, m, tile[q * width + i]);
+            dw_image = repeated;
+          }
+          DwNhwcRow<acc, scalar_t> t;
+          t.image = dw_image - k0;  // cheap channel j at local channel j - k0
+          t.in_row_stride = g.in_w * dw_width;
+          t.in_pix_stride = dw_width;
+          t.weight = w.cheap_taps;
+          t.weight_ld = g.out_channels;
+          t.bias = w.cheap_bias;
+          t.out = dst + I;
+          t.out_pix_stride = OC;
+          t.out_row_stride = g.out_w * OC;
+          t.oh = 0;
+          t.c_begin = k0;
+          t.c_end = k1;
+          depthwise_nhwc_rows(t, g, g.out_h, epilogue);
+        }
+        if (res != nullptr) {
+          const scalar_t* r = res + n * pixels * OC;
+          for (int64_t q = 0; q < pixels; ++q) {
+            add_residual(dst + q * OC + c0, r + q * OC + c0, width);
+            if (k1 > k0) add_residual(dst + q * OC + I + k0, r + q * OC + I + k0, k1 - k0);
+          }
+        }
+      }
+    });
+    return;
+  }
 
   at::parallel_for(0, g.batch * plan.strips_per_image, grain, [&](int64_t begin, int64_t end) {
     acc* tile = thread_scratch<acc>(max_tile_rows * row_elems + V, ScratchSlot::kTileHidden);
@@ -155,17 +236,9 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
       const scalar_t* image = in + n * pixels * C;
       // Primary rows [first_row, first_row + rows) of the image into dst (pixels of I channels), activation applied.
       auto primary_rows = [&](int64_t first_row, int64_t rows, acc* dst) {
-        const scalar_t* src = image + first_row * g.in_w * C;
         const int64_t count = rows * g.in_w;
-        const acc* a = nullptr;
-        if constexpr (kSameAsAcc<scalar_t>) {
-          a = src;
-        } else {
-          acc* converted = thread_scratch<acc>(count * C, ScratchSlot::kTilePacked);
-          for (int64_t e = 0; e < count * C; ++e) converted[e] = static_cast<acc>(src[e]);
-          a = converted;
-        }
-        pointwise_gemm<acc, acc>(w.primary, 0, w.primary.num_panels(), a, C, count, dst, I, act);
+        pointwise_gemm<acc, acc>(w.primary, 0, panels, primary_operand(image + first_row * g.in_w * C, count), C, count,
+                                 dst, I, act);
       };
       // Both halves of output rows [r0, r1) at dst (pixel r0 * W first, pixels of OC channels).
       auto write_halves = [&](auto* dst, const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
