@@ -149,3 +149,31 @@ def test_masked_plane_table_cache_eviction():
         torch.testing.assert_close(fusedops.depthwise_conv2d(x, weight, padding=1),
                                    depthwise_reference(x, weight, None, 1, 1, 1),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_forward_taps_kept_between_calls_follow_the_weights():
+    """The channels-last forward keeps its laid-out taps between calls while the weights are unchanged: a write that
+    bumps no version counter (through .data), other weights of the same and of another shape, another dtype of the
+    same byte count, and a rotated layout (the input gradient's) in between are each seen on the next call."""
+    def check(x, weight, bias=None):
+        ours = fusedops.depthwise_conv2d(x, weight, bias, padding=1)
+        expected = depthwise_reference(x.double(), weight.double(), None if bias is None else bias.double(), 1, 1, 1)
+        torch.testing.assert_close(ours.double(), expected, rtol=1e-2 if x.dtype == torch.bfloat16 else 1e-5,
+                                   atol=1e-2 if x.dtype == torch.bfloat16 else 1e-5)
+
+    x = torch.randn(1, 32, 7, 7).to(memory_format=torch.channels_last)
+    weight, bias = torch.randn(32, 1, 3, 3), torch.randn(32)
+    check(x, weight, bias)
+    check(x, weight, bias)  # the kept taps
+    weight.data.copy_(torch.randn(32, 1, 3, 3))  # no version bump
+    check(x, weight, bias)
+    bias.data.mul_(-1)
+    check(x, weight, bias)
+    check(x, torch.randn(32, 1, 3, 3), bias)  # same shape, other values
+    check(torch.randn(1, 16, 5, 5).to(memory_format=torch.channels_last), torch.randn(16, 1, 3, 3))
+    # bfloat16 weights of 64 channels: the same bytes as the float32 32-channel ones.
+    check(torch.randn(1, 64, 7, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last),
+          weight.to(torch.bfloat16).repeat(2, 1, 1, 1))
+    x.requires_grad_(True)
+    fusedops.depthwise_conv2d(x, weight, bias, padding=1).sum().backward()  # the rotated taps of the gradient
+    check(x.detach(), weight, bias)
