@@ -16,5 +16,5 @@ from .timm_blocks import TimmDepthwiseSeparable, TimmInvertedResidual
 
 __all__ = ["ChannelShuffle", "ConvBNActivation", "DepthwiseConv2d", "DepthwiseSeparableConv2d", "GhostBottleneck",
            "GhostModule", "GhostSqueezeExcite", "InvertedResidual", "InvertedResidualV3", "PairedBatchNorm2d",
-           "PairedConv2d", "PointwiseConv2d", "ShuffleNetV2Unit", "SqueezeExcitation", "TimmDepthwiseSeparable", "TimmInvertedResidual",
-           "freeze", "fuse_bn", "unfreeze"]
+           "PairedConv2d", "PointwiseConv2d", "ShuffleNetV2Unit", "SqueezeExcitation", "TimmDepthwiseSeparable",
+           "TimmInvertedResidual", "freeze", "fuse_bn", "unfreeze"]
