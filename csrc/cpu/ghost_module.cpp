@@ -157,6 +157,33 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
     }
   };
 
+  // Cheap channels [k0, k1) of output rows [r0, r1) of `geometry` (the image's, or a band's), cheap channel j from
+  // local channel j - k0 of dw_image (pixels of dw_ld channels), written at dst (output row r0, pixels of OC
+  // channels: cheap channel j at dst[I + j]).
+  auto cheap_rows = [&](auto* dst, const acc* dw_image, int64_t dw_ld, const ConvGeometry& geometry, int64_t r0,
+                        int64_t r1, int64_t k0, int64_t k1) {
+    DwNhwcRow<acc, std::remove_pointer_t<decltype(dst)>> t;
+    t.image = dw_image - k0;
+    t.in_row_stride = g.in_w * dw_ld;
+    t.in_pix_stride = dw_ld;
+    t.weight = w.cheap_taps;
+    t.weight_ld = g.out_channels;
+    t.bias = w.cheap_bias;
+    t.out = dst + I;
+    t.out_pix_stride = OC;
+    t.out_row_stride = g.out_w * OC;
+    t.oh = r0;
+    t.c_begin = k0;
+    t.c_end = k1;
+    depthwise_nhwc_rows(t, geometry, r1, epilogue);
+  };
+  // With a depth multiplier m > 1: `count` pixels of `tile` (ld channels), each of its first `channels` channels
+  // repeated m times at dst (channels * m per pixel), so that cheap channel j reads its source j / m at j.
+  auto repeat_sources = [&](const acc* tile, int64_t ld, int64_t channels, int64_t count, acc* dst) {
+    for (int64_t q = 0; q < count; ++q)
+      for (int64_t i = 0; i < channels; ++i) std::fill_n(dst + (q * channels + i) * m, m, tile[q * ld + i]);
+  };
+
   // Slices of channels instead of strips of rows where the strips would leave threads idle or recompute much halo:
   // a 7x7 map at batch 1 is one strip, on one thread (1 and 2 threads timed the same, 62 us for 160->960). A work
   // item (image n, slice of the primary's GEMM panels) runs the primary for the whole image into a tile of its
@@ -191,28 +218,12 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
         const int64_t k0 = c0 * m, k1 = std::min(K, c1 * m);
         if (k1 > k0) {
           const acc* dw_image = tile;
-          int64_t dw_width = width;
           if (m > 1) {
-            dw_width = width * m;
-            acc* repeated = thread_scratch<acc>(pixels * dw_width + V, ScratchSlot::kTile);
-            for (int64_t q = 0; q < pixels; ++q)
-              for (int64_t i = 0; i < width; ++i) std::fill_n(repeated + q * dw_width + i * m, m, tile[q * width + i]);
+            acc* repeated = thread_scratch<acc>(pixels * width * m + V, ScratchSlot::kTile);
+            repeat_sources(tile, width, width, pixels, repeated);
             dw_image = repeated;
           }
-          DwNhwcRow<acc, scalar_t> t;
-          t.image = dw_image - k0;  // cheap channel j at local channel j - k0
-          t.in_row_stride = g.in_w * dw_width;
-          t.in_pix_stride = dw_width;
-          t.weight = w.cheap_taps;
-          t.weight_ld = g.out_channels;
-          t.bias = w.cheap_bias;
-          t.out = dst + I;
-          t.out_pix_stride = OC;
-          t.out_row_stride = g.out_w * OC;
-          t.oh = 0;
-          t.c_begin = k0;
-          t.c_end = k1;
-          depthwise_nhwc_rows(t, g, g.out_h, epilogue);
+          cheap_rows(dst, dw_image, width * m, g, 0, g.out_h, k0, k1);
         }
         if (res != nullptr) {
           const scalar_t* r = res + n * pixels * OC;
@@ -242,30 +253,14 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
       };
       // Both halves of output rows [r0, r1) at dst (pixel r0 * W first, pixels of OC channels).
       auto write_halves = [&](auto* dst, const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
-        using out_t = std::remove_pointer_t<decltype(dst)>;
         copy_pixels(tile + (r0 - need.begin) * row_elems, I, dst, OC, (r1 - r0) * g.in_w, I);
         if (K == 0) return;
         const acc* dw_image = tile;
         if (m > 1) {
-          const int64_t tile_pixels = (need.end - need.begin) * g.in_w;
-          for (int64_t q = 0; q < tile_pixels; ++q)
-            for (int64_t i = 0; i < sources; ++i) std::fill_n(repeated + q * dw_ld + i * m, m, tile[q * I + i]);
+          repeat_sources(tile, I, sources, (need.end - need.begin) * g.in_w, repeated);
           dw_image = repeated;
         }
-        DwNhwcRow<acc, out_t> t;
-        t.image = dw_image;
-        t.in_row_stride = g.in_w * dw_ld;
-        t.in_pix_stride = dw_ld;
-        t.weight = w.cheap_taps;
-        t.weight_ld = g.out_channels;
-        t.bias = w.cheap_bias;
-        t.out = dst + I;
-        t.out_pix_stride = OC;
-        t.out_row_stride = g.out_w * OC;
-        t.oh = r0;
-        t.c_begin = 0;
-        t.c_end = K;
-        depthwise_nhwc_rows(t, band, r1, epilogue);
+        cheap_rows(dst, dw_image, dw_ld, band, r0, r1, 0, K);
       };
       for_each_expanded_band(
           g, row_elems, strip_begin, strip_end, plan.rows, tile, primary_rows,
