@@ -151,20 +151,30 @@ def test_masked_plane_table_cache_eviction():
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_forward_taps_kept_between_calls_follow_the_weights():
-    """The channels-last forward keeps its laid-out taps between calls while the weights are unchanged: a write that
-    bumps no version counter (through .data), other weights of the same and of another shape, another dtype of the
-    same byte count, and a rotated layout (the input gradient's) in between are each seen on the next call."""
+def test_per_call_layouts_follow_the_weights():
+    """Each call lays out its own taps (on every worker) and bias: a write that bumps no version counter (through
+    .data), other weights of the same and of another shape, another dtype of the same byte count, and the input
+    gradient's rotated taps in between are each seen on the next call, on 1 and 2 threads."""
     def check(x, weight, bias=None):
         ours = fusedops.depthwise_conv2d(x, weight, bias, padding=1)
         expected = depthwise_reference(x.double(), weight.double(), None if bias is None else bias.double(), 1, 1, 1)
         torch.testing.assert_close(ours.double(), expected, rtol=1e-2 if x.dtype == torch.bfloat16 else 1e-5,
                                    atol=1e-2 if x.dtype == torch.bfloat16 else 1e-5)
 
+    for threads in (1, 2):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            _check_layout_changes(check)
+        finally:
+            torch.set_num_threads(previous)
+
+
+def _check_layout_changes(check):
     x = torch.randn(1, 32, 7, 7).to(memory_format=torch.channels_last)
     weight, bias = torch.randn(32, 1, 3, 3), torch.randn(32)
     check(x, weight, bias)
-    check(x, weight, bias)  # the kept taps
+    check(x, weight, bias)
     weight.data.copy_(torch.randn(32, 1, 3, 3))  # no version bump
     check(x, weight, bias)
     bias.data.mul_(-1)

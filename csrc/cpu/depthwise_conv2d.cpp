@@ -22,8 +22,8 @@
 #include "fusedops/cpu/streaming.h"
 #include "fusedops/cpu/vec_io.h"
 
-#include <cstring>
 #include <functional>
+#include <type_traits>
 #include <vector>
 
 namespace fusedops {
@@ -47,6 +47,13 @@ int64_t taps(const ConvGeometry& g) {
 // convolution of the input gradient), at `w`.
 template <typename scalar_t>
 void lay_out_taps(const scalar_t* src, int64_t T, int64_t OC, bool rotate, acc_t<scalar_t>* w) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (!rotate) {
+      // A transpose of (OC x T): in-register 16x16 block transposes, ~3x faster than the element loop below.
+      at::vec::transpose_mxn<float>(src, T, w, OC, static_cast<int>(OC), static_cast<int>(T));
+      return;
+    }
+  }
   for (int64_t oc = 0; oc < OC; ++oc)
     for (int64_t t = 0; t < T; ++t)
       w[(rotate ? T - 1 - t : t) * OC + oc] = static_cast<acc_t<scalar_t>>(src[oc * T + t]);
@@ -63,39 +70,8 @@ const acc_t<scalar_t>* taps_by_channel(const Tensor& weight, const ConvGeometry&
   return w;
 }
 
-// The forward's taps (taps_by_channel without rotation), kept between calls in scratch slots of their own with a
-// copy of the weights they were laid out from: a call whose weights equal that copy byte for byte (one vectorised
-// compare) reuses them as they are. Why: every worker reads the calling thread's taps, and rewriting them on each
-// call takes their cache lines back from the other cores, which then fetch them again from the calling core. At
-// batch 1 that traffic outweighed the second thread's work: C=1152 7x7 5x5 (115 KB of taps) took 73 us on 2
-// threads against 37 us on one, and 2 threads gained nothing up to batch 4. Comparing values, not a version
-// counter, keeps the taps right after any write to the weights (writes through .data bump none).
-template <typename scalar_t>
-const acc_t<scalar_t>* forward_taps(const Tensor& weight, const ConvGeometry& g) {
-  using acc = acc_t<scalar_t>;
-  // What the two slots hold: the taps at `taps`, laid out from `T` x `OC` weights of `type`.
-  struct LaidOut {
-    const void* taps = nullptr;
-    int64_t T = -1, OC = -1;
-    c10::ScalarType type = c10::ScalarType::Undefined;
-  };
-  thread_local LaidOut laid_out;
-  const int64_t T = taps(g), OC = g.out_channels;
-  const Tensor wc = weight.contiguous();
-  const size_t bytes = static_cast<size_t>(wc.numel()) * sizeof(scalar_t);
-  acc* w = thread_scratch<acc>(T * OC + at::vec::Vectorized<acc>::size(), ScratchSlot::kForwardTaps);
-  void* source = thread_scratch_bytes(bytes, ScratchSlot::kForwardTapsSource);
-  if (laid_out.taps == w && laid_out.T == T && laid_out.OC == OC && laid_out.type == wc.scalar_type() &&
-      std::memcmp(source, wc.const_data_ptr(), bytes) == 0) {
-    return w;
-  }
-  std::memcpy(source, wc.const_data_ptr(), bytes);
-  lay_out_taps(wc.const_data_ptr<scalar_t>(), T, OC, false, w);
-  laid_out = LaidOut{w, T, OC, wc.scalar_type()};
-  return w;
-}
-
-// Stores `value` at `dst` unless it holds it already (the per-call bias below: see forward_taps).
+// Stores `value` at `dst` unless it holds it already: the per-call bias below lives in the calling thread's scratch
+// and is read by every worker (see forward_nhwc for what rewriting unchanged values costs).
 template <typename T>
 inline void store_if_changed(T* dst, T value) {
   if (*dst != value) *dst = value;
@@ -158,23 +134,27 @@ inline void dense_nhwc_row(const scalar_t* in, const acc_t<scalar_t>* w, const a
 
 // Also the stride-1 input gradient on its own (transposed geometry), which passes the backward's
 // streaming threshold.
+//
+// `weight` (OC, 1, kH, kW), rotated by 180 degrees with `rotate` (the input gradient's transposed convolution), is
+// laid out as taps (lay_out_taps) by each worker into its own scratch. Laid out once by the calling thread and read
+// by every worker, the taps' cache lines moved between the cores on every call, and at batch 1 that traffic
+// outweighed the second thread's work: C=1152 7x7 5x5 (115 KB of taps) took 73 us on 2 threads against 37 us on one
+// (now 30 us, alternating two such layers as a model does), and 2 threads gained nothing up to batch 4.
 template <typename scalar_t>
-void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<scalar_t>* bias, Tensor& out,
+void forward_nhwc(const Tensor& input, const Tensor& weight, bool rotate, const acc_t<scalar_t>* bias, Tensor& out,
                   const ConvGeometry& g, int64_t streaming_bytes = forward_streaming_bytes()) {
+  using acc = acc_t<scalar_t>;
   const scalar_t* in = input.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  const int64_t C = g.channels;
+  const int64_t C = g.channels, T = taps(g);
+  const Tensor weight_dense = weight.contiguous();
+  const scalar_t* weight_data = weight_dense.const_data_ptr<scalar_t>();
   // Work items are (n, group of output rows (NhwcRowGroups: pairs of 3x3 rows), channel chunk).
   // Whole rows stream through memory best; with fewer than 4 groups per thread (the 7x7 maps of late
-  // layers at batch 1), the rows are cut into as few channel chunks (whole multiples of 64 channels) as make
-  // 4 items per thread. Chunks of 64 channels made too many small items: at batch 1, 2 threads ran slower than
-  // one (C=1152 7x7 5x5: 75 us against 35 us; C=672 14x14 stride 2 5x5: 47 against 31 us).
+  // layers at batch 1), chunks of 64 channels balance the threads.
   const NhwcRowGroups row_groups(g);
   const int64_t row_items = g.batch * row_groups.count;
-  const int64_t wanted_items = 4 * at::get_num_threads();
-  const int64_t wanted_chunks = (wanted_items + row_items - 1) / row_items;
-  const int64_t chunk =
-      row_items >= wanted_items ? C : std::min<int64_t>(C, ((C + wanted_chunks - 1) / wanted_chunks + 63) / 64 * 64);
+  const int64_t chunk = row_items >= 4 * at::get_num_threads() ? C : std::min<int64_t>(C, 64);
   const int64_t chunks = (C + chunk - 1) / chunk;
   const int64_t items = row_items * chunks;
   const int64_t macs = row_groups.rows_per_group() * g.out_w * chunk * taps(g);
@@ -186,6 +166,8 @@ void forward_nhwc(const Tensor& input, const acc_t<scalar_t>* w, const acc_t<sca
   const bool prefetch = chunks == 1 && streams && g.stride_h == 1;
   const bool stream_stores = streaming_stores_apply(o, C, streams);
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
+    acc* w = thread_scratch<acc>(T * g.out_channels + at::vec::Vectorized<acc>::size(), ScratchSlot::kWeights);
+    lay_out_taps(weight_data, T, g.out_channels, rotate, w);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t item = i / chunks, n = item / row_groups.count;
       const int64_t c_begin = (i % chunks) * chunk;
@@ -474,7 +456,7 @@ Tensor depthwise_conv2d_cpu(const Tensor& input_, const Tensor& weight, const c1
       // The row and plane kernels read the padding as zeros (cpu/finite.h): the direct loops skip it.
       forward_generic<scalar_t>(input, weight, bp, out, g);
     } else if (fmt == at::MemoryFormat::ChannelsLast && g.multiplier == 1) {
-      forward_nhwc<scalar_t>(input, forward_taps<scalar_t>(weight, g), bp, out, g);
+      forward_nhwc<scalar_t>(input, weight, false, bp, out, g);
     } else if (fmt == at::MemoryFormat::Contiguous) {
       forward_nchw<scalar_t>(input, weight, bp, out, g);
     } else {
@@ -1305,8 +1287,7 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(const Tensor& g
       if (!finite_weight) {
         grad_input_generic<scalar_t>(grad_output, weight, grads.input, g);
       } else if (cl && transposed_as_forward(g, &transposed)) {
-        forward_nhwc<scalar_t>(grad_output, taps_by_channel<scalar_t>(weight, g, true), nullptr, grads.input,
-                               transposed, backward_streaming_bytes());
+        forward_nhwc<scalar_t>(grad_output, weight, true, nullptr, grads.input, transposed, backward_streaming_bytes());
       } else if (!cl && transposed_as_forward(g, &transposed)) {
         forward_nchw<scalar_t>(grad_output, weight.flip({2, 3}), nullptr, grads.input, transposed);
       } else if (cl && grad_input_is_3x3_stride2(g)) {

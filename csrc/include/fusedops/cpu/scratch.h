@@ -13,21 +13,19 @@ namespace cpu {
 
 // Independent buffers a kernel may hold at once on one thread.
 enum class ScratchSlot : int {
-  kPlane = 0,               // a padded input plane
-  kRun = 1,                 // a flat output run / staged gradient plane
-  kWeights = 2,             // weights re-laid out by the calling thread, shared with the workers
-  kOffsets = 3,             // per-tap offsets
-  kTapWeights = 4,          // one channel's taps in the accumulation type
-  kTile = 5,                // a fused kernel's intermediate tile (e.g. depthwise rows feeding a pointwise GEMM)
-  kTileOut = 6,             // a fused kernel's output tile, staged before a layout change
-  kPacked = 7,              // weights packed for a GEMM micro-kernel by the calling thread, shared with the workers
-  kTilePacked = 8,          // a fused kernel's tile re-packed as GEMM panels
-  kBias = 9,                // per-channel bias in the accumulation type, shared with the workers
-  kReduce = 10,             // per-worker partial sums, reduced by the calling thread
-  kTileHidden = 11,         // a fused block's expanded rows (the input of its depthwise stage)
-  kForwardTaps = 12,        // depthwise_conv2d's forward taps, kept between calls (cpu/depthwise_conv2d.cpp)
-  kForwardTapsSource = 13,  // the weights they were laid out from
-  kCount = 14
+  kPlane = 0,        // a padded input plane
+  kRun = 1,          // a flat output run / staged gradient plane
+  kWeights = 2,      // weights re-laid out by the calling thread, shared with the workers
+  kOffsets = 3,      // per-tap offsets
+  kTapWeights = 4,   // one channel's taps in the accumulation type
+  kTile = 5,         // a fused kernel's intermediate tile (e.g. depthwise rows feeding a pointwise GEMM)
+  kTileOut = 6,      // a fused kernel's output tile, staged before a layout change
+  kPacked = 7,       // weights packed for a GEMM micro-kernel by the calling thread, shared with the workers
+  kTilePacked = 8,   // a fused kernel's tile re-packed as GEMM panels
+  kBias = 9,         // per-channel bias in the accumulation type, shared with the workers
+  kReduce = 10,      // per-worker partial sums, reduced by the calling thread
+  kTileHidden = 11,  // a fused block's expanded rows (the input of its depthwise stage)
+  kCount = 12
 };
 
 inline void* thread_scratch_bytes(size_t bytes, ScratchSlot slot) {
