@@ -158,21 +158,11 @@ def _time_calls(fn, calls: int, sync) -> float:
 
 
 def _calibrate(fn, sample_ms: float, sync) -> int:
-    if hasattr(fn, "time_calls"):
-        per_call = fn.time_calls(1)
-        if per_call < 0.02:
-            calls = max(1, int(0.02 / max(per_call, 1e-7)))
-            per_call = fn.time_calls(calls) / calls
-        return max(1, int(sample_ms / 1000 / per_call))
-    fn()
-    sync()
-    start = time.perf_counter()
-    calls = 0
-    while time.perf_counter() - start < 0.02:
-        fn()
-        sync()
-        calls += 1
-    per_call = (time.perf_counter() - start) / calls
+    """Calls of `fn` per sample: as many as last ~`sample_ms`, from one call timed, then ~20 ms of calls."""
+    per_call = _time_calls(fn, 1, sync)
+    if per_call < 0.02:
+        calls = max(1, int(0.02 / max(per_call, 1e-7)))
+        per_call = _time_calls(fn, calls, sync) / calls
     return max(1, int(sample_ms / 1000 / per_call))
 
 

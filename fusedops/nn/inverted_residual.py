@@ -79,8 +79,7 @@ def folded_conv_activation(block, conv, input, activation):
     if weight.requires_grad and torch.is_grad_enabled():
         weight = _GradientWithStrides.apply(weight, conv.weight.stride())
     if not weight.requires_grad and _runs_as_matrix_product(conv, input):
-        # The channels-last map as a (pixels x channels) matrix: one GEMM, a view in and a view out.
-        out = F.linear(input.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
+        out = _matrix_product(input, weight, bias)
     else:
         out = F.conv2d(input, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return _IN_PLACE_ACTIVATIONS[activation](out)
@@ -93,6 +92,12 @@ def folded_conv_activation(block, conv, input, activation):
 # gradient recorded): a training step keeps one algorithm whatever the batch, so a batch split over processes
 # (DistributedDataParallel) rounds as the whole batch in one process does.
 _MATRIX_PRODUCT_MAX_PIXELS = 4096
+
+
+def _matrix_product(input, weight, bias):
+    """The 1x1 convolution of a channels-last `input` by `weight` (+ `bias`) as one GEMM on the map's (pixels x
+    channels) matrix: a view in and a view out (where _runs_as_matrix_product says so)."""
+    return F.linear(input.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
 
 
 def _runs_as_matrix_product(conv, input):

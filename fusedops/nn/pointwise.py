@@ -2,10 +2,9 @@
 global pool (timm's GhostNet and MobileNetV3: ``conv_head``, a 1x1 convolution with a bias on the pooled 1x1 map)."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .inverted_residual import _runs_as_matrix_product
+from .inverted_residual import _matrix_product, _runs_as_matrix_product
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -25,5 +24,5 @@ class PointwiseConv2d(nn.Conv2d):
         recording = torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad
                                                  or (self.bias is not None and self.bias.requires_grad))
         if not recording and _runs_as_matrix_product(self, input):
-            return F.linear(input.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+            return _matrix_product(input, self.weight, self.bias)
         return super().forward(input)
