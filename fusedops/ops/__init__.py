@@ -6,6 +6,7 @@ normalisation), ``_geometry`` (argument checks and output shapes, the Python cop
 per op over ``_triton/_common.py``).
 """
 
+from . import batch_norm_activation  # noqa: F401 (registers the training path's fake kernels)
 from .channel_shuffle import channel_shuffle, concat_shuffle
 from .depthwise_conv2d import depthwise_conv2d
 from .dwpw_conv2d import dwpw_conv2d

@@ -1,0 +1,485 @@
+// CPU kernels of the training path's batch norm + activation (schemas: csrc/batch_norm_activation.cpp).
+//
+// Eager PyTorch runs a training batch norm and its activation as three or four passes over the tensor forward
+// (statistics, normalisation, activation, the in-place activation's copy) and three backward (the activation's
+// backward, then the batch norm's reductions and its elementwise pass). Here forward is two passes (the
+// statistics; normalisation and activation together) and backward two (the reductions, with the activation's
+// derivative recomputed from the input; the elementwise pass), each vectorised along the channels of a
+// channels-last tensor (the parameters as vectors) or along the planes of an NCHW one (broadcast parameters).
+//
+// Terms are computed and summed in the accumulation type (float for float, bfloat16 and half) over blocks of
+// kBlockTerms per vector lane, in registers, and the blocks' sums are added up in double. The statistics are one
+// pass of sums and sums of squares taken about a shift (each channel's mean over a sample of its values), which
+// keeps the variance's cancellation as small as a second pass would.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "fusedops/activation.h"
+#include "fusedops/checks.h"
+#include "fusedops/cpu/activation.h"
+#include "fusedops/cpu/vec_io.h"
+
+#include <array>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+namespace fusedops {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// Elements below which a pass runs on one thread: waking the pool costs more than the pass.
+constexpr int64_t kMinParallelElements = 1 << 15;
+// Terms each vector lane sums in the accumulation type before the sum goes into a double: bounds a partial sum's
+// float rounding to that of 16 terms, and the double additions to one per 16 vectors.
+constexpr int64_t kBlockTerms = 16;
+// Values per channel whose mean shifts the statistics' sums.
+constexpr int64_t kShiftSamples = 64;
+
+// A dense 4-D tensor of C channels: channels-last (a pixel's C channels contiguous) or NCHW (a plane of HW
+// elements per image and channel).
+struct Layout {
+  bool channels_last;
+  int64_t images, channels, plane;  // N, C, H * W
+};
+
+Layout layout_of(const Tensor& t) {
+  return {t.is_contiguous(at::MemoryFormat::ChannelsLast), t.size(0), t.size(1), t.size(2) * t.size(3)};
+}
+
+Tensor dense(const Tensor& t) {
+  return t.contiguous(t.suggest_memory_format());
+}
+
+// kParams per-channel parameters as vectors: loaded at channel c (channels-last), or broadcast (NCHW).
+template <typename Acc, int kParams>
+using ParamVecs = std::array<at::vec::Vectorized<Acc>, kParams>;
+
+template <typename Acc, int kParams>
+ParamVecs<Acc, kParams> params_at(const std::array<const Acc*, kParams>& arrays, int64_t c, bool vector) {
+  ParamVecs<Acc, kParams> v;
+  for (int k = 0; k < kParams; ++k) {
+    v[k] = vector ? at::vec::Vectorized<Acc>::loadu(arrays[k] + c) : at::vec::Vectorized<Acc>(arrays[k][c]);
+  }
+  return v;
+}
+
+// Calls f(element_index, count, params) on every run of `count` (at most one vector) consecutive elements that
+// share their parameters' vectors: along each pixel's channels (channels-last; parameter arrays padded to whole
+// vectors) or along each plane (NCHW).
+template <typename Acc, int kParams, typename F>
+void for_each_vector(const Layout& L, const std::array<const Acc*, kParams>& params, const F& f) {
+  constexpr int64_t V = at::vec::Vectorized<Acc>::size();
+  const int64_t grain_elements = kMinParallelElements;
+  if (L.channels_last) {
+    const int64_t C = L.channels;
+    at::parallel_for(0, L.images * L.plane, std::max<int64_t>(1, grain_elements / C), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        for (int64_t c = 0; c < C; c += V) f(p * C + c, std::min(V, C - c), params_at<Acc, kParams>(params, c, true));
+      }
+    });
+  } else {
+    const int64_t HW = L.plane;
+    at::parallel_for(0, L.images * L.channels, std::max<int64_t>(1, grain_elements / HW),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t plane = begin; plane < end; ++plane) {
+                         const auto pv = params_at<Acc, kParams>(params, plane % L.channels, false);
+                         for (int64_t i = 0; i < HW; i += V) f(plane * HW + i, std::min(V, HW - i), pv);
+                       }
+                     });
+  }
+}
+
+// Per-channel sums of the two terms f(element_index, count, params) returns for every run of for_each_vector,
+// into sums[0..C) and sums[C..2C) (double).
+template <typename Acc, int kParams, typename F>
+std::vector<double> channel_sums(const Layout& L, const std::array<const Acc*, kParams>& params, const F& f) {
+  using Vec = at::vec::Vectorized<Acc>;
+  constexpr int64_t V = Vec::size();
+  const int64_t C = L.channels;
+  // Adds a vector of terms to V double sums (widened lane by lane; the compiler vectorises the loop).
+  const auto add_to = [](double* sum, const Vec& terms) {
+    alignas(64) Acc lanes[V];
+    terms.store(lanes);
+    for (int64_t k = 0; k < V; ++k) sum[k] += static_cast<double>(lanes[k]);
+  };
+  std::vector<double> sums(2 * C, 0.0);
+  if (L.channels_last) {
+    // Threads split the pixels, each with totals of its own (padded to whole vectors), added up at the end.
+    const int64_t padded = (C + V - 1) / V * V;
+    const int threads = at::get_num_threads();
+    std::vector<double> totals(static_cast<size_t>(threads) * 2 * padded, 0.0);
+    at::parallel_for(0, L.images * L.plane, std::max<int64_t>(1, kMinParallelElements / C),
+                     [&](int64_t begin, int64_t end) {
+                       double* total = totals.data() + static_cast<size_t>(at::get_thread_num()) * 2 * padded;
+                       // A block of pixels at a time, one vector of channels at a time, the block's terms summed in
+                       // registers.
+                       for (int64_t p0 = begin; p0 < end; p0 += kBlockTerms) {
+                         const int64_t p1 = std::min(end, p0 + kBlockTerms);
+                         for (int64_t c = 0; c < C; c += V) {
+                           const int64_t count = std::min(V, C - c);
+                           const auto pv = params_at<Acc, kParams>(params, c, true);
+                           Vec a(Acc(0)), b(Acc(0));
+                           for (int64_t p = p0; p < p1; ++p) {
+                             const auto terms = f(p * C + c, count, pv);
+                             a = a + terms.first;
+                             b = b + terms.second;
+                           }
+                           add_to(total + c, a);
+                           add_to(total + padded + c, b);
+                         }
+                       }
+                     });
+    for (int t = 0; t < threads; ++t) {
+      for (int64_t c = 0; c < C; ++c) {
+        sums[c] += totals[static_cast<size_t>(t) * 2 * padded + c];
+        sums[C + c] += totals[static_cast<size_t>(t) * 2 * padded + padded + c];
+      }
+    }
+  } else {
+    // Threads split the channels; a channel's planes are summed lane by lane.
+    const int64_t HW = L.plane;
+    at::parallel_for(0, C, std::max<int64_t>(1, kMinParallelElements / (L.images * HW)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t c = begin; c < end; ++c) {
+                         const auto pv = params_at<Acc, kParams>(params, c, false);
+                         alignas(64) double lanes[2][V] = {};
+                         for (int64_t n = 0; n < L.images; ++n) {
+                           const int64_t base = (n * C + c) * HW;
+                           for (int64_t i0 = 0; i0 < HW; i0 += kBlockTerms * V) {
+                             Vec a(Acc(0)), b(Acc(0));
+                             for (int64_t i = i0; i < std::min(HW, i0 + kBlockTerms * V); i += V) {
+                               const int64_t count = std::min(V, HW - i);
+                               auto terms = f(base + i, count, pv);
+                               if (count < V) {  // the lanes past the plane are not this channel's
+                                 terms.first = Vec::set(Vec(Acc(0)), terms.first, count);
+                                 terms.second = Vec::set(Vec(Acc(0)), terms.second, count);
+                               }
+                               a = a + terms.first;
+                               b = b + terms.second;
+                             }
+                             add_to(lanes[0], a);
+                             add_to(lanes[1], b);
+                           }
+                         }
+                         for (int64_t k = 0; k < V; ++k) {
+                           sums[c] += lanes[0][k];
+                           sums[C + c] += lanes[1][k];
+                         }
+                       }
+                     });
+  }
+  return sums;
+}
+
+// The derivative of the activation at b, times g: PyTorch's vectorised CPU backward formulas.
+template <typename T>
+inline at::vec::Vectorized<T> activation_backward(Activation kind, const at::vec::Vectorized<T>& g,
+                                                  const at::vec::Vectorized<T>& b) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec zero(T(0));
+  switch (kind) {
+    case Activation::kNone: return g;
+    case Activation::kRelu: return Vec::blendv(zero, g, b > zero);
+    case Activation::kRelu6: return Vec::blendv(zero, g, (b > zero) & (b < Vec(T(6))));
+    case Activation::kHardswish:
+      return Vec::blendv(Vec::blendv(g * (b / Vec(T(3)) + Vec(T(0.5))), g, b >= Vec(T(3))), zero, b < Vec(T(-3)));
+    case Activation::kSilu: {
+      const Vec one(T(1));
+      const Vec sigmoid = one / (one + b.neg().exp());
+      return g * sigmoid * (one + b * (one - sigmoid));
+    }
+  }
+  return g;
+}
+
+// A parameter of C channels as an array of the accumulation type, padded to whole vectors (`fill` where absent).
+template <typename Acc>
+std::vector<Acc> channel_array(const c10::optional<Tensor>& t, int64_t C, Acc fill) {
+  constexpr int64_t V = at::vec::Vectorized<Acc>::size();
+  std::vector<Acc> out((C + V - 1) / V * V, fill);
+  if (given(t)) {
+    const Tensor values = t->to(at::CPU(c10::CppTypeToScalarType<Acc>::value)).contiguous();
+    std::copy(values.data_ptr<Acc>(), values.data_ptr<Acc>() + C, out.begin());
+  }
+  return out;
+}
+
+// The normalisation as one multiply-add per element, ATen's CPU form: scale = invstd * weight,
+// shift = bias - mean * scale.
+template <typename Acc>
+std::pair<std::vector<Acc>, std::vector<Acc>> scale_and_shift(const std::vector<Acc>& mean,
+                                                              const std::vector<Acc>& invstd,
+                                                              const std::vector<Acc>& weight,
+                                                              const std::vector<Acc>& bias) {
+  std::vector<Acc> scale(mean.size()), shift(mean.size());
+  for (size_t c = 0; c < mean.size(); ++c) {
+    scale[c] = invstd[c] * weight[c];
+    shift[c] = bias[c] - mean[c] * scale[c];
+  }
+  return {std::move(scale), std::move(shift)};
+}
+
+void check_input(const Tensor& input, const char* op) {
+  TORCH_CHECK(input.dim() == 4, "fusedops: ", op, ": input must be 4-D (N, C, H, W), got ", input.dim(), "-D");
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), "fusedops: ", op,
+              ": input must be a floating-point tensor, got ", dtype_name(input.scalar_type()));
+}
+
+void check_channels(const c10::optional<Tensor>& t, int64_t C, const char* name, const char* op) {
+  if (!given(t)) return;
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == C, "fusedops: ", op, ": ", name, " must have shape (", C,
+              ",) (the input's channels), got ", t->sizes());
+  TORCH_CHECK(t->device().is_cpu(), "fusedops: ", op, ": ", name, " must be on the input's device (cpu), got ",
+              t->device());
+}
+
+template <typename scalar_t>
+void apply_into(const Tensor& x, const Tensor& out, Activation act, const std::vector<at::opmath_type<scalar_t>>& scale,
+                const std::vector<at::opmath_type<scalar_t>>& shift) {
+  using Acc = at::opmath_type<scalar_t>;
+  const scalar_t* in = x.const_data_ptr<scalar_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  for_each_vector<Acc, 2>(layout_of(x), {scale.data(), shift.data()},
+                          [&](int64_t i, int64_t count, const ParamVecs<Acc, 2>& p) {
+                            const auto v = apply_activation(act, at::vec::fmadd(load_acc(in + i, count), p[0], p[1]));
+                            store_acc(o + i, v, count);
+                          });
+}
+
+// The forward into a new tensor, or over the input (`in_place`, which must then be dense).
+std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_impl(const Tensor& input, const c10::optional<Tensor>& weight,
+                                                              const c10::optional<Tensor>& bias,
+                                                              const c10::optional<Tensor>& running_mean,
+                                                              const c10::optional<Tensor>& running_var, double momentum,
+                                                              double eps, c10::string_view activation, bool in_place,
+                                                              const char* op) {
+  check_input(input, op);
+  const Activation act = parse_activation(activation, "activation");
+  const int64_t C = input.size(1);
+  for (auto [t, name] : {std::pair{&weight, "weight"},
+                         {&bias, "bias"},
+                         {&running_mean, "running_mean"},
+                         {&running_var, "running_var"}}) {
+    check_channels(*t, C, name, op);
+  }
+  TORCH_CHECK(given(running_mean) == given(running_var), "fusedops: ", op,
+              ": running_mean and running_var must be given both or neither");
+  const int64_t count = input.numel() / std::max<int64_t>(C, 1);
+  TORCH_CHECK(count > 1, "Expected more than 1 value per channel when training, got input size ", input.sizes());
+  const Tensor x = dense(input);
+  TORCH_CHECK(!in_place || x.is_same(input), "fusedops: ", op,
+              ": input must be contiguous or channels_last (it is overwritten in place)");
+  const Layout L = layout_of(x);
+  const Tensor out = in_place ? x : at::empty_like(x);
+  Tensor mean_t, invstd_t;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "_batch_norm_activation", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    using Vec = at::vec::Vectorized<Acc>;
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    // The shift of the sums: each channel's mean over kShiftSamples values spread over the batch, within a fraction
+    // of a standard deviation of the mean, so the sums of squares lose no more to cancellation than two passes do.
+    std::vector<Acc> origin = channel_array<Acc>(c10::nullopt, C, Acc(0));
+    const int64_t samples = std::min(kShiftSamples, count);
+    for (int64_t c = 0; c < C; ++c) {
+      double total = 0;
+      for (int64_t k = 0; k < samples; ++k) {
+        const int64_t m = k * count / samples;  // the m-th value of channel c in (N, H, W) order
+        total += static_cast<double>(in[L.channels_last ? m * C + c : (m / L.plane * C + c) * L.plane + m % L.plane]);
+      }
+      origin[c] = static_cast<Acc>(total / samples);
+    }
+    const auto sums = channel_sums<Acc, 1>(L, {origin.data()}, [&](int64_t i, int64_t n, const ParamVecs<Acc, 1>& p) {
+      const Vec d = load_acc(in + i, n) - p[0];
+      return std::pair{d, d * d};
+    });
+    const auto stat_type = c10::CppTypeToScalarType<Acc>::value;
+    mean_t = at::empty({C}, x.options().dtype(stat_type));
+    invstd_t = at::empty({C}, x.options().dtype(stat_type));
+    std::vector<Acc> mean = channel_array<Acc>(c10::nullopt, C, Acc(0)), invstd = mean;
+    std::vector<double> unbiased(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const double shifted_mean = sums[c] / count;
+      const double var = std::max(0.0, sums[C + c] / count - shifted_mean * shifted_mean);
+      mean[c] = static_cast<Acc>(origin[c] + shifted_mean);
+      invstd[c] = static_cast<Acc>(1.0 / std::sqrt(var + eps));
+      unbiased[c] = var * count / (count - 1);
+    }
+    std::copy_n(mean.data(), C, mean_t.mutable_data_ptr<Acc>());
+    std::copy_n(invstd.data(), C, invstd_t.mutable_data_ptr<Acc>());
+    if (given(running_mean)) {
+      // ATen's update: momentum * statistic + (1 - momentum) * running, in double, stored in the buffer's type.
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running_mean->scalar_type(), "running_stats", [&] {
+        TORCH_CHECK(running_var->scalar_type() == running_mean->scalar_type() && running_mean->is_contiguous() &&
+                        running_var->is_contiguous(),
+                    "fusedops: _batch_norm_activation: running_mean and running_var must be contiguous tensors of "
+                    "one dtype");
+        scalar_t* rm = running_mean->mutable_data_ptr<scalar_t>();
+        scalar_t* rv = running_var->mutable_data_ptr<scalar_t>();
+        for (int64_t c = 0; c < C; ++c) {
+          rm[c] = static_cast<scalar_t>(momentum * (origin[c] + sums[c] / count) + (1 - momentum) * rm[c]);
+          rv[c] = static_cast<scalar_t>(momentum * unbiased[c] + (1 - momentum) * rv[c]);
+        }
+      });
+    }
+    const auto [scale, shift] =
+        scale_and_shift(mean, invstd, channel_array<Acc>(weight, C, Acc(1)), channel_array<Acc>(bias, C, Acc(0)));
+    apply_into<scalar_t>(x, out, act, scale, shift);
+  });
+  return {out, mean_t, invstd_t};
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_activation(const Tensor& input, const c10::optional<Tensor>& weight,
+                                                         const c10::optional<Tensor>& bias,
+                                                         const c10::optional<Tensor>& running_mean,
+                                                         const c10::optional<Tensor>& running_var, double momentum,
+                                                         double eps, c10::string_view activation) {
+  return batch_norm_activation_impl(input, weight, bias, running_mean, running_var, momentum, eps, activation, false,
+                                    "_batch_norm_activation");
+}
+
+std::tuple<Tensor, Tensor> batch_norm_activation_(const Tensor& input, const c10::optional<Tensor>& weight,
+                                                  const c10::optional<Tensor>& bias,
+                                                  const c10::optional<Tensor>& running_mean,
+                                                  const c10::optional<Tensor>& running_var, double momentum, double eps,
+                                                  c10::string_view activation) {
+  auto [out, mean, invstd] = batch_norm_activation_impl(input, weight, bias, running_mean, running_var, momentum, eps,
+                                                        activation, true, "_batch_norm_activation_");
+  return {mean, invstd};
+}
+
+Tensor batch_norm_activation_apply(const Tensor& input, const c10::optional<Tensor>& weight,
+                                   const c10::optional<Tensor>& bias, const Tensor& mean, const Tensor& invstd,
+                                   c10::string_view activation) {
+  constexpr const char* op = "_batch_norm_activation_apply";
+  check_input(input, op);
+  const Activation act = parse_activation(activation, "activation");
+  const int64_t C = input.size(1);
+  for (auto [t, name] : {std::pair{&weight, "weight"}, {&bias, "bias"}}) check_channels(*t, C, name, op);
+  check_channels(mean, C, "mean", op);
+  check_channels(invstd, C, "invstd", op);
+  const Tensor x = dense(input);
+  Tensor out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_activation", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    const auto [scale, shift] =
+        scale_and_shift(channel_array<Acc>(mean, C, Acc(0)), channel_array<Acc>(invstd, C, Acc(0)),
+                        channel_array<Acc>(weight, C, Acc(1)), channel_array<Acc>(bias, C, Acc(0)));
+    apply_into<scalar_t>(x, out, act, scale, shift);
+  });
+  return out;
+}
+
+// The backward; `in_place`: grad_input over grad_output (which must then be dense in the input's layout).
+std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_backward_impl(
+    const Tensor& grad_output, const Tensor& input, const c10::optional<Tensor>& weight,
+    const c10::optional<Tensor>& bias, const Tensor& mean_t, const Tensor& invstd_t, c10::string_view activation,
+    std::array<bool, 3> output_mask, bool in_place, const char* op) {
+  check_input(input, op);
+  const Activation act = parse_activation(activation, "activation");
+  const int64_t C = input.size(1);
+  TORCH_CHECK(grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(),
+              "fusedops: ", op, ": grad_output must have the input's shape and dtype, got ", grad_output.sizes(),
+              " and ", dtype_name(grad_output.scalar_type()));
+  for (auto [t, name] : {std::pair{&weight, "weight"}, {&bias, "bias"}}) check_channels(*t, C, name, op);
+  check_channels(mean_t, C, "mean", op);
+  check_channels(invstd_t, C, "invstd", op);
+  const Tensor x = dense(input);
+  const Layout L = layout_of(x);
+  // The gradient in the input's layout, so that both walk the same elements.
+  const Tensor g =
+      grad_output.contiguous(L.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  TORCH_CHECK(!in_place || g.is_same(grad_output), "fusedops: ", op, ": grad_output must be ",
+              L.channels_last ? "channels_last" : "contiguous", " like the input (it is overwritten in place)");
+  const int64_t count = x.numel() / std::max<int64_t>(C, 1);
+  Tensor grad_input, grad_weight, grad_bias;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_activation", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    using Vec = at::vec::Vectorized<Acc>;
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    const scalar_t* go = g.const_data_ptr<scalar_t>();
+    const std::vector<Acc> mean = channel_array<Acc>(mean_t, C, Acc(0)),
+                           invstd = channel_array<Acc>(invstd_t, C, Acc(0));
+    const std::vector<Acc> w = channel_array<Acc>(weight, C, Acc(1));
+    const auto [scale, shift] = scale_and_shift(mean, invstd, w, channel_array<Acc>(bias, C, Acc(0)));
+    // The gradient at the batch norm's output: the activation's backward at the recomputed normalised input.
+    const auto grad_normalized = [&](int64_t i, int64_t n, const Vec& z, const Vec& s, const Vec& t) {
+      return act == Activation::kNone ? load_acc(go + i, n)
+                                      : activation_backward(act, load_acc(go + i, n), at::vec::fmadd(z, s, t));
+    };
+    // Per channel: sum of that gradient, and its dot product with (input - mean).
+    const auto sums = channel_sums<Acc, 3>(L, {scale.data(), shift.data(), mean.data()},
+                                           [&](int64_t i, int64_t n, const ParamVecs<Acc, 3>& p) {
+                                             const Vec z = load_acc(in + i, n);
+                                             const Vec gb = grad_normalized(i, n, z, p[0], p[1]);
+                                             return std::pair{gb, gb * (z - p[2])};
+                                           });
+    if (output_mask[0]) {
+      // ATen's form: (g - sum / count - (x - mean) * dot * invstd^2 / count) * invstd * weight.
+      std::vector<Acc> grad_mean(scale.size(), Acc(0)), k(scale.size(), Acc(0)), factor(scale.size(), Acc(0));
+      for (int64_t c = 0; c < C; ++c) {
+        grad_mean[c] = static_cast<Acc>(sums[c] / count);
+        k[c] = static_cast<Acc>(sums[C + c] * invstd[c] * invstd[c] / count);
+        factor[c] = invstd[c] * w[c];
+      }
+      grad_input = in_place ? g : at::empty_like(x);
+      scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+      for_each_vector<Acc, 6>(L, {scale.data(), shift.data(), mean.data(), grad_mean.data(), k.data(), factor.data()},
+                              [&](int64_t i, int64_t n, const ParamVecs<Acc, 6>& p) {
+                                const Vec z = load_acc(in + i, n);
+                                const Vec gb = grad_normalized(i, n, z, p[0], p[1]);
+                                store_acc(gi + i, (gb - p[3] - (z - p[2]) * p[4]) * p[5], n);
+                              });
+    }
+    // grad_weight = dot * invstd, grad_bias = sum, in the parameters' own dtypes.
+    const auto per_channel = [&](const Tensor& like, auto value) {
+      Tensor out = at::empty({C}, like.options());
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, like.scalar_type(), "batch_norm_activation", [&] {
+        scalar_t* o = out.mutable_data_ptr<scalar_t>();
+        for (int64_t c = 0; c < C; ++c) o[c] = static_cast<scalar_t>(value(c));
+      });
+      return out;
+    };
+    if (output_mask[1] && given(weight)) {
+      grad_weight = per_channel(*weight, [&](int64_t c) { return sums[C + c] * invstd[c]; });
+    }
+    if (output_mask[2] && given(bias)) grad_bias = per_channel(*bias, [&](int64_t c) { return sums[c]; });
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_backward(const Tensor& grad_output, const Tensor& input,
+                                                                  const c10::optional<Tensor>& weight,
+                                                                  const c10::optional<Tensor>& bias, const Tensor& mean,
+                                                                  const Tensor& invstd, c10::string_view activation,
+                                                                  std::array<bool, 3> output_mask) {
+  return batch_norm_activation_backward_impl(grad_output, input, weight, bias, mean, invstd, activation, output_mask,
+                                             false, "_batch_norm_activation_backward");
+}
+
+std::tuple<Tensor, Tensor> batch_norm_activation_backward_(const Tensor& grad_output, const Tensor& input,
+                                                           const c10::optional<Tensor>& weight,
+                                                           const c10::optional<Tensor>& bias, const Tensor& mean,
+                                                           const Tensor& invstd, c10::string_view activation,
+                                                           std::array<bool, 2> output_mask) {
+  auto [grad_input, grad_weight, grad_bias] = batch_norm_activation_backward_impl(
+      grad_output, input, weight, bias, mean, invstd, activation, {true, output_mask[0], output_mask[1]}, true,
+      "_batch_norm_activation_backward_");
+  return {grad_weight, grad_bias};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fusedops
+
+TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
+  m.impl("_batch_norm_activation", &fusedops::cpu::batch_norm_activation);
+  m.impl("_batch_norm_activation_apply", &fusedops::cpu::batch_norm_activation_apply);
+  m.impl("_batch_norm_activation_backward", &fusedops::cpu::batch_norm_activation_backward);
+  m.impl("_batch_norm_activation_", &fusedops::cpu::batch_norm_activation_);
+  m.impl("_batch_norm_activation_backward_", &fusedops::cpu::batch_norm_activation_backward_);
+}

@@ -1,0 +1,66 @@
+"""The training path's batch norm + activation: fake kernels of its three internal ops.
+
+Schemas: csrc/batch_norm_activation.cpp; CPU kernels: csrc/cpu/batch_norm_activation.cpp. The blocks' fused training
+path (fusedops/nn/training.py) calls them on CPU tensors; on other devices the blocks train through their
+submodules, i.e. through ATen's batch norm.
+
+* ``_batch_norm_activation(input, weight, bias, running_mean, running_var, momentum, eps, activation)`` ->
+  ``(activation(batch_norm(input)), save_mean, save_invstd)`` with batch statistics, the running statistics moved
+  once (as ``torch.ops.aten.native_batch_norm`` in training);
+* ``_batch_norm_activation_apply(input, weight, bias, mean, invstd, activation)``: the same output from saved
+  statistics, bit for bit (the backward's recomputation);
+* ``_batch_norm_activation_backward(grad_output, input, weight, bias, mean, invstd, activation, output_mask)`` ->
+  ``(grad_input, grad_weight, grad_bias)``;
+* ``_batch_norm_activation_`` and ``_batch_norm_activation_backward_``: the same in place, over the input (returns the
+  statistics) and over grad_output (returns grad_weight and grad_bias).
+"""
+
+import torch
+
+from .. import _extension
+from ._args import empty_like_format
+
+NAME = "_batch_norm_activation"
+APPLY_NAME = "_batch_norm_activation_apply"
+BACKWARD_NAME = "_batch_norm_activation_backward"
+IN_PLACE_NAME = "_batch_norm_activation_"
+IN_PLACE_BACKWARD_NAME = "_batch_norm_activation_backward_"
+
+
+def _statistics_dtype(input):
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def _like(input):
+    return empty_like_format(input, input.shape)
+
+
+def _fake(input, weight, bias, running_mean, running_var, momentum, eps, activation):
+    C = input.shape[1]
+    stats = input.new_empty(C, dtype=_statistics_dtype(input))
+    return _like(input), stats, torch.empty_like(stats)
+
+
+def _fake_apply(input, weight, bias, mean, invstd, activation):
+    return _like(input)
+
+
+def _fake_backward(grad_output, input, weight, bias, mean, invstd, activation, output_mask):
+    grad_input = _like(input) if output_mask[0] else None
+    grad_weight = torch.empty_like(weight) if output_mask[1] and weight is not None else None
+    grad_bias = torch.empty_like(bias) if output_mask[2] and bias is not None else None
+    return grad_input, grad_weight, grad_bias
+
+
+def _fake_in_place(input, weight, bias, running_mean, running_var, momentum, eps, activation):
+    return _fake(input, weight, bias, running_mean, running_var, momentum, eps, activation)[1:]
+
+
+def _fake_backward_in_place(grad_output, input, weight, bias, mean, invstd, activation, output_mask):
+    return _fake_backward(grad_output, input, weight, bias, mean, invstd, activation, [False, *output_mask])[1:]
+
+
+if _extension.has_ops():
+    for _name, _fn in ((NAME, _fake), (APPLY_NAME, _fake_apply), (BACKWARD_NAME, _fake_backward),
+                       (IN_PLACE_NAME, _fake_in_place), (IN_PLACE_BACKWARD_NAME, _fake_backward_in_place)):
+        torch.library.register_fake(f"fusedops::{_name}")(_fn)

@@ -1,0 +1,255 @@
+"""The training path's batch norm + activation ops (csrc/cpu/batch_norm_activation.cpp) against F.batch_norm and the
+activation in train mode: outputs, statistics, running statistics, gradients; the in-place forms; opcheck; errors.
+Then the blocks' fused training path (fusedops/nn/training.py): what it keeps for the backward, that it runs, and
+the batch norm's modes (cumulative momentum, no running statistics, no_grad, double backward)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusedops.nn import InvertedResidual, training
+
+from conftest import CL, assert_close_scaled, check_training_matches, make_input, requires_ops, tolerance
+
+pytestmark = requires_ops
+
+ops = torch.ops.fusedops
+ACTIVATIONS = {"none": lambda x: x, "relu": F.relu, "relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
+               "hardswish": F.hardswish, "silu": F.silu}
+# Channel counts around the vector widths (16 floats, 8 doubles) and a 1x1 map; the mean is far from zero.
+SHAPES = [(4, 19, 5, 7), (2, 33, 8, 8), (9, 5, 1, 1)]
+
+
+def _parameters(C, dtype, affine=True):
+    g = torch.Generator().manual_seed(C)
+    if not affine:
+        return None, None
+    return ((torch.rand(C, dtype=dtype, generator=g) + 0.5).requires_grad_(),
+            torch.randn(C, dtype=dtype, generator=g).requires_grad_())
+
+
+def _reference(x, weight, bias, running_mean, running_var, activation, momentum=0.1, eps=1e-5):
+    return ACTIVATIONS[activation](F.batch_norm(x, running_mean, running_var, weight, bias, True, momentum, eps))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("layout", ("nchw", "channels_last", "noncontig"))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16))
+def test_parity(dtype, shape, layout, activation):
+    """Forward, statistics, running statistics, the apply op (the same bits) and every gradient, against
+    F.batch_norm in train mode and the activation (float64 reference)."""
+    C = shape[1]
+    x = (make_input(shape, layout, dtype=dtype) * 3 + 2).requires_grad_()
+    weight, bias = _parameters(C, dtype)
+    running = (torch.randn(C, dtype=dtype), torch.rand(C, dtype=dtype) + 1)
+    expected_running = tuple(r.double() for r in running)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    expected = _reference(x64, w64, b64, *expected_running, activation)
+    out, mean, invstd = ops._batch_norm_activation(x.detach(), weight.detach(), bias.detach(), *running, 0.1, 1e-5,
+                                                   activation)
+    tol = tolerance(dtype)
+    assert_close_scaled(out, expected, **tol, name="output")
+    expected_format = CL if layout == "channels_last" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=expected_format)
+    stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert mean.dtype == invstd.dtype == stat_dtype
+    var, m = torch.var_mean(x64.detach(), dim=(0, 2, 3), unbiased=False)
+    assert_close_scaled(mean, m, **tol, name="mean")
+    assert_close_scaled(invstd, (var + 1e-5).rsqrt(), **tol, name="invstd")
+    for actual, reference, name in zip(running, expected_running, ("running_mean", "running_var")):
+        assert_close_scaled(actual, reference, **tol, name=name)
+    applied = ops._batch_norm_activation_apply(x.detach(), weight.detach(), bias.detach(), mean, invstd, activation)
+    assert torch.equal(applied, out)
+
+    grad = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected_grads = torch.autograd.grad(expected, (x64, w64, b64), grad)
+    grads = ops._batch_norm_activation_backward(grad.to(dtype), x.detach(), weight.detach(), bias.detach(), mean,
+                                                invstd, activation, [True, True, True])
+    for actual, reference, name in zip(grads, expected_grads, ("grad_input", "grad_weight", "grad_bias")):
+        assert actual.dtype == dtype
+        assert_close_scaled(actual, reference, **tol, name=name)
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_without_affine_parameters_or_running_statistics(layout):
+    x = make_input((3, 6, 4, 5), layout, dtype=torch.float64).requires_grad_()
+    out, mean, invstd = ops._batch_norm_activation(x.detach(), None, None, None, None, 0.1, 1e-3, "relu")
+    expected = F.relu(F.batch_norm(x, None, None, None, None, True, 0.1, 1e-3))
+    assert_close_scaled(out, expected, **tolerance(torch.float64))
+    grad = torch.randn_like(out)
+    grad_input, grad_weight, grad_bias = ops._batch_norm_activation_backward(grad, x.detach(), None, None, mean, invstd,
+                                                                             "relu", [True, True, True])
+    assert grad_weight is None and grad_bias is None
+    assert_close_scaled(grad_input, torch.autograd.grad(expected, x, grad)[0], **tolerance(torch.float64))
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_in_place_forms(layout):
+    """The in-place forms give the out-of-place results, over the input and over grad_output."""
+    x = make_input((2, 20, 6, 6), layout, dtype=torch.float64)
+    weight, bias = (t.detach() for t in _parameters(20, torch.float64))
+    out, mean, invstd = ops._batch_norm_activation(x, weight, bias, None, None, 0.1, 1e-5, "hardswish")
+    y = x.clone()
+    mean_, invstd_ = ops._batch_norm_activation_(y, weight, bias, None, None, 0.1, 1e-5, "hardswish")
+    assert torch.equal(y, out) and torch.equal(mean_, mean) and torch.equal(invstd_, invstd)
+    grad = make_input((2, 20, 6, 6), layout, dtype=torch.float64)
+    expected = ops._batch_norm_activation_backward(grad, x, weight, bias, mean, invstd, "hardswish", [True] * 3)
+    g = grad.clone()
+    grad_weight, grad_bias = ops._batch_norm_activation_backward_(g, x, weight, bias, mean, invstd, "hardswish",
+                                                                  [True, True])
+    assert torch.equal(g, expected[0]) and torch.equal(grad_weight, expected[1]) and torch.equal(grad_bias,
+                                                                                                 expected[2])
+
+
+def test_in_place_forms_refuse_other_layouts():
+    x = make_input((2, 4, 5, 5), "noncontig", dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="input must be contiguous or channels_last"):
+        ops._batch_norm_activation_(x, None, None, None, None, 0.1, 1e-5, "relu")
+    x = make_input((2, 4, 5, 5), "channels_last", dtype=torch.float64)
+    _, mean, invstd = ops._batch_norm_activation(x, None, None, None, None, 0.1, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="grad_output must be channels_last like the input"):
+        ops._batch_norm_activation_backward_(torch.randn(2, 4, 5, 5, dtype=torch.float64), x, None, None, mean,
+                                             invstd, "relu", [False, False])
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_opcheck(layout):
+    x = make_input((2, 5, 3, 4), layout)
+    weight, bias = (t.detach() for t in _parameters(5, torch.float32))
+    running = (torch.zeros(5), torch.ones(5))
+    torch.library.opcheck(ops._batch_norm_activation, (x, weight, bias, *running, 0.1, 1e-5, "relu6"))
+    torch.library.opcheck(ops._batch_norm_activation_, (x.clone(), weight, bias, *running, 0.1, 1e-5, "relu6"))
+    _, mean, invstd = ops._batch_norm_activation(x, weight, bias, None, None, 0.1, 1e-5, "silu")
+    torch.library.opcheck(ops._batch_norm_activation_apply, (x, weight, bias, mean, invstd, "silu"))
+    grad = make_input((2, 5, 3, 4), layout)
+    torch.library.opcheck(ops._batch_norm_activation_backward,
+                          (grad, x, weight, bias, mean, invstd, "silu", [True, True, False]))
+    torch.library.opcheck(ops._batch_norm_activation_backward_,
+                          (grad.clone(), x, weight, bias, mean, invstd, "silu", [True, False]))
+
+
+def test_errors_name_the_argument():
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="input must be 4-D"):
+        ops._batch_norm_activation(x[0], None, None, None, None, 0.1, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match=r"weight must have shape \(4,\)"):
+        ops._batch_norm_activation(x, torch.ones(3), None, None, None, 0.1, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="running_mean and running_var must be given both or neither"):
+        ops._batch_norm_activation(x, None, None, torch.zeros(4), None, 0.1, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="activation must be one of"):
+        ops._batch_norm_activation(x, None, None, None, None, 0.1, 1e-5, "gelu")
+    with pytest.raises(RuntimeError, match="Expected more than 1 value per channel when training"):
+        ops._batch_norm_activation(x[:1, :, :1, :1], None, None, None, None, 0.1, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="input must be a floating-point tensor"):
+        ops._batch_norm_activation(x.int(), None, None, None, None, 0.1, 1e-5, "relu")
+    _, mean, invstd = ops._batch_norm_activation(x, None, None, None, None, 0.1, 1e-5, "relu")
+    with pytest.raises(RuntimeError, match="grad_output must have the input's shape and dtype"):
+        ops._batch_norm_activation_backward(x.double(), x, None, None, mean, invstd, "relu", [True, True, True])
+    with pytest.raises(RuntimeError, match=r"invstd must have shape \(4,\)"):
+        ops._batch_norm_activation_apply(x, None, None, mean, invstd[:2], "relu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The blocks' fused training path
+
+
+def _saved_bytes(module, x):
+    """Bytes of the distinct tensors autograd keeps for the backward of module(x) (parameters left out)."""
+    parameters = {p.data_ptr() for p in module.parameters()}
+    storages = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in parameters:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_block_keeps_one_expanded_tensor(layout):
+    """A train-mode MobileNetV2 block keeps one tensor of the expanded width for its backward where torchvision's
+    keeps four: at most a third of its bytes, and the fused path ran (its backward node is the block's)."""
+    tv = pytest.importorskip("torchvision.models.mobilenetv2")
+    ref = tv.InvertedResidual(16, 16, 1, 6).train()
+    block = InvertedResidual(16, 16, 1, 6).train()
+    block.load_state_dict(ref.state_dict())
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    block, ref = block.to(memory_format=fmt), ref.to(memory_format=fmt)
+    x = make_input((4, 16, 12, 12), layout).requires_grad_()
+    assert type(block(x).grad_fn).__name__ == "_InvertedResidualTrainingBackward"
+    fused, eager = _saved_bytes(block, x), _saved_bytes(ref, x)
+    assert fused <= eager / 3, (fused, eager)
+
+
+@pytest.mark.parametrize("momentum", (0.1, None))
+@pytest.mark.parametrize("track", (True, False))
+def test_block_batch_norm_modes(momentum, track):
+    """The batch norms' cumulative average (momentum None) and no running statistics, as torchvision's block."""
+    tv = pytest.importorskip("torchvision.models.mobilenetv2")
+    ref = tv.InvertedResidual(8, 8, 1, 4).double()
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = momentum
+            if not track:
+                m.track_running_stats = False
+                m.running_mean = m.running_var = m.num_batches_tracked = None
+    block = InvertedResidual(8, 8, 1, 4).double()
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = momentum
+            if not track:
+                m.track_running_stats = False
+                m.running_mean = m.running_var = m.num_batches_tracked = None
+    block.load_state_dict(ref.state_dict())
+    inputs = [make_input((4, 8, 6, 6), layout, dtype=torch.float64) for layout in ("nchw", "channels_last")]
+    if track:
+        check_training_matches(block, ref, inputs, lr=0.1)
+    else:
+        block.train(), ref.train()
+        for x in inputs:
+            assert_close_scaled(block(x), ref(x), **tolerance(torch.float64))
+
+
+def test_block_under_no_grad_moves_running_statistics_once():
+    block = InvertedResidual(8, 8, 1, 6).train()
+    ref = InvertedResidual(8, 8, 1, 6).train()
+    ref.load_state_dict(block.state_dict())
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        block(x)
+    torch.manual_seed(0)
+    for module in ref.modules():  # the reference: the submodules in sequence
+        module._trains_fused = False
+    with torch.no_grad():
+        ref(x)
+    for (name, b), r in zip(block.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(b, r, rtol=1e-5, atol=1e-6, msg=name)
+    assert all(b.item() == 1 for name, b in block.named_buffers() if name.endswith("num_batches_tracked"))
+
+
+def test_block_double_backward_is_a_clear_error():
+    block = InvertedResidual(8, 8, 1, 6).double().train()
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
+
+
+def test_training_path_stays_out_of_compile_and_other_devices():
+    """Under torch.compile and on the meta device the blocks train through their submodules."""
+    block = InvertedResidual(8, 8, 1, 6).train()
+    stages = block._stages()
+    x = torch.randn(2, 8, 5, 5)
+    assert training.applies(x, stages)
+    assert not training.applies(x.to("meta"), stages)
+    assert not training.applies(x[:1, :, :1, :1], stages)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    ref = InvertedResidual(8, 8, 1, 6).train()
+    ref.load_state_dict(block.state_dict())
+    assert_close_scaled(compiled(x), ref(x), **tolerance(torch.float32))
