@@ -12,6 +12,7 @@ from ..ops import _library
 from ..ops.depthwise_conv2d import depthwise_conv2d
 from ..ops.dwpw_conv2d import dwpw_conv2d
 from ..ops.ghost_module import ghost_module, pack_weights
+from . import training
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
 from ._channels import make_divisible
@@ -45,7 +46,8 @@ class GhostModule(FoldedWeights, nn.Module):
     Eval mode runs one fused :func:`fusedops.ghost_module` op with the batch norms folded into the weights (both
     halves written straight into the output: no concatenation, no slice copy); :meth:`freeze` keeps the folded
     weights as constants, as for the other fused blocks. Train mode runs timm's sequence (batch statistics,
-    running-stat updates), with fusedops' depthwise kernel for the cheap operation.
+    running-stat updates), with fusedops' depthwise kernel for the cheap operation and, on CPU, each batch norm and
+    its activation as one op (``fusedops/nn/training.py``).
 
     ``forward(input, residual=None)``: ``residual``, when given, is added to the output inside the op (the
     bottleneck's shortcut).
@@ -92,8 +94,15 @@ class GhostModule(FoldedWeights, nn.Module):
 
     def forward(self, input, residual=None):
         if not self.runs_fused():
-            x1 = self.primary_conv(input)
-            x2 = self.cheap_operation(x1)
+            primary, cheap = self.primary_conv._modules, self.cheap_operation._modules
+            if training.batch_norm_applies(input, primary["1"]):
+                x1 = training.batch_norm_activation(primary["0"](input), primary["1"], self.activation)
+            else:
+                x1 = self.primary_conv(input)
+            if training.batch_norm_applies(x1, cheap["1"]):
+                x2 = training.batch_norm_activation(cheap["0"](x1), cheap["1"], self.activation)
+            else:
+                x2 = self.cheap_operation(x1)
             out = torch.cat([x1, x2], dim=1)[:, :self.out_chs]
             return out if residual is None else out + residual
         stride = self.primary_conv[0].stride
@@ -209,7 +218,9 @@ class GhostBottleneck(FoldedWeights, nn.Module):
         if self._runs_unfused():
             x = self.ghost1(input)
             if self.conv_dw is not None:
-                x = self.bn_dw(self.conv_dw(x))
+                x = self.conv_dw(x)
+                bn = self.bn_dw
+                x = training.batch_norm_activation(x, bn, "none") if training.batch_norm_applies(x, bn) else bn(x)
             if self.se is not None:
                 x = self.se(x)
             return self.ghost2(x) + self.shortcut(input)

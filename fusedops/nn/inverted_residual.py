@@ -12,6 +12,7 @@ from ..ops import _library
 from ..ops.activations import activation_name
 from ..ops.inverted_residual import inverted_residual, pack_weights
 from .depthwise import DepthwiseConv2d
+from . import training
 from .freeze import FoldedWeights
 from .fuse import fold_bn
 
@@ -33,8 +34,9 @@ class ConvBNActivation(FoldedWeights, nn.Sequential):
     Eval mode runs one convolution with the batch norm folded into its weights and the activation applied in
     place on its output (the stems and heads of the models: one pass over the output instead of three, no
     batch-norm output allocated); :meth:`freeze` keeps the folded weights as for the fused blocks. Train mode runs
-    the children in sequence. ``bn_eps`` and ``bn_momentum`` are the batch norm's (MobileNetV3 uses 0.001 and
-    0.01)."""
+    the convolution, then on CPU the batch norm and activation as one op (``fusedops/nn/training.py``), elsewhere
+    the batch norm and activation modules. ``bn_eps`` and ``bn_momentum`` are the batch norm's (MobileNetV3 uses
+    0.001 and 0.01)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, groups: int = 1, dilation=1,
                  activation="relu6", conv=nn.Conv2d, device=None, dtype=None, *, bn_eps: float = 1e-5,
@@ -59,6 +61,8 @@ class ConvBNActivation(FoldedWeights, nn.Sequential):
         layers = self._modules
         conv, bn = layers["0"], layers["1"]
         if _runs_unfused(conv, (bn,)):
+            if training.batch_norm_applies(input, bn):
+                return training.batch_norm_activation(conv(input), bn, self.activation)
             return super().forward(input)
         return folded_conv_activation(self, conv, input, self.activation)
 
@@ -187,6 +191,10 @@ class InvertedResidualBlock(FoldedWeights, nn.Module):
     ``use_res_connect``, and defines :meth:`_stages` and :meth:`_forward_unfused` (its submodules in sequence, plus
     the input when ``use_res_connect``: train mode)."""
 
+    # Whether train mode runs the fused training path (fusedops/nn/training.py) where it applies: the blocks whose
+    # train-mode forward is their stages in sequence plus the input, nothing else (timm's drop the path at random).
+    _trains_fused = False
+
     def _stages(self) -> Stages:
         raise NotImplementedError
 
@@ -211,6 +219,8 @@ class InvertedResidualBlock(FoldedWeights, nn.Module):
         dw = stages.dw[0]
         batch_norms = [stage[1] for stage in (stages.expand, stages.dw, stages.project) if stage is not None]
         if _runs_unfused(dw, batch_norms):
+            if self._trains_fused and training.applies(input, stages):
+                return training.inverted_residual(input, stages, self.activation, self.use_res_connect)
             return self._forward_unfused(input)
         out = _call_prepared(self, input, dw, self.activation, self.use_res_connect)
         if out is not None:
@@ -244,9 +254,11 @@ class InvertedResidual(InvertedResidualBlock):
     default the weights are folded afresh on every call, so the result always reflects the current parameters
     and buffers, however they were written (optimizer steps, ``load_state_dict``, ``.data`` writes by EMA or
     weight-loading utilities, inference tensors); while gradients are being recorded the fold is
-    differentiable, so gradients reach the unfolded parameters. Train mode runs ``conv`` (plus the input) exactly
-    as torchvision's block does (batch statistics, running-stat updates), so outputs, gradients and statistics
-    are torchvision's.
+    differentiable, so gradients reach the unfolded parameters. Train mode has torchvision's semantics (batch
+    statistics, running-stat updates, so outputs, gradients and statistics are torchvision's): on CPU through the
+    fused training path (``fusedops/nn/training.py``: each batch norm and its activation one op each way, and only
+    one tensor of the expanded width kept for the backward instead of four), elsewhere through ``conv`` (plus the
+    input) as torchvision's block.
 
     :meth:`freeze` (or :func:`fusedops.freeze` on a whole model) takes the folded weights as constants
     instead, as ``torch.jit.freeze`` does: they are folded once and reused, which saves the fold's few
@@ -291,6 +303,8 @@ class InvertedResidual(InvertedResidualBlock):
         # torchvision's marker of the blocks that reduce the resolution: its backbone extractors for detection and
         # segmentation find the stage boundaries by it.
         self._is_cn = max(s) > 1
+
+    _trains_fused = True
 
     def _stages(self):
         layers = list(self._modules["conv"]._modules.values())

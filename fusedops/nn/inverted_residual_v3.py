@@ -60,8 +60,9 @@ class InvertedResidualV3(InvertedResidualBlock):
     squeeze-excitation's weights passed as they are. As for :class:`InvertedResidual`, the weights are folded
     afresh on every call (differentiably while gradients are recorded) unless the block is frozen
     (:meth:`freeze`, :func:`fusedops.freeze`), which takes them, squeeze-excitation included, as constants. Train
-    mode runs ``block`` (plus the input) exactly as torchvision's block does (batch statistics, running-stat
-    updates), so outputs, gradients and statistics are torchvision's.
+    mode has torchvision's semantics (batch statistics, running-stat updates): blocks without squeeze-excitation
+    train on CPU through the fused training path, as :class:`InvertedResidual` does; the others run ``block``
+    (plus the input) as torchvision's block does.
 
     Args (in the order of torchvision's ``InvertedResidualConfig``; :meth:`from_config` takes one):
         in_channels, kernel_size, expanded_channels, out_channels: channels, and the depthwise kernel size
@@ -132,6 +133,8 @@ class InvertedResidualV3(InvertedResidualBlock):
                       (dw._modules["0"], dw._modules["1"]),
                       None if se is None else (se, se._modules["fc1"], se._modules["fc2"]),
                       (project._modules["0"], project._modules["1"]))
+
+    _trains_fused = True
 
     def _forward_unfused(self, input):
         result = self._modules["block"](input)

@@ -1,0 +1,207 @@
+"""The inverted-residual blocks' fused training path (train mode: batch norms with batch statistics).
+
+Eager PyTorch keeps four tensors of the expanded width per block for the backward: the expansion's output (its
+batch norm's input), its activation (the depthwise input), the depthwise output and its activation (the
+projection's input). This path keeps one: the expansion's output; plus the block's input, the projection's output
+(of the block's output width) and per-channel statistics. The backward recomputes the depthwise stage from them
+(the expansion's activation from the saved statistics, bit for bit; the depthwise convolution; its batch norm and
+activation) and then runs the block's backward.
+
+Each batch norm and the activation after it are one op forward and one backward (csrc/cpu/batch_norm_activation.cpp:
+two passes over the tensor each way instead of eager's five to seven); the convolutions are fusedops' depthwise
+kernels and PyTorch's 1x1 convolution, forward and backward, as in the unfused block.
+
+The statistics and running statistics are those of ``nn.BatchNorm2d`` in train mode: batch mean and biased variance
+normalise, the running statistics move once per forward by the module's momentum (or the cumulative average when
+it is None) towards the mean and the unbiased variance, and ``num_batches_tracked`` counts the batch.
+
+It runs on CPU tensors with the native extension, outside torch.compile (which traces the submodules and fuses
+them itself) and outside functorch transforms; elsewhere the blocks train through their submodules.
+"""
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .. import _extension
+
+_FLOAT_TYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class _Spec(NamedTuple):
+    """What the training path of a block needs besides its tensors that may require grad."""
+
+    running: Tuple[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]], ...]  # per batch norm
+    momentum: Tuple[float, ...]
+    eps: Tuple[float, ...]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    dilation: Tuple[int, int]
+    activation: str
+    residual: bool
+
+
+def _momentum(bn) -> float:
+    """The factor ``nn.BatchNorm2d.forward`` moves the running statistics by in train mode, after counting the
+    batch as it does."""
+    if not bn.track_running_stats or bn.num_batches_tracked is None:
+        return 0.0 if bn.momentum is None else bn.momentum
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+def _running(bn):
+    if bn.track_running_stats and bn.running_mean is not None:
+        return bn.running_mean, bn.running_var
+    return None, None
+
+
+def _runs_native(input) -> bool:
+    """Whether `input` is a tensor the training path's native ops take, in a context where they run: CPU, a
+    floating-point 4-D map with more than one value per channel (else the submodules raise PyTorch's error), the
+    native extension, outside torch.compile and functorch transforms."""
+    return (_extension.has_ops() and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active()
+            and isinstance(input, torch.Tensor) and input.device.type == "cpu" and input.dim() == 4
+            and input.dtype in _FLOAT_TYPES and input.shape[0] * input.shape[2] * input.shape[3] > 1)
+
+
+def batch_norm_applies(input, bn) -> bool:
+    """Whether `bn` (an ``nn.BatchNorm2d``) and the activation after it run as one op on its `input`
+    (:func:`batch_norm_activation`)."""
+    return bn.training and _runs_native(input)
+
+
+def batch_norm_activation(input, bn, activation: str):
+    """``activation(bn(input))`` for a batch norm `bn` in train mode (where :func:`batch_norm_applies`): one op
+    forward (statistics, normalisation and activation) and one backward, saving only `input` and the statistics."""
+    return _BatchNormActivation.apply(input, bn.weight, bn.bias, _running(bn), _momentum(bn), bn.eps, activation)
+
+
+class _BatchNormActivation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, weight, bias, running, momentum, eps, activation):
+        out, mean, invstd = torch.ops.fusedops._batch_norm_activation(input, weight, bias, *running, momentum, eps,
+                                                                      activation)
+        ctx.activation = activation
+        ctx.save_for_backward(input, weight, bias, mean, invstd)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        input, weight, bias, mean, invstd = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grads = torch.ops.fusedops._batch_norm_activation_backward(grad, input, weight, bias, mean, invstd,
+                                                                   ctx.activation, list(needs[:3]))
+        return (*grads, None, None, None, None)
+
+
+def _is_plain_1x1(conv) -> bool:
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None)
+
+
+def applies(input, stages) -> bool:
+    """Whether an inverted-residual block of `stages` (``Stages``) trains through this path on `input`: CPU, the
+    native extension, no squeeze-excitation, every batch norm in train mode, bias-free zero-padded convolutions,
+    1x1 expansion and projection, and more than one value per channel (else the submodules raise PyTorch's
+    error)."""
+    if stages.se is not None or not _runs_native(input):
+        return False
+    dw = stages.dw[0]
+    if dw.bias is not None or dw.padding_mode != "zeros" or dw.groups != dw.in_channels or isinstance(dw.padding, str):
+        return False
+    pairs = [stage for stage in (stages.expand, stages.dw, stages.project) if stage is not None]
+    if any(not bn.training for _, bn in pairs):
+        return False
+    return all(_is_plain_1x1(stage[0]) for stage in (stages.expand, stages.project) if stage is not None)
+
+
+def inverted_residual(input, stages, activation: str, residual: bool):
+    """The train-mode output of an inverted-residual block of `stages` on `input` (where :func:`applies`)."""
+    pairs = [stage for stage in (stages.expand, stages.dw, stages.project) if stage is not None]
+    dw = stages.dw[0]
+    spec = _Spec(running=tuple(_running(bn) for _, bn in pairs), momentum=tuple(_momentum(bn) for _, bn in pairs),
+                 eps=tuple(bn.eps for _, bn in pairs), stride=dw.stride, padding=dw.padding, dilation=dw.dilation,
+                 activation=activation, residual=residual)
+    expand = (None, None, None) if stages.expand is None else (stages.expand[0].weight, stages.expand[1].weight,
+                                                               stages.expand[1].bias)
+    dw_bn, (project, project_bn) = stages.dw[1], stages.project
+    return _InvertedResidualTraining.apply(input, *expand, dw.weight, dw_bn.weight, dw_bn.bias, project.weight,
+                                           project_bn.weight, project_bn.bias, spec)
+
+
+class _InvertedResidualTraining(torch.autograd.Function):
+    """expand 1x1 -> BN -> act -> depthwise -> BN -> act -> project 1x1 -> BN (+ input), batch statistics; saves the
+    input, the expansion's and the projection's outputs and the statistics (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, expand_w, expand_g, expand_b, dw_w, dw_g, dw_b, project_w, project_g, project_b, spec):
+        ops = torch.ops.fusedops
+        stage = iter(range(3))
+
+        def batch_norm(z, weight, bias, activation, in_place=False):
+            k = next(stage)
+            op = ops._batch_norm_activation_ if in_place else ops._batch_norm_activation
+            out = op(z, weight, bias, *spec.running[k], spec.momentum[k], spec.eps[k], activation)
+            return (z, *out) if in_place else out
+
+        expanded = mean1 = invstd1 = None
+        hidden = x
+        if expand_w is not None:
+            expanded = F.conv2d(x, expand_w)
+            hidden, mean1, invstd1 = batch_norm(expanded, expand_g, expand_b, spec.activation)
+        hidden = ops.depthwise_conv2d(hidden, dw_w, None, spec.stride, spec.padding, spec.dilation)
+        # The depthwise output is not kept: its batch norm and activation overwrite it.
+        hidden, mean2, invstd2 = batch_norm(hidden, dw_g, dw_b, spec.activation, in_place=True)
+        projected = F.conv2d(hidden, project_w)
+        del hidden
+        out, mean3, invstd3 = batch_norm(projected, project_g, project_b, "none")
+        if spec.residual:
+            out.add_(x)
+        ctx.spec = spec
+        ctx.save_for_backward(x, expand_w, expand_g, expand_b, dw_w, dw_g, dw_b, project_w, project_g, project_b,
+                              expanded, projected, mean1, invstd1, mean2, invstd2, mean3, invstd3)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x, expand_w, expand_g, expand_b, dw_w, dw_g, dw_b, project_w, project_g, project_b, expanded, projected,
+         mean1, invstd1, mean2, invstd2, mean3, invstd3) = ctx.saved_tensors
+        spec, needs = ctx.spec, ctx.needs_input_grad
+        ops, aten = torch.ops.fusedops, torch.ops.aten
+        act = spec.activation
+        g_projected, g_project_g, g_project_b = ops._batch_norm_activation_backward(
+            grad, projected, project_g, project_b, mean3, invstd3, "none", [True, needs[8], needs[9]])
+        # The depthwise stage again: its input from the saved statistics (the same bits as forward), its output.
+        dw_input = x if expand_w is None else ops._batch_norm_activation_apply(expanded, expand_g, expand_b, mean1,
+                                                                                invstd1, act)
+        dw_output = ops.depthwise_conv2d(dw_input, dw_w, None, spec.stride, spec.padding, spec.dilation)
+        project_input = ops._batch_norm_activation_apply(dw_output, dw_g, dw_b, mean2, invstd2, act)
+        g_hidden, g_project_w, _ = aten.convolution_backward(g_projected, project_input, project_w, None, [1, 1],
+                                                             [0, 0], [1, 1], False, [0, 0], 1, [True, needs[7], False])
+        del project_input, g_projected
+        # The gradients of the expanded width are this backward's own: the batch norms' backward overwrites them.
+        g_dw_g, g_dw_b = ops._batch_norm_activation_backward_(g_hidden, dw_output, dw_g, dw_b, mean2, invstd2, act,
+                                                              [needs[5], needs[6]])
+        del dw_output
+        g_hidden, g_dw_w, _ = ops._depthwise_conv2d_backward(g_hidden, dw_input, dw_w, spec.stride, spec.padding,
+                                                             spec.dilation,
+                                                             [needs[0] or expand_w is not None, needs[4], False])
+        del dw_input
+        g_x = g_expand_w = g_expand_g = g_expand_b = None
+        if expand_w is None:
+            g_x = g_hidden
+        else:
+            g_expand_g, g_expand_b = ops._batch_norm_activation_backward_(g_hidden, expanded, expand_g, expand_b,
+                                                                          mean1, invstd1, act, [needs[2], needs[3]])
+            g_x, g_expand_w, _ = aten.convolution_backward(g_hidden, x, expand_w, None, [1, 1], [0, 0], [1, 1],
+                                                           False, [0, 0], 1, [needs[0], needs[1], False])
+        if spec.residual and needs[0]:
+            g_x = g_x + grad
+        return (g_x, g_expand_w, g_expand_g, g_expand_b, g_dw_w, g_dw_g, g_dw_b, g_project_w, g_project_g,
+                g_project_b, None)
