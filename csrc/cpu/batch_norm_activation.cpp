@@ -113,27 +113,24 @@ std::vector<double> channel_sums(const Layout& L, const std::array<const Acc*, k
     const int64_t padded = (C + V - 1) / V * V;
     const int threads = at::get_num_threads();
     std::vector<double> totals(static_cast<size_t>(threads) * 2 * padded, 0.0);
-    at::parallel_for(0, L.images * L.plane, std::max<int64_t>(1, kMinParallelElements / C),
-                     [&](int64_t begin, int64_t end) {
-                       double* total = totals.data() + static_cast<size_t>(at::get_thread_num()) * 2 * padded;
-                       // A block of pixels at a time, one vector of channels at a time, the block's terms summed in
-                       // registers.
-                       for (int64_t p0 = begin; p0 < end; p0 += kBlockTerms) {
-                         const int64_t p1 = std::min(end, p0 + kBlockTerms);
-                         for (int64_t c = 0; c < C; c += V) {
-                           const int64_t count = std::min(V, C - c);
-                           const auto pv = params_at<Acc, kParams>(params, c, true);
-                           Vec a(Acc(0)), b(Acc(0));
-                           for (int64_t p = p0; p < p1; ++p) {
-                             const auto terms = f(p * C + c, count, pv);
-                             a = a + terms.first;
-                             b = b + terms.second;
-                           }
-                           add_to(total + c, a);
-                           add_to(total + padded + c, b);
-                         }
-                       }
-                     });
+    at::parallel_for(
+        0, L.images * L.plane, std::max<int64_t>(1, kMinParallelElements / C), [&](int64_t begin, int64_t end) {
+          double* total = totals.data() + static_cast<size_t>(at::get_thread_num()) * 2 * padded;
+          // kBlockTerms pixels at a time, summed pixel by pixel into a block of float sums (in L1), then into the
+          // totals.
+          std::vector<Acc> block(2 * padded);
+          for (int64_t p0 = begin; p0 < end; p0 += kBlockTerms) {
+            std::fill(block.begin(), block.end(), Acc(0));
+            for (int64_t p = p0; p < std::min(end, p0 + kBlockTerms); ++p) {
+              for (int64_t c = 0; c < C; c += V) {
+                const auto terms = f(p * C + c, std::min(V, C - c), params_at<Acc, kParams>(params, c, true));
+                (Vec::loadu(block.data() + c) + terms.first).store(block.data() + c);
+                (Vec::loadu(block.data() + padded + c) + terms.second).store(block.data() + padded + c);
+              }
+            }
+            for (int64_t k = 0; k < 2 * padded; ++k) total[k] += static_cast<double>(block[k]);
+          }
+        });
     for (int t = 0; t < threads; ++t) {
       for (int64_t c = 0; c < C; ++c) {
         sums[c] += totals[static_cast<size_t>(t) * 2 * padded + c];
@@ -285,14 +282,14 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_impl(const Tensor& inpu
     // of a standard deviation of the mean, so the sums of squares lose no more to cancellation than two passes do.
     std::vector<Acc> origin = channel_array<Acc>(c10::nullopt, C, Acc(0));
     const int64_t samples = std::min(kShiftSamples, count);
-    for (int64_t c = 0; c < C; ++c) {
-      double total = 0;
-      for (int64_t k = 0; k < samples; ++k) {
-        const int64_t m = k * count / samples;  // the m-th value of channel c in (N, H, W) order
-        total += static_cast<double>(in[L.channels_last ? m * C + c : (m / L.plane * C + c) * L.plane + m % L.plane]);
-      }
-      origin[c] = static_cast<Acc>(total / samples);
+    std::vector<double> sampled(C, 0.0);
+    for (int64_t k = 0; k < samples; ++k) {
+      const int64_t m = k * count / samples;  // the m-th value of each channel in (N, H, W) order
+      const scalar_t* first = in + (L.channels_last ? m * C : m / L.plane * C * L.plane + m % L.plane);
+      const int64_t step = L.channels_last ? 1 : L.plane;
+      for (int64_t c = 0; c < C; ++c) sampled[c] += static_cast<double>(first[c * step]);
     }
+    for (int64_t c = 0; c < C; ++c) origin[c] = static_cast<Acc>(sampled[c] / samples);
     const auto sums = channel_sums<Acc, 1>(L, {origin.data()}, [&](int64_t i, int64_t n, const ParamVecs<Acc, 1>& p) {
       const Vec d = load_acc(in + i, n) - p[0];
       return std::pair{d, d * d};
