@@ -3,6 +3,8 @@ activation in train mode: outputs, statistics, running statistics, gradients; th
 Then the blocks' fused training path (fusedops/nn/training.py): what it keeps for the backward, that it runs, and
 the batch norm's modes (cumulative momentum, no running statistics, no_grad, double backward)."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -253,3 +255,23 @@ def test_training_path_stays_out_of_compile_and_other_devices():
     ref = InvertedResidual(8, 8, 1, 6).train()
     ref.load_state_dict(block.state_dict())
     assert_close_scaled(compiled(x), ref(x), **tolerance(torch.float32))
+
+
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+def test_block_with_squeeze_excitation(layout):
+    """A MobileNetV3 block with squeeze-excitation trains through the fused path too (the gate recomputed in the
+    backward): torchvision's outputs, gradients and statistics, and at most half the bytes kept."""
+    tv = pytest.importorskip("torchvision.models.mobilenetv3")
+    from fusedops.nn import InvertedResidualV3
+    config = tv.InvertedResidualConfig(16, 3, 48, 16, True, "HS", 1, 1, 1.0)
+    norm = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)  # torchvision's MobileNetV3
+    ref = tv.InvertedResidual(config, norm).double()
+    block = InvertedResidualV3.from_config(config, norm).double()
+    block.load_state_dict(ref.state_dict())
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    block, ref = block.to(memory_format=fmt), ref.to(memory_format=fmt)
+    inputs = [make_input((4, 16, 10, 10), layout, dtype=torch.float64) for _ in range(2)]
+    check_training_matches(block, ref, inputs, lr=0.1)
+    x = inputs[0].requires_grad_()
+    assert type(block(x).grad_fn).__name__ == "_InvertedResidualTrainingBackward"
+    assert _saved_bytes(block, x) <= _saved_bytes(ref, x) / 2

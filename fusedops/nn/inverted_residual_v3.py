@@ -60,9 +60,9 @@ class InvertedResidualV3(InvertedResidualBlock):
     squeeze-excitation's weights passed as they are. As for :class:`InvertedResidual`, the weights are folded
     afresh on every call (differentiably while gradients are recorded) unless the block is frozen
     (:meth:`freeze`, :func:`fusedops.freeze`), which takes them, squeeze-excitation included, as constants. Train
-    mode has torchvision's semantics (batch statistics, running-stat updates): blocks without squeeze-excitation
-    train on CPU through the fused training path, as :class:`InvertedResidual` does; the others run ``block``
-    (plus the input) as torchvision's block does.
+    mode has torchvision's semantics (batch statistics, running-stat updates): on CPU through the fused training
+    path, as :class:`InvertedResidual` does (the squeeze-excitation recomputed in the backward), elsewhere
+    through ``block`` (plus the input) as torchvision's block.
 
     Args (in the order of torchvision's ``InvertedResidualConfig``; :meth:`from_config` takes one):
         in_channels, kernel_size, expanded_channels, out_channels: channels, and the depthwise kernel size

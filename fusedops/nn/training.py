@@ -5,7 +5,7 @@ batch norm's input), its activation (the depthwise input), the depthwise output 
 projection's input). This path keeps one: the expansion's output; plus the block's input, the projection's output
 (of the block's output width) and per-channel statistics. The backward recomputes the depthwise stage from them
 (the expansion's activation from the saved statistics, bit for bit; the depthwise convolution; its batch norm and
-activation) and then runs the block's backward.
+activation; the squeeze-excitation, through autograd) and then runs the block's backward.
 
 Each batch norm and the activation after it are one op forward and one backward (csrc/cpu/batch_norm_activation.cpp:
 two passes over the tensor each way instead of eager's five to seven); the convolutions are fusedops' depthwise
@@ -41,6 +41,7 @@ class _Spec(NamedTuple):
     dilation: Tuple[int, int]
     activation: str
     residual: bool
+    squeeze_excitation: Optional[torch.nn.Module]  # applied to the depthwise stage's output, or None
 
 
 def _momentum(bn) -> float:
@@ -106,10 +107,10 @@ def _is_plain_1x1(conv) -> bool:
 
 def applies(input, stages) -> bool:
     """Whether an inverted-residual block of `stages` (``Stages``) trains through this path on `input`: CPU, the
-    native extension, no squeeze-excitation, every batch norm in train mode, bias-free zero-padded convolutions,
+    native extension, every batch norm in train mode, bias-free zero-padded convolutions,
     1x1 expansion and projection, and more than one value per channel (else the submodules raise PyTorch's
     error)."""
-    if stages.se is not None or not _runs_native(input):
+    if not _runs_native(input):
         return False
     dw = stages.dw[0]
     if dw.bias is not None or dw.padding_mode != "zeros" or dw.groups != dw.in_channels or isinstance(dw.padding, str):
@@ -126,20 +127,26 @@ def inverted_residual(input, stages, activation: str, residual: bool):
     dw = stages.dw[0]
     spec = _Spec(running=tuple(_running(bn) for _, bn in pairs), momentum=tuple(_momentum(bn) for _, bn in pairs),
                  eps=tuple(bn.eps for _, bn in pairs), stride=dw.stride, padding=dw.padding, dilation=dw.dilation,
-                 activation=activation, residual=residual)
+                 activation=activation, residual=residual,
+                 squeeze_excitation=None if stages.se is None else stages.se[0])
     expand = (None, None, None) if stages.expand is None else (stages.expand[0].weight, stages.expand[1].weight,
                                                                stages.expand[1].bias)
     dw_bn, (project, project_bn) = stages.dw[1], stages.project
+    # The squeeze-excitation's parameters are inputs too, so that their gradients reach them.
+    se_parameters = () if stages.se is None else tuple(stages.se[0].parameters())
     return _InvertedResidualTraining.apply(input, *expand, dw.weight, dw_bn.weight, dw_bn.bias, project.weight,
-                                           project_bn.weight, project_bn.bias, spec)
+                                           project_bn.weight, project_bn.bias, spec, *se_parameters)
 
 
 class _InvertedResidualTraining(torch.autograd.Function):
-    """expand 1x1 -> BN -> act -> depthwise -> BN -> act -> project 1x1 -> BN (+ input), batch statistics; saves the
-    input, the expansion's and the projection's outputs and the statistics (module docstring)."""
+    """expand 1x1 -> BN -> act -> depthwise -> BN -> act -> [squeeze-excitation] -> project 1x1 -> BN (+ input), batch
+    statistics; saves the input, the expansion's and the projection's outputs and the statistics (module
+    docstring). The squeeze-excitation module runs as it is, forward and, in the backward, on the recomputed
+    depthwise stage through autograd (a pooled gate and one product: small next to the convolutions)."""
 
     @staticmethod
-    def forward(ctx, x, expand_w, expand_g, expand_b, dw_w, dw_g, dw_b, project_w, project_g, project_b, spec):
+    def forward(ctx, x, expand_w, expand_g, expand_b, dw_w, dw_g, dw_b, project_w, project_g, project_b, spec,
+                *se_parameters):
         ops = torch.ops.fusedops
         stage = iter(range(3))
 
@@ -157,6 +164,8 @@ class _InvertedResidualTraining(torch.autograd.Function):
         hidden = ops.depthwise_conv2d(hidden, dw_w, None, spec.stride, spec.padding, spec.dilation)
         # The depthwise output is not kept: its batch norm and activation overwrite it.
         hidden, mean2, invstd2 = batch_norm(hidden, dw_g, dw_b, spec.activation, in_place=True)
+        if spec.squeeze_excitation is not None:
+            hidden = spec.squeeze_excitation(hidden)
         projected = F.conv2d(hidden, project_w)
         del hidden
         out, mean3, invstd3 = batch_norm(projected, project_g, project_b, "none")
@@ -182,8 +191,20 @@ class _InvertedResidualTraining(torch.autograd.Function):
                                                                                 invstd1, act)
         dw_output = ops.depthwise_conv2d(dw_input, dw_w, None, spec.stride, spec.padding, spec.dilation)
         project_input = ops._batch_norm_activation_apply(dw_output, dw_g, dw_b, mean2, invstd2, act)
-        g_hidden, g_project_w, _ = aten.convolution_backward(g_projected, project_input, project_w, None, [1, 1],
-                                                             [0, 0], [1, 1], False, [0, 0], 1, [True, needs[7], False])
+        se_grads = ()
+        if spec.squeeze_excitation is not None:
+            se_input = project_input.requires_grad_()
+            se_parameters = [p for p, need in zip(spec.squeeze_excitation.parameters(), needs[11:]) if need]
+            with torch.enable_grad():
+                project_input = spec.squeeze_excitation(se_input)
+        g_hidden, g_project_w, _ = aten.convolution_backward(g_projected, project_input.detach(), project_w, None,
+                                                             [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                                             [True, needs[7], False])
+        if spec.squeeze_excitation is not None:
+            g_hidden, *g_se = torch.autograd.grad(project_input, [se_input, *se_parameters], g_hidden)
+            g_se = iter(g_se)
+            se_grads = tuple(next(g_se) if need else None for need in needs[11:])
+            g_hidden = g_hidden.contiguous(memory_format=_memory_format(dw_output))
         del project_input, g_projected
         # The gradients of the expanded width are this backward's own: the batch norms' backward overwrites them.
         g_dw_g, g_dw_b = ops._batch_norm_activation_backward_(g_hidden, dw_output, dw_g, dw_b, mean2, invstd2, act,
@@ -204,4 +225,8 @@ class _InvertedResidualTraining(torch.autograd.Function):
         if spec.residual and needs[0]:
             g_x = g_x + grad
         return (g_x, g_expand_w, g_expand_g, g_expand_b, g_dw_w, g_dw_g, g_dw_b, g_project_w, g_project_g,
-                g_project_b, None)
+                g_project_b, None, *se_grads)
+
+
+def _memory_format(t):
+    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
