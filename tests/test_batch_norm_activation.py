@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fusedops
 from fusedops.nn import InvertedResidual, training
 
 from conftest import CL, assert_close_scaled, check_training_matches, make_input, requires_ops, tolerance
@@ -275,3 +276,16 @@ def test_block_with_squeeze_excitation(layout):
     x = inputs[0].requires_grad_()
     assert type(block(x).grad_fn).__name__ == "_InvertedResidualTrainingBackward"
     assert _saved_bytes(block, x) <= _saved_bytes(ref, x) / 2
+
+
+@pytest.mark.parametrize("drop_path_rate", (0.0, 0.2))
+def test_timm_blocks_train_fused_without_stochastic_depth(drop_path_rate):
+    """timm's inverted residuals (EfficientNet: squeeze-excitation, SiLU) take the fused training path unless they
+    drop paths at random, where they run timm's children (and its random draws)."""
+    timm = pytest.importorskip("timm")
+    from fusedops.nn.timm_blocks import TimmInvertedResidual
+    model = fusedops.convert(timm.create_model("efficientnet_b0", drop_path_rate=drop_path_rate), layout=None)
+    block = next(m for m in model.modules() if isinstance(m, TimmInvertedResidual) and m.has_skip).train()
+    x = torch.randn(2, block.conv_pw.in_channels, 8, 8, requires_grad=True)
+    fused = type(block(x).grad_fn).__name__ == "_InvertedResidualTrainingBackward"
+    assert fused == (drop_path_rate == 0.0)

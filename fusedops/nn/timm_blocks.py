@@ -51,6 +51,21 @@ class TimmInvertedResidual(InvertedResidualBlock):
     def use_res_connect(self) -> bool:
         return self.has_skip
 
+    @property
+    def _trains_fused(self) -> bool:
+        """The fused training path computes timm's train-mode forward where nothing in it is random or extra: no
+        stochastic depth (``drop_path`` the identity or at rate 0), no anti-aliasing, no dropout inside the batch
+        norms."""
+        modules = self._modules
+        drop_path, aa = modules.get("drop_path"), modules.get("aa")
+        if drop_path is not None and not isinstance(drop_path, nn.Identity) and getattr(drop_path, "drop_prob",
+                                                                                        1.0) != 0.0:
+            return False
+        if aa is not None and not isinstance(aa, nn.Identity):
+            return False
+        drops = [getattr(module, "drop", None) for module in modules.values()]  # BatchNormAct2d's dropout
+        return all(drop is None or isinstance(drop, nn.Identity) for drop in drops)
+
     def _stages(self):
         modules = self._modules
         expand, dw, se, project = self._stage_names
