@@ -195,20 +195,18 @@ def test_block_keeps_one_expanded_tensor(layout):
 def test_block_batch_norm_modes(momentum, track):
     """The batch norms' cumulative average (momentum None) and no running statistics, as torchvision's block."""
     tv = pytest.importorskip("torchvision.models.mobilenetv2")
-    ref = tv.InvertedResidual(8, 8, 1, 4).double()
-    for m in ref.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = momentum
-            if not track:
-                m.track_running_stats = False
-                m.running_mean = m.running_var = m.num_batches_tracked = None
-    block = InvertedResidual(8, 8, 1, 4).double()
-    for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = momentum
-            if not track:
-                m.track_running_stats = False
-                m.running_mean = m.running_var = m.num_batches_tracked = None
+
+    def set_batch_norms(module):
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = momentum
+                if not track:
+                    m.track_running_stats = False
+                    m.running_mean = m.running_var = m.num_batches_tracked = None
+        return module
+
+    ref = set_batch_norms(tv.InvertedResidual(8, 8, 1, 4).double())
+    block = set_batch_norms(InvertedResidual(8, 8, 1, 4).double())
     block.load_state_dict(ref.state_dict())
     inputs = [make_input((4, 8, 6, 6), layout, dtype=torch.float64) for layout in ("nchw", "channels_last")]
     if track:
