@@ -8,7 +8,8 @@
 // channels-last tensor (the parameters as vectors) or along the planes of an NCHW one (broadcast parameters).
 //
 // Terms are computed and summed in the accumulation type (float for float, bfloat16 and half) over blocks of
-// kBlockTerms per vector lane, in registers, and the blocks' sums are added up in double. The statistics are one
+// kBlockTerms per channel (in registers along an NCHW plane, in an L1 block of sums across channels-last pixels),
+// and the blocks' sums are added up in double. The statistics are one
 // pass of sums and sums of squares taken about a shift (each channel's mean over a sample of its values), which
 // keeps the variance's cancellation as small as a second pass would.
 #include <ATen/ATen.h>
@@ -173,27 +174,6 @@ std::vector<double> channel_sums(const Layout& L, const std::array<const Acc*, k
   return sums;
 }
 
-// The derivative of the activation at b, times g: PyTorch's vectorised CPU backward formulas.
-template <typename T>
-inline at::vec::Vectorized<T> activation_backward(Activation kind, const at::vec::Vectorized<T>& g,
-                                                  const at::vec::Vectorized<T>& b) {
-  using Vec = at::vec::Vectorized<T>;
-  const Vec zero(T(0));
-  switch (kind) {
-    case Activation::kNone: return g;
-    case Activation::kRelu: return Vec::blendv(zero, g, b > zero);
-    case Activation::kRelu6: return Vec::blendv(zero, g, (b > zero) & (b < Vec(T(6))));
-    case Activation::kHardswish:
-      return Vec::blendv(Vec::blendv(g * (b / Vec(T(3)) + Vec(T(0.5))), g, b >= Vec(T(3))), zero, b < Vec(T(-3)));
-    case Activation::kSilu: {
-      const Vec one(T(1));
-      const Vec sigmoid = one / (one + b.neg().exp());
-      return g * sigmoid * (one + b * (one - sigmoid));
-    }
-  }
-  return g;
-}
-
 // A parameter of C channels as an array of the accumulation type, padded to whole vectors (`fill` where absent).
 template <typename Acc>
 std::vector<Acc> channel_array(const c10::optional<Tensor>& t, int64_t C, Acc fill) {
@@ -237,6 +217,16 @@ void check_channels(const c10::optional<Tensor>& t, int64_t C, const char* name,
               t->device());
 }
 
+// The checks every op makes: the input, the affine parameters, and the activation (returned parsed).
+Activation check_arguments(const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+                           c10::string_view activation, const char* op) {
+  check_input(input, op);
+  const Activation act = parse_activation(activation, "activation");
+  check_channels(weight, input.size(1), "weight", op);
+  check_channels(bias, input.size(1), "bias", op);
+  return act;
+}
+
 template <typename scalar_t>
 void apply_into(const Tensor& x, const Tensor& out, Activation act, const std::vector<at::opmath_type<scalar_t>>& mean,
                 const std::vector<at::opmath_type<scalar_t>>& scale,
@@ -258,15 +248,10 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_impl(const Tensor& inpu
                                                               const c10::optional<Tensor>& running_var, double momentum,
                                                               double eps, c10::string_view activation, bool in_place,
                                                               const char* op) {
-  check_input(input, op);
-  const Activation act = parse_activation(activation, "activation");
+  const Activation act = check_arguments(input, weight, bias, activation, op);
   const int64_t C = input.size(1);
-  for (auto [t, name] : {std::pair{&weight, "weight"},
-                         {&bias, "bias"},
-                         {&running_mean, "running_mean"},
-                         {&running_var, "running_var"}}) {
-    check_channels(*t, C, name, op);
-  }
+  check_channels(running_mean, C, "running_mean", op);
+  check_channels(running_var, C, "running_var", op);
   TORCH_CHECK(given(running_mean) == given(running_var), "fusedops: ", op,
               ": running_mean and running_var must be given both or neither");
   const int64_t count = input.numel() / std::max<int64_t>(C, 1);
@@ -355,10 +340,8 @@ Tensor batch_norm_activation_apply(const Tensor& input, const c10::optional<Tens
                                    const c10::optional<Tensor>& bias, const Tensor& mean, const Tensor& invstd,
                                    c10::string_view activation) {
   constexpr const char* op = "_batch_norm_activation_apply";
-  check_input(input, op);
-  const Activation act = parse_activation(activation, "activation");
+  const Activation act = check_arguments(input, weight, bias, activation, op);
   const int64_t C = input.size(1);
-  for (auto [t, name] : {std::pair{&weight, "weight"}, {&bias, "bias"}}) check_channels(*t, C, name, op);
   check_channels(mean, C, "mean", op);
   check_channels(invstd, C, "invstd", op);
   const Tensor x = dense(input);
@@ -377,13 +360,11 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_backward_impl(
     const Tensor& grad_output, const Tensor& input, const c10::optional<Tensor>& weight,
     const c10::optional<Tensor>& bias, const Tensor& mean_t, const Tensor& invstd_t, c10::string_view activation,
     std::array<bool, 3> output_mask, bool in_place, const char* op) {
-  check_input(input, op);
-  const Activation act = parse_activation(activation, "activation");
+  const Activation act = check_arguments(input, weight, bias, activation, op);
   const int64_t C = input.size(1);
   TORCH_CHECK(grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(),
               "fusedops: ", op, ": grad_output must have the input's shape and dtype, got ", grad_output.sizes(),
               " and ", dtype_name(grad_output.scalar_type()));
-  for (auto [t, name] : {std::pair{&weight, "weight"}, {&bias, "bias"}}) check_channels(*t, C, name, op);
   check_channels(mean_t, C, "mean", op);
   check_channels(invstd_t, C, "invstd", op);
   const Tensor x = dense(input);

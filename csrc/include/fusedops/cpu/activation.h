@@ -1,4 +1,4 @@
-// Vectorised activation epilogues for the CPU kernels (bias is added by the kernels themselves).
+// Vectorised activations for the CPU kernels (bias is added by the kernels themselves), and their backward.
 //
 // The formulas are PyTorch's CPU ones (hardswish: x * min(max(x + 3, 0), 6) / 6; silu: x / (1 + exp(-x))), so fused
 // results match the unfused modules to the last bit wherever the pre-activations do. The kind is a run-time value: an
@@ -25,6 +25,28 @@ inline at::vec::Vectorized<T> apply_activation(Activation kind, const at::vec::V
     case Activation::kSilu: return v / (Vec(T(1)) + v.neg().exp());
   }
   return v;
+}
+
+// The activation's backward: g times the derivative at b (the activation's input), PyTorch's vectorised CPU
+// backward formulas.
+template <typename T>
+inline at::vec::Vectorized<T> activation_backward(Activation kind, const at::vec::Vectorized<T>& g,
+                                                  const at::vec::Vectorized<T>& b) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec zero(T(0));
+  switch (kind) {
+    case Activation::kNone: return g;
+    case Activation::kRelu: return Vec::blendv(zero, g, b > zero);
+    case Activation::kRelu6: return Vec::blendv(zero, g, (b > zero) & (b < Vec(T(6))));
+    case Activation::kHardswish:
+      return Vec::blendv(Vec::blendv(g * (b / Vec(T(3)) + Vec(T(0.5))), g, b >= Vec(T(3))), zero, b < Vec(T(-3)));
+    case Activation::kSilu: {
+      const Vec one(T(1));
+      const Vec sigmoid = one / (one + b.neg().exp());
+      return g * sigmoid * (one + b * (one - sigmoid));
+    }
+  }
+  return g;
 }
 
 // Epilogue functor for depthwise_nhwc_row (whose bias is already added).
