@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 from torch.autograd.function import once_differentiable
 
 from .. import _extension
@@ -100,6 +101,11 @@ class _BatchNormActivation(torch.autograd.Function):
         return (*grads, None, None, None, None)
 
 
+def _conv_bn_pairs(stages):
+    """The (convolution, batch norm) pairs of a block's `stages`, in order: [expand,] depthwise, project."""
+    return [stage for stage in (stages.expand, stages.dw, stages.project) if stage is not None]
+
+
 def _is_plain_1x1(conv) -> bool:
     return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0)
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.bias is None)
@@ -115,15 +121,14 @@ def applies(input, stages) -> bool:
     dw = stages.dw[0]
     if dw.bias is not None or dw.padding_mode != "zeros" or dw.groups != dw.in_channels or isinstance(dw.padding, str):
         return False
-    pairs = [stage for stage in (stages.expand, stages.dw, stages.project) if stage is not None]
-    if any(not bn.training for _, bn in pairs):
+    if any(not bn.training for _, bn in _conv_bn_pairs(stages)):
         return False
     return all(_is_plain_1x1(stage[0]) for stage in (stages.expand, stages.project) if stage is not None)
 
 
 def inverted_residual(input, stages, activation: str, residual: bool):
     """The train-mode output of an inverted-residual block of `stages` on `input` (where :func:`applies`)."""
-    pairs = [stage for stage in (stages.expand, stages.dw, stages.project) if stage is not None]
+    pairs = _conv_bn_pairs(stages)
     dw = stages.dw[0]
     spec = _Spec(running=tuple(_running(bn) for _, bn in pairs), momentum=tuple(_momentum(bn) for _, bn in pairs),
                  eps=tuple(bn.eps for _, bn in pairs), stride=dw.stride, padding=dw.padding, dilation=dw.dilation,
@@ -204,7 +209,7 @@ class _InvertedResidualTraining(torch.autograd.Function):
             g_hidden, *g_se = torch.autograd.grad(project_input, [se_input, *se_parameters], g_hidden)
             g_se = iter(g_se)
             se_grads = tuple(next(g_se) if need else None for need in needs[11:])
-            g_hidden = g_hidden.contiguous(memory_format=_memory_format(dw_output))
+            g_hidden = g_hidden.contiguous(memory_format=suggest_memory_format(dw_output))
         del project_input, g_projected
         # The gradients of the expanded width are this backward's own: the batch norms' backward overwrites them.
         g_dw_g, g_dw_b = ops._batch_norm_activation_backward_(g_hidden, dw_output, dw_g, dw_b, mean2, invstd2, act,
@@ -226,7 +231,3 @@ class _InvertedResidualTraining(torch.autograd.Function):
             g_x = g_x + grad
         return (g_x, g_expand_w, g_expand_g, g_expand_b, g_dw_w, g_dw_g, g_dw_b, g_project_w, g_project_g,
                 g_project_b, None, *se_grads)
-
-
-def _memory_format(t):
-    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
