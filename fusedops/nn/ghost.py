@@ -94,15 +94,9 @@ class GhostModule(FoldedWeights, nn.Module):
 
     def forward(self, input, residual=None):
         if not self.runs_fused():
-            primary, cheap = self.primary_conv._modules, self.cheap_operation._modules
-            if training.batch_norm_applies(input, primary["1"]):
-                x1 = training.batch_norm_activation(primary["0"](input), primary["1"], self.activation)
-            else:
-                x1 = self.primary_conv(input)
-            if training.batch_norm_applies(x1, cheap["1"]):
-                x2 = training.batch_norm_activation(cheap["0"](x1), cheap["1"], self.activation)
-            else:
-                x2 = self.cheap_operation(x1)
+            primary, cheap = self.primary_conv, self.cheap_operation
+            x1 = training.conv_batch_norm_activation(primary, input, self.activation, primary)
+            x2 = training.conv_batch_norm_activation(cheap, x1, self.activation, cheap)
             out = torch.cat([x1, x2], dim=1)[:, :self.out_chs]
             return out if residual is None else out + residual
         stride = self.primary_conv[0].stride

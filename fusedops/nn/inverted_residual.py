@@ -61,9 +61,7 @@ class ConvBNActivation(FoldedWeights, nn.Sequential):
         layers = self._modules
         conv, bn = layers["0"], layers["1"]
         if _runs_unfused(conv, (bn,)):
-            if training.batch_norm_applies(input, bn):
-                return training.batch_norm_activation(conv(input), bn, self.activation)
-            return super().forward(input)
+            return training.conv_batch_norm_activation(self, input, self.activation, super().forward)
         return folded_conv_activation(self, conv, input, self.activation)
 
 

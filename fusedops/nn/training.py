@@ -82,6 +82,16 @@ def batch_norm_activation(input, bn, activation: str):
     return _BatchNormActivation.apply(input, bn.weight, bn.bias, _running(bn), _momentum(bn), bn.eps, activation)
 
 
+def conv_batch_norm_activation(unit, input, activation: str, otherwise):
+    """A conv -> batch norm -> activation unit (children ``"0"`` and ``"1"``, the activation after them) on `input`
+    in train mode: the convolution, then the batch norm and `activation` as one op where :func:`batch_norm_applies`,
+    else ``otherwise(input)`` (the unit's children in sequence)."""
+    conv, bn = unit._modules["0"], unit._modules["1"]
+    if not batch_norm_applies(input, bn):
+        return otherwise(input)
+    return batch_norm_activation(conv(input), bn, activation)
+
+
 class _BatchNormActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, running, momentum, eps, activation):
