@@ -31,4 +31,14 @@ TORCH_LIBRARY_FRAGMENT(fusedops, m) {
       "_ghost_module_backward(Tensor grad_output, Tensor input, Tensor primary_weight, Tensor? primary_bias, "
       "Tensor cheap_weight, Tensor? cheap_bias, int out_channels, int[2] stride, str activation, "
       "bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // ghost_module (no residual), then a depthwise convolution of its output: dw_weight (out_channels, 1, kH, kW),
+  // odd kH and kW, padding (kH // 2, kW // 2), dw_stride, no activation (GhostNet's stride-2 bottleneck from its
+  // first Ghost module through its depthwise stage, batch norms folded). Inference only (no autograd) and CPU only:
+  // the module's output rows are computed into a per-thread tile and read there by the depthwise convolution,
+  // never written to memory. fusedops.nn.GhostBottleneck calls it where it applies and runs ghost_module then
+  // depthwise_conv2d elsewhere. packed_weights: _ghost_module_pack_weights of the module's arguments.
+  m.def(
+      "_ghost_module_depthwise(Tensor input, Tensor primary_weight, Tensor? primary_bias, Tensor cheap_weight, "
+      "Tensor? cheap_bias, int out_channels, int[2] stride, str activation, Tensor dw_weight, Tensor? dw_bias, "
+      "int[2] dw_stride, Tensor? packed_weights=None) -> Tensor");
 }

@@ -319,3 +319,152 @@ def test_reference_backend_matches():
         expected = fusedops.ghost_module(x, *weights, 13, activation="hardswish")
     torch.testing.assert_close(fusedops.ghost_module(x, *weights, 13, activation="hardswish"), expected, rtol=1e-5,
                                atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. The module followed by a depthwise convolution (_ghost_module_depthwise: GhostNet's stride-2 bottlenecks)
+
+
+def _then_depthwise_case(shape, out_channels, ratio, dw_size, dtype=torch.float32, layout="channels_last",
+                         cheap_size=3):
+    x = make_input(shape, layout, dtype=dtype)
+    weights = make_ghost_module_weights(shape[1], out_channels, ratio, cheap_size, dtype=dtype, requires_grad=False)
+    k = dw_size
+    dw_w = (torch.randn(out_channels, 1, k, k, dtype=torch.float64) / k).to(dtype)
+    dw_b = (0.5 * torch.randn(out_channels, dtype=torch.float64)).to(dtype)
+    return x, weights, dw_w, dw_b
+
+
+def _then_depthwise_reference(x, weights, out_channels, stride, activation, dw_w, dw_b, dw_stride):
+    """ghost_module then a depthwise convolution, unfused, in float64."""
+    up = [None if t is None else t.double() for t in weights]
+    module = ghost_module_reference(x.double(), *up, out_channels, stride, activation)
+    k = dw_w.shape[2]
+    return torch.nn.functional.conv2d(module, dw_w.double(), None if dw_b is None else dw_b.double(), dw_stride,
+                                      k // 2, 1, out_channels)
+
+
+def _then_depthwise(x, weights, out_channels, stride, activation, dw_w, dw_b, dw_stride, packed=None):
+    s, ds = (stride, stride) if isinstance(stride, int) else stride, \
+        (dw_stride, dw_stride) if isinstance(dw_stride, int) else dw_stride
+    return torch.ops.fusedops._ghost_module_depthwise(x, *weights, out_channels, list(s), activation or "none", dw_w,
+                                                      dw_b, list(ds), packed)
+
+
+def _check_then_depthwise(shape, out_channels, ratio=2, dw_size=3, dw_stride=2, *, stride=1, activation="relu",
+                          dtype=torch.float32, layout="channels_last", cheap_size=3, biases=True):
+    x, weights, dw_w, dw_b = _then_depthwise_case(shape, out_channels, ratio, dw_size, dtype, layout, cheap_size)
+    if not biases:
+        weights[1] = weights[3] = dw_b = None
+    y = _then_depthwise(x, weights, out_channels, stride, activation, dw_w, dw_b, dw_stride)
+    expected = _then_depthwise_reference(x, weights, out_channels, stride, activation, dw_w, dw_b, dw_stride)
+    assert y.dtype == dtype and y.shape == expected.shape
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+    return y
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
+@pytest.mark.parametrize("ratio, out_channels", ((2, 13), (3, 12), (4, 9)))
+@pytest.mark.parametrize("dw_size, dw_stride", ((3, 2), (5, 2), (3, 1), (5, (2, 1))))
+def test_then_depthwise_parity(layout, ratio, out_channels, dw_size, dw_stride):
+    _check_then_depthwise((2, 8, 13, 11), out_channels, ratio, dw_size, dw_stride, layout=layout)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_then_depthwise_activations(activation):
+    _check_then_depthwise((2, 6, 9, 10), 10, activation=activation)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_then_depthwise_dtypes(dtype, layout):
+    _check_then_depthwise((2, 8, 9, 7), 14, 3, dtype=dtype, layout=layout)
+
+
+def test_then_depthwise_edges():
+    _check_then_depthwise((1, 5, 4, 4), 7, 2, 5, 3, biases=False)  # map barely larger than the kernel
+    _check_then_depthwise((3, 8, 11, 9), 10, 2, 3, 2, stride=2)  # a strided primary convolution
+    _check_then_depthwise((2, 8, 9, 9), 8, 2, 3, 2, cheap_size=5)  # out_channels == init: no cheap channel kept
+    _check_then_depthwise((1, 4, 1, 1), 6, 3, 3, 2)
+
+
+@pytest.mark.parametrize("shape, out_channels, dw_size", (
+    ((1, 16, 112, 112), 48, 3),  # GhostNet's first stride-2 bottleneck
+    ((2, 24, 56, 56), 72, 5),
+    ((2, 40, 28, 28), 240, 3),
+    ((3, 112, 14, 14), 672, 5),
+))
+def test_then_depthwise_ghostnet_shapes(shape, out_channels, dw_size):
+    _check_then_depthwise(shape, out_channels, 2, dw_size, 2)
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+def test_then_depthwise_thread_counts(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_then_depthwise((3, 8, 31, 17), 12, 2, 3, 2)
+        _check_then_depthwise((1, 8, 40, 12), 12, 3, 5, 2)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_then_depthwise_packed_weights_and_wrapper():
+    from fusedops.ops.ghost_module import ghost_module_then_depthwise
+
+    x, weights, dw_w, dw_b = _then_depthwise_case((2, 8, 10, 10), 16, 2, 3)
+    packed = pack_weights(x, *weights, 16)
+    y = _then_depthwise(x, weights, 16, 1, "relu", dw_w, dw_b, 2)
+    torch.testing.assert_close(_then_depthwise(x, weights, 16, 1, "relu", dw_w, dw_b, 2, packed), y, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(ghost_module_then_depthwise(x, *weights, 16, (1, 1), "relu", dw_w, dw_b, (2, 2),
+                                                               packed), y, rtol=0, atol=0)
+    # Gradients wanted: the two differentiable ops, the same function.
+    xg = x.detach().requires_grad_()
+    composed = ghost_module_then_depthwise(xg, *weights, 16, (1, 1), "relu", dw_w, dw_b, (2, 2))
+    assert composed.grad_fn is not None
+    torch.testing.assert_close(composed, y, rtol=1e-6, atol=1e-6)
+
+
+def test_then_depthwise_non_finite_weights_match_the_two_ops():
+    x, weights, dw_w, dw_b = _then_depthwise_case((1, 8, 7, 7), 12, 3, 3)
+    dw_w[3, 0, 1, 1] = float("inf")
+    weights[2][1, 0, 0, 0] = float("nan")
+    y = _then_depthwise(x, weights, 12, 1, "relu", dw_w, dw_b, 2)
+    module = fusedops.ghost_module(x, *weights, 12)
+    expected = fusedops.depthwise_conv2d(module, dw_w, dw_b, 2, 1)
+    torch.testing.assert_close(y, expected, equal_nan=True)
+
+
+def test_then_depthwise_empty_batch_and_meta():
+    x, weights, dw_w, dw_b = _then_depthwise_case((0, 8, 6, 6), 12, 2, 3)
+    assert _then_depthwise(x, weights, 12, 1, "relu", dw_w, dw_b, 2).shape == (0, 12, 3, 3)
+    meta = [t.to("meta") for t in (x.new_empty(2, 8, 7, 6).to(memory_format=CL), *weights, dw_w, dw_b)]
+    y = torch.ops.fusedops._ghost_module_depthwise(*meta[:5], 12, [1, 1], "relu", meta[5], meta[6], [2, 2])
+    assert y.shape == (2, 12, 4, 3) and y.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_then_depthwise_opcheck(layout):
+    x, weights, dw_w, dw_b = _then_depthwise_case((2, 4, 7, 6), 7, 3, 3, torch.float64, layout)
+    torch.library.opcheck(torch.ops.fusedops._ghost_module_depthwise.default,
+                          (x, *weights, 7, [1, 1], "relu", dw_w, dw_b, [2, 2]))
+
+
+def test_then_depthwise_bad_arguments_name_the_argument():
+    x, weights, dw_w, dw_b = _then_depthwise_case((1, 8, 9, 9), 16, 2, 3)
+    with pytest.raises(RuntimeError, match=r"dw_weight must have shape \(out_channels=16, 1, kH, kW\) with odd"):
+        _then_depthwise(x, weights, 16, 1, "relu", torch.randn(8, 1, 3, 3), dw_b, 2)
+    with pytest.raises(RuntimeError, match=r"dw_weight must have shape \(out_channels=16, 1, kH, kW\) with odd"):
+        _then_depthwise(x, weights, 16, 1, "relu", torch.randn(16, 1, 2, 2), dw_b, 2)
+    with pytest.raises(RuntimeError, match="dw_stride must be positive"):
+        _then_depthwise(x, weights, 16, 1, "relu", dw_w, dw_b, 0)
+    with pytest.raises(RuntimeError, match=r"dw_bias must have shape \(16,\)"):
+        _then_depthwise(x, weights, 16, 1, "relu", dw_w, torch.randn(15), 2)
+    with pytest.raises(RuntimeError, match="dw_weight dtype torch.float64 does not match input dtype"):
+        _then_depthwise(x, weights, 16, 1, "relu", dw_w.double(), dw_b, 2)
+    with pytest.raises(RuntimeError, match="out_channels must be between"):
+        _then_depthwise(x, weights, 17, 1, "relu", torch.randn(17, 1, 3, 3), None, 2)

@@ -123,6 +123,25 @@ def test_bottleneck_eval_matches_timm(config, layout, op_calls):
 
 
 @pytest.mark.parametrize("config", BOTTLENECKS[1:3])
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("frozen", (False, True))
+def test_stride2_bottleneck_inference_runs_ghost1_and_its_depthwise_as_one_op(config, layout, frozen):
+    module, ref = pair_modules(GhostBottleneck, timm_ghostnet.GhostBottleneck, **config)
+    module.eval()
+    ref.eval()
+    if frozen:
+        fusedops.freeze(module)
+    x = make_input((2, config["in_chs"], 17, 15), layout, dtype=torch.float64)
+    with torch.profiler.profile() as prof, torch.inference_mode():
+        y = module(x)
+    ran = {e.name for e in prof.events()}
+    assert "fusedops::_ghost_module_depthwise" in ran and "fusedops::depthwise_conv2d" not in ran
+    with torch.inference_mode():
+        expected = ref(x)
+    assert_close_scaled(y, expected, **TOL, name="output")
+
+
+@pytest.mark.parametrize("config", BOTTLENECKS[1:3])
 def test_bottleneck_train_matches_timm(config):
     module, ref = pair_modules(GhostBottleneck, timm_ghostnet.GhostBottleneck, **config)
     inputs = [make_input((4, config["in_chs"], 8, 8), "channels_last", dtype=torch.float64) for _ in range(2)]

@@ -33,6 +33,7 @@
 #include "fusedops/cpu/scratch.h"
 #include "fusedops/cpu/vec_io.h"
 #include "fusedops/ghost_module.h"
+#include "fusedops/ops.h"
 #include "fusedops/schema_str.h"
 
 #include <algorithm>
@@ -110,10 +111,20 @@ void copy_pixels(const acc* src, int64_t src_ld, out_t* dst, int64_t dst_ld, int
   }
 }
 
+// The depthwise convolution that _ghost_module_depthwise runs on the module's output: its geometry (input: the
+// module's output map, out_channels channels) and its taps [T][out_channels] and bias (zero-padded), in the
+// accumulation type.
+template <typename acc>
+struct FollowingDepthwise {
+  ConvGeometry geometry;
+  const acc* taps = nullptr;
+  const acc* bias = nullptr;
+};
+
 template <typename scalar_t>
 void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, const GhostWeights<acc_t<scalar_t>>& w,
                  const Tensor& residual /*in out's format, or undefined*/, Tensor& out, const GhostModuleGeometry& geo,
-                 bool out_channels_last) {
+                 bool out_channels_last, const FollowingDepthwise<acc_t<scalar_t>>* following = nullptr) {
   using acc = acc_t<scalar_t>;
   constexpr int64_t V = at::vec::Vectorized<acc>::size();
   const ConvGeometry& g = geo.cheap;
@@ -184,6 +195,95 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
       for (int64_t i = 0; i < channels; ++i) std::fill_n(dst + (q * channels + i) * m, m, tile[q * ld + i]);
   };
 
+  // Primary rows [first_row, first_row + rows) of `image` into dst (pixels of I channels), activation applied.
+  auto primary_rows = [&](const scalar_t* image, int64_t first_row, int64_t rows, acc* dst) {
+    const int64_t count = rows * g.in_w;
+    pointwise_gemm<acc, acc>(w.primary, 0, w.primary.num_panels(),
+                             primary_operand(image + first_row * g.in_w * C, count), C, count, dst, I, act);
+  };
+  // Both halves of output rows [r0, r1) at dst (pixel r0 * W first, pixels of OC channels), from `tile` holding the
+  // primary rows `need` of for_each_expanded_band's `band` (`repeated`: room for their copy when m > 1).
+  auto write_halves = [&](auto* dst, const acc* tile, acc* repeated, const ConvGeometry& band, const RowRange& need,
+                          int64_t r0, int64_t r1) {
+    copy_pixels(tile + (r0 - need.begin) * row_elems, I, dst, OC, (r1 - r0) * g.in_w, I);
+    if (K == 0) return;
+    const acc* dw_image = tile;
+    if (m > 1) {
+      repeat_sources(tile, I, sources, (need.end - need.begin) * g.in_w, repeated);
+      dw_image = repeated;
+    }
+    cheap_rows(dst, dw_image, dw_ld, band, r0, r1, 0, K);
+  };
+  if (following != nullptr) {
+    // _ghost_module_depthwise: the module's output rows never reach memory. A work item is a strip of the
+    // depthwise convolution's output rows, run as bands (for_each_expanded_band on its geometry d): a band's tile
+    // (`rows_tile`, in the storage type, as the unfused sequence stores the module's output) holds the module's
+    // output rows the band reads, each new run of them computed by the module's own bands (for_each_expanded_band
+    // on g, through a second tile of primary rows); the depthwise rows then read it. Only the rows at strip
+    // boundaries (kernel - stride of them) are computed twice; channels-last output.
+    const FollowingDepthwise<acc>& f = *following;
+    const ConvGeometry& d = f.geometry;
+    const int64_t module_row = g.out_w * OC;
+    auto module_rows = [&](int64_t r) { return std::min(d.in_h, (r - 1) * d.stride_h + d.kernel_h); };
+    auto band_bytes = [&](int64_t r) {
+      const int64_t held = module_rows(r);
+      return held * module_row * static_cast<int64_t>(sizeof(scalar_t)) +
+             tile_rows(held) * g.in_w * (I + (m == 1 ? 0 : dw_ld)) * static_cast<int64_t>(sizeof(acc));
+    };
+    int64_t band_fit = 1;
+    while (band_fit < d.out_h && band_bytes(band_fit + 1) <= band_tile_bytes()) ++band_fit;
+    const double module_row_macs = primary_per_row + static_cast<double>(g.out_w * K * T);
+    const double depthwise_row_macs = static_cast<double>(d.out_w * OC * d.kernel_h * d.kernel_w);
+    const StripPlan strips =
+        plan_strips(d.out_h, d.out_w, g.batch, threads, band_fit,
+                    static_cast<double>(g.in_h) * module_row_macs + static_cast<double>(d.out_h) * depthwise_row_macs,
+                    static_cast<double>(std::max<int64_t>(0, d.kernel_h - d.stride_h)) * module_row_macs);
+    const int64_t max_module_rows = module_rows(strips.rows);
+    const int64_t out_pixels = d.out_h * d.out_w;
+    const int64_t item_macs = strips.strip_rows * (d.stride_h * static_cast<int64_t>(module_row_macs) +
+                                                   static_cast<int64_t>(depthwise_row_macs));
+    const int64_t item_grain = std::max<int64_t>(1, kMinWorkItemMacs / std::max<int64_t>(1, item_macs));
+    at::parallel_for(0, g.batch * strips.strips_per_image, item_grain, [&](int64_t begin, int64_t end) {
+      scalar_t* rows_tile = thread_scratch<scalar_t>(max_module_rows * module_row + V, ScratchSlot::kTileOut);
+      acc* tile = thread_scratch<acc>(tile_rows(max_module_rows) * row_elems + V, ScratchSlot::kTileHidden);
+      acc* repeated =
+          m == 1 ? nullptr : thread_scratch<acc>(tile_rows(max_module_rows) * g.in_w * dw_ld + V, ScratchSlot::kTile);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / strips.strips_per_image, strip = item % strips.strips_per_image;
+        const int64_t strip_begin = strip * strips.strip_rows;
+        const int64_t strip_end = std::min(d.out_h, strip_begin + strips.strip_rows);
+        const scalar_t* image = in + n * pixels * C;
+        // The module's output rows [first, first + count) into dst (rows of module_row elements).
+        auto module_output_rows = [&](int64_t first, int64_t count, scalar_t* dst) {
+          for_each_expanded_band(
+              g, row_elems, first, first + count, count, tile,
+              [&](int64_t first_row, int64_t rows, acc* primary) { primary_rows(image, first_row, rows, primary); },
+              [&](const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
+                write_halves(dst + (r0 - first) * module_row, tile, repeated, band, need, r0, r1);
+              });
+        };
+        for_each_expanded_band(d, module_row, strip_begin, strip_end, strips.rows, rows_tile, module_output_rows,
+                               [&](const ConvGeometry& band, const RowRange& /*need*/, int64_t r0, int64_t r1) {
+                                 DwNhwcRow<scalar_t, scalar_t> t;
+                                 t.image = rows_tile;
+                                 t.in_row_stride = module_row;
+                                 t.in_pix_stride = OC;
+                                 t.weight = f.taps;
+                                 t.weight_ld = OC;
+                                 t.bias = f.bias;
+                                 t.out = o + (n * out_pixels + r0 * d.out_w) * OC;
+                                 t.out_pix_stride = OC;
+                                 t.out_row_stride = d.out_w * OC;
+                                 t.oh = r0;
+                                 t.c_begin = 0;
+                                 t.c_end = OC;
+                                 depthwise_nhwc_rows(t, band, r1);
+                               });
+      }
+    });
+    return;
+  }
+
   // Slices of channels instead of strips of rows where the strips would leave threads idle or recompute much halo:
   // a 7x7 map at batch 1 is one strip, on one thread (1 and 2 threads timed the same, 62 us for 160->960). A work
   // item (image n, slice of the primary's GEMM panels) runs the primary for the whole image into a tile of its
@@ -245,34 +345,18 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
       const int64_t n = item / plan.strips_per_image, strip = item % plan.strips_per_image;
       const int64_t strip_begin = strip * plan.strip_rows, strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
       const scalar_t* image = in + n * pixels * C;
-      // Primary rows [first_row, first_row + rows) of the image into dst (pixels of I channels), activation applied.
-      auto primary_rows = [&](int64_t first_row, int64_t rows, acc* dst) {
-        const int64_t count = rows * g.in_w;
-        pointwise_gemm<acc, acc>(w.primary, 0, panels, primary_operand(image + first_row * g.in_w * C, count), C, count,
-                                 dst, I, act);
-      };
-      // Both halves of output rows [r0, r1) at dst (pixel r0 * W first, pixels of OC channels).
-      auto write_halves = [&](auto* dst, const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
-        copy_pixels(tile + (r0 - need.begin) * row_elems, I, dst, OC, (r1 - r0) * g.in_w, I);
-        if (K == 0) return;
-        const acc* dw_image = tile;
-        if (m > 1) {
-          repeat_sources(tile, I, sources, (need.end - need.begin) * g.in_w, repeated);
-          dw_image = repeated;
-        }
-        cheap_rows(dst, dw_image, dw_ld, band, r0, r1, 0, K);
-      };
       for_each_expanded_band(
-          g, row_elems, strip_begin, strip_end, plan.rows, tile, primary_rows,
+          g, row_elems, strip_begin, strip_end, plan.rows, tile,
+          [&](int64_t first_row, int64_t rows, acc* dst) { primary_rows(image, first_row, rows, dst); },
           [&](const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
             const int64_t first = r0 * g.out_w, count = (r1 - r0) * g.out_w;
             if (out_channels_last) {
               scalar_t* dst = o + (n * pixels + first) * OC;
-              write_halves(dst, band, need, r0, r1);
+              write_halves(dst, tile, repeated, band, need, r0, r1);
               if (res != nullptr) add_residual(dst, res + (n * pixels + first) * OC, count * OC);
               return;
             }
-            write_halves(staged, band, need, r0, r1);
+            write_halves(staged, tile, repeated, band, need, r0, r1);
             for (int64_t c = 0; c < OC; ++c) {
               scalar_t* plane = o + (n * OC + c) * pixels + first;
               const acc* src = staged + c;
@@ -324,6 +408,67 @@ Tensor ghost_module_cpu(const Tensor& input_, const Tensor& primary_weight, cons
   return out;
 }
 
+// _ghost_module_depthwise: ghost_module (no residual), then a depthwise convolution of its output with dw_weight
+// (out_channels, 1, kH, kW), dw_bias, dw_stride and padding (kH // 2, kW // 2), no activation: GhostNet's stride-2
+// bottleneck from its first Ghost module to its depthwise stage, batch norms folded. One kernel (forward_cpu with
+// a FollowingDepthwise); the output takes the input's memory format.
+Tensor ghost_module_depthwise_cpu(const Tensor& input_, const Tensor& primary_weight,
+                                  const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
+                                  const c10::optional<Tensor>& cheap_bias, int64_t out_channels, at::IntArrayRef stride,
+                                  c10::string_view activation, const Tensor& dw_weight,
+                                  const c10::optional<Tensor>& dw_bias, at::IntArrayRef dw_stride,
+                                  const c10::optional<Tensor>& packed_weights) {
+  const GhostModuleGeometry geo = ghost_module_geometry(input_, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                                        out_channels, stride, std_view(activation), c10::nullopt);
+  TORCH_CHECK(input_.device().is_cpu(), "fusedops: _ghost_module_depthwise CPU kernel got input on ", input_.device());
+  check_pair(dw_stride, "dw_stride");
+  TORCH_CHECK(dw_stride[0] > 0 && dw_stride[1] > 0, "fusedops: dw_stride must be positive, got ", dw_stride);
+  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == out_channels && dw_weight.size(1) == 1 &&
+                  dw_weight.size(2) % 2 == 1 && dw_weight.size(3) % 2 == 1,
+              "fusedops: dw_weight must have shape (out_channels=", out_channels,
+              ", 1, kH, kW) with odd kH and kW (padding k // 2), got ", dw_weight.sizes());
+  // The module's output map (the primary convolution's) is what the depthwise convolution reads.
+  Tensor input = input_;
+  if (geo.stride_h > 1 || geo.stride_w > 1) {
+    input = input.slice(2, 0, c10::nullopt, geo.stride_h).slice(3, 0, c10::nullopt, geo.stride_w);
+  }
+  const std::array<int64_t, 2> padding{dw_weight.size(2) / 2, dw_weight.size(3) / 2}, unit{1, 1};
+  const ConvGeometry d =
+      depthwise_geometry(input, dw_weight, dw_bias, dw_stride, padding, unit, "dw_weight", "dw_bias", out_channels);
+  const at::MemoryFormat fmt = output_memory_format(input_);
+  Tensor out = at::empty({d.batch, out_channels, d.out_h, d.out_w},
+                         input_.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out.contiguous(fmt);
+  if (!all_finite(cheap_weight) || !all_finite(dw_weight)) {
+    // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h).
+    const Tensor module = ghost_module_composed(input_, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                                out_channels, stride, std_view(activation), c10::nullopt);
+    return ops::call<ops::depthwise_conv2d>(module, dw_weight, dw_bias, dw_stride, padding, unit);
+  }
+  input = input.contiguous(at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_module_depthwise_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const GhostWeights<acc> weights =
+        (packed_weights.has_value() && packed_weights->defined())
+            ? ghost_weight_layout<acc>(geo, checked_packed_weights(*packed_weights, ghost_weight_header<acc>(geo),
+                                                                   ghost_weight_elements<acc>(geo),
+                                                                   "fusedops.ops.ghost_module.pack_weights"))
+            : pack_ghost_weights<scalar_t>(geo, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                           thread_scratch<acc>(ghost_weight_elements<acc>(geo), ScratchSlot::kPacked));
+    constexpr int64_t V = at::vec::Vectorized<acc>::size();
+    const int64_t T = d.kernel_h * d.kernel_w;
+    FollowingDepthwise<acc> following;
+    following.geometry = d;
+    acc* taps = thread_scratch<acc>(T * out_channels, ScratchSlot::kWeights);
+    acc* bias = thread_scratch<acc>(out_channels + V, ScratchSlot::kBias);
+    lay_out_depthwise_weights<scalar_t>(dw_weight, dw_bias, out_channels, T, taps, bias);
+    following.taps = taps;
+    following.bias = bias;
+    forward_cpu<scalar_t>(input, weights, Tensor(), out, geo, true, &following);
+  });
+  return out.contiguous(fmt);
+}
+
 Tensor ghost_module_pack_weights_cpu(const Tensor& input, const Tensor& primary_weight,
                                      const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
                                      const c10::optional<Tensor>& cheap_bias, const c10::optional<Tensor>& residual,
@@ -360,4 +505,5 @@ TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
   m.impl("ghost_module", &fusedops::cpu::ghost_module_cpu);
   m.impl("_ghost_module_backward", &fusedops::cpu::ghost_module_backward_cpu);
   m.impl("_ghost_module_pack_weights", &fusedops::cpu::ghost_module_pack_weights_cpu);
+  m.impl("_ghost_module_depthwise", &fusedops::cpu::ghost_module_depthwise_cpu);
 }

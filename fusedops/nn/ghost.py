@@ -11,7 +11,8 @@ from torch import nn
 from ..ops import _library
 from ..ops.depthwise_conv2d import depthwise_conv2d
 from ..ops.dwpw_conv2d import dwpw_conv2d
-from ..ops.ghost_module import ghost_module, pack_weights
+from ..ops.ghost_module import (ghost_module, ghost_module_then_depthwise, ghost_module_then_depthwise_fuses,
+                                pack_weights)
 from . import training
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
@@ -119,6 +120,22 @@ class GhostModule(FoldedWeights, nn.Module):
         return ghost_module(input, *folded, self.out_chs, stride, self.activation, residual=residual,
                             packed_weights=packed)
 
+    def forward_then_depthwise(self, input, dw_weight, dw_bias, dw_stride):
+        """``depthwise_conv2d(self(input), dw_weight, dw_bias, dw_stride, padding=k // 2)`` (GhostNet's stride-2
+        bottlenecks): where the module :meth:`runs_fused` on CPU without gradients, one kernel in which the module's
+        output never reaches memory (:func:`fusedops.ops.ghost_module.ghost_module_then_depthwise`)."""
+        padding = (dw_weight.shape[2] // 2, dw_weight.shape[3] // 2)
+        if not self.runs_fused() or not ghost_module_then_depthwise_fuses(input, *self.parameters(), dw_weight,
+                                                                           dw_bias):
+            return depthwise_conv2d(self(input), dw_weight, dw_bias, dw_stride, padding)
+        stride = self.primary_conv[0].stride
+        folded = self.folded_weights()
+        packed = self._packed_weights(
+            folded, input, "ghost_module",
+            lambda: pack_weights(input, *folded, self.out_chs, stride, self.activation))
+        return ghost_module_then_depthwise(input, *folded, self.out_chs, stride, self.activation, dw_weight, dw_bias,
+                                           tuple(dw_stride), packed)
+
     def extra_repr(self) -> str:
         frozen = ", frozen=True" if self._frozen else ""
         return f"out_chs={self.out_chs}, activation={self.activation!r}{frozen}"
@@ -221,10 +238,15 @@ class GhostBottleneck(FoldedWeights, nn.Module):
         # (An identity-shortcut stride-1 bottleneck has nothing of its own to fold.)
         folded = self._folded_weights() if self.conv_dw is not None or self.shortcut._modules else (None,) * 6
         dw_w, dw_b, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b = folded
-        x = self.ghost1(input)
-        if dw_w is not None:
-            conv = self.conv_dw
-            x = depthwise_conv2d(x, dw_w, dw_b, conv.stride, conv.padding, conv.dilation)
+        conv = self.conv_dw
+        if dw_w is not None and tuple(conv.dilation) == (1, 1) and \
+                tuple(conv.padding) == tuple(k // 2 for k in conv.kernel_size) and all(k % 2 for k in conv.kernel_size):
+            # The depthwise stage reads ghost1's output rows while they are in cache.
+            x = self.ghost1.forward_then_depthwise(input, dw_w, dw_b, conv.stride)
+        else:
+            x = self.ghost1(input)
+            if dw_w is not None:
+                x = depthwise_conv2d(x, dw_w, dw_b, conv.stride, conv.padding, conv.dilation)
         if self.se is not None:
             x = self.se(x)
         if sc_dw_w is None:

@@ -8,7 +8,7 @@ and output shape: fusedops/ops/_geometry.py.
 
 import torch
 
-from .. import _backend
+from .. import _backend, _extension
 from . import _args, _geometry, _library, _reference
 from .activations import activation_name
 
@@ -138,3 +138,54 @@ def _make_backward(ops):
 # The native op's autograd is C++ (csrc/autograd/ghost_module.cpp, the same formula as _make_backward).
 _library.register_op_with_backward_op(NAME, BACKWARD_NAME, "ghost_module", _fake, _fake_backward, _make_backward,
                                       _setup_context)
+
+
+# _ghost_module_depthwise (csrc/ghost_module.cpp): ghost_module, then a depthwise convolution of its output, as one
+# CPU kernel for inference; GhostBottleneck calls it (ghost_module_then_depthwise).
+DEPTHWISE_NAME = "_ghost_module_depthwise"
+
+
+def ghost_module_then_depthwise(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
+                                activation, dw_weight, dw_bias, dw_stride, packed_weights=None):
+    """``depthwise_conv2d(ghost_module(input, ...), dw_weight, dw_bias, dw_stride, padding=k // 2)`` (no activation
+    after it): one native CPU kernel where that applies (CPU tensors, the native backend, no gradient wanted, not
+    compiling), the module's output rows computed into a per-thread tile that the depthwise convolution reads, never
+    written to memory; otherwise the two ops. Arguments as :func:`ghost_module`'s (``stride``, ``dw_stride``: pairs;
+    ``activation``: the op's name) and :func:`fusedops.depthwise_conv2d`'s."""
+    if ghost_module_then_depthwise_fuses(input, primary_weight, primary_bias, cheap_weight, cheap_bias, dw_weight,
+                                         dw_bias):
+        return torch.ops.fusedops._ghost_module_depthwise(input, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                                         out_channels, stride, activation, dw_weight, dw_bias,
+                                                         dw_stride, packed_weights)
+    from .depthwise_conv2d import depthwise_conv2d
+
+    module = ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
+                          activation, packed_weights=packed_weights)
+    padding = (dw_weight.shape[2] // 2, dw_weight.shape[3] // 2)
+    return depthwise_conv2d(module, dw_weight, dw_bias, dw_stride, padding)
+
+
+def ghost_module_then_depthwise_fuses(input, *weights):
+    """Whether :func:`ghost_module_then_depthwise` runs its one kernel for these tensors: CPU, the native backend,
+    no gradient wanted (the kernel has no backward), not compiling (the graph keeps the two differentiable ops)."""
+    return (input.device.type == "cpu" and not torch.compiler.is_compiling()
+            and _backend.resolve_for(input, NAME) == _backend.NATIVE
+            and not (torch.is_grad_enabled()
+                     and any(t is not None and t.requires_grad for t in (input, *weights))))
+
+
+def _fake_depthwise(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride, activation,
+                    dw_weight, dw_bias, dw_stride, packed_weights=None):
+    _geometry.check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None, out_channels,
+                                 stride, activation)
+    n, _, h, w = _geometry.ghost_module_output_shape(input, out_channels, stride)
+    kh, kw = dw_weight.shape[2], dw_weight.shape[3]
+    torch._check(dw_weight.dim() == 4 and dw_weight.shape[0] == out_channels and kh % 2 == 1 and kw % 2 == 1,
+                 lambda: f"fusedops: dw_weight must have shape (out_channels={out_channels}, 1, kH, kW) with odd kH "
+                 f"and kW, got {tuple(dw_weight.shape)}")
+    shape = (n, out_channels, (h - 1) // dw_stride[0] + 1, (w - 1) // dw_stride[1] + 1)
+    return _args.empty_like_format(input, shape)
+
+
+if _extension.has_ops():
+    torch.library.register_fake(f"fusedops::{DEPTHWISE_NAME}")(_fake_depthwise)
