@@ -2,6 +2,8 @@
 both ways; outputs, gradients and batch-norm running statistics in eval mode (each Ghost module one fused op, batch
 norms folded) and in train mode (timm's sequence); freezing."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -125,17 +127,23 @@ def test_bottleneck_eval_matches_timm(config, layout, op_calls):
 @pytest.mark.parametrize("config", BOTTLENECKS[1:3])
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
 @pytest.mark.parametrize("frozen", (False, True))
-def test_stride2_bottleneck_inference_runs_ghost1_and_its_depthwise_as_one_op(config, layout, frozen):
+@pytest.mark.parametrize("beyond_l2", (True, False))
+def test_stride2_bottleneck_inference_runs_ghost1_and_its_depthwise_as_one_op(config, layout, frozen, beyond_l2):
+    """Where ghost1's output (float64) would not stay in the L2 cache, one op computes it and the depthwise stage
+    after it; where it would, the two ops run. Either way the output is timm's."""
     module, ref = pair_modules(GhostBottleneck, timm_ghostnet.GhostBottleneck, **config)
     module.eval()
     ref.eval()
     if frozen:
         fusedops.freeze(module)
-    x = make_input((2, config["in_chs"], 17, 15), layout, dtype=torch.float64)
+    l2 = torch.ops.fusedops._cpu_caches()[1]
+    side = math.isqrt(2 * l2 // (2 * config["mid_chs"] * 8)) + 1 if beyond_l2 else 9
+    x = make_input((2, config["in_chs"], side, side - 2), layout, dtype=torch.float64)
     with torch.profiler.profile() as prof, torch.inference_mode():
         y = module(x)
     ran = {e.name for e in prof.events()}
-    assert "fusedops::_ghost_module_depthwise" in ran and "fusedops::depthwise_conv2d" not in ran
+    assert ("fusedops::_ghost_module_depthwise" in ran) == beyond_l2
+    assert ("fusedops::depthwise_conv2d" in ran) != beyond_l2
     with torch.inference_mode():
         expected = ref(x)
     assert_close_scaled(y, expected, **TOL, name="output")

@@ -440,9 +440,9 @@ Tensor ghost_module_depthwise_cpu(const Tensor& input_, const Tensor& primary_we
                          input_.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out.contiguous(fmt);
   if (!all_finite(cheap_weight) || !all_finite(dw_weight)) {
-    // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h).
-    const Tensor module = ghost_module_composed(input_, primary_weight, primary_bias, cheap_weight, cheap_bias,
-                                                out_channels, stride, std_view(activation), c10::nullopt);
+    // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h): the two ops.
+    const Tensor module = ghost_module_cpu(input_, primary_weight, primary_bias, cheap_weight, cheap_bias, c10::nullopt,
+                                           out_channels, stride, activation, packed_weights);
     return ops::call<ops::depthwise_conv2d>(module, dw_weight, dw_bias, dw_stride, padding, unit);
   }
   input = input.contiguous(at::MemoryFormat::ChannelsLast);

@@ -122,13 +122,14 @@ class GhostModule(FoldedWeights, nn.Module):
 
     def forward_then_depthwise(self, input, dw_weight, dw_bias, dw_stride):
         """``depthwise_conv2d(self(input), dw_weight, dw_bias, dw_stride, padding=k // 2)`` (GhostNet's stride-2
-        bottlenecks): where the module :meth:`runs_fused` on CPU without gradients, one kernel in which the module's
-        output never reaches memory (:func:`fusedops.ops.ghost_module.ghost_module_then_depthwise`)."""
+        bottlenecks): where the module :meth:`runs_fused` and the kernel pays (on CPU, without gradients, the module's
+        output larger than the L2 cache: :func:`fusedops.ops.ghost_module.ghost_module_then_depthwise_fuses`), one
+        kernel in which the module's output never reaches memory."""
         padding = (dw_weight.shape[2] // 2, dw_weight.shape[3] // 2)
-        if not self.runs_fused() or not ghost_module_then_depthwise_fuses(input, *self.parameters(), dw_weight,
-                                                                           dw_bias):
-            return depthwise_conv2d(self(input), dw_weight, dw_bias, dw_stride, padding)
         stride = self.primary_conv[0].stride
+        if not self.runs_fused() or not ghost_module_then_depthwise_fuses(input, self.out_chs, stride,
+                                                                           *self.parameters(), dw_weight, dw_bias):
+            return depthwise_conv2d(self(input), dw_weight, dw_bias, dw_stride, padding)
         folded = self.folded_weights()
         packed = self._packed_weights(
             folded, input, "ghost_module",

@@ -148,12 +148,12 @@ DEPTHWISE_NAME = "_ghost_module_depthwise"
 def ghost_module_then_depthwise(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
                                 activation, dw_weight, dw_bias, dw_stride, packed_weights=None):
     """``depthwise_conv2d(ghost_module(input, ...), dw_weight, dw_bias, dw_stride, padding=k // 2)`` (no activation
-    after it): one native CPU kernel where that applies (CPU tensors, the native backend, no gradient wanted, not
-    compiling), the module's output rows computed into a per-thread tile that the depthwise convolution reads, never
-    written to memory; otherwise the two ops. Arguments as :func:`ghost_module`'s (``stride``, ``dw_stride``: pairs;
+    after it): one native CPU kernel where that pays (:func:`ghost_module_then_depthwise_fuses`), the module's output
+    rows computed into a per-thread tile that the depthwise convolution reads, never written to memory; otherwise
+    the two ops. Arguments as :func:`ghost_module`'s (``stride``, ``dw_stride``: pairs;
     ``activation``: the op's name) and :func:`fusedops.depthwise_conv2d`'s."""
-    if ghost_module_then_depthwise_fuses(input, primary_weight, primary_bias, cheap_weight, cheap_bias, dw_weight,
-                                         dw_bias):
+    if ghost_module_then_depthwise_fuses(input, out_channels, stride, primary_weight, primary_bias, cheap_weight,
+                                         cheap_bias, dw_weight, dw_bias):
         return torch.ops.fusedops._ghost_module_depthwise(input, primary_weight, primary_bias, cheap_weight, cheap_bias,
                                                          out_channels, stride, activation, dw_weight, dw_bias,
                                                          dw_stride, packed_weights)
@@ -165,13 +165,31 @@ def ghost_module_then_depthwise(input, primary_weight, primary_bias, cheap_weigh
     return depthwise_conv2d(module, dw_weight, dw_bias, dw_stride, padding)
 
 
-def ghost_module_then_depthwise_fuses(input, *weights):
+def ghost_module_then_depthwise_fuses(input, out_channels, stride, *weights):
     """Whether :func:`ghost_module_then_depthwise` runs its one kernel for these tensors: CPU, the native backend,
-    no gradient wanted (the kernel has no backward), not compiling (the graph keeps the two differentiable ops)."""
-    return (input.device.type == "cpu" and not torch.compiler.is_compiling()
-            and _backend.resolve_for(input, NAME) == _backend.NATIVE
-            and not (torch.is_grad_enabled()
-                     and any(t is not None and t.requires_grad for t in (input, *weights))))
+    no gradient wanted (the kernel has no backward), not compiling (the graph keeps the two differentiable ops), and
+    a module output that would not stay in the L2 cache between the two ops.
+
+    Where it would stay there, the kernel's strips of rows cost more than the round trip saves. GhostNet's stride-2
+    bottlenecks on a 2-vCPU Xeon (2 MiB L2, 2 threads), time fused / two ops: batch 8, 0.84x at 112x112 (16->48,
+    19 MiB of module output), 0.93x at 56x56, 0.88x at 28x28, 0.99x at 14x14 (4.2 MiB); batch 1, 0.91x at 112x112
+    (2.4 MiB), but 1.03x at 56x56 (0.9 MiB) and 1.14x at 14x14 (0.5 MiB, 672 channels)."""
+    if (input.device.type != "cpu" or torch.compiler.is_compiling()
+            or _backend.resolve_for(input, NAME) != _backend.NATIVE
+            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, *weights)))):
+        return False
+    n, _, h, w = _geometry.ghost_module_output_shape(input, out_channels, stride)
+    return n * out_channels * h * w * input.element_size() > _l2_cache_bytes()
+
+
+def _l2_cache_bytes():
+    global _L2_BYTES
+    if _L2_BYTES is None:
+        _L2_BYTES = int(torch.ops.fusedops._cpu_caches()[1])
+    return _L2_BYTES
+
+
+_L2_BYTES = None
 
 
 def _fake_depthwise(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride, activation,
