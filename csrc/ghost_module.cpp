@@ -41,4 +41,16 @@ TORCH_LIBRARY_FRAGMENT(fusedops, m) {
       "_ghost_module_depthwise(Tensor input, Tensor primary_weight, Tensor? primary_bias, Tensor cheap_weight, "
       "Tensor? cheap_bias, int out_channels, int[2] stride, str activation, Tensor dw_weight, Tensor? dw_bias, "
       "int[2] dw_stride, Tensor? packed_weights=None) -> Tensor");
+  // ghost_module(input * gate, ...) with gate = se_gate(conv1x1(se_activation(conv1x1(mean over the input's pixels,
+  // se_reduce_weight, se_reduce_bias)), se_expand_weight, se_expand_bias)) per image and channel: GhostNet's
+  // squeeze-excitation and the Ghost module after it (se_reduce_weight (S, C, 1, 1), se_expand_weight (C, S, 1, 1),
+  // se_activation one of the activations, se_gate "hardsigmoid" or "sigmoid"). Inference only (no autograd) and
+  // CPU only: the gates scale the module's primary GEMM input on its way in, the gated input is never written.
+  // fusedops.nn.GhostBottleneck calls it where it applies. packed_weights: _ghost_module_pack_weights of the
+  // module's arguments.
+  m.def(
+      "_ghost_module_excited(Tensor input, Tensor se_reduce_weight, Tensor? se_reduce_bias, Tensor se_expand_weight, "
+      "Tensor? se_expand_bias, str se_activation, str se_gate, Tensor primary_weight, Tensor? primary_bias, "
+      "Tensor cheap_weight, Tensor? cheap_bias, Tensor? residual, int out_channels, int[2] stride, str activation, "
+      "Tensor? packed_weights=None) -> Tensor");
 }

@@ -49,9 +49,9 @@ LEFT_ALONE = {
 FUSED_OPS = {TimmInvertedResidual: (importlib.import_module("fusedops.nn.inverted_residual"), "inverted_residual"),
              TimmDepthwiseSeparable: (importlib.import_module("fusedops.nn.separable"), "dwpw_conv2d"),
              GhostBottleneck: (importlib.import_module("fusedops.nn.ghost"), "ghost_module",
-                               "ghost_module_then_depthwise")}
+                               "ghost_module_then_depthwise", "ghost_module_excited")}
 # How many fused-op calls each replaced module makes (a Ghost bottleneck: its two Ghost modules, the first with the
-# stride-2 depthwise stage in the same call where there is one).
+# stride-2 depthwise stage in the same call where there is one, the second with the squeeze-excitation).
 CALLS_PER_MODULE = {GhostBottleneck: 2}
 
 

@@ -468,3 +468,167 @@ def test_then_depthwise_bad_arguments_name_the_argument():
         _then_depthwise(x, weights, 16, 1, "relu", dw_w.double(), dw_b, 2)
     with pytest.raises(RuntimeError, match="out_channels must be between"):
         _then_depthwise(x, weights, 17, 1, "relu", torch.randn(17, 1, 3, 3), None, 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 7. The module of a squeeze-excited input (_ghost_module_excited: GhostNet's bottlenecks with a squeeze-excitation)
+
+
+def _excited_case(shape, out_channels, ratio=2, reduced=None, dtype=torch.float32, layout="channels_last",
+                  residual=False, stride=1):
+    n, c, h, w = shape
+    s = reduced or max(1, c // 4)
+    x = make_input(shape, layout, dtype=dtype)
+    weights = make_ghost_module_weights(c, out_channels, ratio, dtype=dtype, requires_grad=False)
+
+    def randn(*size, scale=1.0):
+        return (scale * torch.randn(size, dtype=torch.float64)).to(dtype)
+
+    se = [randn(s, c, 1, 1, scale=c ** -0.5), randn(s, scale=0.5), randn(c, s, 1, 1, scale=2 * s ** -0.5),
+          randn(c, scale=0.5)]
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    res = make_input((n, out_channels, oh, ow), layout, dtype=dtype) if residual else None
+    return x, se, weights, res
+
+
+def _excited_reference(x, se, weights, res, out_channels, stride, activation, se_activation, se_gate):
+    """The squeeze-excitation then ghost_module, unfused, in float64."""
+    from fusedops.ops.activations import activation as act, gate
+
+    up = [None if t is None else t.double() for t in (x, *se, *weights, res)]
+    x64, rw, rb, ew, eb, pw, pb, cw, cb, r64 = up
+    squeezed = act(torch.nn.functional.linear(x64.mean((2, 3)), rw.flatten(1), rb), se_activation)
+    g = gate(torch.nn.functional.linear(squeezed, ew.flatten(1), eb), se_gate)
+    return ghost_module_reference(x64 * g[:, :, None, None], pw, pb, cw, cb, out_channels, stride, activation, r64)
+
+
+def _excited(x, se, weights, res, out_channels, stride, activation, se_activation="relu", se_gate="hardsigmoid",
+             packed=None):
+    s = (stride, stride) if isinstance(stride, int) else stride
+    return torch.ops.fusedops._ghost_module_excited(x, *se, se_activation, se_gate, *weights, res, out_channels,
+                                                    list(s), activation or "none", packed)
+
+
+def _check_excited(shape, out_channels, ratio=2, *, stride=1, activation=None, se_activation="relu",
+                   se_gate="hardsigmoid", dtype=torch.float32, layout="channels_last", residual=True, reduced=None,
+                   biases=True):
+    x, se, weights, res = _excited_case(shape, out_channels, ratio, reduced, dtype, layout, residual, stride)
+    if not biases:
+        se[1] = se[3] = weights[1] = weights[3] = None
+    y = _excited(x, se, weights, res, out_channels, stride, activation, se_activation, se_gate)
+    expected = _excited_reference(x, se, weights, res, out_channels, stride, activation, se_activation, se_gate)
+    assert y.dtype == dtype and y.shape == expected.shape
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
+@pytest.mark.parametrize("ratio, out_channels", ((2, 13), (3, 12)))
+@pytest.mark.parametrize("residual", (True, False))
+def test_excited_parity(layout, ratio, out_channels, residual):
+    _check_excited((2, 20, 9, 7), out_channels, ratio, layout=layout, residual=residual)
+
+
+@pytest.mark.parametrize("se_activation, se_gate", (("relu", "hardsigmoid"), ("silu", "sigmoid"),
+                                                    ("hardswish", "hardsigmoid")))
+@pytest.mark.parametrize("activation", (None, "relu"))
+def test_excited_activations_and_gates(se_activation, se_gate, activation):
+    _check_excited((2, 16, 6, 5), 12, activation=activation, se_activation=se_activation, se_gate=se_gate)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_excited_dtypes(dtype, layout):
+    _check_excited((2, 24, 7, 7), 14, 3, dtype=dtype, layout=layout)
+
+
+def test_excited_edges():
+    _check_excited((3, 8, 5, 5), 8, stride=2, residual=False)  # the pooling sees every pixel, the module every other
+    _check_excited((1, 12, 1, 1), 6, biases=False)
+    _check_excited((2, 5, 4, 3), 9, 3, reduced=1)
+
+
+@pytest.mark.parametrize("shape, out_channels", (
+    ((2, 960, 7, 7), 160),  # GhostNet's last stage
+    ((1, 672, 14, 14), 112),
+    ((3, 72, 28, 28), 40),
+))
+def test_excited_ghostnet_shapes(shape, out_channels):
+    _check_excited(shape, out_channels, reduced=shape[1] // 4)
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+@pytest.mark.parametrize("batch", (1, 2, 5))
+def test_excited_thread_counts(threads, batch):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_excited((batch, 40, 11, 13), 24)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_excited_packed_weights_and_wrapper():
+    from fusedops.ops.ghost_module import ghost_module_excited
+
+    x, se, weights, res = _excited_case((2, 16, 8, 8), 16, residual=True)
+    packed = pack_weights(x, *weights, 16, activation=None, residual=res)
+    y = _excited(x, se, weights, res, 16, 1, None)
+    torch.testing.assert_close(_excited(x, se, weights, res, 16, 1, None, packed=packed), y, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(ghost_module_excited(x, *se, "relu", "hardsigmoid", *weights, 16, (1, 1), "none",
+                                                        residual=res, packed_weights=packed), y, rtol=0, atol=0)
+    # Gradients wanted: the differentiable ops, the same function.
+    xg = x.detach().requires_grad_()
+    composed = ghost_module_excited(xg, *se, "relu", "hardsigmoid", *weights, 16, (1, 1), "none", residual=res)
+    assert composed.grad_fn is not None
+    torch.testing.assert_close(composed, y, rtol=1e-5, atol=1e-5)
+
+
+def test_excited_non_finite_cheap_weight_matches_the_ops():
+    x, se, weights, res = _excited_case((2, 8, 6, 6), 12, residual=True)
+    weights[2][1, 0, 0, 0] = float("inf")
+    y = _excited(x, se, weights, res, 12, 1, None)
+    from fusedops.ops.ghost_module import ghost_module_excited
+
+    xg = x.detach().requires_grad_()  # the unfused ops
+    expected = ghost_module_excited(xg, *se, "relu", "hardsigmoid", *weights, 12, (1, 1), "none", residual=res)
+    torch.testing.assert_close(y, expected.detach(), equal_nan=True, rtol=1e-5, atol=1e-5)
+
+
+def test_excited_empty_batch_and_meta():
+    x, se, weights, res = _excited_case((0, 8, 6, 6), 12, residual=True)
+    assert _excited(x, se, weights, res, 12, 1, None).shape == (0, 12, 6, 6)
+    x, se, weights, _ = _excited_case((2, 8, 6, 6), 12)
+    meta = [None if t is None else t.to("meta") for t in (x, *se, *weights)]
+    y = torch.ops.fusedops._ghost_module_excited(meta[0], *meta[1:5], "relu", "hardsigmoid", *meta[5:], None, 12,
+                                                 [2, 2], "relu")
+    assert y.shape == (2, 12, 3, 3) and y.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_excited_opcheck(layout):
+    x, se, weights, res = _excited_case((2, 8, 5, 6), 7, 3, dtype=torch.float64, layout=layout, residual=True)
+    torch.library.opcheck(torch.ops.fusedops._ghost_module_excited.default,
+                          (x, *se, "relu", "hardsigmoid", *weights, res, 7, [1, 1], "none"))
+
+
+def test_excited_bad_arguments_name_the_argument():
+    x, se, weights, res = _excited_case((1, 16, 6, 6), 16, residual=True)
+    rw, rb, ew, eb = se
+    with pytest.raises(RuntimeError, match=r"se_reduce_weight must have shape \(out_channels, 16, 1, 1\)"):
+        _excited(x, [torch.randn(4, 12, 1, 1), rb, ew, eb], weights, res, 16, 1, None)
+    with pytest.raises(RuntimeError, match=r"se_expand_weight must have shape \(16, 4, 1, 1\)"):
+        _excited(x, [rw, rb, torch.randn(12, 4, 1, 1), None], weights, res, 16, 1, None)
+    with pytest.raises(RuntimeError, match="se_reduce_bias"):
+        _excited(x, [rw, torch.randn(5), ew, eb], weights, res, 16, 1, None)
+    with pytest.raises(RuntimeError, match="se_gate must be 'hardsigmoid' or 'sigmoid'; got 'tanh'"):
+        _excited(x, se, weights, res, 16, 1, None, se_gate="tanh")
+    with pytest.raises(RuntimeError, match="se_activation must be one of"):
+        _excited(x, se, weights, res, 16, 1, None, se_activation="gelu")
+    with pytest.raises(RuntimeError, match=r"residual must have the output's shape \[1, 16, 6, 6\]"):
+        _excited(x, se, weights, torch.randn(1, 16, 6, 5), 16, 1, None)
+    with pytest.raises(RuntimeError, match="se_expand_weight dtype torch.float64 does not match input dtype"):
+        _excited(x, [rw, rb, ew.double(), eb], weights, res, 16, 1, None)

@@ -149,6 +149,26 @@ def test_stride2_bottleneck_inference_runs_ghost1_and_its_depthwise_as_one_op(co
     assert_close_scaled(y, expected, **TOL, name="output")
 
 
+@pytest.mark.parametrize("config", BOTTLENECKS[2:])
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("frozen", (False, True))
+def test_excited_bottleneck_inference_runs_the_squeeze_excitation_inside_ghost2(config, layout, frozen):
+    module, ref = pair_modules(GhostBottleneck, timm_ghostnet.GhostBottleneck, **config)
+    module.eval()
+    ref.eval()
+    if frozen:
+        fusedops.freeze(module)
+    x = make_input((3, config["in_chs"], 9, 8), layout, dtype=torch.float64)
+    with torch.profiler.profile() as prof, torch.inference_mode():
+        y = module(x)
+    ran = {e.name for e in prof.events()}
+    # The pooling, the 1x1 convolutions and the gate of the squeeze-excitation all inside the op.
+    assert "fusedops::_ghost_module_excited" in ran and not ran & {"aten::mean", "aten::linear", "aten::hardsigmoid"}
+    with torch.inference_mode():
+        expected = ref(x)
+    assert_close_scaled(y, expected, **TOL, name="output")
+
+
 @pytest.mark.parametrize("config", BOTTLENECKS[1:3])
 def test_bottleneck_train_matches_timm(config):
     module, ref = pair_modules(GhostBottleneck, timm_ghostnet.GhostBottleneck, **config)

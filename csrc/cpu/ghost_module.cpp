@@ -31,13 +31,16 @@
 #include "fusedops/cpu/fused_weights.h"
 #include "fusedops/cpu/pointwise_gemm.h"
 #include "fusedops/cpu/scratch.h"
+#include "fusedops/cpu/squeeze_excitation.h"
 #include "fusedops/cpu/vec_io.h"
 #include "fusedops/ghost_module.h"
+#include "fusedops/inverted_residual.h"
 #include "fusedops/ops.h"
 #include "fusedops/schema_str.h"
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <numeric>
 #include <type_traits>
 
@@ -124,7 +127,8 @@ struct FollowingDepthwise {
 template <typename scalar_t>
 void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, const GhostWeights<acc_t<scalar_t>>& w,
                  const Tensor& residual /*in out's format, or undefined*/, Tensor& out, const GhostModuleGeometry& geo,
-                 bool out_channels_last, const FollowingDepthwise<acc_t<scalar_t>>* following = nullptr) {
+                 bool out_channels_last, const FollowingDepthwise<acc_t<scalar_t>>* following = nullptr,
+                 const acc_t<scalar_t>* input_scale = nullptr) {
   using acc = acc_t<scalar_t>;
   constexpr int64_t V = at::vec::Vectorized<acc>::size();
   const ConvGeometry& g = geo.cheap;
@@ -158,7 +162,27 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
   const Activation act = geo.activation;
   const ActivationEpilogue epilogue{act};
   // The image's pixels as the primary GEMM's A operand (rows of C channels from `src`), in the accumulation type.
-  auto primary_operand = [&](const scalar_t* src, int64_t count) -> const acc* {
+  // With an input_scale (_ghost_module_excited's gates), `count` pixels of image n scaled per channel, rounded to the
+  // storage type as the unfused sequence stores input * gate.
+  auto primary_operand = [&](int64_t n, const scalar_t* src, int64_t count) -> const acc* {
+    if (input_scale != nullptr) {
+      acc* scaled = thread_scratch<acc>(count * C + V, ScratchSlot::kTilePacked);
+      const acc* scale = input_scale + n * C;
+      for (int64_t q = 0; q < count; ++q) {
+        for (int64_t c = 0; c < C; c += V) {
+          const int64_t k = std::min(V, C - c);
+          const auto v = load_acc(src + q * C + c, k) * at::vec::Vectorized<acc>::loadu(scale + c, k);
+          if constexpr (kSameAsAcc<scalar_t>) {
+            v.store(scaled + q * C + c, k);
+          } else {
+            scalar_t rounded[V];
+            store_acc(rounded, v, k);
+            for (int64_t i = 0; i < k; ++i) scaled[q * C + c + i] = static_cast<acc>(rounded[i]);
+          }
+        }
+      }
+      return scaled;
+    }
     if constexpr (kSameAsAcc<scalar_t>) {
       return src;
     } else {
@@ -195,11 +219,12 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
       for (int64_t i = 0; i < channels; ++i) std::fill_n(dst + (q * channels + i) * m, m, tile[q * ld + i]);
   };
 
-  // Primary rows [first_row, first_row + rows) of `image` into dst (pixels of I channels), activation applied.
-  auto primary_rows = [&](const scalar_t* image, int64_t first_row, int64_t rows, acc* dst) {
+  // Primary rows [first_row, first_row + rows) of image n into dst (pixels of I channels), activation applied.
+  auto primary_rows = [&](int64_t n, int64_t first_row, int64_t rows, acc* dst) {
+    const scalar_t* image = in + n * pixels * C;
     const int64_t count = rows * g.in_w;
     pointwise_gemm<acc, acc>(w.primary, 0, w.primary.num_panels(),
-                             primary_operand(image + first_row * g.in_w * C, count), C, count, dst, I, act);
+                             primary_operand(n, image + first_row * g.in_w * C, count), C, count, dst, I, act);
   };
   // Both halves of output rows [r0, r1) at dst (pixel r0 * W first, pixels of OC channels), from `tile` holding the
   // primary rows `need` of for_each_expanded_band's `band` (`repeated`: room for their copy when m > 1).
@@ -252,12 +277,11 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
         const int64_t n = item / strips.strips_per_image, strip = item % strips.strips_per_image;
         const int64_t strip_begin = strip * strips.strip_rows;
         const int64_t strip_end = std::min(d.out_h, strip_begin + strips.strip_rows);
-        const scalar_t* image = in + n * pixels * C;
         // The module's output rows [first, first + count) into dst (rows of module_row elements).
         auto module_output_rows = [&](int64_t first, int64_t count, scalar_t* dst) {
           for_each_expanded_band(
               g, row_elems, first, first + count, count, tile,
-              [&](int64_t first_row, int64_t rows, acc* primary) { primary_rows(image, first_row, rows, primary); },
+              [&](int64_t first_row, int64_t rows, acc* primary) { primary_rows(n, first_row, rows, primary); },
               [&](const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
                 write_halves(dst + (r0 - first) * module_row, tile, repeated, band, need, r0, r1);
               });
@@ -311,8 +335,8 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
         const int64_t c0 = p0 * kNr, c1 = std::min(I, p1 * kNr), width = c1 - c0;
         if (width <= 0) continue;
         acc* tile = thread_scratch<acc>(pixels * width + V, ScratchSlot::kTileHidden);
-        pointwise_gemm<acc, acc>(w.primary, p0, p1, primary_operand(in + n * pixels * C, pixels), C, pixels, tile - c0,
-                                 width, act);
+        pointwise_gemm<acc, acc>(w.primary, p0, p1, primary_operand(n, in + n * pixels * C, pixels), C, pixels,
+                                 tile - c0, width, act);
         scalar_t* dst = o + n * pixels * OC;
         copy_pixels(tile, width, dst + c0, OC, pixels, width);
         const int64_t k0 = c0 * m, k1 = std::min(K, c1 * m);
@@ -344,10 +368,9 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / plan.strips_per_image, strip = item % plan.strips_per_image;
       const int64_t strip_begin = strip * plan.strip_rows, strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
-      const scalar_t* image = in + n * pixels * C;
       for_each_expanded_band(
           g, row_elems, strip_begin, strip_end, plan.rows, tile,
-          [&](int64_t first_row, int64_t rows, acc* dst) { primary_rows(image, first_row, rows, dst); },
+          [&](int64_t first_row, int64_t rows, acc* dst) { primary_rows(n, first_row, rows, dst); },
           [&](const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
             const int64_t first = r0 * g.out_w, count = (r1 - r0) * g.out_w;
             if (out_channels_last) {
@@ -469,6 +492,111 @@ Tensor ghost_module_depthwise_cpu(const Tensor& input_, const Tensor& primary_we
   return out.contiguous(fmt);
 }
 
+// _ghost_module_excited: ghost_module(input * gate) with gate = se_gate(se_expand(se_activation(se_reduce(mean over
+// the input's pixels)))) per image and channel: GhostNet's squeeze-excitation and the Ghost module after it. The
+// channel sums and the gates are computed first (squeeze_excitation_gates); the module's kernel then scales its
+// primary GEMM's input rows by the gates on their way into the GEMM (forward_cpu's input_scale), so the gated
+// input is never written.
+Tensor ghost_module_excited_cpu(const Tensor& input_, const Tensor& se_reduce_weight,
+                                const c10::optional<Tensor>& se_reduce_bias, const Tensor& se_expand_weight,
+                                const c10::optional<Tensor>& se_expand_bias, c10::string_view se_activation,
+                                c10::string_view se_gate, const Tensor& primary_weight,
+                                const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
+                                const c10::optional<Tensor>& cheap_bias, const c10::optional<Tensor>& residual,
+                                int64_t out_channels, at::IntArrayRef stride, c10::string_view activation,
+                                const c10::optional<Tensor>& packed_weights) {
+  const GhostModuleGeometry geo = ghost_module_geometry(input_, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                                        out_channels, stride, std_view(activation), residual);
+  TORCH_CHECK(input_.device().is_cpu(), "fusedops: _ghost_module_excited CPU kernel got input on ", input_.device());
+  const c10::optional<Tensor> reduce_weight(se_reduce_weight), expand_weight(se_expand_weight);
+  const SqueezeExcitationGeometry se = squeeze_excitation_geometry(
+      input_,
+      squeeze_excitation_args(reduce_weight, se_reduce_bias, expand_weight, se_expand_bias, se_activation, se_gate),
+      geo.in_channels, "the input channels");
+  const ConvGeometry& g = geo.cheap;
+  const at::MemoryFormat fmt = output_memory_format(input_);
+  Tensor out = at::empty({g.batch, out_channels, g.out_h, g.out_w}, input_.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  // The squeeze-excitation pools the whole input, before the primary convolution's stride picks its pixels.
+  const Tensor full = input_.contiguous(at::MemoryFormat::ChannelsLast);
+  Tensor input = full;
+  if (geo.stride_h > 1 || geo.stride_w > 1) {
+    input = input.slice(2, 0, c10::nullopt, geo.stride_h).slice(3, 0, c10::nullopt, geo.stride_w);
+  }
+  input = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor res = geo.residual ? residual->contiguous(fmt) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_module_excited_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    constexpr int64_t V = at::vec::Vectorized<acc>::size();
+    const int64_t N = g.batch, C = geo.in_channels, S = se.channels;
+    const int64_t full_pixels = full.size(2) * full.size(3);
+    // The squeeze-excitation's weights as row-major matrices of acc: the tensors themselves where they already are.
+    const auto as_acc = [](const Tensor& t) {
+      return t.scalar_type() == c10::CppTypeToScalarType<acc>::value ? t.contiguous()
+                                                                     : t.to(c10::CppTypeToScalarType<acc>::value);
+    };
+    const Tensor rw = as_acc(se_reduce_weight), ew = as_acc(se_expand_weight);
+    const Tensor rb = given(se_reduce_bias) ? as_acc(*se_reduce_bias) : Tensor();
+    const Tensor eb = given(se_expand_bias) ? as_acc(*se_expand_bias) : Tensor();
+    // Channel sums of each image, its pixels cut into chunks where there are fewer images than threads.
+    const int64_t threads = at::get_num_threads();
+    const int64_t chunks = std::clamp<int64_t>(threads / N, 1, std::max<int64_t>(1, full_pixels / 64));
+    const int64_t ld = C + V, squeezed_ld = S + V;
+    acc* partial = thread_scratch<acc>((N * chunks + 2 * N) * ld + N * squeezed_ld, ScratchSlot::kReduce);
+    acc* sums = partial + N * chunks * ld;
+    acc* gates = sums + N * ld;
+    acc* squeezed = gates + N * ld;
+    const scalar_t* x = full.const_data_ptr<scalar_t>();
+    at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / chunks, chunk = item % chunks;
+        const int64_t q0 = chunk * full_pixels / chunks, q1 = (chunk + 1) * full_pixels / chunks;
+        acc* total = partial + item * ld;
+        std::fill(total, total + C, acc(0));
+        const scalar_t* image = x + n * full_pixels * C;
+        for (int64_t q = q0; q < q1; ++q) {
+          for (int64_t c = 0; c < C; c += V) {
+            const int64_t k = std::min(V, C - c);
+            (at::vec::Vectorized<acc>::loadu(total + c, k) + load_acc(image + q * C + c, k)).store(total + c, k);
+          }
+        }
+      }
+    });
+    for (int64_t n = 0; n < N; ++n) {
+      std::copy(partial + n * chunks * ld, partial + n * chunks * ld + C, sums + n * ld);
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+        const acc* part = partial + (n * chunks + chunk) * ld;
+        for (int64_t c = 0; c < C; ++c) sums[n * ld + c] += part[c];
+      }
+    }
+    squeeze_excitation_gates<acc>({rw.const_data_ptr<acc>(), rb.defined() ? rb.const_data_ptr<acc>() : nullptr,
+                                   ew.const_data_ptr<acc>(), eb.defined() ? eb.const_data_ptr<acc>() : nullptr},
+                                  C, S, se.activation, se.gate, sums, ld, acc(1) / static_cast<acc>(full_pixels), N,
+                                  squeezed, squeezed_ld, gates, ld);
+    if (!all_finite(cheap_weight)) {
+      // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h): the module's own path on
+      // the gated input.
+      Tensor scale = at::empty({N, C, 1, 1}, full.options().dtype(c10::CppTypeToScalarType<acc>::value));
+      for (int64_t n = 0; n < N; ++n)
+        std::copy(gates + n * ld, gates + n * ld + C, scale.mutable_data_ptr<acc>() + n * C);
+      out = ghost_module_cpu(full * scale.to(full.scalar_type()), primary_weight, primary_bias, cheap_weight,
+                             cheap_bias, residual, out_channels, stride, activation, packed_weights);
+      return;
+    }
+    const GhostWeights<acc> weights =
+        (packed_weights.has_value() && packed_weights->defined())
+            ? ghost_weight_layout<acc>(geo, checked_packed_weights(*packed_weights, ghost_weight_header<acc>(geo),
+                                                                   ghost_weight_elements<acc>(geo),
+                                                                   "fusedops.ops.ghost_module.pack_weights"))
+            : pack_ghost_weights<scalar_t>(geo, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                           thread_scratch<acc>(ghost_weight_elements<acc>(geo), ScratchSlot::kPacked));
+    // Gates of ld = C + V per image, as forward_cpu reads them (C per image): compact them.
+    for (int64_t n = 1; n < N; ++n) std::memmove(gates + n * C, gates + n * ld, C * sizeof(acc));
+    forward_cpu<scalar_t>(input, weights, res, out, geo, fmt == at::MemoryFormat::ChannelsLast, nullptr, gates);
+  });
+  return out;
+}
+
 Tensor ghost_module_pack_weights_cpu(const Tensor& input, const Tensor& primary_weight,
                                      const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
                                      const c10::optional<Tensor>& cheap_bias, const c10::optional<Tensor>& residual,
@@ -506,4 +634,5 @@ TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
   m.impl("_ghost_module_backward", &fusedops::cpu::ghost_module_backward_cpu);
   m.impl("_ghost_module_pack_weights", &fusedops::cpu::ghost_module_pack_weights_cpu);
   m.impl("_ghost_module_depthwise", &fusedops::cpu::ghost_module_depthwise_cpu);
+  m.impl("_ghost_module_excited", &fusedops::cpu::ghost_module_excited_cpu);
 }

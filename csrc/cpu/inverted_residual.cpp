@@ -37,6 +37,7 @@
 #include "fusedops/cpu/inverted_residual_block.h"
 #include "fusedops/cpu/pointwise_gemm.h"
 #include "fusedops/cpu/scratch.h"
+#include "fusedops/cpu/squeeze_excitation.h"
 #include "fusedops/cpu/vec_io.h"
 #include "fusedops/dwpw.h"
 #include "fusedops/inverted_residual.h"
@@ -213,55 +214,6 @@ BlockWeights<acc> packed_block_weights(const InvertedResidualGeometry& geo, cons
   return block_weight_layout<acc>(
       geo, checked_packed_weights(packed, block_weight_header<acc>(geo), block_weight_elements<acc>(geo),
                                   "fusedops.ops.inverted_residual.pack_weights"));
-}
-
-// sum_i a[i] * b[i] over n elements.
-template <typename acc>
-acc dot(const acc* a, const acc* b, int64_t n) {
-  using Vec = at::vec::Vectorized<acc>;
-  constexpr int64_t V = Vec::size();
-  Vec sum(acc(0));
-  int64_t i = 0;
-  for (; i + V <= n; i += V) sum = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), sum);
-  if (i < n) sum = at::vec::fmadd(Vec::loadu(a + i, n - i), Vec::loadu(b + i, n - i), sum);  // zero-filled tails
-  return at::vec::vec_reduce_all<acc>([](Vec& x, Vec& y) { return x + y; }, sum);
-}
-
-// f(v) on x[0, n) in place, a vector at a time.
-template <typename acc, typename F>
-void map_in_place(acc* x, int64_t n, const F& f) {
-  constexpr int64_t V = at::vec::Vectorized<acc>::size();
-  for (int64_t i = 0; i < n; i += V) {
-    const int64_t m = std::min(V, n - i);
-    f(at::vec::Vectorized<acc>::loadu(x + i, m)).store(x + i, m);
-  }
-}
-
-// gate(x) on x[0, n) in place, with PyTorch's CPU formulas: sigmoid 1 / (1 + exp(-x)), hardsigmoid
-// min(max(x + 3, 0), 6) / 6.
-template <typename acc>
-void apply_gate(Gate gate, acc* x, int64_t n) {
-  using Vec = at::vec::Vectorized<acc>;
-  if (gate == Gate::kSigmoid) {
-    map_in_place(x, n, [](const Vec& v) { return (Vec(acc(1)) + v.neg().exp()).reciprocal(); });
-  } else {
-    map_in_place(x, n, [](const Vec& v) {
-      return at::vec::minimum(at::vec::maximum(v + Vec(acc(3)), Vec(acc(0))), Vec(acc(6))) / Vec(acc(6));
-    });
-  }
-}
-
-// dst[q * channels + c] = src[q * channels + c] * scale[c] for pixels q < pixels.
-template <typename acc>
-void scale_channels(const acc* src, acc* dst, int64_t pixels, int64_t channels, const acc* scale) {
-  using Vec = at::vec::Vectorized<acc>;
-  constexpr int64_t V = Vec::size();
-  for (int64_t q = 0; q < pixels; ++q) {
-    for (int64_t c = 0; c < channels; c += V) {
-      const int64_t m = std::min(V, channels - c);
-      (Vec::loadu(src + q * channels + c, m) * Vec::loadu(scale + c, m)).store(dst + q * channels + c, m);
-    }
-  }
 }
 
 // dst[2c] = even[c], dst[2c + 1] = odd[c] for c < n.
@@ -543,29 +495,11 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
         }
       }
       if (se) {
-        // (2) squeezed = se_activation(reduce . mean + reduce_bias), a range of its S rows per thread.
-        const acc inverse_pixels = acc(1) / static_cast<acc>(out_pixels);
-        at::parallel_for(0, S, std::max<int64_t>(1, kMinWorkItemMacs / (H * images)), [&](int64_t j0, int64_t j1) {
-          for (int64_t k = 0; k < images; ++k) {
-            acc* out_k = squeezed + k * squeezed_ld;
-            for (int64_t j = j0; j < j1; ++j) {
-              out_k[j] =
-                  weights.se_reduce_bias[j] + inverse_pixels * dot(weights.se_reduce + j * H, sums + k * sums_ld, H);
-            }
-            map_in_place(out_k + j0, j1 - j0,
-                         [&](const at::vec::Vectorized<acc>& v) { return apply_activation(geo.se_activation, v); });
-          }
-        });
-        // (3) gate = gate(expand . squeezed + expand_bias), a range of hidden channels per thread.
-        at::parallel_for(0, H, std::max<int64_t>(1, kMinWorkItemMacs / (S * images)), [&](int64_t h0, int64_t h1) {
-          for (int64_t k = 0; k < images; ++k) {
-            acc* gate = gates + k * sums_ld;
-            for (int64_t h = h0; h < h1; ++h) {
-              gate[h] = weights.se_expand_bias[h] + dot(weights.se_expand + h * S, squeezed + k * squeezed_ld, S);
-            }
-            apply_gate(geo.se_gate, gate + h0, h1 - h0);
-          }
-        });
+        // (2) and (3): the reduced vectors, then the gates.
+        squeeze_excitation_gates<acc>(
+            {weights.se_reduce, weights.se_reduce_bias, weights.se_expand, weights.se_expand_bias}, H, S,
+            geo.se_activation, geo.se_gate, sums, sums_ld, acc(1) / static_cast<acc>(out_pixels), images, squeezed,
+            squeezed_ld, gates, sums_ld);
       }
       // (4), with a squeeze-excitation on the chunk's depthwise outputs scaled by the gate into a per-thread tile
       // (count x H multiplies before count x H x kNr multiply-adds a panel; consecutive panels of one chunk share

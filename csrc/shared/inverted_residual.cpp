@@ -20,6 +20,32 @@ Gate parse_gate(std::string_view name, const char* argument) {
   return Gate::kSigmoid;
 }
 
+SqueezeExcitationGeometry squeeze_excitation_geometry(const Tensor& input, const SqueezeExcitationArgs& se,
+                                                      int64_t channels, const char* gated) {
+  SqueezeExcitationGeometry r;
+  if (given(se.reduce_weight)) {
+    check_pointwise(input, *se.reduce_weight, se.reduce_bias, channels, "se_reduce_weight", "se_reduce_bias", gated);
+    r.channels = se.reduce_weight->size(0);
+    TORCH_CHECK(given(se.expand_weight),
+                "fusedops: se_expand_weight must be given with se_reduce_weight (the squeeze-excitation's second 1x1 "
+                "convolution)");
+    check_pointwise(input, *se.expand_weight, se.expand_bias, r.channels, "se_expand_weight", "se_expand_bias",
+                    "se_reduce_weight's output channels");
+    TORCH_CHECK(se.expand_weight->size(0) == channels, "fusedops: se_expand_weight must have shape (", channels, ", ",
+                r.channels, ", 1, 1) (", channels, " = ", gated, ", which it gates), got ", se.expand_weight->sizes());
+  } else {
+    for (const auto& [t, name] :
+         {std::pair{&se.reduce_bias, "se_reduce_bias"}, std::pair{&se.expand_weight, "se_expand_weight"},
+          std::pair{&se.expand_bias, "se_expand_bias"}}) {
+      TORCH_CHECK(!given(*t), "fusedops: ", name,
+                  " is given without se_reduce_weight (a block without a squeeze-excitation has none)");
+    }
+  }
+  r.activation = parse_activation(se.activation, "se_activation");
+  r.gate = parse_gate(se.gate, "se_gate");
+  return r;
+}
+
 const SqueezeExcitationArgs& no_squeeze_excitation() {
   static const c10::optional<Tensor> none;
   static const SqueezeExcitationArgs se{none, none, none, none, "relu", "hardsigmoid"};
@@ -59,32 +85,14 @@ InvertedResidualGeometry inverted_residual_geometry(const Tensor& input, const c
                   "the depthwise stage's channels");
   r.out_channels = project_weight.size(0);
   r.activation = parse_activation(activation, "activation");
-  if (given(se.reduce_weight)) {
-    check_pointwise(input, *se.reduce_weight, se.reduce_bias, r.hidden, "se_reduce_weight", "se_reduce_bias",
-                    "the depthwise stage's channels");
-    r.se_channels = se.reduce_weight->size(0);
-    TORCH_CHECK(given(se.expand_weight),
-                "fusedops: se_expand_weight must be given with se_reduce_weight (the squeeze-excitation's second 1x1 "
-                "convolution)");
-    check_pointwise(input, *se.expand_weight, se.expand_bias, r.se_channels, "se_expand_weight", "se_expand_bias",
-                    "se_reduce_weight's output channels");
-    TORCH_CHECK(se.expand_weight->size(0) == r.hidden, "fusedops: se_expand_weight must have shape (", r.hidden, ", ",
-                r.se_channels, ", 1, 1) (", r.hidden, " = the depthwise stage's channels, which it gates), got ",
-                se.expand_weight->sizes());
-    TORCH_CHECK(r.dw.out_h > 0 && r.dw.out_w > 0,
-                "fusedops: the squeeze-excitation needs a non-empty depthwise "
-                "output to pool, but it is ",
-                r.dw.out_h, "x", r.dw.out_w);
-  } else {
-    for (const auto& [t, name] :
-         {std::pair{&se.reduce_bias, "se_reduce_bias"}, std::pair{&se.expand_weight, "se_expand_weight"},
-          std::pair{&se.expand_bias, "se_expand_bias"}}) {
-      TORCH_CHECK(!given(*t), "fusedops: ", name,
-                  " is given without se_reduce_weight (a block without a squeeze-excitation has none)");
-    }
-  }
-  r.se_activation = parse_activation(se.activation, "se_activation");
-  r.se_gate = parse_gate(se.gate, "se_gate");
+  const SqueezeExcitationGeometry excitation =
+      squeeze_excitation_geometry(input, se, r.hidden, "the depthwise stage's channels");
+  r.se_channels = excitation.channels;
+  r.se_activation = excitation.activation;
+  r.se_gate = excitation.gate;
+  TORCH_CHECK(r.se_channels == 0 || (r.dw.out_h > 0 && r.dw.out_w > 0),
+              "fusedops: the squeeze-excitation needs a non-empty depthwise output to pool, but it is ", r.dw.out_h,
+              "x", r.dw.out_w);
   r.residual = residual;
   if (residual) {
     const ConvGeometry& g = r.dw;

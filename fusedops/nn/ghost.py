@@ -11,8 +11,8 @@ from torch import nn
 from ..ops import _library
 from ..ops.depthwise_conv2d import depthwise_conv2d
 from ..ops.dwpw_conv2d import dwpw_conv2d
-from ..ops.ghost_module import (ghost_module, ghost_module_then_depthwise, ghost_module_then_depthwise_fuses,
-                                pack_weights)
+from ..ops.ghost_module import (ghost_module, ghost_module_excited, ghost_module_excited_fuses,
+                                ghost_module_then_depthwise, ghost_module_then_depthwise_fuses, pack_weights)
 from . import training
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
@@ -137,6 +137,25 @@ class GhostModule(FoldedWeights, nn.Module):
         return ghost_module_then_depthwise(input, *folded, self.out_chs, stride, self.activation, dw_weight, dw_bias,
                                            tuple(dw_stride), packed)
 
+    def forward_excited(self, input, se, residual=None):
+        """``self(se(input), residual)`` for a :class:`GhostSqueezeExcite` ``se`` (GhostNet's bottlenecks with a
+        squeeze-excitation): where the module :meth:`runs_fused` on CPU without gradients, one kernel whose gates scale
+        the module's GEMM input on its way in, the gated input never written
+        (:func:`fusedops.ops.ghost_module.ghost_module_excited`)."""
+        reduce, expand = se.conv_reduce, se.conv_expand
+        if not (type(se) is GhostSqueezeExcite and type(se.act1) is nn.ReLU and type(se.gate) is nn.Hardsigmoid
+                and self.runs_fused()
+                and ghost_module_excited_fuses(input, *self.parameters(), *se.parameters(), residual)):
+            return self(se(input), residual)
+        stride = self.primary_conv[0].stride
+        folded = self.folded_weights()
+        packed = self._packed_weights(
+            folded, input, "ghost_module",
+            lambda: pack_weights(input, *folded, self.out_chs, stride, self.activation, residual))
+        return ghost_module_excited(input, reduce.weight, reduce.bias, expand.weight, expand.bias, "relu",
+                                    "hardsigmoid", *folded, self.out_chs, tuple(stride), self.activation,
+                                    residual=residual, packed_weights=packed)
+
     def extra_repr(self) -> str:
         frozen = ", frozen=True" if self._frozen else ""
         return f"out_chs={self.out_chs}, activation={self.activation!r}{frozen}"
@@ -248,14 +267,15 @@ class GhostBottleneck(FoldedWeights, nn.Module):
             x = self.ghost1(input)
             if dw_w is not None:
                 x = depthwise_conv2d(x, dw_w, dw_b, conv.stride, conv.padding, conv.dilation)
-        if self.se is not None:
-            x = self.se(x)
         if sc_dw_w is None:
             residual = input
         else:
             conv = self.shortcut._modules["0"]
             residual = dwpw_conv2d(input, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b, conv.stride, conv.padding,
                                    conv.dilation, "none", "none")
+        if self.se is not None:
+            # The squeeze-excitation's gates scale ghost2's input inside its kernel.
+            return self.ghost2.forward_excited(x, self.se, residual=residual)
         return self.ghost2(x, residual=residual)
 
     def extra_repr(self) -> str:

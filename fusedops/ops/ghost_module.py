@@ -207,3 +207,53 @@ def _fake_depthwise(input, primary_weight, primary_bias, cheap_weight, cheap_bia
 
 if _extension.has_ops():
     torch.library.register_fake(f"fusedops::{DEPTHWISE_NAME}")(_fake_depthwise)
+
+
+# _ghost_module_excited (csrc/ghost_module.cpp): ghost_module of the input gated by its squeeze-excitation, as one
+# CPU kernel for inference; GhostBottleneck calls it (ghost_module_excited).
+EXCITED_NAME = "_ghost_module_excited"
+
+
+def ghost_module_excited_fuses(input, *tensors):
+    """Whether :func:`ghost_module_excited` runs its one kernel for these tensors: CPU, the native backend, no
+    gradient wanted (the kernel has no backward), not compiling (the graph keeps the differentiable ops)."""
+    return (input.device.type == "cpu" and not torch.compiler.is_compiling()
+            and _backend.resolve_for(input, NAME) == _backend.NATIVE
+            and not (torch.is_grad_enabled()
+                     and any(t is not None and t.requires_grad for t in (input, *tensors))))
+
+
+def ghost_module_excited(input, se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_activation,
+                         se_gate, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride,
+                         activation, residual=None, packed_weights=None):
+    """``ghost_module(input * gate, ...)`` with ``gate = se_gate(conv1x1(se_activation(conv1x1(mean_hw(input),
+    se_reduce_weight, se_reduce_bias)), se_expand_weight, se_expand_bias))`` (GhostNet's squeeze-excitation and the
+    Ghost module after it): one native CPU kernel where :func:`ghost_module_excited_fuses`, whose gates scale the
+    module's GEMM input on its way in (the gated input is never written); otherwise the squeeze-excitation as ATen
+    ops, then :func:`ghost_module`. ``se_activation``: an activation name; ``se_gate``: ``"hardsigmoid"`` or
+    ``"sigmoid"``; the rest as :func:`ghost_module`'s (``stride`` a pair)."""
+    se = (se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias)
+    module = (primary_weight, primary_bias, cheap_weight, cheap_bias)
+    if ghost_module_excited_fuses(input, *se, *module, residual):
+        return torch.ops.fusedops._ghost_module_excited(input, *se, se_activation, se_gate, *module, residual,
+                                                        out_channels, stride, activation, packed_weights)
+    from . import activations
+
+    squeezed = activations.activation(
+        torch.nn.functional.linear(input.mean((2, 3)), se_reduce_weight.flatten(1), se_reduce_bias), se_activation)
+    excited = activations.gate(torch.nn.functional.linear(squeezed, se_expand_weight.flatten(1), se_expand_bias),
+                               se_gate)
+    return ghost_module(input * excited[:, :, None, None], *module, out_channels, stride, activation, residual=residual,
+                        packed_weights=packed_weights)
+
+
+def _fake_excited(input, se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_activation, se_gate,
+                  primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels, stride, activation,
+                  packed_weights=None):
+    _geometry.check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels,
+                                 stride, activation)
+    return _args.empty_like_format(input, _geometry.ghost_module_output_shape(input, out_channels, stride))
+
+
+if _extension.has_ops():
+    torch.library.register_fake(f"fusedops::{EXCITED_NAME}")(_fake_excited)

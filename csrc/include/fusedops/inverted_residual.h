@@ -55,6 +55,18 @@ inline SqueezeExcitationArgs squeeze_excitation_args(const c10::optional<at::Ten
 // The arguments of a block without a squeeze-excitation.
 const SqueezeExcitationArgs& no_squeeze_excitation();
 
+// A squeeze-excitation's reduced channels (0 without one: no se_reduce_weight), activation and gate.
+struct SqueezeExcitationGeometry {
+  int64_t channels = 0;
+  Activation activation = Activation::kRelu;
+  Gate gate = Gate::kHardsigmoid;
+};
+
+// Validates the squeeze-excitation arguments of a call on `input` whose squeeze-excitation gates `channels` channels
+// (`gated` describes them in errors, e.g. "the depthwise stage's channels"); errors name the argument.
+SqueezeExcitationGeometry squeeze_excitation_geometry(const at::Tensor& input, const SqueezeExcitationArgs& se,
+                                                      int64_t channels, const char* gated);
+
 struct InvertedResidualGeometry {
   ConvGeometry dw;  // the depthwise stage, on the expanded map (dw.channels = dw.out_channels = hidden)
   int64_t in_channels = 0, hidden = 0, out_channels = 0;

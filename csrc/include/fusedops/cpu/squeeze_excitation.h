@@ -1,0 +1,112 @@
+// The squeeze-excitation pieces of the fused CPU kernels (inverted_residual's, and ghost_module's gated form): the
+// gates of a batch of images from their channel sums, and the vector helpers they and the gating use.
+#pragma once
+
+#include "fusedops/activation.h"
+#include "fusedops/cpu/activation.h"
+#include "fusedops/cpu/expanded_bands.h"
+#include "fusedops/inverted_residual.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace fusedops {
+namespace cpu {
+
+// sum_i a[i] * b[i] over n elements.
+template <typename acc>
+acc dot(const acc* a, const acc* b, int64_t n) {
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  Vec sum(acc(0));
+  int64_t i = 0;
+  for (; i + V <= n; i += V) sum = at::vec::fmadd(Vec::loadu(a + i), Vec::loadu(b + i), sum);
+  if (i < n) sum = at::vec::fmadd(Vec::loadu(a + i, n - i), Vec::loadu(b + i, n - i), sum);  // zero-filled tails
+  return at::vec::vec_reduce_all<acc>([](Vec& x, Vec& y) { return x + y; }, sum);
+}
+
+// f(v) on x[0, n) in place, a vector at a time.
+template <typename acc, typename F>
+void map_in_place(acc* x, int64_t n, const F& f) {
+  constexpr int64_t V = at::vec::Vectorized<acc>::size();
+  for (int64_t i = 0; i < n; i += V) {
+    const int64_t m = std::min(V, n - i);
+    f(at::vec::Vectorized<acc>::loadu(x + i, m)).store(x + i, m);
+  }
+}
+
+// gate(x) on x[0, n) in place, with PyTorch's CPU formulas: sigmoid 1 / (1 + exp(-x)), hardsigmoid
+// min(max(x + 3, 0), 6) / 6.
+template <typename acc>
+void apply_gate(Gate gate, acc* x, int64_t n) {
+  using Vec = at::vec::Vectorized<acc>;
+  if (gate == Gate::kSigmoid) {
+    map_in_place(x, n, [](const Vec& v) { return (Vec(acc(1)) + v.neg().exp()).reciprocal(); });
+  } else {
+    map_in_place(x, n, [](const Vec& v) {
+      return at::vec::minimum(at::vec::maximum(v + Vec(acc(3)), Vec(acc(0))), Vec(acc(6))) / Vec(acc(6));
+    });
+  }
+}
+
+// dst[q * channels + c] = src[q * channels + c] * scale[c] for pixels q < pixels.
+template <typename acc>
+void scale_channels(const acc* src, acc* dst, int64_t pixels, int64_t channels, const acc* scale) {
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t q = 0; q < pixels; ++q) {
+    for (int64_t c = 0; c < channels; c += V) {
+      const int64_t m = std::min(V, channels - c);
+      (Vec::loadu(src + q * channels + c, m) * Vec::loadu(scale + c, m)).store(dst + q * channels + c, m);
+    }
+  }
+}
+
+// A squeeze-excitation's weights in the accumulation type, row-major: reduce [S][C] and expand [C][S] (its two 1x1
+// convolutions' weights as stored), and their biases (nullptr: none).
+template <typename acc>
+struct SqueezeExcitationWeights {
+  const acc* reduce = nullptr;
+  const acc* reduce_bias = nullptr;
+  const acc* expand = nullptr;
+  const acc* expand_bias = nullptr;
+};
+
+// gates[k * gates_ld + c] = gate(expand . act(reduce . mean_k + reduce_bias) + expand_bias)[c] for images k < images
+// and channels c < C, with mean_k = sums[k * sums_ld + .] * inverse_pixels; squeezed: room for images * squeezed_ld
+// (>= S + vector size) reduced values. Each weight row is read once for all the images; the rows are spread over
+// the threads.
+template <typename acc>
+void squeeze_excitation_gates(const SqueezeExcitationWeights<acc>& w, int64_t C, int64_t S, Activation activation,
+                              Gate gate, const acc* sums, int64_t sums_ld, acc inverse_pixels, int64_t images,
+                              acc* squeezed, int64_t squeezed_ld, acc* gates, int64_t gates_ld) {
+  // squeezed = activation(reduce . mean + reduce_bias), a range of its S rows per thread.
+  at::parallel_for(0, S, std::max<int64_t>(1, kMinWorkItemMacs / (C * images)), [&](int64_t j0, int64_t j1) {
+    for (int64_t k = 0; k < images; ++k) {
+      acc* out_k = squeezed + k * squeezed_ld;
+      for (int64_t j = j0; j < j1; ++j) {
+        out_k[j] =
+            (w.reduce_bias ? w.reduce_bias[j] : acc(0)) + inverse_pixels * dot(w.reduce + j * C, sums + k * sums_ld, C);
+      }
+      map_in_place(out_k + j0, j1 - j0,
+                   [&](const at::vec::Vectorized<acc>& v) { return apply_activation(activation, v); });
+    }
+  });
+  // gate = gate(expand . squeezed + expand_bias), a range of the C channels per thread.
+  at::parallel_for(0, C, std::max<int64_t>(1, kMinWorkItemMacs / (S * images)), [&](int64_t c0, int64_t c1) {
+    for (int64_t k = 0; k < images; ++k) {
+      acc* gate_k = gates + k * gates_ld;
+      for (int64_t c = c0; c < c1; ++c) {
+        gate_k[c] = (w.expand_bias ? w.expand_bias[c] : acc(0)) + dot(w.expand + c * S, squeezed + k * squeezed_ld, S);
+      }
+      apply_gate(gate, gate_k + c0, c1 - c0);
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace fusedops
