@@ -195,8 +195,11 @@ class GhostBottleneck(FoldedWeights, nn.Module):
     act_layer=nn.ReLU, se_ratio=0.)`` (``mode='original'``): same submodules and state-dict keys.
 
     Eval mode: each Ghost module is one fused op, the shortcut is added inside ``ghost2``'s op (no separate add),
-    a projecting shortcut runs as one fused :func:`fusedops.dwpw_conv2d`, the stride-2 depthwise stage as
-    :func:`fusedops.depthwise_conv2d`, all with the batch norms folded. Train mode runs timm's sequence.
+    a projecting shortcut runs as one fused :func:`fusedops.dwpw_conv2d`, all with the batch norms folded. On CPU
+    without gradients, the stride-2 depthwise stage runs inside ``ghost1``'s kernel where ``ghost1``'s output would
+    not stay in the L2 cache (:meth:`GhostModule.forward_then_depthwise`; elsewhere :func:`fusedops.depthwise_conv2d`
+    after it), and the squeeze-excitation inside ``ghost2``'s (:meth:`GhostModule.forward_excited`: its gates scale
+    ``ghost2``'s GEMM input on the way in). Train mode runs timm's sequence.
     """
 
     def __init__(self, in_chs: int, mid_chs: int, out_chs: int, dw_kernel_size: int = 3, stride: int = 1,

@@ -118,13 +118,14 @@ inline void store_row(out_t* c, at::vec::Vectorized<acc> v0, at::vec::Vectorized
 // not scalarise arrays of this size and would spill every accumulator to the stack on every K step. Rows of the
 // block beyond `rows` (the last block of a tile) point at row 0 and are discarded; accumulators of rows beyond MR
 // are compiled out, so a kernel of fewer rows does proportionally fewer multiply-adds (pointwise_rows chooses MR).
-template <typename acc, typename out_t, int64_t MR = PackedPointwise<acc>::kMr>
+template <typename acc, typename out_t, int64_t MR = PackedPointwise<acc>::kMr, int64_t NV = 2>
 inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, const acc* panel, const acc* bias,
                             out_t* c, int64_t ldc, int64_t cols, Activation act, const acc* row_bias = nullptr) {
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
   constexpr int64_t NR = 2 * V;
   static_assert(MR >= 1 && MR <= 8 && MR <= PackedPointwise<acc>::kMr, "pointwise_micro: 1 to kMr rows");
+  static_assert(NV == 1 || NV == 2, "pointwise_micro: one or two vectors of columns");
   const acc* a0 = a;
   const acc* a1 = rows > 1 ? a + lda : a;
   const acc* a2 = rows > 2 ? a + 2 * lda : a;
@@ -160,44 +161,47 @@ inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, 
     c71 = c71 + r7;
   }
   for (int64_t kk = 0; kk < k; ++kk) {
-    const Vec b0 = Vec::loadu(panel + kk * NR), b1 = Vec::loadu(panel + kk * NR + V);
+    const Vec b0 = Vec::loadu(panel + kk * NR);
+    // With one vector of columns (a panel's first V columns hold them all) the second is neither loaded nor
+    // multiplied: half the multiply-adds for outputs of at most V channels.
+    [[maybe_unused]] const Vec b1 = NV > 1 ? Vec::loadu(panel + kk * NR + V) : b0;
     Vec x(a0[kk]);
     c00 = at::vec::fmadd(x, b0, c00);
-    c01 = at::vec::fmadd(x, b1, c01);
+    if constexpr (NV > 1) c01 = at::vec::fmadd(x, b1, c01);
     if constexpr (MR > 1) {
       x = Vec(a1[kk]);
       c10 = at::vec::fmadd(x, b0, c10);
-      c11 = at::vec::fmadd(x, b1, c11);
+      if constexpr (NV > 1) c11 = at::vec::fmadd(x, b1, c11);
     }
     if constexpr (MR > 2) {
       x = Vec(a2[kk]);
       c20 = at::vec::fmadd(x, b0, c20);
-      c21 = at::vec::fmadd(x, b1, c21);
+      if constexpr (NV > 1) c21 = at::vec::fmadd(x, b1, c21);
     }
     if constexpr (MR > 3) {
       x = Vec(a3[kk]);
       c30 = at::vec::fmadd(x, b0, c30);
-      c31 = at::vec::fmadd(x, b1, c31);
+      if constexpr (NV > 1) c31 = at::vec::fmadd(x, b1, c31);
     }
     if constexpr (MR > 4) {
       x = Vec(a4[kk]);
       c40 = at::vec::fmadd(x, b0, c40);
-      c41 = at::vec::fmadd(x, b1, c41);
+      if constexpr (NV > 1) c41 = at::vec::fmadd(x, b1, c41);
     }
     if constexpr (MR > 5) {
       x = Vec(a5[kk]);
       c50 = at::vec::fmadd(x, b0, c50);
-      c51 = at::vec::fmadd(x, b1, c51);
+      if constexpr (NV > 1) c51 = at::vec::fmadd(x, b1, c51);
     }
     if constexpr (MR > 6) {
       x = Vec(a6[kk]);
       c60 = at::vec::fmadd(x, b0, c60);
-      c61 = at::vec::fmadd(x, b1, c61);
+      if constexpr (NV > 1) c61 = at::vec::fmadd(x, b1, c61);
     }
     if constexpr (MR > 7) {
       x = Vec(a7[kk]);
       c70 = at::vec::fmadd(x, b0, c70);
-      c71 = at::vec::fmadd(x, b1, c71);
+      if constexpr (NV > 1) c71 = at::vec::fmadd(x, b1, c71);
     }
   }
   store_row(c, c00, c01, cols, act);
@@ -223,21 +227,34 @@ inline int64_t pointwise_block_height(int64_t rows) {
 // pointwise_micro for a block of `rows` (at most `height`, pointwise_block_height's) rows, through the kernel of
 // `height` rows: the heights of kMr down to kMr - 3 have their own kernels, lower ones share the kernel of kMr / 2
 // rows (enough for the last blocks of small tiles; fewer variants keep the code and its compile time small).
+template <typename acc, typename out_t, int64_t NV>
+inline void pointwise_rows_of(int64_t height, int64_t k, const acc* a, int64_t lda, int64_t rows, const acc* panel,
+                              const acc* bias, out_t* c, int64_t ldc, int64_t cols, Activation act,
+                              const acc* row_bias) {
+  constexpr int64_t M = PackedPointwise<acc>::kMr;
+  if (height >= M) {
+    pointwise_micro<acc, out_t, M, NV>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  } else if (height == M - 1) {
+    pointwise_micro<acc, out_t, M - 1, NV>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  } else if (height == M - 2) {
+    pointwise_micro<acc, out_t, M - 2, NV>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  } else if (height == M - 3) {
+    pointwise_micro<acc, out_t, M - 3, NV>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  } else {
+    pointwise_micro<acc, out_t, M / 2, NV>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  }
+}
+
+// A panel of at most one vector of columns (a narrow output, or the last panel's remainder) runs the one-vector
+// kernels: GhostNet's 16->16 Ghost module at 112x112 (8 primary channels) computed 4x the multiply-adds it needed.
 template <typename acc, typename out_t>
 inline void pointwise_rows(int64_t height, int64_t k, const acc* a, int64_t lda, int64_t rows, const acc* panel,
                            const acc* bias, out_t* c, int64_t ldc, int64_t cols, Activation act,
                            const acc* row_bias = nullptr) {
-  constexpr int64_t M = PackedPointwise<acc>::kMr;
-  if (height >= M) {
-    pointwise_micro<acc, out_t, M>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
-  } else if (height == M - 1) {
-    pointwise_micro<acc, out_t, M - 1>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
-  } else if (height == M - 2) {
-    pointwise_micro<acc, out_t, M - 2>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
-  } else if (height == M - 3) {
-    pointwise_micro<acc, out_t, M - 3>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+  if (cols <= at::vec::Vectorized<acc>::size()) {
+    pointwise_rows_of<acc, out_t, 1>(height, k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
   } else {
-    pointwise_micro<acc, out_t, M / 2>(k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
+    pointwise_rows_of<acc, out_t, 2>(height, k, a, lda, rows, panel, bias, c, ldc, cols, act, row_bias);
   }
 }
 
