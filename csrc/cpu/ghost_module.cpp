@@ -395,6 +395,32 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
   });
 }
 
+// The module's weights as forward_cpu reads them: packed_weights (checked against this call) or packed now.
+template <typename scalar_t>
+GhostWeights<acc_t<scalar_t>> module_weights(const GhostModuleGeometry& geo,
+                                             const c10::optional<Tensor>& packed_weights, const Tensor& primary_weight,
+                                             const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
+                                             const c10::optional<Tensor>& cheap_bias) {
+  using acc = acc_t<scalar_t>;
+  if (packed_weights.has_value() && packed_weights->defined()) {
+    return ghost_weight_layout<acc>(
+        geo, checked_packed_weights(*packed_weights, ghost_weight_header<acc>(geo), ghost_weight_elements<acc>(geo),
+                                    "fusedops.ops.ghost_module.pack_weights"));
+  }
+  return pack_ghost_weights<scalar_t>(geo, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                      thread_scratch<acc>(ghost_weight_elements<acc>(geo), ScratchSlot::kPacked));
+}
+
+// The pixels the primary 1x1 convolution reads (every stride-th), channels-last: a 1x1 convolution at stride s is
+// one at stride 1 on those.
+Tensor primary_pixels(const Tensor& input, const GhostModuleGeometry& geo) {
+  Tensor picked = input;
+  if (geo.stride_h > 1 || geo.stride_w > 1) {
+    picked = picked.slice(2, 0, c10::nullopt, geo.stride_h).slice(3, 0, c10::nullopt, geo.stride_w);
+  }
+  return picked.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 Tensor ghost_module_cpu(const Tensor& input_, const Tensor& primary_weight, const c10::optional<Tensor>& primary_bias,
                         const Tensor& cheap_weight, const c10::optional<Tensor>& cheap_bias,
                         const c10::optional<Tensor>& residual, int64_t out_channels, at::IntArrayRef stride,
@@ -411,21 +437,12 @@ Tensor ghost_module_cpu(const Tensor& input_, const Tensor& primary_weight, cons
   const at::MemoryFormat fmt = output_memory_format(input_);
   Tensor out = at::empty({g.batch, out_channels, g.out_h, g.out_w}, input_.options().memory_format(fmt));
   if (out.numel() == 0) return out;
-  Tensor input = input_;
-  if (geo.stride_h > 1 || geo.stride_w > 1) {
-    input = input.slice(2, 0, c10::nullopt, geo.stride_h).slice(3, 0, c10::nullopt, geo.stride_w);
-  }
-  input = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor input = primary_pixels(input_, geo);
   const Tensor res = geo.residual ? residual->contiguous(fmt) : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_module_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const GhostWeights<acc> weights =
-        (packed_weights.has_value() && packed_weights->defined())
-            ? ghost_weight_layout<acc>(geo, checked_packed_weights(*packed_weights, ghost_weight_header<acc>(geo),
-                                                                   ghost_weight_elements<acc>(geo),
-                                                                   "fusedops.ops.ghost_module.pack_weights"))
-            : pack_ghost_weights<scalar_t>(geo, primary_weight, primary_bias, cheap_weight, cheap_bias,
-                                           thread_scratch<acc>(ghost_weight_elements<acc>(geo), ScratchSlot::kPacked));
+        module_weights<scalar_t>(geo, packed_weights, primary_weight, primary_bias, cheap_weight, cheap_bias);
     forward_cpu<scalar_t>(input, weights, res, out, geo, fmt == at::MemoryFormat::ChannelsLast);
   });
   return out;
@@ -451,10 +468,7 @@ Tensor ghost_module_depthwise_cpu(const Tensor& input_, const Tensor& primary_we
               "fusedops: dw_weight must have shape (out_channels=", out_channels,
               ", 1, kH, kW) with odd kH and kW (padding k // 2), got ", dw_weight.sizes());
   // The module's output map (the primary convolution's) is what the depthwise convolution reads.
-  Tensor input = input_;
-  if (geo.stride_h > 1 || geo.stride_w > 1) {
-    input = input.slice(2, 0, c10::nullopt, geo.stride_h).slice(3, 0, c10::nullopt, geo.stride_w);
-  }
+  const Tensor input = primary_pixels(input_, geo);
   const std::array<int64_t, 2> padding{dw_weight.size(2) / 2, dw_weight.size(3) / 2}, unit{1, 1};
   const ConvGeometry d =
       depthwise_geometry(input, dw_weight, dw_bias, dw_stride, padding, unit, "dw_weight", "dw_bias", out_channels);
@@ -468,16 +482,10 @@ Tensor ghost_module_depthwise_cpu(const Tensor& input_, const Tensor& primary_we
                                            out_channels, stride, activation, packed_weights);
     return ops::call<ops::depthwise_conv2d>(module, dw_weight, dw_bias, dw_stride, padding, unit);
   }
-  input = input.contiguous(at::MemoryFormat::ChannelsLast);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_module_depthwise_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const GhostWeights<acc> weights =
-        (packed_weights.has_value() && packed_weights->defined())
-            ? ghost_weight_layout<acc>(geo, checked_packed_weights(*packed_weights, ghost_weight_header<acc>(geo),
-                                                                   ghost_weight_elements<acc>(geo),
-                                                                   "fusedops.ops.ghost_module.pack_weights"))
-            : pack_ghost_weights<scalar_t>(geo, primary_weight, primary_bias, cheap_weight, cheap_bias,
-                                           thread_scratch<acc>(ghost_weight_elements<acc>(geo), ScratchSlot::kPacked));
+        module_weights<scalar_t>(geo, packed_weights, primary_weight, primary_bias, cheap_weight, cheap_bias);
     constexpr int64_t V = at::vec::Vectorized<acc>::size();
     const int64_t T = d.kernel_h * d.kernel_w;
     FollowingDepthwise<acc> following;
@@ -519,11 +527,7 @@ Tensor ghost_module_excited_cpu(const Tensor& input_, const Tensor& se_reduce_we
   if (out.numel() == 0) return out;
   // The squeeze-excitation pools the whole input, before the primary convolution's stride picks its pixels.
   const Tensor full = input_.contiguous(at::MemoryFormat::ChannelsLast);
-  Tensor input = full;
-  if (geo.stride_h > 1 || geo.stride_w > 1) {
-    input = input.slice(2, 0, c10::nullopt, geo.stride_h).slice(3, 0, c10::nullopt, geo.stride_w);
-  }
-  input = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor input = primary_pixels(full, geo);
   const Tensor res = geo.residual ? residual->contiguous(fmt) : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_module_excited_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -584,12 +588,7 @@ Tensor ghost_module_excited_cpu(const Tensor& input_, const Tensor& se_reduce_we
       return;
     }
     const GhostWeights<acc> weights =
-        (packed_weights.has_value() && packed_weights->defined())
-            ? ghost_weight_layout<acc>(geo, checked_packed_weights(*packed_weights, ghost_weight_header<acc>(geo),
-                                                                   ghost_weight_elements<acc>(geo),
-                                                                   "fusedops.ops.ghost_module.pack_weights"))
-            : pack_ghost_weights<scalar_t>(geo, primary_weight, primary_bias, cheap_weight, cheap_bias,
-                                           thread_scratch<acc>(ghost_weight_elements<acc>(geo), ScratchSlot::kPacked));
+        module_weights<scalar_t>(geo, packed_weights, primary_weight, primary_bias, cheap_weight, cheap_bias);
     // Gates of ld = C + V per image, as forward_cpu reads them (C per image): compact them.
     for (int64_t n = 1; n < N; ++n) std::memmove(gates + n * C, gates + n * ld, C * sizeof(acc));
     forward_cpu<scalar_t>(input, weights, res, out, geo, fmt == at::MemoryFormat::ChannelsLast, nullptr, gates);
