@@ -146,7 +146,9 @@ def test_stride2_bottleneck_inference_runs_ghost1_and_its_depthwise_as_one_op(co
     assert ("fusedops::depthwise_conv2d" in ran) != beyond_l2
     with torch.inference_mode():
         expected = ref(x)
+        again = module(x)  # frozen: the call prepared by the first one
     assert_close_scaled(y, expected, **TOL, name="output")
+    torch.testing.assert_close(again, y, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("config", BOTTLENECKS[2:])
@@ -166,7 +168,15 @@ def test_excited_bottleneck_inference_runs_the_squeeze_excitation_inside_ghost2(
     assert "fusedops::_ghost_module_excited" in ran and not ran & {"aten::mean", "aten::linear", "aten::hardsigmoid"}
     with torch.inference_mode():
         expected = ref(x)
+        again = module(x)  # frozen: the call prepared by the first one
     assert_close_scaled(y, expected, **TOL, name="output")
+    torch.testing.assert_close(again, y, rtol=0, atol=0)
+    # A new squeeze-excitation weight is seen by the next call (the prepared call keys on the parameters).
+    with torch.no_grad():
+        module.se.conv_expand.weight = nn.Parameter(module.se.conv_expand.weight * 0.5)
+        ref.se.conv_expand.weight.mul_(0.5)
+    with torch.inference_mode():
+        assert_close_scaled(module(x), ref(x), **TOL, name="output after a new squeeze-excitation weight")
 
 
 @pytest.mark.parametrize("config", BOTTLENECKS[1:3])

@@ -11,8 +11,9 @@ from torch import nn
 from ..ops import _library
 from ..ops.depthwise_conv2d import depthwise_conv2d
 from ..ops.dwpw_conv2d import dwpw_conv2d
-from ..ops.ghost_module import (ghost_module, ghost_module_excited, ghost_module_excited_fuses,
-                                ghost_module_then_depthwise, ghost_module_then_depthwise_fuses, pack_weights)
+from ..ops.ghost_module import (DEPTHWISE_NAME, EXCITED_NAME, ghost_module, ghost_module_excited,
+                                ghost_module_excited_fuses, ghost_module_then_depthwise,
+                                ghost_module_then_depthwise_fuses, pack_weights)
 from . import training
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
@@ -125,36 +126,62 @@ class GhostModule(FoldedWeights, nn.Module):
         bottlenecks): where the module :meth:`runs_fused` and the kernel pays (on CPU, without gradients, the module's
         output larger than the L2 cache: :func:`fusedops.ops.ghost_module.ghost_module_then_depthwise_fuses`), one
         kernel in which the module's output never reaches memory."""
-        padding = (dw_weight.shape[2] // 2, dw_weight.shape[3] // 2)
         stride = self.primary_conv[0].stride
-        if not self.runs_fused() or not ghost_module_then_depthwise_fuses(input, self.out_chs, stride,
-                                                                           *self.parameters(), dw_weight, dw_bias):
+        fused = self.runs_fused()
+        key = (stride, self.activation, self.out_chs, dw_weight, dw_bias, dw_stride)
+        if fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # Frozen and called before: the native call made then (as forward's).
+            arguments = self._prepared_arguments(input, key)
+            if arguments is not None and ghost_module_then_depthwise_fuses(input, self.out_chs, stride):
+                out = _library.eager_native(DEPTHWISE_NAME)(input, *arguments)
+                if out is not NotImplemented:
+                    return out
+        # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
+        weights = (*self.parameters(), dw_weight, dw_bias) if torch.is_grad_enabled() else ()
+        if not fused or not ghost_module_then_depthwise_fuses(input, self.out_chs, stride, *weights):
+            padding = (dw_weight.shape[2] // 2, dw_weight.shape[3] // 2)
             return depthwise_conv2d(self(input), dw_weight, dw_bias, dw_stride, padding)
         folded = self.folded_weights()
         packed = self._packed_weights(
             folded, input, "ghost_module",
             lambda: pack_weights(input, *folded, self.out_chs, stride, self.activation))
-        return ghost_module_then_depthwise(input, *folded, self.out_chs, stride, self.activation, dw_weight, dw_bias,
-                                           tuple(dw_stride), packed)
+        arguments = (*folded, self.out_chs, stride, self.activation, dw_weight, dw_bias, tuple(dw_stride), packed)
+        if packed is not None:
+            self._prepare_call(folded, key, arguments)
+        return ghost_module_then_depthwise(input, *arguments)
 
     def forward_excited(self, input, se, residual=None):
         """``self(se(input), residual)`` for a :class:`GhostSqueezeExcite` ``se`` (GhostNet's bottlenecks with a
         squeeze-excitation): where the module :meth:`runs_fused` on CPU without gradients, one kernel whose gates scale
         the module's GEMM input on its way in, the gated input never written
         (:func:`fusedops.ops.ghost_module.ghost_module_excited`)."""
-        reduce, expand = se.conv_reduce, se.conv_expand
-        if not (type(se) is GhostSqueezeExcite and type(se.act1) is nn.ReLU and type(se.gate) is nn.Hardsigmoid
-                and self.runs_fused()
-                and ghost_module_excited_fuses(input, *self.parameters(), *se.parameters(), residual)):
-            return self(se(input), residual)
         stride = self.primary_conv[0].stride
+        reduce, expand = se.conv_reduce, se.conv_expand
+        fused = (type(se) is GhostSqueezeExcite and type(se.act1) is nn.ReLU and type(se.gate) is nn.Hardsigmoid
+                 and self.runs_fused())
+        key = (stride, self.activation, self.out_chs, se, se.act1, se.gate, reduce.weight, reduce.bias, expand.weight,
+               expand.bias)
+        if fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # Frozen and called before: the native call made then (as forward's).
+            arguments = self._prepared_arguments(input, key)
+            if arguments is not None:
+                out = _library.eager_native(EXCITED_NAME)(input, *arguments[:10], residual, *arguments[10:])
+                if out is not NotImplemented:
+                    return out
+        # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
+        weights = (*self.parameters(), *se.parameters(), residual) if torch.is_grad_enabled() else ()
+        if not fused or not ghost_module_excited_fuses(input, *weights):
+            return self(se(input), residual)
         folded = self.folded_weights()
         packed = self._packed_weights(
             folded, input, "ghost_module",
             lambda: pack_weights(input, *folded, self.out_chs, stride, self.activation, residual))
-        return ghost_module_excited(input, reduce.weight, reduce.bias, expand.weight, expand.bias, "relu",
-                                    "hardsigmoid", *folded, self.out_chs, tuple(stride), self.activation,
-                                    residual=residual, packed_weights=packed)
+        arguments = (reduce.weight, reduce.bias, expand.weight, expand.bias, "relu", "hardsigmoid", *folded,
+                     self.out_chs, tuple(stride), self.activation, packed)
+        if packed is not None:
+            self._prepare_call(folded, key, arguments)
+        return ghost_module_excited(input, *arguments[:10], *arguments[10:13], residual=residual,
+                                    packed_weights=packed)
 
     def extra_repr(self) -> str:
         frozen = ", frozen=True" if self._frozen else ""
