@@ -106,7 +106,7 @@ PUBLISHED_RUNS = [
              "(as the op does): at batch 1 the output allocation and the call itself take longer than the "
              "1.5-7 us copy."),
     Run("fusedops.convert(model), inference, 224x224: the main job (torchvision's and timm's models converted; "
-        "channels_last)", "fusedops bench", "bb417d0",
+        "channels_last)", "fusedops bench", "387ec3a",
         "fusedops bench --model mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0 timm:ghostnet_100 --batch 1 8 "
         "--threads 2 --rounds 9",
         note="Measured on a 2-vCPU Intel Xeon (AVX-512, AMX; 2 MiB L2 per core), 2 threads. fusedops runs the "
