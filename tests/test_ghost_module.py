@@ -632,3 +632,15 @@ def test_excited_bad_arguments_name_the_argument():
         _excited(x, se, weights, torch.randn(1, 16, 6, 5), 16, 1, None)
     with pytest.raises(RuntimeError, match="se_expand_weight dtype torch.float64 does not match input dtype"):
         _excited(x, [rw, rb, ew.double(), eb], weights, res, 16, 1, None)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_excited_non_contiguous_squeeze_excitation_weights(dtype):
+    x, se, weights, res = _excited_case((2, 12, 5, 5), 10, dtype=dtype, residual=True)
+    se[0] = se[0].flatten(1).t().contiguous().t()[:, :, None, None]  # (S, C, 1, 1), columns apart
+    se[2] = se[2].flatten(1).t().contiguous().t()[:, :, None, None]
+    assert not se[0].is_contiguous() and not se[2].is_contiguous()
+    y = _excited(x, se, weights, res, 10, 1, None)
+    expected = _excited_reference(x, se, weights, res, 10, 1, None, "relu", "hardsigmoid")
+    tol = {torch.float32: 2e-5, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())

@@ -536,8 +536,7 @@ Tensor ghost_module_excited_cpu(const Tensor& input_, const Tensor& se_reduce_we
     const int64_t full_pixels = full.size(2) * full.size(3);
     // The squeeze-excitation's weights as row-major matrices of acc: the tensors themselves where they already are.
     const auto as_acc = [](const Tensor& t) {
-      return t.scalar_type() == c10::CppTypeToScalarType<acc>::value ? t.contiguous()
-                                                                     : t.to(c10::CppTypeToScalarType<acc>::value);
+      return t.to(c10::CppTypeToScalarType<acc>::value).contiguous();  // no copy where it is both already
     };
     const Tensor rw = as_acc(se_reduce_weight), ew = as_acc(se_expand_weight);
     const Tensor rb = given(se_reduce_bias) ? as_acc(*se_reduce_bias) : Tensor();
