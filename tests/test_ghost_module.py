@@ -493,13 +493,12 @@ def _excited_case(shape, out_channels, ratio=2, reduced=None, dtype=torch.float3
 
 def _excited_reference(x, se, weights, res, out_channels, stride, activation, se_activation, se_gate):
     """The squeeze-excitation then ghost_module, unfused, in float64."""
-    from fusedops.ops.activations import activation as act, gate
+    from fusedops.ops import _reference
 
     up = [None if t is None else t.double() for t in (x, *se, *weights, res)]
     x64, rw, rb, ew, eb, pw, pb, cw, cb, r64 = up
-    squeezed = act(torch.nn.functional.linear(x64.mean((2, 3)), rw.flatten(1), rb), se_activation)
-    g = gate(torch.nn.functional.linear(squeezed, ew.flatten(1), eb), se_gate)
-    return ghost_module_reference(x64 * g[:, :, None, None], pw, pb, cw, cb, out_channels, stride, activation, r64)
+    gated = _reference.squeeze_excitation(x64, rw, rb, ew, eb, se_activation, se_gate)
+    return ghost_module_reference(gated, pw, pb, cw, cb, out_channels, stride, activation, r64)
 
 
 def _excited(x, se, weights, res, out_channels, stride, activation, se_activation="relu", se_gate="hardsigmoid",

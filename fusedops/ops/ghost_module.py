@@ -174,12 +174,19 @@ def ghost_module_then_depthwise_fuses(input, out_channels, stride, *weights):
     bottlenecks on a 2-vCPU Xeon (2 MiB L2, 2 threads), time fused / two ops: batch 8, 0.84x at 112x112 (16->48,
     19 MiB of module output), 0.93x at 56x56, 0.88x at 28x28, 0.99x at 14x14 (4.2 MiB); batch 1, 0.91x at 112x112
     (2.4 MiB), but 1.03x at 56x56 (0.9 MiB) and 1.14x at 14x14 (0.5 MiB, 672 channels)."""
-    if (input.device.type != "cpu" or torch.compiler.is_compiling()
-            or _backend.resolve_for(input, NAME) != _backend.NATIVE
-            or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, *weights)))):
+    if not _runs_inference_natively(input, *weights):
         return False
     n, _, h, w = _geometry.ghost_module_output_shape(input, out_channels, stride)
     return n * out_channels * h * w * input.element_size() > _l2_cache_bytes()
+
+
+def _runs_inference_natively(input, *tensors):
+    """Whether the inference-only CPU kernels (_ghost_module_depthwise, _ghost_module_excited) may take a call on
+    these tensors: CPU, the native backend, not compiling, and no gradient recorded through any of them."""
+    return (input.device.type == "cpu" and not torch.compiler.is_compiling()
+            and _backend.resolve_for(input, NAME) == _backend.NATIVE
+            and not (torch.is_grad_enabled()
+                     and any(t is not None and t.requires_grad for t in (input, *tensors))))
 
 
 def _l2_cache_bytes():
@@ -217,10 +224,7 @@ EXCITED_NAME = "_ghost_module_excited"
 def ghost_module_excited_fuses(input, *tensors):
     """Whether :func:`ghost_module_excited` runs its one kernel for these tensors: CPU, the native backend, no
     gradient wanted (the kernel has no backward), not compiling (the graph keeps the differentiable ops)."""
-    return (input.device.type == "cpu" and not torch.compiler.is_compiling()
-            and _backend.resolve_for(input, NAME) == _backend.NATIVE
-            and not (torch.is_grad_enabled()
-                     and any(t is not None and t.requires_grad for t in (input, *tensors))))
+    return _runs_inference_natively(input, *tensors)
 
 
 def ghost_module_excited(input, se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_activation,
@@ -229,21 +233,16 @@ def ghost_module_excited(input, se_reduce_weight, se_reduce_bias, se_expand_weig
     """``ghost_module(input * gate, ...)`` with ``gate = se_gate(conv1x1(se_activation(conv1x1(mean_hw(input),
     se_reduce_weight, se_reduce_bias)), se_expand_weight, se_expand_bias))`` (GhostNet's squeeze-excitation and the
     Ghost module after it): one native CPU kernel where :func:`ghost_module_excited_fuses`, whose gates scale the
-    module's GEMM input on its way in (the gated input is never written); otherwise the squeeze-excitation as ATen
-    ops, then :func:`ghost_module`. ``se_activation``: an activation name; ``se_gate``: ``"hardsigmoid"`` or
-    ``"sigmoid"``; the rest as :func:`ghost_module`'s (``stride`` a pair)."""
+    module's GEMM input on its way in (the gated input is never written); otherwise the squeeze-excitation as
+    PyTorch ops (the reference's), then :func:`ghost_module`. ``se_activation``: an activation name; ``se_gate``:
+    ``"hardsigmoid"`` or ``"sigmoid"``; the rest as :func:`ghost_module`'s (``stride`` a pair)."""
     se = (se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias)
     module = (primary_weight, primary_bias, cheap_weight, cheap_bias)
     if ghost_module_excited_fuses(input, *se, *module, residual):
         return torch.ops.fusedops._ghost_module_excited(input, *se, se_activation, se_gate, *module, residual,
                                                         out_channels, stride, activation, packed_weights)
-    from . import activations
-
-    squeezed = activations.activation(
-        torch.nn.functional.linear(input.mean((2, 3)), se_reduce_weight.flatten(1), se_reduce_bias), se_activation)
-    excited = activations.gate(torch.nn.functional.linear(squeezed, se_expand_weight.flatten(1), se_expand_bias),
-                               se_gate)
-    return ghost_module(input * excited[:, :, None, None], *module, out_channels, stride, activation, residual=residual,
+    gated = _reference.squeeze_excitation(input, *se, se_activation, se_gate)
+    return ghost_module(gated, *module, out_channels, stride, activation, residual=residual,
                         packed_weights=packed_weights)
 
 
