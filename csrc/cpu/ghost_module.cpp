@@ -40,7 +40,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cstring>
 #include <numeric>
 #include <type_traits>
 
@@ -545,10 +544,11 @@ Tensor ghost_module_excited_cpu(const Tensor& input_, const Tensor& se_reduce_we
     const int64_t threads = at::get_num_threads();
     const int64_t chunks = std::clamp<int64_t>(threads / N, 1, std::max<int64_t>(1, full_pixels / 64));
     const int64_t ld = C + V, squeezed_ld = S + V;
-    acc* partial = thread_scratch<acc>((N * chunks + 2 * N) * ld + N * squeezed_ld, ScratchSlot::kReduce);
+    // Gates of C per image, as forward_cpu reads them.
+    acc* partial = thread_scratch<acc>((N * chunks + N) * ld + N * squeezed_ld + N * C, ScratchSlot::kReduce);
     acc* sums = partial + N * chunks * ld;
-    acc* gates = sums + N * ld;
-    acc* squeezed = gates + N * ld;
+    acc* squeezed = sums + N * ld;
+    acc* gates = squeezed + N * squeezed_ld;
     const scalar_t* x = full.const_data_ptr<scalar_t>();
     at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
@@ -575,21 +575,18 @@ Tensor ghost_module_excited_cpu(const Tensor& input_, const Tensor& se_reduce_we
     squeeze_excitation_gates<acc>({rw.const_data_ptr<acc>(), rb.defined() ? rb.const_data_ptr<acc>() : nullptr,
                                    ew.const_data_ptr<acc>(), eb.defined() ? eb.const_data_ptr<acc>() : nullptr},
                                   C, S, se.activation, se.gate, sums, ld, acc(1) / static_cast<acc>(full_pixels), N,
-                                  squeezed, squeezed_ld, gates, ld);
+                                  squeezed, squeezed_ld, gates, C);
     if (!all_finite(cheap_weight)) {
       // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h): the module's own path on
       // the gated input.
       Tensor scale = at::empty({N, C, 1, 1}, full.options().dtype(c10::CppTypeToScalarType<acc>::value));
-      for (int64_t n = 0; n < N; ++n)
-        std::copy(gates + n * ld, gates + n * ld + C, scale.mutable_data_ptr<acc>() + n * C);
+      std::copy(gates, gates + N * C, scale.mutable_data_ptr<acc>());
       out = ghost_module_cpu(full * scale.to(full.scalar_type()), primary_weight, primary_bias, cheap_weight,
                              cheap_bias, residual, out_channels, stride, activation, packed_weights);
       return;
     }
     const GhostWeights<acc> weights =
         module_weights<scalar_t>(geo, packed_weights, primary_weight, primary_bias, cheap_weight, cheap_bias);
-    // Gates of ld = C + V per image, as forward_cpu reads them (C per image): compact them.
-    for (int64_t n = 1; n < N; ++n) std::memmove(gates + n * C, gates + n * ld, C * sizeof(acc));
     forward_cpu<scalar_t>(input, weights, res, out, geo, fmt == at::MemoryFormat::ChannelsLast, nullptr, gates);
   });
   return out;
