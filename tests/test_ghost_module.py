@@ -643,3 +643,161 @@ def test_excited_non_contiguous_squeeze_excitation_weights(dtype):
     expected = _excited_reference(x, se, weights, res, 10, 1, None, "relu", "hardsigmoid")
     tol = {torch.float32: 2e-5, torch.bfloat16: 3e-2}[dtype]
     torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+# ---------------------------------------------------------------------------------------------------
+# 8. Two modules and the identity shortcut (_ghost_bottleneck: GhostNet's stride-1 bottlenecks without
+#    squeeze-excitation)
+
+
+def _bottleneck_case(shape, mid_channels, ratio=2, dw_size=3, second_ratio=None, second_dw_size=None,
+                     dtype=torch.float32, layout="channels_last", biases=True):
+    x = make_input(shape, layout, dtype=dtype)
+    first = make_ghost_module_weights(shape[1], mid_channels, ratio, dw_size, dtype=dtype, requires_grad=False,
+                                      biases=biases)
+    second = make_ghost_module_weights(mid_channels, shape[1], second_ratio or ratio, second_dw_size or dw_size,
+                                       dtype=dtype, requires_grad=False, biases=biases)
+    if not biases:
+        first[3] = second[3] = None
+    return x, first, second
+
+
+def _bottleneck(x, first, second, mid_channels, activation="relu", second_activation=None, packed=None,
+                second_packed=None):
+    return torch.ops.fusedops._ghost_bottleneck(x, *first, mid_channels, activation or "none", *second,
+                                                second_activation or "none", packed, second_packed)
+
+
+def _bottleneck_reference(x, first, second, mid_channels, activation="relu", second_activation=None):
+    """The two modules and the shortcut, unfused, in float64 (the intermediate rounded to x's dtype, as the unfused
+    sequence stores it)."""
+    up = [[None if t is None else t.double() for t in ws] for ws in (first, second)]
+    mid = ghost_module_reference(x.double(), *up[0], mid_channels, 1, activation).to(x.dtype).double()
+    return ghost_module_reference(mid, *up[1], x.shape[1], 1, second_activation, residual=x.double())
+
+
+def _check_bottleneck(shape, mid_channels, ratio=2, dw_size=3, *, second_ratio=None, second_dw_size=None,
+                      activation="relu", second_activation=None, dtype=torch.float32, layout="channels_last",
+                      biases=True):
+    x, first, second = _bottleneck_case(shape, mid_channels, ratio, dw_size, second_ratio, second_dw_size, dtype,
+                                        layout, biases)
+    y = _bottleneck(x, first, second, mid_channels, activation, second_activation)
+    expected = _bottleneck_reference(x, first, second, mid_channels, activation, second_activation)
+    assert y.dtype == dtype and y.shape == x.shape
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+    return y
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
+@pytest.mark.parametrize("ratio, mid_channels", ((2, 13), (3, 12), (4, 9)))
+@pytest.mark.parametrize("dw_size, second_dw_size", ((3, 3), (5, 3), (3, 5)))
+def test_bottleneck_parity(layout, ratio, mid_channels, dw_size, second_dw_size):
+    # 13 input channels: the second module's cheap half is cut too (init 7 with ratio 2, 5 with 3, 4 with 4).
+    _check_bottleneck((2, 13, 11, 9), mid_channels, ratio, dw_size, second_dw_size=second_dw_size, layout=layout)
+
+
+@pytest.mark.parametrize("activation, second_activation", ((None, None), ("relu", "relu"), ("hardswish", None),
+                                                           ("silu", "relu6")))
+def test_bottleneck_activations(activation, second_activation):
+    _check_bottleneck((2, 6, 9, 10), 10, activation=activation, second_activation=second_activation)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_bottleneck_dtypes(dtype, layout):
+    _check_bottleneck((2, 8, 9, 7), 14, 3, dtype=dtype, layout=layout)
+
+
+def test_bottleneck_edges():
+    _check_bottleneck((1, 5, 4, 4), 7, 2, 5, biases=False)  # map smaller than the 5x5 kernels' reach
+    _check_bottleneck((2, 8, 9, 9), 8, 2, 3, second_ratio=3)  # ratios apart: the modules' multipliers differ
+    _check_bottleneck((3, 4, 1, 1), 6, 3, 3)  # 1x1 maps
+    _check_bottleneck((1, 6, 2, 30), 12, 2, 3)  # two rows
+    _check_bottleneck((2, 8, 7, 7), 4, 2, 3)  # mid_channels == the first module's init: no cheap channel kept
+
+
+@pytest.mark.parametrize("shape, mid_channels, dw_size", (
+    ((1, 16, 112, 112), 16, 3),  # GhostNet's stride-1 bottlenecks without squeeze-excitation
+    ((2, 24, 56, 56), 72, 3),
+    ((2, 80, 14, 14), 184, 3),
+    ((3, 160, 7, 7), 960, 5),
+))
+def test_bottleneck_ghostnet_shapes(shape, mid_channels, dw_size):
+    _check_bottleneck(shape, mid_channels, 2, dw_size)
+
+
+@pytest.mark.parametrize("threads", (1, 2, 3))
+def test_bottleneck_thread_counts(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_bottleneck((3, 8, 31, 17), 12, 2, 3)
+        _check_bottleneck((1, 8, 40, 12), 12, 3, 5)
+        _check_bottleneck((1, 16, 120, 64), 32, 2, 3)  # bands of the 768 KiB tile budget, several per strip
+        _check_bottleneck((1, 16, 7, 7), 48, 2, 3)  # one strip: at 2 and 3 threads, the two modules' own calls
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bottleneck_packed_weights_and_wrapper():
+    from fusedops.ops.ghost_module import ghost_bottleneck
+
+    x, first, second = _bottleneck_case((2, 8, 10, 10), 16, 2, 3)
+    packed = pack_weights(x, *first, 16)
+    second_packed = pack_weights(x.new_empty(2, 16, 10, 10), *second, 8, activation=None, residual=x)
+    y = _bottleneck(x, first, second, 16)
+    torch.testing.assert_close(_bottleneck(x, first, second, 16, packed=packed, second_packed=second_packed), y,
+                               rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(ghost_bottleneck(x, *first, 16, "relu", *second, "none", packed, second_packed), y,
+                                   rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="packed_weights"):  # each module's own packing, in its place
+        _bottleneck(x, first, second, 16, packed=second_packed, second_packed=packed)
+    # Gradients wanted: the two differentiable ops, the same function.
+    xg = x.detach().requires_grad_()
+    composed = ghost_bottleneck(xg, *first, 16, "relu", *second, "none")
+    assert composed.grad_fn is not None
+    torch.testing.assert_close(composed, y, rtol=1e-6, atol=1e-6)
+
+
+def test_bottleneck_non_finite_weights_match_the_two_ops():
+    x, first, second = _bottleneck_case((1, 8, 7, 7), 12, 3, 3)
+    first[2][1, 0, 0, 0] = float("nan")
+    second[2][0, 0, 1, 1] = float("inf")
+    y = _bottleneck(x, first, second, 12)
+    expected = fusedops.ghost_module(fusedops.ghost_module(x, *first, 12), *second, 8, activation=None, residual=x)
+    torch.testing.assert_close(y, expected, equal_nan=True)
+
+
+def test_bottleneck_empty_batch_and_meta():
+    x, first, second = _bottleneck_case((0, 8, 6, 6), 12, 2, 3)
+    assert _bottleneck(x, first, second, 12).shape == (0, 8, 6, 6)
+    meta = [t.to("meta") for t in (x.new_empty(2, 8, 7, 6).to(memory_format=CL), *first, *second)]
+    y = torch.ops.fusedops._ghost_bottleneck(*meta[:5], 12, "relu", *meta[5:], "none")
+    assert y.shape == (2, 8, 7, 6) and y.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_bottleneck_opcheck(layout):
+    x, first, second = _bottleneck_case((2, 5, 7, 6), 7, 3, 3, dtype=torch.float64, layout=layout)
+    torch.library.opcheck(torch.ops.fusedops._ghost_bottleneck.default, (x, *first, 7, "relu", *second, "none"))
+
+
+def test_bottleneck_bad_arguments_name_the_argument():
+    x, first, second = _bottleneck_case((1, 8, 9, 9), 16, 2, 3)
+    first_module, second_module = r"_ghost_bottleneck's first module", r"_ghost_bottleneck's second module"
+    with pytest.raises(RuntimeError, match=first_module + r".*out_channels must be between 8 .* and 16"):
+        _bottleneck(x, first, second, 17)
+    with pytest.raises(RuntimeError, match=second_module + r".*primary_weight must have shape \(out_channels, 16"):
+        _bottleneck(x, first, [torch.randn(4, 12, 1, 1), *second[1:]], 16)
+    with pytest.raises(RuntimeError, match=second_module + ".*out_channels must be between 2 .* and 4 .*got 8"):
+        _bottleneck(x, first, [torch.randn(2, 16, 1, 1), None, torch.randn(2, 1, 3, 3), None], 16)
+    with pytest.raises(RuntimeError, match=second_module + ".*cheap_weight dtype torch.float64 does not match"):
+        _bottleneck(x, first, [second[0], second[1], second[2].double(), second[3]], 16)
+    with pytest.raises(RuntimeError, match=second_module + ".*activation must be one of"):
+        _bottleneck(x, first, second, 16, second_activation="gelu")
+    with pytest.raises(RuntimeError, match=first_module + ".*activation must be one of"):
+        _bottleneck(x, first, second, 16, activation="gelu")

@@ -179,6 +179,40 @@ def test_excited_bottleneck_inference_runs_the_squeeze_excitation_inside_ghost2(
         assert_close_scaled(module(x), ref(x), **TOL, name="output after a new squeeze-excitation weight")
 
 
+@pytest.mark.parametrize("layout", ("nchw", "channels_last"))
+@pytest.mark.parametrize("frozen", (False, True))
+@pytest.mark.parametrize("shape", ((2, 9, 8), (1, 5, 5)))
+def test_identity_bottleneck_inference_runs_both_ghost_modules_as_one_op(layout, frozen, shape):
+    """A stride-1 bottleneck with an identity shortcut and no squeeze-excitation: one op, whose first module's output
+    is never written, with the shortcut added inside; timm's output, again on the prepared call, and after ghost2's
+    weights change."""
+    config = dict(in_chs=24, mid_chs=72, out_chs=24, dw_kernel_size=3, stride=1)
+    module, ref = pair_modules(GhostBottleneck, timm_ghostnet.GhostBottleneck, **config)
+    module.eval()
+    ref.eval()
+    if frozen:
+        fusedops.freeze(module)
+    n, h, w = shape
+    x = make_input((n, 24, h, w), layout, dtype=torch.float64)
+    with torch.profiler.profile() as prof, torch.inference_mode():
+        y = module(x)
+    # (Frozen, the first call also packs each module's weights for the kernel.)
+    ran = [e.name for e in prof.events()
+           if e.name.startswith("fusedops::") and e.name != "fusedops::_ghost_module_pack_weights"]
+    assert ran == ["fusedops::_ghost_bottleneck"]
+    with torch.inference_mode():
+        expected = ref(x)
+        again = module(x)  # frozen: the call prepared by the first one
+    assert_close_scaled(y, expected, **TOL, name="output")
+    torch.testing.assert_close(again, y, rtol=0, atol=0)
+    # New weights of ghost2 alone (its refold) are seen by the next call.
+    state = {k: v * 0.5 if k.startswith("ghost2.primary_conv.0") else v for k, v in ref.state_dict().items()}
+    ref.load_state_dict(state)
+    module.ghost2.load_state_dict({k[len("ghost2."):]: v for k, v in state.items() if k.startswith("ghost2.")})
+    with torch.inference_mode():
+        assert_close_scaled(module(x), ref(x), **TOL, name="output after ghost2's new weights")
+
+
 @pytest.mark.parametrize("config", BOTTLENECKS[1:3])
 def test_bottleneck_train_matches_timm(config):
     module, ref = pair_modules(GhostBottleneck, timm_ghostnet.GhostBottleneck, **config)

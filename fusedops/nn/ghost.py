@@ -11,9 +11,9 @@ from torch import nn
 from ..ops import _library
 from ..ops.depthwise_conv2d import depthwise_conv2d
 from ..ops.dwpw_conv2d import dwpw_conv2d
-from ..ops.ghost_module import (DEPTHWISE_NAME, EXCITED_NAME, ghost_module, ghost_module_excited,
-                                ghost_module_excited_fuses, ghost_module_then_depthwise,
-                                ghost_module_then_depthwise_fuses, pack_weights)
+from ..ops.ghost_module import (BOTTLENECK_NAME, DEPTHWISE_NAME, EXCITED_NAME, ghost_bottleneck,
+                                ghost_bottleneck_fuses, ghost_module, ghost_module_excited, ghost_module_excited_fuses,
+                                ghost_module_then_depthwise, ghost_module_then_depthwise_fuses, pack_weights)
 from . import training
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
@@ -183,6 +183,41 @@ class GhostModule(FoldedWeights, nn.Module):
         return ghost_module_excited(input, *arguments[:10], *arguments[10:13], residual=residual,
                                     packed_weights=packed)
 
+    def forward_then_module(self, input, second):
+        """``second(self(input), residual=input)`` for a :class:`GhostModule` ``second`` (GhostNet's stride-1
+        bottlenecks with an identity shortcut and no squeeze-excitation): where both modules :meth:`runs_fused` at
+        stride 1 on CPU without gradients, one kernel in which this module's output never reaches memory
+        (:func:`fusedops.ops.ghost_module.ghost_bottleneck`)."""
+        # The second module's fold is part of the key: its refold (a weight load, a conversion) drops the call.
+        key = (self.activation, self.out_chs, second, second._folded, second.activation)
+        fused = (self.runs_fused() and second.runs_fused() and tuple(self.primary_conv[0].stride) == (1, 1)
+                 and tuple(second.primary_conv[0].stride) == (1, 1))
+        if fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            # Frozen and called before: the native call made then (as forward's).
+            arguments = self._prepared_arguments(input, key)
+            if arguments is not None and ghost_bottleneck_fuses(input, self.out_chs):
+                out = _library.eager_native(BOTTLENECK_NAME)(input, *arguments)
+                if out is not NotImplemented:
+                    return out
+        # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
+        weights = (*self.parameters(), *second.parameters()) if torch.is_grad_enabled() else ()
+        if not fused or not ghost_bottleneck_fuses(input, self.out_chs, *weights):
+            return second(self(input), residual=input)
+        folded, second_folded = self.folded_weights(), second.folded_weights()
+        packed = self._packed_weights(
+            folded, input, "ghost_module", lambda: pack_weights(input, *folded, self.out_chs, 1, self.activation))
+        # The second module's packing reads only its input's channels, dtype and device: a view of that shape.
+        n, _, h, w = input.shape
+        second_packed = second._packed_weights(
+            second_folded, input, "ghost_module",
+            lambda: pack_weights(input.new_empty(1, 1, 1, 1).expand(n, self.out_chs, h, w), *second_folded,
+                                 second.out_chs, 1, second.activation, residual=input))
+        arguments = (*folded, self.out_chs, self.activation, *second_folded, second.activation, packed,
+                     second_packed)
+        if packed is not None and second_packed is not None and second_folded is second._folded:
+            self._prepare_call(folded, key, arguments)
+        return ghost_bottleneck(input, *arguments)
+
     def extra_repr(self) -> str:
         frozen = ", frozen=True" if self._frozen else ""
         return f"out_chs={self.out_chs}, activation={self.activation!r}{frozen}"
@@ -225,8 +260,10 @@ class GhostBottleneck(FoldedWeights, nn.Module):
     a projecting shortcut runs as one fused :func:`fusedops.dwpw_conv2d`, all with the batch norms folded. On CPU
     without gradients, the stride-2 depthwise stage runs inside ``ghost1``'s kernel where ``ghost1``'s output would
     not stay in the L2 cache (:meth:`GhostModule.forward_then_depthwise`; elsewhere :func:`fusedops.depthwise_conv2d`
-    after it), and the squeeze-excitation inside ``ghost2``'s (:meth:`GhostModule.forward_excited`: its gates scale
-    ``ghost2``'s GEMM input on the way in). Train mode runs timm's sequence.
+    after it), the squeeze-excitation inside ``ghost2``'s (:meth:`GhostModule.forward_excited`: its gates scale
+    ``ghost2``'s GEMM input on the way in), and a stride-1 bottleneck with an identity shortcut and no
+    squeeze-excitation as one kernel whose ``ghost1`` output is never written (:meth:`GhostModule.forward_then_module`).
+    Train mode runs timm's sequence.
     """
 
     def __init__(self, in_chs: int, mid_chs: int, out_chs: int, dw_kernel_size: int = 3, stride: int = 1,
@@ -285,6 +322,10 @@ class GhostBottleneck(FoldedWeights, nn.Module):
             if self.se is not None:
                 x = self.se(x)
             return self.ghost2(x) + self.shortcut(input)
+        if self.conv_dw is None and self.se is None and not self.shortcut._modules:
+            # An identity-shortcut stride-1 bottleneck (nothing of its own to fold): ghost2 reads ghost1's output
+            # rows while they are in cache.
+            return self.ghost1.forward_then_module(input, self.ghost2)
         # (An identity-shortcut stride-1 bottleneck has nothing of its own to fold.)
         folded = self._folded_weights() if self.conv_dw is not None or self.shortcut._modules else (None,) * 6
         dw_w, dw_b, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b = folded

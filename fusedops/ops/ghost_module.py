@@ -256,3 +256,65 @@ def _fake_excited(input, se_reduce_weight, se_reduce_bias, se_expand_weight, se_
 
 if _extension.has_ops():
     torch.library.register_fake(f"fusedops::{EXCITED_NAME}")(_fake_excited)
+
+
+# _ghost_bottleneck (csrc/ghost_module.cpp): GhostNet's stride-1 bottleneck without squeeze-excitation (two Ghost
+# modules and the identity shortcut) as one CPU kernel for inference; GhostBottleneck calls it (ghost_bottleneck).
+BOTTLENECK_NAME = "_ghost_bottleneck"
+
+
+def ghost_bottleneck_fuses(input, mid_channels, *tensors):
+    """Whether :func:`ghost_bottleneck` runs its one kernel for these tensors: CPU, the native backend, no gradient
+    wanted (the kernel has no backward), not compiling (the graph keeps the differentiable ops)."""
+    return _runs_inference_natively(input, *tensors)
+
+
+def ghost_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
+                     second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias,
+                     second_activation, packed_weights=None, second_packed_weights=None):
+    """``ghost_module(ghost_module(input, primary_weight, ..., mid_channels, 1, activation), second_primary_weight,
+    ..., input.shape[1], 1, second_activation, residual=input)``: GhostNet's stride-1 bottleneck with an identity
+    shortcut and no squeeze-excitation, batch norms folded. One native CPU kernel where
+    :func:`ghost_bottleneck_fuses`, in which the first module's output rows are computed into a per-thread tile and
+    read there by the second module, never written to memory; otherwise the two ops. ``activation``,
+    ``second_activation``: the op's names; ``packed_weights``, ``second_packed_weights``: :func:`pack_weights` of each
+    module's arguments."""
+    first = (primary_weight, primary_bias, cheap_weight, cheap_bias)
+    second = (second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias)
+    if ghost_bottleneck_fuses(input, mid_channels, *first, *second):
+        return torch.ops.fusedops._ghost_bottleneck(input, *first, mid_channels, activation, *second,
+                                                    second_activation, packed_weights, second_packed_weights)
+    x = ghost_module(input, *first, mid_channels, 1, activation, packed_weights=packed_weights)
+    return ghost_module(x, *second, input.shape[1], 1, second_activation, residual=input,
+                        packed_weights=second_packed_weights)
+
+
+def _fake_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
+                     second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias,
+                     second_activation, packed_weights=None, second_packed_weights=None):
+    # Each module's checks, their errors saying which module (as the kernel's).
+    try:
+        _geometry.check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None,
+                                     mid_channels, (1, 1), activation)
+    except RuntimeError as e:
+        raise RuntimeError("fusedops: _ghost_bottleneck's first module (out_channels: mid_channels): "
+                           f"{_without_prefix(e)}") from None
+    n, _, h, w = input.shape
+    try:
+        _geometry.check_ghost_module(input.new_empty((n, mid_channels, h, w)), second_primary_weight,
+                                     second_primary_bias, second_cheap_weight, second_cheap_bias, input,
+                                     input.shape[1], (1, 1), second_activation)
+    except RuntimeError as e:
+        raise RuntimeError("fusedops: _ghost_bottleneck's second module (second_primary_weight, second_primary_bias, "
+                           "second_cheap_weight, second_cheap_bias, second_activation; its input: the first "
+                           "module's output, its out_channels and residual: the input): "
+                           f"{_without_prefix(e)}") from None
+    return _args.empty_like_format(input, input.shape)
+
+
+def _without_prefix(error):
+    return str(error).removeprefix("fusedops: ")
+
+
+if _extension.has_ops():
+    torch.library.register_fake(f"fusedops::{BOTTLENECK_NAME}")(_fake_bottleneck)

@@ -25,7 +25,8 @@ enum class ScratchSlot : int {
   kBias = 9,         // per-channel bias in the accumulation type, shared with the workers
   kReduce = 10,      // per-worker partial sums, reduced by the calling thread
   kTileHidden = 11,  // a fused block's expanded rows (the input of its depthwise stage)
-  kCount = 12
+  kTileSecond = 12,  // a chained fused kernel's second-stage tile (ghost_bottleneck's second module's primary rows)
+  kCount = 13
 };
 
 inline void* thread_scratch_bytes(size_t bytes, ScratchSlot slot) {
