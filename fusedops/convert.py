@@ -18,7 +18,9 @@ What is recognised, by structure (a class name only where the structure alone is
   (read from an fx trace of the parent's own forward: timm's stems ``conv_stem``, ``bn1`` and heads ``conv_head``,
   ``bn2``; timm's ``ConvNormAct``/``ConvBnAct``; the pairs of timm blocks that are not fused whole) ->
   :class:`fusedops.nn.PairedConv2d` in the convolution's place (conv, BN, activation; the BN folded in at eval) and
-  :class:`fusedops.nn.PairedBatchNorm2d` in the batch norm's (its state; passes its input on);
+  :class:`fusedops.nn.PairedBatchNorm2d` in the batch norm's (its state; passes its input on); an activation child
+  the batch norm's output goes to and nowhere else (timm's GhostNet stem: ``act1``) is paired too, its place taken
+  by a :class:`fusedops.nn.PairedActivation` (passes its input on; the convolution applies it);
 * torchvision's ``shufflenetv2.InvertedResidual`` (ShuffleNetV2's unit: ``branch1``, ``branch2``) ->
   :class:`fusedops.nn.ShuffleNetV2Unit` (the fused ShuffleNetV2-unit op: the branch, the shortcut where the unit has
   one, the split, concatenation and shuffle, in one call);
@@ -49,7 +51,7 @@ from .nn.freeze import FoldedWeights
 from .nn.ghost import GhostBottleneck, GhostModule
 from .nn.inverted_residual import ConvBNActivation, InvertedResidual
 from .nn.inverted_residual_v3 import InvertedResidualV3
-from .nn.paired import PairedBatchNorm2d, PairedConv2d
+from .nn.paired import PairedActivation, PairedBatchNorm2d, PairedConv2d
 from .nn.pointwise import PointwiseConv2d
 from .nn.shufflenet_v2_unit import ShuffleNetV2Unit
 from .nn.squeeze_excitation import SE_ACTIVATIONS, SE_GATES
@@ -362,12 +364,31 @@ def _paired_children(module, path, summary):
             summary.left_alone.append((norm_path, type(children[norm_name]).__name__, str(why)))
             continue
         norm = PairedBatchNorm2d(children[norm_name])
-        fused[conv_name] = PairedConv2d(children[conv_name], norm, activation)
+        names = [conv_name, norm_name]
+        following = _following_activation(children, calls, norm_calls[0]) if activation == "none" else None
+        if following is not None:
+            names.append(following)
+            fused[following] = PairedActivation(children[following])
+            activation = _ACTIVATIONS[type(children[following])]
+        fused[conv_name] = PairedConv2d(children[conv_name], norm, activation, fused.get(following))
         fused[norm_name] = norm
-        for name in (conv_name, norm_name):
+        for name in names:
             summary.replaced.append((_child_path(path, name), type(children[name]).__name__,
                                      type(fused[name]).__name__))
     return fused
+
+
+def _following_activation(children, calls, norm_call):
+    """The name of the activation child (one the fused modules compute) that the traced batch-norm call `norm_call`
+    feeds and nothing else, called once on that output alone (timm's GhostNet stem: ``bn1`` -> ``act1``), else
+    None."""
+    users = list(norm_call.users)
+    if len(users) != 1 or users[0].op != "call_module" or users[0].args != (norm_call,) or users[0].kwargs:
+        return None
+    name = users[0].target
+    if type(children.get(name)) not in _ACTIVATIONS or len(calls.get(name, ())) != 1:
+        return None
+    return name
 
 
 # timm's blocks by their children, in the order their forwards run them: the (convolution, batch norm) names of the
@@ -508,7 +529,7 @@ def _pointwise_conv(module):
     return _adopt(fused, module)
 
 
-_FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedBatchNorm2d, PointwiseConv2d)
+_FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedActivation, PairedBatchNorm2d, PointwiseConv2d)
 # Tried in this order on every module, before its children.
 _RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _shufflenet_v2_unit, _timm_block, _ghost_bottleneck,
                 _ghost_module, _conv_bn_activation, _depthwise_conv, _pointwise_conv)

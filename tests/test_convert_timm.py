@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import fusedops
-from fusedops.nn import (GhostBottleneck, PairedBatchNorm2d, PairedConv2d, PointwiseConv2d, TimmDepthwiseSeparable,
-                         TimmInvertedResidual)
+from fusedops.nn import (GhostBottleneck, PairedActivation, PairedBatchNorm2d, PairedConv2d, PointwiseConv2d,
+                         TimmDepthwiseSeparable, TimmInvertedResidual)
 
 from conftest import (assert_close_scaled, check_compile_and_export, check_convert_eval_matches,
                       check_convert_shares_state, check_training_matches, make_input, randomize_batch_norms,
@@ -28,13 +28,14 @@ pytestmark = requires_ops
 
 # timm model -> how many modules convert replaces, by fused class: every block (the depthwise-separable ones
 # without squeeze-excitation or skip on the dwpw op); the stem (conv_stem, bn1), and the head's conv -> batch norm
-# (EfficientNet's conv_head, bn2; MobileNetV3's last stage, a ConvBnAct) as pairs.
+# (EfficientNet's conv_head, bn2; MobileNetV3's last stage, a ConvBnAct) as pairs (GhostNet's stem with its act1).
 REPLACED = {
     "mobilenetv3_large_100": {TimmInvertedResidual: 15, PairedConv2d: 2, PairedBatchNorm2d: 2, PointwiseConv2d: 1},
     "efficientnet_b0": {TimmInvertedResidual: 16, PairedConv2d: 2, PairedBatchNorm2d: 2},
     "mobilenetv2_100": {TimmInvertedResidual: 16, TimmDepthwiseSeparable: 1, PairedConv2d: 2, PairedBatchNorm2d: 2},
     "mobilenetv1_100": {TimmDepthwiseSeparable: 13, PairedConv2d: 1, PairedBatchNorm2d: 1},
-    "ghostnet_100": {GhostBottleneck: 16, PairedConv2d: 2, PairedBatchNorm2d: 2, PointwiseConv2d: 1},
+    "ghostnet_100": {GhostBottleneck: 16, PairedConv2d: 2, PairedBatchNorm2d: 2, PairedActivation: 1,
+                     PointwiseConv2d: 1},
 }
 # What each keeps, by path: the classifier. (The conv_head of MobileNetV3 and GhostNet, a 1x1 convolution with a bias
 # and no batch norm after the global pool, becomes a PointwiseConv2d.)
@@ -171,6 +172,70 @@ def test_batch_norm_act_keeps_its_activation(act_layer):
     model.train()
     converted.train()
     assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))
+
+
+class ConvBatchNormActivation(nn.Module):
+    """timm's GhostNet stem as its own module: conv_stem, bn1, act1 as siblings, `forward` given."""
+
+    def __init__(self, act, forward=None):
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 8, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act1 = act
+        self.run = forward
+
+    def forward(self, x):
+        if self.run is not None:
+            return self.run(self, x)
+        return self.act1(self.bn1(self.conv_stem(x)))
+
+
+@pytest.mark.parametrize("act_layer", (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU))
+def test_activation_after_a_pair_is_paired_too(act_layer):
+    model = randomize_batch_norms(ConvBatchNormActivation(act_layer()).double()).eval()
+    converted, report = fusedops.convert(copy.deepcopy(model), report=True, layout=None)
+    assert [(path, new) for path, _, new in report.replaced] == [
+        ("conv_stem", "PairedConv2d"), ("bn1", "PairedBatchNorm2d"), ("act1", "PairedActivation")]
+    assert converted.conv_stem.activation == fusedops.ops.activations.activation_name(act_layer.__name__.lower(), "")
+    assert list(converted.state_dict()) == list(model.state_dict())
+    x = make_input((2, 3, 11, 10), "channels_last", dtype=torch.float64)
+    with torch.no_grad():
+        assert_close_scaled(converted(x), model(x), **tolerance(torch.float64))
+    # Float32 inference: one oneDNN convolution with the activation as its post-op, no separate activation pass.
+    model32, converted32 = model.float(), converted.float()
+    with torch.profiler.profile() as prof, torch.inference_mode():
+        y = converted32(x.float())
+    ran = {e.name for e in prof.events()}
+    assert "mkldnn::_convolution_pointwise" in ran and not any(n.startswith("aten::" + act_layer.__name__.lower())
+                                                              or n.startswith("aten::relu") for n in ran), ran
+    with torch.inference_mode():
+        assert_close_scaled(y, model32(x.float()), **tolerance(torch.float32))
+    # Train mode: the batch norm's statistics, then the activation, as the original runs them.
+    check_training_matches(converted.double(), model.double(), [x, 2 * x], lr=0.01, train_grads=True)
+
+
+def test_activation_pairing_follows_the_data_flow():
+    def twice(m, x):  # the batch norm's output also used besides the activation
+        y = m.bn1(m.conv_stem(x))
+        return m.act1(y) + y
+
+    def called_again(m, x):  # the activation module called a second time
+        return m.act1(m.act1(m.bn1(m.conv_stem(x))) - 1)
+
+    for forward in (twice, called_again):
+        model = randomize_batch_norms(ConvBatchNormActivation(nn.ReLU(), forward)).eval()
+        converted, report = fusedops.convert(copy.deepcopy(model), report=True, layout=None)
+        assert [(path, new) for path, _, new in report.replaced] == [
+            ("conv_stem", "PairedConv2d"), ("bn1", "PairedBatchNorm2d")], forward.__name__
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))
+    # An activation the fused modules do not compute: the pair alone.
+    model = randomize_batch_norms(ConvBatchNormActivation(nn.GELU())).eval()
+    converted, report = fusedops.convert(copy.deepcopy(model), report=True, layout=None)
+    assert [new for _, _, new in report.replaced] == ["PairedConv2d", "PairedBatchNorm2d"]
+    with torch.no_grad():
+        assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))
 
 
 def test_unknown_batch_norm_activations_and_data_flow_are_kept():
