@@ -558,6 +558,15 @@ def test_excited_ghostnet_shapes(shape, out_channels):
     _check_excited(shape, out_channels, reduced=shape[1] // 4)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_excited_gates_scale_the_weights_or_the_pixels(dtype, layout):
+    # 20 primary channels (one 32-column panel) on 28x28: the gates scale a copy of the weights; 96 primary channels
+    # on 5x5: the input pixels, the smaller.
+    _check_excited((2, 40, 28, 28), 40, dtype=dtype, layout=layout)
+    _check_excited((2, 64, 5, 5), 192, dtype=dtype, layout=layout)
+
+
 @pytest.mark.parametrize("threads", (1, 2, 3))
 @pytest.mark.parametrize("batch", (1, 2, 5))
 def test_excited_thread_counts(threads, batch):

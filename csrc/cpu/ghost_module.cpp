@@ -168,7 +168,11 @@ struct ModuleBands {
 
   // The primary half of `count` pixels (rows of C channels at operand) into dst (pixels of I channels).
   void primary(const acc* operand, int64_t count, acc* dst) const {
-    pointwise_gemm<acc, acc>(w.primary, 0, w.primary.num_panels(), operand, C, count, dst, I, epilogue.kind);
+    primary(w.primary, operand, count, dst);
+  }
+  // The same with other weights of its layout (gated copies of w.primary).
+  void primary(const PackedPointwise<acc>& weights, const acc* operand, int64_t count, acc* dst) const {
+    pointwise_gemm<acc, acc>(weights, 0, weights.num_panels(), operand, C, count, dst, I, epilogue.kind);
   }
 
   // Cheap channels [k0, k1) of output rows [r0, r1) of `geometry` (the image's, or a band's), cheap channel j from
@@ -422,16 +426,42 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
     return;
   }
 
+  // _ghost_module_excited's gates applied to a per-thread copy of the primary weights (row k of each panel times
+  // gate k of the image) instead of to the input pixels, where that copy is the smaller: x * g through W is x through
+  // W diag(g). GhostNet at batch 8, 2 threads: the gated input copy cost 120 us of 408 at 120->40 28x28 and 180 of
+  // 813 at 672->112 14x14, whose weight copies are 1/25 and 1/3 the size; at 960->160 7x7 (49 pixels against 96
+  // columns) the input stays the smaller. Float and double only: the unfused sequence rounds input * gate to a
+  // reduced-precision storage type before its convolution.
+  const int64_t panel_elements = panels * kNr * C;
+  const bool gate_weights =
+      input_scale != nullptr && kSameAsAcc<scalar_t> && panel_elements < tile_rows(plan.strip_rows) * g.in_w * C;
   at::parallel_for(0, g.batch * plan.strips_per_image, grain, [&](int64_t begin, int64_t end) {
     acc* tile = thread_scratch<acc>(max_tile_rows * row_elems + V, ScratchSlot::kTileHidden);
     acc* repeated = m == 1 ? nullptr : thread_scratch<acc>(max_tile_rows * g.in_w * dw_ld + V, ScratchSlot::kTile);
     acc* staged = out_channels_last ? nullptr : thread_scratch<acc>(plan.rows * g.in_w * OC + V, ScratchSlot::kTileOut);
+    PackedPointwise<acc> gated = w.primary;
+    int64_t gated_image = -1;
+    if (gate_weights) gated.panels = thread_scratch<acc>(panel_elements, ScratchSlot::kTilePacked);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / plan.strips_per_image, strip = item % plan.strips_per_image;
       const int64_t strip_begin = strip * plan.strip_rows, strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
+      if (gate_weights && gated_image != n) {
+        const acc* gate = input_scale + n * C;
+        acc* dst = const_cast<acc*>(gated.panels);
+        for (int64_t row = 0; row < panels * C; ++row) {
+          const at::vec::Vectorized<acc> scale(gate[row % C]);
+          for (int64_t j = 0; j < kNr; j += V)
+            (at::vec::Vectorized<acc>::loadu(w.primary.panels + row * kNr + j) * scale).store(dst + row * kNr + j);
+        }
+        gated_image = n;
+      }
       for_each_expanded_band(
           g, row_elems, strip_begin, strip_end, plan.rows, tile,
-          [&](int64_t first_row, int64_t rows, acc* dst) { primary_rows(n, first_row, rows, dst); },
+          [&](int64_t first_row, int64_t rows, acc* dst) {
+            if (!gate_weights) return primary_rows(n, first_row, rows, dst);
+            const int64_t count = rows * g.in_w;
+            module.primary(gated, as_acc_operand(in + (n * pixels + first_row * g.in_w) * C, count, C), count, dst);
+          },
           [&](const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
             const int64_t first = r0 * g.out_w, count = (r1 - r0) * g.out_w;
             if (out_channels_last) {
