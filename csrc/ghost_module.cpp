@@ -53,16 +53,19 @@ TORCH_LIBRARY_FRAGMENT(fusedops, m) {
       "Tensor? se_expand_bias, str se_activation, str se_gate, Tensor primary_weight, Tensor? primary_bias, "
       "Tensor cheap_weight, Tensor? cheap_bias, Tensor? residual, int out_channels, int[2] stride, str activation, "
       "Tensor? packed_weights=None) -> Tensor");
-  // GhostNet's stride-1 bottleneck without squeeze-excitation, batch norms folded: ghost_module(ghost_module(input,
-  // primary_weight, primary_bias, cheap_weight, cheap_bias, None, mid_channels, 1, activation), second_primary_weight,
-  // second_primary_bias, second_cheap_weight, second_cheap_bias, residual = input, out_channels = the input's
-  // channels, 1, second_activation). Inference only (no autograd) and CPU only: the first module's output rows are
-  // computed into a per-thread tile and read there by the second module's GEMM, never written to memory.
-  // fusedops.nn.GhostBottleneck calls it where it applies. packed_weights, second_packed_weights:
-  // _ghost_module_pack_weights of each module's arguments.
+  // GhostNet's bottleneck without squeeze-excitation, batch norms folded: ghost_module(x, second_primary_weight,
+  // second_primary_bias, second_cheap_weight, second_cheap_bias, residual, out_channels, 1, second_activation) of
+  // x = ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None, mid_channels, 1,
+  // activation), then, where dw_weight is given, x = depthwise_conv2d(x, dw_weight (mid_channels, 1, kH, kW; odd kH
+  // and kW), dw_bias, dw_stride, padding (kH // 2, kW // 2)) (no activation). The caller passes its shortcut as
+  // residual (the input itself for an identity one). Inference only (no autograd) and CPU only: everything between
+  // the input and the output is computed into per-thread tiles, never written to memory. fusedops.nn.GhostBottleneck
+  // calls it where it applies. packed_weights, second_packed_weights: _ghost_module_pack_weights of each module's
+  // arguments.
   m.def(
       "_ghost_bottleneck(Tensor input, Tensor primary_weight, Tensor? primary_bias, Tensor cheap_weight, "
-      "Tensor? cheap_bias, int mid_channels, str activation, Tensor second_primary_weight, "
-      "Tensor? second_primary_bias, Tensor second_cheap_weight, Tensor? second_cheap_bias, str second_activation, "
+      "Tensor? cheap_bias, int mid_channels, str activation, Tensor? dw_weight, Tensor? dw_bias, int[2] dw_stride, "
+      "Tensor second_primary_weight, Tensor? second_primary_bias, Tensor second_cheap_weight, "
+      "Tensor? second_cheap_bias, int out_channels, str second_activation, Tensor? residual, "
       "Tensor? packed_weights=None, Tensor? second_packed_weights=None) -> Tensor");
 }

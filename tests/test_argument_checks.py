@@ -420,7 +420,8 @@ def _ghost_bottleneck_cases():
                   second_cheap_weight=_x(2, 1, 3, 3), second_cheap_bias=_x(2))
 
     def call(**changes):
-        args = dict(input=x, **first, mid_channels=10, activation="relu", **second, second_activation="none")
+        args = dict(input=x, **first, mid_channels=10, activation="relu", dw_weight=None, dw_bias=None, dw_stride=ONE,
+                    **second, out_channels=4, second_activation="none", residual=x)
         args.update(changes)
         return tuple(args.values())
 
@@ -434,6 +435,12 @@ def _ghost_bottleneck_cases():
         ("second-out-channels", call(second_primary_weight=_x(1, 10, 1, 1), second_primary_bias=None,
                                      second_cheap_weight=_x(1, 1, 3, 3), second_cheap_bias=None)),
         ("second-activation", call(second_activation="gelu")),
+        ("residual-shape", call(dw_weight=_x(10, 1, 3, 3), dw_stride=[2, 2])),
+        ("dw-weight-shape", call(dw_weight=_x(10, 1, 2, 3), residual=None)),
+        ("dw-weight-dtype", call(dw_weight=_x(10, 1, 3, 3, dtype=torch.float64), residual=None)),
+        ("dw-bias-shape", call(dw_weight=_x(10, 1, 3, 3), dw_bias=_x(9), residual=None)),
+        ("dw-stride-0", call(dw_weight=_x(10, 1, 3, 3), dw_stride=[0, 1], residual=None)),
+        ("dw-bias-alone", call(dw_bias=_x(10))),
     ]
 
 

@@ -54,13 +54,12 @@ FUSED_OPS = {TimmInvertedResidual: (importlib.import_module("fusedops.nn.inverte
 
 
 def fused_calls(module):
-    """How many fused-op calls a replaced module makes without gradients: one, or for a Ghost bottleneck one per
-    Ghost module (the first with the stride-2 depthwise stage where there is one, the second with the
-    squeeze-excitation), but one for both where the bottleneck is stride 1 with an identity shortcut and no
-    squeeze-excitation."""
+    """How many fused-op calls a replaced module makes without gradients: one, or for a Ghost bottleneck with a
+    squeeze-excitation one per Ghost module (the first with the stride-2 depthwise stage where there is one, the
+    second with the squeeze-excitation). (A projecting shortcut is one more call, of dwpw_conv2d, not counted.)"""
     if type(module) is not GhostBottleneck:
         return 1
-    return 1 if module.conv_dw is None and module.se is None and not module.shortcut._modules else 2
+    return 2 if module.se is not None else 1
 
 
 def timm_model(name, dtype=torch.float64, seed=0, **kwargs):

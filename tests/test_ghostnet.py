@@ -129,8 +129,9 @@ def test_bottleneck_eval_matches_timm(config, layout, op_calls):
 @pytest.mark.parametrize("frozen", (False, True))
 @pytest.mark.parametrize("beyond_l2", (True, False))
 def test_stride2_bottleneck_inference_runs_ghost1_and_its_depthwise_as_one_op(config, layout, frozen, beyond_l2):
-    """Where ghost1's output (float64) would not stay in the L2 cache, one op computes it and the depthwise stage
-    after it; where it would, the two ops run. Either way the output is timm's."""
+    """Without a squeeze-excitation, one op runs the whole bottleneck but its shortcut. With one, where ghost1's
+    output (float64) would not stay in the L2 cache, one op computes it and the depthwise stage after it; where it
+    would, the two ops run. Either way the output is timm's."""
     module, ref = pair_modules(GhostBottleneck, timm_ghostnet.GhostBottleneck, **config)
     module.eval()
     ref.eval()
@@ -142,8 +143,11 @@ def test_stride2_bottleneck_inference_runs_ghost1_and_its_depthwise_as_one_op(co
     with torch.profiler.profile() as prof, torch.inference_mode():
         y = module(x)
     ran = {e.name for e in prof.events()}
-    assert ("fusedops::_ghost_module_depthwise" in ran) == beyond_l2
-    assert ("fusedops::depthwise_conv2d" in ran) != beyond_l2
+    whole = not config.get("se_ratio")
+    assert ("fusedops::_ghost_bottleneck" in ran) == whole
+    assert ("fusedops::_ghost_module_depthwise" in ran) == (beyond_l2 and not whole)
+    assert ("fusedops::depthwise_conv2d" in ran) == (not beyond_l2 and not whole)
+    assert ("fusedops::ghost_module" in ran) == (not beyond_l2 and not whole)
     with torch.inference_mode():
         expected = ref(x)
         again = module(x)  # frozen: the call prepared by the first one

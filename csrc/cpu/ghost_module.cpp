@@ -486,52 +486,72 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
   });
 }
 
-// _ghost_bottleneck's kernel: out = second(first(input)) + input, both modules at stride 1, channels-last. A work item
-// is a strip of output rows of one image, run as bands of the second module (for_each_expanded_band on its
-// geometry): each new run of the second module's primary rows is the GEMM of the first module's output rows of the
-// same rows, computed just before into a per-thread tile (ModuleBands::output_rows; in the storage type, as the
-// unfused sequence stores them) from the input rows; then the band's two halves are written and the input rows,
-// still in cache, added. The first module's output never reaches memory. Computed twice: the rows at strip
-// boundaries, and each band's first-module halo (its cheap kernel - 1 primary rows).
+// _ghost_bottleneck's kernel: out = second(depthwise(first(input))) [+ residual], the depthwise stage optional
+// (`between`: GhostNet's stride-2 stage), channels-last. A work item is a strip of output rows of one image, run as
+// bands of the second module (for_each_expanded_band on its geometry): each new run of the second module's primary
+// rows is the GEMM of its input rows, computed just before into a per-thread tile in the storage type (as the
+// unfused sequence stores them): the first module's output rows (ModuleBands::output_rows) or, with a depthwise
+// stage, that stage's output rows, each new run of its own input rows computed by the first module's bands through
+// one more tile (as _ghost_module_depthwise's kernel). Then the band's two halves are written and the residual rows
+// added. Nothing between the input and the output reaches memory. Computed twice: the rows at strip boundaries, and
+// each band's halos of the stages before it.
 template <typename scalar_t>
 bool bottleneck_forward_cpu(const Tensor& input /*channels-last*/, const GhostWeights<acc_t<scalar_t>>& w1,
-                            const GhostModuleGeometry& geo1, const GhostWeights<acc_t<scalar_t>>& w2,
-                            const GhostModuleGeometry& geo2, Tensor& out /*channels-last*/) {
+                            const GhostModuleGeometry& geo1, const FollowingDepthwise<acc_t<scalar_t>>* between,
+                            const GhostWeights<acc_t<scalar_t>>& w2, const GhostModuleGeometry& geo2,
+                            const Tensor& residual /*channels-last, or undefined*/, Tensor& out /*channels-last*/) {
   using acc = acc_t<scalar_t>;
   constexpr int64_t V = at::vec::Vectorized<acc>::size();
   const ModuleBands<scalar_t> first(w1, geo1), second(w2, geo2);
-  const ConvGeometry& g = geo2.cheap;  // the first module's map too: stride 1 throughout
-  const int64_t H = g.out_h, W = g.out_w, pixels = H * W;
+  const ConvGeometry& g1 = geo1.cheap;  // the first module's map (the input's: stride 1)
+  const ConvGeometry& g = geo2.cheap;   // the second module's map, the output's
+  const int64_t H = g.out_h, W = g.out_w, pixels = H * W, in_pixels = g1.in_h * g1.in_w;
   const int64_t C = geo1.in_channels, M = geo1.out_channels, OC = geo2.out_channels;
-  const int64_t mid_row = W * M;
-  // A band of r output rows holds the second module's primary rows it reads, the first module's output rows under
-  // them (the first band computes them all) and the first module's primary rows those read.
+  const int64_t mid_row = W * M, module_row = g1.out_w * M;
+  // The first module's output rows a run of r depthwise output rows reads (all r rows without a depthwise stage).
+  auto module_rows = [&](int64_t r) {
+    return between == nullptr ? r
+                              : std::min(g1.out_h, (r - 1) * between->geometry.stride_h + between->geometry.kernel_h);
+  };
+  // A band of r output rows holds the second module's primary rows it reads, its input rows under them (the first
+  // band computes them all), with a depthwise stage the first module's output rows those read, and the first
+  // module's primary rows under those.
   auto band_bytes = [&](int64_t r) {
-    const int64_t held = second.tile_rows(r);
+    const int64_t held = second.tile_rows(r), module_held = module_rows(held);
     return second.tile_bytes(held) + held * mid_row * static_cast<int64_t>(sizeof(scalar_t)) +
-           first.tile_bytes(first.tile_rows(held));
+           (between == nullptr ? 0 : module_held * module_row * static_cast<int64_t>(sizeof(scalar_t))) +
+           first.tile_bytes(first.tile_rows(module_held));
   };
   int64_t rows_fit = 1;
   while (rows_fit < H && band_bytes(rows_fit + 1) <= band_tile_bytes()) ++rows_fit;
-  const double row_macs = first.row_macs() + second.row_macs();
+  const double depthwise_row_macs =
+      between == nullptr ? 0.0 : static_cast<double>(W * M * between->geometry.kernel_h * between->geometry.kernel_w);
+  const double stride = between == nullptr ? 1.0 : static_cast<double>(between->geometry.stride_h);
+  const double row_macs = stride * first.row_macs() + depthwise_row_macs + second.row_macs();
   const int64_t threads = at::get_num_threads();
-  const StripPlan plan = plan_strips(H, W, g.batch, threads, rows_fit, static_cast<double>(H) * row_macs,
-                                     static_cast<double>(g.kernel_h - 1) * row_macs +
-                                         static_cast<double>(geo1.cheap.kernel_h - 1) * first.primary_row_macs());
+  const StripPlan plan = plan_strips(
+      H, W, g.batch, threads, rows_fit, static_cast<double>(H) * row_macs,
+      static_cast<double>(g.kernel_h - 1) * row_macs + static_cast<double>(g1.kernel_h - 1) * first.primary_row_macs());
   // Fewer strips than threads (small maps, fewer images than threads: 7x7 at batch 1) leave threads idle where each
   // module alone would split its channels between them: 160->960->160 at 7x7, batch 1, 2 threads, took 153 us
   // here against 118 us as the two modules.
   if (g.batch * plan.strips_per_image < threads) return false;
-  const int64_t max_held = second.tile_rows(plan.rows);
+  const int64_t max_held = second.tile_rows(plan.rows), max_module_rows = module_rows(max_held);
   const int64_t strip_macs = plan.strip_rows * static_cast<int64_t>(row_macs);
   const int64_t grain = std::max<int64_t>(1, kMinWorkItemMacs / std::max<int64_t>(1, strip_macs));
   const scalar_t* in = input.const_data_ptr<scalar_t>();
+  const scalar_t* res = residual.defined() ? residual.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, g.batch * plan.strips_per_image, grain, [&](int64_t begin, int64_t end) {
-    const int64_t first_rows = first.tile_rows(max_held);
+    const int64_t first_rows = first.tile_rows(max_module_rows);
     acc* tile1 = thread_scratch<acc>(first_rows * first.row_elems + V, ScratchSlot::kTileHidden);
-    acc* repeated1 = first.m == 1 ? nullptr : thread_scratch<acc>(first_rows * W * first.dw_ld + V, ScratchSlot::kTile);
-    scalar_t* mid = thread_scratch<scalar_t>(max_held * mid_row + V, ScratchSlot::kTileOut);
+    acc* repeated1 =
+        first.m == 1 ? nullptr : thread_scratch<acc>(first_rows * g1.in_w * first.dw_ld + V, ScratchSlot::kTile);
+    // The second module's input rows, then (with a depthwise stage) the first module's output rows.
+    const int64_t mid_elems = max_held * mid_row + V;
+    scalar_t* mid = thread_scratch<scalar_t>(mid_elems + (between == nullptr ? 0 : max_module_rows * module_row + V),
+                                             ScratchSlot::kTileOut);
+    scalar_t* module_tile = mid + mid_elems;
     // The second module's primary tile, then room for its repeated copy.
     const int64_t tile2_elems = max_held * second.row_elems + V;
     acc* tile2 = thread_scratch<acc>(tile2_elems + (second.m == 1 ? 0 : max_held * W * second.dw_ld + V),
@@ -540,19 +560,47 @@ bool bottleneck_forward_cpu(const Tensor& input /*channels-last*/, const GhostWe
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / plan.strips_per_image, strip = item % plan.strips_per_image;
       const int64_t strip_begin = strip * plan.strip_rows, strip_end = std::min(H, strip_begin + plan.strip_rows);
-      const scalar_t* image = in + n * pixels * C;
+      const scalar_t* image = in + n * in_pixels * C;
+      auto primary1 = [&](int64_t row, int64_t count, acc* primary) {
+        const int64_t count_pixels = count * g1.in_w;
+        first.primary(as_acc_operand(image + row * g1.in_w * C, count_pixels, C), count_pixels, primary);
+      };
+      // The first module's output rows [first_row, first_row + count) at dst.
+      auto module_output_rows = [&](int64_t first_row, int64_t count, scalar_t* dst) {
+        first.output_rows(first_row, count, dst, tile1, repeated1, primary1);
+      };
       for_each_expanded_band(
           g, second.row_elems, strip_begin, strip_end, plan.rows, tile2,
           [&](int64_t first_row, int64_t rows, acc* dst) {
-            first.output_rows(first_row, rows, mid, tile1, repeated1, [&](int64_t row, int64_t count, acc* primary) {
-              first.primary(as_acc_operand(image + row * W * C, count * W, C), count * W, primary);
-            });
+            if (between == nullptr) {
+              module_output_rows(first_row, rows, mid);
+            } else {
+              const FollowingDepthwise<acc>& f = *between;
+              for_each_expanded_band(f.geometry, module_row, first_row, first_row + rows, rows, module_tile,
+                                     module_output_rows,
+                                     [&](const ConvGeometry& band, const RowRange& /*need*/, int64_t r0, int64_t r1) {
+                                       DwNhwcRow<scalar_t, scalar_t> t;
+                                       t.image = module_tile;
+                                       t.in_row_stride = module_row;
+                                       t.in_pix_stride = M;
+                                       t.weight = f.taps;
+                                       t.weight_ld = M;
+                                       t.bias = f.bias;
+                                       t.out = mid + (r0 - first_row) * mid_row;
+                                       t.out_pix_stride = M;
+                                       t.out_row_stride = mid_row;
+                                       t.oh = r0;
+                                       t.c_begin = 0;
+                                       t.c_end = M;
+                                       depthwise_nhwc_rows(t, band, r1);
+                                     });
+            }
             second.primary(as_acc_operand(mid, rows * W, M), rows * W, dst);
           },
           [&](const ConvGeometry& band, const RowRange& need, int64_t r0, int64_t r1) {
             scalar_t* dst = o + (n * pixels + r0 * W) * OC;
             second.write_halves(dst, tile2, repeated2, band, need, r0, r1);
-            add_residual(dst, image + r0 * W * C, (r1 - r0) * W * OC);
+            if (res != nullptr) add_residual(dst, res + (n * pixels + r0 * W) * OC, (r1 - r0) * W * OC);
           });
     }
   });
@@ -765,17 +813,20 @@ Tensor ghost_module_excited_cpu(const Tensor& input_, const Tensor& se_reduce_we
 Tensor ghost_bottleneck_cpu(const Tensor& input_, const Tensor& primary_weight,
                             const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
                             const c10::optional<Tensor>& cheap_bias, int64_t mid_channels, c10::string_view activation,
-                            const Tensor& second_primary_weight, const c10::optional<Tensor>& second_primary_bias,
-                            const Tensor& second_cheap_weight, const c10::optional<Tensor>& second_cheap_bias,
-                            c10::string_view second_activation, const c10::optional<Tensor>& packed_weights,
+                            const c10::optional<Tensor>& dw_weight, const c10::optional<Tensor>& dw_bias,
+                            at::IntArrayRef dw_stride, const Tensor& second_primary_weight,
+                            const c10::optional<Tensor>& second_primary_bias, const Tensor& second_cheap_weight,
+                            const c10::optional<Tensor>& second_cheap_bias, int64_t out_channels,
+                            c10::string_view second_activation, const c10::optional<Tensor>& residual,
+                            const c10::optional<Tensor>& packed_weights,
                             const c10::optional<Tensor>& second_packed_weights) {
   const std::array<int64_t, 2> unit{1, 1};
   // Each module's checks, their errors saying which module and what its out_channels stand for.
   auto module_geometry = [&](const char* which, const Tensor& module_input, const Tensor& pw,
                              const c10::optional<Tensor>& pb, const Tensor& cw, const c10::optional<Tensor>& cb,
-                             int64_t out_channels, c10::string_view act, const c10::optional<Tensor>& residual) {
+                             int64_t channels, c10::string_view act, const c10::optional<Tensor>& added) {
     try {
-      return ghost_module_geometry(module_input, pw, pb, cw, cb, out_channels, unit, std_view(act), residual);
+      return ghost_module_geometry(module_input, pw, pb, cw, cb, channels, unit, std_view(act), added);
     } catch (const c10::Error& e) {
       // The module's message without its own "fusedops: " prefix.
       std::string_view message = e.what_without_backtrace();
@@ -788,38 +839,77 @@ Tensor ghost_bottleneck_cpu(const Tensor& input_, const Tensor& primary_weight,
       module_geometry("first module (out_channels: mid_channels)", input_, primary_weight, primary_bias, cheap_weight,
                       cheap_bias, mid_channels, activation, c10::nullopt);
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: _ghost_bottleneck CPU kernel got input on ", input_.device());
-  const int64_t N = input_.size(0), C = input_.size(1), H = input_.size(2), W = input_.size(3);
-  // Stands for the first module's output in the second module's checks (shape, dtype, device); no data behind it.
+  const int64_t N = input_.size(0);
+  int64_t H = input_.size(2), W = input_.size(3);
+  std::array<int64_t, 2> padding{0, 0};
+  // The depthwise stage between the modules: its geometry on the first module's output (channels-last, stride 1).
+  ConvGeometry depthwise;
+  const bool has_depthwise = given(dw_weight);
+  check_pair(dw_stride, "dw_stride");
+  if (has_depthwise) {
+    TORCH_CHECK(dw_stride[0] > 0 && dw_stride[1] > 0, "fusedops: dw_stride must be positive, got ", dw_stride);
+    TORCH_CHECK(dw_weight->dim() == 4 && dw_weight->size(0) == mid_channels && dw_weight->size(1) == 1 &&
+                    dw_weight->size(2) % 2 == 1 && dw_weight->size(3) % 2 == 1,
+                "fusedops: dw_weight must have shape (mid_channels=", mid_channels,
+                ", 1, kH, kW) with odd kH and kW (padding k // 2), got ", dw_weight->sizes());
+    padding = {dw_weight->size(2) / 2, dw_weight->size(3) / 2};
+    const Tensor module_shape = at::empty_strided({N, mid_channels, H, W}, {0, 0, 0, 0}, input_.options());
+    depthwise = depthwise_geometry(module_shape, *dw_weight, dw_bias, dw_stride, padding, unit, "dw_weight", "dw_bias",
+                                   mid_channels);
+    H = depthwise.out_h;
+    W = depthwise.out_w;
+  } else {
+    TORCH_CHECK(!given(dw_bias), "fusedops: dw_bias is given without dw_weight");
+  }
+  // Stands for the second module's input in its checks (shape, dtype, device); no data behind it.
   const Tensor mid_shape = at::empty_strided({N, mid_channels, H, W}, {0, 0, 0, 0}, input_.options());
   const GhostModuleGeometry geo2 = module_geometry(
       "second module (second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, "
-      "second_activation; its input: the first module's output, its out_channels and residual: the input)",
-      mid_shape, second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, C,
-      second_activation, input_);
+      "out_channels, second_activation, residual; its input: the first module's output, after the depthwise stage "
+      "where there is one)",
+      mid_shape, second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, out_channels,
+      second_activation, residual);
   const at::MemoryFormat fmt = output_memory_format(input_);
-  if (input_.numel() == 0) return at::empty_like(input_, input_.options().memory_format(fmt));
-  // The two modules' own calls: where a NaN or Inf depthwise weight would meet the tiles' zero padding
-  // (cpu/finite.h), and where bottleneck_forward_cpu declines.
-  auto two_modules = [&]() {
-    const Tensor x = ghost_module_cpu(input_, primary_weight, primary_bias, cheap_weight, cheap_bias, c10::nullopt,
-                                      mid_channels, unit, activation, packed_weights);
+  if (N == 0) return at::empty({0, out_channels, H, W}, input_.options().memory_format(fmt));
+  // The ops the kernel stands for, one after another: where a NaN or Inf depthwise weight would meet the tiles' zero
+  // padding (cpu/finite.h), and where bottleneck_forward_cpu declines.
+  auto op_by_op = [&]() {
+    const Tensor x = has_depthwise ? ghost_module_depthwise_cpu(input_, primary_weight, primary_bias, cheap_weight,
+                                                                cheap_bias, mid_channels, unit, activation, *dw_weight,
+                                                                dw_bias, dw_stride, packed_weights)
+                                   : ghost_module_cpu(input_, primary_weight, primary_bias, cheap_weight, cheap_bias,
+                                                      c10::nullopt, mid_channels, unit, activation, packed_weights);
     return ghost_module_cpu(x, second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias,
-                            input_, C, unit, second_activation, second_packed_weights);
+                            residual, out_channels, unit, second_activation, second_packed_weights);
   };
-  if (!all_finite(cheap_weight) || !all_finite(second_cheap_weight)) return two_modules();
+  if (!all_finite(cheap_weight) || !all_finite(second_cheap_weight) || (has_depthwise && !all_finite(*dw_weight))) {
+    return op_by_op();
+  }
   const Tensor input = input_.contiguous(at::MemoryFormat::ChannelsLast);
-  Tensor out = at::empty({N, C, H, W}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const Tensor res = given(residual) ? residual->contiguous(at::MemoryFormat::ChannelsLast) : Tensor();
+  Tensor out = at::empty({N, out_channels, H, W}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
   bool ran = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_bottleneck_cpu", [&] {
     using acc = acc_t<scalar_t>;
+    constexpr int64_t V = at::vec::Vectorized<acc>::size();
     const GhostWeights<acc> first =
         module_weights<scalar_t>(geo1, packed_weights, primary_weight, primary_bias, cheap_weight, cheap_bias);
     const GhostWeights<acc> second =
         module_weights<scalar_t>(geo2, second_packed_weights, second_primary_weight, second_primary_bias,
                                  second_cheap_weight, second_cheap_bias, ScratchSlot::kWeights);
-    ran = bottleneck_forward_cpu<scalar_t>(input, first, geo1, second, geo2, out);
+    FollowingDepthwise<acc> between;
+    if (has_depthwise) {
+      const int64_t T = depthwise.kernel_h * depthwise.kernel_w;
+      between.geometry = depthwise;
+      acc* taps = thread_scratch<acc>(T * mid_channels + mid_channels + V, ScratchSlot::kBias);
+      lay_out_depthwise_weights<scalar_t>(*dw_weight, dw_bias, mid_channels, T, taps, taps + T * mid_channels);
+      between.taps = taps;
+      between.bias = taps + T * mid_channels;
+    }
+    ran = bottleneck_forward_cpu<scalar_t>(input, first, geo1, has_depthwise ? &between : nullptr, second, geo2, res,
+                                           out);
   });
-  return ran ? out.contiguous(fmt) : two_modules();
+  return ran ? out.contiguous(fmt) : op_by_op();
 }
 
 Tensor ghost_module_pack_weights_cpu(const Tensor& input, const Tensor& primary_weight,

@@ -188,40 +188,48 @@ class GhostModule(FoldedWeights, nn.Module):
         return ghost_module_excited(input, *arguments[:10], *arguments[10:13], residual=residual,
                                     packed_weights=packed)
 
-    def forward_then_module(self, input, second):
-        """``second(self(input), residual=input)`` for a :class:`GhostModule` ``second`` (GhostNet's stride-1
-        bottlenecks with an identity shortcut and no squeeze-excitation): where both modules :meth:`runs_fused` at
-        stride 1 on CPU without gradients, one kernel in which this module's output never reaches memory
-        (:func:`fusedops.ops.ghost_module.ghost_bottleneck`)."""
+    def forward_then_module(self, input, second, residual, depthwise=None):
+        """``second(x, residual)`` of ``x = self(input)``, then, where ``depthwise`` ``(weight, bias, stride)`` is
+        given, ``x = depthwise_conv2d(x, weight, bias, stride, padding=k // 2)``, for a :class:`GhostModule` ``second``
+        (GhostNet's bottlenecks without squeeze-excitation, ``residual`` their shortcut): where both modules
+        :meth:`runs_fused` at stride 1 on CPU without gradients, one kernel in which nothing between the input and
+        the output reaches memory (:func:`fusedops.ops.ghost_module.ghost_bottleneck`)."""
+        dw_weight, dw_bias, dw_stride = (None, None, (1, 1)) if depthwise is None else depthwise
         # The second module's fold is part of the key: its refold (a weight load, a conversion) drops the call.
         stride, second_stride = self._stride(), second._stride()
-        key = (stride, second_stride, self.activation, self.out_chs, second, second._folded, second.activation)
+        key = (stride, second_stride, self.activation, self.out_chs, second, second._folded, second.activation,
+               second.out_chs, dw_weight, dw_bias, dw_stride)
         fused = (self.runs_fused() and second.runs_fused() and tuple(stride) == (1, 1)
                  and tuple(second_stride) == (1, 1))
         if fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # Frozen and called before: the native call made then (as forward's).
             arguments = self._prepared_arguments(input, key)
-            if arguments is not None and ghost_bottleneck_fuses(input, self.out_chs):
-                out = _library.eager_native(BOTTLENECK_NAME)(input, *arguments)
+            if arguments is not None and ghost_bottleneck_fuses(input):
+                out = _library.eager_native(BOTTLENECK_NAME)(input, *arguments[:-3], residual, *arguments[-2:])
                 if out is not NotImplemented:
                     return out
         # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
-        weights = (*self.parameters(), *second.parameters()) if torch.is_grad_enabled() else ()
-        if not fused or not ghost_bottleneck_fuses(input, self.out_chs, *weights):
-            return second(self(input), residual=input)
+        weights = (*self.parameters(), *second.parameters(), dw_weight, dw_bias, residual) \
+            if torch.is_grad_enabled() else ()
+        if not fused or not ghost_bottleneck_fuses(input, *weights):
+            x = self(input)
+            if depthwise is not None:
+                x = depthwise_conv2d(x, dw_weight, dw_bias, dw_stride, (dw_weight.shape[2] // 2,
+                                                                        dw_weight.shape[3] // 2))
+            return second(x, residual=residual)
         folded, second_folded = self.folded_weights(), second.folded_weights()
         packed = self._packed_weights(
             folded, input, "ghost_module", lambda: pack_weights(input, *folded, self.out_chs, 1, self.activation))
         # The second module's packing reads only its input's channels, dtype and device: a view of that shape.
-        n, _, h, w = input.shape
         second_packed = second._packed_weights(
             second_folded, input, "ghost_module",
-            lambda: pack_weights(input.new_empty(1, 1, 1, 1).expand(n, self.out_chs, h, w), *second_folded,
-                                 second.out_chs, 1, second.activation, residual=input))
-        arguments = (*folded, self.out_chs, self.activation, *second_folded, second.activation, packed,
-                     second_packed)
+            lambda: pack_weights(input.new_empty(1, 1, 1, 1).expand(1, self.out_chs, 1, 1), *second_folded,
+                                 second.out_chs, 1, second.activation))
+        arguments = (*folded, self.out_chs, self.activation, dw_weight, dw_bias, tuple(dw_stride), *second_folded,
+                     second.out_chs, second.activation, residual, packed, second_packed)
         if packed is not None and second_packed is not None and second_folded is second._folded:
-            self._prepare_call(folded, key, arguments)
+            # (Not this call's residual: each call passes its own.)
+            self._prepare_call(folded, key, (*arguments[:-3], None, *arguments[-2:]))
         return ghost_bottleneck(input, *arguments)
 
     def extra_repr(self) -> str:
@@ -267,8 +275,8 @@ class GhostBottleneck(FoldedWeights, nn.Module):
     without gradients, the stride-2 depthwise stage runs inside ``ghost1``'s kernel where ``ghost1``'s output would
     not stay in the L2 cache (:meth:`GhostModule.forward_then_depthwise`; elsewhere :func:`fusedops.depthwise_conv2d`
     after it), the squeeze-excitation inside ``ghost2``'s (:meth:`GhostModule.forward_excited`: its gates scale
-    ``ghost2``'s GEMM input on the way in), and a stride-1 bottleneck with an identity shortcut and no
-    squeeze-excitation as one kernel whose ``ghost1`` output is never written (:meth:`GhostModule.forward_then_module`).
+    ``ghost2``'s GEMM input on the way in), and a bottleneck without squeeze-excitation as one kernel from its input to
+    its output (the shortcut computed first), nothing in between written (:meth:`GhostModule.forward_then_module`).
     Train mode runs timm's sequence.
     """
 
@@ -332,28 +340,32 @@ class GhostBottleneck(FoldedWeights, nn.Module):
         # (Children through _modules: nn.Module's attribute lookup costs ~0.5 us each on a path timed in us.)
         modules = self._modules
         ghost1, ghost2, shortcut = modules["ghost1"], modules["ghost2"], modules["shortcut"]._modules
-        if self.conv_dw is None and self.se is None and not shortcut:
-            # An identity-shortcut stride-1 bottleneck (nothing of its own to fold): ghost2 reads ghost1's output
-            # rows while they are in cache.
-            return ghost1.forward_then_module(input, ghost2)
         # (An identity-shortcut stride-1 bottleneck has nothing of its own to fold.)
         folded = self._folded_weights() if self.conv_dw is not None or shortcut else (None,) * 6
         dw_w, dw_b, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b = folded
-        conv = self.conv_dw
-        if dw_w is not None and tuple(conv.dilation) == (1, 1) and \
-                tuple(conv.padding) == tuple(k // 2 for k in conv.kernel_size) and all(k % 2 for k in conv.kernel_size):
-            # The depthwise stage reads ghost1's output rows while they are in cache.
-            x = ghost1.forward_then_depthwise(input, dw_w, dw_b, conv.stride)
-        else:
-            x = ghost1(input)
-            if dw_w is not None:
-                x = depthwise_conv2d(x, dw_w, dw_b, conv.stride, conv.padding, conv.dilation)
         if sc_dw_w is None:
             residual = input
         else:
             conv = shortcut["0"]
             residual = dwpw_conv2d(input, sc_dw_w, sc_dw_b, sc_pw_w, sc_pw_b, conv.stride, conv.padding,
                                    conv.dilation, "none", "none")
+        conv = self.conv_dw
+        # The depthwise stage as the fused kernels run it: padding k // 2 of an odd kernel, no dilation.
+        dw_in_kernel = dw_w is not None and tuple(conv.dilation) == (1, 1) and \
+            tuple(conv.padding) == tuple(k // 2 for k in conv.kernel_size) and all(k % 2 for k in conv.kernel_size)
+        if self.se is None and (dw_w is None or dw_in_kernel):
+            # Without a squeeze-excitation: ghost1's output (and the depthwise stage's) never reaches memory. (Unlike
+            # ghost1 and the depthwise stage alone, this pays on maps that stay in L2 too: GhostNet's stride-2
+            # blocks at batch 1 took 0.87-0.90x the time of the ops one by one at 112x112 and 28x28.)
+            return ghost1.forward_then_module(input, ghost2, residual,
+                                              None if dw_w is None else (dw_w, dw_b, conv.stride))
+        if dw_in_kernel:
+            # The depthwise stage reads ghost1's output rows while they are in cache.
+            x = ghost1.forward_then_depthwise(input, dw_w, dw_b, conv.stride)
+        else:
+            x = ghost1(input)
+            if dw_w is not None:
+                x = depthwise_conv2d(x, dw_w, dw_b, conv.stride, conv.padding, conv.dilation)
         if self.se is not None:
             # The squeeze-excitation's gates scale ghost2's input inside its kernel.
             return ghost2.forward_excited(x, self.se, residual=residual)

@@ -258,40 +258,49 @@ if _extension.has_ops():
     torch.library.register_fake(f"fusedops::{EXCITED_NAME}")(_fake_excited)
 
 
-# _ghost_bottleneck (csrc/ghost_module.cpp): GhostNet's stride-1 bottleneck without squeeze-excitation (two Ghost
-# modules and the identity shortcut) as one CPU kernel for inference; GhostBottleneck calls it (ghost_bottleneck).
+# _ghost_bottleneck (csrc/ghost_module.cpp): GhostNet's bottleneck without squeeze-excitation (two Ghost modules, the
+# stride-2 depthwise stage between them where there is one, the shortcut added) as one CPU kernel for inference;
+# GhostBottleneck calls it (ghost_bottleneck).
 BOTTLENECK_NAME = "_ghost_bottleneck"
 
 
-def ghost_bottleneck_fuses(input, mid_channels, *tensors):
+def ghost_bottleneck_fuses(input, *tensors):
     """Whether :func:`ghost_bottleneck` runs its one kernel for these tensors: CPU, the native backend, no gradient
     wanted (the kernel has no backward), not compiling (the graph keeps the differentiable ops)."""
     return _runs_inference_natively(input, *tensors)
 
 
 def ghost_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
-                     second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias,
-                     second_activation, packed_weights=None, second_packed_weights=None):
-    """``ghost_module(ghost_module(input, primary_weight, ..., mid_channels, 1, activation), second_primary_weight,
-    ..., input.shape[1], 1, second_activation, residual=input)``: GhostNet's stride-1 bottleneck with an identity
-    shortcut and no squeeze-excitation, batch norms folded. One native CPU kernel where
-    :func:`ghost_bottleneck_fuses`, in which the first module's output rows are computed into a per-thread tile and
-    read there by the second module, never written to memory; otherwise the two ops. ``activation``,
-    ``second_activation``: the op's names; ``packed_weights``, ``second_packed_weights``: :func:`pack_weights` of each
-    module's arguments."""
+                     dw_weight, dw_bias, dw_stride, second_primary_weight, second_primary_bias, second_cheap_weight,
+                     second_cheap_bias, out_channels, second_activation, residual, packed_weights=None,
+                     second_packed_weights=None):
+    """``ghost_module(x, second_primary_weight, ..., out_channels, 1, second_activation, residual=residual)`` of
+    ``x = ghost_module(input, primary_weight, ..., mid_channels, 1, activation)``, then, where ``dw_weight`` is given,
+    ``x = depthwise_conv2d(x, dw_weight, dw_bias, dw_stride, padding=k // 2)``: GhostNet's bottleneck without
+    squeeze-excitation, batch norms folded, its shortcut passed as ``residual`` (the input for an identity one). One
+    native CPU kernel where :func:`ghost_bottleneck_fuses`, in which everything between the input and the output is
+    computed into per-thread tiles, never written to memory; otherwise the ops one after another. ``activation``,
+    ``second_activation``: the op's names; ``dw_stride``: a pair; ``packed_weights``, ``second_packed_weights``:
+    :func:`pack_weights` of each module's arguments."""
     first = (primary_weight, primary_bias, cheap_weight, cheap_bias)
     second = (second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias)
-    if ghost_bottleneck_fuses(input, mid_channels, *first, *second):
-        return torch.ops.fusedops._ghost_bottleneck(input, *first, mid_channels, activation, *second,
-                                                    second_activation, packed_weights, second_packed_weights)
+    if ghost_bottleneck_fuses(input, *first, dw_weight, dw_bias, *second, residual):
+        return torch.ops.fusedops._ghost_bottleneck(input, *first, mid_channels, activation, dw_weight, dw_bias,
+                                                    dw_stride, *second, out_channels, second_activation, residual,
+                                                    packed_weights, second_packed_weights)
     x = ghost_module(input, *first, mid_channels, 1, activation, packed_weights=packed_weights)
-    return ghost_module(x, *second, input.shape[1], 1, second_activation, residual=input,
+    if dw_weight is not None:
+        from .depthwise_conv2d import depthwise_conv2d
+
+        x = depthwise_conv2d(x, dw_weight, dw_bias, dw_stride, (dw_weight.shape[2] // 2, dw_weight.shape[3] // 2))
+    return ghost_module(x, *second, out_channels, 1, second_activation, residual=residual,
                         packed_weights=second_packed_weights)
 
 
 def _fake_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
-                     second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias,
-                     second_activation, packed_weights=None, second_packed_weights=None):
+                     dw_weight, dw_bias, dw_stride, second_primary_weight, second_primary_bias, second_cheap_weight,
+                     second_cheap_bias, out_channels, second_activation, residual, packed_weights=None,
+                     second_packed_weights=None):
     # Each module's checks, their errors saying which module (as the kernel's).
     try:
         _geometry.check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None,
@@ -300,16 +309,31 @@ def _fake_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bi
         raise RuntimeError("fusedops: _ghost_bottleneck's first module (out_channels: mid_channels): "
                            f"{_without_prefix(e)}") from None
     n, _, h, w = input.shape
+    _geometry.check_pair(dw_stride, "dw_stride")
+    if dw_weight is not None:
+        torch._check(dw_stride[0] > 0 and dw_stride[1] > 0,
+                     lambda: f"fusedops: dw_stride must be positive, got {list(dw_stride)}")
+        kh, kw = dw_weight.shape[2], dw_weight.shape[3]
+        torch._check(dw_weight.dim() == 4 and dw_weight.shape[0] == mid_channels and dw_weight.shape[1] == 1
+                     and kh % 2 == 1 and kw % 2 == 1,
+                     lambda: f"fusedops: dw_weight must have shape (mid_channels={mid_channels}, 1, kH, kW) with odd "
+                     f"kH and kW (padding k // 2), got {list(dw_weight.shape)}")
+        module = input.new_empty((n, mid_channels, h, w))
+        _geometry.check_depthwise(module, dw_weight, dw_bias, dw_stride, (kh // 2, kw // 2), (1, 1), "dw_weight",
+                                  "dw_bias", mid_channels)
+        h, w = (h - 1) // dw_stride[0] + 1, (w - 1) // dw_stride[1] + 1
+    else:
+        torch._check(dw_bias is None, lambda: "fusedops: dw_bias is given without dw_weight")
     try:
         _geometry.check_ghost_module(input.new_empty((n, mid_channels, h, w)), second_primary_weight,
-                                     second_primary_bias, second_cheap_weight, second_cheap_bias, input,
-                                     input.shape[1], (1, 1), second_activation)
+                                     second_primary_bias, second_cheap_weight, second_cheap_bias, residual,
+                                     out_channels, (1, 1), second_activation)
     except RuntimeError as e:
         raise RuntimeError("fusedops: _ghost_bottleneck's second module (second_primary_weight, second_primary_bias, "
-                           "second_cheap_weight, second_cheap_bias, second_activation; its input: the first "
-                           "module's output, its out_channels and residual: the input): "
+                           "second_cheap_weight, second_cheap_bias, out_channels, second_activation, residual; its "
+                           "input: the first module's output, after the depthwise stage where there is one): "
                            f"{_without_prefix(e)}") from None
-    return _args.empty_like_format(input, input.shape)
+    return _args.empty_like_format(input, (n, out_channels, h, w))
 
 
 def _without_prefix(error):
