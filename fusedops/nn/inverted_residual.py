@@ -82,31 +82,9 @@ def folded_conv_activation(block, conv, input, activation):
         weight = _GradientWithStrides.apply(weight, conv.weight.stride())
     if not weight.requires_grad and _runs_as_matrix_product(conv, input):
         out = _matrix_product(input, weight, bias)
-    elif _runs_with_post_op(conv, input, weight, activation):
-        return _CONVOLUTION_POST_OP(input, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
-                                    *_POST_OPS[activation])
     else:
         out = F.conv2d(input, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return _IN_PLACE_ACTIVATIONS[activation](out)
-
-
-# oneDNN's convolution with the activation applied as it writes its output (what torch.compile's freezing passes
-# lower conv -> activation to on CPU), by the op's activation name: (attr, scalars, algorithm). The separate in-place
-# pass costs a read and a write of the output: GhostNet's stem (3->16, 3x3, stride 2) at batch 8, 2 threads, spent
-# ~300 us of its ~1.5 ms on it inside the model.
-_POST_OPS = {"relu": ("relu", [], ""), "relu6": ("hardtanh", [0.0, 6.0], ""), "hardswish": ("hardswish", [], ""),
-             "silu": ("swish", [], "")}
-_CONVOLUTION_POST_OP = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
-
-
-def _runs_with_post_op(conv, input, weight, activation):
-    """Whether a folded convolution runs as oneDNN's convolution with `activation` as its post-op: eager float32
-    inference on CPU (no gradient recorded, not under torch.compile, which fuses the activation itself), zero padding
-    given as numbers, oneDNN available."""
-    return (_CONVOLUTION_POST_OP is not None and activation != "none" and input.device.type == "cpu"
-            and input.dtype == torch.float32 and input.dim() == 4 and not isinstance(conv.padding, str)
-            and not torch.compiler.is_compiling() and torch.backends.mkldnn.is_available()
-            and not (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad)))
 
 
 # The most pixels (N * H * W) a channels-last 1x1 convolution runs as one GEMM (F.linear) instead of F.conv2d. On
