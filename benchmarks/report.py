@@ -106,7 +106,7 @@ PUBLISHED_RUNS = [
              "(as the op does): at batch 1 the output allocation and the call itself take longer than the "
              "1.5-7 us copy."),
     Run("fusedops.convert(model), inference, 224x224: the main job (torchvision's and timm's models converted; "
-        "channels_last)", "fusedops bench", "387ec3a",
+        "channels_last)", "fusedops bench", "722bc9c",
         "fusedops bench --model mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0 timm:ghostnet_100 --batch 1 8 "
         "--threads 2 --rounds 9",
         note="Measured on a 2-vCPU Intel Xeon (AVX-512, AMX; 2 MiB L2 per core), 2 threads. fusedops runs the "
@@ -118,9 +118,13 @@ PUBLISHED_RUNS = [
              "run and are timed in processes of their own, in the same interleaved rounds: PyTorch code ran slower in "
              "a process where either had run (fusedops' GhostNet at batch 8: 21 ms, 24 ms after an ONNX Runtime "
              "session, 27 ms after an OpenVINO request), while the runtimes timed the same either way. GhostNet's "
-             "bottlenecks run their stride-2 depthwise stage inside the first Ghost module's kernel where its output "
-             "would leave L2, and their squeeze-excitation inside the second one's. \"parity\" is the largest "
-             "difference from the original's output, relative to its largest value."),
+             "bottlenecks without squeeze-excitation run as one kernel each (the shortcut computed first); those with "
+             "one run their stride-2 depthwise stage inside the first Ghost module's kernel where its output would "
+             "leave L2, and their squeeze-excitation inside the second one's. The host ran slower than in the last "
+             "published run (387ec3a), unevenly: for the models whose code did not change, fusedops', eager's and "
+             "torch.compile's times were 18-65% above that run's, ONNX Runtime's and OpenVINO's 11-28%; compare "
+             "ratios within one run. "
+             "\"parity\" is the largest difference from the original's output, relative to its largest value."),
     Run("fusedops.convert(model), training step, 224x224 (forward, backward, SGD; channels_last)", "fusedops bench",
         "2507f64",
         "fusedops bench --model mobilenet_v2 timm:ghostnet_100 mobilenet_v3_large timm:efficientnet_b0 --train "
