@@ -321,6 +321,14 @@ def test_reference_backend_matches():
                                atol=1e-5)
 
 
+def _assert_matches(y, expected, dtype, layout):
+    """`y` is in the input's layout and matches the float64 `expected` at `dtype`'s tolerance."""
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
 # ---------------------------------------------------------------------------------------------------
 # 6. The module followed by a depthwise convolution (_ghost_module_depthwise: GhostNet's stride-2 bottlenecks)
 
@@ -359,10 +367,7 @@ def _check_then_depthwise(shape, out_channels, ratio=2, dw_size=3, dw_stride=2, 
     y = _then_depthwise(x, weights, out_channels, stride, activation, dw_w, dw_b, dw_stride)
     expected = _then_depthwise_reference(x, weights, out_channels, stride, activation, dw_w, dw_b, dw_stride)
     assert y.dtype == dtype and y.shape == expected.shape
-    fmt = CL if layout == "channels_last" else torch.contiguous_format
-    assert y.is_contiguous(memory_format=fmt)
-    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
-    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+    _assert_matches(y, expected, dtype, layout)
     return y
 
 
@@ -517,10 +522,7 @@ def _check_excited(shape, out_channels, ratio=2, *, stride=1, activation=None, s
     y = _excited(x, se, weights, res, out_channels, stride, activation, se_activation, se_gate)
     expected = _excited_reference(x, se, weights, res, out_channels, stride, activation, se_activation, se_gate)
     assert y.dtype == dtype and y.shape == expected.shape
-    fmt = CL if layout == "channels_last" else torch.contiguous_format
-    assert y.is_contiguous(memory_format=fmt)
-    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
-    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+    _assert_matches(y, expected, dtype, layout)
 
 
 @pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
@@ -720,10 +722,7 @@ def _check_bottleneck(shape, mid_channels, ratio=2, dw_size=3, *, second_ratio=N
     expected = _bottleneck_reference(x, first, second, mid_channels, activation, second_activation, dw, residual,
                                      out_channels)
     assert y.dtype == dtype and y.shape == expected.shape == (n, out_channels or shape[1], h, w)
-    fmt = CL if layout == "channels_last" else torch.contiguous_format
-    assert y.is_contiguous(memory_format=fmt)
-    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
-    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+    _assert_matches(y, expected, dtype, layout)
     return y
 
 

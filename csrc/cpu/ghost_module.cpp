@@ -122,6 +122,27 @@ struct FollowingDepthwise {
   ConvGeometry geometry;
   const acc* taps = nullptr;
   const acc* bias = nullptr;
+
+  // Its output rows [r0, r1) of `band` (for_each_expanded_band's) from `image` (the band's input rows: rows of
+  // in_row elements, pixels of `channels`), written at out (output row r0; rows of out_row elements).
+  template <typename scalar_t>
+  void rows(const scalar_t* image, int64_t in_row, int64_t channels, scalar_t* out, int64_t out_row,
+            const ConvGeometry& band, int64_t r0, int64_t r1) const {
+    DwNhwcRow<scalar_t, scalar_t> t;
+    t.image = image;
+    t.in_row_stride = in_row;
+    t.in_pix_stride = channels;
+    t.weight = taps;
+    t.weight_ld = channels;
+    t.bias = bias;
+    t.out = out;
+    t.out_pix_stride = channels;
+    t.out_row_stride = out_row;
+    t.oh = r0;
+    t.c_begin = 0;
+    t.c_end = channels;
+    depthwise_nhwc_rows(t, band, r1);
+  }
 };
 
 // One module's band stages on its tiles, as forward_cpu and _ghost_bottleneck's kernel run them: the primary GEMM
@@ -353,20 +374,8 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
         };
         for_each_expanded_band(d, module_row, strip_begin, strip_end, strips.rows, rows_tile, module_output_rows,
                                [&](const ConvGeometry& band, const RowRange& /*need*/, int64_t r0, int64_t r1) {
-                                 DwNhwcRow<scalar_t, scalar_t> t;
-                                 t.image = rows_tile;
-                                 t.in_row_stride = module_row;
-                                 t.in_pix_stride = OC;
-                                 t.weight = f.taps;
-                                 t.weight_ld = OC;
-                                 t.bias = f.bias;
-                                 t.out = o + (n * out_pixels + r0 * d.out_w) * OC;
-                                 t.out_pix_stride = OC;
-                                 t.out_row_stride = d.out_w * OC;
-                                 t.oh = r0;
-                                 t.c_begin = 0;
-                                 t.c_end = OC;
-                                 depthwise_nhwc_rows(t, band, r1);
+                                 f.rows(rows_tile, module_row, OC, o + (n * out_pixels + r0 * d.out_w) * OC,
+                                        d.out_w * OC, band, r0, r1);
                                });
       }
     });
@@ -576,24 +585,11 @@ bool bottleneck_forward_cpu(const Tensor& input /*channels-last*/, const GhostWe
               module_output_rows(first_row, rows, mid);
             } else {
               const FollowingDepthwise<acc>& f = *between;
-              for_each_expanded_band(f.geometry, module_row, first_row, first_row + rows, rows, module_tile,
-                                     module_output_rows,
-                                     [&](const ConvGeometry& band, const RowRange& /*need*/, int64_t r0, int64_t r1) {
-                                       DwNhwcRow<scalar_t, scalar_t> t;
-                                       t.image = module_tile;
-                                       t.in_row_stride = module_row;
-                                       t.in_pix_stride = M;
-                                       t.weight = f.taps;
-                                       t.weight_ld = M;
-                                       t.bias = f.bias;
-                                       t.out = mid + (r0 - first_row) * mid_row;
-                                       t.out_pix_stride = M;
-                                       t.out_row_stride = mid_row;
-                                       t.oh = r0;
-                                       t.c_begin = 0;
-                                       t.c_end = M;
-                                       depthwise_nhwc_rows(t, band, r1);
-                                     });
+              for_each_expanded_band(
+                  f.geometry, module_row, first_row, first_row + rows, rows, module_tile, module_output_rows,
+                  [&](const ConvGeometry& band, const RowRange& /*need*/, int64_t r0, int64_t r1) {
+                    f.rows(module_tile, module_row, M, mid + (r0 - first_row) * mid_row, mid_row, band, r0, r1);
+                  });
             }
             second.primary(as_acc_operand(mid, rows * W, M), rows * W, dst);
           },

@@ -17,8 +17,7 @@
 namespace fusedops {
 namespace cpu {
 
-// sum_i a[i] * b[i] over n elements. Four partial sums: one chain of dependent multiply-adds waits out each one's
-// latency (the squeeze-excitation gates of 960 channels, 8 images, spent ~100 us in such chains).
+// sum_i a[i] * b[i] over n elements. Four partial sums, so that the multiply-adds need not wait for each other.
 template <typename acc>
 acc dot(const acc* a, const acc* b, int64_t n) {
   using Vec = at::vec::Vectorized<acc>;
@@ -87,8 +86,8 @@ struct SqueezeExcitationWeights {
 // gates[k * gates_ld + c] = gate(expand . act(reduce . mean_k + reduce_bias) + expand_bias)[c] for images k < images
 // and channels c < C, with mean_k = sums[k * sums_ld + .] * inverse_pixels; squeezed: room for images * squeezed_ld
 // (>= S + vector size) reduced values. The weight rows are spread over the threads, and each row is dotted with
-// every image's vector while it is in L1: the weights are read once, not once per image (960 channels, 8 images:
-// the two 0.9 MiB matrices read from L2 eight times each took ~70 of the ~95 us the gates cost).
+// every image's vector while it is in L1: the weights are read once, not once per image. (At 960 channels and batch
+// 8 the gates cost ~80-110 us either way: reading the two 0.9 MiB matrices from memory dominates.)
 template <typename acc>
 void squeeze_excitation_gates(const SqueezeExcitationWeights<acc>& w, int64_t C, int64_t S, Activation activation,
                               Gate gate, const acc* sums, int64_t sums_ld, acc inverse_pixels, int64_t images,
