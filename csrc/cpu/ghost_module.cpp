@@ -145,6 +145,39 @@ struct FollowingDepthwise {
   }
 };
 
+// The depthwise stage after a module (_ghost_module_depthwise's; _ghost_bottleneck's between its modules): checks
+// dw_weight ((channels, 1, kH, kW) with odd kH and kW: padding k // 2) and dw_stride (checked for two elements by the
+// caller), and returns its geometry on `module_map` (a tensor of the module's input or output shape, dtype and device;
+// it reads `channels` of them). `channels_name`: what the errors call the channel count.
+ConvGeometry following_depthwise_geometry(const Tensor& module_map, const Tensor& dw_weight,
+                                          const c10::optional<Tensor>& dw_bias, at::IntArrayRef dw_stride,
+                                          int64_t channels, const char* channels_name) {
+  TORCH_CHECK(dw_stride[0] > 0 && dw_stride[1] > 0, "fusedops: dw_stride must be positive, got ", dw_stride);
+  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == channels && dw_weight.size(1) == 1 &&
+                  dw_weight.size(2) % 2 == 1 && dw_weight.size(3) % 2 == 1,
+              "fusedops: dw_weight must have shape (", channels_name, "=", channels,
+              ", 1, kH, kW) with odd kH and kW (padding k // 2), got ", dw_weight.sizes());
+  const std::array<int64_t, 2> padding{dw_weight.size(2) / 2, dw_weight.size(3) / 2}, unit{1, 1};
+  return depthwise_geometry(module_map, dw_weight, dw_bias, dw_stride, padding, unit, "dw_weight", "dw_bias", channels);
+}
+
+// The depthwise stage of geometry d as the kernels read it: its taps and bias laid out in the accumulation type, in
+// the calling thread's scratch.
+template <typename scalar_t>
+FollowingDepthwise<acc_t<scalar_t>> laid_out_depthwise(const ConvGeometry& d, const Tensor& dw_weight,
+                                                       const c10::optional<Tensor>& dw_bias) {
+  using acc = acc_t<scalar_t>;
+  constexpr int64_t V = at::vec::Vectorized<acc>::size();
+  const int64_t T = d.kernel_h * d.kernel_w, channels = dw_weight.size(0);
+  acc* taps = thread_scratch<acc>(T * channels + channels + V, ScratchSlot::kBias);
+  lay_out_depthwise_weights<scalar_t>(dw_weight, dw_bias, channels, T, taps, taps + T * channels);
+  FollowingDepthwise<acc> f;
+  f.geometry = d;
+  f.taps = taps;
+  f.bias = taps + T * channels;
+  return f;
+}
+
 // One module's band stages on its tiles, as forward_cpu and _ghost_bottleneck's kernel run them: the primary GEMM
 // into a tile of I-channel rows, then both halves of a band's output rows from that tile.
 template <typename scalar_t>
@@ -282,9 +315,8 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
   const int64_t dw_ld = module.dw_ld, row_elems = module.row_elems;
 
   const int64_t threads = at::get_num_threads();
-  auto tile_rows = [&](int64_t r) { return module.tile_rows(r); };
   auto tile_bytes = [&](int64_t r) {
-    return module.tile_bytes(tile_rows(r)) +
+    return module.tile_bytes(module.tile_rows(r)) +
            (out_channels_last ? 0 : r * g.in_w * OC * static_cast<int64_t>(sizeof(acc)));
   };
   int64_t rows_fit = 1;
@@ -294,7 +326,7 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
       plan_strips(g.out_h, g.out_w, g.batch, threads, rows_fit,
                   static_cast<double>(g.in_h) * primary_per_row + static_cast<double>(g.out_h * g.out_w * K * T),
                   static_cast<double>(g.kernel_h - 1) * primary_per_row);
-  const int64_t max_tile_rows = tile_rows(plan.rows);
+  const int64_t max_tile_rows = module.tile_rows(plan.rows);
   const int64_t strip_macs = plan.strip_rows * g.in_w * (C * I + K * T);
   const int64_t grain = std::max<int64_t>(1, kMinWorkItemMacs / std::max<int64_t>(1, strip_macs));
 
@@ -328,8 +360,6 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
     const int64_t count = rows * g.in_w;
     module.primary(primary_operand(n, in + (n * pixels + first_row * g.in_w) * C, count), count, dst);
   };
-  auto write_halves = [&](auto* dst, const acc* tile, acc* repeated, const ConvGeometry& band, const RowRange& need,
-                          int64_t r0, int64_t r1) { module.write_halves(dst, tile, repeated, band, need, r0, r1); };
   if (following != nullptr) {
     // _ghost_module_depthwise: the module's output rows never reach memory. A work item is a strip of the
     // depthwise convolution's output rows, run as bands (for_each_expanded_band on its geometry d): a band's tile
@@ -343,7 +373,7 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
     auto module_rows = [&](int64_t r) { return std::min(d.in_h, (r - 1) * d.stride_h + d.kernel_h); };
     auto band_bytes = [&](int64_t r) {
       const int64_t held = module_rows(r);
-      return held * module_row * static_cast<int64_t>(sizeof(scalar_t)) + module.tile_bytes(tile_rows(held));
+      return held * module_row * static_cast<int64_t>(sizeof(scalar_t)) + module.tile_bytes(module.tile_rows(held));
     };
     int64_t band_fit = 1;
     while (band_fit < d.out_h && band_bytes(band_fit + 1) <= band_tile_bytes()) ++band_fit;
@@ -360,9 +390,10 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
     const int64_t item_grain = std::max<int64_t>(1, kMinWorkItemMacs / std::max<int64_t>(1, item_macs));
     at::parallel_for(0, g.batch * strips.strips_per_image, item_grain, [&](int64_t begin, int64_t end) {
       scalar_t* rows_tile = thread_scratch<scalar_t>(max_module_rows * module_row + V, ScratchSlot::kTileOut);
-      acc* tile = thread_scratch<acc>(tile_rows(max_module_rows) * row_elems + V, ScratchSlot::kTileHidden);
+      acc* tile = thread_scratch<acc>(module.tile_rows(max_module_rows) * row_elems + V, ScratchSlot::kTileHidden);
       acc* repeated =
-          m == 1 ? nullptr : thread_scratch<acc>(tile_rows(max_module_rows) * g.in_w * dw_ld + V, ScratchSlot::kTile);
+          m == 1 ? nullptr
+                 : thread_scratch<acc>(module.tile_rows(max_module_rows) * g.in_w * dw_ld + V, ScratchSlot::kTile);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / strips.strips_per_image, strip = item % strips.strips_per_image;
         const int64_t strip_begin = strip * strips.strip_rows;
@@ -443,7 +474,7 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
   // reduced-precision storage type before its convolution.
   const int64_t panel_elements = panels * kNr * C;
   const bool gate_weights =
-      input_scale != nullptr && kSameAsAcc<scalar_t> && panel_elements < tile_rows(plan.strip_rows) * g.in_w * C;
+      input_scale != nullptr && kSameAsAcc<scalar_t> && panel_elements < module.tile_rows(plan.strip_rows) * g.in_w * C;
   at::parallel_for(0, g.batch * plan.strips_per_image, grain, [&](int64_t begin, int64_t end) {
     acc* tile = thread_scratch<acc>(max_tile_rows * row_elems + V, ScratchSlot::kTileHidden);
     acc* repeated = m == 1 ? nullptr : thread_scratch<acc>(max_tile_rows * g.in_w * dw_ld + V, ScratchSlot::kTile);
@@ -475,11 +506,11 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
             const int64_t first = r0 * g.out_w, count = (r1 - r0) * g.out_w;
             if (out_channels_last) {
               scalar_t* dst = o + (n * pixels + first) * OC;
-              write_halves(dst, tile, repeated, band, need, r0, r1);
+              module.write_halves(dst, tile, repeated, band, need, r0, r1);
               if (res != nullptr) add_residual(dst, res + (n * pixels + first) * OC, count * OC);
               return;
             }
-            write_halves(staged, tile, repeated, band, need, r0, r1);
+            module.write_halves(staged, tile, repeated, band, need, r0, r1);
             for (int64_t c = 0; c < OC; ++c) {
               scalar_t* plane = o + (n * OC + c) * pixels + first;
               const acc* src = staged + c;
@@ -671,16 +702,10 @@ Tensor ghost_module_depthwise_cpu(const Tensor& input_, const Tensor& primary_we
                                                         out_channels, stride, std_view(activation), c10::nullopt);
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: _ghost_module_depthwise CPU kernel got input on ", input_.device());
   check_pair(dw_stride, "dw_stride");
-  TORCH_CHECK(dw_stride[0] > 0 && dw_stride[1] > 0, "fusedops: dw_stride must be positive, got ", dw_stride);
-  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == out_channels && dw_weight.size(1) == 1 &&
-                  dw_weight.size(2) % 2 == 1 && dw_weight.size(3) % 2 == 1,
-              "fusedops: dw_weight must have shape (out_channels=", out_channels,
-              ", 1, kH, kW) with odd kH and kW (padding k // 2), got ", dw_weight.sizes());
   // The module's output map (the primary convolution's) is what the depthwise convolution reads.
   const Tensor input = primary_pixels(input_, geo);
-  const std::array<int64_t, 2> padding{dw_weight.size(2) / 2, dw_weight.size(3) / 2}, unit{1, 1};
   const ConvGeometry d =
-      depthwise_geometry(input, dw_weight, dw_bias, dw_stride, padding, unit, "dw_weight", "dw_bias", out_channels);
+      following_depthwise_geometry(input, dw_weight, dw_bias, dw_stride, out_channels, "out_channels");
   const at::MemoryFormat fmt = output_memory_format(input_);
   Tensor out = at::empty({d.batch, out_channels, d.out_h, d.out_w},
                          input_.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -689,21 +714,14 @@ Tensor ghost_module_depthwise_cpu(const Tensor& input_, const Tensor& primary_we
     // A NaN or Inf depthwise weight would meet the tiles' zero padding (cpu/finite.h): the two ops.
     const Tensor module = ghost_module_cpu(input_, primary_weight, primary_bias, cheap_weight, cheap_bias, c10::nullopt,
                                            out_channels, stride, activation, packed_weights);
+    const std::array<int64_t, 2> padding{d.pad_h, d.pad_w}, unit{1, 1};
     return ops::call<ops::depthwise_conv2d>(module, dw_weight, dw_bias, dw_stride, padding, unit);
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_module_depthwise_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const GhostWeights<acc> weights =
         module_weights<scalar_t>(geo, packed_weights, primary_weight, primary_bias, cheap_weight, cheap_bias);
-    constexpr int64_t V = at::vec::Vectorized<acc>::size();
-    const int64_t T = d.kernel_h * d.kernel_w;
-    FollowingDepthwise<acc> following;
-    following.geometry = d;
-    acc* taps = thread_scratch<acc>(T * out_channels, ScratchSlot::kWeights);
-    acc* bias = thread_scratch<acc>(out_channels + V, ScratchSlot::kBias);
-    lay_out_depthwise_weights<scalar_t>(dw_weight, dw_bias, out_channels, T, taps, bias);
-    following.taps = taps;
-    following.bias = bias;
+    const FollowingDepthwise<acc> following = laid_out_depthwise<scalar_t>(d, dw_weight, dw_bias);
     forward_cpu<scalar_t>(input, weights, Tensor(), out, geo, true, &following);
   });
   return out.contiguous(fmt);
@@ -802,10 +820,10 @@ Tensor ghost_module_excited_cpu(const Tensor& input_, const Tensor& se_reduce_we
   return out;
 }
 
-// _ghost_bottleneck: ghost_module(ghost_module(input, <first module>, mid_channels, stride 1), <second module>,
-// out_channels = the input's channels, stride 1, residual = input): GhostNet's stride-1 bottleneck without
-// squeeze-excitation, batch norms folded. One kernel (bottleneck_forward_cpu); the output takes the input's memory
-// format.
+// _ghost_bottleneck: ghost_module(x, <second module>, out_channels, stride 1, residual) of x = ghost_module(input,
+// <first module>, mid_channels, stride 1), then, with a dw_weight, x = depthwise_conv2d(x, dw_weight, dw_bias,
+// dw_stride, padding k // 2): GhostNet's bottleneck without squeeze-excitation, batch norms folded, its shortcut
+// given as residual. One kernel (bottleneck_forward_cpu); the output takes the input's memory format.
 Tensor ghost_bottleneck_cpu(const Tensor& input_, const Tensor& primary_weight,
                             const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
                             const c10::optional<Tensor>& cheap_bias, int64_t mid_channels, c10::string_view activation,
@@ -837,21 +855,14 @@ Tensor ghost_bottleneck_cpu(const Tensor& input_, const Tensor& primary_weight,
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: _ghost_bottleneck CPU kernel got input on ", input_.device());
   const int64_t N = input_.size(0);
   int64_t H = input_.size(2), W = input_.size(3);
-  std::array<int64_t, 2> padding{0, 0};
   // The depthwise stage between the modules: its geometry on the first module's output (channels-last, stride 1).
   ConvGeometry depthwise;
   const bool has_depthwise = given(dw_weight);
   check_pair(dw_stride, "dw_stride");
   if (has_depthwise) {
-    TORCH_CHECK(dw_stride[0] > 0 && dw_stride[1] > 0, "fusedops: dw_stride must be positive, got ", dw_stride);
-    TORCH_CHECK(dw_weight->dim() == 4 && dw_weight->size(0) == mid_channels && dw_weight->size(1) == 1 &&
-                    dw_weight->size(2) % 2 == 1 && dw_weight->size(3) % 2 == 1,
-                "fusedops: dw_weight must have shape (mid_channels=", mid_channels,
-                ", 1, kH, kW) with odd kH and kW (padding k // 2), got ", dw_weight->sizes());
-    padding = {dw_weight->size(2) / 2, dw_weight->size(3) / 2};
     const Tensor module_shape = at::empty_strided({N, mid_channels, H, W}, {0, 0, 0, 0}, input_.options());
-    depthwise = depthwise_geometry(module_shape, *dw_weight, dw_bias, dw_stride, padding, unit, "dw_weight", "dw_bias",
-                                   mid_channels);
+    depthwise =
+        following_depthwise_geometry(module_shape, *dw_weight, dw_bias, dw_stride, mid_channels, "mid_channels");
     H = depthwise.out_h;
     W = depthwise.out_w;
   } else {
@@ -887,21 +898,13 @@ Tensor ghost_bottleneck_cpu(const Tensor& input_, const Tensor& primary_weight,
   bool ran = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), "ghost_bottleneck_cpu", [&] {
     using acc = acc_t<scalar_t>;
-    constexpr int64_t V = at::vec::Vectorized<acc>::size();
     const GhostWeights<acc> first =
         module_weights<scalar_t>(geo1, packed_weights, primary_weight, primary_bias, cheap_weight, cheap_bias);
     const GhostWeights<acc> second =
         module_weights<scalar_t>(geo2, second_packed_weights, second_primary_weight, second_primary_bias,
                                  second_cheap_weight, second_cheap_bias, ScratchSlot::kWeights);
     FollowingDepthwise<acc> between;
-    if (has_depthwise) {
-      const int64_t T = depthwise.kernel_h * depthwise.kernel_w;
-      between.geometry = depthwise;
-      acc* taps = thread_scratch<acc>(T * mid_channels + mid_channels + V, ScratchSlot::kBias);
-      lay_out_depthwise_weights<scalar_t>(*dw_weight, dw_bias, mid_channels, T, taps, taps + T * mid_channels);
-      between.taps = taps;
-      between.bias = taps + T * mid_channels;
-    }
+    if (has_depthwise) between = laid_out_depthwise<scalar_t>(depthwise, *dw_weight, dw_bias);
     ran = bottleneck_forward_cpu<scalar_t>(input, first, geo1, has_depthwise ? &between : nullptr, second, geo2, res,
                                            out);
   });

@@ -44,7 +44,8 @@ class PairedBatchNorm2d(nn.BatchNorm2d):
 
 class PairedActivation(nn.Module):
     """The activation module after a :class:`PairedConv2d`'s batch norm, in its own place in the model: the
-    convolution applies it (in eval mode inside its one folded convolution), so its forward passes the input on. It
+    convolution applies it (in eval mode in place on its folded convolution's output), so its forward passes the
+    input on. It
     holds the original module's children, parameters and buffers (PyTorch's activations have none), so state-dict
     keys are the original's."""
 

@@ -199,17 +199,32 @@ def _l2_cache_bytes():
 _L2_BYTES = None
 
 
+def _check_following_depthwise(module_output, dw_weight, dw_bias, dw_stride, channels_name):
+    """The checks of the depthwise stage after a module (_ghost_module_depthwise's; _ghost_bottleneck's between its
+    modules), as the CPU kernels' following_depthwise_geometry makes them, on a tensor of the module output's shape
+    (dw_stride checked for two elements by the caller). Returns the stage's output (height, width)."""
+    channels = module_output.shape[1]
+    torch._check(dw_stride[0] > 0 and dw_stride[1] > 0,
+                 lambda: f"fusedops: dw_stride must be positive, got {list(dw_stride)}")
+    kh, kw = dw_weight.shape[2], dw_weight.shape[3]
+    torch._check(dw_weight.dim() == 4 and dw_weight.shape[0] == channels and dw_weight.shape[1] == 1
+                 and kh % 2 == 1 and kw % 2 == 1,
+                 lambda: f"fusedops: dw_weight must have shape ({channels_name}={channels}, 1, kH, kW) with odd kH "
+                 f"and kW (padding k // 2), got {list(dw_weight.shape)}")
+    _geometry.check_depthwise(module_output, dw_weight, dw_bias, dw_stride, (kh // 2, kw // 2), (1, 1), "dw_weight",
+                              "dw_bias", channels)
+    _, _, h, w = module_output.shape
+    return (h - 1) // dw_stride[0] + 1, (w - 1) // dw_stride[1] + 1
+
+
 def _fake_depthwise(input, primary_weight, primary_bias, cheap_weight, cheap_bias, out_channels, stride, activation,
                     dw_weight, dw_bias, dw_stride, packed_weights=None):
     _geometry.check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None, out_channels,
                                  stride, activation)
-    n, _, h, w = _geometry.ghost_module_output_shape(input, out_channels, stride)
-    kh, kw = dw_weight.shape[2], dw_weight.shape[3]
-    torch._check(dw_weight.dim() == 4 and dw_weight.shape[0] == out_channels and kh % 2 == 1 and kw % 2 == 1,
-                 lambda: f"fusedops: dw_weight must have shape (out_channels={out_channels}, 1, kH, kW) with odd kH "
-                 f"and kW, got {tuple(dw_weight.shape)}")
-    shape = (n, out_channels, (h - 1) // dw_stride[0] + 1, (w - 1) // dw_stride[1] + 1)
-    return _args.empty_like_format(input, shape)
+    _geometry.check_pair(dw_stride, "dw_stride")
+    module_output = input.new_empty(_geometry.ghost_module_output_shape(input, out_channels, stride))
+    h, w = _check_following_depthwise(module_output, dw_weight, dw_bias, dw_stride, "out_channels")
+    return _args.empty_like_format(input, (input.shape[0], out_channels, h, w))
 
 
 if _extension.has_ops():
@@ -311,17 +326,8 @@ def _fake_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bi
     n, _, h, w = input.shape
     _geometry.check_pair(dw_stride, "dw_stride")
     if dw_weight is not None:
-        torch._check(dw_stride[0] > 0 and dw_stride[1] > 0,
-                     lambda: f"fusedops: dw_stride must be positive, got {list(dw_stride)}")
-        kh, kw = dw_weight.shape[2], dw_weight.shape[3]
-        torch._check(dw_weight.dim() == 4 and dw_weight.shape[0] == mid_channels and dw_weight.shape[1] == 1
-                     and kh % 2 == 1 and kw % 2 == 1,
-                     lambda: f"fusedops: dw_weight must have shape (mid_channels={mid_channels}, 1, kH, kW) with odd "
-                     f"kH and kW (padding k // 2), got {list(dw_weight.shape)}")
-        module = input.new_empty((n, mid_channels, h, w))
-        _geometry.check_depthwise(module, dw_weight, dw_bias, dw_stride, (kh // 2, kw // 2), (1, 1), "dw_weight",
-                                  "dw_bias", mid_channels)
-        h, w = (h - 1) // dw_stride[0] + 1, (w - 1) // dw_stride[1] + 1
+        h, w = _check_following_depthwise(input.new_empty((n, mid_channels, h, w)), dw_weight, dw_bias, dw_stride,
+                                          "mid_channels")
     else:
         torch._check(dw_bias is None, lambda: "fusedops: dw_bias is given without dw_weight")
     try:
