@@ -58,9 +58,10 @@ TORCH_LIBRARY_FRAGMENT(fusedops, m) {
   // x = ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None, mid_channels, 1,
   // activation), then, where dw_weight is given, x = depthwise_conv2d(x, dw_weight (mid_channels, 1, kH, kW; odd kH
   // and kW), dw_bias, dw_stride, padding (kH // 2, kW // 2)) (no activation). The caller passes its shortcut as
-  // residual (the input itself for an identity one). Inference only (no autograd) and CPU only: everything between
-  // the input and the output is computed into per-thread tiles, never written to memory. fusedops.nn.GhostBottleneck
-  // calls it where it applies. packed_weights, second_packed_weights: _ghost_module_pack_weights of each module's
+  // residual (the input itself for an identity one). Inference only (no autograd), CPU and CUDA: on the CPU everything
+  // between the input and the output is computed into per-thread tiles, never written to memory; on CUDA the
+  // depthwise stage is computed inside the second module's kernel. fusedops.nn.GhostBottleneck calls it where it
+  // applies. packed_weights, second_packed_weights: _ghost_module_pack_weights of each module's
   // arguments.
   m.def(
       "_ghost_bottleneck(Tensor input, Tensor primary_weight, Tensor? primary_bias, Tensor cheap_weight, "

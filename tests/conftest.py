@@ -833,3 +833,87 @@ def check_training_matches(model, ref, inputs, *, lr, seeds=None, train_grads=Fa
         else:
             assert_close_scaled(b, r, **tol, name=name)
             assert not torch.equal(b, initial[name]), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# _ghost_bottleneck (GhostNet's bottlenecks without squeeze-excitation) against the ops one after another:
+# tests/test_ghost_module.py (CPU) and tests/test_cuda_ghost_module.py.
+
+def assert_ghost_matches(y, expected, dtype, layout):
+    """`y` is in the input's layout and matches the float64 `expected` at `dtype`'s tolerance."""
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+def ghost_bottleneck_case(shape, mid_channels, ratio=2, dw_size=3, second_ratio=None, second_dw_size=None,
+                     dtype=torch.float32, layout="channels_last", biases=True, out_channels=None):
+    x = make_input(shape, layout, dtype=dtype)
+    first = make_ghost_module_weights(shape[1], mid_channels, ratio, dw_size, dtype=dtype, requires_grad=False,
+                                      biases=biases)
+    second = make_ghost_module_weights(mid_channels, out_channels or shape[1], second_ratio or ratio,
+                                       second_dw_size or dw_size, dtype=dtype, requires_grad=False, biases=biases)
+    if not biases:
+        first[3] = second[3] = None
+    return x, first, second
+
+
+def dw_stage(mid_channels, k, stride, dtype=torch.float32, bias=True):
+    weight = (torch.randn(mid_channels, 1, k, k, dtype=torch.float64) / k).to(dtype)
+    return weight, (0.5 * torch.randn(mid_channels, dtype=torch.float64)).to(dtype) if bias else None, stride
+
+
+def bottleneck_op(x, first, second, mid_channels, activation="relu", second_activation=None, packed=None,
+                second_packed=None, dw=None, residual="input", out_channels=None):
+    """The op; `residual` "input": the identity shortcut; `dw`: (weight, bias, stride) of the depthwise stage."""
+    dw_w, dw_b, dw_s = dw or (None, None, 1)
+    dw_s = [dw_s, dw_s] if isinstance(dw_s, int) else list(dw_s)
+    return torch.ops.fusedops._ghost_bottleneck(x, *first, mid_channels, activation or "none", dw_w, dw_b, dw_s,
+                                                *second, out_channels or x.shape[1], second_activation or "none",
+                                                x if isinstance(residual, str) else residual, packed, second_packed)
+
+
+def ghost_bottleneck_reference(x, first, second, mid_channels, activation="relu", second_activation=None, dw=None,
+                          residual="input", out_channels=None):
+    """The ops one after another, in float64, each output rounded to x's dtype as the unfused sequence stores it."""
+    up = [[None if t is None else t.double() for t in ws] for ws in (first, second)]
+    mid = ghost_module_reference(x.double(), *up[0], mid_channels, 1, activation).to(x.dtype).double()
+    if dw is not None:
+        dw_w, dw_b, dw_s = dw
+        k = dw_w.shape[2]
+        mid = torch.nn.functional.conv2d(mid, dw_w.double(), None if dw_b is None else dw_b.double(), dw_s, k // 2, 1,
+                                         mid_channels).to(x.dtype).double()
+    res = x if isinstance(residual, str) else residual
+    return ghost_module_reference(mid, *up[1], out_channels or x.shape[1], 1, second_activation,
+                                  residual=None if res is None else res.double())
+
+
+def check_ghost_bottleneck(shape, mid_channels, ratio=2, dw_size=3, *, second_ratio=None, second_dw_size=None,
+                      activation="relu", second_activation=None, dtype=torch.float32, layout="channels_last",
+                      biases=True, depthwise=None, residual="input", out_channels=None, device="cpu"):
+    """_ghost_bottleneck on `device` against the ops one after another in float64. `depthwise`: (kernel, stride) of a
+    depthwise stage between the modules; `residual`: "input" (the identity shortcut), "tensor" (a given one, as a
+    projecting shortcut's) or None."""
+    x, first, second = ghost_bottleneck_case(shape, mid_channels, ratio, dw_size, second_ratio, second_dw_size, dtype,
+                                        layout, biases, out_channels)
+    dw = None if depthwise is None else dw_stage(mid_channels, *depthwise, dtype=dtype, bias=biases)
+    n, _, h, w = shape
+    if dw is not None:
+        s = (dw[2], dw[2]) if isinstance(dw[2], int) else dw[2]
+        h, w = (h - 1) // s[0] + 1, (w - 1) // s[1] + 1
+    if residual == "tensor":
+        residual = make_input((n, out_channels or shape[1], h, w), layout, dtype=dtype)
+    def on(t):
+        return t.to(device) if isinstance(t, torch.Tensor) else t
+
+    y = bottleneck_op(on(x), [on(t) for t in first], [on(t) for t in second], mid_channels, activation,
+                            second_activation, dw=None if dw is None else [on(t) for t in dw], residual=on(residual),
+                            out_channels=out_channels)
+    assert y.device == on(x).device
+    y = y.cpu()
+    expected = ghost_bottleneck_reference(x, first, second, mid_channels, activation, second_activation, dw, residual,
+                                     out_channels)
+    assert y.dtype == dtype and y.shape == expected.shape == (n, out_channels or shape[1], h, w)
+    assert_ghost_matches(y, expected, dtype, layout)
+    return y

@@ -46,6 +46,16 @@ MUTATIONS = [
      "      a_tile[pi][ki] = v;",
      "      if (e != kTileP * kTileK - 1) a_tile[pi][ki] = v;",
      ["tests/test_cuda_dwpw_conv2d.py", "-k", "float32"]),
+    ("missing __syncthreads() between the Ghost module kernel's primary window and its cheap stage",
+     "cuda/ghost_module.cu",
+     "  __syncthreads();\n\n  // 3. The cheap channels",
+     "\n  // 3. The cheap channels",
+     ["tests/test_cuda_ghost_module.py", "-k", "fused_forward_parity and float32"]),
+    ("the Ghost module kernel's tiles one column too wide (their last column overlaps the next tile's halo)",
+     "cuda/ghost_module.cu",
+     "p.tile_w = win_w - 2 * p.pad_w;",
+     "p.tile_w = win_w - 2 * p.pad_w + 1;",
+     ["tests/test_cuda_ghost_module.py", "-k", "fused_forward_parity and float32"]),
 ]
 
 

@@ -8,7 +8,8 @@ import torch
 import fusedops
 from fusedops.ops.ghost_module import pack_weights
 
-from conftest import (CL, check_ghost_module_parity, ghost_module_reference, make_ghost_module_weights, make_input,
+from conftest import (CL, assert_ghost_matches, bottleneck_op, check_ghost_bottleneck, check_ghost_module_parity,
+                      dw_stage, ghost_bottleneck_case, ghost_module_reference, make_ghost_module_weights, make_input,
                       requires_ops)
 
 pytestmark = requires_ops
@@ -321,14 +322,6 @@ def test_reference_backend_matches():
                                atol=1e-5)
 
 
-def _assert_matches(y, expected, dtype, layout):
-    """`y` is in the input's layout and matches the float64 `expected` at `dtype`'s tolerance."""
-    fmt = CL if layout == "channels_last" else torch.contiguous_format
-    assert y.is_contiguous(memory_format=fmt)
-    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
-    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
-
-
 # ---------------------------------------------------------------------------------------------------
 # 6. The module followed by a depthwise convolution (_ghost_module_depthwise: GhostNet's stride-2 bottlenecks)
 
@@ -367,7 +360,7 @@ def _check_then_depthwise(shape, out_channels, ratio=2, dw_size=3, dw_stride=2, 
     y = _then_depthwise(x, weights, out_channels, stride, activation, dw_w, dw_b, dw_stride)
     expected = _then_depthwise_reference(x, weights, out_channels, stride, activation, dw_w, dw_b, dw_stride)
     assert y.dtype == dtype and y.shape == expected.shape
-    _assert_matches(y, expected, dtype, layout)
+    assert_ghost_matches(y, expected, dtype, layout)
     return y
 
 
@@ -522,7 +515,7 @@ def _check_excited(shape, out_channels, ratio=2, *, stride=1, activation=None, s
     y = _excited(x, se, weights, res, out_channels, stride, activation, se_activation, se_gate)
     expected = _excited_reference(x, se, weights, res, out_channels, stride, activation, se_activation, se_gate)
     assert y.dtype == dtype and y.shape == expected.shape
-    _assert_matches(y, expected, dtype, layout)
+    assert_ghost_matches(y, expected, dtype, layout)
 
 
 @pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
@@ -661,77 +654,12 @@ def test_excited_non_contiguous_squeeze_excitation_weights(dtype):
 #    squeeze-excitation)
 
 
-def _bottleneck_case(shape, mid_channels, ratio=2, dw_size=3, second_ratio=None, second_dw_size=None,
-                     dtype=torch.float32, layout="channels_last", biases=True, out_channels=None):
-    x = make_input(shape, layout, dtype=dtype)
-    first = make_ghost_module_weights(shape[1], mid_channels, ratio, dw_size, dtype=dtype, requires_grad=False,
-                                      biases=biases)
-    second = make_ghost_module_weights(mid_channels, out_channels or shape[1], second_ratio or ratio,
-                                       second_dw_size or dw_size, dtype=dtype, requires_grad=False, biases=biases)
-    if not biases:
-        first[3] = second[3] = None
-    return x, first, second
-
-
-def _depthwise_stage(mid_channels, k, stride, dtype=torch.float32, bias=True):
-    weight = (torch.randn(mid_channels, 1, k, k, dtype=torch.float64) / k).to(dtype)
-    return weight, (0.5 * torch.randn(mid_channels, dtype=torch.float64)).to(dtype) if bias else None, stride
-
-
-def _bottleneck(x, first, second, mid_channels, activation="relu", second_activation=None, packed=None,
-                second_packed=None, dw=None, residual="input", out_channels=None):
-    """The op; `residual` "input": the identity shortcut; `dw`: (weight, bias, stride) of the depthwise stage."""
-    dw_w, dw_b, dw_s = dw or (None, None, 1)
-    dw_s = [dw_s, dw_s] if isinstance(dw_s, int) else list(dw_s)
-    return torch.ops.fusedops._ghost_bottleneck(x, *first, mid_channels, activation or "none", dw_w, dw_b, dw_s,
-                                                *second, out_channels or x.shape[1], second_activation or "none",
-                                                x if isinstance(residual, str) else residual, packed, second_packed)
-
-
-def _bottleneck_reference(x, first, second, mid_channels, activation="relu", second_activation=None, dw=None,
-                          residual="input", out_channels=None):
-    """The ops one after another, in float64, each output rounded to x's dtype as the unfused sequence stores it."""
-    up = [[None if t is None else t.double() for t in ws] for ws in (first, second)]
-    mid = ghost_module_reference(x.double(), *up[0], mid_channels, 1, activation).to(x.dtype).double()
-    if dw is not None:
-        dw_w, dw_b, dw_s = dw
-        k = dw_w.shape[2]
-        mid = torch.nn.functional.conv2d(mid, dw_w.double(), None if dw_b is None else dw_b.double(), dw_s, k // 2, 1,
-                                         mid_channels).to(x.dtype).double()
-    res = x if isinstance(residual, str) else residual
-    return ghost_module_reference(mid, *up[1], out_channels or x.shape[1], 1, second_activation,
-                                  residual=None if res is None else res.double())
-
-
-def _check_bottleneck(shape, mid_channels, ratio=2, dw_size=3, *, second_ratio=None, second_dw_size=None,
-                      activation="relu", second_activation=None, dtype=torch.float32, layout="channels_last",
-                      biases=True, depthwise=None, residual="input", out_channels=None):
-    """`depthwise`: (kernel, stride) of a depthwise stage between the modules; `residual`: "input" (the identity
-    shortcut), "tensor" (a given one, as a projecting shortcut's) or None."""
-    x, first, second = _bottleneck_case(shape, mid_channels, ratio, dw_size, second_ratio, second_dw_size, dtype,
-                                        layout, biases, out_channels)
-    dw = None if depthwise is None else _depthwise_stage(mid_channels, *depthwise, dtype=dtype, bias=biases)
-    n, _, h, w = shape
-    if dw is not None:
-        s = (dw[2], dw[2]) if isinstance(dw[2], int) else dw[2]
-        h, w = (h - 1) // s[0] + 1, (w - 1) // s[1] + 1
-    if residual == "tensor":
-        residual = make_input((n, out_channels or shape[1], h, w), layout, dtype=dtype)
-    y = _bottleneck(x, first, second, mid_channels, activation, second_activation, dw=dw, residual=residual,
-                    out_channels=out_channels)
-    expected = _bottleneck_reference(x, first, second, mid_channels, activation, second_activation, dw, residual,
-                                     out_channels)
-    assert y.dtype == dtype and y.shape == expected.shape == (n, out_channels or shape[1], h, w)
-    _assert_matches(y, expected, dtype, layout)
-    return y
-
-
 @pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
 @pytest.mark.parametrize("ratio, mid_channels", ((2, 13), (3, 12), (4, 9)))
 @pytest.mark.parametrize("dw_size, second_dw_size", ((3, 3), (5, 3), (3, 5)))
 def test_bottleneck_parity(layout, ratio, mid_channels, dw_size, second_dw_size):
     # 13 input channels: the second module's cheap half is cut too (init 7 with ratio 2, 5 with 3, 4 with 4).
-    _check_bottleneck((2, 13, 11, 9), mid_channels, ratio, dw_size, second_dw_size=second_dw_size, layout=layout)
+    check_ghost_bottleneck((2, 13, 11, 9), mid_channels, ratio, dw_size, second_dw_size=second_dw_size, layout=layout)
 
 
 @pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
@@ -739,34 +667,35 @@ def test_bottleneck_parity(layout, ratio, mid_channels, dw_size, second_dw_size)
 @pytest.mark.parametrize("residual", ("tensor", None))
 def test_bottleneck_with_depthwise_stage_parity(layout, depthwise, residual):
     # A stride-2 bottleneck: the depthwise stage between the modules, a projecting shortcut given as a tensor.
-    _check_bottleneck((2, 8, 13, 11), 18, 3, depthwise=depthwise, residual=residual, out_channels=12, layout=layout)
+    check_ghost_bottleneck((2, 8, 13, 11), 18, 3, depthwise=depthwise, residual=residual, out_channels=12,
+                           layout=layout)
 
 
 @pytest.mark.parametrize("activation, second_activation", ((None, None), ("relu", "relu"), ("hardswish", None),
                                                            ("silu", "relu6")))
 def test_bottleneck_activations(activation, second_activation):
-    _check_bottleneck((2, 6, 9, 10), 10, activation=activation, second_activation=second_activation)
-    _check_bottleneck((2, 6, 9, 10), 10, activation=activation, second_activation=second_activation,
+    check_ghost_bottleneck((2, 6, 9, 10), 10, activation=activation, second_activation=second_activation)
+    check_ghost_bottleneck((2, 6, 9, 10), 10, activation=activation, second_activation=second_activation,
                       depthwise=(3, 2), residual="tensor", out_channels=8)
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.bfloat16, torch.float16))
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
 def test_bottleneck_dtypes(dtype, layout):
-    _check_bottleneck((2, 8, 9, 7), 14, 3, dtype=dtype, layout=layout)
-    _check_bottleneck((2, 8, 9, 7), 14, 3, dtype=dtype, layout=layout, depthwise=(5, 2), residual="tensor",
+    check_ghost_bottleneck((2, 8, 9, 7), 14, 3, dtype=dtype, layout=layout)
+    check_ghost_bottleneck((2, 8, 9, 7), 14, 3, dtype=dtype, layout=layout, depthwise=(5, 2), residual="tensor",
                       out_channels=10)
 
 
 def test_bottleneck_edges():
-    _check_bottleneck((1, 5, 4, 4), 7, 2, 5, biases=False)  # map smaller than the 5x5 kernels' reach
-    _check_bottleneck((2, 8, 9, 9), 8, 2, 3, second_ratio=3)  # ratios apart: the modules' multipliers differ
-    _check_bottleneck((3, 4, 1, 1), 6, 3, 3)  # 1x1 maps
-    _check_bottleneck((1, 6, 2, 30), 12, 2, 3)  # two rows
-    _check_bottleneck((2, 8, 7, 7), 4, 2, 3)  # mid_channels == the first module's init: no cheap channel kept
-    _check_bottleneck((1, 5, 4, 4), 7, 2, 3, depthwise=(5, 2), biases=False, residual=None)
-    _check_bottleneck((2, 4, 1, 3), 6, 3, 3, depthwise=(3, 2), residual="tensor", out_channels=5)
-    _check_bottleneck((1, 6, 17, 5), 10, 2, 3, depthwise=(3, 4), residual="tensor", out_channels=6)
+    check_ghost_bottleneck((1, 5, 4, 4), 7, 2, 5, biases=False)  # map smaller than the 5x5 kernels' reach
+    check_ghost_bottleneck((2, 8, 9, 9), 8, 2, 3, second_ratio=3)  # ratios apart: the modules' multipliers differ
+    check_ghost_bottleneck((3, 4, 1, 1), 6, 3, 3)  # 1x1 maps
+    check_ghost_bottleneck((1, 6, 2, 30), 12, 2, 3)  # two rows
+    check_ghost_bottleneck((2, 8, 7, 7), 4, 2, 3)  # mid_channels == the first module's init: no cheap channel kept
+    check_ghost_bottleneck((1, 5, 4, 4), 7, 2, 3, depthwise=(5, 2), biases=False, residual=None)
+    check_ghost_bottleneck((2, 4, 1, 3), 6, 3, 3, depthwise=(3, 2), residual="tensor", out_channels=5)
+    check_ghost_bottleneck((1, 6, 17, 5), 10, 2, 3, depthwise=(3, 4), residual="tensor", out_channels=6)
 
 
 @pytest.mark.parametrize("shape, mid_channels, dw_size, depthwise, out_channels", (
@@ -778,7 +707,7 @@ def test_bottleneck_edges():
     ((2, 40, 28, 28), 240, 3, (3, 2), 80),
 ))
 def test_bottleneck_ghostnet_shapes(shape, mid_channels, dw_size, depthwise, out_channels):
-    _check_bottleneck(shape, mid_channels, 2, dw_size, depthwise=depthwise, out_channels=out_channels,
+    check_ghost_bottleneck(shape, mid_channels, 2, dw_size, depthwise=depthwise, out_channels=out_channels,
                       residual="input" if depthwise is None else "tensor")
 
 
@@ -787,12 +716,12 @@ def test_bottleneck_thread_counts(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        _check_bottleneck((3, 8, 31, 17), 12, 2, 3)
-        _check_bottleneck((1, 8, 40, 12), 12, 3, 5)
-        _check_bottleneck((1, 16, 120, 64), 32, 2, 3)  # bands of the 768 KiB tile budget, several per strip
-        _check_bottleneck((1, 16, 7, 7), 48, 2, 3)  # one strip: at 2 and 3 threads, the ops one after another
-        _check_bottleneck((3, 8, 31, 17), 12, 2, 3, depthwise=(3, 2), residual="tensor", out_channels=10)
-        _check_bottleneck((1, 16, 150, 96), 48, 2, 3, depthwise=(5, 2), residual="tensor", out_channels=24)
+        check_ghost_bottleneck((3, 8, 31, 17), 12, 2, 3)
+        check_ghost_bottleneck((1, 8, 40, 12), 12, 3, 5)
+        check_ghost_bottleneck((1, 16, 120, 64), 32, 2, 3)  # bands of the 768 KiB tile budget, several per strip
+        check_ghost_bottleneck((1, 16, 7, 7), 48, 2, 3)  # one strip: at 2 and 3 threads, the ops one after another
+        check_ghost_bottleneck((3, 8, 31, 17), 12, 2, 3, depthwise=(3, 2), residual="tensor", out_channels=10)
+        check_ghost_bottleneck((1, 16, 150, 96), 48, 2, 3, depthwise=(5, 2), residual="tensor", out_channels=24)
     finally:
         torch.set_num_threads(before)
 
@@ -800,23 +729,23 @@ def test_bottleneck_thread_counts(threads):
 def test_bottleneck_packed_weights_and_wrapper():
     from fusedops.ops.ghost_module import ghost_bottleneck
 
-    x, first, second = _bottleneck_case((2, 8, 10, 10), 16, 2, 3)
+    x, first, second = ghost_bottleneck_case((2, 8, 10, 10), 16, 2, 3)
     packed = pack_weights(x, *first, 16)
     second_packed = pack_weights(x.new_empty(2, 16, 10, 10), *second, 8, activation=None, residual=x)
-    y = _bottleneck(x, first, second, 16)
-    torch.testing.assert_close(_bottleneck(x, first, second, 16, packed=packed, second_packed=second_packed), y,
+    y = bottleneck_op(x, first, second, 16)
+    torch.testing.assert_close(bottleneck_op(x, first, second, 16, packed=packed, second_packed=second_packed), y,
                                rtol=0, atol=0)
     args = (*first, 16, "relu", None, None, (1, 1), *second, 8, "none", x, packed, second_packed)
     with torch.no_grad():
         torch.testing.assert_close(ghost_bottleneck(x, *args), y, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="packed_weights"):  # each module's own packing, in its place
-        _bottleneck(x, first, second, 16, packed=second_packed, second_packed=packed)
+        bottleneck_op(x, first, second, 16, packed=second_packed, second_packed=packed)
     # Gradients wanted: the differentiable ops, the same function.
     xg = x.detach().requires_grad_()
     composed = ghost_bottleneck(xg, *args[:-3], xg)
     assert composed.grad_fn is not None
     torch.testing.assert_close(composed, y, rtol=1e-6, atol=1e-6)
-    dw = _depthwise_stage(16, 3, 2)
+    dw = dw_stage(16, 3, 2)
     res = torch.randn(2, 8, 5, 5)
     with torch.no_grad():
         fused = ghost_bottleneck(x, *first, 16, "relu", dw[0], dw[1], (2, 2), *second, 8, "none", res)
@@ -826,25 +755,25 @@ def test_bottleneck_packed_weights_and_wrapper():
 
 
 def test_bottleneck_non_finite_weights_match_the_ops():
-    x, first, second = _bottleneck_case((1, 8, 7, 7), 12, 3, 3)
+    x, first, second = ghost_bottleneck_case((1, 8, 7, 7), 12, 3, 3)
     first[2][1, 0, 0, 0] = float("nan")
     second[2][0, 0, 1, 1] = float("inf")
-    y = _bottleneck(x, first, second, 12)
+    y = bottleneck_op(x, first, second, 12)
     expected = fusedops.ghost_module(fusedops.ghost_module(x, *first, 12), *second, 8, activation=None, residual=x)
     torch.testing.assert_close(y, expected, equal_nan=True)
-    x, first, second = _bottleneck_case((1, 8, 9, 9), 12, 3, 3)
-    dw = _depthwise_stage(12, 3, 2)
+    x, first, second = ghost_bottleneck_case((1, 8, 9, 9), 12, 3, 3)
+    dw = dw_stage(12, 3, 2)
     dw[0][2, 0, 1, 1] = float("inf")
-    y = _bottleneck(x, first, second, 12, dw=dw, residual=None)
+    y = bottleneck_op(x, first, second, 12, dw=dw, residual=None)
     expected = fusedops.ghost_module(fusedops.depthwise_conv2d(fusedops.ghost_module(x, *first, 12), dw[0], dw[1], 2,
                                                                1), *second, 8, activation=None)
     torch.testing.assert_close(y, expected, equal_nan=True)
 
 
 def test_bottleneck_empty_batch_and_meta():
-    x, first, second = _bottleneck_case((0, 8, 6, 6), 12, 2, 3)
-    assert _bottleneck(x, first, second, 12).shape == (0, 8, 6, 6)
-    assert _bottleneck(x, first, second, 12, dw=_depthwise_stage(12, 3, 2), residual=None).shape == (0, 8, 3, 3)
+    x, first, second = ghost_bottleneck_case((0, 8, 6, 6), 12, 2, 3)
+    assert bottleneck_op(x, first, second, 12).shape == (0, 8, 6, 6)
+    assert bottleneck_op(x, first, second, 12, dw=dw_stage(12, 3, 2), residual=None).shape == (0, 8, 3, 3)
     meta = [t.to("meta") for t in (x.new_empty(2, 8, 7, 6).to(memory_format=CL), *first, *second)]
     y = torch.ops.fusedops._ghost_bottleneck(*meta[:5], 12, "relu", None, None, [1, 1], *meta[5:], 8, "none", meta[0])
     assert y.shape == (2, 8, 7, 6) and y.is_contiguous(memory_format=CL)
@@ -855,35 +784,35 @@ def test_bottleneck_empty_batch_and_meta():
 
 @pytest.mark.parametrize("layout", ("channels_last", "nchw"))
 def test_bottleneck_opcheck(layout):
-    x, first, second = _bottleneck_case((2, 5, 7, 6), 7, 3, 3, dtype=torch.float64, layout=layout)
+    x, first, second = ghost_bottleneck_case((2, 5, 7, 6), 7, 3, 3, dtype=torch.float64, layout=layout)
     torch.library.opcheck(torch.ops.fusedops._ghost_bottleneck.default,
                           (x, *first, 7, "relu", None, None, [1, 1], *second, 5, "none", x))
-    dw_w, dw_b, _ = _depthwise_stage(7, 3, 2, dtype=torch.float64)
+    dw_w, dw_b, _ = dw_stage(7, 3, 2, dtype=torch.float64)
     res = make_input((2, 5, 4, 3), layout, dtype=torch.float64)
     torch.library.opcheck(torch.ops.fusedops._ghost_bottleneck.default,
                           (x, *first, 7, "relu", dw_w, dw_b, [2, 2], *second, 5, "none", res))
 
 
 def test_bottleneck_bad_arguments_name_the_argument():
-    x, first, second = _bottleneck_case((1, 8, 9, 9), 16, 2, 3)
+    x, first, second = ghost_bottleneck_case((1, 8, 9, 9), 16, 2, 3)
     first_module, second_module = r"_ghost_bottleneck's first module", r"_ghost_bottleneck's second module"
     with pytest.raises(RuntimeError, match=first_module + r".*out_channels must be between 8 .* and 16"):
-        _bottleneck(x, first, second, 17)
+        bottleneck_op(x, first, second, 17)
     with pytest.raises(RuntimeError, match=second_module + r".*primary_weight must have shape \(out_channels, 16"):
-        _bottleneck(x, first, [torch.randn(4, 12, 1, 1), *second[1:]], 16)
+        bottleneck_op(x, first, [torch.randn(4, 12, 1, 1), *second[1:]], 16)
     with pytest.raises(RuntimeError, match=second_module + ".*out_channels must be between 2 .* and 4 .*got 8"):
-        _bottleneck(x, first, [torch.randn(2, 16, 1, 1), None, torch.randn(2, 1, 3, 3), None], 16)
+        bottleneck_op(x, first, [torch.randn(2, 16, 1, 1), None, torch.randn(2, 1, 3, 3), None], 16)
     with pytest.raises(RuntimeError, match=second_module + ".*cheap_weight dtype torch.float64 does not match"):
-        _bottleneck(x, first, [second[0], second[1], second[2].double(), second[3]], 16)
+        bottleneck_op(x, first, [second[0], second[1], second[2].double(), second[3]], 16)
     with pytest.raises(RuntimeError, match=second_module + ".*activation must be one of"):
-        _bottleneck(x, first, second, 16, second_activation="gelu")
+        bottleneck_op(x, first, second, 16, second_activation="gelu")
     with pytest.raises(RuntimeError, match=first_module + ".*activation must be one of"):
-        _bottleneck(x, first, second, 16, activation="gelu")
+        bottleneck_op(x, first, second, 16, activation="gelu")
     with pytest.raises(RuntimeError, match=second_module + r".*residual must have the output's shape \[1, 8, 5, 5\]"):
-        _bottleneck(x, first, second, 16, dw=_depthwise_stage(16, 3, 2))  # the input is not the shortcut now
+        bottleneck_op(x, first, second, 16, dw=dw_stage(16, 3, 2))  # the input is not the shortcut now
     with pytest.raises(RuntimeError, match=r"dw_weight must have shape \(mid_channels=16, 1, kH, kW\) with odd"):
-        _bottleneck(x, first, second, 16, dw=(torch.randn(16, 1, 2, 2), None, 2), residual=None)
+        bottleneck_op(x, first, second, 16, dw=(torch.randn(16, 1, 2, 2), None, 2), residual=None)
     with pytest.raises(RuntimeError, match="dw_stride must be positive"):
-        _bottleneck(x, first, second, 16, dw=(torch.randn(16, 1, 3, 3), None, 0), residual=None)
+        bottleneck_op(x, first, second, 16, dw=(torch.randn(16, 1, 3, 3), None, 0), residual=None)
     with pytest.raises(RuntimeError, match="dw_bias is given without dw_weight"):
-        _bottleneck(x, first, second, 16, dw=(None, torch.randn(16), 1))
+        bottleneck_op(x, first, second, 16, dw=(None, torch.randn(16), 1))

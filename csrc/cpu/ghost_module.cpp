@@ -145,22 +145,6 @@ struct FollowingDepthwise {
   }
 };
 
-// The depthwise stage after a module (_ghost_module_depthwise's; _ghost_bottleneck's between its modules): checks
-// dw_weight ((channels, 1, kH, kW) with odd kH and kW: padding k // 2) and dw_stride (checked for two elements by the
-// caller), and returns its geometry on `module_map` (a tensor of the module's input or output shape, dtype and device;
-// it reads `channels` of them). `channels_name`: what the errors call the channel count.
-ConvGeometry following_depthwise_geometry(const Tensor& module_map, const Tensor& dw_weight,
-                                          const c10::optional<Tensor>& dw_bias, at::IntArrayRef dw_stride,
-                                          int64_t channels, const char* channels_name) {
-  TORCH_CHECK(dw_stride[0] > 0 && dw_stride[1] > 0, "fusedops: dw_stride must be positive, got ", dw_stride);
-  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == channels && dw_weight.size(1) == 1 &&
-                  dw_weight.size(2) % 2 == 1 && dw_weight.size(3) % 2 == 1,
-              "fusedops: dw_weight must have shape (", channels_name, "=", channels,
-              ", 1, kH, kW) with odd kH and kW (padding k // 2), got ", dw_weight.sizes());
-  const std::array<int64_t, 2> padding{dw_weight.size(2) / 2, dw_weight.size(3) / 2}, unit{1, 1};
-  return depthwise_geometry(module_map, dw_weight, dw_bias, dw_stride, padding, unit, "dw_weight", "dw_bias", channels);
-}
-
 // The depthwise stage of geometry d as the kernels read it: its taps and bias laid out in the accumulation type, in
 // the calling thread's scratch.
 template <typename scalar_t>
@@ -835,47 +819,15 @@ Tensor ghost_bottleneck_cpu(const Tensor& input_, const Tensor& primary_weight,
                             const c10::optional<Tensor>& packed_weights,
                             const c10::optional<Tensor>& second_packed_weights) {
   const std::array<int64_t, 2> unit{1, 1};
-  // Each module's checks, their errors saying which module and what its out_channels stand for.
-  auto module_geometry = [&](const char* which, const Tensor& module_input, const Tensor& pw,
-                             const c10::optional<Tensor>& pb, const Tensor& cw, const c10::optional<Tensor>& cb,
-                             int64_t channels, c10::string_view act, const c10::optional<Tensor>& added) {
-    try {
-      return ghost_module_geometry(module_input, pw, pb, cw, cb, channels, unit, std_view(act), added);
-    } catch (const c10::Error& e) {
-      // The module's message without its own "fusedops: " prefix.
-      std::string_view message = e.what_without_backtrace();
-      constexpr std::string_view prefix = "fusedops: ";
-      if (message.substr(0, prefix.size()) == prefix) message.remove_prefix(prefix.size());
-      TORCH_CHECK(false, "fusedops: _ghost_bottleneck's ", which, ": ", message);
-    }
-  };
-  const GhostModuleGeometry geo1 =
-      module_geometry("first module (out_channels: mid_channels)", input_, primary_weight, primary_bias, cheap_weight,
-                      cheap_bias, mid_channels, activation, c10::nullopt);
+  const GhostBottleneckGeometry geo = ghost_bottleneck_geometry(
+      input_, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, std_view(activation), dw_weight,
+      dw_bias, dw_stride, second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias,
+      out_channels, std_view(second_activation), residual);
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: _ghost_bottleneck CPU kernel got input on ", input_.device());
-  const int64_t N = input_.size(0);
-  int64_t H = input_.size(2), W = input_.size(3);
-  // The depthwise stage between the modules: its geometry on the first module's output (channels-last, stride 1).
-  ConvGeometry depthwise;
-  const bool has_depthwise = given(dw_weight);
-  check_pair(dw_stride, "dw_stride");
-  if (has_depthwise) {
-    const Tensor module_shape = at::empty_strided({N, mid_channels, H, W}, {0, 0, 0, 0}, input_.options());
-    depthwise =
-        following_depthwise_geometry(module_shape, *dw_weight, dw_bias, dw_stride, mid_channels, "mid_channels");
-    H = depthwise.out_h;
-    W = depthwise.out_w;
-  } else {
-    TORCH_CHECK(!given(dw_bias), "fusedops: dw_bias is given without dw_weight");
-  }
-  // Stands for the second module's input in its checks (shape, dtype, device); no data behind it.
-  const Tensor mid_shape = at::empty_strided({N, mid_channels, H, W}, {0, 0, 0, 0}, input_.options());
-  const GhostModuleGeometry geo2 = module_geometry(
-      "second module (second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, "
-      "out_channels, second_activation, residual; its input: the first module's output, after the depthwise stage "
-      "where there is one)",
-      mid_shape, second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, out_channels,
-      second_activation, residual);
+  const GhostModuleGeometry &geo1 = geo.first, &geo2 = geo.second;
+  const ConvGeometry& depthwise = geo.depthwise;
+  const bool has_depthwise = geo.has_depthwise;
+  const int64_t N = input_.size(0), H = geo2.cheap.out_h, W = geo2.cheap.out_w;
   const at::MemoryFormat fmt = output_memory_format(input_);
   if (N == 0) return at::empty({0, out_channels, H, W}, input_.options().memory_format(fmt));
   // The ops the kernel stands for, one after another: where a NaN or Inf depthwise weight would meet the tiles' zero

@@ -20,6 +20,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "fusedops/cuda/activation.cuh"
 #include "fusedops/cuda/common.cuh"
 #include "fusedops/cuda/conv_params.cuh"
 #include "fusedops/dwpw.h"
@@ -45,21 +46,6 @@ struct DwpwParams {
   int64_t son, soc, soh, sow;  // output strides
   int mid, out;                // Activation
 };
-
-template <typename T>
-__device__ __forceinline__ T activate(T v, int kind) {
-  switch (kind) {
-    case 1: return v < T(0) ? T(0) : v;  // NaN stays NaN, as torch.relu (v > 0 ? v : 0 made it 0)
-    case 2: return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
-    case 3: {
-      T r = v + T(3);
-      r = r < T(0) ? T(0) : (r > T(6) ? T(6) : r);
-      return v * r / T(6);
-    }
-    case 4: return v / (T(1) + exp(-v));
-    default: return v;
-  }
-}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)

@@ -83,6 +83,68 @@ std::pair<Tensor, c10::optional<Tensor>> contributing_cheap_weights(const GhostM
 
 }  // namespace
 
+ConvGeometry following_depthwise_geometry(const Tensor& module_map, const Tensor& dw_weight,
+                                          const c10::optional<Tensor>& dw_bias, at::IntArrayRef dw_stride,
+                                          int64_t channels, const char* channels_name) {
+  TORCH_CHECK(dw_stride[0] > 0 && dw_stride[1] > 0, "fusedops: dw_stride must be positive, got ", dw_stride);
+  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == channels && dw_weight.size(1) == 1 &&
+                  dw_weight.size(2) % 2 == 1 && dw_weight.size(3) % 2 == 1,
+              "fusedops: dw_weight must have shape (", channels_name, "=", channels,
+              ", 1, kH, kW) with odd kH and kW (padding k // 2), got ", dw_weight.sizes());
+  const std::array<int64_t, 2> padding{dw_weight.size(2) / 2, dw_weight.size(3) / 2}, unit{1, 1};
+  return depthwise_geometry(module_map, dw_weight, dw_bias, dw_stride, padding, unit, "dw_weight", "dw_bias", channels);
+}
+
+GhostBottleneckGeometry ghost_bottleneck_geometry(
+    const Tensor& input, const Tensor& primary_weight, const c10::optional<Tensor>& primary_bias,
+    const Tensor& cheap_weight, const c10::optional<Tensor>& cheap_bias, int64_t mid_channels,
+    std::string_view activation, const c10::optional<Tensor>& dw_weight, const c10::optional<Tensor>& dw_bias,
+    at::IntArrayRef dw_stride, const Tensor& second_primary_weight, const c10::optional<Tensor>& second_primary_bias,
+    const Tensor& second_cheap_weight, const c10::optional<Tensor>& second_cheap_bias, int64_t out_channels,
+    std::string_view second_activation, const c10::optional<Tensor>& residual) {
+  const std::array<int64_t, 2> unit{1, 1};
+  // Each module's checks, their errors saying which module and what its out_channels stand for.
+  auto module_geometry = [&](const char* which, const Tensor& module_input, const Tensor& pw,
+                             const c10::optional<Tensor>& pb, const Tensor& cw, const c10::optional<Tensor>& cb,
+                             int64_t channels, std::string_view act, const c10::optional<Tensor>& added) {
+    try {
+      return ghost_module_geometry(module_input, pw, pb, cw, cb, channels, unit, act, added);
+    } catch (const c10::Error& e) {
+      // The module's message without its own "fusedops: " prefix.
+      std::string_view message = e.what_without_backtrace();
+      constexpr std::string_view prefix = "fusedops: ";
+      if (message.substr(0, prefix.size()) == prefix) message.remove_prefix(prefix.size());
+      TORCH_CHECK(false, "fusedops: _ghost_bottleneck's ", which, ": ", message);
+    }
+  };
+  GhostBottleneckGeometry r;
+  r.first = module_geometry("first module (out_channels: mid_channels)", input, primary_weight, primary_bias,
+                            cheap_weight, cheap_bias, mid_channels, activation, c10::nullopt);
+  const int64_t N = input.size(0);
+  int64_t H = input.size(2), W = input.size(3);
+  // The depthwise stage between the modules: its geometry on the first module's output (stride 1).
+  r.has_depthwise = given(dw_weight);
+  check_pair(dw_stride, "dw_stride");
+  if (r.has_depthwise) {
+    const Tensor module_shape = at::empty_strided({N, mid_channels, H, W}, {0, 0, 0, 0}, input.options());
+    r.depthwise =
+        following_depthwise_geometry(module_shape, *dw_weight, dw_bias, dw_stride, mid_channels, "mid_channels");
+    H = r.depthwise.out_h;
+    W = r.depthwise.out_w;
+  } else {
+    TORCH_CHECK(!given(dw_bias), "fusedops: dw_bias is given without dw_weight");
+  }
+  // Stands for the second module's input in its checks (shape, dtype, device); no data behind it.
+  const Tensor mid_shape = at::empty_strided({N, mid_channels, H, W}, {0, 0, 0, 0}, input.options());
+  r.second = module_geometry(
+      "second module (second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, "
+      "out_channels, second_activation, residual; its input: the first module's output, after the depthwise stage "
+      "where there is one)",
+      mid_shape, second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, out_channels,
+      second_activation, residual);
+  return r;
+}
+
 Tensor ghost_module_composed(const Tensor& input, const Tensor& primary_weight,
                              const c10::optional<Tensor>& primary_bias, const Tensor& cheap_weight,
                              const c10::optional<Tensor>& cheap_bias, int64_t out_channels, at::IntArrayRef stride,

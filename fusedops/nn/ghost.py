@@ -192,8 +192,9 @@ class GhostModule(FoldedWeights, nn.Module):
         """``second(x, residual)`` of ``x = self(input)``, then, where ``depthwise`` ``(weight, bias, stride)`` is
         given, ``x = depthwise_conv2d(x, weight, bias, stride, padding=k // 2)``, for a :class:`GhostModule` ``second``
         (GhostNet's bottlenecks without squeeze-excitation, ``residual`` their shortcut): where both modules
-        :meth:`runs_fused` at stride 1 on CPU without gradients, one kernel in which nothing between the input and
-        the output reaches memory (:func:`fusedops.ops.ghost_module.ghost_bottleneck`)."""
+        :meth:`runs_fused` at stride 1 on CPU or CUDA without gradients, the native op
+        :func:`fusedops.ops.ghost_module.ghost_bottleneck` (on the CPU one kernel in which nothing between the input
+        and the output reaches memory; on CUDA the depthwise stage inside the second module's kernel)."""
         dw_weight, dw_bias, dw_stride = (None, None, (1, 1)) if depthwise is None else depthwise
         # The second module's fold is part of the key: its refold (a weight load, a conversion) drops the call.
         stride, second_stride = self._stride(), second._stride()

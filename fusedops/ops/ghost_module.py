@@ -29,9 +29,10 @@ def ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, 
     Both halves are written straight into their channels of the output: no concatenation, no slice copy, and only
     the cheap channels the output keeps are computed. On CPU the module is one kernel over bands of output rows:
     the primary half of a band (with the depthwise halo) is computed into a per-thread tile, stored, and read from
-    that tile by the depthwise stage while it is in cache. On CUDA the primary half is a 1x1 convolution (cuDNN)
-    and the cheap half fusedops' depthwise kernel; through Triton, likewise with the Triton depthwise kernel. The
-    backward recomputes the primary half from the input, so training keeps only the input alive.
+    that tile by the depthwise stage while it is in cache. On CUDA and through Triton the module is one kernel over
+    tiles of output pixels: the primary half of a tile with the depthwise halo is computed on chip (shared memory;
+    Triton: a per-program scratch slot), its tile stored, and read there by the depthwise stage. The backward recomputes the primary half from the input, so training
+    keeps only the input alive.
 
     Args:
         input: ``Tensor[N, C_in, H, W]``, any layout (channels_last is the fast one on CPU).
@@ -180,10 +181,11 @@ def ghost_module_then_depthwise_fuses(input, out_channels, stride, *weights):
     return n * out_channels * h * w * input.element_size() > _l2_cache_bytes()
 
 
-def _runs_inference_natively(input, *tensors):
-    """Whether the inference-only CPU kernels (_ghost_module_depthwise, _ghost_module_excited) may take a call on
-    these tensors: CPU, the native backend, not compiling, and no gradient recorded through any of them."""
-    return (input.device.type == "cpu" and not torch.compiler.is_compiling()
+def _runs_inference_natively(input, *tensors, devices=("cpu",)):
+    """Whether the inference-only kernels (_ghost_module_depthwise, _ghost_module_excited: CPU; _ghost_bottleneck: CPU
+    and CUDA) may take a call on these tensors: on one of `devices`, the native backend, not compiling, and no
+    gradient recorded through any of them."""
+    return (input.device.type in devices and not torch.compiler.is_compiling()
             and _backend.resolve_for(input, NAME) == _backend.NATIVE
             and not (torch.is_grad_enabled()
                      and any(t is not None and t.requires_grad for t in (input, *tensors))))
@@ -280,9 +282,9 @@ BOTTLENECK_NAME = "_ghost_bottleneck"
 
 
 def ghost_bottleneck_fuses(input, *tensors):
-    """Whether :func:`ghost_bottleneck` runs its one kernel for these tensors: CPU, the native backend, no gradient
-    wanted (the kernel has no backward), not compiling (the graph keeps the differentiable ops)."""
-    return _runs_inference_natively(input, *tensors)
+    """Whether :func:`ghost_bottleneck` runs its native kernel for these tensors: CPU or CUDA, the native backend, no
+    gradient wanted (the kernel has no backward), not compiling (the graph keeps the differentiable ops)."""
+    return _runs_inference_natively(input, *tensors, devices=("cpu", "cuda"))
 
 
 def ghost_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
@@ -292,9 +294,11 @@ def ghost_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bi
     """``ghost_module(x, second_primary_weight, ..., out_channels, 1, second_activation, residual=residual)`` of
     ``x = ghost_module(input, primary_weight, ..., mid_channels, 1, activation)``, then, where ``dw_weight`` is given,
     ``x = depthwise_conv2d(x, dw_weight, dw_bias, dw_stride, padding=k // 2)``: GhostNet's bottleneck without
-    squeeze-excitation, batch norms folded, its shortcut passed as ``residual`` (the input for an identity one). One
-    native CPU kernel where :func:`ghost_bottleneck_fuses`, in which everything between the input and the output is
-    computed into per-thread tiles, never written to memory; otherwise the ops one after another. ``activation``,
+    squeeze-excitation, batch norms folded, its shortcut passed as ``residual`` (the input for an identity one). The
+    native op where :func:`ghost_bottleneck_fuses`: on the CPU one kernel, in which everything between the input and
+    the output is computed into per-thread tiles, never written to memory; on CUDA two, the depthwise stage computed
+    inside the second module's (the first module's output makes one round trip); otherwise the ops one after
+    another. ``activation``,
     ``second_activation``: the op's names; ``dw_stride``: a pair; ``packed_weights``, ``second_packed_weights``:
     :func:`pack_weights` of each module's arguments."""
     first = (primary_weight, primary_bias, cheap_weight, cheap_bias)

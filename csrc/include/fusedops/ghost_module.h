@@ -42,6 +42,32 @@ GhostModuleGeometry ghost_module_geometry(const at::Tensor& input, const at::Ten
                                           at::IntArrayRef stride, std::string_view activation,
                                           const c10::optional<at::Tensor>& residual);
 
+// The depthwise stage after a module (_ghost_module_depthwise's; _ghost_bottleneck's between its modules): checks
+// dw_weight ((channels, 1, kH, kW) with odd kH and kW: padding k // 2) and dw_stride (checked for two elements by the
+// caller), and returns its geometry on `module_map` (a tensor of the module's input or output shape, dtype and device;
+// it reads `channels` of them). `channels_name`: what the errors call the channel count.
+ConvGeometry following_depthwise_geometry(const at::Tensor& module_map, const at::Tensor& dw_weight,
+                                          const c10::optional<at::Tensor>& dw_bias, at::IntArrayRef dw_stride,
+                                          int64_t channels, const char* channels_name);
+
+// A _ghost_bottleneck call's geometry: each module's (the second's map is the output's) and the depthwise stage's
+// between them where dw_weight is given.
+struct GhostBottleneckGeometry {
+  GhostModuleGeometry first, second;
+  bool has_depthwise = false;
+  ConvGeometry depthwise;  // on the first module's output, where has_depthwise
+};
+
+// Validates a _ghost_bottleneck call on every backend; errors name the module and the offending argument.
+GhostBottleneckGeometry ghost_bottleneck_geometry(
+    const at::Tensor& input, const at::Tensor& primary_weight, const c10::optional<at::Tensor>& primary_bias,
+    const at::Tensor& cheap_weight, const c10::optional<at::Tensor>& cheap_bias, int64_t mid_channels,
+    std::string_view activation, const c10::optional<at::Tensor>& dw_weight, const c10::optional<at::Tensor>& dw_bias,
+    at::IntArrayRef dw_stride, const at::Tensor& second_primary_weight,
+    const c10::optional<at::Tensor>& second_primary_bias, const at::Tensor& second_cheap_weight,
+    const c10::optional<at::Tensor>& second_cheap_bias, int64_t out_channels, std::string_view second_activation,
+    const c10::optional<at::Tensor>& residual);
+
 // The forward as ATen's 1x1 convolution for the primary half and fusedops::depthwise_conv2d for the contributed
 // channels of the cheap half, each copied into its channels of the output: the path of backends without a fused
 // kernel.
