@@ -86,12 +86,20 @@ def _problems():
                            stride=stride)
     for dtype, layout in itertools.product(dtypes, ["nchw", "cl"]):
         yield "shuffle", dict(dtype=dtype, layout=layout)
+    acts = ["relu", "none", "hardswish", "relu6", "silu"]
+    for i, (dtype, layout, (shape, out, ratio), kernel, stride) in enumerate(itertools.product(
+            dtypes, ["nchw", "cl"],
+            [((2, 16, 56, 56), 32, 2), ((1, 160, 7, 7), 480, 2), ((2, 8, 9, 11), 13, 3), ((1, 960, 14, 14), 80, 4),
+             ((2, 3, 1, 1), 4, 2)],
+            [3, 5, (3, 5), 1], [1, 2])):
+        yield "ghost", dict(dtype=dtype, layout=layout, shape=shape, out=out, ratio=ratio, kernel=kernel,
+                            stride=stride, act=acts[i % len(acts)], bias=i % 3 != 0, residual=i % 2 == 0)
 
 
 def _call(op, p):
     import torch
 
-    from fusedops.ops._triton import channel_shuffle, depthwise_conv2d, dwpw_conv2d
+    from fusedops.ops._triton import channel_shuffle, depthwise_conv2d, dwpw_conv2d, ghost_module
 
     dtype = getattr(torch, p["dtype"])
     fmt = torch.channels_last if p["layout"] == "cl" else torch.contiguous_format
@@ -102,6 +110,20 @@ def _call(op, p):
         return
     n, c, h, w = p["shape"]
     x = torch.zeros(n, c, h, w, dtype=dtype).contiguous(memory_format=fmt)
+    if op == "ghost":
+        kh, kw = (p["kernel"], p["kernel"]) if isinstance(p["kernel"], int) else p["kernel"]
+        init = -(-p["out"] // p["ratio"])
+        cheap = init * (p["ratio"] - 1)
+        bias = p["bias"]
+        pw, pb = torch.zeros(init, c, 1, 1, dtype=dtype), torch.zeros(init, dtype=dtype) if bias else None
+        cw, cb = torch.zeros(cheap, 1, kh, kw, dtype=dtype), torch.zeros(cheap, dtype=dtype) if bias else None
+        stride = (p["stride"],) * 2
+        res = None
+        if p["residual"]:
+            res = torch.zeros(n, p["out"], (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1,
+                              dtype=dtype).contiguous(memory_format=fmt)
+        ghost_module.ghost_module_forward(x, pw, pb, cw, cb, res, p["out"], stride, p["act"])
+        return
     if op == "depthwise":
         kh, kw = (p["kernel"], p["kernel"]) if isinstance(p["kernel"], int) else p["kernel"]
         oc = c * p["mult"]
@@ -155,6 +177,10 @@ def record(path):
 
     interpreter.InterpretedFunction.run = intercept
     sys.path.insert(0, ROOT)
+    from fusedops.ops._triton import ghost_module
+
+    # The launches a GPU gets (the interpreter's own are made on CPU tensors).
+    ghost_module._interpreted = lambda device: False
     for op, p in _problems():
         _call(op, p)
     chosen = select(list(configs.values()))

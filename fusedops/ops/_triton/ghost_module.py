@@ -1,23 +1,55 @@
-"""Triton launchers of fusedops_triton::ghost_module and fusedops_triton::_ghost_module_backward.
+"""Triton kernel of fusedops_triton::ghost_module and launcher of fusedops_triton::_ghost_module_backward.
 
 Semantics: ``cat([x1, act(depthwise(x1, cheap_weight) + cheap_bias)], 1)[:, :out_channels] [+ residual]`` with
 ``x1 = act(conv1x1(input, primary_weight, stride) + primary_bias)``.
 
-Forward: the primary half as a 1x1 convolution (cuBLAS/cuDNN through PyTorch) with its activation, stored into the
-output's first channels; the cheap half's contributed channels through the depthwise Triton kernel
-(``_depthwise_fwd_kernel``) on the primary half's source channels, activated and stored into the output's other
-channels. Backward: the native formula (ghost_module_backward_recomputed, csrc/shared/ghost_module.cpp), with the
+Forward: one kernel, ``_ghost_fwd_kernel``, that writes both halves straight into the output. Its work items are
+(image, TILE_H x TILE_W tile of output pixels, block of BLOCK_C primary channels), the channel blocks of a tile
+adjacent (they read the same input pixels, from L2); a fixed number of programs (a few per SM) take them in turn.
+Per item:
+  1. x1 over the tile and the depthwise halo around it, (TILE_H + kH - 1) x (TILE_W + kW - 1) pixels flattened
+     into BLOCK_HP lanes (a power of two): a GEMM over the input channels in chunks of BLOCK_K (``tl.dot``), bias
+     and activation in registers, rounded to the output dtype (the depthwise reads x1 as the unfused composition
+     stores it). The halo's pixels are also computed by the neighbouring tiles: no program waits for another.
+  2. The tile's x1 [+ residual] into the output's first channels.
+  3. When the block feeds cheap channels that the output keeps: x1 (halo included) into the program's slot of a
+     scratch buffer, then, for each of them (depth multiplier m: cheap channel j reads x1 channel j // m), the
+     kH x kW taps read back from the slot at their shifted pixels, bias, activation [+ residual], into the
+     output's other channels. The slot is rewritten item after item, so the buffer (programs x BLOCK_HP x BLOCK_C)
+     stays in cache. (Register tiles cannot be shifted along the pixels. ``tl.gather`` can, but the compiler makes
+     it warp-local: one shuffle per source element a thread holds along the pixels, for each element gathered;
+     a 256 x 32 fp16 halo tile took 256 shuffles a thread for each tap, ptx for sm_90. The slot takes one store
+     of the tile and kH x kW loads of the tile's pixels, from cache.)
+The map's zero padding is the taps outside it (the halo's pixels outside the map are never read): they are
+skipped, not added as 0 * w, as in the depthwise kernels. Tensors are addressed through their strides: any layout
+runs without copies. fp32 GEMMs use exact fp32 products, fp16/bf16 go through tensor cores in their own dtype;
+everything accumulates in fp32 (fp64 for fp64).
+
+Backward: the native formula (ghost_module_backward_recomputed, csrc/shared/ghost_module.cpp), with the
 depthwise Triton backward.
 """
 
 import torch
 import torch.nn.functional as F
-
+import triton
+import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
 from .. import _geometry
 from ..activations import activation, activation_backward
+from ._common import acc_dtype, device_context, needs_int64, next_pow2, program_target
 from .depthwise_conv2d import depthwise_conv2d_backward, depthwise_conv2d_forward
+from .dwpw_conv2d import ACT_CODES, _activation, _dot
+
+# Looked up in this module at each launch, so that tests can force the int64 indexing and several programs on
+# small problems, and tests/triton_gpu_compile.py can record the launches of a GPU under the interpreter.
+_needs_int64 = needs_int64
+_program_target = program_target
+
+
+def _interpreted(device):
+    """Whether the kernel runs through the Triton interpreter: on CPU tensors."""
+    return device.type == "cpu"
 
 
 def _cheap_sources(primary_weight, cheap_weight, out_channels):
@@ -28,29 +60,218 @@ def _cheap_sources(primary_weight, cheap_weight, out_channels):
     return sources, sources * multiplier
 
 
+@triton.jit
+def _ghost_fwd_kernel(
+    x_ptr, pw_ptr, pb_ptr, cw_ptr, cb_ptr, res_ptr, out_ptr, scratch_ptr,
+    C, INIT, KEPT, SOURCES, MULT, OH, OW,
+    sxn, sxc, sxh, sxw,
+    spo, spk,
+    scf, sch, scw,
+    srn, src, srh, srw,
+    son, soc, soh, sow,
+    items, tiles, tiles_w, c_blocks,
+    stride_h, stride_w,
+    KH: tl.constexpr, KW: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
+    HAS_PB: tl.constexpr, HAS_CB: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_HP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+    INT64: tl.constexpr, ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
+):
+    PH: tl.constexpr = KH // 2
+    PW: tl.constexpr = KW // 2
+    HALO_H: tl.constexpr = TILE_H + KH - 1
+    HALO_W: tl.constexpr = TILE_W + KW - 1
+    BLOCK_P: tl.constexpr = TILE_H * TILE_W
+    dtype = out_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    # Halo lane q: pixel (h0 - PH + q // HALO_W, w0 - PW + q % HALO_W) of a tile at (h0, w0); lanes past the halo
+    # (the power-of-two rounding) are masked.
+    q = tl.arange(0, BLOCK_HP)
+    qr = q // HALO_W
+    qc = q % HALO_W
+    own = (qr >= PH) & (qr < PH + TILE_H) & (qc >= PW) & (qc < PW + TILE_W)
+    # Tile pixel p, (h0 + p // TILE_W, w0 + p % TILE_W), reads through tap (kh, kw) halo lane base + kh * HALO_W + kw.
+    p = tl.arange(0, BLOCK_P)
+    pr = p // TILE_W
+    pc = p % TILE_W
+    base = pr * HALO_W + pc
+    cl = tl.arange(0, BLOCK_C)
+    # The program's scratch slot: x1 of its current tile and halo, (BLOCK_HP, BLOCK_C), channels contiguous.
+    slot = scratch_ptr + pid.to(tl.int64) * (BLOCK_HP * BLOCK_C)
+
+    for item in range(pid, items, tl.num_programs(0)):
+        cb = item % c_blocks
+        t = item // c_blocks
+        # The image index is int64 even without INT64: n * (image stride) passes 2^31 in a batch whose images each
+        # fit int32 offsets (needs_int64 looks at one image).
+        n = (t // tiles).to(tl.int64)
+        t = t % tiles
+        h0 = (t // tiles_w) * TILE_H
+        w0 = (t % tiles_w) * TILE_W
+        c = cb * BLOCK_C + cl
+        mask_c = c < INIT
+        if INT64:
+            c = c.to(tl.int64)
+
+        # 1. x1 over the tile and its halo.
+        oh = h0 - PH + qr
+        ow = w0 - PW + qc
+        in_map = (qr < HALO_H) & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+        if INT64:
+            oh = oh.to(tl.int64)
+            ow = ow.to(tl.int64)
+        x_px = x_ptr + n * sxn + oh * stride_h * sxh + ow * stride_w * sxw
+        acc = tl.zeros((BLOCK_HP, BLOCK_C), dtype=ACC)
+        for k0 in range(0, C, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = k < C
+            a = tl.load(x_px[:, None] + k[None, :] * sxc, mask=in_map[:, None] & mask_k[None, :], other=0.0)
+            b = tl.load(pw_ptr + k[:, None] * spk + c[None, :] * spo, mask=mask_k[:, None] & mask_c[None, :],
+                        other=0.0)
+            acc = _dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, IEEE)
+        if HAS_PB:
+            acc += tl.load(pb_ptr + c, mask=mask_c, other=0.0).to(ACC)[None, :]
+        # Rounded to the output dtype once: what the primary channels hold and what the depthwise reads.
+        x1 = _activation(acc, ACT).to(dtype)
+
+        # 2. The tile's own pixels of x1 [+ residual] into the output's first INIT channels.
+        mask = (in_map & own)[:, None] & mask_c[None, :]
+        y = x1
+        if HAS_RES:
+            r = tl.load(res_ptr + n * srn + (oh * srh + ow * srw)[:, None] + (c * src)[None, :], mask=mask,
+                        other=0.0)
+            y = (y.to(ACC) + r.to(ACC)).to(dtype)
+        tl.store(out_ptr + n * son + (oh * soh + ow * sow)[:, None] + (c * soc)[None, :], y, mask=mask)
+
+        # 3. The cheap channels of the block's primary channels that the output keeps.
+        if cb * BLOCK_C < SOURCES:
+            # Every thread has read the previous tile's taps before x1 overwrites them, and x1 is whole before any
+            # thread reads its taps (the slot stays in L1/L2: it is rewritten tile after tile).
+            tl.debug_barrier()
+            tl.store(slot + q[:, None] * BLOCK_C + cl[None, :], x1)
+            tl.debug_barrier()
+            ph = h0 + pr
+            pw = w0 + pc
+            mask_p = (ph < OH) & (pw < OW)
+            if INT64:
+                ph = ph.to(tl.int64)
+                pw = pw.to(tl.int64)
+            for j in range(MULT):
+                f = c * MULT + j
+                mask_f = mask_c & (f < KEPT)
+                if HAS_CB:
+                    z = tl.load(cb_ptr + f, mask=mask_f, other=0.0).to(ACC)[None, :] + \
+                        tl.zeros((BLOCK_P, BLOCK_C), ACC)
+                else:
+                    z = tl.zeros((BLOCK_P, BLOCK_C), dtype=ACC)
+                for kh in range(KH):
+                    ih = ph + (kh - PH)
+                    ok_h = mask_p & (ih >= 0) & (ih < OH)
+                    for kw in range(KW):
+                        iw = pw + (kw - PW)
+                        ok = ok_h & (iw >= 0) & (iw < OW)
+                        xv = tl.load(slot + (base + (kh * HALO_W + kw))[:, None] * BLOCK_C + cl[None, :],
+                                     mask=ok[:, None] & mask_f[None, :], other=0.0).to(ACC)
+                        wv = tl.load(cw_ptr + f * scf + kh * sch + kw * scw, mask=mask_f, other=0.0).to(ACC)
+                        # The taps outside the map (x1's zero padding) are skipped, not added as 0 * w: that is NaN
+                        # for a NaN or Inf weight, where PyTorch has none.
+                        z = tl.where(ok[:, None], z + xv * wv[None, :], z)
+                mask_pf = mask_p[:, None] & mask_f[None, :]
+                # Rounded before the residual is added, as the composition adds it to the stored cheap half.
+                y2 = _activation(z, ACT).to(dtype)
+                ch = INIT + f
+                if HAS_RES:
+                    r2 = tl.load(res_ptr + n * srn + (ph * srh + pw * srw)[:, None] + (ch * src)[None, :],
+                                 mask=mask_pf, other=0.0)
+                    y2 = (y2.to(ACC) + r2.to(ACC)).to(dtype)
+                tl.store(out_ptr + n * son + (ph * soh + pw * sow)[:, None] + (ch * soc)[None, :], y2, mask=mask_pf)
+
+
+# Halo lanes (BLOCK_HP) of a program at most: with BLOCK_C channels they size the GEMM's accumulator.
+_MAX_HALO = 256
+
+
+def _tile(out_h, out_w, kh, kw):
+    """(TILE_H, TILE_W, BLOCK_HP) for an out_h x out_w map: the power-of-two tile whose programs spend the fewest
+    lanes over the map, counting the halo's GEMM lanes (the haloed tile rounded up to a power of two), the
+    depthwise's lanes and a fixed cost per program; ties go to the larger tile. With 3x3 kernels 112x112 maps get
+    8x16 tiles (180 halo pixels in 256 lanes), 56x56 maps 4x32 (204 in 256), 7x7 maps one 8x8 tile (100 in 128).
+    Kernels too large for any tile within the limit take 1x1 tiles."""
+    best = None
+    th = 1
+    while th <= next_pow2(out_h):
+        tw = 1
+        while tw <= next_pow2(out_w):
+            halo = max(16, next_pow2((th + kh - 1) * (tw + kw - 1)))
+            if halo <= _MAX_HALO or (th, tw) == (1, 1):
+                cost = triton.cdiv(out_h, th) * triton.cdiv(out_w, tw) * (halo + th * tw + 64)
+                key = (cost, -th * tw)
+                if best is None or key < best[0]:
+                    best = (key, (th, tw, halo))
+            tw *= 2
+        th *= 2
+    return best[1]
+
+
 def ghost_module_forward(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels,
                          stride, act, packed_weights=None):
     # packed_weights is the CPU kernel's copy of the weights: not needed here.
     # The op's own checks, so that a direct call fails as on every other backend.
     _geometry.check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels,
                                  stride, act)
-    init = primary_weight.shape[0]
     shape = _geometry.ghost_module_output_shape(input, out_channels, stride)
     out = torch.empty(shape, dtype=input.dtype, device=input.device,
                       memory_format=suggest_memory_format(input))
     if out.numel() == 0:
         return out
-    x1 = activation(F.conv2d(input, primary_weight, primary_bias, tuple(stride)), act)
-    out[:, :init] = x1
-    if out_channels > init:
-        sources, filters = _cheap_sources(primary_weight, cheap_weight, out_channels)
-        kh, kw = cheap_weight.shape[2:]
-        x2 = depthwise_conv2d_forward(x1[:, :sources], cheap_weight[:filters],
-                                      None if cheap_bias is None else cheap_bias[:filters], (1, 1),
-                                      (kh // 2, kw // 2), (1, 1))
-        out[:, init:] = activation(x2[:, :out_channels - init], act)
-    if residual is not None:
-        out += residual
+    n, c = input.shape[:2]
+    init = primary_weight.shape[0]
+    out_h, out_w = shape[2:]
+    kh, kw = cheap_weight.shape[2:]
+    mult = cheap_weight.shape[0] // init
+    sources, _ = _cheap_sources(primary_weight, cheap_weight, out_channels)
+    tile_h, tile_w, block_hp = _tile(out_h, out_w, kh, kw)
+    # GEMM tiles of at least 16 (tl.dot), at most 4096 accumulators a program. fp32 and fp64 take K in chunks of
+    # 16: their products run on FMA units, where a longer chunk only adds registers (ptxas, sm_80, fp32 128 x 16
+    # accumulators: 416 bytes of spills in chunks of 32, none in chunks of 16).
+    half = input.dtype in (torch.float16, torch.bfloat16)
+    block_k = max(16, min(32 if half else 16, next_pow2(c)))
+    block_c = max(16, min(32, next_pow2(init), 4096 // block_hp))
+    c_blocks = triton.cdiv(init, block_c)
+    tiles_w = triton.cdiv(out_w, tile_w)
+    tiles = triton.cdiv(out_h, tile_h) * tiles_w
+    acc = acc_dtype(input.dtype)
+    dot_dtype = acc
+    if input.dtype == torch.float16:
+        dot_dtype = tl.float16
+    elif input.dtype == torch.bfloat16 and not _interpreted(input.device):
+        # The Triton interpreter multiplies bfloat16 tiles as their raw 16-bit integers: it gets them as float32,
+        # whose products are exact, as a tensor core's bfloat16 products are.
+        dot_dtype = tl.bfloat16
+    items = n * tiles * c_blocks
+    programs = max(1, min(items, _program_target(input.device)))
+    # One slot per program, rewritten tile after tile. Without cheap channels kept it is never used: the output
+    # stands in for its pointer, as for the other absent tensors.
+    scratch = torch.empty((programs, block_hp, block_c), dtype=input.dtype, device=input.device) if sources else out
+    res = residual if residual is not None else out
+    with device_context(input):
+        _ghost_fwd_kernel[(programs,)](
+            input, primary_weight, primary_bias if primary_bias is not None else primary_weight,
+            cheap_weight, cheap_bias if cheap_bias is not None else cheap_weight, res, out, scratch,
+            c, init, out_channels - init, sources, mult, out_h, out_w,
+            *input.stride(),
+            primary_weight.stride(0), primary_weight.stride(1),
+            cheap_weight.stride(0), cheap_weight.stride(2), cheap_weight.stride(3),
+            *res.stride(),
+            *out.stride(),
+            items, tiles, tiles_w, c_blocks,
+            stride[0], stride[1],
+            KH=kh, KW=kw, TILE_H=tile_h, TILE_W=tile_w,
+            HAS_PB=primary_bias is not None, HAS_CB=cheap_bias is not None, HAS_RES=residual is not None,
+            ACT=ACT_CODES[act],
+            BLOCK_HP=block_hp, BLOCK_K=block_k, BLOCK_C=block_c,
+            INT64=_needs_int64(input, out, res), ACC=acc, DOT_DTYPE=dot_dtype, IEEE=dot_dtype == tl.float32,
+            num_warps=8 if block_hp * block_c >= 4096 else 4,
+        )
     return out
 
 
