@@ -40,11 +40,11 @@ constexpr int kChPerThread = 4;
 static_assert((kTileP / kPixPerThread) * (kTileN / kChPerThread) == kThreads, "thread layout");
 
 struct DwpwParams {
-  DwParams dw;                 // the depthwise stage (dw.out_channels = K, the GEMM's reduction size)
-  int64_t out_channels;        // of the pointwise stage
-  int64_t sxn, sxc, sxh, sxw;  // input strides (elements)
-  int64_t son, soc, soh, sow;  // output strides
-  int mid, out;                // Activation
+  DwParams dw;           // the depthwise stage (dw.out_channels = K, the GEMM's reduction size)
+  int64_t out_channels;  // of the pointwise stage
+  Strides4 x;            // input strides (elements)
+  Strides4 o;            // output strides
+  int mid, out;          // Activation
 };
 
 template <typename scalar_t>
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t K = p.dw.out_channels;  // depthwise channels: the GEMM's reduction size
   const int64_t pixels = static_cast<int64_t>(p.dw.out_h) * p.dw.out_w;
   const int T = p.dw.kernel_h * p.dw.kernel_w;
-  const scalar_t* image = input + n * p.sxn;
+  const scalar_t* image = input + n * p.x.n;
 
   const int tn = tid % (kTileN / kChPerThread);  // channel group
   const int tp = tid / (kTileN / kChPerThread);  // pixel group
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kThreads)
           for (int kw = 0; kw < p.dw.kernel_w; ++kw) {
             const int64_t iw = ow * p.dw.stride_w - p.dw.pad_w + kw * p.dw.dilation_w;
             if (iw < 0 || iw >= p.dw.in_w) continue;
-            v += static_cast<acc_t>(image[c * p.sxc + ih * p.sxh + iw * p.sxw]) *
+            v += static_cast<acc_t>(image[c * p.x.c + ih * p.x.h + iw * p.x.w]) *
                  static_cast<acc_t>(wk[kh * p.dw.kernel_w + kw]);
           }
         }
@@ -127,13 +127,13 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t pix = p0 + tp * kPixPerThread + i;
     if (pix >= pixels) continue;
     const int64_t oh = pix / p.dw.out_w, ow = pix % p.dw.out_w;
-    scalar_t* dst = out + n * p.son + oh * p.soh + ow * p.sow;
+    scalar_t* dst = out + n * p.o.n + oh * p.o.h + ow * p.o.w;
 #pragma unroll
     for (int j = 0; j < kChPerThread; ++j) {
       const int64_t oc = c0 + tn * kChPerThread + j;
       if (oc >= p.out_channels) continue;
       acc_t v = acc[i][j] + (pw_bias != nullptr ? static_cast<acc_t>(pw_bias[oc]) : acc_t(0));
-      dst[oc * p.soc] = static_cast<scalar_t>(activate(v, p.out));
+      dst[oc * p.o.c] = static_cast<scalar_t>(activate(v, p.out));
     }
   }
 }
@@ -160,14 +160,8 @@ Tensor dwpw_conv2d_cuda(const Tensor& input_, const Tensor& dw_weight_, const c1
   DwpwParams p;
   p.dw = make_dw_params(g, "dwpw_conv2d");
   p.out_channels = geo.out_channels;
-  p.sxn = input.stride(0);
-  p.sxc = input.stride(1);
-  p.sxh = input.stride(2);
-  p.sxw = input.stride(3);
-  p.son = out.stride(0);
-  p.soc = out.stride(1);
-  p.soh = out.stride(2);
-  p.sow = out.stride(3);
+  p.x = strides4(input);
+  p.o = strides4(out);
   p.mid = static_cast<int>(geo.mid);
   p.out = static_cast<int>(geo.out);
 

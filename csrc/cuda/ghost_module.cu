@@ -61,9 +61,9 @@ struct GhostParams {
   int kernel_h, kernel_w, pad_h, pad_w;
   int win_h, win_w, tile_h, tile_w, tiles_w;
   int64_t tiles;                                  // per image
-  int64_t sxn, sxc, sxh, sxw;                     // input strides (elements)
-  int64_t son, soc, soh, sow;                     // output strides
-  int64_t srn, src, srh, srw;                     // residual strides
+  Strides4 x;                                     // input strides (elements)
+  Strides4 o;                                     // output strides
+  Strides4 r;                                     // residual strides
   bool input_channels_inner, out_channels_inner;  // whether a pixel's channels are adjacent (channels_last)
   int activation;                                 // Activation
   // The depthwise stage the input goes through first (_ghost_bottleneck's between its modules; kernel template
@@ -91,10 +91,10 @@ __device__ __forceinline__ at::opmath_type<scalar_t> module_input(const scalar_t
                                                                   const scalar_t* __restrict__ dw_bias, int64_t k,
                                                                   int y, int x, const GhostParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* plane = image + k * p.sxc;
+  const scalar_t* plane = image + k * p.x.c;
   if constexpr (!kDepthwiseInput) {
     return static_cast<acc_t>(
-        plane[static_cast<int64_t>(y) * p.stride_h * p.sxh + static_cast<int64_t>(x) * p.stride_w * p.sxw]);
+        plane[static_cast<int64_t>(y) * p.stride_h * p.x.h + static_cast<int64_t>(x) * p.stride_w * p.x.w]);
   } else {
     const scalar_t* w = dw_weight + k * p.dw_kernel_h * p.dw_kernel_w;
     acc_t v = dw_bias != nullptr ? static_cast<acc_t>(dw_bias[k]) : acc_t(0);
@@ -104,7 +104,7 @@ __device__ __forceinline__ at::opmath_type<scalar_t> module_input(const scalar_t
       for (int kw = 0; kw < p.dw_kernel_w; ++kw) {
         const int ix = x * p.dw_stride_w - p.dw_pad_w + kw;
         if (ix < 0 || ix >= p.in_w) continue;
-        v += static_cast<acc_t>(plane[iy * p.sxh + ix * p.sxw]) * static_cast<acc_t>(w[kh * p.dw_kernel_w + kw]);
+        v += static_cast<acc_t>(plane[iy * p.x.h + ix * p.x.w]) * static_cast<acc_t>(w[kh * p.dw_kernel_w + kw]);
       }
     }
     return static_cast<acc_t>(static_cast<scalar_t>(v));
@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kThreads)
   const int wy = tid / p.win_w, wx = tid % p.win_w;
   const int y = oy0 - p.pad_h + wy, x = ox0 - p.pad_w + wx;
   const bool in_map = tid < pixels && y >= 0 && y < p.out_h && x >= 0 && x < p.out_w;
-  const scalar_t* image = input + n * p.sxn;
+  const scalar_t* image = input + n * p.x.n;
 
   // 1. The primary GEMM of the window.
   acc_t acc[kTileC];
@@ -180,8 +180,8 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t v = in_map ? stored_activation<scalar_t>(acc[c] + bias, p.activation) : acc_t(0);
     if (tid < pixels) window[c * kWindowPixels + tid] = v;
     if (interior) {
-      out[n * p.son + (c0 + c) * p.soc + y * p.soh + x * p.sow] =
-          with_residual(v, residual, n * p.srn + (c0 + c) * p.src + y * p.srh + x * p.srw);
+      out[n * p.o.n + (c0 + c) * p.o.c + y * p.o.h + x * p.o.w] =
+          with_residual(v, residual, n * p.r.n + (c0 + c) * p.r.c + y * p.r.h + x * p.r.w);
     }
   }
   const int64_t first = c0 * p.multiplier;  // the first cheap channel these primary channels feed
@@ -205,8 +205,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int kw = 0; kw < p.kernel_w; ++kw) v += src[kh * p.win_w + kw] * static_cast<acc_t>(w[kh * p.kernel_w + kw]);
     }
     const int64_t oy = oy0 + ty, ox = ox0 + tx, c = p.init + oc;
-    out[n * p.son + c * p.soc + oy * p.soh + ox * p.sow] = with_residual(
-        stored_activation<scalar_t>(v, p.activation), residual, n * p.srn + c * p.src + oy * p.srh + ox * p.srw);
+    out[n * p.o.n + c * p.o.c + oy * p.o.h + ox * p.o.w] = with_residual(
+        stored_activation<scalar_t>(v, p.activation), residual, n * p.r.n + c * p.r.c + oy * p.r.h + ox * p.r.w);
   }
 }
 
@@ -264,18 +264,9 @@ Tensor ghost_module_fused(const Tensor& input, const GhostModuleGeometry& geo, c
   p.tile_w = win_w - 2 * p.pad_w;
   p.tiles_w = ceil_div(p.out_w, p.tile_w);
   p.tiles = int64_t(p.tiles_w) * ceil_div(p.out_h, p.tile_h);
-  p.sxn = input.stride(0);
-  p.sxc = input.stride(1);
-  p.sxh = input.stride(2);
-  p.sxw = input.stride(3);
-  p.son = out.stride(0);
-  p.soc = out.stride(1);
-  p.soh = out.stride(2);
-  p.sow = out.stride(3);
-  p.srn = res.defined() ? res.stride(0) : 0;
-  p.src = res.defined() ? res.stride(1) : 0;
-  p.srh = res.defined() ? res.stride(2) : 0;
-  p.srw = res.defined() ? res.stride(3) : 0;
+  p.x = strides4(input);
+  p.o = strides4(out);
+  p.r = strides4(res);
   p.input_channels_inner = input.stride(1) == 1 && geo.in_channels > 1;
   p.out_channels_inner = out.stride(1) == 1;
   p.activation = static_cast<int>(geo.activation);

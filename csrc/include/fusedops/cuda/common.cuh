@@ -40,6 +40,17 @@ inline bool on_kernel_device(const TensorT& t) {
 #endif
 }
 
+// A 4-D tensor's strides in elements, (N, C, H, W) order whatever its layout: the kernels address their tensors
+// through them. All zero for an undefined tensor (an absent optional argument).
+struct Strides4 {
+  int64_t n = 0, c = 0, h = 0, w = 0;
+};
+
+template <typename TensorT>
+inline Strides4 strides4(const TensorT& t) {
+  return t.defined() ? Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)} : Strides4{};
+}
+
 template <typename T>
 C10_HOST_DEVICE constexpr T ceil_div(T a, T b) {
   return (a + b - 1) / b;
