@@ -874,6 +874,24 @@ def bottleneck_op(x, first, second, mid_channels, activation="relu", second_acti
                                                 x if isinstance(residual, str) else residual, packed, second_packed)
 
 
+def bottleneck_wrapper(backend):
+    """A callable like bottleneck_op that calls the Python ghost_bottleneck (fusedops/ops/ghost_module.py) on `backend`
+    instead of the native op: the path it takes there (native op, Triton kernels or the ops one after another)
+    depends on the backend, the device and whether gradients are wanted."""
+    def call(x, first, second, mid_channels, activation="relu", second_activation=None, packed=None,
+             second_packed=None, dw=None, residual="input", out_channels=None):
+        from fusedops.ops.ghost_module import ghost_bottleneck
+
+        dw_w, dw_b, dw_s = dw or (None, None, 1)
+        dw_s = (dw_s, dw_s) if isinstance(dw_s, int) else tuple(dw_s)
+        with fusedops.use_backend(backend):
+            return ghost_bottleneck(x, *first, mid_channels, activation or "none", dw_w, dw_b, dw_s, *second,
+                                    out_channels or x.shape[1], second_activation or "none",
+                                    x if isinstance(residual, str) else residual, packed, second_packed)
+
+    return call
+
+
 def ghost_bottleneck_reference(x, first, second, mid_channels, activation="relu", second_activation=None, dw=None,
                           residual="input", out_channels=None):
     """The ops one after another, in float64, each output rounded to x's dtype as the unfused sequence stores it."""
@@ -891,10 +909,11 @@ def ghost_bottleneck_reference(x, first, second, mid_channels, activation="relu"
 
 def check_ghost_bottleneck(shape, mid_channels, ratio=2, dw_size=3, *, second_ratio=None, second_dw_size=None,
                       activation="relu", second_activation=None, dtype=torch.float32, layout="channels_last",
-                      biases=True, depthwise=None, residual="input", out_channels=None, device="cpu"):
+                      biases=True, depthwise=None, residual="input", out_channels=None, device="cpu",
+                      call=bottleneck_op):
     """_ghost_bottleneck on `device` against the ops one after another in float64. `depthwise`: (kernel, stride) of a
     depthwise stage between the modules; `residual`: "input" (the identity shortcut), "tensor" (a given one, as a
-    projecting shortcut's) or None."""
+    projecting shortcut's) or None; `call`: what runs it, the native op (bottleneck_op) or bottleneck_wrapper's."""
     x, first, second = ghost_bottleneck_case(shape, mid_channels, ratio, dw_size, second_ratio, second_dw_size, dtype,
                                         layout, biases, out_channels)
     dw = None if depthwise is None else dw_stage(mid_channels, *depthwise, dtype=dtype, bias=biases)
@@ -907,9 +926,8 @@ def check_ghost_bottleneck(shape, mid_channels, ratio=2, dw_size=3, *, second_ra
     def on(t):
         return t.to(device) if isinstance(t, torch.Tensor) else t
 
-    y = bottleneck_op(on(x), [on(t) for t in first], [on(t) for t in second], mid_channels, activation,
-                            second_activation, dw=None if dw is None else [on(t) for t in dw], residual=on(residual),
-                            out_channels=out_channels)
+    y = call(on(x), [on(t) for t in first], [on(t) for t in second], mid_channels, activation, second_activation,
+             dw=None if dw is None else [on(t) for t in dw], residual=on(residual), out_channels=out_channels)
     assert y.device == on(x).device
     y = y.cpu()
     expected = ghost_bottleneck_reference(x, first, second, mid_channels, activation, second_activation, dw, residual,

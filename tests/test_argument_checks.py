@@ -4,8 +4,11 @@ The native ops check their arguments in C++ (csrc/shared/conv_geometry.cpp, csrc
 csrc/include/fusedops/shuffle_geometry.h); fusedops/ops/_geometry.py is the Python copy, run by the fake kernels
 (meta tensors, tracing) and by the Triton launchers. Each bad call below runs on CPU tensors (the C++ checks), on
 meta tensors (the fake kernel) and, where the Triton interpreter is on, through the Triton mirror op: all must
-fail with the same message. Cases with two faults pin the order of the checks.
+fail with the same message (an internal op without a mirror: through its Triton launcher). Cases with two faults
+pin the order of the checks.
 """
+
+import importlib
 
 import pytest
 import torch
@@ -444,8 +447,9 @@ def _ghost_bottleneck_cases():
     ]
 
 
-# CPU-only internal ops: no Triton mirror.
+# Internal ops without a Triton mirror, and the Triton launcher of each that has one (called by the Python wrapper).
 CPU_ONLY = {"_ghost_bottleneck"}
+TRITON_LAUNCHERS = {"_ghost_bottleneck": ("ghost_module", "ghost_bottleneck_forward")}
 
 CASES = {
     "depthwise_conv2d": _depthwise_cases(),
@@ -493,4 +497,7 @@ def test_python_checks_say_what_cpp_checks_say(name, args):
     assert fake == native
     if _triton_runs_on_cpu() and name not in CPU_ONLY:
         assert _error(getattr(torch.ops.fusedops_triton, name), args) == native
+    if _triton_runs_on_cpu() and name in TRITON_LAUNCHERS:
+        module, launcher = TRITON_LAUNCHERS[name]
+        assert _error(getattr(importlib.import_module(f"fusedops.ops._triton.{module}"), launcher), args) == native
 

@@ -1,9 +1,12 @@
 """Triton path of ghost_module (fusedops/ops/_triton/ghost_module.py): the forward as one fused kernel
-(``_ghost_fwd_kernel``), the backward with the depthwise Triton kernels.
+(``_ghost_fwd_kernel``), the backward with the depthwise Triton kernels; GhostNet's bottleneck without
+squeeze-excitation (ghost_bottleneck) as two launches of that kernel, the second computing the depthwise stage.
 
 On CPU tensors the kernels run through the Triton interpreter (TRITON_INTERPRET=1 set before Python starts);
 on CUDA tensors when a GPU is present. Shapes are small because the interpreter is slow.
 """
+
+import importlib
 
 import pytest
 import torch
@@ -11,8 +14,9 @@ import triton
 
 import fusedops
 
-from conftest import (TRITON_DEVICE, TRITON_TEST, assert_close_scaled, check_ghost_module_parity,
-                      ghost_module_reference, make_input, pair, tolerance)
+from conftest import (TRITON_DEVICE, TRITON_TEST, assert_close_scaled, bottleneck_wrapper, check_ghost_bottleneck,
+                      check_ghost_module_parity, dw_stage, ghost_bottleneck_case, ghost_bottleneck_reference,
+                      ghost_module_reference, make_input, pair, randomize_batch_norms, tolerance)
 
 pytestmark = TRITON_TEST
 
@@ -223,3 +227,250 @@ def test_triton_half_rounds_the_primary_half_before_the_depthwise(dtype, step):
     expected[:, 1, :, -1] = 1
     assert y.dtype == dtype
     assert torch.equal(y.cpu().float(), expected)
+
+
+# ---------------------------------------------------------------------------------------------------
+# _ghost_bottleneck's Triton path (ghost_bottleneck_forward): the first module's kernel, then the second module's
+# with the depthwise stage between them computed inside it (DW_INPUT), which the Python ghost_bottleneck calls on the
+# Triton backend where no gradient is wanted.
+
+
+def _record_launches(monkeypatch):
+    """The names of the Triton kernels launched from now on (every kernel's launch goes through the type of
+    _ghost_fwd_kernel)."""
+    launches = []
+    kernel_type = type(_kernels()._ghost_fwd_kernel)
+    run = kernel_type.run
+
+    def counting_run(self, *a, **kw):
+        launches.append(self.fn.__name__)
+        return run(self, *a, **kw)
+
+    monkeypatch.setattr(kernel_type, "run", counting_run)
+    return launches
+
+
+def _refuse_composed_ops(monkeypatch):
+    """PyTorch's convolution and the ops ghost_bottleneck composes elsewhere raise."""
+    def refused(*a, **kw):
+        raise AssertionError("the Triton bottleneck path ran a convolution or a separate op")
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", refused)
+    # (fusedops.ops.<op> is the op's function: the package exports it under its module's name.)
+    monkeypatch.setattr(importlib.import_module("fusedops.ops.depthwise_conv2d"), "depthwise_conv2d", refused)
+    monkeypatch.setattr(importlib.import_module("fusedops.ops.ghost_module"), "ghost_module", refused)
+
+
+@pytest.fixture
+def fused_bottleneck(monkeypatch):
+    """bottleneck_wrapper("triton") that checks that each call takes the Triton bottleneck path: two launches of
+    the Ghost kernel and nothing else (no convolution, no separate op)."""
+    launches = _record_launches(monkeypatch)
+    call = bottleneck_wrapper("triton")
+
+    def checked(*args, **kwargs):
+        launches.clear()
+        with monkeypatch.context() as m:
+            _refuse_composed_ops(m)
+            y = call(*args, **kwargs)
+        assert launches == ["_ghost_fwd_kernel"] * 2
+        return y
+
+    return checked
+
+
+@pytest.mark.parametrize("layout", ("channels_last", "nchw", "noncontig"))
+@pytest.mark.parametrize("depthwise, residual", (
+    (None, "input"), (None, "tensor"), (None, None),
+    ((3, 2), "tensor"), ((5, 2), None), ((3, 1), "input"), ((5, (2, 1)), "tensor"), ((3, 3), None),
+    ((3, 2), None), ((5, 2), "tensor"), ((3, 1), "tensor"), ((5, (2, 1)), None), ((3, 3), "tensor"),
+))
+def test_triton_bottleneck_parity(fused_bottleneck, layout, depthwise, residual):
+    # 13 input channels, 18 mid channels (ratio 3: 6 primary and 12 cheap); the second module's cheap half cut
+    # (7 of 8 with 11 channels, 8 of 10 with 13). The stride-1 depthwise stage keeps the map: the identity shortcut
+    # fits.
+    out_channels = 13 if residual == "input" else 11
+    check_ghost_bottleneck((2, 13, 11, 9), 18, 3, depthwise=depthwise, residual=residual, out_channels=out_channels,
+                           layout=layout, device=TRITON_DEVICE, call=fused_bottleneck)
+
+
+# The second module's map (the depthwise stage's output: 19 x 37, 37 x 21) spans several tiles both ways: its GEMM
+# lanes' depthwise windows cross tile borders on every side.
+BOTTLENECK_MULTI_TILE = (
+    dict(shape=(1, 6, 38, 74), mid_channels=12, depthwise=(3, 2), residual="tensor", out_channels=10),
+    dict(shape=(1, 6, 37, 42), mid_channels=12, dw_size=5, depthwise=(5, (1, 2)), residual=None, out_channels=8,
+         layout="nchw"),
+)
+
+
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+@pytest.mark.parametrize("case", BOTTLENECK_MULTI_TILE + (
+    # Many channels: 40 input channels and 72 mid channels take the GEMMs' K in several chunks (the depthwise stage
+    # computed chunk by chunk), 36 and 40 primary channels take several channel blocks.
+    dict(shape=(1, 40, 10, 9), mid_channels=72, depthwise=(3, 2), residual="tensor", out_channels=80),
+    dict(shape=(1, 40, 9, 10), mid_channels=72, depthwise=(5, 1), residual="input", layout="noncontig"),
+    dict(shape=(2, 37, 7, 6), mid_channels=50, ratio=3, residual="input", layout="nchw", biases=False),
+    dict(shape=(1, 20, 9, 9), mid_channels=66, ratio=3, depthwise=(3, 2), residual=None, out_channels=70,
+         biases=False),
+))
+def test_triton_bottleneck_tiles_and_blocks(fused_bottleneck, dtype, case):
+    case = dict(case)
+    shape, mid_channels = case.pop("shape"), case.pop("mid_channels")
+    check_ghost_bottleneck(shape, mid_channels, case.pop("ratio", 2), case.pop("dw_size", 3), dtype=dtype,
+                           device=TRITON_DEVICE, call=fused_bottleneck, **case)
+
+
+@pytest.mark.parametrize("case", BOTTLENECK_MULTI_TILE)
+def test_triton_bottleneck_multi_tile_cases_span_several_tiles(case):
+    # The second module's map: the input's under the depthwise stage's stride.
+    tiles_h, tiles_w = _tiles(case["shape"], case["depthwise"][1], case.get("dw_size", 3))
+    assert tiles_h > 1 and tiles_w > 1
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+def test_triton_bottleneck_reduced_precision(fused_bottleneck, dtype, layout):
+    check_ghost_bottleneck((2, 8, 9, 7), 14, 3, dtype=dtype, layout=layout, device=TRITON_DEVICE,
+                           call=fused_bottleneck)
+    check_ghost_bottleneck((1, 20, 13, 11), 40, 2, 5, dtype=dtype, layout=layout, depthwise=(3, 2),
+                           residual="tensor", out_channels=24, device=TRITON_DEVICE, call=fused_bottleneck)
+
+
+@pytest.mark.parametrize("activation, second_activation", (("hardswish", None), ("silu", "relu6"), (None, "relu")))
+def test_triton_bottleneck_activations(fused_bottleneck, activation, second_activation):
+    check_ghost_bottleneck((2, 6, 9, 10), 10, activation=activation, second_activation=second_activation,
+                           depthwise=(3, 2), residual="tensor", out_channels=8, device=TRITON_DEVICE,
+                           call=fused_bottleneck)
+
+
+def test_triton_bottleneck_edges(fused_bottleneck):
+    run = dict(device=TRITON_DEVICE, call=fused_bottleneck)
+    check_ghost_bottleneck((1, 5, 4, 4), 7, 2, 5, depthwise=(5, 2), biases=False, residual=None, **run)
+    check_ghost_bottleneck((1, 8, 1, 1), 16, depthwise=(3, 2), residual="tensor", **run)  # 1x1 maps
+    check_ghost_bottleneck((2, 4, 1, 3), 6, 3, 3, depthwise=(3, 2), residual="tensor", out_channels=5, **run)
+    check_ghost_bottleneck((1, 6, 17, 5), 10, 2, 3, depthwise=(3, 4), residual="tensor", out_channels=6, **run)
+    check_ghost_bottleneck((2, 8, 9, 9), 8, 2, 3, second_ratio=3, depthwise=(3, 2), residual=None, **run)
+    check_ghost_bottleneck((2, 8, 7, 7), 4, 2, 3, depthwise=(3, 2), residual=None, **run)  # no cheap channel kept
+
+
+def test_triton_bottleneck_int64_and_several_programs(monkeypatch, fused_bottleneck):
+    kernels = _kernels()
+    monkeypatch.setattr(kernels, "_needs_int64", lambda *tensors: True)
+    monkeypatch.setattr(kernels, "_program_target", lambda device: 3)
+    for layout in ("nchw", "channels_last", "noncontig"):
+        check_ghost_bottleneck((2, 20, 13, 19), 26, 3, depthwise=(3, (2, 1)), residual="tensor", out_channels=16,
+                               layout=layout, device=TRITON_DEVICE, call=fused_bottleneck)
+
+
+def test_triton_bottleneck_empty_batch(monkeypatch):
+    # The Triton path with nothing to launch.
+    launches = _record_launches(monkeypatch)
+    _refuse_composed_ops(monkeypatch)
+    call = bottleneck_wrapper("triton")
+    x, first, second = ghost_bottleneck_case((0, 8, 6, 6), 12, 2, 3)
+    on = [t.to(TRITON_DEVICE) for t in (x, *first, *second)]
+    assert call(on[0], on[1:5], on[5:], 12).shape == (0, 8, 6, 6)
+    dw = [t.to(TRITON_DEVICE) for t in dw_stage(12, 3, 2)[:2]] + [2]
+    assert call(on[0], on[1:5], on[5:], 12, dw=dw, residual=None).shape == (0, 8, 3, 3)
+    assert launches == []
+
+
+# (numpy warns of the interpreter's Inf * 0 and Inf - Inf.)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_triton_bottleneck_padding_taps_skipped_as_in_the_depthwise_kernel():
+    """An Inf weight on the depthwise stage's top-left tap: at the stage's first row and column that tap falls in
+    the padding, skipped, not added as 0 * Inf = NaN, as by the Triton depthwise_conv2d, so the second module's
+    primary channels stay finite there (its cheap channels read the next row and column too); elsewhere the Inf
+    reaches the output as through the ops one after another."""
+    x, first, second = ghost_bottleneck_case((1, 8, 9, 9), 12, 3, 3)
+    dw = dw_stage(12, 3, 2)
+    dw[0][2, 0, 0, 0] = float("inf")
+    on = [t.to(TRITON_DEVICE) for t in (x, *first, *second, *dw[:2])]
+    x, first, second, dw = on[0], on[1:5], on[5:9], (on[9], on[10], 2)
+    with torch.no_grad():
+        y = bottleneck_wrapper("triton")(x, first, second, 12, dw=dw, residual=None)
+        with fusedops.use_backend("triton"):
+            mid = fusedops.depthwise_conv2d(fusedops.ghost_module(x, *first, 12), dw[0], dw[1], 2, 1)
+            expected = fusedops.ghost_module(mid, *second, 8, activation=None)
+    init = second[0].shape[0]
+    assert torch.isfinite(mid[:, :, 0, :]).all() and torch.isfinite(mid[:, :, :, 0]).all()
+    assert torch.isfinite(expected[:, :init, 0, :]).all() and not torch.isfinite(expected).all()
+    assert torch.isfinite(y[:, :init, 0, :]).all() and torch.isfinite(y[:, :init, :, 0]).all()
+    torch.testing.assert_close(y, expected, equal_nan=True)
+
+
+def test_triton_bottleneck_with_gradients_runs_the_ops(monkeypatch):
+    """With a tensor that requires grad, ghost_bottleneck runs the differentiable ops one after another (three
+    launches: the two modules and the depthwise stage between them) and the gradients reach every tensor; under
+    no_grad the same tensors take the two-launch path."""
+    x, first, second = ghost_bottleneck_case((1, 6, 9, 8), 10, 2, 3, dtype=torch.float64, layout="channels_last")
+    dw_w, dw_b, _ = dw_stage(10, 3, 2, dtype=torch.float64)
+    res = make_input((1, 6, 5, 4), "channels_last", dtype=torch.float64)
+    leaves = [t.to(TRITON_DEVICE).requires_grad_() for t in (x, *first, *second, dw_w, dw_b, res)]
+    x, first, second, dw, res = leaves[0], leaves[1:5], leaves[5:9], (leaves[9], leaves[10], 2), leaves[11]
+    call = bottleneck_wrapper("triton")
+    launches = _record_launches(monkeypatch)
+    y = call(x, first, second, 10, dw=dw, residual=res)
+    assert launches == ["_ghost_fwd_kernel", "_depthwise_fwd_kernel", "_ghost_fwd_kernel"]
+    assert y.grad_fn is not None
+    grads = torch.autograd.grad(y, leaves, torch.ones_like(y))
+    launches.clear()
+    with torch.no_grad():
+        fused = call(x, first, second, 10, dw=dw, residual=res)
+    assert launches == ["_ghost_fwd_kernel"] * 2 and fused.grad_fn is None
+    monkeypatch.undo()
+    torch.testing.assert_close(fused, y, rtol=1e-12, atol=1e-12)
+    ref_leaves = [t.detach().cpu().requires_grad_() for t in leaves]
+    rx, rf, rs, rdw, rres = ref_leaves[0], ref_leaves[1:5], ref_leaves[5:9], (*ref_leaves[9:11], 2), ref_leaves[11]
+    expected = ghost_bottleneck_reference(rx, rf, rs, 10, dw=rdw, residual=rres)
+    torch.testing.assert_close(y.detach().cpu(), expected.detach(), rtol=1e-10, atol=1e-10)
+    ref_grads = torch.autograd.grad(expected, ref_leaves, torch.ones_like(expected))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.cpu(), r, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype, step", ((torch.float16, 1e-5), (torch.bfloat16, 1e-4)))
+def test_triton_bottleneck_rounds_the_depthwise_stage_before_the_gemm(dtype, step):
+    """The second module's GEMM reads the depthwise stage's output rounded to the dtype, as the unfused sequence
+    stores it. Here the first module's output is 1 everywhere; the stage's 1x3 filters give, on channel 0,
+    1 + step (1 after the rounding; 1 at the first column, whose left tap is padding) and -1 on channel 1; the
+    second module adds the two: exactly 0, where the unrounded stage would give step."""
+    w = 7
+
+    def tensor(values, *shape):
+        return torch.tensor(values, dtype=torch.float64).view(*shape).to(dtype=dtype, device=TRITON_DEVICE)
+
+    x = torch.ones(1, 2, 3, w, dtype=dtype, device=TRITON_DEVICE)
+    first = [tensor([1, 0, 0, 1], 2, 2, 1, 1), None, tensor([0, 0], 2, 1, 1, 1), None]
+    dw = (tensor([step, 1, 0, 0, -1, 0], 2, 1, 1, 3), None, 1)
+    second = [tensor([1, 1], 1, 2, 1, 1), None, tensor([0], 1, 1, 1, 1), None]
+    assert (1 + step) != 1 and torch.tensor(1 + step, dtype=torch.float32).to(dtype) == 1
+    y = bottleneck_wrapper("triton")(x, first, second, 2, activation=None, dw=dw, residual=None, out_channels=1)
+    assert y.dtype == dtype
+    assert torch.equal(y.cpu().float(), torch.zeros(1, 1, 3, w))
+
+
+@pytest.mark.parametrize("config, launches", (
+    (dict(in_chs=8, mid_chs=8, out_chs=8, dw_kernel_size=3, stride=1), ["_ghost_fwd_kernel"] * 2),
+    # The projecting shortcut (dwpw_conv2d) first, then the two Ghost kernels.
+    (dict(in_chs=8, mid_chs=24, out_chs=12, dw_kernel_size=3, stride=2),
+     ["_dwpw_fwd_kernel"] + ["_ghost_fwd_kernel"] * 2),
+))
+@pytest.mark.parametrize("frozen", (False, True))
+def test_triton_ghost_bottleneck_module_takes_the_bottleneck_path(monkeypatch, config, launches, frozen):
+    # fusedops.nn.GhostBottleneck (no squeeze-excitation) in inference on the Triton backend: its modules through the
+    # Triton bottleneck path, the depthwise stage inside the second module's kernel; the output is timm's.
+    timm_ghostnet = pytest.importorskip("timm.models.ghostnet")
+    ref = randomize_batch_norms(timm_ghostnet.GhostBottleneck(**config).double()).eval()
+    module = fusedops.nn.GhostBottleneck(**config).double().eval()
+    module.load_state_dict(ref.state_dict())
+    if frozen:
+        fusedops.freeze(module)
+    x = make_input((1, config["in_chs"], 7, 6), "channels_last", dtype=torch.float64, device=TRITON_DEVICE)
+    ran = _record_launches(monkeypatch)
+    with fusedops.use_backend("triton"), torch.inference_mode():
+        y = module.to(TRITON_DEVICE)(x)
+    assert ran == launches
+    with torch.inference_mode():
+        expected = ref(x.cpu())
+    assert_close_scaled(y.cpu(), expected, **tolerance(torch.float64), name="output")

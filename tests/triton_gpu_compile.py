@@ -6,7 +6,8 @@ process of its own (the interpreter replaces triton.jit at import):
 
 ``record``   (TRITON_INTERPRET=1) calls the Triton wrappers over a grid of problems covering their
              launch configurations (dtypes, layouts, kernel sizes, strides, multipliers, biases,
-             activations, output masks, map sizes up to the largest tiles) with launches intercepted:
+             activations, output masks, map sizes up to the largest tiles, the Ghost kernel with the
+             depthwise stage inside it) with launches intercepted:
              each distinct (kernel, argument types, constexprs, num_warps) is written out, not run.
              The selection to compile covers every value of each constexpr, dtype and num_warps, and
              each kernel's largest tile per dtype (see select).
@@ -36,13 +37,20 @@ def _block(entry):
 
 
 def _size(entry):
-    """The tile's size, then its kernel's taps: what decides a configuration's shared memory and registers."""
+    """The tile's size, then its kernel's taps (with those of a depthwise stage inside it): what decides a
+    configuration's shared memory and registers."""
     c = entry["constexprs"]
-    return _block(entry), c.get("KH", 1) * c.get("KW", 1)
+    return _block(entry), c.get("KH", 1) * c.get("KW", 1) * c.get("DW_KH", 1) * c.get("DW_KW", 1)
 
 
 def _first_pointer(entry):
     return next((v for v in entry["signature"].values() if v.startswith("*")), "")
+
+
+def _variant(entry):
+    """A kernel's variants compiled separately at their largest tile for each dtype: the Ghost kernel with and
+    without the depthwise stage inside it (DW_INPUT: _ghost_bottleneck's second module)."""
+    return entry["kernel"], _first_pointer(entry), entry["constexprs"].get("DW_INPUT", False)
 
 
 def _features(entry):
@@ -52,14 +60,14 @@ def _features(entry):
 
 
 def select(configs):
-    """The configurations to compile: for each kernel and dtype the largest tile with the most taps (the most
-    shared memory and registers), then, greedily, configurations until every value each constexpr, dtype and
+    """The configurations to compile: for each kernel (variant) and dtype the largest tile with the most taps (the
+    most shared memory and registers), then, greedily, configurations until every value each constexpr, dtype and
     num_warps takes is compiled at least once (all ~2000 distinct ones would take hours)."""
     configs = sorted(configs, key=_size, reverse=True)
     chosen, seen = [], set()
     for entry in configs:
-        if (entry["kernel"], _first_pointer(entry)) not in seen:
-            seen.add((entry["kernel"], _first_pointer(entry)))
+        if _variant(entry) not in seen:
+            seen.add(_variant(entry))
             chosen.append(entry)
     covered = set().union(*(_features(e) for e in chosen))
     while True:
@@ -94,6 +102,16 @@ def _problems():
             [3, 5, (3, 5), 1], [1, 2])):
         yield "ghost", dict(dtype=dtype, layout=layout, shape=shape, out=out, ratio=ratio, kernel=kernel,
                             stride=stride, act=acts[i % len(acts)], bias=i % 3 != 0, residual=i % 2 == 0)
+    # _ghost_bottleneck: GhostNet's stride-2 bottlenecks without squeeze-excitation (16 -> 48 -> 24 at 112x112,
+    # 40 -> 240 -> 80 at 28x28), a 960-channel stride-1 one, small maps, both cheap kernels and depthwise stages.
+    for i, (dtype, layout, (shape, mid, out), (kernel, dw)) in enumerate(itertools.product(
+            dtypes, ["nchw", "cl"],
+            [((1, 16, 112, 112), 48, 24), ((2, 40, 28, 28), 240, 80), ((1, 160, 7, 7), 960, 160),
+             ((2, 8, 9, 11), 13, 8)],
+            [(3, (3, 2)), (5, (5, 2)), (3, (5, (2, 1))), (5, None)])):
+        yield "bottleneck", dict(dtype=dtype, layout=layout, shape=shape, mid=mid, out=out, kernel=kernel, dw=dw,
+                                 act=acts[i % len(acts)], second_act=acts[(i + 1) % len(acts)], bias=i % 3 != 0,
+                                 residual=i % 2 == 0)
 
 
 def _call(op, p):
@@ -123,6 +141,26 @@ def _call(op, p):
             res = torch.zeros(n, p["out"], (h - 1) // stride[0] + 1, (w - 1) // stride[1] + 1,
                               dtype=dtype).contiguous(memory_format=fmt)
         ghost_module.ghost_module_forward(x, pw, pb, cw, cb, res, p["out"], stride, p["act"])
+        return
+    if op == "bottleneck":
+        k, bias, mid, out = p["kernel"], p["bias"], p["mid"], p["out"]
+
+        def module(cin, cout):
+            init = -(-cout // 2)
+            return [torch.zeros(init, cin, 1, 1, dtype=dtype), torch.zeros(init, dtype=dtype) if bias else None,
+                    torch.zeros(init, 1, k, k, dtype=dtype), torch.zeros(init, dtype=dtype) if bias else None]
+
+        dw_weight = dw_bias = None
+        dw_stride = (1, 1)
+        if p["dw"] is not None:
+            dk, ds = p["dw"]
+            dw_stride = (ds, ds) if isinstance(ds, int) else ds
+            dw_weight = torch.zeros(mid, 1, dk, dk, dtype=dtype)
+            dw_bias = torch.zeros(mid, dtype=dtype) if bias else None
+            h, w = (h - 1) // dw_stride[0] + 1, (w - 1) // dw_stride[1] + 1
+        res = torch.zeros(n, out, h, w, dtype=dtype).contiguous(memory_format=fmt) if p["residual"] else None
+        ghost_module.ghost_bottleneck_forward(x, *module(c, mid), mid, p["act"], dw_weight, dw_bias, dw_stride,
+                                              *module(mid, out), out, p["second_act"], res)
         return
     if op == "depthwise":
         kh, kw = (p["kernel"], p["kernel"]) if isinstance(p["kernel"], int) else p["kernel"]

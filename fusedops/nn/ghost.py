@@ -12,8 +12,9 @@ from ..ops import _library
 from ..ops.depthwise_conv2d import depthwise_conv2d
 from ..ops.dwpw_conv2d import dwpw_conv2d
 from ..ops.ghost_module import (BOTTLENECK_NAME, DEPTHWISE_NAME, EXCITED_NAME, ghost_bottleneck,
-                                ghost_bottleneck_fuses, ghost_module, ghost_module_excited, ghost_module_excited_fuses,
-                                ghost_module_then_depthwise, ghost_module_then_depthwise_fuses, pack_weights)
+                                ghost_bottleneck_fuses, ghost_bottleneck_runs_triton, ghost_module,
+                                ghost_module_excited, ghost_module_excited_fuses, ghost_module_then_depthwise,
+                                ghost_module_then_depthwise_fuses, pack_weights)
 from . import training
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights
@@ -192,9 +193,9 @@ class GhostModule(FoldedWeights, nn.Module):
         """``second(x, residual)`` of ``x = self(input)``, then, where ``depthwise`` ``(weight, bias, stride)`` is
         given, ``x = depthwise_conv2d(x, weight, bias, stride, padding=k // 2)``, for a :class:`GhostModule` ``second``
         (GhostNet's bottlenecks without squeeze-excitation, ``residual`` their shortcut): where both modules
-        :meth:`runs_fused` at stride 1 on CPU or CUDA without gradients, the native op
-        :func:`fusedops.ops.ghost_module.ghost_bottleneck` (on the CPU one kernel in which nothing between the input
-        and the output reaches memory; on CUDA the depthwise stage inside the second module's kernel)."""
+        :meth:`runs_fused` at stride 1 without gradients, :func:`fusedops.ops.ghost_module.ghost_bottleneck` (on the
+        CPU one kernel in which nothing between the input and the output reaches memory; on CUDA and Triton the
+        depthwise stage inside the second module's kernel)."""
         dw_weight, dw_bias, dw_stride = (None, None, (1, 1)) if depthwise is None else depthwise
         # The second module's fold is part of the key: its refold (a weight load, a conversion) drops the call.
         stride, second_stride = self._stride(), second._stride()
@@ -212,7 +213,7 @@ class GhostModule(FoldedWeights, nn.Module):
         # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
         weights = (*self.parameters(), *second.parameters(), dw_weight, dw_bias, residual) \
             if torch.is_grad_enabled() else ()
-        if not fused or not ghost_bottleneck_fuses(input, *weights):
+        if not fused or not (ghost_bottleneck_fuses(input, *weights) or ghost_bottleneck_runs_triton(input, *weights)):
             x = self(input)
             if depthwise is not None:
                 x = depthwise_conv2d(x, dw_weight, dw_bias, dw_stride, (dw_weight.shape[2] // 2,

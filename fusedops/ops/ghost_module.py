@@ -31,8 +31,8 @@ def ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, 
     the primary half of a band (with the depthwise halo) is computed into a per-thread tile, stored, and read from
     that tile by the depthwise stage while it is in cache. On CUDA and through Triton the module is one kernel over
     tiles of output pixels: the primary half of a tile with the depthwise halo is computed on chip (shared memory;
-    Triton: a per-program scratch slot), its tile stored, and read there by the depthwise stage. The backward recomputes the primary half from the input, so training
-    keeps only the input alive.
+    Triton: a per-program scratch slot), its tile stored, and read there by the depthwise stage. The backward
+    recomputes the primary half from the input, so training keeps only the input alive.
 
     Args:
         input: ``Tensor[N, C_in, H, W]``, any layout (channels_last is the fast one on CPU).
@@ -185,8 +185,14 @@ def _runs_inference_natively(input, *tensors, devices=("cpu",)):
     """Whether the inference-only kernels (_ghost_module_depthwise, _ghost_module_excited: CPU; _ghost_bottleneck: CPU
     and CUDA) may take a call on these tensors: on one of `devices`, the native backend, not compiling, and no
     gradient recorded through any of them."""
+    return _runs_inference(_backend.NATIVE, input, tensors, devices)
+
+
+def _runs_inference(impl, input, tensors, devices):
+    """Whether a call on these tensors resolves to `impl` (NATIVE or TRITON) on one of `devices`, outside a traced
+    graph (which keeps the differentiable ops), with no gradient recorded through any of them."""
     return (input.device.type in devices and not torch.compiler.is_compiling()
-            and _backend.resolve_for(input, NAME) == _backend.NATIVE
+            and _backend.resolve_for(input, NAME) == impl
             and not (torch.is_grad_enabled()
                      and any(t is not None and t.requires_grad for t in (input, *tensors))))
 
@@ -283,8 +289,16 @@ BOTTLENECK_NAME = "_ghost_bottleneck"
 
 def ghost_bottleneck_fuses(input, *tensors):
     """Whether :func:`ghost_bottleneck` runs its native kernel for these tensors: CPU or CUDA, the native backend, no
-    gradient wanted (the kernel has no backward), not compiling (the graph keeps the differentiable ops)."""
+    gradient wanted (the kernel has no backward), not compiling (the graph keeps the differentiable ops). (On the
+    Triton backend the same calls run its Triton kernels: :func:`ghost_bottleneck_runs_triton`.)"""
     return _runs_inference_natively(input, *tensors, devices=("cpu", "cuda"))
+
+
+def ghost_bottleneck_runs_triton(input, *tensors):
+    """Whether :func:`ghost_bottleneck` runs its Triton kernels (``ghost_bottleneck_forward`` in
+    fusedops/ops/_triton/ghost_module.py) for these tensors: the call resolves to the Triton backend (CUDA tensors;
+    CPU tensors under the Triton interpreter), no gradient wanted, not compiling."""
+    return _runs_inference(_backend.TRITON, input, tensors, ("cpu", "cuda"))
 
 
 def ghost_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
@@ -294,19 +308,26 @@ def ghost_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bi
     """``ghost_module(x, second_primary_weight, ..., out_channels, 1, second_activation, residual=residual)`` of
     ``x = ghost_module(input, primary_weight, ..., mid_channels, 1, activation)``, then, where ``dw_weight`` is given,
     ``x = depthwise_conv2d(x, dw_weight, dw_bias, dw_stride, padding=k // 2)``: GhostNet's bottleneck without
-    squeeze-excitation, batch norms folded, its shortcut passed as ``residual`` (the input for an identity one). The
-    native op where :func:`ghost_bottleneck_fuses`: on the CPU one kernel, in which everything between the input and
-    the output is computed into per-thread tiles, never written to memory; on CUDA two, the depthwise stage computed
-    inside the second module's (the first module's output makes one round trip); otherwise the ops one after
-    another. ``activation``,
-    ``second_activation``: the op's names; ``dw_stride``: a pair; ``packed_weights``, ``second_packed_weights``:
-    :func:`pack_weights` of each module's arguments."""
+    squeeze-excitation, batch norms folded, its shortcut passed as ``residual`` (the input for an identity one).
+    Without gradients and outside a traced graph: on the native backend the native op
+    (:func:`ghost_bottleneck_fuses`), on the CPU one kernel in which everything between the input and the output is
+    computed into per-thread tiles, never written to memory, on CUDA two, the depthwise stage computed inside the
+    second module's (the first module's output makes one round trip); on the Triton backend the same two kernels as
+    on CUDA, in Triton (:func:`ghost_bottleneck_runs_triton`). Otherwise (gradients wanted, compiling, the reference
+    backend) the ops one after another. ``activation``, ``second_activation``: the op's names; ``dw_stride``: a
+    pair; ``packed_weights``, ``second_packed_weights``: :func:`pack_weights` of each module's arguments (the CPU
+    kernel's; the other backends ignore them)."""
     first = (primary_weight, primary_bias, cheap_weight, cheap_bias)
     second = (second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias)
     if ghost_bottleneck_fuses(input, *first, dw_weight, dw_bias, *second, residual):
         return torch.ops.fusedops._ghost_bottleneck(input, *first, mid_channels, activation, dw_weight, dw_bias,
                                                     dw_stride, *second, out_channels, second_activation, residual,
                                                     packed_weights, second_packed_weights)
+    if ghost_bottleneck_runs_triton(input, *first, dw_weight, dw_bias, *second, residual):
+        from ._triton.ghost_module import ghost_bottleneck_forward
+
+        return ghost_bottleneck_forward(input, *first, mid_channels, activation, dw_weight, dw_bias, dw_stride,
+                                        *second, out_channels, second_activation, residual)
     x = ghost_module(input, *first, mid_channels, 1, activation, packed_weights=packed_weights)
     if dw_weight is not None:
         from .depthwise_conv2d import depthwise_conv2d
@@ -316,11 +337,12 @@ def ghost_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bi
                         packed_weights=second_packed_weights)
 
 
-def _fake_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
-                     dw_weight, dw_bias, dw_stride, second_primary_weight, second_primary_bias, second_cheap_weight,
-                     second_cheap_bias, out_channels, second_activation, residual, packed_weights=None,
-                     second_packed_weights=None):
-    # Each module's checks, their errors saying which module (as the kernel's).
+def _check_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
+                      dw_weight, dw_bias, dw_stride, second_primary_weight, second_primary_bias, second_cheap_weight,
+                      second_cheap_bias, out_channels, second_activation, residual):
+    """_ghost_bottleneck's checks (the fake kernel's and the Triton launcher's; the native kernels': C++
+    ghost_bottleneck_geometry), each module's errors saying which module, as the kernels'. Returns the output's
+    shape."""
     try:
         _geometry.check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None,
                                      mid_channels, (1, 1), activation)
@@ -328,14 +350,19 @@ def _fake_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bi
         raise RuntimeError("fusedops: _ghost_bottleneck's first module (out_channels: mid_channels): "
                            f"{_without_prefix(e)}") from None
     n, _, h, w = input.shape
+
+    def shaped(*shape):
+        # A stand-in of that shape on the input's device and dtype, for the checks: one element expanded, no memory
+        # (the Triton launcher checks real tensors).
+        return input.new_empty((1, 1, 1, 1)).expand(shape)
+
     _geometry.check_pair(dw_stride, "dw_stride")
     if dw_weight is not None:
-        h, w = _check_following_depthwise(input.new_empty((n, mid_channels, h, w)), dw_weight, dw_bias, dw_stride,
-                                          "mid_channels")
+        h, w = _check_following_depthwise(shaped(n, mid_channels, h, w), dw_weight, dw_bias, dw_stride, "mid_channels")
     else:
         torch._check(dw_bias is None, lambda: "fusedops: dw_bias is given without dw_weight")
     try:
-        _geometry.check_ghost_module(input.new_empty((n, mid_channels, h, w)), second_primary_weight,
+        _geometry.check_ghost_module(shaped(n, mid_channels, h, w), second_primary_weight,
                                      second_primary_bias, second_cheap_weight, second_cheap_bias, residual,
                                      out_channels, (1, 1), second_activation)
     except RuntimeError as e:
@@ -343,7 +370,17 @@ def _fake_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bi
                            "second_cheap_weight, second_cheap_bias, out_channels, second_activation, residual; its "
                            "input: the first module's output, after the depthwise stage where there is one): "
                            f"{_without_prefix(e)}") from None
-    return _args.empty_like_format(input, (n, out_channels, h, w))
+    return (n, out_channels, h, w)
+
+
+def _fake_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
+                     dw_weight, dw_bias, dw_stride, second_primary_weight, second_primary_bias, second_cheap_weight,
+                     second_cheap_bias, out_channels, second_activation, residual, packed_weights=None,
+                     second_packed_weights=None):
+    return _args.empty_like_format(input, _check_bottleneck(
+        input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation, dw_weight, dw_bias,
+        dw_stride, second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, out_channels,
+        second_activation, residual))
 
 
 def _without_prefix(error):

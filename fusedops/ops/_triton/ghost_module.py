@@ -1,4 +1,5 @@
-"""Triton kernel of fusedops_triton::ghost_module and launcher of fusedops_triton::_ghost_module_backward.
+"""Triton kernel of fusedops_triton::ghost_module and of _ghost_bottleneck's Triton path, launcher of
+fusedops_triton::_ghost_module_backward.
 
 Semantics: ``cat([x1, act(depthwise(x1, cheap_weight) + cheap_bias)], 1)[:, :out_channels] [+ residual]`` with
 ``x1 = act(conv1x1(input, primary_weight, stride) + primary_bias)``.
@@ -25,6 +26,13 @@ skipped, not added as 0 * w, as in the depthwise kernels. Tensors are addressed 
 runs without copies. fp32 GEMMs use exact fp32 products, fp16/bf16 go through tensor cores in their own dtype;
 everything accumulates in fp32 (fp64 for fp64).
 
+_ghost_bottleneck (inference, ``ghost_bottleneck_forward``): two launches, as on CUDA: the first module, then the
+second with DW_INPUT, under which step 1's GEMM reads, instead of its input's own pixels, the depthwise stage between
+the modules computed from the first module's output for each halo lane and chunk of BLOCK_K channels (bias + the
+taps inside the map, accumulated in fp32 / fp64, rounded to the dtype as the unfused sequence stores it): the stage's
+output never reaches memory. It is recomputed for each channel block and for the halo, kH * kW loads and
+multiply-adds per A element against BLOCK_C multiply-adds of the GEMM.
+
 Backward: the native formula (ghost_module_backward_recomputed, csrc/shared/ghost_module.cpp), with the
 depthwise Triton backward.
 """
@@ -37,6 +45,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import _geometry
 from ..activations import activation, activation_backward
+from ..ghost_module import _check_bottleneck
 from ._common import acc_dtype, device_context, needs_int64, next_pow2, program_target
 from .depthwise_conv2d import depthwise_conv2d_backward, depthwise_conv2d_forward
 from .dwpw_conv2d import ACT_CODES, _activation, _dot
@@ -61,21 +70,52 @@ def _cheap_sources(primary_weight, cheap_weight, out_channels):
 
 
 @triton.jit
+def _depthwise_stage(x_img, dw_ptr, db_ptr, k, mask_k, ih0, iw0, in_map, IH, IW, sxc, sxh, sxw, sdf, sdh, sdw,
+                     DW_KH: tl.constexpr, DW_KW: tl.constexpr, HAS_DB: tl.constexpr, BLOCK_HP: tl.constexpr,
+                     BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """The depthwise stage's output (bias + the DW_KH x DW_KW taps from tap (0, 0) at (ih0, iw0) of the IH x IW map
+    at x_img) for the halo lanes' pixels and channels k, in ACC; 0 on the lanes outside the map and on channels past
+    the last: the GEMM's A tile of a module whose input is the stage's output."""
+    if HAS_DB:
+        a = tl.load(db_ptr + k, mask=mask_k, other=0.0).to(ACC)[None, :] + tl.zeros((BLOCK_HP, BLOCK_K), ACC)
+    else:
+        a = tl.zeros((BLOCK_HP, BLOCK_K), dtype=ACC)
+    x_ch = x_img + k * sxc
+    for kh in range(DW_KH):
+        ih = ih0 + kh
+        ok_h = in_map & (ih >= 0) & (ih < IH)
+        for kw in range(DW_KW):
+            iw = iw0 + kw
+            ok = ok_h & (iw >= 0) & (iw < IW)
+            xv = tl.load(x_ch[None, :] + (ih * sxh + iw * sxw)[:, None], mask=ok[:, None] & mask_k[None, :],
+                         other=0.0).to(ACC)
+            wv = tl.load(dw_ptr + k * sdf + kh * sdh + kw * sdw, mask=mask_k, other=0.0).to(ACC)
+            # The padding's taps are skipped, not added as 0 * w, as in the depthwise kernels.
+            a = tl.where(ok[:, None], a + xv * wv[None, :], a)
+    return tl.where(in_map[:, None], a, 0.0)
+
+
+@triton.jit
 def _ghost_fwd_kernel(
-    x_ptr, pw_ptr, pb_ptr, cw_ptr, cb_ptr, res_ptr, out_ptr, scratch_ptr,
-    C, INIT, KEPT, SOURCES, MULT, OH, OW,
+    x_ptr, pw_ptr, pb_ptr, cw_ptr, cb_ptr, res_ptr, out_ptr, scratch_ptr, dw_ptr, db_ptr,
+    C, INIT, KEPT, SOURCES, MULT, OH, OW, IH, IW,
     sxn, sxc, sxh, sxw,
     spo, spk,
     scf, sch, scw,
+    sdf, sdh, sdw,
     srn, src, srh, srw,
     son, soc, soh, sow,
     items, tiles, tiles_w, c_blocks,
     stride_h, stride_w,
     KH: tl.constexpr, KW: tl.constexpr, TILE_H: tl.constexpr, TILE_W: tl.constexpr,
     HAS_PB: tl.constexpr, HAS_CB: tl.constexpr, HAS_RES: tl.constexpr, ACT: tl.constexpr,
+    DW_INPUT: tl.constexpr, DW_KH: tl.constexpr, DW_KW: tl.constexpr, HAS_DB: tl.constexpr,
     BLOCK_HP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
     INT64: tl.constexpr, ACC: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
 ):
+    # DW_INPUT (_ghost_bottleneck's second module): the module's input is a depthwise stage's output (kernel
+    # DW_KH x DW_KW, padding k // 2, stride (stride_h, stride_w)) of x, an IH x IW map whose pixels the GEMM never
+    # reads itself; the primary convolution's stride is 1. Without it dw_ptr, db_ptr, IH, IW and sd* are unused.
     PH: tl.constexpr = KH // 2
     PW: tl.constexpr = KW // 2
     HALO_H: tl.constexpr = TILE_H + KH - 1
@@ -119,12 +159,25 @@ def _ghost_fwd_kernel(
         if INT64:
             oh = oh.to(tl.int64)
             ow = ow.to(tl.int64)
-        x_px = x_ptr + n * sxn + oh * stride_h * sxh + ow * stride_w * sxw
+        if DW_INPUT:
+            x_img = x_ptr + n * sxn
+            # The depthwise stage's input pixel under tap (0, 0) of each halo lane's pixel.
+            ih0 = oh * stride_h - DW_KH // 2
+            iw0 = ow * stride_w - DW_KW // 2
+        else:
+            x_px = x_ptr + n * sxn + oh * stride_h * sxh + ow * stride_w * sxw
         acc = tl.zeros((BLOCK_HP, BLOCK_C), dtype=ACC)
         for k0 in range(0, C, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             mask_k = k < C
-            a = tl.load(x_px[:, None] + k[None, :] * sxc, mask=in_map[:, None] & mask_k[None, :], other=0.0)
+            if DW_INPUT:
+                if INT64:
+                    k = k.to(tl.int64)
+                # Rounded to the output dtype, as the unfused sequence stores the depthwise stage's output.
+                a = _depthwise_stage(x_img, dw_ptr, db_ptr, k, mask_k, ih0, iw0, in_map, IH, IW, sxc, sxh, sxw,
+                                     sdf, sdh, sdw, DW_KH, DW_KW, HAS_DB, BLOCK_HP, BLOCK_K, ACC).to(dtype)
+            else:
+                a = tl.load(x_px[:, None] + k[None, :] * sxc, mask=in_map[:, None] & mask_k[None, :], other=0.0)
             b = tl.load(pw_ptr + k[:, None] * spk + c[None, :] * spo, mask=mask_k[:, None] & mask_c[None, :],
                         other=0.0)
             acc = _dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), acc, IEEE)
@@ -218,12 +271,47 @@ def ghost_module_forward(input, primary_weight, primary_bias, cheap_weight, chea
     # The op's own checks, so that a direct call fails as on every other backend.
     _geometry.check_ghost_module(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels,
                                  stride, act)
-    shape = _geometry.ghost_module_output_shape(input, out_channels, stride)
+    return _forward(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels, stride, act)
+
+
+def ghost_bottleneck_forward(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
+                             dw_weight, dw_bias, dw_stride, second_primary_weight, second_primary_bias,
+                             second_cheap_weight, second_cheap_bias, out_channels, second_activation, residual):
+    """fusedops::_ghost_bottleneck (:func:`fusedops.ops.ghost_module.ghost_bottleneck`, inference: no autograd) in
+    two launches of ``_ghost_fwd_kernel``, as on CUDA: the first module, then the second, whose GEMM computes the
+    depthwise stage between them (where there is one) from the first module's output as it reads its input, so the
+    stage's output never reaches memory. The first module's output makes one round trip: the second module's tiles
+    need a halo of it that other programs compute."""
+    _check_bottleneck(input, primary_weight, primary_bias, cheap_weight, cheap_bias, mid_channels, activation,
+                      dw_weight, dw_bias, dw_stride, second_primary_weight, second_primary_bias, second_cheap_weight,
+                      second_cheap_bias, out_channels, second_activation, residual)
+    # Both outputs in the input's format (the native op's), whatever suggest_memory_format makes of the first one's
+    # strides where they fit both formats (one channel, 1x1 maps).
+    fmt = suggest_memory_format(input)
+    x = _forward(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None, mid_channels, (1, 1), activation,
+                 memory_format=fmt)
+    # The stage's bias is read as a contiguous vector.
+    depthwise = None if dw_weight is None else \
+        (dw_weight, None if dw_bias is None else dw_bias.contiguous(), (int(dw_stride[0]), int(dw_stride[1])))
+    return _forward(x, second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, residual,
+                    out_channels, (1, 1), second_activation, depthwise=depthwise, memory_format=fmt)
+
+
+def _forward(input, primary_weight, primary_bias, cheap_weight, cheap_bias, residual, out_channels, stride, act,
+             depthwise=None, memory_format=None):
+    """Launches ``_ghost_fwd_kernel`` on checked arguments. `depthwise`: (weight, bias, stride) of a depthwise stage
+    (padding k // 2) between `input` and the module, computed inside the kernel (`stride` is then (1, 1)): the output
+    has the stage's output map. `memory_format`: the output's, the input's suggested one by default."""
+    n, c, in_h, in_w = input.shape
+    if depthwise is None:
+        shape = _geometry.ghost_module_output_shape(input, out_channels, stride)
+    else:
+        dw_weight, dw_bias, stride = depthwise
+        shape = (n, out_channels, (in_h - 1) // stride[0] + 1, (in_w - 1) // stride[1] + 1)
     out = torch.empty(shape, dtype=input.dtype, device=input.device,
-                      memory_format=suggest_memory_format(input))
+                      memory_format=memory_format or suggest_memory_format(input))
     if out.numel() == 0:
         return out
-    n, c = input.shape[:2]
     init = primary_weight.shape[0]
     out_h, out_w = shape[2:]
     kh, kw = cheap_weight.shape[2:]
@@ -232,8 +320,9 @@ def ghost_module_forward(input, primary_weight, primary_bias, cheap_weight, chea
     tile_h, tile_w, block_hp = _tile(out_h, out_w, kh, kw)
     # GEMM tiles of at least 16 (tl.dot), at most 4096 accumulators a program. fp32 and fp64 take K in chunks of
     # 16: their products run on FMA units, where a longer chunk only adds registers (ptxas, sm_80, fp32 128 x 16
-    # accumulators: 416 bytes of spills in chunks of 32, none in chunks of 16).
-    half = input.dtype in (torch.float16, torch.bfloat16)
+    # accumulators: 416 bytes of spills in chunks of 32, none in chunks of 16). So does the depthwise stage's A tile,
+    # summed in fp32 whatever the dtype (sm_80, fp16 256 x 32 with 5x5 kernels: 208 bytes of spills, none at 16).
+    half = input.dtype in (torch.float16, torch.bfloat16) and depthwise is None
     block_k = max(16, min(32 if half else 16, next_pow2(c)))
     block_c = max(16, min(32, next_pow2(init), 4096 // block_hp))
     c_blocks = triton.cdiv(init, block_c)
@@ -253,14 +342,24 @@ def ghost_module_forward(input, primary_weight, primary_bias, cheap_weight, chea
     # stands in for its pointer, as for the other absent tensors.
     scratch = torch.empty((programs, block_hp, block_c), dtype=input.dtype, device=input.device) if sources else out
     res = residual if residual is not None else out
+    if depthwise is None:
+        # Unused without the depthwise stage: constants, so that they add no specialisation of the kernel.
+        dw_weight = dw_bias = None
+        dw_args = (0, 0, 0, 0, 0)
+        dw_kh = dw_kw = 1
+    else:
+        dw_args = (in_h, in_w, dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3))
+        dw_kh, dw_kw = dw_weight.shape[2:]
     with device_context(input):
         _ghost_fwd_kernel[(programs,)](
             input, primary_weight, primary_bias if primary_bias is not None else primary_weight,
             cheap_weight, cheap_bias if cheap_bias is not None else cheap_weight, res, out, scratch,
-            c, init, out_channels - init, sources, mult, out_h, out_w,
+            dw_weight if dw_weight is not None else primary_weight, dw_bias if dw_bias is not None else primary_weight,
+            c, init, out_channels - init, sources, mult, out_h, out_w, *dw_args[:2],
             *input.stride(),
             primary_weight.stride(0), primary_weight.stride(1),
             cheap_weight.stride(0), cheap_weight.stride(2), cheap_weight.stride(3),
+            *dw_args[2:],
             *res.stride(),
             *out.stride(),
             items, tiles, tiles_w, c_blocks,
@@ -268,6 +367,7 @@ def ghost_module_forward(input, primary_weight, primary_bias, cheap_weight, chea
             KH=kh, KW=kw, TILE_H=tile_h, TILE_W=tile_w,
             HAS_PB=primary_bias is not None, HAS_CB=cheap_bias is not None, HAS_RES=residual is not None,
             ACT=ACT_CODES[act],
+            DW_INPUT=depthwise is not None, DW_KH=dw_kh, DW_KW=dw_kw, HAS_DB=dw_bias is not None,
             BLOCK_HP=block_hp, BLOCK_K=block_k, BLOCK_C=block_c,
             INT64=_needs_int64(input, out, res), ACC=acc, DOT_DTYPE=dot_dtype, IEEE=dot_dtype == tl.float32,
             num_warps=8 if block_hp * block_c >= 4096 else 4,
