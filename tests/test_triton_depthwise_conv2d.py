@@ -16,6 +16,7 @@ import fusedops
 from conftest import (
     HAS_CUDA,
     LAYOUTS,
+    TRITON_DEVICE,
     TRITON_INTERPRET,
     TRITON_TEST,
     assert_close_scaled,
@@ -288,3 +289,17 @@ def test_direct_call_errors(device):
     for call, name in cases:
         with pytest.raises(RuntimeError, match=f"fusedops: .*{name}|fusedops: {name}"):
             call()
+
+
+def test_triton_strided_bias():
+    # A bias that is a strided view (every other element of a longer vector): the kernels read channel c at c.
+    x = torch.randn(2, 6, 9, 8, dtype=torch.float64, device=TRITON_DEVICE)
+    w = torch.randn(12, 1, 3, 3, dtype=torch.float64, device=TRITON_DEVICE)
+    longer = torch.randn(24, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True)
+    with fusedops.use_backend("triton"):
+        y = fusedops.depthwise_conv2d(x, w, longer[::2], 2, 1)
+    expected = F.conv2d(x, w, longer[::2], 2, 1, 1, 6)
+    torch.testing.assert_close(y, expected)
+    (grad,) = torch.autograd.grad(y.sum(), longer)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), longer)
+    torch.testing.assert_close(grad, expected_grad)

@@ -152,3 +152,24 @@ def test_triton_backward_float64_bands():
     banded = _triton_backward(args, band_elements=(3 + 4) * 7 * 2)
     tol = tolerance(torch.float64)
     assert_close_grads(list(banded), list(expected), **tol, names=DWPW_GRAD_NAMES)
+
+
+def test_triton_strided_biases():
+    # Biases that are strided views (every other element of longer vectors): forward and backward read channel c at
+    # c, as the native kernels do.
+    def run(backend):
+        torch.manual_seed(0)
+        x = torch.randn(2, 6, 9, 8, dtype=torch.float64, device=TRITON_DEVICE)
+        dw = torch.randn(12, 1, 3, 3, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True)
+        pw = torch.randn(5, 12, 1, 1, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True)
+        longer = [torch.randn(2 * c, dtype=torch.float64, device=TRITON_DEVICE, requires_grad=True) for c in (12, 5)]
+        with fusedops.use_backend(backend):
+            y = fusedops.dwpw_conv2d(x, dw, longer[0][::2], pw, longer[1][::2], 2, 1, mid_activation="relu",
+                                     out_activation=None)
+        return y, torch.autograd.grad((y * y).sum(), [dw, pw, *longer])
+
+    y, grads = run("triton")
+    expected, expected_grads = run("reference")
+    torch.testing.assert_close(y, expected)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e)

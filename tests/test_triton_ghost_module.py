@@ -474,3 +474,28 @@ def test_triton_ghost_bottleneck_module_takes_the_bottleneck_path(monkeypatch, c
     with torch.inference_mode():
         expected = ref(x.cpu())
     assert_close_scaled(y.cpu(), expected, **tolerance(torch.float64), name="output")
+
+
+def test_triton_strided_biases():
+    # Biases that are strided views (every other element of longer vectors), of the module and of the bottleneck's
+    # depthwise stage: the kernels read channel c at c.
+    torch.manual_seed(0)
+    x = make_input((2, 6, 9, 8), "channels_last", dtype=torch.float64, device=TRITON_DEVICE)
+
+    def strided(c):
+        return torch.randn(2 * c, dtype=torch.float64, device=TRITON_DEVICE)[::2]
+
+    first = [torch.randn(6, 6, 1, 1, dtype=torch.float64, device=TRITON_DEVICE), strided(6),
+             torch.randn(6, 1, 3, 3, dtype=torch.float64, device=TRITON_DEVICE), strided(6)]
+    second = [torch.randn(4, 12, 1, 1, dtype=torch.float64, device=TRITON_DEVICE), strided(4),
+              torch.randn(4, 1, 3, 3, dtype=torch.float64, device=TRITON_DEVICE), strided(4)]
+    dw = [torch.randn(12, 1, 3, 3, dtype=torch.float64, device=TRITON_DEVICE), strided(12), (2, 2)]
+    with fusedops.use_backend("triton"):
+        y = fusedops.ghost_module(x, *first, 12)
+    expected = ghost_module_reference(*[t.cpu() for t in (x, *first)], 12, 1, "relu")
+    torch.testing.assert_close(y.cpu(), expected)
+    with torch.inference_mode():
+        y = bottleneck_wrapper("triton")(x, first, second, 12, dw=dw, residual=None, out_channels=8)
+    expected = ghost_bottleneck_reference(x.cpu(), [t.cpu() for t in first], [t.cpu() for t in second], 12,
+                                          dw=[dw[0].cpu(), dw[1].cpu(), dw[2]], residual=None, out_channels=8)
+    torch.testing.assert_close(y.cpu(), expected)

@@ -70,6 +70,12 @@ def needs_int64(*tensors):
     return False
 
 
+def vector_arg(t, stand_in):
+    """A per-channel (1-D) tensor argument as the kernels read it, channel i at element i (a strided view copied), or
+    `stand_in` for an absent one (a pointer the kernel never reads)."""
+    return stand_in if t is None else t.contiguous()
+
+
 def device_context(t):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 

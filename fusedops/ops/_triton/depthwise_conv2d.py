@@ -36,7 +36,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import _geometry
 from ._common import (MAX_UNROLLED_TAPS, acc_dtype, depthwise_grad_input, device_context, needs_int64, num_warps,
-                      pixel_tile, program_target, tile, weight_grad_partials)
+                      pixel_tile, program_target, tile, vector_arg, weight_grad_partials)
 
 # Looked up in this module at each launch, so that tests can force the int64 indexing and a chunked
 # grad_weight reduction on small problems.
@@ -155,7 +155,7 @@ def depthwise_conv2d_forward(input, weight, bias, stride, padding, dilation):
     unroll_kh = kh * kw <= (_MAX_UNROLLED_TAPS // 2 if input.dtype == torch.float64 else _MAX_UNROLLED_TAPS)
     with device_context(input):
         _depthwise_fwd_kernel[grid](
-            input, weight, bias if has_bias else weight, out,
+            input, weight, vector_arg(bias, weight), out,
             h, w, oc, out_h, out_w, mult,
             *input.stride(),
             weight.stride(0), weight.stride(2), weight.stride(3),

@@ -45,7 +45,7 @@ from torch._prims_common import suggest_memory_format
 
 from .. import _geometry
 from ._common import (acc_dtype, depthwise_grad_input, device_context, needs_int64, next_pow2, program_target,
-                      weight_grad_partials)
+                      vector_arg, weight_grad_partials)
 
 # Looked up in this module at each launch, so that tests can force chunked reductions on small problems.
 _needs_int64 = needs_int64
@@ -397,8 +397,7 @@ def dwpw_conv2d_forward(input, dw_weight, dw_bias, pw_weight, pw_bias, stride, p
         dot_dtype = acc
     with device_context(input):
         _dwpw_fwd_kernel[grid](
-            input, dw_weight, dw_bias if dw_bias is not None else dw_weight, pw_weight,
-            pw_bias if pw_bias is not None else pw_weight, y,
+            input, dw_weight, vector_arg(dw_bias, dw_weight), pw_weight, vector_arg(pw_bias, pw_weight), y,
             h, w, k, oc, out_h, out_w, mult,
             *input.stride(),
             dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3),
@@ -484,7 +483,7 @@ def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_b
         pw_chunks = max(1, min(tiles, 65535, triton.cdiv(_program_target(device), oc_tiles * k_tiles)))
         gpw = torch.empty((pw_chunks, oc, k), dtype=op, device=device) if want_pww else None
         gpb = torch.empty((pw_chunks, oc), dtype=op, device=device) if want_pwb else None
-    dwb_arg = dw_bias if dw_bias is not None else dw_weight
+    dwb_arg = vector_arg(dw_bias, dw_weight)
     dw_strides = (dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3))
     pw_strides = (pw_weight.stride(0), pw_weight.stride(1))
     conv = (*stride, *padding, *dilation)
@@ -506,7 +505,7 @@ def dwpw_conv2d_backward(grad_output, input, dw_weight, dw_bias, pw_weight, pw_b
                 g = g_buf[:nb, :, :r1 - c0]
                 go = grad_output[n0:n1, :, c0:r1]
                 _dwpw_bwd_out_kernel[(nb * tiles_p, triton.cdiv(oc, block_n))](
-                    x, dw_weight, dwb_arg, pw_weight, pw_bias if pw_bias is not None else pw_weight, go, g,
+                    x, dw_weight, dwb_arg, pw_weight, vector_arg(pw_bias, pw_weight), go, g,
                     h, w, k, oc, out_w, mult, r1 - c0, c0,
                     *x.stride(), *dw_strides, *pw_strides, *go.stride(), *g.stride(),
                     tiles_p, *conv,

@@ -46,7 +46,7 @@ from torch._prims_common import suggest_memory_format
 from .. import _geometry
 from ..activations import activation, activation_backward
 from ..ghost_module import _check_bottleneck
-from ._common import acc_dtype, device_context, needs_int64, next_pow2, program_target
+from ._common import acc_dtype, device_context, needs_int64, next_pow2, program_target, vector_arg
 from .depthwise_conv2d import depthwise_conv2d_backward, depthwise_conv2d_forward
 from .dwpw_conv2d import ACT_CODES, _activation, _dot
 
@@ -170,9 +170,9 @@ def _ghost_fwd_kernel(
         for k0 in range(0, C, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             mask_k = k < C
+            if INT64:
+                k = k.to(tl.int64)  # k * sxc passes 2^31 where the image does
             if DW_INPUT:
-                if INT64:
-                    k = k.to(tl.int64)
                 # Rounded to the output dtype, as the unfused sequence stores the depthwise stage's output.
                 a = _depthwise_stage(x_img, dw_ptr, db_ptr, k, mask_k, ih0, iw0, in_map, IH, IW, sxc, sxh, sxw,
                                      sdf, sdh, sdw, DW_KH, DW_KW, HAS_DB, BLOCK_HP, BLOCK_K, ACC).to(dtype)
@@ -290,9 +290,7 @@ def ghost_bottleneck_forward(input, primary_weight, primary_bias, cheap_weight, 
     fmt = suggest_memory_format(input)
     x = _forward(input, primary_weight, primary_bias, cheap_weight, cheap_bias, None, mid_channels, (1, 1), activation,
                  memory_format=fmt)
-    # The stage's bias is read as a contiguous vector.
-    depthwise = None if dw_weight is None else \
-        (dw_weight, None if dw_bias is None else dw_bias.contiguous(), (int(dw_stride[0]), int(dw_stride[1])))
+    depthwise = None if dw_weight is None else (dw_weight, dw_bias, (int(dw_stride[0]), int(dw_stride[1])))
     return _forward(x, second_primary_weight, second_primary_bias, second_cheap_weight, second_cheap_bias, residual,
                     out_channels, (1, 1), second_activation, depthwise=depthwise, memory_format=fmt)
 
@@ -352,9 +350,9 @@ def _forward(input, primary_weight, primary_bias, cheap_weight, cheap_bias, resi
         dw_kh, dw_kw = dw_weight.shape[2:]
     with device_context(input):
         _ghost_fwd_kernel[(programs,)](
-            input, primary_weight, primary_bias if primary_bias is not None else primary_weight,
-            cheap_weight, cheap_bias if cheap_bias is not None else cheap_weight, res, out, scratch,
-            dw_weight if dw_weight is not None else primary_weight, dw_bias if dw_bias is not None else primary_weight,
+            input, primary_weight, vector_arg(primary_bias, primary_weight), cheap_weight,
+            vector_arg(cheap_bias, cheap_weight), res, out, scratch,
+            dw_weight if dw_weight is not None else primary_weight, vector_arg(dw_bias, primary_weight),
             c, init, out_channels - init, sources, mult, out_h, out_w, *dw_args[:2],
             *input.stride(),
             primary_weight.stride(0), primary_weight.stride(1),
