@@ -22,13 +22,15 @@ import fusedops
 from . import harness, shapes
 
 
-def setup(N, C, H, reference, fused, use_compile):
-    """Providers for `fused` (a fusedops block) against its torchvision `reference` on an N x C x H x H input."""
-    x = torch.randn(N, C, H, H).to(memory_format=torch.channels_last)
-    reference = reference.to(memory_format=torch.channels_last)
+def setup(N, C, H, reference, fused, use_compile, device="cpu"):
+    """Providers for `fused` (a fusedops block) against its torchvision `reference` on an N x C x H x H input, on
+    `device`. On a GPU fusedops runs twice: its CUDA kernels ("fusedops") and its Triton kernels ("fusedops_triton");
+    PyTorch's convolutions there follow its TF32 setting (on by default for cuDNN), hence the looser parity check."""
+    x = torch.randn(N, C, H, H, device=device).to(memory_format=torch.channels_last)
+    reference = reference.to(device=device, memory_format=torch.channels_last)
     harness.randomize_batch_norms(reference)
     reference.eval()
-    fused = fused.to(memory_format=torch.channels_last)
+    fused = fused.to(device=device, memory_format=torch.channels_last)
     fused.load_state_dict(reference.state_dict())
     fused = fusedops.freeze(fused.eval())
 
@@ -38,9 +40,18 @@ def setup(N, C, H, reference, fused, use_compile):
                 return fn(x)
         return run
 
+    def forward_triton(fn):
+        def run():
+            with torch.inference_mode(), fusedops.use_backend("triton"):
+                return fn(x)
+        return run
+
+    tol = 1e-4 if x.device.type == "cpu" else 1e-2
     with torch.inference_mode():
-        torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fused(x), reference(x), rtol=tol, atol=tol)
     providers = {"fusedops": forward(fused), "eager": forward(reference)}
+    if x.device.type == "cuda":
+        providers["fusedops_triton"] = forward_triton(fused)
     if use_compile:
         import torch._inductor.config as inductor_config
 
