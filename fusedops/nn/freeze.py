@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import _backend
+from ..ops import _library
 
 
 class FoldedWeights:
@@ -100,6 +101,18 @@ class FoldedWeights:
         if len(kept) != len(key) or not all(map(operator.is_, kept, key)):
             return None
         return prepared[2]
+
+    def _call_prepared(self, op_name, input, key, residual=None, residual_at=None):
+        """The eager native call of op `op_name` that :meth:`_prepare_call` kept for `key`, made again on `input`
+        where :meth:`_prepared_arguments` allows, with `residual` inserted before kept argument `residual_at` where
+        that is given (a call's residual is its own, never kept). NotImplemented where no call applies or the native
+        op declines it."""
+        arguments = self._prepared_arguments(input, key)
+        if arguments is None:
+            return NotImplemented
+        if residual_at is not None:
+            arguments = (*arguments[:residual_at], residual, *arguments[residual_at:])
+        return _library.eager_native(op_name)(input, *arguments)
 
     # What refolds a frozen module: conversions (.to(), .cuda(), .half(), memory formats all go through _apply),
     # load_state_dict, and copies (deepcopy and pickle drop the folded weights).

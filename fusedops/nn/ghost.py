@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import _library
 from ..ops.depthwise_conv2d import depthwise_conv2d
 from ..ops.dwpw_conv2d import dwpw_conv2d
 from ..ops.ghost_module import (BOTTLENECK_NAME, DEPTHWISE_NAME, EXCITED_NAME, ghost_bottleneck,
@@ -112,11 +111,9 @@ class GhostModule(FoldedWeights, nn.Module):
         if not torch.compiler.is_compiling():
             # Frozen and called before: the native call made then, without the fused path's Python (the fold and
             # packing checks, the wrapper's normalisation).
-            arguments = self._prepared_arguments(input, key)
-            if arguments is not None:
-                out = _library.eager_native("ghost_module")(input, *arguments[:4], residual, *arguments[4:])
-                if out is not NotImplemented:
-                    return out
+            out = self._call_prepared("ghost_module", input, key, residual, 4)
+            if out is not NotImplemented:
+                return out
         folded = self.folded_weights()
         # Frozen: the CPU kernel's packed form of the folded weights is made once too.
         packed = self._packed_weights(
@@ -135,13 +132,12 @@ class GhostModule(FoldedWeights, nn.Module):
         stride = self._stride()
         fused = self.runs_fused()
         key = (stride, self.activation, self.out_chs, dw_weight, dw_bias, dw_stride)
-        if fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if (fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and ghost_module_then_depthwise_fuses(input, self.out_chs, stride)):
             # Frozen and called before: the native call made then (as forward's).
-            arguments = self._prepared_arguments(input, key)
-            if arguments is not None and ghost_module_then_depthwise_fuses(input, self.out_chs, stride):
-                out = _library.eager_native(DEPTHWISE_NAME)(input, *arguments)
-                if out is not NotImplemented:
-                    return out
+            out = self._call_prepared(DEPTHWISE_NAME, input, key)
+            if out is not NotImplemented:
+                return out
         # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
         weights = (*self.parameters(), dw_weight, dw_bias) if torch.is_grad_enabled() else ()
         if not fused or not ghost_module_then_depthwise_fuses(input, self.out_chs, stride, *weights):
@@ -169,11 +165,9 @@ class GhostModule(FoldedWeights, nn.Module):
                expand.bias)
         if fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # Frozen and called before: the native call made then (as forward's).
-            arguments = self._prepared_arguments(input, key)
-            if arguments is not None:
-                out = _library.eager_native(EXCITED_NAME)(input, *arguments[:10], residual, *arguments[10:])
-                if out is not NotImplemented:
-                    return out
+            out = self._call_prepared(EXCITED_NAME, input, key, residual, 10)
+            if out is not NotImplemented:
+                return out
         # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
         weights = (*self.parameters(), *se.parameters(), residual) if torch.is_grad_enabled() else ()
         if not fused or not ghost_module_excited_fuses(input, *weights):
@@ -203,13 +197,12 @@ class GhostModule(FoldedWeights, nn.Module):
                second.out_chs, dw_weight, dw_bias, dw_stride)
         fused = (self.runs_fused() and second.runs_fused() and tuple(stride) == (1, 1)
                  and tuple(second_stride) == (1, 1))
-        if fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if (fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and ghost_bottleneck_fuses(input)):
             # Frozen and called before: the native call made then (as forward's).
-            arguments = self._prepared_arguments(input, key)
-            if arguments is not None and ghost_bottleneck_fuses(input):
-                out = _library.eager_native(BOTTLENECK_NAME)(input, *arguments[:-3], residual, *arguments[-2:])
-                if out is not NotImplemented:
-                    return out
+            out = self._call_prepared(BOTTLENECK_NAME, input, key, residual, -2)
+            if out is not NotImplemented:
+                return out
         # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
         weights = (*self.parameters(), *second.parameters(), dw_weight, dw_bias, residual) \
             if torch.is_grad_enabled() else ()
@@ -230,8 +223,8 @@ class GhostModule(FoldedWeights, nn.Module):
         arguments = (*folded, self.out_chs, self.activation, dw_weight, dw_bias, tuple(dw_stride), *second_folded,
                      second.out_chs, second.activation, residual, packed, second_packed)
         if packed is not None and second_packed is not None and second_folded is second._folded:
-            # (Not this call's residual: each call passes its own.)
-            self._prepare_call(folded, key, (*arguments[:-3], None, *arguments[-2:]))
+            # (Without this call's residual: each call passes its own.)
+            self._prepare_call(folded, key, (*arguments[:-3], *arguments[-2:]))
         return ghost_bottleneck(input, *arguments)
 
     def extra_repr(self) -> str:

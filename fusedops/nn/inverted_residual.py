@@ -164,10 +164,7 @@ def _call_prepared(block, input, dw, activation, residual):
     or None where that call does not apply (always under torch.compile, which traces the fused path)."""
     if torch.compiler.is_compiling():
         return None
-    arguments = block._prepared_arguments(input, _call_key(dw, activation, residual))
-    if arguments is None:
-        return None
-    out = _library.eager_native("inverted_residual")(input, *arguments)
+    out = block._call_prepared("inverted_residual", input, _call_key(dw, activation, residual))
     return None if out is NotImplemented else out
 
 

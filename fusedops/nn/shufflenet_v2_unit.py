@@ -4,7 +4,6 @@ with torchvision's submodules and state-dict keys."""
 import torch
 from torch import nn
 
-from ..ops import _library
 from ..ops.activations import activation_name
 from ..ops.channel_shuffle import concat_shuffle
 from ..ops.shufflenet_v2_unit import pack_weights, shufflenet_v2_unit
@@ -101,11 +100,9 @@ class ShuffleNetV2Unit(FoldedWeights, nn.Module):
         if not torch.compiler.is_compiling():
             # Frozen and called before: the native call made then, without the fused path's Python (the fold and
             # packing checks, the wrapper's normalisation).
-            arguments = self._prepared_arguments(input, key)
-            if arguments is not None:
-                out = _library.eager_native("shufflenet_v2_unit")(input, *arguments)
-                if out is not NotImplemented:
-                    return out
+            out = self._call_prepared("shufflenet_v2_unit", input, key)
+            if out is not NotImplemented:
+                return out
         folded = self.folded_weights()
         weights, shortcut = folded[:6], (None if folded[6] is None else folded[6:])
         args = (dw.stride, dw.padding, dw.dilation, self.activation)
