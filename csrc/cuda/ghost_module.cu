@@ -201,8 +201,15 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t* src = window + (j / p.multiplier) * kWindowPixels + ty * p.win_w + tx;
     const scalar_t* w = cheap_weight + oc * taps;
     acc_t v = cheap_bias != nullptr ? static_cast<acc_t>(cheap_bias[oc]) : acc_t(0);
+    // Taps on the map's zero padding are skipped, not added as 0 * w: that is NaN for a NaN or infinite weight, as
+    // in fusedops' depthwise kernels.
     for (int kh = 0; kh < p.kernel_h; ++kh) {
-      for (int kw = 0; kw < p.kernel_w; ++kw) v += src[kh * p.win_w + kw] * static_cast<acc_t>(w[kh * p.kernel_w + kw]);
+      const int y = oy0 + ty + kh - p.pad_h;
+      if (y < 0 || y >= p.out_h) continue;
+      for (int kw = 0; kw < p.kernel_w; ++kw) {
+        const int x = ox0 + tx + kw - p.pad_w;
+        if (x >= 0 && x < p.out_w) v += src[kh * p.win_w + kw] * static_cast<acc_t>(w[kh * p.kernel_w + kw]);
+      }
     }
     const int64_t oy = oy0 + ty, ox = ox0 + tx, c = p.init + oc;
     out[n * p.o.n + c * p.o.c + oy * p.o.h + ox * p.o.w] = with_residual(
