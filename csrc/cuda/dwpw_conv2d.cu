@@ -63,7 +63,6 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t c0 = static_cast<int64_t>(blockIdx.y) * kTileN;
   const int64_t K = p.dw.out_channels;  // depthwise channels: the GEMM's reduction size
   const int64_t pixels = static_cast<int64_t>(p.dw.out_h) * p.dw.out_w;
-  const int T = p.dw.kernel_h * p.dw.kernel_w;
   const scalar_t* image = input + n * p.x.n;
 
   const int tn = tid % (kTileN / kChPerThread);  // channel group
@@ -81,21 +80,8 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t pix = p0 + pi, k = k0 + ki;
       acc_t v = acc_t(0);
       if (pix < pixels && k < K) {
-        const int64_t oh = pix / p.dw.out_w, ow = pix % p.dw.out_w;
-        const int64_t c = k / p.dw.multiplier;
-        v = dw_bias != nullptr ? static_cast<acc_t>(dw_bias[k]) : acc_t(0);
-        const scalar_t* wk = dw_weight + k * T;
-        for (int kh = 0; kh < p.dw.kernel_h; ++kh) {
-          const int64_t ih = oh * p.dw.stride_h - p.dw.pad_h + kh * p.dw.dilation_h;
-          if (ih < 0 || ih >= p.dw.in_h) continue;
-          for (int kw = 0; kw < p.dw.kernel_w; ++kw) {
-            const int64_t iw = ow * p.dw.stride_w - p.dw.pad_w + kw * p.dw.dilation_w;
-            if (iw < 0 || iw >= p.dw.in_w) continue;
-            v += static_cast<acc_t>(image[c * p.x.c + ih * p.x.h + iw * p.x.w]) *
-                 static_cast<acc_t>(wk[kh * p.dw.kernel_w + kw]);
-          }
-        }
-        v = activate(v, p.mid);
+        v = activate(depthwise_point(image, p.x, dw_weight, dw_bias, k, pix / p.dw.out_w, pix % p.dw.out_w, p.dw),
+                     p.mid);
       }
       a_tile[pi][ki] = v;
     }

@@ -34,6 +34,7 @@
 
 #include "fusedops/cuda/activation.cuh"
 #include "fusedops/cuda/common.cuh"
+#include "fusedops/cuda/conv_params.cuh"
 #include "fusedops/ghost_module.h"
 #include "fusedops/ops.h"
 #include "fusedops/schema_str.h"
@@ -57,7 +58,7 @@ constexpr int kMaxWindowW = 16;
 
 struct GhostParams {
   int64_t in_channels, init, out_channels, cheap_channels, multiplier;
-  int in_h, in_w, out_h, out_w, stride_h, stride_w;
+  int out_h, out_w, stride_h, stride_w;
   int kernel_h, kernel_w, pad_h, pad_w;
   int win_h, win_w, tile_h, tile_w, tiles_w;
   int64_t tiles;                                  // per image
@@ -67,8 +68,8 @@ struct GhostParams {
   bool input_channels_inner, out_channels_inner;  // whether a pixel's channels are adjacent (channels_last)
   int activation;                                 // Activation
   // The depthwise stage the input goes through first (_ghost_bottleneck's between its modules; kernel template
-  // argument kDepthwiseInput): its kernel, stride and padding; the map it reads is in_h x in_w.
-  int dw_kernel_h, dw_kernel_w, dw_stride_h, dw_stride_w, dw_pad_h, dw_pad_w;
+  // argument kDepthwiseInput), on the input's map.
+  DwParams dw;
 };
 
 // The value the composed sequence stores for an activated stage: its output rounded, activated, rounded again.
@@ -91,22 +92,11 @@ __device__ __forceinline__ at::opmath_type<scalar_t> module_input(const scalar_t
                                                                   const scalar_t* __restrict__ dw_bias, int64_t k,
                                                                   int y, int x, const GhostParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* plane = image + k * p.x.c;
   if constexpr (!kDepthwiseInput) {
     return static_cast<acc_t>(
-        plane[static_cast<int64_t>(y) * p.stride_h * p.x.h + static_cast<int64_t>(x) * p.stride_w * p.x.w]);
+        image[k * p.x.c + static_cast<int64_t>(y) * p.stride_h * p.x.h + static_cast<int64_t>(x) * p.stride_w * p.x.w]);
   } else {
-    const scalar_t* w = dw_weight + k * p.dw_kernel_h * p.dw_kernel_w;
-    acc_t v = dw_bias != nullptr ? static_cast<acc_t>(dw_bias[k]) : acc_t(0);
-    for (int kh = 0; kh < p.dw_kernel_h; ++kh) {
-      const int iy = y * p.dw_stride_h - p.dw_pad_h + kh;
-      if (iy < 0 || iy >= p.in_h) continue;
-      for (int kw = 0; kw < p.dw_kernel_w; ++kw) {
-        const int ix = x * p.dw_stride_w - p.dw_pad_w + kw;
-        if (ix < 0 || ix >= p.in_w) continue;
-        v += static_cast<acc_t>(plane[iy * p.x.h + ix * p.x.w]) * static_cast<acc_t>(w[kh * p.dw_kernel_w + kw]);
-      }
-    }
+    const acc_t v = depthwise_point(image, p.x, dw_weight, dw_bias, k, y, x, p.dw);
     return static_cast<acc_t>(static_cast<scalar_t>(v));
   }
 }
@@ -255,8 +245,6 @@ Tensor ghost_module_fused(const Tensor& input, const GhostModuleGeometry& geo, c
   p.out_channels = geo.out_channels;
   p.cheap_channels = geo.cheap_channels;
   p.multiplier = g.multiplier;
-  p.in_h = static_cast<int>(input.size(2));
-  p.in_w = static_cast<int>(input.size(3));
   p.out_h = static_cast<int>(g.out_h);
   p.out_w = static_cast<int>(g.out_w);
   p.stride_h = static_cast<int>(geo.stride_h);
@@ -277,12 +265,7 @@ Tensor ghost_module_fused(const Tensor& input, const GhostModuleGeometry& geo, c
   p.input_channels_inner = input.stride(1) == 1 && geo.in_channels > 1;
   p.out_channels_inner = out.stride(1) == 1;
   p.activation = static_cast<int>(geo.activation);
-  p.dw_kernel_h = depthwise != nullptr ? static_cast<int>(depthwise->kernel_h) : 1;
-  p.dw_kernel_w = depthwise != nullptr ? static_cast<int>(depthwise->kernel_w) : 1;
-  p.dw_stride_h = depthwise != nullptr ? static_cast<int>(depthwise->stride_h) : 1;
-  p.dw_stride_w = depthwise != nullptr ? static_cast<int>(depthwise->stride_w) : 1;
-  p.dw_pad_h = depthwise != nullptr ? static_cast<int>(depthwise->pad_h) : 0;
-  p.dw_pad_w = depthwise != nullptr ? static_cast<int>(depthwise->pad_w) : 0;
+  p.dw = depthwise != nullptr ? make_dw_params(*depthwise, "_ghost_bottleneck") : DwParams{};
 
   const int64_t chunks = ceil_div<int64_t>(geo.init_channels, kTileC);
   TORCH_CHECK(g.batch * p.tiles < (int64_t(1) << 31) && chunks < 65536,

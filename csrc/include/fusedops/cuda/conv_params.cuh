@@ -4,6 +4,9 @@
 #include <c10/util/Exception.h>
 
 #include "fusedops/conv_geometry.h"
+#include "fusedops/cuda/common.cuh"
+
+#include <ATen/OpMathType.h>
 
 #include <climits>
 #include <cstdint>
@@ -46,6 +49,32 @@ inline DwParams make_dw_params(const ConvGeometry& g, const char* op) {
   p.dilation_h = static_cast<int>(g.dilation_h);
   p.dilation_w = static_cast<int>(g.dilation_w);
   return p;
+}
+
+// Depthwise output pixel (oh, ow) of filter `k` of geometry d: its bias (nullptr: none) plus the taps inside the
+// input map, reading input channel k / multiplier of `image` (one image; channel, row and column strides s), in
+// at::opmath_type. Taps on the zero padding are skipped, not added as 0 * w (NaN for a NaN or infinite weight), as in
+// fusedops' depthwise kernels.
+template <typename scalar_t>
+__device__ __forceinline__ at::opmath_type<scalar_t> depthwise_point(const scalar_t* __restrict__ image,
+                                                                     const Strides4& s,
+                                                                     const scalar_t* __restrict__ weight,
+                                                                     const scalar_t* __restrict__ bias, int64_t k,
+                                                                     int64_t oh, int64_t ow, const DwParams& d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* plane = image + (k / d.multiplier) * s.c;
+  const scalar_t* w = weight + k * d.kernel_h * d.kernel_w;
+  acc_t v = bias != nullptr ? static_cast<acc_t>(bias[k]) : acc_t(0);
+  for (int kh = 0; kh < d.kernel_h; ++kh) {
+    const int64_t ih = oh * d.stride_h - d.pad_h + kh * d.dilation_h;
+    if (ih < 0 || ih >= d.in_h) continue;
+    for (int kw = 0; kw < d.kernel_w; ++kw) {
+      const int64_t iw = ow * d.stride_w - d.pad_w + kw * d.dilation_w;
+      if (iw < 0 || iw >= d.in_w) continue;
+      v += static_cast<acc_t>(plane[ih * s.h + iw * s.w]) * static_cast<acc_t>(w[kh * d.kernel_w + kw]);
+    }
+  }
+  return v;
 }
 
 }  // namespace cuda
