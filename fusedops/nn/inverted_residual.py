@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _backend
 from ..ops import _library
+from ..ops.conv2d_activation import NAME as CONV_ACTIVATION_NAME
+from ..ops.ghost_module import NAME as GHOST_NAME, pack_weights as ghost_pack_weights
 from ..ops.activations import activation_name
 from ..ops.inverted_residual import inverted_residual, pack_weights
 from .depthwise import DepthwiseConv2d
@@ -33,7 +36,10 @@ class ConvBNActivation(FoldedWeights, nn.Sequential):
 
     Eval mode runs one convolution with the batch norm folded into its weights and the activation applied in
     place on its output (the stems and heads of the models: one pass over the output instead of three, no
-    batch-norm output allocated); :meth:`freeze` keeps the folded weights as for the fused blocks. Train mode runs
+    batch-norm output allocated); on CPU without gradients, a stem (at most four input channels) runs fusedops'
+    direct convolution with the activation in its epilogue, and a 1x1 head on one image's small map fusedops'
+    pointwise GEMM (:func:`folded_conv_activation`). :meth:`freeze` keeps the folded weights as for the fused
+    blocks. Train mode runs
     the convolution, then on CPU the batch norm and activation as one op (``fusedops/nn/training.py``), elsewhere
     the batch norm and activation modules. ``bn_eps`` and ``bn_momentum`` are the batch norm's (MobileNetV3 uses
     0.001 and 0.01)."""
@@ -76,10 +82,24 @@ def _fold(conv, bn):
 def folded_conv_activation(block, conv, input, activation):
     """The eval-mode output of a conv -> BN -> `activation` `block` (a :class:`FoldedWeights` whose fold is the
     convolution's weight and bias with the batch norm folded in): one convolution, the activation in place on its
-    output (one pass over the output instead of three, no batch-norm output allocated)."""
-    weight, bias = block._folded_weights()
+    output (one pass over the output instead of three, no batch-norm output allocated). Without gradients on CPU:
+    fusedops' direct convolution for a stem (:func:`_runs_direct`), its pointwise GEMM for a small 1x1 head
+    (:func:`_runs_pointwise_gemm`), each with the activation in its epilogue."""
+    gemm = _runs_pointwise_gemm(conv, input)
+    if gemm:
+        # Frozen and called before: the native call made then, without the fold and packing checks.
+        out = block._call_prepared(GHOST_NAME, input, (activation,))
+        if out is not NotImplemented:
+            return out
+    folded = block._folded_weights()
+    weight, bias = folded
+    if gemm and not weight.requires_grad:
+        return _pointwise_gemm(block, folded, input, activation)
     if weight.requires_grad and torch.is_grad_enabled():
         weight = _GradientWithStrides.apply(weight, conv.weight.stride())
+    if not weight.requires_grad and _runs_direct(conv, input):
+        return _library.eager_native(CONV_ACTIVATION_NAME)(input, weight, bias, conv.stride, conv.padding,
+                                                          conv.dilation, activation)
     if not weight.requires_grad and _runs_as_matrix_product(conv, input):
         out = _matrix_product(input, weight, bias)
     else:
@@ -94,6 +114,56 @@ def folded_conv_activation(block, conv, input, activation):
 # gradient recorded): a training step keeps one algorithm whatever the batch, so a batch split over processes
 # (DistributedDataParallel) rounds as the whole batch in one process does.
 _MATRIX_PRODUCT_MAX_PIXELS = 4096
+
+
+# The most pixels of a channels-last 1x1 convolution on one image that runs as fusedops' pointwise GEMM instead of
+# F.linear: the 7x7 heads at batch 1. Measured on the 2-vCPU Xeon, 2 threads, with the activation, frozen (packed
+# weights), warm / cold weights: 160 -> 960 81 / 142 us against 113 / 190, 320 -> 1280 173 / 262 against 222 / 315.
+# Several images split the GEMM by image, each reading all the weights: 8 images of one pixel, 960 -> 1280, 706
+# against 289 us; of 7x7, 320 -> 1280 1274 / 1495 against 1236 / 1288. So one image only.
+_POINTWISE_GEMM_MAX_PIXELS = 64
+
+
+def _runs_pointwise_gemm(conv, input):
+    """Whether the eval-mode 1x1 convolution of `conv` on `input` runs as fusedops' pointwise GEMM: an eager call of
+    the native CPU kernels (_backend.runs_native_eagerly) on a channels-last map of one image and at most
+    _POINTWISE_GEMM_MAX_PIXELS pixels."""
+    return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+            and _backend.runs_native_eagerly(input) and input.dim() == 4 and input.shape[0] == 1
+            and input.shape[2] * input.shape[3] <= _POINTWISE_GEMM_MAX_PIXELS
+            and input.is_contiguous(memory_format=torch.channels_last))
+
+
+def _pointwise_gemm(block, folded, input, activation):
+    """activation(1x1 convolution of `input` by the folded (weight, bias)) through fusedops' pointwise GEMM: the
+    ghost_module op without cheap channels (out_channels = the primary convolution's). Frozen, its weights are
+    packed once and the call is kept (_call_prepared); else the kernel packs them per call, so that a frozen block
+    gives the unfrozen one's bits."""
+    weight, bias = folded
+    channels = weight.shape[0]
+    cheap = weight.new_zeros(channels, 1, 1, 1)  # read by no output channel
+    packed = block._packed_weights(
+        folded, input, GHOST_NAME,
+        lambda: ghost_pack_weights(input, weight, bias, cheap, None, channels, 1, activation))
+    arguments = (weight, bias, cheap, None, None, channels, [1, 1], activation, packed)
+    if packed is not None:
+        block._prepare_call(folded, (activation,), arguments)
+    return _library.eager_native(GHOST_NAME)(input, *arguments)
+
+
+# The most input channels a convolution runs through fusedops' direct convolution (_conv2d_activation) instead of
+# F.conv2d: an image's (grayscale, RGB, RGBA), the models' stems. There oneDNN's convolution spends its time on
+# K = 9 * C too short for its blocking; measured on the 2-vCPU Xeon, 2 threads, 3 -> 16 and 3 -> 32, 3x3 stride 2
+# at 224x224 with hardswish: see the op's kernel (csrc/cpu/conv2d_activation.cpp).
+_DIRECT_MAX_IN_CHANNELS = 4
+
+
+def _runs_direct(conv, input):
+    """Whether the eval-mode convolution of `conv` (groups 1, zero padding given as numbers) on `input` runs as
+    fusedops' direct convolution: an eager call of the native CPU kernel (_backend.runs_native_eagerly) on an input
+    of at most _DIRECT_MAX_IN_CHANNELS channels."""
+    return (conv.groups == 1 and conv.in_channels <= _DIRECT_MAX_IN_CHANNELS and not isinstance(conv.padding, str)
+            and conv.padding_mode == "zeros" and _backend.runs_native_eagerly(input) and input.dim() == 4)
 
 
 def _matrix_product(input, weight, bias):
