@@ -397,6 +397,24 @@ def test_squeeze_excitation_dtypes(dtype):
     check_inverted_residual_parity((2, 8, 7, 7), 24, 8, dtype=dtype, activation="hardswish", se=dict(squeeze=8))
 
 
+@pytest.mark.parametrize("threads", (2, 3))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+@pytest.mark.parametrize("shape, hidden, cout, se", (
+    ((1, 40, 7, 7), 240, 40, None),              # 3 vectors of outputs, the last one half full
+    ((1, 160, 7, 7), 960, 72, dict(squeeze=24)),  # 5 vectors, 5 panels' worth split at a panel's middle
+    ((1, 96, 14, 14), 576, 96, None),             # 196 pixels: even chunks
+))
+def test_parity_project_shared_by_vectors(shape, hidden, cout, se, layout, threads):
+    # One image, whole: the project GEMM's items are single vectors of output channels, a thread's run of them
+    # starting or ending in the middle of a panel.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_inverted_residual_parity(shape, hidden, cout, layout=layout, se=se, backward=False)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_squeeze_excitation_large_map_expands_in_slices():
     # 96x96 expanded slices of 64 channels exceed a band's tile budget: the image is expanded a few panels at a
     # time.

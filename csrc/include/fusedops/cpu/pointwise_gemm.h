@@ -278,6 +278,30 @@ void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t 
   }
 }
 
+// Columns [vector_begin * V, vector_end * V) of C (V = one vector of acc; clipped at p.n), as pointwise_gemm: the
+// whole panels in that range with the two-vector kernels, a panel's single vector at either end of it with the
+// one-vector kernels (a panel's second vector read in place: its panel pointer advanced by V). Lets threads share a
+// GEMM of an odd count of panels evenly.
+template <typename acc, typename out_t>
+void pointwise_gemm_vectors(const PackedPointwise<acc>& p, int64_t vector_begin, int64_t vector_end, const acc* a,
+                            int64_t lda, int64_t rows, out_t* c, int64_t ldc, Activation act) {
+  using P = PackedPointwise<acc>;
+  constexpr int64_t V = P::kVec;
+  const int64_t height = detail::pointwise_block_height<acc>(rows);
+  for (int64_t v = vector_begin; v < vector_end;) {
+    const int64_t second = v % 2;  // the panel's second vector
+    const int64_t span = second == 0 && v + 1 < vector_end ? 2 : 1;
+    const int64_t col = v * V;
+    const int64_t cols = std::min(span * V, p.n - col);
+    if (cols <= 0) break;
+    const acc* panel = p.panels + (v / 2) * p.k * P::kNr + second * V;
+    for (int64_t r = 0; r < rows; r += height)
+      detail::pointwise_rows<acc, out_t>(height, p.k, a + r * lda, lda, std::min(height, rows - r), panel, p.bias + col,
+                                         c + r * ldc + col, ldc, cols, act);
+    v += span;
+  }
+}
+
 // The transposed orientation, for small tiles whose weights would cost more to pack than the tile itself:
 // C^T[N x P] = act(W[N x K] @ A^T + bias), with W the 1x1 weights used in place (rows of K, leading
 // dimension ldw) and A^T the tile packed by pack_tile_panels into pixel panels [P / kNr][K][kNr]. Row r
