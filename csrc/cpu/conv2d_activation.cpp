@@ -45,11 +45,12 @@ constexpr int kAccumulators = 12;
 // ~48k multiply-add lanes, ~1.5 us).
 constexpr int64_t kMinParallelLanes = 1 << 15;
 
-// One tap of a pixel's receptive field: the input element's offset from the pixel's origin, and where the tap's
-// weight vectors start in the packed weights.
+// One tap of a pixel's receptive field: the input element's offset from the pixel's origin, the offset of its
+// weight vectors in the packed weights, and its kernel column (which edge pixels leave it out).
 struct Tap {
   int64_t input;
   int64_t weight;
+  int64_t kw;
 };
 
 // Geometry of the call, in elements.
@@ -81,7 +82,6 @@ FUSEDOPS_ALWAYS_INLINE void conv_block(const scalar_t* origin, int64_t pixel_str
                                        int64_t out_channel_stride) {
   using Vec = AccVec<scalar_t>;
   constexpr int64_t V = Vec::size();
-  const int64_t row = plan.vectors * V;  // packed elements per tap
   Vec acc[P * NV];
 #pragma GCC unroll 16
   for (int v = 0; v < NV; ++v) {
@@ -98,7 +98,7 @@ FUSEDOPS_ALWAYS_INLINE void conv_block(const scalar_t* origin, int64_t pixel_str
     // each pixel's offset in its own register (spilled to vector registers) and adds the tap's offset per pixel.
     asm("" : "+r"(x));
 #endif
-    const acc_t<scalar_t>* w = w0 + taps[t].weight * row;
+    const acc_t<scalar_t>* w = w0 + taps[t].weight;
     Vec wv[NV];
 #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) wv[v] = Vec::loadu(w + v * V);
@@ -258,7 +258,7 @@ void conv2d_activation_kernel(const Tensor& input, const Tensor& weight, const c
           for (int64_t ci = 0; ci < g.channels; ++ci) {
             row_taps[n_taps++] = {
                 ih * plan.in_stride_h + (kw * g.dilation_w - g.pad_w) * plan.in_stride_w + ci * plan.in_stride_c,
-                (kh * g.kernel_w + kw) * g.channels + ci};
+                ((kh * g.kernel_w + kw) * g.channels + ci) * row, kw};
           }
         }
       }
@@ -275,8 +275,7 @@ void conv2d_activation_kernel(const Tensor& input, const Tensor& weight, const c
           if (ow >= g.out_w) break;
           int64_t n_pixel_taps = 0;
           for (int64_t t = 0; t < n_taps; ++t) {
-            const int64_t kw = row_taps[t].weight / g.channels % g.kernel_w;
-            const int64_t iw = ow * g.stride_w - g.pad_w + kw * g.dilation_w;
+            const int64_t iw = ow * g.stride_w - g.pad_w + row_taps[t].kw * g.dilation_w;
             if (iw >= 0 && iw < g.in_w) pixel_taps[n_pixel_taps++] = row_taps[t];
           }
           conv_pixels(nv, row_origin, pixel_taps, n_pixel_taps, ow, ow + 1, packed, packed_bias, v0, plan, act, out_row,
