@@ -305,12 +305,7 @@ Plan plan_conv(const Tensor& input, const Tensor& weight, const c10::optional<Te
                 " does not match input dtype ", dtype_name(input.scalar_type()));
     check_same_device(*bias, input, "bias", "input");
   }
-  check_pair(stride, "stride");
-  check_pair(padding, "padding");
-  check_pair(dilation, "dilation");
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "fusedops: stride must be positive, got ", stride);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "fusedops: padding must be non-negative, got ", padding);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "fusedops: dilation must be positive, got ", dilation);
+  check_conv_options(stride, padding, dilation);
   TORCH_CHECK(input.size(1) > 0, "fusedops: input must have at least one channel, got shape ", input.sizes());
 
   Plan plan;
@@ -322,20 +317,7 @@ Plan plan_conv(const Tensor& input, const Tensor& weight, const c10::optional<Te
   g.in_w = input.size(3);
   g.kernel_h = weight.size(2);
   g.kernel_w = weight.size(3);
-  g.stride_h = stride[0];
-  g.stride_w = stride[1];
-  g.pad_h = padding[0];
-  g.pad_w = padding[1];
-  g.dilation_h = dilation[0];
-  g.dilation_w = dilation[1];
-  const int64_t extent_h = dilated_extent(g.kernel_h, g.dilation_h);
-  const int64_t extent_w = dilated_extent(g.kernel_w, g.dilation_w);
-  TORCH_CHECK(g.in_h + 2 * g.pad_h >= extent_h, "fusedops: padded input height (", g.in_h + 2 * g.pad_h,
-              ") is smaller than the dilated kernel height (", extent_h, ")");
-  TORCH_CHECK(g.in_w + 2 * g.pad_w >= extent_w, "fusedops: padded input width (", g.in_w + 2 * g.pad_w,
-              ") is smaller than the dilated kernel width (", extent_w, ")");
-  g.out_h = conv_output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-  g.out_w = conv_output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+  set_conv_window(g, stride, padding, dilation);
   plan.in_stride_n = input.stride(0);
   plan.in_stride_c = input.stride(1);
   plan.in_stride_h = input.stride(2);

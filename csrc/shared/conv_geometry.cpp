@@ -32,6 +32,32 @@ void check_pointwise(const at::Tensor& input, const at::Tensor& weight, const c1
   }
 }
 
+void check_conv_options(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_pair(stride, "stride");
+  check_pair(padding, "padding");
+  check_pair(dilation, "dilation");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "fusedops: stride must be positive, got ", stride);
+  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "fusedops: padding must be non-negative, got ", padding);
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "fusedops: dilation must be positive, got ", dilation);
+}
+
+void set_conv_window(ConvGeometry& g, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  g.stride_h = stride[0];
+  g.stride_w = stride[1];
+  g.pad_h = padding[0];
+  g.pad_w = padding[1];
+  g.dilation_h = dilation[0];
+  g.dilation_w = dilation[1];
+  const int64_t extent_h = dilated_extent(g.kernel_h, g.dilation_h);
+  const int64_t extent_w = dilated_extent(g.kernel_w, g.dilation_w);
+  TORCH_CHECK(g.in_h + 2 * g.pad_h >= extent_h, "fusedops: padded input height (", g.in_h + 2 * g.pad_h,
+              ") is smaller than the dilated kernel height (", extent_h, ")");
+  TORCH_CHECK(g.in_w + 2 * g.pad_w >= extent_w, "fusedops: padded input width (", g.in_w + 2 * g.pad_w,
+              ") is smaller than the dilated kernel width (", extent_w, ")");
+  g.out_h = conv_output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+  g.out_w = conv_output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+}
+
 ConvGeometry depthwise_geometry(const at::Tensor& input, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                                 at::IntArrayRef dilation, const char* weight_name, const char* bias_name,
@@ -44,12 +70,7 @@ ConvGeometry depthwise_geometry(const at::Tensor& input, const at::Tensor& weigh
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: ", weight_name, " dtype ",
               dtype_name(weight.scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
   check_same_device(weight, input, weight_name, "input");
-  check_pair(stride, "stride");
-  check_pair(padding, "padding");
-  check_pair(dilation, "dilation");
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "fusedops: stride must be positive, got ", stride);
-  TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "fusedops: padding must be non-negative, got ", padding);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "fusedops: dilation must be positive, got ", dilation);
+  check_conv_options(stride, padding, dilation);
 
   ConvGeometry g;
   g.batch = input.size(0);
@@ -75,20 +96,7 @@ ConvGeometry depthwise_geometry(const at::Tensor& input, const at::Tensor& weigh
                 dtype_name(bias->scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
     check_same_device(*bias, input, bias_name, "input");
   }
-  g.stride_h = stride[0];
-  g.stride_w = stride[1];
-  g.pad_h = padding[0];
-  g.pad_w = padding[1];
-  g.dilation_h = dilation[0];
-  g.dilation_w = dilation[1];
-  const int64_t extent_h = dilated_extent(g.kernel_h, g.dilation_h);
-  const int64_t extent_w = dilated_extent(g.kernel_w, g.dilation_w);
-  TORCH_CHECK(g.in_h + 2 * g.pad_h >= extent_h, "fusedops: padded input height (", g.in_h + 2 * g.pad_h,
-              ") is smaller than the dilated kernel height (", extent_h, ")");
-  TORCH_CHECK(g.in_w + 2 * g.pad_w >= extent_w, "fusedops: padded input width (", g.in_w + 2 * g.pad_w,
-              ") is smaller than the dilated kernel width (", extent_w, ")");
-  g.out_h = conv_output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-  g.out_w = conv_output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+  set_conv_window(g, stride, padding, dilation);
   return g;
 }
 

@@ -72,6 +72,13 @@ struct ConvGeometry {
   }
 };
 
+// Checks a convolution's stride (positive), padding (non-negative) and dilation (positive), each (height, width).
+void check_conv_options(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// Sets g's stride, padding and dilation (checked by check_conv_options) and its output size from its input and kernel
+// sizes, after checking that the padded input holds the dilated kernel.
+void set_conv_window(ConvGeometry& g, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
+
 // Validates a depthwise convolution call and returns its geometry. Errors name the offending argument
 // (`weight_name` / `bias_name` let fused ops name theirs, e.g. "dw_weight"). `channels`, when not -1, is the
 // number of channels the depthwise stage reads when it is not the input's (a fused op's expanded map).
