@@ -106,7 +106,7 @@ PUBLISHED_RUNS = [
              "(as the op does): at batch 1 the output allocation and the call itself take longer than the "
              "1.5-7 us copy."),
     Run("fusedops.convert(model), inference, 224x224: the main job (torchvision's and timm's models converted; "
-        "channels_last)", "fusedops bench", "722bc9c",
+        "channels_last)", "fusedops bench", "f66cb4b",
         "fusedops bench --model mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0 timm:ghostnet_100 --batch 1 8 "
         "--threads 2 --rounds 9",
         note="Measured on a 2-vCPU Intel Xeon (AVX-512, AMX; 2 MiB L2 per core), 2 threads. fusedops runs the "
@@ -120,10 +120,10 @@ PUBLISHED_RUNS = [
              "session, 27 ms after an OpenVINO request), while the runtimes timed the same either way. GhostNet's "
              "bottlenecks without squeeze-excitation run as one kernel each (the shortcut computed first); those with "
              "one run their stride-2 depthwise stage inside the first Ghost module's kernel where its output would "
-             "leave L2, and their squeeze-excitation inside the second one's. The host ran slower than in the last "
-             "published run (387ec3a), unevenly: for the models whose code did not change, fusedops', eager's and "
-             "torch.compile's times were 18-65% above that run's, ONNX Runtime's and OpenVINO's 11-28%; compare "
-             "ratios within one run. "
+             "leave L2, and their squeeze-excitation inside the second one's. The stems (3 input channels) run fusedops' "
+             "direct convolution with the activation in its epilogue, and at batch 1 the 7x7 heads fusedops' "
+             "pointwise GEMM. The host's speed varies by up to 30% between runs minutes apart, more for PyTorch code "
+             "than for the runtimes; compare ratios within one run. "
              "\"parity\" is the largest difference from the original's output, relative to its largest value."),
     Run("fusedops.convert(model), training step, 224x224 (forward, backward, SGD; channels_last)", "fusedops bench",
         "2507f64",
