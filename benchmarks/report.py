@@ -120,10 +120,10 @@ PUBLISHED_RUNS = [
              "session, 27 ms after an OpenVINO request), while the runtimes timed the same either way. GhostNet's "
              "bottlenecks without squeeze-excitation run as one kernel each (the shortcut computed first); those with "
              "one run their stride-2 depthwise stage inside the first Ghost module's kernel where its output would "
-             "leave L2, and their squeeze-excitation inside the second one's. The stems (3 input channels) run fusedops' "
-             "direct convolution with the activation in its epilogue, and at batch 1 the 7x7 heads fusedops' "
-             "pointwise GEMM. The host's speed varies by up to 30% between runs minutes apart, more for PyTorch code "
-             "than for the runtimes; compare ratios within one run. "
+             "leave L2, and their squeeze-excitation inside the second one's. The stems (3 input channels) run "
+             "fusedops' direct convolution with the activation in its epilogue, and at batch 1 the 7x7 heads "
+             "fusedops' pointwise GEMM. The host's speed varies by up to 30% between runs minutes apart, more for "
+             "PyTorch code than for the runtimes; compare ratios within one run. "
              "\"parity\" is the largest difference from the original's output, relative to its largest value."),
     Run("fusedops.convert(model), training step, 224x224 (forward, backward, SGD; channels_last)", "fusedops bench",
         "2507f64",
