@@ -183,11 +183,13 @@ def test_stem_runs_the_direct_convolution(monkeypatch, activation, layout, froze
 
 
 def test_stem_takes_f_conv2d_where_the_direct_convolution_does_not_apply():
-    # Gradients recorded, more than four input channels, or another backend: F.conv2d and the activation.
+    # Gradients recorded, more than 36 taps per pixel, or another backend: F.conv2d and the activation.
     block = _stem("relu6").double()
     x = make_input((1, 3, 16, 16), "channels_last", dtype=torch.float64, requires_grad=True)
     assert not ir_module._runs_direct(_stem(c_in=5)[0], make_input((1, 5, 8, 8), "channels_last"))
     assert ir_module._runs_direct(_stem(c_in=4)[0], make_input((1, 4, 8, 8), "channels_last"))
+    resnet_stem = ConvBNActivation(3, 64, 7, stride=2, activation="relu")  # 147 taps: oneDNN's blocking pays
+    assert not ir_module._runs_direct(resnet_stem[0], make_input((1, 3, 32, 32), "channels_last"))
     y = block(x)
     assert y.grad_fn is not None
     torch.testing.assert_close(y, nn.Sequential(*block.children())(x), rtol=1e-12, atol=1e-12)

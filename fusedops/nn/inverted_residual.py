@@ -36,7 +36,7 @@ class ConvBNActivation(FoldedWeights, nn.Sequential):
 
     Eval mode runs one convolution with the batch norm folded into its weights and the activation applied in
     place on its output (the stems and heads of the models: one pass over the output instead of three, no
-    batch-norm output allocated); on CPU without gradients, a stem (at most four input channels) runs fusedops'
+    batch-norm output allocated); on CPU without gradients, a 3x3 stem (at most four input channels) runs fusedops'
     direct convolution with the activation in its epilogue, and a 1x1 head on one image's small map fusedops'
     pointwise GEMM (:func:`folded_conv_activation`). :meth:`freeze` keeps the folded weights as for the fused
     blocks. Train mode runs
@@ -151,19 +151,21 @@ def _pointwise_gemm(block, folded, input, activation):
     return _library.eager_native(GHOST_NAME)(input, *arguments)
 
 
-# The most input channels a convolution runs through fusedops' direct convolution (_conv2d_activation) instead of
-# F.conv2d: an image's (grayscale, RGB, RGBA), the models' stems. There oneDNN's convolution spends its time on
-# K = 9 * C too short for its blocking; measured on the 2-vCPU Xeon, 2 threads, 3 -> 16 and 3 -> 32, 3x3 stride 2
-# at 224x224 with hardswish: see the op's kernel (csrc/cpu/conv2d_activation.cpp).
-_DIRECT_MAX_IN_CHANNELS = 4
+# The most taps per output pixel (input channels x kernel height x kernel width) of a convolution that runs through
+# fusedops' direct convolution (_conv2d_activation) instead of F.conv2d: the models' 3x3 stems of an image (grayscale,
+# RGB, RGBA), where oneDNN's convolution spends its time on K = 27 too short for its blocking. Measured on the 2-vCPU
+# Xeon, 2 threads, batch 1, 224x224 stride 2 with the activation: 3x3 of 3 channels to 16-128 channels 1.2-2.0x
+# faster; 5x5 (75 taps) 0.99-1.07x; 7x7 (147 taps, ResNet's stem) 0.86-0.95x, where oneDNN's blocking pays.
+_DIRECT_MAX_TAPS = 36
 
 
 def _runs_direct(conv, input):
     """Whether the eval-mode convolution of `conv` (groups 1, zero padding given as numbers) on `input` runs as
-    fusedops' direct convolution: an eager call of the native CPU kernel (_backend.runs_native_eagerly) on an input
-    of at most _DIRECT_MAX_IN_CHANNELS channels."""
-    return (conv.groups == 1 and conv.in_channels <= _DIRECT_MAX_IN_CHANNELS and not isinstance(conv.padding, str)
-            and conv.padding_mode == "zeros" and _backend.runs_native_eagerly(input) and input.dim() == 4)
+    fusedops' direct convolution: an eager call of the native CPU kernel (_backend.runs_native_eagerly), at most
+    _DIRECT_MAX_TAPS taps per output pixel."""
+    return (conv.groups == 1 and conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] <= _DIRECT_MAX_TAPS
+            and not isinstance(conv.padding, str) and conv.padding_mode == "zeros"
+            and _backend.runs_native_eagerly(input) and input.dim() == 4)
 
 
 def _matrix_product(input, weight, bias):
