@@ -266,20 +266,22 @@ void conv2d_activation_kernel(const Tensor& input, const Tensor& weight, const c
       scalar_t* out_row = plan.channels_last_output ? out + r * g.out_w * g.out_channels
                                                     : out + n * g.out_channels * out_plane + oh * g.out_w;
       for (int64_t v0 = 0; v0 < plan.vectors; v0 += kMaxVectors) {
-        const int64_t nv = std::min<int64_t>(kMaxVectors, plan.vectors - v0);
-        conv_pixels(nv, row_origin, row_taps, n_taps, ow_begin, ow_end, packed, packed_bias, v0, plan, act, out_row,
-                    out_pixel_stride, out_channel_stride);
-        // The edge pixels, each with the taps of its row's list that fall inside the input.
-        for (int64_t ow = 0; ow < g.out_w; ++ow) {
-          if (ow == ow_begin) ow = std::max(ow_begin, ow_end);
-          if (ow >= g.out_w) break;
-          int64_t n_pixel_taps = 0;
-          for (int64_t t = 0; t < n_taps; ++t) {
-            const int64_t iw = ow * g.stride_w - g.pad_w + row_taps[t].kw * g.dilation_w;
-            if (iw >= 0 && iw < g.in_w) pixel_taps[n_pixel_taps++] = row_taps[t];
-          }
-          conv_pixels(nv, row_origin, pixel_taps, n_pixel_taps, ow, ow + 1, packed, packed_bias, v0, plan, act, out_row,
-                      out_pixel_stride, out_channel_stride);
+        conv_pixels(std::min<int64_t>(kMaxVectors, plan.vectors - v0), row_origin, row_taps, n_taps, ow_begin, ow_end,
+                    packed, packed_bias, v0, plan, act, out_row, out_pixel_stride, out_channel_stride);
+      }
+      // The edge pixels, each with the taps of its row's list that fall inside the input (filtered once for all
+      // the passes over the output channels).
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        if (ow == ow_begin) ow = std::max(ow_begin, ow_end);
+        if (ow >= g.out_w) break;
+        int64_t n_pixel_taps = 0;
+        for (int64_t t = 0; t < n_taps; ++t) {
+          const int64_t iw = ow * g.stride_w - g.pad_w + row_taps[t].kw * g.dilation_w;
+          if (iw >= 0 && iw < g.in_w) pixel_taps[n_pixel_taps++] = row_taps[t];
+        }
+        for (int64_t v0 = 0; v0 < plan.vectors; v0 += kMaxVectors) {
+          conv_pixels(std::min<int64_t>(kMaxVectors, plan.vectors - v0), row_origin, pixel_taps, n_pixel_taps, ow,
+                      ow + 1, packed, packed_bias, v0, plan, act, out_row, out_pixel_stride, out_channel_stride);
         }
       }
     }

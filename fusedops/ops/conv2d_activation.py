@@ -5,14 +5,15 @@ the activation applied before the output is stored. The output is channels-last 
 
 Schema: csrc/conv2d_activation.cpp; CPU kernel: csrc/cpu/conv2d_activation.cpp, a direct convolution meant for
 inputs of few channels. The eval-mode conv -> BN -> activation units (``fusedops.nn.ConvBNActivation``,
-``PairedConv2d``) call it on CPU for inputs of at most four channels without gradients
-(``fusedops/nn/inverted_residual.py``: ``_runs_direct``); elsewhere they run ``F.conv2d`` and the activation.
+``PairedConv2d``) call it on CPU without gradients for convolutions of at most 36 taps per output pixel, the 3x3
+stems (``fusedops/nn/inverted_residual.py``: ``_runs_direct``); elsewhere they run ``F.conv2d`` and the activation.
 """
 
 import torch
 from torch._prims_common import suggest_memory_format
 
 from .. import _extension
+from . import _geometry
 
 NAME = "_conv2d_activation"
 
@@ -22,10 +23,7 @@ def _fake(input, weight, bias, stride, padding, dilation, activation):
     torch._check(weight.dim() == 4 and weight.shape[1] == input.shape[1],
                  lambda: f"fusedops: weight must have shape (out_channels, {input.shape[1]}, kH, kW) (groups 1: all "
                          f"of the input's channels), got {tuple(weight.shape)}")
-    sizes = [input.shape[0], weight.shape[0]]
-    for i in range(2):
-        extent = dilation[i] * (weight.shape[2 + i] - 1) + 1
-        sizes.append((input.shape[2 + i] + 2 * padding[i] - extent) // stride[i] + 1)
+    sizes = _geometry.depthwise_output_shape(input, weight, stride, padding, dilation)  # any groups' formula
     channels_last = torch.channels_last in (suggest_memory_format(input), suggest_memory_format(weight))
     return torch.empty(sizes, dtype=input.dtype, device=input.device,
                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
