@@ -79,6 +79,33 @@ def test_parity_ghostnet_shapes(layout, shape, out_channels, dw_size):
     check_ghost_module_parity(shape, out_channels, dw_size=dw_size, layout=layout, backward=shape[0] > 1)
 
 
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("pixels", (1, 2))
+@pytest.mark.parametrize("channels", (40, 100, 120, 136, 200))
+def test_pointwise_of_one_or_two_pixels(channels, pixels, dtype, threads):
+    # Tiles of one or two pixels (1x1 maps: the late blocks at batch 1) run blocks of several GEMM panels
+    # (pointwise_micro_panels). The channel counts end a block with a partial panel of more or less than a vector
+    # and leave panels over for the one-panel kernel (40: 1.25 panels of float32; 100, 120: 4 panels, the last
+    # cut; 136, 200). A pixel's sums are added in the order of the kernels of taller tiles: its outputs are the same
+    # bits in a tile of three pixels, and match the float64 reference.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = make_input((1, 24, 1, pixels), "channels_last", dtype=dtype)
+        pw, pb, cw, cb = make_ghost_module_weights(24, 2 * channels, dtype=dtype, requires_grad=False)
+        y = fusedops.ghost_module(x, pw, pb, cw, cb, channels, activation="relu6")
+        ref = ghost_module_reference(x.double(), pw.double(), pb.double(), cw.double(), cb.double(), channels, 1,
+                                     "relu6")
+        tol = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+        torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol)
+        wider = torch.cat([x, x[..., :1], x[..., :1]], dim=3)[..., :3].contiguous(memory_format=CL)
+        y3 = fusedops.ghost_module(wider, pw, pb, cw, cb, channels, activation="relu6")
+        assert torch.equal(y3[..., :pixels], y)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("threads", (1, 2, 3))
 def test_parity_thread_counts(threads):
     previous = torch.get_num_threads()

@@ -258,6 +258,73 @@ inline void pointwise_rows(int64_t height, int64_t k, const acc* a, int64_t lda,
   }
 }
 
+// A block of one or two rows spanning several panels, for the tiles of one or two pixels (a 1x1 map: the GEMV of
+// a late block at batch 1). pointwise_micro's block of one row keeps 2 chains of dependent multiply-adds in flight,
+// too few to cover the multiply-add latency, and streamed the weights at ~16 B a cycle; this one keeps 8 (4
+// panels of one row, or 2 panels of two). Each accumulator adds its terms in pointwise_micro's order, so the
+// results are the same bits. Columns beyond `cols` (counted from the first panel's first column) are not stored.
+template <typename acc, typename out_t, int64_t MR>
+inline void pointwise_micro_panels(int64_t k, const acc* a, int64_t lda, const acc* panels, int64_t panel_stride,
+                                   const acc* bias, out_t* c, int64_t ldc, int64_t cols, Activation act) {
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  constexpr int64_t NR = 2 * V;
+  static_assert(MR == 1 || MR == 2, "pointwise_micro_panels: one or two rows");
+  constexpr int64_t NP = 4 / MR;  // panels
+  const acc* q0 = panels;
+  const acc* q1 = panels + panel_stride;
+  const acc* q2 = panels + 2 * panel_stride;
+  const acc* q3 = panels + 3 * panel_stride;
+  const acc* a1 = a + lda;
+  // Accumulator i holds row i / (2 * NP), vector i % (2 * NP) of the panels' columns.
+  Vec c0 = Vec::loadu(bias), c1 = Vec::loadu(bias + V), c2 = Vec::loadu(bias + NR), c3 = Vec::loadu(bias + NR + V);
+  Vec c4, c5, c6, c7;
+  if constexpr (MR == 1) {
+    c4 = Vec::loadu(bias + 2 * NR);
+    c5 = Vec::loadu(bias + 2 * NR + V);
+    c6 = Vec::loadu(bias + 3 * NR);
+    c7 = Vec::loadu(bias + 3 * NR + V);
+  } else {
+    c4 = c0;
+    c5 = c1;
+    c6 = c2;
+    c7 = c3;
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const int64_t o = kk * NR;
+    const Vec x(a[kk]);
+    c0 = at::vec::fmadd(x, Vec::loadu(q0 + o), c0);
+    c1 = at::vec::fmadd(x, Vec::loadu(q0 + o + V), c1);
+    c2 = at::vec::fmadd(x, Vec::loadu(q1 + o), c2);
+    c3 = at::vec::fmadd(x, Vec::loadu(q1 + o + V), c3);
+    if constexpr (MR == 1) {
+      c4 = at::vec::fmadd(x, Vec::loadu(q2 + o), c4);
+      c5 = at::vec::fmadd(x, Vec::loadu(q2 + o + V), c5);
+      c6 = at::vec::fmadd(x, Vec::loadu(q3 + o), c6);
+      c7 = at::vec::fmadd(x, Vec::loadu(q3 + o + V), c7);
+    } else {
+      const Vec y(a1[kk]);
+      c4 = at::vec::fmadd(y, Vec::loadu(q0 + o), c4);
+      c5 = at::vec::fmadd(y, Vec::loadu(q0 + o + V), c5);
+      c6 = at::vec::fmadd(y, Vec::loadu(q1 + o), c6);
+      c7 = at::vec::fmadd(y, Vec::loadu(q1 + o + V), c7);
+    }
+  }
+  auto store_panel = [&](out_t* row, int64_t j, Vec v0, Vec v1) {
+    const int64_t left = cols - j * NR;
+    if (left > 0) store_row(row + j * NR, v0, v1, std::min(NR, left), act);
+  };
+  store_panel(c, 0, c0, c1);
+  store_panel(c, 1, c2, c3);
+  if constexpr (MR == 1) {
+    store_panel(c, 2, c4, c5);
+    store_panel(c, 3, c6, c7);
+  } else {
+    store_panel(c + ldc, 0, c4, c5);
+    store_panel(c + ldc, 1, c6, c7);
+  }
+}
+
 }  // namespace detail
 
 // Columns of panels [panel_begin, panel_end) of C = act(A @ B + bias). A is rows x K (leading dimension
@@ -267,7 +334,21 @@ void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t 
                     int64_t rows, out_t* c, int64_t ldc, Activation act) {
   using P = PackedPointwise<acc>;
   const int64_t height = detail::pointwise_block_height<acc>(rows);
+  const int64_t panel_stride = p.k * P::kNr;
   for (int64_t j = panel_begin; j < panel_end; ++j) {
+    // One or two rows: several panels a block (pointwise_micro_panels).
+    if (rows == 1 && j + 4 <= panel_end) {
+      detail::pointwise_micro_panels<acc, out_t, 1>(p.k, a, lda, p.panels + j * panel_stride, panel_stride,
+                                                    p.bias + j * P::kNr, c + j * P::kNr, ldc, p.n - j * P::kNr, act);
+      j += 3;
+      continue;
+    }
+    if (rows == 2 && j + 2 <= panel_end) {
+      detail::pointwise_micro_panels<acc, out_t, 2>(p.k, a, lda, p.panels + j * panel_stride, panel_stride,
+                                                    p.bias + j * P::kNr, c + j * P::kNr, ldc, p.n - j * P::kNr, act);
+      j += 1;
+      continue;
+    }
     const acc* panel = p.panels + j * p.k * P::kNr;
     const acc* bias = p.bias + j * P::kNr;
     const int64_t col = j * P::kNr;
@@ -288,18 +369,20 @@ void pointwise_gemm_vectors(const PackedPointwise<acc>& p, int64_t vector_begin,
   using P = PackedPointwise<acc>;
   constexpr int64_t V = P::kVec;
   const int64_t height = detail::pointwise_block_height<acc>(rows);
-  for (int64_t v = vector_begin; v < vector_end;) {
-    const int64_t second = v % 2;  // the panel's second vector
-    const int64_t span = second == 0 && v + 1 < vector_end ? 2 : 1;
+  auto lone_vector = [&](int64_t v) {
     const int64_t col = v * V;
-    const int64_t cols = std::min(span * V, p.n - col);
-    if (cols <= 0) break;
-    const acc* panel = p.panels + (v / 2) * p.k * P::kNr + second * V;
+    const int64_t cols = std::min(V, p.n - col);
+    if (cols <= 0) return;
+    const acc* panel = p.panels + (v / 2) * p.k * P::kNr + (v % 2) * V;  // a second vector read in place
     for (int64_t r = 0; r < rows; r += height)
       detail::pointwise_rows<acc, out_t>(height, p.k, a + r * lda, lda, std::min(height, rows - r), panel, p.bias + col,
                                          c + r * ldc + col, ldc, cols, act);
-    v += span;
-  }
+  };
+  int64_t v = vector_begin;
+  if (v % 2 == 1 && v < vector_end) lone_vector(v++);
+  const int64_t whole_end = v + (vector_end - v) / 2 * 2;
+  pointwise_gemm(p, v / 2, whole_end / 2, a, lda, rows, c, ldc, act);
+  if (whole_end < vector_end) lone_vector(whole_end);
 }
 
 // The transposed orientation, for small tiles whose weights would cost more to pack than the tile itself:
