@@ -260,35 +260,33 @@ inline void pointwise_rows(int64_t height, int64_t k, const acc* a, int64_t lda,
 
 // A block of one or two rows spanning several panels, for the tiles of one or two pixels (a 1x1 map: the GEMV of
 // a late block at batch 1). pointwise_micro's block of one row keeps 2 chains of dependent multiply-adds in flight,
-// too few to cover the multiply-add latency, and streamed the weights at ~16 B a cycle; this one keeps 8 (4
-// panels of one row, or 2 panels of two). Each accumulator adds its terms in pointwise_micro's order, so the
-// results are the same bits. Columns beyond `cols` (counted from the first panel's first column) are not stored.
-template <typename acc, typename out_t, int64_t MR>
+// too few to cover the multiply-add latency, and streamed the weights at ~16 B a cycle; this one keeps 2 * NP * MR
+// (one row: 2 to 4 panels, the panels a thread has left; two rows: 2 panels). Each accumulator adds its terms in
+// pointwise_micro's order, so the results are the same bits. Columns beyond `cols` (counted from the first panel's
+// first column) are not stored.
+template <typename acc, typename out_t, int64_t MR, int64_t NP>
 inline void pointwise_micro_panels(int64_t k, const acc* a, int64_t lda, const acc* panels, int64_t panel_stride,
                                    const acc* bias, out_t* c, int64_t ldc, int64_t cols, Activation act) {
   using Vec = at::vec::Vectorized<acc>;
   constexpr int64_t V = Vec::size();
   constexpr int64_t NR = 2 * V;
-  static_assert(MR == 1 || MR == 2, "pointwise_micro_panels: one or two rows");
-  constexpr int64_t NP = 4 / MR;  // panels
+  static_assert((MR == 1 && NP >= 2 && NP <= 4) || (MR == 2 && NP == 2),
+                "pointwise_micro_panels: one row of 2 to 4 panels, or two rows of 2");
   const acc* q0 = panels;
   const acc* q1 = panels + panel_stride;
-  const acc* q2 = panels + 2 * panel_stride;
-  const acc* q3 = panels + 3 * panel_stride;
-  const acc* a1 = a + lda;
-  // Accumulator i holds row i / (2 * NP), vector i % (2 * NP) of the panels' columns.
+  const acc* q2 = NP > 2 ? panels + 2 * panel_stride : q0;
+  const acc* q3 = NP > 3 ? panels + 3 * panel_stride : q0;
+  const acc* a1 = MR > 1 ? a + lda : a;
+  // c0..c3: row 0 of panels 0 and 1; c4..c7: row 0 of panels 2 and 3 (one row) or row 1 of panels 0 and 1 (two).
   Vec c0 = Vec::loadu(bias), c1 = Vec::loadu(bias + V), c2 = Vec::loadu(bias + NR), c3 = Vec::loadu(bias + NR + V);
-  Vec c4, c5, c6, c7;
-  if constexpr (MR == 1) {
+  Vec c4 = c0, c5 = c1, c6 = c2, c7 = c3;
+  if constexpr (MR == 1 && NP > 2) {
     c4 = Vec::loadu(bias + 2 * NR);
     c5 = Vec::loadu(bias + 2 * NR + V);
+  }
+  if constexpr (MR == 1 && NP > 3) {
     c6 = Vec::loadu(bias + 3 * NR);
     c7 = Vec::loadu(bias + 3 * NR + V);
-  } else {
-    c4 = c0;
-    c5 = c1;
-    c6 = c2;
-    c7 = c3;
   }
   for (int64_t kk = 0; kk < k; ++kk) {
     const int64_t o = kk * NR;
@@ -297,12 +295,15 @@ inline void pointwise_micro_panels(int64_t k, const acc* a, int64_t lda, const a
     c1 = at::vec::fmadd(x, Vec::loadu(q0 + o + V), c1);
     c2 = at::vec::fmadd(x, Vec::loadu(q1 + o), c2);
     c3 = at::vec::fmadd(x, Vec::loadu(q1 + o + V), c3);
-    if constexpr (MR == 1) {
+    if constexpr (MR == 1 && NP > 2) {
       c4 = at::vec::fmadd(x, Vec::loadu(q2 + o), c4);
       c5 = at::vec::fmadd(x, Vec::loadu(q2 + o + V), c5);
+    }
+    if constexpr (MR == 1 && NP > 3) {
       c6 = at::vec::fmadd(x, Vec::loadu(q3 + o), c6);
       c7 = at::vec::fmadd(x, Vec::loadu(q3 + o + V), c7);
-    } else {
+    }
+    if constexpr (MR == 2) {
       const Vec y(a1[kk]);
       c4 = at::vec::fmadd(y, Vec::loadu(q0 + o), c4);
       c5 = at::vec::fmadd(y, Vec::loadu(q0 + o + V), c5);
@@ -316,10 +317,9 @@ inline void pointwise_micro_panels(int64_t k, const acc* a, int64_t lda, const a
   };
   store_panel(c, 0, c0, c1);
   store_panel(c, 1, c2, c3);
-  if constexpr (MR == 1) {
-    store_panel(c, 2, c4, c5);
-    store_panel(c, 3, c6, c7);
-  } else {
+  if constexpr (MR == 1 && NP > 2) store_panel(c, 2, c4, c5);
+  if constexpr (MR == 1 && NP > 3) store_panel(c, 3, c6, c7);
+  if constexpr (MR == 2) {
     store_panel(c + ldc, 0, c4, c5);
     store_panel(c + ldc, 1, c6, c7);
   }
@@ -337,16 +337,25 @@ void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t 
   const int64_t panel_stride = p.k * P::kNr;
   for (int64_t j = panel_begin; j < panel_end; ++j) {
     // One or two rows: several panels a block (pointwise_micro_panels).
-    if (rows == 1 && j + 4 <= panel_end) {
-      detail::pointwise_micro_panels<acc, out_t, 1>(p.k, a, lda, p.panels + j * panel_stride, panel_stride,
-                                                    p.bias + j * P::kNr, c + j * P::kNr, ldc, p.n - j * P::kNr, act);
-      j += 3;
-      continue;
-    }
-    if (rows == 2 && j + 2 <= panel_end) {
-      detail::pointwise_micro_panels<acc, out_t, 2>(p.k, a, lda, p.panels + j * panel_stride, panel_stride,
-                                                    p.bias + j * P::kNr, c + j * P::kNr, ldc, p.n - j * P::kNr, act);
-      j += 1;
+    const int64_t left = panel_end - j;
+    if (rows <= 2 && left >= 2) {
+      const acc* panels = p.panels + j * panel_stride;
+      const acc* bias = p.bias + j * P::kNr;
+      out_t* dst = c + j * P::kNr;
+      const int64_t cols = p.n - j * P::kNr;
+      if (rows == 2) {
+        detail::pointwise_micro_panels<acc, out_t, 2, 2>(p.k, a, lda, panels, panel_stride, bias, dst, ldc, cols, act);
+        j += 1;
+      } else if (left >= 4 && left != 5) {  // 5 panels: 3 + 2, not 4 + one of the one-panel kernel's 2 chains
+        detail::pointwise_micro_panels<acc, out_t, 1, 4>(p.k, a, lda, panels, panel_stride, bias, dst, ldc, cols, act);
+        j += 3;
+      } else if (left >= 3) {
+        detail::pointwise_micro_panels<acc, out_t, 1, 3>(p.k, a, lda, panels, panel_stride, bias, dst, ldc, cols, act);
+        j += 2;
+      } else {
+        detail::pointwise_micro_panels<acc, out_t, 1, 2>(p.k, a, lda, panels, panel_stride, bias, dst, ldc, cols, act);
+        j += 1;
+      }
       continue;
     }
     const acc* panel = p.panels + j * p.k * P::kNr;
