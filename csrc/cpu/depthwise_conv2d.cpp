@@ -102,19 +102,9 @@ inline DwNhwcRow<scalar_t, scalar_t> dense_nhwc_rows(const scalar_t* in, const a
                                                      int64_t n, int64_t c_begin, int64_t c_end, bool prefetch = false,
                                                      const scalar_t* prefetch_also = nullptr) {
   const int64_t C = g.channels;
-  DwNhwcRow<scalar_t, scalar_t> t;
-  t.image = in + n * g.in_h * g.in_w * C;
-  t.in_row_stride = g.in_w * C;
-  t.in_pix_stride = C;
-  t.weight = w;
-  t.weight_ld = g.out_channels;
-  t.bias = bias;
-  t.out = out + n * g.out_h * g.out_w * C;
-  t.out_pix_stride = C;
-  t.out_row_stride = g.out_w * C;
-  t.oh = 0;
-  t.c_begin = c_begin;
-  t.c_end = c_end;
+  DwNhwcRow<scalar_t, scalar_t> t =
+      nhwc_rows<scalar_t, scalar_t>({in + n * g.in_h * g.in_w * C, g.in_w * C, C}, w, g.out_channels, bias,
+                                    {out + n * g.out_h * g.out_w * C, g.out_w * C, C}, 0, c_begin, c_end);
   t.prefetch = prefetch;
   t.prefetch_also = prefetch_also;
   return t;
@@ -319,15 +309,9 @@ void forward_nchw_tiled(const float* in, const float* w, const float* bias, floa
   at::parallel_for(0, items, grain_for(items, out_plane * V * taps(g)), [&](int64_t begin, int64_t end) {
     float* tile_in = thread_scratch<float>(in_plane * V, ScratchSlot::kTile);
     float* tile_out = thread_scratch<float>(out_plane * V, ScratchSlot::kTileOut);
-    DwNhwcRow<float, float> t;
-    t.image = tile_in;
-    t.in_row_stride = g.in_w * V;
-    t.in_pix_stride = V;
-    t.weight_ld = g.out_channels;
-    t.out_pix_stride = V;
-    t.c_begin = 0;
-    t.c_end = V;  // lanes past the last channel compute on zeros and are not stored back
-    t.out_row_stride = g.out_w * V;
+    // Lanes past the last channel compute on zeros and are not stored back; the taps and bias are set per group.
+    DwNhwcRow<float, float> t = nhwc_rows<float, float>({tile_in, g.in_w * V, V}, nullptr, g.out_channels, nullptr,
+                                                        {tile_out, g.out_w * V, V}, 0, 0, V);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / groups, c0 = (i % groups) * V, count = std::min(V, C - c0);
       if (count < V) std::fill(tile_in, tile_in + in_plane * V, 0.0f);
@@ -336,7 +320,6 @@ void forward_nchw_tiled(const float* in, const float* w, const float* bias, floa
       // taps_by_channel and bias_as_acc pad their buffers by a vector, so the lanes past C read in bounds.
       t.weight = w + c0;
       t.bias = bias ? bias + c0 : nullptr;
-      t.out = tile_out;
       for (int64_t j = 0; j < row_groups.count; ++j) depthwise_nhwc_row_group(t, g, row_groups, j);
       at::vec::transpose_mxn<float>(tile_out, V, out + (n * C + c0) * out_plane, out_plane, static_cast<int>(out_plane),
                                     static_cast<int>(count));

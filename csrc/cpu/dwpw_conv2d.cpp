@@ -238,19 +238,8 @@ void forward_cpu(const Tensor& input /*channels-last*/, const Tensor& dw_weight,
       const int64_t r1 = std::min(g.out_h, r0 + rows), pix = (r1 - r0) * g.out_w;
       const scalar_t* image = in + n * g.in_h * g.in_w * C;
       if (fast_dw) {
-        DwNhwcRow<scalar_t, acc> t;
-        t.image = image;
-        t.in_row_stride = g.in_w * C;
-        t.in_pix_stride = C;
-        t.weight = dw_taps;
-        t.weight_ld = K;
-        t.bias = dw_b;
-        t.out = tile;
-        t.out_pix_stride = K;
-        t.out_row_stride = row_elems;
-        t.oh = r0;
-        t.c_begin = 0;
-        t.c_end = K;
+        const auto t =
+            nhwc_rows<scalar_t, acc>({image, g.in_w * C, C}, dw_taps, K, dw_b, {tile, row_elems, K}, r0, 0, K);
         depthwise_nhwc_rows(t, g, r1, mid);
       } else {
         for (int64_t oh = r0; oh < r1; ++oh)

@@ -128,20 +128,9 @@ struct FollowingDepthwise {
   template <typename scalar_t>
   void rows(const scalar_t* image, int64_t in_row, int64_t channels, scalar_t* out, int64_t out_row,
             const ConvGeometry& band, int64_t r0, int64_t r1) const {
-    DwNhwcRow<scalar_t, scalar_t> t;
-    t.image = image;
-    t.in_row_stride = in_row;
-    t.in_pix_stride = channels;
-    t.weight = taps;
-    t.weight_ld = channels;
-    t.bias = bias;
-    t.out = out;
-    t.out_pix_stride = channels;
-    t.out_row_stride = out_row;
-    t.oh = r0;
-    t.c_begin = 0;
-    t.c_end = channels;
-    depthwise_nhwc_rows(t, band, r1);
+    depthwise_nhwc_rows(nhwc_rows<scalar_t, scalar_t>({image, in_row, channels}, taps, channels, bias,
+                                                      {out, out_row, channels}, r0, 0, channels),
+                        band, r1);
   }
 };
 
@@ -219,19 +208,8 @@ struct ModuleBands {
   template <typename out_t>
   void cheap_rows(out_t* dst, const acc* dw_image, int64_t image_ld, const ConvGeometry& geometry, int64_t r0,
                   int64_t r1, int64_t k0, int64_t k1) const {
-    DwNhwcRow<acc, out_t> t;
-    t.image = dw_image - k0;
-    t.in_row_stride = g.in_w * image_ld;
-    t.in_pix_stride = image_ld;
-    t.weight = w.cheap_taps;
-    t.weight_ld = g.out_channels;
-    t.bias = w.cheap_bias;
-    t.out = dst + I;
-    t.out_pix_stride = OC;
-    t.out_row_stride = g.out_w * OC;
-    t.oh = r0;
-    t.c_begin = k0;
-    t.c_end = k1;
+    const auto t = nhwc_rows<acc, out_t>({dw_image - k0, g.in_w * image_ld, image_ld}, w.cheap_taps, g.out_channels,
+                                         w.cheap_bias, {dst + I, g.out_w * OC, OC}, r0, k0, k1);
     depthwise_nhwc_rows(t, geometry, r1, epilogue);
   }
 

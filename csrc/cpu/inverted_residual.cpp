@@ -328,19 +328,8 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
   auto depthwise_rows = [&](const auto* image, int64_t pixel_stride, const ConvGeometry& geom, int64_t r0, int64_t r1,
                             int64_t c0, int64_t c1, acc* dst) {
     using in_t = std::remove_const_t<std::remove_pointer_t<decltype(image)>>;
-    DwNhwcRow<in_t, acc> t;
-    t.image = image;
-    t.in_row_stride = geom.in_w * pixel_stride;
-    t.in_pix_stride = pixel_stride;
-    t.weight = dw_taps;
-    t.weight_ld = H;
-    t.bias = dw_b;
-    t.out = dst;
-    t.out_pix_stride = H;
-    t.out_row_stride = g.out_w * H;
-    t.oh = r0;
-    t.c_begin = c0;
-    t.c_end = c1;
+    const auto t = nhwc_rows<in_t, acc>({image, geom.in_w * pixel_stride, pixel_stride}, dw_taps, H, dw_b,
+                                        {dst, g.out_w * H, H}, r0, c0, c1);
     depthwise_nhwc_rows(t, geom, r1, epilogue);
   };
   // Output pixels [first, first + count) of image n, the channels of project panels [p0, p1), from `mid` (those

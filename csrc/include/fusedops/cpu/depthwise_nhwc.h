@@ -81,6 +81,36 @@ struct DwNhwcRow {
   bool stream_stores = false;
 };
 
+// Pixels laid out in rows: pixel (row, col), channel c at data + row * row_stride + col * pixel_stride + c.
+template <typename T>
+struct PixelRows {
+  T* data;
+  int64_t row_stride, pixel_stride;
+};
+
+// The row-kernel arguments of the output rows from `oh` on, channels [c_begin, c_end): the input image and the output
+// (its row 0 at out.data) as pixel rows, the taps [kH * kW][taps_ld] and the optional bias. The prefetch and
+// streaming-store options keep their defaults.
+template <typename in_t, typename out_t>
+DwNhwcRow<in_t, out_t> nhwc_rows(PixelRows<const in_t> in, const acc_t<in_t>* taps, int64_t taps_ld,
+                                 const acc_t<in_t>* bias, PixelRows<out_t> out, int64_t oh, int64_t c_begin,
+                                 int64_t c_end) {
+  DwNhwcRow<in_t, out_t> t;
+  t.image = in.data;
+  t.in_row_stride = in.row_stride;
+  t.in_pix_stride = in.pixel_stride;
+  t.weight = taps;
+  t.weight_ld = taps_ld;
+  t.bias = bias;
+  t.out = out.data;
+  t.out_pix_stride = out.pixel_stride;
+  t.out_row_stride = out.row_stride;
+  t.oh = oh;
+  t.c_begin = c_begin;
+  t.c_end = c_end;
+  return t;
+}
+
 // How far ahead (output columns) prefetches run: 2 blocks of 8. Measured on the forward at N=8, C=144
 // 56x56 (2 threads): 16 and 24 columns ahead equally fast.
 constexpr int64_t kDwPrefetchColumns = 16;
