@@ -6,8 +6,8 @@ import importlib.util
 import pytest
 import torch
 
-from benchmarks import (bench_channel_shuffle, bench_depthwise_conv2d, bench_dwpw_conv2d, bench_shufflenet_v2_unit,
-                        harness, plot, report)
+from benchmarks import (bench_channel_shuffle, bench_depthwise_conv2d, bench_dwpw_conv2d, bench_inverted_residual,
+                        bench_shufflenet_v2_unit, harness, plot, report)
 
 
 def test_harness_times_tables_and_csv(tmp_path):
@@ -64,6 +64,19 @@ def test_dwpw_providers_agree(mode):
         fn()
     if mode == "forward":
         torch.testing.assert_close(providers["fusedops"](), providers["eager"](), rtol=1e-4, atol=1e-4)
+
+
+def test_inverted_residual_fixed_cost_case():
+    # A frozen MobileNetV3-Large block (squeeze-excitation) on a 1x1 map, checked against torchvision's inside the
+    # case, and a read of as many values as its folded weights: 112 -> 672 -> 160 with a 168-channel SE, 5x5.
+    providers, baselines, name, weight_bytes = bench_inverted_residual.fixed_cost_case("mobilenet_v3_large", 13)
+    assert baselines == ["weights_read"] and "features[13]" in name
+    assert weight_bytes == 4 * (112 * 672 + 672 + 672 * 25 + 672 + 168 * 672 + 168 + 672 * 168 + 672 + 160 * 672 + 160)
+    with torch.inference_mode():
+        assert providers["fusedops"]().shape == (1, 160, 1, 1)
+        result = harness.time_case(harness.Case("inverted_residual", name, "fixed cost", providers, baselines),
+                                   rounds=1, warmup=1, sample_ms=1.0)
+    assert set(result.median_us) == {"fusedops", "weights_read"}
 
 
 @pytest.mark.parametrize("layout", ["cl", "nchw"])
