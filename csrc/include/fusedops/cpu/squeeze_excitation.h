@@ -36,6 +36,48 @@ acc dot(const acc* a, const acc* b, int64_t n) {
   return at::vec::vec_reduce_all<acc>([](Vec& x, Vec& y) { return x + y; }, sum);
 }
 
+// out[r] = dot(rows + r * ld, x, n) for the `count` (at most 4) rows r: four rows at once read each vector of x once
+// for the four (5 loads per 4 multiply-adds instead of 8), with two partial sums a row; fewer rows one at a time.
+// The squeeze-excitation's matrix-vector products of one image streamed their weights 1.3-1.9x faster than with
+// dot on the 2-vCPU Xeon (the gates of 672 -> 168 -> 672: 15.0 -> 8.8 us on 1 thread, 9.1 -> 6.9 us on 2; of
+// 960 -> 240 -> 960 on 2: 12.7 -> 9.5 us).
+template <typename acc>
+void dot_rows(const acc* rows, int64_t ld, int64_t count, const acc* x, int64_t n, acc* out) {
+  using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  if (count < 4) {
+    for (int64_t r = 0; r < count; ++r) out[r] = dot(rows + r * ld, x, n);
+    return;
+  }
+  const acc *r0 = rows, *r1 = rows + ld, *r2 = rows + 2 * ld, *r3 = rows + 3 * ld;
+  Vec a0(acc(0)), a1(acc(0)), a2(acc(0)), a3(acc(0)), b0(acc(0)), b1(acc(0)), b2(acc(0)), b3(acc(0));
+  int64_t i = 0;
+  for (; i + 2 * V <= n; i += 2 * V) {
+    const Vec x0 = Vec::loadu(x + i), x1 = Vec::loadu(x + i + V);
+    a0 = at::vec::fmadd(Vec::loadu(r0 + i), x0, a0);
+    b0 = at::vec::fmadd(Vec::loadu(r0 + i + V), x1, b0);
+    a1 = at::vec::fmadd(Vec::loadu(r1 + i), x0, a1);
+    b1 = at::vec::fmadd(Vec::loadu(r1 + i + V), x1, b1);
+    a2 = at::vec::fmadd(Vec::loadu(r2 + i), x0, a2);
+    b2 = at::vec::fmadd(Vec::loadu(r2 + i + V), x1, b2);
+    a3 = at::vec::fmadd(Vec::loadu(r3 + i), x0, a3);
+    b3 = at::vec::fmadd(Vec::loadu(r3 + i + V), x1, b3);
+  }
+  for (; i < n; i += V) {  // zero-filled tails
+    const int64_t m = std::min(V, n - i);
+    const Vec x0 = Vec::loadu(x + i, m);
+    a0 = at::vec::fmadd(Vec::loadu(r0 + i, m), x0, a0);
+    a1 = at::vec::fmadd(Vec::loadu(r1 + i, m), x0, a1);
+    a2 = at::vec::fmadd(Vec::loadu(r2 + i, m), x0, a2);
+    a3 = at::vec::fmadd(Vec::loadu(r3 + i, m), x0, a3);
+  }
+  const auto add = [](Vec& p, Vec& q) { return p + q; };
+  out[0] = at::vec::vec_reduce_all<acc>(add, a0 + b0);
+  out[1] = at::vec::vec_reduce_all<acc>(add, a1 + b1);
+  out[2] = at::vec::vec_reduce_all<acc>(add, a2 + b2);
+  out[3] = at::vec::vec_reduce_all<acc>(add, a3 + b3);
+}
+
 // f(v) on x[0, n) in place, a vector at a time.
 template <typename acc, typename F>
 void map_in_place(acc* x, int64_t n, const F& f) {
@@ -87,18 +129,24 @@ struct SqueezeExcitationWeights {
 // and channels c < C, with mean_k = sums[k * sums_ld + .] * inverse_pixels; squeezed: room for images * squeezed_ld
 // (>= S + vector size) reduced values. The weight rows are spread over the threads, and each row is dotted with
 // every image's vector while it is in L1: the weights are read once, not once per image. (At 960 channels and batch
-// 8 the gates cost ~80-110 us either way: reading the two 0.9 MiB matrices from memory dominates.)
+// 8 the gates cost ~80-110 us either way: reading the two 0.9 MiB matrices from memory dominates.) Rows go four at a
+// time (dot_rows), each group dotted with every image's vector.
 template <typename acc>
 void squeeze_excitation_gates(const SqueezeExcitationWeights<acc>& w, int64_t C, int64_t S, Activation activation,
                               Gate gate, const acc* sums, int64_t sums_ld, acc inverse_pixels, int64_t images,
                               acc* squeezed, int64_t squeezed_ld, acc* gates, int64_t gates_ld) {
   // squeezed = activation(reduce . mean + reduce_bias), a range of its S rows per thread.
   at::parallel_for(0, S, std::max<int64_t>(1, kMinWorkItemMacs / (C * images)), [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      const acc* row = w.reduce + j * C;
-      const acc bias = w.reduce_bias ? w.reduce_bias[j] : acc(0);
-      for (int64_t k = 0; k < images; ++k)
-        squeezed[k * squeezed_ld + j] = bias + inverse_pixels * dot(row, sums + k * sums_ld, C);
+    for (int64_t j = j0; j < j1; j += 4) {
+      const int64_t rows = std::min<int64_t>(4, j1 - j);
+      for (int64_t k = 0; k < images; ++k) {
+        acc dots[4];
+        dot_rows(w.reduce + j * C, C, rows, sums + k * sums_ld, C, dots);
+        for (int64_t r = 0; r < rows; ++r) {
+          const acc bias = w.reduce_bias ? w.reduce_bias[j + r] : acc(0);
+          squeezed[k * squeezed_ld + j + r] = bias + inverse_pixels * dots[r];
+        }
+      }
     }
     for (int64_t k = 0; k < images; ++k) {
       map_in_place(squeezed + k * squeezed_ld + j0, j1 - j0,
@@ -107,10 +155,16 @@ void squeeze_excitation_gates(const SqueezeExcitationWeights<acc>& w, int64_t C,
   });
   // gate = gate(expand . squeezed + expand_bias), a range of the C channels per thread.
   at::parallel_for(0, C, std::max<int64_t>(1, kMinWorkItemMacs / (S * images)), [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      const acc* row = w.expand + c * S;
-      const acc bias = w.expand_bias ? w.expand_bias[c] : acc(0);
-      for (int64_t k = 0; k < images; ++k) gates[k * gates_ld + c] = bias + dot(row, squeezed + k * squeezed_ld, S);
+    for (int64_t c = c0; c < c1; c += 4) {
+      const int64_t rows = std::min<int64_t>(4, c1 - c);
+      for (int64_t k = 0; k < images; ++k) {
+        acc dots[4];
+        dot_rows(w.expand + c * S, S, rows, squeezed + k * squeezed_ld, S, dots);
+        for (int64_t r = 0; r < rows; ++r) {
+          const acc bias = w.expand_bias ? w.expand_bias[c + r] : acc(0);
+          gates[k * gates_ld + c + r] = bias + dots[r];
+        }
+      }
     }
     for (int64_t k = 0; k < images; ++k) apply_gate(gate, gates + k * gates_ld + c0, c1 - c0);
   });
