@@ -125,29 +125,35 @@ struct SqueezeExcitationWeights {
   const acc* expand_bias = nullptr;
 };
 
+// out[k * out_ld + r] = bias[r] + scale * (row r of `matrix` . x_k) for rows [r0, r1) of the row-major matrix (rows
+// of ld values) and the vectors x_k = x + k * x_ld, k < images (bias may be null: zeros). Rows go four at a time
+// (dot_rows), each group dotted with every image's vector while it is in L1.
+template <typename acc>
+void matrix_rows_times_vectors(const acc* matrix, int64_t ld, int64_t r0, int64_t r1, const acc* bias, acc scale,
+                               const acc* x, int64_t x_ld, int64_t images, acc* out, int64_t out_ld) {
+  for (int64_t j = r0; j < r1; j += 4) {
+    const int64_t rows = std::min<int64_t>(4, r1 - j);
+    for (int64_t k = 0; k < images; ++k) {
+      acc dots[4];
+      dot_rows(matrix + j * ld, ld, rows, x + k * x_ld, ld, dots);
+      for (int64_t r = 0; r < rows; ++r) out[k * out_ld + j + r] = (bias ? bias[j + r] : acc(0)) + scale * dots[r];
+    }
+  }
+}
+
 // gates[k * gates_ld + c] = gate(expand . act(reduce . mean_k + reduce_bias) + expand_bias)[c] for images k < images
 // and channels c < C, with mean_k = sums[k * sums_ld + .] * inverse_pixels; squeezed: room for images * squeezed_ld
 // (>= S + vector size) reduced values. The weight rows are spread over the threads, and each row is dotted with
 // every image's vector while it is in L1: the weights are read once, not once per image. (At 960 channels and batch
-// 8 the gates cost ~80-110 us either way: reading the two 0.9 MiB matrices from memory dominates.) Rows go four at a
-// time (dot_rows), each group dotted with every image's vector.
+// 8 the gates cost ~80-110 us either way: reading the two 0.9 MiB matrices from memory dominates.)
 template <typename acc>
 void squeeze_excitation_gates(const SqueezeExcitationWeights<acc>& w, int64_t C, int64_t S, Activation activation,
                               Gate gate, const acc* sums, int64_t sums_ld, acc inverse_pixels, int64_t images,
                               acc* squeezed, int64_t squeezed_ld, acc* gates, int64_t gates_ld) {
   // squeezed = activation(reduce . mean + reduce_bias), a range of its S rows per thread.
   at::parallel_for(0, S, std::max<int64_t>(1, kMinWorkItemMacs / (C * images)), [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; j += 4) {
-      const int64_t rows = std::min<int64_t>(4, j1 - j);
-      for (int64_t k = 0; k < images; ++k) {
-        acc dots[4];
-        dot_rows(w.reduce + j * C, C, rows, sums + k * sums_ld, C, dots);
-        for (int64_t r = 0; r < rows; ++r) {
-          const acc bias = w.reduce_bias ? w.reduce_bias[j + r] : acc(0);
-          squeezed[k * squeezed_ld + j + r] = bias + inverse_pixels * dots[r];
-        }
-      }
-    }
+    matrix_rows_times_vectors(w.reduce, C, j0, j1, w.reduce_bias, inverse_pixels, sums, sums_ld, images, squeezed,
+                              squeezed_ld);
     for (int64_t k = 0; k < images; ++k) {
       map_in_place(squeezed + k * squeezed_ld + j0, j1 - j0,
                    [&](const at::vec::Vectorized<acc>& v) { return apply_activation(activation, v); });
@@ -155,17 +161,8 @@ void squeeze_excitation_gates(const SqueezeExcitationWeights<acc>& w, int64_t C,
   });
   // gate = gate(expand . squeezed + expand_bias), a range of the C channels per thread.
   at::parallel_for(0, C, std::max<int64_t>(1, kMinWorkItemMacs / (S * images)), [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; c += 4) {
-      const int64_t rows = std::min<int64_t>(4, c1 - c);
-      for (int64_t k = 0; k < images; ++k) {
-        acc dots[4];
-        dot_rows(w.expand + c * S, S, rows, squeezed + k * squeezed_ld, S, dots);
-        for (int64_t r = 0; r < rows; ++r) {
-          const acc bias = w.expand_bias ? w.expand_bias[c + r] : acc(0);
-          gates[k * gates_ld + c + r] = bias + dots[r];
-        }
-      }
-    }
+    matrix_rows_times_vectors(w.expand, S, c0, c1, w.expand_bias, acc(1), squeezed, squeezed_ld, images, gates,
+                              gates_ld);
     for (int64_t k = 0; k < images; ++k) apply_gate(gate, gates + k * gates_ld + c0, c1 - c0);
   });
 }
