@@ -338,7 +338,7 @@ void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t 
   for (int64_t j = panel_begin; j < panel_end; ++j) {
     // One or two rows: several panels a block (pointwise_micro_panels).
     const int64_t left = panel_end - j;
-    if (rows <= 2 && left >= 2) {
+    if ((rows == 1 || rows == 2) && left >= 2) {
       const acc* panels = p.panels + j * panel_stride;
       const acc* bias = p.bias + j * P::kNr;
       out_t* dst = c + j * P::kNr;
@@ -358,7 +358,7 @@ void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t 
       }
       continue;
     }
-    const acc* panel = p.panels + j * p.k * P::kNr;
+    const acc* panel = p.panels + j * panel_stride;
     const acc* bias = p.bias + j * P::kNr;
     const int64_t col = j * P::kNr;
     const int64_t cols = std::min(P::kNr, p.n - col);
