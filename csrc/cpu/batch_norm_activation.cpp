@@ -71,7 +71,13 @@ ParamVecs<Acc, kParams> params_at(const std::array<const Acc*, kParams>& arrays,
 
 // Calls f(element_index, count, params) on every run of `count` (at most one vector) consecutive elements that
 // share their parameters' vectors: along each pixel's channels (channels-last; parameter arrays padded to whole
-// vectors) or along each plane (NCHW).
+// vectors) or along each plane (NCHW); full vectors first, with `count` a constant.
+//
+// The loops run on copies of f and of the parameter pointers local to each thread's call: a vector store may alias
+// anything, so after each one the compiler reloads every value the loop reaches through a reference or a lambda's
+// captures (the closure is in memory). Measured on a 2-vCPU AMD EPYC (Zen 3, AVX2), the training apply of 8 x 192
+// x 28 x 28 channels-last: 342 us reaching through references with the activation switched per vector, 110 us
+// with local copies and the activation a compile-time constant (with_activation), 81 us for x + 1.
 template <typename Acc, int kParams, typename F>
 void for_each_vector(const Layout& L, const std::array<const Acc*, kParams>& params, const F& f) {
   constexpr int64_t V = at::vec::Vectorized<Acc>::size();
@@ -79,17 +85,27 @@ void for_each_vector(const Layout& L, const std::array<const Acc*, kParams>& par
   if (L.channels_last) {
     const int64_t C = L.channels;
     at::parallel_for(0, L.images * L.plane, std::max<int64_t>(1, grain_elements / C), [&](int64_t begin, int64_t end) {
+      const F body = f;
+      const std::array<const Acc*, kParams> ps = params;
+      const int64_t channels = C, full = C / V * V;
       for (int64_t p = begin; p < end; ++p) {
-        for (int64_t c = 0; c < C; c += V) f(p * C + c, std::min(V, C - c), params_at<Acc, kParams>(params, c, true));
+        int64_t c = 0;
+        for (; c < full; c += V) body(p * channels + c, V, params_at<Acc, kParams>(ps, c, true));
+        if (c < channels) body(p * channels + c, channels - c, params_at<Acc, kParams>(ps, c, true));
       }
     });
   } else {
     const int64_t HW = L.plane;
     at::parallel_for(0, L.images * L.channels, std::max<int64_t>(1, grain_elements / HW),
                      [&](int64_t begin, int64_t end) {
+                       const F body = f;
+                       const std::array<const Acc*, kParams> ps = params;
+                       const int64_t plane_size = HW, full = HW / V * V, channels = L.channels;
                        for (int64_t plane = begin; plane < end; ++plane) {
-                         const auto pv = params_at<Acc, kParams>(params, plane % L.channels, false);
-                         for (int64_t i = 0; i < HW; i += V) f(plane * HW + i, std::min(V, HW - i), pv);
+                         const auto pv = params_at<Acc, kParams>(ps, plane % channels, false);
+                         int64_t i = 0;
+                         for (; i < full; i += V) body(plane * plane_size + i, V, pv);
+                         if (i < plane_size) body(plane * plane_size + i, plane_size - i, pv);
                        }
                      });
   }
@@ -114,24 +130,32 @@ std::vector<double> channel_sums(const Layout& L, const std::array<const Acc*, k
     const int64_t padded = (C + V - 1) / V * V;
     const int threads = at::get_num_threads();
     std::vector<double> totals(static_cast<size_t>(threads) * 2 * padded, 0.0);
-    at::parallel_for(
-        0, L.images * L.plane, std::max<int64_t>(1, kMinParallelElements / C), [&](int64_t begin, int64_t end) {
-          double* total = totals.data() + static_cast<size_t>(at::get_thread_num()) * 2 * padded;
-          // kBlockTerms pixels at a time, summed pixel by pixel into a block of float sums (in L1), then into the
-          // totals.
-          std::vector<Acc> block(2 * padded);
-          for (int64_t p0 = begin; p0 < end; p0 += kBlockTerms) {
-            std::fill(block.begin(), block.end(), Acc(0));
-            for (int64_t p = p0; p < std::min(end, p0 + kBlockTerms); ++p) {
-              for (int64_t c = 0; c < C; c += V) {
-                const auto terms = f(p * C + c, std::min(V, C - c), params_at<Acc, kParams>(params, c, true));
-                (Vec::loadu(block.data() + c) + terms.first).store(block.data() + c);
-                (Vec::loadu(block.data() + padded + c) + terms.second).store(block.data() + padded + c);
-              }
-            }
-            for (int64_t k = 0; k < 2 * padded; ++k) total[k] += static_cast<double>(block[k]);
-          }
-        });
+    at::parallel_for(0, L.images * L.plane, std::max<int64_t>(1, kMinParallelElements / C),
+                     [&](int64_t begin, int64_t end) {
+                       // Local copies, as in for_each_vector.
+                       const F body = f;
+                       const std::array<const Acc*, kParams> ps = params;
+                       const int64_t channels = C, full = C / V * V, width = padded;
+                       double* const total = totals.data() + static_cast<size_t>(at::get_thread_num()) * 2 * width;
+                       // kBlockTerms pixels at a time, summed pixel by pixel into a block of float sums (in L1), then
+                       // into the totals.
+                       std::vector<Acc> block_storage(2 * width);
+                       Acc* const block = block_storage.data();
+                       const auto add = [&](int64_t p, int64_t c, int64_t count) {
+                         const auto terms = body(p * channels + c, count, params_at<Acc, kParams>(ps, c, true));
+                         (Vec::loadu(block + c) + terms.first).store(block + c);
+                         (Vec::loadu(block + width + c) + terms.second).store(block + width + c);
+                       };
+                       for (int64_t p0 = begin; p0 < end; p0 += kBlockTerms) {
+                         std::fill_n(block, 2 * width, Acc(0));
+                         for (int64_t p = p0; p < std::min(end, p0 + kBlockTerms); ++p) {
+                           int64_t c = 0;
+                           for (; c < full; c += V) add(p, c, V);
+                           if (c < channels) add(p, c, channels - c);
+                         }
+                         for (int64_t k = 0; k < 2 * width; ++k) total[k] += static_cast<double>(block[k]);
+                       }
+                     });
     for (int t = 0; t < threads; ++t) {
       for (int64_t c = 0; c < C; ++c) {
         sums[c] += totals[static_cast<size_t>(t) * 2 * padded + c];
@@ -143,16 +167,20 @@ std::vector<double> channel_sums(const Layout& L, const std::array<const Acc*, k
     const int64_t HW = L.plane;
     at::parallel_for(0, C, std::max<int64_t>(1, kMinParallelElements / (L.images * HW)),
                      [&](int64_t begin, int64_t end) {
+                       // Local copies, as in for_each_vector.
+                       const F body = f;
+                       const std::array<const Acc*, kParams> ps = params;
+                       const int64_t images = L.images, channels = C, plane_size = HW;
                        for (int64_t c = begin; c < end; ++c) {
-                         const auto pv = params_at<Acc, kParams>(params, c, false);
+                         const auto pv = params_at<Acc, kParams>(ps, c, false);
                          alignas(64) double lanes[2][V] = {};
-                         for (int64_t n = 0; n < L.images; ++n) {
-                           const int64_t base = (n * C + c) * HW;
-                           for (int64_t i0 = 0; i0 < HW; i0 += kBlockTerms * V) {
+                         for (int64_t n = 0; n < images; ++n) {
+                           const int64_t base = (n * channels + c) * plane_size;
+                           for (int64_t i0 = 0; i0 < plane_size; i0 += kBlockTerms * V) {
                              Vec a(Acc(0)), b(Acc(0));
-                             for (int64_t i = i0; i < std::min(HW, i0 + kBlockTerms * V); i += V) {
-                               const int64_t count = std::min(V, HW - i);
-                               auto terms = f(base + i, count, pv);
+                             for (int64_t i = i0; i < std::min(plane_size, i0 + kBlockTerms * V); i += V) {
+                               const int64_t count = std::min(V, plane_size - i);
+                               auto terms = body(base + i, count, pv);
                                if (count < V) {  // the lanes past the plane are not this channel's
                                  terms.first = Vec::set(Vec(Acc(0)), terms.first, count);
                                  terms.second = Vec::set(Vec(Acc(0)), terms.second, count);
@@ -234,11 +262,15 @@ void apply_into(const Tensor& x, const Tensor& out, Activation act, const std::v
   using Acc = at::opmath_type<scalar_t>;
   const scalar_t* in = x.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
-  for_each_vector<Acc, 3>(
-      layout_of(x), {mean.data(), scale.data(), bias.data()},
-      [&](int64_t i, int64_t count, const ParamVecs<Acc, 3>& p) {
-        store_acc(o + i, apply_activation(act, normalize(load_acc(in + i, count), p[0], p[1], p[2])), count);
-      });
+  with_activation(act, [&](auto kind) {
+    for_each_vector<Acc, 3>(
+        layout_of(x), {mean.data(), scale.data(), bias.data()},
+        [in, o](int64_t i, int64_t count, const ParamVecs<Acc, 3>& p) {
+          store_acc(o + i,
+                    apply_activation(decltype(kind)::value, normalize(load_acc(in + i, count), p[0], p[1], p[2])),
+                    count);
+        });
+  });
 }
 
 // The forward into a new tensor, or over the input (`in_place`, which must then be dense).
@@ -278,7 +310,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_impl(const Tensor& inpu
       for (int64_t c = 0; c < C; ++c) sampled[c] += static_cast<double>(first[c * step]);
     }
     for (int64_t c = 0; c < C; ++c) origin[c] = static_cast<Acc>(sampled[c] / samples);
-    const auto sums = channel_sums<Acc, 1>(L, {origin.data()}, [&](int64_t i, int64_t n, const ParamVecs<Acc, 1>& p) {
+    const auto sums = channel_sums<Acc, 1>(L, {origin.data()}, [in](int64_t i, int64_t n, const ParamVecs<Acc, 1>& p) {
       const Vec d = load_acc(in + i, n) - p[0];
       return std::pair{d, d * d};
     });
@@ -386,17 +418,20 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_backward_impl(
     const std::vector<Acc> w = channel_array<Acc>(weight, C, Acc(1));
     const std::vector<Acc> scale = scales(invstd, w), b = channel_array<Acc>(bias, C, Acc(0));
     // The gradient at the batch norm's output: the activation's backward at the recomputed normalised input.
-    const auto grad_normalized = [&](int64_t i, int64_t n, const Vec& centred, const Vec& s, const Vec& t) {
-      return act == Activation::kNone ? load_acc(go + i, n)
-                                      : activation_backward(act, load_acc(go + i, n), at::vec::fmadd(centred, s, t));
+    const auto grad_normalized = [go](auto kind, int64_t i, int64_t n, const Vec& centred, const Vec& s, const Vec& t) {
+      constexpr Activation A = decltype(kind)::value;
+      return A == Activation::kNone ? load_acc(go + i, n)
+                                    : activation_backward(A, load_acc(go + i, n), at::vec::fmadd(centred, s, t));
     };
     // Per channel: sum of that gradient, and its dot product with (input - mean).
-    const auto sums = channel_sums<Acc, 3>(L, {mean.data(), scale.data(), b.data()},
-                                           [&](int64_t i, int64_t n, const ParamVecs<Acc, 3>& p) {
-                                             const Vec centred = load_acc(in + i, n) - p[0];
-                                             const Vec gb = grad_normalized(i, n, centred, p[1], p[2]);
-                                             return std::pair{gb, gb * centred};
-                                           });
+    const auto sums = with_activation(act, [&](auto kind) {
+      return channel_sums<Acc, 3>(L, {mean.data(), scale.data(), b.data()},
+                                  [in, grad_normalized, kind](int64_t i, int64_t n, const ParamVecs<Acc, 3>& p) {
+                                    const Vec centred = load_acc(in + i, n) - p[0];
+                                    const Vec gb = grad_normalized(kind, i, n, centred, p[1], p[2]);
+                                    return std::pair{gb, gb * centred};
+                                  });
+    });
     if (output_mask[0]) {
       // ATen's form: (g - sum / count - (x - mean) * dot * invstd^2 / count) * invstd * weight.
       std::vector<Acc> grad_mean(scale.size(), Acc(0)), k(scale.size(), Acc(0));
@@ -407,12 +442,14 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_backward_impl(
       grad_input = in_place ? g : at::empty_like(x);
       scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
       // (scale = invstd * weight)
-      for_each_vector<Acc, 5>(L, {mean.data(), scale.data(), b.data(), grad_mean.data(), k.data()},
-                              [&](int64_t i, int64_t n, const ParamVecs<Acc, 5>& p) {
-                                const Vec centred = load_acc(in + i, n) - p[0];
-                                const Vec gb = grad_normalized(i, n, centred, p[1], p[2]);
-                                store_acc(gi + i, (gb - p[3] - centred * p[4]) * p[1], n);
-                              });
+      with_activation(act, [&](auto kind) {
+        for_each_vector<Acc, 5>(L, {mean.data(), scale.data(), b.data(), grad_mean.data(), k.data()},
+                                [in, gi, grad_normalized, kind](int64_t i, int64_t n, const ParamVecs<Acc, 5>& p) {
+                                  const Vec centred = load_acc(in + i, n) - p[0];
+                                  const Vec gb = grad_normalized(kind, i, n, centred, p[1], p[2]);
+                                  store_acc(gi + i, (gb - p[3] - centred * p[4]) * p[1], n);
+                                });
+      });
     }
     // grad_weight = dot * invstd, grad_bias = sum, in the parameters' own dtypes.
     const auto per_channel = [&](const Tensor& like, auto value) {

@@ -3,12 +3,15 @@
 // The formulas are PyTorch's CPU ones (hardswish: x * min(max(x + 3, 0), 6) / 6; silu: x / (1 + exp(-x))), so fused
 // results match the unfused modules to the last bit wherever the pre-activations do. The kind is a run-time value: an
 // epilogue runs once per output vector, after a whole reduction, so the (perfectly predicted) switch costs nothing
-// measurable and saves instantiating every kernel per activation.
+// measurable and saves instantiating every kernel per activation. Elementwise passes, which do little else per
+// vector, take it as a compile-time constant instead (with_activation).
 #pragma once
 
 #include "fusedops/activation.h"
 
 #include <ATen/cpu/vec/vec.h>
+
+#include <type_traits>
 
 namespace fusedops {
 namespace cpu {
@@ -47,6 +50,20 @@ inline at::vec::Vectorized<T> activation_backward(Activation kind, const at::vec
     }
   }
   return g;
+}
+
+// f(std::integral_constant<Activation, kind>{}): the activation a compile-time constant, for loops that apply it to
+// every element (unlike an epilogue's, their per-vector switch is not free).
+template <typename F>
+decltype(auto) with_activation(Activation kind, const F& f) {
+  switch (kind) {
+    case Activation::kRelu: return f(std::integral_constant<Activation, Activation::kRelu>{});
+    case Activation::kRelu6: return f(std::integral_constant<Activation, Activation::kRelu6>{});
+    case Activation::kHardswish: return f(std::integral_constant<Activation, Activation::kHardswish>{});
+    case Activation::kSilu: return f(std::integral_constant<Activation, Activation::kSilu>{});
+    case Activation::kNone: break;
+  }
+  return f(std::integral_constant<Activation, Activation::kNone>{});
 }
 
 // Epilogue functor for depthwise_nhwc_row (whose bias is already added).
