@@ -20,8 +20,9 @@ pytestmark = requires_ops
 ops = torch.ops.fusedops
 ACTIVATIONS = {"none": lambda x: x, "relu": F.relu, "relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
                "hardswish": F.hardswish, "silu": F.silu}
-# Channel counts around the vector widths (16 floats, 8 doubles) and a 1x1 map; the mean is far from zero.
-SHAPES = [(4, 19, 5, 7), (2, 33, 8, 8), (9, 5, 1, 1)]
+# Channel counts around the vector widths (16 floats, 8 doubles; 8 and 4 with AVX2) and a 1x1 map; the mean is far
+# from zero. 59 and 40 channels: the channels-last reductions' groups of four vectors and the 1 to 3 left over.
+SHAPES = [(4, 19, 5, 7), (2, 33, 8, 8), (9, 5, 1, 1), (2, 59, 3, 5), (3, 40, 2, 3)]
 
 
 def _parameters(C, dtype, affine=True):
