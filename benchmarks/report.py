@@ -125,6 +125,18 @@ PUBLISHED_RUNS = [
              "fusedops' pointwise GEMM. The host's speed varies by up to 30% between runs minutes apart, more for "
              "PyTorch code than for the runtimes; compare ratios within one run. "
              "\"parity\" is the largest difference from the original's output, relative to its largest value."),
+    Run("fusedops.convert(model), inference, 224x224: the main job on an AMD EPYC with AVX2 only (Zen 3)",
+        "fusedops bench", "0aa8966",
+        "fusedops bench --model mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0 timm:ghostnet_100 --batch 1 8 "
+        "--threads 2 --rounds 9", since="2026-12-07T09:14:00", until="2026-12-07T09:20:00",
+        note="Measured on a 2-vCPU AMD EPYC of the Zen 3 generation (AVX2 and FMA, no AVX-512; 32 KiB L1d and "
+             "512 KiB L2 per core), 2 threads, with the same build flags (native: AVX2 here) and the same "
+             "baselines as the run above. The kernels' cache-dependent choices follow this L2 (a quarter of the "
+             "Xeon's): MobileNetV2's 14x14 blocks at batch 1, for one, run as strips of rows instead of whole "
+             "images (their 451 KB depthwise map is more than half this L2). The host's speed varied "
+             "more than on the Xeon: a run of the same commit minutes earlier gave MobileNetV3-Large at batch 1 "
+             "1.03x ONNX Runtime and GhostNet 1.42x (ONNX Runtime 9.0 ms there, 5.7 ms here), so compare "
+             "ratios within a row."),
     Run("fusedops.convert(model), training step, 224x224 (forward, backward, SGD; channels_last)", "fusedops bench",
         "2507f64",
         "fusedops bench --model mobilenet_v2 timm:ghostnet_100 mobilenet_v3_large timm:efficientnet_b0 --train "
@@ -136,6 +148,15 @@ PUBLISHED_RUNS = [
              "read from the allocator (`harness.peak_memory_bytes`). MobileNetV2 at batch 8 ran 1.19-1.24x eager "
              "channels_last over four runs on this host. The harness flagged every batch-32 run of the session as "
              "sharing the CPU, with nothing else running."),
+    Run("fusedops.convert(model), training step, 224x224, on an AMD EPYC with AVX2 only (Zen 3)", "fusedops bench",
+        "8bbe15e",
+        "fusedops bench --model mobilenet_v2 timm:ghostnet_100 mobilenet_v3_large timm:efficientnet_b0 --train "
+        "--batch 8 --threads 2 --rounds 7", since="2026-12-07T09:36:30", until="2026-12-07T09:44:30",
+        modes=("training step",),
+        note="Measured on the 2-vCPU AMD EPYC (Zen 3, AVX2) of the inference run above, 2 threads, after the batch "
+             "norm + activation passes stopped reloading their pointers after every vector store (MobileNetV2 at "
+             "batch 8: 0.94x eager channels_last before, 264 ms a step; 1.15-1.16x after over three runs). "
+             "EfficientNet-B0's SiLU costs an exponential per element in each of those passes."),
     Run("Whole models, inference, 224x224 (fusedops model in channels_last)", "models", "50039c7",
         "python -m benchmarks.bench_models",
         note="The models still run their 1x1 convolutions, BatchNorms and activations as separate PyTorch ops "
