@@ -89,19 +89,21 @@ def test_without_affine_parameters_or_running_statistics(layout):
     assert_close_scaled(grad_input, torch.autograd.grad(expected, x, grad)[0], **tolerance(torch.float64))
 
 
+@pytest.mark.parametrize("activation", ("hardswish", "silu"))
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
-def test_in_place_forms(layout):
-    """The in-place forms give the out-of-place results, over the input and over grad_output."""
+def test_in_place_forms(layout, activation):
+    """The in-place forms give the out-of-place results, over the input and over grad_output (with SiLU, whose
+    backward keeps the activation's gradient in the output buffer between its two passes, too)."""
     x = make_input((2, 20, 6, 6), layout, dtype=torch.float64)
     weight, bias = (t.detach() for t in _parameters(20, torch.float64))
-    out, mean, invstd = ops._batch_norm_activation(x, weight, bias, None, None, 0.1, 1e-5, "hardswish")
+    out, mean, invstd = ops._batch_norm_activation(x, weight, bias, None, None, 0.1, 1e-5, activation)
     y = x.clone()
-    mean_, invstd_ = ops._batch_norm_activation_(y, weight, bias, None, None, 0.1, 1e-5, "hardswish")
+    mean_, invstd_ = ops._batch_norm_activation_(y, weight, bias, None, None, 0.1, 1e-5, activation)
     assert torch.equal(y, out) and torch.equal(mean_, mean) and torch.equal(invstd_, invstd)
     grad = make_input((2, 20, 6, 6), layout, dtype=torch.float64)
-    expected = ops._batch_norm_activation_backward(grad, x, weight, bias, mean, invstd, "hardswish", [True] * 3)
+    expected = ops._batch_norm_activation_backward(grad, x, weight, bias, mean, invstd, activation, [True] * 3)
     g = grad.clone()
-    grad_weight, grad_bias = ops._batch_norm_activation_backward_(g, x, weight, bias, mean, invstd, "hardswish",
+    grad_weight, grad_bias = ops._batch_norm_activation_backward_(g, x, weight, bias, mean, invstd, activation,
                                                                   [True, True])
     assert torch.equal(g, expected[0]) and torch.equal(grad_weight, expected[1]) and torch.equal(grad_bias,
                                                                                                  expected[2])

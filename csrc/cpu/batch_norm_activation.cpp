@@ -24,6 +24,7 @@
 
 #include <array>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -446,15 +447,24 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_backward_impl(
       return A == Activation::kNone ? load_acc(go + i, n)
                                     : activation_backward(A, load_acc(go + i, n), at::vec::fmadd(centred, s, t));
     };
+    // SiLU's derivative costs an exponential and a division per element, which made its backward ~4x ReLU6's.
+    // With it, the reduction pass also stores that gradient in grad_input's buffer and the elementwise pass reads it
+    // back instead of computing it again (float and double only: the buffer holds it exactly, the same bits).
+    if (output_mask[0]) grad_input = in_place ? g : at::empty_like(x);
+    scalar_t* gi = output_mask[0] ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
+    const bool keep_gradient = gi != nullptr && act == Activation::kSilu && std::is_same_v<scalar_t, Acc>;
     // Per channel: sum of that gradient, and its dot product with (input - mean).
-    const auto sums = with_activation(act, [&](auto kind) {
+    const auto reduce = [&](auto kind, auto keep) {
       return channel_sums<Acc, 3>(L, {mean.data(), scale.data(), b.data()},
-                                  [in, grad_normalized, kind](int64_t i, int64_t n, const ParamVecs<Acc, 3>& p) {
+                                  [in, gi, grad_normalized, kind](int64_t i, int64_t n, const ParamVecs<Acc, 3>& p) {
                                     const Vec centred = load_acc(in + i, n) - p[0];
                                     const Vec gb = grad_normalized(kind, i, n, centred, p[1], p[2]);
+                                    if constexpr (decltype(keep)::value) store_acc(gi + i, gb, n);
                                     return std::pair{gb, gb * centred};
                                   });
-    });
+    };
+    const auto sums = keep_gradient ? reduce(std::integral_constant<Activation, Activation::kSilu>{}, std::true_type{})
+                                    : with_activation(act, [&](auto kind) { return reduce(kind, std::false_type{}); });
     if (output_mask[0]) {
       // ATen's form: (g - sum / count - (x - mean) * dot * invstd^2 / count) * invstd * weight.
       std::vector<Acc> grad_mean(scale.size(), Acc(0)), k(scale.size(), Acc(0));
@@ -462,17 +472,25 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_backward_impl(
         grad_mean[c] = static_cast<Acc>(sums[c] / count);
         k[c] = static_cast<Acc>(sums[C + c] * invstd[c] * invstd[c] / count);
       }
-      grad_input = in_place ? g : at::empty_like(x);
-      scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
       // (scale = invstd * weight)
-      with_activation(act, [&](auto kind) {
+      const auto apply = [&](auto kind, auto kept) {
         for_each_vector<Acc, 5>(L, {mean.data(), scale.data(), b.data(), grad_mean.data(), k.data()},
                                 [in, gi, grad_normalized, kind](int64_t i, int64_t n, const ParamVecs<Acc, 5>& p) {
                                   const Vec centred = load_acc(in + i, n) - p[0];
-                                  const Vec gb = grad_normalized(kind, i, n, centred, p[1], p[2]);
+                                  Vec gb;
+                                  if constexpr (decltype(kept)::value) {
+                                    gb = load_acc(gi + i, n);
+                                  } else {
+                                    gb = grad_normalized(kind, i, n, centred, p[1], p[2]);
+                                  }
                                   store_acc(gi + i, (gb - p[3] - centred * p[4]) * p[1], n);
                                 });
-      });
+      };
+      if (keep_gradient) {
+        apply(std::integral_constant<Activation, Activation::kSilu>{}, std::true_type{});
+      } else {
+        with_activation(act, [&](auto kind) { apply(kind, std::false_type{}); });
+      }
     }
     // grad_weight = dot * invstd, grad_bias = sum, in the parameters' own dtypes.
     const auto per_channel = [&](const Tensor& like, auto value) {
