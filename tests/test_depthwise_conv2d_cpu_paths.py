@@ -119,11 +119,13 @@ def test_parity_streaming_calls(kernel, stride, padding):
     """Channels-last calls that move more than the kernels' streaming thresholds (16 MB a forward, 8 MB a
     backward) prefetch ahead of their loads and stores, and the fused stride-1 backward also prefetches
     the input rows of its weight gradient: results unchanged, with a partial channel vector (72 channels)
-    and odd widths."""
+    and odd widths. 144 channels (pixels of whole cache lines) also store past the caches (streaming_stores_apply),
+    which 72 (288-byte pixels that straddle lines) do not."""
     shape = (2, 72, 124, 121) if stride == 1 else (3, 72, 140, 141)
-    x_bytes = 4 * shape[0] * shape[1] * shape[2] * shape[3]
-    assert x_bytes * (1 + 1 / stride**2) > 16 * 2**20  # the forward's input + output
-    check_depthwise_parity(shape, kernel, stride=stride, padding=padding, layout="channels_last")
+    for size in (shape, (1 if stride == 1 else 2, 144, *shape[2:])):
+        x_bytes = 4 * size[0] * size[1] * size[2] * size[3]
+        assert x_bytes * (1 + 1 / stride**2) > 16 * 2**20  # the forward's input + output
+        check_depthwise_parity(size, kernel, stride=stride, padding=padding, layout="channels_last")
     if kernel == 3 and padding == 1:
         # The unfused input-gradient and weight-gradient kernels, each on its own at the same size.
         check_depthwise_requested_grads(shape, "channels_last", stride=stride,

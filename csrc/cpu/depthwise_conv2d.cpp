@@ -154,7 +154,7 @@ void forward_nhwc(const Tensor& input, const Tensor& weight, bool rotate, const 
   // two new input rows per output row); stride-1 rows gain (N=8 C=144 56x56: 467-516 us with, 558-596 without).
   const bool streams = streams_beyond_cache((input.numel() + out.numel()) * int64_t(sizeof(scalar_t)), streaming_bytes);
   const bool prefetch = chunks == 1 && streams && g.stride_h == 1;
-  const bool stream_stores = streaming_stores_apply(o, C, streams);
+  const bool stream_stores = streaming_stores_apply(o, C, g.out_w * C, streams);
   at::parallel_for(0, items, grain_for(items, macs), [&](int64_t begin, int64_t end) {
     acc* w = thread_scratch<acc>(T * g.out_channels + at::vec::Vectorized<acc>::size(), ScratchSlot::kWeights);
     lay_out_taps(weight_data, T, g.out_channels, rotate, w);
@@ -947,7 +947,7 @@ void grads_nhwc_fused(const Tensor& grad_out, const Tensor& input, const acc_t<s
   // Xeon N=8 C=144 56x56 811-815 us against 949-993 with plain stores, C=192 28x28 349 against 398.
   const bool prefetch = streams_beyond_cache((grad_out.numel() + 2 * input.numel()) * int64_t(sizeof(scalar_t)),
                                              backward_streaming_bytes());
-  const bool stream = streaming_stores_apply(gi, C, prefetch);
+  const bool stream = streaming_stores_apply(gi, C, g.in_w * C, prefetch);
   at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
     for (int64_t worker = wbegin; worker < wend; ++worker) {
       const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
