@@ -203,7 +203,7 @@ def _runs_unfused(conv, batch_norms) -> bool:
     `conv` pads other than with zeros (the op pads with zeros)."""
     if conv.padding_mode != "zeros":
         return True
-    return any(bn.training or bn._buffers.get("running_mean") is None for bn in batch_norms)
+    return any(_normalizes_by_batch(bn) for bn in batch_norms)
 
 
 def _run_fused(block, input, folded, dw, activation, residual, se=None):
@@ -231,13 +231,32 @@ def _call_key(dw, activation, residual):
     return dw.stride, dw.padding, dw.dilation, activation, residual
 
 
-def _call_prepared(block, input, dw, activation, residual):
+def _call_prepared(block, input, stages):
     """The frozen `block`'s output through the native call its fused path prepared (FoldedWeights._prepare_call),
-    or None where that call does not apply (always under torch.compile, which traces the fused path)."""
-    if torch.compiler.is_compiling():
+    or None where that call does not apply: not prepared, a batch norm of its `stages` (Stages) normalising by batch,
+    and where FoldedWeights._prepared_arguments declines (always under torch.compile, which traces the fused
+    path). Its checks run inline: this is a frozen block's every call in deployment."""
+    if torch.compiler.is_compiling() or block._prepared is None or _stages_run_unfused(stages):
         return None
-    out = block._call_prepared("inverted_residual", input, _call_key(dw, activation, residual))
+    dw = stages.dw[0]
+    arguments = block._prepared_arguments(input, _call_key(dw, block.activation, block.use_res_connect))
+    if arguments is None:
+        return None
+    out = _library.eager_native("inverted_residual")(input, *arguments)
     return None if out is NotImplemented else out
+
+
+def _stages_run_unfused(stages) -> bool:
+    """_runs_unfused for an inverted-residual block's `stages` (Stages), checked without building the list of its
+    batch norms: it runs on every call, and a frozen block's whole fixed cost is ~10 us."""
+    expand, (dw, dw_bn), _, (_, project_bn) = stages
+    return (dw.padding_mode != "zeros" or _normalizes_by_batch(dw_bn) or _normalizes_by_batch(project_bn)
+            or (expand is not None and _normalizes_by_batch(expand[1])))
+
+
+def _normalizes_by_batch(bn) -> bool:
+    """Whether batch norm `bn` normalises with batch statistics: train mode, or no running statistics to fold."""
+    return bn.training or bn._buffers.get("running_mean") is None
 
 
 class Stages(NamedTuple):
@@ -283,15 +302,14 @@ class InvertedResidualBlock(FoldedWeights, nn.Module):
 
     def forward(self, input):
         stages = self._stages()
+        out = _call_prepared(self, input, stages)
+        if out is not None:
+            return out
         dw = stages.dw[0]
-        batch_norms = [stage[1] for stage in (stages.expand, stages.dw, stages.project) if stage is not None]
-        if _runs_unfused(dw, batch_norms):
+        if _stages_run_unfused(stages):
             if self._trains_fused and training.applies(input, stages):
                 return training.inverted_residual(input, stages, self.activation, self.use_res_connect)
             return self._forward_unfused(input)
-        out = _call_prepared(self, input, dw, self.activation, self.use_res_connect)
-        if out is not None:
-            return out
         folded = self._folded_weights()
         se = stages.se
         se_args = None if se is None else (*folded[6], *self._squeeze_excitation_activations(se[0]))
@@ -374,12 +392,13 @@ class InvertedResidual(InvertedResidualBlock):
     _trains_fused = True
 
     def _stages(self):
-        layers = list(self._modules["conv"]._modules.values())
-        expand = layers.pop(0) if len(layers) == 4 else None
-        dw, project, bn = layers
-        # The units' children through their _modules: Sequential indexing costs ~0.5 us a lookup on every call.
-        return Stages(None if expand is None else (expand._modules["0"], expand._modules["1"]),
-                      (dw._modules["0"], dw._modules["1"]), None, (project, bn))
+        layers = self._modules["conv"]._modules
+        # The units' children through their _modules, by key: Sequential indexing costs ~0.5 us a lookup on every
+        # call, and a list of the layers ~0.3 us.
+        first = 1 if len(layers) == 4 else 0
+        expand, dw = layers["0"]._modules if first else None, layers[str(first)]._modules
+        return Stages(None if expand is None else (expand["0"], expand["1"]), (dw["0"], dw["1"]), None,
+                      (layers[str(first + 1)], layers[str(first + 2)]))
 
     def _forward_unfused(self, input):
         conv = self._modules["conv"]
