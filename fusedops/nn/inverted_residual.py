@@ -341,8 +341,8 @@ class InvertedResidual(InvertedResidualBlock):
     weight-loading utilities, inference tensors); while gradients are being recorded the fold is
     differentiable, so gradients reach the unfolded parameters. Train mode has torchvision's semantics (batch
     statistics, running-stat updates, so outputs, gradients and statistics are torchvision's): on CPU through the
-    fused training path (``fusedops/nn/training.py``: each batch norm and its activation one op each way, and only
-    one tensor of the expanded width kept for the backward instead of four), elsewhere through ``conv`` (plus the
+    fused training path (``fusedops/nn/training.py``: each batch norm and its activation one op each way, and two
+    tensors of the expanded width kept for the backward instead of four), elsewhere through ``conv`` (plus the
     input) as torchvision's block.
 
     :meth:`freeze` (or :func:`fusedops.freeze` on a whole model) takes the folded weights as constants

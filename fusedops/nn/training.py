@@ -2,10 +2,12 @@
 
 Eager PyTorch keeps four tensors of the expanded width per block for the backward: the expansion's output (its
 batch norm's input), its activation (the depthwise input), the depthwise output and its activation (the
-projection's input). This path keeps one: the expansion's output; plus the block's input, the projection's output
-(of the block's output width) and per-channel statistics. The backward recomputes the depthwise stage from them
-(the expansion's activation from the saved statistics, bit for bit; the depthwise convolution; its batch norm and
-activation; the squeeze-excitation, through autograd) and then runs the block's backward.
+projection's input). This path keeps two: the expansion's output and the depthwise output; plus the block's input,
+the projection's output (of the block's output width) and per-channel statistics. The backward recomputes the
+activations from them (the expansion's from the saved statistics, bit for bit, the depthwise input; the depthwise
+output's batch norm and activation; the squeeze-excitation, through autograd) and then runs the block's backward.
+Keeping the depthwise output rather than convolving again: a MobileNetV2 step at batch 8 (channels-last, 2 threads,
+AMD EPYC Zen 3) 218 -> 212 ms, its peak memory 30% -> 41% of eager's.
 
 Each batch norm and the activation after it are one op forward and one backward (csrc/cpu/batch_norm_activation.cpp:
 two passes over the tensor each way instead of eager's five to seven); the convolutions are fusedops' depthwise
@@ -155,8 +157,8 @@ def inverted_residual(input, stages, activation: str, residual: bool):
 
 class _InvertedResidualTraining(torch.autograd.Function):
     """expand 1x1 -> BN -> act -> depthwise -> BN -> act -> [squeeze-excitation] -> project 1x1 -> BN (+ input), batch
-    statistics; saves the input, the expansion's and the projection's outputs and the statistics (module
-    docstring). The squeeze-excitation module runs as it is, forward and, in the backward, on the recomputed
+    statistics; saves the input, the expansion's, the depthwise and the projection's outputs and the statistics
+    (module docstring). The squeeze-excitation module runs as it is, forward and, in the backward, on the recomputed
     depthwise stage through autograd (a pooled gate and one product: small next to the convolutions)."""
 
     @staticmethod
@@ -176,9 +178,8 @@ class _InvertedResidualTraining(torch.autograd.Function):
         if expand_w is not None:
             expanded = F.conv2d(x, expand_w)
             hidden, mean1, invstd1 = batch_norm(expanded, expand_g, expand_b, spec.activation)
-        hidden = ops.depthwise_conv2d(hidden, dw_w, None, spec.stride, spec.padding, spec.dilation)
-        # The depthwise output is not kept: its batch norm and activation overwrite it.
-        hidden, mean2, invstd2 = batch_norm(hidden, dw_g, dw_b, spec.activation, in_place=True)
+        dw_output = ops.depthwise_conv2d(hidden, dw_w, None, spec.stride, spec.padding, spec.dilation)
+        hidden, mean2, invstd2 = batch_norm(dw_output, dw_g, dw_b, spec.activation)
         if spec.squeeze_excitation is not None:
             hidden = spec.squeeze_excitation(hidden)
         projected = F.conv2d(hidden, project_w)
@@ -188,23 +189,22 @@ class _InvertedResidualTraining(torch.autograd.Function):
             out.add_(x)
         ctx.spec = spec
         ctx.save_for_backward(x, expand_w, expand_g, expand_b, dw_w, dw_g, dw_b, project_w, project_g, project_b,
-                              expanded, projected, mean1, invstd1, mean2, invstd2, mean3, invstd3)
+                              expanded, dw_output, projected, mean1, invstd1, mean2, invstd2, mean3, invstd3)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        (x, expand_w, expand_g, expand_b, dw_w, dw_g, dw_b, project_w, project_g, project_b, expanded, projected,
-         mean1, invstd1, mean2, invstd2, mean3, invstd3) = ctx.saved_tensors
+        (x, expand_w, expand_g, expand_b, dw_w, dw_g, dw_b, project_w, project_g, project_b, expanded, dw_output,
+         projected, mean1, invstd1, mean2, invstd2, mean3, invstd3) = ctx.saved_tensors
         spec, needs = ctx.spec, ctx.needs_input_grad
         ops, aten = torch.ops.fusedops, torch.ops.aten
         act = spec.activation
         g_projected, g_project_g, g_project_b = ops._batch_norm_activation_backward(
             grad, projected, project_g, project_b, mean3, invstd3, "none", [True, needs[8], needs[9]])
-        # The depthwise stage again: its input from the saved statistics (the same bits as forward), its output.
+        # The depthwise stage's activations again, from the saved statistics (the same bits as forward).
         dw_input = x if expand_w is None else ops._batch_norm_activation_apply(expanded, expand_g, expand_b, mean1,
                                                                                 invstd1, act)
-        dw_output = ops.depthwise_conv2d(dw_input, dw_w, None, spec.stride, spec.padding, spec.dilation)
         project_input = ops._batch_norm_activation_apply(dw_output, dw_g, dw_b, mean2, invstd2, act)
         se_grads = ()
         if spec.squeeze_excitation is not None:
