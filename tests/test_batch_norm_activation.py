@@ -265,8 +265,9 @@ def test_training_path_stays_out_of_compile_and_other_devices():
 
 @pytest.mark.parametrize("layout", ("nchw", "channels_last"))
 def test_block_with_squeeze_excitation(layout):
-    """A MobileNetV3 block with squeeze-excitation trains through the fused path too (the gate recomputed in the
-    backward): torchvision's outputs, gradients and statistics, and at most half the bytes kept."""
+    """A MobileNetV3 block with squeeze-excitation trains through the fused path too (the squeeze-excitation from
+    its convolutions, keeping its channel means and gate): torchvision's outputs, gradients and statistics, and at
+    most half the bytes kept."""
     tv = pytest.importorskip("torchvision.models.mobilenetv3")
     from fusedops.nn import InvertedResidualV3
     config = tv.InvertedResidualConfig(16, 3, 48, 16, True, "HS", 1, 1, 1.0)
@@ -281,6 +282,40 @@ def test_block_with_squeeze_excitation(layout):
     x = inputs[0].requires_grad_()
     assert type(block(x).grad_fn).__name__ == "_InvertedResidualTrainingBackward"
     assert _saved_bytes(block, x) <= _saved_bytes(ref, x) / 2
+
+
+@pytest.mark.parametrize("case", ("frozen_parameters", "other_activation"))
+def test_block_squeeze_excitation_variants(case):
+    """The squeeze-excitation's parameters that need no gradient get none, the others torchvision's; one with an
+    activation the op does not compute (GELU) runs as the module it is, inside the fused path."""
+    tv = pytest.importorskip("torchvision.models.mobilenetv3")
+    from fusedops.nn import InvertedResidualV3
+    config = tv.InvertedResidualConfig(16, 3, 48, 24, True, "RE", 2, 1, 1.0)
+    ref = tv.InvertedResidual(config, nn.BatchNorm2d).double()
+    block = InvertedResidualV3.from_config(config, nn.BatchNorm2d).double()
+    block.load_state_dict(ref.state_dict())
+    se, se_ref = block.block[2], ref.block[2]
+    if case == "frozen_parameters":
+        for module in (se, se_ref):
+            module.fc1.weight.requires_grad_(False)
+            module.fc2.bias.requires_grad_(False)
+    else:
+        se.activation, se_ref.activation = nn.GELU(), nn.GELU()
+    inputs = [make_input((3, 16, 9, 9), "channels_last", dtype=torch.float64) for _ in range(2)]
+    if case == "other_activation":
+        check_training_matches(block, ref, inputs, lr=0.1)
+    x = inputs[0].requires_grad_()
+    y = block(x)
+    assert type(y.grad_fn).__name__ == "_InvertedResidualTrainingBackward"
+    if case == "frozen_parameters":
+        grad_output = torch.randn_like(y)
+        y.backward(grad_output)
+        ref(x.detach()).backward(grad_output)
+        for (name, p), q in zip(block.named_parameters(), ref.parameters()):
+            if p.requires_grad:
+                assert_close_scaled(p.grad, q.grad, **tolerance(torch.float64), name=name)
+            else:
+                assert p.grad is None and q.grad is None, name
 
 
 @pytest.mark.parametrize("drop_path_rate", (0.0, 0.2))

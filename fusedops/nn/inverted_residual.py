@@ -308,12 +308,24 @@ class InvertedResidualBlock(FoldedWeights, nn.Module):
         dw = stages.dw[0]
         if _stages_run_unfused(stages):
             if self._trains_fused and training.applies(input, stages):
-                return training.inverted_residual(input, stages, self.activation, self.use_res_connect)
+                return training.inverted_residual(input, stages, self.activation, self.use_res_connect,
+                                                  self._trained_squeeze_excitation_activations(stages.se))
             return self._forward_unfused(input)
         folded = self._folded_weights()
         se = stages.se
         se_args = None if se is None else (*folded[6], *self._squeeze_excitation_activations(se[0]))
         return _run_fused(self, input, folded, dw, self.activation, self.use_res_connect, se_args)
+
+    def _trained_squeeze_excitation_activations(self, se):
+        """The training path's `se_activations` for the squeeze-excitation stage `se` (Stages.se): its (gate,
+        activation) names, or None without one, or where the op has no such activations (the path then runs the
+        module as it is)."""
+        if se is None:
+            return None
+        try:
+            return self._squeeze_excitation_activations(se[0])
+        except ValueError:
+            return None
 
     def extra_repr(self) -> str:
         frozen = ", frozen=True" if self._frozen else ""
