@@ -35,7 +35,6 @@
 
 #include <algorithm>
 #include <array>
-#include <vector>
 
 namespace fusedops {
 namespace cpu {
@@ -57,7 +56,8 @@ void depthwise_row_generic(const scalar_t* image, const acc_t<scalar_t>* w /*[T]
                            acc_t<scalar_t>* out, int64_t ld, int64_t oh, const ConvGeometry& g, Activation act) {
   using acc = acc_t<scalar_t>;
   const int64_t C = g.channels, K = g.out_channels, m = g.multiplier;
-  std::vector<acc> sum(K);
+  // The row's sums, in this thread's scratch (no allocation per row).
+  acc* sum = thread_scratch<acc>(K, ScratchSlot::kRun);
   for (int64_t ow = 0; ow < g.out_w; ++ow) {
     for (int64_t k = 0; k < K; ++k) sum[k] = bias ? bias[k] : acc(0);
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
@@ -75,8 +75,8 @@ void depthwise_row_generic(const scalar_t* image, const acc_t<scalar_t>* w /*[T]
     constexpr int64_t V = Vec::size();
     acc* dst = out + ow * ld;
     int64_t k = 0;
-    for (; k + V <= K; k += V) apply_activation(act, Vec::loadu(sum.data() + k)).store(dst + k);
-    if (k < K) apply_activation(act, Vec::loadu(sum.data() + k, K - k)).store(dst + k, K - k);
+    for (; k + V <= K; k += V) apply_activation(act, Vec::loadu(sum + k)).store(dst + k);
+    if (k < K) apply_activation(act, Vec::loadu(sum + k, K - k)).store(dst + k, K - k);
   }
 }
 
