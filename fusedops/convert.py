@@ -29,7 +29,9 @@ What is recognised, by structure (a class name only where the structure alone is
 * a depthwise ``nn.Conv2d`` (``groups == in_channels``, any multiplier) anywhere else ->
   :class:`fusedops.nn.DepthwiseConv2d`;
 * a 1x1 ``nn.Conv2d`` (one group, stride 1, no padding) anywhere else (timm's ``conv_head`` after the global pool)
-  -> :class:`fusedops.nn.PointwiseConv2d`, one matrix product in inference on small channels-last maps.
+  -> :class:`fusedops.nn.PointwiseConv2d`, one matrix product in inference on small channels-last maps;
+* an ``nn.Linear`` or timm's ``Linear`` (the classifiers) -> :class:`fusedops.nn.Linear`, whose inference on a few
+  rows reads the weight once at the memory's speed.
 
 A batch norm is an ``nn.BatchNorm2d`` or timm's ``BatchNormAct2d``, a subclass that applies its own activation
 (recognised by its ``drop`` and ``act`` children, whose activation the fused module computes: an isinstance check
@@ -51,6 +53,7 @@ from .nn.freeze import FoldedWeights
 from .nn.ghost import GhostBottleneck, GhostModule
 from .nn.inverted_residual import ConvBNActivation, InvertedResidual
 from .nn.inverted_residual_v3 import InvertedResidualV3
+from .nn.linear import Linear
 from .nn.paired import PairedActivation, PairedBatchNorm2d, PairedConv2d
 from .nn.pointwise import PointwiseConv2d
 from .nn.shufflenet_v2_unit import ShuffleNetV2Unit
@@ -529,7 +532,19 @@ def _pointwise_conv(module):
     return _adopt(fused, module)
 
 
-_FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, PairedActivation, PairedBatchNorm2d, PointwiseConv2d)
+def _linear(module):
+    """An nn.Linear (the classifiers), or timm's Linear (its classifiers': nn.Linear's function in eager mode, a cast
+    of the weight to the input's dtype under TorchScript), by its class as structure cannot tell."""
+    cls = type(module)
+    if cls is not nn.Linear and not (cls.__module__ == "timm.layers.linear" and cls.__name__ == "Linear"):
+        return None
+    fused = Linear(module.in_features, module.out_features, module.bias is not None, device="meta")
+    fused._parameters["weight"] = module.weight
+    fused._parameters["bias"] = module.bias
+    return fused
+
+
+_FUSED_MODULES = (FoldedWeights, DepthwiseConv2d, Linear, PairedActivation, PairedBatchNorm2d, PointwiseConv2d)
 # Tried in this order on every module, before its children.
 _RECOGNISERS = (_mobilenet_v2_block, _mobilenet_v3_block, _shufflenet_v2_unit, _timm_block, _ghost_bottleneck,
-                _ghost_module, _conv_bn_activation, _depthwise_conv, _pointwise_conv)
+                _ghost_module, _conv_bn_activation, _depthwise_conv, _pointwise_conv, _linear)

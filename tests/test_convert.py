@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fusedops
-from fusedops.nn import ConvBNActivation, InvertedResidual, InvertedResidualV3, ShuffleNetV2Unit
+from fusedops.nn import ConvBNActivation, InvertedResidual, InvertedResidualV3, Linear, ShuffleNetV2Unit
 
 from conftest import (CL, assert_close_scaled, check_compile_and_export, check_convert_eval_matches,
                       check_convert_shares_state, check_training_matches, make_input, randomize_batch_norms,
@@ -18,12 +18,12 @@ torchvision = pytest.importorskip("torchvision")
 
 pytestmark = requires_ops
 
-# torchvision model -> how many modules convert replaces, by fused class.
+# torchvision model -> how many modules convert replaces, by fused class (Linear: the classifier's layers).
 REPLACED = {
-    "mobilenet_v2": {InvertedResidual: 17, ConvBNActivation: 2},
-    "mobilenet_v3_large": {InvertedResidualV3: 15, ConvBNActivation: 2},
-    "mobilenet_v3_small": {InvertedResidualV3: 11, ConvBNActivation: 2},
-    "shufflenet_v2_x0_5": {ShuffleNetV2Unit: 16, ConvBNActivation: 2},
+    "mobilenet_v2": {InvertedResidual: 17, ConvBNActivation: 2, Linear: 1},
+    "mobilenet_v3_large": {InvertedResidualV3: 15, ConvBNActivation: 2, Linear: 2},
+    "mobilenet_v3_small": {InvertedResidualV3: 11, ConvBNActivation: 2, Linear: 2},
+    "shufflenet_v2_x0_5": {ShuffleNetV2Unit: 16, ConvBNActivation: 2, Linear: 1},
 }
 
 
@@ -63,7 +63,7 @@ def test_inplace_replaces_inside_the_model():
 
 def test_unknown_and_refused_modules_are_kept_and_reported():
     # A conv -> BN -> GELU unit (an activation the fused op lacks), a conv with a bias before its BN, a grouped
-    # (not depthwise) convolution, a depthwise one, and a linear layer.
+    # (not depthwise) convolution, a depthwise one, and a linear layer (replaced too).
     model = nn.Sequential(
         nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.GELU()),
         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
@@ -72,12 +72,12 @@ def test_unknown_and_refused_modules_are_kept_and_reported():
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
     randomize_batch_norms(model)
     converted, report = fusedops.convert(model, report=True)
-    assert [(path, new) for path, _, new in report.replaced] == [("3", "DepthwiseConv2d")]
+    assert [(path, new) for path, _, new in report.replaced] == [("3", "DepthwiseConv2d"), ("6", "Linear")]
     reasons = dict((path, why) for path, _, why in report.left_alone)
     assert "GELU is not one the fused op computes" in reasons["0"]
     assert "has a bias" in reasons["1"]
-    assert reasons["2"] == reasons["6"] == "fusedops has no fused module for it"
-    assert "replaced 1 modules" in str(report)
+    assert reasons["2"] == "fusedops has no fused module for it" and "6" not in reasons
+    assert "replaced 2 modules" in str(report)
     x = torch.randn(2, 3, 10, 10)
     with torch.no_grad():
         assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))
@@ -121,9 +121,12 @@ def test_1x1_convolutions_run_as_a_matrix_product_in_inference():
     x = torch.randn(3, 3, 9, 9)
     with torch.no_grad():
         assert_close_scaled(converted(x), model(x), **tolerance(torch.float32))
-        pooled = converted[1](converted[0](x.to(memory_format=CL)))
-        linear = torch.nn.functional.linear(pooled.flatten(1), converted[2].weight.flatten(1), converted[2].bias)
-        assert torch.equal(converted[2](pooled).flatten(1), linear)  # the matrix product, bit for bit
+        # The matrix product, bit for bit: of a few rows (pixels) fusedops' _linear_activation, of more F.linear.
+        for batch, product in ((3, lambda *a: torch.ops.fusedops._linear_activation(*a, "none")),
+                               (9, torch.nn.functional.linear)):
+            pooled = converted[1](converted[0](torch.randn(batch, 3, 9, 9).to(memory_format=CL)))
+            expected = product(pooled.flatten(1), converted[2].weight.flatten(1), converted[2].bias)
+            assert torch.equal(converted[2](pooled).flatten(1), expected), batch
     converted.train()
     model.train()
     out, expected = converted(x), model(x)

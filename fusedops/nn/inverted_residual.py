@@ -18,6 +18,7 @@ from .depthwise import DepthwiseConv2d
 from . import training
 from .freeze import FoldedWeights
 from .fuse import fold_bn
+from .linear import linear, runs_linear_kernel
 
 # The activation modules of the unfused path, in place as in torchvision's blocks.
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU}
@@ -170,8 +171,12 @@ def _runs_direct(conv, input):
 
 def _matrix_product(input, weight, bias):
     """The 1x1 convolution of a channels-last `input` by `weight` (+ `bias`) as one GEMM on the map's (pixels x
-    channels) matrix: a view in and a view out (where _runs_as_matrix_product says so)."""
-    return F.linear(input.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
+    channels) matrix: a view in and a view out (where _runs_as_matrix_product says so). A few pixels (the pooled
+    heads at small batches) go through fusedops' _linear_activation (linear.runs_linear_kernel)."""
+    pixels, weight = input.permute(0, 2, 3, 1), weight.flatten(1)
+    if runs_linear_kernel(pixels, weight, bias):
+        return linear(pixels, weight, bias).permute(0, 3, 1, 2)
+    return F.linear(pixels, weight, bias).permute(0, 3, 1, 2)
 
 
 def _runs_as_matrix_product(conv, input):

@@ -8,6 +8,7 @@ per op over ``_triton/_common.py``).
 
 from . import batch_norm_activation  # noqa: F401 (registers the training path's fake kernels)
 from . import conv2d_activation  # noqa: F401 (registers the stems' fake kernel)
+from . import linear_activation  # noqa: F401 (registers the classifiers' fake kernel)
 from .channel_shuffle import channel_shuffle, concat_shuffle
 from .depthwise_conv2d import depthwise_conv2d
 from .dwpw_conv2d import dwpw_conv2d
