@@ -297,16 +297,7 @@ Plan plan_conv(const Tensor& input, const Tensor& weight, const c10::optional<Te
                   weight.size(3) > 0,
               "fusedops: weight must have shape (out_channels, ", input.size(1),
               ", kH, kW) (groups 1: all of the input's channels), got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: weight dtype ", dtype_name(weight.scalar_type()),
-              " does not match input dtype ", dtype_name(input.scalar_type()));
-  check_same_device(weight, input, "weight", "input");
-  if (given(bias)) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "fusedops: bias must have shape (", weight.size(0),
-                ",), got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "fusedops: bias dtype ", dtype_name(bias->scalar_type()),
-                " does not match input dtype ", dtype_name(input.scalar_type()));
-    check_same_device(*bias, input, "bias", "input");
-  }
+  check_weight_and_bias(input, weight, bias, "weight", "bias");
   check_conv_options(stride, padding, dilation);
   TORCH_CHECK(input.size(1) > 0, "fusedops: input must have at least one channel, got shape ", input.sizes());
 

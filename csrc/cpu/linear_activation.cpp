@@ -162,16 +162,7 @@ Tensor linear_activation(const Tensor& input_, const Tensor& weight_, const c10:
               dtype_name(input_.scalar_type()));
   TORCH_CHECK(weight_.dim() == 2 && weight_.size(1) == input_.size(1),
               "fusedops: weight must have shape (out_features, ", input_.size(1), "), got ", weight_.sizes());
-  TORCH_CHECK(weight_.scalar_type() == input_.scalar_type(), "fusedops: weight dtype ",
-              dtype_name(weight_.scalar_type()), " does not match input dtype ", dtype_name(input_.scalar_type()));
-  check_same_device(weight_, input_, "weight", "input");
-  if (given(bias_)) {
-    TORCH_CHECK(bias_->dim() == 1 && bias_->size(0) == weight_.size(0), "fusedops: bias must have shape (",
-                weight_.size(0), ",), got ", bias_->sizes());
-    TORCH_CHECK(bias_->scalar_type() == input_.scalar_type(), "fusedops: bias dtype ", dtype_name(bias_->scalar_type()),
-                " does not match input dtype ", dtype_name(input_.scalar_type()));
-    check_same_device(*bias_, input_, "bias", "input");
-  }
+  check_weight_and_bias(input_, weight_, bias_, "weight", "bias");
   TORCH_CHECK(input_.device().is_cpu(), "fusedops: _linear_activation CPU kernel got input on ", input_.device());
   const Tensor input = input_.contiguous();
   const Tensor weight = weight_.contiguous();

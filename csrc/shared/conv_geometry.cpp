@@ -14,12 +14,8 @@ void check_same_device(const at::Tensor& t, const at::Tensor& reference, const c
               " is on ", reference.device(), "; both must be on the same device");
 }
 
-void check_pointwise(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                     int64_t in, const char* weight_name, const char* bias_name, const char* in_meaning) {
-  TORCH_CHECK(
-      weight.dim() == 4 && weight.size(1) == in && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(0) > 0,
-      "fusedops: ", weight_name, " must have shape (out_channels, ", in, ", 1, 1) (", in, " = ", in_meaning, "), got ",
-      weight.sizes());
+void check_weight_and_bias(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           const char* weight_name, const char* bias_name) {
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "fusedops: ", weight_name, " dtype ",
               dtype_name(weight.scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
   check_same_device(weight, input, weight_name, "input");
@@ -30,6 +26,15 @@ void check_pointwise(const at::Tensor& input, const at::Tensor& weight, const c1
                 dtype_name(bias->scalar_type()), " does not match input dtype ", dtype_name(input.scalar_type()));
     check_same_device(*bias, input, bias_name, "input");
   }
+}
+
+void check_pointwise(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                     int64_t in, const char* weight_name, const char* bias_name, const char* in_meaning) {
+  TORCH_CHECK(
+      weight.dim() == 4 && weight.size(1) == in && weight.size(2) == 1 && weight.size(3) == 1 && weight.size(0) > 0,
+      "fusedops: ", weight_name, " must have shape (out_channels, ", in, ", 1, 1) (", in, " = ", in_meaning, "), got ",
+      weight.sizes());
+  check_weight_and_bias(input, weight, bias, weight_name, bias_name);
 }
 
 void check_conv_options(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {

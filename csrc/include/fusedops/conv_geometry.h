@@ -123,6 +123,11 @@ void check_same_device(const at::Tensor& t, const at::Tensor& reference, const c
 // Checks that a (height, width) argument has two elements.
 void check_pair(at::IntArrayRef values, const char* name);
 
+// A weight whose shape the caller has checked and its optional bias (weight.size(0),): the bias's shape, both dtypes
+// and devices against the input's; `weight_name` and `bias_name` name them in the errors.
+void check_weight_and_bias(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           const char* weight_name, const char* bias_name);
+
 // A 1x1 convolution's weight (out, in, 1, 1) and optional bias (out,) of a fused op: shapes, dtype and device
 // against the input; `in_meaning` says in the error what the `in` channels are.
 void check_pointwise(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
