@@ -240,14 +240,11 @@ def _call_prepared(block, input, stages):
     """The frozen `block`'s output through the native call its fused path prepared (FoldedWeights._prepare_call),
     or None where that call does not apply: not prepared, a batch norm of its `stages` (Stages) normalising by batch,
     and where FoldedWeights._prepared_arguments declines (always under torch.compile, which traces the fused
-    path). Its checks run inline: this is a frozen block's every call in deployment."""
+    path)."""
     if torch.compiler.is_compiling() or block._prepared is None or _stages_run_unfused(stages):
         return None
-    dw = stages.dw[0]
-    arguments = block._prepared_arguments(input, _call_key(dw, block.activation, block.use_res_connect))
-    if arguments is None:
-        return None
-    out = _library.eager_native("inverted_residual")(input, *arguments)
+    out = block._call_prepared("inverted_residual", input,
+                               _call_key(stages.dw[0], block.activation, block.use_res_connect))
     return None if out is NotImplemented else out
 
 

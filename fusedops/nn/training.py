@@ -223,9 +223,12 @@ class _InvertedResidualTraining(torch.autograd.Function):
         if spec.residual:
             out.add_(x)
         ctx.spec = spec
+        # The squeeze-excitation's parameters are kept where the backward computes its gate from them; a module run
+        # as it is gives its own in the backward.
+        kept_se_parameters = se_parameters if gate is not None else ()
         ctx.save_for_backward(x, expand_w, expand_g, expand_b, dw_w, dw_g, dw_b, project_w, project_g, project_b,
                               expanded, dw_output, projected, mean1, invstd1, mean2, invstd2, mean3, invstd3, pooled,
-                              gate, *se_parameters)
+                              gate, *kept_se_parameters)
         return out
 
     @staticmethod
