@@ -116,11 +116,11 @@ def test_parity_channels_last_row_pairs(padding, stride):
 
 @pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (3, 1, 0)])
 def test_parity_streaming_calls(kernel, stride, padding):
-    """Channels-last calls that move more than the kernels' streaming thresholds (16 MB a forward, 8 MB a
-    backward) prefetch ahead of their loads and stores, and the fused stride-1 backward also prefetches
-    the input rows of its weight gradient: results unchanged, with a partial channel vector (72 channels)
-    and odd widths. 144 channels (pixels of whole cache lines) also store past the caches (streaming_stores_apply),
-    which 72 (288-byte pixels that straddle lines) do not."""
+    """Channels-last calls that move more than the kernels' streaming thresholds (12x the L2 a forward, 8x a
+    backward, at least 16 and 12 MB) prefetch ahead of their loads and stores, and the fused stride-1 backward
+    also prefetches the input rows of its weight gradient: results unchanged, with a partial channel vector
+    (72 channels) and odd widths. 144 channels (pixels of whole cache lines) also store past the caches
+    (streaming_stores_apply), which 72 (288-byte pixels that straddle lines) do not."""
     shape = (2, 72, 124, 121) if stride == 1 else (3, 72, 140, 141)
     for size in (shape, (1 if stride == 1 else 2, 144, *shape[2:])):
         x_bytes = 4 * size[0] * size[1] * size[2] * size[3]
