@@ -160,6 +160,25 @@ inline bool streaming_stores_apply(const out_t* out, int64_t channels, int64_t r
          (row_stride * int64_t(sizeof(float))) % kPageBytes != 0;
 }
 
+// Whether the row kernels run register blocks of whole cache lines (two 32-byte vectors of channels, half as many
+// outputs) instead of one vector: AVX2, float, the standalone depthwise (identity epilogue), 3x3, and input pixels a
+// multiple of 2 KiB apart (512, 1024, 1536... channels). There a block's input rows and columns, and its taps, fall
+// on a few L1 sets and evict each other before the second half of each line is read. Measured on the AMD EPYC (Zen
+// 3, AVX2), forward, N=8, 2 threads, one vector / whole lines / eager, us: C=1024 7x7 349-379 / 177-198 / 193-203,
+// C=1024 14x14 stride 2 415-602 / 218-239 / 225-258, C=512 14x14 286-419 / 197-198 / 303-304, C=512 28x28 stride 2
+// 420-469 / 354-413 / 401-449. At 1 KiB (C=256 28x28) and 3 KiB (C=768 14x14) the two ran equally fast.
+template <typename in_t, typename out_t, typename Epilogue>
+constexpr int kWholeLineVecs =
+    std::is_same_v<in_t, float> && std::is_same_v<out_t, float> && std::is_same_v<Epilogue, IdentityEpilogue> &&
+            at::vec::Vectorized<float>::size() == 8
+        ? 2
+        : 1;
+
+template <typename in_t, typename out_t>
+inline bool whole_lines_apply(const DwNhwcRow<in_t, out_t>& t) {
+  return (t.in_pix_stride * int64_t(sizeof(in_t))) % 2048 == 0;
+}
+
 namespace detail {
 
 // v stored at p (aligned to its vector size), bypassing the caches where `stream`.
@@ -181,17 +200,23 @@ FUSEDOPS_ALWAYS_INLINE AccVec<in_t> load_column(const in_t* colp, int64_t iw, in
   return load_n<kPartial>(colp, count);
 }
 
-// kB outputs (ow .. ow + kB - 1) of one channel vector. kChecked: some taps fall outside the input
-// along W and read as zero (border blocks); otherwise no checks at all.
-template <typename in_t, typename out_t, int KW, int SW, int kB, bool kPartial, bool kChecked, typename Epilogue>
+// kB outputs (ow .. ow + kB - 1) of kVecs channel vectors (c, c + V, ...; more than one only whole). kChecked: some
+// taps fall outside the input along W and read as zero (border blocks); otherwise no checks at all.
+template <typename in_t, typename out_t, int KW, int SW, int kB, bool kPartial, bool kChecked, typename Epilogue,
+          int kVecs = 1>
 FUSEDOPS_ALWAYS_INLINE void register_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin,
                                            int kh_end, int64_t ow, int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
-  Vec sum[kB];
-  const Vec bias = t.bias ? load_buf<kPartial>(t.bias + c, count) : Vec(acc(0));
+  constexpr int64_t V = Vec::size();
+  static_assert(kVecs == 1 || !kPartial, "only whole vectors run several at a time");
+  Vec sum[kB][kVecs];
+#pragma GCC unroll 2
+  for (int j = 0; j < kVecs; ++j) {
+    const Vec bias = t.bias ? load_buf<kPartial>(t.bias + c + j * V, count) : Vec(acc(0));
 #pragma GCC unroll 8
-  for (int b = 0; b < kB; ++b) sum[b] = bias;
+    for (int b = 0; b < kB; ++b) sum[b][j] = bias;
+  }
   const int64_t iw0 = ow * SW - g.pad_w;
   for (int kh = kh_begin; kh < kh_end; ++kh) {
     const int64_t ih = t.oh * g.stride_h - g.pad_h + kh * g.dilation_h;
@@ -206,18 +231,24 @@ FUSEDOPS_ALWAYS_INLINE void register_block(const DwNhwcRow<in_t, out_t>& t, cons
 #pragma GCC unroll 16
       for (int col = 0; col < kB * SW; ++col) __builtin_prefetch(ahead + col * t.in_pix_stride, 0, 2);
     }
-    Vec w[KW];
+    Vec w[KW][kVecs];
 #pragma GCC unroll 8
-    for (int kw = 0; kw < KW; ++kw, wp += t.weight_ld) w[kw] = load_buf<kPartial>(wp, count);
+    for (int kw = 0; kw < KW; ++kw, wp += t.weight_ld) {
+#pragma GCC unroll 2
+      for (int j = 0; j < kVecs; ++j) w[kw][j] = load_buf<kPartial>(wp + j * V, count);
+    }
     // Each input column is loaded once and feeds every output of the block that reads it.
     constexpr int kCols = (kB - 1) * SW + KW;
 #pragma GCC unroll 32
     for (int col = 0; col < kCols; ++col, colp += t.in_pix_stride) {
-      const Vec v = load_column<kPartial, kChecked>(colp, iw0 + col, g.in_w, count);
+#pragma GCC unroll 2
+      for (int j = 0; j < kVecs; ++j) {
+        const Vec v = load_column<kPartial, kChecked>(colp + j * V, iw0 + col, g.in_w, count);
 #pragma GCC unroll 8
-      for (int kw = 0; kw < KW; ++kw) {
-        const int d = col - kw;
-        if (d >= 0 && d % SW == 0 && d / SW < kB) sum[d / SW] = at::vec::fmadd(v, w[kw], sum[d / SW]);
+        for (int kw = 0; kw < KW; ++kw) {
+          const int d = col - kw;
+          if (d >= 0 && d % SW == 0 && d / SW < kB) sum[d / SW][j] = at::vec::fmadd(v, w[kw][j], sum[d / SW][j]);
+        }
       }
     }
   }
@@ -231,35 +262,44 @@ FUSEDOPS_ALWAYS_INLINE void register_block(const DwNhwcRow<in_t, out_t>& t, cons
     }
   }
 #pragma GCC unroll 8
-  for (int b = 0; b < kB; ++b, outp += t.out_pix_stride)
-    store_output<kPartial>(outp, epilogue(sum[b]), count, t.stream_stores);
+  for (int b = 0; b < kB; ++b, outp += t.out_pix_stride) {
+#pragma GCC unroll 2
+    for (int j = 0; j < kVecs; ++j) store_output<kPartial>(outp + j * V, epilogue(sum[b][j]), count, t.stream_stores);
+  }
 }
 
 // kB outputs (ow .. ow + kB - 1) of output rows oh and oh + 1 for one channel vector, 3x3 stride S (1 or 2,
 // both dimensions; dilation 1), both rows' kernel rows inside the input: the 3 + S input rows are each loaded
 // once and feed both output rows (row oh reads input rows d = 0..2 of the block, row oh + 1 rows d = S..S+2).
-template <typename in_t, typename out_t, int S, int kB, bool kPartial, bool kChecked, typename Epilogue>
+template <typename in_t, typename out_t, int S, int kB, bool kPartial, bool kChecked, typename Epilogue, int kVecs = 1>
 FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
                                                     int64_t c, int64_t count, const Epilogue& epilogue) {
   using acc = acc_t<in_t>;
   using Vec = at::vec::Vectorized<acc>;
+  constexpr int64_t V = Vec::size();
+  static_assert(kVecs == 1 || !kPartial, "only whole vectors run several at a time");
   constexpr int KH = 3, KW = 3, kCols = (kB - 1) * S + KW;
-  Vec sum[2][kB];
-  const Vec bias = t.bias ? load_buf<kPartial>(t.bias + c, count) : Vec(acc(0));
+  Vec sum[2][kB][kVecs];
+#pragma GCC unroll 2
+  for (int j = 0; j < kVecs; ++j) {
+    const Vec bias = t.bias ? load_buf<kPartial>(t.bias + c + j * V, count) : Vec(acc(0));
 #pragma GCC unroll 8
-  for (int b = 0; b < kB; ++b) sum[0][b] = sum[1][b] = bias;
+    for (int b = 0; b < kB; ++b) sum[0][b][j] = sum[1][b][j] = bias;
+  }
   // The kernel's taps: all nine in registers for the whole block where they fit beside the accumulators (AVX-512's
   // 32 registers), else each input row's kernel rows loaded as the row comes. Measured on the row kernel alone
   // (Intel Xeon, 2 threads, N=8 stride 1): C=32 112x112 403-405 us against 416-435 with per-row loads, C=144 56x56
   // 444-474 against 435-473.
-  constexpr bool kAllTaps = 2 * kB + KH * KW + 2 <= kVectorRegisters;
-  Vec w[KH][KW];
+  constexpr bool kAllTaps = (2 * kB + KH * KW) * kVecs + 2 <= kVectorRegisters;
+  Vec w[KH][KW][kVecs];
   if constexpr (kAllTaps) {
 #pragma GCC unroll 3
     for (int kh = 0; kh < KH; ++kh)
 #pragma GCC unroll 3
       for (int kw = 0; kw < KW; ++kw)
-        w[kh][kw] = load_buf<kPartial>(t.weight + (kh * KW + kw) * t.weight_ld + c, count);
+#pragma GCC unroll 2
+        for (int j = 0; j < kVecs; ++j)
+          w[kh][kw][j] = load_buf<kPartial>(t.weight + (kh * KW + kw) * t.weight_ld + c + j * V, count);
   }
   const int64_t iw0 = ow * S - g.pad_w;
   const in_t* first_row = t.image + (t.oh * S - g.pad_h) * t.in_row_stride + iw0 * t.in_pix_stride + c;
@@ -280,20 +320,26 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
         if (kh < 0 || kh >= KH) continue;
 #pragma GCC unroll 3
         for (int kw = 0; kw < KW; ++kw)
-          w[kh][kw] = load_buf<kPartial>(t.weight + (kh * KW + kw) * t.weight_ld + c, count);
+#pragma GCC unroll 2
+          for (int j = 0; j < kVecs; ++j)
+            w[kh][kw][j] = load_buf<kPartial>(t.weight + (kh * KW + kw) * t.weight_ld + c + j * V, count);
       }
     }
 #pragma GCC unroll 16
     for (int col = 0; col < kCols; ++col, colp += t.in_pix_stride) {
-      const Vec v = load_column<kPartial, kChecked>(colp, iw0 + col, g.in_w, count);
 #pragma GCC unroll 2
-      for (int r = 0; r < 2; ++r) {
-        const int kh = d - r * S;
-        if (kh < 0 || kh >= KH) continue;
+      for (int j = 0; j < kVecs; ++j) {
+        const Vec v = load_column<kPartial, kChecked>(colp + j * V, iw0 + col, g.in_w, count);
+#pragma GCC unroll 2
+        for (int r = 0; r < 2; ++r) {
+          const int kh = d - r * S;
+          if (kh < 0 || kh >= KH) continue;
 #pragma GCC unroll 3
-        for (int kw = 0; kw < KW; ++kw) {
-          const int e = col - kw;
-          if (e >= 0 && e % S == 0 && e / S < kB) sum[r][e / S] = at::vec::fmadd(v, w[kh][kw], sum[r][e / S]);
+          for (int kw = 0; kw < KW; ++kw) {
+            const int e = col - kw;
+            if (e >= 0 && e % S == 0 && e / S < kB)
+              sum[r][e / S][j] = at::vec::fmadd(v, w[kh][kw][j], sum[r][e / S][j]);
+          }
         }
       }
     }
@@ -313,13 +359,17 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_block(const DwNhwcRow<in_t, out_t>
       }
     }
 #pragma GCC unroll 8
-    for (int b = 0; b < kB; ++b, outp += t.out_pix_stride)
-      store_output<kPartial>(outp, epilogue(sum[r][b]), count, t.stream_stores);
+    for (int b = 0; b < kB; ++b, outp += t.out_pix_stride) {
+#pragma GCC unroll 2
+      for (int j = 0; j < kVecs; ++j)
+        store_output<kPartial>(outp + j * V, epilogue(sum[r][b][j]), count, t.stream_stores);
+    }
   }
 }
 
-// Blocks of kB outputs of a row pair, halving kB for the rows' remainder, channels innermost.
-template <typename in_t, typename out_t, int S, int kB, typename Epilogue>
+// Blocks of kB outputs of a row pair, halving kB for the rows' remainder, channels innermost (kVecs vectors at a
+// time, then single ones).
+template <typename in_t, typename out_t, int S, int kB, typename Epilogue, int kVecs = 1>
 FUSEDOPS_ALWAYS_INLINE void row_pair_register_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int64_t ow,
                                                      int64_t interior_begin, int64_t interior_end,
                                                      const Epilogue& epilogue) {
@@ -327,6 +377,14 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_blocks(const DwNhwcRow<in_t, out_t
   for (; ow + kB <= g.out_w; ow += kB) {
     const bool checked = ow < interior_begin || ow + kB > interior_end;
     int64_t c = t.c_begin;
+    if constexpr (kVecs > 1) {
+      for (; c + kVecs * V <= t.c_end; c += kVecs * V) {
+        if (checked)
+          row_pair_register_block<in_t, out_t, S, kB, false, true, Epilogue, kVecs>(t, g, ow, c, V, epilogue);
+        else
+          row_pair_register_block<in_t, out_t, S, kB, false, false, Epilogue, kVecs>(t, g, ow, c, V, epilogue);
+      }
+    }
     for (; c + V <= t.c_end; c += V) {
       if (checked)
         row_pair_register_block<in_t, out_t, S, kB, false, true>(t, g, ow, c, V, epilogue);
@@ -336,7 +394,7 @@ FUSEDOPS_ALWAYS_INLINE void row_pair_register_blocks(const DwNhwcRow<in_t, out_t
     if (c < t.c_end) row_pair_register_block<in_t, out_t, S, kB, true, true>(t, g, ow, c, t.c_end - c, epilogue);
   }
   if constexpr (kB > 1)
-    row_pair_register_blocks<in_t, out_t, S, kB / 2>(t, g, ow, interior_begin, interior_end, epilogue);
+    row_pair_register_blocks<in_t, out_t, S, kB / 2, Epilogue, kVecs>(t, g, ow, interior_begin, interior_end, epilogue);
 }
 
 // One output pixel for one channel vector, any kernel/stride/dilation, with bounds checks along W.
@@ -363,12 +421,17 @@ FUSEDOPS_ALWAYS_INLINE void single_pixel(const DwNhwcRow<in_t, out_t>& t, const 
 
 // All channel vectors of one block of kB outputs, channels innermost so that the block's input pixels
 // are read as contiguous runs (streams the prefetchers follow) rather than one vector per pixel at a time.
-template <typename in_t, typename out_t, int KW, int SW, int kB, bool kChecked, typename Epilogue>
+template <typename in_t, typename out_t, int KW, int SW, int kB, bool kChecked, typename Epilogue, int kVecs = 1>
 FUSEDOPS_ALWAYS_INLINE void register_block_all_channels(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
                                                         int kh_begin, int kh_end, int64_t ow,
                                                         const Epilogue& epilogue) {
   constexpr int64_t V = at::vec::Vectorized<acc_t<in_t>>::size();
   int64_t c = t.c_begin;
+  if constexpr (kVecs > 1) {
+    for (; c + kVecs * V <= t.c_end; c += kVecs * V)
+      register_block<in_t, out_t, KW, SW, kB, false, kChecked, Epilogue, kVecs>(t, g, kh_begin, kh_end, ow, c, V,
+                                                                                epilogue);
+  }
   for (; c + V <= t.c_end; c += V)
     register_block<in_t, out_t, KW, SW, kB, false, kChecked>(t, g, kh_begin, kh_end, ow, c, V, epilogue);
   if (c < t.c_end)
@@ -376,18 +439,20 @@ FUSEDOPS_ALWAYS_INLINE void register_block_all_channels(const DwNhwcRow<in_t, ou
 }
 
 // Blocks of kB outputs, halving kB for the row's remainder; border blocks take the checked variant.
-template <typename in_t, typename out_t, int KW, int SW, int kB, typename Epilogue>
+template <typename in_t, typename out_t, int KW, int SW, int kB, typename Epilogue, int kVecs = 1>
 FUSEDOPS_ALWAYS_INLINE void register_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g, int kh_begin,
                                             int kh_end, int64_t ow, int64_t interior_begin, int64_t interior_end,
                                             const Epilogue& epilogue) {
   for (; ow + kB <= g.out_w; ow += kB) {
     if (ow >= interior_begin && ow + kB <= interior_end)
-      register_block_all_channels<in_t, out_t, KW, SW, kB, false>(t, g, kh_begin, kh_end, ow, epilogue);
+      register_block_all_channels<in_t, out_t, KW, SW, kB, false, Epilogue, kVecs>(t, g, kh_begin, kh_end, ow,
+                                                                                   epilogue);
     else
-      register_block_all_channels<in_t, out_t, KW, SW, kB, true>(t, g, kh_begin, kh_end, ow, epilogue);
+      register_block_all_channels<in_t, out_t, KW, SW, kB, true, Epilogue, kVecs>(t, g, kh_begin, kh_end, ow, epilogue);
   }
   if constexpr (kB > 1)
-    register_blocks<in_t, out_t, KW, SW, kB / 2>(t, g, kh_begin, kh_end, ow, interior_begin, interior_end, epilogue);
+    register_blocks<in_t, out_t, KW, SW, kB / 2, Epilogue, kVecs>(t, g, kh_begin, kh_end, ow, interior_begin,
+                                                                  interior_end, epilogue);
 }
 
 // Rows 7 or 14 outputs wide (the 7x7 and 14x14 maps of late layers) run as blocks of 7 for kernels at
@@ -417,6 +482,13 @@ FUSEDOPS_NOINLINE void row_for_kernel_width(const DwNhwcRow<in_t, out_t>& t, con
             register_block_all_channels<in_t, out_t, KW, SW, 7, true>(t, g, kh_begin, kh_end, ow, epilogue);
         }
         return;
+      }
+    }
+    if constexpr (KW == 3 && kWholeLineVecs<in_t, out_t, Epilogue> > 1) {
+      if (whole_lines_apply(t)) {
+        return register_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>> / 2, Epilogue,
+                               kWholeLineVecs<in_t, out_t, Epilogue>>(t, g, kh_begin, kh_end, 0, g.interior_ow_begin(),
+                                                                      g.interior_ow_end(), epilogue);
       }
     }
     register_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>>>(t, g, kh_begin, kh_end, 0, g.interior_ow_begin(),
@@ -478,6 +550,19 @@ constexpr int kRowPairBlock = S == 1 ? 4 : 2;
 template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
 FUSEDOPS_NOINLINE void depthwise_nhwc_row_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
                                                const Epilogue& epilogue = Epilogue()) {
+  constexpr int kLine = kWholeLineVecs<in_t, out_t, Epilogue>;
+  if constexpr (kLine > 1) {
+    if (whole_lines_apply(t)) {
+      if (g.stride_w == 2) {
+        detail::row_pair_register_blocks<in_t, out_t, 2, kRowPairBlock<2> / 2, Epilogue, kLine>(
+            t, g, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
+      } else {
+        detail::row_pair_register_blocks<in_t, out_t, 1, kRowPairBlock<1> / 2, Epilogue, kLine>(
+            t, g, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
+      }
+      return;
+    }
+  }
   if (g.stride_w == 2) {
     detail::row_pair_register_blocks<in_t, out_t, 2, kRowPairBlock<2>>(t, g, 0, g.interior_ow_begin(),
                                                                        g.interior_ow_end(), epilogue);
