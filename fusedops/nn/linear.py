@@ -27,24 +27,27 @@ def runs_linear_kernel(input, weight, bias) -> bool:
     fusedops' _linear_activation: no gradient recorded (the op has no autograd), an eager call of the native CPU
     kernels (_backend.runs_native_eagerly), few enough rows of a floating-point input of the weight's dtype, and no
     CPU autocast (F.linear's dtype there is autocast's)."""
-    if (not _backend.runs_native_eagerly(input) or input.dim() < 1 or weight.dim() != 2
-            or _records_gradient(input, weight, bias)):
+    if not _backend.runs_native_eagerly(input) or _records_gradient(input, weight, bias):
         return False
-    features = input.shape[-1]
+    shape = input.shape
+    if not shape or weight.dim() != 2:
+        return False
+    features = shape[-1]
     rows = input.numel() // features if features else 0
     limit = _MAX_ROWS if weight.numel() >= _LARGE_WEIGHT else _MAX_ROWS_SMALL_WEIGHT
     return (0 < rows <= limit and features == weight.shape[1] and input.dtype == weight.dtype
-            and input.is_floating_point() and weight.device.type == "cpu" and not torch.is_autocast_enabled("cpu"))
+            and input.is_floating_point() and weight.is_cpu and not torch.is_autocast_enabled("cpu"))
 
 
 def linear(input, weight, bias, activation="none"):
     """``activation(F.linear(input, weight, bias))`` through fusedops' _linear_activation (where
     :func:`runs_linear_kernel`), any leading dimensions."""
-    rows = input.reshape(-1, input.shape[-1])
+    matrix = input.dim() == 2  # the commonest call: no reshapes (~0.7 us each)
+    rows = input if matrix else input.reshape(-1, input.shape[-1])
     out = _library.eager_native(LINEAR_NAME)(rows, weight, bias, activation)
     if out is NotImplemented:
         out = torch.ops.fusedops._linear_activation(rows, weight, bias, activation)
-    return out.reshape(*input.shape[:-1], weight.shape[0])
+    return out if matrix else out.reshape(*input.shape[:-1], weight.shape[0])
 
 
 def _records_gradient(input, weight, bias) -> bool:
@@ -63,6 +66,8 @@ class Linear(nn.Linear):
     sample's output does not depend on its batch up to that size."""
 
     def forward(self, input):
-        if runs_linear_kernel(input, self.weight, self.bias):
-            return linear(input, self.weight, self.bias)
-        return F.linear(input, self.weight, self.bias)
+        # Each parameter read once: a read through Module.__getattr__ takes ~1.4 us.
+        weight, bias = self.weight, self.bias
+        if runs_linear_kernel(input, weight, bias):
+            return linear(input, weight, bias)
+        return F.linear(input, weight, bias)
