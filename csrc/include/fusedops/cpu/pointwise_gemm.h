@@ -214,17 +214,31 @@ inline void pointwise_micro(int64_t k, const acc* a, int64_t lda, int64_t rows, 
   if (MR > 7 && rows > 7) store_row(c + 7 * ldc, c70, c71, cols, act);
 }
 
-// The height of the micro-kernel blocks of a tile of `rows` rows: as many blocks as kMr-row ones would take, all
-// as high as the tallest of them needs. 49 pixels (a 7x7 map) run as 7 blocks of 7 rows instead of 6 of 8 and one
-// of 1, whose 7 missing rows an 8-row kernel computes all the same: 12.5% of its multiply-adds.
+// The micro-kernel blocks of a tile of `rows` rows: as many as kMr-row blocks would take, of heights that differ by
+// at most one (the first rows % count blocks one row higher), each run by the kernel of its height. A kernel
+// computes all its rows, so blocks of kMr and a short last one waste multiply-adds. 49 pixels (a 7x7 map) run on
+// AVX-512 as 7 blocks of 7 rows, not 6 of 8 and one of 1 (12.5% of the multiply-adds wasted); on AVX2 as 4 of 6 and
+// 5 of 5, not 8 of 6 and one of 1 (10%); 28 pixels as 3 of 6 and 2 of 5, not 4 of 6 and one of 4 (7%).
 template <typename acc>
-inline int64_t pointwise_block_height(int64_t rows) {
-  constexpr int64_t M = PackedPointwise<acc>::kMr;
-  const int64_t blocks = std::max<int64_t>(1, (rows + M - 1) / M);
-  return (rows + blocks - 1) / blocks;
-}
+struct PointwiseRowBlocks {
+  int64_t count = 0, base = 0, extra = 0;
+  explicit PointwiseRowBlocks(int64_t rows) {
+    constexpr int64_t M = PackedPointwise<acc>::kMr;
+    count = (rows + M - 1) / M;
+    if (count > 0) {
+      base = rows / count;
+      extra = rows % count;
+    }
+  }
+  int64_t begin(int64_t b) const {
+    return b * base + std::min(b, extra);
+  }
+  int64_t height(int64_t b) const {
+    return base + (b < extra ? 1 : 0);
+  }
+};
 
-// pointwise_micro for a block of `rows` (at most `height`, pointwise_block_height's) rows, through the kernel of
+// pointwise_micro for a block of `rows` (at most `height`, a PointwiseRowBlocks block's) rows, through the kernel of
 // `height` rows: the heights of kMr down to kMr - 3 have their own kernels, lower ones share the kernel of kMr / 2
 // rows (enough for the last blocks of small tiles; fewer variants keep the code and its compile time small).
 template <typename acc, typename out_t, int64_t NV>
@@ -333,7 +347,7 @@ template <typename acc, typename out_t>
 void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t panel_end, const acc* a, int64_t lda,
                     int64_t rows, out_t* c, int64_t ldc, Activation act) {
   using P = PackedPointwise<acc>;
-  const int64_t height = detail::pointwise_block_height<acc>(rows);
+  const detail::PointwiseRowBlocks<acc> blocks(rows);
   const int64_t panel_stride = p.k * P::kNr;
   for (int64_t j = panel_begin; j < panel_end; ++j) {
     // One or two rows: several panels a block (pointwise_micro_panels).
@@ -362,9 +376,10 @@ void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t 
     const acc* bias = p.bias + j * P::kNr;
     const int64_t col = j * P::kNr;
     const int64_t cols = std::min(P::kNr, p.n - col);
-    for (int64_t r = 0; r < rows; r += height)
-      detail::pointwise_rows<acc, out_t>(height, p.k, a + r * lda, lda, std::min(height, rows - r), panel, bias,
-                                         c + r * ldc + col, ldc, cols, act);
+    for (int64_t b = 0; b < blocks.count; ++b) {
+      const int64_t r = blocks.begin(b), h = blocks.height(b);
+      detail::pointwise_rows<acc, out_t>(h, p.k, a + r * lda, lda, h, panel, bias, c + r * ldc + col, ldc, cols, act);
+    }
   }
 }
 
@@ -377,15 +392,17 @@ void pointwise_gemm_vectors(const PackedPointwise<acc>& p, int64_t vector_begin,
                             int64_t lda, int64_t rows, out_t* c, int64_t ldc, Activation act) {
   using P = PackedPointwise<acc>;
   constexpr int64_t V = P::kVec;
-  const int64_t height = detail::pointwise_block_height<acc>(rows);
+  const detail::PointwiseRowBlocks<acc> blocks(rows);
   auto lone_vector = [&](int64_t v) {
     const int64_t col = v * V;
     const int64_t cols = std::min(V, p.n - col);
     if (cols <= 0) return;
     const acc* panel = p.panels + (v / 2) * p.k * P::kNr + (v % 2) * V;  // a second vector read in place
-    for (int64_t r = 0; r < rows; r += height)
-      detail::pointwise_rows<acc, out_t>(height, p.k, a + r * lda, lda, std::min(height, rows - r), panel, p.bias + col,
-                                         c + r * ldc + col, ldc, cols, act);
+    for (int64_t b = 0; b < blocks.count; ++b) {
+      const int64_t r = blocks.begin(b), h = blocks.height(b);
+      detail::pointwise_rows<acc, out_t>(h, p.k, a + r * lda, lda, h, panel, p.bias + col, c + r * ldc + col, ldc, cols,
+                                         act);
+    }
   };
   int64_t v = vector_begin;
   if (v % 2 == 1 && v < vector_end) lone_vector(v++);
@@ -424,13 +441,13 @@ void pointwise_gemm_transposed(const acc* w, int64_t ldw, const acc* bias, int64
   const int64_t panels = (pixels + P::kNr - 1) / P::kNr;
   // Row blocks outer: a block's weight rows (kMr x K) stay in L1 while the tile's panels (one tile, in L2)
   // stream past them; the weights are read from memory once.
-  const int64_t height = detail::pointwise_block_height<acc>(row_end - row_begin);
-  for (int64_t r = row_begin; r < row_end; r += height) {
+  const detail::PointwiseRowBlocks<acc> blocks(row_end - row_begin);
+  for (int64_t b = 0; b < blocks.count; ++b) {
+    const int64_t r = row_begin + blocks.begin(b), h = blocks.height(b);
     for (int64_t q = 0; q < panels; ++q) {
       const int64_t col = q * P::kNr, cols = std::min(P::kNr, pixels - col);
-      detail::pointwise_rows<acc, out_t>(height, k, w + r * ldw, ldw, std::min(height, row_end - r),
-                                         tile_panels + q * k * P::kNr, nullptr, c + r * ldc + col, ldc, cols, act,
-                                         bias ? bias + r : nullptr);
+      detail::pointwise_rows<acc, out_t>(h, k, w + r * ldw, ldw, h, tile_panels + q * k * P::kNr, nullptr,
+                                         c + r * ldc + col, ldc, cols, act, bias ? bias + r : nullptr);
     }
   }
 }
