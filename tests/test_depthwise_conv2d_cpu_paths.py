@@ -135,20 +135,29 @@ def test_parity_streaming_calls(kernel, stride, padding):
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0), (2, 0)])
 def test_parity_whole_line_blocks(stride, padding):
     """Channel counts whose pixels are a multiple of 2 KiB apart (512, 1024) run register blocks of whole cache lines
-    on AVX2: row pairs, single rows, border and interior blocks, widths that leave blocks of one output; forward and
-    every gradient (the fused stride-1 backward's input gradient runs the same blocks), with and without bias. Each
-    output accumulates in the same order as with one vector at a time, so the result has the bits of the same
-    channels computed 256 at a time (1 KiB pixels: one vector)."""
+    on AVX2, and their weight gradients whole lines of one kernel row: row pairs, single rows, border and interior
+    blocks, widths that leave blocks of one output; forward and every gradient (the fused stride-1 backward's input
+    gradient runs the same blocks), with and without bias. Each output and each weight gradient accumulates in the
+    same order as with one vector at a time, so the results have the bits of the same channels computed 256 at a
+    time (1 KiB pixels: one vector)."""
     for shape in ((1, 512, 9, 11), (2, 512, 7, 7), (1, 1024, 6, 5)):
         check_depthwise_parity(shape, 3, stride=stride, padding=padding, layout="channels_last")
     check_depthwise_parity((1, 512, 8, 13), 3, stride=stride, padding=padding, layout="channels_last", bias=False)
+
+    def output_and_grads(x, weight, bias, grad):
+        x, weight, bias = (t.detach().requires_grad_() for t in (x, weight, bias))
+        out = fusedops.depthwise_conv2d(x, weight, bias, stride=stride, padding=padding)
+        return (out, *torch.autograd.grad(out, (x, weight, bias), grad))
+
     x = torch.randn(2, 512, 10, 9).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(512, 1, 3, 3), torch.randn(512)
-    whole = fusedops.depthwise_conv2d(x, weight, bias, stride=stride, padding=padding)
+    grad = torch.randn(2, 512, *fusedops.depthwise_conv2d(x, weight, bias, stride=stride, padding=padding).shape[2:])
+    whole = output_and_grads(x, weight, bias, grad.contiguous(memory_format=torch.channels_last))
     for half in (slice(0, 256), slice(256, 512)):
-        part = fusedops.depthwise_conv2d(x[:, half].contiguous(memory_format=torch.channels_last), weight[half],
-                                         bias[half], stride=stride, padding=padding)
-        assert torch.equal(whole[:, half], part)
+        part = output_and_grads(x[:, half].contiguous(memory_format=torch.channels_last), weight[half], bias[half],
+                                grad[:, half].contiguous(memory_format=torch.channels_last))
+        for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), whole, part):
+            assert torch.equal(a[:, half] if a.dim() == 4 and name != "weight grad" else a[half], b), name
 
 
 @pytest.mark.parametrize("padding", (0, 1, 2))

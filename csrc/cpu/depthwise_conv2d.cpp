@@ -703,24 +703,31 @@ inline void add_into(acc* p, const at::vec::Vectorized<acc>& v) {
 // bounds-checked. The accumulators are never addressed through a pointer or a reference (a border lambda
 // capturing them made GCC keep them in memory and store all of them back every column: ~1.6x slower).
 // `prefetch` (streaming calls): the interior sweep prefetches into L2 the grad_output and input
-// columns kDwPrefetchColumns output columns ahead.
-template <typename scalar_t, int KW, int SW, int G, bool kPartial>
+// columns kDwPrefetchColumns output columns ahead. kVecs channel vectors at a time (more than one only whole:
+// gw_whole_lines_apply).
+template <typename scalar_t, int KW, int SW, int G, bool kPartial, int kVecs = 1>
 FUSEDOPS_ALWAYS_INLINE void gw_nhwc_kernel_rows(const scalar_t* gorow, const scalar_t* const* irows, int64_t pix,
                                                 const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count,
                                                 acc_t<scalar_t>* dst, int64_t ld, bool prefetch) {
   using Vec = AccVec<scalar_t>;
-  Vec acc[G][KW];  // local accumulators, so they live in registers
+  constexpr int64_t V = Vec::size();
+  static_assert(kVecs == 1 || !kPartial, "only whole vectors run several at a time");
+  Vec acc[G][KW][kVecs];  // local accumulators, so they live in registers
 #pragma GCC unroll 8
   for (int r = 0; r < G; ++r)
 #pragma GCC unroll 8
-    for (int kw = 0; kw < KW; ++kw) acc[r][kw] = Vec(0);
+    for (int kw = 0; kw < KW; ++kw)
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v) acc[r][kw][v] = Vec(0);
   if (ib < ie) {
-    Vec win[G][KW];
+    Vec win[G][KW][kVecs];
     const int64_t start = (ib * SW - g.pad_w) * pix;
 #pragma GCC unroll 8
     for (int r = 0; r < G; ++r)
 #pragma GCC unroll 8
-      for (int j = 0; j < KW; ++j) win[r][j] = load_n<kPartial>(irows[r] + start + j * pix, count);
+      for (int j = 0; j < KW; ++j)
+#pragma GCC unroll 2
+        for (int v = 0; v < kVecs; ++v) win[r][j][v] = load_n<kPartial>(irows[r] + start + j * pix + v * V, count);
     for (int64_t ow = ib, offset = start;; ++ow) {
       if (prefetch) {
         __builtin_prefetch(gorow + (ow + kDwPrefetchColumns) * pix, 0, 2);
@@ -730,18 +737,24 @@ FUSEDOPS_ALWAYS_INLINE void gw_nhwc_kernel_rows(const scalar_t* gorow, const sca
           for (int q = 0; q < SW; ++q)
             __builtin_prefetch(irows[r] + offset + (kDwPrefetchColumns * SW + q) * pix, 0, 2);
       }
-      const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v) {
+        const Vec gv = load_n<kPartial>(gorow + ow * pix + v * V, count);
 #pragma GCC unroll 8
-      for (int r = 0; r < G; ++r)
+        for (int r = 0; r < G; ++r)
 #pragma GCC unroll 8
-        for (int kw = 0; kw < KW; ++kw) acc[r][kw] = at::vec::fmadd(gv, win[r][kw], acc[r][kw]);
+          for (int kw = 0; kw < KW; ++kw) acc[r][kw][v] = at::vec::fmadd(gv, win[r][kw][v], acc[r][kw][v]);
+      }
       if (ow + 1 >= ie) break;
       offset += SW * pix;
 #pragma GCC unroll 8
       for (int r = 0; r < G; ++r)
 #pragma GCC unroll 8
         for (int j = 0; j < KW; ++j)
-          win[r][j] = j + SW < KW ? win[r][j + SW] : load_n<kPartial>(irows[r] + offset + j * pix, count);
+#pragma GCC unroll 2
+          for (int v = 0; v < kVecs; ++v)
+            win[r][j][v] =
+                j + SW < KW ? win[r][j + SW][v] : load_n<kPartial>(irows[r] + offset + j * pix + v * V, count);
     }
   }
   // Border columns: [0, ib) and [max(ie, ib), out_w).
@@ -749,36 +762,41 @@ FUSEDOPS_ALWAYS_INLINE void gw_nhwc_kernel_rows(const scalar_t* gorow, const sca
   for (int64_t ow = 0; ow < g.out_w; ++ow) {
     if (ow == left_end) ow = std::max({ie, ib, left_end});
     if (ow >= g.out_w) break;
-    const Vec gv = load_n<kPartial>(gorow + ow * pix, count);
+#pragma GCC unroll 2
+    for (int v = 0; v < kVecs; ++v) {
+      const Vec gv = load_n<kPartial>(gorow + ow * pix + v * V, count);
 #pragma GCC unroll 8
-    for (int kw = 0; kw < KW; ++kw) {
-      const int64_t iw = ow * SW - g.pad_w + kw;
-      if (iw < 0 || iw >= g.in_w) continue;
+      for (int kw = 0; kw < KW; ++kw) {
+        const int64_t iw = ow * SW - g.pad_w + kw;
+        if (iw < 0 || iw >= g.in_w) continue;
 #pragma GCC unroll 8
-      for (int r = 0; r < G; ++r)
-        acc[r][kw] = at::vec::fmadd(gv, load_n<kPartial>(irows[r] + iw * pix, count), acc[r][kw]);
+        for (int r = 0; r < G; ++r)
+          acc[r][kw][v] = at::vec::fmadd(gv, load_n<kPartial>(irows[r] + iw * pix + v * V, count), acc[r][kw][v]);
+      }
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < G; ++r)
 #pragma GCC unroll 8
-    for (int kw = 0; kw < KW; ++kw) add_into(dst + (r * KW + kw) * ld, acc[r][kw]);
+    for (int kw = 0; kw < KW; ++kw)
+#pragma GCC unroll 2
+      for (int v = 0; v < kVecs; ++v) add_into(dst + (r * KW + kw) * ld + v * V, acc[r][kw][v]);
 }
 
 // Kernel rows [0, rows) in register groups: G * KW accumulators plus G * KW window vectors must fit the
-// register file, so 3 rows at a time for 3-wide kernels, 2 for 5-wide, 1 for 7-wide.
-template <typename scalar_t, int KW, int SW, bool kPartial>
+// register file, so 3 rows at a time for 3-wide kernels, 2 for 5-wide, 1 for 7-wide (and for whole lines, kVecs 2).
+template <typename scalar_t, int KW, int SW, bool kPartial, int kVecs = 1>
 inline void gw_nhwc_kernel_row_groups(const scalar_t* gorow, const scalar_t* const* irows, int64_t rows, int64_t pix,
                                       const ConvGeometry& g, int64_t ib, int64_t ie, int64_t count,
                                       acc_t<scalar_t>* dst, int64_t ld, bool prefetch) {
-  constexpr int kMaxG = KW <= 3 ? 3 : (KW <= 5 ? 2 : 1);
+  constexpr int kMaxG = kVecs > 1 ? 1 : (KW <= 3 ? 3 : (KW <= 5 ? 2 : 1));
   int64_t r = 0;
   for (; r + kMaxG <= rows; r += kMaxG)
-    gw_nhwc_kernel_rows<scalar_t, KW, SW, kMaxG, kPartial>(gorow, irows + r, pix, g, ib, ie, count, dst + r * KW * ld,
-                                                           ld, prefetch);
+    gw_nhwc_kernel_rows<scalar_t, KW, SW, kMaxG, kPartial, kVecs>(gorow, irows + r, pix, g, ib, ie, count,
+                                                                  dst + r * KW * ld, ld, prefetch);
   for (; r < rows; ++r)
-    gw_nhwc_kernel_rows<scalar_t, KW, SW, 1, kPartial>(gorow, irows + r, pix, g, ib, ie, count, dst + r * KW * ld, ld,
-                                                       prefetch);
+    gw_nhwc_kernel_rows<scalar_t, KW, SW, 1, kPartial, kVecs>(gorow, irows + r, pix, g, ib, ie, count,
+                                                              dst + r * KW * ld, ld, prefetch);
 }
 
 // Same contributions for any kernel width, stride and dilation, one kernel row at a time.
@@ -820,6 +838,16 @@ inline void gw_nhwc_rows(const scalar_t* gorow, const scalar_t* const* irows, in
     gw_nhwc_kernel_row_generic<scalar_t, kPartial>(gorow, irows[r], pix, g, count, dst + r * g.kernel_w * ld, ld);
 }
 
+// Whether grad_weight_nhwc_row takes the weight gradient of whole cache lines (two AVX2 vectors of channels, one
+// kernel row at a time) instead of one vector of three kernel rows: float, 3x3, stride 1 or 2 (the same along H and
+// W), dilation 1, and pixels a multiple of 2 KiB apart (512, 1024... channels), whose rows and columns fall on a few
+// L1 sets and evict each other before the second half of each line is read (whole_lines_apply for the row kernels).
+template <typename scalar_t>
+inline bool gw_whole_lines_apply(const ConvGeometry& g) {
+  return std::is_same_v<scalar_t, float> && AccVec<scalar_t>::size() == 8 && g.kernel_h == 3 && g.kernel_w == 3 &&
+         (g.stride_w == 1 || g.stride_w == 2) && g.dilation_w == 1 && (g.channels * int64_t(sizeof(float))) % 2048 == 0;
+}
+
 // Weight (and bias) gradient contributions of output row r (= n * out_h + oh), channels-last, added to
 // `part` ([taps + 1][ld], the last row the bias); `prefetch` as in gw_nhwc_kernel_rows.
 template <typename scalar_t>
@@ -841,9 +869,12 @@ void grad_weight_nhwc_row(const scalar_t* go, const scalar_t* in, int64_t r, boo
   const scalar_t* irows_stack[kMaxKernelRows];
   std::vector<const scalar_t*> irows_heap(g.kernel_h > kMaxKernelRows ? g.kernel_h : 0);
   const scalar_t** irows = g.kernel_h > kMaxKernelRows ? irows_heap.data() : irows_stack;
+  const bool whole_lines = gw_whole_lines_apply<scalar_t>(g);
   for (int64_t c = 0; c < C; c += V) {
     const int64_t count = std::min(V, C - c);
     const bool full = count == V;
+    // The second vector of a whole line: its weight gradient came with the first one's.
+    const bool second_half = whole_lines && (c / V) % 2 == 1;
     if (with_bias) {
       // Four partial sums, so the adds do not wait on each other.
       Vec b0(acc(0)), b1(acc(0)), b2(acc(0)), b3(acc(0));
@@ -858,12 +889,16 @@ void grad_weight_nhwc_row(const scalar_t* go, const scalar_t* in, int64_t r, boo
       for (; ow < g.out_w; ++ow) b0 += load(ow);
       add_into(part + T * ld + c, (b0 + b1) + (b2 + b3));
     }
-    if (!with_weight) continue;
+    if (!with_weight || second_half) continue;
     for (int64_t kh = kh_begin; kh < kh_end; ++kh)
       irows[kh - kh_begin] = in + (n * g.in_h + ih0 + kh * g.dilation_h) * g.in_w * C + c;
     acc* dst = part + kh_begin * g.kernel_w * ld + c;
     const int64_t nrows = kh_end - kh_begin;
-    if (full)
+    if (whole_lines && g.stride_w == 1)
+      gw_nhwc_kernel_row_groups<scalar_t, 3, 1, false, 2>(gorow + c, irows, nrows, C, g, ib, ie, V, dst, ld, prefetch);
+    else if (whole_lines)
+      gw_nhwc_kernel_row_groups<scalar_t, 3, 2, false, 2>(gorow + c, irows, nrows, C, g, ib, ie, V, dst, ld, prefetch);
+    else if (full)
       gw_nhwc_rows<scalar_t, false>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld, prefetch);
     else
       gw_nhwc_rows<scalar_t, true>(gorow + c, irows, nrows, C, g, ib, ie, count, dst, ld, prefetch);
@@ -881,6 +916,8 @@ struct WeightGradPartials {
     constexpr int64_t V = AccVec<scalar_t>::size();
     workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
     ld = (g.channels + V - 1) / V * V;  // padded so full-vector accumulation never overruns
+    // A line more where the taps' rows would be a multiple of 2 KiB apart, all on the same L1 sets.
+    if ((ld * int64_t(sizeof(acc_t<scalar_t>))) % 2048 == 0) ld += 64 / int64_t(sizeof(acc_t<scalar_t>));
     size = (taps(g) + 1) * ld;
     data = thread_scratch<acc_t<scalar_t>>(workers * size, ScratchSlot::kReduce);
     std::fill(data, data + workers * size, acc_t<scalar_t>(0));
