@@ -135,11 +135,11 @@ def test_parity_streaming_calls(kernel, stride, padding):
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0), (2, 0)])
 def test_parity_whole_line_blocks(stride, padding):
     """Channel counts whose pixels are a multiple of 2 KiB apart (512, 1024) run register blocks of whole cache lines
-    on AVX2, and their weight gradients whole lines of one kernel row: row pairs, single rows, border and interior
-    blocks, widths that leave blocks of one output; forward and every gradient (the fused stride-1 backward's input
-    gradient runs the same blocks), with and without bias. Each output and each weight gradient accumulates in the
-    same order as with one vector at a time, so the results have the bits of the same channels computed 256 at a
-    time (1 KiB pixels: one vector)."""
+    on AVX2, their weight gradients whole lines of one kernel row and their 3x3 stride-2 input gradients whole lines
+    of each row: row pairs, single rows, border and interior blocks, widths that leave blocks of one output; forward
+    and every gradient (the fused stride-1 backward's input gradient runs the same blocks), with and without bias.
+    Each output and gradient accumulates in the same order as with one vector at a time, so the results have the
+    bits of the same channels computed 256 at a time (1 KiB pixels: one vector)."""
     for shape in ((1, 512, 9, 11), (2, 512, 7, 7), (1, 1024, 6, 5)):
         check_depthwise_parity(shape, 3, stride=stride, padding=padding, layout="channels_last")
     check_depthwise_parity((1, 512, 8, 13), 3, stride=stride, padding=padding, layout="channels_last", bias=False)

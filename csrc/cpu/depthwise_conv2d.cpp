@@ -43,6 +43,16 @@ int64_t taps(const ConvGeometry& g) {
   return g.kernel_h * g.kernel_w;
 }
 
+// Whether the channels-last gradient kernels below take whole cache lines of channels (two AVX2 vectors) where they
+// would take one vector: float pixels a multiple of 2 KiB apart, whose rows and columns fall on a few L1 sets and evict
+// each other before the second half of each line is read (whole_lines_apply in cpu/depthwise_nhwc.h, for the row
+// kernels).
+template <typename scalar_t>
+inline bool depthwise_whole_lines_apply(int64_t channels) {
+  return std::is_same_v<scalar_t, float> && AccVec<scalar_t>::size() == 8 &&
+         (channels * int64_t(sizeof(float))) % 2048 == 0;
+}
+
 // Weights (OC, 1, kH, kW) -> acc-type [kH*kW][OC], optionally rotated by 180 degrees (for the transposed
 // convolution of the input gradient), at `w`.
 template <typename scalar_t>
@@ -546,45 +556,56 @@ inline void input_grad_3x3_stride2_column(const scalar_t* const* go_rows, const 
   store_n<kPartial>(gi_row + iw * C + c, sum, count);
 }
 
-// One channel vector of one input row. Interior columns go in pairs (iw with iw + pad odd, then iw + 1),
+// kVecs channel vectors (c, c + V, ...; more than one only whole) of one input row; w holds each vector's kRows
+// kernel rows of taps, vector v's at w[v * kRows]. Interior columns go in pairs (iw with iw + pad odd, then iw + 1),
 // which read output columns a and a + 1 only: gi[iw] = g[a] w1, gi[iw + 1] = g[a + 1] w0 + g[a] w2 per
 // kernel row, with g[a + 1] carried over as the next pair's g[a]. Edges take the checked column.
 // `prefetch` (streaming calls, see streams_beyond_cache): the grad_output and input-gradient lines
 // kDwPrefetchColumns output columns ahead are prefetched into L2.
-template <typename scalar_t, int kRows, bool kPartial>
+template <typename scalar_t, int kRows, bool kPartial, int kVecs = 1>
 inline void input_grad_3x3_stride2_row(const scalar_t* const* go_rows, const AccVec<scalar_t> (*w)[3],
                                        const ConvGeometry& g, int64_t c, int64_t count, scalar_t* gi_row,
                                        bool prefetch) {
   using Vec = AccVec<scalar_t>;
+  constexpr int64_t V = Vec::size();
+  static_assert(kVecs == 1 || !kPartial, "only whole vectors run several at a time");
   const int64_t C = g.channels;
   int64_t iw = 0;
   if (((iw + g.pad_w) & 1) == 0) {
-    input_grad_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w, g, iw++, c, count, gi_row);
+    for (int v = 0; v < kVecs; ++v)
+      input_grad_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w + v * kRows, g, iw, c + v * V, count, gi_row);
+    ++iw;
   }
   int64_t a = (iw + g.pad_w - 1) / 2;
   if (iw + 1 < g.in_w && a + 1 < g.out_w) {
-    Vec ga[kRows];
-    for (int r = 0; r < kRows; ++r) ga[r] = load_n<kPartial>(go_rows[r] + a * C + c, count);
+    Vec ga[kVecs][kRows];
+#pragma GCC unroll 2
+    for (int v = 0; v < kVecs; ++v)
+      for (int r = 0; r < kRows; ++r) ga[v][r] = load_n<kPartial>(go_rows[r] + a * C + c + v * V, count);
     for (; iw + 1 < g.in_w && a + 1 < g.out_w; iw += 2, ++a) {
       if (prefetch) {
         for (int r = 0; r < kRows; ++r) __builtin_prefetch(go_rows[r] + (a + 1 + kDwPrefetchColumns) * C + c, 0, 2);
         __builtin_prefetch(gi_row + (iw + 2 * kDwPrefetchColumns) * C + c, 1, 2);
         __builtin_prefetch(gi_row + (iw + 2 * kDwPrefetchColumns + 1) * C + c, 1, 2);
       }
-      Vec odd(acc_t<scalar_t>(0)), even(acc_t<scalar_t>(0));
 #pragma GCC unroll 2
-      for (int r = 0; r < kRows; ++r) {
-        const Vec gb = load_n<kPartial>(go_rows[r] + (a + 1) * C + c, count);
-        odd = at::vec::fmadd(ga[r], w[r][1], odd);
-        even = at::vec::fmadd(gb, w[r][0], at::vec::fmadd(ga[r], w[r][2], even));
-        ga[r] = gb;
+      for (int v = 0; v < kVecs; ++v) {
+        Vec odd(acc_t<scalar_t>(0)), even(acc_t<scalar_t>(0));
+#pragma GCC unroll 2
+        for (int r = 0; r < kRows; ++r) {
+          const Vec gb = load_n<kPartial>(go_rows[r] + (a + 1) * C + c + v * V, count);
+          odd = at::vec::fmadd(ga[v][r], w[v * kRows + r][1], odd);
+          even = at::vec::fmadd(gb, w[v * kRows + r][0], at::vec::fmadd(ga[v][r], w[v * kRows + r][2], even));
+          ga[v][r] = gb;
+        }
+        store_n<kPartial>(gi_row + iw * C + c + v * V, odd, count);
+        store_n<kPartial>(gi_row + (iw + 1) * C + c + v * V, even, count);
       }
-      store_n<kPartial>(gi_row + iw * C + c, odd, count);
-      store_n<kPartial>(gi_row + (iw + 1) * C + c, even, count);
     }
   }
   for (; iw < g.in_w; ++iw) {
-    input_grad_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w, g, iw, c, count, gi_row);
+    for (int v = 0; v < kVecs; ++v)
+      input_grad_3x3_stride2_column<scalar_t, kRows, kPartial>(go_rows, w + v * kRows, g, iw, c + v * V, count, gi_row);
   }
 }
 
@@ -595,7 +616,18 @@ inline void input_grad_3x3_stride2_rows(const scalar_t* const* go_rows, const in
   using Vec = AccVec<scalar_t>;
   constexpr int64_t V = Vec::size();
   const int64_t C = g.channels;
-  for (int64_t c = 0; c < C; c += V) {
+  int64_t c = 0;
+  if (depthwise_whole_lines_apply<scalar_t>(C)) {
+    for (; c + 2 * V <= C; c += 2 * V) {
+      Vec wv[2 * kRows][3];
+      for (int v = 0; v < 2; ++v)
+        for (int r = 0; r < kRows; ++r)
+          for (int kw = 0; kw < 3; ++kw)
+            wv[v * kRows + r][kw] = Vec::loadu(w + (kernel_rows[r] * 3 + kw) * C + c + v * V);
+      input_grad_3x3_stride2_row<scalar_t, kRows, false, 2>(go_rows, wv, g, c, V, gi_row, prefetch);
+    }
+  }
+  for (; c < C; c += V) {
     const int64_t count = std::min(V, C - c);
     Vec wv[kRows][3];
     for (int r = 0; r < kRows; ++r)
@@ -839,13 +871,12 @@ inline void gw_nhwc_rows(const scalar_t* gorow, const scalar_t* const* irows, in
 }
 
 // Whether grad_weight_nhwc_row takes the weight gradient of whole cache lines (two AVX2 vectors of channels, one
-// kernel row at a time) instead of one vector of three kernel rows: float, 3x3, stride 1 or 2 (the same along H and
-// W), dilation 1, and pixels a multiple of 2 KiB apart (512, 1024... channels), whose rows and columns fall on a few
-// L1 sets and evict each other before the second half of each line is read (whole_lines_apply for the row kernels).
+// kernel row at a time) instead of one vector of three kernel rows: depthwise_whole_lines_apply (512, 1024...
+// channels), 3x3, stride 1 or 2 along W, dilation 1.
 template <typename scalar_t>
 inline bool gw_whole_lines_apply(const ConvGeometry& g) {
-  return std::is_same_v<scalar_t, float> && AccVec<scalar_t>::size() == 8 && g.kernel_h == 3 && g.kernel_w == 3 &&
-         (g.stride_w == 1 || g.stride_w == 2) && g.dilation_w == 1 && (g.channels * int64_t(sizeof(float))) % 2048 == 0;
+  return depthwise_whole_lines_apply<scalar_t>(g.channels) && g.kernel_h == 3 && g.kernel_w == 3 &&
+         (g.stride_w == 1 || g.stride_w == 2) && g.dilation_w == 1;
 }
 
 // Weight (and bias) gradient contributions of output row r (= n * out_h + oh), channels-last, added to
