@@ -49,8 +49,7 @@ int64_t taps(const ConvGeometry& g) {
 // kernels).
 template <typename scalar_t>
 inline bool depthwise_whole_lines_apply(int64_t channels) {
-  return std::is_same_v<scalar_t, float> && AccVec<scalar_t>::size() == 8 &&
-         (channels * int64_t(sizeof(float))) % 2048 == 0;
+  return kWholeLineVecs<scalar_t, scalar_t, IdentityEpilogue> > 1 && rows_on_few_l1_sets<scalar_t>(channels);
 }
 
 // Weights (OC, 1, kH, kW) -> acc-type [kH*kW][OC], optionally rotated by 180 degrees (for the transposed
@@ -947,8 +946,8 @@ struct WeightGradPartials {
     constexpr int64_t V = AccVec<scalar_t>::size();
     workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
     ld = (g.channels + V - 1) / V * V;  // padded so full-vector accumulation never overruns
-    // A line more where the taps' rows would be a multiple of 2 KiB apart, all on the same L1 sets.
-    if ((ld * int64_t(sizeof(acc_t<scalar_t>))) % 2048 == 0) ld += 64 / int64_t(sizeof(acc_t<scalar_t>));
+    // A line more where the taps' rows would all fall on the same few L1 sets.
+    if (rows_on_few_l1_sets<acc_t<scalar_t>>(ld)) ld += kCacheLineBytes / int64_t(sizeof(acc_t<scalar_t>));
     size = (taps(g) + 1) * ld;
     data = thread_scratch<acc_t<scalar_t>>(workers * size, ScratchSlot::kReduce);
     std::fill(data, data + workers * size, acc_t<scalar_t>(0));

@@ -148,15 +148,16 @@ inline void streaming_stores_fence() {
 // Elsewhere streaming stores take 0.75-0.95x of the time (56x56: C=144 0.88x, C=240 0.78x; 112x112 stride 2: C=96
 // 0.80x). AVX-512's 64-byte vectors start every pixel on a line.
 constexpr int64_t kMinStraddlingPixelBytes = 448;
+constexpr int64_t kCacheLineBytes = 64;
 
 template <typename out_t>
 inline bool streaming_stores_apply(const out_t* out, int64_t channels, int64_t row_stride, bool streams) {
   constexpr int64_t kVecBytes = at::vec::Vectorized<float>::size() * int64_t(sizeof(float));
-  constexpr int64_t kLineBytes = 64, kPageBytes = 4096;
+  constexpr int64_t kPageBytes = 4096;
   const int64_t pixel_bytes = channels * int64_t(sizeof(float));
   return std::is_same_v<out_t, float> && streams && kVecBytes >= 32 && pixel_bytes % kVecBytes == 0 &&
          reinterpret_cast<uintptr_t>(out) % kVecBytes == 0 &&
-         (pixel_bytes % kLineBytes == 0 || pixel_bytes >= kMinStraddlingPixelBytes) &&
+         (pixel_bytes % kCacheLineBytes == 0 || pixel_bytes >= kMinStraddlingPixelBytes) &&
          (row_stride * int64_t(sizeof(float))) % kPageBytes != 0;
 }
 
@@ -174,9 +175,16 @@ constexpr int kWholeLineVecs =
         ? 2
         : 1;
 
+// Whether rows of `stride` elements of T (pixels, or rows of per-channel sums) fall on a few L1 sets: a multiple
+// of 2 KiB apart.
+template <typename T>
+inline bool rows_on_few_l1_sets(int64_t stride) {
+  return (stride * int64_t(sizeof(T))) % 2048 == 0;
+}
+
 template <typename in_t, typename out_t>
 inline bool whole_lines_apply(const DwNhwcRow<in_t, out_t>& t) {
-  return (t.in_pix_stride * int64_t(sizeof(in_t))) % 2048 == 0;
+  return rows_on_few_l1_sets<in_t>(t.in_pix_stride);
 }
 
 namespace detail {
@@ -484,11 +492,11 @@ FUSEDOPS_NOINLINE void row_for_kernel_width(const DwNhwcRow<in_t, out_t>& t, con
         return;
       }
     }
-    if constexpr (KW == 3 && kWholeLineVecs<in_t, out_t, Epilogue> > 1) {
+    constexpr int kLine = kWholeLineVecs<in_t, out_t, Epilogue>;
+    if constexpr (KW == 3 && kLine > 1) {
       if (whole_lines_apply(t)) {
-        return register_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>> / 2, Epilogue,
-                               kWholeLineVecs<in_t, out_t, Epilogue>>(t, g, kh_begin, kh_end, 0, g.interior_ow_begin(),
-                                                                      g.interior_ow_end(), epilogue);
+        return register_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>> / kLine, Epilogue, kLine>(
+            t, g, kh_begin, kh_end, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
       }
     }
     register_blocks<in_t, out_t, KW, SW, kDwBlock<acc_t<in_t>>>(t, g, kh_begin, kh_end, 0, g.interior_ow_begin(),
@@ -532,10 +540,7 @@ inline bool nhwc_row_pair_applies(const ConvGeometry& g, int64_t oh) {
          g.dilation_h == 1 && g.dilation_w == 1 && oh >= g.interior_oh_begin() && oh + 2 <= g.interior_oh_end();
 }
 
-// Computes output rows t.oh and t.oh + 1 (at t.out and t.out + t.out_row_stride), channels
-// [t.c_begin, t.c_end), where nhwc_row_pair_applies; prefetches (streaming calls) cover both rows, and
-// prefetch_also (stride 1 only) two rows. Each of the block's 3 + stride input rows is loaded once for both
-// output rows.
+// The row pair's register blocks (depthwise_nhwc_row_pair), for one channel vector at a time.
 // Stride 1: blocks of 4 outputs x 2 rows, 8 accumulators (a single row's blocks of 8 read 10 columns of 3 rows
 // for 8 outputs, and their ~36 KiB per block of 192 channels outgrow the 32 KiB L1). Measured on the row kernels
 // alone (2 threads, N=8): 1.19-1.25x faster than two single rows on MobileNet's stride-1 maps in cache (C=192
@@ -547,29 +552,35 @@ inline bool nhwc_row_pair_applies(const ConvGeometry& g, int64_t oh) {
 template <int S>
 constexpr int kRowPairBlock = S == 1 ? 4 : 2;
 
+namespace detail {
+
+// The row pair's blocks for its stride, kVecs channel vectors at a time (kRowPairBlock / kVecs outputs).
+template <int kVecs, typename in_t, typename out_t, typename Epilogue>
+FUSEDOPS_ALWAYS_INLINE void row_pair_blocks(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
+                                            const Epilogue& epilogue) {
+  if (g.stride_w == 2) {
+    row_pair_register_blocks<in_t, out_t, 2, kRowPairBlock<2> / kVecs, Epilogue, kVecs>(t, g, 0, g.interior_ow_begin(),
+                                                                                        g.interior_ow_end(), epilogue);
+  } else {
+    row_pair_register_blocks<in_t, out_t, 1, kRowPairBlock<1> / kVecs, Epilogue, kVecs>(t, g, 0, g.interior_ow_begin(),
+                                                                                        g.interior_ow_end(), epilogue);
+  }
+}
+
+}  // namespace detail
+
+// Computes output rows t.oh and t.oh + 1 (at t.out and t.out + t.out_row_stride), channels
+// [t.c_begin, t.c_end), where nhwc_row_pair_applies; prefetches (streaming calls) cover both rows, and
+// prefetch_also (stride 1 only) two rows. Each of the block's 3 + stride input rows is loaded once for both
+// output rows.
 template <typename in_t, typename out_t, typename Epilogue = IdentityEpilogue>
 FUSEDOPS_NOINLINE void depthwise_nhwc_row_pair(const DwNhwcRow<in_t, out_t>& t, const ConvGeometry& g,
                                                const Epilogue& epilogue = Epilogue()) {
   constexpr int kLine = kWholeLineVecs<in_t, out_t, Epilogue>;
   if constexpr (kLine > 1) {
-    if (whole_lines_apply(t)) {
-      if (g.stride_w == 2) {
-        detail::row_pair_register_blocks<in_t, out_t, 2, kRowPairBlock<2> / 2, Epilogue, kLine>(
-            t, g, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
-      } else {
-        detail::row_pair_register_blocks<in_t, out_t, 1, kRowPairBlock<1> / 2, Epilogue, kLine>(
-            t, g, 0, g.interior_ow_begin(), g.interior_ow_end(), epilogue);
-      }
-      return;
-    }
+    if (whole_lines_apply(t)) return detail::row_pair_blocks<kLine>(t, g, epilogue);
   }
-  if (g.stride_w == 2) {
-    detail::row_pair_register_blocks<in_t, out_t, 2, kRowPairBlock<2>>(t, g, 0, g.interior_ow_begin(),
-                                                                       g.interior_ow_end(), epilogue);
-  } else {
-    detail::row_pair_register_blocks<in_t, out_t, 1, kRowPairBlock<1>>(t, g, 0, g.interior_ow_begin(),
-                                                                       g.interior_ow_end(), epilogue);
-  }
+  detail::row_pair_blocks<1>(t, g, epilogue);
 }
 
 // The output rows of an image in the groups the row kernels compute: pairs (depthwise_nhwc_row_pair)
