@@ -382,7 +382,8 @@ void forward_cpu(const Tensor& input /*channels-last, at the primary stride*/, c
   // slices share nothing and need no halo). Channels-last outputs, whose channels a slice writes in place.
   constexpr int64_t kNr = PackedPointwise<acc>::kNr;
   const int64_t panels = w.primary.num_panels();
-  const int64_t slices = std::min(panels, threads / std::gcd(g.batch, threads));
+  const int64_t slices = work_items(static_cast<int64_t>(g.in_h * primary_per_row) + g.out_h * g.out_w * K * T,
+                                    std::min(panels, threads / std::gcd(g.batch, threads)));
   const int64_t slice_width = (panels + slices - 1) / slices * kNr;
   const bool slice_fits =
       pixels * slice_width * (m == 1 ? 1 : 1 + m) * static_cast<int64_t>(sizeof(acc)) <= band_tile_bytes();

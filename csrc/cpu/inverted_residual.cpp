@@ -482,9 +482,12 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     for (int64_t n0 = 0; n0 < g.batch; n0 += round_images) {
       const int64_t images = std::min(round_images, g.batch - n0);
       if (plan.whole_images) {
-        // (1): each image's hidden panels split into as many slices as share the round evenly between the threads.
-        const int64_t slices = std::min(hidden_panels, threads / std::gcd(images, threads));
-        at::parallel_for(0, images * slices, 1, [&](int64_t begin, int64_t end) {
+        // (1): each image's hidden panels split into as many slices as share the round evenly between the threads,
+        // where each slice is worth a work item.
+        const int64_t image_macs = (geo.expand ? in_pixels * C * H : 0) + out_pixels * H * T;
+        const int64_t slices = work_items(image_macs, std::min(hidden_panels, threads / std::gcd(images, threads)));
+        const int64_t slice_grain = std::max<int64_t>(1, kMinWorkItemMacs / (image_macs / slices + 1));
+        at::parallel_for(0, images * slices, slice_grain, [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
             const int64_t k = i / slices, slice = i % slices;
             depthwise_image(n0 + k, slice * hidden_panels / slices, (slice + 1) * hidden_panels / slices,
