@@ -525,6 +525,40 @@ def test_frozen_module_packs_once_and_again_after_a_load(monkeypatch):
         assert len(packs) == 2
 
 
+def test_frozen_module_reuses_its_prepared_call_until_the_module_changes(monkeypatch):
+    # After the first frozen call, the next ones go straight to the native op with the arguments it prepared;
+    # reassigned geometry or a new fold takes the full fused path again, a batch norm in train mode the unfused one.
+    module = fusedops.nn.separable
+    m = fusedops.nn.DepthwiseSeparableConv2d(8, 16).eval()
+    _randomize_bn(m)
+    ref = UnfusedSeparable(m).eval()
+    full_calls = []
+    real = module.dwpw_conv2d
+    monkeypatch.setattr(module, "dwpw_conv2d", lambda *a, **k: full_calls.append(1) or real(*a, **k))
+    x = make_input((1, 8, 7, 7), "channels_last")
+    m.freeze()
+    with torch.no_grad():
+        y = m(x)
+        assert torch.equal(m(x), y) and len(full_calls) == 1
+        torch.testing.assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
+        for conv in (m.dw, ref.dw):  # geometry reassigned: the prepared call no longer applies
+            conv.padding, conv.dilation = (2, 2), (2, 2)
+        y2 = m(x)
+        torch.testing.assert_close(y2, ref(x), rtol=1e-5, atol=1e-5)
+        assert torch.equal(m(x), y2) and len(full_calls) == 2
+        sd = {k: v + 0.05 if v.is_floating_point() else v for k, v in m.state_dict().items()}
+        m.load_state_dict(sd)
+        ref.load_state_dict(sd)
+        y3 = m(x)
+        torch.testing.assert_close(y3, ref(x), rtol=1e-5, atol=1e-5)
+        assert torch.equal(m(x), y3) and len(full_calls) == 3
+        m.bn_pw.train()  # batch statistics: the unfused modules, not the prepared call
+        ref.bn_pw.train()
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
+        m.bn_pw.eval()
+        assert torch.equal(m(x), y3) and len(full_calls) == 3  # frozen: the running statistics' update not seen
+
+
 def test_pack_weights_is_none_where_the_native_kernel_does_not_run():
     from fusedops.ops.dwpw_conv2d import pack_weights as pack_dwpw
     from fusedops.ops.inverted_residual import pack_weights as pack_block

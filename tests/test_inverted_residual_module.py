@@ -264,6 +264,13 @@ def test_frozen_block_reuses_its_prepared_call_until_the_block_changes(monkeypat
     with torch.inference_mode():
         y = block(x)
         assert torch.equal(block(x), y) and len(full_calls) == 1
+        project_bn = block.conv[3]
+        project_bn.train()  # batch statistics: the block's modules in train mode, not the prepared call
+        project_bn.momentum = 0.0  # (running statistics kept for the checks below)
+        expected = project_bn(block.conv[:3](x)) + x
+        assert_close_scaled(block(x), expected, **tolerance(torch.float32))
+        project_bn.eval()
+        assert torch.equal(block(x), y) and len(full_calls) == 1
         dw = block.conv[1][0]
         dw.padding, dw.dilation = (2, 2), (2, 2)  # geometry reassigned: the prepared call no longer applies
         y2 = block(x)

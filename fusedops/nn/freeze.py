@@ -27,7 +27,7 @@ class FoldedWeights:
     _frozen = False
     _folded = None  # the frozen folded weights; None until folded (and after anything that refolds)
     _packed = None  # (the frozen folded weights, their kernel-ready form) once _packed_weights made it
-    _prepared = None  # (the frozen folded weights, key, the native op's arguments) once _prepare_call made them
+    _prepared = None  # (the frozen folded weights, key, the native op's arguments, inference, context) once made
 
     @property
     def frozen(self) -> bool:
@@ -80,13 +80,21 @@ class FoldedWeights:
                 cached = self._packed = (folded, pack())
         return cached[1]
 
-    def _prepare_call(self, folded, key, arguments):
+    def _prepare_call(self, folded, key, arguments, context=None):
         """Remembers `arguments` (after the input) of the eager native call the fused path just made on the frozen
         fold `folded`, for :meth:`_prepared_arguments` to hand back while that fold is current and `key` (the
-        block's geometry and options, compared by identity) unchanged."""
+        block's geometry and options, compared by identity) unchanged. `context` is what the block needs to check
+        before its next call (its submodules, found once instead of on every call): :meth:`_prepared_context`."""
         if folded is not None and folded is self._folded:
             inference = next(t for t in folded if t is not None).is_inference()
-            self._prepared = (folded, key, arguments, inference)
+            self._prepared = (folded, key, arguments, inference, context)
+
+    def _prepared_context(self):
+        """The `context` kept by :meth:`_prepare_call` while its fold is current, else None."""
+        prepared = self._prepared
+        if prepared is None or prepared[0] is not self._folded:
+            return None
+        return prepared[4]
 
     def _prepared_arguments(self, input, key):
         """The arguments :meth:`_prepare_call` kept, when the call on `input` would be made the same way again:

@@ -211,10 +211,12 @@ def _runs_unfused(conv, batch_norms) -> bool:
     return any(_normalizes_by_batch(bn) for bn in batch_norms)
 
 
-def _run_fused(block, input, folded, dw, activation, residual, se=None):
+def _run_fused(block, input, folded, stages, activation, residual, se=None):
     """The fused :func:`fusedops.inverted_residual` call of an inverted-residual `block` (a :class:`FoldedWeights`):
-    `folded` holds its six folded weights first (what :meth:`FoldedWeights._folded_weights` returned), `dw` is its
-    depthwise convolution (stride, padding and dilation), `se` the op's squeeze-excitation tuple or None."""
+    `folded` holds its six folded weights first (what :meth:`FoldedWeights._folded_weights` returned), `stages` are
+    its Stages (the depthwise convolution's stride, padding and dilation), `se` the op's squeeze-excitation tuple or
+    None."""
+    dw = stages.dw[0]
     weights = folded[:6]
     args = (dw.stride, dw.padding, dw.dilation, activation)
     se_arg = {} if se is None else {"se": se}
@@ -226,7 +228,7 @@ def _run_fused(block, input, folded, dw, activation, residual, se=None):
         # The schema's arguments after the input, for the next calls of this frozen fold (_call_prepared).
         rw, rb, ew, eb, gate, se_activation = (None, None, None, None, "hardsigmoid", "relu") if se is None else se
         block._prepare_call(folded, _call_key(dw, activation, residual),
-                            (*weights, rw, rb, ew, eb, *args, residual, se_activation, gate, packed))
+                            (*weights, rw, rb, ew, eb, *args, residual, se_activation, gate, packed), stages)
     return inverted_residual(input, *weights, *args, **se_arg, residual=residual, packed_weights=packed)
 
 
@@ -236,12 +238,15 @@ def _call_key(dw, activation, residual):
     return dw.stride, dw.padding, dw.dilation, activation, residual
 
 
-def _call_prepared(block, input, stages):
+def _call_prepared(block, input):
     """The frozen `block`'s output through the native call its fused path prepared (FoldedWeights._prepare_call),
-    or None where that call does not apply: not prepared, a batch norm of its `stages` (Stages) normalising by batch,
-    and where FoldedWeights._prepared_arguments declines (always under torch.compile, which traces the fused
-    path)."""
-    if torch.compiler.is_compiling() or block._prepared is None or _stages_run_unfused(stages):
+    or None where that call does not apply: not prepared, a batch norm of its stages (kept with the call: finding
+    them costs ~1 us a call) normalising by batch, and where FoldedWeights._prepared_arguments declines (always
+    under torch.compile, which traces the fused path)."""
+    if torch.compiler.is_compiling():
+        return None
+    stages = block._prepared_context()
+    if stages is None or _stages_run_unfused(stages):
         return None
     out = block._call_prepared("inverted_residual", input,
                                _call_key(stages.dw[0], block.activation, block.use_res_connect))
@@ -303,11 +308,10 @@ class InvertedResidualBlock(FoldedWeights, nn.Module):
         return expand_w, expand_b, dw_w, dw_b, project_w, project_b, se_weights
 
     def forward(self, input):
-        stages = self._stages()
-        out = _call_prepared(self, input, stages)
+        out = _call_prepared(self, input)
         if out is not None:
             return out
-        dw = stages.dw[0]
+        stages = self._stages()
         if _stages_run_unfused(stages):
             if self._trains_fused and training.applies(input, stages):
                 return training.inverted_residual(input, stages, self.activation, self.use_res_connect,
@@ -316,7 +320,7 @@ class InvertedResidualBlock(FoldedWeights, nn.Module):
         folded = self._folded_weights()
         se = stages.se
         se_args = None if se is None else (*folded[6], *self._squeeze_excitation_activations(se[0]))
-        return _run_fused(self, input, folded, dw, self.activation, self.use_res_connect, se_args)
+        return _run_fused(self, input, folded, stages, self.activation, self.use_res_connect, se_args)
 
     def _trained_squeeze_excitation_activations(self, se):
         """The training path's `se_activations` for the squeeze-excitation stage `se` (Stages.se): its (gate,

@@ -1,3 +1,4 @@
+import torch
 from torch import nn
 
 from ..ops.activations import activation, activation_name
@@ -32,15 +33,32 @@ class DepthwiseSeparableBlock(FoldedWeights, nn.Module):
         return self._folded_weights()
 
     def forward(self, input):
+        if not torch.compiler.is_compiling():
+            # Frozen and called before: the native call made then, without the fused path's Python (the fold and
+            # packing checks, the wrapper's normalisation), while its stages (kept with it) run on running statistics.
+            stages = self._prepared_context()
+            if stages is not None and not _runs_unfused(stages[0], stages[1]):
+                out = self._call_prepared("dwpw_conv2d", input, self._call_key(stages[0]))
+                if out is not NotImplemented:
+                    return out
         dw, bn_dw, _, bn_pw = self._stages()
-        if _runs_unfused(dw, [bn for bn in (bn_dw, bn_pw) if bn is not None]):
+        batch_norms = tuple(bn for bn in (bn_dw, bn_pw) if bn is not None)
+        if _runs_unfused(dw, batch_norms):
             return self._forward_unfused(input)
         folded = self.folded_weights()
-        args = (dw.stride, dw.padding, dw.dilation, self.mid_activation, self.out_activation)
+        key = self._call_key(dw)
+        args = key
         # Frozen: the CPU kernel's layout of the folded weights is made once too (at batch 1 on small maps laying
         # out the 1x1 weights costs more than the GEMM's faster orientation saves).
         packed = self._packed_weights(folded, input, "dwpw_conv2d", lambda: pack_weights(input, *folded, *args))
+        if packed is not None:
+            self._prepare_call(folded, key, (*folded, *args, packed), (dw, batch_norms))
         return dwpw_conv2d(input, *folded, *args, packed_weights=packed)
+
+    def _call_key(self, dw):
+        """The op's arguments after the weights, from the depthwise convolution `dw`'s geometry and the block's
+        activations: what a prepared call depends on besides the frozen fold (compared by identity)."""
+        return dw.stride, dw.padding, dw.dilation, self.mid_activation, self.out_activation
 
     def extra_repr(self) -> str:
         frozen = ", frozen=True" if self._frozen else ""
