@@ -84,29 +84,28 @@ class FoldedWeights:
         """Remembers `arguments` (after the input) of the eager native call the fused path just made on the frozen
         fold `folded`, for :meth:`_prepared_arguments` to hand back while that fold is current and `key` (the
         block's geometry and options, compared by identity) unchanged. `context` is what the block needs to check
-        before its next call (its submodules, found once instead of on every call): :meth:`_prepared_context`."""
+        before its next call (its submodules, found once instead of on every call): :meth:`_prepared_record`."""
         if folded is not None and folded is self._folded:
             inference = next(t for t in folded if t is not None).is_inference()
             self._prepared = (folded, key, arguments, inference, context)
 
-    def _prepared_context(self):
-        """The `context` kept by :meth:`_prepare_call` while its fold is current, else None."""
-        prepared = self._prepared
-        if prepared is None or prepared[0] is not self._folded:
-            return None
-        return prepared[4]
-
-    def _prepared_arguments(self, input, key):
-        """The arguments :meth:`_prepare_call` kept, when the call on `input` would be made the same way again:
-        the frozen fold still current, `key` the same objects, an eager call of the native kernel on a plain CPU
-        tensor, and folded inference tensors only under inference mode. Else None. This skips the fused path's
-        Python (folding check, packing check, argument normalisation): ~6 us of a block's ~15 us fixed cost."""
+    def _prepared_record(self, input):
+        """What :meth:`_prepare_call` kept, ``(folded, key, arguments, inference, context)``, where a call on
+        `input` may be made the same way again as far as the fold and the input tell: the frozen fold still
+        current, an eager call of the native kernel on a plain CPU tensor, and folded inference tensors only under
+        inference mode. Else None. The caller compares the key (:meth:`_prepared_arguments`)."""
         prepared = self._prepared
         if (prepared is None or prepared[0] is not self._folded or not _backend.runs_native_eagerly(input)
                 or (prepared[3] and not torch.is_inference_mode_enabled())):
             return None
-        kept = prepared[1]
-        if len(kept) != len(key) or not all(map(operator.is_, kept, key)):
+        return prepared
+
+    def _prepared_arguments(self, input, key):
+        """The arguments :meth:`_prepare_call` kept, when the call on `input` would be made the same way again:
+        :meth:`_prepared_record`, and `key` the same objects. Else None. This skips the fused path's Python
+        (folding check, packing check, argument normalisation): ~6 us of a block's ~15 us fixed cost."""
+        prepared = self._prepared_record(input)
+        if prepared is None or not same_objects(prepared[1], key):
             return None
         return prepared[2]
 
@@ -144,6 +143,12 @@ class FoldedWeights:
         state.setdefault("_frozen", False)
         super().__setstate__(state)
         self._folded = None
+
+
+def same_objects(kept, key) -> bool:
+    """Whether tuples `kept` and `key` hold the same objects, position by position (identity, not equality: a
+    reassigned attribute is a new object even where it compares equal)."""
+    return len(kept) == len(key) and all(map(operator.is_, kept, key))
 
 
 def _constants(folded):

@@ -2,9 +2,10 @@ import torch
 from torch import nn
 
 from ..ops.activations import activation, activation_name
+from ..ops import _library
 from ..ops.dwpw_conv2d import dwpw_conv2d, pack_weights
 from .depthwise import DepthwiseConv2d
-from .freeze import FoldedWeights
+from .freeze import FoldedWeights, same_objects
 from .inverted_residual import _fold, _runs_unfused
 
 
@@ -36,11 +37,13 @@ class DepthwiseSeparableBlock(FoldedWeights, nn.Module):
         if not torch.compiler.is_compiling():
             # Frozen and called before: the native call made then, without the fused path's Python (the fold and
             # packing checks, the wrapper's normalisation), while its stages (kept with it) run on running statistics.
-            stages = self._prepared_context()
-            if stages is not None and not _runs_unfused(stages[0], stages[1]):
-                out = self._call_prepared("dwpw_conv2d", input, self._call_key(stages[0]))
-                if out is not NotImplemented:
-                    return out
+            prepared = self._prepared_record(input)
+            if prepared is not None:
+                dw, batch_norms = prepared[4]
+                if not _runs_unfused(dw, batch_norms) and same_objects(prepared[1], self._call_key(dw)):
+                    out = _library.eager_native("dwpw_conv2d")(input, *prepared[2])
+                    if out is not NotImplemented:
+                        return out
         dw, bn_dw, _, bn_pw = self._stages()
         batch_norms = tuple(bn for bn in (bn_dw, bn_pw) if bn is not None)
         if _runs_unfused(dw, batch_norms):
