@@ -241,9 +241,7 @@ class _InvertedResidualTraining(torch.autograd.Function):
         act = spec.activation
         g_projected, g_project_g, g_project_b = ops._batch_norm_activation_backward(
             grad, projected, project_g, project_b, mean3, invstd3, "none", [True, needs[8], needs[9]])
-        # The depthwise stage's activations again, from the saved statistics (the same bits as forward).
-        dw_input = x if expand_w is None else ops._batch_norm_activation_apply(expanded, expand_g, expand_b, mean1,
-                                                                                invstd1, act)
+        # The depthwise stage's output activation again, from the saved statistics (the same bits as forward).
         project_input = ops._batch_norm_activation_apply(dw_output, dw_g, dw_b, mean2, invstd2, act)
         se_grads = ()
         se_input = None
@@ -272,6 +270,11 @@ class _InvertedResidualTraining(torch.autograd.Function):
         g_dw_g, g_dw_b = ops._batch_norm_activation_backward_(g_hidden, dw_output, dw_g, dw_b, mean2, invstd2, act,
                                                               [needs[5], needs[6]])
         del dw_output
+        # The depthwise input again (the same bits as forward), just before the depthwise backward reads it: still in
+        # the last-level cache there, where made before the projection's backward it was evicted by the four tensors
+        # of the expanded width that backward and the batch norm's read and write.
+        dw_input = x if expand_w is None else ops._batch_norm_activation_apply(expanded, expand_g, expand_b, mean1,
+                                                                                invstd1, act)
         g_hidden, g_dw_w, _ = ops._depthwise_conv2d_backward(g_hidden, dw_input, dw_w, spec.stride, spec.padding,
                                                              spec.dilation,
                                                              [needs[0] or expand_w is not None, needs[4], False])
