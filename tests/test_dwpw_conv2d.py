@@ -502,15 +502,20 @@ def test_packed_weights_of_another_convolution_are_refused():
     assert pack_weights(x.to("meta"), *[w.to("meta") for w in weights]) is None
 
 
-def test_frozen_module_packs_once_and_again_after_a_load(monkeypatch):
+def _counted_module(monkeypatch, function):
+    """A DepthwiseSeparableConv2d in eval mode with random batch-norm statistics, its unfused twin, an input, and
+    the list that each call of `function` of fusedops.nn.separable (spied on) appends to."""
     module = fusedops.nn.separable
     m = fusedops.nn.DepthwiseSeparableConv2d(8, 16).eval()
     _randomize_bn(m)
-    ref = UnfusedSeparable(m).eval()
-    packs = []
-    real = module.pack_weights
-    monkeypatch.setattr(module, "pack_weights", lambda *a, **k: packs.append(1) or real(*a, **k))
-    x = make_input((1, 8, 7, 7), "channels_last")
+    calls = []
+    real = getattr(module, function)
+    monkeypatch.setattr(module, function, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return m, UnfusedSeparable(m).eval(), make_input((1, 8, 7, 7), "channels_last"), calls
+
+
+def test_frozen_module_packs_once_and_again_after_a_load(monkeypatch):
+    m, ref, x, packs = _counted_module(monkeypatch, "pack_weights")
     with torch.no_grad():
         m(x)
         assert packs == []  # not frozen: folded and laid out on every call
@@ -528,14 +533,7 @@ def test_frozen_module_packs_once_and_again_after_a_load(monkeypatch):
 def test_frozen_module_reuses_its_prepared_call_until_the_module_changes(monkeypatch):
     # After the first frozen call, the next ones go straight to the native op with the arguments it prepared;
     # reassigned geometry or a new fold takes the full fused path again, a batch norm in train mode the unfused one.
-    module = fusedops.nn.separable
-    m = fusedops.nn.DepthwiseSeparableConv2d(8, 16).eval()
-    _randomize_bn(m)
-    ref = UnfusedSeparable(m).eval()
-    full_calls = []
-    real = module.dwpw_conv2d
-    monkeypatch.setattr(module, "dwpw_conv2d", lambda *a, **k: full_calls.append(1) or real(*a, **k))
-    x = make_input((1, 8, 7, 7), "channels_last")
+    m, ref, x, full_calls = _counted_module(monkeypatch, "dwpw_conv2d")
     m.freeze()
     with torch.no_grad():
         y = m(x)
