@@ -49,13 +49,12 @@ class DepthwiseSeparableBlock(FoldedWeights, nn.Module):
         if _runs_unfused(dw, batch_norms):
             return self._forward_unfused(input)
         folded = self.folded_weights()
-        key = self._call_key(dw)
-        args = key
+        args = self._call_key(dw)  # also the prepared call's key
         # Frozen: the CPU kernel's layout of the folded weights is made once too (at batch 1 on small maps laying
         # out the 1x1 weights costs more than the GEMM's faster orientation saves).
         packed = self._packed_weights(folded, input, "dwpw_conv2d", lambda: pack_weights(input, *folded, *args))
         if packed is not None:
-            self._prepare_call(folded, key, (*folded, *args, packed), (dw, batch_norms))
+            self._prepare_call(folded, args, (*folded, *args, packed), (dw, batch_norms))
         return dwpw_conv2d(input, *folded, *args, packed_weights=packed)
 
     def _call_key(self, dw):
