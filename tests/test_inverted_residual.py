@@ -415,6 +415,32 @@ def test_parity_project_shared_by_vectors(shape, hidden, cout, se, layout, threa
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", (2, 3))
+@pytest.mark.parametrize("layout", ("channels_last", "nchw"))
+@pytest.mark.parametrize("case", (
+    dict(shape=(1, 48, 1, 1), hidden=288, cout=48, se=dict(squeeze=72)),  # a 1x1 map, residual
+    dict(shape=(1, 32, 4, 4), hidden=192, cout=40, kernel=5, activation="silu",
+         se=dict(squeeze=48, gate="sigmoid", activation="silu")),
+    dict(shape=(1, 24, 6, 7), hidden=144, cout=24, stride=2, activation="hardswish", se=dict(squeeze=36)),
+    dict(shape=(1, 96, 3, 3), hidden=96, cout=96, expand=False, se=dict(squeeze=24, biases=False), biases=False),
+    dict(shape=(1, 64, 5, 5), hidden=384, cout=64),  # no squeeze-excitation
+    dict(shape=(1, 40, 2, 2), hidden=240, cout=40, dtype=torch.float64, se=dict(squeeze=64)),
+    dict(shape=(1, 40, 2, 3), hidden=240, cout=40, dtype=torch.bfloat16, se=dict(squeeze=64)),
+))
+def test_parity_hidden_slices(case, layout, threads):
+    # One image on a small map: each thread takes a slice of the hidden channels through expand, depthwise, the
+    # squeeze-excitation's reduce (a partial vector per slice), its gates and the project GEMM (a partial output
+    # per slice, added up afterwards).
+    case = dict(case)
+    shape, hidden, cout = case.pop("shape"), case.pop("hidden"), case.pop("cout")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_inverted_residual_parity(shape, hidden, cout, layout=layout, backward=False, **case)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_squeeze_excitation_large_map_expands_in_slices():
     # 96x96 expanded slices of 64 channels exceed a band's tile budget: the image is expanded a few panels at a
     # time.

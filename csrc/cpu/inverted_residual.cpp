@@ -63,6 +63,9 @@ int64_t image_bytes() {
 }
 constexpr double kImageSyncMacs = 5e5;
 constexpr int64_t kImagePixelChunk = 64;
+// The largest output (pixels x channels) of one image whose block runs as slices of its hidden channels, each
+// thread's slice through every step (forward_cpu): each slice writes a partial output of this size, added up after.
+constexpr int64_t kSplitHiddenOutputs = 8192;
 
 // The whole-image plan's project step: its pixels cut into `chunks` chunks of `pixels` (the last may be shorter),
 // each chunk a work item per project panel of each image.
@@ -479,6 +482,91 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
         if (se) channel_sums(mid, 0, out_pixels, h0, h1, image_sums);
       }
     };
+    // One image on a small map (the late blocks at batch 1): one parallel step, each thread carrying a slice of the
+    // hidden channels through the whole block instead of waking the pool for each step.
+    if (kConcurrentChunks && g.batch == 1 && partner == nullptr && out_pixels * OC <= kSplitHiddenOutputs) {
+      const int64_t block_macs =
+          (geo.expand ? in_pixels * C * H : 0) + out_pixels * H * (T + OC) + (se ? 2 * S * H : 0);
+      const int64_t slices = work_items(block_macs, std::min(threads, hidden_panels));
+      const int64_t out_elems = out_pixels * OC, bias_elems = project.num_panels() * kNr;
+      // Per slice: its partial output and (squeeze-excitation) its partial reduced vector and the reduced vector;
+      // then zeros, the bias of every slice's partial output but the first.
+      acc* partial_out =
+          thread_scratch<acc>(slices * (out_elems + 2 * squeezed_ld) + bias_elems + V, ScratchSlot::kTileOut);
+      acc* partial_squeezed = partial_out + slices * out_elems;
+      acc* slice_squeezed = partial_squeezed + slices * squeezed_ld;
+      acc* zero_bias = slice_squeezed + slices * squeezed_ld;
+      std::fill(zero_bias, zero_bias + bias_elems, acc(0));
+      auto hidden_of = [&](int64_t slice) { return std::min(H, slice * hidden_panels / slices * kNr); };
+      ItemBarrier squeezed_ready(slices);
+      at::parallel_for(0, slices, 1, [&](int64_t s0, int64_t s1) {
+        // (1) expand + depthwise of the slice's channels; with a squeeze-excitation their sums and the reduce
+        // rows' products with them (the reduce GEMV split over its columns).
+        for (int64_t slice = s0; slice < s1; ++slice) {
+          const int64_t h0 = hidden_of(slice), h1 = hidden_of(slice + 1);
+          depthwise_image(0, slice * hidden_panels / slices, (slice + 1) * hidden_panels / slices, mids, sums);
+          if (se) {
+            matrix_rows_times_vectors<acc>(weights.se_reduce + h0, H, h1 - h0, 0, S, nullptr, acc(1), sums + h0,
+                                           sums_ld, 1, partial_squeezed + slice * squeezed_ld, squeezed_ld);
+          }
+        }
+        if (se) squeezed_ready.arrive_and_wait(s1 - s0);
+        for (int64_t slice = s0; slice < s1; ++slice) {
+          const int64_t h0 = hidden_of(slice), h1 = hidden_of(slice + 1);
+          if (se) {
+            // (2) the reduced vector (the slices' products added in slice order, the same in every thread), the
+            // gates of the slice's channels, and those channels of the depthwise outputs scaled by them.
+            acc* squeezed_vector = slice_squeezed + slice * squeezed_ld;
+            const acc inverse_pixels = acc(1) / static_cast<acc>(out_pixels);
+            for (int64_t j = 0; j < S; ++j) {
+              acc product = partial_squeezed[j];
+              for (int64_t t = 1; t < slices; ++t) product += partial_squeezed[t * squeezed_ld + j];
+              squeezed_vector[j] =
+                  (weights.se_reduce_bias ? weights.se_reduce_bias[j] : acc(0)) + inverse_pixels * product;
+            }
+            map_in_place(squeezed_vector, S,
+                         [&](const at::vec::Vectorized<acc>& v) { return apply_activation(geo.se_activation, v); });
+            matrix_rows_times_vectors<acc>(weights.se_expand, S, S, h0, h1, weights.se_expand_bias, acc(1),
+                                           squeezed_vector, squeezed_ld, 1, gates, sums_ld);
+            apply_gate(geo.se_gate, gates + h0, h1 - h0);
+            for (int64_t q = 0; q < out_pixels; ++q)
+              scale_channels(mids + q * H + h0, mids + q * H + h0, 1, h1 - h0, gates + h0);
+          }
+          // (3) the project GEMM of the slice's channels (the bias in the first slice's).
+          const PackedPointwise<acc> part = project.k_range(h0, h1, slice == 0 ? project.bias : zero_bias);
+          pointwise_gemm<acc, acc>(part, 0, part.num_panels(), mids + h0, H, out_pixels,
+                                   partial_out + slice * out_elems, OC, Activation::kNone);
+        }
+      });
+      // The partial outputs added up in slice order, the activation, the residual.
+      const scalar_t* residual = geo.residual ? in : nullptr;
+      acc* row = thread_scratch<acc>(OC + V, ScratchSlot::kTile);
+      for (int64_t q = 0; q < out_pixels; ++q) {
+        for (int64_t c = 0; c < OC; c += V) {
+          const int64_t m = std::min(V, OC - c);
+          auto sum = at::vec::Vectorized<acc>::loadu(partial_out + q * OC + c, m);
+          for (int64_t slice = 1; slice < slices; ++slice)
+            sum += at::vec::Vectorized<acc>::loadu(partial_out + slice * out_elems + q * OC + c, m);
+          sum = apply_activation(acts.project, sum);
+          if (out_channels_last) {
+            store_acc(o + q * OC + c, sum, m);
+          } else {
+            sum.store(row + c, m);
+          }
+        }
+        if (out_channels_last) {
+          if (residual != nullptr) add_residual(o + q * OC, residual + q * in_stride, OC);
+          continue;
+        }
+        for (int64_t c = 0; c < OC; ++c) {
+          scalar_t value = static_cast<scalar_t>(row[c]);
+          if (residual != nullptr)
+            value = static_cast<scalar_t>(static_cast<acc>(value) + static_cast<acc>(residual[q * in_stride + c]));
+          o[c * out_pixels + q] = value;
+        }
+      }
+      return;
+    }
     for (int64_t n0 = 0; n0 < g.batch; n0 += round_images) {
       const int64_t images = std::min(round_images, g.batch - n0);
       if (plan.whole_images) {

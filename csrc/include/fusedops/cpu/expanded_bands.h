@@ -10,9 +10,13 @@
 #include "fusedops/cpu/cache_size.h"
 #include "fusedops/cpu/vec_io.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 
 namespace fusedops {
 namespace cpu {
@@ -34,6 +38,38 @@ inline constexpr int64_t kMinWorkItemMacs = 1 << 15;
 inline int64_t work_items(int64_t macs, int64_t most) {
   return std::max<int64_t>(1, std::min(most, macs / kMinWorkItemMacs));
 }
+
+// Whether the chunks of one at::parallel_for region all run at the same time, so that they may wait for each other
+// (ItemBarrier): ATen's OpenMP backend runs each thread's chunk, at most one, in one team (or the whole range on the
+// calling thread, inside another region); other backends may queue chunks behind each other.
+#if AT_PARALLEL_OPENMP
+inline constexpr bool kConcurrentChunks = true;
+#else
+inline constexpr bool kConcurrentChunks = false;
+#endif
+
+// The chunks of one parallel region waiting for each other between two steps: each arrives with the count of items
+// it ran and waits until all `items` have arrived. Only where kConcurrentChunks.
+class ItemBarrier {
+ public:
+  explicit ItemBarrier(int64_t items) : items_(items) {}
+  void arrive_and_wait(int64_t count) {
+    arrived_.fetch_add(count, std::memory_order_acq_rel);
+    for (int64_t spins = 0; arrived_.load(std::memory_order_acquire) < items_; ++spins) {
+      if (spins < (1 << 14)) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();  // more threads than cores
+      }
+    }
+  }
+
+ private:
+  std::atomic<int64_t> arrived_{0};
+  const int64_t items_;
+};
 
 // dst[i] += residual[i] for i < count, in the accumulation type (the output was rounded to scalar_t first, as the
 // unfused sequence rounds the project convolution's output before the add).

@@ -34,9 +34,24 @@ struct PackedPointwise {
   const acc* panels = nullptr;  // [panels][K][kNr]
   const acc* bias = nullptr;    // [panels * kNr], zero-padded
   int64_t k = 0, n = 0;
+  int64_t k_stride = 0;  // K of the packed panels: more than k in a k_range view
 
   int64_t num_panels() const {
     return (n + kNr - 1) / kNr;
+  }
+  // Elements from one panel to the next.
+  int64_t panel_stride() const {
+    return (k_stride > 0 ? k_stride : k) * kNr;
+  }
+  // The rows [k0, k1) of K, read in place, with `range_bias` ([panels * kNr]) for bias: the GEMM of the input
+  // channels [k0, k1) alone (a K-split GEMM's partial product).
+  PackedPointwise k_range(int64_t k0, int64_t k1, const acc* range_bias) const {
+    PackedPointwise view = *this;
+    view.panels = panels + k0 * kNr;
+    view.bias = range_bias;
+    view.k = k1 - k0;
+    view.k_stride = k_stride > 0 ? k_stride : k;
+    return view;
   }
   static int64_t panel_elements(int64_t k) {
     return k * kNr;
@@ -348,7 +363,7 @@ void pointwise_gemm(const PackedPointwise<acc>& p, int64_t panel_begin, int64_t 
                     int64_t rows, out_t* c, int64_t ldc, Activation act) {
   using P = PackedPointwise<acc>;
   const detail::PointwiseRowBlocks<acc> blocks(rows);
-  const int64_t panel_stride = p.k * P::kNr;
+  const int64_t panel_stride = p.panel_stride();
   for (int64_t j = panel_begin; j < panel_end; ++j) {
     // One or two rows: several panels a block (pointwise_micro_panels).
     const int64_t left = panel_end - j;
@@ -397,7 +412,7 @@ void pointwise_gemm_vectors(const PackedPointwise<acc>& p, int64_t vector_begin,
     const int64_t col = v * V;
     const int64_t cols = std::min(V, p.n - col);
     if (cols <= 0) return;
-    const acc* panel = p.panels + (v / 2) * p.k * P::kNr + (v % 2) * V;  // a second vector read in place
+    const acc* panel = p.panels + (v / 2) * p.panel_stride() + (v % 2) * V;  // a second vector read in place
     for (int64_t b = 0; b < blocks.count; ++b) {
       const int64_t r = blocks.begin(b), h = blocks.height(b);
       detail::pointwise_rows<acc, out_t>(h, p.k, a + r * lda, lda, h, panel, p.bias + col, c + r * ldc + col, ldc, cols,

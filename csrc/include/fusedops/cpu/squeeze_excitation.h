@@ -126,16 +126,16 @@ struct SqueezeExcitationWeights {
 };
 
 // out[k * out_ld + r] = bias[r] + scale * (row r of `matrix` . x_k) for rows [r0, r1) of the row-major matrix (rows
-// of ld values) and the vectors x_k = x + k * x_ld, k < images (bias may be null: zeros). Rows go four at a time
-// (dot_rows), each group dotted with every image's vector while it is in L1.
+// of n values, ld apart: n < ld dots the first n columns) and the vectors x_k = x + k * x_ld, k < images (bias may be
+// null: zeros). Rows go four at a time (dot_rows), each group dotted with every image's vector while it is in L1.
 template <typename acc>
-void matrix_rows_times_vectors(const acc* matrix, int64_t ld, int64_t r0, int64_t r1, const acc* bias, acc scale,
-                               const acc* x, int64_t x_ld, int64_t images, acc* out, int64_t out_ld) {
+void matrix_rows_times_vectors(const acc* matrix, int64_t ld, int64_t n, int64_t r0, int64_t r1, const acc* bias,
+                               acc scale, const acc* x, int64_t x_ld, int64_t images, acc* out, int64_t out_ld) {
   for (int64_t j = r0; j < r1; j += 4) {
     const int64_t rows = std::min<int64_t>(4, r1 - j);
     for (int64_t k = 0; k < images; ++k) {
       acc dots[4];
-      dot_rows(matrix + j * ld, ld, rows, x + k * x_ld, ld, dots);
+      dot_rows(matrix + j * ld, ld, rows, x + k * x_ld, n, dots);
       for (int64_t r = 0; r < rows; ++r) out[k * out_ld + j + r] = (bias ? bias[j + r] : acc(0)) + scale * dots[r];
     }
   }
@@ -152,7 +152,7 @@ void squeeze_excitation_gates(const SqueezeExcitationWeights<acc>& w, int64_t C,
                               acc* squeezed, int64_t squeezed_ld, acc* gates, int64_t gates_ld) {
   // squeezed = activation(reduce . mean + reduce_bias), a range of its S rows per thread.
   at::parallel_for(0, S, std::max<int64_t>(1, kMinWorkItemMacs / (C * images)), [&](int64_t j0, int64_t j1) {
-    matrix_rows_times_vectors(w.reduce, C, j0, j1, w.reduce_bias, inverse_pixels, sums, sums_ld, images, squeezed,
+    matrix_rows_times_vectors(w.reduce, C, C, j0, j1, w.reduce_bias, inverse_pixels, sums, sums_ld, images, squeezed,
                               squeezed_ld);
     for (int64_t k = 0; k < images; ++k) {
       map_in_place(squeezed + k * squeezed_ld + j0, j1 - j0,
@@ -161,7 +161,7 @@ void squeeze_excitation_gates(const SqueezeExcitationWeights<acc>& w, int64_t C,
   });
   // gate = gate(expand . squeezed + expand_bias), a range of the C channels per thread.
   at::parallel_for(0, C, std::max<int64_t>(1, kMinWorkItemMacs / (S * images)), [&](int64_t c0, int64_t c1) {
-    matrix_rows_times_vectors(w.expand, S, c0, c1, w.expand_bias, acc(1), squeezed, squeezed_ld, images, gates,
+    matrix_rows_times_vectors(w.expand, S, S, c0, c1, w.expand_bias, acc(1), squeezed, squeezed_ld, images, gates,
                               gates_ld);
     for (int64_t k = 0; k < images; ++k) apply_gate(gate, gates + k * gates_ld + c0, c1 - c0);
   });
