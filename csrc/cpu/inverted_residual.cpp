@@ -46,6 +46,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <exception>
 #include <numeric>
 #include <type_traits>
 
@@ -505,15 +506,23 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
       at::parallel_for(0, slices, 1, [&](int64_t s0, int64_t s1) {
         // (1) expand + depthwise of the slice's channels; with a squeeze-excitation their sums and the reduce
         // rows' products with them (the reduce GEMV split over its columns).
-        for (int64_t slice = s0; slice < s1; ++slice) {
-          const int64_t h0 = hidden_of(slice), h1 = hidden_of(slice + 1);
-          depthwise_image(0, slice * hidden_panels / slices, (slice + 1) * hidden_panels / slices, mids, sums);
-          if (se) {
-            matrix_rows_times_vectors<acc>(weights.se_reduce + h0, H, h1 - h0, 0, S, nullptr, acc(1), sums + h0,
-                                           sums_ld, 1, partial_squeezed + slice * squeezed_ld, squeezed_ld);
+        // A step that throws (a scratch buffer not allocated) still arrives, so that no thread waits forever; the
+        // exception then leaves the region (at::parallel_for rethrows it on the calling thread).
+        std::exception_ptr failure;
+        try {
+          for (int64_t slice = s0; slice < s1; ++slice) {
+            const int64_t h0 = hidden_of(slice), h1 = hidden_of(slice + 1);
+            depthwise_image(0, slice * hidden_panels / slices, (slice + 1) * hidden_panels / slices, mids, sums);
+            if (se) {
+              matrix_rows_times_vectors<acc>(weights.se_reduce + h0, H, h1 - h0, 0, S, nullptr, acc(1), sums + h0,
+                                             sums_ld, 1, partial_squeezed + slice * squeezed_ld, squeezed_ld);
+            }
           }
+        } catch (...) {
+          failure = std::current_exception();
         }
         if (se) squeezed_ready.arrive_and_wait(s1 - s0);
+        if (failure) std::rethrow_exception(failure);
         for (int64_t slice = s0; slice < s1; ++slice) {
           const int64_t h0 = hidden_of(slice), h1 = hidden_of(slice + 1);
           if (se) {
