@@ -339,6 +339,24 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
                                         {dst, g.out_w * H, H}, r0, c0, c1);
     depthwise_nhwc_rows(t, geom, r1, epilogue);
   };
+  // NCHW output: pixels [first, first + count) of image n, channels [c0, c1), from `staged` (count x ldc, channel
+  // c0 first), rounded to scalar_t before the residual is added, as the unfused sequence rounds.
+  auto store_planes = [&](int64_t n, int64_t first, int64_t count, int64_t c0, int64_t c1, const acc* staged,
+                          int64_t ldc) {
+    const scalar_t* residual = geo.residual ? in + (n * out_pixels + first) * in_stride : nullptr;
+    scalar_t* plane = o + n * OC * out_pixels + first;
+    for (int64_t c = c0; c < c1; ++c) {
+      scalar_t* dst = plane + c * out_pixels;
+      const acc* src = staged + (c - c0);
+      if (residual != nullptr) {
+        for (int64_t q = 0; q < count; ++q)
+          dst[q] = static_cast<scalar_t>(static_cast<acc>(static_cast<scalar_t>(src[q * ldc])) +
+                                         static_cast<acc>(residual[q * in_stride + c]));
+      } else {
+        for (int64_t q = 0; q < count; ++q) dst[q] = static_cast<scalar_t>(src[q * ldc]);
+      }
+    }
+  };
   // Output pixels [first, first + count) of image n, the channels of project panels [p0, p1), from `mid` (those
   // pixels' depthwise outputs), then the residual: the output's pixels are the input's (stride 1, same size).
   // With a partner, its channels and the block's are interleaved on the way out, from a staging tile.
@@ -382,18 +400,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
     const int64_t ldc = c1 - c0 + V;
     acc* staged = thread_scratch<acc>(count * ldc + V, ScratchSlot::kTileOut);
     pointwise_gemm_vectors<acc, acc>(project, v0, v1, mid, H, count, staged - c0, ldc, acts.project);
-    scalar_t* plane = o + n * OC * out_pixels + first;
-    for (int64_t c = c0; c < c1; ++c) {
-      scalar_t* dst = plane + c * out_pixels;
-      const acc* src = staged + (c - c0);
-      if (residual != nullptr) {
-        for (int64_t q = 0; q < count; ++q)
-          dst[q] = static_cast<scalar_t>(static_cast<acc>(static_cast<scalar_t>(src[q * ldc])) +
-                                         static_cast<acc>(residual[q * in_stride + c]));
-      } else {
-        for (int64_t q = 0; q < count; ++q) dst[q] = static_cast<scalar_t>(src[q * ldc]);
-      }
-    }
+    store_planes(n, first, count, c0, c1, staged, ldc);
   };
 
   // Strip `strip` of image n, band by band (expanded rows, halo included -> depthwise rows; for_each_expanded_band
@@ -501,7 +508,8 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
       acc* slice_squeezed = partial_squeezed + slices * squeezed_ld;
       acc* zero_bias = slice_squeezed + slices * squeezed_ld;
       std::fill(zero_bias, zero_bias + bias_elems, acc(0));
-      auto hidden_of = [&](int64_t slice) { return std::min(H, slice * hidden_panels / slices * kNr); };
+      auto panel_of = [&](int64_t slice) { return slice * hidden_panels / slices; };  // its first hidden panel
+      auto hidden_of = [&](int64_t slice) { return std::min(H, panel_of(slice) * kNr); };
       ItemBarrier squeezed_ready(slices);
       at::parallel_for(0, slices, 1, [&](int64_t s0, int64_t s1) {
         // (1) expand + depthwise of the slice's channels; with a squeeze-excitation their sums and the reduce
@@ -512,7 +520,7 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
         try {
           for (int64_t slice = s0; slice < s1; ++slice) {
             const int64_t h0 = hidden_of(slice), h1 = hidden_of(slice + 1);
-            depthwise_image(0, slice * hidden_panels / slices, (slice + 1) * hidden_panels / slices, mids, sums);
+            depthwise_image(0, panel_of(slice), panel_of(slice + 1), mids, sums);
             if (se) {
               matrix_rows_times_vectors<acc>(weights.se_reduce + h0, H, h1 - h0, 0, S, nullptr, acc(1), sums + h0,
                                              sums_ld, 1, partial_squeezed + slice * squeezed_ld, squeezed_ld);
@@ -550,32 +558,26 @@ void forward_cpu(const Tensor& input /*channels-last*/, const c10::optional<Tens
                                    partial_out + slice * out_elems, OC, Activation::kNone);
         }
       });
-      // The partial outputs added up in slice order, the activation, the residual.
-      const scalar_t* residual = geo.residual ? in : nullptr;
-      acc* row = thread_scratch<acc>(OC + V, ScratchSlot::kTile);
-      for (int64_t q = 0; q < out_pixels; ++q) {
-        for (int64_t c = 0; c < OC; c += V) {
-          const int64_t m = std::min(V, OC - c);
-          auto sum = at::vec::Vectorized<acc>::loadu(partial_out + q * OC + c, m);
-          for (int64_t slice = 1; slice < slices; ++slice)
-            sum += at::vec::Vectorized<acc>::loadu(partial_out + slice * out_elems + q * OC + c, m);
-          sum = apply_activation(acts.project, sum);
-          if (out_channels_last) {
-            store_acc(o + q * OC + c, sum, m);
-          } else {
-            sum.store(row + c, m);
-          }
-        }
+      // The partial outputs added up in slice order, the activation, then the residual: channels-last straight into
+      // the output, NCHW staged in the first slice's partial output.
+      for (int64_t e = 0; e < out_elems; e += V) {
+        const int64_t m = std::min(V, out_elems - e);
+        auto sum = at::vec::Vectorized<acc>::loadu(partial_out + e, m);
+        for (int64_t slice = 1; slice < slices; ++slice)
+          sum += at::vec::Vectorized<acc>::loadu(partial_out + slice * out_elems + e, m);
+        sum = apply_activation(acts.project, sum);
         if (out_channels_last) {
-          if (residual != nullptr) add_residual(o + q * OC, residual + q * in_stride, OC);
-          continue;
+          store_acc(o + e, sum, m);
+        } else {
+          sum.store(partial_out + e, m);
         }
-        for (int64_t c = 0; c < OC; ++c) {
-          scalar_t value = static_cast<scalar_t>(row[c]);
-          if (residual != nullptr)
-            value = static_cast<scalar_t>(static_cast<acc>(value) + static_cast<acc>(residual[q * in_stride + c]));
-          o[c * out_pixels + q] = value;
-        }
+      }
+      if (!out_channels_last) {
+        store_planes(0, 0, out_pixels, 0, OC, partial_out, OC);
+        return;
+      }
+      if (geo.residual) {
+        for (int64_t q = 0; q < out_pixels; ++q) add_residual(o + q * OC, in + q * in_stride, OC);
       }
       return;
     }
