@@ -3,6 +3,7 @@
 import importlib
 import os
 import warnings
+from typing import Optional
 
 import torch
 
@@ -44,10 +45,12 @@ def triton_interpreter_enabled() -> bool:
     return _TRITON_INTERPRET
 
 
-def eager_op(name: str):
+def eager_op(name: str, template: Optional[tuple] = None):
     """The fast eager callable of native op `name` (csrc/runtime/eager_call.cpp): the op's result, or
-    NotImplemented for arguments it leaves to ``torch.ops`` (non-plain types, ``__torch_function__``)."""
-    return _C._eager_op(name)
+    NotImplemented for arguments it leaves to ``torch.ops`` (non-plain types, ``__torch_function__``).
+    With `template` (the op's leading arguments, ``...`` where each call gives one), bound to those arguments,
+    converted once: None where one is not of a plain type."""
+    return _C._eager_op(name) if template is None else _C._eager_op(name, template)
 
 
 def shared_facts() -> dict:

@@ -181,3 +181,42 @@ def test_subclasses_opting_out_of_torch_function_take_the_fast_path():
         out = fast(x.as_subclass(Plain), 2)
         assert out is not NotImplemented and torch.equal(out, F.channel_shuffle(x, 2))
     assert fast(x.as_subclass(LoggingTensor), 2) is NotImplemented
+
+
+def test_bound_call_gives_the_unbound_result():
+    x, w, b, stride, padding, dilation = _depthwise_args()
+    expected = torch.ops.fusedops.depthwise_conv2d(x, w, b, stride, padding, dilation)
+    # The input given at each call; weights and options converted once.
+    bound = _library.bound_native("depthwise_conv2d", (..., w, b, stride, padding, dilation))
+    assert torch.equal(bound(x), expected)
+    # Holes anywhere, filled in order.
+    bound = _library.bound_native("depthwise_conv2d", (..., w, ..., stride, padding, dilation))
+    assert torch.equal(bound(x, b), expected)
+    assert torch.equal(bound(x, None), torch.ops.fusedops.depthwise_conv2d(x, w, None, stride, padding, dilation))
+    # Later arguments left out take their defaults (dwpw_conv2d's packed_weights=None).
+    pw_w, pw_b = torch.randn(5, 4, 1, 1), torch.randn(5)
+    args = (w, b, pw_w, pw_b, stride, padding, dilation, "relu", "none")
+    bound = _library.bound_native("dwpw_conv2d", (..., *args))
+    assert torch.equal(bound(x), torch.ops.fusedops.dwpw_conv2d(x, *args))
+    # Bound tensors are the same objects: an in-place change is seen (as a prepared call's frozen weights are not
+    # changed behind its back, this only pins down what binding keeps).
+    bound = _library.bound_native("depthwise_conv2d", (..., w, None, stride, padding, dilation))
+    w.mul_(2)
+    assert torch.equal(bound(x), torch.ops.fusedops.depthwise_conv2d(x, w, None, stride, padding, dilation))
+
+
+def test_bound_call_leaves_what_it_cannot_take_to_torch_ops():
+    x, w, b, stride, padding, dilation = _depthwise_args()
+    # A template argument of a non-plain type, or too many or too few of them: nothing bound.
+    assert _library.bound_native("depthwise_conv2d", (..., w, b, torch.Size(stride), padding, dilation)) is None
+    assert _library.bound_native("depthwise_conv2d", (..., w, b, stride, padding, dilation, 1)) is None
+    assert _library.bound_native("depthwise_conv2d", (...,)) is None
+    bound = _library.bound_native("depthwise_conv2d", (..., w, b, stride, padding, dilation))
+    # A call with the wrong number of arguments for the holes, a non-plain one, under a torch-function mode.
+    assert bound() is NotImplemented and bound(x, x) is NotImplemented
+    assert bound(x.as_subclass(LoggingTensor)) is NotImplemented
+    with RecordingMode():
+        assert bound(x) is NotImplemented
+    # The op's own errors raised as through torch.ops.
+    with pytest.raises(RuntimeError, match="input must be a 4-D"):
+        bound(torch.randn(4, 7, 6))

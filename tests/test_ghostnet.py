@@ -209,6 +209,11 @@ def test_identity_bottleneck_inference_runs_both_ghost_modules_as_one_op(layout,
         again = module(x)  # frozen: the call prepared by the first one
     assert_close_scaled(y, expected, **TOL, name="output")
     torch.testing.assert_close(again, y, rtol=0, atol=0)
+    # Other inputs, and with them other shortcuts: the prepared call takes each call's own.
+    other = make_input((n, 24, h, w), layout, dtype=torch.float64)
+    with torch.inference_mode():
+        for input in (other, x, other):
+            assert_close_scaled(module(input), ref(input), **TOL, name="output of another input")
     # New weights of ghost2 alone (its refold) are seen by the next call.
     state = {k: v * 0.5 if k.startswith("ghost2.primary_conv.0") else v for k, v in ref.state_dict().items()}
     ref.load_state_dict(state)

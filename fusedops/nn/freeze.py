@@ -80,46 +80,38 @@ class FoldedWeights:
                 cached = self._packed = (folded, pack())
         return cached[1]
 
-    def _prepare_call(self, folded, key, arguments, context=None):
-        """Remembers `arguments` (after the input) of the eager native call the fused path just made on the frozen
-        fold `folded`, for :meth:`_prepared_arguments` to hand back while that fold is current and `key` (the
-        block's geometry and options, compared by identity) unchanged. `context` is what the block needs to check
-        before its next call (its submodules, found once instead of on every call): :meth:`_prepared_record`."""
+    def _prepare_call(self, op_name, folded, key, arguments, context=None, residual_at=None):
+        """Remembers the eager native call of op `op_name` the fused path just made on the frozen fold `folded`, with
+        `arguments` after the input (and the call's residual, its own, inserted before argument `residual_at` where
+        that is given), for :meth:`_call_prepared` to make again while that fold is current and `key` (the block's
+        geometry and options, compared by identity) unchanged. `context` is what the block needs to check before
+        its next call (its submodules, found once instead of on every call): :meth:`_prepared_record`."""
         if folded is not None and folded is self._folded:
             inference = next(t for t in folded if t is not None).is_inference()
-            self._prepared = (folded, key, arguments, inference, context)
+            call = _prepared_native_call(op_name, arguments, residual_at)
+            self._prepared = (folded, key, call, inference, context)
 
     def _prepared_record(self, input):
-        """What :meth:`_prepare_call` kept, ``(folded, key, arguments, inference, context)``, where a call on
-        `input` may be made the same way again as far as the fold and the input tell: the frozen fold still
-        current, an eager call of the native kernel on a plain CPU tensor, and folded inference tensors only under
-        inference mode. Else None. The caller compares the key (:meth:`_prepared_arguments`)."""
+        """What :meth:`_prepare_call` kept, ``(folded, key, call, inference, context)``, where a call on `input` may
+        be made the same way again as far as the fold and the input tell: the frozen fold still current, an eager
+        call of the native kernel on a plain CPU tensor, and folded inference tensors only under inference mode.
+        Else None. The caller compares the key. ``call(input[, residual])`` makes the call: the op's result, or
+        NotImplemented where the native op declines it (:func:`_prepared_native_call`)."""
         prepared = self._prepared
         if (prepared is None or prepared[0] is not self._folded or not _backend.runs_native_eagerly(input)
                 or (prepared[3] and not torch.is_inference_mode_enabled())):
             return None
         return prepared
 
-    def _prepared_arguments(self, input, key):
-        """The arguments :meth:`_prepare_call` kept, when the call on `input` would be made the same way again:
-        :meth:`_prepared_record`, and `key` the same objects. Else None. This skips the fused path's Python
-        (folding check, packing check, argument normalisation): ~6 us of a block's ~15 us fixed cost."""
+    def _call_prepared(self, input, key, *residual):
+        """The call :meth:`_prepare_call` kept, made again on `input` (and `residual`, where it was prepared with
+        ``residual_at``) when :meth:`_prepared_record` allows and `key` is the same objects. This skips the fused
+        path's Python (folding check, packing check, argument normalisation): ~6 us of a block's ~15 us fixed cost.
+        NotImplemented where no call applies or the native op declines it."""
         prepared = self._prepared_record(input)
         if prepared is None or not same_objects(prepared[1], key):
-            return None
-        return prepared[2]
-
-    def _call_prepared(self, op_name, input, key, residual=None, residual_at=None):
-        """The eager native call of op `op_name` that :meth:`_prepare_call` kept for `key`, made again on `input`
-        where :meth:`_prepared_arguments` allows, with `residual` inserted before kept argument `residual_at` where
-        that is given (a call's residual is its own, never kept). NotImplemented where no call applies or the native
-        op declines it."""
-        arguments = self._prepared_arguments(input, key)
-        if arguments is None:
             return NotImplemented
-        if residual_at is not None:
-            arguments = (*arguments[:residual_at], residual, *arguments[residual_at:])
-        return _library.eager_native(op_name)(input, *arguments)
+        return prepared[2](input, *residual)
 
     # What refolds a frozen module: conversions (.to(), .cuda(), .half(), memory formats all go through _apply),
     # load_state_dict, and copies (deepcopy and pickle drop the folded weights).
@@ -143,6 +135,24 @@ class FoldedWeights:
         state.setdefault("_frozen", False)
         super().__setstate__(state)
         self._folded = None
+
+
+def _prepared_native_call(op_name, arguments, residual_at):
+    """The callable of a prepared call (FoldedWeights._prepare_call): ``call(input)``, or with `residual_at`
+    ``call(input, residual)``, runs op `op_name` on them and `arguments`. The native op bound to `arguments`
+    (_library.bound_native: converted once, not on every call), or where an argument does not bind, the eager
+    callable given them all on each call."""
+    if residual_at is None:
+        template = (..., *arguments)
+    else:
+        template = (..., *arguments[:residual_at], ..., *arguments[residual_at:])
+    bound = _library.bound_native(op_name, template)
+    if bound is not None:
+        return bound
+    native = _library.eager_native(op_name)
+    if residual_at is None:
+        return lambda input: native(input, *arguments)
+    return lambda input, residual: native(input, *arguments[:residual_at], residual, *arguments[residual_at:])
 
 
 def same_objects(kept, key) -> bool:

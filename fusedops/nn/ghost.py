@@ -111,7 +111,7 @@ class GhostModule(FoldedWeights, nn.Module):
         if not torch.compiler.is_compiling():
             # Frozen and called before: the native call made then, without the fused path's Python (the fold and
             # packing checks, the wrapper's normalisation).
-            out = self._call_prepared("ghost_module", input, key, residual, 4)
+            out = self._call_prepared(input, key, residual)
             if out is not NotImplemented:
                 return out
         folded = self.folded_weights()
@@ -120,7 +120,8 @@ class GhostModule(FoldedWeights, nn.Module):
             folded, input, "ghost_module",
             lambda: pack_weights(input, *folded, self.out_chs, stride, self.activation, residual))
         if packed is not None:
-            self._prepare_call(folded, key, (*folded, self.out_chs, stride, self.activation, packed))
+            self._prepare_call("ghost_module", folded, key, (*folded, self.out_chs, stride, self.activation, packed),
+                               residual_at=4)
         return ghost_module(input, *folded, self.out_chs, stride, self.activation, residual=residual,
                             packed_weights=packed)
 
@@ -135,7 +136,7 @@ class GhostModule(FoldedWeights, nn.Module):
         if (fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
                 and ghost_module_then_depthwise_fuses(input, self.out_chs, stride)):
             # Frozen and called before: the native call made then (as forward's).
-            out = self._call_prepared(DEPTHWISE_NAME, input, key)
+            out = self._call_prepared(input, key)
             if out is not NotImplemented:
                 return out
         # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
@@ -149,7 +150,7 @@ class GhostModule(FoldedWeights, nn.Module):
             lambda: pack_weights(input, *folded, self.out_chs, stride, self.activation))
         arguments = (*folded, self.out_chs, stride, self.activation, dw_weight, dw_bias, tuple(dw_stride), packed)
         if packed is not None:
-            self._prepare_call(folded, key, arguments)
+            self._prepare_call(DEPTHWISE_NAME, folded, key, arguments)
         return ghost_module_then_depthwise(input, *arguments)
 
     def forward_excited(self, input, se, residual=None):
@@ -165,7 +166,7 @@ class GhostModule(FoldedWeights, nn.Module):
                expand.bias)
         if fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             # Frozen and called before: the native call made then (as forward's).
-            out = self._call_prepared(EXCITED_NAME, input, key, residual, 10)
+            out = self._call_prepared(input, key, residual)
             if out is not NotImplemented:
                 return out
         # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
@@ -179,7 +180,7 @@ class GhostModule(FoldedWeights, nn.Module):
         arguments = (reduce.weight, reduce.bias, expand.weight, expand.bias, "relu", "hardsigmoid", *folded,
                      self.out_chs, tuple(stride), self.activation, packed)
         if packed is not None:
-            self._prepare_call(folded, key, arguments)
+            self._prepare_call(EXCITED_NAME, folded, key, arguments, residual_at=10)
         return ghost_module_excited(input, *arguments[:10], *arguments[10:13], residual=residual,
                                     packed_weights=packed)
 
@@ -200,7 +201,7 @@ class GhostModule(FoldedWeights, nn.Module):
         if (fused and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
                 and ghost_bottleneck_fuses(input)):
             # Frozen and called before: the native call made then (as forward's).
-            out = self._call_prepared(BOTTLENECK_NAME, input, key, residual, -2)
+            out = self._call_prepared(input, key, residual)
             if out is not NotImplemented:
                 return out
         # The parameters matter only where a gradient could be recorded (collecting them costs ~5 us).
@@ -224,7 +225,7 @@ class GhostModule(FoldedWeights, nn.Module):
                      second.out_chs, second.activation, residual, packed, second_packed)
         if packed is not None and second_packed is not None and second_folded is second._folded:
             # (Without this call's residual: each call passes its own.)
-            self._prepare_call(folded, key, (*arguments[:-3], *arguments[-2:]))
+            self._prepare_call(BOTTLENECK_NAME, folded, key, (*arguments[:-3], *arguments[-2:]), residual_at=-2)
         return ghost_bottleneck(input, *arguments)
 
     def extra_repr(self) -> str:

@@ -89,7 +89,7 @@ def folded_conv_activation(block, conv, input, activation):
     gemm = _runs_pointwise_gemm(conv, input)
     if gemm:
         # Frozen and called before: the native call made then, without the fold and packing checks.
-        out = block._call_prepared(GHOST_NAME, input, (activation,))
+        out = block._call_prepared(input, (activation,))
         if out is not NotImplemented:
             return out
     folded = block._folded_weights()
@@ -148,7 +148,7 @@ def _pointwise_gemm(block, folded, input, activation):
         lambda: ghost_pack_weights(input, weight, bias, cheap, None, channels, 1, activation))
     arguments = (weight, bias, cheap, None, None, channels, [1, 1], activation, packed)
     if packed is not None:
-        block._prepare_call(folded, (activation,), arguments)
+        block._prepare_call(GHOST_NAME, folded, (activation,), arguments)
     return _library.eager_native(GHOST_NAME)(input, *arguments)
 
 
@@ -227,7 +227,7 @@ def _run_fused(block, input, folded, stages, activation, residual, se=None):
     if packed is not None:
         # The schema's arguments after the input, for the next calls of this frozen fold (_call_prepared).
         rw, rb, ew, eb, gate, se_activation = (None, None, None, None, "hardsigmoid", "relu") if se is None else se
-        block._prepare_call(folded, _call_key(dw, activation, residual),
+        block._prepare_call("inverted_residual", folded, _call_key(dw, activation, residual),
                             (*weights, rw, rb, ew, eb, *args, residual, se_activation, gate, packed), stages)
     return inverted_residual(input, *weights, *args, **se_arg, residual=residual, packed_weights=packed)
 
@@ -253,7 +253,7 @@ def _call_prepared(block, input):
     if (dw.stride is not stride or dw.padding is not padding or dw.dilation is not dilation
             or block.activation is not activation or block.use_res_connect is not residual):
         return None
-    out = _library.eager_native("inverted_residual")(input, *prepared[2])
+    out = prepared[2](input)
     return None if out is NotImplemented else out
 
 

@@ -2,7 +2,6 @@ import torch
 from torch import nn
 
 from ..ops.activations import activation, activation_name
-from ..ops import _library
 from ..ops.dwpw_conv2d import dwpw_conv2d, pack_weights
 from .depthwise import DepthwiseConv2d
 from .freeze import FoldedWeights, same_objects
@@ -41,7 +40,7 @@ class DepthwiseSeparableBlock(FoldedWeights, nn.Module):
             if prepared is not None:
                 dw, batch_norms = prepared[4]
                 if not _runs_unfused(dw, batch_norms) and same_objects(prepared[1], self._call_key(dw)):
-                    out = _library.eager_native("dwpw_conv2d")(input, *prepared[2])
+                    out = prepared[2](input)
                     if out is not NotImplemented:
                         return out
         dw, bn_dw, _, bn_pw = self._stages()
@@ -54,7 +53,7 @@ class DepthwiseSeparableBlock(FoldedWeights, nn.Module):
         # out the 1x1 weights costs more than the GEMM's faster orientation saves).
         packed = self._packed_weights(folded, input, "dwpw_conv2d", lambda: pack_weights(input, *folded, *args))
         if packed is not None:
-            self._prepare_call(folded, args, (*folded, *args, packed), (dw, batch_norms))
+            self._prepare_call("dwpw_conv2d", folded, args, (*folded, *args, packed), (dw, batch_norms))
         return dwpw_conv2d(input, *folded, *args, packed_weights=packed)
 
     def _call_key(self, dw):

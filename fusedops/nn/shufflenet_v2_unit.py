@@ -100,7 +100,7 @@ class ShuffleNetV2Unit(FoldedWeights, nn.Module):
         if not torch.compiler.is_compiling():
             # Frozen and called before: the native call made then, without the fused path's Python (the fold and
             # packing checks, the wrapper's normalisation).
-            out = self._call_prepared("shufflenet_v2_unit", input, key)
+            out = self._call_prepared(input, key)
             if out is not NotImplemented:
                 return out
         folded = self.folded_weights()
@@ -111,7 +111,7 @@ class ShuffleNetV2Unit(FoldedWeights, nn.Module):
                                       lambda: pack_weights(input, *weights, shortcut=shortcut, stride=args[0],
                                                            padding=args[1], dilation=args[2], activation=args[3]))
         if packed is not None:
-            self._prepare_call(folded, key, (*folded, *args, packed))
+            self._prepare_call("shufflenet_v2_unit", folded, key, (*folded, *args, packed))
         return shufflenet_v2_unit(input, *weights, shortcut=shortcut, stride=args[0], padding=args[1],
                                   dilation=args[2], activation=args[3], packed_weights=packed)
 

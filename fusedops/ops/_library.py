@@ -97,6 +97,13 @@ def eager_native(name: str):
     return op
 
 
+def bound_native(name: str, template: tuple):
+    """:func:`eager_native` of op `name` bound to the arguments of `template` (its leading arguments, ``...`` where
+    each call gives one, in order): they are converted once, here, instead of on every call. None where one of
+    them is not of a plain type."""
+    return _extension.eager_op(name, template)
+
+
 def _torch_op(impl: str, name: str):
     op = _torch_ops.get((impl, name))
     if op is None:
