@@ -31,4 +31,11 @@ TORCH_LIBRARY_FRAGMENT(fusedops, m) {
   m.def(
       "_batch_norm_activation_backward_(Tensor(a!) grad_output, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor mean, Tensor invstd, str activation, bool[2] output_mask) -> (Tensor, Tensor)");
+  // _batch_norm_activation followed by fusedops::depthwise_conv2d (no bias) of its output, which is never written:
+  // (depthwise output, save_mean, save_invstd). The training path's expansion -> batch norm -> activation ->
+  // depthwise. The output is channels_last.
+  m.def(
+      "_batch_norm_activation_depthwise(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, float momentum, float eps, str activation, Tensor dw_weight, int[2] stride, "
+      "int[2] padding, int[2] dilation) -> (Tensor, Tensor, Tensor)");
 }

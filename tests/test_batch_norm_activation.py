@@ -157,6 +157,89 @@ def test_errors_name_the_argument():
         ops._batch_norm_activation_apply(x, None, None, mean, invstd[:2], "relu")
 
 
+# Depthwise geometries (kernel, stride, padding, dilation) of the normalised map: MobileNet's 3x3 and 5x5 at stride
+# 1 and 2, a dilated one, asymmetric padding, and no padding.
+DEPTHWISE_GEOMETRIES = [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
+                        ((5, 5), (1, 1), (2, 2), (1, 1)), ((5, 5), (2, 2), (2, 2), (1, 1)),
+                        ((3, 3), (1, 1), (2, 2), (2, 2)), ((3, 5), (2, 1), (0, 2), (1, 1)),
+                        ((3, 3), (1, 1), (0, 0), (1, 1))]
+
+
+@pytest.mark.parametrize("geometry", DEPTHWISE_GEOMETRIES, ids=str)
+@pytest.mark.parametrize("activation", ("relu6", "hardswish", "silu", "none"))
+@pytest.mark.parametrize("shape", [(2, 19, 9, 7), (3, 8, 12, 12), (1, 33, 5, 6)], ids=str)
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16))
+def test_depthwise_of_the_normalised_map(dtype, shape, activation, geometry):
+    """_batch_norm_activation_depthwise: the depthwise convolution of _batch_norm_activation's output (float64
+    reference), its statistics and running statistics those of _batch_norm_activation, its output channels-last, and
+    the same as the two ops in sequence."""
+    C = shape[1]
+    kernel, stride, padding, dilation = geometry
+    x = make_input(shape, "channels_last", dtype=dtype) * 3 + 2
+    weight, bias = (t.detach() for t in _parameters(C, dtype))
+    dw = torch.randn(C, 1, *kernel, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    running = (torch.randn(C, dtype=dtype), torch.rand(C, dtype=dtype) + 1)
+    expected_running = tuple(r.double() for r in running)
+    normalised = _reference(x.double(), weight.double(), bias.double(), *expected_running, activation)
+    expected = F.conv2d(normalised, dw.double(), None, stride, padding, dilation, groups=C)
+    out, mean, invstd = ops._batch_norm_activation_depthwise(x, weight, bias, *running, 0.1, 1e-5, activation, dw,
+                                                             stride, padding, dilation)
+    tol = tolerance(dtype)
+    assert out.is_contiguous(memory_format=CL) and out.dtype == dtype
+    assert_close_scaled(out, expected, **tol, name="output")
+    for actual, reference, name in zip(running, expected_running, ("running_mean", "running_var")):
+        assert_close_scaled(actual, reference, **tol, name=name)
+    # The two ops in sequence: the same statistics bit for bit, and the same convolution of the same values.
+    applied, mean2, invstd2 = ops._batch_norm_activation(x, weight, bias, None, None, 0.1, 1e-5, activation)
+    assert torch.equal(mean, mean2) and torch.equal(invstd, invstd2)
+    sequence = ops.depthwise_conv2d(applied, dw, None, stride, padding, dilation)
+    torch.testing.assert_close(out, sequence, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", ("nchw", "noncontig", "nonfinite_taps", "no_affine", "many_bands"))
+def test_depthwise_of_the_normalised_map_other_inputs(case):
+    """Inputs in other layouts (taken as channels-last), non-finite taps (the padding stays zero: the standalone
+    op's path), no affine parameters or running statistics, and a map tall enough for several bands per strip."""
+    # many_bands: 300 rows of 16 KiB, more than a band holds at any L2 size up to 4 MiB.
+    shape = (1, 64, 300, 64) if case == "many_bands" else (2, 12, 9, 8)
+    C = shape[1]
+    x = make_input(shape, {"nchw": "nchw", "noncontig": "noncontig"}.get(case, "channels_last"))
+    weight, bias = (None, None) if case == "no_affine" else (t.detach() for t in _parameters(C, torch.float32))
+    dw = torch.randn(C, 1, 3, 3)
+    if case == "nonfinite_taps":
+        dw[1, 0, 0, 0] = float("inf")
+    out, mean, invstd = ops._batch_norm_activation_depthwise(x, weight, bias, None, None, 0.1, 1e-5, "relu6", dw,
+                                                             (1, 1), (1, 1), (1, 1))
+    applied, mean2, invstd2 = ops._batch_norm_activation(x.contiguous(memory_format=CL), weight, bias, None, None,
+                                                         0.1, 1e-5, "relu6")
+    assert torch.equal(mean, mean2) and torch.equal(invstd, invstd2)
+    expected = ops.depthwise_conv2d(applied, dw, None, (1, 1), (1, 1), (1, 1))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+    assert out.is_contiguous(memory_format=CL)
+
+
+def test_depthwise_of_the_normalised_map_opcheck_and_errors():
+    x = make_input((2, 5, 6, 4), "channels_last")
+    weight, bias = (t.detach() for t in _parameters(5, torch.float32))
+    dw = torch.randn(5, 1, 3, 3)
+    torch.library.opcheck(ops._batch_norm_activation_depthwise,
+                          (x, weight, bias, torch.zeros(5), torch.ones(5), 0.1, 1e-5, "relu6", dw, [2, 2], [1, 1],
+                           [1, 1]))
+    args = (0.1, 1e-5, "relu6")
+    with pytest.raises(RuntimeError, match=r"dw_weight must have shape \(5, 1, kH, kW\)"):
+        ops._batch_norm_activation_depthwise(x, weight, bias, None, None, *args, torch.randn(10, 1, 3, 3), [1, 1],
+                                             [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match="dw_weight"):
+        ops._batch_norm_activation_depthwise(x, weight, bias, None, None, *args, dw.double(), [1, 1], [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match="padding"):
+        ops._batch_norm_activation_depthwise(x, weight, bias, None, None, *args, dw, [1, 1], [-1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match=r"weight must have shape \(5,\)"):
+        ops._batch_norm_activation_depthwise(x, torch.ones(3), bias, None, None, *args, dw, [1, 1], [1, 1], [1, 1])
+    with pytest.raises(RuntimeError, match="Expected more than 1 value per channel when training"):
+        ops._batch_norm_activation_depthwise(x[:1, :, :1, :1], None, None, None, None, *args, dw, [1, 1], [1, 1],
+                                             [1, 1])
+
+
 # ---------------------------------------------------------------------------------------------------
 # The blocks' fused training path
 

@@ -19,8 +19,16 @@
 
 #include "fusedops/activation.h"
 #include "fusedops/checks.h"
+#include "fusedops/conv_geometry.h"
 #include "fusedops/cpu/activation.h"
+#include "fusedops/cpu/depthwise_nhwc.h"
+#include "fusedops/cpu/expanded_bands.h"
+#include "fusedops/cpu/finite.h"
+#include "fusedops/cpu/scratch.h"
+#include "fusedops/cpu/streaming.h"
 #include "fusedops/cpu/vec_io.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <array>
 #include <cmath>
@@ -297,13 +305,11 @@ void apply_into(const Tensor& x, const Tensor& out, Activation act, const std::v
   });
 }
 
-// The forward into a new tensor, or over the input (`in_place`, which must then be dense).
-std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_impl(const Tensor& input, const c10::optional<Tensor>& weight,
-                                                              const c10::optional<Tensor>& bias,
-                                                              const c10::optional<Tensor>& running_mean,
-                                                              const c10::optional<Tensor>& running_var, double momentum,
-                                                              double eps, c10::string_view activation, bool in_place,
-                                                              const char* op) {
+// The checks of the ops that normalise by batch statistics: check_arguments', and the running statistics'.
+Activation check_statistics_arguments(const Tensor& input, const c10::optional<Tensor>& weight,
+                                      const c10::optional<Tensor>& bias, const c10::optional<Tensor>& running_mean,
+                                      const c10::optional<Tensor>& running_var, c10::string_view activation,
+                                      const char* op) {
   const Activation act = check_arguments(input, weight, bias, activation, op);
   const int64_t C = input.size(1);
   check_channels(running_mean, C, "running_mean", op);
@@ -312,62 +318,97 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_impl(const Tensor& inpu
               ": running_mean and running_var must be given both or neither");
   const int64_t count = input.numel() / std::max<int64_t>(C, 1);
   TORCH_CHECK(count > 1, "Expected more than 1 value per channel when training, got input size ", input.sizes());
+  return act;
+}
+
+// The batch statistics of a dense `x` as the ops normalise by them (arrays padded to whole vectors) and return them
+// (save_mean, save_invstd), the running statistics moved once towards them.
+template <typename scalar_t>
+struct BatchStatistics {
+  std::vector<at::opmath_type<scalar_t>> mean, invstd;
+  Tensor mean_t, invstd_t;
+};
+
+template <typename in_t>
+BatchStatistics<in_t> batch_statistics(const Tensor& x, const c10::optional<Tensor>& running_mean,
+                                           const c10::optional<Tensor>& running_var, double momentum, double eps) {
+  using Acc = at::opmath_type<in_t>;
+  using Vec = at::vec::Vectorized<Acc>;
+  const Layout L = layout_of(x);
+  const int64_t C = L.channels;
+  const int64_t count = x.numel() / std::max<int64_t>(C, 1);
+  const in_t* in = x.const_data_ptr<in_t>();
+  // The shift of the sums: each channel's mean over kShiftSamples values spread over the batch, within a fraction
+  // of a standard deviation of the mean, so the sums of squares lose no more to cancellation than two passes do.
+  std::vector<Acc> origin = channel_array<Acc>(c10::nullopt, C, Acc(0));
+  const int64_t samples = std::min(kShiftSamples, count);
+  std::vector<double> sampled(C, 0.0);
+  for (int64_t k = 0; k < samples; ++k) {
+    const int64_t m = k * count / samples;  // the m-th value of each channel in (N, H, W) order
+    const in_t* first = in + (L.channels_last ? m * C : m / L.plane * C * L.plane + m % L.plane);
+    const int64_t step = L.channels_last ? 1 : L.plane;
+    for (int64_t c = 0; c < C; ++c) sampled[c] += static_cast<double>(first[c * step]);
+  }
+  for (int64_t c = 0; c < C; ++c) origin[c] = static_cast<Acc>(sampled[c] / samples);
+  const auto sums = channel_sums<Acc, 1>(L, {origin.data()}, [in](int64_t i, int64_t n, const ParamVecs<Acc, 1>& p) {
+    const Vec d = load_acc(in + i, n) - p[0];
+    return std::pair{d, d * d};
+  });
+  const auto stat_type = c10::CppTypeToScalarType<Acc>::value;
+  BatchStatistics<in_t> stats;
+  stats.mean_t = at::empty({C}, x.options().dtype(stat_type));
+  stats.invstd_t = at::empty({C}, x.options().dtype(stat_type));
+  stats.mean = channel_array<Acc>(c10::nullopt, C, Acc(0));
+  stats.invstd = stats.mean;
+  std::vector<double> unbiased(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double shifted_mean = sums[c] / count;
+    const double var = std::max(0.0, sums[C + c] / count - shifted_mean * shifted_mean);
+    stats.mean[c] = static_cast<Acc>(origin[c] + shifted_mean);
+    stats.invstd[c] = static_cast<Acc>(1.0 / std::sqrt(var + eps));
+    unbiased[c] = var * count / (count - 1);
+  }
+  std::copy_n(stats.mean.data(), C, stats.mean_t.template mutable_data_ptr<Acc>());
+  std::copy_n(stats.invstd.data(), C, stats.invstd_t.template mutable_data_ptr<Acc>());
+  if (given(running_mean)) {
+    // ATen's update: momentum * statistic + (1 - momentum) * running, in double, stored in the buffer's type.
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running_mean->scalar_type(), "running_stats", [&] {
+      TORCH_CHECK(running_var->scalar_type() == running_mean->scalar_type() && running_mean->is_contiguous() &&
+                      running_var->is_contiguous(),
+                  "fusedops: _batch_norm_activation: running_mean and running_var must be contiguous tensors of "
+                  "one dtype");
+      scalar_t* rm = running_mean->mutable_data_ptr<scalar_t>();
+      scalar_t* rv = running_var->mutable_data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) {
+        rm[c] = static_cast<scalar_t>(momentum * (origin[c] + sums[c] / count) + (1 - momentum) * rm[c]);
+        rv[c] = static_cast<scalar_t>(momentum * unbiased[c] + (1 - momentum) * rv[c]);
+      }
+    });
+  }
+  return stats;
+}
+
+// The forward into a new tensor, or over the input (`in_place`, which must then be dense).
+std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_impl(const Tensor& input, const c10::optional<Tensor>& weight,
+                                                              const c10::optional<Tensor>& bias,
+                                                              const c10::optional<Tensor>& running_mean,
+                                                              const c10::optional<Tensor>& running_var, double momentum,
+                                                              double eps, c10::string_view activation, bool in_place,
+                                                              const char* op) {
+  const Activation act =
+      check_statistics_arguments(input, weight, bias, running_mean, running_var, activation, op);
+  const int64_t C = input.size(1);
   const Tensor x = dense(input);
   TORCH_CHECK(!in_place || x.is_same(input), "fusedops: ", op,
               ": input must be contiguous or channels_last (it is overwritten in place)");
-  const Layout L = layout_of(x);
   const Tensor out = in_place ? x : at::empty_like(x);
   Tensor mean_t, invstd_t;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "_batch_norm_activation", [&] {
     using Acc = at::opmath_type<scalar_t>;
-    using Vec = at::vec::Vectorized<Acc>;
-    const scalar_t* in = x.const_data_ptr<scalar_t>();
-    // The shift of the sums: each channel's mean over kShiftSamples values spread over the batch, within a fraction
-    // of a standard deviation of the mean, so the sums of squares lose no more to cancellation than two passes do.
-    std::vector<Acc> origin = channel_array<Acc>(c10::nullopt, C, Acc(0));
-    const int64_t samples = std::min(kShiftSamples, count);
-    std::vector<double> sampled(C, 0.0);
-    for (int64_t k = 0; k < samples; ++k) {
-      const int64_t m = k * count / samples;  // the m-th value of each channel in (N, H, W) order
-      const scalar_t* first = in + (L.channels_last ? m * C : m / L.plane * C * L.plane + m % L.plane);
-      const int64_t step = L.channels_last ? 1 : L.plane;
-      for (int64_t c = 0; c < C; ++c) sampled[c] += static_cast<double>(first[c * step]);
-    }
-    for (int64_t c = 0; c < C; ++c) origin[c] = static_cast<Acc>(sampled[c] / samples);
-    const auto sums = channel_sums<Acc, 1>(L, {origin.data()}, [in](int64_t i, int64_t n, const ParamVecs<Acc, 1>& p) {
-      const Vec d = load_acc(in + i, n) - p[0];
-      return std::pair{d, d * d};
-    });
-    const auto stat_type = c10::CppTypeToScalarType<Acc>::value;
-    mean_t = at::empty({C}, x.options().dtype(stat_type));
-    invstd_t = at::empty({C}, x.options().dtype(stat_type));
-    std::vector<Acc> mean = channel_array<Acc>(c10::nullopt, C, Acc(0)), invstd = mean;
-    std::vector<double> unbiased(C);
-    for (int64_t c = 0; c < C; ++c) {
-      const double shifted_mean = sums[c] / count;
-      const double var = std::max(0.0, sums[C + c] / count - shifted_mean * shifted_mean);
-      mean[c] = static_cast<Acc>(origin[c] + shifted_mean);
-      invstd[c] = static_cast<Acc>(1.0 / std::sqrt(var + eps));
-      unbiased[c] = var * count / (count - 1);
-    }
-    std::copy_n(mean.data(), C, mean_t.mutable_data_ptr<Acc>());
-    std::copy_n(invstd.data(), C, invstd_t.mutable_data_ptr<Acc>());
-    if (given(running_mean)) {
-      // ATen's update: momentum * statistic + (1 - momentum) * running, in double, stored in the buffer's type.
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running_mean->scalar_type(), "running_stats", [&] {
-        TORCH_CHECK(running_var->scalar_type() == running_mean->scalar_type() && running_mean->is_contiguous() &&
-                        running_var->is_contiguous(),
-                    "fusedops: _batch_norm_activation: running_mean and running_var must be contiguous tensors of "
-                    "one dtype");
-        scalar_t* rm = running_mean->mutable_data_ptr<scalar_t>();
-        scalar_t* rv = running_var->mutable_data_ptr<scalar_t>();
-        for (int64_t c = 0; c < C; ++c) {
-          rm[c] = static_cast<scalar_t>(momentum * (origin[c] + sums[c] / count) + (1 - momentum) * rm[c]);
-          rv[c] = static_cast<scalar_t>(momentum * unbiased[c] + (1 - momentum) * rv[c]);
-        }
-      });
-    }
-    apply_into<scalar_t>(x, out, act, mean, scales(invstd, channel_array<Acc>(weight, C, Acc(1))),
+    const BatchStatistics<scalar_t> stats = batch_statistics<scalar_t>(x, running_mean, running_var, momentum, eps);
+    mean_t = stats.mean_t;
+    invstd_t = stats.invstd_t;
+    apply_into<scalar_t>(x, out, act, stats.mean, scales(stats.invstd, channel_array<Acc>(weight, C, Acc(1))),
                          channel_array<Acc>(bias, C, Acc(0)));
   });
   return {out, mean_t, invstd_t};
@@ -409,6 +450,150 @@ Tensor batch_norm_activation_apply(const Tensor& input, const c10::optional<Tens
                          channel_array<Acc>(bias, C, Acc(0)));
   });
   return out;
+}
+
+// activation(batch_norm(x)) for the image rows [first_row, first_row + rows) of a channels-last `image` (rows of
+// in_w pixels of C channels) at dst, as apply_into computes it (the same bits, rounded to scalar_t).
+template <typename scalar_t, typename Kind>
+void normalized_rows(const scalar_t* image, int64_t first_row, int64_t rows, int64_t in_w, int64_t C, Kind kind,
+                     const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* scale,
+                     const at::opmath_type<scalar_t>* bias, scalar_t* dst) {
+  using Acc = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<Acc>;
+  constexpr int64_t V = Vec::size();
+  const scalar_t* src = image + first_row * in_w * C;
+  for (int64_t q = 0; q < rows * in_w; ++q, src += C, dst += C) {
+    int64_t c = 0;
+    for (; c + V <= C; c += V) {
+      const Vec y = normalize(load_acc(src + c), Vec::loadu(mean + c), Vec::loadu(scale + c), Vec::loadu(bias + c));
+      store_acc(dst + c, apply_activation(Kind::value, y));
+    }
+    if (c < C) {
+      const int64_t m = C - c;
+      const Vec y =
+          normalize(load_acc(src + c, m), Vec::loadu(mean + c), Vec::loadu(scale + c), Vec::loadu(bias + c));
+      store_acc(dst + c, apply_activation(Kind::value, y), m);
+    }
+  }
+  (void)kind;
+}
+
+// The depthwise convolution g (multiplier 1, no bias, finite taps) of activation(batch_norm(x)) for a channels-last
+// x, into the channels-last `out`: the normalised map is never written. Each work item is a strip of output rows of
+// one image, run as bands (for_each_expanded_band): a per-thread tile, within band_tile_bytes, holds the band's
+// normalised input rows (its halo included), which the depthwise row kernels read while they are in cache.
+template <typename scalar_t>
+void normalized_depthwise(const Tensor& x, Activation act, const std::vector<at::opmath_type<scalar_t>>& mean,
+                          const std::vector<at::opmath_type<scalar_t>>& scale,
+                          const std::vector<at::opmath_type<scalar_t>>& bias, const Tensor& dw_weight, Tensor& out,
+                          const ConvGeometry& g) {
+  using Acc = at::opmath_type<scalar_t>;
+  constexpr int64_t V = at::vec::Vectorized<Acc>::size();
+  const int64_t C = g.channels, T = g.kernel_h * g.kernel_w, row_elems = g.in_w * C;
+  const int64_t extent = dilated_extent(g.kernel_h, g.dilation_h);
+  // Input rows the band of r output rows reads.
+  auto tile_rows = [&](int64_t r) { return std::min(g.in_h, (r - 1) * g.stride_h + extent); };
+  int64_t rows_fit = 1;
+  while (rows_fit < g.out_h &&
+         tile_rows(rows_fit + 1) * row_elems * static_cast<int64_t>(sizeof(scalar_t)) <= band_tile_bytes()) {
+    ++rows_fit;
+  }
+  const int64_t threads = at::get_num_threads();
+  // Work in elements touched: each input element normalised once (its strip's halo rows twice), each output
+  // T multiply-adds.
+  const double row_work = static_cast<double>(row_elems);
+  const StripPlan plan = plan_strips(
+      g.out_h, g.out_w, g.batch, threads, rows_fit,
+      static_cast<double>(g.in_h) * row_work + static_cast<double>(g.out_h * g.out_w * C * T),
+      static_cast<double>(std::max<int64_t>(0, extent - g.stride_h)) * row_work);
+  const int64_t items = g.batch * plan.strips_per_image;
+  const int64_t tile_elems = tile_rows(plan.rows) * row_elems;
+  const Tensor taps_t = dw_weight.contiguous();
+  const scalar_t* w = taps_t.const_data_ptr<scalar_t>();
+  const scalar_t* in = x.const_data_ptr<scalar_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const int64_t grain = x.numel() + out.numel() < kMinParallelElements ? items : 1;
+  // The output (the depthwise output a training step keeps for its backward) past the caches where the call's
+  // traffic is beyond them (as a backward's: the step's working set is about twice the call's).
+  const bool stream_stores = streaming_stores_apply(
+      o, C, g.out_w * C,
+      streams_beyond_cache((x.numel() + out.numel()) * static_cast<int64_t>(sizeof(scalar_t)),
+                           backward_streaming_bytes()));
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+    // Taps [T][C] in each worker's own scratch (as the standalone depthwise lays them out).
+    Acc* taps = thread_scratch<Acc>(T * C + V, ScratchSlot::kWeights);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < T; ++t) taps[t * C + c] = static_cast<Acc>(w[c * T + t]);
+    scalar_t* tile = thread_scratch<scalar_t>(tile_elems, ScratchSlot::kTileHidden);
+    with_activation(act, [&](auto kind) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / plan.strips_per_image;
+        const int64_t strip_begin = (i % plan.strips_per_image) * plan.strip_rows;
+        const int64_t strip_end = std::min(g.out_h, strip_begin + plan.strip_rows);
+        const scalar_t* image = in + n * g.in_h * row_elems;
+        scalar_t* out_image = o + n * g.out_h * g.out_w * C;
+        for_each_expanded_band(
+            g, row_elems, strip_begin, strip_end, plan.rows, tile,
+            [&](int64_t first_row, int64_t rows, scalar_t* dst) {
+              normalized_rows(image, first_row, rows, g.in_w, C, kind, mean.data(), scale.data(), bias.data(), dst);
+            },
+            [&](const ConvGeometry& band, const RowRange& /*need*/, int64_t r0, int64_t r1) {
+              DwNhwcRow<scalar_t, scalar_t> t = nhwc_rows<scalar_t, scalar_t>(
+                  {tile, row_elems, C}, taps, C, nullptr, {out_image + r0 * g.out_w * C, g.out_w * C, C}, r0, 0, C);
+              t.stream_stores = stream_stores;
+              depthwise_nhwc_rows(t, band, r1);
+            });
+      }
+    });
+    if (stream_stores) streaming_stores_fence();
+  });
+}
+
+// fusedops::depthwise_conv2d through the dispatcher, below autograd (the kernel is itself below it).
+Tensor depthwise_conv2d_call(const Tensor& input, const Tensor& weight, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fusedops::depthwise_conv2d", "")
+                             .typed<Tensor(const Tensor&, const Tensor&, const c10::optional<Tensor>&,
+                                           at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+  at::AutoDispatchBelowAutograd below_autograd;
+  return op.call(input, weight, c10::nullopt, stride, padding, dilation);
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_depthwise(
+    const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+    const c10::optional<Tensor>& running_mean, const c10::optional<Tensor>& running_var, double momentum, double eps,
+    c10::string_view activation, const Tensor& dw_weight, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation) {
+  constexpr const char* op = "_batch_norm_activation_depthwise";
+  const Activation act =
+      check_statistics_arguments(input, weight, bias, running_mean, running_var, activation, op);
+  const int64_t C = input.size(1);
+  const ConvGeometry g =
+      depthwise_geometry(input, dw_weight, c10::nullopt, stride, padding, dilation, "dw_weight");
+  TORCH_CHECK(g.multiplier == 1, "fusedops: ", op, ": dw_weight must have shape (", C, ", 1, kH, kW) (one filter per ",
+              "input channel), got ", dw_weight.sizes());
+  const Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  Tensor out = at::empty({g.batch, C, g.out_h, g.out_w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  Tensor mean_t, invstd_t;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), op, [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    const BatchStatistics<scalar_t> stats = batch_statistics<scalar_t>(x, running_mean, running_var, momentum, eps);
+    mean_t = stats.mean_t;
+    invstd_t = stats.invstd_t;
+    const std::vector<Acc> scale = scales(stats.invstd, channel_array<Acc>(weight, C, Acc(1)));
+    const std::vector<Acc> shift = channel_array<Acc>(bias, C, Acc(0));
+    if (out.numel() == 0) return;
+    if (all_finite(dw_weight)) {
+      normalized_depthwise<scalar_t>(x, act, stats.mean, scale, shift, dw_weight, out, g);
+    } else {
+      // The row kernels read the padding as zeros (cpu/finite.h): the normalised map, then the standalone op.
+      Tensor normalized = at::empty_like(x);
+      apply_into<scalar_t>(x, normalized, act, stats.mean, scale, shift);
+      out = depthwise_conv2d_call(normalized, dw_weight, stride, padding, dilation);
+    }
+  });
+  return {out, mean_t, invstd_t};
 }
 
 // The backward; `in_place`: grad_input over grad_output (which must then be dense in the input's layout).
@@ -539,4 +724,5 @@ TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
   m.impl("_batch_norm_activation_backward", &fusedops::cpu::batch_norm_activation_backward);
   m.impl("_batch_norm_activation_", &fusedops::cpu::batch_norm_activation_);
   m.impl("_batch_norm_activation_backward_", &fusedops::cpu::batch_norm_activation_backward_);
+  m.impl("_batch_norm_activation_depthwise", &fusedops::cpu::batch_norm_activation_depthwise);
 }

@@ -201,12 +201,20 @@ class _InvertedResidualTraining(torch.autograd.Function):
             out = op(z, weight, bias, *spec.running[k], spec.momentum[k], spec.eps[k], activation)
             return (z, *out) if in_place else out
 
-        expanded = mean1 = invstd1 = None
+        expanded = mean1 = invstd1 = dw_output = None
         hidden = x
         if expand_w is not None:
             expanded = F.conv2d(x, expand_w)
-            hidden, mean1, invstd1 = batch_norm(expanded, expand_g, expand_b, spec.activation)
-        dw_output = ops.depthwise_conv2d(hidden, dw_w, None, spec.stride, spec.padding, spec.dilation)
+            if expanded.is_contiguous(memory_format=torch.channels_last):
+                # The expansion's batch norm and activation inside the depthwise op, their output never written.
+                next(stage)
+                dw_output, mean1, invstd1 = ops._batch_norm_activation_depthwise(
+                    expanded, expand_g, expand_b, *spec.running[0], spec.momentum[0], spec.eps[0], spec.activation,
+                    dw_w, spec.stride, spec.padding, spec.dilation)
+            else:
+                hidden, mean1, invstd1 = batch_norm(expanded, expand_g, expand_b, spec.activation)
+        if dw_output is None:
+            dw_output = ops.depthwise_conv2d(hidden, dw_w, None, spec.stride, spec.padding, spec.dilation)
         hidden, mean2, invstd2 = batch_norm(dw_output, dw_g, dw_b, spec.activation)
         pooled = gate = None
         if spec.squeeze_excitation_activations is not None:

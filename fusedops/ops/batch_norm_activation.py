@@ -12,12 +12,16 @@ submodules, i.e. through ATen's batch norm.
 * ``_batch_norm_activation_backward(grad_output, input, weight, bias, mean, invstd, activation, output_mask)`` ->
   ``(grad_input, grad_weight, grad_bias)``;
 * ``_batch_norm_activation_`` and ``_batch_norm_activation_backward_``: the same in place, over the input (returns the
-  statistics) and over grad_output (returns grad_weight and grad_bias).
+  statistics) and over grad_output (returns grad_weight and grad_bias);
+* ``_batch_norm_activation_depthwise(input, weight, bias, running_mean, running_var, momentum, eps, activation,
+  dw_weight, stride, padding, dilation)`` -> ``(depthwise_conv2d(activation(batch_norm(input)), dw_weight), save_mean,
+  save_invstd)``: the normalised map never written (channels-last output).
 """
 
 import torch
 
 from .. import _extension
+from . import _geometry
 from ._args import empty_like_format
 
 NAME = "_batch_norm_activation"
@@ -25,6 +29,7 @@ APPLY_NAME = "_batch_norm_activation_apply"
 BACKWARD_NAME = "_batch_norm_activation_backward"
 IN_PLACE_NAME = "_batch_norm_activation_"
 IN_PLACE_BACKWARD_NAME = "_batch_norm_activation_backward_"
+DEPTHWISE_NAME = "_batch_norm_activation_depthwise"
 
 
 def _statistics_dtype(input):
@@ -60,7 +65,16 @@ def _fake_backward_in_place(grad_output, input, weight, bias, mean, invstd, acti
     return _fake_backward(grad_output, input, weight, bias, mean, invstd, activation, [False, *output_mask])[1:]
 
 
+def _fake_depthwise(input, weight, bias, running_mean, running_var, momentum, eps, activation, dw_weight, stride,
+                    padding, dilation):
+    _geometry.check_depthwise(input, dw_weight, None, stride, padding, dilation, weight_name="dw_weight")
+    shape = _geometry.depthwise_output_shape(input, dw_weight, stride, padding, dilation)
+    out = input.new_empty(shape).contiguous(memory_format=torch.channels_last)
+    return (out, *_fake(input, weight, bias, running_mean, running_var, momentum, eps, activation)[1:])
+
+
 if _extension.has_ops():
     for _name, _fn in ((NAME, _fake), (APPLY_NAME, _fake_apply), (BACKWARD_NAME, _fake_backward),
-                       (IN_PLACE_NAME, _fake_in_place), (IN_PLACE_BACKWARD_NAME, _fake_backward_in_place)):
+                       (IN_PLACE_NAME, _fake_in_place), (IN_PLACE_BACKWARD_NAME, _fake_backward_in_place),
+                       (DEPTHWISE_NAME, _fake_depthwise)):
         torch.library.register_fake(f"fusedops::{_name}")(_fn)
