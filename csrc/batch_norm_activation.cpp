@@ -38,4 +38,12 @@ TORCH_LIBRARY_FRAGMENT(fusedops, m) {
       "_batch_norm_activation_depthwise(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
       "Tensor(b!)? running_var, float momentum, float eps, str activation, Tensor dw_weight, int[2] stride, "
       "int[2] padding, int[2] dilation) -> (Tensor, Tensor, Tensor)");
+  // (grad of the depthwise convolution's input, grad of dw_weight) of _batch_norm_activation_depthwise, those of
+  // output_mask: the depthwise backward, its input activation(batch_norm(input)) recomputed from the saved statistics
+  // (the same bits) band by band, never written. The batch norm's own backward is _batch_norm_activation_backward's.
+  // Kernel: csrc/cpu/depthwise_conv2d.cpp.
+  m.def(
+      "_batch_norm_activation_depthwise_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor mean, Tensor invstd, str activation, Tensor dw_weight, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
 }

@@ -196,6 +196,74 @@ def test_depthwise_of_the_normalised_map(dtype, shape, activation, geometry):
     torch.testing.assert_close(out, sequence, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("geometry", DEPTHWISE_GEOMETRIES, ids=str)
+@pytest.mark.parametrize("activation", ("relu6", "hardswish", "silu"))
+@pytest.mark.parametrize("shape", [(2, 19, 9, 7), (1, 33, 5, 6)], ids=str)
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16))
+def test_depthwise_of_the_normalised_map_backward(dtype, shape, activation, geometry):
+    """_batch_norm_activation_depthwise_backward: the gradients of the depthwise convolution's input and taps where
+    its input is activation(batch_norm(x)) from saved statistics (float64 autograd reference), and each alone."""
+    C = shape[1]
+    kernel, stride, padding, dilation = geometry
+    x = make_input(shape, "channels_last", dtype=dtype) * 3 + 2
+    weight, bias = (t.detach() for t in _parameters(C, dtype))
+    dw = torch.randn(C, 1, *kernel, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    out, mean, invstd = ops._batch_norm_activation_depthwise(x, weight, bias, None, None, 0.1, 1e-5, activation, dw,
+                                                             stride, padding, dilation)
+    grad = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    normalised = ops._batch_norm_activation_apply(x, weight, bias, mean, invstd, activation).double().requires_grad_()
+    dw64 = dw.double().requires_grad_()
+    expected = torch.autograd.grad(F.conv2d(normalised, dw64, None, stride, padding, dilation, groups=C),
+                                   (normalised, dw64), grad)
+    args = (grad.to(dtype).contiguous(memory_format=CL), x, weight, bias, mean, invstd, activation, dw, stride,
+            padding, dilation)
+    grads = ops._batch_norm_activation_depthwise_backward(*args, [True, True])
+    tol = tolerance(dtype)
+    for actual, reference, name in zip(grads, expected, ("grad_input", "grad_dw_weight")):
+        assert actual.dtype == dtype
+        assert_close_scaled(actual, reference, **tol, name=name)
+    assert grads[0].is_contiguous(memory_format=CL)
+    only_input = ops._batch_norm_activation_depthwise_backward(*args, [True, False])
+    only_weight = ops._batch_norm_activation_depthwise_backward(*args, [False, True])
+    assert only_input[1] is None and only_weight[0] is None
+    assert torch.equal(only_input[0], grads[0]) and torch.equal(only_weight[1], grads[1])
+
+
+def test_depthwise_of_the_normalised_map_backward_other_inputs():
+    """Many bands per worker (300 rows of 16 KiB), an NCHW grad_output, a non-finite gradient (the padding's
+    products skipped, as the standalone backward skips them), opcheck, and the errors."""
+    for shape, layout in (((1, 64, 300, 64), "channels_last"), ((2, 12, 9, 8), "nchw")):
+        C = shape[1]
+        x = make_input(shape, "channels_last")
+        weight, bias = (t.detach() for t in _parameters(C, torch.float32))
+        dw = torch.randn(C, 1, 3, 3)
+        out, mean, invstd = ops._batch_norm_activation_depthwise(x, weight, bias, None, None, 0.1, 1e-5, "relu6", dw,
+                                                                 (1, 1), (1, 1), (1, 1))
+        grad = make_input(tuple(out.shape), layout)
+        normalised = ops._batch_norm_activation_apply(x, weight, bias, mean, invstd, "relu6")
+        expected = ops._depthwise_conv2d_backward(grad, normalised, dw, (1, 1), (1, 1), (1, 1), [True, True, False])
+        grads = ops._batch_norm_activation_depthwise_backward(grad, x, weight, bias, mean, invstd, "relu6", dw, (1, 1),
+                                                              (1, 1), (1, 1), [True, True])
+        torch.testing.assert_close(grads[0], expected[0], rtol=0, atol=0)
+        torch.testing.assert_close(grads[1], expected[1], rtol=1e-5, atol=1e-4)
+    grad = grad.contiguous(memory_format=CL)
+    args = (grad, x, weight, bias, mean, invstd, "relu6", dw, [1, 1], [1, 1], [1, 1])
+    torch.library.opcheck(ops._batch_norm_activation_depthwise_backward, (*args, [True, True]))
+    grad = grad.clone()
+    grad[0, 1, 0, 0] = float("inf")
+    expected = ops._depthwise_conv2d_backward(grad, normalised, dw, (1, 1), (1, 1), (1, 1), [False, True, False])[1]
+    got = ops._batch_norm_activation_depthwise_backward(grad, x, weight, bias, mean, invstd, "relu6", dw, (1, 1),
+                                                        (1, 1), (1, 1), [False, True])[1]
+    assert not got.isfinite().all()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4, equal_nan=True)
+    with pytest.raises(RuntimeError, match="grad_output has shape"):
+        ops._batch_norm_activation_depthwise_backward(grad[:, :, :3], *args[1:], [True, True])
+    with pytest.raises(RuntimeError, match=r"mean must be a CPU tensor of shape \(12,\)"):
+        ops._batch_norm_activation_depthwise_backward(*args[:4], mean[:3], *args[5:], [True, True])
+    with pytest.raises(RuntimeError, match="activation must be one of"):
+        ops._batch_norm_activation_depthwise_backward(*args[:6], "gelu", *args[7:], [True, True])
+
+
 @pytest.mark.parametrize("case", ("nchw", "noncontig", "nonfinite_taps", "no_affine", "many_bands"))
 def test_depthwise_of_the_normalised_map_other_inputs(case):
     """Inputs in other layouts (taken as channels-last), non-finite taps (the padding stays zero: the standalone

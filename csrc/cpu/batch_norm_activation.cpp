@@ -21,6 +21,7 @@
 #include "fusedops/checks.h"
 #include "fusedops/conv_geometry.h"
 #include "fusedops/cpu/activation.h"
+#include "fusedops/cpu/batch_norm_rows.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
 #include "fusedops/cpu/expanded_bands.h"
 #include "fusedops/cpu/finite.h"
@@ -234,35 +235,6 @@ std::vector<double> channel_sums(const Layout& L, const std::array<const Acc*, k
   return sums;
 }
 
-// A parameter of C channels as an array of the accumulation type, padded to whole vectors (`fill` where absent).
-template <typename Acc>
-std::vector<Acc> channel_array(const c10::optional<Tensor>& t, int64_t C, Acc fill) {
-  constexpr int64_t V = at::vec::Vectorized<Acc>::size();
-  std::vector<Acc> out((C + V - 1) / V * V, fill);
-  if (given(t)) {
-    const Tensor values = t->to(at::CPU(c10::CppTypeToScalarType<Acc>::value)).contiguous();
-    std::copy(values.data_ptr<Acc>(), values.data_ptr<Acc>() + C, out.begin());
-  }
-  return out;
-}
-
-// The normalisation (x - mean) * scale + bias with scale = invstd * weight: a subtraction and a multiply-add per
-// element. (The one multiply-add of x * scale + (bias - mean * scale) loses to cancellation where the mean is large
-// against the deviation: ~10 ulps per batch norm in float64, which a deep network in train mode amplified to 5e-10
-// of a gradient.)
-template <typename Acc>
-std::vector<Acc> scales(const std::vector<Acc>& invstd, const std::vector<Acc>& weight) {
-  std::vector<Acc> scale(invstd.size());
-  for (size_t c = 0; c < invstd.size(); ++c) scale[c] = invstd[c] * weight[c];
-  return scale;
-}
-
-template <typename T>
-inline at::vec::Vectorized<T> normalize(const at::vec::Vectorized<T>& x, const at::vec::Vectorized<T>& mean,
-                                        const at::vec::Vectorized<T>& scale, const at::vec::Vectorized<T>& bias) {
-  return at::vec::fmadd(x - mean, scale, bias);
-}
-
 void check_input(const Tensor& input, const char* op) {
   TORCH_CHECK(input.dim() == 4, "fusedops: ", op, ": input must be 4-D (N, C, H, W), got ", input.dim(), "-D");
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), "fusedops: ", op,
@@ -450,32 +422,6 @@ Tensor batch_norm_activation_apply(const Tensor& input, const c10::optional<Tens
                          channel_array<Acc>(bias, C, Acc(0)));
   });
   return out;
-}
-
-// activation(batch_norm(x)) for the image rows [first_row, first_row + rows) of a channels-last `image` (rows of
-// in_w pixels of C channels) at dst, as apply_into computes it (the same bits, rounded to scalar_t).
-template <typename scalar_t, typename Kind>
-void normalized_rows(const scalar_t* image, int64_t first_row, int64_t rows, int64_t in_w, int64_t C, Kind kind,
-                     const at::opmath_type<scalar_t>* mean, const at::opmath_type<scalar_t>* scale,
-                     const at::opmath_type<scalar_t>* bias, scalar_t* dst) {
-  using Acc = at::opmath_type<scalar_t>;
-  using Vec = at::vec::Vectorized<Acc>;
-  constexpr int64_t V = Vec::size();
-  const scalar_t* src = image + first_row * in_w * C;
-  for (int64_t q = 0; q < rows * in_w; ++q, src += C, dst += C) {
-    int64_t c = 0;
-    for (; c + V <= C; c += V) {
-      const Vec y = normalize(load_acc(src + c), Vec::loadu(mean + c), Vec::loadu(scale + c), Vec::loadu(bias + c));
-      store_acc(dst + c, apply_activation(Kind::value, y));
-    }
-    if (c < C) {
-      const int64_t m = C - c;
-      const Vec y =
-          normalize(load_acc(src + c, m), Vec::loadu(mean + c), Vec::loadu(scale + c), Vec::loadu(bias + c));
-      store_acc(dst + c, apply_activation(Kind::value, y), m);
-    }
-  }
-  (void)kind;
 }
 
 // The depthwise convolution g (multiplier 1, no bias, finite taps) of activation(batch_norm(x)) for a channels-last

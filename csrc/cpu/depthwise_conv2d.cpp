@@ -13,8 +13,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "fusedops/activation.h"
 #include "fusedops/conv_geometry.h"
+#include "fusedops/cpu/batch_norm_rows.h"
 #include "fusedops/cpu/depthwise_nhwc.h"
+#include "fusedops/cpu/expanded_bands.h"
 #include "fusedops/cpu/masked_plane.h"
 #include "fusedops/cpu/phase_plane.h"
 #include "fusedops/cpu/scratch.h"
@@ -1363,6 +1366,108 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(const Tensor& g
   return grads.result(input.options());
 }
 
+// ---------------------------------------------------------------------------------------------------
+// The backward of _batch_norm_activation_depthwise (csrc/cpu/batch_norm_activation.cpp): the depthwise
+// convolution's, its input activation(batch_norm(x)) never written.
+
+// The weight gradient (channels-last, multiplier 1) of the depthwise convolution g of activation(batch_norm(x)):
+// each worker's output rows run as bands (for_each_expanded_band) whose normalised input rows (`norm`, `act`) a
+// per-thread tile holds while grad_weight_nhwc_row reads them.
+template <typename scalar_t>
+void grad_weight_nhwc_normalized(const Tensor& grad_out, const Tensor& x, const Normalization<acc_t<scalar_t>>& norm,
+                                 Activation act, Tensor* grad_weight, const ConvGeometry& g) {
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* in = x.const_data_ptr<scalar_t>();
+  const int64_t C = g.channels, row_elems = g.in_w * C;
+  const int64_t rows = g.batch * g.out_h;
+  const WeightGradPartials<scalar_t> partials(g, rows);
+  const int64_t extent = dilated_extent(g.kernel_h, g.dilation_h);
+  auto tile_rows = [&](int64_t r) { return std::min(g.in_h, (r - 1) * g.stride_h + extent); };
+  int64_t band_rows = 1;
+  while (band_rows < g.out_h &&
+         tile_rows(band_rows + 1) * row_elems * static_cast<int64_t>(sizeof(scalar_t)) <= band_tile_bytes()) {
+    ++band_rows;
+  }
+  const int64_t tile_elems = tile_rows(band_rows) * row_elems;
+  at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
+    scalar_t* tile = thread_scratch<scalar_t>(tile_elems, ScratchSlot::kTileHidden);
+    with_activation(act, [&](auto kind) {
+      for (int64_t worker = wbegin; worker < wend; ++worker) {
+        const int64_t r0 = rows * worker / partials.workers, r1 = rows * (worker + 1) / partials.workers;
+        for (int64_t r = r0; r < r1;) {
+          // The worker's rows of image n: [first, last).
+          const int64_t n = r / g.out_h, first = r % g.out_h, last = std::min(g.out_h, first + (r1 - r));
+          const scalar_t* image = in + n * g.in_h * row_elems;
+          const scalar_t* go_image = go + n * g.out_h * g.out_w * C;
+          for_each_expanded_band(
+              g, row_elems, first, last, band_rows, tile,
+              [&](int64_t first_row, int64_t count, scalar_t* dst) {
+                norm.rows(image, first_row, count, g.in_w, C, kind, dst);
+              },
+              [&](const ConvGeometry& band, const RowRange& /*need*/, int64_t b0, int64_t b1) {
+                for (int64_t oh = b0; oh < b1; ++oh) {
+                  grad_weight_nhwc_row<scalar_t>(go_image, tile, oh, true, false, band, partials.worker(worker),
+                                                 partials.ld);
+                }
+              });
+          r += last - first;
+        }
+      }
+    });
+  });
+  partials.finish(g, grad_weight, nullptr);
+}
+
+std::tuple<Tensor, Tensor> batch_norm_activation_depthwise_backward_cpu(
+    const Tensor& grad_output_, const Tensor& input_, const c10::optional<Tensor>& weight,
+    const c10::optional<Tensor>& bias, const Tensor& mean, const Tensor& invstd, c10::string_view activation,
+    const Tensor& dw_weight, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    std::array<bool, 2> output_mask) {
+  constexpr const char* op = "_batch_norm_activation_depthwise_backward";
+  const ConvGeometry g = depthwise_backward_geometry(grad_output_, input_, dw_weight, stride, padding, dilation);
+  const int64_t C = g.channels;
+  TORCH_CHECK(g.multiplier == 1, "fusedops: ", op, ": dw_weight must have shape (", C, ", 1, kH, kW) (one filter per ",
+              "input channel), got ", dw_weight.sizes());
+  const Activation act = parse_activation(activation, "activation");
+  for (const auto& [t, name] : {std::pair{&mean, "mean"}, std::pair{&invstd, "invstd"}}) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == C && t->device().is_cpu(), "fusedops: ", op, ": ", name,
+                " must be a CPU tensor of shape (", C, ",) (the input's channels), got ", t->sizes());
+  }
+  for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
+    TORCH_CHECK(!given(*t) || ((*t)->dim() == 1 && (*t)->size(0) == C && (*t)->device().is_cpu()), "fusedops: ", op,
+                ": ", name, " must be a CPU tensor of shape (", C, ",) (the input's channels)");
+  }
+  const Tensor input = input_.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor grad_output = grad_output_.contiguous(at::MemoryFormat::ChannelsLast);
+  Tensor grad_input, grad_weight;
+  if (output_mask[0]) {
+    // The depthwise input gradient reads only grad_output and the taps (the input gives its shape).
+    grad_input = std::get<0>(depthwise_conv2d_backward_cpu(grad_output, input, dw_weight, stride, padding, dilation,
+                                                           {true, false, false}));
+  }
+  if (output_mask[1]) {
+    grad_weight = at::empty_like(dw_weight, at::MemoryFormat::Contiguous);
+    if (grad_output.numel() == 0) {
+      grad_weight.zero_();
+    } else {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(), op, [&] {
+        const Normalization<acc_t<scalar_t>> norm(mean, invstd, weight, bias, C);
+        grad_weight_nhwc_normalized<scalar_t>(grad_output, input, norm, act, &grad_weight, g);
+        if (!all_finite(grad_weight)) {
+          // recompute_nonfinite_weight_grad's case, on the normalised input written out.
+          Tensor normalized = at::empty_like(input);
+          with_activation(act, [&](auto kind) {
+            norm.rows(input.const_data_ptr<scalar_t>(), 0, g.batch * g.in_h, g.in_w, C, kind,
+                      normalized.mutable_data_ptr<scalar_t>());
+          });
+          grad_weight_generic<scalar_t>(grad_output, normalized, &grad_weight, nullptr, g);
+        }
+      });
+    }
+  }
+  return {grad_input, grad_weight};
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace fusedops
@@ -1370,4 +1475,5 @@ std::tuple<Tensor, Tensor, Tensor> depthwise_conv2d_backward_cpu(const Tensor& g
 TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
   m.impl("depthwise_conv2d", &fusedops::cpu::depthwise_conv2d_cpu);
   m.impl("_depthwise_conv2d_backward", &fusedops::cpu::depthwise_conv2d_backward_cpu);
+  m.impl("_batch_norm_activation_depthwise_backward", &fusedops::cpu::batch_norm_activation_depthwise_backward_cpu);
 }

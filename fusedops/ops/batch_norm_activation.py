@@ -15,7 +15,10 @@ submodules, i.e. through ATen's batch norm.
   statistics) and over grad_output (returns grad_weight and grad_bias);
 * ``_batch_norm_activation_depthwise(input, weight, bias, running_mean, running_var, momentum, eps, activation,
   dw_weight, stride, padding, dilation)`` -> ``(depthwise_conv2d(activation(batch_norm(input)), dw_weight), save_mean,
-  save_invstd)``: the normalised map never written (channels-last output).
+  save_invstd)``: the normalised map never written (channels-last output);
+* ``_batch_norm_activation_depthwise_backward(grad_output, input, weight, bias, mean, invstd, activation, dw_weight,
+  stride, padding, dilation, output_mask)`` -> ``(grad of the depthwise input, grad_dw_weight)``, those of
+  output_mask: the normalised map recomputed band by band, never written.
 """
 
 import torch
@@ -30,6 +33,7 @@ BACKWARD_NAME = "_batch_norm_activation_backward"
 IN_PLACE_NAME = "_batch_norm_activation_"
 IN_PLACE_BACKWARD_NAME = "_batch_norm_activation_backward_"
 DEPTHWISE_NAME = "_batch_norm_activation_depthwise"
+DEPTHWISE_BACKWARD_NAME = "_batch_norm_activation_depthwise_backward"
 
 
 def _statistics_dtype(input):
@@ -73,8 +77,16 @@ def _fake_depthwise(input, weight, bias, running_mean, running_var, momentum, ep
     return (out, *_fake(input, weight, bias, running_mean, running_var, momentum, eps, activation)[1:])
 
 
+def _fake_depthwise_backward(grad_output, input, weight, bias, mean, invstd, activation, dw_weight, stride, padding,
+                             dilation, output_mask):
+    _geometry.check_depthwise_backward(grad_output, input, dw_weight, stride, padding, dilation)
+    grad_input = input.new_empty(input.shape).contiguous(memory_format=torch.channels_last) if output_mask[0] else None
+    grad_weight = torch.empty_like(dw_weight, memory_format=torch.contiguous_format) if output_mask[1] else None
+    return grad_input, grad_weight
+
+
 if _extension.has_ops():
     for _name, _fn in ((NAME, _fake), (APPLY_NAME, _fake_apply), (BACKWARD_NAME, _fake_backward),
                        (IN_PLACE_NAME, _fake_in_place), (IN_PLACE_BACKWARD_NAME, _fake_backward_in_place),
-                       (DEPTHWISE_NAME, _fake_depthwise)):
+                       (DEPTHWISE_NAME, _fake_depthwise), (DEPTHWISE_BACKWARD_NAME, _fake_depthwise_backward)):
         torch.library.register_fake(f"fusedops::{_name}")(_fn)
