@@ -303,7 +303,7 @@ struct BatchStatistics {
 
 template <typename in_t>
 BatchStatistics<in_t> batch_statistics(const Tensor& x, const c10::optional<Tensor>& running_mean,
-                                           const c10::optional<Tensor>& running_var, double momentum, double eps) {
+                                       const c10::optional<Tensor>& running_var, double momentum, double eps) {
   using Acc = at::opmath_type<in_t>;
   using Vec = at::vec::Vectorized<Acc>;
   const Layout L = layout_of(x);
@@ -367,8 +367,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_impl(const Tensor& inpu
                                                               const c10::optional<Tensor>& running_var, double momentum,
                                                               double eps, c10::string_view activation, bool in_place,
                                                               const char* op) {
-  const Activation act =
-      check_statistics_arguments(input, weight, bias, running_mean, running_var, activation, op);
+  const Activation act = check_statistics_arguments(input, weight, bias, running_mean, running_var, activation, op);
   const int64_t C = input.size(1);
   const Tensor x = dense(input);
   TORCH_CHECK(!in_place || x.is_same(input), "fusedops: ", op,
@@ -448,10 +447,10 @@ void normalized_depthwise(const Tensor& x, Activation act, const std::vector<at:
   // Work in elements touched: each input element normalised once (its strip's halo rows twice), each output
   // T multiply-adds.
   const double row_work = static_cast<double>(row_elems);
-  const StripPlan plan = plan_strips(
-      g.out_h, g.out_w, g.batch, threads, rows_fit,
-      static_cast<double>(g.in_h) * row_work + static_cast<double>(g.out_h * g.out_w * C * T),
-      static_cast<double>(std::max<int64_t>(0, extent - g.stride_h)) * row_work);
+  const StripPlan plan =
+      plan_strips(g.out_h, g.out_w, g.batch, threads, rows_fit,
+                  static_cast<double>(g.in_h) * row_work + static_cast<double>(g.out_h * g.out_w * C * T),
+                  static_cast<double>(std::max<int64_t>(0, extent - g.stride_h)) * row_work);
   const int64_t items = g.batch * plan.strips_per_image;
   const int64_t tile_elems = tile_rows(plan.rows) * row_elems;
   const Tensor taps_t = dw_weight.contiguous();
@@ -461,10 +460,10 @@ void normalized_depthwise(const Tensor& x, Activation act, const std::vector<at:
   const int64_t grain = x.numel() + out.numel() < kMinParallelElements ? items : 1;
   // The output (the depthwise output a training step keeps for its backward) past the caches where the call's
   // traffic is beyond them (as a backward's: the step's working set is about twice the call's).
-  const bool stream_stores = streaming_stores_apply(
-      o, C, g.out_w * C,
-      streams_beyond_cache((x.numel() + out.numel()) * static_cast<int64_t>(sizeof(scalar_t)),
-                           backward_streaming_bytes()));
+  const bool stream_stores =
+      streaming_stores_apply(o, C, g.out_w * C,
+                             streams_beyond_cache((x.numel() + out.numel()) * static_cast<int64_t>(sizeof(scalar_t)),
+                                                  backward_streaming_bytes()));
   at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     // Taps [T][C] in each worker's own scratch (as the standalone depthwise lays them out).
     Acc* taps = thread_scratch<Acc>(T * C + V, ScratchSlot::kWeights);
@@ -496,12 +495,12 @@ void normalized_depthwise(const Tensor& x, Activation act, const std::vector<at:
 }
 
 // fusedops::depthwise_conv2d through the dispatcher, below autograd (the kernel is itself below it).
-Tensor depthwise_conv2d_call(const Tensor& input, const Tensor& weight, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation) {
+Tensor depthwise_conv2d_call(const Tensor& input, const Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fusedops::depthwise_conv2d", "")
-                             .typed<Tensor(const Tensor&, const Tensor&, const c10::optional<Tensor>&,
-                                           at::IntArrayRef, at::IntArrayRef, at::IntArrayRef)>();
+                             .typed<Tensor(const Tensor&, const Tensor&, const c10::optional<Tensor>&, at::IntArrayRef,
+                                           at::IntArrayRef, at::IntArrayRef)>();
   at::AutoDispatchBelowAutograd below_autograd;
   return op.call(input, weight, c10::nullopt, stride, padding, dilation);
 }
@@ -512,11 +511,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_depthwise(
     c10::string_view activation, const Tensor& dw_weight, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation) {
   constexpr const char* op = "_batch_norm_activation_depthwise";
-  const Activation act =
-      check_statistics_arguments(input, weight, bias, running_mean, running_var, activation, op);
+  const Activation act = check_statistics_arguments(input, weight, bias, running_mean, running_var, activation, op);
   const int64_t C = input.size(1);
-  const ConvGeometry g =
-      depthwise_geometry(input, dw_weight, c10::nullopt, stride, padding, dilation, "dw_weight");
+  const ConvGeometry g = depthwise_geometry(input, dw_weight, c10::nullopt, stride, padding, dilation, "dw_weight");
   TORCH_CHECK(g.multiplier == 1, "fusedops: ", op, ": dw_weight must have shape (", C, ", 1, kH, kW) (one filter per ",
               "input channel), got ", dw_weight.sizes());
   const Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);

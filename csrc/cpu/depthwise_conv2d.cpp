@@ -1442,8 +1442,8 @@ std::tuple<Tensor, Tensor> batch_norm_activation_depthwise_backward_cpu(
   Tensor grad_input, grad_weight;
   if (output_mask[0]) {
     // The depthwise input gradient reads only grad_output and the taps (the input gives its shape).
-    grad_input = std::get<0>(depthwise_conv2d_backward_cpu(grad_output, input, dw_weight, stride, padding, dilation,
-                                                           {true, false, false}));
+    grad_input = std::get<0>(
+        depthwise_conv2d_backward_cpu(grad_output, input, dw_weight, stride, padding, dilation, {true, false, false}));
   }
   if (output_mask[1]) {
     grad_weight = at::empty_like(dw_weight, at::MemoryFormat::Contiguous);

@@ -64,8 +64,7 @@ void normalized_rows(const scalar_t* image, int64_t first_row, int64_t rows, int
     }
     if (c < C) {
       const int64_t m = C - c;
-      const Vec y =
-          normalize(load_acc(src + c, m), Vec::loadu(mean + c), Vec::loadu(scale + c), Vec::loadu(bias + c));
+      const Vec y = normalize(load_acc(src + c, m), Vec::loadu(mean + c), Vec::loadu(scale + c), Vec::loadu(bias + c));
       store_acc(dst + c, apply_activation(Kind::value, y), m);
     }
   }
