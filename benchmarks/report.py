@@ -85,18 +85,18 @@ PUBLISHED_RUNS = [
              "image's whole depthwise map: these blocks keep one image's depthwise map in a tile (not the expanded "
              "one), compute the gate for a round of images at once and scale on the way into the project GEMM."),
     Run("inverted_residual fixed cost: frozen blocks on a 1x1 map, against one read of their weights",
-        "inverted_residual", "dea233f", "python -m benchmarks.bench_inverted_residual --fixed-cost --rounds 21",
+        "inverted_residual", "dc86dba", "python -m benchmarks.bench_inverted_residual --fixed-cost --rounds 21",
         modes=("fixed cost",),
         note="Measured on the 2-vCPU AMD EPYC (Zen 3, AVX2; 512 KiB L2 per core), 2 threads. Blocks of torchvision's "
              "MobileNetV2 and MobileNetV3-Large, converted and frozen, called on a 1x1 map of one image under "
              "inference_mode (the module, its checks, the dispatcher, the kernel's set-up, and its weights read "
              "once: almost no arithmetic), against a sum over as many float32 values as the block's folded weights. "
-             "\"above the read\" in the last column is the difference (the target: at most 10 us). Before this run "
-             "(104dd61, same host, same command) the six blocks were 9.2, 11.3, 12.6, 18.1, 16.1 and 25.6 us above "
-             "the read: since then a block on a 1x1 map no longer wakes the second thread for a few thousand "
-             "multiply-adds, the frozen call keeps the submodules it checks instead of finding them on every "
-             "call, and the depthwise weight's finiteness check runs four sums in flight. features[13] (squeeze-"
-             "excitation, 1.6 MiB of weights read from L3, four parallel steps) is the one above 10 us."),
+             "\"above the read\" in the last column is the difference (the target: at most 10 us). Since the run "
+             "before (dea233f) a frozen block's prepared call binds its weights and options once "
+             "(`_eager_op(name, template)`, csrc/runtime/eager_call.cpp) instead of converting them on every call: "
+             "six alternating runs of the same command against the commit before (77238c5), medians of the six "
+             "blocks' figures above the read, 6.5, 6.8, 6.2, 6.6, 8.0 and 14.8 us before, 5.0, 5.2, 5.1, 5.1, 5.7 "
+             "and 8.4 us after."),
     Run("ghost_module inference (timm's GhostNet GhostModule, ratio 2, 3x3 cheap operation, ReLU, BN folded; "
         "channels_last)", "ghost_module", "f12a53a", "python -m benchmarks.bench_ghost_module",
         note="Measured on a 2-vCPU Intel Xeon (2 MiB L2 per core). fusedops runs a frozen fusedops.nn.GhostModule "
@@ -139,17 +139,18 @@ PUBLISHED_RUNS = [
              "PyTorch code than for the runtimes; compare ratios within one run. "
              "\"parity\" is the largest difference from the original's output, relative to its largest value."),
     Run("fusedops.convert(model), inference, 224x224: the main job on an AMD EPYC with AVX2 only (Zen 3)",
-        "fusedops bench", "0aa8966",
+        "fusedops bench", "dc86dba",
         "fusedops bench --model mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0 timm:ghostnet_100 --batch 1 8 "
-        "--threads 2 --rounds 9", since="2026-12-07T09:14:00", until="2026-12-07T09:20:00",
+        "--threads 2 --rounds 9", since="2026-12-08T01:12:00", until="2026-12-08T01:13:00",
         note="Measured on a 2-vCPU AMD EPYC of the Zen 3 generation (AVX2 and FMA, no AVX-512; 32 KiB L1d and "
              "512 KiB L2 per core), 2 threads, with the same build flags (native: AVX2 here) and the same "
              "baselines as the run above. The kernels' cache-dependent choices follow this L2 (a quarter of the "
              "Xeon's): MobileNetV2's 14x14 blocks at batch 1, for one, run as strips of rows instead of whole "
-             "images (their 451 KB depthwise map is more than half this L2). The host's speed varied "
-             "more than on the Xeon: a run of the same commit minutes earlier gave MobileNetV3-Large at batch 1 "
-             "1.03x ONNX Runtime and GhostNet 1.42x (ONNX Runtime 9.0 ms there, 5.7 ms here), so compare "
-             "ratios within a row."),
+             "images (their 451 KB depthwise map is more than half this L2). The host's speed varies more than "
+             "the Xeon's, and this run fell in a slow phase (every time about 1.5x that of the run before, 0aa8966, "
+             "where MobileNetV3-Large at batch 1 was 0.90-1.03x ONNX Runtime over two runs minutes apart): compare "
+             "ratios within a row. Since then the frozen blocks' prepared calls bind their arguments once (~1.5-6 us "
+             "less per block call)."),
     Run("fusedops.convert(model), training step, 224x224 (forward, backward, SGD; channels_last)", "fusedops bench",
         "2507f64",
         "fusedops bench --model mobilenet_v2 timm:ghostnet_100 mobilenet_v3_large timm:efficientnet_b0 --train "
@@ -162,18 +163,19 @@ PUBLISHED_RUNS = [
              "channels_last over four runs on this host. The harness flagged every batch-32 run of the session as "
              "sharing the CPU, with nothing else running."),
     Run("fusedops.convert(model), training step, 224x224, on an AMD EPYC with AVX2 only (Zen 3)", "fusedops bench",
-        "093af15",
+        "dc86dba",
         "fusedops bench --model mobilenet_v2 timm:ghostnet_100 mobilenet_v3_large timm:efficientnet_b0 --train "
-        "--batch 8 --threads 2 --rounds 7", since="2026-12-07T12:42:14", until="2026-12-07T12:44:38",
-        modes=("training step",),
-        note="Measured on the 2-vCPU AMD EPYC (Zen 3, AVX2) of the inference run above, 2 threads, in a slow phase "
-             "of the host (MobileNetV2's eager channels_last step 329 ms, 236 ms an hour earlier; compare ratios "
-             "within a row). Since the run before (8bbe15e: MobileNetV2 1.15x eager channels_last, 178 MiB), the "
-             "inverted residuals keep their depthwise output for the backward instead of convolving again (a "
-             "MobileNetV2 step 3% faster, interleaved on the same host; its peak memory 30% -> 41% of eager's, "
-             "MobileNetV3-Large's 45% -> 52%), and "
-             "their squeeze-excitation runs from its convolutions, keeping its channel means and gate "
-             "(EfficientNet-B0 5% and MobileNetV3-Large 3% faster, interleaved)."),
+        "--batch 8 --threads 2 --rounds 7; fusedops bench --model mobilenet_v2 --train --batch 32 --threads 2 "
+        "--rounds 5", since="2026-12-08T01:03:00", until="2026-12-08T01:08:00", modes=("training step",),
+        note="Measured on the 2-vCPU AMD EPYC (Zen 3, AVX2) of the inference run above, 2 threads (the host flagged "
+             "the batch-32 run as shared; compare ratios within a row). Since the run before (093af15: MobileNetV2 "
+             "at batch 8 1.19x eager channels_last, EfficientNet-B0 0.98x), the inverted residuals' expansion batch "
+             "norm and activation run inside the depthwise convolution forward and backward "
+             "(_batch_norm_activation_depthwise and its backward, fusedops/nn/training.py): the depthwise input is "
+             "never written, neither in the forward nor recomputed in the backward. Profiled over three MobileNetV2 "
+             "steps at batch 8, those stages took 55 -> 41 ms forward and 137 -> 101 ms backward; "
+             "fusedops bench on the same host, minutes apart, gave 1.19-1.21x eager channels_last before and "
+             "1.22-1.25x after."),
     Run("Whole models, inference, 224x224 (fusedops model in channels_last)", "models", "50039c7",
         "python -m benchmarks.bench_models",
         note="The models still run their 1x1 convolutions, BatchNorms and activations as separate PyTorch ops "
