@@ -436,13 +436,7 @@ void normalized_depthwise(const Tensor& x, Activation act, const std::vector<at:
   constexpr int64_t V = at::vec::Vectorized<Acc>::size();
   const int64_t C = g.channels, T = g.kernel_h * g.kernel_w, row_elems = g.in_w * C;
   const int64_t extent = dilated_extent(g.kernel_h, g.dilation_h);
-  // Input rows the band of r output rows reads.
-  auto tile_rows = [&](int64_t r) { return std::min(g.in_h, (r - 1) * g.stride_h + extent); };
-  int64_t rows_fit = 1;
-  while (rows_fit < g.out_h &&
-         tile_rows(rows_fit + 1) * row_elems * static_cast<int64_t>(sizeof(scalar_t)) <= band_tile_bytes()) {
-    ++rows_fit;
-  }
+  const int64_t rows_fit = band_rows_fitting(g, row_elems * static_cast<int64_t>(sizeof(scalar_t)));
   const int64_t threads = at::get_num_threads();
   // Work in elements touched: each input element normalised once (its strip's halo rows twice), each output
   // T multiply-adds.
@@ -452,7 +446,7 @@ void normalized_depthwise(const Tensor& x, Activation act, const std::vector<at:
                   static_cast<double>(g.in_h) * row_work + static_cast<double>(g.out_h * g.out_w * C * T),
                   static_cast<double>(std::max<int64_t>(0, extent - g.stride_h)) * row_work);
   const int64_t items = g.batch * plan.strips_per_image;
-  const int64_t tile_elems = tile_rows(plan.rows) * row_elems;
+  const int64_t tile_elems = band_input_rows(g, plan.rows) * row_elems;
   const Tensor taps_t = dw_weight.contiguous();
   const scalar_t* w = taps_t.const_data_ptr<scalar_t>();
   const scalar_t* in = x.const_data_ptr<scalar_t>();

@@ -1381,14 +1381,8 @@ void grad_weight_nhwc_normalized(const Tensor& grad_out, const Tensor& x, const 
   const int64_t C = g.channels, row_elems = g.in_w * C;
   const int64_t rows = g.batch * g.out_h;
   const WeightGradPartials<scalar_t> partials(g, rows);
-  const int64_t extent = dilated_extent(g.kernel_h, g.dilation_h);
-  auto tile_rows = [&](int64_t r) { return std::min(g.in_h, (r - 1) * g.stride_h + extent); };
-  int64_t band_rows = 1;
-  while (band_rows < g.out_h &&
-         tile_rows(band_rows + 1) * row_elems * static_cast<int64_t>(sizeof(scalar_t)) <= band_tile_bytes()) {
-    ++band_rows;
-  }
-  const int64_t tile_elems = tile_rows(band_rows) * row_elems;
+  const int64_t band_rows = band_rows_fitting(g, row_elems * static_cast<int64_t>(sizeof(scalar_t)));
+  const int64_t tile_elems = band_input_rows(g, band_rows) * row_elems;
   at::parallel_for(0, partials.workers, 1, [&](int64_t wbegin, int64_t wend) {
     scalar_t* tile = thread_scratch<scalar_t>(tile_elems, ScratchSlot::kTileHidden);
     with_activation(act, [&](auto kind) {

@@ -92,6 +92,19 @@ inline RowRange input_rows(const ConvGeometry& g, int64_t r0, int64_t r1) {
   return {begin, std::clamp<int64_t>(hi, begin, g.in_h)};
 }
 
+// Input rows of g that a band of `rows` output rows reads, its halo included (clipped to the map's height).
+inline int64_t band_input_rows(const ConvGeometry& g, int64_t rows) {
+  return std::min(g.in_h, (rows - 1) * g.stride_h + dilated_extent(g.kernel_h, g.dilation_h));
+}
+
+// The most output rows of g (at least one, at most out_h) whose band's input rows, of row_bytes each, fit a tile of
+// band_tile_bytes(): for kernels whose tile holds nothing but those rows.
+inline int64_t band_rows_fitting(const ConvGeometry& g, int64_t row_bytes) {
+  int64_t rows = 1;
+  while (rows < g.out_h && band_input_rows(g, rows + 1) * row_bytes <= band_tile_bytes()) ++rows;
+  return rows;
+}
+
 // Output rows [strip_begin, strip_end) of the depthwise stage g, in bands of at most band_rows rows. For each band
 // [r0, r1): `tile` (rows of row_elems elements) is made to hold the input rows `need` the band reads, the rows the
 // previous band also read moved up and the others computed by expand(first_row, row_count, dst); then
