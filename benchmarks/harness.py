@@ -46,7 +46,8 @@ def bench_main(doc, run, add_arguments=None, argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer shapes")
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--csv", default=RESULTS_CSV, help=f"CSV to append to (default {RESULTS_CSV})")
+    parser.add_argument("--csv", default=RESULTS_CSV,
+                        help=f"CSV to append to (default {RESULTS_CSV}; '' for none, as fusedops bench takes it)")
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args(argv)
@@ -56,5 +57,6 @@ def bench_main(doc, run, add_arguments=None, argv=None):
     results = run(args)
     print()
     print(format_table(results, doc.strip().splitlines()[0]))
-    print("\nappended to", append_csv(results, args.csv))
+    if args.csv:
+        print("\nappended to", append_csv(results, args.csv))
     return results

@@ -27,6 +27,25 @@ def test_harness_times_tables_and_csv(tmp_path):
     assert rows[0]["cpu_caches"].startswith("l1d=") and ",l2=" in rows[0]["cpu_caches"]
 
 
+def test_bench_main_appends_to_the_csv_named_or_none(tmp_path, monkeypatch, capsys):
+    """A benchmark script's --csv: the file named gains the run's rows; '' writes none (the default file, here
+    redirected to a path of its own, stays absent)."""
+    x = torch.randn(8)
+    case = harness.Case("unit", "tiny", "forward", {"fast": lambda: x.add(1), "slow": lambda: x.add(2)},
+                        baselines=["slow"])
+
+    def run(args):
+        return [harness.time_case(case, rounds=2, warmup=1, sample_ms=1)]
+
+    default = tmp_path / "default.csv"
+    monkeypatch.setattr(harness, "RESULTS_CSV", str(default))
+    named = tmp_path / "named.csv"
+    harness.bench_main("tiny\n", run, argv=["--csv", str(named)])
+    assert [r["provider"] for r in csv.DictReader(open(named))] == ["fast", "slow"]
+    harness.bench_main("tiny\n", run, argv=["--csv", ""])
+    assert not default.exists() and "appended to" not in capsys.readouterr().out.split("tiny")[-1]
+
+
 def test_csv_written_before_a_column_was_added_gains_it(tmp_path):
     path = tmp_path / "old.csv"
     old_columns = [c for c in harness.CSV_COLUMNS if c != "cpu_caches"]
