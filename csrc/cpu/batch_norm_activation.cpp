@@ -241,14 +241,6 @@ void check_input(const Tensor& input, const char* op) {
               ": input must be a floating-point tensor, got ", dtype_name(input.scalar_type()));
 }
 
-void check_channels(const c10::optional<Tensor>& t, int64_t C, const char* name, const char* op) {
-  if (!given(t)) return;
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == C, "fusedops: ", op, ": ", name, " must have shape (", C,
-              ",) (the input's channels), got ", t->sizes());
-  TORCH_CHECK(t->device().is_cpu(), "fusedops: ", op, ": ", name, " must be on the input's device (cpu), got ",
-              t->device());
-}
-
 // The checks every op makes: the input, the affine parameters, and the activation (returned parsed).
 Activation check_arguments(const Tensor& input, const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
                            c10::string_view activation, const char* op) {
@@ -260,15 +252,14 @@ Activation check_arguments(const Tensor& input, const c10::optional<Tensor>& wei
 }
 
 template <typename scalar_t>
-void apply_into(const Tensor& x, const Tensor& out, Activation act, const std::vector<at::opmath_type<scalar_t>>& mean,
-                const std::vector<at::opmath_type<scalar_t>>& scale,
-                const std::vector<at::opmath_type<scalar_t>>& bias) {
+void apply_into(const Tensor& x, const Tensor& out, Activation act,
+                const Normalization<at::opmath_type<scalar_t>>& norm) {
   using Acc = at::opmath_type<scalar_t>;
   const scalar_t* in = x.const_data_ptr<scalar_t>();
   scalar_t* o = out.mutable_data_ptr<scalar_t>();
   with_activation(act, [&](auto kind) {
     for_each_vector<Acc, 3>(
-        layout_of(x), {mean.data(), scale.data(), bias.data()},
+        layout_of(x), {norm.mean.data(), norm.scale.data(), norm.bias.data()},
         [in, o](int64_t i, int64_t count, const ParamVecs<Acc, 3>& p) {
           store_acc(o + i,
                     apply_activation(decltype(kind)::value, normalize(load_acc(in + i, count), p[0], p[1], p[2])),
@@ -379,8 +370,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_impl(const Tensor& inpu
     const BatchStatistics<scalar_t> stats = batch_statistics<scalar_t>(x, running_mean, running_var, momentum, eps);
     mean_t = stats.mean_t;
     invstd_t = stats.invstd_t;
-    apply_into<scalar_t>(x, out, act, stats.mean, scales(stats.invstd, channel_array<Acc>(weight, C, Acc(1))),
-                         channel_array<Acc>(bias, C, Acc(0)));
+    apply_into<scalar_t>(x, out, act, Normalization<Acc>(stats.mean, stats.invstd, weight, bias, C));
   });
   return {out, mean_t, invstd_t};
 }
@@ -416,9 +406,7 @@ Tensor batch_norm_activation_apply(const Tensor& input, const c10::optional<Tens
   Tensor out = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "batch_norm_activation", [&] {
     using Acc = at::opmath_type<scalar_t>;
-    apply_into<scalar_t>(x, out, act, channel_array<Acc>(mean, C, Acc(0)),
-                         scales(channel_array<Acc>(invstd, C, Acc(0)), channel_array<Acc>(weight, C, Acc(1))),
-                         channel_array<Acc>(bias, C, Acc(0)));
+    apply_into<scalar_t>(x, out, act, Normalization<Acc>(mean, invstd, weight, bias, C));
   });
   return out;
 }
@@ -428,10 +416,8 @@ Tensor batch_norm_activation_apply(const Tensor& input, const c10::optional<Tens
 // one image, run as bands (for_each_expanded_band): a per-thread tile, within band_tile_bytes, holds the band's
 // normalised input rows (its halo included), which the depthwise row kernels read while they are in cache.
 template <typename scalar_t>
-void normalized_depthwise(const Tensor& x, Activation act, const std::vector<at::opmath_type<scalar_t>>& mean,
-                          const std::vector<at::opmath_type<scalar_t>>& scale,
-                          const std::vector<at::opmath_type<scalar_t>>& bias, const Tensor& dw_weight, Tensor& out,
-                          const ConvGeometry& g) {
+void normalized_depthwise(const Tensor& x, Activation act, const Normalization<at::opmath_type<scalar_t>>& norm,
+                          const Tensor& dw_weight, Tensor& out, const ConvGeometry& g) {
   using Acc = at::opmath_type<scalar_t>;
   constexpr int64_t V = at::vec::Vectorized<Acc>::size();
   const int64_t C = g.channels, T = g.kernel_h * g.kernel_w, row_elems = g.in_w * C;
@@ -461,8 +447,7 @@ void normalized_depthwise(const Tensor& x, Activation act, const std::vector<at:
   at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
     // Taps [T][C] in each worker's own scratch (as the standalone depthwise lays them out).
     Acc* taps = thread_scratch<Acc>(T * C + V, ScratchSlot::kWeights);
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t t = 0; t < T; ++t) taps[t * C + c] = static_cast<Acc>(w[c * T + t]);
+    lay_out_taps(w, T, C, false, taps);
     scalar_t* tile = thread_scratch<scalar_t>(tile_elems, ScratchSlot::kTileHidden);
     with_activation(act, [&](auto kind) {
       for (int64_t i = begin; i < end; ++i) {
@@ -474,7 +459,7 @@ void normalized_depthwise(const Tensor& x, Activation act, const std::vector<at:
         for_each_expanded_band(
             g, row_elems, strip_begin, strip_end, plan.rows, tile,
             [&](int64_t first_row, int64_t rows, scalar_t* dst) {
-              normalized_rows(image, first_row, rows, g.in_w, C, kind, mean.data(), scale.data(), bias.data(), dst);
+              norm.rows(image, first_row, rows, g.in_w, C, kind, dst);
             },
             [&](const ConvGeometry& band, const RowRange& /*need*/, int64_t r0, int64_t r1) {
               DwNhwcRow<scalar_t, scalar_t> t = nhwc_rows<scalar_t, scalar_t>(
@@ -518,15 +503,14 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_activation_depthwise(
     const BatchStatistics<scalar_t> stats = batch_statistics<scalar_t>(x, running_mean, running_var, momentum, eps);
     mean_t = stats.mean_t;
     invstd_t = stats.invstd_t;
-    const std::vector<Acc> scale = scales(stats.invstd, channel_array<Acc>(weight, C, Acc(1)));
-    const std::vector<Acc> shift = channel_array<Acc>(bias, C, Acc(0));
+    const Normalization<Acc> norm(stats.mean, stats.invstd, weight, bias, C);
     if (out.numel() == 0) return;
     if (all_finite(dw_weight)) {
-      normalized_depthwise<scalar_t>(x, act, stats.mean, scale, shift, dw_weight, out, g);
+      normalized_depthwise<scalar_t>(x, act, norm, dw_weight, out, g);
     } else {
       // The row kernels read the padding as zeros (cpu/finite.h): the normalised map, then the standalone op.
       Tensor normalized = at::empty_like(x);
-      apply_into<scalar_t>(x, normalized, act, stats.mean, scale, shift);
+      apply_into<scalar_t>(x, normalized, act, norm);
       out = depthwise_conv2d_call(normalized, dw_weight, stride, padding, dilation);
     }
   });

@@ -55,22 +55,6 @@ inline bool depthwise_whole_lines_apply(int64_t channels) {
   return kWholeLineVecs<scalar_t, scalar_t, IdentityEpilogue> > 1 && rows_on_few_l1_sets<scalar_t>(channels);
 }
 
-// Weights (OC, 1, kH, kW) -> acc-type [kH*kW][OC], optionally rotated by 180 degrees (for the transposed
-// convolution of the input gradient), at `w`.
-template <typename scalar_t>
-void lay_out_taps(const scalar_t* src, int64_t T, int64_t OC, bool rotate, acc_t<scalar_t>* w) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (!rotate) {
-      // A transpose of (OC x T): in-register 16x16 block transposes, ~3x faster than the element loop below.
-      at::vec::transpose_mxn<float>(src, T, w, OC, static_cast<int>(OC), static_cast<int>(T));
-      return;
-    }
-  }
-  for (int64_t oc = 0; oc < OC; ++oc)
-    for (int64_t t = 0; t < T; ++t)
-      w[(rotate ? T - 1 - t : t) * OC + oc] = static_cast<acc_t<scalar_t>>(src[oc * T + t]);
-}
-
 // lay_out_taps of `weight` in the calling thread's scratch; read by all workers.
 template <typename scalar_t>
 const acc_t<scalar_t>* taps_by_channel(const Tensor& weight, const ConvGeometry& g, bool rotate) {
@@ -1423,14 +1407,10 @@ std::tuple<Tensor, Tensor> batch_norm_activation_depthwise_backward_cpu(
   TORCH_CHECK(g.multiplier == 1, "fusedops: ", op, ": dw_weight must have shape (", C, ", 1, kH, kW) (one filter per ",
               "input channel), got ", dw_weight.sizes());
   const Activation act = parse_activation(activation, "activation");
-  for (const auto& [t, name] : {std::pair{&mean, "mean"}, std::pair{&invstd, "invstd"}}) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == C && t->device().is_cpu(), "fusedops: ", op, ": ", name,
-                " must be a CPU tensor of shape (", C, ",) (the input's channels), got ", t->sizes());
-  }
-  for (const auto& [t, name] : {std::pair{&weight, "weight"}, std::pair{&bias, "bias"}}) {
-    TORCH_CHECK(!given(*t) || ((*t)->dim() == 1 && (*t)->size(0) == C && (*t)->device().is_cpu()), "fusedops: ", op,
-                ": ", name, " must be a CPU tensor of shape (", C, ",) (the input's channels)");
-  }
+  check_channels(mean, C, "mean", op);
+  check_channels(invstd, C, "invstd", op);
+  check_channels(weight, C, "weight", op);
+  check_channels(bias, C, "bias", op);
   const Tensor input = input_.contiguous(at::MemoryFormat::ChannelsLast);
   const Tensor grad_output = grad_output_.contiguous(at::MemoryFormat::ChannelsLast);
   Tensor grad_input, grad_weight;

@@ -12,10 +12,20 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace fusedops {
 namespace cpu {
+
+// Checks a per-channel tensor argument `name` of op `op` (absent is fine): C values, on the CPU.
+inline void check_channels(const c10::optional<at::Tensor>& t, int64_t C, const char* name, const char* op) {
+  if (!given(t)) return;
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == C, "fusedops: ", op, ": ", name, " must have shape (", C,
+              ",) (the input's channels), got ", t->sizes());
+  TORCH_CHECK(t->device().is_cpu(), "fusedops: ", op, ": ", name, " must be on the input's device (cpu), got ",
+              t->device());
+}
 
 // A parameter of C channels as an array of the accumulation type, padded to whole vectors (`fill` where absent).
 template <typename Acc>
@@ -77,11 +87,17 @@ template <typename Acc>
 struct Normalization {
   std::vector<Acc> mean, scale, bias;
 
+  // From the statistics as padded arrays (batch_statistics').
+  Normalization(std::vector<Acc> mean_, const std::vector<Acc>& invstd, const c10::optional<at::Tensor>& weight,
+                const c10::optional<at::Tensor>& bias_t, int64_t C)
+      : mean(std::move(mean_)),
+        scale(scales(invstd, channel_array<Acc>(weight, C, Acc(1)))),
+        bias(channel_array<Acc>(bias_t, C, Acc(0))) {}
+  // From the saved statistics' tensors.
   Normalization(const at::Tensor& mean_t, const at::Tensor& invstd_t, const c10::optional<at::Tensor>& weight,
                 const c10::optional<at::Tensor>& bias_t, int64_t C)
-      : mean(channel_array<Acc>(mean_t, C, Acc(0))),
-        scale(scales(channel_array<Acc>(invstd_t, C, Acc(0)), channel_array<Acc>(weight, C, Acc(1)))),
-        bias(channel_array<Acc>(bias_t, C, Acc(0))) {}
+      : Normalization(channel_array<Acc>(mean_t, C, Acc(0)), channel_array<Acc>(invstd_t, C, Acc(0)), weight, bias_t,
+                      C) {}
 
   // normalized_rows with these parameters.
   template <typename scalar_t, typename Kind>
